@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs everything the tests, `npm start` and hack/cluster.sh need, idempotently:
+#   - Debian packages: nats-server, etcd-server, dataset-fashion-mnist, chromium (report screenshots)
+#   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl at KUBE_VERSION, built from the
+#     Go module proxy through hack/k8s/go.mod (k8s.io/kubernetes + replace directives for its staging modules)
+#   - helm v3 from the Go module proxy
+# Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
+# clone on the same machine reuses them; a warm run takes a second or two.
+#
+#   hack/install-tools.sh            install what is missing
+#   hack/install-tools.sh --print    print the bin directory (for PATH=...)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/versions.sh
+source "$here/versions.sh"
+
+cache="${TENSILE_CACHE:-$HOME/.cache/tensile}"
+kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
+helm_bin="$cache/helm-$HELM_VERSION/bin"
+
+if [[ "${1:-}" == "--print" ]]; then
+  echo "$kube_bin:$helm_bin"
+  exit 0
+fi
+
+step() { printf '[install-tools] %s\n' "$*"; }
+fail() { printf '[install-tools] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------- Debian packages
+missing=()
+command -v nats-server >/dev/null || missing+=(nats-server)
+command -v etcd >/dev/null || missing+=(etcd-server)
+[[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
+if [[ "${TENSILE_SKIP_CHROMIUM:-}" != 1 ]]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    fail "missing Debian packages: ${missing[*]}. Install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+  fi
+  command -v apt-get >/dev/null || fail "missing ${missing[*]} and there is no apt-get here; install them by hand"
+  step "apt-get install ${missing[*]}"
+  # `apt-get update` only when the package lists are absent or the install cannot find a package.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/tmp/tensile-apt.log 2>&1; then
+    step "apt-get update"
+    apt-get update -q >/tmp/tensile-apt.log 2>&1 || fail "apt-get update failed; see /tmp/tensile-apt.log"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>/tmp/tensile-apt.log 2>&1 ||
+      fail "apt-get install ${missing[*]} failed; see /tmp/tensile-apt.log"
+  fi
+fi
+step "nats-server $(nats-server --version 2>&1 | awk '{print $2}'), etcd $(etcd --version 2>&1 | awk 'NR==1{print $3}')"
+
+# ------------------------------------------------------------------------------------------- Kubernetes
+command -v go >/dev/null || fail "Go is needed to build the Kubernetes control plane; install Go >= 1.26"
+stamp="$kube_bin/.built-from"
+want="$(cat "$here/k8s/go.mod" "$here/k8s/go.sum" | sha256sum | cut -c1-16) $(go env GOVERSION)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  step "building Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) into $kube_bin"
+  step "a cold build takes 10-25 minutes on 2 cores; progress follows"
+  mkdir -p "$kube_bin"
+  minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
+  started=$(date +%s)
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    step "  go build $cmd ($(($(date +%s) - started)) s so far)"
+    (cd "$here/k8s" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" \
+      -o "$kube_bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") || fail "go build $cmd failed"
+    mv "$kube_bin/$cmd.tmp" "$kube_bin/$cmd"
+  done
+  echo "$want" >"$stamp"
+  step "Kubernetes built in $(($(date +%s) - started)) s"
+fi
+step "kubernetes $("$kube_bin/kube-apiserver" --version 2>&1 | awk '{print $2}') in $kube_bin"
+
+# ----------------------------------------------------------------------------------------------- Helm
+if [[ ! -x "$helm_bin/helm" ]]; then
+  step "building helm $HELM_VERSION into $helm_bin"
+  mkdir -p "$helm_bin"
+  GOBIN="$helm_bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" ||
+    fail "go install helm failed"
+fi
+step "helm $HELM_VERSION in $helm_bin"
+step "ready"

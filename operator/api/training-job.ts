@@ -1,0 +1,727 @@
+/**
+ * The TrainingJob API (tensile.dev/v1alpha1): the single source of the TypeScript types, of runtime
+ * validation (operator, worker, `tensile validate`) and of the generated CRD (hack/gen-crd.ts).
+ *
+ * Unknown fields are rejected here (strict objects) so that a typo such as `minReplica` is reported
+ * instead of silently ignored; the API server prunes them and kubectl's default strict field
+ * validation rejects them, so all three agree for users of `kubectl apply`.
+ */
+import { z } from 'zod';
+import { immutable, withRules } from './cel.ts';
+
+export const API_GROUP = 'tensile.dev';
+export const API_VERSION = 'v1alpha1';
+export const API_GROUP_VERSION = `${API_GROUP}/${API_VERSION}`;
+export const KIND = 'TrainingJob';
+export const PLURAL = 'trainingjobs';
+export const SINGULAR = 'trainingjob';
+export const SHORT_NAMES = ['tj'];
+export const CATEGORIES = ['tensile'];
+/** Longest job name that still leaves room for `-worker-NNNN` inside a 63-character pod hostname. */
+export const MAX_JOB_NAME_LENGTH = 52;
+
+/** Kubernetes resource.Quantity, as the API server parses it. */
+export const QUANTITY_PATTERN =
+  /^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+const positiveInt = () => z.int().min(1);
+const nonNegativeInt = () => z.int().min(0);
+const fraction = () => z.number().gt(0).lt(1);
+
+const quantity = z
+  .union([
+    z.int().min(0),
+    z
+      .string()
+      .regex(QUANTITY_PATTERN, 'expected a Kubernetes quantity such as "2", "500m", "16Gi"')
+      .refine((s) => !s.startsWith('-'), 'a resource quantity cannot be negative'),
+  ])
+  .meta({ 'x-kubernetes-int-or-string': true });
+
+const resourceList = z.record(z.string().min(1), quantity);
+
+const objectName = (what: string) =>
+  z
+    .string()
+    .min(1)
+    .max(253)
+    .regex(DNS_SUBDOMAIN, `expected a lowercase DNS-1123 ${what} name (a-z, 0-9, '-', '.')`);
+
+// ---------------------------------------------------------------------------------------------- model
+
+export const ACTIVATIONS = ['relu', 'elu', 'selu', 'tanh', 'sigmoid', 'swish', 'linear'] as const;
+
+export const MlpSpecSchema = z.strictObject({
+  hiddenUnits: z
+    .array(positiveInt())
+    .min(1)
+    .max(16)
+    .default([256, 128])
+    .describe('Units of each hidden dense layer, input to output.'),
+  activation: z.enum(ACTIVATIONS).default('relu').describe('Activation of the hidden layers.'),
+  dropout: z.number().min(0).lt(1).default(0).describe('Dropout rate after each hidden layer.'),
+  batchNorm: z.boolean().default(false).describe('Batch normalization after each hidden layer.'),
+});
+
+export const CnnBlockSchema = z.strictObject({
+  filters: positiveInt().max(4096).describe('Convolution filters of this block.'),
+  kernelSize: positiveInt().max(15).default(3).describe('Square kernel size.'),
+  pool: positiveInt()
+    .max(8)
+    .default(2)
+    .describe('Max-pooling window and stride after the convolution; 1 for none.'),
+});
+
+export const CnnSpecSchema = z.strictObject({
+  blocks: z
+    .array(CnnBlockSchema)
+    .min(1)
+    .max(8)
+    .default([
+      { filters: 32, kernelSize: 3, pool: 2 },
+      { filters: 64, kernelSize: 3, pool: 2 },
+    ]),
+  batchNorm: z.boolean().default(false).describe('Batch normalization after each hidden layer.'),
+  dense: z
+    .array(positiveInt())
+    .max(8)
+    .default([128])
+    .describe('Units of the dense layers between the convolutions and the output.'),
+  activation: z.enum(ACTIVATIONS).default('relu').describe('Activation of the hidden layers.'),
+  dropout: z.number().min(0).lt(1).default(0.25).describe('Dropout rate before each dense layer.'),
+});
+
+export const LayersSpecSchema = withRules(
+  z.strictObject({
+    topology: z
+      .record(z.string(), z.unknown())
+      .optional()
+      .describe('A tfjs Layers model topology (`model.toJSON()` output, without weights), inline.'),
+    configMap: z
+      .strictObject({ name: objectName('ConfigMap'), key: z.string().min(1).default('model.json') })
+      .optional(),
+    path: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("A topology JSON file inside the worker's filesystem (image or volume)."),
+  }),
+  [
+    {
+      cel: '[has(self.topology), has(self.configMap), has(self.path)].filter(x, x).size() == 1',
+      message: 'set exactly one of model.layers.topology, model.layers.configMap or model.layers.path',
+      field: [],
+      holds: (l) => [l.topology, l.configMap, l.path].filter((x) => x !== undefined).length === 1,
+    },
+  ],
+);
+
+export const ModelSpecSchema = withRules(
+  z.strictObject({
+    mlp: MlpSpecSchema.optional().describe('A multi-layer perceptron.'),
+    cnn: CnnSpecSchema.optional().describe('A convolutional network: conv/pool blocks, then a dense head.'),
+    layers: LayersSpecSchema.optional().describe('A custom tfjs Layers topology.'),
+    seed: nonNegativeInt()
+      .default(42)
+      .describe(
+        'Seed of the weight initialisers, so two runs of the same manifest start from the same weights.',
+      ),
+  }),
+  [
+    {
+      cel: '[has(self.mlp), has(self.cnn), has(self.layers)].filter(x, x).size() == 1',
+      message: 'set exactly one of model.mlp, model.cnn or model.layers',
+      field: [],
+      holds: (m) => [m.mlp, m.cnn, m.layers].filter((x) => x !== undefined).length === 1,
+    },
+  ],
+  [immutable('spec.model')],
+);
+
+// -------------------------------------------------------------------------------------------- dataset
+
+export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records'] as const;
+
+export const DatasetSpecSchema = withRules(
+  z.strictObject({
+    format: z
+      .enum(DATASET_FORMATS)
+      .describe('idx (MNIST-style, gzip or not), csv, jsonl, or records (binary shards).'),
+    path: z
+      .string()
+      .min(1)
+      .describe("Directory (idx, records) or file (csv, jsonl) inside the worker's filesystem."),
+    volume: z
+      .strictObject({ claimName: objectName('PersistentVolumeClaim'), mountPath: z.string().startsWith('/') })
+      .optional()
+      .describe('A claim mounted read-only at `mountPath`; omit when the data ships in the image.'),
+    idx: z
+      .strictObject({
+        trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
+        trainLabels: z.string().min(1).default('train-labels-idx1-ubyte.gz'),
+        testImages: z.string().min(1).default('t10k-images-idx3-ubyte.gz'),
+        testLabels: z.string().min(1).default('t10k-labels-idx1-ubyte.gz'),
+      })
+      .prefault({}),
+    csv: z
+      .strictObject({
+        labelColumn: z.string().min(1).default('label'),
+        header: z.boolean().default(true),
+        delimiter: z.string().length(1).default(','),
+      })
+      .prefault({}),
+    jsonl: z
+      .strictObject({
+        featuresField: z.string().min(1).default('features'),
+        labelField: z.string().min(1).default('label'),
+      })
+      .prefault({}),
+    records: z
+      .strictObject({
+        dtype: z.enum(['uint8', 'float32']).default('uint8'),
+        shardPattern: z.string().min(1).default('*.bin'),
+      })
+      .prefault({})
+      .describe(
+        'Fixed-size binary records: one label byte then `featureShape` values of `dtype`, in `*.bin` shards.',
+      ),
+    featureShape: z
+      .array(positiveInt())
+      .min(1)
+      .max(4)
+      .optional()
+      .describe('Shape of one sample, e.g. [28, 28, 1]; read from the file for idx, required for records.'),
+    classes: z
+      .int()
+      .min(2)
+      .max(100000)
+      .optional()
+      .describe('Number of classes; read from the labels for idx, required for csv, jsonl and records.'),
+    normalize: z
+      .enum(['none', 'scale', 'standardize'])
+      .default('scale')
+      .describe(
+        'scale: features to [0, 1]; standardize: zero mean, unit variance per feature (from the training data).',
+      ),
+    pca: z
+      .strictObject({ components: positiveInt().max(4096) })
+      .optional()
+      .describe('Project features onto their first principal components (fitted on the training data).'),
+    eval: z
+      .strictObject({
+        source: z
+          .enum(['test', 'holdout'])
+          .optional()
+          .describe(
+            "`test`: the dataset's own test files (idx, the default there); `holdout`: a fraction of training data.",
+          ),
+        fraction: fraction().default(0.1),
+        maxSamples: positiveInt().optional(),
+      })
+      .prefault({}),
+    maxTrainSamples: positiveInt()
+      .optional()
+      .describe('Use only the first N training samples (smoke tests, quick demos).'),
+    shuffleSeed: nonNegativeInt()
+      .default(42)
+      .describe('Seed of the per-epoch permutation of the training samples.'),
+  }),
+  [
+    {
+      cel: "self.format == 'idx' || has(self.classes)",
+      message: 'dataset.classes is required for csv, jsonl and records datasets',
+      field: ['classes'],
+      holds: (d) => d.format === 'idx' || d.classes !== undefined,
+    },
+    {
+      cel: "self.format != 'records' || has(self.featureShape)",
+      message: 'dataset.featureShape is required for records datasets',
+      field: ['featureShape'],
+      holds: (d) => d.format !== 'records' || d.featureShape !== undefined,
+    },
+    {
+      cel: "self.format == 'idx' || !has(self.eval.source) || self.eval.source != 'test'",
+      message: "dataset.eval.source 'test' needs the idx format's test files; use 'holdout'",
+      field: ['eval', 'source'],
+      holds: (d) => d.format === 'idx' || d.eval.source !== 'test',
+    },
+  ],
+  [immutable('spec.dataset')],
+);
+
+// ------------------------------------------------------------------------------------------ optimizer
+
+export const OptimizerSpecSchema = withRules(
+  z.strictObject({
+    type: z.enum(['sgd', 'momentum', 'adam', 'rmsprop']).default('adam').describe('The optimizer.'),
+    learningRate: z.number().gt(0).lte(10).describe('Base learning rate (lr_base of the rescale policy).'),
+    momentum: z.number().min(0).lt(1).default(0.9).describe('momentum and rmsprop: the momentum term.'),
+    beta1: fraction().default(0.9),
+    beta2: fraction().default(0.999),
+    epsilon: z.number().gt(0).lt(1).default(1e-7).describe('adam and rmsprop: numerical stability term.'),
+    schedule: z
+      .strictObject({
+        type: z
+          .enum(['constant', 'step', 'exponential', 'cosine'])
+          .default('constant')
+          .describe('Learning rate schedule over steps.'),
+        decaySteps: positiveInt()
+          .optional()
+          .describe(
+            'step and exponential: the learning rate is multiplied by decayRate every decaySteps steps.',
+          ),
+        decayRate: fraction().optional(),
+        minLearningRate: z.number().min(0).default(0).describe('cosine: the floor reached at the last step.'),
+      })
+      .prefault({}),
+  }),
+  [
+    {
+      cel: "!(self.schedule.type in ['step', 'exponential']) || (has(self.schedule.decaySteps) && has(self.schedule.decayRate))",
+      message: 'optimizer.schedule.decaySteps and decayRate are required for step and exponential schedules',
+      field: ['schedule'],
+      holds: (o) =>
+        !(o.schedule.type === 'step' || o.schedule.type === 'exponential') ||
+        (o.schedule.decaySteps !== undefined && o.schedule.decayRate !== undefined),
+    },
+    {
+      cel: 'self.schedule.minLearningRate < self.learningRate',
+      message: 'optimizer.schedule.minLearningRate must be below optimizer.learningRate',
+      field: ['schedule', 'minLearningRate'],
+      holds: (o) => o.schedule.minLearningRate < o.learningRate,
+    },
+  ],
+  [immutable('spec.optimizer')],
+);
+
+// -------------------------------------------------------------------------------------------- batches
+
+export const RESCALE_POLICIES = ['fixedGlobalBatch', 'linear', 'sqrt', 'adascale'] as const;
+export type RescalePolicy = (typeof RESCALE_POLICIES)[number];
+
+export const BatchSpecSchema = withRules(
+  z.strictObject({
+    global: positiveInt()
+      .max(1_000_000)
+      .default(128)
+      .describe(
+        'The base global batch B_base: the global batch of fixedGlobalBatch, the reference of the others.',
+      ),
+    perWorker: positiveInt()
+      .max(1_000_000)
+      .optional()
+      .describe("linear, sqrt, adascale: each worker's batch b_i (default: global / initial replicas)."),
+    maxPerWorker: positiveInt()
+      .max(1_000_000)
+      .optional()
+      .describe('Largest batch one worker computes at once; bigger shares are split into micro-batches.'),
+    policy: z
+      .enum(RESCALE_POLICIES)
+      .default('fixedGlobalBatch')
+      .describe('How batch size and learning rate follow the number of workers.'),
+    warmupSteps: nonNegativeInt()
+      .max(1_000_000)
+      .default(50)
+      .describe('linear and sqrt: steps of linear warm-up to the new learning rate after every change.'),
+  }),
+  [
+    {
+      cel: "self.policy != 'fixedGlobalBatch' || !has(self.perWorker)",
+      message: 'batch.perWorker applies to linear, sqrt and adascale; fixedGlobalBatch splits batch.global',
+      field: ['perWorker'],
+      holds: (b) => b.policy !== 'fixedGlobalBatch' || b.perWorker === undefined,
+    },
+  ],
+);
+
+// ------------------------------------------------------------------------------------------- stopping
+
+export const StoppingSpecSchema = withRules(
+  z.strictObject({
+    epochs: positiveInt().max(100_000).optional().describe('Train for this many epochs.'),
+    steps: positiveInt()
+      .optional()
+      .describe('Train for this many global steps (whichever of epochs and steps comes first).'),
+    targetAccuracy: z
+      .number()
+      .gt(0)
+      .lte(1)
+      .optional()
+      .describe('Stop early once the evaluation accuracy reaches this value.'),
+  }),
+  [
+    {
+      cel: 'has(self.epochs) || has(self.steps)',
+      message: 'set stopping.epochs or stopping.steps',
+      field: [],
+      holds: (s) => s.epochs !== undefined || s.steps !== undefined,
+    },
+  ],
+);
+
+export const EvaluationSpecSchema = z.strictObject({
+  intervalSteps: positiveInt()
+    .default(500)
+    .describe('Evaluate every N steps (and always at the end of each epoch and of the run).'),
+});
+
+// ---------------------------------------------------------------------------------------- checkpoints
+
+export const CheckpointVolumeSchema = withRules(
+  z.strictObject({
+    claimName: objectName('PersistentVolumeClaim')
+      .optional()
+      .describe('An existing claim, shared by all workers (ReadWriteMany).'),
+    claimTemplate: z
+      .strictObject({
+        storageClassName: objectName('StorageClass').optional(),
+        accessModes: z
+          .array(z.enum(['ReadWriteOnce', 'ReadWriteMany', 'ReadWriteOncePod']))
+          .min(1)
+          .default(['ReadWriteMany']),
+        size: quantity.default('1Gi').describe('Requested size.'),
+      })
+      .optional(),
+  }),
+  [
+    {
+      cel: 'has(self.claimName) != has(self.claimTemplate)',
+      message: 'set exactly one of checkpoint.volume.claimName or checkpoint.volume.claimTemplate',
+      field: [],
+      holds: (v) => (v.claimName === undefined) !== (v.claimTemplate === undefined),
+    },
+  ],
+);
+
+export const CheckpointSpecSchema = withRules(
+  z.strictObject({
+    path: z
+      .string()
+      .startsWith('/')
+      .default('/checkpoints')
+      .describe('Where the volume is mounted in the worker, and the folder `tensile run` uses locally.'),
+    intervalSteps: positiveInt().optional().describe('Checkpoint every N global steps.'),
+    intervalSeconds: positiveInt().optional().describe('Checkpoint at least every N seconds.'),
+    keep: positiveInt().max(100).default(3).describe('Checkpoints retained; older ones are deleted.'),
+    volume: CheckpointVolumeSchema.prefault({ claimTemplate: {} }).describe(
+      'Where checkpoints live: an existing claim or one the operator creates (owned by the job).',
+    ),
+  }),
+  [
+    {
+      cel: 'has(self.intervalSteps) || has(self.intervalSeconds)',
+      message: 'set checkpoint.intervalSteps or checkpoint.intervalSeconds',
+      field: [],
+      holds: (c) => c.intervalSteps !== undefined || c.intervalSeconds !== undefined,
+    },
+  ],
+);
+
+// ------------------------------------------------------------------------------------- worker template
+
+export const TolerationSchema = withRules(
+  z.strictObject({
+    key: z.string().optional(),
+    operator: z.enum(['Exists', 'Equal']).default('Equal'),
+    value: z.string().optional(),
+    effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional(),
+    tolerationSeconds: z.int().optional(),
+  }),
+  [
+    {
+      cel: "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+      message: 'a toleration with operator Exists must not set value',
+      field: ['value'],
+      holds: (t) => t.operator !== 'Exists' || t.value === undefined || t.value === '',
+    },
+    {
+      cel: "has(self.key) || self.operator == 'Exists'",
+      message: 'a toleration without key must use operator Exists',
+      field: ['key'],
+      holds: (t) => t.key !== undefined || t.operator === 'Exists',
+    },
+  ],
+);
+
+export const EnvVarSchema = z.strictObject({
+  name: z
+    .string()
+    .min(1)
+    .regex(/^[-._a-zA-Z][-._a-zA-Z0-9]*$/, 'expected an environment variable name'),
+  value: z.string().optional(),
+  valueFrom: z
+    .record(z.string(), z.unknown())
+    .optional()
+    .describe('A core/v1 EnvVarSource, passed to the pod unchanged.'),
+});
+
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKENDS)[number];
+
+export const WorkerSpecSchema = z.strictObject({
+  image: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("Defaults to the operator's worker image (Helm value workers.image)."),
+  imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
+  command: z.array(z.string()).optional(),
+  args: z.array(z.string()).optional(),
+  env: z.array(EnvVarSchema).default([]).describe('Extra environment variables for the worker container.'),
+  resources: z
+    .strictObject({ requests: resourceList.optional(), limits: resourceList.optional() })
+    .prefault({}),
+  nodeSelector: z
+    .record(z.string(), z.string())
+    .optional()
+    .describe('Node labels a worker node must have, e.g. karpenter.sh/capacity-type: spot.'),
+  tolerations: z
+    .array(TolerationSchema)
+    .optional()
+    .describe('Taints the workers tolerate (GPU and spot taints).'),
+  affinity: z
+    .record(z.string(), z.unknown())
+    .optional()
+    .describe(
+      'A core/v1 Affinity, passed to the pod unchanged (the API server validates it on pod creation).',
+    ),
+  priorityClassName: objectName('PriorityClass').optional().describe('PriorityClass of the worker pods.'),
+  serviceAccountName: objectName('ServiceAccount').optional(),
+  labels: z.record(z.string(), z.string().max(63)).optional(),
+  annotations: z.record(z.string(), z.string()).optional(),
+  terminationGracePeriodSeconds: nonNegativeInt()
+    .max(3600)
+    .default(30)
+    .describe('Time a worker gets to checkpoint and leave after SIGTERM.'),
+  backend: z
+    .enum(BACKENDS)
+    .default('auto')
+    .describe('TensorFlow.js backend; auto tries tensorflow (GPU, then CPU), wasm, cpu in that order.'),
+});
+
+export const RunPolicySchema = z.strictObject({
+  suspend: z
+    .boolean()
+    .default(false)
+    .describe(
+      'Suspended jobs checkpoint, delete their workers and keep their progress; resuming recreates them.',
+    ),
+  backoffLimit: nonNegativeInt()
+    .max(1000)
+    .default(6)
+    .describe('Pod failures tolerated before the job fails; preemptions never count.'),
+  activeDeadlineSeconds: positiveInt()
+    .optional()
+    .describe('Fail the job (DeadlineExceeded) after this many seconds from start.'),
+  ttlSecondsAfterFinished: nonNegativeInt().optional(),
+  pendingTimeoutSeconds: positiveInt()
+    .default(300)
+    .describe(
+      'A worker Pending longer than this is reported (condition and event) but kept for the autoscaler.',
+    ),
+});
+
+export const RendezvousSpecSchema = withRules(
+  z.strictObject({
+    heartbeatMillis: z.int().min(100).max(60_000).default(1000),
+    timeoutMillis: z
+      .int()
+      .min(200)
+      .max(600_000)
+      .default(3000)
+      .describe('A member whose heartbeat is older than this is dropped from the world.'),
+    lastCallMillis: z
+      .int()
+      .min(0)
+      .max(600_000)
+      .default(1000)
+      .describe('Once minReplicas have joined, wait this long for more before closing the round.'),
+  }),
+  [
+    {
+      cel: 'self.timeoutMillis > self.heartbeatMillis',
+      message: 'rendezvous.timeoutMillis must exceed rendezvous.heartbeatMillis',
+      field: ['timeoutMillis'],
+      holds: (r) => r.timeoutMillis > r.heartbeatMillis,
+    },
+  ],
+);
+
+export const NatsSpecSchema = z.strictObject({
+  url: z
+    .string()
+    .regex(/^(nats|tls|ws|wss):\/\/[^\s]+$/, 'expected a NATS URL such as nats://nats.tensile-system:4222')
+    .optional(),
+  credentialsSecret: z
+    .strictObject({ name: objectName('Secret'), key: z.string().min(1).default('nats.creds') })
+    .optional(),
+});
+
+// ----------------------------------------------------------------------------------------------- spec
+
+export const TrainingJobSpecSchema = withRules(
+  z.strictObject({
+    replicas: positiveInt()
+      .max(10_000)
+      .default(1)
+      .describe('Desired number of workers (the scale subresource and HPA set this).'),
+    minReplicas: positiveInt()
+      .max(10_000)
+      .default(1)
+      .describe('Training goes on while at least this many workers are present.'),
+    maxReplicas: positiveInt()
+      .max(10_000)
+      .optional()
+      .describe('Upper end of the elastic range; when omitted the job never grows past `replicas`.'),
+    model: ModelSpecSchema.describe('The network to train; immutable.'),
+    dataset: DatasetSpecSchema.describe('Where the data is and how it is prepared; immutable.'),
+    optimizer: OptimizerSpecSchema.describe('Optimizer and learning rate; immutable.'),
+    batch: BatchSpecSchema.prefault({}).describe('Global batch size and the rescale policy.'),
+    stopping: StoppingSpecSchema.prefault({ epochs: 1 }).describe('When training ends.'),
+    evaluation: EvaluationSpecSchema.prefault({}).describe('How often to evaluate on the eval split.'),
+    checkpoint: CheckpointSpecSchema.prefault({ intervalSteps: 200 }).describe(
+      'Checkpoint interval, retention and volume.',
+    ),
+    worker: WorkerSpecSchema.prefault({}).describe('The worker pod template.'),
+    runPolicy: RunPolicySchema.prefault({}).describe('Suspension, failure limits, deadline and clean-up.'),
+    rendezvous: RendezvousSpecSchema.prefault({}).describe(
+      'How workers find each other and how fast a lost one is noticed.',
+    ),
+    nats: NatsSpecSchema.optional().describe("Override the operator's NATS server for this job."),
+  }),
+  [
+    {
+      cel: 'self.minReplicas <= self.replicas',
+      message: 'minReplicas must not exceed replicas',
+      field: ['minReplicas'],
+      holds: (s) => s.minReplicas <= s.replicas,
+    },
+    {
+      cel: '!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas',
+      message: 'minReplicas must not exceed maxReplicas',
+      field: ['maxReplicas'],
+      holds: (s) => s.maxReplicas === undefined || s.minReplicas <= s.maxReplicas,
+    },
+    {
+      cel: '!has(self.maxReplicas) || self.replicas <= self.maxReplicas',
+      message: 'replicas must not exceed maxReplicas',
+      field: ['replicas'],
+      holds: (s) => s.maxReplicas === undefined || s.replicas <= s.maxReplicas,
+    },
+    {
+      cel: "self.batch.policy != 'fixedGlobalBatch' || self.batch.global >= (has(self.maxReplicas) ? self.maxReplicas : self.replicas)",
+      message:
+        'batch.global must be at least the largest number of workers, so that every worker gets a sample',
+      field: ['batch', 'global'],
+      holds: (s) => s.batch.policy !== 'fixedGlobalBatch' || s.batch.global >= (s.maxReplicas ?? s.replicas),
+    },
+  ],
+);
+
+// --------------------------------------------------------------------------------------------- status
+
+export const CONDITION_TYPES = [
+  'Created',
+  'Running',
+  'Rescaling',
+  'Succeeded',
+  'Failed',
+  'Suspended',
+  'PodsPending',
+] as const;
+export type ConditionType = (typeof CONDITION_TYPES)[number];
+export const PHASES = ['Pending', 'Running', 'Suspended', 'Succeeded', 'Failed'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export const ConditionSchema = z.strictObject({
+  type: z.enum(CONDITION_TYPES),
+  status: z.enum(['True', 'False', 'Unknown']),
+  reason: z.string().regex(/^[A-Z][A-Za-z0-9]*$/, 'expected a PascalCase reason'),
+  message: z.string().default(''),
+  lastTransitionTime: z.iso.datetime(),
+});
+
+export const TrainingJobStatusSchema = z.strictObject({
+  phase: z.enum(PHASES).optional(),
+  conditions: z.array(ConditionSchema).optional(),
+  observedGeneration: z.int().optional(),
+  replicas: nonNegativeInt().optional(),
+  readyReplicas: nonNegativeInt().optional(),
+  selector: z.string().optional(),
+  worldSize: nonNegativeInt().optional(),
+  generation: nonNegativeInt()
+    .optional()
+    .describe('Rendezvous round of the current world (not metadata.generation).'),
+  step: nonNegativeInt().optional(),
+  epoch: nonNegativeInt().optional(),
+  loss: z.number().optional(),
+  accuracy: z.number().optional(),
+  samplesPerSecond: z.number().optional(),
+  lastCheckpoint: z
+    .strictObject({ step: nonNegativeInt(), path: z.string(), time: z.iso.datetime() })
+    .optional(),
+  restarts: nonNegativeInt().optional(),
+  preemptions: nonNegativeInt().optional(),
+  countedPods: z
+    .array(z.string())
+    .max(1000)
+    .optional()
+    .describe(
+      'Workers that ended and are counted in restarts/preemptions but whose pods still hold our finalizer.',
+    ),
+  startTime: z.iso.datetime().optional(),
+  completionTime: z.iso.datetime().optional(),
+  message: z.string().optional(),
+});
+
+// ------------------------------------------------------------------------------------------- document
+
+export const ObjectMetaSchema = z.looseObject({
+  name: z
+    .string()
+    .min(1)
+    .max(MAX_JOB_NAME_LENGTH, `a TrainingJob name must be at most ${MAX_JOB_NAME_LENGTH} characters`)
+    .regex(DNS_LABEL, "expected a lowercase DNS-1123 label (a-z, 0-9, '-'), e.g. fashion-mnist"),
+  namespace: z.string().regex(DNS_LABEL, 'expected a namespace name').optional(),
+});
+
+export const TrainingJobSchema = z.strictObject({
+  apiVersion: z.literal(API_GROUP_VERSION),
+  kind: z.literal(KIND),
+  metadata: ObjectMetaSchema,
+  spec: TrainingJobSpecSchema,
+  status: TrainingJobStatusSchema.optional(),
+});
+
+export type TrainingJob = z.output<typeof TrainingJobSchema>;
+export type TrainingJobInput = z.input<typeof TrainingJobSchema>;
+export type TrainingJobSpec = z.output<typeof TrainingJobSpecSchema>;
+export type TrainingJobStatus = z.output<typeof TrainingJobStatusSchema>;
+export type Condition = z.output<typeof ConditionSchema>;
+export type ModelSpec = z.output<typeof ModelSpecSchema>;
+export type DatasetSpec = z.output<typeof DatasetSpecSchema>;
+export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;
+export type BatchSpec = z.output<typeof BatchSpecSchema>;
+export type CheckpointSpec = z.output<typeof CheckpointSpecSchema>;
+export type WorkerSpec = z.output<typeof WorkerSpecSchema>;
+export type RunPolicy = z.output<typeof RunPolicySchema>;
+export type RendezvousSpec = z.output<typeof RendezvousSpecSchema>;
+
+/** The elastic range after defaulting: `maxReplicas` falls back to `replicas`. */
+export function elasticRange(spec: Pick<TrainingJobSpec, 'replicas' | 'minReplicas' | 'maxReplicas'>): {
+  min: number;
+  max: number;
+} {
+  const max = spec.maxReplicas ?? Math.max(spec.replicas, spec.minReplicas);
+  return { min: Math.min(spec.minReplicas, max), max };
+}
+
+/** desired = clamp(spec.replicas, minReplicas, maxReplicas). */
+export function desiredReplicas(
+  spec: Pick<TrainingJobSpec, 'replicas' | 'minReplicas' | 'maxReplicas'>,
+): number {
+  const { min, max } = elasticRange(spec);
+  return Math.min(max, Math.max(min, spec.replicas));
+}

@@ -1,0 +1,43 @@
+/**
+ * `tensile`: one command for every part, so that the images, `npm start` and a developer's shell
+ * run the same code. Subcommands load their modules lazily: `tensile validate` never loads TensorFlow.
+ */
+import { readFile } from 'node:fs/promises';
+
+const USAGE = `usage: tensile <command> [options]
+
+commands:
+  validate FILE...     check TrainingJob manifests against the schema (exit 1 on any problem)
+  help                 show this text
+`;
+
+type Command = (args: string[]) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  validate: async (args) => {
+    const { runValidate } = await import('./commands/validate.ts');
+    return runValidate(args, {
+      readFile: (file) => readFile(file, 'utf8'),
+      out: console.log,
+      err: console.error,
+    });
+  },
+  help: async () => {
+    process.stdout.write(USAGE);
+    return 0;
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (command === undefined) {
+    process.stderr.write(`tensile: unknown command "${name}"\n${USAGE}`);
+    return 2;
+  }
+  return command(rest);
+}
