@@ -20,6 +20,23 @@ import {
 type JsonSchema = { [key: string]: unknown };
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+const KNOWN_FORMATS = new Set([
+  'int32',
+  'int64',
+  'float',
+  'double',
+  'byte',
+  'date',
+  'date-time',
+  'duration',
+  'uuid',
+  'hostname',
+  'ipv4',
+  'ipv6',
+  'uri',
+  'email',
+  'password',
+]);
 
 function isObject(value: unknown): value is JsonSchema {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -59,6 +76,8 @@ export function toStructural(node: unknown): unknown {
     out['format'] = 'int64';
   }
   if (out['format'] === 'date-time') delete out['pattern'];
+  // zod names checks such as startsWith as formats; the API server only knows OpenAPI's formats.
+  if (typeof out['format'] === 'string' && !KNOWN_FORMATS.has(out['format'])) delete out['format'];
   if ('additionalProperties' in node) {
     const extra = node['additionalProperties'];
     if (extra === false) {
@@ -90,7 +109,16 @@ function findPattern(node: unknown): string | undefined {
 }
 
 function openApi(schema: z.ZodType): JsonSchema {
-  const json = z.toJSONSchema(schema, { target: 'openapi-3.0', io: 'input', unrepresentable: 'throw' });
+  const json = z.toJSONSchema(schema, {
+    target: 'openapi-3.0',
+    io: 'input',
+    unrepresentable: 'throw',
+    override: ({ zodSchema, jsonSchema }) => {
+      // The API server validates a default (CEL included) before nested defaults apply, so `{}` must be
+      // written out with its nested defaults: the value zod itself produces for a missing field.
+      if (zodSchema._zod.def.type === 'prefault') jsonSchema.default = z.parse(zodSchema, undefined) as never;
+    },
+  });
   const structural = toStructural(json);
   if (!isObject(structural)) throw new Error('zod produced a non-object schema');
   return structural;
@@ -119,7 +147,6 @@ export function trainingJobOpenApiSchema(): JsonSchema {
       {
         rule: `self.metadata.name.size() <= ${MAX_JOB_NAME_LENGTH} && self.metadata.name.matches('${DNS_LABEL_PATTERN}')`,
         message: `metadata.name must be a DNS-1123 label of at most ${MAX_JOB_NAME_LENGTH} characters, so worker pod names stay valid hostnames`,
-        fieldPath: '.metadata.name',
       },
     ],
   };

@@ -144,6 +144,29 @@ export const ModelSpecSchema = withRules(
 
 export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records'] as const;
 
+export const IdxOptionsSchema = z.strictObject({
+  trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
+  trainLabels: z.string().min(1).default('train-labels-idx1-ubyte.gz'),
+  testImages: z.string().min(1).default('t10k-images-idx3-ubyte.gz'),
+  testLabels: z.string().min(1).default('t10k-labels-idx1-ubyte.gz'),
+});
+
+export const CsvOptionsSchema = z.strictObject({
+  labelColumn: z.string().min(1).default('label'),
+  header: z.boolean().default(true),
+  delimiter: z.string().length(1).default(','),
+});
+
+export const JsonlOptionsSchema = z.strictObject({
+  featuresField: z.string().min(1).default('features'),
+  labelField: z.string().min(1).default('label'),
+});
+
+export const RecordsOptionsSchema = z.strictObject({
+  dtype: z.enum(['uint8', 'float32']).default('uint8'),
+  shardPattern: z.string().min(1).default('*.bin'),
+});
+
 export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
@@ -157,36 +180,12 @@ export const DatasetSpecSchema = withRules(
       .strictObject({ claimName: objectName('PersistentVolumeClaim'), mountPath: z.string().startsWith('/') })
       .optional()
       .describe('A claim mounted read-only at `mountPath`; omit when the data ships in the image.'),
-    idx: z
-      .strictObject({
-        trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
-        trainLabels: z.string().min(1).default('train-labels-idx1-ubyte.gz'),
-        testImages: z.string().min(1).default('t10k-images-idx3-ubyte.gz'),
-        testLabels: z.string().min(1).default('t10k-labels-idx1-ubyte.gz'),
-      })
-      .prefault({}),
-    csv: z
-      .strictObject({
-        labelColumn: z.string().min(1).default('label'),
-        header: z.boolean().default(true),
-        delimiter: z.string().length(1).default(','),
-      })
-      .prefault({}),
-    jsonl: z
-      .strictObject({
-        featuresField: z.string().min(1).default('features'),
-        labelField: z.string().min(1).default('label'),
-      })
-      .prefault({}),
-    records: z
-      .strictObject({
-        dtype: z.enum(['uint8', 'float32']).default('uint8'),
-        shardPattern: z.string().min(1).default('*.bin'),
-      })
-      .prefault({})
-      .describe(
-        'Fixed-size binary records: one label byte then `featureShape` values of `dtype`, in `*.bin` shards.',
-      ),
+    idx: IdxOptionsSchema.optional().describe('idx: file names inside `path` (default: the MNIST names).'),
+    csv: CsvOptionsSchema.optional().describe('csv: label column, header and delimiter.'),
+    jsonl: JsonlOptionsSchema.optional().describe('jsonl: the fields holding the features and the label.'),
+    records: RecordsOptionsSchema.optional().describe(
+      'records: fixed-size binary records, one label byte then `featureShape` values of `dtype`.',
+    ),
     featureShape: z
       .array(positiveInt())
       .min(1)
@@ -702,6 +701,25 @@ export type TrainingJobStatus = z.output<typeof TrainingJobStatusSchema>;
 export type Condition = z.output<typeof ConditionSchema>;
 export type ModelSpec = z.output<typeof ModelSpecSchema>;
 export type DatasetSpec = z.output<typeof DatasetSpecSchema>;
+export type IdxOptions = z.output<typeof IdxOptionsSchema>;
+export type CsvOptions = z.output<typeof CsvOptionsSchema>;
+export type JsonlOptions = z.output<typeof JsonlOptionsSchema>;
+export type RecordsOptions = z.output<typeof RecordsOptionsSchema>;
+
+/** The format options of a dataset with their defaults, whether or not the manifest spelled them out. */
+export function datasetOptions(dataset: DatasetSpec): {
+  idx: IdxOptions;
+  csv: CsvOptions;
+  jsonl: JsonlOptions;
+  records: RecordsOptions;
+} {
+  return {
+    idx: dataset.idx ?? IdxOptionsSchema.parse({}),
+    csv: dataset.csv ?? CsvOptionsSchema.parse({}),
+    jsonl: dataset.jsonl ?? JsonlOptionsSchema.parse({}),
+    records: dataset.records ?? RecordsOptionsSchema.parse({}),
+  };
+}
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;
 export type BatchSpec = z.output<typeof BatchSpecSchema>;
 export type CheckpointSpec = z.output<typeof CheckpointSpecSchema>;

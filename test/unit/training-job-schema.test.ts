@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { desiredReplicas, elasticRange } from '../../operator/api/training-job.ts';
+import { datasetOptions, desiredReplicas, elasticRange } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { invalidManifests as invalid } from '../helpers/invalid-manifests.ts';
 import { validManifest, withField } from '../helpers/job-builder.ts';
@@ -43,7 +43,8 @@ test('a valid manifest gets the documented defaults', () => {
   assert.is(spec.runPolicy.backoffLimit, 6);
   assert.is(spec.checkpoint.path, '/checkpoints');
   assert.equal(spec.checkpoint.volume.claimTemplate?.accessModes, ['ReadWriteMany']);
-  assert.is(spec.dataset.idx.trainImages, 'train-images-idx3-ubyte.gz');
+  assert.is(datasetOptions(spec.dataset).idx.trainImages, 'train-images-idx3-ubyte.gz');
+  assert.is(spec.dataset.csv, undefined, 'options of other formats stay out of the object');
   assert.is(spec.rendezvous.timeoutMillis, 3000);
 });
 

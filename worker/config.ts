@@ -1,0 +1,132 @@
+/**
+ * The worker's configuration: environment variables written by the operator's pod builder (or by
+ * `tensile run` for local workers), optionally from a JSON file named by TENSILE_CONFIG_FILE with the
+ * same keys (environment variables win). Validated once at start; a bad value exits non-zero naming it.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { BACKENDS, type TrainingJobSpec, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
+import { zodProblems } from '../operator/api/validate.ts';
+
+export const WORKER_ENV = {
+  jobName: 'TENSILE_JOB_NAME',
+  namespace: 'TENSILE_NAMESPACE',
+  jobUid: 'TENSILE_JOB_UID',
+  spec: 'TENSILE_JOB_SPEC',
+  workerId: 'TENSILE_WORKER_ID',
+  replicaIndex: 'TENSILE_REPLICA_INDEX',
+  podIp: 'TENSILE_POD_IP',
+  natsUrl: 'TENSILE_NATS_URL',
+  natsCreds: 'TENSILE_NATS_CREDS',
+  checkpointDir: 'TENSILE_CHECKPOINT_DIR',
+  backend: 'TENSILE_BACKEND',
+  outDir: 'TENSILE_OUT_DIR',
+  logLevel: 'TENSILE_LOG_LEVEL',
+  configFile: 'TENSILE_CONFIG_FILE',
+} as const;
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+export const WorkerConfigSchema = z.object({
+  jobName: z.string().regex(DNS_LABEL, 'expected the TrainingJob name (a DNS-1123 label)'),
+  namespace: z.string().regex(DNS_LABEL, 'expected a namespace name').default('default'),
+  jobUid: z.string().optional(),
+  spec: TrainingJobSpecSchema,
+  workerId: z.string().min(1).max(253),
+  replicaIndex: z.coerce.number().pipe(z.int().min(0)),
+  podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
+  natsUrl: z
+    .string()
+    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222'),
+  natsCreds: z.string().optional(),
+  checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
+  backend: z.enum(BACKENDS).optional(),
+  outDir: z.string().optional(),
+  logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+});
+
+export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
+export type WorkerConfigInput = z.input<typeof WorkerConfigSchema>;
+
+export class WorkerConfigError extends Error {
+  override readonly name = 'WorkerConfigError';
+  constructor(
+    readonly problems: readonly string[],
+    options?: ErrorOptions,
+  ) {
+    super(`invalid worker configuration:\n  ${problems.join('\n  ')}`, options);
+  }
+}
+
+/** The environment variables that configure a worker, as the operator and `tensile run` write them. */
+export function workerEnvironment(config: {
+  jobName: string;
+  namespace: string;
+  jobUid?: string;
+  spec: TrainingJobSpec;
+  workerId?: string;
+  replicaIndex: number;
+  natsUrl: string;
+  checkpointDir: string;
+  backend?: string;
+  outDir?: string;
+}): Record<string, string> {
+  const env: Record<string, string> = {
+    [WORKER_ENV.jobName]: config.jobName,
+    [WORKER_ENV.namespace]: config.namespace,
+    [WORKER_ENV.spec]: JSON.stringify(config.spec),
+    [WORKER_ENV.replicaIndex]: String(config.replicaIndex),
+    [WORKER_ENV.natsUrl]: config.natsUrl,
+    [WORKER_ENV.checkpointDir]: config.checkpointDir,
+  };
+  if (config.jobUid !== undefined) env[WORKER_ENV.jobUid] = config.jobUid;
+  if (config.workerId !== undefined) env[WORKER_ENV.workerId] = config.workerId;
+  if (config.backend !== undefined) env[WORKER_ENV.backend] = config.backend;
+  if (config.outDir !== undefined) env[WORKER_ENV.outDir] = config.outDir;
+  return env;
+}
+
+/** Reads and validates the configuration; throws WorkerConfigError naming every bad variable. */
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  const raw: Record<string, unknown> = {};
+  const problems: string[] = [];
+  const file = env[WORKER_ENV.configFile];
+  if (file !== undefined && file !== '') {
+    try {
+      const parsed: unknown = JSON.parse(readFileSync(file, 'utf8'));
+      if (typeof parsed !== 'object' || parsed === null) throw new Error('not a JSON object');
+      for (const [key, field] of Object.entries(WORKER_ENV)) {
+        const value = (parsed as Record<string, unknown>)[field];
+        if (value !== undefined) raw[key] = value;
+      }
+    } catch (error) {
+      throw new WorkerConfigError([`${WORKER_ENV.configFile}=${file}: ${(error as Error).message}`], {
+        cause: error,
+      });
+    }
+  }
+  for (const [key, field] of Object.entries(WORKER_ENV)) {
+    const value = env[field];
+    if (value !== undefined && value !== '') raw[key] = value;
+  }
+  if (typeof raw['spec'] === 'string') {
+    try {
+      raw['spec'] = JSON.parse(raw['spec']);
+    } catch (error) {
+      problems.push(`${WORKER_ENV.spec}: not JSON (${(error as Error).message})`);
+    }
+  }
+  raw['workerId'] ??= hostname();
+  const result = WorkerConfigSchema.safeParse(raw, { reportInput: true });
+  if (!result.success) {
+    for (const problem of zodProblems(result.error, WorkerConfigSchema)) {
+      const [head, ...rest] = problem.path.split(/(?=[.[])/);
+      const variable = WORKER_ENV[head as keyof typeof WORKER_ENV] ?? head;
+      problems.push(`${variable}${rest.join('')}: ${problem.message}`);
+    }
+  }
+  if (problems.length > 0) throw new WorkerConfigError(problems);
+  if (!result.success) throw new WorkerConfigError(['unknown problem']);
+  return result.data;
+}
