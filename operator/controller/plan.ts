@@ -1,0 +1,449 @@
+/**
+ * The operator's decision for one TrainingJob: given the job, its pods, the nodes and the clock, which
+ * pods to create and delete, what to tell the workers, which events to record, what the status is now
+ * and when to look again. Pure and deterministic; the reconciler carries the result out.
+ */
+import type { V1Node, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
+import type { ControlMessage } from '../api/contract.ts';
+import { type Condition, desiredReplicas, type TrainingJobStatus } from '../api/training-job.ts';
+import { clearCondition, findCondition, isTrue, setCondition } from './conditions.ts';
+import {
+  buildCheckpointClaim,
+  buildWorkerPod,
+  GPU_RESOURCE,
+  type OwnedJob,
+  type WorkerPodDefaults,
+  workerSelector,
+} from './pod-builder.ts';
+import {
+  finishedAt,
+  hasAccountingFinalizer,
+  type PodState,
+  podState,
+  replicaIndex,
+  toMillis,
+} from './pods.ts';
+
+export interface PlanConfig extends WorkerPodDefaults {
+  /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */
+  readonly failureBackoffSeconds: number;
+  readonly maxFailureBackoffSeconds: number;
+}
+
+export interface PlanInput {
+  readonly job: OwnedJob;
+  readonly pods: readonly V1Pod[];
+  readonly nodes: ReadonlyMap<string, V1Node>;
+  /** Whether the claim from `checkpoint.volume.claimTemplate` exists already. */
+  readonly claimExists: boolean;
+  readonly now: Date;
+  readonly config: PlanConfig;
+}
+
+export interface JobEventRecord {
+  readonly type: 'Normal' | 'Warning';
+  readonly reason: string;
+  readonly message: string;
+}
+
+export interface DeletePod {
+  readonly name: string;
+  readonly reason: string;
+  /** Delete with grace period 0: its node is gone, nobody is left to stop the process. */
+  readonly force: boolean;
+}
+
+export interface Plan {
+  readonly status: TrainingJobStatus;
+  /** Pods whose accounting finalizer goes (after the status that counts them is written). */
+  readonly releasePods: readonly string[];
+  readonly deletePods: readonly DeletePod[];
+  readonly createPods: readonly V1Pod[];
+  readonly createClaim: V1PersistentVolumeClaim | undefined;
+  /** Pods to mark as asked to leave (annotation), with the reason. */
+  readonly markLeaving: readonly { readonly name: string; readonly reason: string }[];
+  readonly publish: readonly ControlMessage[];
+  readonly events: readonly JobEventRecord[];
+  readonly deleteJob: boolean;
+  readonly requeueAfterMs: number | undefined;
+}
+
+interface ClassifiedPod {
+  readonly pod: V1Pod;
+  readonly name: string;
+  readonly uid: string;
+  readonly index: number;
+  readonly state: PodState;
+  readonly created: number;
+}
+
+const TERMINAL_PHASES = new Set(['Succeeded', 'Failed']);
+
+function rfc3339(now: Date): string {
+  return now.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+/** Problems the CRD cannot see but the operator can; the job fails with InvalidSpec. */
+export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[] {
+  const problems: string[] = [];
+  const { requests, limits } = job.spec.worker.resources;
+  const gpuRequest = requests?.[GPU_RESOURCE];
+  const gpuLimit = limits?.[GPU_RESOURCE];
+  if (gpuRequest !== undefined && gpuLimit !== undefined && String(gpuRequest) !== String(gpuLimit)) {
+    problems.push(
+      `spec.worker.resources: ${GPU_RESOURCE} requests (${gpuRequest}) and limits (${gpuLimit}) must be equal`,
+    );
+  }
+  if (job.spec.worker.image === undefined && config.workerImage === '') {
+    problems.push(
+      'spec.worker.image: not set, and the operator has no default worker image (--worker-image)',
+    );
+  }
+  return problems;
+}
+
+function failureBackoffMs(failures: number, config: PlanConfig): number {
+  const seconds = config.failureBackoffSeconds * 2 ** Math.max(0, failures - 1);
+  return Math.min(seconds, config.maxFailureBackoffSeconds) * 1000;
+}
+
+function lowestFreeIndices(taken: ReadonlySet<number>, count: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; out.length < count; i++) if (!taken.has(i)) out.push(i);
+  return out;
+}
+
+/** Scale-down order: Pending workers first (they have done no work), then the newest. */
+function scaleDownOrder(a: ClassifiedPod, b: ClassifiedPod): number {
+  const pendingA = a.state.kind === 'active' && a.state.pending ? 0 : 1;
+  const pendingB = b.state.kind === 'active' && b.state.pending ? 0 : 1;
+  if (pendingA !== pendingB) return pendingA - pendingB;
+  if (a.created !== b.created) return b.created - a.created;
+  return b.index - a.index;
+}
+
+export function plan(input: PlanInput): Plan {
+  const { job, now, config } = input;
+  const nowMs = now.getTime();
+  const spec = job.spec;
+  const previous: TrainingJobStatus = job.status ?? {};
+  let conditions: Condition[] = [...(previous.conditions ?? [])];
+  const events: JobEventRecord[] = [];
+  const releasePods: string[] = [];
+  const deletePods: DeletePod[] = [];
+  const createPods: V1Pod[] = [];
+  const markLeaving: { name: string; reason: string }[] = [];
+  const publish: ControlMessage[] = [];
+  const wakeAt: number[] = [];
+  let deleteJob = false;
+  let createClaim: V1PersistentVolumeClaim | undefined;
+
+  const pods: ClassifiedPod[] = input.pods
+    .map((pod) => ({
+      pod,
+      name: pod.metadata?.name ?? '',
+      uid: pod.metadata?.uid ?? '',
+      index: replicaIndex(pod),
+      state: podState(pod, input.nodes),
+      created: toMillis(pod.metadata?.creationTimestamp) ?? 0,
+    }))
+    .sort((a, b) => a.index - b.index || a.name.localeCompare(b.name));
+
+  if (findCondition(conditions, 'Created') === undefined) {
+    conditions = setCondition(
+      conditions,
+      'Created',
+      'True',
+      'JobCreated',
+      'TrainingJob accepted by the operator',
+      now,
+    );
+    events.push({
+      type: 'Normal',
+      reason: 'JobCreated',
+      message: `desired ${desiredReplicas(spec)} workers`,
+    });
+  }
+
+  // ---- accounting: every ended worker is counted once, as a failure or a preemption.
+  const counted = new Set(previous.countedPods ?? []);
+  let restarts = previous.restarts ?? 0;
+  let preemptions = previous.preemptions ?? 0;
+  let completedBy: ClassifiedPod | undefined;
+  const failedPods: ClassifiedPod[] = [];
+  for (const p of pods) {
+    if (p.state.kind !== 'ended') continue;
+    if (p.state.outcome === 'completed') completedBy ??= p;
+    if (p.state.outcome === 'failed') failedPods.push(p);
+    if (!hasAccountingFinalizer(p.pod)) continue;
+    if (!counted.has(p.uid)) {
+      counted.add(p.uid);
+      if (p.state.outcome === 'failed') {
+        restarts++;
+        events.push({
+          type: 'Warning',
+          reason: 'WorkerFailed',
+          message: `worker ${p.name} failed: ${p.state.reason}`,
+        });
+      } else if (p.state.outcome === 'preempted') {
+        preemptions++;
+        events.push({
+          type: 'Warning',
+          reason: 'WorkerPreempted',
+          message: `worker ${p.name} lost: ${p.state.reason}`,
+        });
+      }
+    }
+    releasePods.push(p.name);
+  }
+  // A counted uid is forgotten once its pod is gone for good.
+  const present = new Set(pods.map((p) => p.uid));
+  const countedPods = [...counted].filter((uid) => present.has(uid)).sort();
+
+  const active = pods.filter((p) => p.state.kind === 'active');
+  const leaving = pods.filter((p) => p.state.kind === 'leaving');
+  const desired = desiredReplicas(spec);
+  let phase = previous.phase;
+  let startTime = previous.startTime;
+  let completionTime = previous.completionTime;
+  let message = previous.message;
+
+  const finish = (outcome: 'Succeeded' | 'Failed', reason: string, text: string) => {
+    phase = outcome;
+    completionTime ??= rfc3339(now);
+    message = text;
+    conditions = setCondition(conditions, outcome, 'True', reason, text, now);
+    conditions = setCondition(conditions, 'Running', 'False', reason, text, now);
+    events.push({ type: outcome === 'Succeeded' ? 'Normal' : 'Warning', reason, message: text });
+    if (outcome === 'Failed') publish.push({ type: 'stop', reason: text });
+  };
+
+  const terminal = phase !== undefined && TERMINAL_PHASES.has(phase);
+  if (!terminal) {
+    const problems = specProblems(job, config);
+    if (problems.length > 0) finish('Failed', 'InvalidSpec', problems.join('; '));
+    else if (completedBy !== undefined)
+      finish('Succeeded', 'TrainingCompleted', `training completed (reported by ${completedBy.name})`);
+    else if (restarts > spec.runPolicy.backoffLimit) {
+      finish(
+        'Failed',
+        'BackoffLimitExceeded',
+        `${restarts} worker failures exceed backoffLimit ${spec.runPolicy.backoffLimit}`,
+      );
+    } else if (
+      spec.runPolicy.activeDeadlineSeconds !== undefined &&
+      startTime !== undefined &&
+      !spec.runPolicy.suspend
+    ) {
+      const deadline = (toMillis(startTime) ?? nowMs) + spec.runPolicy.activeDeadlineSeconds * 1000;
+      if (nowMs >= deadline)
+        finish(
+          'Failed',
+          'DeadlineExceeded',
+          `running longer than activeDeadlineSeconds ${spec.runPolicy.activeDeadlineSeconds}`,
+        );
+      else wakeAt.push(deadline);
+    }
+  }
+
+  if (phase === 'Succeeded' || phase === 'Failed') {
+    // Finished: stop what still runs, let go of every pod, and delete the job after its TTL.
+    for (const p of pods) {
+      if (p.state.kind === 'removing') continue;
+      if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
+      if (p.state.kind === 'active' || p.state.kind === 'leaving')
+        deletePods.push({ name: p.name, reason: `job ${phase}`, force: false });
+    }
+    const ttl = spec.runPolicy.ttlSecondsAfterFinished;
+    if (ttl !== undefined) {
+      const expiry = (toMillis(completionTime) ?? nowMs) + ttl * 1000;
+      if (nowMs >= expiry) deleteJob = true;
+      else wakeAt.push(expiry);
+    }
+  } else if (spec.runPolicy.suspend) {
+    if (!isTrue(conditions, 'Suspended')) {
+      publish.push({ type: 'checkpoint', reason: 'job suspended' });
+      events.push({
+        type: 'Normal',
+        reason: 'Suspended',
+        message: 'job suspended: workers checkpoint and stop',
+      });
+    }
+    phase = 'Suspended';
+    // The deadline restarts on resume, as for a batch/v1 Job.
+    startTime = undefined;
+    message = 'suspended';
+    conditions = setCondition(
+      conditions,
+      'Suspended',
+      'True',
+      'JobSuspended',
+      'spec.runPolicy.suspend is true',
+      now,
+    );
+    conditions = setCondition(conditions, 'Running', 'False', 'JobSuspended', 'suspended', now);
+    for (const p of pods) {
+      if (p.state.kind === 'removing') continue;
+      if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
+      const nodeLost = p.state.kind === 'ended' && p.state.nodeLost;
+      if (p.state.kind !== 'ended' || p.pod.metadata?.deletionTimestamp === undefined || nodeLost) {
+        deletePods.push({ name: p.name, reason: 'job suspended', force: nodeLost });
+      }
+    }
+  } else {
+    if (isTrue(conditions, 'Suspended')) {
+      conditions = setCondition(
+        conditions,
+        'Suspended',
+        'False',
+        'JobResumed',
+        'spec.runPolicy.suspend is false',
+        now,
+      );
+      events.push({ type: 'Normal', reason: 'Resumed', message: 'job resumed' });
+    }
+    // ---- workers on nodes that are going: ask them to leave, and start their replacements now.
+    for (const p of leaving) {
+      if (p.state.kind === 'leaving' && !p.state.asked) {
+        markLeaving.push({ name: p.name, reason: p.state.reason });
+        events.push({
+          type: 'Warning',
+          reason: 'NodeDisruption',
+          message: `asked worker ${p.name} to leave: ${p.state.reason}`,
+        });
+      }
+    }
+    if (markLeaving.length > 0) {
+      publish.push({
+        type: 'leave',
+        workers: markLeaving.map((m) => m.name),
+        reason: markLeaving.map((m) => m.reason).join('; '),
+      });
+    }
+    // ---- ended pods go once counted; a pod whose node vanished needs a forced delete.
+    let blockedUntil: number | undefined;
+    for (const p of pods) {
+      if (p.state.kind !== 'ended') continue;
+      if (p.state.outcome === 'failed') {
+        // The failed pod stays until its backoff expires: its finish time is the backoff's clock.
+        const until = (finishedAt(p.pod) ?? nowMs) + failureBackoffMs(restarts, config);
+        if (until > nowMs) {
+          blockedUntil = Math.max(blockedUntil ?? 0, until);
+          continue;
+        }
+      }
+      if (p.pod.metadata?.deletionTimestamp === undefined || p.state.nodeLost) {
+        deletePods.push({ name: p.name, reason: p.state.reason, force: p.state.nodeLost });
+      }
+    }
+    // ---- scale to the desired number of active workers.
+    if (active.length < desired) {
+      if (blockedUntil !== undefined) {
+        wakeAt.push(blockedUntil);
+      } else {
+        const claim = buildCheckpointClaim(job);
+        if (claim !== undefined && !input.claimExists) createClaim = claim;
+        const taken = new Set(pods.map((p) => p.index));
+        const indices = lowestFreeIndices(taken, desired - active.length);
+        for (const index of indices) createPods.push(buildWorkerPod(job, index, config));
+        const why =
+          leaving.length > 0 || releasePods.length > 0 ? 'replacing lost workers' : `scaling to ${desired}`;
+        events.push({
+          type: 'Normal',
+          reason: 'WorkersCreated',
+          message: `creating ${indices.map((i) => `${job.metadata.name}-worker-${i}`).join(', ')} (${why})`,
+        });
+      }
+    } else if (active.length > desired) {
+      const victims = [...active].sort(scaleDownOrder).slice(0, active.length - desired);
+      for (const v of victims) {
+        if (hasAccountingFinalizer(v.pod) && !releasePods.includes(v.name)) releasePods.push(v.name);
+        deletePods.push({ name: v.name, reason: `scaling down to ${desired}`, force: false });
+      }
+      events.push({
+        type: 'Normal',
+        reason: 'ScaledDown',
+        message: `scaling down to ${desired}: deleting ${victims.map((v) => v.name).join(', ')}`,
+      });
+    }
+    // ---- workers stuck in Pending are reported, not deleted: an autoscaler may be buying a node.
+    const timeoutMs = spec.runPolicy.pendingTimeoutSeconds * 1000;
+    const stuck: string[] = [];
+    for (const p of active) {
+      if (!(p.state.kind === 'active' && p.state.pending)) continue;
+      const since = p.created + timeoutMs;
+      if (nowMs >= since) stuck.push(p.name);
+      else wakeAt.push(since);
+    }
+    if (stuck.length > 0) {
+      const text = `${stuck.join(', ')} pending for more than ${spec.runPolicy.pendingTimeoutSeconds}s`;
+      if (!isTrue(conditions, 'PodsPending'))
+        events.push({ type: 'Warning', reason: 'WorkersPending', message: text });
+      conditions = setCondition(conditions, 'PodsPending', 'True', 'PendingTimeout', text, now);
+    } else {
+      conditions = clearCondition(
+        conditions,
+        'PodsPending',
+        'WorkersScheduled',
+        'no worker pending past the timeout',
+        now,
+      );
+    }
+    // ---- phase and the Running condition.
+    const ready = active.filter((p) => p.state.kind === 'active' && p.state.ready).length;
+    const running = ready >= spec.minReplicas;
+    if (startTime === undefined && (createPods.length > 0 || active.length > 0)) startTime = rfc3339(now);
+    phase = running ? 'Running' : 'Pending';
+    message = `${ready}/${desired} workers ready`;
+    if (running && !isTrue(conditions, 'Running')) {
+      events.push({
+        type: 'Normal',
+        reason: 'Running',
+        message: `${ready} workers ready (minReplicas ${spec.minReplicas})`,
+      });
+    }
+    conditions = setCondition(
+      conditions,
+      'Running',
+      running ? 'True' : 'False',
+      running ? 'WorkersReady' : 'WaitingForWorkers',
+      running ? message : `${ready} of at least ${spec.minReplicas} workers ready`,
+      now,
+    );
+  }
+
+  const status: TrainingJobStatus = {
+    ...previous,
+    phase,
+    conditions,
+    observedGeneration: (job.metadata as { generation?: number }).generation,
+    replicas: active.length,
+    readyReplicas: active.filter((p) => p.state.kind === 'active' && p.state.ready).length,
+    selector: workerSelector(job.metadata.name),
+    restarts,
+    preemptions,
+    countedPods,
+    startTime,
+    completionTime,
+    message,
+  };
+  for (const key of Object.keys(status) as (keyof TrainingJobStatus)[]) {
+    if (status[key] === undefined) delete status[key];
+  }
+  if (countedPods.length === 0) delete status.countedPods;
+
+  const future = wakeAt.filter((t) => t > nowMs);
+  const requeueAfterMs = future.length > 0 ? Math.max(1, Math.min(...future) - nowMs) : undefined;
+  return {
+    status,
+    releasePods,
+    deletePods,
+    createPods,
+    createClaim,
+    markLeaving,
+    publish,
+    events,
+    deleteJob,
+    requeueAfterMs,
+  };
+}

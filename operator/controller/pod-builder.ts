@@ -1,0 +1,222 @@
+/**
+ * Worker pods and the checkpoint claim of a TrainingJob. Pure: the same job and index always give the
+ * same object, so a retried create hits AlreadyExists instead of making a duplicate.
+ */
+import type {
+  V1EnvVar,
+  V1PersistentVolumeClaim,
+  V1Pod,
+  V1Volume,
+  V1VolumeMount,
+} from '@kubernetes/client-node';
+import { WORKER_ENV } from '../../worker/config.ts';
+import {
+  FINALIZER_ACCOUNTING,
+  LABEL_JOB_NAME,
+  LABEL_REPLICA_INDEX,
+  LABEL_ROLE,
+  ROLE_WORKER,
+} from '../api/contract.ts';
+import { API_GROUP_VERSION, KIND, type TrainingJob } from '../api/training-job.ts';
+
+export interface WorkerPodDefaults {
+  /** Image for workers that do not name one. */
+  readonly workerImage: string;
+  /** Image for workers that request `nvidia.com/gpu` and do not name one. */
+  readonly workerGpuImage: string;
+  /** NATS URL for jobs without `spec.nats.url`. */
+  readonly natsUrl: string;
+}
+
+export type OwnedJob = TrainingJob & { metadata: { uid: string; namespace: string } };
+
+export const WORKER_CONTAINER = 'worker';
+export const GPU_RESOURCE = 'nvidia.com/gpu';
+const CHECKPOINT_VOLUME = 'checkpoints';
+const DATASET_VOLUME = 'dataset';
+const MODEL_VOLUME = 'model';
+const NATS_CREDS_VOLUME = 'nats-credentials';
+const MODEL_MOUNT = '/etc/tensile/model';
+const NATS_CREDS_MOUNT = '/etc/tensile/nats';
+
+export function workerPodName(job: string, index: number): string {
+  return `${job}-worker-${index}`;
+}
+
+export function checkpointClaimName(job: TrainingJob): string {
+  return job.spec.checkpoint.volume.claimName ?? `${job.metadata.name}-checkpoints`;
+}
+
+/** The label selector of a job's workers, as status.selector (for the scale subresource and HPA). */
+export function workerSelector(job: string): string {
+  return `${LABEL_JOB_NAME}=${job},${LABEL_ROLE}=${ROLE_WORKER}`;
+}
+
+export function ownerReference(job: OwnedJob) {
+  return {
+    apiVersion: API_GROUP_VERSION,
+    kind: KIND,
+    name: job.metadata.name,
+    uid: job.metadata.uid,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+function requestsGpu(job: TrainingJob): boolean {
+  const { requests, limits } = job.spec.worker.resources;
+  const positive = (q: string | number | undefined) => q !== undefined && q !== 0 && q !== '0';
+  return positive(requests?.[GPU_RESOURCE]) || positive(limits?.[GPU_RESOURCE]);
+}
+
+function quantityString(q: string | number): string {
+  return typeof q === 'number' ? String(q) : q;
+}
+
+function resourceList(list: Record<string, string | number> | undefined): Record<string, string> | undefined {
+  if (list === undefined) return undefined;
+  return Object.fromEntries(Object.entries(list).map(([k, v]) => [k, quantityString(v)]));
+}
+
+/**
+ * Extended resources such as nvidia.com/gpu must have requests equal to limits; a user who writes only
+ * one of them means both, as the device plugin documentation says.
+ */
+function workerResources(job: TrainingJob) {
+  const requests = resourceList(job.spec.worker.resources.requests) ?? {};
+  const limits = resourceList(job.spec.worker.resources.limits) ?? {};
+  const gpu = limits[GPU_RESOURCE] ?? requests[GPU_RESOURCE];
+  if (gpu !== undefined) {
+    requests[GPU_RESOURCE] = gpu;
+    limits[GPU_RESOURCE] = gpu;
+  }
+  const out: { requests?: Record<string, string>; limits?: Record<string, string> } = {};
+  if (Object.keys(requests).length > 0) out.requests = requests;
+  if (Object.keys(limits).length > 0) out.limits = limits;
+  return out;
+}
+
+export function buildWorkerPod(job: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
+  const { spec } = job;
+  const name = workerPodName(job.metadata.name, index);
+  const volumes: V1Volume[] = [
+    { name: CHECKPOINT_VOLUME, persistentVolumeClaim: { claimName: checkpointClaimName(job) } },
+  ];
+  const mounts: V1VolumeMount[] = [{ name: CHECKPOINT_VOLUME, mountPath: spec.checkpoint.path }];
+  if (spec.dataset.volume !== undefined) {
+    volumes.push({
+      name: DATASET_VOLUME,
+      persistentVolumeClaim: { claimName: spec.dataset.volume.claimName, readOnly: true },
+    });
+    mounts.push({ name: DATASET_VOLUME, mountPath: spec.dataset.volume.mountPath, readOnly: true });
+  }
+  // A topology in a ConfigMap reaches the worker as a file; the worker reads model.layers.path.
+  let workerSpec = spec;
+  const configMap = spec.model.layers?.configMap;
+  if (configMap !== undefined) {
+    volumes.push({
+      name: MODEL_VOLUME,
+      configMap: { name: configMap.name, items: [{ key: configMap.key, path: 'model.json' }] },
+    });
+    mounts.push({ name: MODEL_VOLUME, mountPath: MODEL_MOUNT, readOnly: true });
+    workerSpec = { ...spec, model: { ...spec.model, layers: { path: `${MODEL_MOUNT}/model.json` } } };
+  }
+  const env: V1EnvVar[] = [
+    { name: WORKER_ENV.jobName, value: job.metadata.name },
+    { name: WORKER_ENV.namespace, value: job.metadata.namespace },
+    { name: WORKER_ENV.jobUid, value: job.metadata.uid },
+    { name: WORKER_ENV.spec, value: JSON.stringify(workerSpec) },
+    { name: WORKER_ENV.workerId, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+    { name: WORKER_ENV.replicaIndex, value: String(index) },
+    { name: WORKER_ENV.podIp, valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+    { name: WORKER_ENV.natsUrl, value: spec.nats?.url ?? defaults.natsUrl },
+    { name: WORKER_ENV.checkpointDir, value: spec.checkpoint.path },
+  ];
+  if (spec.worker.backend !== 'auto') env.push({ name: WORKER_ENV.backend, value: spec.worker.backend });
+  const creds = spec.nats?.credentialsSecret;
+  if (creds !== undefined) {
+    volumes.push({
+      name: NATS_CREDS_VOLUME,
+      secret: { secretName: creds.name, items: [{ key: creds.key, path: 'nats.creds' }] },
+    });
+    mounts.push({ name: NATS_CREDS_VOLUME, mountPath: NATS_CREDS_MOUNT, readOnly: true });
+    env.push({ name: WORKER_ENV.natsCreds, value: `${NATS_CREDS_MOUNT}/nats.creds` });
+  }
+  for (const extra of spec.worker.env) {
+    env.push(
+      extra.valueFrom !== undefined
+        ? { name: extra.name, valueFrom: extra.valueFrom }
+        : { name: extra.name, value: extra.value ?? '' },
+    );
+  }
+  const image = spec.worker.image ?? (requestsGpu(job) ? defaults.workerGpuImage : defaults.workerImage);
+  const pod: V1Pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name,
+      namespace: job.metadata.namespace,
+      labels: {
+        ...spec.worker.labels,
+        [LABEL_JOB_NAME]: job.metadata.name,
+        [LABEL_ROLE]: ROLE_WORKER,
+        [LABEL_REPLICA_INDEX]: String(index),
+      },
+      ...(spec.worker.annotations === undefined ? {} : { annotations: { ...spec.worker.annotations } }),
+      ownerReferences: [ownerReference(job)],
+      finalizers: [FINALIZER_ACCOUNTING],
+    },
+    spec: {
+      restartPolicy: 'Never',
+      terminationGracePeriodSeconds: spec.worker.terminationGracePeriodSeconds,
+      containers: [
+        {
+          name: WORKER_CONTAINER,
+          image,
+          ...(spec.worker.imagePullPolicy === undefined
+            ? {}
+            : { imagePullPolicy: spec.worker.imagePullPolicy }),
+          ...(spec.worker.command === undefined ? {} : { command: spec.worker.command }),
+          args: spec.worker.args ?? ['worker'],
+          env,
+          resources: workerResources(job),
+          volumeMounts: mounts,
+        },
+      ],
+      volumes,
+      ...(spec.worker.nodeSelector === undefined ? {} : { nodeSelector: { ...spec.worker.nodeSelector } }),
+      ...(spec.worker.tolerations === undefined
+        ? {}
+        : { tolerations: spec.worker.tolerations.map((t) => ({ ...t })) }),
+      ...(spec.worker.affinity === undefined ? {} : { affinity: structuredClone(spec.worker.affinity) }),
+      ...(spec.worker.priorityClassName === undefined
+        ? {}
+        : { priorityClassName: spec.worker.priorityClassName }),
+      ...(spec.worker.serviceAccountName === undefined
+        ? {}
+        : { serviceAccountName: spec.worker.serviceAccountName }),
+    },
+  };
+  return pod;
+}
+
+/** The claim a job creates from `checkpoint.volume.claimTemplate`; undefined for an existing claim. */
+export function buildCheckpointClaim(job: OwnedJob): V1PersistentVolumeClaim | undefined {
+  const template = job.spec.checkpoint.volume.claimTemplate;
+  if (template === undefined) return undefined;
+  return {
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: {
+      name: checkpointClaimName(job),
+      namespace: job.metadata.namespace,
+      labels: { [LABEL_JOB_NAME]: job.metadata.name },
+      ownerReferences: [ownerReference(job)],
+    },
+    spec: {
+      accessModes: [...template.accessModes],
+      resources: { requests: { storage: quantityString(template.size) } },
+      ...(template.storageClassName === undefined ? {} : { storageClassName: template.storageClassName }),
+    },
+  };
+}

@@ -1,0 +1,502 @@
+import type { V1Node, V1Pod } from '@kubernetes/client-node';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
+import { type Plan, type PlanConfig, plan } from '../../operator/controller/plan.ts';
+import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
+import { at, node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
+
+const config: PlanConfig = {
+  workerImage: 'ghcr.io/tensile-dev/tensile-worker:test',
+  workerGpuImage: 'ghcr.io/tensile-dev/tensile-worker:test-gpu',
+  natsUrl: 'nats://nats:4222',
+  failureBackoffSeconds: 10,
+  maxFailureBackoffSeconds: 360,
+};
+
+const running = (): TrainingJobStatus => ({
+  phase: 'Running',
+  startTime: '2026-11-21T11:50:00Z',
+  conditions: [
+    {
+      type: 'Created',
+      status: 'True',
+      reason: 'JobCreated',
+      message: '',
+      lastTransitionTime: '2026-11-21T11:50:00Z',
+    },
+    {
+      type: 'Running',
+      status: 'True',
+      reason: 'WorkersReady',
+      message: '',
+      lastTransitionTime: '2026-11-21T11:51:00Z',
+    },
+  ],
+});
+
+interface Case {
+  name: string;
+  job: OwnedJob;
+  pods?: V1Pod[];
+  nodes?: Map<string, V1Node>;
+  claimExists?: boolean;
+  now?: Date;
+  expect: (p: Plan) => void;
+}
+
+const names = (pods: readonly V1Pod[]) => pods.map((p) => p.metadata?.name);
+const deleted = (p: Plan) => p.deletePods.map((d) => d.name);
+const condition = (p: Plan, type: string) => p.status.conditions?.find((c) => c.type === type);
+const defaultNodes = () => nodeMap(node('node-0'), node('node-1'), node('node-2'));
+
+const cases: Case[] = [
+  {
+    name: 'a new job gets its workers, its checkpoint claim and the Created condition',
+    job: ownedJob({ 'spec.replicas': 3 }),
+    expect: (p) => {
+      assert.equal(names(p.createPods), ['job-worker-0', 'job-worker-1', 'job-worker-2']);
+      assert.is(p.createClaim?.metadata?.name, 'job-checkpoints');
+      assert.is(condition(p, 'Created')?.status, 'True');
+      assert.is(p.status.phase, 'Pending');
+      assert.is(p.status.startTime, '2026-11-21T12:00:00Z');
+      assert.is(p.status.selector, 'tensile.dev/job-name=job,tensile.dev/role=worker');
+      assert.ok(p.events.some((e) => e.reason === 'JobCreated'));
+    },
+  },
+  {
+    name: 'an existing claim is not created again',
+    job: ownedJob({ 'spec.replicas': 1 }),
+    claimExists: true,
+    expect: (p) => assert.is(p.createClaim, undefined),
+  },
+  {
+    name: 'steady state: nothing to do, phase Running',
+    job: ownedJob({ 'spec.replicas': 3 }, running()),
+    pods: [workerPod(0), workerPod(1), workerPod(2)],
+    expect: (p) => {
+      assert.equal(p.createPods, []);
+      assert.equal(p.deletePods, []);
+      assert.is(p.status.phase, 'Running');
+      assert.is(p.status.replicas, 3);
+      assert.is(p.status.readyReplicas, 3);
+      assert.is(
+        condition(p, 'Running')?.lastTransitionTime,
+        '2026-11-21T11:51:00Z',
+        'no flip, no new transition time',
+      );
+      assert.equal(p.events, []);
+    },
+  },
+  {
+    name: 'scale up 2 → 4 creates the two lowest free indices',
+    job: ownedJob({ 'spec.replicas': 4 }, running()),
+    pods: [workerPod(0), workerPod(2)],
+    expect: (p) => assert.equal(names(p.createPods), ['job-worker-1', 'job-worker-3']),
+  },
+  {
+    name: 'replicas above maxReplicas are clamped',
+    job: (() => {
+      const j = ownedJob({ 'spec.replicas': 4 }, running());
+      j.spec.replicas = 9;
+      return j;
+    })(),
+    pods: [workerPod(0), workerPod(1), workerPod(2), workerPod(3)],
+    expect: (p) => assert.equal(p.createPods, []),
+  },
+  {
+    name: 'scale down 4 → 1 removes the Pending worker first, then the newest',
+    job: ownedJob({ 'spec.replicas': 1 }, running()),
+    pods: [
+      workerPod(0, { created: -900 }),
+      workerPod(1, { created: -100 }),
+      workerPod(2, { created: -500 }),
+      workerPod(3, { phase: 'Pending', created: -800 }),
+    ],
+    expect: (p) => {
+      assert.equal(deleted(p), ['job-worker-3', 'job-worker-1', 'job-worker-2']);
+      assert.equal(
+        p.releasePods,
+        ['job-worker-3', 'job-worker-1', 'job-worker-2'],
+        'released before deletion, so not counted as preempted',
+      );
+      assert.ok(p.events.some((e) => e.reason === 'ScaledDown'));
+    },
+  },
+  {
+    name: 'a worker deleted by someone else is a preemption, replaced at once, restarts unchanged',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), restarts: 1, preemptions: 2 }),
+    pods: [workerPod(0), workerPod(1, { deleting: true })],
+    expect: (p) => {
+      assert.is(p.status.preemptions, 3);
+      assert.is(p.status.restarts, 1);
+      assert.equal(p.status.countedPods, ['uid-job-worker-1']);
+      assert.equal(p.releasePods, ['job-worker-1']);
+      assert.equal(deleted(p), [], 'already being deleted');
+      assert.equal(names(p.createPods), ['job-worker-2']);
+      assert.ok(p.events.some((e) => e.reason === 'WorkerPreempted' && e.type === 'Warning'));
+    },
+  },
+  {
+    name: 'a worker already counted is not counted twice (status written, finalizer not yet removed)',
+    job: ownedJob(
+      { 'spec.replicas': 2 },
+      { ...running(), preemptions: 3, countedPods: ['uid-job-worker-1'] },
+    ),
+    pods: [workerPod(0), workerPod(1, { deleting: true }), workerPod(2)],
+    expect: (p) => {
+      assert.is(p.status.preemptions, 3);
+      assert.equal(p.releasePods, ['job-worker-1']);
+    },
+  },
+  {
+    name: 'a counted uid is forgotten once its pod is gone',
+    job: ownedJob({ 'spec.replicas': 1 }, { ...running(), preemptions: 3, countedPods: ['uid-gone'] }),
+    pods: [workerPod(0)],
+    expect: (p) => assert.is(p.status.countedPods, undefined),
+  },
+  {
+    name: 'an evicted worker (Failed, reason Evicted) is a preemption, not a failure',
+    job: ownedJob({ 'spec.replicas': 1 }, running()),
+    pods: [workerPod(0, { phase: 'Failed', reason: 'Evicted', exitCode: 137 })],
+    expect: (p) => {
+      assert.is(p.status.preemptions, 1);
+      assert.is(p.status.restarts, 0);
+      assert.equal(deleted(p), ['job-worker-0']);
+      assert.equal(names(p.createPods), ['job-worker-1']);
+    },
+  },
+  {
+    name: 'a DisruptionTarget condition marks a preemption',
+    job: ownedJob({ 'spec.replicas': 1 }, running()),
+    pods: [workerPod(0, { phase: 'Failed', disruption: 'PreemptionByScheduler' })],
+    expect: (p) => assert.is(p.status.preemptions, 1),
+  },
+  {
+    name: 'a failed worker counts against backoffLimit and waits out its backoff',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', exitCode: 3, finishedAt: -2 })],
+    expect: (p) => {
+      assert.is(p.status.restarts, 1);
+      assert.is(p.status.preemptions ?? 0, 0);
+      assert.equal(p.createPods, [], 'replacement waits for the backoff');
+      assert.equal(deleted(p), [], 'the failed pod keeps the backoff clock');
+      assert.is(p.requeueAfterMs, 8000);
+      assert.ok(p.events.some((e) => e.reason === 'WorkerFailed' && e.message.includes('exit code 3')));
+    },
+  },
+  {
+    name: 'after the backoff the failed pod goes and a replacement starts',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), restarts: 1, countedPods: ['uid-job-worker-1'] }),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', finishedAt: -11, finalizer: false })],
+    expect: (p) => {
+      assert.equal(deleted(p), ['job-worker-1']);
+      assert.equal(names(p.createPods), ['job-worker-2']);
+      assert.is(p.status.restarts, 1);
+    },
+  },
+  {
+    name: 'backoff doubles with each failure',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), restarts: 2 }),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', finishedAt: -30 })],
+    expect: (p) => {
+      assert.is(p.status.restarts, 3);
+      assert.is(p.requeueAfterMs, 10_000, '10 s × 2² = 40 s after the failure');
+    },
+  },
+  {
+    name: 'failures beyond backoffLimit fail the job (BackoffLimitExceeded) and stop the workers',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.runPolicy': { backoffLimit: 1 } },
+      { ...running(), restarts: 1 },
+    ),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed' })],
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'BackoffLimitExceeded');
+      assert.is(condition(p, 'Running')?.status, 'False');
+      assert.is(p.status.completionTime, '2026-11-21T12:00:00Z');
+      assert.equal(deleted(p), ['job-worker-0']);
+      assert.ok(p.publish.some((m) => m.type === 'stop'));
+      assert.equal(p.createPods, []);
+    },
+  },
+  {
+    name: 'a disruption taint: ask the worker to leave and start its replacement early',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0, { node: 'node-0' }), workerPod(1, { node: 'node-1' })],
+    nodes: nodeMap(
+      node('node-0'),
+      node('node-1', { taints: [{ key: 'karpenter.sh/disrupted', effect: 'NoSchedule' }] }),
+    ),
+    expect: (p) => {
+      assert.equal(
+        p.markLeaving.map((m) => m.name),
+        ['job-worker-1'],
+      );
+      assert.equal(p.publish, [
+        { type: 'leave', workers: ['job-worker-1'], reason: 'node node-1: taint karpenter.sh/disrupted' },
+      ]);
+      assert.equal(names(p.createPods), ['job-worker-2']);
+      assert.is(p.status.replicas, 1, 'the leaving worker is not counted');
+      assert.ok(p.events.some((e) => e.reason === 'NodeDisruption'));
+    },
+  },
+  {
+    name: 'a worker already asked to leave is not asked again',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1', leave: 'node node-1: taint x' }), workerPod(2)],
+    nodes: nodeMap(
+      node('node-0'),
+      node('node-1', { taints: [{ key: 'aws-node-termination-handler/spot-itn', effect: 'NoSchedule' }] }),
+    ),
+    expect: (p) => {
+      assert.equal(p.markLeaving, []);
+      assert.equal(p.publish, []);
+      assert.equal(p.createPods, []);
+    },
+  },
+  {
+    name: 'a NotReady node: its worker is asked to leave and replaced',
+    job: ownedJob({ 'spec.replicas': 1 }, running()),
+    pods: [workerPod(0, { node: 'node-1' })],
+    nodes: nodeMap(node('node-1', { ready: 'Unknown' })),
+    expect: (p) => {
+      assert.equal(
+        p.markLeaving.map((m) => m.name),
+        ['job-worker-0'],
+      );
+      assert.equal(names(p.createPods), ['job-worker-1']);
+    },
+  },
+  {
+    name: 'a worker that left gracefully (exit 0 after a leave request) is a preemption, not completion',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1, { phase: 'Succeeded', leave: 'node node-1: taint x' }), workerPod(2)],
+    expect: (p) => {
+      assert.is(p.status.preemptions, 1);
+      assert.is(p.status.phase, 'Running');
+      assert.equal(deleted(p), ['job-worker-1']);
+    },
+  },
+  {
+    name: 'a worker whose node is gone: preemption, forced delete, replacement',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0, { node: 'node-0' }), workerPod(1, { node: 'node-9' })],
+    expect: (p) => {
+      assert.is(p.status.preemptions, 1);
+      assert.equal(p.deletePods, [{ name: 'job-worker-1', reason: 'node node-9 is gone', force: true }]);
+      assert.equal(names(p.createPods), ['job-worker-2']);
+    },
+  },
+  {
+    name: 'a worker that finished training completes the job; the others are stopped',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0, { phase: 'Succeeded' }), workerPod(1)],
+    expect: (p) => {
+      assert.is(p.status.phase, 'Succeeded');
+      assert.is(condition(p, 'Succeeded')?.reason, 'TrainingCompleted');
+      assert.is(p.status.completionTime, '2026-11-21T12:00:00Z');
+      assert.equal(deleted(p), ['job-worker-1']);
+      assert.equal([...p.releasePods].sort(), ['job-worker-0', 'job-worker-1']);
+      assert.is(p.status.restarts, 0);
+    },
+  },
+  {
+    name: 'suspend: checkpoint request, all workers deleted, Suspended',
+    job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { suspend: true } }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    expect: (p) => {
+      assert.equal(p.publish, [{ type: 'checkpoint', reason: 'job suspended' }]);
+      assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
+      assert.equal(p.releasePods, ['job-worker-0', 'job-worker-1']);
+      assert.is(p.status.phase, 'Suspended');
+      assert.is(condition(p, 'Suspended')?.status, 'True');
+      assert.is(p.status.startTime, undefined, 'the deadline clock restarts on resume');
+      assert.equal(p.createPods, []);
+    },
+  },
+  {
+    name: 'still suspended: no second checkpoint request',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.runPolicy': { suspend: true } },
+      {
+        phase: 'Suspended',
+        conditions: [
+          {
+            type: 'Created',
+            status: 'True',
+            reason: 'JobCreated',
+            message: '',
+            lastTransitionTime: '2026-11-21T11:00:00Z',
+          },
+          {
+            type: 'Suspended',
+            status: 'True',
+            reason: 'JobSuspended',
+            message: '',
+            lastTransitionTime: '2026-11-21T11:00:00Z',
+          },
+        ],
+      },
+    ),
+    expect: (p) => {
+      assert.equal(p.publish, []);
+      assert.equal(p.events, [], 'no event either');
+    },
+  },
+  {
+    name: 'resume: Suspended turns False and the workers are created again',
+    job: ownedJob(
+      { 'spec.replicas': 2 },
+      {
+        phase: 'Suspended',
+        conditions: [
+          {
+            type: 'Suspended',
+            status: 'True',
+            reason: 'JobSuspended',
+            message: '',
+            lastTransitionTime: '2026-11-21T11:00:00Z',
+          },
+        ],
+      },
+    ),
+    claimExists: true,
+    expect: (p) => {
+      assert.is(condition(p, 'Suspended')?.status, 'False');
+      assert.is(condition(p, 'Suspended')?.lastTransitionTime, '2026-11-21T12:00:00Z');
+      assert.equal(names(p.createPods), ['job-worker-0', 'job-worker-1']);
+      assert.ok(p.events.some((e) => e.reason === 'Resumed'));
+    },
+  },
+  {
+    name: 'activeDeadlineSeconds passed: Failed/DeadlineExceeded',
+    job: ownedJob(
+      { 'spec.replicas': 1, 'spec.runPolicy': { activeDeadlineSeconds: 60 } },
+      { ...running(), startTime: '2026-11-21T11:58:59Z' },
+    ),
+    pods: [workerPod(0)],
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'DeadlineExceeded');
+      assert.equal(deleted(p), ['job-worker-0']);
+    },
+  },
+  {
+    name: 'activeDeadlineSeconds not yet passed: look again at the deadline',
+    job: ownedJob(
+      { 'spec.replicas': 1, 'spec.runPolicy': { activeDeadlineSeconds: 60 } },
+      { ...running(), startTime: '2026-11-21T11:59:30Z' },
+    ),
+    pods: [workerPod(0)],
+    expect: (p) => {
+      assert.is(p.status.phase, 'Running');
+      assert.is(p.requeueAfterMs, 30_000);
+    },
+  },
+  {
+    name: 'ttlSecondsAfterFinished passed: delete the job',
+    job: ownedJob(
+      { 'spec.runPolicy': { ttlSecondsAfterFinished: 30 } },
+      { phase: 'Succeeded', completionTime: '2026-11-21T11:59:00Z' },
+    ),
+    expect: (p) => assert.ok(p.deleteJob),
+  },
+  {
+    name: 'ttlSecondsAfterFinished not passed: look again when it is',
+    job: ownedJob(
+      { 'spec.runPolicy': { ttlSecondsAfterFinished: 90 } },
+      { phase: 'Succeeded', completionTime: '2026-11-21T11:59:00Z' },
+    ),
+    expect: (p) => {
+      assert.not.ok(p.deleteJob);
+      assert.is(p.requeueAfterMs, 30_000);
+    },
+  },
+  {
+    name: 'a worker Pending past the timeout is reported, not deleted',
+    job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { pendingTimeoutSeconds: 120 } }, running()),
+    pods: [workerPod(0), workerPod(1, { phase: 'Pending', created: -121 })],
+    expect: (p) => {
+      assert.is(condition(p, 'PodsPending')?.status, 'True');
+      assert.is(condition(p, 'PodsPending')?.reason, 'PendingTimeout');
+      assert.equal(p.deletePods, []);
+      assert.ok(p.events.some((e) => e.reason === 'WorkersPending' && e.message.includes('job-worker-1')));
+    },
+  },
+  {
+    name: 'a Pending worker before the timeout: look again at the timeout',
+    job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { pendingTimeoutSeconds: 120 } }, running()),
+    pods: [workerPod(0), workerPod(1, { phase: 'Pending', created: -100 })],
+    expect: (p) => {
+      assert.is(condition(p, 'PodsPending'), undefined);
+      assert.is(p.requeueAfterMs, 20_000);
+      assert.is(p.status.phase, 'Running', 'minReplicas 1 is ready');
+    },
+  },
+  {
+    name: 'below minReplicas ready: phase Pending, Running=False WaitingForWorkers',
+    job: ownedJob({ 'spec.replicas': 3, 'spec.minReplicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1, { phase: 'Pending' }), workerPod(2, { phase: 'Pending' })],
+    expect: (p) => {
+      assert.is(p.status.phase, 'Pending');
+      assert.is(condition(p, 'Running')?.reason, 'WaitingForWorkers');
+      assert.is(condition(p, 'Running')?.lastTransitionTime, '2026-11-21T12:00:00Z');
+    },
+  },
+  {
+    name: 'InvalidSpec: GPU requests and limits differ',
+    job: ownedJob({
+      'spec.replicas': 1,
+      'spec.worker': { resources: { requests: { 'nvidia.com/gpu': 1 }, limits: { 'nvidia.com/gpu': 2 } } },
+    }),
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.match(
+        condition(p, 'Failed')?.message ?? '',
+        'nvidia.com/gpu requests (1) and limits (2) must be equal',
+      );
+      assert.equal(p.createPods, []);
+    },
+  },
+  {
+    name: 'a finished job lets go of its pods',
+    job: ownedJob({}, { phase: 'Failed', completionTime: '2026-11-21T11:00:00Z' }),
+    pods: [workerPod(0, { phase: 'Failed' })],
+    expect: (p) => {
+      assert.equal(p.releasePods, ['job-worker-0']);
+      assert.equal(p.createPods, []);
+      assert.is(p.status.restarts, 1, 'counted, though it no longer matters');
+    },
+  },
+];
+
+for (const c of cases) {
+  test(c.name, () => {
+    const p = plan({
+      job: c.job,
+      pods: c.pods ?? [],
+      nodes: c.nodes ?? defaultNodes(),
+      claimExists: c.claimExists ?? false,
+      now: c.now ?? T0,
+      config,
+    });
+    c.expect(p);
+  });
+}
+
+test('plan is deterministic: the same input gives the same decision', () => {
+  const input = {
+    job: ownedJob({ 'spec.replicas': 3 }),
+    pods: [workerPod(1)],
+    nodes: defaultNodes(),
+    claimExists: false,
+    now: at(5),
+    config,
+  };
+  assert.equal(plan(input), plan(input));
+});
+
+test.run();

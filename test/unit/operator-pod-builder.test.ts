@@ -1,0 +1,177 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import {
+  buildCheckpointClaim,
+  buildWorkerPod,
+  type WorkerPodDefaults,
+} from '../../operator/controller/pod-builder.ts';
+import { ownedJob } from '../helpers/k8s-builders.ts';
+
+const defaults: WorkerPodDefaults = {
+  workerImage: 'ghcr.io/tensile-dev/tensile-worker:1',
+  workerGpuImage: 'ghcr.io/tensile-dev/tensile-worker:1-gpu',
+  natsUrl: 'nats://nats.tensile-system:4222',
+};
+
+const env = (pod: ReturnType<typeof buildWorkerPod>) =>
+  Object.fromEntries((pod.spec?.containers[0]?.env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
+
+test('names, labels, owner reference and the accounting finalizer', () => {
+  const pod = buildWorkerPod(ownedJob(), 3, defaults);
+  assert.is(pod.metadata?.name, 'job-worker-3');
+  assert.equal(pod.metadata?.labels, {
+    'tensile.dev/job-name': 'job',
+    'tensile.dev/role': 'worker',
+    'tensile.dev/replica-index': '3',
+  });
+  assert.equal(pod.metadata?.ownerReferences, [
+    {
+      apiVersion: 'tensile.dev/v1alpha1',
+      kind: 'TrainingJob',
+      name: 'job',
+      uid: 'job-uid',
+      controller: true,
+      blockOwnerDeletion: true,
+    },
+  ]);
+  assert.equal(pod.metadata?.finalizers, ['tensile.dev/accounting']);
+  assert.is(pod.spec?.restartPolicy, 'Never');
+  assert.is(pod.spec?.terminationGracePeriodSeconds, 30);
+});
+
+test('the same job and index give the same pod', () => {
+  assert.equal(buildWorkerPod(ownedJob(), 1, defaults), buildWorkerPod(ownedJob(), 1, defaults));
+});
+
+test('worker environment: identity, spec, NATS, checkpoint dir, replica index, downward API', () => {
+  const e = env(
+    buildWorkerPod(
+      ownedJob({ 'spec.worker': { backend: 'wasm', env: [{ name: 'EXTRA', value: 'x' }] } }),
+      2,
+      defaults,
+    ),
+  );
+  assert.is(e['TENSILE_JOB_NAME'], 'job');
+  assert.is(e['TENSILE_NAMESPACE'], 'default');
+  assert.is(e['TENSILE_JOB_UID'], 'job-uid');
+  assert.is(e['TENSILE_REPLICA_INDEX'], '2');
+  assert.is(e['TENSILE_NATS_URL'], 'nats://nats.tensile-system:4222');
+  assert.is(e['TENSILE_CHECKPOINT_DIR'], '/checkpoints');
+  assert.is(e['TENSILE_BACKEND'], 'wasm');
+  assert.is(e['EXTRA'], 'x');
+  assert.equal(e['TENSILE_WORKER_ID'], { fieldRef: { fieldPath: 'metadata.name' } });
+  assert.equal(e['TENSILE_POD_IP'], { fieldRef: { fieldPath: 'status.podIP' } });
+  const spec = JSON.parse(String(e['TENSILE_JOB_SPEC']));
+  assert.equal(spec.model.mlp.hiddenUnits, [64]);
+});
+
+test("a job's NATS URL wins over the operator's", () => {
+  const e = env(buildWorkerPod(ownedJob({ 'spec.nats': { url: 'nats://other:4222' } }), 0, defaults));
+  assert.is(e['TENSILE_NATS_URL'], 'nats://other:4222');
+});
+
+test('GPU workers: the GPU image, requests equal to limits, tolerations, node selector, priority class', () => {
+  const pod = buildWorkerPod(
+    ownedJob({
+      'spec.worker': {
+        resources: { limits: { 'nvidia.com/gpu': 1, memory: '8Gi' }, requests: { cpu: '2' } },
+        nodeSelector: { 'karpenter.sh/capacity-type': 'spot' },
+        tolerations: [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }],
+        affinity: {
+          nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [] } },
+        },
+        priorityClassName: 'spot-training',
+        terminationGracePeriodSeconds: 90,
+      },
+    }),
+    0,
+    defaults,
+  );
+  const container = pod.spec?.containers[0];
+  assert.is(container?.image, 'ghcr.io/tensile-dev/tensile-worker:1-gpu');
+  assert.equal(container?.resources, {
+    requests: { cpu: '2', 'nvidia.com/gpu': '1' },
+    limits: { 'nvidia.com/gpu': '1', memory: '8Gi' },
+  });
+  assert.equal(pod.spec?.nodeSelector, { 'karpenter.sh/capacity-type': 'spot' });
+  assert.equal(pod.spec?.tolerations, [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
+  assert.ok(pod.spec?.affinity?.nodeAffinity !== undefined);
+  assert.is(pod.spec?.priorityClassName, 'spot-training');
+  assert.is(pod.spec?.terminationGracePeriodSeconds, 90);
+});
+
+test('an explicit image wins; CPU workers get the CPU image', () => {
+  assert.is(
+    buildWorkerPod(ownedJob(), 0, defaults).spec?.containers[0]?.image,
+    'ghcr.io/tensile-dev/tensile-worker:1',
+  );
+  assert.is(
+    buildWorkerPod(ownedJob({ 'spec.worker': { image: 'my/img:2' } }), 0, defaults).spec?.containers[0]
+      ?.image,
+    'my/img:2',
+  );
+});
+
+test('volumes: checkpoint claim from the template, an existing claim, the dataset claim, a ConfigMap topology', () => {
+  const templated = buildWorkerPod(ownedJob(), 0, defaults);
+  assert.equal(templated.spec?.volumes?.[0], {
+    name: 'checkpoints',
+    persistentVolumeClaim: { claimName: 'job-checkpoints' },
+  });
+  assert.equal(templated.spec?.containers[0]?.volumeMounts?.[0], {
+    name: 'checkpoints',
+    mountPath: '/checkpoints',
+  });
+  const job = ownedJob({
+    'spec.checkpoint': { intervalSteps: 10, path: '/ckpt', volume: { claimName: 'shared' } },
+    'spec.dataset': {
+      format: 'idx',
+      path: '/data/fashion',
+      volume: { claimName: 'datasets', mountPath: '/data' },
+    },
+    'spec.model': { layers: { configMap: { name: 'my-model' } } },
+  });
+  const pod = buildWorkerPod(job, 0, defaults);
+  assert.equal(pod.spec?.volumes, [
+    { name: 'checkpoints', persistentVolumeClaim: { claimName: 'shared' } },
+    { name: 'dataset', persistentVolumeClaim: { claimName: 'datasets', readOnly: true } },
+    { name: 'model', configMap: { name: 'my-model', items: [{ key: 'model.json', path: 'model.json' }] } },
+  ]);
+  const spec = JSON.parse(String(env(pod)['TENSILE_JOB_SPEC']));
+  assert.equal(
+    spec.model.layers,
+    { path: '/etc/tensile/model/model.json' },
+    'the worker reads the mounted file',
+  );
+  assert.is(buildCheckpointClaim(job), undefined, 'an existing claim is not created');
+});
+
+test('the checkpoint claim from a template is owned by the job', () => {
+  const claim = buildCheckpointClaim(
+    ownedJob({
+      'spec.checkpoint': {
+        intervalSteps: 10,
+        volume: { claimTemplate: { size: '5Gi', storageClassName: 'efs' } },
+      },
+    }),
+  );
+  assert.is(claim?.metadata?.name, 'job-checkpoints');
+  assert.is(claim?.metadata?.ownerReferences?.[0]?.uid, 'job-uid');
+  assert.equal(claim?.spec, {
+    accessModes: ['ReadWriteMany'],
+    resources: { requests: { storage: '5Gi' } },
+    storageClassName: 'efs',
+  });
+});
+
+test('NATS credentials from a Secret are mounted and named in the environment', () => {
+  const pod = buildWorkerPod(
+    ownedJob({ 'spec.nats': { credentialsSecret: { name: 'nats-creds' } } }),
+    0,
+    defaults,
+  );
+  assert.ok(pod.spec?.volumes?.some((v) => v.secret?.secretName === 'nats-creds'));
+  assert.is(env(pod)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+});
+
+test.run();
