@@ -8,6 +8,7 @@ const USAGE = `usage: tensile <command> [options]
 
 commands:
   validate FILE...     check TrainingJob manifests against the schema (exit 1 on any problem)
+  operator [options]   run the operator (tensile operator --help)
   help                 show this text
 `;
 
@@ -21,6 +22,10 @@ const commands: Record<string, Command> = {
       out: console.log,
       err: console.error,
     });
+  },
+  operator: async (args) => {
+    const { runOperator } = await import('./commands/operator.ts');
+    return runOperator(args);
   },
   help: async () => {
     process.stdout.write(USAGE);

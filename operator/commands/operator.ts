@@ -1,0 +1,223 @@
+/**
+ * `tensile operator`: the operator process (and the operator image's entrypoint). Serves /healthz,
+ * /readyz and /metrics at once; campaigns for the leader Lease; while leading, runs the controller.
+ * SIGTERM stops the controller, hands the lease back and exits 0.
+ */
+import { createServer, type Server } from 'node:http';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { KubeConfig } from '@kubernetes/client-node';
+import { TrainingJobController } from '../controller/controller.ts';
+import { EventRecorder } from '../controller/events.ts';
+import { KubeClient } from '../controller/kube.ts';
+import { LeaderElector } from '../controller/leader-election.ts';
+import { OperatorMetrics } from '../controller/metrics.ts';
+import { NatsLink } from '../controller/nats-link.ts';
+import { createOperatorLogger } from '../logging.ts';
+
+export const OPERATOR_USAGE = `usage: tensile operator [options]
+
+  --kubeconfig FILE           kubeconfig (default: $KUBECONFIG, then in-cluster)
+  --nats URL                  NATS server for worker control messages (default: $TENSILE_NATS_URL)
+  --namespace NS              namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)
+  --worker-image IMAGE        image of CPU workers (default: $TENSILE_WORKER_IMAGE)
+  --worker-gpu-image IMAGE    image of GPU workers (default: $TENSILE_WORKER_GPU_IMAGE or --worker-image)
+  --http-port PORT            /healthz, /readyz, /metrics (default 8080; 0 picks a free port)
+  --concurrency N             jobs reconciled at once (default 4)
+  --no-leader-elect           run without a Lease (one replica only)
+  --lease-duration SECONDS    leader lease duration (default 15)
+  --renew-deadline SECONDS    give up leadership after failing to renew this long (default 10)
+  --retry-period SECONDS      lease renew/retry period (default 2)
+  --failure-backoff SECONDS   first delay before replacing a failed worker, doubling (default 10)
+  --id NAME                   identity in the Lease (default: hostname-pid)
+  --log-level LEVEL           error|warn|info|debug (default info)
+`;
+
+const DEFAULT_WORKER_IMAGE = 'ghcr.io/tensile-dev/tensile-worker:0.1.0';
+
+function positive(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0)
+    throw new UsageError(`--${name}: expected a non-negative number, got "${value}"`);
+  return n;
+}
+
+class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export async function runOperator(argv: string[]): Promise<number> {
+  let values: ReturnType<typeof parse>['values'];
+  const parse = (args: string[]) =>
+    parseArgs({
+      args,
+      options: {
+        kubeconfig: { type: 'string' },
+        nats: { type: 'string' },
+        namespace: { type: 'string' },
+        'worker-image': { type: 'string' },
+        'worker-gpu-image': { type: 'string' },
+        'http-port': { type: 'string' },
+        concurrency: { type: 'string' },
+        'no-leader-elect': { type: 'boolean' },
+        'lease-duration': { type: 'string' },
+        'renew-deadline': { type: 'string' },
+        'retry-period': { type: 'string' },
+        'failure-backoff': { type: 'string' },
+        id: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    });
+  let leaseMs: number;
+  let renewMs: number;
+  let retryMs: number;
+  let port: number;
+  let concurrency: number;
+  let backoff: number;
+  try {
+    values = parse(argv).values;
+    leaseMs = positive('lease-duration', values['lease-duration'], 15) * 1000;
+    renewMs = positive('renew-deadline', values['renew-deadline'], 10) * 1000;
+    retryMs = positive('retry-period', values['retry-period'], 2) * 1000;
+    port = positive('http-port', values['http-port'], 8080);
+    concurrency = Math.max(1, Math.floor(positive('concurrency', values.concurrency, 4)));
+    backoff = positive('failure-backoff', values['failure-backoff'], 10);
+    if (renewMs >= leaseMs) throw new UsageError('--renew-deadline must be shorter than --lease-duration');
+  } catch (error) {
+    process.stderr.write(`tensile operator: ${(error as Error).message}\n${OPERATOR_USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(OPERATOR_USAGE);
+    return 0;
+  }
+  const identity = values.id ?? `${hostname()}-${process.pid}`;
+  const log = createOperatorLogger(values['log-level'] ?? 'info', { instance: identity });
+  const kubeConfig = new KubeConfig();
+  try {
+    const file = values.kubeconfig ?? process.env['KUBECONFIG'];
+    if (file !== undefined && file !== '') kubeConfig.loadFromFile(file);
+    else kubeConfig.loadFromCluster();
+    if (kubeConfig.getCurrentCluster() === null) throw new Error('no current cluster in the kubeconfig');
+  } catch (error) {
+    log.error('cannot load a kubeconfig; pass --kubeconfig FILE or run in a cluster', {
+      error: (error as Error).message,
+    });
+    return 2;
+  }
+  const namespace = values.namespace ?? process.env['POD_NAMESPACE'] ?? 'tensile-system';
+  const workerImage = values['worker-image'] ?? process.env['TENSILE_WORKER_IMAGE'] ?? DEFAULT_WORKER_IMAGE;
+  const natsUrl = values.nats ?? process.env['TENSILE_NATS_URL'];
+  const metrics = new OperatorMetrics();
+  const kube = new KubeClient(kubeConfig);
+  const nats = new NatsLink(natsUrl, log);
+  void nats
+    .start()
+    .catch((error: unknown) => log.error('NATS connection failed', { error: (error as Error).message }));
+  const stop = new AbortController();
+  let ready = false;
+  let exitCode = 0;
+  const server = await serve(port, metrics, () => ready, log);
+
+  const controllerFor = () =>
+    new TrainingJobController({
+      kubeConfig,
+      kube,
+      publisher: nats,
+      events: new EventRecorder(kube, 'tensile.dev/operator', identity, log),
+      metrics,
+      config: {
+        workerImage,
+        workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
+        natsUrl: natsUrl ?? 'nats://nats:4222',
+        failureBackoffSeconds: backoff,
+        maxFailureBackoffSeconds: 360,
+      },
+      log,
+      concurrency,
+    });
+
+  const onSignal = (signal: string) => {
+    log.info('shutting down', { signal });
+    stop.abort();
+  };
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
+
+  if (values['no-leader-elect']) {
+    ready = true;
+    metrics.leader.set(1);
+    await controllerFor().run(stop.signal);
+  } else {
+    const elector = new LeaderElector(
+      kubeConfig,
+      {
+        namespace,
+        name: 'tensile-operator',
+        identity,
+        leaseDurationMs: leaseMs,
+        renewDeadlineMs: renewMs,
+        retryPeriodMs: retryMs,
+      },
+      log,
+    );
+    // A standby replica is ready: it serves health and metrics and waits for the lease.
+    ready = true;
+    let controllerDone: Promise<void> = Promise.resolve();
+    await elector.run(stop.signal, {
+      onStartedLeading: (signal) => {
+        metrics.leader.set(1);
+        controllerDone = controllerFor().run(signal);
+        return controllerDone;
+      },
+      onStoppedLeading: () => {
+        metrics.leader.set(0);
+        if (!stop.signal.aborted) {
+          log.error('lost leadership; exiting so that a fresh process campaigns again');
+          exitCode = 1;
+        }
+      },
+    });
+    await controllerDone;
+  }
+  await nats[Symbol.asyncDispose]().catch(() => undefined);
+  await new Promise((resolve) => server.close(resolve));
+  log.info('operator stopped', { exitCode });
+  return exitCode;
+}
+
+async function serve(
+  port: number,
+  metrics: OperatorMetrics,
+  isReady: () => boolean,
+  log: ReturnType<typeof createOperatorLogger>,
+): Promise<Server> {
+  const server = createServer((req, res) => {
+    const url = req.url ?? '/';
+    if (url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+    } else if (url === '/readyz') {
+      const ok = isReady();
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok' : 'not ready');
+    } else if (url === '/metrics') {
+      metrics.registry
+        .metrics()
+        .then((text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text))
+        .catch((error: unknown) => res.writeHead(500).end(String(error)));
+    } else {
+      res.writeHead(404).end('not found');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, () => resolve());
+  });
+  const address = server.address();
+  log.info('serving /healthz, /readyz, /metrics', {
+    port: typeof address === 'object' && address !== null ? address.port : port,
+  });
+  return server;
+}

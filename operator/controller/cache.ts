@@ -1,0 +1,120 @@
+/**
+ * Informers that keep running: client-node's informer re-watches on a normal end and relists on 410,
+ * but any other error stops it for good, so this wrapper restarts it with backoff.
+ */
+import {
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  makeInformer,
+} from '@kubernetes/client-node';
+import type { Logger } from 'winston';
+
+export type CacheEvent = 'add' | 'update' | 'delete';
+
+export class ResilientInformer<T extends KubernetesObject> {
+  private readonly informer;
+  private readonly listeners: ((event: CacheEvent, object: T) => void)[] = [];
+  private stopped = false;
+  private failures = 0;
+  private restartTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    kubeConfig: KubeConfig,
+    readonly name: string,
+    path: string,
+    list: () => Promise<KubernetesListObject<T>>,
+    private readonly log: Logger,
+    labelSelector?: string,
+  ) {
+    this.informer = makeInformer<T>(kubeConfig, path, list, labelSelector);
+    this.informer.on('add', (o) => this.emit('add', o));
+    this.informer.on('update', (o) => this.emit('update', o));
+    this.informer.on('delete', (o) => this.emit('delete', o));
+    this.informer.on('connect', () => {
+      this.failures = 0;
+    });
+    this.informer.on('error', (error: unknown) => this.restart(error));
+  }
+
+  private emit(event: CacheEvent, object: T): void {
+    for (const listener of this.listeners) listener(event, object);
+  }
+
+  private restart(error: unknown): void {
+    if (this.stopped) return;
+    const delay = Math.min(30_000, 500 * 2 ** this.failures);
+    this.failures++;
+    this.log.warn('informer stopped; restarting', {
+      informer: this.name,
+      error: error instanceof Error ? error.message : String(error),
+      retryInMs: delay,
+    });
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => {
+      if (!this.stopped) void this.informer.start();
+    }, delay);
+  }
+
+  onChange(listener: (event: CacheEvent, object: T) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Resolves once the first list is in the cache (or the first attempt failed and a retry is scheduled). */
+  async start(): Promise<void> {
+    this.stopped = false;
+    await this.informer.start();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.restartTimer);
+    await this.informer.stop();
+  }
+
+  get(name: string, namespace?: string): T | undefined {
+    return this.informer.get(name, namespace);
+  }
+
+  list(namespace?: string): readonly T[] {
+    return this.informer.list(namespace);
+  }
+}
+
+/** Keeps, per key, the names of the objects that map to it (e.g. job → its pods, node → its pods). */
+export class Index<T extends KubernetesObject> {
+  private readonly byKey = new Map<string, Map<string, T>>();
+  private readonly keyOf = new Map<string, string>();
+
+  constructor(private readonly key: (object: T) => string | undefined) {}
+
+  private static id(object: KubernetesObject): string {
+    return `${object.metadata?.namespace ?? ''}/${object.metadata?.name ?? ''}`;
+  }
+
+  /** Applies an informer event; returns the keys whose members changed (old and new). */
+  apply(event: CacheEvent, object: T): string[] {
+    const id = Index.id(object);
+    const before = this.keyOf.get(id);
+    const after = event === 'delete' ? undefined : this.key(object);
+    if (before !== undefined && before !== after) {
+      this.byKey.get(before)?.delete(id);
+      if (this.byKey.get(before)?.size === 0) this.byKey.delete(before);
+      this.keyOf.delete(id);
+    }
+    if (after !== undefined) {
+      let members = this.byKey.get(after);
+      if (members === undefined) {
+        members = new Map();
+        this.byKey.set(after, members);
+      }
+      members.set(id, object);
+      this.keyOf.set(id, after);
+    }
+    return [before, after].filter((k): k is string => k !== undefined);
+  }
+
+  members(key: string): T[] {
+    return [...(this.byKey.get(key)?.values() ?? [])];
+  }
+}

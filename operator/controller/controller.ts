@@ -1,0 +1,211 @@
+/**
+ * The TrainingJob controller: informers on TrainingJobs, worker Pods and Nodes feed a de-duplicating,
+ * rate-limited work queue drained by a few concurrent reconcilers.
+ */
+import {
+  CoreV1Api,
+  CustomObjectsApi,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type V1Node,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import type { Logger } from 'winston';
+import { LABEL_JOB_NAME, LABEL_ROLE, ROLE_WORKER } from '../api/contract.ts';
+import { API_GROUP, API_VERSION, PHASES, PLURAL } from '../api/training-job.ts';
+import { Index, ResilientInformer } from './cache.ts';
+import type { EventRecorder } from './events.ts';
+import type { KubeClient } from './kube.ts';
+import type { OperatorMetrics } from './metrics.ts';
+import type { ControlPublisher } from './nats-link.ts';
+import { nodeHealth } from './nodes.ts';
+import type { PlanConfig } from './plan.ts';
+import { JobReconciler } from './reconciler.ts';
+import { WorkQueue } from './work-queue.ts';
+
+export interface ControllerOptions {
+  readonly kubeConfig: KubeConfig;
+  readonly kube: KubeClient;
+  readonly publisher: ControlPublisher;
+  readonly events: EventRecorder;
+  readonly metrics: OperatorMetrics;
+  readonly config: PlanConfig;
+  readonly log: Logger;
+  readonly concurrency: number;
+  /** Every job is reconciled at least this often, whatever the watches said. */
+  readonly resyncMs?: number;
+}
+
+export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
+
+function splitKey(key: string): [string, string] {
+  const slash = key.indexOf('/');
+  return [key.slice(0, slash), key.slice(slash + 1)];
+}
+
+export class TrainingJobController {
+  readonly queue = new WorkQueue({ baseDelayMs: 50, maxDelayMs: 60_000 });
+  private readonly jobs: ResilientInformer<KubernetesObject>;
+  private readonly pods: ResilientInformer<V1Pod>;
+  private readonly nodes: ResilientInformer<V1Node>;
+  private readonly podsByJob = new Index<V1Pod>((pod) => {
+    const job = pod.metadata?.labels?.[LABEL_JOB_NAME];
+    return job === undefined ? undefined : jobKey(pod.metadata?.namespace ?? '', job);
+  });
+  private readonly podsByNode = new Index<V1Pod>((pod) => pod.spec?.nodeName || undefined);
+  private readonly nodeStates = new Map<string, string>();
+  private nodeMap = new Map<string, V1Node>();
+  private readonly reconciler: JobReconciler;
+
+  constructor(private readonly options: ControllerOptions) {
+    const { kubeConfig, log } = options;
+    const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+    const core = kubeConfig.makeApiClient(CoreV1Api);
+    const workerSelector = `${LABEL_ROLE}=${ROLE_WORKER}`;
+    this.jobs = new ResilientInformer<KubernetesObject>(
+      kubeConfig,
+      'trainingjobs',
+      `/apis/${API_GROUP}/${API_VERSION}/${PLURAL}`,
+      async () =>
+        (await custom.listClusterCustomObject({
+          group: API_GROUP,
+          version: API_VERSION,
+          plural: PLURAL,
+        })) as KubernetesListObject<KubernetesObject>,
+      log,
+    );
+    this.pods = new ResilientInformer<V1Pod>(
+      kubeConfig,
+      'pods',
+      '/api/v1/pods',
+      () => core.listPodForAllNamespaces({ labelSelector: workerSelector }),
+      log,
+      workerSelector,
+    );
+    this.nodes = new ResilientInformer<V1Node>(
+      kubeConfig,
+      'nodes',
+      '/api/v1/nodes',
+      () => core.listNode(),
+      log,
+    );
+
+    this.jobs.onChange((event, job) => {
+      const key = jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? '');
+      if (event === 'delete') this.queue.forget(key);
+      this.queue.add(key);
+    });
+    this.pods.onChange((event, pod) => {
+      for (const key of this.podsByJob.apply(event, pod)) this.queue.add(key);
+      this.podsByNode.apply(event, pod);
+    });
+    this.nodes.onChange((event, node) => {
+      const name = node.metadata?.name ?? '';
+      if (event === 'delete') this.nodeMap.delete(name);
+      else this.nodeMap.set(name, node);
+      // Node objects change every few seconds (heartbeats); only a change of health concerns the workers.
+      const state = event === 'delete' ? 'missing' : nodeHealth(node).state;
+      if (this.nodeStates.get(name) === state) return;
+      if (event === 'delete') this.nodeStates.delete(name);
+      else this.nodeStates.set(name, state);
+      for (const pod of this.podsByNode.members(name)) {
+        const job = pod.metadata?.labels?.[LABEL_JOB_NAME];
+        if (job !== undefined) this.queue.add(jobKey(pod.metadata?.namespace ?? '', job));
+      }
+    });
+
+    this.reconciler = new JobReconciler({
+      kube: options.kube,
+      getJob: (namespace, name) => this.jobs.get(name, namespace),
+      podsOf: (namespace, name) => this.podsByJob.members(jobKey(namespace, name)),
+      nodes: () => this.nodeMap,
+      publisher: options.publisher,
+      events: options.events,
+      metrics: options.metrics,
+      config: options.config,
+      log,
+    });
+  }
+
+  /** Runs until `signal` aborts: syncs the caches, then reconciles with `concurrency` workers. */
+  async run(signal: AbortSignal): Promise<void> {
+    const { log, metrics } = this.options;
+    // Nodes and pods first: a job reconciled before its pods are known would create them again.
+    await Promise.all([this.nodes.start(), this.pods.start()]);
+    await this.jobs.start();
+    log.info('caches synced', {
+      jobs: this.jobs.list().length,
+      pods: this.pods.list().length,
+      nodes: this.nodeMap.size,
+    });
+    const gauges = setInterval(() => this.updateGauges(), 5000);
+    gauges.unref();
+    const resync = setInterval(() => {
+      for (const job of this.jobs.list())
+        this.queue.add(jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? ''));
+    }, this.options.resyncMs ?? 300_000);
+    resync.unref();
+    signal.addEventListener('abort', () => this.queue.shutdown(), { once: true });
+    const workers = Array.from({ length: this.options.concurrency }, () => this.work());
+    this.updateGauges();
+    await Promise.all(workers);
+    clearInterval(gauges);
+    clearInterval(resync);
+    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop()]);
+    metrics.queueDepth.set(0);
+    log.info('controller stopped');
+  }
+
+  private updateGauges(): void {
+    const counts = new Map<string, number>(PHASES.map((p) => [p, 0]));
+    for (const job of this.jobs.list()) {
+      const phase = (job as { status?: { phase?: string } }).status?.phase ?? 'Pending';
+      counts.set(phase, (counts.get(phase) ?? 0) + 1);
+    }
+    for (const [phase, n] of counts) this.options.metrics.jobsByPhase.set({ phase }, n);
+    this.options.metrics.queueDepth.set(this.queue.length);
+  }
+
+  private async work(): Promise<void> {
+    const { log, metrics } = this.options;
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      const [namespace, name] = splitKey(key);
+      const end = metrics.reconcileDuration.startTimer();
+      let result: Awaited<ReturnType<JobReconciler['reconcile']>>;
+      try {
+        result = await this.reconciler.reconcile(namespace, name);
+      } catch (error) {
+        result = { kind: 'error', error: error instanceof Error ? error : new Error(String(error)) };
+      }
+      end({ result: result.kind });
+      switch (result.kind) {
+        case 'done':
+          this.queue.forget(key);
+          break;
+        case 'requeue':
+          this.queue.forget(key);
+          this.queue.addAfter(key, result.afterMs);
+          break;
+        case 'error': {
+          const delay = this.queue.addRateLimited(key);
+          log.warn('reconcile failed; retrying', {
+            namespace,
+            job: name,
+            error: result.error.message,
+            retryInMs: delay,
+          });
+          break;
+        }
+        case 'terminal':
+          this.queue.forget(key);
+          log.error('reconcile failed for good', { namespace, job: name, error: result.error.message });
+          break;
+      }
+      this.queue.done(key);
+      metrics.queueDepth.set(this.queue.length);
+    }
+  }
+}

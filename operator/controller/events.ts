@@ -1,0 +1,62 @@
+/** Records Kubernetes Events (events.k8s.io/v1) about TrainingJobs, without repeating itself. */
+import { V1MicroTime } from '@kubernetes/client-node';
+import type { Logger } from 'winston';
+import { API_GROUP_VERSION, KIND } from '../api/training-job.ts';
+import type { KubeClient } from './kube.ts';
+import type { JobEventRecord } from './plan.ts';
+
+const REPEAT_WINDOW_MS = 5 * 60_000;
+
+export interface JobRef {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
+}
+
+export class EventRecorder {
+  private readonly recent = new Map<string, number>();
+
+  constructor(
+    private readonly kube: KubeClient,
+    private readonly controller: string,
+    private readonly instance: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Best effort: an event that cannot be written is logged, never fails a reconcile. */
+  async record(job: JobRef, event: JobEventRecord, now = new Date()): Promise<void> {
+    const key = `${job.uid}\u0000${event.reason}\u0000${event.message}`;
+    const last = this.recent.get(key);
+    if (last !== undefined && now.getTime() - last < REPEAT_WINDOW_MS) return;
+    this.recent.set(key, now.getTime());
+    if (this.recent.size > 10_000) {
+      for (const [k, t] of this.recent) if (now.getTime() - t >= REPEAT_WINDOW_MS) this.recent.delete(k);
+    }
+    try {
+      await this.kube.createEvent(job.namespace, {
+        metadata: { generateName: `${job.name}.`, namespace: job.namespace },
+        eventTime: new V1MicroTime(now.getTime()),
+        reportingController: this.controller,
+        reportingInstance: this.instance.slice(0, 128),
+        action: event.reason.slice(0, 128),
+        reason: event.reason.slice(0, 128),
+        note: event.message.slice(0, 1024),
+        type: event.type,
+        regarding: {
+          apiVersion: API_GROUP_VERSION,
+          kind: KIND,
+          name: job.name,
+          namespace: job.namespace,
+          uid: job.uid,
+        },
+      });
+    } catch (error) {
+      this.log.warn('could not record event', {
+        namespace: job.namespace,
+        job: job.name,
+        reason: event.reason,
+        error: (error as Error).message,
+      });
+    }
+  }
+}

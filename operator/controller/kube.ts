@@ -1,0 +1,208 @@
+/**
+ * The operator's few writes to the API server, with errors classified once: retryable (conflict,
+ * throttling, server trouble, network) or terminal (the request itself is wrong).
+ */
+import {
+  ApiException,
+  CoreV1Api,
+  CustomObjectsApi,
+  EventsV1Api,
+  type KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1PersistentVolumeClaim,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import { FINALIZER_ACCOUNTING } from '../api/contract.ts';
+import { API_GROUP, API_VERSION, PLURAL, type TrainingJobStatus } from '../api/training-job.ts';
+import { ANNOTATION_LEAVE_REQUESTED } from './pods.ts';
+
+export class KubeApiError extends Error {
+  override readonly name = 'KubeApiError';
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly reason: string,
+    readonly retryable: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+const RETRYABLE_STATUS = new Set([409, 429, 500, 502, 503, 504]);
+
+/** Turns anything the client throws into a KubeApiError; network errors are retryable. */
+export function toKubeError(error: unknown, what: string): KubeApiError {
+  if (error instanceof KubeApiError) return error;
+  if (error instanceof ApiException) {
+    const code = error.code;
+    let reason = '';
+    let detail = '';
+    const body: unknown = error.body;
+    try {
+      const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as
+        | { reason?: string; message?: string }
+        | undefined;
+      reason = parsed?.reason ?? '';
+      detail = parsed?.message ?? '';
+    } catch {
+      detail = typeof body === 'string' ? body.slice(0, 300) : '';
+    }
+    return new KubeApiError(
+      `${what}: ${code} ${reason}${detail ? `: ${detail}` : ''}`,
+      code,
+      reason,
+      RETRYABLE_STATUS.has(code),
+      { cause: error },
+    );
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return new KubeApiError(`${what}: ${message}`, 0, 'NetworkError', true, { cause: error });
+}
+
+export const isNotFound = (e: KubeApiError) => e.status === 404;
+export const isAlreadyExists = (e: KubeApiError) => e.status === 409 && e.reason === 'AlreadyExists';
+export const isConflict = (e: KubeApiError) => e.status === 409 && e.reason !== 'AlreadyExists';
+
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
+
+export class KubeClient {
+  private readonly core: CoreV1Api;
+  private readonly custom: CustomObjectsApi;
+  private readonly events: EventsV1Api;
+
+  constructor(kubeConfig: KubeConfig) {
+    this.core = kubeConfig.makeApiClient(CoreV1Api);
+    this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
+    this.events = kubeConfig.makeApiClient(EventsV1Api);
+  }
+
+  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (error) {
+      throw toKubeError(error, what);
+    }
+  }
+
+  /** Creates a pod; an existing pod of that name (a retried create) is not an error. */
+  async createPod(namespace: string, pod: V1Pod): Promise<'created' | 'exists'> {
+    try {
+      await this.call(`create pod ${namespace}/${pod.metadata?.name}`, () =>
+        this.core.createNamespacedPod({ namespace, body: pod }),
+      );
+      return 'created';
+    } catch (error) {
+      if (error instanceof KubeApiError && isAlreadyExists(error)) return 'exists';
+      throw error;
+    }
+  }
+
+  async deletePod(namespace: string, name: string, force: boolean): Promise<void> {
+    try {
+      await this.call(`delete pod ${namespace}/${name}`, () =>
+        this.core.deleteNamespacedPod({ namespace, name, ...(force ? { gracePeriodSeconds: 0 } : {}) }),
+      );
+    } catch (error) {
+      if (error instanceof KubeApiError && isNotFound(error)) return;
+      throw error;
+    }
+  }
+
+  /** Removes the accounting finalizer; the `test` op makes it a no-op race loser, never a wrong removal. */
+  async releasePod(namespace: string, pod: V1Pod): Promise<void> {
+    const name = pod.metadata?.name ?? '';
+    const index = pod.metadata?.finalizers?.indexOf(FINALIZER_ACCOUNTING) ?? -1;
+    if (index < 0) return;
+    const body = [
+      { op: 'test', path: `/metadata/finalizers/${index}`, value: FINALIZER_ACCOUNTING },
+      { op: 'remove', path: `/metadata/finalizers/${index}` },
+    ];
+    try {
+      await this.call(`release pod ${namespace}/${name}`, () =>
+        this.core.patchNamespacedPod({ namespace, name, body }, jsonPatch),
+      );
+    } catch (error) {
+      if (error instanceof KubeApiError && isNotFound(error)) return;
+      // 422: the finalizer moved (someone edited the list); the next pass sees the new list.
+      if (error instanceof KubeApiError && error.status === 422) {
+        throw new KubeApiError(error.message, 409, 'Conflict', true, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  async markLeaving(namespace: string, name: string, reason: string): Promise<void> {
+    const body = { metadata: { annotations: { [ANNOTATION_LEAVE_REQUESTED]: reason } } };
+    try {
+      await this.call(`annotate pod ${namespace}/${name}`, () =>
+        this.core.patchNamespacedPod({ namespace, name, body }, mergePatch),
+      );
+    } catch (error) {
+      if (error instanceof KubeApiError && isNotFound(error)) return;
+      throw error;
+    }
+  }
+
+  async createClaim(namespace: string, claim: V1PersistentVolumeClaim): Promise<void> {
+    try {
+      await this.call(`create claim ${namespace}/${claim.metadata?.name}`, () =>
+        this.core.createNamespacedPersistentVolumeClaim({ namespace, body: claim }),
+      );
+    } catch (error) {
+      if (error instanceof KubeApiError && isAlreadyExists(error)) return;
+      throw error;
+    }
+  }
+
+  /**
+   * Writes the status with the resourceVersion the decision was based on: a stale read fails with a
+   * conflict instead of counting a preemption twice. Fields that disappeared are sent as null.
+   */
+  async patchStatus(
+    namespace: string,
+    name: string,
+    resourceVersion: string,
+    previous: TrainingJobStatus | undefined,
+    next: TrainingJobStatus,
+  ): Promise<void> {
+    const status: Record<string, unknown> = { ...next };
+    for (const key of Object.keys(previous ?? {})) if (!(key in next)) status[key] = null;
+    const body = resourceVersion === '' ? { status } : { metadata: { resourceVersion }, status };
+    await this.call(`patch status ${namespace}/${name}`, () =>
+      this.custom.patchNamespacedCustomObjectStatus(
+        { group: API_GROUP, version: API_VERSION, namespace, plural: PLURAL, name, body },
+        mergePatch,
+      ),
+    );
+  }
+
+  async deleteJob(namespace: string, name: string): Promise<void> {
+    try {
+      await this.call(`delete trainingjob ${namespace}/${name}`, () =>
+        this.custom.deleteNamespacedCustomObject({
+          group: API_GROUP,
+          version: API_VERSION,
+          namespace,
+          plural: PLURAL,
+          name,
+          propagationPolicy: 'Background',
+        }),
+      );
+    } catch (error) {
+      if (error instanceof KubeApiError && isNotFound(error)) return;
+      throw error;
+    }
+  }
+
+  async createEvent(
+    namespace: string,
+    body: Parameters<EventsV1Api['createNamespacedEvent']>[0]['body'],
+  ): Promise<void> {
+    await this.call(`create event in ${namespace}`, () =>
+      this.events.createNamespacedEvent({ namespace, body }),
+    );
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * The I/O shell around `plan`: read the job, its pods and the nodes from the informer caches, decide,
+ * write the status (optimistically locked), then carry out the decision. Idempotent: running it twice
+ * on the same state does the same thing once.
+ */
+import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
+import type { Logger } from 'winston';
+import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
+import { validateTrainingJob } from '../api/validate.ts';
+import { setCondition } from './conditions.ts';
+import type { EventRecorder, JobRef } from './events.ts';
+import { isConflict, KubeApiError, type KubeClient } from './kube.ts';
+import type { OperatorMetrics } from './metrics.ts';
+import type { ControlPublisher } from './nats-link.ts';
+import { type Plan, type PlanConfig, plan } from './plan.ts';
+import type { OwnedJob } from './pod-builder.ts';
+import { hasAccountingFinalizer } from './pods.ts';
+
+export type ReconcileResult =
+  | { readonly kind: 'done' }
+  | { readonly kind: 'requeue'; readonly afterMs: number }
+  | { readonly kind: 'error'; readonly error: Error }
+  | { readonly kind: 'terminal'; readonly error: Error };
+
+export interface ReconcilerDeps {
+  readonly kube: KubeClient;
+  readonly getJob: (namespace: string, name: string) => KubernetesObject | undefined;
+  readonly podsOf: (namespace: string, name: string) => V1Pod[];
+  readonly nodes: () => ReadonlyMap<string, V1Node>;
+  readonly publisher: ControlPublisher;
+  readonly events: EventRecorder;
+  readonly metrics: OperatorMetrics;
+  readonly config: PlanConfig;
+  readonly log: Logger;
+  readonly now?: () => Date;
+}
+
+/** JSON with sorted keys, so two statuses compare equal whatever order their fields were written in. */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return v;
+    return Object.fromEntries(
+      Object.entries(v as Record<string, unknown>)
+        .filter(([, x]) => x !== undefined)
+        .sort(([a], [b]) => a.localeCompare(b)),
+    );
+  });
+}
+
+export function statusChanged(before: TrainingJobStatus | undefined, after: TrainingJobStatus): boolean {
+  return canonical(before ?? {}) !== canonical(after);
+}
+
+function errorOf(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+export class JobReconciler {
+  /** Claims known to exist, by job uid, so a scale-up does not try to create the claim every time. */
+  private readonly claims = new Set<string>();
+
+  constructor(private readonly deps: ReconcilerDeps) {}
+
+  private now(): Date {
+    return this.deps.now?.() ?? new Date();
+  }
+
+  async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
+    const raw = this.deps.getJob(namespace, name);
+    if (raw === undefined) return { kind: 'done' };
+    const log = this.deps.log.child({ namespace, job: name });
+    const metadata = raw.metadata ?? {};
+    const uid = metadata.uid ?? '';
+    const ref: JobRef = { namespace, name, uid };
+    const pods = this.deps
+      .podsOf(namespace, name)
+      .filter((p) => p.metadata?.ownerReferences?.some((o) => o.uid === uid));
+
+    if (metadata.deletionTimestamp !== undefined) {
+      // The garbage collector deletes the pods; our finalizer must not hold them.
+      await Promise.all(
+        pods.filter(hasAccountingFinalizer).map((p) => this.deps.kube.releasePod(namespace, p)),
+      );
+      return { kind: 'done' };
+    }
+
+    const rawStatus = (raw as { status?: TrainingJobStatus }).status;
+    const validation = validateTrainingJob({ ...raw, status: undefined });
+    if (!validation.ok) {
+      const reason = validation.problems.map((p) => `${p.path}: ${p.message}`).join('; ');
+      await this.failInvalid(ref, metadata.resourceVersion ?? '', rawStatus, reason, log);
+      return { kind: 'terminal', error: new Error(`invalid spec: ${reason}`) };
+    }
+    const job = {
+      ...(validation.job as TrainingJob),
+      metadata: { ...metadata, name, namespace, uid },
+      ...(rawStatus === undefined ? {} : { status: rawStatus }),
+    } as OwnedJob;
+
+    const decision = plan({
+      job,
+      pods,
+      nodes: this.deps.nodes(),
+      claimExists: this.claims.has(uid),
+      now: this.now(),
+      config: this.deps.config,
+    });
+
+    if (statusChanged(rawStatus, decision.status)) {
+      try {
+        await this.deps.kube.patchStatus(
+          namespace,
+          name,
+          metadata.resourceVersion ?? '',
+          rawStatus,
+          decision.status,
+        );
+      } catch (error) {
+        if (error instanceof KubeApiError && isConflict(error)) {
+          // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
+          log.debug('status conflict; retrying with the fresh object');
+          return { kind: 'requeue', afterMs: 100 };
+        }
+        return { kind: 'error', error: errorOf(error) };
+      }
+    }
+    this.countMetrics(rawStatus, decision.status);
+    try {
+      await this.execute(job, ref, decision, log);
+    } catch (error) {
+      return { kind: 'error', error: errorOf(error) };
+    }
+    return decision.requeueAfterMs === undefined
+      ? { kind: 'done' }
+      : { kind: 'requeue', afterMs: decision.requeueAfterMs };
+  }
+
+  private countMetrics(before: TrainingJobStatus | undefined, after: TrainingJobStatus): void {
+    const preempted = (after.preemptions ?? 0) - (before?.preemptions ?? 0);
+    const failed = (after.restarts ?? 0) - (before?.restarts ?? 0);
+    if (preempted > 0) this.deps.metrics.preemptions.inc(preempted);
+    if (failed > 0) this.deps.metrics.failures.inc(failed);
+  }
+
+  private async execute(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+    const { kube, publisher, metrics } = this.deps;
+    const { namespace } = ref;
+    const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
+    for (const message of decision.publish) publisher.publish(namespace, ref.name, message);
+    await Promise.all(
+      decision.releasePods.map(async (name) => {
+        const pod = byName.get(name);
+        if (pod !== undefined) await kube.releasePod(namespace, pod);
+      }),
+    );
+    await Promise.all(decision.markLeaving.map((m) => kube.markLeaving(namespace, m.name, m.reason)));
+    metrics.leaveRequests.inc(decision.markLeaving.length);
+    await Promise.all(
+      decision.deletePods.map(async (d) => {
+        await kube.deletePod(namespace, d.name, d.force);
+        metrics.podsDeleted.inc();
+        log.info('deleted worker', { pod: d.name, reason: d.reason, force: d.force });
+      }),
+    );
+    if (decision.createClaim !== undefined) {
+      await kube.createClaim(namespace, decision.createClaim);
+      this.claims.add(ref.uid);
+    }
+    const created = await Promise.allSettled(
+      decision.createPods.map(async (pod) => {
+        const result = await kube.createPod(namespace, pod);
+        if (result === 'created') {
+          metrics.podsCreated.inc();
+          log.info('created worker', { pod: pod.metadata?.name });
+        }
+      }),
+    );
+    for (const event of decision.events) await this.deps.events.record(ref, event);
+    const failure = created.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure !== undefined) {
+      const error = failure.reason as unknown;
+      if (error instanceof KubeApiError && error.status === 422) {
+        // The API server refuses the pod we built from this spec: retrying cannot help.
+        await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
+        return;
+      }
+      await this.deps.events.record(ref, {
+        type: 'Warning',
+        reason: 'FailedCreateWorker',
+        message: errorOf(error).message,
+      });
+      throw error;
+    }
+    if (decision.deleteJob) {
+      await kube.deleteJob(namespace, ref.name);
+      log.info('deleted finished job after ttlSecondsAfterFinished');
+    }
+  }
+
+  /** Marks a job Failed/InvalidSpec once; the operator goes on serving every other job. */
+  private async failInvalid(
+    ref: JobRef,
+    resourceVersion: string,
+    status: TrainingJobStatus | undefined,
+    reason: string,
+    log: Logger,
+  ): Promise<void> {
+    if (status?.phase === 'Failed') return;
+    const now = this.now();
+    let conditions = setCondition(
+      status?.conditions ?? [],
+      'Failed',
+      'True',
+      'InvalidSpec',
+      reason.slice(0, 2000),
+      now,
+    );
+    conditions = setCondition(conditions, 'Running', 'False', 'InvalidSpec', 'invalid spec', now);
+    const next: TrainingJobStatus = {
+      ...status,
+      phase: 'Failed',
+      conditions,
+      message: reason.slice(0, 2000),
+      completionTime: now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    };
+    log.warn('invalid TrainingJob', { reason });
+    try {
+      await this.deps.kube.patchStatus(ref.namespace, ref.name, resourceVersion, status, next);
+    } catch (error) {
+      log.warn('could not mark the job InvalidSpec', { error: errorOf(error).message });
+    }
+    await this.deps.events.record(ref, {
+      type: 'Warning',
+      reason: 'InvalidSpec',
+      message: reason.slice(0, 1000),
+    });
+  }
+}

@@ -1,0 +1,171 @@
+/** Ring all-reduce, broadcast and barrier over real TCP connections on loopback. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { RingGroup } from '../../worker/collective/group.ts';
+import {
+  CollectiveAbortedError,
+  CollectiveError,
+  CollectiveServer,
+  CollectiveTimeoutError,
+  PeerLostError,
+} from '../../worker/collective/transport.ts';
+
+async function ring(size: number, generation = 1, segmentElements = 1000, job = 'job') {
+  const servers = await Promise.all(
+    Array.from({ length: size }, () => CollectiveServer.listen(job, '127.0.0.1')),
+  );
+  const members = servers.map((s) => ({ address: s.address }));
+  const groups = await Promise.all(
+    servers.map((server, rank) =>
+      RingGroup.connect({ job, generation, rank, members, server, segmentElements, timeoutMs: 5000 }),
+    ),
+  );
+  return {
+    servers,
+    groups,
+    async close() {
+      for (const g of groups) await g[Symbol.asyncDispose]();
+      for (const s of servers) await s[Symbol.asyncDispose]();
+    },
+  };
+}
+
+function random(length: number, seed: number): Float32Array {
+  let x = seed;
+  return Float32Array.from({ length }, () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x / 2147483648 - 0.5;
+  });
+}
+
+for (const size of [1, 2, 3, 4]) {
+  test(`all-reduce of ${size} ranks: every rank holds the sum, bit for bit the same`, async () => {
+    const r = await ring(size);
+    try {
+      const length = 10_007;
+      const inputs = Array.from({ length: size }, (_, i) => random(length, i + 1));
+      const expected = new Float64Array(length);
+      for (const input of inputs)
+        for (let i = 0; i < length; i++) expected[i] = (expected[i] as number) + (input[i] as number);
+      const results = await Promise.all(
+        r.groups.map((g, i) => g.allReduce(Float32Array.from(inputs[i] as Float32Array))),
+      );
+      for (let i = 0; i < length; i++)
+        assert.ok(Math.abs((results[0]?.[i] as number) - (expected[i] as number)) < 1e-5, `element ${i}`);
+      for (const result of results)
+        assert.equal(Buffer.from(result.buffer), Buffer.from((results[0] as Float32Array).buffer));
+    } finally {
+      await r.close();
+    }
+  });
+}
+
+test('repeated all-reduces on one ring stay in step', async () => {
+  const r = await ring(3);
+  try {
+    for (let round = 0; round < 20; round++) {
+      const results = await Promise.all(
+        r.groups.map((g, rank) => g.allReduce(Float32Array.from({ length: 50 + round }, () => rank + round))),
+      );
+      for (const result of results) assert.ok(result.every((v) => v === 3 * round + 3));
+    }
+  } finally {
+    await r.close();
+  }
+});
+
+test('fp16 on the wire: close to the sum, and identical on every rank', async () => {
+  const r = await ring(3);
+  try {
+    const inputs = [0, 1, 2].map((i) => random(5000, 10 + i));
+    const results = await Promise.all(
+      r.groups.map((g, i) => g.allReduce(Float32Array.from(inputs[i] as Float32Array), { fp16: true })),
+    );
+    for (let i = 0; i < 5000; i++) {
+      const sum = inputs.reduce((s, input) => s + (input[i] as number), 0);
+      assert.ok(Math.abs((results[0]?.[i] as number) - sum) < 5e-3, `element ${i}`);
+    }
+    for (const result of results)
+      assert.equal(Buffer.from(result.buffer), Buffer.from((results[0] as Float32Array).buffer));
+  } finally {
+    await r.close();
+  }
+});
+
+test('broadcast delivers the root bytes to every rank (larger than one segment)', async () => {
+  const r = await ring(4, 1, 256);
+  try {
+    const payload = Uint8Array.from({ length: 100_003 }, (_, i) => (i * 7) % 251);
+    const results = await Promise.all(
+      r.groups.map((g, rank) => g.broadcast(rank === 2 ? payload : undefined, 2)),
+    );
+    for (const result of results) assert.equal(Buffer.from(result), Buffer.from(payload));
+    await Promise.all(r.groups.map((g) => g.barrier()));
+  } finally {
+    await r.close();
+  }
+});
+
+test('a peer that dies mid-collective fails the others with a typed error, quickly', async () => {
+  const r = await ring(3);
+  try {
+    const pending = r.groups
+      .slice(0, 2)
+      .map((g) => g.allReduce(new Float32Array(100_000)).catch((e: unknown) => e));
+    await r.groups[2]?.[Symbol.asyncDispose]();
+    const errors = await Promise.all(pending);
+    for (const error of errors) {
+      assert.ok(error instanceof CollectiveError, `expected a CollectiveError, got ${String(error)}`);
+      assert.ok(
+        error instanceof PeerLostError ||
+          error instanceof CollectiveAbortedError ||
+          error instanceof CollectiveTimeoutError,
+      );
+    }
+  } finally {
+    await r.close();
+  }
+});
+
+test('an abort (new generation) cancels a waiting collective', async () => {
+  const servers = await Promise.all([0, 1].map(() => CollectiveServer.listen('job', '127.0.0.1')));
+  const members = servers.map((s) => ({ address: s.address }));
+  const controller = new AbortController();
+  const groups = await Promise.all(
+    servers.map((server, rank) =>
+      RingGroup.connect({ job: 'job', generation: 7, rank, members, server, signal: controller.signal }),
+    ),
+  );
+  const waiting = groups[0]?.allReduce(new Float32Array(10)).catch((e: unknown) => e);
+  controller.abort();
+  assert.ok((await waiting) instanceof CollectiveError);
+  for (const s of servers) await s[Symbol.asyncDispose]();
+});
+
+test('a connection from another job or an older generation is refused', async () => {
+  const server = await CollectiveServer.listen('job-a', '127.0.0.1');
+  const other = await CollectiveServer.listen('job-b', '127.0.0.1');
+  try {
+    const members = [{ address: server.address }, { address: other.address }];
+    // job-b's rank 1 dials job-a's server: job-a must not accept it as its neighbour.
+    const foreign = RingGroup.connect({
+      job: 'job-b',
+      generation: 1,
+      rank: 1,
+      members,
+      server: other,
+      timeoutMs: 800,
+    }).catch((e: unknown) => e);
+    const mine = server.inbound(1, 1, 0, 800).catch((e: unknown) => e);
+    assert.ok((await mine) instanceof CollectiveTimeoutError, 'job-a never saw a link from job-b');
+    assert.ok((await foreign) instanceof CollectiveError);
+    server.retire(5);
+    const old = server.inbound(4, 1, 0, 300).catch((e: unknown) => e);
+    assert.ok((await old) instanceof CollectiveTimeoutError);
+  } finally {
+    await server[Symbol.asyncDispose]();
+    await other[Symbol.asyncDispose]();
+  }
+});
+
+test.run();

@@ -1,0 +1,266 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import {
+  type Decision,
+  decide,
+  type MemberRecord,
+  type ObservedMember,
+  type RendezvousView,
+  type WorldRecord,
+} from '../../worker/rendezvous/decide.ts';
+
+const NOW = 100_000;
+const config = { minReplicas: 2, maxReplicas: 4, timeoutMs: 3000, lastCallMs: 1000 };
+
+function member(id: string, o: Partial<MemberRecord> & { seenAgo?: number } = {}): [string, ObservedMember] {
+  const { seenAgo = 0, ...record } = o;
+  return [
+    id,
+    {
+      record: {
+        id,
+        address: `127.0.0.1:${1000 + id.charCodeAt(0)}`,
+        joinedAt: id.charCodeAt(0),
+        heartbeat: 1,
+        state: 'active',
+        hasState: true,
+        step: 50,
+        generation: 1,
+        ...record,
+      },
+      observedAt: NOW - seenAgo,
+    },
+  ];
+}
+
+function world(generation: number, ids: string[], extra: Partial<WorldRecord> = {}): WorldRecord {
+  return {
+    generation,
+    members: ids.map((id) => ({ id, address: `127.0.0.1:${1000 + id.charCodeAt(0)}`, batch: 32 })),
+    source: ids[0],
+    startStep: 0,
+    globalBatch: 32 * ids.length,
+    learningRate: 0.01,
+    policy: {},
+    reason: 'test',
+    createdAt: 0,
+    ...extra,
+  };
+}
+
+function view(
+  o: Omit<Partial<RendezvousView>, 'members'> & { members: [string, ObservedMember][] },
+): RendezvousView {
+  return {
+    self: 'a',
+    now: NOW,
+    config,
+    world: undefined,
+    running: 0,
+    roundSince: undefined,
+    ...o,
+    members: new Map(o.members),
+  };
+}
+
+const cases: [string, RendezvousView, (d: Decision) => void][] = [
+  [
+    'no world, too few workers: wait',
+    view({ members: [member('a', { hasState: false, step: 0, generation: 0 })] }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, '1 of at least 2');
+    },
+  ],
+  [
+    'no world, minReplicas present, last call not over: wait until it closes',
+    view({ members: [member('a'), member('b')] }),
+    (d) =>
+      assert.equal(d, {
+        action: 'wait',
+        reason: 'first world; last call',
+        until: NOW + 1000,
+        roundSince: NOW,
+      }),
+  ],
+  [
+    'no world, last call over: propose generation 1, ranks by join order',
+    view({ members: [member('b'), member('a')], roundSince: NOW - 1000 }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.is(d.world.generation, 1);
+      assert.equal(
+        d.world.members.map((m) => m.id),
+        ['a', 'b'],
+      );
+      assert.is(d.world.reason, 'first world');
+    },
+  ],
+  [
+    'maxReplicas present: the round closes at once',
+    view({ members: [member('a'), member('b'), member('c'), member('d'), member('e')] }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose')
+        assert.equal(
+          d.world.members.map((m) => m.id),
+          ['a', 'b', 'c', 'd'],
+        );
+    },
+  ],
+  [
+    'a healthy world this worker runs: continue',
+    view({ members: [member('a'), member('b')], world: world(3, ['a', 'b']), running: 3 }),
+    (d) => assert.equal(d, { action: 'continue' }),
+  ],
+  [
+    'a newer world that includes this worker: adopt',
+    view({ members: [member('a'), member('b')], world: world(4, ['a', 'b']), running: 3 }),
+    (d) => assert.is(d.action, 'adopt'),
+  ],
+  [
+    'a member silent longer than the timeout is lost: new round without it',
+    view({
+      members: [member('a'), member('b'), member('c', { seenAgo: 3001 })],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+      roundSince: NOW - 1000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.equal(
+        d.world.members.map((m) => m.id),
+        ['a', 'b'],
+      );
+      assert.is(d.world.generation, 3);
+      assert.match(d.world.reason, 'c lost');
+    },
+  ],
+  [
+    'a member silent for less than the timeout is still alive',
+    view({ members: [member('a'), member('b', { seenAgo: 2999 })], world: world(2, ['a', 'b']), running: 2 }),
+    (d) => assert.equal(d, { action: 'continue' }),
+  ],
+  [
+    'a graceful leave is seen at once (no timeout)',
+    view({
+      members: [member('a'), member('b'), member('c', { state: 'leaving' })],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, 'c is leaving');
+    },
+  ],
+  [
+    'a member that vanished from the store left',
+    view({
+      members: [member('a'), member('b')],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+      roundSince: NOW - 5000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose') assert.match(d.world.reason, 'c left');
+    },
+  ],
+  [
+    'a joiner while the world has room: new round, survivors keep their order, newcomer last',
+    view({
+      members: [member('z', { hasState: false, step: 0, generation: 0 }), member('a'), member('b')],
+      world: world(5, ['b', 'a']),
+      running: 5,
+      roundSince: NOW - 1000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.equal(
+        d.world.members.map((m) => m.id),
+        ['b', 'a', 'z'],
+      );
+      assert.match(d.world.reason, 'z joining');
+    },
+  ],
+  [
+    'a joiner while the world is full: nothing changes; the joiner stands by',
+    view({
+      self: 'e',
+      members: [member('a'), member('b'), member('c'), member('d'), member('e', { hasState: false })],
+      world: world(2, ['a', 'b', 'c', 'd']),
+      running: 0,
+    }),
+    (d) => assert.is(d.action, 'standby'),
+  ],
+  [
+    'the source is the member with the most advanced state',
+    view({
+      members: [
+        member('a', { step: 40 }),
+        member('b', { step: 42 }),
+        member('c', { hasState: false, step: 0 }),
+      ],
+      world: world(1, ['a', 'b']),
+      running: 1,
+      roundSince: NOW - 1000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.is(d.world.source, 'b');
+      assert.is(d.world.startStep, 42);
+    },
+  ],
+  [
+    'nobody has state (all workers new): no source, restore from a checkpoint',
+    view({
+      members: [member('a', { hasState: false, step: 0 }), member('b', { hasState: false, step: 0 })],
+      roundSince: NOW - 1000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose') assert.is(d.world.source, undefined);
+    },
+  ],
+  [
+    'a member that could not run the world asks for a new round',
+    view({
+      members: [member('a'), member('b', { failedGeneration: 2 })],
+      world: world(2, ['a', 'b']),
+      running: 2,
+      roundSince: NOW - 1000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose') assert.is(d.world.generation, 3);
+    },
+  ],
+  [
+    'losses below minReplicas: wait for workers, do not propose',
+    view({
+      members: [member('a'), member('b', { seenAgo: 10_000 })],
+      world: world(2, ['a', 'b']),
+      running: 2,
+    }),
+    (d) => assert.is(d.action, 'wait'),
+  ],
+];
+
+for (const [name, input, check] of cases) test(name, () => check(decide(input)));
+
+test('a worker never proposes a world that leaves itself out', () => {
+  const d = decide(
+    view({
+      self: 'e',
+      members: [member('a'), member('b'), member('c'), member('d'), member('e')],
+      roundSince: NOW - 1000,
+    }),
+  );
+  assert.is(d.action, 'standby');
+});
+
+test.run();

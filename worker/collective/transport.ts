@@ -1,0 +1,334 @@
+/**
+ * Framed messages over TCP between workers. A frame is [u32 length][u8 kind][u32 generation][u32 seq]
+ * then the payload. Every connection starts with a HELLO that names the job, the generation and the
+ * ranks, so a connection from another job or an older world is refused instead of corrupting a sum.
+ */
+import { createServer, type Server, Socket } from 'node:net';
+
+export class CollectiveError extends Error {
+  override readonly name: string = 'CollectiveError';
+}
+/** A neighbour closed its connection or it broke: the world has changed. */
+export class PeerLostError extends CollectiveError {
+  override readonly name = 'PeerLostError';
+}
+/** The collective was cancelled because a new world (generation) is forming, or the worker stops. */
+export class CollectiveAbortedError extends CollectiveError {
+  override readonly name = 'CollectiveAbortedError';
+}
+export class CollectiveTimeoutError extends CollectiveError {
+  override readonly name = 'CollectiveTimeoutError';
+}
+/** The bytes on the wire are not what this protocol expects (a bug or a foreign peer). */
+export class ProtocolError extends CollectiveError {
+  override readonly name = 'ProtocolError';
+}
+
+export const FRAME_HELLO = 1;
+export const FRAME_DATA = 2;
+const HEADER = 13;
+/** A frame larger than this is a protocol violation, not a big tensor (tensors are segmented). */
+const MAX_FRAME = 256 * 1024 * 1024;
+
+export interface Frame {
+  readonly kind: number;
+  readonly generation: number;
+  readonly seq: number;
+  readonly payload: Buffer;
+}
+
+export interface Hello {
+  readonly job: string;
+  readonly generation: number;
+  readonly fromRank: number;
+  readonly toRank: number;
+  readonly size: number;
+}
+
+export function encodeFrame(kind: number, generation: number, seq: number, payload: Uint8Array): Buffer[] {
+  const header = Buffer.allocUnsafe(HEADER);
+  header.writeUInt32BE(payload.byteLength + HEADER - 4, 0);
+  header.writeUInt8(kind, 4);
+  header.writeUInt32BE(generation >>> 0, 5);
+  header.writeUInt32BE(seq >>> 0, 9);
+  return [header, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)];
+}
+
+/**
+ * One framed connection. Incoming frames queue until read; a read waits at most `timeoutMs` and fails
+ * with a typed error when the peer goes away or the link is closed.
+ */
+export class FramedLink {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private readonly frames: Frame[] = [];
+  private waiter:
+    | { resolve: (f: Frame) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+    | undefined;
+  private failure: Error | undefined;
+
+  constructor(readonly socket: Socket) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (error) =>
+      this.fail(new PeerLostError(`connection to ${this.peer()} broke: ${error.message}`, { cause: error })),
+    );
+    socket.on('close', () => this.fail(new PeerLostError(`connection to ${this.peer()} closed`)));
+  }
+
+  private peer(): string {
+    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+  }
+
+  private onData(chunk: Buffer): void {
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    for (;;) {
+      if (this.pendingBytes < 4) return;
+      if ((this.pending[0]?.length ?? 0) < 4) this.compact();
+      const length = (this.pending[0] as Buffer).readUInt32BE(0);
+      if (length < HEADER - 4 || length > MAX_FRAME) {
+        this.fail(new ProtocolError(`bad frame length ${length} from ${this.peer()}`));
+        this.socket.destroy();
+        return;
+      }
+      if (this.pendingBytes < length + 4) return;
+      this.compact();
+      const all = this.pending[0] as Buffer;
+      const frame: Frame = {
+        kind: all.readUInt8(4),
+        generation: all.readUInt32BE(5),
+        seq: all.readUInt32BE(9),
+        payload: all.subarray(HEADER, length + 4),
+      };
+      const rest = all.subarray(length + 4);
+      this.pending = rest.length > 0 ? [rest] : [];
+      this.pendingBytes = rest.length;
+      this.deliver(frame);
+    }
+  }
+
+  private compact(): void {
+    if (this.pending.length > 1) this.pending = [Buffer.concat(this.pending, this.pendingBytes)];
+  }
+
+  private deliver(frame: Frame): void {
+    const waiter = this.waiter;
+    if (waiter !== undefined) {
+      this.waiter = undefined;
+      clearTimeout(waiter.timer);
+      waiter.resolve(frame);
+    } else {
+      this.frames.push(frame);
+    }
+  }
+
+  fail(error: Error): void {
+    if (this.failure !== undefined) return;
+    this.failure = error;
+    const waiter = this.waiter;
+    if (waiter !== undefined) {
+      this.waiter = undefined;
+      clearTimeout(waiter.timer);
+      waiter.reject(error);
+    }
+  }
+
+  receive(timeoutMs: number): Promise<Frame> {
+    const frame = this.frames.shift();
+    if (frame !== undefined) return Promise.resolve(frame);
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new CollectiveTimeoutError(`no data from ${this.peer()} for ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = { resolve, reject, timer };
+    });
+  }
+
+  /** Writes a frame; resolves at once unless the socket's buffer is very full (backpressure). */
+  async send(kind: number, generation: number, seq: number, payload: Uint8Array): Promise<void> {
+    if (this.failure !== undefined) throw this.failure;
+    let ok = true;
+    for (const part of encodeFrame(kind, generation, seq, payload)) ok = this.socket.write(part);
+    if (!ok && this.socket.writableLength > 64 * 1024 * 1024) {
+      await new Promise<void>((resolve) => this.socket.once('drain', () => resolve()));
+    }
+  }
+
+  close(): void {
+    this.fail(new CollectiveAbortedError('link closed'));
+    this.socket.destroy();
+  }
+}
+
+function helloPayload(hello: Hello): Buffer {
+  return Buffer.from(JSON.stringify(hello));
+}
+
+function parseHello(frame: Frame): Hello {
+  if (frame.kind !== FRAME_HELLO) throw new ProtocolError(`expected HELLO, got frame kind ${frame.kind}`);
+  const value = JSON.parse(frame.payload.toString('utf8')) as Partial<Hello>;
+  if (
+    typeof value.job !== 'string' ||
+    typeof value.generation !== 'number' ||
+    typeof value.fromRank !== 'number' ||
+    typeof value.toRank !== 'number' ||
+    typeof value.size !== 'number'
+  ) {
+    throw new ProtocolError('malformed HELLO');
+  }
+  return value as Hello;
+}
+
+/**
+ * The listening side: one per worker, for its whole life. Inbound links are kept by (generation, from
+ * rank) until the ring of that generation claims them; links of older generations are closed.
+ */
+export class CollectiveServer implements AsyncDisposable {
+  private readonly server: Server;
+  private readonly arrived = new Map<string, FramedLink>();
+  private readonly wanted = new Map<string, (link: FramedLink) => void>();
+  private minGeneration = 0;
+
+  private constructor(
+    readonly job: string,
+    server: Server,
+  ) {
+    this.server = server;
+  }
+
+  static async listen(job: string, host: string, port = 0): Promise<CollectiveServer> {
+    let self: CollectiveServer | undefined;
+    const server = createServer((socket) => self?.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    self = new CollectiveServer(job, server);
+    return self;
+  }
+
+  get address(): string {
+    const address = this.server.address();
+    if (address === null || typeof address === 'string')
+      throw new Error('collective server is not listening on TCP');
+    const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+    return `${host}:${address.port}`;
+  }
+
+  private accept(socket: Socket): void {
+    const link = new FramedLink(socket);
+    link
+      .receive(10_000)
+      .then((frame) => {
+        const hello = parseHello(frame);
+        if (hello.job !== this.job || hello.generation < this.minGeneration) {
+          link.close();
+          return;
+        }
+        const key = `${hello.generation}:${hello.fromRank}:${hello.toRank}`;
+        const claim = this.wanted.get(key);
+        if (claim !== undefined) {
+          this.wanted.delete(key);
+          claim(link);
+        } else {
+          this.arrived.get(key)?.close();
+          this.arrived.set(key, link);
+        }
+      })
+      .catch(() => link.close());
+  }
+
+  /** Waits for the link from `fromRank` to `toRank` (this worker) in `generation`. */
+  inbound(
+    generation: number,
+    fromRank: number,
+    toRank: number,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<FramedLink> {
+    const key = `${generation}:${fromRank}:${toRank}`;
+    const ready = this.arrived.get(key);
+    if (ready !== undefined) {
+      this.arrived.delete(key);
+      return Promise.resolve(ready);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.wanted.delete(key);
+        reject(
+          new CollectiveTimeoutError(
+            `rank ${fromRank} did not connect within ${timeoutMs} ms (generation ${generation})`,
+          ),
+        );
+      }, timeoutMs);
+      const onAbort = () => {
+        clearTimeout(timer);
+        this.wanted.delete(key);
+        reject(new CollectiveAbortedError('aborted while waiting for a neighbour'));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.wanted.set(key, (link) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(link);
+      });
+    });
+  }
+
+  /** Forgets links of generations older than `generation`. */
+  retire(generation: number): void {
+    this.minGeneration = generation;
+    for (const [key, link] of this.arrived) {
+      if (Number(key.split(':')[0]) < generation) {
+        link.close();
+        this.arrived.delete(key);
+      }
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const link of this.arrived.values()) link.close();
+    this.arrived.clear();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** Dials `address` and introduces itself; retries while the peer's server is not up yet. */
+export async function dial(
+  address: string,
+  hello: Hello,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<FramedLink> {
+  const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
+  if (match === null) throw new ProtocolError(`bad collective address "${address}"`);
+  const host = match[1] as string;
+  const port = Number(match[2]);
+  const deadline = Date.now() + timeoutMs;
+  let lastError: Error | undefined;
+  while (Date.now() < deadline) {
+    if (signal?.aborted) throw new CollectiveAbortedError('aborted while connecting');
+    try {
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const s = new Socket();
+        s.once('error', reject);
+        s.connect(port, host, () => {
+          s.removeListener('error', reject);
+          resolve(s);
+        });
+      });
+      const link = new FramedLink(socket);
+      await link.send(FRAME_HELLO, hello.generation, 0, helloPayload(hello));
+      return link;
+    } catch (error) {
+      lastError = error as Error;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new CollectiveTimeoutError(
+    `cannot connect to rank ${hello.toRank} at ${address}: ${lastError?.message ?? 'timeout'}`,
+  );
+}

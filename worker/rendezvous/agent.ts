@@ -1,0 +1,314 @@
+/**
+ * The rendezvous I/O shell around `decide`: keeps this worker's member record alive with heartbeats,
+ * watches the bucket, and whenever something changes (or a timer fires) asks `decide` what to do and
+ * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
+ */
+import type { Logger } from 'winston';
+import {
+  type Decision,
+  decide,
+  type MemberRecord,
+  MemberRecordSchema,
+  type ObservedMember,
+  type ProposedWorld,
+  type RendezvousConfig,
+  type WorldRecord,
+  WorldRecordSchema,
+} from './decide.ts';
+import { type RendezvousStore, RevisionConflictError } from './store.ts';
+
+export const WORLD_KEY = 'world';
+export const memberKey = (id: string) => `member.${id}`;
+
+/** Fills in what a world needs beyond its members: batch sizes, learning rate, policy state. */
+export type WorldShaper = (
+  proposal: ProposedWorld,
+  previous: WorldRecord | undefined,
+) => Pick<WorldRecord, 'members' | 'globalBatch' | 'learningRate' | 'policy'>;
+
+export interface AgentOptions {
+  readonly store: RendezvousStore;
+  readonly id: string;
+  readonly address: string;
+  readonly config: RendezvousConfig;
+  readonly heartbeatMs: number;
+  readonly shape: WorldShaper;
+  readonly log: Logger;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const encode = (value: unknown) => encoder.encode(JSON.stringify(value));
+
+export class RendezvousAgent implements AsyncDisposable {
+  private readonly members = new Map<string, ObservedMember & { revision: number }>();
+  private world: WorldRecord | undefined;
+  private worldRevision: number | undefined;
+  private running = 0;
+  private roundSince: number | undefined;
+  private record: MemberRecord;
+  private readonly stop = new AbortController();
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private decideTimer: NodeJS.Timeout | undefined;
+  private deciding = false;
+  private again = false;
+  private readonly waiters = new Set<() => void>();
+  private lastDecision = '';
+  private watching: Promise<void> | undefined;
+
+  constructor(private readonly options: AgentOptions) {
+    this.record = {
+      id: options.id,
+      address: options.address,
+      joinedAt: Date.now(),
+      heartbeat: 0,
+      state: 'active',
+      hasState: false,
+      step: 0,
+      generation: 0,
+    };
+  }
+
+  /** Publishes this worker's record and starts watching; returns once the current state was read. */
+  async start(): Promise<void> {
+    await this.options.store.put(memberKey(this.options.id), encode(this.record));
+    let initialized!: () => void;
+    const ready = new Promise<void>((resolve) => {
+      initialized = resolve;
+    });
+    this.watching = this.watch(initialized);
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.options.heartbeatMs);
+    await Promise.race([ready, new Promise((r) => setTimeout(r, 2000))]);
+    this.schedule();
+  }
+
+  private async watch(initialized: () => void): Promise<void> {
+    const { log } = this.options;
+    let first = true;
+    for await (const change of this.options.store.watch(this.stop.signal)) {
+      const now = Date.now();
+      if (change.key === WORLD_KEY) {
+        if (change.value === undefined) {
+          this.world = undefined;
+          this.worldRevision = undefined;
+        } else {
+          const parsed = WorldRecordSchema.safeParse(this.parse(change.value));
+          if (parsed.success) {
+            this.world = parsed.data;
+            this.worldRevision = change.revision;
+          } else log.warn('ignoring a malformed world record', { error: parsed.error.message });
+        }
+      } else if (change.key.startsWith('member.')) {
+        const id = change.key.slice('member.'.length);
+        if (change.value === undefined) this.members.delete(id);
+        else {
+          const parsed = MemberRecordSchema.safeParse(this.parse(change.value));
+          if (!parsed.success) {
+            log.warn('ignoring a malformed member record', { key: change.key, error: parsed.error.message });
+          } else {
+            const previous = this.members.get(id);
+            // Liveness is when WE saw the record change, never the writer's clock.
+            const observedAt =
+              previous !== undefined && previous.revision === change.revision ? previous.observedAt : now;
+            this.members.set(id, { record: parsed.data, revision: change.revision, observedAt });
+          }
+        }
+      }
+      if (first) {
+        first = false;
+        initialized();
+      }
+      this.schedule();
+    }
+  }
+
+  private parse(bytes: Uint8Array): unknown {
+    try {
+      return JSON.parse(decoder.decode(bytes));
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    this.record = { ...this.record, heartbeat: this.record.heartbeat + 1 };
+    try {
+      await this.options.store.put(memberKey(this.options.id), encode(this.record));
+    } catch (error) {
+      this.options.log.warn('heartbeat failed', { error: (error as Error).message });
+    }
+    this.schedule();
+  }
+
+  /** Runs `decide` soon; coalesces bursts of changes into one decision. */
+  private schedule(): void {
+    if (this.stop.signal.aborted) return;
+    if (this.deciding) {
+      this.again = true;
+      return;
+    }
+    this.deciding = true;
+    queueMicrotask(() => void this.step());
+  }
+
+  private async step(): Promise<void> {
+    try {
+      do {
+        this.again = false;
+        await this.act(this.decideNow());
+      } while (this.again && !this.stop.signal.aborted);
+    } catch (error) {
+      this.options.log.warn('rendezvous step failed', { error: (error as Error).message });
+    } finally {
+      this.deciding = false;
+    }
+  }
+
+  private decideNow(): Decision {
+    const members = new Map<string, ObservedMember>(this.members);
+    // Our own record as we know it (the watch may lag behind our last write).
+    members.set(this.options.id, { record: this.record, observedAt: Date.now() });
+    return decide({
+      self: this.options.id,
+      now: Date.now(),
+      config: this.options.config,
+      members,
+      world: this.world,
+      running: this.running,
+      roundSince: this.roundSince,
+    });
+  }
+
+  private async act(decision: Decision): Promise<void> {
+    const summary =
+      decision.action === 'wait' || decision.action === 'standby'
+        ? `${decision.action}: ${decision.reason}`
+        : decision.action;
+    if (summary !== this.lastDecision && decision.action !== 'continue')
+      this.options.log.info('rendezvous', { decision: summary, generation: this.world?.generation ?? 0 });
+    this.lastDecision = summary;
+    clearTimeout(this.decideTimer);
+    switch (decision.action) {
+      case 'wait':
+        this.roundSince = decision.roundSince;
+        this.decideTimer = setTimeout(
+          () => this.schedule(),
+          Math.max(10, (decision.until ?? Date.now() + this.options.config.timeoutMs / 3) - Date.now()),
+        );
+        break;
+      case 'propose':
+        await this.propose(decision.world);
+        break;
+      case 'adopt':
+      case 'standby':
+      case 'continue':
+        this.roundSince = undefined;
+        for (const wake of this.waiters) wake();
+        // Members go silent without telling anyone; look again when one would count as lost.
+        this.decideTimer = setTimeout(() => this.schedule(), this.options.config.timeoutMs / 3);
+        break;
+    }
+  }
+
+  private async propose(proposal: ProposedWorld): Promise<void> {
+    const shaped = this.options.shape(proposal, this.world);
+    const world: WorldRecord = {
+      ...shaped,
+      generation: proposal.generation,
+      source: proposal.source,
+      startStep: proposal.startStep,
+      reason: proposal.reason,
+      createdAt: Date.now(),
+    };
+    const value = encode(world);
+    try {
+      const revision =
+        this.worldRevision === undefined
+          ? await this.options.store.create(WORLD_KEY, value)
+          : await this.options.store.update(WORLD_KEY, value, this.worldRevision);
+      this.world = world;
+      this.worldRevision = revision;
+      this.roundSince = undefined;
+      this.options.log.info('proposed world', {
+        generation: world.generation,
+        members: world.members.map((m) => m.id),
+        reason: world.reason,
+      });
+    } catch (error) {
+      if (!(error instanceof RevisionConflictError)) throw error;
+      // Another worker's proposal won: read it and decide again.
+      const current = await this.options.store.get(WORLD_KEY);
+      if (current !== undefined) {
+        const parsed = WorldRecordSchema.safeParse(this.parse(current.value));
+        if (parsed.success) {
+          this.world = parsed.data;
+          this.worldRevision = current.revision;
+        }
+      }
+    }
+    this.again = true;
+  }
+
+  /** The newest world that includes this worker and is newer than `after`; waits for one. */
+  async nextWorld(after: number, signal?: AbortSignal): Promise<WorldRecord> {
+    for (;;) {
+      if (signal?.aborted || this.stop.signal.aborted) throw new Error('rendezvous stopped');
+      const world = this.world;
+      if (
+        world !== undefined &&
+        world.generation > after &&
+        world.members.some((m) => m.id === this.options.id)
+      )
+        return world;
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          this.waiters.delete(wake);
+          clearTimeout(timer);
+          resolve();
+        };
+        const timer = setTimeout(wake, 250);
+        this.waiters.add(wake);
+        signal?.addEventListener('abort', wake, { once: true });
+      });
+    }
+  }
+
+  /** The newest world known (whether or not it includes this worker). */
+  get latestWorld(): WorldRecord | undefined {
+    return this.world;
+  }
+
+  /** Records that this worker now runs `generation` at `step` with trained state. */
+  async enter(generation: number, step: number, hasState: boolean): Promise<void> {
+    this.running = generation;
+    this.record = { ...this.record, generation, step, hasState };
+    await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+  }
+
+  /** Updates the committed step carried by the next heartbeat. */
+  progress(step: number): void {
+    this.record = { ...this.record, step, hasState: true };
+  }
+
+  /** Asks for a new round: this worker could not run `generation`. */
+  async failed(generation: number): Promise<void> {
+    this.record = { ...this.record, failedGeneration: generation };
+    await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+    this.schedule();
+  }
+
+  /** Graceful leave: the others see it at once and form a world without this worker. */
+  async leave(): Promise<void> {
+    this.record = { ...this.record, state: 'leaving' };
+    await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+    await this.options.store.delete(memberKey(this.options.id)).catch(() => undefined);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.decideTimer);
+    this.stop.abort();
+    for (const wake of this.waiters) wake();
+    await this.watching?.catch(() => undefined);
+  }
+}

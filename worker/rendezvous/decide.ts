@@ -1,0 +1,171 @@
+/**
+ * The rendezvous decision as a pure function: given what this worker knows of the members and the
+ * current world, and the clock, what does it do? Liveness is judged by when THIS worker last saw a
+ * member's record change (its heartbeat), so clocks of different machines never need to agree.
+ *
+ * A round (a new world) is needed when there is no world, a member of the world is gone or leaving,
+ * a member reports that the world failed, or workers are waiting while the world has room. It closes
+ * when `maxReplicas` are there, or when at least `minReplicas` are and the last-call window has passed.
+ */
+import { z } from 'zod';
+
+export const MemberRecordSchema = z.object({
+  id: z.string().min(1),
+  /** host:port of this worker's collective server. */
+  address: z.string().min(1),
+  joinedAt: z.number(),
+  heartbeat: z.int().min(0),
+  state: z.enum(['active', 'leaving']),
+  /** Whether this worker holds trained state (a survivor), and the last step it committed. */
+  hasState: z.boolean(),
+  step: z.int().min(0),
+  /** The generation this worker runs (0 before its first world). */
+  generation: z.int().min(0),
+  /** Set when this worker could not run that generation (a peer never connected, say). */
+  failedGeneration: z.int().min(0).optional(),
+});
+export type MemberRecord = z.output<typeof MemberRecordSchema>;
+
+export const WorldMemberSchema = z.object({ id: z.string(), address: z.string(), batch: z.int().min(1) });
+
+export const WorldRecordSchema = z.object({
+  generation: z.int().min(1),
+  members: z.array(WorldMemberSchema).min(1),
+  /** The member whose state everyone adopts; undefined when nobody has any (restore from a checkpoint). */
+  source: z.string().optional(),
+  startStep: z.int().min(0),
+  globalBatch: z.int().min(1),
+  learningRate: z.number().positive(),
+  /** Opaque state of the rescale policy (warm-up origin, AdaScale progress, ...). */
+  policy: z.record(z.string(), z.unknown()).default({}),
+  reason: z.string(),
+  createdAt: z.number(),
+});
+export type WorldRecord = z.output<typeof WorldRecordSchema>;
+export type WorldMember = z.output<typeof WorldMemberSchema>;
+
+export interface ObservedMember {
+  readonly record: MemberRecord;
+  /** Local time (ms) when this worker saw the record's revision change last. */
+  readonly observedAt: number;
+}
+
+export interface RendezvousConfig {
+  readonly minReplicas: number;
+  readonly maxReplicas: number;
+  readonly timeoutMs: number;
+  readonly lastCallMs: number;
+}
+
+export interface RendezvousView {
+  readonly self: string;
+  readonly now: number;
+  readonly config: RendezvousConfig;
+  readonly members: ReadonlyMap<string, ObservedMember>;
+  readonly world: WorldRecord | undefined;
+  /** The generation this worker currently runs (0 for none). */
+  readonly running: number;
+  /** When this worker first saw that a round is needed (undefined when none was). */
+  readonly roundSince: number | undefined;
+}
+
+/** A world to propose, without its policy fields (batch sizes, learning rate), which the caller adds. */
+export interface ProposedWorld {
+  readonly generation: number;
+  readonly members: readonly { id: string; address: string }[];
+  readonly source: string | undefined;
+  readonly startStep: number;
+  readonly reason: string;
+}
+
+export type Decision =
+  /** Nothing to do; decide again on the next change or at `until`. */
+  | {
+      readonly action: 'wait';
+      readonly reason: string;
+      readonly until?: number;
+      readonly roundSince?: number;
+    }
+  /** Write this world (compare-and-set on the world key's revision). */
+  | { readonly action: 'propose'; readonly world: ProposedWorld }
+  /** Switch to the current world: it includes this worker and is newer than what it runs. */
+  | { readonly action: 'adopt'; readonly world: WorldRecord }
+  /** Keep training in the world this worker runs. */
+  | { readonly action: 'continue' }
+  /** The world is full without this worker: stand by. */
+  | { readonly action: 'standby'; readonly reason: string };
+
+export function isAlive(member: ObservedMember, now: number, timeoutMs: number): boolean {
+  return member.record.state === 'active' && now - member.observedAt <= timeoutMs;
+}
+
+function joinOrder(a: MemberRecord, b: MemberRecord): number {
+  return a.joinedAt - b.joinedAt || a.id.localeCompare(b.id);
+}
+
+/** Why the current world cannot go on (or room for joiners), or undefined when it is fine. */
+export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): string | undefined {
+  const { world, members, config } = view;
+  if (world === undefined) return 'first world';
+  for (const m of world.members) {
+    const observed = members.get(m.id);
+    if (observed === undefined) return `${m.id} left`;
+    if (observed.record.state === 'leaving') return `${m.id} is leaving`;
+    if (!alive.has(m.id)) return `${m.id} lost (no heartbeat for ${config.timeoutMs} ms)`;
+    if (observed.record.failedGeneration === world.generation)
+      return `${m.id} could not run generation ${world.generation}`;
+  }
+  const inWorld = new Set(world.members.map((m) => m.id));
+  const joiners = [...alive].filter((id) => !inWorld.has(id));
+  if (joiners.length > 0 && world.members.length < config.maxReplicas)
+    return `${joiners.sort().join(', ')} joining`;
+  return undefined;
+}
+
+export function decide(view: RendezvousView): Decision {
+  const { self, now, config, members, world } = view;
+  const alive = new Set<string>();
+  for (const [id, m] of members)
+    if (id === self ? m.record.state === 'active' : isAlive(m, now, config.timeoutMs)) alive.add(id);
+  const reason = roundReason(view, alive);
+  if (reason === undefined) {
+    if (world === undefined) return { action: 'wait', reason: 'no world yet' };
+    if (!world.members.some((m) => m.id === self))
+      return { action: 'standby', reason: `world ${world.generation} is full` };
+    return world.generation > view.running ? { action: 'adopt', world } : { action: 'continue' };
+  }
+  const roundSince = view.roundSince ?? now;
+  // Keep the survivors' order (their ranks barely move), then newcomers in the order they joined.
+  const previous = world?.members.map((m) => m.id).filter((id) => alive.has(id)) ?? [];
+  const newcomers = [...alive]
+    .filter((id) => !previous.includes(id))
+    .map((id) => (members.get(id) as ObservedMember).record)
+    .sort(joinOrder)
+    .map((r) => r.id);
+  const candidates = [...previous, ...newcomers].slice(0, config.maxReplicas);
+  if (candidates.length < config.minReplicas) {
+    return {
+      action: 'wait',
+      reason: `${reason}; ${candidates.length} of at least ${config.minReplicas} workers`,
+      roundSince,
+    };
+  }
+  const full = candidates.length >= config.maxReplicas;
+  const closesAt = roundSince + config.lastCallMs;
+  if (!full && now < closesAt)
+    return { action: 'wait', reason: `${reason}; last call`, until: closesAt, roundSince };
+  if (!candidates.includes(self)) return { action: 'standby', reason: 'not in the next world' };
+  const records = candidates.map((id) => (members.get(id) as ObservedMember).record);
+  let source: MemberRecord | undefined;
+  for (const r of records) if (r.hasState && (source === undefined || r.step > source.step)) source = r;
+  return {
+    action: 'propose',
+    world: {
+      generation: (world?.generation ?? 0) + 1,
+      members: records.map((r) => ({ id: r.id, address: r.address })),
+      source: source?.id,
+      startStep: source?.step ?? 0,
+      reason,
+    },
+  };
+}

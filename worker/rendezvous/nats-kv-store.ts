@@ -1,0 +1,124 @@
+/** The rendezvous store on a NATS JetStream key-value bucket (one bucket per job). */
+import type { KV, KvEntry, NatsConnection, NatsError } from 'nats';
+import {
+  type RendezvousStore,
+  RendezvousStoreError,
+  RevisionConflictError,
+  type StoreChange,
+  type StoredValue,
+  StoreUnavailableError,
+} from './store.ts';
+
+/** JetStream's "wrong last sequence": the compare-and-set lost. */
+const WRONG_LAST_SEQUENCE = 10071;
+
+function classify(error: unknown, what: string): RendezvousStoreError {
+  const nats = error as Partial<NatsError> & { api_error?: { err_code?: number } };
+  const message = `${what}: ${(error as Error)?.message ?? String(error)}`;
+  if (nats.api_error?.err_code === WRONG_LAST_SEQUENCE || /wrong last sequence|key exists/i.test(message)) {
+    return new RevisionConflictError(message, { cause: error });
+  }
+  if (
+    nats.code === 'CONNECTION_CLOSED' ||
+    nats.code === 'TIMEOUT' ||
+    nats.code === '503' ||
+    nats.code === 'DISCONNECT' ||
+    /timeout|closed|no responders/i.test(message)
+  ) {
+    return new StoreUnavailableError(message, { cause: error });
+  }
+  return new RendezvousStoreError(message, { cause: error });
+}
+
+export class NatsKvStore implements RendezvousStore {
+  private constructor(
+    private readonly kv: KV,
+    readonly bucket: string,
+  ) {}
+
+  static async open(connection: NatsConnection, bucket: string): Promise<NatsKvStore> {
+    try {
+      const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
+      return new NatsKvStore(kv, bucket);
+    } catch (error) {
+      throw classify(error, `open key-value bucket ${bucket}`);
+    }
+  }
+
+  async get(key: string): Promise<StoredValue | undefined> {
+    let entry: KvEntry | null;
+    try {
+      entry = await this.kv.get(key);
+    } catch (error) {
+      throw classify(error, `get ${key}`);
+    }
+    if (entry === null || entry.operation !== 'PUT') return undefined;
+    return { key, value: entry.value, revision: entry.revision };
+  }
+
+  async create(key: string, value: Uint8Array): Promise<number> {
+    try {
+      return await this.kv.create(key, value);
+    } catch (error) {
+      throw classify(error, `create ${key}`);
+    }
+  }
+
+  async update(key: string, value: Uint8Array, revision: number): Promise<number> {
+    try {
+      return await this.kv.update(key, value, revision);
+    } catch (error) {
+      throw classify(error, `update ${key}@${revision}`);
+    }
+  }
+
+  async put(key: string, value: Uint8Array): Promise<number> {
+    try {
+      return await this.kv.put(key, value);
+    } catch (error) {
+      throw classify(error, `put ${key}`);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.kv.delete(key);
+    } catch (error) {
+      throw classify(error, `delete ${key}`);
+    }
+  }
+
+  /**
+   * Yields current values, then changes. If the underlying watcher ends (a server restart, say), a new
+   * one starts and replays current values, so consumers must treat every change as "the latest value".
+   */
+  async *watch(signal: AbortSignal): AsyncIterable<StoreChange> {
+    while (!signal.aborted) {
+      let iterator: Awaited<ReturnType<KV['watch']>>;
+      try {
+        iterator = await this.kv.watch({ key: '>' });
+      } catch {
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      const stop = () => iterator.stop();
+      signal.addEventListener('abort', stop, { once: true });
+      try {
+        for await (const entry of iterator) {
+          yield {
+            key: entry.key,
+            value: entry.operation === 'PUT' ? entry.value : undefined,
+            revision: entry.revision,
+          };
+        }
+      } catch {
+        // The watcher broke; start another below.
+      } finally {
+        signal.removeEventListener('abort', stop);
+      }
+      if (!signal.aborted) await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {}
+}
