@@ -66,6 +66,8 @@ export function toStructural(node: unknown): unknown {
       'x-kubernetes-int-or-string': true,
     };
     if (pattern !== undefined) result['pattern'] = pattern;
+    // minimum constrains the integer form (pattern only the string form): both are needed.
+    if (typeof out['minimum'] === 'number') result['minimum'] = out['minimum'];
     if (out['description'] !== undefined) result['description'] = out['description'];
     if (out['default'] !== undefined) result['default'] = out['default'];
     return result;

@@ -30,6 +30,12 @@ const positiveInt = () => z.int().min(1);
 const nonNegativeInt = () => z.int().min(0);
 const fraction = () => z.number().gt(0).lt(1);
 
+/** QUANTITY_PATTERN without the minus sign: requests, limits and sizes cannot be negative. */
+export const NON_NEGATIVE_QUANTITY_PATTERN =
+  /^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$/;
+
+// zod checks the sign separately for a clearer message; the CRD needs both bounds spelled out for the
+// API server: `pattern` applies to the string form only and `minimum` to the integer form only.
 const quantity = z
   .union([
     z.int().min(0),
@@ -38,7 +44,7 @@ const quantity = z
       .regex(QUANTITY_PATTERN, 'expected a Kubernetes quantity such as "2", "500m", "16Gi"')
       .refine((s) => !s.startsWith('-'), 'a resource quantity cannot be negative'),
   ])
-  .meta({ 'x-kubernetes-int-or-string': true });
+  .meta({ 'x-kubernetes-int-or-string': true, pattern: NON_NEGATIVE_QUANTITY_PATTERN.source, minimum: 0 });
 
 const resourceList = z.record(z.string().min(1), quantity);
 

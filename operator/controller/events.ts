@@ -15,6 +15,7 @@ export interface JobRef {
 
 export class EventRecorder {
   private readonly recent = new Map<string, number>();
+  private sequence = 0;
 
   constructor(
     private readonly kube: KubeClient,
@@ -34,7 +35,11 @@ export class EventRecorder {
     }
     try {
       await this.kube.createEvent(job.namespace, {
-        metadata: { generateName: `${job.name}.`, namespace: job.namespace },
+        // Named like client-go's recorder: <object>.<hex nanoseconds>, unique without a round trip.
+        metadata: {
+          name: `${job.name}.${(BigInt(now.getTime()) * 1_000_000n + BigInt(this.sequence++ % 1_000_000)).toString(16)}`,
+          namespace: job.namespace,
+        },
         eventTime: new V1MicroTime(now.getTime()),
         reportingController: this.controller,
         reportingInstance: this.instance.slice(0, 128),

@@ -67,7 +67,12 @@ export class JobReconciler {
 
   async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
     const raw = this.deps.getJob(namespace, name);
-    if (raw === undefined) return { kind: 'done' };
+    if (raw === undefined) {
+      // The job is gone: its pods go with it (garbage collector); our finalizer must not hold them.
+      const orphans = this.deps.podsOf(namespace, name).filter(hasAccountingFinalizer);
+      await Promise.all(orphans.map((p) => this.deps.kube.releasePod(namespace, p)));
+      return { kind: 'done' };
+    }
     const log = this.deps.log.child({ namespace, job: name });
     const metadata = raw.metadata ?? {};
     const uid = metadata.uid ?? '';

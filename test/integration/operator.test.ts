@@ -1,0 +1,458 @@
+/**
+ * The operator against a real control plane (etcd, kube-apiserver, controller-manager, scheduler) with
+ * pods run by the node agent, and a real nats-server. The operator runs as two real processes under
+ * exactly the ClusterRole of charts/tensile/files/operator-clusterrole.yaml, not as admin. Worker pods
+ * run test/helpers/fake-worker.mjs: these tests are about the operator; the end-to-end test trains.
+ */
+import { fileURLToPath } from 'node:url';
+import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
+import { connect, type NatsConnection, type Subscription } from 'nats';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { stringify } from 'yaml';
+import {
+  type ControlMessage,
+  ControlMessageSchema,
+  decodeMessage,
+  jobSubjects,
+} from '../../operator/api/contract.ts';
+import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
+import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
+import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { type Manifest, setPath, validManifest } from '../helpers/job-builder.ts';
+import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
+
+const NS = 'team-a';
+const OPERATOR_NS = 'tensile-system';
+const FAKE_IMAGE = 'tensile.test/fake-worker:1';
+const fakeWorker = fileURLToPath(new URL('../helpers/fake-worker.mjs', import.meta.url));
+const clusterRole = fileURLToPath(
+  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
+);
+
+let cluster: LocalCluster;
+let nats: NatsServer;
+let nc: NatsConnection;
+let core: CoreV1Api;
+let custom: CustomObjectsApi;
+let operatorKubeconfig: string;
+const operators: OperatorProcess[] = [];
+
+async function kubectl(args: string[], input?: string): Promise<string> {
+  const r = await cluster.kubectl(args, input);
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+function operatorArgs(): string[] {
+  return [
+    '--kubeconfig',
+    operatorKubeconfig,
+    '--nats',
+    nats.url,
+    '--namespace',
+    OPERATOR_NS,
+    '--lease-duration',
+    '3',
+    '--renew-deadline',
+    '2',
+    '--retry-period',
+    '0.5',
+    '--failure-backoff',
+    '1',
+    '--worker-image',
+    FAKE_IMAGE,
+  ];
+}
+
+test.before(async () => {
+  try {
+    nats = await startNatsServer();
+    nc = await connect({ servers: nats.url });
+    cluster = await startCluster({
+      nodes: 3,
+      gpusPerNode: 2,
+      imageMap: { [FAKE_IMAGE]: { entrypoint: [process.execPath, fakeWorker], cmd: ['run'] } },
+    });
+    core = cluster.kubeConfig.makeApiClient(CoreV1Api);
+    custom = cluster.kubeConfig.makeApiClient(CustomObjectsApi);
+    await kubectl(['create', 'namespace', OPERATOR_NS]);
+    await kubectl(['create', 'namespace', NS]);
+    await kubectl(['apply', '-f', clusterRole]);
+    await kubectl(['-n', OPERATOR_NS, 'create', 'serviceaccount', 'tensile-operator']);
+    await kubectl([
+      'create',
+      'clusterrolebinding',
+      'tensile-operator',
+      '--clusterrole=tensile-operator',
+      `--serviceaccount=${OPERATOR_NS}:tensile-operator`,
+    ]);
+    operatorKubeconfig = await cluster.serviceAccountKubeconfig(OPERATOR_NS, 'tensile-operator');
+    operators.push(startOperator('op-a', operatorArgs()));
+    await operators[0]?.waitFor((l) => l['message'] === 'became leader');
+    operators.push(startOperator('op-b', operatorArgs()));
+  } catch (error) {
+    // uvu swallows errors thrown by hooks: fail loudly instead.
+    console.error(error);
+    process.exit(1);
+  }
+});
+
+test.after(async () => {
+  for (const op of operators) await op[Symbol.asyncDispose]();
+  await nc?.close();
+  await cluster?.[Symbol.asyncDispose]();
+  await nats?.[Symbol.asyncDispose]();
+});
+
+function job(name: string, changes: Record<string, unknown> = {}): Manifest {
+  const m = validManifest(name);
+  setPath(m, 'metadata.namespace', NS);
+  setPath(m, 'spec.worker', { image: FAKE_IMAGE, args: ['run'], terminationGracePeriodSeconds: 5 });
+  setPath(m, 'spec.checkpoint', { intervalSteps: 100, volume: { claimTemplate: { size: '1Gi' } } });
+  for (const [path, value] of Object.entries(changes)) setPath(m, path, value);
+  return m;
+}
+
+async function apply(manifest: Manifest): Promise<void> {
+  await kubectl(['apply', '-f', '-'], stringify(manifest));
+}
+
+async function status(name: string): Promise<TrainingJobStatus> {
+  const obj = (await custom.getNamespacedCustomObject({
+    group: 'tensile.dev',
+    version: 'v1alpha1',
+    namespace: NS,
+    plural: 'trainingjobs',
+    name,
+  })) as {
+    status?: TrainingJobStatus;
+  };
+  return obj.status ?? {};
+}
+
+async function pods(jobName: string): Promise<V1Pod[]> {
+  const list = await core.listNamespacedPod({
+    namespace: NS,
+    labelSelector: `tensile.dev/job-name=${jobName}`,
+  });
+  return list.items;
+}
+
+const alive = (op: OperatorProcess) => op.child.exitCode === null && op.child.signalCode === null;
+const running = (p: V1Pod) => p.status?.phase === 'Running' && p.metadata?.deletionTimestamp === undefined;
+
+async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
+}
+
+function subscribe(jobName: string): { messages: ControlMessage[]; sub: Subscription } {
+  const messages: ControlMessage[] = [];
+  const sub = nc.subscribe(jobSubjects(NS, jobName).control);
+  void (async () => {
+    for await (const m of sub) {
+      const decoded = decodeMessage(ControlMessageSchema, m.data);
+      if (decoded.ok) messages.push(decoded.value);
+    }
+  })();
+  return { messages, sub };
+}
+
+async function eventReasons(jobName: string): Promise<string[]> {
+  const out = await kubectl([
+    '-n',
+    NS,
+    'get',
+    'events.events.k8s.io',
+    '--field-selector',
+    `regarding.name=${jobName}`,
+    '-o',
+    'jsonpath={.items[*].reason}',
+  ]);
+  return out.split(/\s+/).filter((s) => s !== '');
+}
+
+test('apply: the right worker pods, the claim, status Running, events', async () => {
+  await apply(job('alpha', { 'spec.replicas': 2, 'spec.maxReplicas': 6 }));
+  const ready = await until('2 running workers', async () => {
+    const list = (await pods('alpha')).filter(running);
+    return list.length === 2 ? list : undefined;
+  });
+  assert.equal(ready.map((p) => p.metadata?.name).sort(), ['alpha-worker-0', 'alpha-worker-1']);
+  const pod = ready[0] as V1Pod;
+  assert.is(pod.metadata?.labels?.['tensile.dev/role'], 'worker');
+  assert.is(pod.metadata?.ownerReferences?.[0]?.kind, 'TrainingJob');
+  assert.ok(pod.metadata?.finalizers?.includes('tensile.dev/accounting'));
+  assert.ok(pod.spec?.containers[0]?.env?.some((e) => e.name === 'TENSILE_NATS_URL' && e.value === nats.url));
+  const claim = await core.readNamespacedPersistentVolumeClaim({ namespace: NS, name: 'alpha-checkpoints' });
+  assert.is(claim.metadata?.ownerReferences?.[0]?.name, 'alpha');
+  const s = await until('phase Running with 2 ready', async () => {
+    const st = await status('alpha');
+    return st.phase === 'Running' && st.readyReplicas === 2 ? st : undefined;
+  });
+  assert.is(s.replicas, 2);
+  assert.is(s.selector, 'tensile.dev/job-name=alpha,tensile.dev/role=worker');
+  assert.ok(s.conditions?.some((c) => c.type === 'Running' && c.status === 'True'));
+  const table = await kubectl(['-n', NS, 'get', 'tj', 'alpha']);
+  assert.match(table, /alpha\s+Running\s+2\s+2/);
+  const reasons = await eventReasons('alpha');
+  assert.ok(reasons.includes('WorkersCreated'), reasons.join(','));
+});
+
+test('kubectl scale 2 → 4 → 1 through the scale subresource', async () => {
+  await kubectl(['-n', NS, 'scale', 'trainingjob/alpha', '--replicas=4']);
+  await until('4 running', async () => (await pods('alpha')).filter(running).length === 4);
+  await until('status.replicas 4', async () => (await status('alpha')).readyReplicas === 4);
+  await kubectl(['-n', NS, 'scale', 'trainingjob/alpha', '--replicas=1']);
+  const left = await until('1 worker left', async () => {
+    const list = await pods('alpha');
+    return list.length === 1 ? list : undefined;
+  });
+  assert.is(left[0]?.metadata?.name, 'alpha-worker-0', 'the newest went first');
+  const s = await status('alpha');
+  assert.is(s.preemptions ?? 0, 0, 'the operator’s own deletions are not preemptions');
+});
+
+test('a deleted worker is replaced: preemptions + 1, restarts unchanged', async () => {
+  await kubectl(['-n', NS, 'scale', 'trainingjob/alpha', '--replicas=2']);
+  await until('2 running', async () => (await pods('alpha')).filter(running).length === 2);
+  const before = await status('alpha');
+  await kubectl(['-n', NS, 'delete', 'pod', 'alpha-worker-1', '--wait=false']);
+  const after = await until('preemption counted', async () => {
+    const st = await status('alpha');
+    return (st.preemptions ?? 0) === (before.preemptions ?? 0) + 1 ? st : undefined;
+  });
+  assert.is(after.restarts ?? 0, before.restarts ?? 0);
+  await until('2 running again', async () => {
+    const list = (await pods('alpha')).filter(running);
+    return list.length === 2 && !list.some((p) => p.metadata?.name === 'alpha-worker-1');
+  });
+  await until(
+    'the deleted pod is gone (finalizer released)',
+    async () => !(await pods('alpha')).some((p) => p.metadata?.name === 'alpha-worker-1'),
+  );
+});
+
+test('a disruption taint: the worker is asked to leave over NATS and replaced early', async () => {
+  const { messages, sub } = subscribe('alpha');
+  try {
+    const victim = (await pods('alpha')).filter(running)[0] as V1Pod;
+    const nodeName = victim.spec?.nodeName as string;
+    await kubectl(['taint', 'node', nodeName, 'karpenter.sh/disrupted=:NoSchedule']);
+    const leave = await until('a leave request', async () => messages.find((m) => m.type === 'leave'));
+    assert.ok(
+      leave.type === 'leave' && leave.workers.includes(victim.metadata?.name as string),
+      JSON.stringify(leave),
+    );
+    const annotated = await core.readNamespacedPod({ namespace: NS, name: victim.metadata?.name as string });
+    assert.match(
+      annotated.metadata?.annotations?.['tensile.dev/leave-requested'] ?? '',
+      'karpenter.sh/disrupted',
+    );
+    await until('a replacement running beside the leaving worker', async () => {
+      const list = (await pods('alpha')).filter(running);
+      return list.length === 3;
+    });
+    // The worker leaves (here: its pod is deleted, as Karpenter would drain it); it counts as a preemption.
+    const before = (await status('alpha')).preemptions ?? 0;
+    await kubectl(['-n', NS, 'delete', 'pod', victim.metadata?.name as string, '--wait=false']);
+    await until('preemption counted', async () => ((await status('alpha')).preemptions ?? 0) === before + 1);
+    assert.ok((await eventReasons('alpha')).includes('NodeDisruption'));
+    await kubectl(['taint', 'node', nodeName, 'karpenter.sh/disrupted-']);
+  } finally {
+    sub.unsubscribe();
+  }
+});
+
+test('suspend: a checkpoint request, workers deleted, Suspended; resume recreates them', async () => {
+  const { messages, sub } = subscribe('alpha');
+  try {
+    await kubectl([
+      '-n',
+      NS,
+      'patch',
+      'tj',
+      'alpha',
+      '--type=merge',
+      '-p',
+      '{"spec":{"runPolicy":{"suspend":true}}}',
+    ]);
+    await until('no workers', async () => (await pods('alpha')).length === 0);
+    const s = await until('Suspended', async () => {
+      const st = await status('alpha');
+      return st.phase === 'Suspended' ? st : undefined;
+    });
+    assert.ok(s.conditions?.some((c) => c.type === 'Suspended' && c.status === 'True'));
+    await until('a checkpoint request', async () => messages.some((m) => m.type === 'checkpoint'));
+    await kubectl([
+      '-n',
+      NS,
+      'patch',
+      'tj',
+      'alpha',
+      '--type=merge',
+      '-p',
+      '{"spec":{"runPolicy":{"suspend":false}}}',
+    ]);
+    await until('2 running again', async () => (await pods('alpha')).filter(running).length === 2);
+    const resumed = await until('Running', async () => {
+      const st = await status('alpha');
+      return st.phase === 'Running' ? st : undefined;
+    });
+    assert.ok(resumed.conditions?.some((c) => c.type === 'Suspended' && c.status === 'False'));
+  } finally {
+    sub.unsubscribe();
+  }
+});
+
+test('a worker that exits non-zero is replaced with backoff, then Failed/BackoffLimitExceeded', async () => {
+  await apply(
+    job('beta', {
+      'spec.replicas': 1,
+      'spec.worker.args': ['fail:3:200'],
+      'spec.runPolicy': { backoffLimit: 2 },
+    }),
+  );
+  const failed = await until(
+    'Failed',
+    async () => {
+      const st = await status('beta');
+      return st.phase === 'Failed' ? st : undefined;
+    },
+    90_000,
+  );
+  assert.is(failed.restarts, 3);
+  assert.is(failed.preemptions ?? 0, 0);
+  assert.ok(failed.conditions?.some((c) => c.type === 'Failed' && c.reason === 'BackoffLimitExceeded'));
+  const reasons = await eventReasons('beta');
+  assert.ok(reasons.includes('WorkerFailed') && reasons.includes('BackoffLimitExceeded'), reasons.join(','));
+  await until('no pod holds the finalizer', async () =>
+    (await pods('beta')).every((p) => !p.metadata?.finalizers?.includes('tensile.dev/accounting')),
+  );
+});
+
+test('activeDeadlineSeconds: Failed/DeadlineExceeded, workers stopped', async () => {
+  await apply(job('gamma', { 'spec.replicas': 1, 'spec.runPolicy': { activeDeadlineSeconds: 4 } }));
+  const s = await until('Failed', async () => {
+    const st = await status('gamma');
+    return st.phase === 'Failed' ? st : undefined;
+  });
+  assert.ok(s.conditions?.some((c) => c.reason === 'DeadlineExceeded'));
+  await until('no workers', async () => (await pods('gamma')).length === 0);
+});
+
+test('completion and ttlSecondsAfterFinished: Succeeded, then the job is deleted with its pods', async () => {
+  await apply(
+    job('delta', {
+      'spec.replicas': 2,
+      'spec.worker.args': ['complete:1500'],
+      'spec.runPolicy': { ttlSecondsAfterFinished: 3 },
+    }),
+  );
+  const done = await until('Succeeded', async () => {
+    const st = await status('delta');
+    return st.phase === 'Succeeded' ? st : undefined;
+  });
+  assert.ok(done.completionTime !== undefined);
+  assert.ok(done.conditions?.some((c) => c.type === 'Succeeded' && c.reason === 'TrainingCompleted'));
+  await until(
+    'job deleted',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'tj', 'delta'])).code !== 0,
+    30_000,
+  );
+  await until('pods gone', async () => (await pods('delta')).length === 0);
+});
+
+test('a spec the operator cannot run: Failed/InvalidSpec, other jobs unaffected', async () => {
+  await apply(
+    job('epsilon', {
+      'spec.worker.resources': { requests: { 'nvidia.com/gpu': 1 }, limits: { 'nvidia.com/gpu': 2 } },
+    }),
+  );
+  const s = await until('Failed', async () => {
+    const st = await status('epsilon');
+    return st.phase === 'Failed' ? st : undefined;
+  });
+  const condition = s.conditions?.find((c) => c.type === 'Failed');
+  assert.is(condition?.reason, 'InvalidSpec');
+  assert.match(condition?.message ?? '', 'nvidia.com/gpu');
+  assert.is((await pods('epsilon')).length, 0);
+  assert.is((await status('alpha')).phase, 'Running');
+});
+
+test('the leader is SIGKILLed in the middle of a scale-up: the other replica converges, no duplicates', async () => {
+  const leader = operators.find((op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'));
+  assert.ok(leader !== undefined, 'a leader');
+  const standby = operators.find((op) => op !== leader) as OperatorProcess;
+  await kubectl(['-n', NS, 'scale', 'trainingjob/alpha', '--replicas=6']);
+  await until('scale-up started', async () => (await pods('alpha')).length > 2, 10_000);
+  await leader.kill('SIGKILL');
+  await standby.waitFor((l) => l['message'] === 'became leader', 30_000);
+  const list = await until('6 running', async () => {
+    const all = await pods('alpha');
+    return all.filter(running).length === 6 ? all : undefined;
+  });
+  assert.is(list.length, 6, 'no extra pods');
+  assert.is(new Set(list.map((p) => p.metadata?.labels?.['tensile.dev/replica-index'])).size, 6);
+  // Wait a moment for any late duplicate to show up: none may.
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.is((await pods('alpha')).length, 6);
+  operators.push(startOperator('op-c', operatorArgs()));
+});
+
+test('metrics: reconcile duration, queue depth, jobs by phase, pods created, preemptions', async () => {
+  const leader = operators.find(
+    (op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'),
+  ) as OperatorProcess;
+  const port = await leader.port();
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then(
+    (r) => r.text(),
+    (error: Error) => {
+      throw new Error(`GET /metrics of ${leader.id} on port ${port}: ${String(error.cause ?? error)}`);
+    },
+  );
+  for (const name of [
+    'tensile_reconcile_duration_seconds_count',
+    'tensile_workqueue_depth',
+    'tensile_trainingjobs{phase="Running"}',
+    'tensile_worker_pods_created_total',
+    'tensile_leader 1',
+  ]) {
+    assert.ok(text.includes(name), `missing ${name}`);
+  }
+  assert.is((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+  assert.is((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+});
+
+test('deleting the job deletes its workers (owner references, finalizers released)', async () => {
+  await kubectl(['-n', NS, 'delete', 'tj', 'alpha', '--wait=false']);
+  await until('pods gone', async () => (await pods('alpha')).length === 0, 60_000);
+  await until(
+    'claim gone',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'pvc', 'alpha-checkpoints'])).code !== 0,
+    60_000,
+  );
+});
+
+test('the operator cannot do what its role does not allow (it runs as that role)', async () => {
+  const r = await cluster.kubectl(['--kubeconfig', operatorKubeconfig, '-n', NS, 'get', 'secrets']);
+  assert.is.not(r.code, 0);
+  assert.match(r.stderr, 'forbidden');
+});
+
+test.run();
