@@ -89,7 +89,21 @@ export const CheckpointEventSchema = z.object({
   time,
 });
 
-export const JobEventSchema = z.discriminatedUnion('type', [RescaleEventSchema, CheckpointEventSchema]);
+/** Worker → anyone, on `.events`: the world broke (a member lost, leaving or joining) and is re-forming. */
+export const RescalingEventSchema = z.object({
+  type: z.literal('rescaling'),
+  worker: z.string(),
+  /** The generation that ended. */
+  generation: nonNegativeInt,
+  reason: z.string(),
+  time,
+});
+
+export const JobEventSchema = z.discriminatedUnion('type', [
+  RescaleEventSchema,
+  RescalingEventSchema,
+  CheckpointEventSchema,
+]);
 
 /** Operator → workers, on `.control`. `workers` empty means every worker. */
 export const ControlMessageSchema = z.discriminatedUnion('type', [
@@ -103,6 +117,7 @@ export type CompletedMessage = z.output<typeof CompletedMessageSchema>;
 export type MetricsMessage = z.output<typeof MetricsMessageSchema>;
 export type RescaleEvent = z.output<typeof RescaleEventSchema>;
 export type CheckpointEvent = z.output<typeof CheckpointEventSchema>;
+export type RescalingEvent = z.output<typeof RescalingEventSchema>;
 export type JobEvent = z.output<typeof JobEventSchema>;
 export type ControlMessage = z.output<typeof ControlMessageSchema>;
 

@@ -138,6 +138,10 @@ export async function runOperator(argv: string[]): Promise<number> {
       },
       log,
       concurrency,
+      nats: async () => {
+        await nats.start();
+        return nats.nats;
+      },
     });
 
   const onSignal = (signal: string) => {

@@ -11,6 +11,7 @@ import {
   type V1Node,
   type V1Pod,
 } from '@kubernetes/client-node';
+import type { NatsConnection } from 'nats';
 import type { Logger } from 'winston';
 import { LABEL_JOB_NAME, LABEL_ROLE, ROLE_WORKER } from '../api/contract.ts';
 import { API_GROUP, API_VERSION, PHASES, PLURAL } from '../api/training-job.ts';
@@ -21,6 +22,7 @@ import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
 import type { PlanConfig } from './plan.ts';
+import { ProgressTracker } from './progress.ts';
 import { JobReconciler } from './reconciler.ts';
 import { WorkQueue } from './work-queue.ts';
 
@@ -35,6 +37,8 @@ export interface ControllerOptions {
   readonly concurrency: number;
   /** Every job is reconciled at least this often, whatever the watches said. */
   readonly resyncMs?: number;
+  /** The NATS connection for worker reports, once there is one. */
+  readonly nats?: () => Promise<NatsConnection | undefined>;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -57,6 +61,7 @@ export class TrainingJobController {
   private readonly nodeStates = new Map<string, string>();
   private nodeMap = new Map<string, V1Node>();
   private readonly reconciler: JobReconciler;
+  private readonly progress: ProgressTracker;
 
   constructor(private readonly options: ControllerOptions) {
     const { kubeConfig, log } = options;
@@ -93,7 +98,10 @@ export class TrainingJobController {
 
     this.jobs.onChange((event, job) => {
       const key = jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? '');
-      if (event === 'delete') this.queue.forget(key);
+      if (event === 'delete') {
+        this.queue.forget(key);
+        this.progress.forget(key);
+      }
       this.queue.add(key);
     });
     this.pods.onChange((event, pod) => {
@@ -115,11 +123,32 @@ export class TrainingJobController {
       }
     });
 
+    this.progress = new ProgressTracker(
+      {
+        changed: (key, delayMs) => this.queue.addAfter(key, delayMs),
+        rescaled: (key, event) => {
+          const [namespace, name] = splitKey(key);
+          const job = this.jobs.get(name, namespace);
+          const uid = job?.metadata?.uid;
+          if (uid === undefined) return;
+          void options.events.record(
+            { namespace, name, uid },
+            {
+              type: 'Normal',
+              reason: 'Rescaled',
+              message: `generation ${event.generation}: ${event.worldSize} workers, global batch ${event.globalBatch}, learning rate ${event.learningRate.toPrecision(4)}, from step ${event.step} (${event.reason})`,
+            },
+          );
+        },
+      },
+      log,
+    );
     this.reconciler = new JobReconciler({
       kube: options.kube,
       getJob: (namespace, name) => this.jobs.get(name, namespace),
       podsOf: (namespace, name) => this.podsByJob.members(jobKey(namespace, name)),
       nodes: () => this.nodeMap,
+      observations: (namespace, name) => this.progress.observations(jobKey(namespace, name)),
       publisher: options.publisher,
       events: options.events,
       metrics: options.metrics,
@@ -152,7 +181,12 @@ export class TrainingJobController {
     await Promise.all(workers);
     clearInterval(gauges);
     clearInterval(resync);
-    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop()]);
+    await Promise.all([
+      this.jobs.stop(),
+      this.pods.stop(),
+      this.nodes.stop(),
+      this.progress[Symbol.asyncDispose](),
+    ]);
     metrics.queueDepth.set(0);
     log.info('controller stopped');
   }

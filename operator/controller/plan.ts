@@ -23,6 +23,7 @@ import {
   replicaIndex,
   toMillis,
 } from './pods.ts';
+import type { JobObservations } from './progress.ts';
 
 export interface PlanConfig extends WorkerPodDefaults {
   /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */
@@ -38,6 +39,8 @@ export interface PlanInput {
   readonly claimExists: boolean;
   readonly now: Date;
   readonly config: PlanConfig;
+  /** What the workers reported over NATS (progress, completion, a world re-forming). */
+  readonly observations?: JobObservations;
 }
 
 export interface JobEventRecord {
@@ -218,11 +221,35 @@ export function plan(input: PlanInput): Plan {
     if (outcome === 'Failed') publish.push({ type: 'stop', reason: text });
   };
 
+  // ---- progress reported by the workers.
+  const observed = input.observations ?? {};
+  const report = observed.completed ?? observed.progress;
+  const progress: Partial<TrainingJobStatus> = {};
+  if (report !== undefined) {
+    progress.step = report.step;
+    progress.epoch = report.epoch;
+    progress.loss = report.loss;
+    if (report.accuracy !== undefined) progress.accuracy = report.accuracy;
+    if (report.lastCheckpoint !== undefined) progress.lastCheckpoint = report.lastCheckpoint;
+  }
+  if (observed.progress !== undefined) {
+    progress.worldSize = observed.progress.worldSize;
+    progress.generation = observed.progress.generation;
+    progress.samplesPerSecond = observed.progress.samplesPerSecond;
+  }
+
   const terminal = phase !== undefined && TERMINAL_PHASES.has(phase);
   if (!terminal) {
     const problems = specProblems(job, config);
     if (problems.length > 0) finish('Failed', 'InvalidSpec', problems.join('; '));
-    else if (completedBy !== undefined)
+    else if (observed.completed !== undefined) {
+      const c = observed.completed;
+      finish(
+        'Succeeded',
+        'TrainingCompleted',
+        `training completed at step ${c.step}, epoch ${c.epoch}: ${c.reason}`,
+      );
+    } else if (completedBy !== undefined)
       finish('Succeeded', 'TrainingCompleted', `training completed (reported by ${completedBy.name})`);
     else if (restarts > spec.runPolicy.backoffLimit) {
       finish(
@@ -389,6 +416,33 @@ export function plan(input: PlanInput): Plan {
         now,
       );
     }
+    // ---- the world re-forming after a loss or a join.
+    if (observed.rescaling !== undefined) {
+      if (!isTrue(conditions, 'Rescaling')) {
+        events.push({
+          type: 'Normal',
+          reason: 'Rescaling',
+          message: `world re-forming: ${observed.rescaling.reason}`,
+        });
+      }
+      conditions = setCondition(
+        conditions,
+        'Rescaling',
+        'True',
+        'WorldReforming',
+        observed.rescaling.reason,
+        now,
+      );
+    } else if (isTrue(conditions, 'Rescaling')) {
+      conditions = setCondition(
+        conditions,
+        'Rescaling',
+        'False',
+        'WorldFormed',
+        `training with ${progress.worldSize ?? previous.worldSize ?? '?'} workers`,
+        now,
+      );
+    }
     // ---- phase and the Running condition.
     const ready = active.filter((p) => p.state.kind === 'active' && p.state.ready).length;
     const running = ready >= spec.minReplicas;
@@ -414,6 +468,7 @@ export function plan(input: PlanInput): Plan {
 
   const status: TrainingJobStatus = {
     ...previous,
+    ...progress,
     phase,
     conditions,
     observedGeneration: (job.metadata as { generation?: number }).generation,

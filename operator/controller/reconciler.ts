@@ -15,6 +15,7 @@ import type { ControlPublisher } from './nats-link.ts';
 import { type Plan, type PlanConfig, plan } from './plan.ts';
 import type { OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
+import type { JobObservations } from './progress.ts';
 
 export type ReconcileResult =
   | { readonly kind: 'done' }
@@ -27,6 +28,7 @@ export interface ReconcilerDeps {
   readonly getJob: (namespace: string, name: string) => KubernetesObject | undefined;
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
+  readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
   readonly publisher: ControlPublisher;
   readonly events: EventRecorder;
   readonly metrics: OperatorMetrics;
@@ -102,6 +104,7 @@ export class JobReconciler {
       ...(rawStatus === undefined ? {} : { status: rawStatus }),
     } as OwnedJob;
 
+    const observations = this.deps.observations?.(namespace, name);
     const decision = plan({
       job,
       pods,
@@ -109,6 +112,7 @@ export class JobReconciler {
       claimExists: this.claims.has(uid),
       now: this.now(),
       config: this.deps.config,
+      ...(observations === undefined ? {} : { observations }),
     });
 
     if (statusChanged(rawStatus, decision.status)) {

@@ -4,6 +4,7 @@ import * as assert from 'uvu/assert';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { type Plan, type PlanConfig, plan } from '../../operator/controller/plan.ts';
 import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
+import type { JobObservations } from '../../operator/controller/progress.ts';
 import { at, node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
 
 const config: PlanConfig = {
@@ -38,6 +39,7 @@ const running = (): TrainingJobStatus => ({
 interface Case {
   name: string;
   job: OwnedJob;
+  observations?: JobObservations;
   pods?: V1Pod[];
   nodes?: Map<string, V1Node>;
   claimExists?: boolean;
@@ -473,6 +475,87 @@ const cases: Case[] = [
   },
 ];
 
+const progress = {
+  type: 'progress' as const,
+  worker: 'job-worker-0',
+  generation: 4,
+  worldSize: 2,
+  step: 1200,
+  epoch: 3,
+  loss: 0.41,
+  accuracy: 0.86,
+  samplesPerSecond: 5120.5,
+  lastCheckpoint: { step: 1000, path: '/checkpoints/ckpt-000001000', time: '2026-11-21T11:59:00Z' },
+  time: '2026-11-21T11:59:58Z',
+};
+
+cases.push(
+  {
+    name: 'worker progress reaches the status',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: { progress },
+    expect: (p) => {
+      assert.is(p.status.step, 1200);
+      assert.is(p.status.epoch, 3);
+      assert.is(p.status.loss, 0.41);
+      assert.is(p.status.accuracy, 0.86);
+      assert.is(p.status.worldSize, 2);
+      assert.is(p.status.generation, 4);
+      assert.is(p.status.samplesPerSecond, 5120.5);
+      assert.equal(p.status.lastCheckpoint, progress.lastCheckpoint);
+    },
+  },
+  {
+    name: 'a world re-forming sets Rescaling (once, with an event); the next progress clears it',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: { progress, rescaling: { reason: 'job-worker-2 lost', since: '2026-11-21T11:59:59Z' } },
+    expect: (p) => {
+      const c = condition(p, 'Rescaling');
+      assert.is(c?.status, 'True');
+      assert.is(c?.reason, 'WorldReforming');
+      assert.ok(p.events.some((e) => e.reason === 'Rescaling'));
+      const after = plan({
+        job: ownedJob({ 'spec.replicas': 2 }, p.status),
+        pods: [workerPod(0), workerPod(1)],
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: at(3),
+        config,
+        observations: { progress: { ...progress, generation: 5 } },
+      });
+      assert.is(condition(after, 'Rescaling')?.status, 'False');
+      assert.is(condition(after, 'Rescaling')?.reason, 'WorldFormed');
+    },
+  },
+  {
+    name: 'completion reported over NATS: Succeeded with the final figures',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: {
+      progress,
+      completed: {
+        type: 'completed',
+        worker: 'job-worker-0',
+        step: 4690,
+        epoch: 10,
+        loss: 0.3,
+        accuracy: 0.89,
+        reason: 'reached 10 epochs',
+        time: '2026-11-21T12:00:00Z',
+      },
+    },
+    expect: (p) => {
+      assert.is(p.status.phase, 'Succeeded');
+      assert.is(p.status.step, 4690);
+      assert.is(p.status.accuracy, 0.89);
+      assert.match(condition(p, 'Succeeded')?.message ?? '', 'step 4690');
+      assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
+    },
+  },
+);
+
 for (const c of cases) {
   test(c.name, () => {
     const p = plan({
@@ -482,6 +565,7 @@ for (const c of cases) {
       claimExists: c.claimExists ?? false,
       now: c.now ?? T0,
       config,
+      ...(c.observations === undefined ? {} : { observations: c.observations }),
     });
     c.expect(p);
   });

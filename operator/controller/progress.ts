@@ -1,0 +1,113 @@
+/**
+ * What the workers report over NATS, kept per job for the reconciler: the latest progress, a completion,
+ * and whether the world is re-forming. Messages are validated on receipt; a malformed one is logged and
+ * dropped. Each report asks for a reconcile, delayed so that status is written at most every few seconds.
+ */
+import type { NatsConnection, Subscription } from 'nats';
+import type { Logger } from 'winston';
+import {
+  type CompletedMessage,
+  decodeMessage,
+  JobEventSchema,
+  MetricsMessageSchema,
+  type ProgressMessage,
+  type RescaleEvent,
+} from '../api/contract.ts';
+
+export interface JobObservations {
+  readonly progress?: ProgressMessage;
+  readonly completed?: CompletedMessage;
+  /** The world broke and is re-forming (cleared by the next formed world). */
+  readonly rescaling?: { readonly reason: string; readonly since: string };
+}
+
+export interface ProgressListener {
+  /** A report arrived for the job `namespace/name`; reconcile it within `delayMs`. */
+  changed(key: string, delayMs: number): void;
+  /** A new world formed: worth an Event. */
+  rescaled(key: string, event: RescaleEvent): void;
+}
+
+/** How often progress may reach the status of one job. */
+export const PROGRESS_INTERVAL_MS = 2000;
+
+export function subjectKey(subject: string): string | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 4 || parts[0] !== 'tensile') return undefined;
+  return `${parts[1]}/${parts[2]}`;
+}
+
+export class ProgressTracker implements AsyncDisposable {
+  private readonly jobs = new Map<string, JobObservations>();
+  private readonly subscriptions: Subscription[] = [];
+
+  constructor(
+    private readonly listener: ProgressListener,
+    private readonly log: Logger,
+  ) {}
+
+  observations(key: string): JobObservations | undefined {
+    return this.jobs.get(key);
+  }
+
+  forget(key: string): void {
+    this.jobs.delete(key);
+  }
+
+  private update(key: string, change: (previous: JobObservations) => JobObservations): void {
+    this.jobs.set(key, change(this.jobs.get(key) ?? {}));
+  }
+
+  /** Applies one message; exported for tests of the bookkeeping without a server. */
+  receive(subject: string, data: Uint8Array): void {
+    const key = subjectKey(subject);
+    if (key === undefined) return;
+    if (subject.endsWith('.metrics')) {
+      const decoded = decodeMessage(MetricsMessageSchema, data);
+      if (!decoded.ok) {
+        this.log.warn('dropped a malformed metrics message', { subject, error: decoded.error });
+        return;
+      }
+      const message = decoded.value;
+      if (message.type === 'progress') {
+        this.update(key, (o) => ({ ...o, progress: message }));
+        this.listener.changed(key, PROGRESS_INTERVAL_MS);
+      } else {
+        this.update(key, (o) => ({ ...o, completed: message }));
+        this.listener.changed(key, 0);
+      }
+    } else if (subject.endsWith('.events')) {
+      const decoded = decodeMessage(JobEventSchema, data);
+      if (!decoded.ok) {
+        this.log.warn('dropped a malformed event message', { subject, error: decoded.error });
+        return;
+      }
+      const event = decoded.value;
+      if (event.type === 'rescaling') {
+        this.update(key, (o) => ({ ...o, rescaling: { reason: event.reason, since: event.time } }));
+        this.listener.changed(key, 0);
+      } else if (event.type === 'rescale') {
+        this.update(key, (o) => {
+          const { rescaling: _, ...rest } = o;
+          return rest;
+        });
+        this.listener.rescaled(key, event);
+        this.listener.changed(key, 0);
+      }
+    }
+  }
+
+  subscribe(connection: NatsConnection): void {
+    for (const subject of ['tensile.*.*.metrics', 'tensile.*.*.events']) {
+      const sub = connection.subscribe(subject);
+      this.subscriptions.push(sub);
+      void (async () => {
+        for await (const message of sub) this.receive(message.subject, message.data);
+      })();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const sub of this.subscriptions) sub.unsubscribe();
+  }
+}

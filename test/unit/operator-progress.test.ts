@@ -1,0 +1,85 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { encodeMessage, type RescaleEvent } from '../../operator/api/contract.ts';
+import { ProgressTracker, subjectKey } from '../../operator/controller/progress.ts';
+import { silentLogger } from '../../worker/log.ts';
+
+function tracker() {
+  const changed: [string, number][] = [];
+  const rescaled: RescaleEvent[] = [];
+  const t = new ProgressTracker(
+    { changed: (k, d) => changed.push([k, d]), rescaled: (_k, e) => rescaled.push(e) },
+    silentLogger(),
+  );
+  return { t, changed, rescaled };
+}
+
+const time = '2026-11-21T12:00:00Z';
+
+test('subjects map to job keys', () => {
+  assert.is(subjectKey('tensile.team-a.fashion.metrics'), 'team-a/fashion');
+  assert.is(subjectKey('tensile.team-a.metrics'), undefined);
+  assert.is(subjectKey('other.a.b.metrics'), undefined);
+});
+
+test('progress is kept and asks for a delayed reconcile; completion for an immediate one', () => {
+  const { t, changed } = tracker();
+  const progress = {
+    type: 'progress',
+    worker: 'w',
+    generation: 1,
+    worldSize: 2,
+    step: 5,
+    epoch: 0,
+    loss: 1.2,
+    samplesPerSecond: 100,
+    time,
+  };
+  t.receive('tensile.ns.job.metrics', encodeMessage(progress));
+  assert.is(t.observations('ns/job')?.progress?.step, 5);
+  t.receive(
+    'tensile.ns.job.metrics',
+    encodeMessage({ type: 'completed', worker: 'w', step: 9, epoch: 1, loss: 1, reason: 'done', time }),
+  );
+  assert.is(t.observations('ns/job')?.completed?.step, 9);
+  assert.equal(changed, [
+    ['ns/job', 2000],
+    ['ns/job', 0],
+  ]);
+});
+
+test('rescaling sets, rescale clears and is reported', () => {
+  const { t, rescaled } = tracker();
+  t.receive(
+    'tensile.ns.job.events',
+    encodeMessage({ type: 'rescaling', worker: 'w', generation: 3, reason: 'w2 lost', time }),
+  );
+  assert.is(t.observations('ns/job')?.rescaling?.reason, 'w2 lost');
+  t.receive(
+    'tensile.ns.job.events',
+    encodeMessage({
+      type: 'rescale',
+      generation: 4,
+      worldSize: 2,
+      members: ['a', 'b'],
+      globalBatch: 128,
+      learningRate: 0.001,
+      step: 40,
+      reason: 'w2 lost',
+      time,
+    }),
+  );
+  assert.is(t.observations('ns/job')?.rescaling, undefined);
+  assert.is(rescaled[0]?.generation, 4);
+});
+
+test('malformed messages are dropped, never fatal', () => {
+  const { t, changed } = tracker();
+  t.receive('tensile.ns.job.metrics', new TextEncoder().encode('{not json'));
+  t.receive('tensile.ns.job.metrics', encodeMessage({ type: 'progress', step: -1 }));
+  t.receive('tensile.ns.job.events', encodeMessage({ type: 'explode' }));
+  assert.is(t.observations('ns/job'), undefined);
+  assert.equal(changed, []);
+});
+
+test.run();
