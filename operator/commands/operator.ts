@@ -3,16 +3,22 @@
  * /readyz and /metrics at once; campaigns for the leader Lease; while leading, runs the controller.
  * SIGTERM stops the controller, hands the lease back and exits 0.
  */
+
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
+import { parse as parseYaml } from 'yaml';
+import { WorkerSpecSchema } from '../api/training-job.ts';
+import { zodProblems } from '../api/validate.ts';
 import { TrainingJobController } from '../controller/controller.ts';
 import { EventRecorder } from '../controller/events.ts';
 import { KubeClient } from '../controller/kube.ts';
 import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
 import { NatsLink } from '../controller/nats-link.ts';
+import type { WorkerTemplateDefaults } from '../controller/pod-builder.ts';
 import { createOperatorLogger } from '../logging.ts';
 
 export const OPERATOR_USAGE = `usage: tensile operator [options]
@@ -22,6 +28,8 @@ export const OPERATOR_USAGE = `usage: tensile operator [options]
   --namespace NS              namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)
   --worker-image IMAGE        image of CPU workers (default: $TENSILE_WORKER_IMAGE)
   --worker-gpu-image IMAGE    image of GPU workers (default: $TENSILE_WORKER_GPU_IMAGE or --worker-image)
+  --worker-defaults FILE      YAML with nodeSelector, tolerations, resources, priorityClassName for
+                              workers whose job does not set them (the Helm chart's workers values)
   --http-port PORT            /healthz, /readyz, /metrics (default 8080; 0 picks a free port)
   --concurrency N             jobs reconciled at once (default 4)
   --no-leader-elect           run without a Lease (one replica only)
@@ -43,6 +51,24 @@ function positive(name: string, value: string | undefined, fallback: number): nu
   return n;
 }
 
+const WorkerDefaultsSchema = WorkerSpecSchema.pick({
+  nodeSelector: true,
+  tolerations: true,
+  resources: true,
+  priorityClassName: true,
+}).partial();
+
+/** Reads the cluster defaults for workers; a bad file names the field. */
+export function loadWorkerDefaults(file: string): WorkerTemplateDefaults {
+  const raw: unknown = parseYaml(readFileSync(file, 'utf8')) ?? {};
+  const result = WorkerDefaultsSchema.safeParse(raw, { reportInput: true });
+  if (!result.success) {
+    const problems = zodProblems(result.error, WorkerDefaultsSchema).map((p) => `${p.path}: ${p.message}`);
+    throw new Error(`${file}: ${problems.join('; ')}`);
+  }
+  return result.data;
+}
+
 class UsageError extends Error {
   override readonly name = 'UsageError';
 }
@@ -58,6 +84,7 @@ export async function runOperator(argv: string[]): Promise<number> {
         namespace: { type: 'string' },
         'worker-image': { type: 'string' },
         'worker-gpu-image': { type: 'string' },
+        'worker-defaults': { type: 'string' },
         'http-port': { type: 'string' },
         concurrency: { type: 'string' },
         'no-leader-elect': { type: 'boolean' },
@@ -111,6 +138,15 @@ export async function runOperator(argv: string[]): Promise<number> {
   const namespace = values.namespace ?? process.env['POD_NAMESPACE'] ?? 'tensile-system';
   const workerImage = values['worker-image'] ?? process.env['TENSILE_WORKER_IMAGE'] ?? DEFAULT_WORKER_IMAGE;
   const natsUrl = values.nats ?? process.env['TENSILE_NATS_URL'];
+  let template: WorkerTemplateDefaults | undefined;
+  if (values['worker-defaults'] !== undefined) {
+    try {
+      template = loadWorkerDefaults(values['worker-defaults']);
+    } catch (error) {
+      log.error('invalid --worker-defaults', { error: (error as Error).message });
+      return 2;
+    }
+  }
   const metrics = new OperatorMetrics();
   const kube = new KubeClient(kubeConfig);
   const nats = new NatsLink(natsUrl, log);
@@ -133,6 +169,7 @@ export async function runOperator(argv: string[]): Promise<number> {
         workerImage,
         workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
         natsUrl: natsUrl ?? 'nats://nats:4222',
+        ...(template === undefined ? {} : { template }),
         failureBackoffSeconds: backoff,
         maxFailureBackoffSeconds: 360,
       },

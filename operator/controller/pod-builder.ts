@@ -19,6 +19,11 @@ import {
 } from '../api/contract.ts';
 import { API_GROUP_VERSION, KIND, type TrainingJob } from '../api/training-job.ts';
 
+/** Cluster-wide defaults for worker pods (Helm value `workers`); a job's own setting always wins. */
+export type WorkerTemplateDefaults = Partial<
+  Pick<TrainingJob['spec']['worker'], 'nodeSelector' | 'tolerations' | 'resources' | 'priorityClassName'>
+>;
+
 export interface WorkerPodDefaults {
   /** Image for workers that do not name one. */
   readonly workerImage: string;
@@ -26,6 +31,24 @@ export interface WorkerPodDefaults {
   readonly workerGpuImage: string;
   /** NATS URL for jobs without `spec.nats.url`. */
   readonly natsUrl: string;
+  readonly template?: WorkerTemplateDefaults;
+}
+
+/** The job's worker spec with the cluster defaults filled in where the job says nothing. */
+export function withWorkerDefaults(job: OwnedJob, defaults: WorkerTemplateDefaults | undefined): OwnedJob {
+  if (defaults === undefined) return job;
+  const worker = { ...job.spec.worker };
+  const own = worker.resources;
+  const hasOwnResources = Object.keys(own.requests ?? {}).length + Object.keys(own.limits ?? {}).length > 0;
+  if (!hasOwnResources && defaults.resources !== undefined)
+    worker.resources = structuredClone(defaults.resources);
+  if (worker.nodeSelector === undefined && defaults.nodeSelector !== undefined)
+    worker.nodeSelector = { ...defaults.nodeSelector };
+  if (worker.tolerations === undefined && defaults.tolerations !== undefined)
+    worker.tolerations = defaults.tolerations.map((t) => ({ ...t }));
+  if (worker.priorityClassName === undefined && defaults.priorityClassName !== undefined)
+    worker.priorityClassName = defaults.priorityClassName;
+  return { ...job, spec: { ...job.spec, worker } };
 }
 
 export type OwnedJob = TrainingJob & { metadata: { uid: string; namespace: string } };
@@ -96,7 +119,8 @@ function workerResources(job: TrainingJob) {
   return out;
 }
 
-export function buildWorkerPod(job: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
+export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
+  const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
   const name = workerPodName(job.metadata.name, index);
   const volumes: V1Volume[] = [

@@ -174,4 +174,32 @@ test('NATS credentials from a Secret are mounted and named in the environment', 
   assert.is(env(pod)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
 });
 
+test('cluster defaults fill in what the job leaves out; the job wins where it says something', () => {
+  const template = {
+    nodeSelector: { 'karpenter.sh/capacity-type': 'spot' },
+    tolerations: [{ key: 'nvidia.com/gpu', operator: 'Exists' as const, effect: 'NoSchedule' as const }],
+    resources: { limits: { 'nvidia.com/gpu': 1 } },
+    priorityClassName: 'tensile-training',
+  };
+  const plain = buildWorkerPod(ownedJob(), 0, { ...defaults, template });
+  assert.equal(plain.spec?.nodeSelector, { 'karpenter.sh/capacity-type': 'spot' });
+  assert.is(plain.spec?.tolerations?.[0]?.key, 'nvidia.com/gpu');
+  assert.is(plain.spec?.priorityClassName, 'tensile-training');
+  assert.is(
+    plain.spec?.containers[0]?.image,
+    'ghcr.io/tensile-dev/tensile-worker:1-gpu',
+    'a GPU default means the GPU image',
+  );
+  assert.equal(plain.spec?.containers[0]?.resources?.limits, { 'nvidia.com/gpu': '1' });
+  const own = buildWorkerPod(
+    ownedJob({ 'spec.worker': { nodeSelector: { pool: 'mine' }, resources: { requests: { cpu: '1' } } } }),
+    0,
+    { ...defaults, template },
+  );
+  assert.equal(own.spec?.nodeSelector, { pool: 'mine' });
+  assert.equal(own.spec?.containers[0]?.resources, { requests: { cpu: '1' } });
+  assert.is(own.spec?.containers[0]?.image, 'ghcr.io/tensile-dev/tensile-worker:1');
+  assert.is(own.spec?.tolerations?.[0]?.key, 'nvidia.com/gpu', 'unset fields still come from the defaults');
+});
+
 test.run();

@@ -1,0 +1,196 @@
+/** The Helm chart: lint, render with defaults and with every option, and reject bad values. */
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { parse, parseAllDocuments } from 'yaml';
+import { helm, KUBE_VERSION } from '../helpers/helm.ts';
+
+const chart = fileURLToPath(new URL('../../charts/tensile', import.meta.url));
+const allOptions = join(chart, 'ci', 'all-options-values.yaml');
+const dir = mkdtempSync(join(tmpdir(), 'tensile-helm-'));
+
+type Doc = { kind: string; metadata: { name: string }; spec?: Record<string, unknown>; [k: string]: unknown };
+
+async function render(...extra: string[]): Promise<Doc[]> {
+  const r = await helm([
+    'template',
+    'demo',
+    chart,
+    '--namespace',
+    'tensile-system',
+    '--kube-version',
+    KUBE_VERSION,
+    ...extra,
+  ]);
+  assert.is(r.code, 0, r.stderr);
+  return parseAllDocuments(r.stdout)
+    .map((d) => d.toJS() as Doc)
+    .filter((d) => d !== null);
+}
+
+function one(docs: Doc[], kind: string, name?: string): Doc {
+  const found = docs.find((d) => d.kind === kind && (name === undefined || d.metadata.name === name));
+  assert.ok(found, `no ${kind} ${name ?? ''}`);
+  return found as Doc;
+}
+
+test('helm lint passes with the defaults and with every option', async () => {
+  for (const args of [[], ['-f', allOptions]]) {
+    const r = await helm(['lint', chart, '--strict', '--kube-version', KUBE_VERSION, ...args]);
+    assert.is(r.code, 0, `${r.stdout}${r.stderr}`);
+  }
+});
+
+test('defaults: two operator replicas, hardened, probed, with the ClusterRole of files/', async () => {
+  const docs = await render();
+  const deployment = one(docs, 'Deployment') as unknown as {
+    spec: {
+      replicas: number;
+      template: { spec: Record<string, unknown> & { containers: Record<string, unknown>[] } };
+    };
+  };
+  assert.is(deployment.spec.replicas, 2);
+  const pod = deployment.spec.template.spec;
+  assert.equal(pod['securityContext'], {
+    runAsNonRoot: true,
+    runAsUser: 65532,
+    runAsGroup: 65532,
+    seccompProfile: { type: 'RuntimeDefault' },
+  });
+  const container = pod.containers[0] as Record<string, unknown>;
+  assert.equal(container['securityContext'], {
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    capabilities: { drop: ['ALL'] },
+  });
+  assert.equal((container['livenessProbe'] as Record<string, unknown>)['httpGet'], {
+    path: '/healthz',
+    port: 'http',
+  });
+  assert.equal((container['readinessProbe'] as Record<string, unknown>)['httpGet'], {
+    path: '/readyz',
+    port: 'http',
+  });
+  assert.ok(container['resources'] !== undefined);
+  const args = container['args'] as string[];
+  assert.ok(args.includes('--nats=nats://demo-tensile-nats.tensile-system.svc:4222'), args.join(' '));
+  assert.ok(args.includes('--lease-duration=15'));
+  const role = one(docs, 'ClusterRole');
+  const file = parse(readFileSync(join(chart, 'files', 'operator-clusterrole.yaml'), 'utf8')) as {
+    rules: unknown;
+  };
+  assert.equal(role['rules'], file.rules, 'the chart reuses the operator’s tested role as it is');
+  const binding = one(docs, 'ClusterRoleBinding');
+  assert.equal(binding['subjects'], [
+    { kind: 'ServiceAccount', name: 'demo-tensile', namespace: 'tensile-system' },
+  ]);
+  one(docs, 'PodDisruptionBudget');
+  one(docs, 'Service', 'demo-tensile-metrics');
+  const nats = one(docs, 'StatefulSet') as unknown as {
+    spec: { volumeClaimTemplates: { spec: { resources: { requests: { storage: string } } } }[] };
+  };
+  assert.is(nats.spec.volumeClaimTemplates[0]?.spec.resources.requests.storage, '1Gi');
+  one(docs, 'PriorityClass', 'tensile-training');
+  const defaults = parse(
+    (one(docs, 'ConfigMap')['data'] as Record<string, string>)['worker-defaults.yaml'] as string,
+  ) as Record<string, unknown>;
+  assert.equal(defaults['nodeSelector'], { 'karpenter.sh/capacity-type': 'spot' });
+  assert.is(
+    docs.some((d) => d.kind === 'ServiceMonitor'),
+    false,
+  );
+  assert.is(
+    docs.some((d) => d.kind === 'CustomResourceDefinition'),
+    false,
+    'CRDs come from crds/, not templates',
+  );
+  const withCrds = await render('--include-crds');
+  one(withCrds, 'CustomResourceDefinition', 'trainingjobs.tensile.dev');
+});
+
+test('every option: external NATS with credentials, ServiceMonitor, no bundled NATS', async () => {
+  const docs = await render('-f', allOptions);
+  assert.is(
+    docs.some((d) => d.kind === 'StatefulSet'),
+    false,
+  );
+  one(docs, 'ServiceMonitor');
+  const deployment = one(docs, 'Deployment') as unknown as {
+    spec: {
+      replicas: number;
+      template: { spec: { containers: { args: string[]; image: string }[]; volumes: { name: string }[] } };
+    };
+  };
+  assert.is(deployment.spec.replicas, 3);
+  const container = deployment.spec.template.spec.containers[0];
+  assert.is(container?.image, 'registry.example.com/tensile-operator:0.1.0-rc1');
+  assert.ok(container?.args.includes('--nats=nats://nats.messaging.svc:4222'));
+  assert.ok(container?.args.includes('--worker-gpu-image=registry.example.com/tensile-worker:0.1.0-rc1-gpu'));
+  assert.ok(deployment.spec.template.spec.volumes.some((v) => v.name === 'nats-credentials'));
+  one(docs, 'ServiceAccount', 'tensile-controller');
+  one(docs, 'PriorityClass', 'spot-training');
+});
+
+test('one replica: no leader election, no PodDisruptionBudget', async () => {
+  const docs = await render('--set', 'operator.replicas=1');
+  assert.is(
+    docs.some((d) => d.kind === 'PodDisruptionBudget'),
+    false,
+  );
+  const args = (
+    one(docs, 'Deployment') as unknown as {
+      spec: { template: { spec: { containers: { args: string[] }[] } } };
+    }
+  ).spec.template.spec.containers[0]?.args;
+  assert.ok(args?.includes('--no-leader-elect'));
+});
+
+const badValues: [string, string, RegExp][] = [
+  ['zero operator replicas', 'operator:\n  replicas: 0\n', /'\/operator\/replicas': minimum: got 0, want 1/],
+  ['a typo in a key', 'operatr:\n  replicas: 2\n', /operatr/],
+  [
+    'an http NATS URL',
+    'nats:\n  bundled: { enabled: false }\n  external: { url: "http://nats:4222" }\n',
+    /\/nats\/external\/url/,
+  ],
+  [
+    'a memory limit that is not a quantity',
+    'workers:\n  resources: { limits: { memory: lots } }\n',
+    /'\/workers\/resources\/limits\/memory'.*does not match pattern/,
+  ],
+  ['an unknown log level', 'operator:\n  logLevel: loud\n', /'\/operator\/logLevel': value must be one of/],
+  [
+    'a toleration with an unknown operator',
+    'workers:\n  tolerations: [{ key: a, operator: Maybe }]\n',
+    /'\/workers\/tolerations\/0\/operator'/,
+  ],
+];
+
+for (const [name, values, field] of badValues) {
+  test(`values.schema.json rejects ${name}, naming the field`, async () => {
+    const file = join(dir, `${name.replace(/\W+/g, '-')}.yaml`);
+    writeFileSync(file, values);
+    const r = await helm(['template', 'demo', chart, '--kube-version', KUBE_VERSION, '-f', file]);
+    assert.is.not(r.code, 0, 'helm must refuse');
+    assert.match(r.stderr, field);
+  });
+}
+
+test('bundled NATS off without an external URL: a clear error', async () => {
+  const r = await helm([
+    'template',
+    'demo',
+    chart,
+    '--kube-version',
+    KUBE_VERSION,
+    '--set',
+    'nats.bundled.enabled=false',
+  ]);
+  assert.is.not(r.code, 0);
+  assert.match(r.stderr, 'nats.external.url is required');
+});
+
+test.run();
