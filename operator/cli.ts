@@ -8,6 +8,8 @@ const USAGE = `usage: tensile <command> [options]
 
 commands:
   validate FILE...     check TrainingJob manifests against the schema (exit 1 on any problem)
+  run FILE [options]   train a TrainingJob on this machine (tensile run --help)
+  worker               run one training worker, configured from TENSILE_* variables
   operator [options]   run the operator (tensile operator --help)
   help                 show this text
 `;
@@ -26,6 +28,14 @@ const commands: Record<string, Command> = {
   operator: async (args) => {
     const { runOperator } = await import('./commands/operator.ts');
     return runOperator(args);
+  },
+  run: async (args) => {
+    const { runRun } = await import('./commands/run.ts');
+    return runRun(args, { out: console.log, err: console.error });
+  },
+  worker: async (args) => {
+    const { runWorkerCommand } = await import('./commands/worker.ts');
+    return runWorkerCommand(args, { env: process.env, err: console.error });
   },
   help: async () => {
     process.stdout.write(USAGE);

@@ -43,6 +43,21 @@ export interface ControllerOptions {
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
 
+/** What of a job (besides its status) a reconcile depends on. */
+function jobFingerprint(job: KubernetesObject): string {
+  const m = job.metadata;
+  return `${m?.uid}|${m?.generation}|${m?.deletionTimestamp ?? ''}`;
+}
+
+/**
+ * managedFields are most of an object's size and the operator never reads them: dropping them from
+ * the informer caches (as client-go's transforms do) keeps memory flat with thousands of objects.
+ */
+function slim<T extends KubernetesObject>(object: T): T {
+  if (object.metadata?.managedFields !== undefined) delete object.metadata.managedFields;
+  return object;
+}
+
 function splitKey(key: string): [string, string] {
   const slash = key.indexOf('/');
   return [key.slice(0, slash), key.slice(slash + 1)];
@@ -59,6 +74,7 @@ export class TrainingJobController {
   });
   private readonly podsByNode = new Index<V1Pod>((pod) => pod.spec?.nodeName || undefined);
   private readonly nodeStates = new Map<string, string>();
+  private readonly seenJobs = new Map<string, string>();
   private nodeMap = new Map<string, V1Node>();
   private readonly reconciler: JobReconciler;
   private readonly progress: ProgressTracker;
@@ -96,12 +112,22 @@ export class TrainingJobController {
       log,
     );
 
+    for (const informer of [this.jobs, this.pods, this.nodes] as ResilientInformer<KubernetesObject>[]) {
+      informer.onChange((_event, object) => slim(object));
+    }
     this.jobs.onChange((event, job) => {
       const key = jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? '');
       if (event === 'delete') {
         this.queue.forget(key);
         this.progress.forget(key);
+        this.seenJobs.delete(key);
+        this.queue.add(key);
+        return;
       }
+      // A write of the status alone (ours, mostly) changes nothing to decide on.
+      const fingerprint = jobFingerprint(job);
+      if (event === 'update' && this.seenJobs.get(key) === fingerprint) return;
+      this.seenJobs.set(key, fingerprint);
       this.queue.add(key);
     });
     this.pods.onChange((event, pod) => {
@@ -214,7 +240,8 @@ export class TrainingJobController {
       } catch (error) {
         result = { kind: 'error', error: error instanceof Error ? error : new Error(String(error)) };
       }
-      end({ result: result.kind });
+      const seconds = end({ result: result.kind });
+      metrics.reconcileQuantiles.observe(seconds);
       switch (result.kind) {
         case 'done':
           this.queue.forget(key);

@@ -24,8 +24,31 @@ export class EventRecorder {
     private readonly log: Logger,
   ) {}
 
-  /** Best effort: an event that cannot be written is logged, never fails a reconcile. */
-  async record(job: JobRef, event: JobEventRecord, now = new Date()): Promise<void> {
+  private readonly backlog: (() => Promise<void>)[] = [];
+  private writing = 0;
+
+  /**
+   * Best effort and off the reconcile path: events are written in the background, a few at a time; one
+   * that cannot be written is logged, never fails a reconcile. Resolves when it is queued.
+   */
+  record(job: JobRef, event: JobEventRecord, now = new Date()): Promise<void> {
+    this.backlog.push(() => this.write(job, event, now));
+    this.pump();
+    return Promise.resolve();
+  }
+
+  private pump(): void {
+    while (this.writing < 4 && this.backlog.length > 0) {
+      const next = this.backlog.shift() as () => Promise<void>;
+      this.writing++;
+      void next().finally(() => {
+        this.writing--;
+        this.pump();
+      });
+    }
+  }
+
+  private async write(job: JobRef, event: JobEventRecord, now: Date): Promise<void> {
     const key = `${job.uid}\u0000${event.reason}\u0000${event.message}`;
     const last = this.recent.get(key);
     if (last !== undefined && now.getTime() - last < REPEAT_WINDOW_MS) return;

@@ -472,7 +472,8 @@ export function plan(input: PlanInput): Plan {
     phase,
     conditions,
     observedGeneration: (job.metadata as { generation?: number }).generation,
-    replicas: active.length,
+    // Pods created in this pass count: they exist once it is carried out.
+    replicas: active.length + createPods.length,
     readyReplicas: active.filter((p) => p.state.kind === 'active' && p.state.ready).length,
     selector: workerSelector(job.metadata.name),
     restarts,

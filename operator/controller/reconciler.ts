@@ -115,6 +115,11 @@ export class JobReconciler {
       ...(observations === undefined ? {} : { observations }),
     });
 
+    // Creating pods does not depend on the status write (their names are deterministic, so a create
+    // on a stale view hits AlreadyExists), so it runs beside it; everything that counts or removes
+    // workers waits for the status to be written.
+    const creating = this.create(job, ref, decision, log);
+    creating.catch(() => undefined);
     if (statusChanged(rawStatus, decision.status)) {
       try {
         await this.deps.kube.patchStatus(
@@ -125,6 +130,7 @@ export class JobReconciler {
           decision.status,
         );
       } catch (error) {
+        await creating.catch(() => undefined);
         if (error instanceof KubeApiError && isConflict(error)) {
           // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
           log.debug('status conflict; retrying with the fresh object');
@@ -135,7 +141,8 @@ export class JobReconciler {
     }
     this.countMetrics(rawStatus, decision.status);
     try {
-      await this.execute(job, ref, decision, log);
+      await this.execute(ref, decision, log);
+      await creating;
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
@@ -151,7 +158,41 @@ export class JobReconciler {
     if (failed > 0) this.deps.metrics.failures.inc(failed);
   }
 
-  private async execute(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+  /** Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job. */
+  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+    const { kube, metrics } = this.deps;
+    const { namespace } = ref;
+    if (decision.createClaim !== undefined) {
+      await kube.createClaim(namespace, decision.createClaim);
+      this.claims.add(ref.uid);
+    }
+    const created = await Promise.allSettled(
+      decision.createPods.map(async (pod) => {
+        const result = await kube.createPod(namespace, pod);
+        if (result === 'created') {
+          metrics.podsCreated.inc();
+          log.info('created worker', { pod: pod.metadata?.name });
+        }
+      }),
+    );
+    const failure = created.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure === undefined) return;
+    const error = failure.reason as unknown;
+    if (error instanceof KubeApiError && error.status === 422) {
+      // The API server refuses the pod we built from this spec: retrying cannot help.
+      await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
+      return;
+    }
+    await this.deps.events.record(ref, {
+      type: 'Warning',
+      reason: 'FailedCreateWorker',
+      message: errorOf(error).message,
+    });
+    throw error;
+  }
+
+  /** Everything that must follow the status write: counting is durable before a worker is let go. */
+  private async execute(ref: JobRef, decision: Plan, log: Logger): Promise<void> {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
@@ -171,35 +212,7 @@ export class JobReconciler {
         log.info('deleted worker', { pod: d.name, reason: d.reason, force: d.force });
       }),
     );
-    if (decision.createClaim !== undefined) {
-      await kube.createClaim(namespace, decision.createClaim);
-      this.claims.add(ref.uid);
-    }
-    const created = await Promise.allSettled(
-      decision.createPods.map(async (pod) => {
-        const result = await kube.createPod(namespace, pod);
-        if (result === 'created') {
-          metrics.podsCreated.inc();
-          log.info('created worker', { pod: pod.metadata?.name });
-        }
-      }),
-    );
     for (const event of decision.events) await this.deps.events.record(ref, event);
-    const failure = created.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure !== undefined) {
-      const error = failure.reason as unknown;
-      if (error instanceof KubeApiError && error.status === 422) {
-        // The API server refuses the pod we built from this spec: retrying cannot help.
-        await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
-        return;
-      }
-      await this.deps.events.record(ref, {
-        type: 'Warning',
-        reason: 'FailedCreateWorker',
-        message: errorOf(error).message,
-      });
-      throw error;
-    }
     if (decision.deleteJob) {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');

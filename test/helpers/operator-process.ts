@@ -22,10 +22,21 @@ export interface OperatorProcess extends AsyncDisposable {
   kill(signal: NodeJS.Signals): Promise<number | null>;
 }
 
-export function startOperator(id: string, args: string[]): OperatorProcess {
-  const child = spawn(process.execPath, [bin, 'operator', '--id', id, '--http-port', '0', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export interface OperatorLaunch {
+  /** A different entry point, e.g. the compiled dist/operator/main.js. */
+  readonly entry?: string;
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export function startOperator(id: string, args: string[], launch: OperatorLaunch = {}): OperatorProcess {
+  const child = spawn(
+    process.execPath,
+    [launch.entry ?? bin, 'operator', '--id', id, '--http-port', '0', ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...launch.env },
+    },
+  );
   const log: Record<string, unknown>[] = [];
   /** Every line also goes to a file, for reading after a failed run. */
   const file = join(tmpdir(), `tensile-operator-${id}-${process.pid}.log`);

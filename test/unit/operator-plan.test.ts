@@ -240,7 +240,7 @@ const cases: Case[] = [
         { type: 'leave', workers: ['job-worker-1'], reason: 'node node-1: taint karpenter.sh/disrupted' },
       ]);
       assert.equal(names(p.createPods), ['job-worker-2']);
-      assert.is(p.status.replicas, 1, 'the leaving worker is not counted');
+      assert.is(p.status.replicas, 2, 'the leaving worker is not counted; its replacement is');
       assert.ok(p.events.some((e) => e.reason === 'NodeDisruption'));
     },
   },

@@ -1,0 +1,99 @@
+/**
+ * `tensile worker`: the container entry of a training worker. Configured entirely from the
+ * environment (or TENSILE_CONFIG_FILE) written by the operator's pod builder or by `tensile run`.
+ *
+ * Exit codes: 0 finished or stopped cleanly (SIGTERM → checkpoint → exit), 1 a failure a restart may
+ * fix, 2 bad configuration or input (a restart cannot fix it; the operator fails the job).
+ */
+import { loadWorkerConfig, type WorkerConfig, WorkerConfigError } from '../../worker/config.ts';
+import { EXIT_OK, EXIT_TERMINAL, exitCodeFor, WorkerError } from '../../worker/errors.ts';
+import { createWorkerLogger, errorMessage, type WorkerLogger } from '../../worker/log.ts';
+
+export interface WorkerCommandIo {
+  readonly env: NodeJS.ProcessEnv;
+  err(line: string): void;
+}
+
+/** Signals this close together are one stop request. */
+const SAME_REQUEST_MS = 1000;
+
+const USAGE = `usage: tensile worker
+
+Runs one training worker, configured by TENSILE_* environment variables (see worker/config.ts).`;
+
+async function flush(log: WorkerLogger): Promise<void> {
+  await new Promise<void>((resolve) => {
+    log.on('finish', () => resolve());
+    log.end();
+    setTimeout(resolve, 1000).unref();
+  });
+}
+
+export async function runWorkerCommand(args: string[], io: WorkerCommandIo): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    io.err(USAGE);
+    return EXIT_OK;
+  }
+  let config: WorkerConfig;
+  try {
+    config = loadWorkerConfig(io.env);
+  } catch (error) {
+    if (!(error instanceof WorkerConfigError)) throw error;
+    io.err('tensile worker: invalid configuration');
+    for (const problem of error.problems) io.err(`  ${problem}`);
+    return EXIT_TERMINAL;
+  }
+  const log = createWorkerLogger(
+    { job: config.jobName, namespace: config.namespace, worker: config.workerId },
+    config.logLevel,
+  );
+  const controller = new AbortController();
+  const grace = config.spec.worker.terminationGracePeriodSeconds;
+  let firstSignal = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) {
+      // Ctrl-C reaches the whole process group and `tensile run` forwards SIGTERM too: one request.
+      if (performance.now() - firstSignal < SAME_REQUEST_MS) return;
+      log.warn('second signal; exiting without waiting', { signal });
+      process.exit(EXIT_TERMINAL);
+    }
+    firstSignal = performance.now();
+    log.info('signal received; will checkpoint at the next step boundary', {
+      event: 'signal',
+      signal,
+      graceSeconds: grace,
+    });
+    controller.abort();
+    // Outside Kubernetes nothing enforces the grace period; keep the promise the manifest makes.
+    setTimeout(() => {
+      log.error('grace period exceeded before the checkpoint finished', {
+        event: 'grace-exceeded',
+        graceSeconds: grace,
+      });
+      process.exit(1);
+    }, grace * 1000).unref();
+  };
+  const onFatal = (error: unknown) => {
+    log.error('unexpected failure', { event: 'failed', error: errorMessage(error) });
+    process.exit(1);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('uncaughtException', onFatal);
+  process.on('unhandledRejection', onFatal);
+  try {
+    const { runWorker } = await import('../../worker/runtime.ts');
+    await runWorker({ config, log, stop: controller.signal });
+    return EXIT_OK;
+  } catch (error) {
+    const terminal = error instanceof WorkerError && error.terminal;
+    log.error(errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
+    return exitCodeFor(error);
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    process.off('uncaughtException', onFatal);
+    process.off('unhandledRejection', onFatal);
+    await flush(log);
+  }
+}
