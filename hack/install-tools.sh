@@ -67,8 +67,15 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   started=$(date +%s)
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     step "  go build $cmd ($(($(date +%s) - started)) s so far)"
-    (cd "$here/k8s" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" \
-      -o "$kube_bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") || fail "go build $cmd failed"
+    # kube-apiserver alone compiles for minutes without a word: say that it is still going.
+    (while sleep 30; do step "  ... still building $cmd ($(($(date +%s) - started)) s so far)"; done) &
+    ticker=$!
+    if ! (cd "$here/k8s" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" \
+      -o "$kube_bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"); then
+      kill "$ticker" 2>/dev/null
+      fail "go build $cmd failed"
+    fi
+    kill "$ticker" 2>/dev/null
     mv "$kube_bin/$cmd.tmp" "$kube_bin/$cmd"
   done
   echo "$want" >"$stamp"
@@ -80,8 +87,11 @@ step "kubernetes $("$kube_bin/kube-apiserver" --version 2>&1 | awk '{print $2}')
 if [[ ! -x "$helm_bin/helm" ]]; then
   step "building helm $HELM_VERSION into $helm_bin"
   mkdir -p "$helm_bin"
+  (while sleep 30; do step "  ... still building helm"; done) &
+  ticker=$!
   GOBIN="$helm_bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" ||
-    fail "go install helm failed"
+    { kill "$ticker" 2>/dev/null; fail "go install helm failed"; }
+  kill "$ticker" 2>/dev/null
 fi
 step "helm $HELM_VERSION in $helm_bin"
 step "ready"

@@ -1,0 +1,111 @@
+/**
+ * A real local Kubernetes control plane for a test file (hack/cluster/launcher.ts): etcd,
+ * kube-apiserver, kube-controller-manager, kube-scheduler on free ports, the CRDs applied, and the node
+ * agent with fake GPU nodes that run pods as local processes.
+ *
+ *   await using cluster = await startCluster({ nodes: 2 });
+ *
+ * Disposal kills every process group it started and removes the state directory; if the test process
+ * dies first, a watchdog does the same. A missing binary fails with the command that installs it.
+ */
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { writeKubeconfig } from '../../hack/cluster/kubeconfig.ts';
+import { type ClusterOptions, type LaunchedCluster, launchCluster } from '../../hack/cluster/launcher.ts';
+
+export type { ClusterOptions } from '../../hack/cluster/launcher.ts';
+
+export interface KubectlResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface LocalCluster extends AsyncDisposable {
+  /** The state directory: logs/, volumes/<ns>/<claim>/, pods/<uid>/, pki/, … */
+  readonly dir: string;
+  /** An admin (system:masters) kubeconfig. */
+  readonly kubeconfigPath: string;
+  readonly kubeConfig: KubeConfig;
+  readonly server: string;
+  readonly nodeNames: readonly string[];
+  /** Value of the `tensile.dev/node-agent` label on the agent's nodes. */
+  readonly agentName: string;
+  /** Seconds from launch to everything Ready. */
+  readonly startSeconds: number;
+  /** Runs kubectl against this cluster as admin. Never throws on a non-zero exit. */
+  kubectl(args: readonly string[], input?: string): Promise<KubectlResult>;
+  /** Writes a kubeconfig that authenticates as the ServiceAccount (a TokenRequest token). */
+  serviceAccountKubeconfig(namespace: string, name: string): Promise<string>;
+  /** The folder a PersistentVolumeClaim maps to. */
+  claimFolder(namespace: string, claim: string): string;
+  /** The log of a pod's process. */
+  podLogFile(namespace: string, pod: string): string;
+}
+
+function runKubectl(
+  cluster: LaunchedCluster,
+  args: readonly string[],
+  input?: string,
+): Promise<KubectlResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cluster.kubectl,
+      [
+        `--kubeconfig=${cluster.kubeconfigPath}`,
+        `--cache-dir=${join(cluster.dir, 'kubectl-cache')}`,
+        ...args,
+      ],
+      { maxBuffer: 64 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+    if (input !== undefined) child.stdin?.end(input);
+    else child.stdin?.end();
+  });
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<LocalCluster> {
+  const progress = process.env['TENSILE_CLUSTER_VERBOSE']
+    ? (line: string) => console.error(`[cluster] ${line}`)
+    : undefined;
+  const cluster = await launchCluster({ ...options, detached: false, ...(progress ? { progress } : {}) });
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromFile(cluster.kubeconfigPath);
+  const core = kubeConfig.makeApiClient(CoreV1Api);
+  return {
+    dir: cluster.dir,
+    kubeconfigPath: cluster.kubeconfigPath,
+    kubeConfig,
+    server: cluster.server,
+    nodeNames: cluster.nodeNames,
+    agentName: cluster.agentName,
+    startSeconds: cluster.startSeconds,
+    kubectl: (args, input) => runKubectl(cluster, args, input),
+    async serviceAccountKubeconfig(namespace, name) {
+      const response = await core.createNamespacedServiceAccountToken({
+        namespace,
+        name,
+        body: { spec: { audiences: [], expirationSeconds: 3600 } },
+      });
+      const token = response.status?.token;
+      if (token === undefined) throw new Error(`the API server returned no token for ${namespace}/${name}`);
+      const dir = join(cluster.dir, 'service-accounts');
+      mkdirSync(dir, { recursive: true });
+      return writeKubeconfig(join(dir, `${namespace}_${name}.kubeconfig`), {
+        server: cluster.server,
+        caFile: cluster.caFile,
+        credentials: { token },
+        name: `${namespace}-${name}`,
+        namespace,
+      });
+    },
+    claimFolder: (namespace, claim) => join(cluster.dir, 'volumes', namespace, claim),
+    podLogFile: (namespace, pod) => join(cluster.dir, 'logs', `${namespace}_${pod}.log`),
+    [Symbol.asyncDispose]: () => cluster.stop(),
+  };
+}
