@@ -36,9 +36,11 @@ export const WorkerConfigSchema = z.object({
   workerId: z.string().min(1).max(253),
   replicaIndex: z.coerce.number().pipe(z.int().min(0)),
   podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
+  /** Absent: a standalone single worker (`tensile run --workers 1`), no rendezvous. */
   natsUrl: z
     .string()
-    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222'),
+    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222')
+    .optional(),
   natsCreds: z.string().optional(),
   checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
   backend: z.enum(BACKENDS).optional(),
@@ -67,7 +69,7 @@ export function workerEnvironment(config: {
   spec: TrainingJobSpec;
   workerId?: string;
   replicaIndex: number;
-  natsUrl: string;
+  natsUrl?: string;
   checkpointDir: string;
   backend?: string;
   outDir?: string;
@@ -77,9 +79,9 @@ export function workerEnvironment(config: {
     [WORKER_ENV.namespace]: config.namespace,
     [WORKER_ENV.spec]: JSON.stringify(config.spec),
     [WORKER_ENV.replicaIndex]: String(config.replicaIndex),
-    [WORKER_ENV.natsUrl]: config.natsUrl,
     [WORKER_ENV.checkpointDir]: config.checkpointDir,
   };
+  if (config.natsUrl !== undefined) env[WORKER_ENV.natsUrl] = config.natsUrl;
   if (config.jobUid !== undefined) env[WORKER_ENV.jobUid] = config.jobUid;
   if (config.workerId !== undefined) env[WORKER_ENV.workerId] = config.workerId;
   if (config.backend !== undefined) env[WORKER_ENV.backend] = config.backend;
