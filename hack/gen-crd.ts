@@ -9,7 +9,9 @@ import { withReference } from '../operator/api/reference.ts';
 
 const crdFile = fileURLToPath(new URL('../crds/tensile.dev_trainingjobs.yaml', import.meta.url));
 /** Helm installs CRDs from the chart's own crds/ folder: the same file, kept in step by this script. */
-const chartCrdFile = fileURLToPath(new URL('../charts/tensile/crds/tensile.dev_trainingjobs.yaml', import.meta.url));
+const chartCrdFile = fileURLToPath(
+  new URL('../charts/tensile/crds/tensile.dev_trainingjobs.yaml', import.meta.url),
+);
 const readmeFile = fileURLToPath(new URL('../README.md', import.meta.url));
 
 writeFileSync(crdFile, trainingJobCrdYaml());

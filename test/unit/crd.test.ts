@@ -24,8 +24,14 @@ test('the README field reference is what the schema generates (run `npm run gen`
 });
 
 test('the Helm chart carries the same CRD (run `npm run gen` when this fails)', () => {
-  const chart = readFileSync(new URL('../../charts/tensile/crds/tensile.dev_trainingjobs.yaml', import.meta.url), 'utf8');
-  assert.ok(chart === trainingJobCrdYaml(), 'charts/tensile/crds/tensile.dev_trainingjobs.yaml is stale: run `npm run gen`');
+  const chart = readFileSync(
+    new URL('../../charts/tensile/crds/tensile.dev_trainingjobs.yaml', import.meta.url),
+    'utf8',
+  );
+  assert.ok(
+    chart === trainingJobCrdYaml(),
+    'charts/tensile/crds/tensile.dev_trainingjobs.yaml is stale: run `npm run gen`',
+  );
 });
 
 test('generation is deterministic', () => {

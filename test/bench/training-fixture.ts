@@ -1,0 +1,85 @@
+/** Shared by the training benchmarks: Fashion-MNIST, models and trainers built as the worker builds them. */
+import { existsSync } from 'node:fs';
+import { DatasetSpecSchema, ModelSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
+import { type Dataset, loadDataset } from '../../worker/data/dataset.ts';
+import { type BuiltModel, buildModel } from '../../worker/model/build.ts';
+import type { World } from '../../worker/train/policy.ts';
+import type { TrainingState } from '../../worker/train/snapshot.ts';
+import { Trainer } from '../../worker/train/trainer.ts';
+
+export const FASHION = '/usr/share/datasets/fashion-mnist';
+
+export async function fashion(trainSamples: number): Promise<Dataset> {
+  if (!existsSync(`${FASHION}/train-images-idx3-ubyte.gz`))
+    throw new Error(`Fashion-MNIST is missing at ${FASHION}; run: bash hack/install-tools.sh`);
+  return loadDataset(
+    DatasetSpecSchema.parse({
+      format: 'idx',
+      path: FASHION,
+      maxTrainSamples: trainSamples,
+      eval: { maxSamples: 1000 },
+    }),
+    () => undefined,
+  );
+}
+
+export const MLP = { mlp: { hiddenUnits: [256, 128] }, seed: 1 };
+export const CNN = { cnn: { dense: [128], dropout: 0.25 }, seed: 1 };
+
+export async function model(spec: object, data: Dataset): Promise<BuiltModel> {
+  return buildModel(ModelSpecSchema.parse(spec), data.sampleShape, data.classes);
+}
+
+export function initialState(data: Dataset): TrainingState {
+  return {
+    step: 0,
+    epoch: 0,
+    cursor: 0,
+    samples: 0,
+    shuffleSeed: 1,
+    modelSeed: 1,
+    worldSize: 1,
+    generation: 0,
+    generations: [],
+    policy: {
+      policy: 'fixedGlobalBatch',
+      targetScale: 1,
+      fromScale: 1,
+      warmupStart: 0,
+      warmupSteps: 0,
+      scale: 1,
+    },
+    lastEval: null,
+    trainSeconds: 0,
+    dataset: data.fingerprint,
+    completed: null,
+  };
+}
+
+export async function trainer(spec: object, data: Dataset): Promise<Trainer> {
+  return new Trainer({
+    model: await model(spec, data),
+    optimizer: OptimizerSpecSchema.parse({ type: 'adam', learningRate: 0.001 }),
+    dataset: data,
+    maxPerWorker: undefined,
+    state: initialState(data),
+  });
+}
+
+export const oneWorker = (batch: number): World => ({
+  generation: 0,
+  rank: 0,
+  size: 1,
+  perWorker: [batch],
+  learningRate: 0.001,
+});
+
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+export const round = (value: number, digits = 3) => Math.round(value * 10 ** digits) / 10 ** digits;

@@ -1,0 +1,160 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { BatchSpecSchema, OptimizerSpecSchema, StoppingSpecSchema } from '../../operator/api/training-job.ts';
+import {
+  checkpointDue,
+  evaluationDue,
+  learningRateAt,
+  plannedSteps,
+  scheduledLearningRate,
+  stopReason,
+  worldFor,
+} from '../../worker/train/policy.ts';
+
+const batch = (fields: object) => BatchSpecSchema.parse(fields);
+const optimizer = (fields: object) => OptimizerSpecSchema.parse({ learningRate: 0.1, ...fields });
+const stopping = (fields: object) => StoppingSpecSchema.parse(fields);
+
+test('worldFor: one worker of a linear job scales the learning rate by B / B_base', () => {
+  const { world, policy } = worldFor(
+    { batch: batch({ global: 128, policy: 'linear' }), optimizer: optimizer({}), replicas: 4 },
+    3,
+    0,
+    1,
+    0,
+    undefined,
+  );
+  assert.equal(world.perWorker, [32]);
+  assert.is(world.generation, 3);
+  assert.ok(Math.abs(world.learningRate - 0.025) < 1e-12);
+  assert.is(policy.targetScale, 0.25);
+});
+
+test('worldFor: a restart with the same world keeps the rate (no warm-up)', () => {
+  const spec = {
+    batch: batch({ global: 128, perWorker: 64, policy: 'sqrt', warmupSteps: 10 }),
+    optimizer: optimizer({}),
+    replicas: 2,
+  };
+  const first = worldFor(spec, 0, 0, 1, 0, undefined);
+  const again = worldFor(spec, 1, 0, 1, 500, first.policy);
+  assert.is(again.policy.warmupSteps, 0);
+  assert.ok(Math.abs(again.world.learningRate - 0.1 * Math.SQRT1_2) < 1e-12);
+});
+
+test('learningRateAt applies the policy scale, then the schedule', () => {
+  const spec = optimizer({ schedule: { type: 'step', decaySteps: 10, decayRate: 0.5 } });
+  const policy = {
+    policy: 'linear' as const,
+    targetScale: 2,
+    fromScale: 1,
+    warmupStart: 0,
+    warmupSteps: 10,
+    scale: 2,
+  };
+  assert.ok(Math.abs(learningRateAt(spec, policy, 5, 100) - 0.1 * 1.5) < 1e-12);
+  assert.ok(Math.abs(learningRateAt(spec, policy, 20, 100) - 0.1 * 2 * 0.25) < 1e-12);
+});
+
+const schedules: [string, object, number, number][] = [
+  ['constant', {}, 1000, 0.1],
+  ['step', { schedule: { type: 'step', decaySteps: 100, decayRate: 0.5 } }, 250, 0.025],
+  [
+    'exponential',
+    { schedule: { type: 'exponential', decaySteps: 100, decayRate: 0.5 } },
+    50,
+    0.1 * Math.SQRT1_2,
+  ],
+  ['cosine midway', { schedule: { type: 'cosine', minLearningRate: 0.02 } }, 500, 0.06],
+  ['cosine at the end', { schedule: { type: 'cosine', minLearningRate: 0.02 } }, 1000, 0.02],
+  ['cosine past the end stays at the floor', { schedule: { type: 'cosine' } }, 1500, 0],
+];
+for (const [name, fields, step, expected] of schedules) {
+  test(`schedule ${name}: step ${step} → ${expected}`, () => {
+    const lr = scheduledLearningRate(optimizer(fields), 0.1, step, 1000);
+    assert.ok(Math.abs(lr - expected) < 1e-12, `got ${lr}`);
+  });
+}
+
+test('plannedSteps takes whichever of epochs and steps ends first', () => {
+  assert.is(plannedSteps(stopping({ epochs: 2 }), 60000, 128), 938);
+  assert.is(plannedSteps(stopping({ epochs: 2, steps: 100 }), 60000, 128), 100);
+  assert.is(plannedSteps(stopping({ steps: 7 }), 60000, 128), 7);
+});
+
+const stops: [string, object, { step: number; epoch: number }, object | null, RegExp | undefined][] = [
+  ['epochs done', { epochs: 2 }, { step: 938, epoch: 2 }, null, /2 epochs/],
+  ['epochs not done', { epochs: 2 }, { step: 937, epoch: 1 }, null, undefined],
+  ['steps done', { steps: 10 }, { step: 10, epoch: 0 }, null, /10 steps/],
+  [
+    'target reached now',
+    { epochs: 5, targetAccuracy: 0.9 },
+    { step: 50, epoch: 0 },
+    { step: 50, accuracy: 0.91 },
+    /0\.9100/,
+  ],
+  [
+    'target reached at an older evaluation',
+    { epochs: 5, targetAccuracy: 0.9 },
+    { step: 51, epoch: 0 },
+    { step: 50, accuracy: 0.91 },
+    undefined,
+  ],
+  [
+    'target not reached',
+    { epochs: 5, targetAccuracy: 0.9 },
+    { step: 50, epoch: 0 },
+    { step: 50, accuracy: 0.89 },
+    undefined,
+  ],
+];
+for (const [name, spec, progress, evaluation, expected] of stops) {
+  test(`stopReason: ${name}`, () => {
+    const lastEval =
+      evaluation === null
+        ? null
+        : { epoch: 0, loss: 0.3, samples: 100, ...(evaluation as { step: number; accuracy: number }) };
+    const reason = stopReason(stopping(spec), progress, lastEval);
+    if (expected === undefined) assert.is(reason, undefined);
+    else assert.match(reason ?? '', expected);
+  });
+}
+
+test('evaluationDue: interval, epoch end, run end', () => {
+  assert.ok(evaluationDue(100, 200, false, false));
+  assert.not.ok(evaluationDue(100, 201, false, false));
+  assert.ok(evaluationDue(100, 201, true, false));
+  assert.ok(evaluationDue(100, 201, false, true));
+});
+
+const clocks: [string, object, { step: number; lastStep: number; lastTime: number; now: number }, boolean][] =
+  [
+    ['interval crossed', { intervalSteps: 50 }, { step: 50, lastStep: 0, lastTime: 0, now: 1 }, true],
+    ['interval not crossed', { intervalSteps: 50 }, { step: 49, lastStep: 0, lastTime: 0, now: 1 }, false],
+    [
+      'a delayed checkpoint keeps the grid',
+      { intervalSteps: 50 },
+      { step: 100, lastStep: 53, lastTime: 0, now: 1 },
+      true,
+    ],
+    [
+      'no double checkpoint at one step',
+      { intervalSteps: 50 },
+      { step: 50, lastStep: 50, lastTime: 0, now: 1 },
+      false,
+    ],
+    ['seconds elapsed', { intervalSeconds: 10 }, { step: 3, lastStep: 1, lastTime: 0, now: 10_000 }, true],
+    [
+      'seconds not elapsed',
+      { intervalSeconds: 10 },
+      { step: 3, lastStep: 1, lastTime: 0, now: 9_999 },
+      false,
+    ],
+  ];
+for (const [name, spec, clock, expected] of clocks) {
+  test(`checkpointDue: ${name}`, () => {
+    assert.is(checkpointDue(spec, clock), expected);
+  });
+}
+
+test.run();

@@ -1,0 +1,229 @@
+/**
+ * `tensile worker` and `tensile run` at their boundaries: configuration and argument errors (real
+ * processes, one line per problem, no stack traces), and the local run plan, which must produce the
+ * environment `loadWorkerConfig` accepts — the same path the operator's pods take.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
+import { validateTrainingJob } from '../../operator/api/validate.ts';
+import {
+  describeLogLine,
+  parseRunArgs,
+  planLocalRun,
+  resolveManifestPaths,
+} from '../../operator/commands/run.ts';
+import { loadWorkerConfig, WORKER_ENV, workerEnvironment } from '../../worker/config.ts';
+import { validManifest } from '../helpers/job-builder.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const bin = join(root, 'operator/bin/tensile.mjs');
+const dir = mkdtempSync(join(tmpdir(), 'tensile-worker-cmd-'));
+
+function tensile(
+  args: string[],
+  env: Record<string, string> = {},
+): { code: number | null; out: string; err: string } {
+  const base: Record<string, string> = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '' };
+  const r = spawnSync(process.execPath, [bin, ...args], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...base, ...env },
+    timeout: 120_000,
+  });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+const noStack = (text: string) =>
+  assert.not.match(text, /^\s+at .*\(.*:\d+:\d+\)$/m, `stack trace in:\n${text}`);
+
+const spec = () => {
+  const job = validateTrainingJob(validManifest('job'));
+  if (!job.ok) throw new Error('the test manifest must be valid');
+  return job.job.spec;
+};
+
+test('tensile worker without configuration: exit 2, one line per missing variable, no stack trace', () => {
+  const r = tensile(['worker']);
+  assert.is(r.code, 2);
+  const lines = r.err.trim().split('\n');
+  assert.is(lines[0], 'tensile worker: invalid configuration');
+  for (const name of [
+    'TENSILE_JOB_NAME',
+    'TENSILE_JOB_SPEC',
+    'TENSILE_REPLICA_INDEX',
+    'TENSILE_CHECKPOINT_DIR',
+  ]) {
+    assert.is(lines.filter((l) => l.trim().startsWith(`${name}:`)).length, 1, `${name} in:\n${r.err}`);
+  }
+  assert.not.match(r.err, /TENSILE_NATS_URL/, 'NATS is optional: a standalone worker needs none');
+  noStack(r.err);
+});
+
+test('tensile worker with bad values names each variable and the field inside the spec', () => {
+  const badSpec = { ...spec(), optimizer: { ...spec().optimizer, learningRate: -1 } };
+  const r = tensile(['worker'], {
+    ...workerEnvironment({
+      jobName: 'Bad_Name',
+      namespace: 'default',
+      spec: badSpec,
+      replicaIndex: 0,
+      checkpointDir: 'relative/dir',
+    }),
+    [WORKER_ENV.natsUrl]: 'http://nats:4222',
+  });
+  assert.is(r.code, 2);
+  assert.match(r.err, /TENSILE_JOB_NAME: expected the TrainingJob name/);
+  assert.match(r.err, /TENSILE_JOB_SPEC\.optimizer\.learningRate: must be > 0/);
+  assert.match(r.err, /TENSILE_CHECKPOINT_DIR: expected an absolute path/);
+  assert.match(r.err, /TENSILE_NATS_URL: expected a NATS URL/);
+  noStack(r.err);
+});
+
+test('tensile worker on a missing dataset: exit 2 (terminal), the file and the problem, no stack trace', () => {
+  const broken = TrainingJobSpecSchema.parse({
+    ...spec(),
+    dataset: { format: 'idx', path: join(dir, 'nowhere') },
+  });
+  const r = tensile(['worker'], {
+    ...workerEnvironment({
+      jobName: 'job',
+      namespace: 'default',
+      spec: broken,
+      replicaIndex: 0,
+      checkpointDir: join(dir, 'ckpt'),
+      backend: 'cpu',
+    }),
+  });
+  assert.is(r.code, 2, r.err + r.out);
+  const failure = r.out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .find((l) => l['event'] === 'failed');
+  assert.ok(failure, r.out);
+  assert.match(String(failure?.['error']), /nowhere\/train-images-idx3-ubyte\.gz: no such file/);
+  assert.is(failure?.['terminal'], true);
+  assert.is(failure?.['job'], 'job');
+  noStack(r.out + r.err);
+});
+
+test('tensile worker forced onto an absent backend: a clear terminal error', () => {
+  const r = tensile(['worker'], {
+    ...workerEnvironment({
+      jobName: 'job',
+      namespace: 'default',
+      spec: spec(),
+      replicaIndex: 0,
+      checkpointDir: join(dir, 'ckpt2'),
+      backend: 'tensorflow',
+    }),
+  });
+  assert.is(r.code, 2);
+  assert.match(
+    r.out,
+    /backend \\"tensorflow\\" is not available \(@tensorflow\/tfjs-node-gpu: not installed .*@tensorflow\/tfjs-node: not installed/,
+  );
+  noStack(r.out + r.err);
+});
+
+const argCases: [string[], RegExp | object][] = [
+  [['job.yaml'], { file: 'job.yaml', workers: 1, out: undefined }],
+  [
+    ['job.yaml', '--workers', '1', '--out', 'o', '--backend', 'cpu'],
+    { workers: 1, out: 'o', backend: 'cpu' },
+  ],
+  [['--out=o', 'job.yaml', '--checkpoints=c'], { out: 'o', checkpoints: 'c' }],
+  [[], /missing FILE/],
+  [['job.yaml', '--workers', '0'], /--workers needs a positive number/],
+  [['job.yaml', '--workers', '3'], /--workers 3: several local workers need the elastic runtime/],
+  [['job.yaml', '--backend', 'gpu'], /--backend must be one of auto, tensorflow, wasm, cpu/],
+  [['job.yaml', '--fast'], /unknown option --fast/],
+  [['a.yaml', 'b.yaml'], /one manifest at a time/],
+];
+for (const [args, expected] of argCases) {
+  test(`parseRunArgs ${JSON.stringify(args)}`, () => {
+    const parsed = parseRunArgs(args);
+    if (expected instanceof RegExp) assert.match(String(parsed), expected);
+    else
+      for (const [key, value] of Object.entries(expected))
+        assert.equal((parsed as unknown as Record<string, unknown>)[key], value);
+  });
+}
+
+test('the local plan configures a worker the way loadWorkerConfig reads it (no NATS for one worker)', () => {
+  const job = validateTrainingJob(validManifest('local'));
+  if (!job.ok) throw new Error('invalid');
+  const resolved = resolveManifestPaths(
+    { ...job.job, spec: { ...job.job.spec, dataset: { ...job.job.spec.dataset, path: 'data' } } },
+    '/srv/jobs',
+  );
+  assert.is(resolved.spec.dataset.path, '/srv/jobs/data');
+  const plan = planLocalRun(
+    resolved,
+    { file: 'x', workers: 1, out: 'runs/a', backend: 'wasm', checkpoints: undefined },
+    '/home/me',
+  );
+  assert.is(plan.out, '/home/me/runs/a');
+  assert.is(plan.checkpointDir, '/home/me/runs/a/checkpoints');
+  const worker = plan.workers[0];
+  assert.ok(worker);
+  const config = loadWorkerConfig(worker?.env ?? {});
+  assert.is(config.jobName, 'local');
+  assert.is(config.workerId, 'local-worker-0');
+  assert.is(config.natsUrl, undefined);
+  assert.is(config.backend, 'wasm');
+  assert.is(config.outDir, '/home/me/runs/a');
+  assert.equal(config.spec, resolved.spec);
+});
+
+test('tensile run refuses an invalid manifest with the field, before starting anything', () => {
+  const file = join(dir, 'bad.yaml');
+  writeFileSync(
+    file,
+    'apiVersion: tensile.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: bad}\nspec:\n  model: {mlp: {}}\n  dataset: {format: idx, path: /x}\n  optimizer: {learningRate: 0}\n',
+  );
+  const r = tensile(['run', file, '--out', join(dir, 'out')]);
+  assert.is(r.code, 2);
+  assert.match(r.err, /bad\.yaml:7: document 1: spec\.optimizer\.learningRate: must be > 0/);
+  noStack(r.err);
+});
+
+const lines: [Record<string, unknown>, RegExp | undefined][] = [
+  [
+    {
+      event: 'progress',
+      step: 10,
+      plannedSteps: 100,
+      epoch: 0,
+      loss: 0.5,
+      accuracy: 0.8,
+      samplesPerSecond: 1234.4,
+    },
+    /step 10\/100 {2}epoch 0 {2}loss 0\.5000 {2}accuracy 0\.8000 {2}1234 samples\/s/,
+  ],
+  [
+    { event: 'eval', step: 10, accuracy: 0.9, loss: 0.3, samples: 100 },
+    /evaluation at step 10: accuracy 0\.9000/,
+  ],
+  [{ event: 'checkpoint', step: 10, path: '/c/ckpt-10' }, /checkpoint at step 10: \/c\/ckpt-10/],
+  [
+    { level: 'warn', message: 'skipping invalid checkpoint', reason: 'bad sum' },
+    /warn: skipping invalid checkpoint \(bad sum\)/,
+  ],
+  [{ level: 'info', message: 'reading dataset' }, undefined],
+];
+for (const [line, expected] of lines) {
+  test(`describeLogLine ${String(line['event'] ?? line['message'])}`, () => {
+    const text = describeLogLine(line);
+    if (expected === undefined) assert.is(text, undefined);
+    else assert.match(text ?? '', expected);
+  });
+}
+
+test.run();

@@ -1,0 +1,153 @@
+/**
+ * The training audit: every sample index each worker trained on, per step, with its epoch, so that a
+ * run can prove what it trained on (seen / duplicated / missing per epoch) across kills and rescales.
+ *
+ * One append-only file per worker: little-endian uint32 records [epoch, step, count, ...indices].
+ * Records are buffered and flushed (and fsynced) with every checkpoint, so a checkpoint never claims
+ * steps the audit does not hold. On restore the file is cut back to the checkpoint's step: the steps
+ * after it are trained again, and the audit must show them once.
+ */
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+
+export interface AuditRecord {
+  readonly epoch: number;
+  readonly step: number;
+  readonly indices: Uint32Array;
+}
+
+/** Parses an audit file; a torn record at the end (a crash mid-write) is ignored. */
+export function parseAudit(bytes: Uint8Array): AuditRecord[] {
+  const aligned = bytes.byteLength - (bytes.byteLength % 4);
+  const words = new Uint32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + aligned));
+  const records: AuditRecord[] = [];
+  let at = 0;
+  while (at + 3 <= words.length) {
+    const epoch = words[at] as number;
+    const step = words[at + 1] as number;
+    const count = words[at + 2] as number;
+    if (at + 3 + count > words.length) break;
+    records.push({ epoch, step, indices: words.subarray(at + 3, at + 3 + count) });
+    at += 3 + count;
+  }
+  return records;
+}
+
+export function readAuditFile(file: string): AuditRecord[] {
+  if (!existsSync(file)) return [];
+  return parseAudit(readFileSync(file));
+}
+
+function encode(records: readonly AuditRecord[]): Buffer {
+  const words = records.reduce((sum, r) => sum + 3 + r.indices.length, 0);
+  const out = new Uint32Array(words);
+  let at = 0;
+  for (const r of records) {
+    out[at] = r.epoch;
+    out[at + 1] = r.step;
+    out[at + 2] = r.indices.length;
+    out.set(r.indices, at + 3);
+    at += 3 + r.indices.length;
+  }
+  return Buffer.from(out.buffer);
+}
+
+export class AuditLog {
+  private fd: number;
+  private pending: AuditRecord[] = [];
+
+  constructor(readonly file: string) {
+    this.fd = openSync(file, 'a');
+  }
+
+  /** The open descriptor, for the checkpoint writer to fsync before it commits. */
+  get descriptor(): number {
+    return this.fd;
+  }
+
+  record(epoch: number, step: number, indices: Uint32Array): void {
+    // The caller's array is a view of the epoch permutation: copy it.
+    this.pending.push({ epoch, step, indices: Uint32Array.from(indices) });
+  }
+
+  /** Writes the buffered records (cheap; called when a checkpoint snapshot is taken). */
+  flush(): void {
+    if (this.pending.length === 0) return;
+    const bytes = encode(this.pending);
+    this.pending = [];
+    let written = 0;
+    while (written < bytes.length) written += writeSync(this.fd, bytes, written, bytes.length - written);
+  }
+
+  /** Makes the flushed records durable (called in the background before a checkpoint commits). */
+  sync(): void {
+    fsyncSync(this.fd);
+  }
+
+  /** Drops the records of steps ≥ `step`: they are about to be trained again. */
+  truncateFrom(step: number): { kept: number; dropped: number } {
+    this.flush();
+    closeSync(this.fd);
+    const records = readAuditFile(this.file);
+    const kept = records.filter((r) => r.step < step);
+    const temporary = `${this.file}.tmp-${process.pid}`;
+    writeFileSync(temporary, encode(kept));
+    const fd = openSync(temporary, 'r+');
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(temporary, this.file);
+    this.fd = openSync(this.file, 'a');
+    return { kept: kept.length, dropped: records.length - kept.length };
+  }
+
+  close(): void {
+    this.flush();
+    fsyncSync(this.fd);
+    closeSync(this.fd);
+  }
+}
+
+export interface EpochAudit {
+  readonly epoch: number;
+  /** Distinct samples trained on. */
+  readonly seen: number;
+  /** Extra trainings of samples already seen this epoch. */
+  readonly duplicated: number;
+  /** Samples of the training set not trained on this epoch. */
+  readonly missing: number;
+}
+
+/** Per-epoch counts over the records of every worker. */
+export function auditEpochs(records: Iterable<AuditRecord>, datasetSize: number): EpochAudit[] {
+  const counts = new Map<number, Uint16Array>();
+  const out = new Map<number, { seen: number; duplicated: number }>();
+  for (const record of records) {
+    let seen = counts.get(record.epoch);
+    let tally = out.get(record.epoch);
+    if (seen === undefined || tally === undefined) {
+      seen = new Uint16Array(datasetSize);
+      tally = { seen: 0, duplicated: 0 };
+      counts.set(record.epoch, seen);
+      out.set(record.epoch, tally);
+    }
+    for (const index of record.indices) {
+      if (index >= datasetSize)
+        throw new RangeError(`audit holds sample ${index} of a ${datasetSize}-sample set`);
+      const before = seen[index] as number;
+      if (before === 0) tally.seen++;
+      else tally.duplicated++;
+      if (before < 0xffff) seen[index] = before + 1;
+    }
+  }
+  return [...out.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([epoch, t]) => ({ epoch, seen: t.seen, duplicated: t.duplicated, missing: datasetSize - t.seen }));
+}

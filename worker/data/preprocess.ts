@@ -1,0 +1,210 @@
+/**
+ * Preprocessing fitted on the training data and applied per batch: normalisation (`scale`,
+ * `standardize`, from one streaming pass) and optional PCA. Fitting is deterministic (float64 sums in
+ * sample order, seeded start vectors), so every worker and every restart computes the same transform.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { DatasetSpec } from '../../operator/api/training-job.ts';
+import { uint32Stream } from './sampler.ts';
+import { type SampleStore, scanStore } from './store.ts';
+
+/** x' = (x − offset) · scale, per feature. */
+export interface Normalization {
+  readonly kind: DatasetSpec['normalize'];
+  readonly offset: Float32Array;
+  readonly scale: Float32Array;
+}
+
+const BLOCK = 1024;
+
+export function fitNormalization(store: SampleStore, kind: DatasetSpec['normalize']): Normalization {
+  const d = store.featureSize;
+  const offset = new Float32Array(d);
+  const scale = new Float32Array(d).fill(1);
+  if (kind === 'none') return { kind, offset, scale };
+  if (kind === 'scale' && store.dtype === 'uint8') {
+    // Bytes have a known range; no pass over the data needed.
+    scale.fill(1 / 255);
+    return { kind, offset, scale };
+  }
+  if (kind === 'scale') {
+    const min = new Float64Array(d).fill(Number.POSITIVE_INFINITY);
+    const max = new Float64Array(d).fill(Number.NEGATIVE_INFINITY);
+    scanStore(store, BLOCK, (features, _labels, count) => {
+      for (let s = 0; s < count; s++) {
+        const row = s * d;
+        for (let j = 0; j < d; j++) {
+          const v = features[row + j] as number;
+          if (v < (min[j] as number)) min[j] = v;
+          if (v > (max[j] as number)) max[j] = v;
+        }
+      }
+    });
+    for (let j = 0; j < d; j++) {
+      const range = (max[j] as number) - (min[j] as number);
+      offset[j] = min[j] as number;
+      scale[j] = range > 0 ? 1 / range : 1;
+    }
+    return { kind, offset, scale };
+  }
+  const sum = new Float64Array(d);
+  const sumSquares = new Float64Array(d);
+  scanStore(store, BLOCK, (features, _labels, count) => {
+    for (let s = 0; s < count; s++) {
+      const row = s * d;
+      for (let j = 0; j < d; j++) {
+        const v = features[row + j] as number;
+        sum[j] = (sum[j] as number) + v;
+        sumSquares[j] = (sumSquares[j] as number) + v * v;
+      }
+    }
+  });
+  const n = store.size;
+  for (let j = 0; j < d; j++) {
+    const mean = (sum[j] as number) / n;
+    const variance = Math.max(0, (sumSquares[j] as number) / n - mean * mean);
+    const std = Math.sqrt(variance);
+    offset[j] = mean;
+    scale[j] = std > 1e-8 ? 1 / std : 1;
+  }
+  return { kind, offset, scale };
+}
+
+export function normalizeInPlace(n: Normalization, features: Float32Array, count: number): void {
+  if (n.kind === 'none') return;
+  const d = n.offset.length;
+  const { offset, scale } = n;
+  for (let s = 0; s < count; s++) {
+    const row = s * d;
+    for (let j = 0; j < d; j++)
+      features[row + j] = ((features[row + j] as number) - (offset[j] as number)) * (scale[j] as number);
+  }
+}
+
+/** x' = (x − mean) · components, components being D×k (row-major), orthonormal columns. */
+export interface Pca {
+  readonly mean: Float32Array;
+  readonly components: Float32Array;
+  readonly k: number;
+  /** Variance along each component, largest first, and the share of the total they explain. */
+  readonly variances: number[];
+  readonly explained: number;
+  readonly fittedOn: number;
+}
+
+/** PCA is fitted on at most this many samples (evenly spaced): enough for a stable covariance. */
+export const PCA_FIT_SAMPLES = 20_000;
+
+function orthonormalize(q: Float64Array, d: number, p: number): void {
+  // Modified Gram–Schmidt over the p columns of the d×p row-major matrix q.
+  for (let c = 0; c < p; c++) {
+    for (let prev = 0; prev < c; prev++) {
+      let dot = 0;
+      for (let i = 0; i < d; i++) dot += (q[i * p + c] as number) * (q[i * p + prev] as number);
+      for (let i = 0; i < d; i++) q[i * p + c] = (q[i * p + c] as number) - dot * (q[i * p + prev] as number);
+    }
+    let norm = 0;
+    for (let i = 0; i < d; i++) norm += (q[i * p + c] as number) ** 2;
+    norm = Math.sqrt(norm) || 1;
+    for (let i = 0; i < d; i++) q[i * p + c] = (q[i * p + c] as number) / norm;
+  }
+}
+
+export function fitPca(
+  store: SampleStore,
+  normalization: Normalization,
+  components: number,
+  seed: number,
+): Pca {
+  const d = store.featureSize;
+  const k = Math.min(components, d);
+  const stride = Math.max(1, Math.ceil(store.size / PCA_FIT_SAMPLES));
+  const picked = Math.ceil(store.size / stride);
+  const mean = new Float64Array(d);
+  const block = new Float32Array(BLOCK * d);
+  const labels = new Int32Array(BLOCK);
+  const indices = new Uint32Array(BLOCK);
+  const visit = (each: (rows: Float32Array, count: number) => void) => {
+    for (let first = 0; first < picked; first += BLOCK) {
+      const count = Math.min(BLOCK, picked - first);
+      for (let i = 0; i < count; i++) indices[i] = (first + i) * stride;
+      store.read(indices.subarray(0, count), block, labels);
+      normalizeInPlace(normalization, block, count);
+      each(block.subarray(0, count * d), count);
+    }
+  };
+  visit((rows, count) => {
+    for (let s = 0; s < count; s++)
+      for (let j = 0; j < d; j++) mean[j] = (mean[j] as number) + (rows[s * d + j] as number);
+  });
+  for (let j = 0; j < d; j++) mean[j] = (mean[j] as number) / picked;
+  const mean32 = Float32Array.from(mean);
+  const covariance = new Float64Array(d * d);
+  visit((rows, count) => {
+    const product = tf.tidy(() => {
+      const x = tf.sub(tf.tensor2d(rows, [count, d]), tf.tensor1d(mean32));
+      return tf.matMul(x, x, true, false);
+    });
+    const values = product.dataSync();
+    product.dispose();
+    for (let i = 0; i < values.length; i++) covariance[i] = (covariance[i] as number) + (values[i] as number);
+  });
+  for (let i = 0; i < covariance.length; i++) covariance[i] = (covariance[i] as number) / picked;
+  let total = 0;
+  for (let j = 0; j < d; j++) total += covariance[j * d + j] as number;
+
+  // Orthogonal (subspace) iteration with a few extra vectors for faster convergence of the k-th.
+  const p = Math.min(d, k + 8);
+  const q = new Float64Array(d * p);
+  const next = uint32Stream(seed >>> 0);
+  for (let i = 0; i < q.length; i++) q[i] = next() / 0x100000000 - 0.5;
+  orthonormalize(q, d, p);
+  const c = tf.tensor2d(Float32Array.from(covariance), [d, d]);
+  try {
+    for (let iteration = 0; iteration < 300; iteration++) {
+      const product = tf.tidy(() => tf.matMul(c, tf.tensor2d(Float32Array.from(q), [d, p])));
+      const z = Float64Array.from(product.dataSync());
+      product.dispose();
+      orthonormalize(z, d, p);
+      let change = 0;
+      for (let col = 0; col < k; col++) {
+        let dot = 0;
+        for (let i = 0; i < d; i++) dot += (z[i * p + col] as number) * (q[i * p + col] as number);
+        change = Math.max(change, 1 - Math.abs(dot));
+      }
+      q.set(z);
+      if (change < 1e-10) break;
+    }
+  } finally {
+    c.dispose();
+  }
+  // Rayleigh quotients order the vectors by variance; signs are fixed so the largest entry is positive.
+  const ranked = Array.from({ length: p }, (_, col) => {
+    let variance = 0;
+    for (let i = 0; i < d; i++) {
+      let row = 0;
+      for (let j = 0; j < d; j++) row += (covariance[i * d + j] as number) * (q[j * p + col] as number);
+      variance += row * (q[i * p + col] as number);
+    }
+    return { col, variance };
+  })
+    .sort((a, b) => b.variance - a.variance || a.col - b.col)
+    .slice(0, k);
+  const out = new Float32Array(d * k);
+  ranked.forEach(({ col }, target) => {
+    let largest = 0;
+    for (let i = 0; i < d; i++)
+      if (Math.abs(q[i * p + col] as number) > Math.abs(largest)) largest = q[i * p + col] as number;
+    const sign = largest < 0 ? -1 : 1;
+    for (let i = 0; i < d; i++) out[i * k + target] = sign * (q[i * p + col] as number);
+  });
+  const variances = ranked.map((r) => r.variance);
+  return {
+    mean: mean32,
+    components: out,
+    k,
+    variances,
+    explained: total > 0 ? variances.reduce((a, b) => a + b, 0) / total : 0,
+    fittedOn: picked,
+  };
+}

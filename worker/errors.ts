@@ -1,0 +1,54 @@
+/**
+ * Typed errors of the worker, classified at the process boundary: a terminal error (bad input that
+ * a restart cannot fix) exits with EXIT_TERMINAL so that the operator fails the job instead of
+ * restarting the pod in a loop; anything else exits with EXIT_RETRYABLE.
+ */
+
+export const EXIT_OK = 0;
+export const EXIT_RETRYABLE = 1;
+export const EXIT_TERMINAL = 2;
+
+export abstract class WorkerError extends Error {
+  abstract readonly terminal: boolean;
+}
+
+/** A dataset file is missing, truncated or malformed; the message names the file and the problem. */
+export class DatasetError extends WorkerError {
+  override readonly name = 'DatasetError';
+  readonly terminal = true;
+  constructor(
+    readonly file: string,
+    readonly problem: string,
+    options?: ErrorOptions,
+  ) {
+    super(`${file}: ${problem}`, options);
+  }
+}
+
+/** The model in the spec cannot be built or does not fit the data. */
+export class ModelError extends WorkerError {
+  override readonly name = 'ModelError';
+  readonly terminal = true;
+}
+
+/** The requested TensorFlow.js backend cannot be used. */
+export class BackendError extends WorkerError {
+  override readonly name = 'BackendError';
+  readonly terminal = true;
+}
+
+/** A checkpoint cannot be written, or the directory holds checkpoints of another model or dataset. */
+export class CheckpointError extends WorkerError {
+  override readonly name = 'CheckpointError';
+  constructor(
+    message: string,
+    readonly terminal: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+export function exitCodeFor(error: unknown): number {
+  return error instanceof WorkerError && error.terminal ? EXIT_TERMINAL : EXIT_RETRYABLE;
+}

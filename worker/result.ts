@@ -1,0 +1,62 @@
+/**
+ * What a worker reports when it ends (completed, or stopped by SIGTERM after its checkpoint), written
+ * to `<outDir>/result-<worker>.json` for `tensile run`. Validated on read: the file crosses a process
+ * boundary.
+ */
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+const Ref = z.object({ step: z.int().min(0), path: z.string() });
+
+export const WorkerResultSchema = z.object({
+  status: z.enum(['completed', 'stopped']),
+  reason: z.string(),
+  worker: z.string(),
+  step: z.int().min(0),
+  epoch: z.int().min(0),
+  samples: z.int().min(0),
+  eval: z
+    .object({
+      step: z.int().min(0),
+      epoch: z.int().min(0),
+      loss: z.number(),
+      accuracy: z.number(),
+      samples: z.int().min(0),
+    })
+    .nullable(),
+  backend: z.string(),
+  generations: z.array(
+    z.object({
+      generation: z.int().min(0),
+      worldSize: z.int().min(1),
+      globalBatch: z.int().min(1),
+      learningRate: z.number(),
+      firstStep: z.int().min(0),
+    }),
+  ),
+  trainSeconds: z.number().min(0),
+  sessionSamplesPerSecond: z.number().min(0),
+  checkpoint: Ref.nullable(),
+  resumedFrom: Ref.nullable(),
+  trainSamples: z.int().min(1),
+  auditFile: z.string(),
+});
+
+export type WorkerResult = z.output<typeof WorkerResultSchema>;
+
+export function resultFile(outDir: string, worker: string): string {
+  return join(outDir, `result-${worker}.json`);
+}
+
+export function writeWorkerResult(outDir: string, result: WorkerResult): string {
+  const file = resultFile(outDir, result.worker);
+  const temporary = `${file}.tmp-${process.pid}`;
+  writeFileSync(temporary, `${JSON.stringify(result, null, 2)}\n`);
+  renameSync(temporary, file);
+  return file;
+}
+
+export function readWorkerResult(file: string): WorkerResult {
+  return WorkerResultSchema.parse(JSON.parse(readFileSync(file, 'utf8')));
+}

@@ -1,0 +1,168 @@
+/**
+ * Pure decisions of the training loop: the world of one generation (per-worker batches and learning
+ * rate, design 4.5), the learning-rate schedule, when to evaluate, checkpoint and stop.
+ */
+import type {
+  BatchSpec,
+  CheckpointSpec,
+  OptimizerSpec,
+  TrainingJobSpec,
+} from '../../operator/api/training-job.ts';
+import { type PolicyState, scaleAt, worldShape } from '../rescale/policy.ts';
+
+export type { PolicyState } from '../rescale/policy.ts';
+
+type StoppingSpecValue = TrainingJobSpec['stopping'];
+
+/** The world a step runs in: an input of every step, because the elastic runtime changes it. */
+export interface World {
+  /** Rendezvous round; a restart from a checkpoint is a new one. */
+  readonly generation: number;
+  readonly rank: number;
+  readonly size: number;
+  /** b_i of each rank, in rank order; the global batch is their sum. */
+  readonly perWorker: readonly number[];
+  /** The learning rate of the step (policy scale, warm-up and schedule applied). */
+  readonly learningRate: number;
+}
+
+export interface GenerationRecord {
+  readonly generation: number;
+  readonly worldSize: number;
+  readonly globalBatch: number;
+  readonly learningRate: number;
+  readonly firstStep: number;
+}
+
+/**
+ * The world of one generation: per-worker batches and the policy state (worker/rescale/policy.ts
+ * decides both; design 4.5). `previous` is the policy state of the world before, if any.
+ */
+export function worldFor(
+  spec: { batch: BatchSpec; optimizer: OptimizerSpec; replicas: number },
+  generation: number,
+  rank: number,
+  size: number,
+  step: number,
+  previous: PolicyState | undefined,
+): { world: World; policy: PolicyState } {
+  const shape = worldShape(spec.batch, spec.replicas, size, step, previous);
+  return {
+    world: {
+      generation,
+      rank,
+      size,
+      perWorker: shape.perWorker,
+      learningRate: spec.optimizer.learningRate * scaleAt(shape.state, step),
+    },
+    policy: shape.state,
+  };
+}
+
+/** The learning rate of `step`: the policy's scale (with warm-up) on lr_base, then the schedule. */
+export function learningRateAt(
+  optimizer: OptimizerSpec,
+  policy: PolicyState,
+  step: number,
+  totalSteps: number,
+): number {
+  return scheduledLearningRate(optimizer, optimizer.learningRate * scaleAt(policy, step), step, totalSteps);
+}
+
+/** Steps the run is expected to take (for the cosine schedule and progress): epochs or steps, whichever ends first. */
+export function plannedSteps(stopping: StoppingSpecValue, trainSamples: number, globalBatch: number): number {
+  const byEpochs =
+    stopping.epochs === undefined
+      ? Number.POSITIVE_INFINITY
+      : stopping.epochs * Math.ceil(trainSamples / globalBatch);
+  const bySteps = stopping.steps ?? Number.POSITIVE_INFINITY;
+  const planned = Math.min(byEpochs, bySteps);
+  return Number.isFinite(planned) ? planned : 1;
+}
+
+/** The learning rate of `step` under the schedule, from the world's base rate. */
+export function scheduledLearningRate(
+  optimizer: OptimizerSpec,
+  base: number,
+  step: number,
+  totalSteps: number,
+): number {
+  const s = optimizer.schedule;
+  switch (s.type) {
+    case 'constant':
+      return base;
+    case 'step':
+      return base * (s.decayRate ?? 1) ** Math.floor(step / (s.decaySteps ?? 1));
+    case 'exponential':
+      return base * (s.decayRate ?? 1) ** (step / (s.decaySteps ?? 1));
+    case 'cosine': {
+      const progress = Math.min(1, step / Math.max(1, totalSteps));
+      const floor = Math.min(s.minLearningRate, base);
+      return floor + (base - floor) * 0.5 * (1 + Math.cos(Math.PI * progress));
+    }
+  }
+}
+
+export interface EvalResult {
+  readonly step: number;
+  readonly epoch: number;
+  readonly loss: number;
+  readonly accuracy: number;
+  readonly samples: number;
+}
+
+/** Why training ends after `step` (completed steps) and `epoch` (completed epochs), or undefined. */
+export function stopReason(
+  stopping: StoppingSpecValue,
+  progress: { step: number; epoch: number },
+  lastEval: EvalResult | null,
+): string | undefined {
+  if (stopping.epochs !== undefined && progress.epoch >= stopping.epochs)
+    return `completed ${stopping.epochs} epochs`;
+  if (stopping.steps !== undefined && progress.step >= stopping.steps)
+    return `completed ${stopping.steps} steps`;
+  if (
+    stopping.targetAccuracy !== undefined &&
+    lastEval !== null &&
+    lastEval.step === progress.step &&
+    lastEval.accuracy >= stopping.targetAccuracy
+  ) {
+    return `reached accuracy ${lastEval.accuracy.toFixed(4)} ≥ target ${stopping.targetAccuracy}`;
+  }
+  return undefined;
+}
+
+/** Evaluate after this step? Every intervalSteps, at the end of each epoch, and at the end of the run. */
+export function evaluationDue(
+  intervalSteps: number,
+  step: number,
+  endedEpoch: boolean,
+  ending: boolean,
+): boolean {
+  return ending || endedEpoch || step % intervalSteps === 0;
+}
+
+export interface CheckpointClock {
+  readonly step: number;
+  /** Step and time (ms) of the last checkpoint written or restored. */
+  readonly lastStep: number;
+  readonly lastTime: number;
+  readonly now: number;
+}
+
+/**
+ * Checkpoint after this step? When a multiple of intervalSteps was crossed since the last one (so a
+ * checkpoint delayed by a busy writer does not shift the ones after it), or intervalSeconds passed.
+ */
+export function checkpointDue(
+  spec: Pick<CheckpointSpec, 'intervalSteps' | 'intervalSeconds'>,
+  clock: CheckpointClock,
+): boolean {
+  if (clock.step <= clock.lastStep) return false;
+  if (
+    spec.intervalSteps !== undefined &&
+    Math.floor(clock.step / spec.intervalSteps) > Math.floor(clock.lastStep / spec.intervalSteps)
+  )
+    return true;
+  return spec.intervalSeconds !== undefined && clock.now - clock.lastTime >= spec.intervalSeconds * 1000;
+}

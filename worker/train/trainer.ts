@@ -1,0 +1,319 @@
+/**
+ * One worker's part of data-parallel training, one step at a time.
+ *
+ * A step, given the world it runs in (rank, size, per-worker batches b_i, learning rate):
+ *  1. the elastic sampler plans the global step; this rank takes its share of the epoch permutation;
+ *  2. the share is split into micro-batches of at most `batch.maxPerWorker`; each one's gradient is
+ *     of Σ loss / B (B = the step's global batch), so accumulating them gives this rank's gradient
+ *     already weighted by b_i / B;
+ *  3. the gradients (plus the loss and the correct count) go into ONE fused Float32Array, handed to
+ *     the GradientReducer; the sum over ranks is the gradient of the global mean loss;
+ *  4. the optimizer applies the reduced gradient at the world's learning rate.
+ * The state advances only after a complete reduce, so every rank holds the same state after a step.
+ * Tensors are disposed every step (tf.memory().numTensors stays flat); dropout masks are seeded by
+ * (model seed, step, rank, micro-batch) so a resumed run draws the same masks.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { OptimizerSpec } from '../../operator/api/training-job.ts';
+import type { AuditLog } from '../data/audit.ts';
+import type { Dataset } from '../data/dataset.ts';
+import { normalizeInPlace } from '../data/preprocess.ts';
+import { epochPermutation, planStep, shareIndices } from '../data/sampler.ts';
+import type { SampleStore } from '../data/store.ts';
+import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
+import { microBatches } from '../rescale/policy.ts';
+import { TrainingOptimizer } from './optimizer.ts';
+import type { EvalResult, World } from './policy.ts';
+import type { GradientReducer } from './reducer.ts';
+import {
+  fusedLayout,
+  fuseTensors,
+  type Snapshot,
+  type TensorSpec,
+  type TrainingState,
+  valuesOf,
+} from './snapshot.ts';
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** Probabilities are clipped before the log, as Keras does, so a confident mistake costs a finite loss. */
+const EPSILON = 1e-7;
+
+export interface StepResult {
+  /** Completed steps after this one. */
+  readonly step: number;
+  readonly epoch: number;
+  /** Mean loss and accuracy over the step's global batch. */
+  readonly loss: number;
+  readonly accuracy: number;
+  readonly samples: number;
+  /** Samples this rank trained on. */
+  readonly localSamples: number;
+  readonly endedEpoch: boolean;
+  readonly learningRate: number;
+}
+
+/** Turns stored samples into model inputs: normalisation and the layout in JS, PCA as a matMul. */
+export class BatchMaker {
+  private features: Float32Array;
+  private labels: Int32Array;
+  private readonly pcaMean: tf.Tensor | undefined;
+  private readonly pcaComponents: tf.Tensor | undefined;
+
+  constructor(
+    private readonly dataset: Pick<Dataset, 'normalization' | 'pca'>,
+    private readonly featureSize: number,
+    private readonly inputShape: readonly number[],
+  ) {
+    this.features = new Float32Array(0);
+    this.labels = new Int32Array(0);
+    const pca = dataset.pca;
+    this.pcaMean = pca === undefined ? undefined : tf.tensor1d(pca.mean);
+    this.pcaComponents = pca === undefined ? undefined : tf.tensor2d(pca.components, [featureSize, pca.k]);
+  }
+
+  /** x [n, ...inputShape] and y [n] (int32) for the samples at `indices`; the caller disposes them. */
+  make(store: SampleStore, indices: ArrayLike<number>): { x: tf.Tensor; y: tf.Tensor1D } {
+    const n = indices.length;
+    const d = this.featureSize;
+    if (this.features.length < n * d) {
+      this.features = new Float32Array(n * d);
+      this.labels = new Int32Array(n);
+    }
+    store.read(indices, this.features, this.labels);
+    normalizeInPlace(this.dataset.normalization, this.features, n);
+    // The cpu backend keeps the array it is given (the scratch arrays are reused: copy); the others
+    // copy it into their own memory anyway.
+    const aliasing = tf.getBackend() === 'cpu';
+    const values = aliasing ? this.features.slice(0, n * d) : this.features.subarray(0, n * d);
+    const y = tf.tensor1d(aliasing ? this.labels.slice(0, n) : this.labels.subarray(0, n), 'int32');
+    const mean = this.pcaMean;
+    const components = this.pcaComponents;
+    if (mean === undefined || components === undefined)
+      return { x: tf.tensor(values, [n, ...this.inputShape]), y };
+    const x = tf.tidy(() =>
+      tf.reshape(tf.matMul(tf.sub(tf.tensor2d(values, [n, d]), mean), components), [n, ...this.inputShape]),
+    );
+    return { x, y };
+  }
+
+  dispose(): void {
+    this.pcaMean?.dispose();
+    this.pcaComponents?.dispose();
+  }
+}
+
+export interface TrainerOptions {
+  readonly model: BuiltModel;
+  readonly optimizer: OptimizerSpec;
+  readonly dataset: Dataset;
+  readonly maxPerWorker: number | undefined;
+  readonly state: TrainingState;
+  readonly audit?: AuditLog;
+}
+
+export class Trainer {
+  readonly state: Mutable<TrainingState>;
+  private readonly model: tf.LayersModel;
+  private readonly variables: tf.Variable[];
+  private readonly gradientSpecs: TensorSpec[];
+  private readonly fused: Float32Array;
+  private readonly optimizer: TrainingOptimizer;
+  private readonly batches: BatchMaker;
+  private readonly dropout: tf.layers.Layer[];
+  private readonly topology: unknown;
+  private permutation: { epoch: number; order: Uint32Array } | undefined;
+
+  constructor(private readonly options: TrainerOptions) {
+    this.model = options.model.model;
+    this.state = structuredClone(options.state) as Mutable<TrainingState>;
+    const trainable = this.model.trainableWeights;
+    this.variables = trainable.map((w) => w.read() as tf.Variable);
+    const layout = fusedLayout(trainable.map((w) => ({ name: w.originalName, shape: w.shape as number[] })));
+    this.gradientSpecs = layout.specs;
+    // Gradients, then the loss and the number of correct predictions, summed by the same all-reduce.
+    this.fused = new Float32Array(layout.length + 2);
+    this.optimizer = new TrainingOptimizer(
+      options.optimizer,
+      trainable.map((w, i) => ({ name: w.originalName, variable: this.variables[i] as tf.Variable })),
+    );
+    this.batches = new BatchMaker(
+      options.dataset,
+      options.dataset.train.featureSize,
+      options.model.inputShape,
+    );
+    this.dropout = dropoutLayers(this.model);
+    this.topology = this.model.toJSON(null, false);
+  }
+
+  /** Elements of the fused buffer each step all-reduces. */
+  get fusedLength(): number {
+    return this.fused.length;
+  }
+
+  private epochOrder(epoch: number): Uint32Array {
+    if (this.permutation?.epoch !== epoch) {
+      this.permutation = {
+        epoch,
+        order: epochPermutation(this.options.dataset.train.size, this.state.shuffleSeed, epoch),
+      };
+    }
+    return this.permutation.order;
+  }
+
+  /** One training step in `world`; the gradients are summed across ranks by `reducer`. */
+  async step(world: World, reducer: GradientReducer, signal?: AbortSignal): Promise<StepResult> {
+    const train = this.options.dataset.train;
+    const plan = planStep(
+      train.size,
+      { epoch: this.state.epoch, cursor: this.state.cursor },
+      world.perWorker,
+    );
+    const share = plan.shares[world.rank];
+    if (share === undefined)
+      throw new RangeError(`rank ${world.rank} outside a world of ${world.perWorker.length}`);
+    const indices = shareIndices(this.epochOrder(plan.epoch), share);
+    const fused = this.fused;
+    fused.fill(0);
+    const sizes = microBatches(indices.length, this.options.maxPerWorker);
+    const lossIndex = fused.length - 2;
+    let first = 0;
+    sizes.forEach((size, micro) => {
+      const slice = indices.subarray(first, first + size);
+      first += size;
+      const { x, y } = this.batches.make(train, slice);
+      seedDropout(this.dropout, this.state.modelSeed, this.state.step, world.rank, micro);
+      let correct: tf.Scalar | undefined;
+      const { value, grads } = tf.variableGrads(() => {
+        const probabilities = this.model.apply(x, { training: true }) as tf.Tensor2D;
+        const oneHot = tf.oneHot(y, probabilities.shape[1]);
+        const logLikelihood = tf.sum(
+          tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON))),
+        );
+        correct = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'))) as tf.Scalar;
+        return tf.mul(logLikelihood, -1 / plan.samples) as tf.Scalar;
+      }, this.variables);
+      this.variables.forEach((variable, i) => {
+        const spec = this.gradientSpecs[i] as TensorSpec;
+        const gradient = grads[variable.name];
+        if (gradient === undefined) return;
+        const values = gradient.dataSync() as Float32Array;
+        if (micro === 0) fused.set(values, spec.offset);
+        else
+          for (let j = 0; j < spec.size; j++)
+            fused[spec.offset + j] = (fused[spec.offset + j] as number) + (values[j] as number);
+      });
+      fused[lossIndex] = (fused[lossIndex] as number) + (value.dataSync()[0] as number);
+      fused[lossIndex + 1] =
+        (fused[lossIndex + 1] as number) + ((correct as tf.Scalar | undefined)?.dataSync()[0] ?? 0);
+      tf.dispose(
+        [x, y, value, correct as tf.Scalar | undefined, ...Object.values(grads)].filter(
+          (t) => t !== undefined,
+        ),
+      );
+    });
+    const reduced = await reducer.allReduce(fused, signal);
+    const gradients = this.gradientSpecs.map((spec) =>
+      tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]),
+    );
+    try {
+      this.optimizer.apply(gradients, world.learningRate);
+    } finally {
+      tf.dispose(gradients);
+    }
+    this.options.audit?.record(plan.epoch, this.state.step, indices);
+    this.state.step += 1;
+    this.state.epoch = plan.next.epoch;
+    this.state.cursor = plan.next.cursor;
+    this.state.samples += plan.samples;
+    return {
+      step: this.state.step,
+      epoch: this.state.epoch,
+      loss: reduced[lossIndex] as number,
+      accuracy: (reduced[lossIndex + 1] as number) / plan.samples,
+      samples: plan.samples,
+      localSamples: indices.length,
+      endedEpoch: plan.endsEpoch,
+      learningRate: world.learningRate,
+    };
+  }
+
+  /**
+   * Mean loss and accuracy over `store` (inference mode: no dropout, batch-norm moving statistics);
+   * undefined when `signal` aborts it.
+   */
+  evaluate(
+    store: SampleStore,
+    batchSize = 1000,
+    signal?: AbortSignal,
+  ): Omit<EvalResult, 'step' | 'epoch'> | undefined {
+    let lossSum = 0;
+    let correct = 0;
+    const indices = new Uint32Array(Math.min(batchSize, store.size));
+    for (let start = 0; start < store.size; start += batchSize) {
+      // An evaluation of a large set takes seconds: a stop request must not wait for it.
+      if (signal?.aborted) return undefined;
+      const count = Math.min(batchSize, store.size - start);
+      for (let i = 0; i < count; i++) indices[i] = start + i;
+      const { x, y } = this.batches.make(store, indices.subarray(0, count));
+      const sums = tf.tidy(() => {
+        const probabilities = this.model.predict(x) as tf.Tensor2D;
+        const oneHot = tf.oneHot(y, probabilities.shape[1]);
+        const loss = tf.neg(
+          tf.sum(tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON)))),
+        );
+        const hits = tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'));
+        return tf.stack([loss, hits]);
+      });
+      const [loss, hits] = sums.dataSync();
+      tf.dispose([x, y, sums]);
+      lossSum += loss as number;
+      correct += hits as number;
+    }
+    const samples = store.size;
+    return {
+      loss: samples === 0 ? 0 : lossSum / samples,
+      accuracy: samples === 0 ? 0 : correct / samples,
+      samples,
+    };
+  }
+
+  /** Weights, optimizer slots and state in host memory: the only part of a checkpoint that blocks training. */
+  snapshot(): Snapshot {
+    this.options.audit?.flush();
+    const weights = fuseTensors(this.model.weights.map((w) => ({ name: w.originalName, tensor: w.read() })));
+    return {
+      producer: `TensorFlow.js tfjs-layers v${tf.version_layers}`,
+      topology: this.topology,
+      weights,
+      optimizer: this.optimizer.snapshot(),
+      state: structuredClone(this.state),
+    };
+  }
+
+  /** Continues from a snapshot of the same model (weights matched by name). */
+  restore(snapshot: Snapshot): void {
+    const byName = new Map(snapshot.weights.specs.map((s) => [s.name, s]));
+    for (const weight of this.model.weights) {
+      const saved = byName.get(weight.originalName);
+      if (saved === undefined) throw new Error(`the snapshot has no weight ${weight.originalName}`);
+      if (saved.shape.join(',') !== weight.shape.join(','))
+        throw new Error(
+          `weight ${weight.originalName} has shape [${saved.shape}] in the snapshot, [${weight.shape}] in the model`,
+        );
+    }
+    for (const weight of this.model.weights) {
+      const saved = byName.get(weight.originalName) as TensorSpec;
+      tf.tidy(() => {
+        weight.write(tf.tensor(valuesOf(snapshot.weights, saved).slice(), saved.shape as number[]));
+      });
+    }
+    this.optimizer.restore(snapshot.optimizer);
+    Object.assign(this.state, structuredClone(snapshot.state));
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.batches.dispose();
+  }
+}
