@@ -9,6 +9,7 @@ const USAGE = `usage: tensile <command> [options]
 commands:
   validate FILE...     check TrainingJob manifests against the schema (exit 1 on any problem)
   run FILE [options]   train a TrainingJob on this machine (tensile run --help)
+  report DIR           write an HTML report of a tensile run output directory (DIR/report.html)
   worker               run one training worker, configured from TENSILE_* variables
   operator [options]   run the operator (tensile operator --help)
   help                 show this text
@@ -33,9 +34,16 @@ const commands: Record<string, Command> = {
     const { runRun } = await import('./commands/run.ts');
     return runRun(args, { out: console.log, err: console.error });
   },
+  report: async (args) => {
+    const { runReport } = await import('./commands/report.ts');
+    return runReport(args, { out: console.log, err: console.error });
+  },
   worker: async (args) => {
     const { runWorkerCommand } = await import('./commands/worker.ts');
-    return runWorkerCommand(args, { env: process.env, err: console.error });
+    const code = await runWorkerCommand(args, { env: process.env, err: console.error });
+    // A worker's life ends with its work: a socket or timer a library keeps (NATS reconnects, a
+    // peer's half-closed link) must not hold the pod, or the run, open.
+    process.exit(code);
   },
   help: async () => {
     process.stdout.write(USAGE);

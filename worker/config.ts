@@ -23,6 +23,8 @@ export const WORKER_ENV = {
   backend: 'TENSILE_BACKEND',
   outDir: 'TENSILE_OUT_DIR',
   logLevel: 'TENSILE_LOG_LEVEL',
+  progressMs: 'TENSILE_PROGRESS_MS',
+  checksumEvery: 'TENSILE_CHECKSUM_EVERY',
   configFile: 'TENSILE_CONFIG_FILE',
 } as const;
 
@@ -46,6 +48,10 @@ export const WorkerConfigSchema = z.object({
   backend: z.enum(BACKENDS).optional(),
   outDir: z.string().optional(),
   logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+  /** At most one progress line per this many ms (0: every step, which `tensile run --chaos` needs). */
+  progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),
+  /** Every rank logs a checksum of its weights every this many steps (0: never): proof of lockstep. */
+  checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
 });
 
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
@@ -73,6 +79,7 @@ export function workerEnvironment(config: {
   checkpointDir: string;
   backend?: string;
   outDir?: string;
+  progressMs?: number;
 }): Record<string, string> {
   const env: Record<string, string> = {
     [WORKER_ENV.jobName]: config.jobName,
@@ -86,6 +93,7 @@ export function workerEnvironment(config: {
   if (config.workerId !== undefined) env[WORKER_ENV.workerId] = config.workerId;
   if (config.backend !== undefined) env[WORKER_ENV.backend] = config.backend;
   if (config.outDir !== undefined) env[WORKER_ENV.outDir] = config.outDir;
+  if (config.progressMs !== undefined) env[WORKER_ENV.progressMs] = String(config.progressMs);
   return env;
 }
 

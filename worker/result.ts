@@ -10,7 +10,8 @@ import { z } from 'zod';
 const Ref = z.object({ step: z.int().min(0), path: z.string() });
 
 export const WorkerResultSchema = z.object({
-  status: z.enum(['completed', 'stopped']),
+  /** left: this worker left the world (SIGTERM, a leave request) while the others go on. */
+  status: z.enum(['completed', 'stopped', 'left']),
   reason: z.string(),
   worker: z.string(),
   step: z.int().min(0),
@@ -37,6 +38,9 @@ export const WorkerResultSchema = z.object({
   ),
   trainSeconds: z.number().min(0),
   sessionSamplesPerSecond: z.number().min(0),
+  /** Time this session spent in steps that completed, and in steps thrown away by a world change. */
+  stepSeconds: z.number().min(0).default(0),
+  lostStepSeconds: z.number().min(0).default(0),
   checkpoint: Ref.nullable(),
   resumedFrom: Ref.nullable(),
   trainSamples: z.int().min(1),

@@ -1,10 +1,13 @@
 /**
- * The worker's life: backend, data, model, restore, the training loop with evaluation and background
- * checkpoints, and the end — completed, or stopped by SIGTERM after a final checkpoint.
+ * The worker's life: backend, data, model, then generations — a world is joined (alone, or by
+ * rendezvous with the other workers), its state made consistent (restored from a checkpoint or
+ * received from the most advanced member), and steps run in it until training ends, a stop is
+ * requested, or the world changes (a member lost, leaving or joining): then the next world is joined
+ * at a step boundary, without restarting the process.
  *
- * One worker, one rank: the world is formed locally and the reducer is the identity. The elastic
- * runtime replaces `formWorld` (rendezvous over NATS) and the reducer (ring all-reduce); the loop
- * already takes the world as an input of every step and re-reads it at step boundaries.
+ * Rank 0 of each world is its only checkpoint writer and publishes progress; evaluation is sharded
+ * over the ranks and summed with the same collective as the gradients, so every rank sees the same
+ * result and takes the same stopping decision.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,9 +16,16 @@ import * as tf from '@tensorflow/tfjs';
 import type { TrainingJobSpec } from '../operator/api/training-job.ts';
 import { type SelectedBackend, selectBackend } from './backend/select.ts';
 import { BackgroundCheckpointer, type CheckpointRef, CheckpointStore } from './checkpoint/store.ts';
+import { CollectiveError } from './collective/transport.ts';
 import type { WorkerConfig } from './config.ts';
 import { AuditLog } from './data/audit.ts';
 import { type Dataset, loadDataset } from './data/dataset.ts';
+import {
+  ElasticMembership,
+  type JoinedWorld,
+  LocalMembership,
+  type Membership,
+} from './elastic/membership.ts';
 import { CheckpointError } from './errors.ts';
 import { errorMessage, type WorkerLogger } from './log.ts';
 import { buildModel } from './model/build.ts';
@@ -30,19 +40,19 @@ import {
   type World,
   worldFor,
 } from './train/policy.ts';
-import { type GradientReducer, LocalReducer } from './train/reducer.ts';
 import type { Snapshot, TrainingState } from './train/snapshot.ts';
 import { Trainer } from './train/trainer.ts';
 
-/** At most one progress line per interval (plus one per evaluation and checkpoint). */
-const PROGRESS_INTERVAL_MS = 2000;
+/** How long a step in flight may go on after a stop request before it is given up. */
+const STOP_GRACE_MS = 500;
 
 export interface WorkerRuntimeOptions {
   readonly config: WorkerConfig;
   readonly log: WorkerLogger;
   /** Aborted on SIGTERM/SIGINT: checkpoint at the next step boundary and return. */
   readonly stop: AbortSignal;
-  readonly reducer?: GradientReducer;
+  /** Defaults to the elastic membership when TENSILE_NATS_URL is set, a world of one otherwise. */
+  readonly membership?: Membership;
 }
 
 function initialState(spec: TrainingJobSpec, dataset: Dataset): TrainingState {
@@ -80,7 +90,7 @@ export function incompatibility(saved: TrainingState, fresh: TrainingState): str
 }
 
 export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerResult> {
-  const { config, stop } = options;
+  const { config } = options;
   const spec = config.spec;
   let log = options.log;
   const started = performance.now();
@@ -110,24 +120,6 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   const store = new CheckpointStore(config.checkpointDir, spec.checkpoint.keep);
   await store.ensureDirectory();
   const fresh = initialState(spec, dataset);
-  const restored = await store.latest((ref, reason) =>
-    log.warn('skipping invalid checkpoint', {
-      event: 'checkpoint-skipped',
-      path: ref.path,
-      step: ref.step,
-      reason,
-    }),
-  );
-  if (restored !== undefined) {
-    const problem = incompatibility(restored.snapshot.state, fresh);
-    if (problem !== undefined) {
-      throw new CheckpointError(
-        `cannot resume from ${restored.ref.path}: ${problem}; use another checkpoint directory (or delete these checkpoints) to start over`,
-        true,
-      );
-    }
-  }
-
   const auditDirectory = join(config.outDir ?? config.checkpointDir, 'audit');
   mkdirSync(auditDirectory, { recursive: true });
   const audit = new AuditLog(join(auditDirectory, `${config.workerId}.bin`));
@@ -139,50 +131,177 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
     state: fresh,
     audit,
   });
-  const reducer = options.reducer ?? new LocalReducer();
-  try {
-    if (restored !== undefined) {
-      try {
-        trainer.restore(restored.snapshot);
-      } catch (error) {
-        throw new CheckpointError(
-          `cannot resume from ${restored.ref.path}: ${errorMessage(error)}; was it written for another model?`,
-          true,
-          { cause: error },
-        );
-      }
-      const cut = audit.truncateFrom(trainer.state.step);
-      log.info('resumed from checkpoint', {
-        event: 'resumed',
-        path: restored.ref.path,
-        step: trainer.state.step,
-        epoch: trainer.state.epoch,
-        cursor: trainer.state.cursor,
-        auditRecordsDropped: cut.dropped,
-      });
-    } else {
-      audit.truncateFrom(0);
-    }
-
-    // The world of this generation: one rank here; the elastic runtime forms it by rendezvous.
-    const state = trainer.state;
-    // A restart is a new generation (a new rendezvous round), unless there is nothing left to train.
-    const generation =
-      restored === undefined ? 0 : state.completed === null ? state.generation + 1 : state.generation;
-    const formed = worldFor(
-      spec,
-      generation,
-      0,
-      1,
-      state.step,
-      restored === undefined ? undefined : state.policy,
+  let trained = false;
+  let resumedFrom: CheckpointRef | undefined;
+  const holder = {
+    snapshot: () => trainer.snapshot(),
+    restore: (snapshot: Snapshot) => {
+      trainer.restore(snapshot);
+      trained = true;
+    },
+    get hasTrained() {
+      return trained;
+    },
+    get step() {
+      return trainer.state.step;
+    },
+  };
+  const restore = async (): Promise<boolean> => {
+    const restored = await store.latest((ref, reason) =>
+      log.warn('skipping invalid checkpoint', {
+        event: 'checkpoint-skipped',
+        path: ref.path,
+        step: ref.step,
+        reason,
+      }),
     );
-    let world: World = formed.world;
-    const globalBatch = world.perWorker.reduce((a, b) => a + b, 0);
-    state.generation = generation;
-    state.worldSize = world.size;
-    state.policy = formed.policy;
-    if (state.completed === null) {
+    if (restored === undefined) return false;
+    const problem = incompatibility(restored.snapshot.state, fresh);
+    if (problem !== undefined) {
+      throw new CheckpointError(
+        `cannot resume from ${restored.ref.path}: ${problem}; use another checkpoint directory (or delete these checkpoints) to start over`,
+        true,
+      );
+    }
+    try {
+      holder.restore(restored.snapshot);
+    } catch (error) {
+      throw new CheckpointError(
+        `cannot resume from ${restored.ref.path}: ${errorMessage(error)}; was it written for another model?`,
+        true,
+        { cause: error },
+      );
+    }
+    resumedFrom = restored.ref;
+    log.info('resumed from checkpoint', {
+      event: 'resumed',
+      path: restored.ref.path,
+      step: trainer.state.step,
+      epoch: trainer.state.epoch,
+      cursor: trainer.state.cursor,
+    });
+    return true;
+  };
+
+  // A leave request (SIGTERM in a pod, or the operator's control message before a node goes away)
+  // ends this worker's part; `stop` (from the operator) ends the whole job's training for now.
+  const leaving = new AbortController();
+  options.stop.addEventListener('abort', () => leaving.abort(), { once: true });
+  let stopAll = false;
+  let checkpointRequested = false;
+  let membership: Membership;
+  try {
+    membership =
+      options.membership ??
+      (config.natsUrl === undefined ? new LocalMembership() : await ElasticMembership.open(config, log));
+  } catch (error) {
+    audit.close();
+    trainer.dispose();
+    built.model.dispose();
+    dataset.close();
+    throw error;
+  }
+  membership.onControl((message) => {
+    if (message.type === 'checkpoint') checkpointRequested = true;
+    else {
+      if (message.type === 'stop') stopAll = true;
+      leaving.abort();
+    }
+  });
+  const stop = leaving.signal;
+  const state = trainer.state;
+
+  const checkpoints = new BackgroundCheckpointer(
+    store,
+    {
+      written: (ref, millis) => {
+        log.info('checkpoint written', {
+          event: 'checkpoint',
+          step: ref.step,
+          path: ref.path,
+          writeMs: Math.round(millis),
+        });
+        membership.publish('events', {
+          type: 'checkpoint',
+          worker: config.workerId,
+          step: ref.step,
+          path: ref.path,
+          time: new Date().toISOString(),
+        });
+      },
+      failed: (step, error) =>
+        log.error('checkpoint failed; training goes on', {
+          event: 'checkpoint-failed',
+          step,
+          error: errorMessage(error),
+        }),
+    },
+    () => audit.descriptor,
+  );
+  const trainSecondsBefore = () => state.trainSeconds;
+  let sessionSamples = 0;
+  let stepSeconds = 0;
+  let lostStepSeconds = 0;
+  const loopStarted = performance.now();
+  let sessionBase = 0;
+  const takeSnapshot = (): { snapshot: Snapshot; blockingMs: number } => {
+    const t = performance.now();
+    state.trainSeconds = sessionBase + (performance.now() - loopStarted) / 1000;
+    const snapshot = trainer.snapshot();
+    return { snapshot, blockingMs: performance.now() - t };
+  };
+  let lastCheckpointTime = Date.now();
+  let outcome: 'completed' | 'stopped' | 'left' = 'stopped';
+  let lastWorld: JoinedWorld | undefined;
+  let lastLoss: number | undefined;
+  let lastThroughput: number | undefined;
+
+  try {
+    for (;;) {
+      const joined = await membership.join(holder, restore, stop);
+      if (joined.kind === 'stopped') break;
+      if (joined.kind === 'completed') {
+        log.info('the job has completed', {
+          event: 'already-completed',
+          step: joined.step,
+          reason: joined.reason,
+        });
+        outcome = 'completed';
+        if (state.completed === null) state.completed = joined.reason;
+        break;
+      }
+      const active = joined.world;
+      lastWorld = active;
+      // A stop lets the step in flight finish; peers that stopped at the boundary never join it, so a
+      // step still waiting for them after a moment is given up (it is not applied anywhere).
+      const giveUp = () => setTimeout(() => active.abort(), STOP_GRACE_MS).unref();
+      if (stop.aborted) giveUp();
+      else stop.addEventListener('abort', giveUp, { once: true });
+      // Survivors and newcomers alike continue from the world's state: redo nothing it already has.
+      const cut = audit.truncateFrom(state.step);
+      if (cut.dropped > 0) log.debug('audit records dropped', { step: state.step, dropped: cut.dropped });
+      sessionBase = state.trainSeconds - (performance.now() - loopStarted) / 1000;
+      if (active.stateFrom === 'checkpoint') checkpoints.last = resumedFrom;
+      if (state.completed !== null) {
+        log.info('training already completed', { event: 'already-completed', reason: state.completed });
+        outcome = 'completed';
+        await active.end();
+        break;
+      }
+      const generation = Math.max(active.round, state.generations.length === 0 ? 0 : state.generation + 1);
+      const formed = worldFor(
+        spec,
+        generation,
+        active.rank,
+        active.size,
+        state.step,
+        state.generations.length === 0 ? undefined : state.policy,
+      );
+      let world: World = formed.world;
+      const globalBatch = world.perWorker.reduce((a, b) => a + b, 0);
+      state.generation = generation;
+      state.worldSize = world.size;
+      state.policy = formed.policy;
       state.generations = [
         ...state.generations,
         {
@@ -193,150 +312,264 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           firstStep: state.step,
         },
       ];
-    }
-    log = log.child({ generation });
-    if (state.completed === null)
+      trained = true;
+      log = options.log.child({ generation });
+      const writer = active.rank === 0;
       log.info('world formed', {
         event: 'generation',
         worldSize: world.size,
         rank: world.rank,
+        members: active.members,
         perWorker: world.perWorker,
         globalBatch,
         learningRate: world.learningRate,
         firstStep: state.step,
+        reason: active.reason,
+        stateFrom: active.stateFrom,
       });
+      if (writer)
+        membership.publish('events', {
+          type: 'rescale',
+          generation,
+          worldSize: world.size,
+          members: active.members,
+          globalBatch,
+          learningRate: world.learningRate,
+          step: state.step,
+          ...(lastLoss === undefined ? {} : { loss: lastLoss }),
+          ...(lastThroughput === undefined ? {} : { samplesPerSecond: lastThroughput }),
+          reason: active.reason,
+          time: new Date().toISOString(),
+        });
 
-    const checkpoints = new BackgroundCheckpointer(
-      store,
-      {
-        written: (ref, millis) =>
-          log.info('checkpoint written', {
-            event: 'checkpoint',
-            step: ref.step,
-            path: ref.path,
-            writeMs: Math.round(millis),
-          }),
-        failed: (step, error) =>
-          log.error('checkpoint failed; training goes on', {
-            event: 'checkpoint-failed',
-            step,
-            error: errorMessage(error),
-          }),
-      },
-      () => audit.descriptor,
-    );
-    checkpoints.last = restored?.ref;
-    let lastCheckpointTime = Date.now();
-    const trainSecondsBefore = state.trainSeconds;
-    const loopStarted = performance.now();
-    const takeSnapshot = (): { snapshot: Snapshot; blockingMs: number } => {
-      const t = performance.now();
-      state.trainSeconds = trainSecondsBefore + (performance.now() - loopStarted) / 1000;
-      const snapshot = trainer.snapshot();
-      return { snapshot, blockingMs: performance.now() - t };
-    };
-
-    const evaluate = (): EvalResult | null => {
-      if (dataset.eval === undefined || dataset.eval.size === 0) return null;
-      const t = performance.now();
-      const measured = trainer.evaluate(dataset.eval, 1000, stop);
-      if (measured === undefined) return null;
-      const result = { step: state.step, epoch: state.epoch, ...measured };
-      state.lastEval = result;
-      log.info('evaluation', { event: 'eval', ...result, seconds: Math.round(performance.now() - t) / 1000 });
-      return result;
-    };
-
-    const planned = plannedSteps(spec.stopping, dataset.train.size, globalBatch);
-    let sessionSamples = 0;
-    let windowStart = performance.now();
-    let windowSamples = 0;
-    let windowLoss = 0;
-    let windowAccuracy = 0;
-    let windowSteps = 0;
-    const alreadyCompleted = state.completed !== null;
-    let reason: string | undefined = state.completed ?? stopReason(spec.stopping, state, state.lastEval);
-    if (alreadyCompleted)
-      log.info('training already completed', { event: 'already-completed', reason: state.completed });
-
-    while (reason === undefined && !stop.aborted) {
-      world = {
-        ...world,
-        learningRate: learningRateAt(spec.optimizer, state.policy, state.step, planned),
-      };
-      // The stop signal is not passed down: a step is finished, then the worker checkpoints and leaves.
-      const result = await trainer.step(world, reducer);
-      sessionSamples += result.samples;
-      windowSamples += result.samples;
-      windowLoss += result.loss;
-      windowAccuracy += result.accuracy;
-      windowSteps++;
-      const ending = stopReason(spec.stopping, state, null) !== undefined;
-      if (evaluationDue(spec.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) evaluate();
-      reason = stopReason(spec.stopping, state, state.lastEval);
-      const now = performance.now();
-      if (
-        now - windowStart >= PROGRESS_INTERVAL_MS ||
-        reason !== undefined ||
-        state.lastEval?.step === state.step
-      ) {
-        log.info('progress', {
-          event: 'progress',
+      const evaluate = async (): Promise<EvalResult | null> => {
+        if (dataset.eval === undefined || dataset.eval.size === 0) return null;
+        const t = performance.now();
+        const size = dataset.eval.size;
+        const from = Math.floor((size * active.rank) / active.size);
+        const to = Math.floor((size * (active.rank + 1)) / active.size);
+        const sums = trainer.evaluateSums(dataset.eval, from, to, 1000, active.changed);
+        if (sums === undefined) return null;
+        const total = await active.reducer.allReduce(
+          Float32Array.from([sums.loss, sums.correct]),
+          active.changed,
+        );
+        const result = {
           step: state.step,
           epoch: state.epoch,
-          cursor: state.cursor,
-          loss: windowLoss / windowSteps,
-          accuracy: windowAccuracy / windowSteps,
-          samplesPerSecond: Math.round((windowSamples / (now - windowStart)) * 1000 * 10) / 10,
-          learningRate: result.learningRate,
-          plannedSteps: planned,
+          loss: (total[0] as number) / size,
+          accuracy: (total[1] as number) / size,
+          samples: size,
+        };
+        state.lastEval = result;
+        log.info('evaluation', {
+          event: 'eval',
+          ...result,
+          seconds: Math.round(performance.now() - t) / 1000,
         });
-        windowStart = now;
-        windowSamples = 0;
-        windowLoss = 0;
-        windowAccuracy = 0;
-        windowSteps = 0;
+        return result;
+      };
+
+      const planned = plannedSteps(spec.stopping, dataset.train.size, globalBatch);
+      const firstStep = state.step;
+      const generationStarted = performance.now();
+      let generationStepSeconds = 0;
+      let windowStart = performance.now();
+      let windowSamples = 0;
+      let windowLoss = 0;
+      let windowAccuracy = 0;
+      let windowSteps = 0;
+      let reason: string | undefined = stopReason(spec.stopping, state, state.lastEval);
+      let worldEnded: string | undefined;
+      while (reason === undefined && !stop.aborted) {
+        if (active.changed.aborted) {
+          worldEnded = 'a newer world formed';
+          break;
+        }
+        world = { ...world, learningRate: learningRateAt(spec.optimizer, state.policy, state.step, planned) };
+        const stepStarted = performance.now();
+        let result: Awaited<ReturnType<Trainer['step']>>;
+        try {
+          // The stop signal is not passed down: a step is finished, then the worker leaves.
+          result = await trainer.step(world, active.reducer, active.changed);
+        } catch (error) {
+          if (!(error instanceof CollectiveError)) throw error;
+          lostStepSeconds += (performance.now() - stepStarted) / 1000;
+          worldEnded = active.changed.aborted ? 'a newer world formed' : errorMessage(error);
+          if (!active.changed.aborted) await membership.failed(active.round);
+          break;
+        }
+        const took = (performance.now() - stepStarted) / 1000;
+        stepSeconds += took;
+        generationStepSeconds += took;
+        membership.progress(state.step);
+        if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0)
+          log.info('weights checksum', {
+            event: 'checksum',
+            step: state.step,
+            checksum: trainer.weightsChecksum(),
+          });
+        sessionSamples += result.samples;
+        windowSamples += result.samples;
+        windowLoss += result.loss;
+        windowAccuracy += result.accuracy;
+        windowSteps++;
+        const ending = stopReason(spec.stopping, state, null) !== undefined;
+        if (evaluationDue(spec.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) {
+          try {
+            await evaluate();
+          } catch (error) {
+            if (!(error instanceof CollectiveError)) throw error;
+            worldEnded = errorMessage(error);
+            break;
+          }
+        }
+        reason = stopReason(spec.stopping, state, state.lastEval);
+        const now = performance.now();
+        if (
+          now - windowStart >= config.progressMs ||
+          reason !== undefined ||
+          state.lastEval?.step === state.step
+        ) {
+          const samplesPerSecond = Math.round((windowSamples / (now - windowStart)) * 1000 * 10) / 10;
+          lastLoss = windowLoss / windowSteps;
+          lastThroughput = samplesPerSecond;
+          if (writer) {
+            log.info('progress', {
+              event: 'progress',
+              step: state.step,
+              epoch: state.epoch,
+              cursor: state.cursor,
+              loss: lastLoss,
+              accuracy: windowAccuracy / windowSteps,
+              samplesPerSecond,
+              learningRate: result.learningRate,
+              ...(result.gain === 1 ? {} : { gain: result.gain }),
+              worldSize: world.size,
+              plannedSteps: planned,
+            });
+            const lastCheckpoint = checkpoints.last;
+            membership.publish('metrics', {
+              type: 'progress',
+              worker: config.workerId,
+              generation,
+              worldSize: world.size,
+              step: state.step,
+              epoch: state.epoch,
+              loss: lastLoss,
+              ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
+              samplesPerSecond,
+              ...(lastCheckpoint === undefined
+                ? {}
+                : {
+                    lastCheckpoint: {
+                      step: lastCheckpoint.step,
+                      path: lastCheckpoint.path,
+                      time: new Date(lastCheckpointTime).toISOString(),
+                    },
+                  }),
+              time: new Date().toISOString(),
+            });
+          }
+          windowStart = now;
+          windowSamples = 0;
+          windowLoss = 0;
+          windowAccuracy = 0;
+          windowSteps = 0;
+        }
+        if (
+          writer &&
+          reason === undefined &&
+          !checkpoints.busy &&
+          (checkpointRequested ||
+            checkpointDue(spec.checkpoint, {
+              step: state.step,
+              lastStep: checkpoints.last?.step ?? 0,
+              lastTime: lastCheckpointTime,
+              now: Date.now(),
+            }))
+        ) {
+          checkpointRequested = false;
+          const { snapshot, blockingMs } = takeSnapshot();
+          checkpoints.start(snapshot);
+          lastCheckpointTime = Date.now();
+          log.debug('checkpoint snapshot', { event: 'snapshot', step: state.step, blockingMs });
+        }
+        // Lets signals, timers, NATS and the background checkpoint write make progress between steps.
+        await yieldToEventLoop();
       }
-      if (
-        reason === undefined &&
-        !checkpoints.busy &&
-        checkpointDue(spec.checkpoint, {
-          step: state.step,
-          lastStep: checkpoints.last?.step ?? 0,
-          lastTime: lastCheckpointTime,
-          now: Date.now(),
-        })
-      ) {
-        const { snapshot, blockingMs } = takeSnapshot();
-        checkpoints.start(snapshot);
-        lastCheckpointTime = Date.now();
-        log.debug('checkpoint snapshot', { event: 'snapshot', step: state.step, blockingMs });
+      log.info('generation ended', {
+        event: 'generation-end',
+        firstStep,
+        lastStep: state.step,
+        stepSeconds: Math.round(generationStepSeconds * 1000) / 1000,
+        wallSeconds: Math.round((performance.now() - generationStarted) / 10) / 100,
+        why: reason ?? worldEnded ?? 'stop requested',
+      });
+      if (worldEnded !== undefined && reason === undefined && !stop.aborted) {
+        membership.publish('events', {
+          type: 'rescaling',
+          worker: config.workerId,
+          generation,
+          reason: worldEnded,
+          time: new Date().toISOString(),
+        });
+        await active.end();
+        continue;
       }
-      // Lets signals, timers and the background checkpoint write make progress between steps.
-      await yieldToEventLoop();
+      if (reason !== undefined) {
+        state.completed = reason;
+        outcome = 'completed';
+        if (state.lastEval?.step !== state.step) {
+          try {
+            await evaluate();
+          } catch (error) {
+            if (!(error instanceof CollectiveError)) throw error;
+          }
+        }
+      } else outcome = stopAll || active.size === 1 ? 'stopped' : 'left';
+      await active.end();
+      break;
     }
 
-    const stopped = reason === undefined;
-    if (stopped) log.info('stop requested; checkpointing', { event: 'stopping', step: state.step });
-    else if (!alreadyCompleted) {
-      state.completed = reason ?? null;
-      if (state.lastEval?.step !== state.step) evaluate();
-    }
+    // The final checkpoint: by the writer (rank 0) of the last world, or by the last worker standing.
+    const isWriter = lastWorld !== undefined && (lastWorld.rank === 0 || lastWorld.size === 1);
     await checkpoints.idle();
     let finalRef: CheckpointRef | undefined = checkpoints.last;
-    // Completed: the final checkpoint records it (and the final evaluation). Stopped: unless the last
-    // checkpoint is already at this step. Nothing to save before the first step.
-    const needsFinal = stopped ? finalRef?.step !== state.step : !alreadyCompleted;
-    if (needsFinal && state.step > 0) {
+    if (isWriter && trained && state.step > 0 && finalRef?.step !== state.step) {
       const { snapshot, blockingMs } = takeSnapshot();
       log.debug('final snapshot', { event: 'snapshot', step: state.step, blockingMs });
       finalRef = await checkpoints.writeNow(snapshot);
     }
+    if (outcome === 'completed' && isWriter) {
+      await membership.complete(state.step, state.completed ?? 'completed');
+      membership.publish('metrics', {
+        type: 'completed',
+        worker: config.workerId,
+        step: state.step,
+        epoch: state.epoch,
+        loss: state.lastEval?.loss ?? lastLoss ?? 0,
+        ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
+        ...(finalRef === undefined
+          ? {}
+          : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: new Date().toISOString() } }),
+        reason: state.completed ?? 'completed',
+        time: new Date().toISOString(),
+      });
+    }
+    if (outcome !== 'completed') await membership.leave();
     const sessionSeconds = (performance.now() - loopStarted) / 1000;
     await checkpoints.close();
     const result: WorkerResult = {
-      status: stopped ? 'stopped' : 'completed',
-      reason: stopped ? 'stopped by signal' : (state.completed ?? 'completed'),
+      status: outcome,
+      reason:
+        outcome === 'completed'
+          ? (state.completed ?? 'completed')
+          : outcome === 'left'
+            ? 'left the world; the others go on'
+            : stopAll
+              ? 'stopped by the operator'
+              : 'stopped by signal',
       worker: config.workerId,
       step: state.step,
       epoch: state.epoch,
@@ -344,15 +577,17 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       eval: state.lastEval,
       backend: backend.backend,
       generations: state.generations,
-      trainSeconds: trainSecondsBefore + sessionSeconds,
+      trainSeconds: Math.max(trainSecondsBefore(), sessionBase + sessionSeconds),
       sessionSamplesPerSecond: sessionSeconds > 0 ? sessionSamples / sessionSeconds : 0,
+      stepSeconds,
+      lostStepSeconds,
       checkpoint: finalRef ?? null,
-      resumedFrom: restored?.ref ?? null,
+      resumedFrom: resumedFrom ?? null,
       trainSamples: dataset.train.size,
       auditFile: audit.file,
     };
-    log.info(stopped ? 'stopped' : 'completed', {
-      event: stopped ? 'stopped' : 'completed',
+    log.info(outcome, {
+      event: outcome,
       step: result.step,
       epoch: result.epoch,
       reason: result.reason,
@@ -364,6 +599,11 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
     if (config.outDir !== undefined) writeWorkerResult(config.outDir, result);
     return result;
   } finally {
+    try {
+      await membership[Symbol.asyncDispose]();
+    } catch (error) {
+      log.debug('membership close failed', { error: errorMessage(error) });
+    }
     audit.close();
     trainer.dispose();
     built.model.dispose();

@@ -4,29 +4,43 @@
  * and writes DIR/summary.json. Running it again with the same DIR resumes from the newest checkpoint.
  *
  * Layout of DIR: checkpoints/ (unless --checkpoints), audit/<worker>.bin, worker-<i>.log (the raw JSON
- * logs), result-<worker>.json (what each worker reported), summary.json.
+ * logs), result-<worker>.json (what each worker reported), events.jsonl (chaos and world changes),
+ * nats/ (the local nats-server's JetStream store: the rendezvous bucket outlives a Ctrl-C),
+ * summary.json and report.html.
  *
- * One worker for now. The plan (planLocalRun) already lists workers with their environments; the
- * elastic issue adds a local nats-server, sets TENSILE_NATS_URL for every worker and starts N.
+ * Several workers (or --chaos) start a local nats-server and train elastically; `--chaos` scripts
+ * failures at global steps: kill -9 a worker, start one more, stop one gracefully, restart NATS.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import {
+  appendFileSync,
   createWriteStream,
   existsSync,
   mkdirSync,
   readdirSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { workerEnvironment } from '../../worker/config.ts';
-import { auditEpochs, readAuditFile } from '../../worker/data/audit.ts';
+import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
+import { type NatsServer, startNatsServer } from '../local/nats-server.ts';
+
+export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart'] as const;
+export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
+
+export interface ChaosEvent {
+  readonly action: ChaosAction;
+  /** The global step at (or after) which it happens. */
+  readonly step: number;
+}
 
 export interface RunOptions {
   readonly file: string;
@@ -34,15 +48,42 @@ export interface RunOptions {
   readonly out: string | undefined;
   readonly backend: BackendChoice | undefined;
   readonly checkpoints: string | undefined;
+  readonly chaos: readonly ChaosEvent[];
+  /** Seeds the choice of the worker a kill or leave hits. */
+  readonly chaosSeed: number;
+  /** Force the elastic runtime (NATS rendezvous) for a single worker too. */
+  readonly elastic: boolean;
 }
 
-export const RUN_USAGE = `usage: tensile run FILE [--workers N] [--out DIR] [--backend auto|tensorflow|wasm|cpu] [--checkpoints DIR]
+export const RUN_USAGE = `usage: tensile run FILE [--workers N] [--out DIR] [--chaos EVENTS] [--backend auto|tensorflow|wasm|cpu] [--checkpoints DIR]
 
-Trains the TrainingJob in FILE on this machine and writes DIR/summary.json.
-  --workers N        worker processes (1 for now)
+Trains the TrainingJob in FILE on this machine and writes DIR/summary.json and DIR/report.html.
+  --workers N        worker processes (default 1); more than one start a local nats-server and
+                     train elastically (rendezvous, ring all-reduce)
+  --chaos EVENTS     comma-separated ACTION:STEP, e.g. kill:40,join:80,leave:120,nats-restart:150:
+                     kill -9 a worker, start one more, stop one gracefully, restart nats-server
+  --chaos-seed N     which workers kill and leave hit (default 1)
+  --elastic          use the elastic runtime even with one worker
   --out DIR          output directory (default .tensile/runs/<job name>); running again resumes
   --backend B        force a TensorFlow.js backend (default: spec.worker.backend)
   --checkpoints DIR  checkpoint directory (default DIR/checkpoints)`;
+
+/** Parses `kill:40,join:80`; returns a message naming the bad part when it is wrong. */
+export function parseChaos(text: string): ChaosEvent[] | string {
+  const events: ChaosEvent[] = [];
+  for (const part of text
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
+    const at = part.lastIndexOf(':');
+    const action = part.slice(0, at);
+    const step = part.slice(at + 1);
+    if (at < 0 || !CHAOS_ACTIONS.includes(action as ChaosAction) || !/^\d+$/.test(step))
+      return `--chaos: "${part}" is not ACTION:STEP with ACTION one of ${CHAOS_ACTIONS.join(', ')} (e.g. kill:40)`;
+    events.push({ action: action as ChaosAction, step: Number(step) });
+  }
+  return events.sort((a, b) => a.step - b.step);
+}
 
 /** Parses the arguments; returns a message for the user when they are wrong. */
 export function parseRunArgs(args: readonly string[]): RunOptions | string {
@@ -51,6 +92,9 @@ export function parseRunArgs(args: readonly string[]): RunOptions | string {
   let out: string | undefined;
   let backend: BackendChoice | undefined;
   let checkpoints: string | undefined;
+  let chaos: ChaosEvent[] = [];
+  let chaosSeed = 1;
+  let elastic = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     const [flag, inline] =
@@ -70,6 +114,21 @@ export function parseRunArgs(args: readonly string[]): RunOptions | string {
         out = value();
         if (out === undefined || out === '') return '--out needs a directory';
         break;
+      case '--chaos': {
+        const parsed = parseChaos(value() ?? '');
+        if (typeof parsed === 'string') return parsed;
+        chaos = parsed;
+        break;
+      }
+      case '--chaos-seed': {
+        const v = value();
+        if (v === undefined || !/^\d+$/.test(v)) return `--chaos-seed needs a number, got ${v ?? 'nothing'}`;
+        chaosSeed = Number(v);
+        break;
+      }
+      case '--elastic':
+        elastic = true;
+        break;
       case '--checkpoints':
         checkpoints = value();
         if (checkpoints === undefined || checkpoints === '') return '--checkpoints needs a directory';
@@ -88,10 +147,16 @@ export function parseRunArgs(args: readonly string[]): RunOptions | string {
     }
   }
   if (file === undefined) return 'missing FILE (a TrainingJob manifest)';
-  if (workers > 1) {
-    return `--workers ${workers}: several local workers need the elastic runtime (rendezvous over NATS), which is not built yet; use --workers 1`;
-  }
-  return { file, workers, out, backend, checkpoints };
+  return {
+    file,
+    workers,
+    out,
+    backend,
+    checkpoints,
+    chaos,
+    chaosSeed,
+    elastic: elastic || workers > 1 || chaos.length > 0,
+  };
 }
 
 export interface LocalWorkerPlan {
@@ -121,21 +186,71 @@ export function resolveManifestPaths(job: TrainingJob, base: string): TrainingJo
 export function planLocalRun(job: TrainingJob, options: RunOptions, cwd: string): LocalRunPlan {
   const out = resolve(cwd, options.out ?? join('.tensile', 'runs', job.metadata.name));
   const checkpointDir = resolve(cwd, options.checkpoints ?? join(out, 'checkpoints'));
-  const workers = Array.from({ length: options.workers }, (_, index) => {
-    const id = `${job.metadata.name}-worker-${index}`;
-    const env = workerEnvironment({
-      jobName: job.metadata.name,
-      namespace: job.metadata.namespace ?? 'default',
-      spec: job.spec,
-      workerId: id,
-      replicaIndex: index,
-      checkpointDir,
-      outDir: out,
-      ...(options.backend === undefined ? {} : { backend: options.backend }),
-    });
-    return { id, index, env, log: join(out, `worker-${index}.log`) };
-  });
+  const workers = Array.from({ length: options.workers }, (_, index) =>
+    planLocalWorker(job, options, out, checkpointDir, index, undefined),
+  );
   return { job, out, checkpointDir, workers };
+}
+
+/** One local worker: its id, log file and environment (as the operator would give a pod). */
+export function planLocalWorker(
+  job: TrainingJob,
+  options: Pick<RunOptions, 'backend' | 'chaos'>,
+  out: string,
+  checkpointDir: string,
+  index: number,
+  natsUrl: string | undefined,
+): LocalWorkerPlan {
+  const id = `${job.metadata.name}-worker-${index}`;
+  const env = workerEnvironment({
+    jobName: job.metadata.name,
+    namespace: job.metadata.namespace ?? 'default',
+    spec: job.spec,
+    workerId: id,
+    replicaIndex: index,
+    checkpointDir,
+    outDir: out,
+    ...(natsUrl === undefined ? {} : { natsUrl }),
+    // Chaos acts at global steps: it needs to see every step.
+    ...(options.chaos.length > 0 ? { progressMs: 0 } : {}),
+    ...(options.backend === undefined ? {} : { backend: options.backend }),
+  });
+  return { id, index, env, log: join(out, `worker-${index}.log`) };
+}
+
+export interface GenerationEnd {
+  readonly generation: number;
+  readonly firstStep: number;
+  readonly lastStep: number;
+  readonly stepSeconds: number;
+}
+
+/**
+ * Goodput: the time spent on steps that count over the wall time. A generation's steps count up to
+ * the first step of the next generation (steps after it were redone); its time is the slowest
+ * member's (they run in lockstep), prorated when some of its steps were redone.
+ */
+export function goodput(
+  ends: readonly GenerationEnd[],
+  history: readonly { generation: number; firstStep: number }[],
+  wallSeconds: number,
+): number {
+  if (wallSeconds <= 0) return 0;
+  const byGeneration = new Map<number, GenerationEnd>();
+  for (const end of ends) {
+    const seen = byGeneration.get(end.generation);
+    if (seen === undefined || end.stepSeconds > seen.stepSeconds) byGeneration.set(end.generation, end);
+  }
+  let useful = 0;
+  for (const g of history) {
+    const end = byGeneration.get(g.generation);
+    if (end === undefined || end.lastStep <= end.firstStep) continue;
+    let cut = end.lastStep;
+    for (const later of history) if (later.generation > g.generation) cut = Math.min(cut, later.firstStep);
+    const kept = Math.max(0, cut - end.firstStep) / (end.lastStep - end.firstStep);
+    useful += end.stepSeconds * kept;
+  }
+  return Math.min(1, useful / wallSeconds);
 }
 
 export interface RunSummary {
@@ -154,6 +269,25 @@ export interface RunSummary {
   readonly generations: WorkerResult['generations'];
   readonly checkpoint: WorkerResult['checkpoint'];
   readonly resumedFrom: WorkerResult['resumedFrom'];
+  /** Time on steps that count / wall time of this session (undefined for a single worker). */
+  readonly goodput?: number;
+  readonly chaos?: readonly (ChaosEvent & { worker?: string; time: string })[];
+}
+
+/** The result that speaks for the run: a completed one, else the most advanced. */
+export function leadResult(results: readonly WorkerResult[]): WorkerResult | undefined {
+  let lead: WorkerResult | undefined;
+  for (const r of results) {
+    if (lead === undefined) lead = r;
+    else if ((r.status === 'completed') !== (lead.status === 'completed')) {
+      if (r.status === 'completed') lead = r;
+    } else if (
+      r.step > lead.step ||
+      (r.step === lead.step && r.checkpoint !== null && lead.checkpoint === null)
+    )
+      lead = r;
+  }
+  return lead;
 }
 
 /** The summary of a finished run, from the workers' results and audit files; pure but for reading them. */
@@ -162,14 +296,19 @@ export function summarize(
   results: readonly WorkerResult[],
   auditFiles: readonly string[],
   wallSeconds: number,
+  extra: Pick<RunSummary, 'goodput' | 'chaos'> = {},
 ): RunSummary {
-  const lead = results[0];
+  const lead = leadResult(results);
   if (lead === undefined) throw new Error('no worker result');
-  const records = auditFiles.flatMap((file) => readAuditFile(file));
+  const records = committedRecords(
+    auditFiles.flatMap((file) => readAuditFile(file)),
+    lead.generations,
+  );
   const epochs = auditEpochs(records, lead.trainSamples).map((e) => ({
     ...e,
     complete: e.epoch < lead.epoch,
   }));
+  const resumed = results.find((r) => r.resumedFrom !== null)?.resumedFrom ?? null;
   return {
     job,
     status: lead.status,
@@ -179,13 +318,16 @@ export function summarize(
     eval: lead.eval,
     wallSeconds: Math.round(wallSeconds * 10) / 10,
     trainSeconds: Math.round(lead.trainSeconds * 10) / 10,
-    samplesPerSecond: Math.round(results.reduce((sum, r) => sum + r.sessionSamplesPerSecond, 0) * 10) / 10,
+    samplesPerSecond: Math.round(lead.sessionSamplesPerSecond * 10) / 10,
     backend: lead.backend,
     workers: results.length,
     epochs,
     generations: lead.generations,
-    checkpoint: lead.checkpoint,
-    resumedFrom: lead.resumedFrom,
+    checkpoint:
+      results.find((r) => r.checkpoint !== null && r.checkpoint.step === lead.step)?.checkpoint ??
+      lead.checkpoint,
+    resumedFrom: resumed,
+    ...extra,
   };
 }
 
@@ -235,7 +377,20 @@ export function describeLogLine(line: LogLine): string | undefined {
 const here = dirname(fileURLToPath(import.meta.url));
 const TENSILE_BIN = join(here, '..', 'bin', 'tensile.mjs');
 
-function startWorker(plan: LocalWorkerPlan, io: RunIo, onError: (message: string) => void): ChildProcess {
+interface RunningWorker {
+  readonly plan: LocalWorkerPlan;
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Set when the run itself killed or stopped it (chaos): its exit is expected. */
+  expected: boolean;
+}
+
+interface WorkerLines {
+  onLine(plan: LocalWorkerPlan, line: LogLine): void;
+  onError(message: string): void;
+}
+
+function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): RunningWorker {
   const logFile = createWriteStream(plan.log, { flags: 'a' });
   const child = spawn(process.execPath, [TENSILE_BIN, 'worker'], {
     env: { ...process.env, ...plan.env },
@@ -251,17 +406,33 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, onError: (message: string
       io.err(text);
       return;
     }
-    if (line.event === 'failed' && typeof line['error'] === 'string') onError(line['error']);
-    const human = describeLogLine(line);
-    if (human !== undefined) io.out(human);
+    if (line.event === 'failed' && typeof line['error'] === 'string') sink.onError(line['error']);
+    sink.onLine(plan, line);
   });
   const errors = createInterface({ input: child.stderr as NodeJS.ReadableStream });
   errors.on('line', (text) => {
     logFile.write(`${text}\n`);
     io.err(text);
   });
-  child.on('close', () => logFile.end());
-  return child;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+    child.on('close', (code, signal) => {
+      logFile.end();
+      done({ code, signal });
+    }),
+  );
+  return { plan, child, exited, expected: false };
+}
+
+/** mulberry32: the chaos victim choice is reproducible with --chaos-seed. */
+function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Promise<number> {
@@ -302,42 +473,181 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
   mkdirSync(plan.out, { recursive: true });
   const resuming =
     existsSync(plan.checkpointDir) && readdirSync(plan.checkpointDir).some((n) => n.startsWith('ckpt-'));
+  // Results are per session; audit files are history, kept when resuming and dropped when starting over.
+  for (const name of readdirSync(plan.out))
+    if (name.startsWith('result-') && name.endsWith('.json')) rmSync(join(plan.out, name), { force: true });
+  if (!resuming) {
+    rmSync(join(plan.out, 'audit'), { recursive: true, force: true });
+    rmSync(join(plan.out, 'nats'), { recursive: true, force: true });
+    rmSync(join(plan.out, 'events.jsonl'), { force: true });
+    for (const name of readdirSync(plan.out))
+      if (/^worker-\d+\.log$/.test(name)) rmSync(join(plan.out, name), { force: true });
+  }
   io.out(
-    `${job.metadata.name}: ${plan.workers.length} worker(s), output in ${plan.out}${resuming ? ' (resuming)' : ''}`,
+    `${job.metadata.name}: ${plan.workers.length} worker(s)${options.elastic ? ' (elastic)' : ''}, output in ${plan.out}${resuming ? ' (resuming)' : ''}`,
   );
 
+  let nats: NatsServer | undefined;
+  if (options.elastic) {
+    try {
+      nats = await startNatsServer({ storeDir: join(plan.out, 'nats') });
+    } catch (error) {
+      io.err(`tensile run: ${(error as Error).message}`);
+      return 1;
+    }
+    io.out(`nats-server at ${nats.url}`);
+  }
+  const eventsFile = join(plan.out, 'events.jsonl');
+  const chaosLog: (ChaosEvent & { worker?: string; time: string })[] = [];
+  const recordEvent = (event: Record<string, unknown>) =>
+    appendFileSync(eventsFile, `${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
+
   let lastError: string | undefined;
-  const children = plan.workers.map((worker) => startWorker(worker, io, (message) => (lastError = message)));
+  let step = 0;
+  const ends: GenerationEnd[] = [];
+  const printed = new Set<string>();
+  const running: RunningWorker[] = [];
+  const pendingChaos = [...options.chaos];
+  const random = seededRandom(options.chaosSeed);
+  let nextIndex = plan.workers.length;
+  let chaosBusy = false;
+
+  const alive = () =>
+    running.filter((w) => w.child.exitCode === null && w.child.signalCode === null && !w.expected);
+  const applyChaos = async () => {
+    if (chaosBusy) return;
+    chaosBusy = true;
+    try {
+      while (pendingChaos[0] !== undefined && pendingChaos[0].step <= step) {
+        const event = pendingChaos.shift() as ChaosEvent;
+        const time = new Date().toISOString();
+        if (event.action === 'join') {
+          const worker = planLocalWorker(job, options, plan.out, plan.checkpointDir, nextIndex++, nats?.url);
+          running.push(startWorker(worker, io, sink));
+          io.out(`chaos at step ${step}: join → started ${worker.id}`);
+          chaosLog.push({ ...event, worker: worker.id, time });
+          recordEvent({ type: 'join', step, worker: worker.id });
+        } else if (event.action === 'nats-restart') {
+          io.out(`chaos at step ${step}: restarting nats-server`);
+          chaosLog.push({ ...event, time });
+          recordEvent({ type: 'nats-restart', step });
+          await nats?.restart(1000);
+        } else {
+          const candidates = alive();
+          const victim = candidates[Math.floor(random() * candidates.length)];
+          if (victim === undefined) continue;
+          victim.expected = true;
+          victim.child.kill(event.action === 'kill' ? 'SIGKILL' : 'SIGTERM');
+          io.out(
+            `chaos at step ${step}: ${event.action} → ${event.action === 'kill' ? 'kill -9' : 'SIGTERM'} ${victim.plan.id}`,
+          );
+          chaosLog.push({ ...event, worker: victim.plan.id, time });
+          recordEvent({ type: event.action, step, worker: victim.plan.id });
+        }
+      }
+    } finally {
+      chaosBusy = false;
+    }
+  };
+
+  const sink: WorkerLines = {
+    onError: (message) => {
+      lastError = message;
+    },
+    onLine: (_worker, line) => {
+      if (line.event === 'progress' && typeof line['step'] === 'number') {
+        step = Math.max(step, line['step']);
+        if (pendingChaos.length > 0) void applyChaos();
+      }
+      if (line.event === 'generation-end') {
+        const g = line as LogLine & Partial<GenerationEnd>;
+        if (
+          typeof g.generation === 'number' &&
+          typeof g.firstStep === 'number' &&
+          typeof g.lastStep === 'number' &&
+          typeof g.stepSeconds === 'number'
+        )
+          ends.push({
+            generation: g.generation,
+            firstStep: g.firstStep,
+            lastStep: g.lastStep,
+            stepSeconds: g.stepSeconds,
+          });
+      }
+      if (line.event === 'generation' && line['rank'] === 0)
+        recordEvent({
+          type: 'rescale',
+          step: line['firstStep'],
+          detail: `generation ${line['generation']}: ${line['worldSize']} worker(s), global batch ${line['globalBatch']}, lr ${line['learningRate']} (${line['reason']})`,
+        });
+      // Several workers log the same world and evaluation: show each once.
+      if (line.event === 'generation' || line.event === 'eval') {
+        const key = `${line.event}:${line['generation']}:${line['step'] ?? ''}`;
+        if (printed.has(key)) return;
+        printed.add(key);
+      }
+      // Progress lines every step (chaos) would flood the terminal: one in 25.
+      if (
+        line.event === 'progress' &&
+        options.chaos.length > 0 &&
+        typeof line['step'] === 'number' &&
+        line['step'] % 25 !== 0
+      )
+        return;
+      const human = describeLogLine(line);
+      if (human !== undefined)
+        io.out(
+          plan.workers.length > 1 || options.elastic
+            ? `[${String(line['worker'] ?? '').replace(`${job.metadata.name}-`, '')}] ${human}`
+            : human,
+        );
+    },
+  };
+
+  for (const worker of plan.workers) {
+    const withNats = planLocalWorker(job, options, plan.out, plan.checkpointDir, worker.index, nats?.url);
+    running.push(startWorker(withNats, io, sink));
+  }
+  let interrupted = false;
   const forward = (signal: NodeJS.Signals) => {
+    interrupted = true;
     io.err(`${signal}: asking the workers to checkpoint and stop`);
-    for (const child of children) child.kill('SIGTERM');
+    for (const worker of running) worker.child.kill('SIGTERM');
   };
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
-  const exits = await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-          child.on('close', (code, signal) => done({ code, signal })),
-        ),
-    ),
-  );
+  // Workers started by `join` arrive while we wait: wait until every one of them has exited.
+  const exits = new Map<RunningWorker, { code: number | null; signal: NodeJS.Signals | null }>();
+  while (exits.size < running.length) {
+    const waiting = running.filter((w) => !exits.has(w));
+    const [done, exit] = await Promise.race(waiting.map((w) => w.exited.then((e) => [w, e] as const)));
+    exits.set(done, exit);
+  }
   process.off('SIGINT', forward);
   process.off('SIGTERM', forward);
+  await nats?.[Symbol.asyncDispose]();
 
-  const failed = exits.find((e) => e.code !== 0);
-  if (failed !== undefined) {
-    const how = failed.signal !== null ? `was killed by ${failed.signal}` : `exited with code ${failed.code}`;
-    io.err(`tensile run: a worker ${how}${lastError === undefined ? '' : `: ${lastError}`}`);
-    io.err(`logs: ${plan.workers.map((w) => w.log).join(', ')}`);
-    return failed.code === 2 ? 2 : 1;
+  const unexpected = [...exits].filter(([w, e]) => !w.expected && e.code !== 0);
+  for (const [w, e] of unexpected) {
+    const how = e.signal !== null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+    io.err(
+      `tensile run: ${w.plan.id} ${how}${lastError === undefined ? '' : `: ${lastError}`} (log: ${w.plan.log})`,
+    );
   }
-  let results: WorkerResult[];
-  try {
-    results = plan.workers.map((w) => readWorkerResult(resultFile(plan.out, w.id)));
-  } catch (error) {
-    io.err(`tensile run: the worker ended without a valid result (${(error as Error).message})`);
-    return 1;
+  const results: WorkerResult[] = [];
+  for (const w of running) {
+    const file = resultFile(plan.out, w.plan.id);
+    if (!existsSync(file)) continue;
+    try {
+      results.push(readWorkerResult(file));
+    } catch (error) {
+      io.err(`tensile run: ${file}: not a valid result (${(error as Error).message})`);
+    }
+  }
+  if (results.length === 0) {
+    io.err('tensile run: no worker ended with a result');
+    const terminal = unexpected.some(([, e]) => e.code === 2);
+    return terminal ? 2 : 1;
   }
   const auditDir = join(plan.out, 'audit');
   const auditFiles = existsSync(auditDir)
@@ -345,18 +655,34 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
         .filter((n) => n.endsWith('.bin'))
         .map((n) => join(auditDir, n))
     : [];
-  const summary = summarize(job.metadata.name, results, auditFiles, (performance.now() - started) / 1000);
+  const wallSeconds = (performance.now() - started) / 1000;
+  const lead = leadResult(results);
+  const summary = summarize(job.metadata.name, results, auditFiles, wallSeconds, {
+    ...(options.elastic && lead !== undefined
+      ? { goodput: Math.round(goodput(ends, lead.generations, wallSeconds) * 1000) / 1000 }
+      : {}),
+    ...(chaosLog.length > 0 ? { chaos: chaosLog } : {}),
+  });
   const summaryFile = join(plan.out, 'summary.json');
   writeFileSync(`${summaryFile}.tmp`, `${JSON.stringify(summary, null, 2)}\n`);
   renameSync(`${summaryFile}.tmp`, summaryFile);
-  if (summary.status === 'stopped') {
+  try {
+    const { writeReport } = await import('./report.ts');
+    io.out(`report: ${writeReport(plan.out)}`);
+  } catch (error) {
+    io.err(`tensile run: could not write the report (${(error as Error).message})`);
+  }
+  if (summary.status !== 'completed') {
     io.out(`stopped at step ${summary.step}; run the same command again to resume (${summaryFile})`);
   } else {
     const accuracy =
       summary.eval === null
         ? 'no evaluation'
         : `accuracy ${summary.eval.accuracy.toFixed(4)}, loss ${summary.eval.loss.toFixed(4)}`;
-    io.out(`done: ${summary.reason}; ${accuracy}; ${summary.wallSeconds} s; ${summaryFile}`);
+    io.out(
+      `done: ${summary.reason}; ${accuracy}; ${summary.wallSeconds} s${summary.goodput === undefined ? '' : `; goodput ${summary.goodput}`}; ${summaryFile}`,
+    );
   }
-  return 0;
+  if (unexpected.length > 0) return unexpected.some(([, e]) => e.code === 2) ? 2 : 1;
+  return interrupted || summary.status === 'completed' || summary.status === 'stopped' ? 0 : 1;
 }

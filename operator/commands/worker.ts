@@ -50,6 +50,7 @@ export async function runWorkerCommand(args: string[], io: WorkerCommandIo): Pro
   const controller = new AbortController();
   const grace = config.spec.worker.terminationGracePeriodSeconds;
   let firstSignal = 0;
+  let graceTimer: NodeJS.Timeout | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) {
       // Ctrl-C reaches the whole process group and `tensile run` forwards SIGTERM too: one request.
@@ -65,7 +66,7 @@ export async function runWorkerCommand(args: string[], io: WorkerCommandIo): Pro
     });
     controller.abort();
     // Outside Kubernetes nothing enforces the grace period; keep the promise the manifest makes.
-    setTimeout(() => {
+    graceTimer = setTimeout(() => {
       log.error('grace period exceeded before the checkpoint finished', {
         event: 'grace-exceeded',
         graceSeconds: grace,
@@ -90,6 +91,7 @@ export async function runWorkerCommand(args: string[], io: WorkerCommandIo): Pro
     log.error(errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
     return exitCodeFor(error);
   } finally {
+    clearTimeout(graceTimer);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     process.off('uncaughtException', onFatal);

@@ -4,19 +4,15 @@
  *
  * The dataset comes from Debian's dataset-fashion-mnist (hack/install-tools.sh installs it).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
-import type { RunSummary } from '../../operator/commands/run.ts';
 import { checkpointName } from '../../worker/checkpoint/store.ts';
+import { finished, tensileRun, workerEvents } from '../helpers/tensile-run.ts';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const bin = join(root, 'operator/bin/tensile.mjs');
 const FASHION = '/usr/share/datasets/fashion-mnist';
 const dir = mkdtempSync(join(tmpdir(), 'tensile-run-'));
 
@@ -49,68 +45,8 @@ function manifest(name: string, spec: Record<string, unknown>): string {
   return file;
 }
 
-interface Running {
-  readonly child: ChildProcess;
-  readonly lines: string[];
-  readonly done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  waitFor(pattern: RegExp): Promise<string>;
-}
-
-function tensileRun(file: string, out: string, ...extra: string[]): Running {
-  // Its own process group, so that kill -9 takes the worker down with it, as a node crash would.
-  const child = spawn(process.execPath, [bin, 'run', file, '--out', out, ...extra], {
-    cwd: root,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: string[] = [];
-  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  const onText = (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n').filter(Boolean)) {
-      lines.push(line);
-      for (const w of [...waiters]) {
-        if (w.pattern.test(line)) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(line);
-        }
-      }
-    }
-  };
-  child.stdout?.on('data', onText);
-  child.stderr?.on('data', onText);
-  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('close', (code, signal) => resolve({ code, signal })),
-  );
-  return {
-    child,
-    lines,
-    done,
-    waitFor: (pattern) =>
-      new Promise((resolve, reject) => {
-        const seen = lines.find((l) => pattern.test(l));
-        if (seen !== undefined) return resolve(seen);
-        waiters.push({ pattern, resolve });
-        void done.then(() => reject(new Error(`ended without ${pattern}:\n${lines.slice(-30).join('\n')}`)));
-      }),
-  };
-}
-
-async function finished(run: Running): Promise<RunSummary> {
-  const { code } = await run.done;
-  assert.is(code, 0, run.lines.slice(-30).join('\n'));
-  const out = run.child.spawnargs[run.child.spawnargs.indexOf('--out') + 1] as string;
-  return JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as RunSummary;
-}
-
 function checkpointFile(out: string, step: number, file: string): Buffer {
   return readFileSync(join(out, 'checkpoints', checkpointName(step), file));
-}
-
-function workerEvents(out: string): Record<string, unknown>[] {
-  return readFileSync(join(out, 'worker-0.log'), 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 test('an MLP learns Fashion-MNIST (subset) and the audit shows every sample once per epoch', async () => {
@@ -149,14 +85,14 @@ for (const backend of ['cpu', 'wasm'] as const) {
   test(`kill -9 mid-training, run again: resumes at the checkpoint's step and cursor and ends bit-identical (${backend})`, async () => {
     const file = manifest(`resume-${backend}`, {});
     const reference = join(dir, `reference-${backend}`);
-    const expected = await finished(tensileRun(file, reference, '--backend', backend));
+    const expected = await finished(tensileRun(file, reference, ['--backend', backend]));
     const out = join(dir, `killed-${backend}`);
-    const first = tensileRun(file, out, '--backend', backend);
+    const first = tensileRun(file, out, ['--backend', backend]);
     await first.waitFor(/checkpoint at step ([2-9]\d):/);
     process.kill(-(first.child.pid as number), 'SIGKILL');
     const { signal } = await first.done;
     assert.is(signal, 'SIGKILL');
-    const summary = await finished(tensileRun(file, out, '--backend', backend));
+    const summary = await finished(tensileRun(file, out, ['--backend', backend]));
     const resumed = workerEvents(out).find((e) => e['event'] === 'resumed');
     const from = summary.resumedFrom?.step ?? 0;
     assert.ok(from >= 20 && from < expected.step, `resumed from ${from}`);
@@ -198,7 +134,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
 test('a corrupted newest checkpoint is skipped with a warning and the previous one is used', async () => {
   const file = manifest('corrupt', { stopping: { epochs: 1 } });
   const out = join(dir, 'corrupt');
-  const expected = await finished(tensileRun(file, out, '--backend', 'cpu'));
+  const expected = await finished(tensileRun(file, out, ['--backend', 'cpu']));
   const kept = readdirSync(join(out, 'checkpoints'))
     .filter((n) => n.startsWith('ckpt-'))
     .sort();
@@ -209,7 +145,7 @@ test('a corrupted newest checkpoint is skipped with a warning and the previous o
   const bytes = Buffer.from(original);
   bytes[100] = (bytes[100] as number) ^ 0x55;
   writeFileSync(weights, bytes);
-  const run = tensileRun(file, out, '--backend', 'cpu');
+  const run = tensileRun(file, out, ['--backend', 'cpu']);
   const summary = await finished(run);
   assert.ok(
     run.lines.some((l) =>

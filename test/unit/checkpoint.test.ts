@@ -17,7 +17,14 @@ import {
   CheckpointStore,
   checkpointName,
 } from '../../worker/checkpoint/store.ts';
-import { AuditLog, auditEpochs, parseAudit, readAuditFile } from '../../worker/data/audit.ts';
+import {
+  AuditLog,
+  type AuditRecord,
+  auditEpochs,
+  committedRecords,
+  parseAudit,
+  readAuditFile,
+} from '../../worker/data/audit.ts';
 import { fusedLayout, type Snapshot } from '../../worker/train/snapshot.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'tensile-checkpoint-'));
@@ -224,17 +231,17 @@ async function assert_rejects(work: () => Promise<unknown>, message: RegExp): Pr
 test('audit: a torn record at the end is ignored; truncateFrom drops the steps to redo', () => {
   const file = join(root, 'audit.bin');
   const log = new AuditLog(file);
-  log.record(0, 0, Uint32Array.from([3, 1]));
-  log.record(0, 1, Uint32Array.from([0, 2]));
-  log.record(1, 2, Uint32Array.from([2, 0]));
-  log.flush();
-  appendFileSync(file, Buffer.from(Uint32Array.from([1, 3, 5, 7]).buffer));
+  log.record(0, 0, 0, Uint32Array.from([3, 1]));
+  log.record(0, 0, 1, Uint32Array.from([0, 2]));
+  log.record(0, 1, 2, Uint32Array.from([2, 0]));
+  // A torn record: the header promises 5 indices, 1 made it to disk.
+  appendFileSync(file, Buffer.from(Uint32Array.from([0, 1, 3, 5, 7]).buffer));
   assert.equal(
     readAuditFile(file).map((r) => r.step),
     [0, 1, 2],
   );
   assert.equal(log.truncateFrom(2), { kept: 2, dropped: 1 });
-  log.record(1, 2, Uint32Array.from([1, 3]));
+  log.record(1, 1, 2, Uint32Array.from([1, 3]));
   log.close();
   const records = readAuditFile(file);
   assert.equal(
@@ -252,8 +259,62 @@ test('audit: a torn record at the end is ignored; truncateFrom drops the steps t
 });
 
 test('auditEpochs counts duplicates and missing samples', () => {
-  const records = parseAudit(new Uint8Array(Uint32Array.from([0, 0, 3, 1, 1, 2, 0, 1, 1, 2]).buffer));
+  const records = parseAudit(new Uint8Array(Uint32Array.from([0, 0, 0, 3, 1, 1, 2, 0, 0, 1, 1, 2]).buffer));
   assert.equal(auditEpochs(records, 5), [{ epoch: 0, seen: 2, duplicated: 2, missing: 3 }]);
 });
+
+const rec = (generation: number, step: number, ...indices: number[]): AuditRecord => ({
+  generation,
+  epoch: 0,
+  step,
+  indices: Uint32Array.from(indices),
+});
+
+// [records (generation, step), history (generation, firstStep), the (generation, step) kept]
+const committedCases: [string, AuditRecord[], { generation: number; firstStep: number }[], string[]][] = [
+  [
+    'one generation keeps everything',
+    [rec(1, 0), rec(1, 1)],
+    [{ generation: 1, firstStep: 0 }],
+    ['1@0', '1@1'],
+  ],
+  [
+    'a step a survivor finished but the next world redid is dropped',
+    [rec(1, 0), rec(1, 1), rec(1, 2), rec(2, 2), rec(2, 3)],
+    [
+      { generation: 1, firstStep: 0 },
+      { generation: 2, firstStep: 2 },
+    ],
+    ['1@0', '1@1', '2@2', '2@3'],
+  ],
+  [
+    'a generation lost with every worker (absent from the history) counts for nothing',
+    [rec(1, 0), rec(2, 1), rec(2, 2), rec(3, 1)],
+    [
+      { generation: 1, firstStep: 0 },
+      { generation: 3, firstStep: 1 },
+    ],
+    ['1@0', '3@1'],
+  ],
+  [
+    'a later generation that started earlier (restore from an older checkpoint) cuts every older one',
+    [rec(1, 0), rec(1, 5), rec(2, 6), rec(3, 4)],
+    [
+      { generation: 1, firstStep: 0 },
+      { generation: 2, firstStep: 6 },
+      { generation: 3, firstStep: 4 },
+    ],
+    ['1@0', '3@4'],
+  ],
+];
+
+for (const [name, records, history, kept] of committedCases) {
+  test(`committedRecords: ${name}`, () => {
+    assert.equal(
+      committedRecords(records, history).map((r) => `${r.generation}@${r.step}`),
+      kept,
+    );
+  });
+}
 
 test.run();

@@ -12,8 +12,11 @@ import {
 const NOW = 100_000;
 const config = { minReplicas: 2, maxReplicas: 4, timeoutMs: 3000, lastCallMs: 1000 };
 
-function member(id: string, o: Partial<MemberRecord> & { seenAgo?: number } = {}): [string, ObservedMember] {
-  const { seenAgo = 0, ...record } = o;
+function member(
+  id: string,
+  o: Partial<MemberRecord> & { seenAgo?: number; confirmed?: boolean } = {},
+): [string, ObservedMember] {
+  const { seenAgo = 0, confirmed, ...record } = o;
   return [
     id,
     {
@@ -29,6 +32,7 @@ function member(id: string, o: Partial<MemberRecord> & { seenAgo?: number } = {}
         ...record,
       },
       observedAt: NOW - seenAgo,
+      ...(confirmed === undefined ? {} : { confirmed }),
     },
   ];
 }
@@ -184,6 +188,36 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
         ['b', 'a', 'z'],
       );
       assert.match(d.world.reason, 'z joining');
+    },
+  ],
+  [
+    "a record never seen to change (a killed worker's leftover) is not a joiner",
+    view({
+      members: [member('z', { hasState: false, confirmed: false }), member('a'), member('b')],
+      world: world(5, ['a', 'b']),
+      running: 5,
+    }),
+    (d) => assert.is(d.action, 'continue'),
+  ],
+  [
+    'an unconfirmed record is left out of a new world; a confirmed newcomer is in',
+    view({
+      members: [
+        member('y', { hasState: false, confirmed: false }),
+        member('z', { hasState: false, confirmed: true }),
+        member('a'),
+      ],
+      world: world(5, ['a', 'b']),
+      running: 5,
+      roundSince: NOW - 5000,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose')
+        assert.equal(
+          d.world.members.map((m) => m.id),
+          ['a', 'z'],
+        );
     },
   ],
   [

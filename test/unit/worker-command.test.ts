@@ -14,6 +14,9 @@ import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import {
   describeLogLine,
+  type GenerationEnd,
+  goodput,
+  parseChaos,
   parseRunArgs,
   planLocalRun,
   resolveManifestPaths,
@@ -141,7 +144,14 @@ const argCases: [string[], RegExp | object][] = [
   [['--out=o', 'job.yaml', '--checkpoints=c'], { out: 'o', checkpoints: 'c' }],
   [[], /missing FILE/],
   [['job.yaml', '--workers', '0'], /--workers needs a positive number/],
-  [['job.yaml', '--workers', '3'], /--workers 3: several local workers need the elastic runtime/],
+  [['job.yaml', '--workers', '3'], { workers: 3, elastic: true }],
+  [['job.yaml', '--chaos', 'kill:40, join:80,leave:120'], { elastic: true, chaosSeed: 1 }],
+  [
+    ['job.yaml', '--chaos', 'explode:40'],
+    /--chaos: "explode:40" is not ACTION:STEP with ACTION one of kill, join, leave, nats-restart/,
+  ],
+  [['job.yaml', '--chaos', 'kill:x'], /--chaos: "kill:x" is not ACTION:STEP/],
+  [['job.yaml', '--chaos-seed', 'abc'], /--chaos-seed needs a number, got abc/],
   [['job.yaml', '--backend', 'gpu'], /--backend must be one of auto, tensorflow, wasm, cpu/],
   [['job.yaml', '--fast'], /unknown option --fast/],
   [['a.yaml', 'b.yaml'], /one manifest at a time/],
@@ -166,7 +176,16 @@ test('the local plan configures a worker the way loadWorkerConfig reads it (no N
   assert.is(resolved.spec.dataset.path, '/srv/jobs/data');
   const plan = planLocalRun(
     resolved,
-    { file: 'x', workers: 1, out: 'runs/a', backend: 'wasm', checkpoints: undefined },
+    {
+      file: 'x',
+      workers: 1,
+      out: 'runs/a',
+      backend: 'wasm',
+      checkpoints: undefined,
+      chaos: [],
+      chaosSeed: 1,
+      elastic: false,
+    },
     '/home/me',
   );
   assert.is(plan.out, '/home/me/runs/a');
@@ -181,6 +200,52 @@ test('the local plan configures a worker the way loadWorkerConfig reads it (no N
   assert.is(config.outDir, '/home/me/runs/a');
   assert.equal(config.spec, resolved.spec);
 });
+
+test('parseChaos sorts the script by step', () => {
+  assert.equal(parseChaos('leave:120,kill:40,join:80'), [
+    { action: 'kill', step: 40 },
+    { action: 'join', step: 80 },
+    { action: 'leave', step: 120 },
+  ]);
+});
+
+// [generation ends, history, wall seconds, expected goodput]
+const goodputCases: [string, GenerationEnd[], { generation: number; firstStep: number }[], number, number][] =
+  [
+    [
+      'one generation, all steps count',
+      [{ generation: 1, firstStep: 0, lastStep: 100, stepSeconds: 9 }],
+      [{ generation: 1, firstStep: 0 }],
+      10,
+      0.9,
+    ],
+    [
+      'steps a later generation redid do not count; the slowest member speaks for a generation',
+      [
+        { generation: 1, firstStep: 0, lastStep: 50, stepSeconds: 5 },
+        { generation: 1, firstStep: 0, lastStep: 50, stepSeconds: 4 },
+        { generation: 2, firstStep: 40, lastStep: 100, stepSeconds: 3 },
+      ],
+      [
+        { generation: 1, firstStep: 0 },
+        { generation: 2, firstStep: 40 },
+      ],
+      10,
+      0.7,
+    ],
+    [
+      'a generation lost with its state counts for nothing',
+      [{ generation: 3, firstStep: 0, lastStep: 10, stepSeconds: 5 }],
+      [{ generation: 1, firstStep: 0 }],
+      10,
+      0,
+    ],
+  ];
+for (const [name, ends, history, wall, expected] of goodputCases) {
+  test(`goodput: ${name}`, () => {
+    assert.ok(Math.abs(goodput(ends, history, wall) - expected) < 1e-9, String(goodput(ends, history, wall)));
+  });
+}
 
 test('tensile run refuses an invalid manifest with the field, before starting anything', () => {
   const file = join(dir, 'bad.yaml');

@@ -2,10 +2,13 @@
  * The training audit: every sample index each worker trained on, per step, with its epoch, so that a
  * run can prove what it trained on (seen / duplicated / missing per epoch) across kills and rescales.
  *
- * One append-only file per worker: little-endian uint32 records [epoch, step, count, ...indices].
- * Records are buffered and flushed (and fsynced) with every checkpoint, so a checkpoint never claims
- * steps the audit does not hold. On restore the file is cut back to the checkpoint's step: the steps
- * after it are trained again, and the audit must show them once.
+ * One append-only file per worker: little-endian uint32 records [generation, epoch, step, count,
+ * ...indices]. A record is written (not fsynced) after every step, so a worker killed with -9 still
+ * accounts for the steps its gradients went into; the checkpoint writer fsyncs before it commits.
+ *
+ * Several workers can record the same step: a survivor of generation g finished step s while its peers
+ * did not, and generation g+1 redid s from the source's state. `committedRecords` keeps, for each
+ * step, only the records of the generation that the final history says owns it.
  */
 import {
   closeSync,
@@ -19,10 +22,13 @@ import {
 } from 'node:fs';
 
 export interface AuditRecord {
+  readonly generation: number;
   readonly epoch: number;
   readonly step: number;
   readonly indices: Uint32Array;
 }
+
+const HEADER = 4;
 
 /** Parses an audit file; a torn record at the end (a crash mid-write) is ignored. */
 export function parseAudit(bytes: Uint8Array): AuditRecord[] {
@@ -30,13 +36,14 @@ export function parseAudit(bytes: Uint8Array): AuditRecord[] {
   const words = new Uint32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + aligned));
   const records: AuditRecord[] = [];
   let at = 0;
-  while (at + 3 <= words.length) {
-    const epoch = words[at] as number;
-    const step = words[at + 1] as number;
-    const count = words[at + 2] as number;
-    if (at + 3 + count > words.length) break;
-    records.push({ epoch, step, indices: words.subarray(at + 3, at + 3 + count) });
-    at += 3 + count;
+  while (at + HEADER <= words.length) {
+    const generation = words[at] as number;
+    const epoch = words[at + 1] as number;
+    const step = words[at + 2] as number;
+    const count = words[at + 3] as number;
+    if (at + HEADER + count > words.length) break;
+    records.push({ generation, epoch, step, indices: words.subarray(at + HEADER, at + HEADER + count) });
+    at += HEADER + count;
   }
   return records;
 }
@@ -47,15 +54,16 @@ export function readAuditFile(file: string): AuditRecord[] {
 }
 
 function encode(records: readonly AuditRecord[]): Buffer {
-  const words = records.reduce((sum, r) => sum + 3 + r.indices.length, 0);
+  const words = records.reduce((sum, r) => sum + HEADER + r.indices.length, 0);
   const out = new Uint32Array(words);
   let at = 0;
   for (const r of records) {
-    out[at] = r.epoch;
-    out[at + 1] = r.step;
-    out[at + 2] = r.indices.length;
-    out.set(r.indices, at + 3);
-    at += 3 + r.indices.length;
+    out[at] = r.generation;
+    out[at + 1] = r.epoch;
+    out[at + 2] = r.step;
+    out[at + 3] = r.indices.length;
+    out.set(r.indices, at + HEADER);
+    at += HEADER + r.indices.length;
   }
   return Buffer.from(out.buffer);
 }
@@ -73,12 +81,14 @@ export class AuditLog {
     return this.fd;
   }
 
-  record(epoch: number, step: number, indices: Uint32Array): void {
+  /** Appends a step's record and writes it out (one small write; fsync is the checkpoint's job). */
+  record(generation: number, epoch: number, step: number, indices: Uint32Array): void {
     // The caller's array is a view of the epoch permutation: copy it.
-    this.pending.push({ epoch, step, indices: Uint32Array.from(indices) });
+    this.pending.push({ generation, epoch, step, indices: Uint32Array.from(indices) });
+    this.flush();
   }
 
-  /** Writes the buffered records (cheap; called when a checkpoint snapshot is taken). */
+  /** Writes the buffered records. */
   flush(): void {
     if (this.pending.length === 0) return;
     const bytes = encode(this.pending);
@@ -113,6 +123,28 @@ export class AuditLog {
     fsyncSync(this.fd);
     closeSync(this.fd);
   }
+}
+
+/**
+ * The records of the steps that count: a record of generation g at step s is dropped when a later
+ * generation of `history` started at or before s (it redid that step from another worker's state).
+ */
+export function committedRecords(
+  records: readonly AuditRecord[],
+  history: readonly { generation: number; firstStep: number }[],
+): AuditRecord[] {
+  // For each generation, the first step of any later one: its records from that step on were redone.
+  const redoneFrom = new Map<number, number>();
+  for (const g of history) {
+    let cut = Number.POSITIVE_INFINITY;
+    for (const later of history) if (later.generation > g.generation) cut = Math.min(cut, later.firstStep);
+    redoneFrom.set(g.generation, cut);
+  }
+  return records.filter((r) => {
+    const cut = redoneFrom.get(r.generation);
+    // A generation missing from the history never completed a step that counts (its state was lost).
+    return cut !== undefined && r.step < cut;
+  });
 }
 
 export interface EpochAudit {

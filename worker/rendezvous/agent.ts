@@ -42,6 +42,8 @@ const encode = (value: unknown) => encoder.encode(JSON.stringify(value));
 
 export class RendezvousAgent implements AsyncDisposable {
   private readonly members = new Map<string, ObservedMember & { revision: number }>();
+  /** When our own last heartbeat write succeeded: if it is overdue, we are the ones cut off. */
+  private lastWriteOk = Date.now();
   private world: WorldRecord | undefined;
   private worldRevision: number | undefined;
   private running = 0;
@@ -72,6 +74,7 @@ export class RendezvousAgent implements AsyncDisposable {
   /** Publishes this worker's record and starts watching; returns once the current state was read. */
   async start(): Promise<void> {
     await this.options.store.put(memberKey(this.options.id), encode(this.record));
+    this.lastWriteOk = Date.now();
     let initialized!: () => void;
     const ready = new Promise<void>((resolve) => {
       initialized = resolve;
@@ -108,9 +111,10 @@ export class RendezvousAgent implements AsyncDisposable {
           } else {
             const previous = this.members.get(id);
             // Liveness is when WE saw the record change, never the writer's clock.
-            const observedAt =
-              previous !== undefined && previous.revision === change.revision ? previous.observedAt : now;
-            this.members.set(id, { record: parsed.data, revision: change.revision, observedAt });
+            const same = previous !== undefined && previous.revision === change.revision;
+            const observedAt = same ? previous.observedAt : now;
+            const confirmed = previous !== undefined && (previous.confirmed === true || !same);
+            this.members.set(id, { record: parsed.data, revision: change.revision, observedAt, confirmed });
           }
         }
       }
@@ -134,6 +138,13 @@ export class RendezvousAgent implements AsyncDisposable {
     this.record = { ...this.record, heartbeat: this.record.heartbeat + 1 };
     try {
       await this.options.store.put(memberKey(this.options.id), encode(this.record));
+      const now = Date.now();
+      if (this.cutOff(now)) {
+        // While we could not reach the store we could not see anyone's heartbeat either: silence
+        // during our own outage is no evidence of death, so everyone gets a fresh timeout.
+        for (const [id, member] of this.members) this.members.set(id, { ...member, observedAt: now });
+      }
+      this.lastWriteOk = now;
     } catch (error) {
       this.options.log.warn('heartbeat failed', { error: (error as Error).message });
     }
@@ -164,13 +175,19 @@ export class RendezvousAgent implements AsyncDisposable {
     }
   }
 
+  private cutOff(now: number): boolean {
+    return now - this.lastWriteOk > 2 * this.options.heartbeatMs;
+  }
+
   private decideNow(): Decision {
+    const now = Date.now();
     const members = new Map<string, ObservedMember>(this.members);
+    if (this.cutOff(now)) for (const [id, m] of members) members.set(id, { ...m, observedAt: now });
     // Our own record as we know it (the watch may lag behind our last write).
-    members.set(this.options.id, { record: this.record, observedAt: Date.now() });
+    members.set(this.options.id, { record: this.record, observedAt: now });
     return decide({
       self: this.options.id,
-      now: Date.now(),
+      now,
       config: this.options.config,
       members,
       world: this.world,

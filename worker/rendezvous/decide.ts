@@ -48,6 +48,12 @@ export interface ObservedMember {
   readonly record: MemberRecord;
   /** Local time (ms) when this worker saw the record's revision change last. */
   readonly observedAt: number;
+  /**
+   * Whether this worker has seen the record change at least once. A record seen only as it was when
+   * first read may be a dead worker's leftover (kill -9 leaves its key behind): such a member is not
+   * invited into a new world (other than the first) until it heartbeats. Undefined counts as confirmed.
+   */
+  readonly confirmed?: boolean;
 }
 
 export interface RendezvousConfig {
@@ -116,7 +122,7 @@ export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): s
       return `${m.id} could not run generation ${world.generation}`;
   }
   const inWorld = new Set(world.members.map((m) => m.id));
-  const joiners = [...alive].filter((id) => !inWorld.has(id));
+  const joiners = [...alive].filter((id) => !inWorld.has(id) && members.get(id)?.confirmed !== false);
   if (joiners.length > 0 && world.members.length < config.maxReplicas)
     return `${joiners.sort().join(', ')} joining`;
   return undefined;
@@ -138,7 +144,12 @@ export function decide(view: RendezvousView): Decision {
   // Keep the survivors' order (their ranks barely move), then newcomers in the order they joined.
   const previous = world?.members.map((m) => m.id).filter((id) => alive.has(id)) ?? [];
   const newcomers = [...alive]
-    .filter((id) => !previous.includes(id))
+    // Leftover records matter once there has been a world; the very first one takes everyone.
+    .filter(
+      (id) =>
+        !previous.includes(id) &&
+        (world === undefined || id === self || members.get(id)?.confirmed !== false),
+    )
     .map((id) => (members.get(id) as ObservedMember).record)
     .sort(joinOrder)
     .map((r) => r.id);

@@ -31,15 +31,25 @@ function classify(error: unknown, what: string): RendezvousStoreError {
 }
 
 export class NatsKvStore implements RendezvousStore {
+  /** Called on every reconnection: a watcher's consumer may not have survived the server. */
+  private readonly onReconnect = new Set<() => void>();
+
   private constructor(
     private readonly kv: KV,
     readonly bucket: string,
-  ) {}
+    connection: NatsConnection,
+  ) {
+    void (async () => {
+      for await (const status of connection.status()) {
+        if (status.type === 'reconnect') for (const restart of this.onReconnect) restart();
+      }
+    })();
+  }
 
   static async open(connection: NatsConnection, bucket: string): Promise<NatsKvStore> {
     try {
       const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
-      return new NatsKvStore(kv, bucket);
+      return new NatsKvStore(kv, bucket, connection);
     } catch (error) {
       throw classify(error, `open key-value bucket ${bucket}`);
     }
@@ -89,8 +99,10 @@ export class NatsKvStore implements RendezvousStore {
   }
 
   /**
-   * Yields current values, then changes. If the underlying watcher ends (a server restart, say), a new
-   * one starts and replays current values, so consumers must treat every change as "the latest value".
+   * Yields current values, then changes. If the underlying watcher ends, or the connection comes back
+   * after an outage (a restarted server forgets the watcher's consumer, and the watcher does not always
+   * notice), a new one starts and replays current values, so consumers must treat every change as
+   * "the latest value".
    */
   async *watch(signal: AbortSignal): AsyncIterable<StoreChange> {
     while (!signal.aborted) {
@@ -103,6 +115,7 @@ export class NatsKvStore implements RendezvousStore {
       }
       const stop = () => iterator.stop();
       signal.addEventListener('abort', stop, { once: true });
+      this.onReconnect.add(stop);
       try {
         for await (const entry of iterator) {
           yield {
@@ -115,6 +128,7 @@ export class NatsKvStore implements RendezvousStore {
         // The watcher broke; start another below.
       } finally {
         signal.removeEventListener('abort', stop);
+        this.onReconnect.delete(stop);
       }
       if (!signal.aborted) await new Promise((r) => setTimeout(r, 250));
     }

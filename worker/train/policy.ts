@@ -24,6 +24,8 @@ export interface World {
   readonly perWorker: readonly number[];
   /** The learning rate of the step (policy scale, warm-up and schedule applied). */
   readonly learningRate: number;
+  /** AdaScale only: the base batch and S = B / B_base, for the gain computed each step. */
+  readonly adascale?: { readonly baseBatch: number; readonly scale: number };
 }
 
 export interface GenerationRecord {
@@ -54,6 +56,9 @@ export function worldFor(
       size,
       perWorker: shape.perWorker,
       learningRate: spec.optimizer.learningRate * scaleAt(shape.state, step),
+      ...(spec.batch.policy === 'adascale'
+        ? { adascale: { baseBatch: spec.batch.global, scale: shape.state.scale } }
+        : {}),
     },
     policy: shape.state,
   };

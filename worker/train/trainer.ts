@@ -13,6 +13,7 @@
  * Tensors are disposed every step (tf.memory().numTensors stays flat); dropout masks are seeded by
  * (model seed, step, rank, micro-batch) so a resumed run draws the same masks.
  */
+import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import type { OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
@@ -21,7 +22,7 @@ import { normalizeInPlace } from '../data/preprocess.ts';
 import { epochPermutation, planStep, shareIndices } from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
-import { microBatches } from '../rescale/policy.ts';
+import { adascaleGain, microBatches } from '../rescale/policy.ts';
 import { TrainingOptimizer } from './optimizer.ts';
 import type { EvalResult, World } from './policy.ts';
 import type { GradientReducer } from './reducer.ts';
@@ -50,7 +51,10 @@ export interface StepResult {
   /** Samples this rank trained on. */
   readonly localSamples: number;
   readonly endedEpoch: boolean;
+  /** The rate applied: the world's, times the AdaScale gain. */
   readonly learningRate: number;
+  /** AdaScale gain r ∈ [1, S] (1 for the other policies). */
+  readonly gain: number;
 }
 
 /** Turns stored samples into model inputs: normalisation and the layout in JS, PCA as a matMul. */
@@ -117,7 +121,8 @@ export class Trainer {
   private readonly model: tf.LayersModel;
   private readonly variables: tf.Variable[];
   private readonly gradientSpecs: TensorSpec[];
-  private readonly fused: Float32Array;
+  private fused: Float32Array;
+  private readonly gradientLength: number;
   private readonly optimizer: TrainingOptimizer;
   private readonly batches: BatchMaker;
   private readonly dropout: tf.layers.Layer[];
@@ -132,6 +137,7 @@ export class Trainer {
     const layout = fusedLayout(trainable.map((w) => ({ name: w.originalName, shape: w.shape as number[] })));
     this.gradientSpecs = layout.specs;
     // Gradients, then the loss and the number of correct predictions, summed by the same all-reduce.
+    this.gradientLength = layout.length;
     this.fused = new Float32Array(layout.length + 2);
     this.optimizer = new TrainingOptimizer(
       options.optimizer,
@@ -173,10 +179,14 @@ export class Trainer {
     if (share === undefined)
       throw new RangeError(`rank ${world.rank} outside a world of ${world.perWorker.length}`);
     const indices = shareIndices(this.epochOrder(plan.epoch), share);
+    // AdaScale: one more slot per rank for the squared norm of its own gradient, in the same all-reduce.
+    const adascale = world.adascale !== undefined && world.size > 1;
+    const length = this.gradientLength + 2 + (adascale ? world.size : 0);
+    if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
     fused.fill(0);
     const sizes = microBatches(indices.length, this.options.maxPerWorker);
-    const lossIndex = fused.length - 2;
+    const lossIndex = this.gradientLength;
     let first = 0;
     sizes.forEach((size, micro) => {
       const slice = indices.subarray(first, first + size);
@@ -212,16 +222,39 @@ export class Trainer {
         ),
       );
     });
+    // Recorded before the all-reduce: once sent, this share may be in the sum that some rank applies.
+    // Whether the step counts is decided by the history (committedRecords), not by this rank.
+    this.options.audit?.record(world.generation, plan.epoch, this.state.step, indices);
+    if (adascale) {
+      // This rank's gradient is weighted by b_i/B; its own mean gradient is that times B/b_i.
+      const weight = plan.samples / Math.max(1, indices.length);
+      let norm = 0;
+      for (let j = 0; j < this.gradientLength; j++) norm += ((fused[j] as number) * weight) ** 2;
+      fused[lossIndex + 2 + world.rank] = norm;
+    }
     const reduced = await reducer.allReduce(fused, signal);
+    let gain = 1;
+    if (adascale && world.adascale !== undefined) {
+      let mean = 0;
+      for (let j = 0; j < this.gradientLength; j++) mean += (reduced[j] as number) ** 2;
+      const norms = Array.from(reduced.subarray(lossIndex + 2, lossIndex + 2 + world.size));
+      gain = adascaleGain(
+        norms,
+        mean,
+        plan.samples / world.size,
+        world.adascale.baseBatch,
+        world.adascale.scale,
+      );
+    }
+    const learningRate = world.learningRate * gain;
     const gradients = this.gradientSpecs.map((spec) =>
       tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]),
     );
     try {
-      this.optimizer.apply(gradients, world.learningRate);
+      this.optimizer.apply(gradients, learningRate);
     } finally {
       tf.dispose(gradients);
     }
-    this.options.audit?.record(plan.epoch, this.state.step, indices);
     this.state.step += 1;
     this.state.epoch = plan.next.epoch;
     this.state.cursor = plan.next.cursor;
@@ -234,7 +267,8 @@ export class Trainer {
       samples: plan.samples,
       localSamples: indices.length,
       endedEpoch: plan.endsEpoch,
-      learningRate: world.learningRate,
+      learningRate,
+      gain,
     };
   }
 
@@ -247,13 +281,34 @@ export class Trainer {
     batchSize = 1000,
     signal?: AbortSignal,
   ): Omit<EvalResult, 'step' | 'epoch'> | undefined {
+    const sums = this.evaluateSums(store, 0, store.size, batchSize, signal);
+    if (sums === undefined) return undefined;
+    const samples = store.size;
+    return {
+      loss: samples === 0 ? 0 : sums.loss / samples,
+      accuracy: samples === 0 ? 0 : sums.correct / samples,
+      samples,
+    };
+  }
+
+  /**
+   * Summed loss and correct predictions over samples [from, to) of `store`: a rank's shard of a
+   * distributed evaluation, whose sums the world adds up.
+   */
+  evaluateSums(
+    store: SampleStore,
+    from: number,
+    to: number,
+    batchSize = 1000,
+    signal?: AbortSignal,
+  ): { loss: number; correct: number } | undefined {
     let lossSum = 0;
     let correct = 0;
-    const indices = new Uint32Array(Math.min(batchSize, store.size));
-    for (let start = 0; start < store.size; start += batchSize) {
+    const indices = new Uint32Array(Math.max(0, Math.min(batchSize, to - from)));
+    for (let start = from; start < to; start += batchSize) {
       // An evaluation of a large set takes seconds: a stop request must not wait for it.
       if (signal?.aborted) return undefined;
-      const count = Math.min(batchSize, store.size - start);
+      const count = Math.min(batchSize, to - start);
       for (let i = 0; i < count; i++) indices[i] = start + i;
       const { x, y } = this.batches.make(store, indices.subarray(0, count));
       const sums = tf.tidy(() => {
@@ -270,12 +325,7 @@ export class Trainer {
       lossSum += loss as number;
       correct += hits as number;
     }
-    const samples = store.size;
-    return {
-      loss: samples === 0 ? 0 : lossSum / samples,
-      accuracy: samples === 0 ? 0 : correct / samples,
-      samples,
-    };
+    return { loss: lossSum, correct };
   }
 
   /** Weights, optimizer slots and state in host memory: the only part of a checkpoint that blocks training. */
@@ -310,6 +360,16 @@ export class Trainer {
     }
     this.optimizer.restore(snapshot.optimizer);
     Object.assign(this.state, structuredClone(snapshot.state));
+  }
+
+  /** A digest of the trainable weights' bits: equal on every rank of a world after every step. */
+  weightsChecksum(): string {
+    const hash = createHash('sha256');
+    for (const variable of this.variables) {
+      const values = variable.dataSync() as Float32Array;
+      hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    }
+    return hash.digest('hex').slice(0, 16);
   }
 
   dispose(): void {

@@ -1,0 +1,466 @@
+/**
+ * What `tensile report` shows, and the pure parsing that builds it from the text of a run directory's
+ * files (summary.json, worker-*.log, events.jsonl). Everything here is tolerant: a log line that is not
+ * JSON, or an event without the fields it needs, is counted and skipped, never fatal, because a report
+ * is most wanted precisely for the runs that went wrong.
+ */
+import { z } from 'zod';
+
+/** A report cannot be made; the message says which file and what to do. */
+export class ReportError extends Error {
+  override readonly name = 'ReportError';
+}
+
+const count = z.number().int().min(0);
+const Ref = z.object({ step: count, path: z.string() }).nullable().catch(null);
+
+const SummarySchema = z.object({
+  job: z.string(),
+  status: z.string().catch('unknown'),
+  reason: z.string().catch(''),
+  step: count.catch(0),
+  epoch: count.catch(0),
+  eval: z
+    .object({ step: count, epoch: count, loss: z.number(), accuracy: z.number(), samples: count })
+    .nullable()
+    .catch(null),
+  wallSeconds: z.number().nullable().catch(null),
+  trainSeconds: z.number().nullable().catch(null),
+  samplesPerSecond: z.number().nullable().catch(null),
+  backend: z.string().catch('unknown'),
+  workers: count.catch(0),
+  epochs: z
+    .array(
+      z.object({
+        epoch: count,
+        seen: count,
+        duplicated: count,
+        missing: count,
+        complete: z.boolean().catch(false),
+      }),
+    )
+    .catch([]),
+  generations: z
+    .array(
+      z.object({
+        generation: count,
+        worldSize: count,
+        globalBatch: count,
+        learningRate: z.number(),
+        firstStep: count,
+      }),
+    )
+    .catch([]),
+  checkpoint: Ref,
+  resumedFrom: Ref,
+});
+
+type KnownSummary = z.output<typeof SummarySchema>;
+
+export interface ReportSummary extends KnownSummary {
+  /** Fields this version does not know (goodput, chaos, …), shown as they are. */
+  readonly extra: Readonly<Record<string, unknown>>;
+}
+
+export type EpochAudit = ReportSummary['epochs'][number];
+
+export interface ProgressPoint {
+  readonly step: number;
+  /** Milliseconds since the epoch; null when the line had no valid timestamp. */
+  readonly time: number | null;
+  readonly worker: string | null;
+  readonly generation: number | null;
+  readonly epoch: number | null;
+  readonly loss: number | null;
+  readonly accuracy: number | null;
+  readonly samplesPerSecond: number | null;
+  readonly learningRate: number | null;
+  readonly worldSize: number | null;
+  readonly plannedSteps: number | null;
+}
+
+export interface EvalPoint {
+  readonly step: number;
+  readonly time: number | null;
+  readonly epoch: number | null;
+  readonly loss: number | null;
+  readonly accuracy: number | null;
+  readonly samples: number | null;
+  readonly seconds: number | null;
+}
+
+export interface GenerationInfo {
+  readonly generation: number;
+  readonly worldSize: number;
+  readonly globalBatch: number | null;
+  readonly learningRate: number | null;
+  readonly firstStep: number;
+  readonly time: number | null;
+}
+
+/**
+ * One thing that happened: a world formed, a checkpoint, a kill or a join from events.jsonl, …
+ * `kind` is the log event or the events.jsonl type as written, unknown ones included.
+ */
+export interface TimelineEvent {
+  readonly kind: string;
+  readonly time: number | null;
+  readonly step: number | null;
+  /** The step was not recorded and is the last progress step logged before `time`. */
+  readonly approximate: boolean;
+  readonly worker: string | null;
+  readonly detail: string;
+  readonly source: 'log' | 'events';
+}
+
+export interface ReportData {
+  readonly dir: string;
+  readonly summary: ReportSummary;
+  /** Training progress, one point per step, in step order. */
+  readonly progress: readonly ProgressPoint[];
+  readonly evals: readonly EvalPoint[];
+  readonly generations: readonly GenerationInfo[];
+  /** In time order (events without a time by step, at the end). */
+  readonly events: readonly TimelineEvent[];
+  /** Worker ids seen in the logs. */
+  readonly workers: readonly string[];
+  readonly logFiles: readonly string[];
+  /** Lines of the logs and events.jsonl that could not be read. */
+  readonly skippedLines: number;
+}
+
+type Json = Record<string, unknown>;
+
+const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+const isStep = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const parseTime = (v: unknown): number | null => {
+  if (typeof v !== 'string') return null;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? null : t;
+};
+
+/** summary.json as written by `tensile run`; unknown fields go to `extra`. */
+export function parseSummary(text: string, file: string): ReportSummary {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new ReportError(`${file}: not valid JSON (${(error as Error).message}); run \`tensile run\` again`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ReportError(`${file}: not a run summary (expected a JSON object)`);
+  const parsed = SummarySchema.safeParse(raw);
+  if (!parsed.success) throw new ReportError(`${file}: not a run summary (no "job" name)`);
+  const known = new Set(Object.keys(SummarySchema.shape));
+  const extra = Object.fromEntries(Object.entries(raw).filter(([key]) => !known.has(key)));
+  return { ...parsed.data, extra };
+}
+
+/** JSON objects of a JSON-lines text, and how many non-empty lines were not objects. */
+export function parseJsonLines(text: string): { records: Json[]; skipped: number } {
+  const records: Json[] = [];
+  let skipped = 0;
+  for (const line of text.split('\n')) {
+    const trimmed = line.trim();
+    if (trimmed === '') continue;
+    try {
+      const value: unknown = JSON.parse(trimmed);
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) records.push(value as Json);
+      else skipped++;
+    } catch {
+      skipped++;
+    }
+  }
+  return { records, skipped };
+}
+
+interface Timed<T> {
+  readonly value: T;
+  readonly time: number | null;
+  readonly order: number;
+}
+
+/** Keeps one value per key: the one with the latest timestamp, the later line on a tie. */
+function latestByKey<T>(items: readonly Timed<T>[], key: (value: T) => number): T[] {
+  const best = new Map<number, Timed<T>>();
+  for (const item of items) {
+    const k = key(item.value);
+    const held = best.get(k);
+    const t = item.time ?? Number.NEGATIVE_INFINITY;
+    const heldTime = held?.time ?? Number.NEGATIVE_INFINITY;
+    if (held === undefined || t > heldTime || (t === heldTime && item.order > held.order)) best.set(k, item);
+  }
+  return [...best.values()].map((item) => item.value).sort((a, b) => key(a) - key(b));
+}
+
+/** The last progress step logged at or before `time`. */
+function stepAt(progress: readonly ProgressPoint[], time: number): number | null {
+  let step: number | null = null;
+  let latest = Number.NEGATIVE_INFINITY;
+  for (const p of progress) {
+    if (p.time === null || p.time > time) continue;
+    if (p.time >= latest) {
+      latest = p.time;
+      step = p.step;
+    }
+  }
+  return step;
+}
+
+function basename(path: string): string {
+  return path.split('/').filter(Boolean).pop() ?? path;
+}
+
+function scalarDetail(record: Json, skip: readonly string[]): string {
+  return Object.entries(record)
+    .filter(
+      ([k, v]) =>
+        !skip.includes(k) && (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean'),
+    )
+    .map(([k, v]) => `${k}=${String(v)}`)
+    .join(' ');
+}
+
+/** Log events worth a place on the timeline besides generations and checkpoints. */
+const LOG_EVENTS: Readonly<Record<string, (r: Json) => string>> = {
+  resumed: (r) => `resumed from ${basename(str(r['path']) ?? '?')} at step ${String(r['step'])}`,
+  completed: (r) => `completed: ${str(r['reason']) ?? ''}`,
+  stopped: (r) => `stopped: ${str(r['reason']) ?? ''}`,
+  stopping: () => 'stop requested; checkpointing',
+  'checkpoint-failed': (r) => `checkpoint failed: ${str(r['error']) ?? ''}`,
+  'world-failed': (r) => `world failed: ${str(r['error']) ?? str(r['reason']) ?? str(r['message']) ?? ''}`,
+  failed: (r) => `failed: ${str(r['error']) ?? ''}`,
+  'grace-exceeded': () => 'termination grace period exceeded',
+  signal: (r) => `signal ${str(r['signal']) ?? ''}`,
+};
+
+export interface RunFiles {
+  readonly dir: string;
+  readonly summaryFile: string;
+  readonly summaryText: string;
+  readonly logs: readonly { readonly file: string; readonly text: string }[];
+  /** events.jsonl, when the run wrote one. */
+  readonly eventsText: string | undefined;
+}
+
+/** The report's data from the text of a run directory's files. */
+export function assembleReport(files: RunFiles): ReportData {
+  const summary = parseSummary(files.summaryText, files.summaryFile);
+  let skipped = 0;
+  let order = 0;
+  const progressRaw: Timed<ProgressPoint>[] = [];
+  const evalRaw: Timed<EvalPoint>[] = [];
+  const generationRaw: Timed<GenerationInfo>[] = [];
+  const checkpointRaw: Timed<TimelineEvent>[] = [];
+  const events: TimelineEvent[] = [];
+  const workers = new Set<string>();
+  // A world that re-forms from an earlier step (a resume, a restore) redoes the steps after it:
+  // progress logged before that moment beyond that step was rolled back.
+  const rollbacks: { time: number; step: number }[] = [];
+
+  for (const log of files.logs) {
+    const parsed = parseJsonLines(log.text);
+    skipped += parsed.skipped;
+    for (const r of parsed.records) {
+      order++;
+      const time = parseTime(r['timestamp']);
+      const worker = str(r['worker']);
+      if (worker !== null) workers.add(worker);
+      const event = str(r['event']);
+      if (event === null) continue;
+      const step = r['step'];
+      switch (event) {
+        case 'progress': {
+          if (!isStep(step)) {
+            skipped++;
+            break;
+          }
+          progressRaw.push({
+            time,
+            order,
+            value: {
+              step,
+              time,
+              worker,
+              generation: num(r['generation']),
+              epoch: num(r['epoch']),
+              loss: num(r['loss']),
+              accuracy: num(r['accuracy']),
+              samplesPerSecond: num(r['samplesPerSecond']),
+              learningRate: num(r['learningRate']),
+              worldSize: num(r['worldSize']),
+              plannedSteps: num(r['plannedSteps']),
+            },
+          });
+          break;
+        }
+        case 'eval': {
+          if (!isStep(step)) {
+            skipped++;
+            break;
+          }
+          evalRaw.push({
+            time,
+            order,
+            value: {
+              step,
+              time,
+              epoch: num(r['epoch']),
+              loss: num(r['loss']),
+              accuracy: num(r['accuracy']),
+              samples: num(r['samples']),
+              seconds: num(r['seconds']),
+            },
+          });
+          break;
+        }
+        case 'generation': {
+          const generation = r['generation'];
+          const worldSize = r['worldSize'];
+          const firstStep = r['firstStep'];
+          if (!isStep(generation) || !isStep(worldSize) || !isStep(firstStep)) {
+            skipped++;
+            break;
+          }
+          if (time !== null) rollbacks.push({ time, step: firstStep });
+          // Every rank logs its world; the earliest line says when the world formed.
+          generationRaw.push({
+            time: time === null ? null : -time,
+            order: -order,
+            value: {
+              generation,
+              worldSize,
+              globalBatch: num(r['globalBatch']),
+              learningRate: num(r['learningRate']),
+              firstStep,
+              time,
+            },
+          });
+          break;
+        }
+        case 'checkpoint': {
+          if (!isStep(step)) {
+            skipped++;
+            break;
+          }
+          const path = str(r['path']);
+          const writeMs = num(r['writeMs']);
+          checkpointRaw.push({
+            time: time === null ? null : -time,
+            order: -order,
+            value: {
+              kind: 'checkpoint',
+              time,
+              step,
+              approximate: false,
+              worker,
+              detail: `${path === null ? 'checkpoint' : basename(path)}${writeMs === null ? '' : ` written in ${writeMs} ms`}`,
+              source: 'log',
+            },
+          });
+          break;
+        }
+        default: {
+          const describe = LOG_EVENTS[event];
+          if (describe === undefined) break;
+          if (event === 'resumed' && isStep(step) && time !== null) rollbacks.push({ time, step });
+          events.push({
+            kind: event,
+            time,
+            step: isStep(step) ? step : null,
+            approximate: false,
+            worker,
+            detail: describe(r).trim(),
+            source: 'log',
+          });
+        }
+      }
+    }
+  }
+
+  const rolledBack = (p: { step: number; time: number | null }) =>
+    p.time !== null && rollbacks.some((b) => b.time > (p.time as number) && p.step > b.step);
+  const progress = latestByKey(
+    progressRaw.filter((p) => !rolledBack(p.value)),
+    (p) => p.step,
+  );
+  const evals = latestByKey(
+    evalRaw.filter((e) => !rolledBack(e.value)),
+    (e) => e.step,
+  );
+  if (evals.length === 0 && summary.eval !== null) evals.push({ ...summary.eval, time: null, seconds: null });
+
+  // The logs know when each world formed; the summary also lists generations of earlier sessions
+  // whose logs may be gone.
+  const fromLogs = latestByKey(generationRaw, (g) => g.generation);
+  const generations = [...fromLogs];
+  for (const g of summary.generations)
+    if (!generations.some((h) => h.generation === g.generation)) generations.push({ ...g, time: null });
+  generations.sort((a, b) => a.generation - b.generation);
+  for (const g of generations)
+    events.push({
+      kind: 'generation',
+      time: g.time,
+      step: g.firstStep,
+      approximate: false,
+      worker: null,
+      detail: `generation ${g.generation}: ${g.worldSize} worker${g.worldSize === 1 ? '' : 's'}${g.globalBatch === null ? '' : `, global batch ${g.globalBatch}`}${g.learningRate === null ? '' : `, learning rate ${Number(g.learningRate.toPrecision(4))}`}`,
+      source: 'log',
+    });
+  // A checkpoint is written once, by one rank; keep the first line of each step.
+  events.push(...latestByKey(checkpointRaw, (c) => c.step ?? 0));
+
+  if (files.eventsText !== undefined) {
+    const parsed = parseJsonLines(files.eventsText);
+    skipped += parsed.skipped;
+    for (const r of parsed.records) {
+      const type = str(r['type']);
+      const time = parseTime(r['time']);
+      if (type === null || (time === null && !isStep(r['step']))) {
+        skipped++;
+        continue;
+      }
+      const step = isStep(r['step']) ? r['step'] : null;
+      const worker = str(r['worker']);
+      // A checkpoint the logs already show is not repeated.
+      if (
+        type === 'checkpoint' &&
+        step !== null &&
+        events.some((e) => e.kind === 'checkpoint' && e.step === step)
+      )
+        continue;
+      events.push({
+        kind: type,
+        time,
+        step,
+        approximate: false,
+        worker,
+        detail: str(r['detail']) ?? scalarDetail(r, ['time', 'type', 'step', 'worker']),
+        source: 'events',
+      });
+    }
+  }
+
+  const placed = events.map((e) =>
+    e.step === null && e.time !== null ? { ...e, step: stepAt(progress, e.time), approximate: true } : e,
+  );
+  placed.sort((a, b) => {
+    if (a.time !== null && b.time !== null) return a.time - b.time;
+    if (a.time !== null) return -1;
+    if (b.time !== null) return 1;
+    return (a.step ?? 0) - (b.step ?? 0);
+  });
+
+  return {
+    dir: files.dir,
+    summary,
+    progress,
+    evals,
+    generations,
+    events: placed,
+    workers: [...workers].sort(),
+    logFiles: files.logs.map((l) => l.file),
+    skippedLines: skipped,
+  };
+}

@@ -1,0 +1,84 @@
+/** `tensile run` as a child process for tests: its output lines, waiting for a line, its summary. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as assert from 'uvu/assert';
+import type { RunSummary } from '../../operator/commands/run.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const bin = join(root, 'operator/bin/tensile.mjs');
+
+export interface RunningTensile {
+  readonly child: ChildProcess;
+  readonly out: string;
+  readonly lines: string[];
+  readonly done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  waitFor(pattern: RegExp): Promise<string>;
+}
+
+export function tensileRun(
+  file: string,
+  out: string,
+  extra: readonly string[] = [],
+  env: Record<string, string> = {},
+): RunningTensile {
+  // Its own process group, so that kill -9 takes the workers down with it, as a node crash would.
+  const child = spawn(process.execPath, [bin, 'run', file, '--out', out, ...extra], {
+    cwd: root,
+    detached: true,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  const onText = (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n').filter(Boolean)) {
+      lines.push(line);
+      for (const w of [...waiters]) {
+        if (w.pattern.test(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
+      }
+    }
+  };
+  child.stdout?.on('data', onText);
+  child.stderr?.on('data', onText);
+  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal })),
+  );
+  return {
+    child,
+    out,
+    lines,
+    done,
+    waitFor: (pattern) =>
+      new Promise((resolve, reject) => {
+        const seen = lines.find((l) => pattern.test(l));
+        if (seen !== undefined) return resolve(seen);
+        waiters.push({ pattern, resolve });
+        void done.then(() => reject(new Error(`ended without ${pattern}:\n${lines.slice(-30).join('\n')}`)));
+      }),
+  };
+}
+
+/** Waits for the run, asserts it exited 0 and returns its summary.json. */
+export async function finished(run: RunningTensile): Promise<RunSummary> {
+  const { code } = await run.done;
+  assert.is(code, 0, run.lines.slice(-30).join('\n'));
+  return JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')) as RunSummary;
+}
+
+/** The JSON log lines of the workers of a run (all of them, or worker-<index>). */
+export function workerEvents(out: string, index?: number): Record<string, unknown>[] {
+  const files = readdirSync(out).filter((n) =>
+    index === undefined ? /^worker-\d+\.log$/.test(n) : n === `worker-${index}.log`,
+  );
+  return files.flatMap((name) =>
+    readFileSync(join(out, name), 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>),
+  );
+}

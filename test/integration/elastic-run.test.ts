@@ -1,0 +1,142 @@
+/**
+ * Elastic training with real worker processes, a real nats-server and the real Fashion-MNIST files:
+ * `tensile run --workers 3 --chaos ...` kills a worker, adds two, restarts NATS and stops one
+ * gracefully; the run must finish with every sample trained on exactly once per epoch, identical
+ * weights on every worker after every step, each world's batch and rate as the policy says, and the
+ * accuracy of an undisturbed 3-worker run.
+ */
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { stringify } from 'yaml';
+import type { RunSummary } from '../../operator/commands/run.ts';
+import { finished, tensileRun, workerEvents } from '../helpers/tensile-run.ts';
+
+const FASHION = '/usr/share/datasets/fashion-mnist';
+const dir = mkdtempSync(join(tmpdir(), 'tensile-elastic-'));
+if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
+  throw new Error(
+    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
+  );
+}
+
+const TRAIN = 6000;
+const BATCH = 60;
+const EPOCHS = 4;
+const STEPS = (TRAIN / BATCH) * EPOCHS;
+
+const file = join(dir, 'elastic.yaml');
+writeFileSync(
+  file,
+  stringify({
+    apiVersion: 'tensile.dev/v1alpha1',
+    kind: 'TrainingJob',
+    metadata: { name: 'elastic' },
+    spec: {
+      replicas: 3,
+      minReplicas: 1,
+      maxReplicas: 4,
+      // No dropout: with fixedGlobalBatch the math is then the same whatever the world size (only
+      // the order of the sums differs), so the chaos run can be held to the undisturbed one's accuracy.
+      model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 3 },
+      dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 2000 } },
+      optimizer: { type: 'adam', learningRate: 0.003 },
+      batch: { global: BATCH, policy: 'fixedGlobalBatch' },
+      stopping: { epochs: EPOCHS },
+      evaluation: { intervalSteps: 100 },
+      checkpoint: { intervalSteps: 25, keep: 4 },
+      rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+    },
+  }),
+);
+
+let undisturbed: RunSummary;
+
+test('three workers without disturbance: one world, the audit is clean', async () => {
+  undisturbed = await finished(tensileRun(file, join(dir, 'fixed'), ['--workers', '3']));
+  assert.is(undisturbed.status, 'completed');
+  assert.is(undisturbed.step, STEPS);
+  assert.ok(
+    undisturbed.generations.some((g) => g.worldSize === 3),
+    JSON.stringify(undisturbed.generations),
+  );
+  for (const e of undisturbed.epochs) assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0]);
+  console.log(
+    `  undisturbed: accuracy ${undisturbed.eval?.accuracy}, ${undisturbed.wallSeconds} s, goodput ${undisturbed.goodput}`,
+  );
+});
+
+test('kill, two joins, a NATS restart and a leave: the run finishes, exactly once, in lockstep', async () => {
+  const killAt = 30 + Math.floor(Math.random() * 30);
+  const chaos = `kill:${killAt},join:${killAt + 20},join:${killAt + 60},nats-restart:${killAt + 110},leave:${killAt + 260}`;
+  const out = join(dir, 'chaos');
+  const summary = await finished(
+    tensileRun(file, out, ['--workers', '3', '--chaos', chaos], { TENSILE_CHECKSUM_EVERY: '1' }),
+  );
+  console.log(`  chaos ${chaos}: ${summary.wallSeconds} s, goodput ${summary.goodput}`);
+  console.log(
+    `  generations: ${summary.generations.map((g) => `${g.generation}:${g.worldSize}@${g.firstStep}`).join(' ')}`,
+  );
+  assert.is(summary.status, 'completed');
+  assert.is(summary.step, STEPS);
+  assert.equal(
+    summary.chaos?.map((c) => c.action),
+    ['kill', 'join', 'join', 'nats-restart', 'leave'],
+  );
+
+  // Exactly once: from the samples each worker recorded, across every world change.
+  assert.is(summary.epochs.length, EPOCHS);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+
+  // Each world as the policy says: fixedGlobalBatch keeps B and the rate whatever N is.
+  assert.ok(summary.generations.length >= 4, 'a world per change');
+  let previous = -1;
+  for (const g of summary.generations) {
+    assert.is(g.globalBatch, BATCH);
+    assert.is(g.learningRate, 0.003);
+    assert.ok(g.worldSize >= 1 && g.worldSize <= 4, `world of ${g.worldSize}`);
+    assert.ok(g.firstStep >= previous, 'worlds start where the last one stopped, never earlier');
+    previous = g.firstStep;
+  }
+  assert.ok(
+    summary.generations.some((g) => g.worldSize < 3) && summary.generations.some((g) => g.worldSize === 4),
+    'it shrank and grew',
+  );
+
+  const events = workerEvents(out);
+  // Identical weights on every worker after every step, compared bit for bit through checksums.
+  const sums = new Map<string, Set<string>>();
+  const workers = new Map<string, number>();
+  for (const e of events.filter((x) => x['event'] === 'checksum')) {
+    const key = `${e['generation']}@${e['step']}`;
+    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
+    workers.set(key, (workers.get(key) ?? 0) + 1);
+  }
+  const shared = [...workers.values()].filter((n) => n > 1).length;
+  assert.ok(shared > STEPS / 3, `${shared} steps were checked on more than one worker`);
+  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+
+  // NATS went away and came back; the workers reconnected and went on.
+  assert.ok(
+    events.some((e) => e['event'] === 'nats-reconnect'),
+    'a worker logged its reconnection',
+  );
+
+  // Loss decreasing: the last 50 steps against the first 50.
+  const losses = events
+    .filter((e) => e['event'] === 'progress' && typeof e['loss'] === 'number')
+    .sort((a, b) => (a['step'] as number) - (b['step'] as number))
+    .map((e) => e['loss'] as number);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  assert.ok(mean(losses.slice(-50)) < 0.7 * mean(losses.slice(0, 50)), 'loss decreased');
+
+  // The accuracy of the undisturbed run with the same seed, within half a point.
+  const gap = Math.abs((summary.eval?.accuracy ?? 0) - (undisturbed.eval?.accuracy ?? 1));
+  console.log(`  accuracy ${summary.eval?.accuracy} vs undisturbed ${undisturbed.eval?.accuracy}`);
+  assert.ok(gap <= 0.005, `accuracy gap ${gap}`);
+});
+
+test.run();

@@ -1,0 +1,396 @@
+/**
+ * How a worker finds the world it trains in, and how the world's state reaches it.
+ *
+ * `LocalMembership`: a world of one, no communication (`tensile run --workers 1`).
+ * `ElasticMembership`: rendezvous over NATS JetStream KV (RendezvousAgent), a ring of TCP links per
+ * generation (RingGroup), and the state broadcast that makes a new world consistent: the member with
+ * the most advanced state (the world's `source`) sends weights, optimizer state, step, cursor and
+ * policy state to everyone; when nobody has state, rank 0 restores the newest valid checkpoint first.
+ *
+ * A joined world carries an AbortSignal that fires when the world is over (a newer generation
+ * appeared): the step in flight fails with a CollectiveError and is not applied.
+ */
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
+import {
+  type ControlMessage,
+  ControlMessageSchema,
+  decodeMessage,
+  encodeMessage,
+  jobSubjects,
+  rendezvousBucket,
+} from '../../operator/api/contract.ts';
+import { elasticRange } from '../../operator/api/training-job.ts';
+import { RingGroup } from '../collective/group.ts';
+import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
+import type { WorkerConfig } from '../config.ts';
+import { errorMessage, type WorkerLogger } from '../log.ts';
+import { RendezvousAgent } from '../rendezvous/agent.ts';
+import type { WorldRecord } from '../rendezvous/decide.ts';
+import { NatsKvStore } from '../rendezvous/nats-kv-store.ts';
+import { worldShape } from '../rescale/policy.ts';
+import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
+import type { Snapshot } from '../train/snapshot.ts';
+import { packSnapshot, unpackSnapshot } from './wire.ts';
+
+/** What a membership needs from the trainer to make the world's state consistent. */
+export interface StateHolder {
+  snapshot(): Snapshot;
+  restore(snapshot: Snapshot): void;
+  readonly hasTrained: boolean;
+  readonly step: number;
+}
+
+export interface JoinedWorld {
+  /** The rendezvous round (0 for a local world). */
+  readonly round: number;
+  readonly rank: number;
+  readonly size: number;
+  readonly members: readonly string[];
+  readonly reason: string;
+  readonly reducer: GradientReducer;
+  /** Aborts when this world is over: a newer one exists. */
+  readonly changed: AbortSignal;
+  /** Where the state came from: this worker's own, a peer's broadcast, or a checkpoint. */
+  readonly stateFrom: 'own' | 'peer' | 'checkpoint' | 'fresh';
+  /** Ends this world for this worker now: a collective in flight fails. */
+  abort(): void;
+  end(): Promise<void>;
+}
+
+export type JoinOutcome =
+  | { readonly kind: 'joined'; readonly world: JoinedWorld }
+  | { readonly kind: 'stopped' }
+  | { readonly kind: 'completed'; readonly step: number; readonly reason: string };
+
+export interface Membership extends AsyncDisposable {
+  /**
+   * Waits for the next world this worker belongs to and makes the holder's state that world's state.
+   * `restore` loads the newest valid checkpoint into the holder (false when there is none).
+   */
+  join(holder: StateHolder, restore: () => Promise<boolean>, stop: AbortSignal): Promise<JoinOutcome>;
+  /** The committed step, carried by the next heartbeat (the rendezvous picks the most advanced source). */
+  progress(step: number): void;
+  /** This world could not go on (a peer failed): ask for a new round. */
+  failed(round: number): Promise<void>;
+  /** Leaves for good: the others re-form without this worker at once. */
+  leave(): Promise<void>;
+  /** Records that training is finished, so that late or standby workers end too. */
+  complete(step: number, reason: string): Promise<void>;
+  publish(channel: 'metrics' | 'events', message: unknown): void;
+  /** Control messages addressed to this worker (leave, checkpoint, stop). */
+  onControl(listener: (message: ControlMessage) => void): void;
+}
+
+export class LocalMembership implements Membership {
+  private joined = false;
+
+  async join(_holder: StateHolder, restore: () => Promise<boolean>): Promise<JoinOutcome> {
+    if (this.joined) return { kind: 'stopped' };
+    this.joined = true;
+    const restored = await restore();
+    const changed = new AbortController();
+    return {
+      kind: 'joined',
+      world: {
+        round: 0,
+        rank: 0,
+        size: 1,
+        members: ['self'],
+        reason: restored ? 'restarted from a checkpoint' : 'first world',
+        reducer: new LocalReducer(),
+        changed: changed.signal,
+        stateFrom: restored ? 'checkpoint' : 'fresh',
+        // Alone, a step never waits for anyone: nothing to give up.
+        abort: () => undefined,
+        end: async () => undefined,
+      },
+    };
+  }
+  progress(): void {}
+  async failed(): Promise<void> {}
+  async leave(): Promise<void> {}
+  async complete(): Promise<void> {}
+  publish(): void {}
+  onControl(): void {}
+  async [Symbol.asyncDispose](): Promise<void> {}
+}
+
+const COMPLETED_KEY = 'completed';
+
+/** How often a worker in a world looks for a newer one (the rendezvous watch updates it). */
+const WORLD_POLL_MS = 50;
+
+/** A ring that does not connect or deliver within this long has a dead member. */
+function collectiveTimeoutMs(config: WorkerConfig): number {
+  const r = config.spec.rendezvous;
+  return Math.max(5000, 2 * (r.timeoutMillis + r.lastCallMillis));
+}
+
+export class ElasticMembership implements Membership {
+  private lastRound = 0;
+  private readonly listeners: ((message: ControlMessage) => void)[] = [];
+  private readonly subjects: ReturnType<typeof jobSubjects>;
+  private control: Subscription | undefined;
+  private completed: { step: number; reason: string } | undefined;
+
+  private constructor(
+    private readonly config: WorkerConfig,
+    private readonly log: WorkerLogger,
+    private readonly nc: NatsConnection,
+    private readonly store: NatsKvStore,
+    private readonly server: CollectiveServer,
+    private readonly agent: RendezvousAgent,
+  ) {
+    this.subjects = jobSubjects(config.namespace, config.jobName);
+  }
+
+  static async open(config: WorkerConfig, log: WorkerLogger): Promise<ElasticMembership> {
+    const url = config.natsUrl;
+    if (url === undefined) throw new Error('the elastic runtime needs TENSILE_NATS_URL');
+    const nc = await connect({
+      servers: url,
+      name: config.workerId,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      waitOnFirstConnect: true,
+      ...(config.natsCreds === undefined
+        ? {}
+        : { authenticator: credsAuthenticator(readFileSync(config.natsCreds)) }),
+    });
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type === 'disconnect' || status.type === 'reconnect')
+          log.warn(`nats ${status.type}`, { event: `nats-${status.type}`, server: String(status.data) });
+      }
+    })();
+    const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName));
+    const server = await CollectiveServer.listen(config.jobName, config.podIp);
+    const spec = config.spec;
+    const range = elasticRange(spec);
+    const agent = new RendezvousAgent({
+      store,
+      id: config.workerId,
+      address: server.address,
+      heartbeatMs: spec.rendezvous.heartbeatMillis,
+      config: {
+        minReplicas: range.min,
+        maxReplicas: range.max,
+        timeoutMs: spec.rendezvous.timeoutMillis,
+        lastCallMs: spec.rendezvous.lastCallMillis,
+      },
+      log,
+      // Informational: every member derives the world's batches and rate from the broadcast state.
+      shape: (proposal, previous) => {
+        const shape = worldShape(
+          spec.batch,
+          spec.replicas,
+          proposal.members.length,
+          proposal.startStep,
+          undefined,
+        );
+        return {
+          members: proposal.members.map((m, i) => ({ ...m, batch: shape.perWorker[i] ?? 1 })),
+          globalBatch: shape.globalBatch,
+          learningRate: spec.optimizer.learningRate * shape.state.targetScale,
+          policy: { ...(previous?.policy ?? {}), ...shape.state },
+        };
+      },
+    });
+    const membership = new ElasticMembership(config, log, nc, store, server, agent);
+    membership.subscribeControl();
+    await agent.start();
+    log.info('rendezvous joined', {
+      event: 'rendezvous',
+      address: server.address,
+      bucket: store.bucket,
+    });
+    return membership;
+  }
+
+  private subscribeControl(): void {
+    this.control = this.nc.subscribe(this.subjects.control, {
+      callback: (error, message) => {
+        if (error !== null) return;
+        const decoded = decodeMessage(ControlMessageSchema, message.data);
+        if (!decoded.ok) {
+          this.log.warn('ignoring a malformed control message', {
+            event: 'control-rejected',
+            error: decoded.error,
+          });
+          return;
+        }
+        const value = decoded.value;
+        if (
+          value.type === 'leave' &&
+          value.workers.length > 0 &&
+          !value.workers.includes(this.config.workerId)
+        )
+          return;
+        this.log.info('control message', { event: 'control', type: value.type, reason: value.reason });
+        for (const listener of this.listeners) listener(value);
+      },
+    });
+  }
+
+  onControl(listener: (message: ControlMessage) => void): void {
+    this.listeners.push(listener);
+  }
+
+  publish(channel: 'metrics' | 'events', message: unknown): void {
+    try {
+      this.nc.publish(this.subjects[channel], encodeMessage(message));
+    } catch (error) {
+      // Progress is best effort; training never waits for NATS.
+      this.log.debug('publish failed', { error: errorMessage(error) });
+    }
+  }
+
+  private async readCompleted(): Promise<{ step: number; reason: string } | undefined> {
+    if (this.completed !== undefined) return this.completed;
+    const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
+    if (stored === undefined) return undefined;
+    try {
+      const value = JSON.parse(new TextDecoder().decode(stored.value)) as {
+        step?: unknown;
+        reason?: unknown;
+      };
+      if (typeof value.step === 'number' && typeof value.reason === 'string') {
+        this.completed = { step: value.step, reason: value.reason };
+        return this.completed;
+      }
+    } catch {
+      // A malformed marker is not a completion.
+    }
+    return undefined;
+  }
+
+  /** The next world that includes this worker, unless the job completed or `stop` fired first. */
+  private async nextRecord(
+    stop: AbortSignal,
+  ): Promise<WorldRecord | { completed: { step: number; reason: string } } | undefined> {
+    const waiting = new AbortController();
+    const onStop = () => waiting.abort();
+    stop.addEventListener('abort', onStop, { once: true });
+    let poll: NodeJS.Timeout | undefined;
+    try {
+      const completed = new Promise<{ completed: { step: number; reason: string } }>((resolve) => {
+        const check = async () => {
+          const done = await this.readCompleted();
+          if (done !== undefined) resolve({ completed: done });
+          else if (!waiting.signal.aborted) poll = setTimeout(check, 500);
+        };
+        void check();
+      });
+      const world = this.agent.nextWorld(this.lastRound, waiting.signal).catch(() => undefined);
+      return await Promise.race([world, completed]);
+    } finally {
+      clearTimeout(poll);
+      waiting.abort();
+      stop.removeEventListener('abort', onStop);
+    }
+  }
+
+  async join(holder: StateHolder, restore: () => Promise<boolean>, stop: AbortSignal): Promise<JoinOutcome> {
+    for (;;) {
+      if (stop.aborted) return { kind: 'stopped' };
+      const next = await this.nextRecord(stop);
+      if (next === undefined) return { kind: 'stopped' };
+      if ('completed' in next) return { kind: 'completed', ...next.completed };
+      const record = next;
+      this.lastRound = record.generation;
+      const ids = record.members.map((m) => m.id);
+      const rank = ids.indexOf(this.config.workerId);
+      const changed = new AbortController();
+      const watcher = setInterval(() => {
+        const latest = this.agent.latestWorld;
+        if (latest !== undefined && latest.generation > record.generation) changed.abort();
+      }, WORLD_POLL_MS);
+      let group: RingGroup | undefined;
+      try {
+        group = await RingGroup.connect({
+          job: this.config.jobName,
+          generation: record.generation,
+          rank,
+          members: record.members,
+          server: this.server,
+          timeoutMs: collectiveTimeoutMs(this.config),
+          signal: changed.signal,
+        });
+        const root = record.source === undefined ? 0 : Math.max(0, ids.indexOf(record.source));
+        let stateFrom: JoinedWorld['stateFrom'] = 'peer';
+        let bytes: Uint8Array | undefined;
+        if (rank === root) {
+          if (record.source === undefined) stateFrom = (await restore()) ? 'checkpoint' : 'fresh';
+          else stateFrom = holder.hasTrained ? 'own' : 'fresh';
+          bytes = packSnapshot(holder.snapshot());
+        }
+        const received = await group.broadcast(bytes, root);
+        if (rank !== root) holder.restore(unpackSnapshot(received));
+        await this.agent.enter(record.generation, holder.step, true);
+        const ring = group;
+        const reducer: GradientReducer = {
+          allReduce: (buffer, signal) => {
+            if (signal?.aborted) return Promise.reject(new CollectiveError('world changed'));
+            return ring.allReduce(buffer);
+          },
+        };
+        return {
+          kind: 'joined',
+          world: {
+            round: record.generation,
+            rank,
+            size: ids.length,
+            members: ids,
+            reason: record.reason,
+            reducer,
+            changed: changed.signal,
+            stateFrom,
+            abort: () => changed.abort(),
+            end: async () => {
+              clearInterval(watcher);
+              changed.abort();
+              await ring[Symbol.asyncDispose]();
+            },
+          },
+        };
+      } catch (error) {
+        clearInterval(watcher);
+        await group?.[Symbol.asyncDispose]().catch(() => undefined);
+        if (!(error instanceof CollectiveError)) throw error;
+        this.log.warn('could not start the world; asking for a new round', {
+          event: 'world-failed',
+          round: record.generation,
+          error: errorMessage(error),
+        });
+        if (!changed.signal.aborted) await this.failed(record.generation);
+      }
+    }
+  }
+
+  progress(step: number): void {
+    this.agent.progress(step);
+  }
+
+  async failed(round: number): Promise<void> {
+    await this.agent.failed(round);
+  }
+
+  async leave(): Promise<void> {
+    await this.agent.leave();
+  }
+
+  async complete(step: number, reason: string): Promise<void> {
+    this.completed = { step, reason };
+    await this.store
+      .put(COMPLETED_KEY, new TextEncoder().encode(JSON.stringify({ step, reason })))
+      .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.agent[Symbol.asyncDispose]();
+    this.control?.unsubscribe();
+    await this.server[Symbol.asyncDispose]();
+    await this.nc.drain().catch(() => this.nc.close());
+  }
+}
