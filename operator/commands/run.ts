@@ -511,6 +511,7 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
   const random = seededRandom(options.chaosSeed);
   let nextIndex = plan.workers.length;
   let chaosBusy = false;
+  let chaosAnchored = false;
 
   const alive = () =>
     running.filter((w) => w.child.exitCode === null && w.child.signalCode === null && !w.expected);
@@ -573,6 +574,18 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
             lastStep: g.lastStep,
             stepSeconds: g.stepSeconds,
           });
+      }
+      // A resumed run starts past the script's earlier steps: those events belonged to the last session.
+      if (line.event === 'generation' && !chaosAnchored && typeof line['firstStep'] === 'number') {
+        chaosAnchored = true;
+        const from = line['firstStep'];
+        const skipped = pendingChaos.filter((e) => e.step < from);
+        if (skipped.length > 0) {
+          pendingChaos.splice(0, skipped.length);
+          io.out(
+            `chaos: resuming at step ${from}, skipping ${skipped.map((e) => `${e.action}:${e.step}`).join(',')}`,
+          );
+        }
       }
       if (line.event === 'generation' && line['rank'] === 0)
         recordEvent({

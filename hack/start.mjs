@@ -1,0 +1,120 @@
+#!/usr/bin/env node
+// `npm start`: the first ten minutes. Installs what the demo needs, then trains
+// examples/fashion-mnist-mlp.yaml on this machine with elastic workers, a local nats-server and
+// simulated spot reclaims, and writes a report. Plain JavaScript on purpose: it runs on a fresh clone
+// before `npm install` has brought TypeScript tooling.
+//
+//   npm start                      2 workers, one reclaim with notice and one without, replacements
+//   npm start -- --no-chaos        no reclaims
+//   npm start -- --workers 3 --file other.yaml --out DIR
+//
+// Ctrl-C: the workers checkpoint and everything stops; `npm start` again resumes.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const DATASET = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz';
+
+function parse(argv) {
+  const options = { chaos: true, workers: 2, file: 'examples/fashion-mnist-mlp.yaml', out: undefined };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--no-chaos') options.chaos = false;
+    else if (arg === '--workers') options.workers = Number(argv[++i]);
+    else if (arg === '--file') options.file = argv[++i];
+    else if (arg === '--out') options.out = argv[++i];
+    else if (arg === '--help' || arg === '-h') {
+      console.log('usage: npm start -- [--no-chaos] [--workers N] [--file MANIFEST] [--out DIR]');
+      process.exit(0);
+    } else {
+      console.error(`npm start: unknown option ${arg} (try npm start -- --help)`);
+      process.exit(2);
+    }
+  }
+  if (!Number.isInteger(options.workers) || options.workers < 1) {
+    console.error('npm start: --workers needs a positive number');
+    process.exit(2);
+  }
+  return options;
+}
+
+function step(message) {
+  console.log(`\n▶ ${message}`);
+}
+
+function run(command, args) {
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit' });
+  return result.status === 0;
+}
+
+function has(command) {
+  return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** nats-server and the Fashion-MNIST files come from Debian packages; install them where we can. */
+function ensureSystemPackages() {
+  const missing = [];
+  if (!has('nats-server')) missing.push('nats-server');
+  if (!existsSync(DATASET)) missing.push('dataset-fashion-mnist');
+  if (missing.length === 0) return;
+  const canApt = has('apt-get') && typeof process.getuid === 'function' && process.getuid() === 0;
+  if (!canApt) {
+    console.error(
+      `npm start needs ${missing.join(' and ')}. On Debian or Ubuntu: sudo apt-get install -y ${missing.join(' ')}` +
+        (missing.includes('nats-server')
+          ? '\nElsewhere: install nats-server from https://nats.io and put it on PATH.'
+          : ''),
+    );
+    process.exit(1);
+  }
+  step(`installing ${missing.join(', ')} with apt-get`);
+  if (!run('apt-get', ['install', '-y', '--no-install-recommends', ...missing])) {
+    if (
+      !run('apt-get', ['update']) ||
+      !run('apt-get', ['install', '-y', '--no-install-recommends', ...missing])
+    ) {
+      console.error(`npm start: apt-get could not install ${missing.join(' ')}`);
+      process.exit(1);
+    }
+  }
+}
+
+const options = parse(process.argv.slice(2));
+const started = Date.now();
+if (!existsSync(join(root, 'node_modules', 'tsx'))) {
+  step('installing npm packages (npm install)');
+  if (!run('npm', ['install', '--no-audit', '--no-fund'])) process.exit(1);
+}
+ensureSystemPackages();
+
+// Two reclaims, as spot capacity does it: one node with notice (a graceful leave), one without
+// (kill -9); each time the "autoscaler" brings a replacement worker a little later.
+const chaos = options.chaos ? ['--chaos', 'leave:600,join:800,kill:1600,join:1800'] : [];
+const out = options.out ?? join('.tensile', 'runs', 'demo');
+step(
+  `training ${options.file} with ${options.workers} workers${options.chaos ? ', with simulated spot reclaims (--no-chaos turns them off)' : ''}; Ctrl-C stops and checkpoints, npm start resumes`,
+);
+const child = spawn(
+  process.execPath,
+  [
+    join(root, 'operator/bin/tensile.mjs'),
+    'run',
+    options.file,
+    '--workers',
+    String(options.workers),
+    '--out',
+    out,
+    ...chaos,
+  ],
+  { cwd: root, stdio: 'inherit' },
+);
+// Ctrl-C reaches every process of the terminal's group; `tensile run` does the stopping, we wait.
+process.on('SIGINT', () => undefined);
+process.on('SIGTERM', () => child.kill('SIGTERM'));
+child.on('close', (code, signal) => {
+  const minutes = ((Date.now() - started) / 60000).toFixed(1);
+  console.log(`\nnpm start: ${code === 0 ? 'finished' : 'ended'} after ${minutes} min`);
+  process.exit(code ?? (signal === null ? 1 : 130));
+});
