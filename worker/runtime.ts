@@ -43,6 +43,8 @@ import {
 import type { Snapshot, TrainingState } from './train/snapshot.ts';
 import { Trainer } from './train/trainer.ts';
 
+const EVAL_BATCH = 1000;
+
 /** How long a step in flight may go on after a stop request before it is given up. */
 const STOP_GRACE_MS = 500;
 
@@ -348,8 +350,16 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         const size = dataset.eval.size;
         const from = Math.floor((size * active.rank) / active.size);
         const to = Math.floor((size * (active.rank + 1)) / active.size);
-        const sums = trainer.evaluateSums(dataset.eval, from, to, 1000, active.changed);
-        if (sums === undefined) return null;
+        const sums = { loss: 0, correct: 0 };
+        for (let start = from; start < to; start += EVAL_BATCH) {
+          const end = Math.min(to, start + EVAL_BATCH);
+          const part = trainer.evaluateSums(dataset.eval, start, end, EVAL_BATCH, active.changed);
+          if (part === undefined) return null;
+          sums.loss += part.loss;
+          sums.correct += part.correct;
+          // Heartbeats run on this thread: an evaluation of seconds must not look like a dead worker.
+          await yieldToEventLoop();
+        }
         const total = await active.reducer.allReduce(
           Float32Array.from([sums.loss, sums.correct]),
           active.changed,

@@ -142,7 +142,8 @@ export class RendezvousAgent implements AsyncDisposable {
       if (this.cutOff(now)) {
         // While we could not reach the store we could not see anyone's heartbeat either: silence
         // during our own outage is no evidence of death, so everyone gets a fresh timeout.
-        for (const [id, member] of this.members) this.members.set(id, { ...member, observedAt: now });
+        for (const [id, member] of this.members)
+          if (this.wasAliveWhenCutOff(member)) this.members.set(id, { ...member, observedAt: now });
       }
       this.lastWriteOk = now;
     } catch (error) {
@@ -175,6 +176,11 @@ export class RendezvousAgent implements AsyncDisposable {
     }
   }
 
+  /** Only members alive when we lost the store get the benefit of the doubt; the long dead stay dead. */
+  private wasAliveWhenCutOff(member: ObservedMember): boolean {
+    return member.observedAt >= this.lastWriteOk - this.options.config.timeoutMs;
+  }
+
   private cutOff(now: number): boolean {
     return now - this.lastWriteOk > 2 * this.options.heartbeatMs;
   }
@@ -182,7 +188,9 @@ export class RendezvousAgent implements AsyncDisposable {
   private decideNow(): Decision {
     const now = Date.now();
     const members = new Map<string, ObservedMember>(this.members);
-    if (this.cutOff(now)) for (const [id, m] of members) members.set(id, { ...m, observedAt: now });
+    if (this.cutOff(now))
+      for (const [id, m] of members)
+        if (this.wasAliveWhenCutOff(m)) members.set(id, { ...m, observedAt: now });
     // Our own record as we know it (the watch may lag behind our last write).
     members.set(this.options.id, { record: this.record, observedAt: now });
     return decide({
