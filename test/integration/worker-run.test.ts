@@ -83,7 +83,13 @@ test('an MLP learns Fashion-MNIST (subset) and the audit shows every sample once
 
 for (const backend of ['cpu', 'wasm'] as const) {
   test(`kill -9 mid-training, run again: resumes at the checkpoint's step and cursor and ends bit-identical (${backend})`, async () => {
-    const file = manifest(`resume-${backend}`, {});
+    // 20 epochs (600 steps): the kill after the first checkpoint must land long before the end, even
+    // when the output reaches this process late on a loaded machine (at 3 epochs, wasm had finished).
+    // All 60 checkpoints kept: the one it resumed from is read back at the end.
+    const file = manifest(`resume-${backend}`, {
+      stopping: { epochs: 20 },
+      checkpoint: { intervalSteps: 10, keep: 100 },
+    });
     const reference = join(dir, `reference-${backend}`);
     const expected = await finished(tensileRun(file, reference, ['--backend', backend]));
     const out = join(dir, `killed-${backend}`);
