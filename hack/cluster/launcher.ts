@@ -494,14 +494,24 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
       [409],
     );
     const controllers = supervisor.waitFor(
-      'kube-controller-manager and kube-scheduler /healthz',
+      'kube-scheduler /healthz and the controllers of kube-controller-manager',
       60_000,
       async () => {
         const [a, b] = await Promise.all([
           httpsGet(kcmPort, '/healthz', {}),
           httpsGet(schedulerPort, '/healthz', {}),
         ]);
-        return a.status === 200 && b.status === 200;
+        if (a.status !== 200 || b.status !== 200) return false;
+        // /healthz answers seconds before the controller manager starts its controllers. Until then
+        // claims stay unbound and the first pods fail to schedule and wait out the scheduler's
+        // back-off. The root CA publisher starts with the others and leaves a visible trace.
+        const ca = await api.call(
+          'GET',
+          '/api/v1/namespaces/default/configmaps/kube-root-ca.crt',
+          undefined,
+          [404],
+        );
+        return ca !== undefined;
       },
       [join(dir, 'logs', 'kube-controller-manager.log'), join(dir, 'logs', 'kube-scheduler.log')],
     );

@@ -148,15 +148,49 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     (d) => assert.equal(d, { action: 'continue' }),
   ],
   [
-    'a graceful leave is seen at once (no timeout)',
+    'a graceful leave is seen at once (no timeout) and, with nobody joining, needs no last call',
     view({
       members: [member('a'), member('b'), member('c', { state: 'leaving' })],
       world: world(2, ['a', 'b', 'c']),
       running: 2,
     }),
     (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.match(d.world.reason, 'c is leaving');
+      assert.equal(
+        d.world.members.map((m) => m.id),
+        ['a', 'b'],
+      );
+    },
+  ],
+  [
+    'a leave while a newcomer waits: the last call still gathers joiners',
+    view({
+      members: [
+        member('a'),
+        member('b'),
+        member('c', { state: 'leaving' }),
+        member('z', { hasState: false, step: 0, generation: 0 }),
+      ],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => {
       assert.is(d.action, 'wait');
-      if (d.action === 'wait') assert.match(d.reason, 'c is leaving');
+      if (d.action === 'wait') assert.equal([d.reason, d.until], ['c is leaving; last call', NOW + 1000]);
+    },
+  ],
+  [
+    'a member lost by its heartbeat: the survivors form at once',
+    view({
+      members: [member('a'), member('b'), member('c', { seenAgo: 3001 })],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action === 'propose') assert.match(d.world.reason, 'c lost');
     },
   ],
   [
@@ -271,6 +305,18 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     (d) => {
       assert.is(d.action, 'propose');
       if (d.action === 'propose') assert.is(d.world.generation, 3);
+    },
+  ],
+  [
+    'a failed generation with the same members waits the last call (no world after world)',
+    view({
+      members: [member('a'), member('b', { failedGeneration: 2 })],
+      world: world(2, ['a', 'b']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, 'b could not run generation 2; last call');
     },
   ],
   [

@@ -5,7 +5,8 @@
  *
  * A round (a new world) is needed when there is no world, a member of the world is gone or leaving,
  * a member reports that the world failed, or workers are waiting while the world has room. It closes
- * when `maxReplicas` are there, or when at least `minReplicas` are and the last-call window has passed.
+ * when `maxReplicas` are there, or when at least `minReplicas` are and the last-call window has passed,
+ * or at once when the world only shrinks (survivors, no newcomer).
  */
 import { z } from 'zod';
 
@@ -162,8 +163,14 @@ export function decide(view: RendezvousView): Decision {
     };
   }
   const full = candidates.length >= config.maxReplicas;
+  // The last call gathers joiners that arrive close together. When the world only lost members and
+  // nobody new is there, waiting gains nothing and stalls every survivor. A round with the same
+  // members (a failed generation) still waits: a peer that died silently is then dropped by its
+  // heartbeat instead of failing world after world.
+  const shrinkOnly =
+    world !== undefined && newcomers.length === 0 && candidates.length < world.members.length;
   const closesAt = roundSince + config.lastCallMs;
-  if (!full && now < closesAt)
+  if (!full && !shrinkOnly && now < closesAt)
     return { action: 'wait', reason: `${reason}; last call`, until: closesAt, roundSince };
   if (!candidates.includes(self)) return { action: 'standby', reason: 'not in the next world' };
   const records = candidates.map((id) => (members.get(id) as ObservedMember).record);
