@@ -38,15 +38,16 @@ export interface SimulatorAction {
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      { once: true },
-    );
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    // The poll loops sleep twice a second: a listener left behind per sleep would pile up.
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 
 export interface SimulatedAutoscalerOptions {
@@ -60,11 +61,15 @@ export interface SimulatedAutoscalerOptions {
   readonly log?: (line: string) => void;
 }
 
+/** How long a node it added counts as still booting (taking no pod yet is then nobody's plan). */
+const BOOT_GRACE_MS = 20_000;
+
 export class SimulatedAutoscaler implements AsyncDisposable {
   private readonly core: CoreV1Api;
   private readonly stop = new AbortController();
   private readonly memory: AutoscalerMemory = { unschedulableSince: new Map(), emptySince: new Map() };
-  private readonly provisioning = new Set<string>();
+  /** Nodes it added that have not taken a pod yet, with when they were added. */
+  private readonly booting = new Map<string, number>();
   private counter = 0;
   private running: Promise<void> | undefined;
   readonly actions: SimulatorAction[] = [];
@@ -87,17 +92,17 @@ export class SimulatedAutoscaler implements AsyncDisposable {
     while (!this.stop.signal.aborted) {
       try {
         const [pods, nodes] = await Promise.all([this.core.listPodForAllNamespaces(), this.core.listNode()]);
-        for (const n of nodes.items) this.provisioning.delete(n.metadata?.name ?? '');
-        const decision = decideAutoscale(
-          pods.items,
-          nodes.items,
-          this.ours,
-          0,
-          Date.now(),
-          config,
-          this.memory,
-        );
-        for (let i = 0; i < decision.addNodes; i++) await this.addNode();
+        const now = Date.now();
+        const present = new Set(nodes.items.map((n) => n.metadata?.name ?? ''));
+        const used = new Set(pods.items.map((p) => p.spec?.nodeName).filter((n) => n !== undefined));
+        for (const [name, since] of this.booting) {
+          if (!present.has(name) || used.has(name) || now - since > BOOT_GRACE_MS) this.booting.delete(name);
+        }
+        const decision = decideAutoscale(pods.items, nodes.items, this.ours, 0, now, config, this.memory);
+        // A Pending pod stays unschedulable until the scheduler has seen its new node Ready: a node
+        // bought for it and not yet used must not be bought again on every poll meanwhile.
+        const add = Math.max(0, decision.addNodes - this.booting.size);
+        for (let i = 0; i < add; i++) await this.addNode();
         for (const name of decision.removeNodes) await this.removeNode(name);
       } catch (error) {
         this.options.log?.(`autoscaler: ${(error as Error).message}`);
@@ -130,7 +135,7 @@ export class SimulatedAutoscaler implements AsyncDisposable {
         },
       },
     });
-    this.provisioning.add(name);
+    this.booting.set(name, Date.now());
     this.actions.push({ at: Date.now(), action: 'node-added', node: name });
     this.options.log?.(`autoscaler: added node ${name}`);
   }

@@ -194,6 +194,16 @@ export class TrainingJobController {
       pods: this.pods.list().length,
       nodes: this.nodeMap.size,
     });
+    // In the background: NATS being down must not hold up reconciling. The client keeps the
+    // subscriptions across reconnects.
+    void this.options
+      .nats?.()
+      .then((connection) => {
+        if (connection !== undefined && !signal.aborted) this.progress.subscribe(connection);
+      })
+      .catch((error: unknown) =>
+        log.warn('not following worker progress: no NATS connection', { error: (error as Error).message }),
+      );
     const gauges = setInterval(() => this.updateGauges(), 5000);
     gauges.unref();
     const resync = setInterval(() => {

@@ -18,7 +18,9 @@ export interface JobObservations {
   readonly progress?: ProgressMessage;
   readonly completed?: CompletedMessage;
   /** The world broke and is re-forming (cleared by the next formed world). */
-  readonly rescaling?: { readonly reason: string; readonly since: string };
+  readonly rescaling?: { readonly reason: string; readonly since: string; readonly generation?: number };
+  /** The newest world a worker announced as formed. */
+  readonly formedGeneration?: number;
 }
 
 export interface ProgressListener {
@@ -70,7 +72,14 @@ export class ProgressTracker implements AsyncDisposable {
       }
       const message = decoded.value;
       if (message.type === 'progress') {
-        this.update(key, (o) => ({ ...o, progress: message }));
+        this.update(key, (o) => {
+          // Progress from a newer world than the broken one: it has formed, even if its news was lost.
+          if (o.rescaling?.generation !== undefined && message.generation > o.rescaling.generation) {
+            const { rescaling: _, ...rest } = o;
+            return { ...rest, progress: message };
+          }
+          return { ...o, progress: message };
+        });
         this.listener.changed(key, PROGRESS_INTERVAL_MS);
       } else {
         this.update(key, (o) => ({ ...o, completed: message }));
@@ -84,12 +93,19 @@ export class ProgressTracker implements AsyncDisposable {
       }
       const event = decoded.value;
       if (event.type === 'rescaling') {
-        this.update(key, (o) => ({ ...o, rescaling: { reason: event.reason, since: event.time } }));
+        // Members leave a world after its successor formed ("a newer world formed"), and their news
+        // can arrive after the successor's: an older world's end is no re-forming.
+        const formed = this.jobs.get(key)?.formedGeneration;
+        if (formed !== undefined && event.generation < formed) return;
+        this.update(key, (o) => ({
+          ...o,
+          rescaling: { reason: event.reason, since: event.time, generation: event.generation },
+        }));
         this.listener.changed(key, 0);
       } else if (event.type === 'rescale') {
         this.update(key, (o) => {
           const { rescaling: _, ...rest } = o;
-          return rest;
+          return { ...rest, formedGeneration: Math.max(o.formedGeneration ?? 0, event.generation) };
         });
         this.listener.rescaled(key, event);
         this.listener.changed(key, 0);

@@ -141,8 +141,7 @@ export class JobReconciler {
     }
     this.countMetrics(rawStatus, decision.status);
     try {
-      await this.execute(ref, decision, log);
-      await creating;
+      await this.execute(ref, decision, log, creating);
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
@@ -158,30 +157,35 @@ export class JobReconciler {
     if (failed > 0) this.deps.metrics.failures.inc(failed);
   }
 
-  /** Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job. */
-  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+  /**
+   * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
+   * Resolves with the names of the pods this pass created (not those that existed already).
+   */
+  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<string[]> {
     const { kube, metrics } = this.deps;
     const { namespace } = ref;
     if (decision.createClaim !== undefined) {
       await kube.createClaim(namespace, decision.createClaim);
       this.claims.add(ref.uid);
     }
+    const names: string[] = [];
     const created = await Promise.allSettled(
       decision.createPods.map(async (pod) => {
         const result = await kube.createPod(namespace, pod);
         if (result === 'created') {
           metrics.podsCreated.inc();
+          names.push(pod.metadata?.name ?? '');
           log.info('created worker', { pod: pod.metadata?.name });
         }
       }),
     );
     const failure = created.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure === undefined) return;
+    if (failure === undefined) return names;
     const error = failure.reason as unknown;
     if (error instanceof KubeApiError && error.status === 422) {
       // The API server refuses the pod we built from this spec: retrying cannot help.
       await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
-      return;
+      return names;
     }
     await this.deps.events.record(ref, {
       type: 'Warning',
@@ -192,7 +196,12 @@ export class JobReconciler {
   }
 
   /** Everything that must follow the status write: counting is durable before a worker is let go. */
-  private async execute(ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+  private async execute(
+    ref: JobRef,
+    decision: Plan,
+    log: Logger,
+    creating: Promise<string[]>,
+  ): Promise<void> {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
@@ -212,7 +221,18 @@ export class JobReconciler {
         log.info('deleted worker', { pod: d.name, reason: d.reason, force: d.force });
       }),
     );
-    for (const event of decision.events) await this.deps.events.record(ref, event);
+    // The events of this pass are recorded even when a create failed: the status that counted them
+    // is written, so a retry would not plan them again.
+    const created = await creating.then(
+      (names) => ({ names, error: undefined }),
+      (error: unknown) => ({ names: [] as string[], error }),
+    );
+    for (const event of decision.events) {
+      // A pass on a stale cache plans pods that exist already (AlreadyExists): no news for the user.
+      if (event.reason === 'WorkersCreated' && created.names.length === 0) continue;
+      await this.deps.events.record(ref, event);
+    }
+    if (created.error !== undefined) throw created.error;
     if (decision.deleteJob) {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');

@@ -73,6 +73,85 @@ test('rescaling sets, rescale clears and is reported', () => {
   assert.is(rescaled[0]?.generation, 4);
 });
 
+const rescaling = (generation: number) =>
+  encodeMessage({ type: 'rescaling', worker: 'w', generation, reason: `world ${generation} broke`, time });
+const rescale = (generation: number) =>
+  encodeMessage({
+    type: 'rescale',
+    generation,
+    worldSize: 2,
+    members: ['a', 'b'],
+    globalBatch: 128,
+    learningRate: 0.001,
+    step: 40,
+    reason: 'joining',
+    time,
+  });
+const progressOf = (generation: number) =>
+  encodeMessage({
+    type: 'progress',
+    worker: 'w',
+    generation,
+    worldSize: 2,
+    step: 50,
+    epoch: 0,
+    loss: 1,
+    samplesPerSecond: 100,
+    time,
+  });
+
+// Messages of one job in arrival order → whether the job is re-forming afterwards.
+const rescalingCases: [string, [subject: 'events' | 'metrics', Uint8Array][], boolean][] = [
+  ['a world broke', [['events', rescaling(3)]], true],
+  [
+    'the next world formed',
+    [
+      ['events', rescaling(3)],
+      ['events', rescale(4)],
+    ],
+    false,
+  ],
+  [
+    "an older world's end arrives after its successor formed: no re-forming",
+    [
+      ['events', rescale(4)],
+      ['events', rescaling(3)],
+    ],
+    false,
+  ],
+  [
+    'the newest world broke after it formed',
+    [
+      ['events', rescale(4)],
+      ['events', rescaling(4)],
+    ],
+    true,
+  ],
+  [
+    'progress from a newer world than the broken one: formed, though its news was lost',
+    [
+      ['events', rescaling(4)],
+      ['metrics', progressOf(5)],
+    ],
+    false,
+  ],
+  [
+    'progress from the broken world itself (sent before it broke) does not clear it',
+    [
+      ['events', rescaling(4)],
+      ['metrics', progressOf(4)],
+    ],
+    true,
+  ],
+];
+for (const [name, messages, expected] of rescalingCases) {
+  test(`rescaling: ${name}`, () => {
+    const { t } = tracker();
+    for (const [subject, message] of messages) t.receive(`tensile.ns.job.${subject}`, message);
+    assert.is(t.observations('ns/job')?.rescaling !== undefined, expected);
+  });
+}
+
 test('malformed messages are dropped, never fatal', () => {
   const { t, changed } = tracker();
   t.receive('tensile.ns.job.metrics', new TextEncoder().encode('{not json'));

@@ -1,0 +1,257 @@
+/**
+ * What the end-to-end scenario concludes from what a run left behind: worker logs (goodput), the
+ * training audit (samples per epoch), the TrainingJob's status and events. Pure functions over data
+ * the driver (scenario.ts) collects, so that the arithmetic can be checked without a cluster.
+ */
+import type { EpochAudit } from '../../worker/data/audit.ts';
+
+export type LogLine = Record<string, unknown>;
+
+/** Parses JSON log lines; anything else (a stack trace, a warning from a library) is skipped. */
+export function parseLogLines(text: string): LogLine[] {
+  const out: LogLine[] = [];
+  for (const raw of text.split('\n')) {
+    if (!raw.startsWith('{')) continue;
+    try {
+      const parsed: unknown = JSON.parse(raw);
+      if (typeof parsed === 'object' && parsed !== null) out.push(parsed as LogLine);
+    } catch {
+      // A line torn by a SIGKILL mid-write.
+    }
+  }
+  return out;
+}
+
+const num = (value: unknown): number | undefined =>
+  typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+
+export interface GenerationStart {
+  readonly generation: number;
+  readonly firstStep: number;
+}
+
+/** Generations as the workers announced them (`event: 'generation'`), one per number. */
+export function generationsFromLogs(lines: readonly LogLine[]): GenerationStart[] {
+  const found = new Map<number, number>();
+  for (const line of lines) {
+    if (line['event'] !== 'generation' && line['event'] !== 'generation-end') continue;
+    const generation = num(line['generation']);
+    const firstStep = num(line['firstStep']);
+    if (generation === undefined || firstStep === undefined) continue;
+    found.set(generation, Math.min(found.get(generation) ?? firstStep, firstStep));
+  }
+  return [...found.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([generation, firstStep]) => ({
+      generation,
+      firstStep,
+    }));
+}
+
+export interface GenerationGoodput {
+  readonly generation: number;
+  readonly firstStep: number;
+  /** First step not kept: the next generation's first step, or where this one ended. */
+  readonly keptUntil: number;
+  /** Workers that reported the end of this generation. */
+  readonly reporters: number;
+  readonly stepSeconds: number;
+  readonly usefulSeconds: number;
+}
+
+export interface GoodputReport {
+  readonly goodput: number;
+  readonly usefulSeconds: number;
+  readonly wallSeconds: number;
+  readonly generations: readonly GenerationGoodput[];
+}
+
+/**
+ * Goodput = time spent on steps that count / job wall time. Every worker of a generation runs the same
+ * steps in lockstep, so a generation contributes the longest `stepSeconds` any of its workers reported
+ * (`generation-end`), scaled down to the steps a later generation did not redo (steps are assumed to
+ * take equal time within a generation). `history` is the list of generations that own steps in the
+ * final state; a generation missing from it contributes nothing (its work was lost with its world).
+ */
+export function computeGoodput(
+  lines: readonly LogLine[],
+  history: readonly GenerationStart[],
+  wallSeconds: number,
+): GoodputReport {
+  const sorted = [...history].sort((a, b) => a.generation - b.generation);
+  const nextFirst = (generation: number) =>
+    sorted.find((g) => g.generation > generation)?.firstStep ?? Number.POSITIVE_INFINITY;
+  const ends = new Map<number, { firstStep: number; lastStep: number; stepSeconds: number }[]>();
+  for (const line of lines) {
+    if (line['event'] !== 'generation-end') continue;
+    const generation = num(line['generation']);
+    const firstStep = num(line['firstStep']);
+    const lastStep = num(line['lastStep']);
+    const stepSeconds = num(line['stepSeconds']);
+    if (generation === undefined || firstStep === undefined || lastStep === undefined) continue;
+    if (stepSeconds === undefined) continue;
+    const list = ends.get(generation) ?? [];
+    list.push({ firstStep, lastStep, stepSeconds });
+    ends.set(generation, list);
+  }
+  const generations: GenerationGoodput[] = [];
+  for (const g of sorted) {
+    const reports = ends.get(g.generation) ?? [];
+    const cut = nextFirst(g.generation);
+    let useful = 0;
+    let stepSeconds = 0;
+    let keptUntil = g.firstStep;
+    for (const r of reports) {
+      // `lastStep` is exclusive: a generation that ran steps 0..299 reports firstStep 0, lastStep 300.
+      const done = r.lastStep - r.firstStep;
+      const kept = Math.max(0, Math.min(r.lastStep, cut) - r.firstStep);
+      const share = done > 0 ? r.stepSeconds * (kept / done) : 0;
+      useful = Math.max(useful, share);
+      stepSeconds = Math.max(stepSeconds, r.stepSeconds);
+      keptUntil = Math.max(keptUntil, Math.min(r.lastStep, cut));
+    }
+    generations.push({
+      generation: g.generation,
+      firstStep: g.firstStep,
+      keptUntil,
+      reporters: reports.length,
+      stepSeconds,
+      usefulSeconds: useful,
+    });
+  }
+  const usefulSeconds = generations.reduce((sum, g) => sum + g.usefulSeconds, 0);
+  return {
+    goodput: wallSeconds > 0 ? usefulSeconds / wallSeconds : 0,
+    usefulSeconds,
+    wallSeconds,
+    generations,
+  };
+}
+
+export interface LostTime {
+  readonly what: string;
+  readonly seconds: number;
+}
+
+const timeOf = (line: LogLine): number | undefined =>
+  typeof line['timestamp'] === 'string' ? Date.parse(line['timestamp']) : undefined;
+
+/**
+ * Where the wall time that was not useful went, so that a goodput below target says why: start-up
+ * (job start → first world), evaluations (workers evaluate side by side: the longest per step), gaps
+ * between worlds, steps done and thrown away, the tail after the last step, and the rest (checkpoint
+ * snapshots, per-step bookkeeping outside `stepSeconds`, second-resolution status times).
+ */
+export function lostTime(
+  lines: readonly LogLine[],
+  report: GoodputReport,
+  startMs: number,
+  endMs: number,
+): LostTime[] {
+  const formed = new Map<number, number>();
+  const ended = new Map<number, number>();
+  const evals = new Map<number, number>();
+  let lastEnd: number | undefined;
+  for (const line of lines) {
+    const at = timeOf(line);
+    const generation = num(line['generation']);
+    if (line['event'] === 'generation' && at !== undefined && generation !== undefined)
+      formed.set(generation, Math.min(formed.get(generation) ?? at, at));
+    if (line['event'] === 'generation-end' && at !== undefined && generation !== undefined) {
+      ended.set(generation, Math.max(ended.get(generation) ?? at, at));
+      lastEnd = Math.max(lastEnd ?? at, at);
+    }
+    const step = num(line['step']);
+    const seconds = num(line['seconds']);
+    if (line['event'] === 'eval' && step !== undefined && seconds !== undefined)
+      evals.set(step, Math.max(evals.get(step) ?? 0, seconds));
+  }
+  const out: LostTime[] = [];
+  const first = Math.min(...formed.values());
+  if (Number.isFinite(first) && Number.isFinite(startMs))
+    out.push({ what: 'start-up (job start → first world)', seconds: Math.max(0, (first - startMs) / 1000) });
+  out.push({ what: 'evaluations', seconds: [...evals.values()].reduce((a, b) => a + b, 0) });
+  let gaps = 0;
+  const numbers = [...formed.keys()].sort((a, b) => a - b);
+  for (let i = 1; i < numbers.length; i++) {
+    const end = ended.get(numbers[i - 1] as number);
+    const start = formed.get(numbers[i] as number);
+    if (end !== undefined && start !== undefined) gaps += Math.max(0, (start - end) / 1000);
+  }
+  out.push({ what: 'between worlds (re-forming)', seconds: gaps });
+  const stepped = report.generations.reduce((sum, g) => sum + g.stepSeconds, 0);
+  out.push({ what: 'steps redone by a later world', seconds: Math.max(0, stepped - report.usefulSeconds) });
+  if (lastEnd !== undefined && Number.isFinite(endMs))
+    out.push({ what: 'tail (last step → completionTime)', seconds: Math.max(0, (endMs - lastEnd) / 1000) });
+  const accounted = out.reduce((sum, x) => sum + x.seconds, 0);
+  out.push({
+    what: 'other (checkpoint snapshots, step overheads, status time rounding)',
+    seconds: report.wallSeconds - report.usefulSeconds - accounted,
+  });
+  return out;
+}
+
+export interface EpochVerdict extends EpochAudit {
+  /** The run went past this epoch (or saw all of it): every sample must be there. */
+  readonly complete: boolean;
+  readonly clean: boolean;
+}
+
+/**
+ * No sample twice in any epoch, none missing in a complete one. An epoch is complete when the final
+ * state is past it; the last one may be cut short by a target accuracy or a step limit.
+ */
+export function judgeEpochs(epochs: readonly EpochAudit[], finalEpoch: number): EpochVerdict[] {
+  return epochs.map((e) => {
+    const complete = e.epoch < finalEpoch || e.missing === 0;
+    return { ...e, complete, clean: e.duplicated === 0 && (!complete || e.missing === 0) };
+  });
+}
+
+export interface Check {
+  readonly name: string;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export function check(name: string, ok: boolean, detail: string): Check {
+  return { name, ok, detail };
+}
+
+export interface KubeEvent {
+  readonly type: string;
+  readonly reason: string;
+  readonly message: string;
+  readonly count: number;
+  readonly time: string;
+}
+
+/** Events of one object, oldest first (events.k8s.io or core/v1 shapes from `kubectl get -o json`). */
+export function parseEvents(json: string): KubeEvent[] {
+  const parsed = JSON.parse(json) as { items?: Record<string, unknown>[] };
+  const events = (parsed.items ?? []).map((e) => {
+    const time =
+      (e['lastTimestamp'] as string | undefined) ??
+      (e['eventTime'] as string | undefined) ??
+      (e['metadata'] as { creationTimestamp?: string } | undefined)?.creationTimestamp ??
+      '';
+    return {
+      type: String(e['type'] ?? ''),
+      reason: String(e['reason'] ?? ''),
+      message: String(e['message'] ?? e['note'] ?? ''),
+      count: num(e['count']) ?? 1,
+      time,
+    };
+  });
+  return events.sort((a, b) => a.time.localeCompare(b.time));
+}
+
+/** The Events section of `kubectl describe` output. */
+export function describeEvents(describe: string): string {
+  const at = describe.search(/^Events:/m);
+  return at < 0 ? '' : describe.slice(at).trimEnd();
+}
+
+export function percent(x: number): string {
+  return `${(100 * x).toFixed(1)} %`;
+}

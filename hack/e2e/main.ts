@@ -1,0 +1,107 @@
+/**
+ * `hack/e2e.sh`: the spot-churn scenario on the local control plane, for a person to watch.
+ *
+ *   hack/e2e.sh [--manifest FILE] [--notice SECONDS] [--autoscaler-delay SECONDS]
+ *               [--min-goodput 0.9] [--timeout SECONDS] [--artifacts DIR]
+ *
+ * Exit 0 when every expectation holds, 1 when one fails, 2 for bad usage or a broken setup, 130 on
+ * Ctrl-C. Whatever happens, every process it started is stopped before it exits.
+ */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { REPO_ROOT } from '../node-agent/config.ts';
+import { runScenario, ScenarioAborted } from './scenario.ts';
+import { formatSummary } from './summary.ts';
+
+const USAGE = `usage: hack/e2e.sh [options]
+
+  --manifest FILE           TrainingJob to run (default examples/fashion-mnist-mlp.yaml), applied unchanged
+  --notice SECONDS          spot notice: from the taint to the node's deletion (default 20)
+  --autoscaler-delay SEC    time the simulated cloud takes to add a node for a Pending worker (default 5)
+  --min-accuracy RATIO      final accuracy expected (default: the manifest's stopping.targetAccuracy;
+                            0.88 for the example, the design's figure for this MLP: it stops after
+                            10 epochs at about 0.88 unless it reaches its 0.89 early-stop target first)
+  --min-goodput RATIO       goodput expected (default 0.9)
+  --timeout SECONDS         give up after this long (default 3600)
+  --artifacts DIR           keep logs and the result there (default: a new folder under $TMPDIR)
+`;
+
+let values: ReturnType<typeof parse>['values'];
+function parse() {
+  return parseArgs({
+    options: {
+      manifest: { type: 'string' },
+      notice: { type: 'string' },
+      'autoscaler-delay': { type: 'string' },
+      'min-accuracy': { type: 'string' },
+      'min-goodput': { type: 'string' },
+      timeout: { type: 'string' },
+      artifacts: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+try {
+  values = parse().values;
+} catch (error) {
+  process.stderr.write(`hack/e2e.sh: ${(error as Error).message}\n${USAGE}`);
+  process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+const number = (flag: string, value: string | undefined): number | undefined => {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) {
+    process.stderr.write(`hack/e2e.sh: --${flag}: expected a non-negative number, got "${value}"\n`);
+    process.exit(2);
+  }
+  return n;
+};
+
+const started = performance.now();
+const stamp = () => `[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s]`;
+const controller = new AbortController();
+let interrupted = false;
+const onSignal = (signal: string) => {
+  if (interrupted) return;
+  interrupted = true;
+  process.stderr.write(`\n${stamp()} ${signal}: stopping everything this run started…\n`);
+  controller.abort();
+};
+process.on('SIGINT', () => onSignal('SIGINT'));
+process.on('SIGTERM', () => onSignal('SIGTERM'));
+process.on('SIGHUP', () => onSignal('SIGHUP'));
+
+const artifactsDir =
+  values.artifacts ??
+  join(process.env['TMPDIR'] ?? tmpdir(), `tensile-e2e-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+
+try {
+  const result = await runScenario({
+    manifestFile: values.manifest ?? join(REPO_ROOT, 'examples', 'fashion-mnist-mlp.yaml'),
+    minAccuracy:
+      number('min-accuracy', values['min-accuracy']) ?? (values.manifest === undefined ? 0.88 : undefined),
+    noticeSeconds: number('notice', values.notice) ?? 20,
+    autoscalerDelaySeconds: number('autoscaler-delay', values['autoscaler-delay']) ?? 5,
+    minGoodput: number('min-goodput', values['min-goodput']) ?? 0.9,
+    timeoutSeconds: number('timeout', values.timeout) ?? 3600,
+    artifactsDir,
+    signal: controller.signal,
+    log: (line) => process.stderr.write(`${stamp()} ${line}\n`),
+  });
+  process.stdout.write(`\n${formatSummary(result)}\n`);
+  process.exitCode = result.ok ? 0 : 1;
+} catch (error) {
+  if (error instanceof ScenarioAborted || interrupted) {
+    process.stderr.write(`${stamp()} interrupted; everything it started is stopped\n`);
+    process.exitCode = 130;
+  } else {
+    process.stderr.write(`${stamp()} the scenario could not run: ${(error as Error).stack ?? error}\n`);
+    process.stderr.write(`logs (if any) in ${artifactsDir}\n`);
+    process.exitCode = 2;
+  }
+}

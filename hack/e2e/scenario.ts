@@ -1,0 +1,649 @@
+/**
+ * The end-to-end scenario of issue 6 on the local control plane: a TrainingJob applied with kubectl
+ * trains on fake spot GPU nodes while nodes are reclaimed (two with notice, one without) and the
+ * simulated autoscaler buys new ones; then the run is judged on its status, its audit, its goodput and
+ * its events. `hack/e2e.sh` and test/e2e/spot-churn.test.ts both drive it.
+ *
+ * Every process it starts (control plane, node agent, nats-server, operator, the workers) is recorded
+ * in the cluster's pid folder, so the cluster's stop — or its watchdog, if this process dies first —
+ * takes them all down.
+ */
+import { execFile } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
+import { LABEL_JOB_NAME } from '../../operator/api/contract.ts';
+import {
+  type TrainingJob,
+  TrainingJobSchema,
+  type TrainingJobStatus,
+} from '../../operator/api/training-job.ts';
+import { checkpointClaimName } from '../../operator/controller/pod-builder.ts';
+import { natsServerBinary } from '../../operator/local/nats-server.ts';
+import { CheckpointStore } from '../../worker/checkpoint/store.ts';
+import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
+import { writeKubeconfig } from '../cluster/kubeconfig.ts';
+import { type LaunchedCluster, launchCluster } from '../cluster/launcher.ts';
+import { freePorts, logTail, type StartedProcess, startProcess } from '../cluster/processes.ts';
+import { REPO_ROOT } from '../node-agent/config.ts';
+import type { ReclaimKind } from '../simulators/decide.ts';
+import { SimulatedAutoscaler, type SimulatorAction, SpotReclaimer } from '../simulators/simulators.ts';
+import {
+  type Check,
+  check,
+  computeGoodput,
+  describeEvents,
+  type EpochVerdict,
+  type GenerationStart,
+  type GoodputReport,
+  generationsFromLogs,
+  judgeEpochs,
+  type KubeEvent,
+  type LogLine,
+  type LostTime,
+  lostTime,
+  parseEvents,
+  parseLogLines,
+} from './analysis.ts';
+
+export interface ChurnStep {
+  readonly kind: ReclaimKind;
+  /** Due once the job's step reaches this share of its planned steps (and the world is whole). */
+  readonly atFraction: number;
+}
+
+/** Two reclaims with notice, then a node that vanishes without one, early enough to finish before the end. */
+export const DEFAULT_CHURN: readonly ChurnStep[] = [
+  { kind: 'notice', atFraction: 0.08 },
+  { kind: 'notice', atFraction: 0.2 },
+  { kind: 'abrupt', atFraction: 0.32 },
+];
+
+export interface ScenarioOptions {
+  /** The TrainingJob manifest, applied unchanged with `kubectl apply -f`. */
+  readonly manifestFile: string;
+  /** Fake GPU nodes at start (one worker fits on each). Default: the job's replicas. */
+  readonly nodes?: number;
+  /** The simulated cloud's time to provision a node for a Pending pod. */
+  readonly autoscalerDelaySeconds?: number;
+  /** From the reclaim notice (taint) to the node's deletion. */
+  readonly noticeSeconds?: number;
+  readonly churn?: readonly ChurnStep[];
+  /** Default: the manifest's stopping.targetAccuracy. */
+  readonly minAccuracy?: number;
+  readonly minGoodput?: number;
+  readonly timeoutSeconds?: number;
+  /** Where logs, the summary and result.json are copied before the cluster goes. */
+  readonly artifactsDir?: string;
+  readonly signal?: AbortSignal;
+  /** Progress lines for a person watching. */
+  readonly log?: (line: string) => void;
+}
+
+export interface TimelineEntry {
+  readonly seconds: number;
+  readonly what: string;
+}
+
+export interface ScenarioResult {
+  readonly ok: boolean;
+  readonly checks: readonly Check[];
+  readonly job: string;
+  readonly namespace: string;
+  readonly status: TrainingJobStatus;
+  readonly outcome: 'Succeeded' | 'Failed' | 'timeout';
+  readonly minAccuracy: number | undefined;
+  readonly minGoodput: number;
+  /** Workers that were running on a node when it was reclaimed. */
+  readonly workersLost: number;
+  readonly churnDone: number;
+  readonly churnPlanned: number;
+  readonly timeline: readonly TimelineEntry[];
+  readonly simulatorActions: readonly SimulatorAction[];
+  readonly epochs: readonly EpochVerdict[];
+  readonly generations: readonly GenerationStart[];
+  readonly goodput: GoodputReport;
+  readonly lost: readonly LostTime[];
+  readonly events: readonly KubeEvent[];
+  readonly describeEvents: string;
+  readonly seconds: { readonly cluster: number; readonly job: number; readonly total: number };
+  readonly artifactsDir: string | undefined;
+}
+
+export class ScenarioAborted extends Error {
+  override readonly name = 'ScenarioAborted';
+}
+
+const OPERATOR_NAMESPACE = 'tensile-system';
+const OPERATOR_ACCOUNT = 'tensile-operator';
+const clusterRoleFile = join(REPO_ROOT, 'charts', 'tensile', 'files', 'operator-clusterrole.yaml');
+const tensileBin = join(REPO_ROOT, 'operator', 'bin', 'tensile.mjs');
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new ScenarioAborted('interrupted'));
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new ScenarioAborted('interrupted'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function readJob(file: string): TrainingJob {
+  const jobs = parseAllDocuments(readFileSync(file, 'utf8'))
+    .map((d) => d.toJS() as { kind?: string } | null)
+    .filter((d) => d?.kind === 'TrainingJob');
+  if (jobs.length !== 1) throw new Error(`${file}: expected exactly one TrainingJob, found ${jobs.length}`);
+  return TrainingJobSchema.parse(jobs[0]);
+}
+
+/** Reads the worker pods' log files as they grow; a recreated pod of the same name appends to its file. */
+class WorkerLogs {
+  private readonly offsets = new Map<string, number>();
+  private readonly partial = new Map<string, string>();
+  readonly lines: LogLine[] = [];
+
+  constructor(
+    private readonly dir: string,
+    private readonly prefix: string,
+  ) {}
+
+  poll(): LogLine[] {
+    if (!existsSync(this.dir)) return [];
+    const fresh: LogLine[] = [];
+    for (const name of readdirSync(this.dir)) {
+      if (!name.startsWith(this.prefix) || !name.endsWith('.log')) continue;
+      const file = join(this.dir, name);
+      const bytes = readFileSync(file);
+      const offset = this.offsets.get(file) ?? 0;
+      if (bytes.length <= offset) continue;
+      const text = (this.partial.get(file) ?? '') + bytes.subarray(offset).toString('utf8');
+      this.offsets.set(file, bytes.length);
+      const cut = text.lastIndexOf('\n');
+      this.partial.set(file, text.slice(cut + 1));
+      fresh.push(...parseLogLines(text.slice(0, cut + 1)));
+    }
+    this.lines.push(...fresh);
+    return fresh;
+  }
+}
+
+function kubectlRunner(cluster: LaunchedCluster) {
+  return (args: readonly string[], input?: string) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      const child = execFile(
+        cluster.kubectl,
+        [
+          `--kubeconfig=${cluster.kubeconfigPath}`,
+          `--cache-dir=${join(cluster.dir, 'kubectl-cache')}`,
+          ...args,
+        ],
+        { maxBuffer: 64 * 1024 * 1024 },
+        (error, stdout, stderr) => {
+          const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+          resolve({ code, stdout, stderr });
+        },
+      );
+      child.stdin?.end(input ?? '');
+    });
+}
+
+async function waitForLog(
+  file: string,
+  pattern: RegExp,
+  timeoutMs: number,
+  what: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (existsSync(file) && pattern.test(readFileSync(file, 'utf8'))) return;
+    await sleep(100, signal);
+  }
+  throw new Error(`${what} not ready within ${timeoutMs / 1000} s:\n${logTail(file)}`);
+}
+
+interface WorldView {
+  /** The newest world any worker formed (-1: none yet). */
+  readonly generation: number;
+  readonly worldSize: number | undefined;
+  /** Some worker ended that world and no newer one has formed yet. */
+  readonly ended: boolean;
+  readonly step: number;
+  readonly epoch: number | undefined;
+  readonly loss: number | undefined;
+}
+
+function currentWorld(lines: readonly LogLine[]): WorldView {
+  let generation = -1;
+  let worldSize: number | undefined;
+  let endedGeneration = -1;
+  let step = 0;
+  let latest: LogLine | undefined;
+  for (const line of lines) {
+    const g = typeof line['generation'] === 'number' ? line['generation'] : undefined;
+    if (line['event'] === 'generation' && g !== undefined && g >= generation) {
+      generation = g;
+      worldSize = typeof line['worldSize'] === 'number' ? line['worldSize'] : worldSize;
+    }
+    if (line['event'] === 'generation-end' && g !== undefined) endedGeneration = Math.max(endedGeneration, g);
+    if (line['event'] === 'progress' && typeof line['step'] === 'number' && line['step'] >= step) {
+      step = line['step'];
+      latest = line;
+    }
+  }
+  return {
+    generation,
+    worldSize,
+    ended: endedGeneration >= generation && generation >= 0,
+    step,
+    epoch: typeof latest?.['epoch'] === 'number' ? latest['epoch'] : undefined,
+    loss: typeof latest?.['loss'] === 'number' ? latest['loss'] : undefined,
+  };
+}
+
+/** Runs the scenario to the end and judges it; throws only for a broken setup or an interrupt. */
+export async function runScenario(options: ScenarioOptions): Promise<ScenarioResult> {
+  const started = performance.now();
+  const elapsed = () => (performance.now() - started) / 1000;
+  const say = options.log ?? (() => {});
+  const { signal } = options;
+  const job = readJob(options.manifestFile);
+  const name = job.metadata.name;
+  const namespace = job.metadata.namespace ?? 'default';
+  const replicas = job.spec.replicas;
+  const churn = options.churn ?? DEFAULT_CHURN;
+  const minAccuracy = options.minAccuracy ?? job.spec.stopping.targetAccuracy;
+  const minGoodput = options.minGoodput ?? 0.9;
+  const noticeMs = (options.noticeSeconds ?? 20) * 1000;
+  const timeline: TimelineEntry[] = [];
+  const mark = (what: string) => {
+    timeline.push({ seconds: elapsed(), what });
+    say(what);
+  };
+
+  const cleanups: (() => Promise<void>)[] = [];
+  const cleanUp = async () => {
+    for (const step of cleanups.reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        say(`clean-up: ${(error as Error).message}`);
+      }
+    }
+  };
+
+  try {
+    mark(`starting the local control plane with ${options.nodes ?? replicas} fake GPU nodes`);
+    const cluster = await launchCluster({
+      nodes: options.nodes ?? replicas,
+      gpusPerNode: 1,
+      // One worker per node (the example requests 1 CPU), so that a reclaimed node takes one worker.
+      cpuPerNode: '1',
+      memoryPerNode: '8Gi',
+      detached: false,
+    });
+    cleanups.push(() => cluster.stop());
+    const { artifactsDir } = options;
+    if (artifactsDir !== undefined) {
+      // Copied on every way out, a failed setup included: the logs are what explains it.
+      cleanups.push(async () => {
+        mkdirSync(artifactsDir, { recursive: true });
+        cpSync(join(cluster.dir, 'logs'), join(artifactsDir, 'logs'), { recursive: true });
+      });
+    }
+    const clusterSeconds = cluster.startSeconds;
+    mark(`control plane up in ${clusterSeconds.toFixed(1)} s (state in ${cluster.dir})`);
+    const kubectl = kubectlRunner(cluster);
+    const must = async (args: readonly string[], input?: string) => {
+      const r = await kubectl(args, input);
+      if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr.trim()}`);
+      return r.stdout;
+    };
+    const kc = new KubeConfig();
+    kc.loadFromFile(cluster.kubeconfigPath);
+    const core = kc.makeApiClient(CoreV1Api);
+    const custom = kc.makeApiClient(CustomObjectsApi);
+
+    // ---- nats-server, recorded with the cluster's processes so that nothing outlives the run.
+    const [natsPort] = await freePorts(1);
+    const nats = await startProcess(cluster.dir, 'nats-server', natsServerBinary(), [
+      '-a',
+      '127.0.0.1',
+      '-p',
+      String(natsPort),
+      '-js',
+      '-sd',
+      join(cluster.dir, 'nats'),
+    ]);
+    await waitForLog(nats.logFile, /Server is ready/, 15_000, 'nats-server', signal);
+    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    mark(`nats-server on ${natsUrl}`);
+
+    // ---- the operator, under the Helm chart's ClusterRole rather than as admin.
+    await must(['create', 'namespace', OPERATOR_NAMESPACE]);
+    await must(['apply', '-f', clusterRoleFile]);
+    await must(['-n', OPERATOR_NAMESPACE, 'create', 'serviceaccount', OPERATOR_ACCOUNT]);
+    await must([
+      'create',
+      'clusterrolebinding',
+      OPERATOR_ACCOUNT,
+      `--clusterrole=${OPERATOR_ACCOUNT}`,
+      `--serviceaccount=${OPERATOR_NAMESPACE}:${OPERATOR_ACCOUNT}`,
+    ]);
+    const token = await core.createNamespacedServiceAccountToken({
+      namespace: OPERATOR_NAMESPACE,
+      name: OPERATOR_ACCOUNT,
+      body: { spec: { audiences: [], expirationSeconds: 7200 } },
+    });
+    const operatorKubeconfig = writeKubeconfig(join(cluster.dir, 'operator.kubeconfig'), {
+      server: cluster.server,
+      caFile: cluster.caFile,
+      credentials: { token: token.status?.token ?? '' },
+      name: 'tensile-operator',
+      namespace: OPERATOR_NAMESPACE,
+    });
+    const operator: StartedProcess = await startProcess(
+      cluster.dir,
+      'tensile-operator',
+      process.execPath,
+      [
+        tensileBin,
+        'operator',
+        '--kubeconfig',
+        operatorKubeconfig,
+        '--nats',
+        natsUrl,
+        '--namespace',
+        OPERATOR_NAMESPACE,
+        '--http-port',
+        '0',
+        '--lease-duration',
+        '4',
+        '--renew-deadline',
+        '3',
+        '--retry-period',
+        '1',
+        '--failure-backoff',
+        '2',
+      ],
+      { cwd: REPO_ROOT },
+    );
+    // Stopped before the cluster, with SIGTERM, so that it hands its lease back like a real rollout.
+    cleanups.push(async () => {
+      if (operator.child.exitCode !== null || operator.child.signalCode !== null) return;
+      operator.child.kill('SIGTERM');
+      await Promise.race([operator.exited, sleep(5000)]);
+    });
+    await waitForLog(operator.logFile, /"became leader"/, 30_000, 'the operator', signal);
+    mark('operator leading');
+
+    // ---- the simulated cloud.
+    const simulatorLog = (line: string) => mark(line);
+    const autoscaler = new SimulatedAutoscaler(kc, {
+      agentName: cluster.agentName,
+      config: {
+        provisionDelayMs: (options.autoscalerDelaySeconds ?? 5) * 1000,
+        scaleDownAfterMs: 30_000,
+        maxNodes: churn.length + 2,
+        gpusPerNode: 1,
+        podsPerNode: 110,
+      },
+      cpuPerNode: '1',
+      memoryPerNode: '8Gi',
+      log: simulatorLog,
+    });
+    autoscaler.start();
+    cleanups.push(() => autoscaler[Symbol.asyncDispose]());
+    const reclaimer = new SpotReclaimer(kc, { noticeMs, log: simulatorLog });
+    cleanups.push(() => reclaimer[Symbol.asyncDispose]());
+
+    // ---- the job, exactly as written.
+    mark(`kubectl apply -f ${options.manifestFile}`);
+    say((await must(['apply', '-f', options.manifestFile])).trim());
+    const applied = elapsed();
+
+    const readStatus = async (): Promise<TrainingJobStatus> => {
+      const obj = (await custom.getNamespacedCustomObject({
+        group: 'tensile.dev',
+        version: 'v1alpha1',
+        namespace,
+        plural: 'trainingjobs',
+        name,
+      })) as { status?: TrainingJobStatus };
+      return obj.status ?? {};
+    };
+    const workerPods = async (): Promise<V1Pod[]> =>
+      (await core.listNamespacedPod({ namespace, labelSelector: `${LABEL_JOB_NAME}=${name}` })).items;
+
+    const logs = new WorkerLogs(join(cluster.dir, 'logs'), `${namespace}_${name}-worker-`);
+    let plannedSteps: number | undefined;
+    const planned = () => {
+      for (const line of logs.lines) {
+        if (line['event'] === 'progress' && typeof line['plannedSteps'] === 'number')
+          plannedSteps = Math.max(plannedSteps ?? 0, line['plannedSteps']);
+      }
+      return plannedSteps;
+    };
+
+    const timeoutMs = (options.timeoutSeconds ?? 3600) * 1000;
+    const deadline = Date.now() + timeoutMs;
+    let outcome: ScenarioResult['outcome'] = 'timeout';
+    let status: TrainingJobStatus = {};
+    let workersLost = 0;
+    let churnDone = 0;
+    let wasWhole = false;
+    let trainingSeen = false;
+    let lastReport = 0;
+    while (Date.now() < deadline) {
+      await sleep(1000, signal);
+      logs.poll();
+      try {
+        status = await readStatus();
+      } catch (error) {
+        // A slow API server on a busy machine: look again on the next tick.
+        say(`reading the job failed: ${(error as Error).message}`);
+        continue;
+      }
+      if (status.phase === 'Succeeded' || status.phase === 'Failed') {
+        outcome = status.phase;
+        mark(`job ${status.phase}: ${status.message ?? ''}`);
+        break;
+      }
+      // Worker logs tell of a new world at once; status follows every few seconds. Either will do.
+      const world = currentWorld(logs.lines);
+      const step = Math.max(status.step ?? 0, world.step);
+      const worldSize = world.generation >= (status.generation ?? -1) ? world.worldSize : status.worldSize;
+      if (!trainingSeen && step > 0) {
+        trainingSeen = true;
+        mark(`training under way: step ${step}, ${worldSize ?? '?'} workers`);
+      }
+      const rescaling =
+        status.conditions?.some((c) => c.type === 'Rescaling' && c.status === 'True') ?? false;
+      const whole =
+        worldSize === replicas &&
+        !world.ended &&
+        status.readyReplicas === replicas &&
+        status.replicas === replicas &&
+        !rescaling;
+      if (whole && !wasWhole && churnDone > 0)
+        mark(`world whole again: ${replicas} workers (generation ${world.generation}), step ${step}`);
+      wasWhole = whole;
+      if (Date.now() - lastReport > 15_000 && trainingSeen) {
+        lastReport = Date.now();
+        say(
+          `step ${step}/${planned() ?? '?'} epoch ${status.epoch ?? world.epoch ?? '?'} loss ${(status.loss ?? world.loss)?.toFixed(4) ?? '?'} ` +
+            `world ${worldSize ?? '?'} (generation ${world.generation}) ready ${status.readyReplicas ?? 0}/${replicas}`,
+        );
+      }
+      const next = churn[churnDone];
+      const total = planned();
+      if (next === undefined || total === undefined || !whole || step < next.atFraction * total) continue;
+      // The workers on the victim are the ones this reclaim takes away.
+      let before: V1Pod[];
+      let victim: string | undefined;
+      try {
+        before = await workerPods();
+        victim = await reclaimer.reclaim(next.kind);
+      } catch (error) {
+        say(`reclaim failed: ${(error as Error).message}; trying again`);
+        continue;
+      }
+      if (victim === undefined) {
+        say('no spot node runs a worker right now; trying again');
+        continue;
+      }
+      const lost = before.filter(
+        (p) =>
+          p.spec?.nodeName === victim &&
+          p.status?.phase === 'Running' &&
+          p.metadata?.deletionTimestamp === undefined,
+      );
+      workersLost += lost.length;
+      churnDone++;
+      wasWhole = false;
+      mark(
+        `${next.kind === 'notice' ? 'reclaim with notice' : 'reclaim WITHOUT notice'} of ${victim} at step ${step}: ` +
+          `loses ${lost.map((p) => p.metadata?.name).join(', ') || 'no worker'}`,
+      );
+    }
+    const jobSeconds = elapsed() - applied;
+    if (outcome === 'timeout') mark(`timed out after ${(timeoutMs / 1000).toFixed(0)} s`);
+    // The last notice's node goes after its notice period; it holds no worker any more.
+    await autoscaler[Symbol.asyncDispose]();
+    await reclaimer[Symbol.asyncDispose]();
+    logs.poll();
+    status = await readStatus().catch(() => status);
+
+    // ---- evidence.
+    const describe = (await kubectl(['-n', namespace, 'describe', 'trainingjob', name])).stdout;
+    const eventsJson = await kubectl([
+      '-n',
+      namespace,
+      'get',
+      'events',
+      '--field-selector',
+      `involvedObject.kind=TrainingJob,involvedObject.name=${name}`,
+      '-o',
+      'json',
+    ]);
+    const events = eventsJson.code === 0 ? parseEvents(eventsJson.stdout) : [];
+
+    const claimDir = join(cluster.dir, 'volumes', namespace, checkpointClaimName(job));
+    const store = new CheckpointStore(claimDir, job.spec.checkpoint.keep);
+    const latest = await store.latest(() => {}).catch(() => undefined);
+    const finalState = latest?.snapshot.state;
+    const logGenerations = generationsFromLogs(logs.lines);
+    const generations: GenerationStart[] =
+      finalState !== undefined && finalState.generations.length > 0
+        ? finalState.generations.map((g) => ({ generation: g.generation, firstStep: g.firstStep }))
+        : logGenerations;
+    const auditDir = join(claimDir, 'audit');
+    const records = existsSync(auditDir)
+      ? readdirSync(auditDir)
+          .filter((f) => f.endsWith('.bin'))
+          .flatMap((f) => readAuditFile(join(auditDir, f)))
+      : [];
+    const trainSamples =
+      finalState?.dataset.trainSamples ??
+      (logs.lines.find((l) => l['event'] === 'dataset')?.['trainSamples'] as number | undefined) ??
+      0;
+    const epochs =
+      trainSamples > 0
+        ? judgeEpochs(
+            auditEpochs(committedRecords(records, generations), trainSamples),
+            finalState?.epoch ?? Number.POSITIVE_INFINITY,
+          )
+        : [];
+    const startMs = status.startTime === undefined ? Number.NaN : Date.parse(status.startTime);
+    const endMs = status.completionTime === undefined ? Number.NaN : Date.parse(status.completionTime);
+    const wallSeconds = Number.isFinite(endMs - startMs) ? (endMs - startMs) / 1000 : jobSeconds;
+    const goodput = computeGoodput(logs.lines, generations, wallSeconds);
+
+    const completedLine = logs.lines.find((l) => l['event'] === 'completed');
+    const workerAccuracy =
+      typeof completedLine?.['accuracy'] === 'number' ? completedLine['accuracy'] : undefined;
+
+    // ---- the verdict.
+    const count = (reason: string) =>
+      events.filter((e) => e.reason === reason).reduce((sum, e) => sum + e.count, 0);
+    const notices = churn.slice(0, churnDone).filter((c) => c.kind === 'notice').length;
+    const checks: Check[] = [
+      check('phase', status.phase === 'Succeeded', `phase ${status.phase ?? 'none'} (${outcome})`),
+      check(
+        'churn',
+        churnDone === churn.length,
+        `${churnDone} of ${churn.length} reclaims carried out before the job ended`,
+      ),
+      check(
+        'accuracy',
+        minAccuracy === undefined || (status.accuracy ?? 0) >= minAccuracy,
+        `status.accuracy ${status.accuracy?.toFixed(4) ?? 'none'} (the workers logged ${workerAccuracy?.toFixed(4) ?? 'none'}), target ${minAccuracy ?? 'none'}`,
+      ),
+      check(
+        'preemptions',
+        status.preemptions === workersLost,
+        `status.preemptions ${status.preemptions ?? 'none'}, workers lost to reclaims ${workersLost}`,
+      ),
+      check('restarts', (status.restarts ?? 0) === 0, `status.restarts ${status.restarts ?? 0}`),
+      check(
+        'audit',
+        epochs.length > 0 && epochs.every((e) => e.clean) && epochs.some((e) => e.complete),
+        epochs.length === 0
+          ? `no audit records in ${auditDir}`
+          : `${epochs.filter((e) => e.complete).length} complete epochs, ${epochs.filter((e) => !e.clean).length} with duplicated or missing samples`,
+      ),
+      check(
+        'goodput',
+        goodput.goodput >= minGoodput,
+        `${(goodput.goodput * 100).toFixed(1)} % (${goodput.usefulSeconds.toFixed(1)} s of useful steps in ${goodput.wallSeconds.toFixed(1)} s), target ${(minGoodput * 100).toFixed(0)} %`,
+      ),
+      check(
+        'events',
+        count('NodeDisruption') >= notices &&
+          count('WorkerPreempted') >= churnDone &&
+          count('Rescaled') >= 1 &&
+          count('TrainingCompleted') >= 1,
+        `NodeDisruption ${count('NodeDisruption')}, WorkerPreempted ${count('WorkerPreempted')}, Rescaled ${count('Rescaled')}, TrainingCompleted ${count('TrainingCompleted')}`,
+      ),
+    ];
+
+    const result: ScenarioResult = {
+      ok: checks.every((c) => c.ok),
+      checks,
+      job: name,
+      namespace,
+      status,
+      outcome,
+      minAccuracy,
+      minGoodput,
+      workersLost,
+      churnDone,
+      churnPlanned: churn.length,
+      timeline,
+      simulatorActions: [...autoscaler.actions, ...reclaimer.actions].sort((a, b) => a.at - b.at),
+      epochs,
+      generations,
+      goodput,
+      lost: lostTime(logs.lines, goodput, startMs, endMs),
+      events,
+      describeEvents: describeEvents(describe),
+      seconds: { cluster: clusterSeconds, job: jobSeconds, total: elapsed() },
+      artifactsDir: options.artifactsDir,
+    };
+    if (artifactsDir !== undefined) {
+      mkdirSync(artifactsDir, { recursive: true });
+      writeFileSync(join(artifactsDir, 'describe.txt'), describe);
+      writeFileSync(join(artifactsDir, 'result.json'), `${JSON.stringify(result, null, 2)}\n`);
+    }
+    return result;
+  } finally {
+    await cleanUp();
+  }
+}
