@@ -7,6 +7,7 @@
  * Paths buried inside a value (JSON, a URL, the middle of a string) are not rewritten.
  */
 import type { V1Container, V1EnvVar, V1Pod } from '@kubernetes/client-node';
+import type { ContainerArgv } from './images.ts';
 
 export class ContainerConfigError extends Error {
   override readonly name = 'ContainerConfigError';
@@ -215,15 +216,21 @@ export async function containerEnvironment(
   return vars;
 }
 
-/** argv after `$(VAR)` expansion with the container's environment and the mount rewrite. */
+/**
+ * argv after `$(VAR)` expansion with the container's environment and the mount rewrite, both applied
+ * to the words the pod gave only: as in Kubernetes, the image's entrypoint and cmd are taken as they
+ * are, and here they are paths on this machine that may well lie below a mount path (a checkout in
+ * /tmp, a pod with an emptyDir at /tmp).
+ */
 export function finalArgv(
-  argv: readonly string[],
+  { argv, fromPod }: ContainerArgv,
   env: ReadonlyMap<string, string>,
   mounts: readonly MountMapping[],
 ) {
   return argv.map((arg, i) => {
+    if (fromPod[i] !== true) return arg;
     const expanded = expandReferences(arg, env);
-    // The executable itself is a path on this machine (from the image map) unless it lies in a volume.
+    // The executable itself: a path on this machine unless it lies in a volume.
     return i === 0 ? rewritePath(expanded, mounts) : rewriteArgument(expanded, mounts);
   });
 }

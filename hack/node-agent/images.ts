@@ -23,6 +23,12 @@ export function findImage(map: ImageMap, image: string): ImageMatch | undefined 
   return best;
 }
 
+/** A container's argv, and which of its words the pod spec gave (the rest are the image map's). */
+export interface ContainerArgv {
+  readonly argv: readonly string[];
+  readonly fromPod: readonly boolean[];
+}
+
 /**
  * The argv of a container (Kubernetes rules): `command` replaces the entrypoint and drops the image's
  * cmd; `args` replaces the cmd. An image missing from the map has neither, like `FROM scratch`.
@@ -30,13 +36,17 @@ export function findImage(map: ImageMap, image: string): ImageMatch | undefined 
 export function containerArgv(
   entry: Pick<ImageEntry, 'entrypoint' | 'cmd'> | undefined,
   container: { command?: readonly string[] | undefined; args?: readonly string[] | undefined },
-): string[] {
+): ContainerArgv {
   const entrypoint = entry?.entrypoint ?? [];
   const cmd = entry?.cmd ?? [];
-  if (container.command !== undefined && container.command.length > 0)
-    return [...container.command, ...(container.args ?? [])];
-  return [
-    ...entrypoint,
-    ...(container.args !== undefined && container.args.length > 0 ? container.args : cmd),
-  ];
+  const pod = (words: readonly string[]) => words.map((w) => [w, true] as const);
+  const image = (words: readonly string[]) => words.map((w) => [w, false] as const);
+  const words =
+    container.command !== undefined && container.command.length > 0
+      ? pod([...container.command, ...(container.args ?? [])])
+      : [
+          ...image(entrypoint),
+          ...(container.args !== undefined && container.args.length > 0 ? pod(container.args) : image(cmd)),
+        ];
+  return { argv: words.map(([w]) => w), fromPod: words.map(([, p]) => p) };
 }

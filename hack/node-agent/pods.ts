@@ -217,7 +217,7 @@ export class PodRunner implements AsyncDisposable {
     const image = container.image ?? '';
     const match = findImage(this.config.imageMap, image);
     const argv = containerArgv(match?.entry, container);
-    if (argv.length === 0)
+    if (argv.argv.length === 0)
       throw new ContainerConfigError(
         `image ${image} is not in the node agent's image map and the container has no command; add an image map entry`,
         'ErrImagePull',

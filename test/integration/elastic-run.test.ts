@@ -24,7 +24,7 @@ if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
 
 const TRAIN = 6000;
 const BATCH = 60;
-const EPOCHS = 4;
+const EPOCHS = 8;
 const STEPS = (TRAIN / BATCH) * EPOCHS;
 
 const file = join(dir, 'elastic.yaml');
@@ -70,7 +70,9 @@ test('three workers without disturbance: one world, the audit is clean', async (
 
 test('kill, two joins, a NATS restart and a leave: the run finishes, exactly once, in lockstep', async () => {
   const killAt = 30 + Math.floor(Math.random() * 30);
-  const chaos = `kill:${killAt},join:${killAt + 20},join:${killAt + 60},nats-restart:${killAt + 110},leave:${killAt + 260}`;
+  // Events fire at steps, a joiner takes seconds to start: the leave comes ~500 steps (10 s and more
+  // here) after the second join so that the world has grown to 4 before it shrinks again.
+  const chaos = `kill:${killAt},join:${killAt + 20},join:${killAt + 60},nats-restart:${killAt + 110},leave:${killAt + 560}`;
   const out = join(dir, 'chaos');
   const summary = await finished(
     tensileRun(file, out, ['--workers', '3', '--chaos', chaos], { TENSILE_CHECKSUM_EVERY: '1' }),

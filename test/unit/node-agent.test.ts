@@ -61,9 +61,13 @@ test('argv follows Kubernetes: command replaces entrypoint and cmd, args replace
     [{ command: [], args: [] }, ['ep', '--x', 'default']],
   ];
   for (const [container, argv] of cases)
-    assert.equal(containerArgv(entry, container), argv, JSON.stringify(container));
-  assert.equal(containerArgv(undefined, {}), [], 'an unknown image runs nothing');
-  assert.equal(containerArgv(undefined, { command: ['sh'], args: ['-c', 'x'] }), ['sh', '-c', 'x']);
+    assert.equal(containerArgv(entry, container).argv, argv, JSON.stringify(container));
+  assert.equal(containerArgv(undefined, {}).argv, [], 'an unknown image runs nothing');
+  assert.equal(containerArgv(undefined, { command: ['sh'], args: ['-c', 'x'] }).argv, ['sh', '-c', 'x']);
+  // Which words the pod gave: only those are expanded and rewritten.
+  assert.equal(containerArgv(entry, { args: ['a'] }).fromPod, [false, false, true]);
+  assert.equal(containerArgv(entry, {}).fromPod, [false, false, false]);
+  assert.equal(containerArgv(entry, { command: ['c'], args: ['a'] }).fromPod, [true, true]);
 });
 
 const mounts = [
@@ -190,13 +194,23 @@ test('environment: envFrom, then env in order with $(VAR) expansion, field refs,
   assert.is(env.has('MISSING'), false);
   assert.is(env.get('PATH'), '/usr/bin');
   assert.is(env.get('HOME'), '/state/volumes/ns/claim/home', 'a value the pod sets is rewritten');
-  assert.equal(finalArgv(['/bin/sh', '-c', 'echo $(NAME)', '/data/x', '--o=/data/y'], env, mounts), [
+  const fromPod = (argv: string[]) => ({ argv, fromPod: argv.map(() => true) });
+  assert.equal(finalArgv(fromPod(['/bin/sh', '-c', 'echo $(NAME)', '/data/x', '--o=/data/y']), env, mounts), [
     '/bin/sh',
     '-c',
     'echo p',
     '/state/volumes/ns/claim/x',
     '--o=/state/volumes/ns/claim/y',
   ]);
+  // The image map's words are paths on this machine, even below a mount path (a checkout in /data).
+  assert.equal(
+    finalArgv(
+      containerArgv({ entrypoint: ['/usr/bin/node', '/data/repo/bin.mjs'], cmd: [] }, { args: ['/data/in'] }),
+      env,
+      mounts,
+    ),
+    ['/usr/bin/node', '/data/repo/bin.mjs', '/state/volumes/ns/claim/in'],
+  );
 });
 
 test('environment: a missing ConfigMap or key is a CreateContainerConfigError naming it', async () => {
