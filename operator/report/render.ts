@@ -75,8 +75,21 @@ function card(label: string, value: string, note?: string): string {
   return `<div class="card"><div class="label">${esc(label)}</div><div class="value">${esc(value)}</div>${note === undefined ? '' : `<div class="note">${esc(note)}</div>`}</div>`;
 }
 
+/** A scripted event (`{action, step, worker?}`, as `tensile run --chaos` records them), or undefined. */
+function scriptedEvent(item: unknown): string | undefined {
+  if (item === null || typeof item !== 'object') return undefined;
+  const { action, step, worker } = item as Record<string, unknown>;
+  if (typeof action !== 'string' || typeof step !== 'number') return undefined;
+  return `${action} at step ${step}${typeof worker === 'string' ? ` (${worker})` : ''}`;
+}
+
 /** Nested objects of unknown summary fields as dotted keys, so that new figures show without code. */
 function flatten(value: unknown, prefix: string, out: [string, string][], depth = 0): void {
+  const events = Array.isArray(value) ? value.map(scriptedEvent) : [];
+  if (events.length > 0 && events.every((e) => e !== undefined)) {
+    out.push([prefix, events.join('; ')]);
+    return;
+  }
   if (value !== null && typeof value === 'object' && !Array.isArray(value) && depth < 3) {
     for (const [k, v] of Object.entries(value))
       flatten(v, prefix === '' ? k : `${prefix}.${k}`, out, depth + 1);
