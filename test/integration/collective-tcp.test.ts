@@ -1,4 +1,6 @@
 /** Ring all-reduce, broadcast and barrier over real TCP connections on loopback. */
+
+import { Socket } from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RingGroup } from '../../worker/collective/group.ts';
@@ -7,6 +9,9 @@ import {
   CollectiveError,
   CollectiveServer,
   CollectiveTimeoutError,
+  encodeFrame,
+  FRAME_DATA,
+  FramedLink,
   PeerLostError,
 } from '../../worker/collective/transport.ts';
 
@@ -165,6 +170,67 @@ test('a connection from another job or an older generation is refused', async ()
   } finally {
     await server[Symbol.asyncDispose]();
     await other[Symbol.asyncDispose]();
+  }
+});
+
+test('frames cut at any byte arrive whole, from fresh chunks and from one reused read buffer', async () => {
+  const payloads = [0, 1, 4, 13, 1000, 70_000].map((n) =>
+    Uint8Array.from({ length: n }, (_, i) => (i * 31 + n) % 256),
+  );
+  const wire = Buffer.concat(payloads.flatMap((p, seq) => encodeFrame(FRAME_DATA, 3, seq, p)));
+  for (const borrowed of [false, true]) {
+    for (const cut of [1, 5, 13, 14, 999, 65_536, wire.length]) {
+      let push: ((chunk: Buffer) => void) | undefined;
+      const link = borrowed
+        ? new FramedLink(new Socket(), {
+            attach: (p) => {
+              push = p;
+            },
+          })
+        : new FramedLink(new Socket());
+      const reused = Buffer.alloc(cut);
+      for (let at = 0; at < wire.length; at += cut) {
+        const piece = wire.subarray(at, Math.min(wire.length, at + cut));
+        if (borrowed) {
+          // The transport's reads land in one buffer that the next read overwrites.
+          piece.copy(reused);
+          push?.(reused.subarray(0, piece.length));
+          reused.fill(0xee);
+        } else link.socket.emit('data', Buffer.from(piece));
+      }
+      for (const [seq, payload] of payloads.entries()) {
+        const frame = await link.receive(100);
+        assert.is(frame.seq, seq, `cut ${cut}, borrowed ${borrowed}`);
+        assert.is(frame.generation, 3);
+        assert.equal(Buffer.from(frame.payload), Buffer.from(payload), `payload ${seq}, cut ${cut}`);
+      }
+      link.close();
+    }
+  }
+});
+
+test('the caller may overwrite its buffer as soon as an all-reduce resolves (sends are not copied)', async () => {
+  const r = await ring(2, 1, 128 * 1024);
+  try {
+    const length = 3_000_001;
+    for (let round = 0; round < 3; round++) {
+      const buffers = [0, 1].map((rank) => new Float32Array(length).fill(rank + round));
+      const results = await Promise.all(
+        r.groups.map(async (g, rank) => {
+          const out = await g.allReduce(buffers[rank] as Float32Array);
+          const copy = Float32Array.from(out);
+          out.fill(Number.NaN);
+          return copy;
+        }),
+      );
+      for (const result of results)
+        assert.ok(
+          result.every((v) => v === 1 + 2 * round),
+          `round ${round}`,
+        );
+    }
+  } finally {
+    await r.close();
   }
 });
 
