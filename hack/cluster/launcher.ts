@@ -9,7 +9,7 @@
  * State directory layout: pki/, etcd/, logs/<component>.log and logs/<ns>_<pod>.log, pids/*.pid,
  * volumes/<ns>/<claim>/, pods/<uid>/, kubeconfig, node-agent.json, cluster.json.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -296,6 +296,36 @@ async function applyCrds(api: AdminApi): Promise<string[]> {
     }
   }
   return names;
+}
+
+export interface KubectlResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** kubectl against `cluster` as admin, with its own cache folder; never throws for a failed command. */
+export function runKubectl(
+  cluster: Pick<ClusterInfo, 'kubectl' | 'kubeconfigPath' | 'dir'>,
+  args: readonly string[],
+  input?: string,
+): Promise<KubectlResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cluster.kubectl,
+      [
+        `--kubeconfig=${cluster.kubeconfigPath}`,
+        `--cache-dir=${join(cluster.dir, 'kubectl-cache')}`,
+        ...args,
+      ],
+      { maxBuffer: 64 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+    child.stdin?.end(input ?? '');
+  });
 }
 
 export function clusterInfo(dir: string): ClusterInfo | undefined {

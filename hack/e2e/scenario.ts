@@ -8,7 +8,6 @@
  * in the cluster's pid folder, so the cluster's stop — or its watchdog, if this process dies first —
  * takes them all down.
  */
-import { execFile } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from '@kubernetes/client-node';
@@ -24,7 +23,7 @@ import { natsServerBinary } from '../../operator/local/nats-server.ts';
 import { CheckpointStore } from '../../worker/checkpoint/store.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { writeKubeconfig } from '../cluster/kubeconfig.ts';
-import { type LaunchedCluster, launchCluster } from '../cluster/launcher.ts';
+import { launchCluster, runKubectl } from '../cluster/launcher.ts';
 import { freePorts, logTail, type StartedProcess, startProcess } from '../cluster/processes.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
 import type { ReclaimKind } from '../simulators/decide.ts';
@@ -174,26 +173,6 @@ class WorkerLogs {
   }
 }
 
-function kubectlRunner(cluster: LaunchedCluster) {
-  return (args: readonly string[], input?: string) =>
-    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      const child = execFile(
-        cluster.kubectl,
-        [
-          `--kubeconfig=${cluster.kubeconfigPath}`,
-          `--cache-dir=${join(cluster.dir, 'kubectl-cache')}`,
-          ...args,
-        ],
-        { maxBuffer: 64 * 1024 * 1024 },
-        (error, stdout, stderr) => {
-          const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
-          resolve({ code, stdout, stderr });
-        },
-      );
-      child.stdin?.end(input ?? '');
-    });
-}
-
 async function waitForLog(
   file: string,
   pattern: RegExp,
@@ -300,7 +279,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     }
     const clusterSeconds = cluster.startSeconds;
     mark(`control plane up in ${clusterSeconds.toFixed(1)} s (state in ${cluster.dir})`);
-    const kubectl = kubectlRunner(cluster);
+    const kubectl = (args: readonly string[], input?: string) => runKubectl(cluster, args, input);
     const must = async (args: readonly string[], input?: string) => {
       const r = await kubectl(args, input);
       if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr.trim()}`);

@@ -8,20 +8,18 @@
  * Disposal kills every process group it started and removes the state directory; if the test process
  * dies first, a watchdog does the same. A missing binary fails with the command that installs it.
  */
-import { execFile } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { writeKubeconfig } from '../../hack/cluster/kubeconfig.ts';
-import { type ClusterOptions, type LaunchedCluster, launchCluster } from '../../hack/cluster/launcher.ts';
+import {
+  type ClusterOptions,
+  type KubectlResult,
+  launchCluster,
+  runKubectl,
+} from '../../hack/cluster/launcher.ts';
 
-export type { ClusterOptions } from '../../hack/cluster/launcher.ts';
-
-export interface KubectlResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+export type { ClusterOptions, KubectlResult } from '../../hack/cluster/launcher.ts';
 
 export interface LocalCluster extends AsyncDisposable {
   /** The state directory: logs/, volumes/<ns>/<claim>/, pods/<uid>/, pki/, … */
@@ -43,30 +41,6 @@ export interface LocalCluster extends AsyncDisposable {
   claimFolder(namespace: string, claim: string): string;
   /** The log of a pod's process. */
   podLogFile(namespace: string, pod: string): string;
-}
-
-function runKubectl(
-  cluster: LaunchedCluster,
-  args: readonly string[],
-  input?: string,
-): Promise<KubectlResult> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      cluster.kubectl,
-      [
-        `--kubeconfig=${cluster.kubeconfigPath}`,
-        `--cache-dir=${join(cluster.dir, 'kubectl-cache')}`,
-        ...args,
-      ],
-      { maxBuffer: 64 * 1024 * 1024 },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
-        resolve({ code, stdout, stderr });
-      },
-    );
-    if (input !== undefined) child.stdin?.end(input);
-    else child.stdin?.end();
-  });
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<LocalCluster> {
