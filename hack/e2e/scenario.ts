@@ -8,8 +8,20 @@
  * in the cluster's pid folder, so the cluster's stop — or its watchdog, if this process dies first —
  * takes them all down.
  */
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  cpSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
 import { LABEL_JOB_NAME } from '../../operator/api/contract.ts';
@@ -120,17 +132,8 @@ const clusterRoleFile = join(REPO_ROOT, 'charts', 'tensile', 'files', 'operator-
 const tensileBin = join(REPO_ROOT, 'operator', 'bin', 'tensile.mjs');
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new ScenarioAborted('interrupted'));
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new ScenarioAborted('interrupted'));
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
+  return delay(ms, undefined, { signal }).catch((error: unknown) => {
+    throw signal?.aborted ? new ScenarioAborted('interrupted') : error;
   });
 }
 
@@ -142,10 +145,28 @@ function readJob(file: string): TrainingJob {
   return TrainingJobSchema.parse(jobs[0]);
 }
 
-/** Reads the worker pods' log files as they grow; a recreated pod of the same name appends to its file. */
+/** The bytes of `file` from `offset` to its current end. */
+function readFrom(file: string, offset: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size <= offset) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(size - offset);
+    const read = readSync(fd, out, 0, out.length, offset);
+    return out.subarray(0, read);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads the worker pods' log files as they grow, only the bytes added since the last poll; a recreated
+ * pod of the same name appends to its file.
+ */
 class WorkerLogs {
   private readonly offsets = new Map<string, number>();
-  private readonly partial = new Map<string, string>();
+  /** The bytes after a file's last newline: a line still being written. */
+  private readonly partial = new Map<string, Buffer>();
   readonly lines: LogLine[] = [];
 
   constructor(
@@ -159,14 +180,14 @@ class WorkerLogs {
     for (const name of readdirSync(this.dir)) {
       if (!name.startsWith(this.prefix) || !name.endsWith('.log')) continue;
       const file = join(this.dir, name);
-      const bytes = readFileSync(file);
       const offset = this.offsets.get(file) ?? 0;
-      if (bytes.length <= offset) continue;
-      const text = (this.partial.get(file) ?? '') + bytes.subarray(offset).toString('utf8');
-      this.offsets.set(file, bytes.length);
-      const cut = text.lastIndexOf('\n');
-      this.partial.set(file, text.slice(cut + 1));
-      fresh.push(...parseLogLines(text.slice(0, cut + 1)));
+      const added = readFrom(file, offset);
+      if (added.length === 0) continue;
+      this.offsets.set(file, offset + added.length);
+      const bytes = Buffer.concat([this.partial.get(file) ?? Buffer.alloc(0), added]);
+      const cut = bytes.lastIndexOf(0x0a) + 1;
+      this.partial.set(file, bytes.subarray(cut));
+      fresh.push(...parseLogLines(bytes.subarray(0, cut).toString('utf8')));
     }
     this.lines.push(...fresh);
     return fresh;
@@ -403,12 +424,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
 
     const logs = new WorkerLogs(join(cluster.dir, 'logs'), `${namespace}_${name}-worker-`);
     let plannedSteps: number | undefined;
-    const planned = () => {
-      for (const line of logs.lines) {
+    const poll = () => {
+      for (const line of logs.poll()) {
         if (line['event'] === 'progress' && typeof line['plannedSteps'] === 'number')
           plannedSteps = Math.max(plannedSteps ?? 0, line['plannedSteps']);
       }
-      return plannedSteps;
     };
 
     const timeoutMs = (options.timeoutSeconds ?? 3600) * 1000;
@@ -422,7 +442,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     let lastReport = 0;
     while (Date.now() < deadline) {
       await sleep(1000, signal);
-      logs.poll();
+      poll();
       try {
         status = await readStatus();
       } catch (error) {
@@ -457,12 +477,12 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       if (Date.now() - lastReport > 15_000 && trainingSeen) {
         lastReport = Date.now();
         say(
-          `step ${step}/${planned() ?? '?'} epoch ${status.epoch ?? world.epoch ?? '?'} loss ${(status.loss ?? world.loss)?.toFixed(4) ?? '?'} ` +
+          `step ${step}/${plannedSteps ?? '?'} epoch ${status.epoch ?? world.epoch ?? '?'} loss ${(status.loss ?? world.loss)?.toFixed(4) ?? '?'} ` +
             `world ${worldSize ?? '?'} (generation ${world.generation}) ready ${status.readyReplicas ?? 0}/${replicas}`,
         );
       }
       const next = churn[churnDone];
-      const total = planned();
+      const total = plannedSteps;
       if (next === undefined || total === undefined || !whole || step < next.atFraction * total) continue;
       // The workers on the victim are the ones this reclaim takes away.
       let before: V1Pod[];
@@ -497,7 +517,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     // The last notice's node goes after its notice period; it holds no worker any more.
     await autoscaler[Symbol.asyncDispose]();
     await reclaimer[Symbol.asyncDispose]();
-    logs.poll();
+    poll();
     status = await readStatus().catch(() => status);
 
     // ---- evidence.

@@ -39,14 +39,14 @@ export function containerArgv(
 ): ContainerArgv {
   const entrypoint = entry?.entrypoint ?? [];
   const cmd = entry?.cmd ?? [];
-  const pod = (words: readonly string[]) => words.map((w) => [w, true] as const);
-  const image = (words: readonly string[]) => words.map((w) => [w, false] as const);
-  const words =
-    container.command !== undefined && container.command.length > 0
-      ? pod([...container.command, ...(container.args ?? [])])
-      : [
-          ...image(entrypoint),
-          ...(container.args !== undefined && container.args.length > 0 ? pod(container.args) : image(cmd)),
-        ];
-  return { argv: words.map(([w]) => w), fromPod: words.map(([, p]) => p) };
+  const args = container.args !== undefined && container.args.length > 0 ? container.args : undefined;
+  if (container.command !== undefined && container.command.length > 0) {
+    const argv = [...container.command, ...(args ?? [])];
+    return { argv, fromPod: argv.map(() => true) };
+  }
+  const tail = args ?? cmd;
+  return {
+    argv: [...entrypoint, ...tail],
+    fromPod: [...entrypoint.map(() => false), ...tail.map(() => args !== undefined)],
+  };
 }

@@ -3,6 +3,7 @@
  * they create carry the node agent's label, so the agent adopts them, keeps them Ready and runs their
  * pods; deleting a Node makes the agent kill its processes, as a vanished machine would.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import {
   CoreV1Api,
   type KubeConfig,
@@ -36,19 +37,8 @@ export interface SimulatorAction {
 }
 
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      resolve();
-    };
-    // The poll loops sleep twice a second: a listener left behind per sleep would pile up.
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
+/** Resolves after `ms`, or at once when `signal` aborts (the poll loops then see it and end). */
+const sleep = (ms: number, signal: AbortSignal) => delay(ms, undefined, { signal }).catch(() => undefined);
 
 export interface SimulatedAutoscalerOptions {
   readonly agentName: string;

@@ -18,7 +18,7 @@ export interface JobObservations {
   readonly progress?: ProgressMessage;
   readonly completed?: CompletedMessage;
   /** The world broke and is re-forming (cleared by the next formed world). */
-  readonly rescaling?: { readonly reason: string; readonly since: string; readonly generation?: number };
+  readonly rescaling?: { readonly reason: string; readonly since: string; readonly generation: number };
   /** The newest world a worker announced as formed. */
   readonly formedGeneration?: number;
 }
@@ -74,7 +74,7 @@ export class ProgressTracker implements AsyncDisposable {
       if (message.type === 'progress') {
         this.update(key, (o) => {
           // Progress from a newer world than the broken one: it has formed, even if its news was lost.
-          if (o.rescaling?.generation !== undefined && message.generation > o.rescaling.generation) {
+          if (o.rescaling !== undefined && message.generation > o.rescaling.generation) {
             const { rescaling: _, ...rest } = o;
             return { ...rest, progress: message };
           }

@@ -159,33 +159,33 @@ export class JobReconciler {
 
   /**
    * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
-   * Resolves with the names of the pods this pass created (not those that existed already).
+   * Resolves with how many pods this pass created (not those that existed already).
    */
-  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<string[]> {
+  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<number> {
     const { kube, metrics } = this.deps;
     const { namespace } = ref;
     if (decision.createClaim !== undefined) {
       await kube.createClaim(namespace, decision.createClaim);
       this.claims.add(ref.uid);
     }
-    const names: string[] = [];
+    let count = 0;
     const created = await Promise.allSettled(
       decision.createPods.map(async (pod) => {
         const result = await kube.createPod(namespace, pod);
         if (result === 'created') {
           metrics.podsCreated.inc();
-          names.push(pod.metadata?.name ?? '');
+          count++;
           log.info('created worker', { pod: pod.metadata?.name });
         }
       }),
     );
     const failure = created.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure === undefined) return names;
+    if (failure === undefined) return count;
     const error = failure.reason as unknown;
     if (error instanceof KubeApiError && error.status === 422) {
       // The API server refuses the pod we built from this spec: retrying cannot help.
       await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
-      return names;
+      return count;
     }
     await this.deps.events.record(ref, {
       type: 'Warning',
@@ -196,12 +196,7 @@ export class JobReconciler {
   }
 
   /** Everything that must follow the status write: counting is durable before a worker is let go. */
-  private async execute(
-    ref: JobRef,
-    decision: Plan,
-    log: Logger,
-    creating: Promise<string[]>,
-  ): Promise<void> {
+  private async execute(ref: JobRef, decision: Plan, log: Logger, creating: Promise<number>): Promise<void> {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
@@ -224,12 +219,12 @@ export class JobReconciler {
     // The events of this pass are recorded even when a create failed: the status that counted them
     // is written, so a retry would not plan them again.
     const created = await creating.then(
-      (names) => ({ names, error: undefined }),
-      (error: unknown) => ({ names: [] as string[], error }),
+      (count) => ({ count, error: undefined }),
+      (error: unknown) => ({ count: 0, error }),
     );
     for (const event of decision.events) {
       // A pass on a stale cache plans pods that exist already (AlreadyExists): no news for the user.
-      if (event.reason === 'WorkersCreated' && created.names.length === 0) continue;
+      if (event.reason === 'WorkersCreated' && created.count === 0) continue;
       await this.deps.events.record(ref, event);
     }
     if (created.error !== undefined) throw created.error;

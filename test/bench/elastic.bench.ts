@@ -12,15 +12,14 @@
  *    (the MLP example's model and the CNN of the accuracy table).
  */
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stringify } from 'yaml';
 import { RingGroup } from '../../worker/collective/group.ts';
 import { CollectiveServer } from '../../worker/collective/transport.ts';
-import { finished, tensileRun, workerEvents } from '../helpers/tensile-run.ts';
+import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const self = fileURLToPath(import.meta.url);
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
@@ -198,33 +197,28 @@ export async function rawRing(size: number, bytesPerRank: number, rounds: number
   return median(per);
 }
 
+/** Bytes each rank sends in a ring all-reduce of `elements` floats: 2(n−1)/n · S, the bound's numerator. */
+export function ringBytes(size: number, elements: number): number {
+  return ((2 * (size - 1)) / size) * elements * 4;
+}
+
 const RENDEZVOUS = { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 };
 
 /** The recovery and join runs' job: the MLP of the examples, small enough for a few minutes. */
 function writeJob(name: string, replicas: number, extra: Record<string, unknown> = {}): string {
   const dir = mkdtempSync(join(tmpdir(), `tensile-bench-${name}-`));
-  const file = join(dir, 'job.yaml');
-  writeFileSync(
-    file,
-    stringify({
-      apiVersion: 'tensile.dev/v1alpha1',
-      kind: 'TrainingJob',
-      metadata: { name },
-      spec: {
-        replicas,
-        minReplicas: 1,
-        maxReplicas: 3,
-        model: { mlp: { hiddenUnits: [64] } },
-        dataset: { format: 'idx', path: '/usr/share/datasets/fashion-mnist', maxTrainSamples: 6000 },
-        optimizer: { type: 'adam', learningRate: 0.003 },
-        batch: { global: 60 },
-        stopping: { epochs: 3 },
-        rendezvous: RENDEZVOUS,
-        ...extra,
-      },
-    }),
-  );
-  return file;
+  return writeJobManifest(join(dir, 'job.yaml'), name, {
+    replicas,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [64] } },
+    dataset: { format: 'idx', path: '/usr/share/datasets/fashion-mnist', maxTrainSamples: 6000 },
+    optimizer: { type: 'adam', learningRate: 0.003 },
+    batch: { global: 60 },
+    stopping: { epochs: 3 },
+    rendezvous: RENDEZVOUS,
+    ...extra,
+  });
 }
 
 /** The run's own events (events.jsonl: chaos and rescales). */
@@ -342,32 +336,24 @@ export async function scaling(
 ): Promise<Scaling> {
   const dir = mkdtempSync(join(tmpdir(), `tensile-bench-scaling-${name}-`));
   const write = (file: string, global: number) =>
-    writeFileSync(
-      file,
-      stringify({
-        apiVersion: 'tensile.dev/v1alpha1',
-        kind: 'TrainingJob',
-        metadata: { name },
-        spec: {
-          replicas: 2,
-          minReplicas: 1,
-          maxReplicas: 2,
-          model,
-          dataset: {
-            format: 'idx',
-            path: '/usr/share/datasets/fashion-mnist',
-            normalize: 'scale',
-            maxTrainSamples: 25_600,
-            eval: { maxSamples: 2000 },
-          },
-          optimizer: { type: 'adam', learningRate: 0.001 },
-          batch: { global, policy: 'fixedGlobalBatch' },
-          stopping,
-          checkpoint: { intervalSteps: 100_000 },
-          rendezvous: RENDEZVOUS,
-        },
-      }),
-    );
+    writeJobManifest(file, name, {
+      replicas: 2,
+      minReplicas: 1,
+      maxReplicas: 2,
+      model,
+      dataset: {
+        format: 'idx',
+        path: '/usr/share/datasets/fashion-mnist',
+        normalize: 'scale',
+        maxTrainSamples: 25_600,
+        eval: { maxSamples: 2000 },
+      },
+      optimizer: { type: 'adam', learningRate: 0.001 },
+      batch: { global, policy: 'fixedGlobalBatch' },
+      stopping,
+      checkpoint: { intervalSteps: 100_000 },
+      rendezvous: RENDEZVOUS,
+    });
   const measure = async (file: string, workers: number) => {
     const out = join(dir, `out-${workers}-${file.endsWith('half.yaml') ? 'half' : 'full'}`);
     const summary = await finished(
@@ -414,10 +400,10 @@ export default async function bench() {
     [2, large],
     [3, large],
   ] as const) {
-    const ringBytes = ((2 * (size - 1)) / size) * elements * 4;
-    const rawMs = await rawRing(size, ringBytes, 15);
+    const bytes = ringBytes(size, elements);
+    const rawMs = await rawRing(size, bytes, 15);
     const ms = await ring(size, elements, 15);
-    const boundMs = ringBytes / bandwidth;
+    const boundMs = bytes / bandwidth;
     cases.push({
       workers: size,
       elements,

@@ -16,7 +16,7 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { rawTcp, recovery, ring } from './elastic.bench.ts';
+import { rawTcp, recovery, ring, ringBytes } from './elastic.bench.ts';
 
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 const venv = join(process.env['TENSILE_CACHE'] ?? join(homedir(), '.cache', 'tensile'), 'torch-venv');
@@ -114,7 +114,7 @@ export default async function bench() {
     for (const elements of [MLP, LARGE]) {
       const tensileMs = await ring(workers, elements, ROUNDS);
       const glooMs = glooCases.find((c) => c.elements === elements)?.ms ?? Number.NaN;
-      const boundMs = ((2 * (workers - 1)) / workers) * ((elements * 4) / bandwidth);
+      const boundMs = ringBytes(workers, elements) / bandwidth;
       allReduce.push({
         workers,
         elements,

@@ -1,9 +1,10 @@
 /** `tensile run` as a child process for tests: its output lines, waiting for a line, its summary. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
+import { stringify } from 'yaml';
 import type { RunSummary } from '../../operator/commands/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -15,6 +16,15 @@ export interface RunningTensile {
   readonly lines: string[];
   readonly done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   waitFor(pattern: RegExp): Promise<string>;
+}
+
+/** Writes a TrainingJob manifest named `name` with `spec` to `file`; returns `file`. */
+export function writeJobManifest(file: string, name: string, spec: Record<string, unknown>): string {
+  writeFileSync(
+    file,
+    stringify({ apiVersion: 'tensile.dev/v1alpha1', kind: 'TrainingJob', metadata: { name }, spec }),
+  );
+  return file;
 }
 
 export function tensileRun(

@@ -5,14 +5,13 @@
  * weights on every worker after every step, each world's batch and rate as the policy says, and the
  * accuracy of an undisturbed 3-worker run.
  */
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { stringify } from 'yaml';
 import type { RunSummary } from '../../operator/commands/run.ts';
-import { finished, tensileRun, workerEvents } from '../helpers/tensile-run.ts';
+import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = '/usr/share/datasets/fashion-mnist';
 const dir = mkdtempSync(join(tmpdir(), 'tensile-elastic-'));
@@ -27,30 +26,21 @@ const BATCH = 60;
 const EPOCHS = 8;
 const STEPS = (TRAIN / BATCH) * EPOCHS;
 
-const file = join(dir, 'elastic.yaml');
-writeFileSync(
-  file,
-  stringify({
-    apiVersion: 'tensile.dev/v1alpha1',
-    kind: 'TrainingJob',
-    metadata: { name: 'elastic' },
-    spec: {
-      replicas: 3,
-      minReplicas: 1,
-      maxReplicas: 4,
-      // No dropout: with fixedGlobalBatch the math is then the same whatever the world size (only
-      // the order of the sums differs), so the chaos run can be held to the undisturbed one's accuracy.
-      model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 3 },
-      dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 2000 } },
-      optimizer: { type: 'adam', learningRate: 0.003 },
-      batch: { global: BATCH, policy: 'fixedGlobalBatch' },
-      stopping: { epochs: EPOCHS },
-      evaluation: { intervalSteps: 100 },
-      checkpoint: { intervalSteps: 25, keep: 4 },
-      rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
-    },
-  }),
-);
+const file = writeJobManifest(join(dir, 'elastic.yaml'), 'elastic', {
+  replicas: 3,
+  minReplicas: 1,
+  maxReplicas: 4,
+  // No dropout: with fixedGlobalBatch the math is then the same whatever the world size (only
+  // the order of the sums differs), so the chaos run can be held to the undisturbed one's accuracy.
+  model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 3 },
+  dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 2000 } },
+  optimizer: { type: 'adam', learningRate: 0.003 },
+  batch: { global: BATCH, policy: 'fixedGlobalBatch' },
+  stopping: { epochs: EPOCHS },
+  evaluation: { intervalSteps: 100 },
+  checkpoint: { intervalSteps: 25, keep: 4 },
+  rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+});
 
 let undisturbed: RunSummary;
 

@@ -9,9 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { stringify } from 'yaml';
 import { checkpointName } from '../../worker/checkpoint/store.ts';
-import { finished, tensileRun, workerEvents } from '../helpers/tensile-run.ts';
+import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = '/usr/share/datasets/fashion-mnist';
 const dir = mkdtempSync(join(tmpdir(), 'tensile-run-'));
@@ -23,26 +22,16 @@ if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
 }
 
 function manifest(name: string, spec: Record<string, unknown>): string {
-  const file = join(dir, `${name}.yaml`);
-  writeFileSync(
-    file,
-    stringify({
-      apiVersion: 'tensile.dev/v1alpha1',
-      kind: 'TrainingJob',
-      metadata: { name },
-      spec: {
-        model: { mlp: { hiddenUnits: [64], dropout: 0.2 }, seed: 3 },
-        dataset: { format: 'idx', path: FASHION, maxTrainSamples: 1500, eval: { maxSamples: 500 } },
-        optimizer: { type: 'adam', learningRate: 0.003 },
-        batch: { global: 50 },
-        stopping: { epochs: 3 },
-        evaluation: { intervalSteps: 30 },
-        checkpoint: { intervalSteps: 10, keep: 20 },
-        ...spec,
-      },
-    }),
-  );
-  return file;
+  return writeJobManifest(join(dir, `${name}.yaml`), name, {
+    model: { mlp: { hiddenUnits: [64], dropout: 0.2 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: 1500, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.003 },
+    batch: { global: 50 },
+    stopping: { epochs: 3 },
+    evaluation: { intervalSteps: 30 },
+    checkpoint: { intervalSteps: 10, keep: 20 },
+    ...spec,
+  });
 }
 
 function checkpointFile(out: string, step: number, file: string): Buffer {

@@ -510,7 +510,10 @@ cases.push(
     name: 'a world re-forming sets Rescaling (once, with an event); the next progress clears it',
     job: ownedJob({ 'spec.replicas': 2 }, running()),
     pods: [workerPod(0), workerPod(1)],
-    observations: { progress, rescaling: { reason: 'job-worker-2 lost', since: '2026-11-21T11:59:59Z' } },
+    observations: {
+      progress,
+      rescaling: { reason: 'job-worker-2 lost', since: '2026-11-21T11:59:59Z', generation: 4 },
+    },
     expect: (p) => {
       const c = condition(p, 'Rescaling');
       assert.is(c?.status, 'True');
