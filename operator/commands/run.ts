@@ -28,6 +28,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { workerEnvironment } from '../../worker/config.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
+import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
@@ -374,8 +375,12 @@ export function describeLogLine(line: LogLine): string | undefined {
   }
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-const TENSILE_BIN = join(here, '..', 'bin', 'tensile.mjs');
+/** The `tensile` entry the workers start from: the sources' bin through tsx, or the compiled main.js. */
+const TENSILE_BIN = fileURLToPath(
+  runsFromSources(import.meta.url)
+    ? new URL('../bin/tensile.mjs', import.meta.url)
+    : new URL('../main.js', import.meta.url),
+);
 
 interface RunningWorker {
   readonly plan: LocalWorkerPlan;

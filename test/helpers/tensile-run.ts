@@ -32,9 +32,11 @@ export function tensileRun(
   out: string,
   extra: readonly string[] = [],
   env: Record<string, string> = {},
+  /** The `tensile` entry point: the sources' bin, or a compiled dist/operator/main.js. */
+  entry: string = bin,
 ): RunningTensile {
   // Its own process group, so that kill -9 takes the workers down with it, as a node crash would.
-  const child = spawn(process.execPath, [bin, 'run', file, '--out', out, ...extra], {
+  const child = spawn(process.execPath, [entry, 'run', file, '--out', out, ...extra], {
     cwd: root,
     detached: true,
     env: { ...process.env, ...env },

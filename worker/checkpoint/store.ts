@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { z } from 'zod';
 import { CheckpointError } from '../errors.ts';
+import { runsFromSources, siblingModule } from '../module-url.ts';
 import { decodeSnapshot, encodeSnapshot, SNAPSHOT_FILES, type Snapshot } from '../train/snapshot.ts';
 
 export const CHECKPOINT_FORMAT = 'tensile-checkpoint/1';
@@ -323,11 +324,18 @@ export function serveWriteRequest(request: WriteRequest): WriteReply {
 }
 
 function startWriterThread(): Worker {
-  // The thread runs TypeScript through tsx, like the main thread, whatever started the process.
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./writer-thread.ts', import.meta.url).href;
-  const bootstrap = `import(${JSON.stringify(api)}).then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`;
-  const worker = new Worker(bootstrap, { eval: true, name: 'tensile-checkpoint-writer' });
+  const name = 'tensile-checkpoint-writer';
+  const entry = siblingModule('./writer-thread', import.meta.url);
+  let worker: Worker;
+  if (runsFromSources(entry)) {
+    // The thread runs TypeScript through tsx, like the main thread, whatever started the process.
+    const api = import.meta.resolve('tsx/esm/api');
+    const bootstrap = `import(${JSON.stringify(api)}).then(({ register }) => { register(); return import(${JSON.stringify(entry.href)}); });`;
+    worker = new Worker(bootstrap, { eval: true, name });
+  } else {
+    // Compiled (the images): plain JavaScript, and no tsx to register (its esbuild is not installed).
+    worker = new Worker(entry, { name });
+  }
   worker.unref();
   return worker;
 }
