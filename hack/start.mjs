@@ -11,33 +11,81 @@
 // Ctrl-C: the workers checkpoint and everything stops; `npm start` again resumes.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DATASET = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz';
 
+// Plain JavaScript cannot import operator/commands/args.ts (no tsx yet), so this repeats its shape and
+// wording: the same --help layout, `npm start: unknown option --x` and the usage line.
+const USAGE_LINE = 'usage: npm start -- [options]';
+const HELP = `${USAGE_LINE}
+
+Trains a TrainingJob (default examples/fashion-mnist-mlp.yaml) on this machine with elastic workers, a
+local nats-server and simulated spot reclaims, and writes a report. Ctrl-C checkpoints and stops
+(exit 130); npm start again resumes.
+
+options:
+  --no-chaos        no simulated reclaims
+  --workers N       worker processes (default 2)
+  --file MANIFEST   the TrainingJob to train (default examples/fashion-mnist-mlp.yaml)
+  --out DIR         output directory (default .tensile/runs/demo)
+  -h, --help        show this help`;
+
+const OPTIONS = {
+  'no-chaos': { type: 'boolean' },
+  workers: { type: 'string', value: 'N' },
+  file: { type: 'string', value: 'MANIFEST' },
+  out: { type: 'string', value: 'DIR' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+function usageError(message) {
+  console.error(`npm start: ${message}\n${USAGE_LINE} (npm start -- --help for more)`);
+  process.exit(2);
+}
+
 function parse(argv) {
-  const options = { chaos: true, workers: 2, file: 'examples/fashion-mnist-mlp.yaml', out: undefined };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === '--no-chaos') options.chaos = false;
-    else if (arg === '--workers') options.workers = Number(argv[++i]);
-    else if (arg === '--file') options.file = argv[++i];
-    else if (arg === '--out') options.out = argv[++i];
-    else if (arg === '--help' || arg === '-h') {
-      console.log('usage: npm start -- [--no-chaos] [--workers N] [--file MANIFEST] [--out DIR]');
-      process.exit(0);
+  const { tokens } = parseArgs({
+    args: argv,
+    options: OPTIONS,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
+  if (tokens.some((t) => t.kind === 'option' && t.name === 'help')) {
+    console.log(HELP);
+    process.exit(0);
+  }
+  const values = {};
+  for (const token of tokens) {
+    if (token.kind === 'option-terminator') continue;
+    if (token.kind === 'positional') usageError(`unexpected argument ${token.value}`);
+    const option = OPTIONS[token.name];
+    if (option === undefined) usageError(`unknown option ${token.rawName}`);
+    if (option.type === 'boolean') {
+      if (token.value !== undefined) usageError(`${token.rawName} takes no value`);
+      values[token.name] = true;
     } else {
-      console.error(`npm start: unknown option ${arg} (try npm start -- --help)`);
-      process.exit(2);
+      const needs = `${token.rawName} needs a value (${option.value})`;
+      if (token.value === undefined || token.value === '') usageError(needs);
+      if (!token.inlineValue && token.value.startsWith('-') && token.value !== '-')
+        usageError(`${needs}, got the option ${token.value}`);
+      values[token.name] = token.value;
     }
   }
-  if (!Number.isInteger(options.workers) || options.workers < 1) {
-    console.error('npm start: --workers needs a positive number');
-    process.exit(2);
-  }
-  return options;
+  const workers = values.workers ?? '2';
+  if (!/^\d+$/.test(workers) || Number(workers) < 1)
+    usageError(`--workers needs a positive number, got ${workers}`);
+  return {
+    chaos: values['no-chaos'] !== true,
+    workers: Number(workers),
+    file: values.file ?? 'examples/fashion-mnist-mlp.yaml',
+    out: values.out,
+  };
 }
 
 function step(message) {
@@ -113,8 +161,10 @@ const child = spawn(
 // Ctrl-C reaches every process of the terminal's group; `tensile run` does the stopping, we wait.
 process.on('SIGINT', () => undefined);
 process.on('SIGTERM', () => child.kill('SIGTERM'));
+// tensile run's code is ours: 130 after Ctrl-C (128 + SIGINT), as shells report an interrupted command.
 child.on('close', (code, signal) => {
   const minutes = ((Date.now() - started) / 60000).toFixed(1);
-  console.log(`\nnpm start: ${code === 0 ? 'finished' : 'ended'} after ${minutes} min`);
-  process.exit(code ?? (signal === null ? 1 : 130));
+  const how = code === 0 ? 'finished' : code === 130 || code === 143 ? 'interrupted' : 'ended';
+  console.log(`\nnpm start: ${how} after ${minutes} min`);
+  process.exit(code ?? (signal === null ? 1 : 128 + (constants.signals[signal] ?? 0)));
 });

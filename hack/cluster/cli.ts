@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { type CommandSpec, commandLine, UsageError } from '../../operator/commands/args.ts';
 import { type ImageMapInput, ImageMapSchema, type NodeTaint, TaintSchema } from '../node-agent/config.ts';
 import { clusterInfo, launchCluster, stopClusterDir } from './launcher.ts';
 import { isAlive, readPidFiles } from './processes.ts';
@@ -11,9 +12,56 @@ import { isAlive, readPidFiles } from './processes.ts';
 const dir = process.env['TENSILE_CLUSTER_DIR'] ?? join(process.env['TMPDIR'] ?? '/tmp', 'tensile-cluster');
 const say = (line: string) => process.stderr.write(`[cluster] ${line}\n`);
 
-class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
+const UP = {
+  command: 'hack/cluster.sh up',
+  synopsis: '[options]',
+  description: `Starts the local cluster (detached) in $TENSILE_CLUSTER_DIR; the last line on stdout is the
+kubeconfig path: export KUBECONFIG=$(hack/cluster.sh up | tail -1). A running cluster is kept.`,
+  options: {
+    nodes: { type: 'string', value: 'N', help: 'fake GPU nodes (default 2)' },
+    gpus: { type: 'string', value: 'N', help: 'GPUs per node (default 1)' },
+    taint: {
+      type: 'string',
+      value: 'KEY[=VALUE]:EFFECT',
+      multiple: true,
+      help: 'taint every node (repeatable); EFFECT: NoSchedule, PreferNoSchedule or NoExecute',
+    },
+    'image-map': {
+      type: 'string',
+      value: 'FILE',
+      help: 'JSON: image (or prefix*) → what the node agent runs for it',
+    },
+  },
+} as const satisfies CommandSpec;
+
+const DOWN = {
+  command: 'hack/cluster.sh down',
+  synopsis: '[options]',
+  description: 'Stops every process the local cluster started and removes its state directory.',
+  options: {},
+} as const satisfies CommandSpec;
+
+const STATUS = {
+  command: 'hack/cluster.sh status',
+  synopsis: '[options]',
+  description:
+    'Says whether the local cluster runs, and where; prints its kubeconfig path (exit 1 when not running).',
+  options: {},
+} as const satisfies CommandSpec;
+
+const CLUSTER = {
+  command: 'hack/cluster.sh',
+  synopsis: 'up|down|status [options]',
+  description: `The local Kubernetes cluster for developers (see "Local Kubernetes cluster" in README.md):
+  up        start it
+  down      stop it and remove its state
+  status    say whether it runs
+hack/cluster.sh COMMAND --help shows the options of each.`,
+  options: {},
+  positionals: true,
+} as const satisfies CommandSpec;
+
+const io = { out: console.log, err: console.error };
 
 function running(): boolean {
   const apiserver = readPidFiles(dir).find((r) => r.file.endsWith('/kube-apiserver.pid'));
@@ -31,31 +79,38 @@ function parseTaint(text: string): NodeTaint {
   });
 }
 
-function positiveInt(flag: string, value: string | undefined): number {
+function nonNegativeInt(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0)
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n))
     throw new UsageError(`${flag}: expected a non-negative integer, got ${value}`);
   return n;
 }
 
-async function up(args: string[]): Promise<number> {
-  let nodes = 2;
-  let gpus = 1;
-  const taints: NodeTaint[] = [];
-  let imageMap: ImageMapInput | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const flag = args[i];
-    const value = args[i + 1];
-    i++;
-    if (flag === '--nodes') nodes = positiveInt(flag, value);
-    else if (flag === '--gpus') gpus = positiveInt(flag, value);
-    else if (flag === '--taint') taints.push(parseTaint(value ?? ''));
-    else if (flag === '--image-map') {
-      const parsed = ImageMapSchema.safeParse(JSON.parse(readFileSync(value ?? '', 'utf8')));
-      if (!parsed.success) throw new UsageError(`--image-map ${value}: ${parsed.error.message}`);
+async function up(args: readonly string[]): Promise<number> {
+  const line = commandLine(UP, args, io, (values) => {
+    let imageMap: ImageMapInput | undefined;
+    const file = values['image-map'];
+    if (file !== undefined) {
+      let raw: unknown;
+      try {
+        raw = JSON.parse(readFileSync(file, 'utf8'));
+      } catch (error) {
+        throw new UsageError(`--image-map ${file}: ${(error as Error).message}`);
+      }
+      const parsed = ImageMapSchema.safeParse(raw);
+      if (!parsed.success) throw new UsageError(`--image-map ${file}: ${parsed.error.message}`);
       imageMap = parsed.data;
-    } else throw new UsageError(`unknown option ${flag}`);
-  }
+    }
+    return {
+      nodes: nonNegativeInt('--nodes', values.nodes, 2),
+      gpus: nonNegativeInt('--gpus', values.gpus, 1),
+      taints: (values.taint ?? []).map(parseTaint),
+      imageMap,
+    };
+  });
+  if ('exit' in line) return line.exit;
+  const { nodes, gpus, taints, imageMap } = line.parsed;
   if (running()) {
     const info = clusterInfo(dir);
     say(`already running in ${dir} (${info?.server ?? '?'}); \`hack/cluster.sh down\` stops it`);
@@ -78,16 +133,21 @@ async function up(args: string[]): Promise<number> {
   return 0;
 }
 
-async function main(argv: string[]): Promise<number> {
+async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'up':
       return up(rest);
-    case 'down':
+    case 'down': {
+      const line = commandLine(DOWN, rest, io, () => undefined);
+      if ('exit' in line) return line.exit;
       await stopClusterDir(dir, { removeDir: true });
       say(`stopped; removed ${dir}`);
       return 0;
+    }
     case 'status': {
+      const line = commandLine(STATUS, rest, io, () => undefined);
+      if ('exit' in line) return line.exit;
       const info = clusterInfo(dir);
       if (!running() || info === undefined) {
         say(`not running (state directory ${dir})`);
@@ -97,11 +157,12 @@ async function main(argv: string[]): Promise<number> {
       console.log(info.kubeconfigPath);
       return 0;
     }
-    default:
-      say(
-        'usage: hack/cluster.sh up [--nodes N] [--gpus N] [--taint k=v:Effect]... [--image-map FILE] | down | status',
-      );
-      return 2;
+    default: {
+      const line = commandLine(CLUSTER, command === undefined ? [] : [command, ...rest], io, (_values) => {
+        throw new UsageError(command === undefined ? 'missing COMMAND' : `unknown command "${command}"`);
+      });
+      return 'exit' in line ? line.exit : 2;
+    }
   }
 }
 

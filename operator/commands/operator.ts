@@ -7,7 +7,6 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
-import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
 import { WorkerSpecSchema } from '../api/training-job.ts';
@@ -20,26 +19,63 @@ import { OperatorMetrics } from '../controller/metrics.ts';
 import { NatsLink } from '../controller/nats-link.ts';
 import type { WorkerTemplateDefaults } from '../controller/pod-builder.ts';
 import { createOperatorLogger } from '../logging.ts';
+import { type CommandSpec, commandLine, UsageError } from './args.ts';
 
-export const OPERATOR_USAGE = `usage: tensile operator [options]
-
-  --kubeconfig FILE           kubeconfig (default: $KUBECONFIG, then in-cluster)
-  --nats URL                  NATS server for worker control messages (default: $TENSILE_NATS_URL)
-  --namespace NS              namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)
-  --worker-image IMAGE        image of CPU workers (default: $TENSILE_WORKER_IMAGE)
-  --worker-gpu-image IMAGE    image of GPU workers (default: $TENSILE_WORKER_GPU_IMAGE or --worker-image)
-  --worker-defaults FILE      YAML with nodeSelector, tolerations, resources, priorityClassName for
-                              workers whose job does not set them (the Helm chart's workers values)
-  --http-port PORT            /healthz, /readyz, /metrics (default 8080; 0 picks a free port)
-  --concurrency N             jobs reconciled at once (default 4)
-  --no-leader-elect           run without a Lease (one replica only)
-  --lease-duration SECONDS    leader lease duration (default 15)
-  --renew-deadline SECONDS    give up leadership after failing to renew this long (default 10)
-  --retry-period SECONDS      lease renew/retry period (default 2)
-  --failure-backoff SECONDS   first delay before replacing a failed worker, doubling (default 10)
-  --id NAME                   identity in the Lease (default: hostname-pid)
-  --log-level LEVEL           error|warn|info|debug (default info)
-`;
+export const OPERATOR_COMMAND = {
+  command: 'tensile operator',
+  synopsis: '[options]',
+  description: `Runs the operator: serves /healthz, /readyz and /metrics, campaigns for the leader Lease and, while
+leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
+  options: {
+    kubeconfig: { type: 'string', value: 'FILE', help: 'kubeconfig (default: $KUBECONFIG, then in-cluster)' },
+    nats: {
+      type: 'string',
+      value: 'URL',
+      help: 'NATS server for worker control messages (default: $TENSILE_NATS_URL)',
+    },
+    namespace: {
+      type: 'string',
+      value: 'NS',
+      help: 'namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)',
+    },
+    'worker-image': {
+      type: 'string',
+      value: 'IMAGE',
+      help: 'image of CPU workers (default: $TENSILE_WORKER_IMAGE)',
+    },
+    'worker-gpu-image': {
+      type: 'string',
+      value: 'IMAGE',
+      help: 'image of GPU workers (default: $TENSILE_WORKER_GPU_IMAGE or --worker-image)',
+    },
+    'worker-defaults': {
+      type: 'string',
+      value: 'FILE',
+      help: "YAML with nodeSelector, tolerations, resources, priorityClassName for\nworkers whose job does not set them (the Helm chart's workers values)",
+    },
+    'http-port': {
+      type: 'string',
+      value: 'PORT',
+      help: '/healthz, /readyz, /metrics (default 8080; 0 picks a free port)',
+    },
+    concurrency: { type: 'string', value: 'N', help: 'jobs reconciled at once (default 4)' },
+    'no-leader-elect': { type: 'boolean', help: 'run without a Lease (one replica only)' },
+    'lease-duration': { type: 'string', value: 'SECONDS', help: 'leader lease duration (default 15)' },
+    'renew-deadline': {
+      type: 'string',
+      value: 'SECONDS',
+      help: 'give up leadership after failing to renew this long (default 10)',
+    },
+    'retry-period': { type: 'string', value: 'SECONDS', help: 'lease renew/retry period (default 2)' },
+    'failure-backoff': {
+      type: 'string',
+      value: 'SECONDS',
+      help: 'first delay before replacing a failed worker, doubling (default 10)',
+    },
+    id: { type: 'string', value: 'NAME', help: 'identity in the Lease (default: hostname-pid)' },
+    'log-level': { type: 'string', value: 'LEVEL', help: 'error|warn|info|debug (default info)' },
+  },
+} as const satisfies CommandSpec;
 
 const DEFAULT_WORKER_IMAGE = 'ghcr.io/tensile-dev/tensile-worker:0.1.0';
 
@@ -69,58 +105,24 @@ export function loadWorkerDefaults(file: string): WorkerTemplateDefaults {
   return result.data;
 }
 
-class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
-
-export async function runOperator(argv: string[]): Promise<number> {
-  let values: ReturnType<typeof parse>['values'];
-  const parse = (args: string[]) =>
-    parseArgs({
-      args,
-      options: {
-        kubeconfig: { type: 'string' },
-        nats: { type: 'string' },
-        namespace: { type: 'string' },
-        'worker-image': { type: 'string' },
-        'worker-gpu-image': { type: 'string' },
-        'worker-defaults': { type: 'string' },
-        'http-port': { type: 'string' },
-        concurrency: { type: 'string' },
-        'no-leader-elect': { type: 'boolean' },
-        'lease-duration': { type: 'string' },
-        'renew-deadline': { type: 'string' },
-        'retry-period': { type: 'string' },
-        'failure-backoff': { type: 'string' },
-        id: { type: 'string' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    });
-  let leaseMs: number;
-  let renewMs: number;
-  let retryMs: number;
-  let port: number;
-  let concurrency: number;
-  let backoff: number;
-  try {
-    values = parse(argv).values;
-    leaseMs = positive('lease-duration', values['lease-duration'], 15) * 1000;
-    renewMs = positive('renew-deadline', values['renew-deadline'], 10) * 1000;
-    retryMs = positive('retry-period', values['retry-period'], 2) * 1000;
-    port = positive('http-port', values['http-port'], 8080);
-    concurrency = Math.max(1, Math.floor(positive('concurrency', values.concurrency, 4)));
-    backoff = positive('failure-backoff', values['failure-backoff'], 10);
+export async function runOperator(argv: readonly string[]): Promise<number> {
+  const io = { out: console.log, err: console.error };
+  const line = commandLine(OPERATOR_COMMAND, argv, io, (values) => {
+    const leaseMs = positive('lease-duration', values['lease-duration'], 15) * 1000;
+    const renewMs = positive('renew-deadline', values['renew-deadline'], 10) * 1000;
     if (renewMs >= leaseMs) throw new UsageError('--renew-deadline must be shorter than --lease-duration');
-  } catch (error) {
-    process.stderr.write(`tensile operator: ${(error as Error).message}\n${OPERATOR_USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(OPERATOR_USAGE);
-    return 0;
-  }
+    return {
+      values,
+      leaseMs,
+      renewMs,
+      retryMs: positive('retry-period', values['retry-period'], 2) * 1000,
+      port: positive('http-port', values['http-port'], 8080),
+      concurrency: Math.max(1, Math.floor(positive('concurrency', values.concurrency, 4))),
+      backoff: positive('failure-backoff', values['failure-backoff'], 10),
+    };
+  });
+  if ('exit' in line) return line.exit;
+  const { values, leaseMs, renewMs, retryMs, port, concurrency, backoff } = line.parsed;
   const identity = values.id ?? `${hostname()}-${process.pid}`;
   const log = createOperatorLogger(values['log-level'] ?? 'info', { instance: identity });
   const kubeConfig = new KubeConfig();

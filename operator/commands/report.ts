@@ -6,16 +6,20 @@ import { renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { collectReport, ReportError } from '../report/collect.ts';
 import { renderReport } from '../report/render.ts';
+import { type CommandIo, type CommandSpec, commandLine, UsageError } from './args.ts';
 
-export const REPORT_USAGE = `usage: tensile report DIR [--out FILE]
+export const REPORT_COMMAND = {
+  command: 'tensile report',
+  synopsis: 'DIR [options]',
+  description: `Writes an HTML report (curves, events, sample audit) of the run in DIR, the --out directory of
+tensile run, and prints its path.`,
+  options: {
+    out: { type: 'string', value: 'FILE', help: 'where to write it (default DIR/report.html)' },
+  },
+  positionals: true,
+} as const satisfies CommandSpec;
 
-Writes an HTML report (curves, events, sample audit) of the run in DIR, the --out directory of
-tensile run, to DIR/report.html or FILE, and prints its path.`;
-
-export interface ReportIo {
-  out(line: string): void;
-  err(line: string): void;
-}
+export type ReportIo = CommandIo;
 
 /** Writes the report of the run in `dir` (to `out`, default DIR/report.html) and returns its absolute path. */
 export function writeReport(dir: string, out?: string): string {
@@ -28,38 +32,15 @@ export function writeReport(dir: string, out?: string): string {
   return file;
 }
 
-/** The arguments, or a message for the user when they are wrong. */
-export function parseReportArgs(args: readonly string[]): { dir: string; out: string | undefined } | string {
-  let dir: string | undefined;
-  let out: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i] as string;
-    if (arg === '--out' || arg.startsWith('--out=')) {
-      out = arg === '--out' ? args[++i] : arg.slice('--out='.length);
-      if (out === undefined || out === '') return '--out needs a file';
-    } else if (arg.startsWith('-')) {
-      return `unknown option ${arg}`;
-    } else if (dir !== undefined) {
-      return `one run directory at a time (got ${dir} and ${arg})`;
-    } else {
-      dir = arg;
-    }
-  }
-  if (dir === undefined) return 'missing DIR (the --out directory of tensile run)';
-  return { dir, out };
-}
-
-export async function runReport(args: string[], io: ReportIo): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    io.out(REPORT_USAGE);
-    return 0;
-  }
-  const options = parseReportArgs(args);
-  if (typeof options === 'string') {
-    io.err(`tensile report: ${options}`);
-    io.err(REPORT_USAGE);
-    return 2;
-  }
+export async function runReport(args: readonly string[], io: ReportIo): Promise<number> {
+  const line = commandLine(REPORT_COMMAND, args, io, (values, positionals) => {
+    const [dir, other] = positionals;
+    if (dir === undefined) throw new UsageError('missing DIR (the --out directory of tensile run)');
+    if (other !== undefined) throw new UsageError(`one run directory at a time (got ${dir} and ${other})`);
+    return { dir, out: values.out };
+  });
+  if ('exit' in line) return line.exit;
+  const options = line.parsed;
   try {
     io.out(writeReport(options.dir, options.out));
     return 0;

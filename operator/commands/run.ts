@@ -23,6 +23,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { constants } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +34,17 @@ import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/re
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { type NatsServer, startNatsServer } from '../local/nats-server.ts';
+import {
+  type CommandIo,
+  type CommandSpec,
+  commandLine,
+  formatHelp,
+  type OptionValues,
+  parseCommand,
+  readStandardInput,
+  STDIN_NAME,
+  UsageError,
+} from './args.ts';
 
 export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart'] as const;
 export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
@@ -56,18 +68,39 @@ export interface RunOptions {
   readonly elastic: boolean;
 }
 
-export const RUN_USAGE = `usage: tensile run FILE [--workers N] [--out DIR] [--chaos EVENTS] [--backend auto|tensorflow|wasm|cpu] [--checkpoints DIR]
-
-Trains the TrainingJob in FILE on this machine and writes DIR/summary.json and DIR/report.html.
-  --workers N        worker processes (default 1); more than one start a local nats-server and
-                     train elastically (rendezvous, ring all-reduce)
-  --chaos EVENTS     comma-separated ACTION:STEP, e.g. kill:40,join:80,leave:120,nats-restart:150:
-                     kill -9 a worker, start one more, stop one gracefully, restart nats-server
-  --chaos-seed N     which workers kill and leave hit (default 1)
-  --elastic          use the elastic runtime even with one worker
-  --out DIR          output directory (default .tensile/runs/<job name>); running again resumes
-  --backend B        force a TensorFlow.js backend (default: spec.worker.backend)
-  --checkpoints DIR  checkpoint directory (default DIR/checkpoints)`;
+export const RUN_COMMAND = {
+  command: 'tensile run',
+  synopsis: 'FILE [options]',
+  description: `Trains the TrainingJob in FILE (- reads standard input) on this machine and writes
+DIR/summary.json and DIR/report.html. Ctrl-C checkpoints and stops (exit 130); the same command
+again resumes from the newest checkpoint.`,
+  options: {
+    workers: {
+      type: 'string',
+      value: 'N',
+      help: 'worker processes (default 1); more than one start a local nats-server and\ntrain elastically (rendezvous, ring all-reduce)',
+    },
+    out: {
+      type: 'string',
+      value: 'DIR',
+      help: 'output directory (default .tensile/runs/<job name>); running again resumes',
+    },
+    chaos: {
+      type: 'string',
+      value: 'EVENTS',
+      help: 'comma-separated ACTION:STEP, e.g. kill:40,join:80,leave:120,nats-restart:150:\nkill -9 a worker, start one more, stop one gracefully, restart nats-server',
+    },
+    'chaos-seed': { type: 'string', value: 'N', help: 'which workers kill and leave hit (default 1)' },
+    elastic: { type: 'boolean', help: 'use the elastic runtime even with one worker' },
+    backend: {
+      type: 'string',
+      value: 'B',
+      help: `force a TensorFlow.js backend: ${BACKENDS.join(', ')} (default spec.worker.backend)`,
+    },
+    checkpoints: { type: 'string', value: 'DIR', help: 'checkpoint directory (default DIR/checkpoints)' },
+  },
+  positionals: true,
+} as const satisfies CommandSpec;
 
 /** Parses `kill:40,join:80`; returns a message naming the bad part when it is wrong. */
 export function parseChaos(text: string): ChaosEvent[] | string {
@@ -86,78 +119,59 @@ export function parseChaos(text: string): ChaosEvent[] | string {
   return events.sort((a, b) => a.step - b.step);
 }
 
-/** Parses the arguments; returns a message for the user when they are wrong. */
-export function parseRunArgs(args: readonly string[]): RunOptions | string {
-  let file: string | undefined;
-  let workers = 1;
-  let out: string | undefined;
-  let backend: BackendChoice | undefined;
-  let checkpoints: string | undefined;
-  let chaos: ChaosEvent[] = [];
-  let chaosSeed = 1;
-  let elastic = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i] as string;
-    const [flag, inline] =
-      arg.startsWith('--') && arg.includes('=')
-        ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)]
-        : [arg, undefined];
-    const value = (): string | undefined => inline ?? args[++i];
-    switch (flag) {
-      case '--workers': {
-        const v = value();
-        if (v === undefined || !/^\d+$/.test(v) || Number(v) < 1)
-          return `--workers needs a positive number, got ${v ?? 'nothing'}`;
-        workers = Number(v);
-        break;
-      }
-      case '--out':
-        out = value();
-        if (out === undefined || out === '') return '--out needs a directory';
-        break;
-      case '--chaos': {
-        const parsed = parseChaos(value() ?? '');
-        if (typeof parsed === 'string') return parsed;
-        chaos = parsed;
-        break;
-      }
-      case '--chaos-seed': {
-        const v = value();
-        if (v === undefined || !/^\d+$/.test(v)) return `--chaos-seed needs a number, got ${v ?? 'nothing'}`;
-        chaosSeed = Number(v);
-        break;
-      }
-      case '--elastic':
-        elastic = true;
-        break;
-      case '--checkpoints':
-        checkpoints = value();
-        if (checkpoints === undefined || checkpoints === '') return '--checkpoints needs a directory';
-        break;
-      case '--backend': {
-        const v = value();
-        if (!BACKENDS.includes(v as BackendChoice))
-          return `--backend must be one of ${BACKENDS.join(', ')}, got ${v ?? 'nothing'}`;
-        backend = v as BackendChoice;
-        break;
-      }
-      default:
-        if (arg.startsWith('-')) return `unknown option ${arg}`;
-        if (file !== undefined) return `one manifest at a time (got ${file} and ${arg})`;
-        file = arg;
-    }
-  }
-  if (file === undefined) return 'missing FILE (a TrainingJob manifest)';
+/** The options of a run from its parsed command line; throws UsageError naming a wrong one. */
+function runOptions(
+  values: OptionValues<typeof RUN_COMMAND.options>,
+  positionals: readonly string[],
+): RunOptions {
+  const [file, other] = positionals;
+  if (file === undefined) throw new UsageError('missing FILE (a TrainingJob manifest, - for standard input)');
+  if (other !== undefined) throw new UsageError(`one manifest at a time (got ${file} and ${other})`);
+  const workers = values.workers ?? '1';
+  if (!/^\d+$/.test(workers) || Number(workers) < 1)
+    throw new UsageError(`--workers needs a positive number, got ${workers}`);
+  const chaos = parseChaos(values.chaos ?? '');
+  if (typeof chaos === 'string') throw new UsageError(chaos);
+  const chaosSeed = values['chaos-seed'] ?? '1';
+  if (!/^\d+$/.test(chaosSeed)) throw new UsageError(`--chaos-seed needs a number, got ${chaosSeed}`);
+  const backend = values.backend;
+  if (backend !== undefined && !BACKENDS.includes(backend as BackendChoice))
+    throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got ${backend}`);
   return {
     file,
-    workers,
-    out,
-    backend,
-    checkpoints,
+    workers: Number(workers),
+    out: values.out,
+    backend: backend as BackendChoice | undefined,
+    checkpoints: values.checkpoints,
     chaos,
-    chaosSeed,
-    elastic: elastic || workers > 1 || chaos.length > 0,
+    chaosSeed: Number(chaosSeed),
+    elastic: values.elastic === true || Number(workers) > 1 || chaos.length > 0,
   };
+}
+
+/** Parses the arguments; returns a message for the user when they are wrong (the help for --help). */
+export function parseRunArgs(args: readonly string[]): RunOptions | string {
+  try {
+    const parsed = parseCommand(RUN_COMMAND, args);
+    return parsed.help ? formatHelp(RUN_COMMAND) : runOptions(parsed.values, parsed.positionals);
+  } catch (error) {
+    if (error instanceof UsageError) return error.message;
+    throw error;
+  }
+}
+
+/**
+ * The exit code of a run: a worker's unexpected failure first (2 when it was terminal), then an
+ * interruption as shells report a signal (128 + its number: Ctrl-C is 130), then the outcome.
+ */
+export function runExitCode(outcome: {
+  readonly unexpectedCodes: readonly (number | null)[];
+  readonly interruptedBy: NodeJS.Signals | undefined;
+  readonly status: WorkerResult['status'] | undefined;
+}): number {
+  if (outcome.unexpectedCodes.length > 0) return outcome.unexpectedCodes.includes(2) ? 2 : 1;
+  if (outcome.interruptedBy !== undefined) return 128 + constants.signals[outcome.interruptedBy];
+  return outcome.status === 'completed' || outcome.status === 'stopped' ? 0 : 1;
 }
 
 export interface LocalWorkerPlan {
@@ -332,9 +346,9 @@ export function summarize(
   };
 }
 
-export interface RunIo {
-  out(line: string): void;
-  err(line: string): void;
+export interface RunIo extends CommandIo {
+  /** Standard input to its end, for FILE `-` (default: this process's). */
+  readStdin?(): Promise<string>;
 }
 
 interface LogLine {
@@ -440,40 +454,34 @@ function seededRandom(seed: number): () => number {
   };
 }
 
-export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    io.out(RUN_USAGE);
-    return 0;
-  }
-  const options = parseRunArgs(args);
-  if (typeof options === 'string') {
-    io.err(`tensile run: ${options}`);
-    io.err(RUN_USAGE);
-    return 2;
-  }
+export async function runRun(args: readonly string[], io: RunIo, cwd = process.cwd()): Promise<number> {
+  const line = commandLine(RUN_COMMAND, args, io, runOptions);
+  if ('exit' in line) return line.exit;
+  const options = line.parsed;
   const started = performance.now();
+  const fromStdin = options.file === '-';
+  const name = fromStdin ? STDIN_NAME : options.file;
   const file = resolve(cwd, options.file);
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = fromStdin ? await (io.readStdin ?? readStandardInput)() : readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    io.err(`${options.file}: cannot read: ${code === 'ENOENT' ? 'no such file' : String(error)}`);
+    io.err(`${name}: cannot read: ${code === 'ENOENT' ? 'no such file' : String(error)}`);
     return 2;
   }
-  const report = validateManifestText(text, options.file);
+  const report = validateManifestText(text, name);
   const errors = report.problems.filter((p) => p.severity === 'error');
   for (const problem of errors) io.err(formatManifestProblem(problem));
   if (errors.length > 0) return 2;
   const [first, ...others] = report.jobs;
   if (first === undefined) return 2;
   if (others.length > 0) {
-    io.err(
-      `${options.file}: holds ${report.jobs.length} TrainingJobs; tensile run trains one (split the file)`,
-    );
+    io.err(`${name}: holds ${report.jobs.length} TrainingJobs; tensile run trains one (split the file)`);
     return 2;
   }
-  const job = resolveManifestPaths(first, dirname(file));
+  // A manifest from standard input has no directory of its own: its paths are the caller's.
+  const job = resolveManifestPaths(first, fromStdin ? cwd : dirname(file));
   const plan = planLocalRun(job, options, cwd);
   mkdirSync(plan.out, { recursive: true });
   const resuming =
@@ -626,9 +634,9 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
     const withNats = planLocalWorker(job, options, plan.out, plan.checkpointDir, worker.index, nats?.url);
     running.push(startWorker(withNats, io, sink));
   }
-  let interrupted = false;
+  let interruptedBy: NodeJS.Signals | undefined;
   const forward = (signal: NodeJS.Signals) => {
-    interrupted = true;
+    interruptedBy ??= signal;
     io.err(`${signal}: asking the workers to checkpoint and stop`);
     for (const worker of running) worker.child.kill('SIGTERM');
   };
@@ -662,10 +670,10 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
       io.err(`tensile run: ${file}: not a valid result (${(error as Error).message})`);
     }
   }
+  const unexpectedCodes = unexpected.map(([, e]) => e.code);
   if (results.length === 0) {
     io.err('tensile run: no worker ended with a result');
-    const terminal = unexpected.some(([, e]) => e.code === 2);
-    return terminal ? 2 : 1;
+    return runExitCode({ unexpectedCodes, interruptedBy, status: undefined });
   }
   const auditDir = join(plan.out, 'audit');
   const auditFiles = existsSync(auditDir)
@@ -701,6 +709,5 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
       `done: ${summary.reason}; ${accuracy}; ${summary.wallSeconds} s${summary.goodput === undefined ? '' : `; goodput ${summary.goodput}`}; ${summaryFile}`,
     );
   }
-  if (unexpected.length > 0) return unexpected.some(([, e]) => e.code === 2) ? 2 : 1;
-  return interrupted || summary.status === 'completed' || summary.status === 'stopped' ? 0 : 1;
+  return runExitCode({ unexpectedCodes, interruptedBy, status: summary.status });
 }

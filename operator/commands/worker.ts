@@ -8,18 +8,24 @@
 import { loadWorkerConfig, type WorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { EXIT_OK, EXIT_TERMINAL, exitCodeFor, WorkerError } from '../../worker/errors.ts';
 import { createWorkerLogger, errorMessage, type WorkerLogger } from '../../worker/log.ts';
+import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
 
-export interface WorkerCommandIo {
+export interface WorkerCommandIo extends CommandIo {
   readonly env: NodeJS.ProcessEnv;
-  err(line: string): void;
 }
 
 /** Signals this close together are one stop request. */
 const SAME_REQUEST_MS = 1000;
 
-const USAGE = `usage: tensile worker
-
-Runs one training worker, configured by TENSILE_* environment variables (see worker/config.ts).`;
+export const WORKER_COMMAND = {
+  command: 'tensile worker',
+  synopsis: '[options]',
+  description: `Runs one training worker, configured by the TENSILE_* environment variables (or the JSON file
+TENSILE_CONFIG_FILE names) that the operator's pods and tensile run set; see worker/config.ts.
+SIGTERM checkpoints at the next step boundary and exits 0; exit 1 is a failure a restart may fix,
+2 bad configuration or input.`,
+  options: {},
+} as const satisfies CommandSpec;
 
 async function flush(log: WorkerLogger): Promise<void> {
   await new Promise<void>((resolve) => {
@@ -29,11 +35,9 @@ async function flush(log: WorkerLogger): Promise<void> {
   });
 }
 
-export async function runWorkerCommand(args: string[], io: WorkerCommandIo): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    io.err(USAGE);
-    return EXIT_OK;
-  }
+export async function runWorkerCommand(args: readonly string[], io: WorkerCommandIo): Promise<number> {
+  const line = commandLine(WORKER_COMMAND, args, io, () => undefined);
+  if ('exit' in line) return line.exit;
   let config: WorkerConfig;
   try {
     config = loadWorkerConfig(io.env);

@@ -93,7 +93,8 @@ async function interrupt(run: Started): Promise<void> {
   // A terminal's Ctrl-C: SIGINT to every process of the foreground group.
   process.kill(-(run.child.pid as number), 'SIGINT');
   const code = await run.done;
-  assert.is(code, 0, run.lines.slice(-20).join('\n'));
+  // 128 + SIGINT: an interrupted command, as shells report it (issue 13, item 10).
+  assert.is(code, 130, run.lines.slice(-20).join('\n'));
   assert.ok(
     run.lines.some((l) => /stopped at step \d+; run the same command again to resume/.test(l)),
     run.lines.slice(-20).join('\n'),
