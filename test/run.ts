@@ -13,12 +13,34 @@ import { readdirSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type CommandSpec, commandLine } from '../operator/commands/args.ts';
+
+const TEST_COMMAND = {
+  command: 'npm test',
+  synopsis: '-- [options] [FILTER...]',
+  description: `Installs the test tools, runs the linter and the type checker, then every test file (those whose
+path contains every FILTER) in its own process, and ends with \`N passed, N failed\`.`,
+  options: {
+    'no-tools': { type: 'boolean', help: 'skip hack/install-tools.sh (when you know the tools are there)' },
+    'no-static': { type: 'boolean', help: 'skip the linter and the type checker' },
+  },
+  positionals: true,
+  helpHint: 'npm test -- --help',
+} as const satisfies CommandSpec;
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const args = process.argv.slice(2);
-const skipTools = args.includes('--no-tools');
-const skipStatic = args.includes('--no-static');
-const filters = args.filter((a) => !a.startsWith('--'));
+const line = commandLine(
+  TEST_COMMAND,
+  process.argv.slice(2),
+  { out: console.log, err: console.error },
+  (values, filters) => ({
+    skipTools: values['no-tools'] === true,
+    skipStatic: values['no-static'] === true,
+    filters,
+  }),
+);
+if ('exit' in line) process.exit(line.exit);
+const { skipTools, skipStatic, filters } = line.parsed;
 
 interface Outcome {
   readonly name: string;

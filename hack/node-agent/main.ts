@@ -7,14 +7,32 @@
  * exits 0. If it dies any other way, its exit handler still SIGKILLs every pod process group.
  */
 
+import { type CommandSpec, commandLine, UsageError } from '../../operator/commands/args.ts';
 import { agentLogger, type RunningAgent, startAgent } from './agent.ts';
 import { type AgentConfig, AgentConfigError, loadAgentConfig } from './config.ts';
 
-const path = process.argv[2];
-if (path === undefined) {
-  console.error('usage: node --import tsx hack/node-agent/main.ts <config.json>');
-  process.exit(2);
-}
+const NODE_AGENT_COMMAND = {
+  command: 'node --import tsx hack/node-agent/main.ts',
+  synopsis: 'CONFIG.json [options]',
+  description: `The node agent of the local cluster (hack/cluster/launcher.ts starts it): registers fake nodes and
+runs their pods as local processes, as CONFIG.json says (hack/node-agent/config.ts).`,
+  options: {},
+  positionals: true,
+} as const satisfies CommandSpec;
+
+const line = commandLine(
+  NODE_AGENT_COMMAND,
+  process.argv.slice(2),
+  { out: console.log, err: console.error },
+  (_values, files) => {
+    const [file, other] = files;
+    if (file === undefined) throw new UsageError('missing CONFIG.json');
+    if (other !== undefined) throw new UsageError(`one configuration at a time (got ${file} and ${other})`);
+    return file;
+  },
+);
+if ('exit' in line) process.exit(line.exit);
+const path = line.parsed;
 let config: AgentConfig;
 try {
   config = loadAgentConfig(path);

@@ -11,6 +11,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { type CommandSpec, commandLine } from '../../operator/commands/args.ts';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const MARKER = '@@tensile-bench-result@@';
@@ -56,11 +57,34 @@ function runOne(
   });
 }
 
+const BENCH_COMMAND = {
+  command: 'npm run bench',
+  synopsis: '-- [FILTER...]',
+  description: `Runs every test/bench/*.bench.ts whose name contains every FILTER, each in its own process, and
+prints one JSON document with every result (also written to $TENSILE_BENCH_OUT, default
+$TMPDIR/tensile-bench).`,
+  options: {
+    child: {
+      type: 'string',
+      value: 'FILE',
+      help: 'run the one bench FILE in this process (how each is started)',
+    },
+  },
+  positionals: true,
+  helpHint: 'npm run bench -- --help',
+} as const satisfies CommandSpec;
+
 async function main(): Promise<number> {
-  const args = process.argv.slice(2);
-  const childIndex = args.indexOf('--child');
-  if (childIndex >= 0) {
-    await child(args[childIndex + 1] as string);
+  const line = commandLine(
+    BENCH_COMMAND,
+    process.argv.slice(2),
+    { out: console.log, err: console.error },
+    (values, filters) => ({ child: values.child, filters }),
+  );
+  if ('exit' in line) return line.exit;
+  const { child: only, filters: args } = line.parsed;
+  if (only !== undefined) {
+    await child(only);
     return 0;
   }
   const files = readdirSync(here)

@@ -155,6 +155,16 @@ test('hack/cluster.sh and the simulators: the same --help and the same mistakes'
   }
 });
 
+test('npm test, npm run bench and the node agent: the same --help and the same mistakes', () => {
+  assertHelp(tsx('test/run.ts', ['--help']), 'npm test');
+  assertUsageError(tsx('test/run.ts', ['--bogus']), 'npm test', 'unknown option --bogus');
+  assertHelp(tsx('test/bench/run.ts', ['--help']), 'npm run bench');
+  assertUsageError(tsx('test/bench/run.ts', ['--child']), 'npm run bench', '--child needs a value (FILE)');
+  const agent = 'node --import tsx hack/node-agent/main.ts';
+  assertHelp(tsx('hack/node-agent/main.ts', ['--help']), agent);
+  assertUsageError(tsx('hack/node-agent/main.ts', []), agent, 'missing CONFIG.json');
+});
+
 test('npm start (hack/start.mjs, plain JavaScript): the same --help and the same mistakes', () => {
   assertHelp(node([join(root, 'hack/start.mjs'), '--help']), 'npm start');
   assertUsageError(node([join(root, 'hack/start.mjs'), '--bogus']), 'npm start', 'unknown option --bogus');
