@@ -3,7 +3,7 @@
  * the workers checkpoint, the run writes its summary and exits 130 (128 + SIGINT), as shells expect
  * of an interrupted command, so that `tensile run ... && next` does not go on.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
@@ -19,6 +19,8 @@ if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
     `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
   );
 }
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
 
 test('Ctrl-C: the workers checkpoint, the summary says stopped, and tensile run exits 130', async () => {
   const file = writeJobManifest(join(dir, 'job.yaml'), 'interrupted', {

@@ -4,7 +4,7 @@
  * input. The hack/ scripts share the parser and the wording; none of them starts anything here.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,8 @@ import { RUN_COMMAND, runExitCode } from '../../operator/commands/run.ts';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
 const scratch = mkdtempSync(join(tmpdir(), 'tensile-cli-'));
+test.after(() => rmSync(scratch, { recursive: true, force: true }));
+
 const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 
 interface Ran {
