@@ -9,6 +9,7 @@
  * be loaded is a terminal BackendError.
  */
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendChoice } from '../../operator/api/training-job.ts';
 import { BackendError } from '../errors.ts';
@@ -53,13 +54,31 @@ const GPU_PACKAGE = '@tensorflow/tfjs-node-gpu';
 /** Device files the NVIDIA kernel driver creates; without them no CUDA device can be opened. */
 export const NVIDIA_DRIVER_FILES = ['/dev/nvidiactl', '/proc/driver/nvidia/version'] as const;
 
-/** Why a candidate must not even be loaded on this machine, or undefined; pure given `exists`. */
+const CPU_PACKAGE = '@tensorflow/tfjs-node';
+
+/** Whether a package resolves from here, without loading it. */
+function resolvable(specifier: string): boolean {
+  try {
+    createRequire(import.meta.url).resolve(specifier);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a candidate must not even be loaded on this machine, or undefined; pure given its probes.
+ * Without a GPU the GPU package is passed over for tfjs-node; where tfjs-node is absent (the GPU
+ * image on a CPU node) it is still the best backend: libtensorflow runs on the CPU.
+ */
 export function precheck(
   candidate: BackendCandidate,
   exists: (path: string) => boolean = existsSync,
+  installed: (specifier: string) => boolean = resolvable,
 ): string | undefined {
-  if (candidate.via !== GPU_PACKAGE || NVIDIA_DRIVER_FILES.some(exists)) return undefined;
-  return `no NVIDIA GPU driver on this machine (${NVIDIA_DRIVER_FILES.join(' and ')} are absent)`;
+  if (candidate.via !== GPU_PACKAGE || NVIDIA_DRIVER_FILES.some(exists) || !installed(CPU_PACKAGE))
+    return undefined;
+  return `no NVIDIA GPU driver on this machine (${NVIDIA_DRIVER_FILES.join(' and ')} are absent); ${CPU_PACKAGE} runs TensorFlow on the CPU`;
 }
 
 function installHint(via: string): string {
