@@ -9,7 +9,6 @@
  * be loaded is a terminal BackendError.
  */
 import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendChoice } from '../../operator/api/training-job.ts';
 import { BackendError } from '../errors.ts';
@@ -56,10 +55,10 @@ export const NVIDIA_DRIVER_FILES = ['/dev/nvidiactl', '/proc/driver/nvidia/versi
 
 const CPU_PACKAGE = '@tensorflow/tfjs-node';
 
-/** Whether a package resolves from here, without loading it. */
+/** Whether a package resolves from here, without loading it (through any module hooks). */
 function resolvable(specifier: string): boolean {
   try {
-    createRequire(import.meta.url).resolve(specifier);
+    import.meta.resolve(specifier);
     return true;
   } catch {
     return false;
