@@ -46,15 +46,19 @@ function fixRound(): void {
   });
 }
 
-function fixHistogramBuckets(backend: NativeBackend): void {
-  const original = backend.buckets.bind(backend);
-  backend.buckets = (data, bucketCount) => {
-    if (data.size === 0) return original(data, bucketCount);
+/**
+ * On the class, not the instance: the engine may create a new backend instance (tf.engine().reset(),
+ * removeBackend and registerBackend again), and each must have the fix.
+ */
+function fixHistogramBuckets(backendClass: NativeBackend): void {
+  const original = backendClass.buckets;
+  backendClass.buckets = function buckets(this: NativeBackend, data, bucketCount) {
+    if (data.size === 0) return original.call(this, data, bucketCount);
     // The caller (writeHistogramSummary) runs this inside tf.tidy: the temporaries are freed there.
     const flat = data.flatten().cast('float32');
     const min = flat.min();
     const max = flat.max();
-    if (max.sub(min).dataSync()[0] !== 0) return original(data, bucketCount);
+    if (max.sub(min).dataSync()[0] !== 0) return original.call(this, data, bucketCount);
     return tf.stack([min.sub(0.5), min.add(0.5), tf.scalar(flat.size, 'float32')]).reshape([1, 3]);
   };
 }
@@ -64,9 +68,9 @@ function fixHistogramBuckets(backend: NativeBackend): void {
  * tensorflow backend is not tfjs-node's.
  */
 export function applyTensorflowFixes(): void {
-  const backend = nativeBackend();
-  if (fixed.has(backend)) return;
+  const backendClass = Object.getPrototypeOf(nativeBackend()) as NativeBackend;
+  if (fixed.has(backendClass)) return;
   fixRound();
-  fixHistogramBuckets(backend);
-  fixed.add(backend);
+  fixHistogramBuckets(backendClass);
+  fixed.add(backendClass);
 }
