@@ -62,14 +62,14 @@ export default async function bench(): Promise<object> {
   const plainRates: number[] = [];
   const runtimeRates: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
-    plainRates.push(await samplesPerSecond(40, plain.step));
-    runtimeRates.push(await samplesPerSecond(40, runtime.step));
+    plainRates.push(await samplesPerSecond(80, plain.step));
+    runtimeRates.push(await samplesPerSecond(80, runtime.step));
   }
   plain.dispose();
   runtime.t.dispose();
 
-  const mlp = await nativeVsWasm(MLP, data, 128, [40, 15]);
-  const cnn = await nativeVsWasm(CNN, data, 64, [20, 3]);
+  const mlp = await nativeVsWasm(MLP, data, 128, [80, 30]);
+  const cnn = await nativeVsWasm(CNN, data, 64, [40, 8]);
   return {
     figures: {
       tensorflowVsWasmMlp: round(mlp.native / mlp.wasm, 2),
