@@ -190,19 +190,20 @@ wheel_for() {
 fetch_libtensorflow() {
   python3 -m pip --version >/dev/null 2>&1 ||
     fail "libtensorflow comes from PyPI with pip, and python3 -m pip does not run. On Debian/Ubuntu: apt-get install -y python3-pip; elsewhere install Python 3 with pip"
-  local wheel spec sha
+  local wheel spec sha headers
   rm -rf "$libdir.partial"
   mkdir -p "$wheels" "$libdir.partial"
   wheel="$(wheel_for "$wheel_project==$TF_VERSION" "$wheel_sha" "CPU wheel ~275 MB, GPU ~575 MB")"
   step "sha256 verified; extracting libtensorflow_cc.so.2, libtensorflow_framework.so.2 and the C headers"
-  step "  $(extract "$wheel" "$libdir.partial" tensorflow) (those the addon includes, transitively)"
+  headers="$(extract "$wheel" "$libdir.partial" tensorflow)" || fail "extracting $(basename "$wheel") failed (see above)"
+  step "  $headers (those the addon includes, transitively)"
   [[ ${TENSILE_KEEP_WHEELS:-0} == 1 ]] || rm -f "$wheel"
   if [[ $variant == gpu ]]; then
     while read -r spec sha; do
       [[ -n "$spec" ]] || continue
       wheel="$(wheel_for "$spec" "$sha" "CUDA 12 / cuDNN 9 runtime for the GPU build")"
       step "  extracting the libraries of $(basename "$wheel")"
-      extract "$wheel" "$libdir.partial" nvidia
+      extract "$wheel" "$libdir.partial" nvidia || fail "extracting $(basename "$wheel") failed (see above)"
       [[ ${TENSILE_KEEP_WHEELS:-0} == 1 ]] || rm -f "$wheel"
     done <<<"$NVIDIA_CU12_WHEELS"
   fi
