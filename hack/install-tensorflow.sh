@@ -250,7 +250,7 @@ build_binding() {
   [[ -f "$node_gyp" ]] && export npm_config_node_gyp="$node_gyp"
   log="$cache/logs/tfjs-binding-$variant.log"
   mkdir -p "$cache/logs"
-  step "building the addon from $pkg_name's sources against libtensorflow $TF_VERSION ($compiler); ~1-2 min, log: $log"
+  step "building the addon from $pkg_name's sources against libtensorflow $TF_VERSION ($compiler), usually under a minute; log: $log"
   (while sleep 20; do step "  ... still compiling ($(($(date +%s) - started)) s so far)"; done) &
   local ticker=$!
   if ! (cd "$pkg" && node "$pre_gyp" install --build-from-source --nodedir="$nodedir" >"$log" 2>&1); then
