@@ -129,6 +129,16 @@ function ensureSystemPackages() {
   }
 }
 
+/**
+ * The native TensorFlow backend (libtensorflow from PyPI, the addon built here; cached in
+ * ~/.cache/tensile, a warm run is instant). Without it the demo still trains, on wasm.
+ */
+function ensureNativeBackend() {
+  step('native TensorFlow backend (hack/install-tensorflow.sh; the first run downloads ~275 MB from PyPI)');
+  if (!run('bash', [join(root, 'hack/install-tensorflow.sh')]))
+    console.warn('npm start: the native backend is not installed (see above); training runs on wasm instead');
+}
+
 const options = parse(process.argv.slice(2));
 const started = Date.now();
 if (!existsSync(join(root, 'node_modules', 'tsx'))) {
@@ -136,6 +146,7 @@ if (!existsSync(join(root, 'node_modules', 'tsx'))) {
   if (!run('npm', ['install', '--no-audit', '--no-fund'])) process.exit(1);
 }
 ensureSystemPackages();
+ensureNativeBackend();
 
 // Two reclaims, as spot capacity does it: one node with notice (a graceful leave), one without
 // (kill -9); each time the "autoscaler" brings a replacement worker a little later.

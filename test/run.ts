@@ -1,5 +1,6 @@
 /**
- * `npm test`: installs the test tools (hack/install-tools.sh, cached outside the checkout), runs the
+ * `npm test`: installs the test tools (hack/install-tools.sh, cached outside the checkout) and the
+ * native TensorFlow backend (hack/install-tensorflow.sh: the training tests run on it), runs the
  * linter and the type checker, then every test file in its own process, and ends with
  * `N passed, N failed`. A file fails when it exits non-zero, runs no test, skips one, or reports fewer
  * passes than tests (uvu exits 0 when a `before` hook throws, so the counts are checked, not the code).
@@ -7,6 +8,7 @@
  *   npm test                      everything
  *   npm test -- unit              only files whose path contains "unit"
  *   npm test -- --no-tools        skip hack/install-tools.sh (when you know the tools are there)
+ *   npm test -- --no-tensorflow   skip hack/install-tensorflow.sh (a warm run takes well under a second)
  */
 import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
@@ -23,6 +25,10 @@ path contains every FILTER) in its own process, and ends with \`N passed, N fail
   options: {
     'no-tools': { type: 'boolean', help: 'skip hack/install-tools.sh (when you know the tools are there)' },
     'no-static': { type: 'boolean', help: 'skip the linter and the type checker' },
+    'no-tensorflow': {
+      type: 'boolean',
+      help: 'skip hack/install-tensorflow.sh (training tests then fall back to wasm)',
+    },
   },
   positionals: true,
   helpHint: 'npm test -- --help',
@@ -36,11 +42,12 @@ const line = commandLine(
   (values, filters) => ({
     skipTools: values['no-tools'] === true,
     skipStatic: values['no-static'] === true,
+    skipTensorflow: values['no-tensorflow'] === true,
     filters,
   }),
 );
 if ('exit' in line) process.exit(line.exit);
-const { skipTools, skipStatic, filters } = line.parsed;
+const { skipTools, skipStatic, skipTensorflow, filters } = line.parsed;
 
 interface Outcome {
   readonly name: string;
@@ -209,6 +216,22 @@ async function main(): Promise<number> {
         seconds: tools.seconds,
         output: '',
         problem: `exit code ${tools.code}`,
+      });
+    }
+  }
+  if (!skipTensorflow) {
+    const native = await run('tensorflow', 'bash', ['hack/install-tensorflow.sh'], {
+      timeoutMs: 30 * 60_000,
+    });
+    process.stdout.write(native.output.split('\n').slice(-8).join('\n'));
+    if (native.code !== 0) {
+      record({
+        name: 'hack/install-tensorflow.sh',
+        passed: 0,
+        failed: 1,
+        seconds: native.seconds,
+        output: native.output,
+        problem: `exit code ${native.code}`,
       });
     }
   }

@@ -21,11 +21,11 @@ import { rawTcp, recovery, ring, ringBytes } from './elastic.bench.ts';
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 const venv = join(process.env['TENSILE_CACHE'] ?? join(homedir(), '.cache', 'tensile'), 'torch-venv');
 const python = join(venv, 'bin', 'python');
-const install = `python3 -m venv ${venv} && ${venv}/bin/pip install torch`;
+export const install = `python3 -m venv ${venv} && ${venv}/bin/pip install torch`;
 const peer = (name: string) => fileURLToPath(new URL(`./peers/${name}`, import.meta.url));
 
 /** Why torch cannot be used here, or undefined when it can. */
-function unavailable(): string | undefined {
+export function unavailable(): string | undefined {
   if (!existsSync(python)) return `no Python venv with torch at ${venv}`;
   const probe = spawnSync(
     python,
@@ -38,7 +38,7 @@ function unavailable(): string | undefined {
 }
 
 /** Runs a peer script; resolves with the JSON of its last stdout line. */
-function runPeer(script: string, args: string[], timeoutMs: number): Promise<Record<string, unknown>> {
+export function runPeer(script: string, args: string[], timeoutMs: number): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const child = spawn(python, [peer(script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

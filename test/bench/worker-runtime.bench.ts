@@ -30,7 +30,7 @@ const STEPS = 25;
  * tensor over a contiguous slice of it (cheaper than the runtime's gather through the permutation),
  * optimizer.minimize over the model's variables, the loss read every step.
  */
-async function plainLoop(data: Awaited<ReturnType<typeof fashion>>) {
+export async function plainLoop(data: Awaited<ReturnType<typeof fashion>>) {
   const built = await model(MLP, data);
   const n = data.train.size;
   const d = data.train.featureSize;
@@ -70,7 +70,10 @@ async function plainLoop(data: Awaited<ReturnType<typeof fashion>>) {
   };
 }
 
-async function samplesPerSecond(steps: number, step: () => unknown | Promise<unknown>): Promise<number> {
+export async function samplesPerSecond(
+  steps: number,
+  step: () => unknown | Promise<unknown>,
+): Promise<number> {
   const t = performance.now();
   for (let i = 0; i < steps; i++) await step();
   return (steps * BATCH) / ((performance.now() - t) / 1000);

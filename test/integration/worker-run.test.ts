@@ -54,7 +54,7 @@ test('an MLP learns Fashion-MNIST (subset) and the audit shows every sample once
     ),
   );
   assert.is(summary.status, 'completed');
-  assert.is(summary.backend, 'wasm');
+  assert.is(summary.backend, 'tensorflow', 'auto picks the native backend that npm test installs');
   assert.is(summary.epoch, 2);
   assert.is(summary.step, 2 * Math.ceil(6000 / 64));
   assert.ok((summary.eval?.accuracy ?? 0) >= 0.78, `accuracy ${summary.eval?.accuracy} (chance is 0.1)`);
@@ -70,7 +70,7 @@ test('an MLP learns Fashion-MNIST (subset) and the audit shows every sample once
   );
 });
 
-for (const backend of ['cpu', 'wasm'] as const) {
+for (const backend of ['tensorflow', 'cpu', 'wasm'] as const) {
   test(`kill -9 mid-training, run again: resumes at the checkpoint's step and cursor and ends bit-identical (${backend})`, async () => {
     // 20 epochs (600 steps): the kill after the first checkpoint must land long before the end, even
     // when the output reaches this process late on a loaded machine (at 3 epochs, wasm had finished).

@@ -20,8 +20,9 @@ import type { World } from '../../worker/train/policy.ts';
 import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.ts';
 import type { TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
+import { testBackend } from '../helpers/backend.ts';
 
-await selectBackend('wasm');
+await selectBackend(testBackend());
 const dir = mkdtempSync(join(tmpdir(), 'tensile-trainer-'));
 
 /** Three Gaussian blobs in 8 dimensions: learnable in a few dozen steps. */

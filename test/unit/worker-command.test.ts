@@ -118,6 +118,8 @@ test('tensile worker on a missing dataset: exit 2 (terminal), the file and the p
 
 test('tensile worker forced onto an absent backend: a clear terminal error', () => {
   const r = tensile(['worker'], {
+    // As where npm dropped the native packages: this machine has them (npm test installs them).
+    NODE_OPTIONS: `--import ${join(root, 'test/helpers/without-native-tensorflow.mjs')}`,
     ...workerEnvironment({
       jobName: 'job',
       namespace: 'default',
