@@ -418,6 +418,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
             event: 'checksum',
             step: state.step,
             checksum: trainer.weightsChecksum(),
+            weights: trainer.checksummedWeights,
           });
         sessionSamples += result.samples;
         windowSamples += result.samples;
