@@ -75,6 +75,9 @@ export const RescaleEventSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   step: nonNegativeInt,
+  /** The spec revision the world follows; `specChanged` lists the settings it changed, if any. */
+  specRevision: nonNegativeInt.optional(),
+  specChanged: z.array(z.string()).optional(),
   loss: z.number().optional(),
   samplesPerSecond: z.number().min(0).optional(),
   reason: z.string(),

@@ -119,6 +119,12 @@ function workerResources(job: TrainingJob) {
   return out;
 }
 
+/** metadata.generation: the API server raises it with every change of the spec, scale included. */
+function specRevision(job: TrainingJob): number {
+  const generation = job.metadata['generation'];
+  return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
+}
+
 export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
@@ -150,6 +156,8 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     { name: WORKER_ENV.namespace, value: job.metadata.namespace },
     { name: WORKER_ENV.jobUid, value: job.metadata.uid },
     { name: WORKER_ENV.spec, value: JSON.stringify(workerSpec) },
+    // Pods embed the spec of their creation; the revision lets the workers agree on the newest.
+    { name: WORKER_ENV.specRevision, value: String(specRevision(job)) },
     { name: WORKER_ENV.workerId, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: WORKER_ENV.replicaIndex, value: String(index) },
     { name: WORKER_ENV.podIp, valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
