@@ -231,6 +231,8 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   }
   membership.onControl((message) => {
     if (message.type === 'checkpoint') checkpointRequested = true;
+    // A newer spec is the rendezvous's business: the next world follows it.
+    else if (message.type === 'spec') return;
     else {
       if (message.type === 'stop') stopAll = true;
       leaving.abort();
@@ -336,7 +338,8 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           globalBatch,
           learningRate: world.learningRate,
           firstStep: state.step,
-          specRevision,
+          // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
+          ...(specRevision === 0 ? {} : { specRevision }),
         },
       ];
       trained = true;

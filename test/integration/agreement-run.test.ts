@@ -7,15 +7,20 @@
  *   (another `replicas`, another evaluation interval, a higher spec revision), joins a running world
  *   of the linear policy without batch.perWorker: every rank uses the world's per-worker batches,
  *   learning rate and settings, the newer spec takes effect at a generation boundary and is recorded,
- *   and every sample is trained on exactly once per epoch.
+ *   and every sample is trained on exactly once per epoch;
+ * - a worker of another model refuses to join, with an error naming the field;
+ * - a spec edit sent to running workers (the `spec` control message) takes effect at the next
+ *   generation on every rank.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connect } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../worker/config.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
@@ -80,9 +85,12 @@ function startWorker(
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const file = createWriteStream(log, { flags: 'a' });
-  child.stdout?.pipe(file);
-  child.stderr?.pipe(file);
-  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  child.stdout?.pipe(file, { end: false });
+  child.stderr?.pipe(file, { end: false });
+  // Resolves once the log holds everything the worker wrote.
+  const exit = new Promise<number | null>((resolve) =>
+    child.on('close', (code) => file.end(() => resolve(code))),
+  );
   return { child, exit };
 }
 
@@ -188,6 +196,104 @@ test('a worker with a newer spec joins a linear world: the ranks agree, the chan
   for (const e of summary.epochs)
     assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
   assert.ok(assertLockstep(events) > 0, 'steps were checked on more than one worker');
+});
+
+test('a worker of another model refuses to join with a clear error; the others go on', async () => {
+  const TRAIN = 6000;
+  const spec = {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [32], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    batch: { global: 64, policy: 'linear' },
+    stopping: { epochs: 10 },
+    checkpoint: { intervalSteps: 100 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  };
+  const file = writeJobManifest(join(dir, 'other.yaml'), 'other', spec);
+  const out = join(dir, 'other');
+  const run = tensileRun(file, out, ['--workers', '2']);
+  const natsLine = await run.waitFor(/nats-server at nats:\/\/\S+/);
+  const natsUrl = /nats:\/\/\S+/.exec(natsLine)?.[0] as string;
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  const log = join(out, 'worker-2.log');
+  const stranger = startWorker(
+    workerEnvironment({
+      jobName: 'other',
+      namespace: 'default',
+      spec: TrainingJobSpecSchema.parse({ ...spec, model: { mlp: { hiddenUnits: [16] }, seed: 3 } }),
+      specRevision: 3,
+      workerId: 'other-worker-2',
+      replicaIndex: 2,
+      natsUrl,
+      checkpointDir: join(out, 'checkpoints'),
+      outDir: out,
+    }),
+    log,
+  );
+  assert.is(await stranger.exit, 2, 'a terminal error: a restart cannot fix it');
+  const text = readFileSync(log, 'utf8');
+  assert.match(
+    text,
+    /refusing to join generation \d+: spec\.model of this worker \(spec revision 3\) differ/,
+  );
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  for (const g of summary.generations) assert.is(g.specRevision, undefined, 'the world kept its spec');
+});
+
+test('a spec edit sent to running workers takes effect at the next generation, on every rank', async () => {
+  const TRAIN = 6000;
+  const spec = {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [32], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    batch: { global: 64, policy: 'linear', warmupSteps: 10 },
+    stopping: { epochs: 30 },
+    evaluation: { intervalSteps: 50 },
+    checkpoint: { intervalSteps: 100 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  };
+  const file = writeJobManifest(join(dir, 'edit.yaml'), 'edit', spec);
+  const out = join(dir, 'edit');
+  const run = tensileRun(file, out, ['--workers', '2']);
+  const natsLine = await run.waitFor(/nats-server at nats:\/\/\S+/);
+  const natsUrl = /nats:\/\/\S+/.exec(natsLine)?.[0] as string;
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  // What the operator sends when metadata.generation moves: here, fewer epochs.
+  const nc = await connect({ servers: natsUrl });
+  const edited = TrainingJobSpecSchema.parse({ ...spec, stopping: { epochs: 12 } });
+  nc.publish(
+    jobSubjects('default', 'edit').control,
+    encodeMessage({ type: 'spec', revision: 5, spec: edited, reason: 'test' }),
+  );
+  await nc.drain();
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  assert.is(summary.reason, 'completed 12 epochs');
+  assert.is(summary.epoch, 12);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+
+  const events = workerEvents(out);
+  const changes = events.filter((e) => e['event'] === 'spec-changed');
+  assert.is(changes.length, 2, 'both ranks recorded the change');
+  for (const c of changes) assert.equal([c['from'], c['to'], c['changed']], [0, 5, ['stopping']]);
+  assert.is(new Set(changes.map((c) => c['step'])).size, 1, 'at the same step');
+  const last = summary.generations[summary.generations.length - 1];
+  assert.is(last?.specRevision, 5);
+  const formed = events.filter((e) => e['event'] === 'generation' && e['specRevision'] === 5);
+  assert.ok(
+    formed.some((e) => /brings spec revision 5/.test(String(e['reason']))),
+    JSON.stringify(formed.map((e) => e['reason'])),
+  );
 });
 
 test.run();

@@ -16,7 +16,13 @@ import {
   soleAgreement,
   specOffer,
 } from '../../worker/rendezvous/agreement.ts';
-import { MemberRecordSchema, type WorldRecord, WorldRecordSchema } from '../../worker/rendezvous/decide.ts';
+import {
+  MemberRecordSchema,
+  type ObservedMember,
+  roundReason,
+  type WorldRecord,
+  WorldRecordSchema,
+} from '../../worker/rendezvous/decide.ts';
 import { planGeneration } from '../../worker/train/generation-plan.ts';
 
 const base = {
@@ -294,5 +300,57 @@ test('records: members and worlds of workers that offer no spec still parse', ()
   assert.is(WorldRecordSchema.parse(legacy).agreement, undefined);
   assert.equal(WorldRecordSchema.parse(previousWorld).agreement, survivors);
 });
+
+const observed = (id: string, spec: SpecOffer | undefined): [string, ObservedMember] => [
+  id,
+  {
+    record: {
+      id,
+      address: `${id}:1`,
+      joinedAt: id.charCodeAt(0),
+      heartbeat: 1,
+      state: 'active',
+      hasState: true,
+      step: 50,
+      generation: 1,
+      ...(spec === undefined ? {} : { spec }),
+    },
+    observedAt: 0,
+  },
+];
+
+const roundCases: {
+  name: string;
+  offers: [SpecOffer | undefined, SpecOffer | undefined];
+  reason: string | undefined;
+}[] = [
+  { name: 'members of the world offer its revision', offers: [offer(1), offer(1)], reason: undefined },
+  { name: 'workers that offer nothing', offers: [undefined, undefined], reason: undefined },
+  {
+    name: 'a member offers a newer spec (the operator sent it)',
+    offers: [offer(1), offer(4, { stopping: { epochs: 9 } })],
+    reason: 'b brings spec revision 4',
+  },
+  {
+    name: 'a newer spec of another model never asks for a new world',
+    offers: [offer(1), offer(4, { model: { mlp: { hiddenUnits: [8] } } })],
+    reason: undefined,
+  },
+];
+for (const c of roundCases) {
+  test(`round reason: ${c.name}`, () => {
+    const members = new Map([observed('a', c.offers[0]), observed('b', c.offers[1])]);
+    const view = {
+      self: 'a',
+      now: 0,
+      config: { minReplicas: 1, maxReplicas: 2, timeoutMs: 3000, lastCallMs: 1000 },
+      members,
+      world: previousWorld,
+      running: 1,
+      roundSince: undefined,
+    };
+    assert.is(roundReason(view, new Set(['a', 'b'])), c.reason);
+  });
+}
 
 test.run();

@@ -20,7 +20,7 @@ import {
   jobSubjects,
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
-import { elasticRange } from '../../operator/api/training-job.ts';
+import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
 import type { WorkerConfig } from '../config.ts';
@@ -149,7 +149,7 @@ export class ElasticMembership implements Membership {
   private completed: { step: number; reason: string } | undefined;
 
   private constructor(
-    private readonly offer: SpecOffer,
+    private offer: SpecOffer,
     private readonly config: WorkerConfig,
     private readonly log: WorkerLogger,
     private readonly nc: NatsConnection,
@@ -224,6 +224,10 @@ export class ElasticMembership implements Membership {
           return;
         }
         const value = decoded.value;
+        if (value.type === 'spec') {
+          void this.offerSpec(value.revision, value.spec);
+          return;
+        }
         if (
           value.type === 'leave' &&
           value.workers.length > 0 &&
@@ -234,6 +238,24 @@ export class ElasticMembership implements Membership {
         for (const listener of this.listeners) listener(value);
       },
     });
+  }
+
+  /** A newer spec from the operator: offered to the rendezvous, whose next world follows it. */
+  private async offerSpec(revision: number, spec: TrainingJobSpec): Promise<void> {
+    const offer = specOffer(spec, revision);
+    const mismatch = immutableMismatch({ ...offer, batchReplicas: 1 }, this.offer);
+    if (mismatch.length > 0) {
+      this.log.warn('ignoring a spec that changes immutable fields', {
+        event: 'spec-rejected',
+        revision,
+        fields: mismatch,
+      });
+      return;
+    }
+    const from = this.offer.revision;
+    if (!(await this.agent.offerSpec(offer))) return;
+    this.offer = offer;
+    this.log.info('newer spec offered', { event: 'spec-offered', revision, from });
   }
 
   onControl(listener: (message: ControlMessage) => void): void {

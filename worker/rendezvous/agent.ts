@@ -56,6 +56,7 @@ export class RendezvousAgent implements AsyncDisposable {
   private running = 0;
   private roundSince: number | undefined;
   private record: MemberRecord;
+  private spec: SpecOffer | undefined;
   private readonly stop = new AbortController();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private decideTimer: NodeJS.Timeout | undefined;
@@ -66,6 +67,7 @@ export class RendezvousAgent implements AsyncDisposable {
   private watching: Promise<void> | undefined;
 
   constructor(private readonly options: AgentOptions) {
+    this.spec = options.spec;
     this.record = {
       id: options.id,
       address: options.address,
@@ -206,7 +208,7 @@ export class RendezvousAgent implements AsyncDisposable {
       now,
       config: {
         ...this.options.config,
-        ...rendezvousRange(this.options.config, this.options.spec, this.world?.agreement),
+        ...rendezvousRange(this.options.config, this.spec, this.world?.agreement),
       },
       members,
       world: this.world,
@@ -323,6 +325,19 @@ export class RendezvousAgent implements AsyncDisposable {
     this.running = generation;
     this.record = { ...this.record, generation, step, hasState };
     await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+  }
+
+  /**
+   * Offers a newer spec (the operator's control message): the world re-forms to follow it. An older
+   * or equal revision changes nothing.
+   */
+  async offerSpec(spec: SpecOffer): Promise<boolean> {
+    if (this.spec !== undefined && spec.revision <= this.spec.revision) return false;
+    this.spec = spec;
+    this.record = { ...this.record, spec };
+    await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+    this.schedule();
+    return true;
   }
 
   /** Updates the committed step carried by the next heartbeat. */

@@ -9,7 +9,7 @@
  * or at once when the world only shrinks (survivors, no newcomer).
  */
 import { z } from 'zod';
-import { AgreementSchema, SpecOfferSchema } from './agreement.ts';
+import { AgreementSchema, immutableMismatch, SpecOfferSchema } from './agreement.ts';
 
 export const MemberRecordSchema = z.object({
   id: z.string().min(1),
@@ -126,6 +126,19 @@ export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): s
     if (!alive.has(m.id)) return `${m.id} lost (no heartbeat for ${config.timeoutMs} ms)`;
     if (observed.record.failedGeneration === world.generation)
       return `${m.id} could not run generation ${world.generation}`;
+  }
+  const agreed = world.agreement;
+  if (agreed !== undefined) {
+    for (const m of world.members) {
+      const offer = members.get(m.id)?.record.spec;
+      // Offers of another model are never taken up: they must not ask for world after world.
+      if (
+        offer !== undefined &&
+        offer.revision > agreed.revision &&
+        immutableMismatch(agreed, offer).length === 0
+      )
+        return `${m.id} brings spec revision ${offer.revision}`;
+    }
   }
   const inWorld = new Set(world.members.map((m) => m.id));
   const joiners = [...alive].filter((id) => !inWorld.has(id) && members.get(id)?.confirmed !== false);

@@ -66,7 +66,7 @@ const GenerationSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   firstStep: z.int().min(0),
-  /** The spec revision the generation ran (absent in checkpoints of earlier versions). */
+  /** The spec revision the generation ran (absent for 0, and in checkpoints of earlier versions). */
   specRevision: z.int().min(0).optional(),
 });
 
