@@ -4,6 +4,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { ControlMessageSchema, decodeMessage, encodeMessage } from '../../operator/api/contract.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import {
   type Agreement,
@@ -352,5 +353,18 @@ for (const c of roundCases) {
     assert.is(roundReason(view, new Set(['a', 'b'])), c.reason);
   });
 }
+
+test('the spec control message carries a revision and a valid spec', () => {
+  const good = decodeMessage(
+    ControlMessageSchema,
+    encodeMessage({ type: 'spec', revision: 4, spec: specOf(), reason: 'spec changed' }),
+  );
+  assert.ok(good.ok && good.value.type === 'spec' && good.value.revision === 4);
+  const bad = decodeMessage(
+    ControlMessageSchema,
+    encodeMessage({ type: 'spec', revision: 4, spec: { ...base, replicas: 0 }, reason: 'x' }),
+  );
+  assert.not.ok(bad.ok);
+});
 
 test.run();
