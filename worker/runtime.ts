@@ -323,6 +323,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       // Every rank evaluates, checkpoints and stops by the world's settings, never its own spec's.
       const settings = formed.agreement.settings;
       store.keep = settings.checkpoint.keep;
+      trainer.maxPerWorker = settings.batch.maxPerWorker;
       let world: World = formed.world;
       const globalBatch = formed.globalBatch;
       const specRevision = formed.agreement.revision;

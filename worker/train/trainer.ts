@@ -121,6 +121,8 @@ export interface TrainerOptions {
 
 export class Trainer {
   readonly state: Mutable<TrainingState>;
+  /** The largest share computed at once (batch.maxPerWorker); the world's setting may change it. */
+  maxPerWorker: number | undefined;
   private readonly model: tf.LayersModel;
   private readonly variables: tf.Variable[];
   private readonly gradientSpecs: TensorSpec[];
@@ -135,6 +137,7 @@ export class Trainer {
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
+    this.maxPerWorker = options.maxPerWorker;
     this.state = structuredClone(options.state) as Mutable<TrainingState>;
     const trainable = this.model.trainableWeights;
     this.variables = trainable.map((w) => w.read() as tf.Variable);
@@ -193,7 +196,7 @@ export class Trainer {
     if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
     fused.fill(0);
-    const sizes = microBatches(indices.length, this.options.maxPerWorker);
+    const sizes = microBatches(indices.length, this.maxPerWorker);
     const lossIndex = this.gradientLength;
     statistics?.remember();
     let first = 0;
