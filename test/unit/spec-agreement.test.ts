@@ -82,6 +82,14 @@ const agreeCases: {
     global: 96,
   },
   {
+    name: 'a newer warm-up alone leaves the basis',
+    previous: survivors,
+    offers: [offer(2, { replicas: 3, batch: { global: 64, policy: 'linear', warmupSteps: 99 } })],
+    revision: 2,
+    replicas: 3,
+    batchReplicas: 2,
+  },
+  {
     name: 'survivors of an older revision keep the newer one of the world',
     previous: agree(survivors, [scaled]),
     offers: [offer(1), offer(1)],

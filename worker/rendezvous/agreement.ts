@@ -139,6 +139,11 @@ export function changedSettings(before: Settings, after: Settings): (keyof Setti
   return SETTING_FIELDS.filter((f) => canonical(before[f]) !== canonical(after[f]));
 }
 
+function basisOf(settings: Settings): unknown {
+  const { policy, global, perWorker } = settings.batch;
+  return { policy, global, perWorker };
+}
+
 /** Newest revision first; equal revisions by their text, so every proposer picks the same one. */
 function newest(offers: readonly SpecOffer[]): SpecOffer | undefined {
   let best: SpecOffer | undefined;
@@ -157,8 +162,8 @@ function newest(offers: readonly SpecOffer[]): SpecOffer | undefined {
  * The agreement of the next world, from the previous world's and the offers of its members
  * (undefined when there is neither: workers of a version that offers nothing). The previous world
  * fixes the immutable parts; offers of other ones are ignored here (their workers refuse to join).
- * A newer revision's settings replace the previous ones; the batch basis moves only when the batch
- * settings themselves changed.
+ * A newer revision's settings replace the previous ones; the batch basis moves only when the settings
+ * that define the per-worker batch (policy, global, perWorker) changed.
  */
 export function agree(previous: Agreement | undefined, offers: readonly SpecOffer[]): Agreement | undefined {
   const identity = previous?.identity ?? newest(offers)?.identity;
@@ -167,7 +172,8 @@ export function agree(previous: Agreement | undefined, offers: readonly SpecOffe
   if (candidate === undefined || (previous !== undefined && previous.revision >= candidate.revision))
     return previous;
   const keepBasis =
-    previous !== undefined && canonical(previous.settings.batch) === canonical(candidate.settings.batch);
+    previous !== undefined &&
+    canonical(basisOf(previous.settings)) === canonical(basisOf(candidate.settings));
   return {
     ...candidate,
     batchReplicas: keepBasis ? previous.batchReplicas : candidate.settings.replicas,
