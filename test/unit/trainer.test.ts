@@ -289,6 +289,22 @@ test('two ranks keep identical batch-norm statistics, and the checksum covers th
   for (const t of ranks) t.dispose();
 });
 
+test('a step whose all-reduce fails leaves the batch-norm statistics as they were', async () => {
+  const t = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0, batchNorm: true } } });
+  const before = statistics(t);
+  const failing: GradientReducer = { allReduce: () => Promise.reject(new Error('peer lost')) };
+  let failed = false;
+  try {
+    await t.step(world([12, 20], 0), failing);
+  } catch {
+    failed = true;
+  }
+  assert.ok(failed, 'the step fails with its all-reduce');
+  assert.equal(statistics(t), before);
+  assert.is(t.state.step, 0);
+  t.dispose();
+});
+
 test('the audit records every trained index with its step and epoch', async () => {
   const file = join(dir, 'audit.bin');
   const audit = new AuditLog(file);
