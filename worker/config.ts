@@ -14,6 +14,7 @@ export const WORKER_ENV = {
   namespace: 'TENSILE_NAMESPACE',
   jobUid: 'TENSILE_JOB_UID',
   spec: 'TENSILE_JOB_SPEC',
+  specRevision: 'TENSILE_SPEC_REVISION',
   workerId: 'TENSILE_WORKER_ID',
   replicaIndex: 'TENSILE_REPLICA_INDEX',
   podIp: 'TENSILE_POD_IP',
@@ -35,6 +36,11 @@ export const WorkerConfigSchema = z.object({
   namespace: z.string().regex(DNS_LABEL, 'expected a namespace name').default('default'),
   jobUid: z.string().optional(),
   spec: TrainingJobSpecSchema,
+  /**
+   * The revision of `spec` (the TrainingJob's metadata.generation when the pod was created): among
+   * workers holding different specs, the world follows the highest (rendezvous/agreement.ts).
+   */
+  specRevision: z.coerce.number().pipe(z.int().min(0)).default(0),
   workerId: z.string().min(1).max(253),
   replicaIndex: z.coerce.number().pipe(z.int().min(0)),
   podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
@@ -73,6 +79,7 @@ export function workerEnvironment(config: {
   namespace: string;
   jobUid?: string;
   spec: TrainingJobSpec;
+  specRevision?: number;
   workerId?: string;
   replicaIndex: number;
   natsUrl?: string;
@@ -90,6 +97,7 @@ export function workerEnvironment(config: {
   };
   if (config.natsUrl !== undefined) env[WORKER_ENV.natsUrl] = config.natsUrl;
   if (config.jobUid !== undefined) env[WORKER_ENV.jobUid] = config.jobUid;
+  if (config.specRevision !== undefined) env[WORKER_ENV.specRevision] = String(config.specRevision);
   if (config.workerId !== undefined) env[WORKER_ENV.workerId] = config.workerId;
   if (config.backend !== undefined) env[WORKER_ENV.backend] = config.backend;
   if (config.outDir !== undefined) env[WORKER_ENV.outDir] = config.outDir;

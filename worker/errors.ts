@@ -49,6 +49,15 @@ export class CheckpointError extends WorkerError {
   }
 }
 
+/**
+ * The world this worker was to join trains another model, dataset or optimizer: a restart with the
+ * same configuration cannot fix it.
+ */
+export class SpecMismatchError extends WorkerError {
+  override readonly name = 'SpecMismatchError';
+  readonly terminal = true;
+}
+
 export function exitCodeFor(error: unknown): number {
   return error instanceof WorkerError && error.terminal ? EXIT_TERMINAL : EXIT_RETRYABLE;
 }

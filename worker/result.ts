@@ -34,6 +34,7 @@ export const WorkerResultSchema = z.object({
       globalBatch: z.int().min(1),
       learningRate: z.number(),
       firstStep: z.int().min(0),
+      specRevision: z.int().min(0).optional(),
     }),
   ),
   trainSeconds: z.number().min(0),

@@ -29,7 +29,9 @@ import {
 import { CheckpointError } from './errors.ts';
 import { errorMessage, type WorkerLogger } from './log.ts';
 import { buildModel } from './model/build.ts';
+import { soleAgreement, specOffer } from './rendezvous/agreement.ts';
 import { type WorkerResult, writeWorkerResult } from './result.ts';
+import { type GenerationPlan, planGeneration } from './train/generation-plan.ts';
 import {
   checkpointDue,
   type EvalResult,
@@ -75,6 +77,30 @@ function initialState(spec: TrainingJobSpec, dataset: Dataset): TrainingState {
     dataset: { ...dataset.fingerprint },
     completed: null,
   };
+}
+
+/**
+ * The plan of the generation `active` starts, from what its world agreed, or from this worker's own
+ * spec when it is alone, and the state every rank received.
+ */
+function generationPlan(
+  spec: TrainingJobSpec,
+  specRevision: number,
+  active: JoinedWorld,
+  generation: number,
+  state: TrainingState,
+): GenerationPlan {
+  return planGeneration({
+    agreement: active.agreement ?? soleAgreement(specOffer(spec, specRevision)),
+    batches: active.batches,
+    optimizer: spec.optimizer,
+    generation,
+    rank: active.rank,
+    size: active.size,
+    step: state.step,
+    previous:
+      state.generations.length === 0 ? undefined : { policy: state.policy, agreement: state.agreement },
+  });
 }
 
 /** Why a checkpoint cannot continue this job's training, or undefined when it can. */
@@ -205,6 +231,8 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   }
   membership.onControl((message) => {
     if (message.type === 'checkpoint') checkpointRequested = true;
+    // A newer spec is the rendezvous's business: the next world follows it.
+    else if (message.type === 'spec') return;
     else {
       if (message.type === 'stop') stopAll = true;
       leaving.abort();
@@ -291,19 +319,18 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         break;
       }
       const generation = Math.max(active.round, state.generations.length === 0 ? 0 : state.generation + 1);
-      const formed = worldFor(
-        spec,
-        generation,
-        active.rank,
-        active.size,
-        state.step,
-        state.generations.length === 0 ? undefined : state.policy,
-      );
+      const formed = generationPlan(spec, config.specRevision, active, generation, state);
+      // Every rank evaluates, checkpoints and stops by the world's settings, never its own spec's.
+      const settings = formed.agreement.settings;
+      store.keep = settings.checkpoint.keep;
+      trainer.maxPerWorker = settings.batch.maxPerWorker;
       let world: World = formed.world;
-      const globalBatch = world.perWorker.reduce((a, b) => a + b, 0);
+      const globalBatch = formed.globalBatch;
+      const specRevision = formed.agreement.revision;
       state.generation = generation;
       state.worldSize = world.size;
       state.policy = formed.policy;
+      state.agreement = formed.agreement;
       state.generations = [
         ...state.generations,
         {
@@ -312,10 +339,14 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           globalBatch,
           learningRate: world.learningRate,
           firstStep: state.step,
+          // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
+          ...(specRevision === 0 ? {} : { specRevision }),
         },
       ];
       trained = true;
       log = options.log.child({ generation });
+      if (formed.change !== undefined)
+        log.info('spec changed', { event: 'spec-changed', step: state.step, ...formed.change });
       const writer = active.rank === 0;
       log.info('world formed', {
         event: 'generation',
@@ -326,6 +357,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         globalBatch,
         learningRate: world.learningRate,
         firstStep: state.step,
+        specRevision,
         reason: active.reason,
         stateFrom: active.stateFrom,
       });
@@ -338,6 +370,8 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           globalBatch,
           learningRate: world.learningRate,
           step: state.step,
+          specRevision,
+          ...(formed.change === undefined ? {} : { specChanged: formed.change.changed }),
           ...(lastLoss === undefined ? {} : { loss: lastLoss }),
           ...(lastThroughput === undefined ? {} : { samplesPerSecond: lastThroughput }),
           reason: active.reason,
@@ -380,7 +414,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         return result;
       };
 
-      const planned = plannedSteps(spec.stopping, dataset.train.size, globalBatch);
+      const planned = plannedSteps(settings.stopping, dataset.train.size, globalBatch);
       const firstStep = state.step;
       const generationStarted = performance.now();
       let generationStepSeconds = 0;
@@ -389,7 +423,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       let windowLoss = 0;
       let windowAccuracy = 0;
       let windowSteps = 0;
-      let reason: string | undefined = stopReason(spec.stopping, state, state.lastEval);
+      let reason: string | undefined = stopReason(settings.stopping, state, state.lastEval);
       let worldEnded: string | undefined;
       while (reason === undefined && !stop.aborted) {
         if (active.changed.aborted) {
@@ -418,14 +452,15 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
             event: 'checksum',
             step: state.step,
             checksum: trainer.weightsChecksum(),
+            weights: trainer.checksummedWeights,
           });
         sessionSamples += result.samples;
         windowSamples += result.samples;
         windowLoss += result.loss;
         windowAccuracy += result.accuracy;
         windowSteps++;
-        const ending = stopReason(spec.stopping, state, null) !== undefined;
-        if (evaluationDue(spec.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) {
+        const ending = stopReason(settings.stopping, state, null) !== undefined;
+        if (evaluationDue(settings.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) {
           try {
             await evaluate();
           } catch (error) {
@@ -434,7 +469,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
             break;
           }
         }
-        reason = stopReason(spec.stopping, state, state.lastEval);
+        reason = stopReason(settings.stopping, state, state.lastEval);
         const now = performance.now();
         if (
           now - windowStart >= config.progressMs ||
@@ -492,7 +527,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           reason === undefined &&
           !checkpoints.busy &&
           (checkpointRequested ||
-            checkpointDue(spec.checkpoint, {
+            checkpointDue(settings.checkpoint, {
               step: state.step,
               lastStep: checkpoints.last?.step ?? 0,
               lastTime: lastCheckpointTime,

@@ -4,6 +4,7 @@
  * malformed one is logged and dropped, never fatal.
  */
 import { z } from 'zod';
+import { TrainingJobSpecSchema } from './training-job.ts';
 
 export const LABEL_JOB_NAME = 'tensile.dev/job-name';
 export const LABEL_ROLE = 'tensile.dev/role';
@@ -75,6 +76,9 @@ export const RescaleEventSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   step: nonNegativeInt,
+  /** The spec revision the world follows; `specChanged` lists the settings it changed, if any. */
+  specRevision: nonNegativeInt.optional(),
+  specChanged: z.array(z.string()).optional(),
   loss: z.number().optional(),
   samplesPerSecond: z.number().min(0).optional(),
   reason: z.string(),
@@ -110,6 +114,17 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('leave'), workers: z.array(z.string()), reason: z.string() }),
   z.object({ type: z.literal('checkpoint'), reason: z.string() }),
   z.object({ type: z.literal('stop'), reason: z.string() }),
+  /**
+   * The job's spec changed (its metadata.generation is `revision`): running workers offer it to the
+   * rendezvous, and the next world, formed for it, follows it on every rank at once. Pods embed the
+   * spec of their creation; without this message an edit reaches the world with the next new pod.
+   */
+  z.object({
+    type: z.literal('spec'),
+    revision: nonNegativeInt,
+    spec: TrainingJobSpecSchema,
+    reason: z.string(),
+  }),
 ]);
 
 export type ProgressMessage = z.output<typeof ProgressMessageSchema>;

@@ -119,6 +119,22 @@ function workerResources(job: TrainingJob) {
   return out;
 }
 
+/**
+ * The spec as a worker receives it, in its pod and in a `spec` control message (which must match,
+ * or the worker sees another model): a topology in a ConfigMap reaches the worker as a file, read
+ * through model.layers.path.
+ */
+export function workerSpecOf(spec: TrainingJob['spec']): TrainingJob['spec'] {
+  if (spec.model.layers?.configMap === undefined) return spec;
+  return { ...spec, model: { ...spec.model, layers: { path: `${MODEL_MOUNT}/model.json` } } };
+}
+
+/** metadata.generation: the API server raises it with every change of the spec, scale included. */
+export function specRevisionOf(job: TrainingJob): number {
+  const generation = job.metadata['generation'];
+  return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
+}
+
 export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
@@ -134,8 +150,6 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     });
     mounts.push({ name: DATASET_VOLUME, mountPath: spec.dataset.volume.mountPath, readOnly: true });
   }
-  // A topology in a ConfigMap reaches the worker as a file; the worker reads model.layers.path.
-  let workerSpec = spec;
   const configMap = spec.model.layers?.configMap;
   if (configMap !== undefined) {
     volumes.push({
@@ -143,13 +157,14 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
       configMap: { name: configMap.name, items: [{ key: configMap.key, path: 'model.json' }] },
     });
     mounts.push({ name: MODEL_VOLUME, mountPath: MODEL_MOUNT, readOnly: true });
-    workerSpec = { ...spec, model: { ...spec.model, layers: { path: `${MODEL_MOUNT}/model.json` } } };
   }
   const env: V1EnvVar[] = [
     { name: WORKER_ENV.jobName, value: job.metadata.name },
     { name: WORKER_ENV.namespace, value: job.metadata.namespace },
     { name: WORKER_ENV.jobUid, value: job.metadata.uid },
-    { name: WORKER_ENV.spec, value: JSON.stringify(workerSpec) },
+    { name: WORKER_ENV.spec, value: JSON.stringify(workerSpecOf(spec)) },
+    // Pods embed the spec of their creation; the revision lets the workers agree on the newest.
+    { name: WORKER_ENV.specRevision, value: String(specRevisionOf(job)) },
     { name: WORKER_ENV.workerId, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: WORKER_ENV.replicaIndex, value: String(index) },
     { name: WORKER_ENV.podIp, valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },

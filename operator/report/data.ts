@@ -232,6 +232,8 @@ const LOG_EVENTS: Readonly<Record<string, (r: Json) => string>> = {
   'world-failed': (r) => `world failed: ${str(r['error']) ?? str(r['reason']) ?? str(r['message']) ?? ''}`,
   failed: (r) => `failed: ${str(r['error']) ?? ''}`,
   'grace-exceeded': () => 'termination grace period exceeded',
+  'spec-changed': (r) =>
+    `spec revision ${String(r['from'])} → ${String(r['to'])}: ${Array.isArray(r['changed']) ? r['changed'].join(', ') : ''}`,
   signal: (r) => `signal ${str(r['signal']) ?? ''}`,
 };
 

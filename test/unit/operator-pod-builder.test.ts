@@ -39,6 +39,13 @@ test('names, labels, owner reference and the accounting finalizer', () => {
   assert.is(pod.spec?.terminationGracePeriodSeconds, 30);
 });
 
+test('the spec revision (metadata.generation) reaches the worker, so that workers agree on the newest', () => {
+  const job = ownedJob();
+  assert.is(env(buildWorkerPod(job, 0, defaults))['TENSILE_SPEC_REVISION'], '1');
+  const scaled = { ...job, metadata: { ...job.metadata, generation: 7 } };
+  assert.is(env(buildWorkerPod(scaled, 0, defaults))['TENSILE_SPEC_REVISION'], '7');
+});
+
 test('the same job and index give the same pod', () => {
   assert.equal(buildWorkerPod(ownedJob(), 1, defaults), buildWorkerPod(ownedJob(), 1, defaults));
 });

@@ -310,6 +310,28 @@ test('progress rolled back by a resume is dropped; a later session redoes those 
   );
 });
 
+test('a spec change a world took up is on the timeline, with what changed', () => {
+  const lines = [
+    log('w', 5, {
+      event: 'spec-changed',
+      generation: 2,
+      step: 136,
+      from: 1,
+      to: 2,
+      changed: ['replicas', 'evaluation'],
+    }),
+  ].join('\n');
+  const data = assembleReport({
+    dir: '/run',
+    summaryFile: '/run/summary.json',
+    summaryText: JSON.stringify(summary),
+    logs: [{ file: '/run/worker-0.log', text: lines }],
+    eventsText: undefined,
+  });
+  const change = data.events.find((e) => e.kind === 'spec-changed');
+  assert.equal([change?.step, change?.detail], [136, 'spec revision 1 → 2: replicas, evaluation']);
+});
+
 test('collectReport: a missing summary.json is a ReportError naming it and tensile run', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-report-empty-'));
   try {

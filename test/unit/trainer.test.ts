@@ -259,6 +259,53 @@ test('two ranks with b = [12, 20], summed by a reducer, train like one rank with
   for (const t of [single, ...ranks]) t.dispose();
 });
 
+/** The non-trainable weights (batch-norm moving statistics) of a trainer, from its snapshot. */
+function statistics(t: Trainer): Float32Array[] {
+  const { specs, buffer } = t.snapshot().weights;
+  return specs
+    .filter((s) => s.name.includes('moving_'))
+    .map((s) => buffer.slice(s.offset, s.offset + s.size));
+}
+
+test('two ranks keep identical batch-norm statistics, and the checksum covers them', async () => {
+  const bn = { model: { mlp: { hiddenUnits: [16], dropout: 0, batchNorm: true } } };
+  const ranks = [await trainer(bn), await trainer(bn)];
+  const initial = statistics(ranks[0] as Trainer);
+  assert.ok(initial.length >= 2, 'the model has moving mean and variance');
+  const reducer = new InProcessReducer(2);
+  for (let i = 0; i < 8; i++) {
+    await Promise.all(ranks.map((t, rank) => t.step(world([12, 20], rank), reducer)));
+    const [a, b] = ranks.map(statistics);
+    assert.equal(a, b, `step ${i}: the ranks' moving statistics differ`);
+    assert.is(ranks[0]?.weightsChecksum(), ranks[1]?.weightsChecksum(), `step ${i}: checksums differ`);
+  }
+  assert.not.equal(statistics(ranks[0] as Trainer), initial, 'the statistics moved');
+  // A rank whose statistics alone differ must not pass the lockstep check.
+  const snapshot = (ranks[0] as Trainer).snapshot();
+  const moving = snapshot.weights.specs.find((s) => s.name.includes('moving_mean'));
+  assert.ok(moving !== undefined);
+  snapshot.weights.buffer[moving.offset] = (snapshot.weights.buffer[moving.offset] as number) + 0.5;
+  (ranks[1] as Trainer).restore(snapshot);
+  assert.is.not(ranks[0]?.weightsChecksum(), ranks[1]?.weightsChecksum());
+  for (const t of ranks) t.dispose();
+});
+
+test('a step whose all-reduce fails leaves the batch-norm statistics as they were', async () => {
+  const t = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0, batchNorm: true } } });
+  const before = statistics(t);
+  const failing: GradientReducer = { allReduce: () => Promise.reject(new Error('peer lost')) };
+  let failed = false;
+  try {
+    await t.step(world([12, 20], 0), failing);
+  } catch {
+    failed = true;
+  }
+  assert.ok(failed, 'the step fails with its all-reduce');
+  assert.equal(statistics(t), before);
+  assert.is(t.state.step, 0);
+  t.dispose();
+});
+
 test('the audit records every trained index with its step and epoch', async () => {
   const file = join(dir, 'audit.bin');
   const audit = new AuditLog(file);

@@ -112,7 +112,8 @@ export class CheckpointStore {
 
   constructor(
     readonly directory: string,
-    readonly keep: number,
+    /** Checkpoints retained: the world's setting, which a newer spec may change. */
+    public keep: number,
   ) {}
 
   async ensureDirectory(): Promise<void> {

@@ -20,15 +20,22 @@ import {
   jobSubjects,
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
-import { elasticRange } from '../../operator/api/training-job.ts';
+import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
 import type { WorkerConfig } from '../config.ts';
+import { SpecMismatchError } from '../errors.ts';
 import { errorMessage, type WorkerLogger } from '../log.ts';
 import { RendezvousAgent } from '../rendezvous/agent.ts';
+import {
+  type Agreement,
+  immutableMismatch,
+  type SpecOffer,
+  shapeWorld,
+  specOffer,
+} from '../rendezvous/agreement.ts';
 import type { WorldRecord } from '../rendezvous/decide.ts';
 import { NatsKvStore } from '../rendezvous/nats-kv-store.ts';
-import { worldShape } from '../rescale/policy.ts';
 import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
 import type { Snapshot } from '../train/snapshot.ts';
 import { packSnapshot, unpackSnapshot } from './wire.ts';
@@ -48,6 +55,13 @@ export interface JoinedWorld {
   readonly size: number;
   readonly members: readonly string[];
   readonly reason: string;
+  /**
+   * The spec settings and per-rank batches the world decided; every rank uses these, never its own
+   * spec's. Undefined for a local world (its own spec is the world's) and for worlds proposed by
+   * workers that decide none.
+   */
+  readonly agreement?: Agreement;
+  readonly batches?: readonly number[];
   readonly reducer: GradientReducer;
   /** Aborts when this world is over: a newer one exists. */
   readonly changed: AbortSignal;
@@ -135,6 +149,7 @@ export class ElasticMembership implements Membership {
   private completed: { step: number; reason: string } | undefined;
 
   private constructor(
+    private offer: SpecOffer,
     private readonly config: WorkerConfig,
     private readonly log: WorkerLogger,
     private readonly nc: NatsConnection,
@@ -168,6 +183,7 @@ export class ElasticMembership implements Membership {
     const server = await CollectiveServer.listen(config.jobName, config.podIp);
     const spec = config.spec;
     const range = elasticRange(spec);
+    const offer = specOffer(spec, config.specRevision);
     const agent = new RendezvousAgent({
       store,
       id: config.workerId,
@@ -180,24 +196,11 @@ export class ElasticMembership implements Membership {
         lastCallMs: spec.rendezvous.lastCallMillis,
       },
       log,
-      // Informational: every member derives the world's batches and rate from the broadcast state.
-      shape: (proposal, previous) => {
-        const shape = worldShape(
-          spec.batch,
-          spec.replicas,
-          proposal.members.length,
-          proposal.startStep,
-          undefined,
-        );
-        return {
-          members: proposal.members.map((m, i) => ({ ...m, batch: shape.perWorker[i] ?? 1 })),
-          globalBatch: shape.globalBatch,
-          learningRate: spec.optimizer.learningRate * shape.state.targetScale,
-          policy: { ...(previous?.policy ?? {}), ...shape.state },
-        };
-      },
+      spec: offer,
+      shape: (proposal, previous, offers) =>
+        shapeWorld(proposal, previous, offers, offer, spec.optimizer.learningRate),
     });
-    const membership = new ElasticMembership(config, log, nc, store, server, agent);
+    const membership = new ElasticMembership(offer, config, log, nc, store, server, agent);
     membership.subscribeControl();
     await agent.start();
     log.info('rendezvous joined', {
@@ -221,6 +224,10 @@ export class ElasticMembership implements Membership {
           return;
         }
         const value = decoded.value;
+        if (value.type === 'spec') {
+          void this.offerSpec(value.revision, value.spec);
+          return;
+        }
         if (
           value.type === 'leave' &&
           value.workers.length > 0 &&
@@ -231,6 +238,24 @@ export class ElasticMembership implements Membership {
         for (const listener of this.listeners) listener(value);
       },
     });
+  }
+
+  /** A newer spec from the operator: offered to the rendezvous, whose next world follows it. */
+  private async offerSpec(revision: number, spec: TrainingJobSpec): Promise<void> {
+    const offer = specOffer(spec, revision);
+    const mismatch = immutableMismatch({ ...offer, batchReplicas: 1 }, this.offer);
+    if (mismatch.length > 0) {
+      this.log.warn('ignoring a spec that changes immutable fields', {
+        event: 'spec-rejected',
+        revision,
+        fields: mismatch,
+      });
+      return;
+    }
+    const from = this.offer.revision;
+    if (!(await this.agent.offerSpec(offer))) return;
+    this.offer = offer;
+    this.log.info('newer spec offered', { event: 'spec-offered', revision, from });
   }
 
   onControl(listener: (message: ControlMessage) => void): void {
@@ -298,6 +323,7 @@ export class ElasticMembership implements Membership {
       if (next === undefined) return { kind: 'stopped' };
       if ('completed' in next) return { kind: 'completed', ...next.completed };
       const record = next;
+      await this.refuseIfIncompatible(record);
       this.lastRound = record.generation;
       const ids = record.members.map((m) => m.id);
       const rank = ids.indexOf(this.config.workerId);
@@ -343,6 +369,9 @@ export class ElasticMembership implements Membership {
             size: ids.length,
             members: ids,
             reason: record.reason,
+            ...(record.agreement === undefined
+              ? {}
+              : { agreement: record.agreement, batches: record.members.map((m) => m.batch) }),
             reducer,
             changed: changed.signal,
             stateFrom,
@@ -366,6 +395,21 @@ export class ElasticMembership implements Membership {
         if (!changed.signal.aborted) await this.failed(record.generation);
       }
     }
+  }
+
+  /**
+   * A world whose model, dataset or optimizer is not this worker's cannot be joined: leave at once
+   * (so that the others re-form without waiting for this worker) and fail with the reason.
+   */
+  private async refuseIfIncompatible(record: WorldRecord): Promise<void> {
+    const agreement = record.agreement;
+    if (agreement === undefined) return;
+    const fields = immutableMismatch(agreement, this.offer);
+    if (fields.length === 0) return;
+    await this.agent.leave();
+    throw new SpecMismatchError(
+      `refusing to join generation ${record.generation}: spec.${fields.join(', spec.')} of this worker (spec revision ${this.offer.revision}) differ from the world's (spec revision ${agreement.revision}); these fields are immutable, so this worker was started with another TrainingJob or another worker version`,
+    );
   }
 
   progress(step: number): void {

@@ -4,6 +4,7 @@
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
 import type { Logger } from 'winston';
+import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
   type Decision,
   decide,
@@ -20,11 +21,15 @@ import { type RendezvousStore, RevisionConflictError } from './store.ts';
 export const WORLD_KEY = 'world';
 export const memberKey = (id: string) => `member.${id}`;
 
-/** Fills in what a world needs beyond its members: batch sizes, learning rate, policy state. */
+/**
+ * Fills in what a world needs beyond its members: batch sizes, learning rate, policy state and the
+ * spec agreement, from the previous world and the specs the proposed members offer.
+ */
 export type WorldShaper = (
   proposal: ProposedWorld,
   previous: WorldRecord | undefined,
-) => Pick<WorldRecord, 'members' | 'globalBatch' | 'learningRate' | 'policy'>;
+  offers: readonly SpecOffer[],
+) => Pick<WorldRecord, 'members' | 'globalBatch' | 'learningRate' | 'policy' | 'agreement'>;
 
 export interface AgentOptions {
   readonly store: RendezvousStore;
@@ -33,6 +38,8 @@ export interface AgentOptions {
   readonly config: RendezvousConfig;
   readonly heartbeatMs: number;
   readonly shape: WorldShaper;
+  /** The spec this worker offers in its member record. */
+  readonly spec?: SpecOffer;
   readonly log: Logger;
 }
 
@@ -49,6 +56,7 @@ export class RendezvousAgent implements AsyncDisposable {
   private running = 0;
   private roundSince: number | undefined;
   private record: MemberRecord;
+  private spec: SpecOffer | undefined;
   private readonly stop = new AbortController();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private decideTimer: NodeJS.Timeout | undefined;
@@ -59,6 +67,7 @@ export class RendezvousAgent implements AsyncDisposable {
   private watching: Promise<void> | undefined;
 
   constructor(private readonly options: AgentOptions) {
+    this.spec = options.spec;
     this.record = {
       id: options.id,
       address: options.address,
@@ -68,6 +77,7 @@ export class RendezvousAgent implements AsyncDisposable {
       hasState: false,
       step: 0,
       generation: 0,
+      ...(options.spec === undefined ? {} : { spec: options.spec }),
     };
   }
 
@@ -196,7 +206,10 @@ export class RendezvousAgent implements AsyncDisposable {
     return decide({
       self: this.options.id,
       now,
-      config: this.options.config,
+      config: {
+        ...this.options.config,
+        ...rendezvousRange(this.options.config, this.spec, this.world?.agreement),
+      },
       members,
       world: this.world,
       running: this.running,
@@ -236,7 +249,11 @@ export class RendezvousAgent implements AsyncDisposable {
   }
 
   private async propose(proposal: ProposedWorld): Promise<void> {
-    const shaped = this.options.shape(proposal, this.world);
+    const offers = proposal.members.flatMap((m) => {
+      const record = m.id === this.options.id ? this.record : this.members.get(m.id)?.record;
+      return record?.spec === undefined ? [] : [record.spec];
+    });
+    const shaped = this.options.shape(proposal, this.world, offers);
     const world: WorldRecord = {
       ...shaped,
       generation: proposal.generation,
@@ -308,6 +325,19 @@ export class RendezvousAgent implements AsyncDisposable {
     this.running = generation;
     this.record = { ...this.record, generation, step, hasState };
     await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+  }
+
+  /**
+   * Offers a newer spec (the operator's control message): the world re-forms to follow it. An older
+   * or equal revision changes nothing.
+   */
+  async offerSpec(spec: SpecOffer): Promise<boolean> {
+    if (this.spec !== undefined && spec.revision <= this.spec.revision) return false;
+    this.spec = spec;
+    this.record = { ...this.record, spec };
+    await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
+    this.schedule();
+    return true;
   }
 
   /** Updates the committed step carried by the next heartbeat. */

@@ -9,6 +9,7 @@
  * or at once when the world only shrinks (survivors, no newcomer).
  */
 import { z } from 'zod';
+import { AgreementSchema, immutableMismatch, SpecOfferSchema } from './agreement.ts';
 
 export const MemberRecordSchema = z.object({
   id: z.string().min(1),
@@ -24,6 +25,8 @@ export const MemberRecordSchema = z.object({
   generation: z.int().min(0),
   /** Set when this worker could not run that generation (a peer never connected, say). */
   failedGeneration: z.int().min(0).optional(),
+  /** The spec this worker was started with (agreement.ts); absent from workers that offer none. */
+  spec: SpecOfferSchema.optional(),
 });
 export type MemberRecord = z.output<typeof MemberRecordSchema>;
 
@@ -39,6 +42,8 @@ export const WorldRecordSchema = z.object({
   learningRate: z.number().positive(),
   /** Opaque state of the rescale policy (warm-up origin, AdaScale progress, ...). */
   policy: z.record(z.string(), z.unknown()).default({}),
+  /** The spec settings every rank of this world uses (agreement.ts). */
+  agreement: AgreementSchema.optional(),
   reason: z.string(),
   createdAt: z.number(),
 });
@@ -121,6 +126,19 @@ export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): s
     if (!alive.has(m.id)) return `${m.id} lost (no heartbeat for ${config.timeoutMs} ms)`;
     if (observed.record.failedGeneration === world.generation)
       return `${m.id} could not run generation ${world.generation}`;
+  }
+  const agreed = world.agreement;
+  if (agreed !== undefined) {
+    for (const m of world.members) {
+      const offer = members.get(m.id)?.record.spec;
+      // Offers of another model are never taken up: they must not ask for world after world.
+      if (
+        offer !== undefined &&
+        offer.revision > agreed.revision &&
+        immutableMismatch(agreed, offer).length === 0
+      )
+        return `${m.id} brings spec revision ${offer.revision}`;
+    }
   }
   const inWorld = new Set(world.members.map((m) => m.id));
   const joiners = [...alive].filter((id) => !inWorld.has(id) && members.get(id)?.confirmed !== false);

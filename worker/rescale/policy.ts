@@ -4,7 +4,8 @@
  * `learningRateAt` gives the rate to use at a step (warm-up after a change); `adascaleGain` is the
  * AdaScale gain from per-worker gradient statistics (Johnson et al. 2020).
  */
-import type { BatchSpec, RescalePolicy } from '../../operator/api/training-job.ts';
+import { z } from 'zod';
+import { type BatchSpec, RESCALE_POLICIES, type RescalePolicy } from '../../operator/api/training-job.ts';
 
 export interface PolicyState {
   readonly policy: RescalePolicy;
@@ -17,6 +18,15 @@ export interface PolicyState {
   /** AdaScale: S = B / B_base, the bound of the gain. */
   readonly scale: number;
 }
+
+export const PolicyStateSchema = z.object({
+  policy: z.enum(RESCALE_POLICIES),
+  targetScale: z.number().positive(),
+  fromScale: z.number().positive(),
+  warmupStart: z.int().min(0),
+  warmupSteps: z.int().min(0),
+  scale: z.number().positive(),
+}) satisfies z.ZodType<PolicyState>;
 
 export interface WorldShape {
   /** Batch of each rank, in rank order; their sum is the global batch. */
@@ -49,12 +59,25 @@ export function worldShape(
   step: number,
   previous: PolicyState | undefined,
 ): WorldShape {
-  const baseGlobal = batch.global;
-  let perWorker: number[];
-  if (batch.policy === 'fixedGlobalBatch') perWorker = splitEvenly(baseGlobal, workers);
-  else perWorker = Array.from({ length: workers }, () => perWorkerBatch(batch, initialReplicas));
+  const perWorker =
+    batch.policy === 'fixedGlobalBatch'
+      ? splitEvenly(batch.global, workers)
+      : Array.from({ length: workers }, () => perWorkerBatch(batch, initialReplicas));
+  return { perWorker, ...policyState(batch, perWorker, step, previous) };
+}
+
+/**
+ * The policy state of a world whose ranks have batches `perWorker` (as its rendezvous decided them),
+ * starting at `step`; `previous` is the state of the world before, if any.
+ */
+export function policyState(
+  batch: BatchSpec,
+  perWorker: readonly number[],
+  step: number,
+  previous: PolicyState | undefined,
+): { globalBatch: number; state: PolicyState } {
   const globalBatch = perWorker.reduce((a, b) => a + b, 0);
-  const ratio = globalBatch / baseGlobal;
+  const ratio = globalBatch / batch.global;
   const targetScale = batch.policy === 'linear' ? ratio : batch.policy === 'sqrt' ? Math.sqrt(ratio) : 1;
   const fromScale = previous === undefined ? targetScale : scaleAt(previous, step);
   const warm =
@@ -62,7 +85,6 @@ export function worldShape(
     previous !== undefined &&
     fromScale !== targetScale;
   return {
-    perWorker,
     globalBatch,
     state: {
       policy: batch.policy,

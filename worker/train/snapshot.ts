@@ -13,7 +13,8 @@
  */
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { RESCALE_POLICIES } from '../../operator/api/training-job.ts';
+import { AgreementSchema } from '../rendezvous/agreement.ts';
+import { PolicyStateSchema } from '../rescale/policy.ts';
 
 export interface TensorSpec {
   readonly name: string;
@@ -65,6 +66,8 @@ const GenerationSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   firstStep: z.int().min(0),
+  /** The spec revision the generation ran (absent for 0, and in checkpoints of earlier versions). */
+  specRevision: z.int().min(0).optional(),
 });
 
 const EvalSchema = z.object({
@@ -85,15 +88,9 @@ export const TrainingStateSchema = z.object({
   worldSize: z.int().min(1),
   generation: z.int().min(0),
   generations: z.array(GenerationSchema),
-  /** worker/rescale/policy.ts PolicyState. */
-  policy: z.object({
-    policy: z.enum(RESCALE_POLICIES),
-    targetScale: z.number().positive(),
-    fromScale: z.number().positive(),
-    warmupStart: z.int().min(0),
-    warmupSteps: z.int().min(0),
-    scale: z.number().positive(),
-  }),
+  policy: PolicyStateSchema,
+  /** The spec settings of the generation this state was trained in (rendezvous/agreement.ts). */
+  agreement: AgreementSchema.optional(),
   lastEval: EvalSchema.nullable(),
   trainSeconds: z.number().min(0),
   dataset: z.object({ trainSamples: z.int().min(1), featureSize: z.int().min(1), classes: z.int().min(2) }),

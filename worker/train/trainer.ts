@@ -8,7 +8,10 @@
  *     already weighted by b_i / B;
  *  3. the gradients (plus the loss and the correct count) go into ONE fused Float32Array, handed to
  *     the GradientReducer; the sum over ranks is the gradient of the global mean loss;
- *  4. the optimizer applies the reduced gradient at the world's learning rate.
+ *  4. the optimizer applies the reduced gradient at the world's learning rate;
+ *  5. non-trainable weights (batch-norm moving statistics), which each rank's forward pass moved by
+ *     its own data, travel in the same buffer as changes weighted by b_i / B: every rank then sets
+ *     them to the same weighted mean of the ranks' updates.
  * The state advances only after a complete reduce, so every rank holds the same state after a step.
  * Tensors are disposed every step (tf.memory().numTensors stays flat); dropout masks are seeded by
  * (model seed, step, rank, micro-batch) so a resumed run draws the same masks.
@@ -118,9 +121,12 @@ export interface TrainerOptions {
 
 export class Trainer {
   readonly state: Mutable<TrainingState>;
+  /** The largest share computed at once (batch.maxPerWorker); the world's setting may change it. */
+  maxPerWorker: number | undefined;
   private readonly model: tf.LayersModel;
   private readonly variables: tf.Variable[];
   private readonly gradientSpecs: TensorSpec[];
+  private readonly statistics: NonTrainableWeights;
   private fused: Float32Array;
   private readonly gradientLength: number;
   private readonly optimizer: TrainingOptimizer;
@@ -131,6 +137,7 @@ export class Trainer {
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
+    this.maxPerWorker = options.maxPerWorker;
     this.state = structuredClone(options.state) as Mutable<TrainingState>;
     const trainable = this.model.trainableWeights;
     this.variables = trainable.map((w) => w.read() as tf.Variable);
@@ -139,6 +146,7 @@ export class Trainer {
     // Gradients, then the loss and the number of correct predictions, summed by the same all-reduce.
     this.gradientLength = layout.length;
     this.fused = new Float32Array(layout.length + 2);
+    this.statistics = new NonTrainableWeights(this.model.nonTrainableWeights);
     this.optimizer = new TrainingOptimizer(
       options.optimizer,
       trainable.map((w, i) => ({ name: w.originalName, variable: this.variables[i] as tf.Variable })),
@@ -181,11 +189,14 @@ export class Trainer {
     const indices = shareIndices(this.epochOrder(plan.epoch), share);
     // AdaScale: one more slot per rank for the squared norm of its own gradient, in the same all-reduce.
     const adascale = world.adascale !== undefined && world.size > 1;
-    const length = this.gradientLength + 2 + (adascale ? world.size : 0);
+    // Alone, a rank's statistics are the world's already: nothing to average.
+    const statistics = world.size > 1 ? this.statistics : undefined;
+    const statisticsOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
+    const length = statisticsOffset + (statistics?.length ?? 0);
     if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
     fused.fill(0);
-    const sizes = microBatches(indices.length, this.options.maxPerWorker);
+    const sizes = microBatches(indices.length, this.maxPerWorker);
     const lossIndex = this.gradientLength;
     // A world of one with one micro-batch: the sum over ranks is this rank's own gradient, so the
     // gradient tensors are applied as they are instead of being copied out into `fused` and back
@@ -193,6 +204,7 @@ export class Trainer {
     // ~8 % of an MLP step.
     const direct = sizes.length === 1 && !adascale && reducer instanceof LocalReducer;
     let kept: tf.NamedTensorMap | undefined;
+    statistics?.remember();
     let first = 0;
     sizes.forEach((size, micro) => {
       const slice = indices.subarray(first, first + size);
@@ -239,13 +251,17 @@ export class Trainer {
       for (let j = 0; j < this.gradientLength; j++) norm += ((fused[j] as number) * weight) ** 2;
       fused[lossIndex + 2 + world.rank] = norm;
     }
+    statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
     let reduced: Float32Array;
     try {
       reduced = await reducer.allReduce(fused, signal);
     } catch (error) {
       if (kept !== undefined) tf.dispose(Object.values(kept));
+      // The step is not applied anywhere: neither are the statistics its forward pass moved.
+      statistics?.revert();
       throw error;
     }
+    statistics?.applyChanges(reduced, statisticsOffset);
     let gain = 1;
     if (adascale && world.adascale !== undefined) {
       let mean = 0;
@@ -378,18 +394,89 @@ export class Trainer {
     Object.assign(this.state, structuredClone(snapshot.state));
   }
 
-  /** A digest of the trainable weights' bits: equal on every rank of a world after every step. */
+  /**
+   * A digest of the bits of every weight, trainable or not (batch-norm statistics): equal on every
+   * rank of a world after every step.
+   */
   weightsChecksum(): string {
     const hash = createHash('sha256');
-    for (const variable of this.variables) {
-      const values = variable.dataSync() as Float32Array;
+    for (const weight of this.model.weights) {
+      const values = weight.read().dataSync() as Float32Array;
       hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
     }
     return hash.digest('hex').slice(0, 16);
   }
 
+  /** How many weights the checksum covers (trainable and not). */
+  get checksummedWeights(): number {
+    return this.model.weights.length;
+  }
+
   dispose(): void {
     this.optimizer.dispose();
     this.batches.dispose();
+  }
+}
+
+/**
+ * The non-trainable weights of a model and their values before a step. A rank's forward pass moves
+ * them by its own batch; the world agrees on old + Σ_i (b_i / B)·(new_i − old), where `old` is the
+ * same on every rank. Changes rather than values are summed so that a weight no step moves (a frozen
+ * layer) stays bit for bit what it was, instead of picking up rounding from Σ_i (b_i / B)·old.
+ */
+class NonTrainableWeights {
+  private readonly specs: TensorSpec[];
+  readonly length: number;
+  private readonly before: Float32Array;
+
+  constructor(private readonly weights: readonly tf.LayerVariable[]) {
+    const layout = fusedLayout(weights.map((w) => ({ name: w.originalName, shape: w.shape as number[] })));
+    this.specs = layout.specs;
+    this.length = layout.length;
+    this.before = new Float32Array(layout.length);
+  }
+
+  remember(): void {
+    this.weights.forEach((weight, i) => {
+      const spec = this.specs[i] as TensorSpec;
+      this.before.set(weight.read().dataSync() as Float32Array, spec.offset);
+    });
+  }
+
+  /** This rank's changes since `remember`, times `weight` (b_i / B), into `fused` at `offset`. */
+  writeChanges(fused: Float32Array, offset: number, weight: number): void {
+    this.weights.forEach((variable, i) => {
+      const spec = this.specs[i] as TensorSpec;
+      const now = variable.read().dataSync() as Float32Array;
+      for (let j = 0; j < spec.size; j++) {
+        const k = spec.offset + j;
+        fused[offset + k] = ((now[j] as number) - (this.before[k] as number)) * weight;
+      }
+    });
+  }
+
+  /** Sets every weight to its value before the step plus the world's summed change. */
+  applyChanges(reduced: Float32Array, offset: number): void {
+    this.weights.forEach((variable, i) => {
+      const spec = this.specs[i] as TensorSpec;
+      const values = new Float32Array(spec.size);
+      for (let j = 0; j < spec.size; j++) {
+        const k = spec.offset + j;
+        values[j] = (this.before[k] as number) + (reduced[offset + k] as number);
+      }
+      tf.tidy(() => {
+        variable.write(tf.tensor(values, spec.shape as number[]));
+      });
+    });
+  }
+
+  revert(): void {
+    this.weights.forEach((variable, i) => {
+      const spec = this.specs[i] as TensorSpec;
+      const values = this.before.slice(spec.offset, spec.offset + spec.size);
+      tf.tidy(() => {
+        variable.write(tf.tensor(values, spec.shape as number[]));
+      });
+    });
   }
 }

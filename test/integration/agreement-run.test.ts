@@ -1,0 +1,299 @@
+/**
+ * What every rank of a world must agree on, with real worker processes, a real nats-server and the
+ * real Fashion-MNIST files:
+ * - batch norm: the moving statistics (non-trainable weights) stay identical on every rank after
+ *   every step, and the per-step checksums cover every weight;
+ * - a worker started with a newer spec, as a pod created after `kubectl scale` or a spec edit is
+ *   (another `replicas`, another evaluation interval, a higher spec revision), joins a running world
+ *   of the linear policy without batch.perWorker: every rank uses the world's per-worker batches,
+ *   learning rate and settings, the newer spec takes effect at a generation boundary and is recorded,
+ *   and every sample is trained on exactly once per epoch;
+ * - a worker of another model refuses to join, with an error naming the field;
+ * - a spec edit sent to running workers (the `spec` control message) takes effect at the next
+ *   generation on every rank.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect } from 'nats';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
+import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
+import { workerEnvironment } from '../../worker/config.ts';
+import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+
+const FASHION = '/usr/share/datasets/fashion-mnist';
+const dir = mkdtempSync(join(tmpdir(), 'tensile-agreement-'));
+if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
+  throw new Error(
+    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
+  );
+}
+const bin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
+
+type Event = Record<string, unknown>;
+
+/** Every (generation, step) checked on more than one worker has one checksum; returns how many were. */
+function assertLockstep(events: readonly Event[]): number {
+  const sums = new Map<string, Set<string>>();
+  const counts = new Map<string, number>();
+  for (const e of events.filter((x) => x['event'] === 'checksum')) {
+    const key = `${e['generation']}@${e['step']}`;
+    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+  return [...counts.values()].filter((n) => n > 1).length;
+}
+
+test('batch norm on two ranks: every weight, moving statistics included, identical after every step', async () => {
+  const TRAIN = 2000;
+  const file = writeJobManifest(join(dir, 'batchnorm.yaml'), 'batchnorm', {
+    replicas: 2,
+    model: { mlp: { hiddenUnits: [32], dropout: 0, batchNorm: true }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.003 },
+    batch: { global: 64, policy: 'fixedGlobalBatch' },
+    stopping: { epochs: 2 },
+    evaluation: { intervalSteps: 20 },
+    checkpoint: { intervalSteps: 50 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  });
+  const out = join(dir, 'batchnorm');
+  const summary = await finished(tensileRun(file, out, ['--workers', '2'], { TENSILE_CHECKSUM_EVERY: '1' }));
+  assert.is(summary.status, 'completed');
+  for (const e of summary.epochs) assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0]);
+  const events = workerEvents(out);
+  const checksums = events.filter((e) => e['event'] === 'checksum');
+  // The hidden dense kernel (no bias before batch norm), batch-norm gamma, beta, moving mean and
+  // moving variance, the output kernel and bias.
+  for (const e of checksums) assert.is(e['weights'], 7, 'the checksum covers every weight');
+  const shared = assertLockstep(events);
+  assert.ok(shared >= summary.step - 1, `${shared} of ${summary.step} steps were checked on both workers`);
+});
+
+/** A `tensile worker` process as a pod created later would be: its own spec and spec revision. */
+function startWorker(
+  env: Record<string, string>,
+  log: string,
+): { child: ChildProcess; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, [bin, 'worker'], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const file = createWriteStream(log, { flags: 'a' });
+  child.stdout?.pipe(file, { end: false });
+  child.stderr?.pipe(file, { end: false });
+  // Resolves once the log holds everything the worker wrote.
+  const exit = new Promise<number | null>((resolve) =>
+    child.on('close', (code) => file.end(() => resolve(code))),
+  );
+  return { child, exit };
+}
+
+test('a worker with a newer spec joins a linear world: the ranks agree, the change is recorded', async () => {
+  const TRAIN = 6000;
+  const EPOCHS = 12;
+  const spec = {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [32], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    // No perWorker: b = global / replicas, which a pod created after a scale would compute otherwise.
+    batch: { global: 64, policy: 'linear', warmupSteps: 10 },
+    stopping: { epochs: EPOCHS },
+    evaluation: { intervalSteps: 50 },
+    checkpoint: { intervalSteps: 100 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  };
+  const file = writeJobManifest(join(dir, 'agree.yaml'), 'agree', spec);
+  const out = join(dir, 'agree');
+  const run = tensileRun(file, out, ['--workers', '2'], { TENSILE_CHECKSUM_EVERY: '1' });
+  const natsLine = await run.waitFor(/nats-server at nats:\/\/\S+/);
+  const natsUrl = /nats:\/\/\S+/.exec(natsLine)?.[0] as string;
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  // The job as it reads after `kubectl scale --replicas 3` and an edit of the evaluation interval.
+  const newer = TrainingJobSpecSchema.parse({ ...spec, replicas: 3, evaluation: { intervalSteps: 40 } });
+  const joiner = startWorker(
+    {
+      ...workerEnvironment({
+        jobName: 'agree',
+        namespace: 'default',
+        spec: newer,
+        specRevision: 2,
+        workerId: 'agree-worker-2',
+        replicaIndex: 2,
+        natsUrl,
+        checkpointDir: join(out, 'checkpoints'),
+        outDir: out,
+      }),
+      TENSILE_CHECKSUM_EVERY: '1',
+    },
+    join(out, 'worker-2.log'),
+  );
+  const summary = await finished(run);
+  assert.is(await joiner.exit, 0, 'the joiner finished cleanly');
+  assert.is(summary.status, 'completed');
+
+  const events = workerEvents(out);
+  const formed = events.filter((e) => e['event'] === 'generation');
+  const byGeneration = new Map<number, Event[]>();
+  for (const e of formed)
+    byGeneration.set(e['generation'] as number, [...(byGeneration.get(e['generation'] as number) ?? []), e]);
+  // Every rank of a world runs it with the same batches, rate and spec revision.
+  for (const [generation, ranks] of byGeneration) {
+    const agreed = (e: Event) =>
+      JSON.stringify([e['perWorker'], e['globalBatch'], e['learningRate'], e['specRevision']]);
+    const views = new Set(ranks.map(agreed));
+    assert.is(views.size, 1, `generation ${generation}: the ranks disagree: ${[...views].join(' vs ')}`);
+  }
+  const grown = formed.find((e) => e['worldSize'] === 3);
+  assert.ok(grown !== undefined, `a world of three formed: ${JSON.stringify(summary.generations)}`);
+  // b stays global / the replicas the batch was set for (64 / 2); linear: lr = lr_base · 96 / 64.
+  assert.equal(grown['perWorker'], [32, 32, 32]);
+  assert.is(grown['globalBatch'], 96);
+  assert.is(grown['specRevision'], 2);
+  const first = formed.find((e) => e['worldSize'] === 2);
+  assert.is(first?.['specRevision'], 0);
+  assert.is(summary.generations[summary.generations.length - 1]?.specRevision, 2);
+  // After the warm-up, linear: lr = lr_base · 96 / 64.
+  const progress = events.filter((e) => e['event'] === 'progress' && typeof e['learningRate'] === 'number');
+  const finalRate = progress[progress.length - 1]?.['learningRate'] as number;
+  assert.ok(Math.abs(finalRate - 0.003) < 1e-9, `learning rate ${finalRate}`);
+
+  // The change is recorded by every rank of the world that took it up, with what changed.
+  const changes = events.filter((e) => e['event'] === 'spec-changed');
+  assert.ok(changes.length >= 3, `${changes.length} ranks recorded the spec change`);
+  for (const c of changes) {
+    assert.is(c['from'], 0);
+    assert.is(c['to'], 2);
+    assert.equal(c['changed'], ['replicas', 'evaluation']);
+  }
+
+  // The newer evaluation interval, on every rank at once.
+  const evalSteps = (worker: string) =>
+    events
+      .filter(
+        (e) => e['event'] === 'eval' && e['worker'] === worker && e['generation'] === grown['generation'],
+      )
+      .map((e) => e['step'] as number);
+  const joinerEvals = evalSteps('agree-worker-2');
+  assert.ok(joinerEvals.length > 0, 'the grown world evaluated');
+  assert.ok(
+    joinerEvals.some((step) => step % 40 === 0 && step % 50 !== 0),
+    `evaluations at ${joinerEvals.join(', ')}`,
+  );
+  assert.equal(evalSteps('agree-worker-0'), joinerEvals);
+  assert.equal(evalSteps('agree-worker-1'), joinerEvals);
+
+  // Exactly once, in lockstep.
+  assert.is(summary.epochs.length, EPOCHS);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  assert.ok(assertLockstep(events) > 0, 'steps were checked on more than one worker');
+});
+
+test('a worker of another model refuses to join with a clear error; the others go on', async () => {
+  const TRAIN = 6000;
+  const spec = {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [32], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    batch: { global: 64, policy: 'linear' },
+    stopping: { epochs: 10 },
+    checkpoint: { intervalSteps: 100 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  };
+  const file = writeJobManifest(join(dir, 'other.yaml'), 'other', spec);
+  const out = join(dir, 'other');
+  const run = tensileRun(file, out, ['--workers', '2']);
+  const natsLine = await run.waitFor(/nats-server at nats:\/\/\S+/);
+  const natsUrl = /nats:\/\/\S+/.exec(natsLine)?.[0] as string;
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  const log = join(out, 'worker-2.log');
+  const stranger = startWorker(
+    workerEnvironment({
+      jobName: 'other',
+      namespace: 'default',
+      spec: TrainingJobSpecSchema.parse({ ...spec, model: { mlp: { hiddenUnits: [16] }, seed: 3 } }),
+      specRevision: 3,
+      workerId: 'other-worker-2',
+      replicaIndex: 2,
+      natsUrl,
+      checkpointDir: join(out, 'checkpoints'),
+      outDir: out,
+    }),
+    log,
+  );
+  assert.is(await stranger.exit, 2, 'a terminal error: a restart cannot fix it');
+  const text = readFileSync(log, 'utf8');
+  assert.match(
+    text,
+    /refusing to join generation \d+: spec\.model of this worker \(spec revision 3\) differ/,
+  );
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  for (const g of summary.generations) assert.is(g.specRevision, undefined, 'the world kept its spec');
+});
+
+test('a spec edit sent to running workers takes effect at the next generation, on every rank', async () => {
+  const TRAIN = 6000;
+  const spec = {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 3,
+    model: { mlp: { hiddenUnits: [32], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    batch: { global: 64, policy: 'linear', warmupSteps: 10 },
+    stopping: { epochs: 30 },
+    evaluation: { intervalSteps: 50 },
+    checkpoint: { intervalSteps: 100 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  };
+  const file = writeJobManifest(join(dir, 'edit.yaml'), 'edit', spec);
+  const out = join(dir, 'edit');
+  const run = tensileRun(file, out, ['--workers', '2']);
+  const natsLine = await run.waitFor(/nats-server at nats:\/\/\S+/);
+  const natsUrl = /nats:\/\/\S+/.exec(natsLine)?.[0] as string;
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  // What the operator sends when metadata.generation moves: here, fewer epochs.
+  const nc = await connect({ servers: natsUrl });
+  const edited = TrainingJobSpecSchema.parse({ ...spec, stopping: { epochs: 12 } });
+  nc.publish(
+    jobSubjects('default', 'edit').control,
+    encodeMessage({ type: 'spec', revision: 5, spec: edited, reason: 'test' }),
+  );
+  await nc.drain();
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  assert.is(summary.reason, 'completed 12 epochs');
+  assert.is(summary.epoch, 12);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+
+  const events = workerEvents(out);
+  const changes = events.filter((e) => e['event'] === 'spec-changed');
+  assert.is(changes.length, 2, 'both ranks recorded the change');
+  for (const c of changes) assert.equal([c['from'], c['to'], c['changed']], [0, 5, ['stopping']]);
+  assert.is(new Set(changes.map((c) => c['step'])).size, 1, 'at the same step');
+  const last = summary.generations[summary.generations.length - 1];
+  assert.is(last?.specRevision, 5);
+  const formed = events.filter((e) => e['event'] === 'generation' && e['specRevision'] === 5);
+  assert.ok(
+    formed.some((e) => /brings spec revision 5/.test(String(e['reason']))),
+    JSON.stringify(formed.map((e) => e['reason'])),
+  );
+});
+
+test.run();
