@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
+import { consistently, eventually } from '../helpers/eventually.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-start-'));
@@ -59,16 +60,20 @@ function npmStart(): Started {
     lines,
     done,
     waitFor: async (pattern, timeoutMs) => {
-      const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
-        for (const line of lines) {
-          const match = pattern.exec(line);
-          if (match !== null) return match;
-        }
-        if (child.exitCode !== null) break;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      throw new Error(`no line matching ${pattern}:\n${lines.slice(-20).join('\n')}`);
+      const found = await eventually(
+        () => `a line matching ${pattern}:\n${lines.slice(-20).join('\n')}`,
+        () => {
+          for (const line of lines) {
+            const match = pattern.exec(line);
+            if (match !== null) return match;
+          }
+          return child.exitCode === null ? undefined : 'exited';
+        },
+        { timeoutMs, intervalMs: 200 },
+      );
+      if (found === 'exited')
+        throw new Error(`npm start exited with no line matching ${pattern}:\n${lines.slice(-20).join('\n')}`);
+      return found;
     },
   };
 }
@@ -98,9 +103,15 @@ async function interrupt(run: Started): Promise<void> {
     run.lines.some((l) => /stopped at step \d+; run the same command again to resume/.test(l)),
     run.lines.slice(-20).join('\n'),
   );
-  // The exit of the parent is not the end of the children: give stragglers a moment to show.
-  await new Promise((r) => setTimeout(r, 1000));
-  assert.equal(processesOfRun(), [], 'no process of the run is left');
+  // The exit of the parent is not the end of the children: they must all go, and stay gone.
+  await eventually(
+    () => `no process of the run left: ${processesOfRun().join('; ')}`,
+    () => processesOfRun().length === 0,
+    10_000,
+  );
+  await consistently('no process of the run comes back', () => processesOfRun().length === 0, {
+    forMs: 1000,
+  });
 }
 
 test('Ctrl-C mid-run checkpoints and leaves no process; npm start again resumes', async () => {
