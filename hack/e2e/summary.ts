@@ -11,7 +11,7 @@ export function formatSummary(result: ScenarioResult): string {
   );
   const ref = result.reference;
   out.push(
-    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} (at least ${result.minAccuracy?.toFixed(4) ?? 'none'}${ref === undefined ? '' : `: undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}, less 0.5 pt`})`,
+    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} (at least ${result.minAccuracy?.toFixed(4) ?? 'none'}${ref === undefined ? '' : `: undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}, less ${(100 * (ref.accuracy - (result.minAccuracy ?? ref.accuracy))).toFixed(1)} pt`})`,
   );
   if (result.throttle !== undefined) out.push(`workers slowed: ${result.throttle}`);
   out.push(
