@@ -1,8 +1,8 @@
 /**
  * Rendezvous agents of several workers against a real nats-server: forming, losing, leaving, joining.
  * How soon a silent member counts as lost is `decide`'s to say, with `now` injected
- * (test/unit/rendezvous-decide.test.ts); here each world's reason says which path formed it, which
- * holds however slow the machine is.
+ * (test/unit/rendezvous-decide.test.ts). Here the agents read a clock the test can stop, and each
+ * world's reason says which path formed it: both hold however slow the machine is.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,7 +10,8 @@ import { silentLogger } from '../../worker/log.ts';
 import { RendezvousAgent } from '../../worker/rendezvous/agent.ts';
 import type { WorldRecord } from '../../worker/rendezvous/decide.ts';
 import { NatsKvStore } from '../../worker/rendezvous/nats-kv-store.ts';
-import { eventually } from '../helpers/eventually.ts';
+import { PausableClock } from '../helpers/clock.ts';
+import { consistently, eventually } from '../helpers/eventually.ts';
 import { natsServerFixture } from '../helpers/nats-server.ts';
 
 const nats = natsServerFixture(test);
@@ -20,7 +21,7 @@ let job = 0;
 // and a survivor taken for lost would be another world than the one a test expects.
 const config = { minReplicas: 2, maxReplicas: 4, timeoutMs: 5000, lastCallMs: 300 };
 
-async function agents(bucket: string, ids: string[]) {
+async function agents(bucket: string, ids: string[], now?: () => number) {
   const store = await NatsKvStore.open(nats.nc, bucket);
   const made = ids.map(
     (id) =>
@@ -31,6 +32,7 @@ async function agents(bucket: string, ids: string[]) {
         config,
         heartbeatMs: 300,
         log: silentLogger(),
+        ...(now === undefined ? {} : { now }),
         shape: (proposal) => ({
           members: proposal.members.map((m) => ({ ...m, batch: 32 })),
           globalBatch: 32 * proposal.members.length,
@@ -60,16 +62,25 @@ function settle(all: RendezvousAgent[], predicate: (w: WorldRecord) => boolean):
   );
 }
 
-test('three workers agree on one world; a lost worker is dropped by its silence, in one new world', async () => {
+test('three workers agree on one world; a lost worker is dropped by its silence once the timeout has passed', async () => {
+  const clock = new PausableClock();
   const {
     agents: [a, b, c],
-  } = await agents(`tensile_t_${++job}`, ['a', 'b', 'c']);
+  } = await agents(`tensile_t_${++job}`, ['a', 'b', 'c'], clock.now);
   if (a === undefined || b === undefined || c === undefined) throw new Error('agents');
   try {
     const first = await settle([a, b, c], (w) => w.members.length === 3);
     assert.equal(first.members.map((m) => m.id).sort(), ['a', 'b', 'c']);
     for (const agent of [a, b, c]) await agent.enter(first.generation, 10, true);
+    // While no time passes for the agents, silence is no loss, however long it lasts here.
+    clock.pause();
     await c[Symbol.asyncDispose](); // no leave: like kill -9, its heartbeats just stop
+    await consistently(
+      "the world with c, while the agents' clock stands still",
+      () => [a, b].every((x) => x.latestWorld?.generation === first.generation),
+      { forMs: config.timeoutMs + config.lastCallMs + 500, intervalMs: 100 },
+    );
+    clock.resume();
     const second = await settle([a, b], (w) => w.generation > first.generation);
     assert.equal(
       second.members.map((m) => m.id),

@@ -1,6 +1,11 @@
-/** The waiting helpers every integration test uses: what they return, when they give up, what they say. */
+/**
+ * The test helpers for time: waiting (what it returns, when it gives up, what it says) and the clock a
+ * test can stop.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { PausableClock } from '../helpers/clock.ts';
 import { consistently, eventually } from '../helpers/eventually.ts';
 
 test('eventually returns the first value that is neither undefined nor false, retrying throws', async () => {
@@ -72,6 +77,22 @@ test('consistently fails at the first probe that does not hold, or throws', asyn
   } catch (error) {
     assert.match((error as Error).message, 'boom');
   }
+});
+
+test('a paused clock stands still and goes on from there, without a jump', async () => {
+  const clock = new PausableClock();
+  const before = clock.now();
+  assert.ok(Math.abs(before - Date.now()) < 50, 'it follows the wall clock');
+  clock.pause();
+  const stopped = clock.now();
+  await delay(30);
+  assert.is(clock.now(), stopped);
+  clock.resume();
+  const resumed = clock.now();
+  assert.ok(resumed >= stopped && resumed - stopped < 20, `${resumed - stopped} ms after resuming`);
+  await delay(20);
+  assert.ok(clock.now() - stopped >= 20, 'it runs again');
+  assert.ok(Date.now() - clock.now() >= 30, 'behind the wall clock by the pause');
 });
 
 test.run();
