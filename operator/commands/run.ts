@@ -75,6 +75,14 @@ export function chaosDue(event: ChaosEvent, progress: ChaosProgress): boolean {
   return at !== undefined && progress.step >= at;
 }
 
+/**
+ * Whether the next event of the script may happen now: when due, and, unless it is a join itself, once
+ * the workers earlier joins started are in a world (they take seconds to start, whatever a step takes).
+ */
+export function chaosReady(event: ChaosEvent, joinsPending: number, progress: ChaosProgress): boolean {
+  return (joinsPending === 0 || event.action === 'join') && chaosDue(event, progress);
+}
+
 const describeChaos = (event: ChaosEvent): string =>
   `${event.action}:${'step' in event ? event.step : 'percent' in event ? `${event.percent}%` : `@${event.seconds}s`}`;
 
@@ -100,8 +108,8 @@ Trains the TrainingJob in FILE on this machine and writes DIR/summary.json and D
                      kill -9 a worker, start one more, stop one gracefully, restart nats-server;
                      WHEN is a global step (40), a share of the planned steps (30%) or seconds
                      after the first world formed (@20s). Events happen in the order written
-                     (sorted when all are steps); after a join, the next waits until the new
-                     worker is in a world (or standing by)
+                     (sorted when all are steps); joins start side by side, and any other
+                     event waits until the workers they started are in a world (or standing by)
   --chaos-seed N     which workers kill and leave hit (default 1)
   --elastic          use the elastic runtime even with one worker
   --out DIR          output directory (default .tensile/runs/<job name>); running again resumes
@@ -565,7 +573,7 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
   /** First step and time of this session's first world: where a resumed script picks up, and @s counts from. */
   let resumedFrom: number | undefined;
   let firstWorldAt: number | undefined;
-  /** Workers a join started that are not in a world yet: the next event waits for them. */
+  /** Workers a join started that are not in a world yet: the next event that is not a join waits for them. */
   const joining = new Set<string>();
 
   const alive = () =>
@@ -588,7 +596,7 @@ export async function runRun(args: string[], io: RunIo, cwd = process.cwd()): Pr
         plannedSteps,
         seconds: firstWorldAt === undefined ? undefined : (performance.now() - firstWorldAt) / 1000,
       });
-      while (joining.size === 0 && pendingChaos[0] !== undefined && chaosDue(pendingChaos[0], progress())) {
+      while (pendingChaos[0] !== undefined && chaosReady(pendingChaos[0], joining.size, progress())) {
         const event = pendingChaos.shift() as ChaosEvent;
         const time = new Date().toISOString();
         if (event.action === 'join') {

@@ -62,9 +62,9 @@ test('kill, two joins, a NATS restart and a leave: the run finishes, exactly onc
   // The kill lands on another step from seed to seed; TENSILE_TEST_SEED=n replays a failure.
   const seed = Number(process.env['TENSILE_TEST_SEED'] ?? 1);
   const killAt = 30 + ((Math.imul(seed, 2654435761) >>> 0) % 30);
-  // A joiner takes seconds to start, however many steps that is: the script waits after each join
-  // until the newcomer is in a world, so the world has grown to 4 before NATS restarts and one leaves
-  // (at three quarters of the run, a share rather than a step).
+  // A joiner takes seconds to start, however many steps that is: the script's next event after the
+  // joins waits until both newcomers are in a world, so the world has grown to 4 before NATS restarts
+  // and one leaves (at three quarters of the run, a share rather than a step).
   const chaos = `kill:${killAt},join:${killAt + 20},join:${killAt + 60},nats-restart:${killAt + 110},leave:75%`;
   const out = join(dir, 'chaos');
   const summary = await finished(

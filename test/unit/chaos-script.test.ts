@@ -1,7 +1,7 @@
 /** `tensile run --chaos`: a script at steps, at shares of the run or at times, and when each event is due. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chaosDue, chaosStep, parseChaos } from '../../operator/commands/run.ts';
+import { chaosDue, chaosReady, chaosStep, parseChaos } from '../../operator/commands/run.ts';
 
 test('a share of the planned steps and a time after the first world parse beside steps', () => {
   assert.equal(parseChaos('kill:30%,join:@12.5s,leave:400'), [
@@ -33,6 +33,15 @@ test('a step is due at that step; a share once the planned steps are known; a ti
   assert.is(chaosDue({ action: 'kill', seconds: 5 }, at(0, 800, 5)), true);
   assert.is(chaosStep({ action: 'kill', percent: 33.3 }, 1000), 333);
   assert.is(chaosStep({ action: 'kill', seconds: 5 }, 1000), undefined, 'a time is no step');
+});
+
+test('joins start side by side; any other event waits until the joiners are in a world', () => {
+  const progress = { step: 500, plannedSteps: 800, seconds: 10 };
+  assert.is(chaosReady({ action: 'join', step: 90 }, 1, progress), true);
+  assert.is(chaosReady({ action: 'leave', step: 90 }, 1, progress), false);
+  assert.is(chaosReady({ action: 'nats-restart', percent: 50 }, 2, progress), false);
+  assert.is(chaosReady({ action: 'leave', step: 90 }, 0, progress), true);
+  assert.is(chaosReady({ action: 'join', step: 600 }, 0, progress), false, 'not due yet');
 });
 
 test.run();
