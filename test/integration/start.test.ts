@@ -115,7 +115,11 @@ async function interrupt(run: Started): Promise<void> {
 }
 
 test('Ctrl-C mid-run checkpoints and leaves no process; npm start again resumes', async () => {
+  // Mid-run: both workers in one world and training, however long the second takes to start here
+  // (a worker interrupted before its first world is another case).
+  const bothTraining = /generation \d+: 2 worker\(s\)/;
   const first = npmStart();
+  await first.waitFor(bothTraining, 120_000);
   await first.waitFor(/step (\d{3,})\//, 120_000);
   await interrupt(first);
   const checkpoints = readdirSync(join(out, 'checkpoints')).filter((n) => n.startsWith('ckpt-'));
@@ -124,6 +128,7 @@ test('Ctrl-C mid-run checkpoints and leaves no process; npm start again resumes'
   const second = npmStart();
   const resumed = await second.waitFor(/resumed from \S+ at step (\d+)/, 120_000);
   assert.ok(Number(resumed[1]) >= 100, `resumed at step ${resumed[1]}`);
+  await second.waitFor(bothTraining, 120_000);
   await second.waitFor(/step (\d+)\//, 60_000);
   await interrupt(second);
 });
