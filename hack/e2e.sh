@@ -5,7 +5,7 @@
 # trains; then a summary (accuracy, preemptions, restarts, per-epoch audit, goodput, events).
 # See "End to end on the local cluster" in README.md.
 #
-#   hack/e2e.sh [--manifest FILE] [--notice SECONDS] [--autoscaler-delay SECONDS] [--min-goodput 0.9]
+#   hack/e2e.sh [--manifest FILE] [--notice SECONDS] [--autoscaler-delay SECONDS] [--worker-cpus N]
 #               [--timeout SECONDS] [--artifacts DIR]
 #
 # Exit 0 when every expectation holds, 1 when one fails, 2 when it could not run, 130 on Ctrl-C.

@@ -128,7 +128,10 @@ export function computeGoodput(
   };
 }
 
+export type LostKind = 'start-up' | 'evaluations' | 're-forming' | 'redone' | 'tail' | 'other';
+
 export interface LostTime {
+  readonly kind: LostKind;
   readonly what: string;
   readonly seconds: number;
 }
@@ -169,8 +172,16 @@ export function lostTime(
   const out: LostTime[] = [];
   const first = Math.min(...formed.values());
   if (Number.isFinite(first) && Number.isFinite(startMs))
-    out.push({ what: 'start-up (job start → first world)', seconds: Math.max(0, (first - startMs) / 1000) });
-  out.push({ what: 'evaluations', seconds: [...evals.values()].reduce((a, b) => a + b, 0) });
+    out.push({
+      kind: 'start-up',
+      what: 'start-up (job start → first world)',
+      seconds: Math.max(0, (first - startMs) / 1000),
+    });
+  out.push({
+    kind: 'evaluations',
+    what: 'evaluations',
+    seconds: [...evals.values()].reduce((a, b) => a + b, 0),
+  });
   let gaps = 0;
   const numbers = [...formed.keys()].sort((a, b) => a - b);
   for (let i = 1; i < numbers.length; i++) {
@@ -178,17 +189,105 @@ export function lostTime(
     const start = formed.get(numbers[i] as number);
     if (end !== undefined && start !== undefined) gaps += Math.max(0, (start - end) / 1000);
   }
-  out.push({ what: 'between worlds (re-forming)', seconds: gaps });
+  out.push({ kind: 're-forming', what: 'between worlds (re-forming)', seconds: gaps });
   const stepped = report.generations.reduce((sum, g) => sum + g.stepSeconds, 0);
-  out.push({ what: 'steps redone by a later world', seconds: Math.max(0, stepped - report.usefulSeconds) });
+  out.push({
+    kind: 'redone',
+    what: 'steps redone by a later world',
+    seconds: Math.max(0, stepped - report.usefulSeconds),
+  });
   if (lastEnd !== undefined && Number.isFinite(endMs))
-    out.push({ what: 'tail (last step → completionTime)', seconds: Math.max(0, (endMs - lastEnd) / 1000) });
+    out.push({
+      kind: 'tail',
+      what: 'tail (last step → completionTime)',
+      seconds: Math.max(0, (endMs - lastEnd) / 1000),
+    });
   const accounted = out.reduce((sum, x) => sum + x.seconds, 0);
   out.push({
+    kind: 'other',
     what: 'other (checkpoint snapshots, step overheads, status time rounding)',
     seconds: report.wallSeconds - report.usefulSeconds - accounted,
   });
   return out;
+}
+
+/** The mean time of a step that counts: the unit the budgets below are written in. */
+export function stepTime(report: GoodputReport): number {
+  const steps = report.generations.reduce((sum, g) => sum + Math.max(0, g.keptUntil - g.firstStep), 0);
+  return steps > 0 ? report.usefulSeconds / steps : 0;
+}
+
+export interface BudgetContext {
+  /** See `stepTime`. */
+  readonly stepSeconds: number;
+  readonly usefulSeconds: number;
+  /** Rendezvous rounds after the first world (failed ones too): the newest generation minus the first. */
+  readonly rounds: number;
+  /** Workers lost without notice: each costs a loss timeout and may lose the steps since a checkpoint. */
+  readonly abrupt: number;
+  readonly rendezvous: { readonly timeoutMs: number; readonly lastCallMs: number };
+  readonly checkpointIntervalSteps: number;
+}
+
+export interface LostBudget extends LostTime {
+  /** `seconds` in step times. */
+  readonly steps: number;
+  readonly budgetSeconds: number;
+  readonly rule: string;
+  readonly ok: boolean;
+}
+
+/**
+ * What each kind of lost time may cost, so that a machine's speed does not decide the verdict: waits
+ * the job configures (last call, loss timeout) and the platform's own latencies are seconds on any
+ * machine, work (loading the runtime and the data, evaluating, a state transfer, redone steps) is
+ * counted in step times, and what grows with the run is a share of the useful time. A goodput ratio
+ * alone would hold a faster machine to a stricter standard: the same fixed costs in a shorter run.
+ */
+export function lostBudget(kind: LostKind, c: BudgetContext): { seconds: number; rule: string } {
+  const t = c.stepSeconds;
+  const lastCall = c.rendezvous.lastCallMs / 1000;
+  const timeout = c.rendezvous.timeoutMs / 1000;
+  switch (kind) {
+    case 'start-up':
+      return {
+        seconds: 6 + lastCall + 200 * t,
+        rule: `6 s to create, schedule and start the pods + last call ${lastCall} s + 200 steps to load runtime and data`,
+      };
+    case 're-forming':
+      return {
+        seconds: c.rounds * (0.5 + 20 * t) + c.abrupt * (timeout + lastCall),
+        rule: `${c.rounds} rounds × (0.5 s + 20 steps) + ${c.abrupt} lost × (timeout ${timeout} s + last call ${lastCall} s)`,
+      };
+    case 'redone':
+      return {
+        seconds: (c.abrupt * c.checkpointIntervalSteps + c.rounds * 2) * t,
+        rule: `${c.abrupt} lost × ${c.checkpointIntervalSteps} steps (checkpoint interval) + ${c.rounds} rounds × 2 steps`,
+      };
+    case 'evaluations':
+      return { seconds: 0.08 * c.usefulSeconds, rule: '8 % of the useful time' };
+    case 'tail':
+      return { seconds: 2 + 20 * t, rule: '2 s (status, second-resolution times) + 20 steps' };
+    case 'other':
+      return {
+        seconds: 2 + 0.05 * c.usefulSeconds,
+        rule: '2 s (second-resolution start and end) + 5 % of the useful time',
+      };
+  }
+}
+
+/** Every kind of lost time against its budget (see `lostBudget`). */
+export function judgeLostTime(lost: readonly LostTime[], c: BudgetContext): LostBudget[] {
+  return lost.map((x) => {
+    const budget = lostBudget(x.kind, c);
+    return {
+      ...x,
+      steps: c.stepSeconds > 0 ? x.seconds / c.stepSeconds : Number.POSITIVE_INFINITY,
+      budgetSeconds: budget.seconds,
+      rule: budget.rule,
+      ok: x.seconds <= budget.seconds,
+    };
+  });
 }
 
 export interface EpochVerdict extends EpochAudit {

@@ -50,17 +50,24 @@ import {
   type GoodputReport,
   generationsFromLogs,
   judgeEpochs,
+  judgeLostTime,
   type KubeEvent,
   type LogLine,
-  type LostTime,
+  type LostBudget,
   lostTime,
   parseEvents,
   parseLogLines,
+  stepTime,
 } from './analysis.ts';
+import { type Reference, referenceRun } from './reference.ts';
+import { throttleWorkers } from './throttle.ts';
 
 export interface ChurnStep {
   readonly kind: ReclaimKind;
-  /** Due once the job's step reaches this share of its planned steps (and the world is whole). */
+  /**
+   * Due once the job's step reaches this share of its planned steps (and the world is whole): a share
+   * of the run, not a step number or a time, lands at the same point of any manifest on any machine.
+   */
   readonly atFraction: number;
 }
 
@@ -81,9 +88,22 @@ export interface ScenarioOptions {
   /** From the reclaim notice (taint) to the node's deletion. */
   readonly noticeSeconds?: number;
   readonly churn?: readonly ChurnStep[];
-  /** Default: the manifest's stopping.targetAccuracy. */
+  /**
+   * An absolute accuracy to reach instead of the reference's: without it the run is held to an
+   * undisturbed run of the same manifest (`referenceRun`), within `accuracyTolerance`.
+   */
   readonly minAccuracy?: number;
+  /** How far below the undisturbed reference the accuracy may end (default 0.005, half a point). */
+  readonly accuracyTolerance?: number;
+  /** Train the reference again even if one is cached. */
+  readonly refreshReference?: boolean;
+  /**
+   * A goodput ratio to reach as well. Off by default: the ratio depends on how fast the machine trains
+   * (the same fixed costs weigh more in a shorter run); every lost time is held to its budget instead.
+   */
   readonly minGoodput?: number;
+  /** Cap the worker pods together at this many CPUs (hack/e2e/throttle.ts): a slower machine. */
+  readonly workerCpus?: number;
   readonly timeoutSeconds?: number;
   /** Where logs, the summary and result.json are copied before the cluster goes. */
   readonly artifactsDir?: string;
@@ -104,8 +124,15 @@ export interface ScenarioResult {
   readonly namespace: string;
   readonly status: TrainingJobStatus;
   readonly outcome: 'Succeeded' | 'Failed' | 'timeout';
+  /** The accuracy the run had to reach: the reference's less the tolerance, or `minAccuracy`. */
   readonly minAccuracy: number | undefined;
-  readonly minGoodput: number;
+  readonly reference: (Reference & { readonly cached: boolean }) | undefined;
+  /** Backends the workers logged. */
+  readonly backends: readonly string[];
+  readonly minGoodput: number | undefined;
+  /** The mean time of a step that counts: the unit of the lost-time budgets. */
+  readonly stepSeconds: number;
+  readonly throttle: string | undefined;
   /** Workers that were running on a node when it was reclaimed. */
   readonly workersLost: number;
   readonly churnDone: number;
@@ -115,7 +142,8 @@ export interface ScenarioResult {
   readonly epochs: readonly EpochVerdict[];
   readonly generations: readonly GenerationStart[];
   readonly goodput: GoodputReport;
-  readonly lost: readonly LostTime[];
+  /** Where the wall time that was not useful went, each kind against its budget. */
+  readonly lost: readonly LostBudget[];
   readonly events: readonly KubeEvent[];
   readonly describeEvents: string;
   readonly seconds: { readonly cluster: number; readonly job: number; readonly total: number };
@@ -259,8 +287,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   const namespace = job.metadata.namespace ?? 'default';
   const replicas = job.spec.replicas;
   const churn = options.churn ?? DEFAULT_CHURN;
-  const minAccuracy = options.minAccuracy ?? job.spec.stopping.targetAccuracy;
-  const minGoodput = options.minGoodput ?? 0.9;
+  const { minGoodput } = options;
   const noticeMs = (options.noticeSeconds ?? 20) * 1000;
   const timeline: TimelineEntry[] = [];
   const mark = (what: string) => {
@@ -280,6 +307,26 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   };
 
   try {
+    // Before the cluster, so that the two never share the CPU.
+    const reference =
+      options.minAccuracy === undefined
+        ? await referenceRun({
+            manifestFile: options.manifestFile,
+            workers: replicas,
+            backendChoice: job.spec.worker.backend ?? 'auto',
+            ...(options.refreshReference === undefined ? {} : { refresh: options.refreshReference }),
+            ...(signal === undefined ? {} : { signal }),
+            log: say,
+          })
+        : undefined;
+    const minAccuracy =
+      reference === undefined
+        ? options.minAccuracy
+        : reference.accuracy - (options.accuracyTolerance ?? 0.005);
+    if (reference !== undefined)
+      mark(
+        `reference (undisturbed, ${reference.workers} workers, ${reference.backend}${reference.cached ? ', cached' : `, ${reference.seconds.toFixed(0)} s`}): accuracy ${reference.accuracy.toFixed(4)} at step ${reference.step}`,
+      );
     mark(`starting the local control plane with ${options.nodes ?? replicas} fake GPU nodes`);
     const cluster = await launchCluster({
       nodes: options.nodes ?? replicas,
@@ -298,6 +345,12 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         cpSync(join(cluster.dir, 'logs'), join(artifactsDir, 'logs'), { recursive: true });
       });
     }
+    const throttle =
+      options.workerCpus === undefined ? undefined : throttleWorkers(cluster.dir, options.workerCpus, say);
+    if (throttle !== undefined)
+      cleanups.push(async () => {
+        await throttle[Symbol.asyncDispose]();
+      });
     const clusterSeconds = cluster.startSeconds;
     mark(`control plane up in ${clusterSeconds.toFixed(1)} s (state in ${cluster.dir})`);
     const kubectl = (args: readonly string[], input?: string) => runKubectl(cluster, args, input);
@@ -564,6 +617,27 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     const endMs = status.completionTime === undefined ? Number.NaN : Date.parse(status.completionTime);
     const wallSeconds = Number.isFinite(endMs - startMs) ? (endMs - startMs) / 1000 : jobSeconds;
     const goodput = computeGoodput(logs.lines, generations, wallSeconds);
+    const stepSeconds = stepTime(goodput);
+    const numbers = goodput.generations.map((g) => g.generation);
+    const rendezvous = job.spec.rendezvous;
+    const lost = judgeLostTime(lostTime(logs.lines, goodput, startMs, endMs), {
+      stepSeconds,
+      usefulSeconds: goodput.usefulSeconds,
+      rounds: numbers.length > 0 ? Math.max(...numbers) - Math.min(...numbers) : 0,
+      abrupt: churn.slice(0, churnDone).filter((c) => c.kind === 'abrupt').length,
+      rendezvous: { timeoutMs: rendezvous.timeoutMillis, lastCallMs: rendezvous.lastCallMillis },
+      checkpointIntervalSteps: job.spec.checkpoint.intervalSteps ?? 0,
+    });
+    const over = lost.filter((x) => !x.ok);
+    const backends = [
+      ...new Set(
+        logs.lines.filter((l) => l['event'] === 'backend').map((l) => String(l['backend'] ?? 'unknown')),
+      ),
+    ];
+    const backendMismatch =
+      reference !== undefined && backends.some((b) => b !== reference.backend)
+        ? `; the reference ran on ${reference.backend}, the workers on ${backends.join(', ')}: not comparable`
+        : '';
 
     const completedLine = logs.lines.find((l) => l['event'] === 'completed');
     const workerAccuracy =
@@ -582,8 +656,12 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       ),
       check(
         'accuracy',
-        minAccuracy === undefined || (status.accuracy ?? 0) >= minAccuracy,
-        `status.accuracy ${status.accuracy?.toFixed(4) ?? 'none'} (the workers logged ${workerAccuracy?.toFixed(4) ?? 'none'}), target ${minAccuracy ?? 'none'}`,
+        backendMismatch === '' && (minAccuracy === undefined || (status.accuracy ?? 0) >= minAccuracy),
+        `status.accuracy ${status.accuracy?.toFixed(4) ?? 'none'} (the workers logged ${workerAccuracy?.toFixed(4) ?? 'none'}), ` +
+          (reference === undefined
+            ? `target ${minAccuracy ?? 'none'}`
+            : `undisturbed reference ${reference.accuracy.toFixed(4)} (${(100 * ((status.accuracy ?? 0) - reference.accuracy)).toFixed(2)} pt), at least ${minAccuracy?.toFixed(4)}`) +
+          backendMismatch,
       ),
       check(
         'preemptions',
@@ -600,8 +678,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       ),
       check(
         'goodput',
-        goodput.goodput >= minGoodput,
-        `${(goodput.goodput * 100).toFixed(1)} % (${goodput.usefulSeconds.toFixed(1)} s of useful steps in ${goodput.wallSeconds.toFixed(1)} s), target ${(minGoodput * 100).toFixed(0)} %`,
+        over.length === 0 && (minGoodput === undefined || goodput.goodput >= minGoodput),
+        `${(goodput.goodput * 100).toFixed(1)} % (${goodput.usefulSeconds.toFixed(1)} s of useful steps in ${goodput.wallSeconds.toFixed(1)} s, step ${(stepSeconds * 1000).toFixed(1)} ms); ` +
+          (over.length === 0
+            ? 'every lost time within its budget'
+            : over
+                .map((x) => `${x.kind} ${x.seconds.toFixed(1)} s over its ${x.budgetSeconds.toFixed(1)} s`)
+                .join(', ')) +
+          (minGoodput === undefined ? '' : `; target ${(minGoodput * 100).toFixed(0)} %`),
       ),
       check(
         'events',
@@ -621,7 +705,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       status,
       outcome,
       minAccuracy,
+      reference,
+      backends,
       minGoodput,
+      stepSeconds,
+      throttle: throttle?.how,
       workersLost,
       churnDone,
       churnPlanned: churn.length,
@@ -630,7 +718,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       epochs,
       generations,
       goodput,
-      lost: lostTime(logs.lines, goodput, startMs, endMs),
+      lost,
       events,
       describeEvents: describeEvents(describe),
       seconds: { cluster: clusterSeconds, job: jobSeconds, total: elapsed() },

@@ -9,9 +9,11 @@ export function formatSummary(result: ScenarioResult): string {
   out.push(
     `time: control plane ${result.seconds.cluster.toFixed(1)} s, job ${result.seconds.job.toFixed(1)} s (apply → end), total ${result.seconds.total.toFixed(1)} s`,
   );
+  const ref = result.reference;
   out.push(
-    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} (target ${result.minAccuracy ?? 'none'})`,
+    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} (at least ${result.minAccuracy?.toFixed(4) ?? 'none'}${ref === undefined ? '' : `: undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}, less ${(100 * (ref.accuracy - (result.minAccuracy ?? ref.accuracy))).toFixed(1)} pt`})`,
   );
+  if (result.throttle !== undefined) out.push(`workers slowed: ${result.throttle}`);
   out.push(
     `status.preemptions ${status.preemptions ?? 0} (workers lost to reclaims: ${result.workersLost}), status.restarts ${status.restarts ?? 0}, reclaims ${result.churnDone}/${result.churnPlanned}`,
   );
@@ -35,7 +37,7 @@ export function formatSummary(result: ScenarioResult): string {
   out.push('');
   const g = result.goodput;
   out.push(
-    `goodput: ${percent(g.goodput)} = ${g.usefulSeconds.toFixed(1)} s of steps that count / ${g.wallSeconds.toFixed(1)} s from status.startTime to status.completionTime (target ${percent(result.minGoodput)})`,
+    `goodput: ${percent(g.goodput)} = ${g.usefulSeconds.toFixed(1)} s of steps that count / ${g.wallSeconds.toFixed(1)} s from status.startTime to status.completionTime${result.minGoodput === undefined ? '' : ` (target ${percent(result.minGoodput)})`}; a step that counts takes ${(result.stepSeconds * 1000).toFixed(1)} ms`,
   );
   out.push('  generation  first step  kept until  workers  step s  useful s');
   for (const x of g.generations) {
@@ -43,8 +45,11 @@ export function formatSummary(result: ScenarioResult): string {
       `  ${String(x.generation).padStart(10)} ${String(x.firstStep).padStart(11)} ${String(x.keptUntil).padStart(11)} ${String(x.reporters).padStart(8)} ${x.stepSeconds.toFixed(1).padStart(7)} ${x.usefulSeconds.toFixed(1).padStart(9)}`,
     );
   }
-  out.push('  time not spent on steps that count:');
-  for (const x of result.lost) out.push(`    ${x.seconds.toFixed(1).padStart(7)} s  ${x.what}`);
+  out.push('  time not spent on steps that count, each against its budget (seconds, and in step times):');
+  for (const x of result.lost)
+    out.push(
+      `    ${x.ok ? 'ok  ' : 'OVER'} ${x.seconds.toFixed(1).padStart(6)} s ${`(${x.steps.toFixed(0)} steps)`.padStart(13)}  budget ${x.budgetSeconds.toFixed(1).padStart(5)} s  ${x.what}: ${x.rule}`,
+    );
   out.push('');
   out.push(`kubectl describe trainingjob ${result.job}:`);
   out.push(result.describeEvents === '' ? '  (no events)' : result.describeEvents);

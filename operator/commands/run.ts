@@ -9,7 +9,8 @@
  * summary.json and report.html.
  *
  * Several workers (or --chaos) start a local nats-server and train elastically; `--chaos` scripts
- * failures at global steps: kill -9 a worker, start one more, stop one gracefully, restart NATS.
+ * failures at global steps, at shares of the planned steps or at times since the first world: kill -9
+ * a worker, start one more, stop one gracefully, restart NATS.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import {
@@ -49,11 +50,54 @@ import {
 export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart'] as const;
 export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
 
-export interface ChaosEvent {
-  readonly action: ChaosAction;
-  /** The global step at (or after) which it happens. */
+/**
+ * When a scripted event is due: at (or after) a global step; at a share of the planned steps
+ * (`kill:30%`: the same point of the run whatever the manifest's size or the machine's speed); or
+ * `seconds` after the first world of this session formed (`kill:@20s`: start-up does not count).
+ */
+export type ChaosEvent =
+  | { readonly action: ChaosAction; readonly step: number }
+  | { readonly action: ChaosAction; readonly percent: number }
+  | { readonly action: ChaosAction; readonly seconds: number };
+
+/** What happened: the step it happened at, and the worker it hit or started. */
+export type ChaosRecord = ChaosEvent & {
   readonly step: number;
+  readonly worker?: string;
+  readonly time: string;
+};
+
+export interface ChaosProgress {
+  readonly step: number;
+  readonly plannedSteps: number | undefined;
+  /** Since the first world of this session formed; undefined before. */
+  readonly seconds: number | undefined;
 }
+
+/** The step an event stands for, once it can be known (a time never can). */
+export function chaosStep(event: ChaosEvent, plannedSteps: number | undefined): number | undefined {
+  if ('step' in event) return event.step;
+  if ('percent' in event)
+    return plannedSteps === undefined ? undefined : Math.ceil((event.percent / 100) * plannedSteps);
+  return undefined;
+}
+
+export function chaosDue(event: ChaosEvent, progress: ChaosProgress): boolean {
+  if ('seconds' in event) return progress.seconds !== undefined && progress.seconds >= event.seconds;
+  const at = chaosStep(event, progress.plannedSteps);
+  return at !== undefined && progress.step >= at;
+}
+
+/**
+ * Whether the next event of the script may happen now: when due, and, unless it is a join itself, once
+ * the workers earlier joins started are in a world (they take seconds to start, whatever a step takes).
+ */
+export function chaosReady(event: ChaosEvent, joinsPending: number, progress: ChaosProgress): boolean {
+  return (joinsPending === 0 || event.action === 'join') && chaosDue(event, progress);
+}
+
+const describeChaos = (event: ChaosEvent): string =>
+  `${event.action}:${'step' in event ? event.step : 'percent' in event ? `${event.percent}%` : `@${event.seconds}s`}`;
 
 export interface RunOptions {
   readonly file: string;
@@ -88,7 +132,7 @@ again resumes from the newest checkpoint.`,
     chaos: {
       type: 'string',
       value: 'EVENTS',
-      help: 'comma-separated ACTION:STEP, e.g. kill:40,join:80,leave:120,nats-restart:150:\nkill -9 a worker, start one more, stop one gracefully, restart nats-server',
+      help: 'comma-separated ACTION:WHEN, e.g. kill:40,join:80,leave:120,nats-restart:150:\nkill -9 a worker, start one more, stop one gracefully, restart nats-server;\nWHEN is a global step (40), a share of the planned steps (30%) or seconds\nafter the first world formed (@20s). Events happen in the order written\n(sorted when all are steps); joins start side by side, and any other\nevent waits until the workers they started are in a world (or standing by)',
     },
     'chaos-seed': { type: 'string', value: 'N', help: 'which workers kill and leave hit (default 1)' },
     elastic: { type: 'boolean', help: 'use the elastic runtime even with one worker' },
@@ -102,7 +146,7 @@ again resumes from the newest checkpoint.`,
   positionals: true,
 } as const satisfies CommandSpec;
 
-/** Parses `kill:40,join:80`; returns a message naming the bad part when it is wrong. */
+/** Parses `kill:40,join:30%,leave:@20s`; returns a message naming the bad part when it is wrong. */
 export function parseChaos(text: string): ChaosEvent[] | string {
   const events: ChaosEvent[] = [];
   for (const part of text
@@ -110,13 +154,23 @@ export function parseChaos(text: string): ChaosEvent[] | string {
     .map((p) => p.trim())
     .filter(Boolean)) {
     const at = part.lastIndexOf(':');
-    const action = part.slice(0, at);
-    const step = part.slice(at + 1);
-    if (at < 0 || !CHAOS_ACTIONS.includes(action as ChaosAction) || !/^\d+$/.test(step))
-      return `--chaos: "${part}" is not ACTION:STEP with ACTION one of ${CHAOS_ACTIONS.join(', ')} (e.g. kill:40)`;
-    events.push({ action: action as ChaosAction, step: Number(step) });
+    const name = part.slice(0, at);
+    const when = part.slice(at + 1);
+    const bad = `--chaos: "${part}" is not ACTION:STEP with ACTION one of ${CHAOS_ACTIONS.join(', ')} (e.g. kill:40; or a share of the planned steps, kill:30%, or seconds after the first world, kill:@20s)`;
+    if (at < 0 || !CHAOS_ACTIONS.includes(name as ChaosAction)) return bad;
+    const action = name as ChaosAction;
+    const percent = /^(\d+(?:\.\d+)?)%$/.exec(when)?.[1];
+    const seconds = /^@(\d+(?:\.\d+)?)s$/.exec(when)?.[1];
+    if (/^\d+$/.test(when)) events.push({ action, step: Number(when) });
+    else if (percent !== undefined && Number(percent) <= 100)
+      events.push({ action, percent: Number(percent) });
+    else if (seconds !== undefined) events.push({ action, seconds: Number(seconds) });
+    else return bad;
   }
-  return events.sort((a, b) => a.step - b.step);
+  // Steps alone have one order; a script that mixes forms happens as written.
+  return events.every((e) => 'step' in e)
+    ? events.sort((a, b) => ('step' in a && 'step' in b ? a.step - b.step : 0))
+    : events;
 }
 
 /** The options of a run from its parsed command line; throws UsageError naming a wrong one. */
@@ -286,7 +340,7 @@ export interface RunSummary {
   readonly resumedFrom: WorkerResult['resumedFrom'];
   /** Time on steps that count / wall time of this session (undefined for a single worker). */
   readonly goodput?: number;
-  readonly chaos?: readonly (ChaosEvent & { worker?: string; time: string })[];
+  readonly chaos?: readonly ChaosRecord[];
 }
 
 /** The result that speaks for the run: a completed one, else the most advanced. */
@@ -511,7 +565,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(`nats-server at ${nats.url}`);
   }
   const eventsFile = join(plan.out, 'events.jsonl');
-  const chaosLog: (ChaosEvent & { worker?: string; time: string })[] = [];
+  const chaosLog: ChaosRecord[] = [];
   const recordEvent = (event: Record<string, unknown>) =>
     appendFileSync(eventsFile, `${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
 
@@ -524,26 +578,51 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   const random = seededRandom(options.chaosSeed);
   let nextIndex = plan.workers.length;
   let chaosBusy = false;
-  let chaosAnchored = false;
+  let plannedSteps: number | undefined;
+  /** First step and time of this session's first world: where a resumed script picks up, and @s counts from. */
+  let resumedFrom: number | undefined;
+  let firstWorldAt: number | undefined;
+  /** Workers a join started that are not in a world yet: the next event that is not a join waits for them. */
+  const joining = new Set<string>();
 
   const alive = () =>
     running.filter((w) => w.child.exitCode === null && w.child.signalCode === null && !w.expected);
+  // A resumed run starts past the script's earlier points: those events belonged to the last session.
+  const skipResumed = () => {
+    if (resumedFrom === undefined || resumedFrom === 0) return;
+    const from = resumedFrom;
+    const skipped = pendingChaos.filter((e) => (chaosStep(e, plannedSteps) ?? from) < from);
+    if (skipped.length === 0) return;
+    for (const e of skipped) pendingChaos.splice(pendingChaos.indexOf(e), 1);
+    io.out(`chaos: resuming at step ${from}, skipping ${skipped.map(describeChaos).join(',')}`);
+  };
   const applyChaos = async () => {
     if (chaosBusy) return;
     chaosBusy = true;
     try {
-      while (pendingChaos[0] !== undefined && pendingChaos[0].step <= step) {
+      const progress = (): ChaosProgress => ({
+        step,
+        plannedSteps,
+        seconds: firstWorldAt === undefined ? undefined : (performance.now() - firstWorldAt) / 1000,
+      });
+      while (pendingChaos[0] !== undefined && chaosReady(pendingChaos[0], joining.size, progress())) {
         const event = pendingChaos.shift() as ChaosEvent;
         const time = new Date().toISOString();
         if (event.action === 'join') {
           const worker = planLocalWorker(job, options, plan.out, plan.checkpointDir, nextIndex++, nats?.url);
-          running.push(startWorker(worker, io, sink));
+          const started = startWorker(worker, io, sink);
+          running.push(started);
+          joining.add(worker.id);
+          // One that dies before it joins must not hold the rest of the script.
+          void started.exited.then(() => {
+            if (joining.delete(worker.id)) void applyChaos();
+          });
           io.out(`chaos at step ${step}: join → started ${worker.id}`);
-          chaosLog.push({ ...event, worker: worker.id, time });
+          chaosLog.push({ ...event, step, worker: worker.id, time });
           recordEvent({ type: 'join', step, worker: worker.id });
         } else if (event.action === 'nats-restart') {
           io.out(`chaos at step ${step}: restarting nats-server`);
-          chaosLog.push({ ...event, time });
+          chaosLog.push({ ...event, step, time });
           recordEvent({ type: 'nats-restart', step });
           await nats?.restart(1000);
         } else {
@@ -555,7 +634,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
           io.out(
             `chaos at step ${step}: ${event.action} → ${event.action === 'kill' ? 'kill -9' : 'SIGTERM'} ${victim.plan.id}`,
           );
-          chaosLog.push({ ...event, worker: victim.plan.id, time });
+          chaosLog.push({ ...event, step, worker: victim.plan.id, time });
           recordEvent({ type: event.action, step, worker: victim.plan.id });
         }
       }
@@ -568,11 +647,17 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     onError: (message) => {
       lastError = message;
     },
-    onLine: (_worker, line) => {
+    onLine: (worker, line) => {
       if (line.event === 'progress' && typeof line['step'] === 'number') {
         step = Math.max(step, line['step']);
-        if (pendingChaos.length > 0) void applyChaos();
+        if (typeof line['plannedSteps'] === 'number') plannedSteps = line['plannedSteps'];
+        if (pendingChaos.length > 0) {
+          skipResumed();
+          void applyChaos();
+        }
       }
+      const standingBy = line.message === 'rendezvous' && String(line['decision']).startsWith('standby');
+      if ((line.event === 'generation' || standingBy) && joining.delete(worker.id)) void applyChaos();
       if (line.event === 'generation-end') {
         const g = line as LogLine & Partial<GenerationEnd>;
         if (
@@ -588,17 +673,10 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
             stepSeconds: g.stepSeconds,
           });
       }
-      // A resumed run starts past the script's earlier steps: those events belonged to the last session.
-      if (line.event === 'generation' && !chaosAnchored && typeof line['firstStep'] === 'number') {
-        chaosAnchored = true;
-        const from = line['firstStep'];
-        const skipped = pendingChaos.filter((e) => e.step < from);
-        if (skipped.length > 0) {
-          pendingChaos.splice(0, skipped.length);
-          io.out(
-            `chaos: resuming at step ${from}, skipping ${skipped.map((e) => `${e.action}:${e.step}`).join(',')}`,
-          );
-        }
+      if (line.event === 'generation' && resumedFrom === undefined && typeof line['firstStep'] === 'number') {
+        resumedFrom = line['firstStep'];
+        firstWorldAt = performance.now();
+        skipResumed();
       }
       if (line.event === 'generation' && line['rank'] === 0)
         recordEvent({

@@ -16,8 +16,11 @@ export interface NatsServer extends AsyncDisposable {
   readonly url: string;
   readonly port: number;
   readonly storeDir: string;
-  /** Kills the server (SIGKILL) and starts it again on the same port and store. */
-  restart(downMs?: number): Promise<void>;
+  /**
+   * Kills the server (SIGKILL) and starts it again on the same port and store, after `down`
+   * milliseconds or once `down` settles (a test keeps it down until it has seen the outage).
+   */
+  restart(down?: number | PromiseLike<unknown>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -101,10 +104,11 @@ export async function startNatsServer(options: { storeDir?: string } = {}): Prom
     url: `nats://127.0.0.1:${port}`,
     port,
     storeDir,
-    async restart(downMs = 0) {
+    async restart(down = 0) {
       child.kill('SIGKILL');
       await waitExit(child);
-      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+      if (typeof down !== 'number') await down;
+      else if (down > 0) await new Promise((r) => setTimeout(r, down));
       ({ child, port } = await launch(binary, port, storeDir));
     },
     stop,

@@ -2,7 +2,11 @@
  * Issue 6, end to end: operator and workers together on the local control plane under spot churn and
  * autoscaling (hack/e2e/scenario.ts, the same driver as hack/e2e.sh, with the same defaults):
  * `kubectl apply -f examples/fashion-mnist-mlp.yaml` unchanged, two nodes reclaimed with notice and
- * one without, the simulated autoscaler buying replacements. About four minutes on 2 cores.
+ * one without, the simulated autoscaler buying replacements. Judged so that the machine's speed does
+ * not decide it (issue 13): churn at shares of the run, the accuracy against an undisturbed run of the
+ * same manifest (cached in ~/.cache/tensile/e2e-reference), each kind of lost time against a budget in
+ * seconds of configured waits and step times. Two to four minutes on 2 cores, plus about as long
+ * again the first time, for the reference.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,15 +14,19 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { computeGoodput, judgeEpochs } from '../../hack/e2e/analysis.ts';
+import {
+  type BudgetContext,
+  computeGoodput,
+  judgeEpochs,
+  judgeLostTime,
+  type LostTime,
+} from '../../hack/e2e/analysis.ts';
 import { DEFAULT_CHURN, runScenario, type ScenarioResult } from '../../hack/e2e/scenario.ts';
 import { formatSummary } from '../../hack/e2e/summary.ts';
 
 const example = fileURLToPath(new URL('../../examples/fashion-mnist-mlp.yaml', import.meta.url));
-// The design's figure for this MLP (the example stops after 10 epochs at about 0.882 unless it
-// reaches its 0.89 early-stop target first), and the issue's goodput target.
-const TARGET_ACCURACY = 0.88;
-const MIN_GOODPUT = 0.9;
+// Half a point below the undisturbed run of the same manifest and seeds.
+const ACCURACY_TOLERANCE = 0.005;
 
 test('goodput counts each generation once, without the steps a later generation redid', () => {
   const end = (worker: string, generation: number, firstStep: number, lastStep: number, s: number) => ({
@@ -71,6 +79,49 @@ test('an epoch cut short by the stopping rule may miss samples, never duplicate 
   assert.is(bad[0]?.clean, false);
 });
 
+const KINDS = ['start-up', 'evaluations', 're-forming', 'redone', 'tail', 'other'] as const;
+const lost = (seconds: Partial<Record<LostTime['kind'], number>>): LostTime[] =>
+  KINDS.map((kind) => ({ kind, what: kind, seconds: seconds[kind] ?? 0 }));
+const context = (stepSeconds: number, abrupt = 1): BudgetContext => ({
+  stepSeconds,
+  usefulSeconds: 4690 * stepSeconds,
+  rounds: 7,
+  abrupt,
+  rendezvous: { timeoutMs: 3000, lastCallMs: 1000 },
+  checkpointIntervalSteps: 200,
+});
+
+test('lost time is judged in configured waits and step times: a faster machine passes on the same costs', () => {
+  // The run that failed on a machine about 5x faster: 7.3 s start-up and 3.2 s of re-forming in a
+  // short run gave 85.5 % against 90 %. The same platform and protocol costs are within budget at
+  // any step time; the goodput ratio was not.
+  const fast = { 'start-up': 7.3, evaluations: 1.1, 're-forming': 3.2, tail: 0.4, other: 0.6 };
+  const useful = 4690 * 0.011;
+  assert.ok(useful / (useful + 12.6) < 0.9, 'the ratio fails');
+  const verdicts = judgeLostTime(lost(fast), context(0.011));
+  assert.ok(
+    verdicts.every((x) => x.ok),
+    JSON.stringify(verdicts),
+  );
+  assert.ok(
+    judgeLostTime(lost(fast), context(0.04)).every((x) => x.ok),
+    'and so is a slower machine',
+  );
+  // What scales with the work is held to step times: a start-up of 1,000 steps is too slow anywhere.
+  assert.equal(
+    judgeLostTime(lost({ ...fast, 'start-up': 1000 * 0.04 }), context(0.04))
+      .filter((x) => !x.ok)
+      .map((x) => x.kind),
+    ['start-up'],
+  );
+  // A loss timeout is paid once per worker lost without notice, not once per round.
+  const reform = (abrupt: number) =>
+    judgeLostTime(lost({ 're-forming': 7 }), context(0.015, abrupt)).find((x) => x.kind === 're-forming');
+  assert.is(reform(1)?.ok, true);
+  assert.is(reform(0)?.ok, false);
+  assert.ok(Math.abs((reform(0)?.steps ?? 0) - 7 / 0.015) < 1e-9);
+});
+
 test('kubectl apply → training under spot churn → Succeeded, with nothing lost or repeated', async () => {
   const dir = mkdtempSync(join(process.env['TMPDIR'] ?? tmpdir(), 'tensile-e2e-test-'));
   const started = performance.now();
@@ -79,8 +130,7 @@ test('kubectl apply → training under spot churn → Succeeded, with nothing lo
     noticeSeconds: 20,
     autoscalerDelaySeconds: 5,
     churn: DEFAULT_CHURN,
-    minAccuracy: TARGET_ACCURACY,
-    minGoodput: MIN_GOODPUT,
+    accuracyTolerance: ACCURACY_TOLERANCE,
     timeoutSeconds: 25 * 60,
     artifactsDir: join(dir, 'artifacts'),
     log: process.env['TENSILE_TEST_VERBOSE']
@@ -108,8 +158,16 @@ test('kubectl apply → training under spot churn → Succeeded, with nothing lo
   assert.is(result.status.restarts ?? 0, 0);
   assert.is(result.status.preemptions, result.workersLost);
   assert.is(result.workersLost, 3);
-  assert.ok((result.status.accuracy ?? 0) >= TARGET_ACCURACY);
-  assert.ok(result.goodput.goodput >= MIN_GOODPUT, `goodput ${result.goodput.goodput}`);
+  const reference = result.reference?.accuracy ?? Number.NaN;
+  assert.ok(
+    (result.status.accuracy ?? 0) >= reference - ACCURACY_TOLERANCE,
+    `accuracy ${result.status.accuracy} against the undisturbed ${reference}`,
+  );
+  for (const x of result.lost)
+    assert.ok(
+      x.ok,
+      `${x.what}: ${x.seconds.toFixed(1)} s over its budget of ${x.budgetSeconds.toFixed(1)} s`,
+    );
   assert.match(result.describeEvents, /NodeDisruption/);
   assert.match(result.describeEvents, /WorkerPreempted/);
   assert.match(result.describeEvents, /Rescaled/);

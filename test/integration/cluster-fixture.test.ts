@@ -13,21 +13,7 @@ import * as assert from 'uvu/assert';
 import { isAlive, type PidRecord, readPidFiles } from '../../hack/cluster/processes.ts';
 import { REPO_ROOT } from '../../hack/node-agent/config.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(
-  what: string,
-  probe: () => boolean | Promise<boolean>,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await probe()) return;
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
-}
+import { eventually } from '../helpers/eventually.ts';
 
 function must(r: { code: number; stdout: string; stderr: string }): string {
   assert.is(r.code, 0, r.stderr);
@@ -146,14 +132,14 @@ test('a test process killed with SIGKILL leaves no process behind: the watchdog 
   child.stdout.on('data', (chunk: Buffer) => {
     output += chunk.toString();
   });
-  await until('the child cluster', () => output.includes('"dir"'), 90_000);
+  await eventually('the child cluster', () => output.includes('"dir"'), 90_000);
   const { dir } = JSON.parse(output.trim().split('\n').pop() ?? '{}') as { dir: string };
-  await until('the pod process', () => readPidFiles(dir).some((r) => r.file.includes('/pod-')), 30_000);
+  await eventually('the pod process', () => readPidFiles(dir).some((r) => r.file.includes('/pod-')));
   const records = readPidFiles(dir);
   assert.ok(records.length >= 7, `control plane, agent, watchdog and pod (${records.length})`);
   child.kill('SIGKILL');
-  await until('every process reaped', () => records.every((r) => !isAlive(r)), 30_000);
-  await until('the state directory removed', () => !existsSync(dir), 10_000);
+  await eventually('every process reaped', () => records.every((r) => !isAlive(r)));
+  await eventually('the state directory removed', () => !existsSync(dir));
 });
 
 function run(command: string, args: string[], env: NodeJS.ProcessEnv) {

@@ -8,6 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { helm } from '../helpers/helm.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 
@@ -50,24 +51,9 @@ const kubeEnv = () => ({
   HELM_CONFIG_HOME: `${cluster.dir}/helm-config`,
 });
 
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 90_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
-}
+/** Helm and the API server are slow to start here: a longer deadline and fewer polls than the default. */
+const until = <T>(what: string, probe: () => Promise<T | undefined | false>) =>
+  eventually(what, probe, { timeoutMs: 90_000, intervalMs: 500 });
 
 async function runningPods(selector: string): Promise<string[]> {
   const out = await kubectl([

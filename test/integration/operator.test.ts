@@ -19,6 +19,7 @@ import {
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { consistently, eventually as until } from '../helpers/eventually.ts';
 import { type Manifest, setPath, validManifest } from '../helpers/job-builder.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
 
@@ -141,25 +142,6 @@ async function pods(jobName: string): Promise<V1Pod[]> {
 
 const alive = (op: OperatorProcess) => op.child.exitCode === null && op.child.signalCode === null;
 const running = (p: V1Pod) => p.status?.phase === 'Running' && p.metadata?.deletionTimestamp === undefined;
-
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
-}
 
 function subscribe(jobName: string): { messages: ControlMessage[]; sub: Subscription } {
   const messages: ControlMessage[] = [];
@@ -400,7 +382,7 @@ test('the leader is SIGKILLed in the middle of a scale-up: the other replica con
   assert.ok(leader !== undefined, 'a leader');
   const standby = operators.find((op) => op !== leader) as OperatorProcess;
   await kubectl(['-n', NS, 'scale', 'trainingjob/alpha', '--replicas=6']);
-  await until('scale-up started', async () => (await pods('alpha')).length > 2, 10_000);
+  await until('scale-up started', async () => (await pods('alpha')).length > 2);
   await leader.kill('SIGKILL');
   await standby.waitFor((l) => l['message'] === 'became leader', 30_000);
   const list = await until('6 running', async () => {
@@ -409,9 +391,11 @@ test('the leader is SIGKILLed in the middle of a scale-up: the other replica con
   });
   assert.is(list.length, 6, 'no extra pods');
   assert.is(new Set(list.map((p) => p.metadata?.labels?.['tensile.dev/replica-index'])).size, 6);
-  // Wait a moment for any late duplicate to show up: none may.
-  await new Promise((r) => setTimeout(r, 2000));
-  assert.is((await pods('alpha')).length, 6);
+  // Any late duplicate would show up within moments: none may.
+  await consistently('no pod beyond 6', async () => (await pods('alpha')).length === 6, {
+    forMs: 2000,
+    intervalMs: 250,
+  });
   operators.push(startOperator('op-c', operatorArgs()));
 });
 

@@ -1,8 +1,6 @@
 /** The rendezvous store contract, run against a real nats-server with JetStream. */
-import { connect, type NatsConnection } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
 import { NatsKvStore } from '../../worker/rendezvous/nats-kv-store.ts';
 import {
   type RendezvousStore,
@@ -10,33 +8,18 @@ import {
   type StoreChange,
   StoreUnavailableError,
 } from '../../worker/rendezvous/store.ts';
+import { eventually } from '../helpers/eventually.ts';
+import { natsServerFixture } from '../helpers/nats-server.ts';
 
-let server: NatsServer;
-let nc: NatsConnection;
+const nats = natsServerFixture(test);
 let bucket = 0;
 
 async function freshStore(): Promise<RendezvousStore> {
-  return NatsKvStore.open(nc, `tensile_contract_${++bucket}`);
+  return NatsKvStore.open(nats.nc, `tensile_contract_${++bucket}`);
 }
 
 const bytes = (s: string) => new TextEncoder().encode(s);
 const text = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
-
-test.before(async () => {
-  try {
-    server = await startNatsServer();
-    nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
-  } catch (error) {
-    // uvu swallows errors thrown by hooks; fail loudly instead.
-    console.error(error);
-    process.exit(1);
-  }
-});
-
-test.after(async () => {
-  await nc?.close();
-  await server?.[Symbol.asyncDispose]();
-});
 
 test('get of a missing key is undefined', async () => {
   const store = await freshStore();
@@ -108,7 +91,8 @@ test('watch yields current values first, then changes and deletions', async () =
       if (seen.length === 4) controller.abort();
     }
   })();
-  await new Promise((r) => setTimeout(r, 200));
+  // The changes come after the current values were delivered, so the order below is the contract's.
+  await eventually('the current values', () => seen.length >= 2);
   await store.put('member.b', bytes('b1'));
   await store.delete('member.a');
   await done;
@@ -126,23 +110,21 @@ test('watch yields current values first, then changes and deletions', async () =
 test('with the server down, calls fail as unavailable (typed), and work again after restart', async () => {
   const store = await freshStore();
   await store.put('k', bytes('v'));
-  const restarting = server.restart(1500);
-  await new Promise((r) => setTimeout(r, 100));
-  try {
-    await store.get('k');
-    assert.unreachable('no server, no answer');
-  } catch (error) {
-    assert.instance(error, StoreUnavailableError);
-  }
-  await restarting;
-  let value: string | undefined;
-  for (let i = 0; i < 50 && value === undefined; i++) {
-    value = await store.get('k').then(
-      (v) => text(v?.value),
+  // Down until the outage has been seen, however long a busy machine takes to notice it.
+  let bringBack!: () => void;
+  const restarting = nats.server.restart(new Promise<void>((resolve) => (bringBack = resolve)));
+  const failure = await eventually('a call that fails while the server is down', () =>
+    store.get('k').then(
       () => undefined,
-    );
-    if (value === undefined) await new Promise((r) => setTimeout(r, 200));
-  }
+      (error: unknown) => error,
+    ),
+  );
+  bringBack();
+  await restarting;
+  assert.instance(failure, StoreUnavailableError);
+  const value = await eventually('the value after the restart', () =>
+    store.get('k').then((v) => text(v?.value)),
+  );
   assert.is(value, 'v', 'the bucket survives a restart (file store)');
 });
 

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
+import { consistently, eventually } from '../helpers/eventually.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-start-'));
@@ -59,16 +60,20 @@ function npmStart(): Started {
     lines,
     done,
     waitFor: async (pattern, timeoutMs) => {
-      const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
-        for (const line of lines) {
-          const match = pattern.exec(line);
-          if (match !== null) return match;
-        }
-        if (child.exitCode !== null) break;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      throw new Error(`no line matching ${pattern}:\n${lines.slice(-20).join('\n')}`);
+      const found = await eventually(
+        () => `a line matching ${pattern}:\n${lines.slice(-20).join('\n')}`,
+        () => {
+          for (const line of lines) {
+            const match = pattern.exec(line);
+            if (match !== null) return match;
+          }
+          return child.exitCode === null ? undefined : 'exited';
+        },
+        { timeoutMs, intervalMs: 200 },
+      );
+      if (found === 'exited')
+        throw new Error(`npm start exited with no line matching ${pattern}:\n${lines.slice(-20).join('\n')}`);
+      return found;
     },
   };
 }
@@ -99,13 +104,23 @@ async function interrupt(run: Started): Promise<void> {
     run.lines.some((l) => /stopped at step \d+; run the same command again to resume/.test(l)),
     run.lines.slice(-20).join('\n'),
   );
-  // The exit of the parent is not the end of the children: give stragglers a moment to show.
-  await new Promise((r) => setTimeout(r, 1000));
-  assert.equal(processesOfRun(), [], 'no process of the run is left');
+  // The exit of the parent is not the end of the children: they must all go, and stay gone.
+  await eventually(
+    () => `no process of the run left: ${processesOfRun().join('; ')}`,
+    () => processesOfRun().length === 0,
+    10_000,
+  );
+  await consistently('no process of the run comes back', () => processesOfRun().length === 0, {
+    forMs: 1000,
+  });
 }
 
 test('Ctrl-C mid-run checkpoints and leaves no process; npm start again resumes', async () => {
+  // Mid-run: both workers in one world and training, however long the second takes to start here
+  // (a worker interrupted before its first world is another case).
+  const bothTraining = /generation \d+: 2 worker\(s\)/;
   const first = npmStart();
+  await first.waitFor(bothTraining, 120_000);
   await first.waitFor(/step (\d{3,})\//, 120_000);
   await interrupt(first);
   const checkpoints = readdirSync(join(out, 'checkpoints')).filter((n) => n.startsWith('ckpt-'));
@@ -114,6 +129,7 @@ test('Ctrl-C mid-run checkpoints and leaves no process; npm start again resumes'
   const second = npmStart();
   const resumed = await second.waitFor(/resumed from \S+ at step (\d+)/, 120_000);
   assert.ok(Number(resumed[1]) >= 100, `resumed at step ${resumed[1]}`);
+  await second.waitFor(bothTraining, 120_000);
   await second.waitFor(/step (\d+)\//, 60_000);
   await interrupt(second);
 });

@@ -41,6 +41,8 @@ export interface AgentOptions {
   /** The spec this worker offers in its member record. */
   readonly spec?: SpecOffer;
   readonly log: Logger;
+  /** Where liveness, rounds and world stamps read the time (default `Date.now`); tests stop it. */
+  readonly now?: () => number;
 }
 
 const encoder = new TextEncoder();
@@ -50,7 +52,7 @@ const encode = (value: unknown) => encoder.encode(JSON.stringify(value));
 export class RendezvousAgent implements AsyncDisposable {
   private readonly members = new Map<string, ObservedMember & { revision: number }>();
   /** When our own last heartbeat write succeeded: if it is overdue, we are the ones cut off. */
-  private lastWriteOk = Date.now();
+  private lastWriteOk: number;
   private world: WorldRecord | undefined;
   private worldRevision: number | undefined;
   private running = 0;
@@ -68,10 +70,11 @@ export class RendezvousAgent implements AsyncDisposable {
 
   constructor(private readonly options: AgentOptions) {
     this.spec = options.spec;
+    this.lastWriteOk = this.now();
     this.record = {
       id: options.id,
       address: options.address,
-      joinedAt: Date.now(),
+      joinedAt: this.now(),
       heartbeat: 0,
       state: 'active',
       hasState: false,
@@ -81,10 +84,14 @@ export class RendezvousAgent implements AsyncDisposable {
     };
   }
 
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
   /** Publishes this worker's record and starts watching; returns once the current state was read. */
   async start(): Promise<void> {
     await this.options.store.put(memberKey(this.options.id), encode(this.record));
-    this.lastWriteOk = Date.now();
+    this.lastWriteOk = this.now();
     let initialized!: () => void;
     const ready = new Promise<void>((resolve) => {
       initialized = resolve;
@@ -99,7 +106,7 @@ export class RendezvousAgent implements AsyncDisposable {
     const { log } = this.options;
     let first = true;
     for await (const change of this.options.store.watch(this.stop.signal)) {
-      const now = Date.now();
+      const now = this.now();
       if (change.key === WORLD_KEY) {
         if (change.value === undefined) {
           this.world = undefined;
@@ -148,7 +155,7 @@ export class RendezvousAgent implements AsyncDisposable {
     this.record = { ...this.record, heartbeat: this.record.heartbeat + 1 };
     try {
       await this.options.store.put(memberKey(this.options.id), encode(this.record));
-      const now = Date.now();
+      const now = this.now();
       if (this.cutOff(now)) {
         // While we could not reach the store we could not see anyone's heartbeat either: silence
         // during our own outage is no evidence of death, so everyone gets a fresh timeout.
@@ -196,7 +203,7 @@ export class RendezvousAgent implements AsyncDisposable {
   }
 
   private decideNow(): Decision {
-    const now = Date.now();
+    const now = this.now();
     const members = new Map<string, ObservedMember>(this.members);
     if (this.cutOff(now))
       for (const [id, m] of members)
@@ -231,7 +238,7 @@ export class RendezvousAgent implements AsyncDisposable {
         this.roundSince = decision.roundSince;
         this.decideTimer = setTimeout(
           () => this.schedule(),
-          Math.max(10, (decision.until ?? Date.now() + this.options.config.timeoutMs / 3) - Date.now()),
+          Math.max(10, (decision.until ?? this.now() + this.options.config.timeoutMs / 3) - this.now()),
         );
         break;
       case 'propose':
@@ -260,7 +267,7 @@ export class RendezvousAgent implements AsyncDisposable {
       source: proposal.source,
       startStep: proposal.startStep,
       reason: proposal.reason,
-      createdAt: Date.now(),
+      createdAt: this.now(),
     };
     const value = encode(world);
     try {

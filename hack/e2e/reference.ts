@@ -1,0 +1,154 @@
+/**
+ * The accuracy the end-to-end run is judged against: the same manifest (so the same seeds), trained
+ * undisturbed by `tensile run` with the job's own number of workers on this machine. The same run
+ * reaches another accuracy on another backend or with another seed, never because the machine is
+ * faster, so the result is cached in $TENSILE_CACHE/e2e-reference (default ~/.cache/tensile) under a
+ * key of the manifest's bytes, the worker count, the backend asked for and the platform; the resolved
+ * backend is recorded with it and checked against the one the pods used.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { REPO_ROOT } from '../node-agent/config.ts';
+
+export const ReferenceSchema = z.object({
+  key: z.string(),
+  manifestSha256: z.string(),
+  workers: z.int().positive(),
+  backendChoice: z.string(),
+  /** The backend the reference's workers ended up on. */
+  backend: z.string(),
+  accuracy: z.number(),
+  step: z.int(),
+  epoch: z.int(),
+  seconds: z.number(),
+  createdAt: z.string(),
+});
+export type Reference = z.infer<typeof ReferenceSchema>;
+
+export interface ReferenceOptions {
+  readonly manifestFile: string;
+  readonly workers: number;
+  /** `spec.worker.backend` of the manifest ('auto' when it leaves it out). */
+  readonly backendChoice: string;
+  /** Run it again even when a cached result exists. */
+  readonly refresh?: boolean;
+  readonly cacheDir?: string;
+  readonly signal?: AbortSignal;
+  readonly log?: (line: string) => void;
+}
+
+export function referenceCacheDir(): string {
+  return join(process.env['TENSILE_CACHE'] ?? join(homedir(), '.cache', 'tensile'), 'e2e-reference');
+}
+
+/** The cache key: whatever changes the undisturbed run's result, and nothing that only changes its speed. */
+export function referenceKey(manifestText: string, workers: number, backendChoice: string): string {
+  const version = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string })
+    .version;
+  return createHash('sha256')
+    .update(
+      JSON.stringify({
+        manifest: createHash('sha256').update(manifestText).digest('hex'),
+        workers,
+        backendChoice,
+        platform: `${process.platform}-${process.arch}`,
+        tensile: version,
+      }),
+    )
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** The cached reference for this manifest, or a new undisturbed run (about as long as the job itself). */
+export async function referenceRun(options: ReferenceOptions): Promise<Reference & { cached: boolean }> {
+  const say = options.log ?? (() => {});
+  const text = readFileSync(options.manifestFile, 'utf8');
+  const key = referenceKey(text, options.workers, options.backendChoice);
+  const dir = options.cacheDir ?? referenceCacheDir();
+  const file = join(dir, `${key}.json`);
+  if (!options.refresh && existsSync(file)) {
+    const parsed = ReferenceSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+    if (parsed.success) return { ...parsed.data, cached: true };
+    say(`ignoring a malformed reference in ${file}`);
+  }
+  const out = mkdtempSync(join(process.env['TMPDIR'] ?? tmpdir(), 'tensile-e2e-reference-'));
+  say(
+    `reference: tensile run ${options.manifestFile} --workers ${options.workers} (undisturbed, same seeds; cached as ${file})`,
+  );
+  const started = performance.now();
+  try {
+    const code = await runTensile(
+      ['run', options.manifestFile, '--workers', String(options.workers), '--out', out],
+      join(out, 'run.log'),
+      options.signal,
+    );
+    const summaryFile = join(out, 'summary.json');
+    if (code !== 0 || !existsSync(summaryFile))
+      throw new Error(`the reference run exited with ${code}; its output: ${join(out, 'run.log')}`);
+    const summary = JSON.parse(readFileSync(summaryFile, 'utf8')) as {
+      status?: string;
+      step?: number;
+      epoch?: number;
+      backend?: string;
+      eval?: { accuracy?: number } | null;
+    };
+    const accuracy = summary.eval?.accuracy;
+    if (summary.status !== 'completed' || typeof accuracy !== 'number')
+      throw new Error(`the reference run did not complete with an evaluation: ${summaryFile}`);
+    const reference: Reference = {
+      key,
+      manifestSha256: createHash('sha256').update(text).digest('hex'),
+      workers: options.workers,
+      backendChoice: options.backendChoice,
+      backend: summary.backend ?? 'unknown',
+      accuracy,
+      step: summary.step ?? 0,
+      epoch: summary.epoch ?? 0,
+      seconds: (performance.now() - started) / 1000,
+      createdAt: new Date().toISOString(),
+    };
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(`${file}.tmp`, `${JSON.stringify(reference, null, 2)}\n`);
+    renameSync(`${file}.tmp`, file);
+    rmSync(out, { recursive: true, force: true });
+    return { ...reference, cached: false };
+  } catch (error) {
+    say(`reference: failed; its files are in ${out}`);
+    throw error;
+  }
+}
+
+function runTensile(args: readonly string[], logFile: string, signal?: AbortSignal): Promise<number | null> {
+  return new Promise((resolve, reject) => {
+    const log = createWriteStream(logFile);
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'operator', 'bin', 'tensile.mjs'), ...args], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      signal,
+      killSignal: 'SIGINT',
+    });
+    child.stdout.pipe(log, { end: false });
+    child.stderr.pipe(log, { end: false });
+    child.once('error', (error) => {
+      log.end();
+      reject(error);
+    });
+    child.once('close', (code) => {
+      log.end();
+      resolve(code);
+    });
+  });
+}
