@@ -50,7 +50,7 @@ const commands: Record<string, Command> = {
     return runOperator(args);
   },
   run: async (args) => {
-    const { runRun } = await import('./commands/run.ts');
+    const { runRun } = await import('./local-run/run.ts');
     return runRun(args, io);
   },
   report: async (args) => {

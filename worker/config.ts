@@ -1,33 +1,14 @@
 /**
- * The worker's configuration: environment variables written by the operator's pod builder (or by
- * `tensile run` for local workers), optionally from a JSON file named by TENSILE_CONFIG_FILE with the
+ * The worker's configuration: the environment variables of operator/api/worker-env.ts (the contract
+ * the pod builder and `tensile run` write), optionally from a JSON file named by TENSILE_CONFIG_FILE with the
  * same keys (environment variables win). Validated once at start; a bad value exits non-zero naming it.
  */
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { BACKENDS, type TrainingJobSpec, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
+import { BACKENDS, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
 import { zodProblems } from '../operator/api/validate.ts';
-
-export const WORKER_ENV = {
-  jobName: 'TENSILE_JOB_NAME',
-  namespace: 'TENSILE_NAMESPACE',
-  jobUid: 'TENSILE_JOB_UID',
-  spec: 'TENSILE_JOB_SPEC',
-  specRevision: 'TENSILE_SPEC_REVISION',
-  workerId: 'TENSILE_WORKER_ID',
-  replicaIndex: 'TENSILE_REPLICA_INDEX',
-  podIp: 'TENSILE_POD_IP',
-  natsUrl: 'TENSILE_NATS_URL',
-  natsCreds: 'TENSILE_NATS_CREDS',
-  checkpointDir: 'TENSILE_CHECKPOINT_DIR',
-  backend: 'TENSILE_BACKEND',
-  outDir: 'TENSILE_OUT_DIR',
-  logLevel: 'TENSILE_LOG_LEVEL',
-  progressMs: 'TENSILE_PROGRESS_MS',
-  checksumEvery: 'TENSILE_CHECKSUM_EVERY',
-  configFile: 'TENSILE_CONFIG_FILE',
-} as const;
+import { WORKER_ENV } from '../operator/api/worker-env.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -71,38 +52,6 @@ export class WorkerConfigError extends Error {
   ) {
     super(`invalid worker configuration:\n  ${problems.join('\n  ')}`, options);
   }
-}
-
-/** The environment variables that configure a worker, as the operator and `tensile run` write them. */
-export function workerEnvironment(config: {
-  jobName: string;
-  namespace: string;
-  jobUid?: string;
-  spec: TrainingJobSpec;
-  specRevision?: number;
-  workerId?: string;
-  replicaIndex: number;
-  natsUrl?: string;
-  checkpointDir: string;
-  backend?: string;
-  outDir?: string;
-  progressMs?: number;
-}): Record<string, string> {
-  const env: Record<string, string> = {
-    [WORKER_ENV.jobName]: config.jobName,
-    [WORKER_ENV.namespace]: config.namespace,
-    [WORKER_ENV.spec]: JSON.stringify(config.spec),
-    [WORKER_ENV.replicaIndex]: String(config.replicaIndex),
-    [WORKER_ENV.checkpointDir]: config.checkpointDir,
-  };
-  if (config.natsUrl !== undefined) env[WORKER_ENV.natsUrl] = config.natsUrl;
-  if (config.jobUid !== undefined) env[WORKER_ENV.jobUid] = config.jobUid;
-  if (config.specRevision !== undefined) env[WORKER_ENV.specRevision] = String(config.specRevision);
-  if (config.workerId !== undefined) env[WORKER_ENV.workerId] = config.workerId;
-  if (config.backend !== undefined) env[WORKER_ENV.backend] = config.backend;
-  if (config.outDir !== undefined) env[WORKER_ENV.outDir] = config.outDir;
-  if (config.progressMs !== undefined) env[WORKER_ENV.progressMs] = String(config.progressMs);
-  return env;
 }
 
 /** Reads and validates the configuration; throws WorkerConfigError naming every bad variable. */

@@ -5,9 +5,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type CommandSpec, commandLine, UsageError } from '../../operator/commands/args.ts';
+import { isAlive, readPidFiles } from '../lib/processes.ts';
 import { type ImageMapInput, ImageMapSchema, type NodeTaint, TaintSchema } from '../node-agent/config.ts';
 import { clusterInfo, launchCluster, stopClusterDir } from './launcher.ts';
-import { isAlive, readPidFiles } from './processes.ts';
 
 const dir = process.env['TENSILE_CLUSTER_DIR'] ?? join(process.env['TMPDIR'] ?? '/tmp', 'tensile-cluster');
 const say = (line: string) => process.stderr.write(`[cluster] ${line}\n`);

@@ -24,6 +24,15 @@ import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import { writeKubeconfig } from '../lib/kubeconfig.ts';
+import {
+  freePorts,
+  logTail,
+  type StartedProcess,
+  startProcess,
+  stopClusterDir,
+  writePidFile,
+} from '../lib/processes.ts';
 import {
   type AgentConfigInput,
   defaultImageMap,
@@ -34,17 +43,8 @@ import {
   REPO_ROOT,
 } from '../node-agent/config.ts';
 import { createPki } from './certificates.ts';
-import { writeKubeconfig } from './kubeconfig.ts';
-import {
-  freePorts,
-  logTail,
-  type StartedProcess,
-  startProcess,
-  stopClusterDir,
-  writePidFile,
-} from './processes.ts';
 
-export { stopClusterDir } from './processes.ts';
+export { stopClusterDir } from '../lib/processes.ts';
 
 import { type ClusterTools, findClusterTools } from './tools.ts';
 

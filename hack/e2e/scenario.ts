@@ -31,12 +31,12 @@ import {
   type TrainingJobStatus,
 } from '../../operator/api/training-job.ts';
 import { checkpointClaimName } from '../../operator/controller/pod-builder.ts';
-import { natsServerBinary } from '../../operator/local/nats-server.ts';
+import { natsServerBinary } from '../../operator/local-run/nats-server.ts';
 import { CheckpointStore } from '../../worker/checkpoint/store.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
-import { writeKubeconfig } from '../cluster/kubeconfig.ts';
 import { launchCluster, runKubectl } from '../cluster/launcher.ts';
-import { freePorts, logTail, type StartedProcess, startProcess } from '../cluster/processes.ts';
+import { writeKubeconfig } from '../lib/kubeconfig.ts';
+import { freePorts, logTail, type StartedProcess, startProcess } from '../lib/processes.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
 import type { ReclaimKind } from '../simulators/decide.ts';
 import { SimulatedAutoscaler, type SimulatorAction, SpotReclaimer } from '../simulators/simulators.ts';

@@ -9,7 +9,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { readPidFiles } from '../cluster/processes.ts';
+import { readPidFiles } from '../lib/processes.ts';
 
 export interface WorkerThrottle extends AsyncDisposable {
   /** How the workers are slowed, for the summary. */

@@ -13,7 +13,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import type winston from 'winston';
-import { signalGroup, writePidFile } from '../cluster/processes.ts';
+import { signalGroup, writePidFile } from '../lib/processes.ts';
 import type { AgentConfig, ImageEntry } from './config.ts';
 import {
   ContainerConfigError,

@@ -23,7 +23,7 @@ import {
   type V1Volume,
 } from '@kubernetes/client-node';
 import type winston from 'winston';
-import { kubeconfigYaml } from '../cluster/kubeconfig.ts';
+import { kubeconfigYaml } from '../lib/kubeconfig.ts';
 import type { AgentConfig } from './config.ts';
 import { LABEL_NODE_AGENT } from './config.ts';
 import { ContainerConfigError, fieldRefValue, type MountMapping } from './container.ts';

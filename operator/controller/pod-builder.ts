@@ -9,7 +9,6 @@ import type {
   V1Volume,
   V1VolumeMount,
 } from '@kubernetes/client-node';
-import { WORKER_ENV } from '../../worker/config.ts';
 import {
   FINALIZER_ACCOUNTING,
   LABEL_JOB_NAME,
@@ -18,6 +17,7 @@ import {
   ROLE_WORKER,
 } from '../api/contract.ts';
 import { API_GROUP_VERSION, KIND, type TrainingJob } from '../api/training-job.ts';
+import { workerEnvVars } from '../api/worker-env.ts';
 
 /** Cluster-wide defaults for worker pods (Helm value `workers`); a job's own setting always wins. */
 export type WorkerTemplateDefaults = Partial<
@@ -158,20 +158,6 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     });
     mounts.push({ name: MODEL_VOLUME, mountPath: MODEL_MOUNT, readOnly: true });
   }
-  const env: V1EnvVar[] = [
-    { name: WORKER_ENV.jobName, value: job.metadata.name },
-    { name: WORKER_ENV.namespace, value: job.metadata.namespace },
-    { name: WORKER_ENV.jobUid, value: job.metadata.uid },
-    { name: WORKER_ENV.spec, value: JSON.stringify(workerSpecOf(spec)) },
-    // Pods embed the spec of their creation; the revision lets the workers agree on the newest.
-    { name: WORKER_ENV.specRevision, value: String(specRevisionOf(job)) },
-    { name: WORKER_ENV.workerId, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-    { name: WORKER_ENV.replicaIndex, value: String(index) },
-    { name: WORKER_ENV.podIp, valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
-    { name: WORKER_ENV.natsUrl, value: spec.nats?.url ?? defaults.natsUrl },
-    { name: WORKER_ENV.checkpointDir, value: spec.checkpoint.path },
-  ];
-  if (spec.worker.backend !== 'auto') env.push({ name: WORKER_ENV.backend, value: spec.worker.backend });
   const creds = spec.nats?.credentialsSecret;
   if (creds !== undefined) {
     volumes.push({
@@ -179,8 +165,21 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
       secret: { secretName: creds.name, items: [{ key: creds.key, path: 'nats.creds' }] },
     });
     mounts.push({ name: NATS_CREDS_VOLUME, mountPath: NATS_CREDS_MOUNT, readOnly: true });
-    env.push({ name: WORKER_ENV.natsCreds, value: `${NATS_CREDS_MOUNT}/nats.creds` });
   }
+  const env: V1EnvVar[] = workerEnvVars({
+    jobName: job.metadata.name,
+    namespace: job.metadata.namespace,
+    jobUid: job.metadata.uid,
+    spec: workerSpecOf(spec),
+    specRevision: specRevisionOf(job),
+    workerId: { fieldRef: 'metadata.name' },
+    replicaIndex: index,
+    podIp: { fieldRef: 'status.podIP' },
+    natsUrl: spec.nats?.url ?? defaults.natsUrl,
+    checkpointDir: spec.checkpoint.path,
+    ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),
+    ...(creds === undefined ? {} : { natsCreds: `${NATS_CREDS_MOUNT}/nats.creds` }),
+  }).map((v) => ({ ...v }));
   for (const extra of spec.worker.env) {
     env.push(
       extra.valueFrom !== undefined

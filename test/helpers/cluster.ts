@@ -11,13 +11,13 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { writeKubeconfig } from '../../hack/cluster/kubeconfig.ts';
 import {
   type ClusterOptions,
   type KubectlResult,
   launchCluster,
   runKubectl,
 } from '../../hack/cluster/launcher.ts';
+import { writeKubeconfig } from '../../hack/lib/kubeconfig.ts';
 
 export type { ClusterOptions, KubectlResult } from '../../hack/cluster/launcher.ts';
 

@@ -4,7 +4,7 @@
  */
 import { connect, type NatsConnection } from 'nats';
 import type { Test } from 'uvu';
-import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
+import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 
 export interface NatsFixture {
   readonly server: NatsServer;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
-import type { RunSummary } from '../../operator/commands/run.ts';
+import type { RunSummary } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');

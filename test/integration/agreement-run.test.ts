@@ -22,7 +22,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
-import { workerEnvironment } from '../../worker/config.ts';
+import { workerEnvironment } from '../../operator/api/worker-env.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = '/usr/share/datasets/fashion-mnist';

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
-import { workerEnvironment } from '../../worker/config.ts';
+import { workerEnvironment } from '../../operator/api/worker-env.ts';
 import { readWorkerResult, resultFile } from '../../worker/result.ts';
 import { finished, tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 

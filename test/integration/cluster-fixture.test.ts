@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { isAlive, type PidRecord, readPidFiles } from '../../hack/cluster/processes.ts';
+import { isAlive, type PidRecord, readPidFiles } from '../../hack/lib/processes.ts';
 import { REPO_ROOT } from '../../hack/node-agent/config.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';

@@ -17,7 +17,7 @@ import {
   jobSubjects,
 } from '../../operator/api/contract.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
+import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
 import { consistently, eventually as until } from '../helpers/eventually.ts';
 import { type Manifest, setPath, validManifest } from '../helpers/job-builder.ts';

@@ -1,7 +1,7 @@
 /** `tensile run --chaos`: a script at steps, at shares of the run or at times, and when each event is due. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chaosDue, chaosReady, chaosStep, parseChaos } from '../../operator/commands/run.ts';
+import { chaosDue, chaosReady, chaosStep, parseChaos } from '../../operator/local-run/run.ts';
 
 test('a share of the planned steps and a time after the first world parse beside steps', () => {
   assert.equal(parseChaos('kill:30%,join:@12.5s,leave:400'), [

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { formatHelp, parseCommand } from '../../operator/commands/args.ts';
-import { RUN_COMMAND, runExitCode } from '../../operator/commands/run.ts';
+import { RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');

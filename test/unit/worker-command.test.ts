@@ -12,6 +12,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
+import { WORKER_ENV, workerEnvironment } from '../../operator/api/worker-env.ts';
 import {
   describeLogLine,
   type GenerationEnd,
@@ -20,8 +21,8 @@ import {
   parseRunArgs,
   planLocalRun,
   resolveManifestPaths,
-} from '../../operator/commands/run.ts';
-import { loadWorkerConfig, WORKER_ENV, workerEnvironment } from '../../worker/config.ts';
+} from '../../operator/local-run/run.ts';
+import { loadWorkerConfig } from '../../worker/config.ts';
 import { validManifest } from '../helpers/job-builder.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));

@@ -28,13 +28,12 @@ import { constants } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { workerEnvironment } from '../../worker/config.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
-import { type NatsServer, startNatsServer } from '../local/nats-server.ts';
+import { workerEnvironment } from '../api/worker-env.ts';
 import {
   type CommandIo,
   type CommandSpec,
@@ -45,7 +44,8 @@ import {
   readStandardInput,
   STDIN_NAME,
   UsageError,
-} from './args.ts';
+} from '../commands/args.ts';
+import { type NatsServer, startNatsServer } from './nats-server.ts';
 
 export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart'] as const;
 export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
@@ -771,7 +771,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   writeFileSync(`${summaryFile}.tmp`, `${JSON.stringify(summary, null, 2)}\n`);
   renameSync(`${summaryFile}.tmp`, summaryFile);
   try {
-    const { writeReport } = await import('./report.ts');
+    const { writeReport } = await import('../commands/report.ts');
     io.out(`report: ${writeReport(plan.out)}`);
   } catch (error) {
     io.err(`tensile run: could not write the report (${(error as Error).message})`);

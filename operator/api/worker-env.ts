@@ -1,0 +1,89 @@
+/**
+ * The operator↔worker environment contract: the variables that configure a worker and the one builder
+ * that writes them. The pod builder (operator/controller/pod-builder.ts) and the local runner
+ * (operator/local-run/run.ts) both call `workerEnvVars`; the worker reads them back with
+ * `loadWorkerConfig` (worker/config.ts). test/unit/worker-contract.test.ts feeds both into the loader.
+ */
+import type { TrainingJobSpec } from './training-job.ts';
+
+export const WORKER_ENV = {
+  jobName: 'TENSILE_JOB_NAME',
+  namespace: 'TENSILE_NAMESPACE',
+  jobUid: 'TENSILE_JOB_UID',
+  spec: 'TENSILE_JOB_SPEC',
+  specRevision: 'TENSILE_SPEC_REVISION',
+  workerId: 'TENSILE_WORKER_ID',
+  replicaIndex: 'TENSILE_REPLICA_INDEX',
+  podIp: 'TENSILE_POD_IP',
+  natsUrl: 'TENSILE_NATS_URL',
+  natsCreds: 'TENSILE_NATS_CREDS',
+  checkpointDir: 'TENSILE_CHECKPOINT_DIR',
+  backend: 'TENSILE_BACKEND',
+  outDir: 'TENSILE_OUT_DIR',
+  logLevel: 'TENSILE_LOG_LEVEL',
+  progressMs: 'TENSILE_PROGRESS_MS',
+  checksumEvery: 'TENSILE_CHECKSUM_EVERY',
+  configFile: 'TENSILE_CONFIG_FILE',
+} as const;
+
+/** A value only the kubelet knows (the pod's name or IP), filled in through the downward API. */
+export interface FieldRef {
+  readonly fieldRef: 'metadata.name' | 'status.podIP';
+}
+
+/** The shape of a Kubernetes V1EnvVar, narrowed to what the contract writes. */
+export type WorkerEnvVar =
+  | { readonly name: string; readonly value: string }
+  | { readonly name: string; readonly valueFrom: { readonly fieldRef: { readonly fieldPath: string } } };
+
+export interface WorkerEnvInput<Known = string | FieldRef> {
+  readonly jobName: string;
+  readonly namespace: string;
+  readonly jobUid?: string;
+  readonly spec: TrainingJobSpec;
+  readonly specRevision?: number;
+  readonly workerId?: Known;
+  readonly replicaIndex: number;
+  readonly podIp?: Known;
+  readonly natsUrl?: string;
+  readonly natsCreds?: string;
+  readonly checkpointDir: string;
+  readonly backend?: string;
+  readonly outDir?: string;
+  readonly progressMs?: number;
+}
+
+/** The variables in the order a pod lists them; absent inputs write nothing (the worker's default). */
+export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
+  const vars: WorkerEnvVar[] = [];
+  const add = (key: keyof typeof WORKER_ENV, value: string | number | FieldRef | undefined) => {
+    const name = WORKER_ENV[key];
+    if (value === undefined) return;
+    if (typeof value === 'object')
+      vars.push({ name, valueFrom: { fieldRef: { fieldPath: value.fieldRef } } });
+    else vars.push({ name, value: String(value) });
+  };
+  add('jobName', input.jobName);
+  add('namespace', input.namespace);
+  add('jobUid', input.jobUid);
+  add('spec', JSON.stringify(input.spec));
+  // Pods embed the spec of their creation; the revision lets the workers agree on the newest.
+  add('specRevision', input.specRevision);
+  add('workerId', input.workerId);
+  add('replicaIndex', input.replicaIndex);
+  add('podIp', input.podIp);
+  add('natsUrl', input.natsUrl);
+  add('checkpointDir', input.checkpointDir);
+  add('backend', input.backend);
+  add('natsCreds', input.natsCreds);
+  add('outDir', input.outDir);
+  add('progressMs', input.progressMs);
+  return vars;
+}
+
+/** The same variables as a process environment, for a worker started without a kubelet. */
+export function workerEnvironment(input: WorkerEnvInput<string>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const v of workerEnvVars(input)) if ('value' in v) env[v.name] = v.value;
+  return env;
+}
