@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { BACKENDS, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
 import { zodProblems } from '../operator/api/validate.ts';
 import { WORKER_ENV } from '../operator/api/worker-env.ts';
+import { WorkerError } from './errors.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -44,8 +45,9 @@ export const WorkerConfigSchema = z.object({
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 export type WorkerConfigInput = z.input<typeof WorkerConfigSchema>;
 
-export class WorkerConfigError extends Error {
+export class WorkerConfigError extends WorkerError {
   override readonly name = 'WorkerConfigError';
+  readonly classification = 'terminal';
   constructor(
     readonly problems: readonly string[],
     options?: ErrorOptions,

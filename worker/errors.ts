@@ -1,21 +1,21 @@
 /**
- * Typed errors of the worker, classified at the process boundary: a terminal error (bad input that
- * a restart cannot fix) exits with EXIT_TERMINAL so that the operator fails the job instead of
- * restarting the pod in a loop; anything else exits with EXIT_RETRYABLE.
+ * Typed errors of the worker, under the one error base (operator/api/errors.ts) and classified at the
+ * process boundary: a terminal error (bad input that a restart cannot fix), itself or as the cause of
+ * another, exits with EXIT_TERMINAL so that the operator fails the job instead of restarting the pod in
+ * a loop; anything else exits with EXIT_RETRYABLE.
  */
+import { type ErrorClass, isTerminal, TensileError } from '../operator/api/errors.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_RETRYABLE = 1;
 export const EXIT_TERMINAL = 2;
 
-export abstract class WorkerError extends Error {
-  abstract readonly terminal: boolean;
-}
+export abstract class WorkerError extends TensileError {}
 
 /** A dataset file is missing, truncated or malformed; the message names the file and the problem. */
 export class DatasetError extends WorkerError {
   override readonly name = 'DatasetError';
-  readonly terminal = true;
+  readonly classification = 'terminal';
   constructor(
     readonly file: string,
     readonly problem: string,
@@ -28,24 +28,22 @@ export class DatasetError extends WorkerError {
 /** The model in the spec cannot be built or does not fit the data. */
 export class ModelError extends WorkerError {
   override readonly name = 'ModelError';
-  readonly terminal = true;
+  readonly classification = 'terminal';
 }
 
 /** The requested TensorFlow.js backend cannot be used. */
 export class BackendError extends WorkerError {
   override readonly name = 'BackendError';
-  readonly terminal = true;
+  readonly classification = 'terminal';
 }
 
 /** A checkpoint cannot be written, or the directory holds checkpoints of another model or dataset. */
 export class CheckpointError extends WorkerError {
   override readonly name = 'CheckpointError';
-  constructor(
-    message: string,
-    readonly terminal: boolean,
-    options?: ErrorOptions,
-  ) {
+  readonly classification: ErrorClass;
+  constructor(message: string, terminal: boolean, options?: ErrorOptions) {
     super(message, options);
+    this.classification = terminal ? 'terminal' : 'retryable';
   }
 }
 
@@ -55,9 +53,9 @@ export class CheckpointError extends WorkerError {
  */
 export class SpecMismatchError extends WorkerError {
   override readonly name = 'SpecMismatchError';
-  readonly terminal = true;
+  readonly classification = 'terminal';
 }
 
 export function exitCodeFor(error: unknown): number {
-  return error instanceof WorkerError && error.terminal ? EXIT_TERMINAL : EXIT_RETRYABLE;
+  return isTerminal(error) ? EXIT_TERMINAL : EXIT_RETRYABLE;
 }

@@ -1,6 +1,8 @@
-/** The node agent's API plumbing: error classification, patch options and watches that survive errors. */
+/**
+ * The node agent's API plumbing: patch options and watches that survive errors; API errors are the
+ * operator's KubeApiError (operator/api/kube-errors.ts), classified once.
+ */
 import {
-  ApiException,
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
@@ -10,48 +12,9 @@ import {
   Watch,
 } from '@kubernetes/client-node';
 import type winston from 'winston';
+import { isAlreadyExists, isNotFound, toKubeError } from '../../operator/api/kube-errors.ts';
 
 export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-
-export class AgentApiError extends Error {
-  override readonly name = 'AgentApiError';
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly reason: string,
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
-  }
-}
-
-export function toApiError(error: unknown, what: string): AgentApiError {
-  if (error instanceof AgentApiError) return error;
-  if (error instanceof ApiException) {
-    let reason = '';
-    let detail = '';
-    try {
-      const body = (typeof error.body === 'string' ? JSON.parse(error.body) : error.body) as
-        | { reason?: string; message?: string }
-        | undefined;
-      reason = body?.reason ?? '';
-      detail = body?.message ?? '';
-    } catch {
-      detail = String(error.body).slice(0, 300);
-    }
-    return new AgentApiError(`${what}: ${error.code} ${reason} ${detail}`.trim(), error.code, reason, {
-      cause: error,
-    });
-  }
-  return new AgentApiError(
-    `${what}: ${error instanceof Error ? error.message : String(error)}`,
-    0,
-    'NetworkError',
-    {
-      cause: error,
-    },
-  );
-}
 
 /** Runs an API call; NotFound (and, when asked, AlreadyExists/Conflict) count as done, not as errors. */
 export async function call<T>(
@@ -62,10 +25,10 @@ export async function call<T>(
   try {
     return await fn();
   } catch (error) {
-    const e = toApiError(error, what);
-    if (tolerate.notFound && e.status === 404) return undefined;
-    if (tolerate.alreadyExists && e.status === 409 && e.reason === 'AlreadyExists') return undefined;
-    if (tolerate.conflict && e.status === 409) return undefined;
+    const e = toKubeError(error, what);
+    if (tolerate.notFound && isNotFound(e)) return undefined;
+    if (tolerate.alreadyExists && isAlreadyExists(e)) return undefined;
+    if (tolerate.conflict && e.classification === 'conflict') return undefined;
     throw e;
   }
 }

@@ -7,6 +7,7 @@
  * Parsing is pure: it returns the values, or that help was asked for, or throws a UsageError.
  */
 import { parseArgs } from 'node:util';
+import { TensileError } from '../api/errors.ts';
 
 export interface OptionSpec {
   readonly type: 'string' | 'boolean';
@@ -49,8 +50,9 @@ export type ParsedCommand<O extends OptionSpecs> =
   | { readonly help: false; readonly values: OptionValues<O>; readonly positionals: string[] };
 
 /** A mistake on the command line; the message names the argument and what it should be. */
-export class UsageError extends Error {
+export class UsageError extends TensileError {
   override readonly name = 'UsageError';
+  readonly classification = 'terminal';
 }
 
 const HELP: OptionSpec = { type: 'boolean', short: 'h', help: 'show this help' };

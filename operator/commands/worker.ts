@@ -6,8 +6,9 @@
  * fix, 2 bad configuration or input (a restart cannot fix it; the operator fails the job).
  */
 import { loadWorkerConfig, type WorkerConfig, WorkerConfigError } from '../../worker/config.ts';
-import { EXIT_OK, EXIT_TERMINAL, exitCodeFor, WorkerError } from '../../worker/errors.ts';
+import { EXIT_OK, EXIT_TERMINAL, exitCodeFor } from '../../worker/errors.ts';
 import { createWorkerLogger, errorMessage, type WorkerLogger } from '../../worker/log.ts';
+import { isTerminal } from '../api/errors.ts';
 import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
 
 export interface WorkerCommandIo extends CommandIo {
@@ -91,7 +92,7 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     await runWorker({ config, log, stop: controller.signal });
     return EXIT_OK;
   } catch (error) {
-    const terminal = error instanceof WorkerError && error.terminal;
+    const terminal = isTerminal(error);
     log.error(errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
     return exitCodeFor(error);
   } finally {

@@ -1,9 +1,8 @@
 /**
- * The operator's few writes to the API server, with errors classified once: retryable (conflict,
- * throttling, server trouble, network) or terminal (the request itself is wrong).
+ * The operator's few writes to the API server; every error becomes a KubeApiError, classified once
+ * (operator/api/kube-errors.ts).
  */
 import {
-  ApiException,
   CoreV1Api,
   CustomObjectsApi,
   EventsV1Api,
@@ -14,56 +13,9 @@ import {
   type V1Pod,
 } from '@kubernetes/client-node';
 import { FINALIZER_ACCOUNTING } from '../api/contract.ts';
+import { isAlreadyExists, isNotFound, KubeApiError, toKubeError } from '../api/kube-errors.ts';
 import { API_GROUP, API_VERSION, PLURAL, type TrainingJobStatus } from '../api/training-job.ts';
 import { ANNOTATION_LEAVE_REQUESTED } from './pods.ts';
-
-export class KubeApiError extends Error {
-  override readonly name = 'KubeApiError';
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly reason: string,
-    readonly retryable: boolean,
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
-  }
-}
-
-const RETRYABLE_STATUS = new Set([409, 429, 500, 502, 503, 504]);
-
-/** Turns anything the client throws into a KubeApiError; network errors are retryable. */
-export function toKubeError(error: unknown, what: string): KubeApiError {
-  if (error instanceof KubeApiError) return error;
-  if (error instanceof ApiException) {
-    const code = error.code;
-    let reason = '';
-    let detail = '';
-    const body: unknown = error.body;
-    try {
-      const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as
-        | { reason?: string; message?: string }
-        | undefined;
-      reason = parsed?.reason ?? '';
-      detail = parsed?.message ?? '';
-    } catch {
-      detail = typeof body === 'string' ? body.slice(0, 300) : '';
-    }
-    return new KubeApiError(
-      `${what}: ${code} ${reason}${detail ? `: ${detail}` : ''}`,
-      code,
-      reason,
-      RETRYABLE_STATUS.has(code),
-      { cause: error },
-    );
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  return new KubeApiError(`${what}: ${message}`, 0, 'NetworkError', true, { cause: error });
-}
-
-export const isNotFound = (e: KubeApiError) => e.status === 404;
-export const isAlreadyExists = (e: KubeApiError) => e.status === 409 && e.reason === 'AlreadyExists';
-export const isConflict = (e: KubeApiError) => e.status === 409 && e.reason !== 'AlreadyExists';
 
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
@@ -95,7 +47,7 @@ export class KubeClient {
       );
       return 'created';
     } catch (error) {
-      if (error instanceof KubeApiError && isAlreadyExists(error)) return 'exists';
+      if (isAlreadyExists(error)) return 'exists';
       throw error;
     }
   }
@@ -106,7 +58,7 @@ export class KubeClient {
         this.core.deleteNamespacedPod({ namespace, name, ...(force ? { gracePeriodSeconds: 0 } : {}) }),
       );
     } catch (error) {
-      if (error instanceof KubeApiError && isNotFound(error)) return;
+      if (isNotFound(error)) return;
       throw error;
     }
   }
@@ -125,10 +77,10 @@ export class KubeClient {
         this.core.patchNamespacedPod({ namespace, name, body }, jsonPatch),
       );
     } catch (error) {
-      if (error instanceof KubeApiError && isNotFound(error)) return;
+      if (isNotFound(error)) return;
       // 422: the finalizer moved (someone edited the list); the next pass sees the new list.
       if (error instanceof KubeApiError && error.status === 422) {
-        throw new KubeApiError(error.message, 409, 'Conflict', true, { cause: error });
+        throw new KubeApiError(error.message, 409, 'Conflict', { cause: error });
       }
       throw error;
     }
@@ -141,7 +93,7 @@ export class KubeClient {
         this.core.patchNamespacedPod({ namespace, name, body }, mergePatch),
       );
     } catch (error) {
-      if (error instanceof KubeApiError && isNotFound(error)) return;
+      if (isNotFound(error)) return;
       throw error;
     }
   }
@@ -152,7 +104,7 @@ export class KubeClient {
         this.core.createNamespacedPersistentVolumeClaim({ namespace, body: claim }),
       );
     } catch (error) {
-      if (error instanceof KubeApiError && isAlreadyExists(error)) return;
+      if (isAlreadyExists(error)) return;
       throw error;
     }
   }
@@ -192,7 +144,7 @@ export class KubeClient {
         }),
       );
     } catch (error) {
-      if (error instanceof KubeApiError && isNotFound(error)) return;
+      if (isNotFound(error)) return;
       throw error;
     }
   }

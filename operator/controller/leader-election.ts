@@ -4,14 +4,10 @@
  * the renew deadline. Expiry is judged by when THIS process last saw the record change, so clock skew
  * between replicas does not matter. Every write carries the resourceVersion it read (optimistic lock).
  */
-import {
-  ApiException,
-  CoordinationV1Api,
-  type KubeConfig,
-  type V1Lease,
-  V1MicroTime,
-} from '@kubernetes/client-node';
+import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
+import { classify } from '../api/errors.ts';
+import { isNotFound, toKubeError } from '../api/kube-errors.ts';
 
 export interface LeaderElectionOptions {
   readonly namespace: string;
@@ -69,7 +65,8 @@ export class LeaderElector {
     try {
       lease = await this.api.readNamespacedLease({ namespace, name });
     } catch (error) {
-      if (!(error instanceof ApiException && error.code === 404)) throw error;
+      const e = toKubeError(error, `read lease ${namespace}/${name}`);
+      if (!isNotFound(e)) throw e;
     }
     const microNow = new V1MicroTime(now);
     if (lease === undefined) {
@@ -90,8 +87,10 @@ export class LeaderElector {
         this.observe(`${identity}@${now}`, now);
         return true;
       } catch (error) {
-        if (error instanceof ApiException && error.code === 409) return false;
-        throw error;
+        // Another replica created it first (AlreadyExists).
+        const e = toKubeError(error, `create lease ${namespace}/${name}`);
+        if (classify(e) === 'conflict') return false;
+        throw e;
       }
     }
     const spec = lease.spec ?? {};
@@ -118,8 +117,10 @@ export class LeaderElector {
       this.observe(`${identity}@${String(updated.spec?.renewTime)}@${durationSeconds}`, now);
       return true;
     } catch (error) {
-      if (error instanceof ApiException && error.code === 409) return false;
-      throw error;
+      // Another replica renewed or took it since we read it.
+      const e = toKubeError(error, `update lease ${namespace}/${name}`);
+      if (classify(e) === 'conflict') return false;
+      throw e;
     }
   }
 

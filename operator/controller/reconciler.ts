@@ -5,11 +5,12 @@
  */
 import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
+import { isConflict, KubeApiError } from '../api/kube-errors.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
 import { setCondition } from './conditions.ts';
 import type { EventRecorder, JobRef } from './events.ts';
-import { isConflict, KubeApiError, type KubeClient } from './kube.ts';
+import type { KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher } from './nats-link.ts';
 import { type Plan, type PlanConfig, plan } from './plan.ts';
@@ -131,7 +132,7 @@ export class JobReconciler {
         );
       } catch (error) {
         await creating.catch(() => undefined);
-        if (error instanceof KubeApiError && isConflict(error)) {
+        if (isConflict(error)) {
           // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
           log.debug('status conflict; retrying with the fresh object');
           return { kind: 'requeue', afterMs: 100 };

@@ -7,9 +7,11 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { TensileError } from '../api/errors.ts';
 
-export class NatsServerError extends Error {
+export class NatsServerError extends TensileError {
   override readonly name = 'NatsServerError';
+  readonly classification = 'retryable';
 }
 
 export interface NatsServer extends AsyncDisposable {

@@ -5,10 +5,12 @@
  * is most wanted precisely for the runs that went wrong.
  */
 import { z } from 'zod';
+import { TensileError } from '../api/errors.ts';
 
 /** A report cannot be made; the message says which file and what to do. */
-export class ReportError extends Error {
+export class ReportError extends TensileError {
   override readonly name = 'ReportError';
+  readonly classification = 'terminal';
 }
 
 const count = z.number().int().min(0);

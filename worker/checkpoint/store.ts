@@ -25,7 +25,7 @@ import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { z } from 'zod';
-import { CheckpointError } from '../errors.ts';
+import { CheckpointError, WorkerError } from '../errors.ts';
 import { runsFromSources, siblingModule } from '../module-url.ts';
 import { decodeSnapshot, encodeSnapshot, SNAPSHOT_FILES, type Snapshot } from '../train/snapshot.ts';
 
@@ -103,8 +103,10 @@ export function checkpointFiles(snapshot: Snapshot): CheckpointFiles {
   };
 }
 
-export class CorruptCheckpointError extends Error {
+/** One checkpoint's files are unreadable: reading it again will not help (the store skips it). */
+export class CorruptCheckpointError extends WorkerError {
   override readonly name = 'CorruptCheckpointError';
+  readonly classification = 'terminal';
 }
 
 export class CheckpointStore {

@@ -4,9 +4,12 @@
  * ranks, so a connection from another job or an older world is refused instead of corrupting a sum.
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { WorkerError } from '../errors.ts';
 
-export class CollectiveError extends Error {
+/** The world changed under a collective: rejoining (a new generation) is the way on. */
+export class CollectiveError extends WorkerError {
   override readonly name: string = 'CollectiveError';
+  readonly classification = 'retryable';
 }
 /** A neighbour closed its connection or it broke: the world has changed. */
 export class PeerLostError extends CollectiveError {

@@ -3,10 +3,13 @@
  * the source's weights, optimizer state, step, data cursor and policy state. The same files as a
  * checkpoint (snapshot.ts), length-prefixed: [count][nameLength name byteLength bytes]..., uint32 LE.
  */
+import { WorkerError } from '../errors.ts';
 import { decodeSnapshot, encodeSnapshot, type Snapshot } from '../train/snapshot.ts';
 
-export class SnapshotWireError extends Error {
+/** A state broadcast arrived malformed or cut short: the sender's world is gone; rejoin. */
+export class SnapshotWireError extends WorkerError {
   override readonly name = 'SnapshotWireError';
+  readonly classification = 'retryable';
 }
 
 export function packSnapshot(snapshot: Snapshot): Uint8Array {

@@ -1,5 +1,6 @@
 /** The rendezvous store on a NATS JetStream key-value bucket (one bucket per job). */
-import type { KV, KvEntry, NatsConnection, NatsError } from 'nats';
+import type { KV, KvEntry, NatsConnection } from 'nats';
+import { natsErrorClass } from '../../operator/api/errors.ts';
 import {
   type RendezvousStore,
   RendezvousStoreError,
@@ -9,25 +10,17 @@ import {
   StoreUnavailableError,
 } from './store.ts';
 
-/** JetStream's "wrong last sequence": the compare-and-set lost. */
-const WRONG_LAST_SEQUENCE = 10071;
-
-function classify(error: unknown, what: string): RendezvousStoreError {
-  const nats = error as Partial<NatsError> & { api_error?: { err_code?: number } };
-  const message = `${what}: ${(error as Error)?.message ?? String(error)}`;
-  if (nats.api_error?.err_code === WRONG_LAST_SEQUENCE || /wrong last sequence|key exists/i.test(message)) {
-    return new RevisionConflictError(message, { cause: error });
+/** The store's error for a failed NATS call, from the error's codes (operator/api/errors.ts). */
+function storeError(error: unknown, what: string): RendezvousStoreError {
+  const message = `${what}: ${error instanceof Error ? error.message : String(error)}`;
+  switch (natsErrorClass(error)) {
+    case 'conflict':
+      return new RevisionConflictError(message, { cause: error });
+    case 'retryable':
+      return new StoreUnavailableError(message, { cause: error });
+    default:
+      return new RendezvousStoreError(message, { cause: error });
   }
-  if (
-    nats.code === 'CONNECTION_CLOSED' ||
-    nats.code === 'TIMEOUT' ||
-    nats.code === '503' ||
-    nats.code === 'DISCONNECT' ||
-    /timeout|closed|no responders/i.test(message)
-  ) {
-    return new StoreUnavailableError(message, { cause: error });
-  }
-  return new RendezvousStoreError(message, { cause: error });
 }
 
 export class NatsKvStore implements RendezvousStore {
@@ -51,7 +44,7 @@ export class NatsKvStore implements RendezvousStore {
       const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
       return new NatsKvStore(kv, bucket, connection);
     } catch (error) {
-      throw classify(error, `open key-value bucket ${bucket}`);
+      throw storeError(error, `open key-value bucket ${bucket}`);
     }
   }
 
@@ -60,7 +53,7 @@ export class NatsKvStore implements RendezvousStore {
     try {
       entry = await this.kv.get(key);
     } catch (error) {
-      throw classify(error, `get ${key}`);
+      throw storeError(error, `get ${key}`);
     }
     if (entry === null || entry.operation !== 'PUT') return undefined;
     return { key, value: entry.value, revision: entry.revision };
@@ -70,7 +63,7 @@ export class NatsKvStore implements RendezvousStore {
     try {
       return await this.kv.create(key, value);
     } catch (error) {
-      throw classify(error, `create ${key}`);
+      throw storeError(error, `create ${key}`);
     }
   }
 
@@ -78,7 +71,7 @@ export class NatsKvStore implements RendezvousStore {
     try {
       return await this.kv.update(key, value, revision);
     } catch (error) {
-      throw classify(error, `update ${key}@${revision}`);
+      throw storeError(error, `update ${key}@${revision}`);
     }
   }
 
@@ -86,7 +79,7 @@ export class NatsKvStore implements RendezvousStore {
     try {
       return await this.kv.put(key, value);
     } catch (error) {
-      throw classify(error, `put ${key}`);
+      throw storeError(error, `put ${key}`);
     }
   }
 
@@ -94,7 +87,7 @@ export class NatsKvStore implements RendezvousStore {
     try {
       await this.kv.delete(key);
     } catch (error) {
-      throw classify(error, `delete ${key}`);
+      throw storeError(error, `delete ${key}`);
     }
   }
 

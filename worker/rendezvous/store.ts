@@ -3,6 +3,8 @@
  * the key's revision. The NATS JetStream KV implementation is in nats-kv-store.ts; the contract suite
  * (test/integration/rendezvous-store.test.ts) runs against a real nats-server.
  */
+import type { ErrorClass } from '../../operator/api/errors.ts';
+import { WorkerError } from '../errors.ts';
 
 export interface StoredValue {
   readonly key: string;
@@ -17,13 +19,19 @@ export interface StoreChange {
   readonly revision: number;
 }
 
-export class RendezvousStoreError extends Error {
+/**
+ * A store operation failed. The store is the outside world: whatever its cause, the rendezvous tries
+ * again (retryable), unless a compare-and-set lost (conflict).
+ */
+export class RendezvousStoreError extends WorkerError {
   override readonly name: string = 'RendezvousStoreError';
+  readonly classification: ErrorClass = 'retryable';
 }
 
 /** A compare-and-set lost: someone wrote the key since it was read. Read again and decide again. */
 export class RevisionConflictError extends RendezvousStoreError {
   override readonly name = 'RevisionConflictError';
+  override readonly classification = 'conflict';
 }
 
 /** The store cannot be reached (NATS down or reconnecting); retry later. */
