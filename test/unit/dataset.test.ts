@@ -257,6 +257,36 @@ for (const [name, text, extra, message] of csvBreakages) {
   });
 }
 
+test('csv: a UTF-8 byte order mark and CRLF line ends do not reach the first column name', async () => {
+  const path = csv('bom.csv', '\uFEFFlabel,x,y\r\n1,2,3\r\n0,4,5\r\n1,6,7\r\n');
+  // With the mark kept, the first column would be "\uFEFFlabel" and there would be no label column.
+  const dataset = await loadDataset(spec({ format: 'csv', path, classes: 2, normalize: 'none' }), quiet);
+  assert.is(dataset.train.size + (dataset.eval?.size ?? 0), 3);
+  const all = [...Array(dataset.train.size).keys()].map((i) => rows(dataset.train, [i]));
+  for (const r of all) assert.ok([2, 4, 6].includes(r.features[0] as number), String(r.features[0]));
+});
+
+test('csv: quoted fields may hold newlines, delimiters and quotes; lines count as in the file', async () => {
+  const text = ['label,"x, the\nfirst","y ""2"""', '1,"2",3', '0,"4",5', '1,6,"7"', '0,8,x'].join('\n');
+  const path = csv('quoted.csv', `${text}\n`);
+  const error = await datasetError(loadDataset(spec({ format: 'csv', path, classes: 2 }), quiet));
+  // The header spans lines 1-2, so the bad row is on line 6.
+  assert.match(error.message, /quoted\.csv:6: column y "2": "x" is not a number/);
+  const good = csv('quoted-ok.csv', `${text.split('\n').slice(0, -1).join('\n')}\n`);
+  const dataset = await loadDataset(
+    spec({ format: 'csv', path: good, classes: 2, normalize: 'none' }),
+    quiet,
+  );
+  assert.is(dataset.train.size + (dataset.eval?.size ?? 0), 3);
+  assert.equal(dataset.featureShape, [2]);
+});
+
+test('csv: an unclosed quote is a DatasetError naming the file', async () => {
+  const path = csv('unclosed.csv', 'label,x\n1,"2\n0,3\n');
+  const error = await datasetError(loadDataset(spec({ format: 'csv', path, classes: 2 }), quiet));
+  assert.match(error.message, /unclosed\.csv(:\d+)?: .*quote/i);
+});
+
 test('jsonl: nested features give the shape; bad lines name the line', async () => {
   const lines = Array.from({ length: 10 }, (_, i) =>
     JSON.stringify({

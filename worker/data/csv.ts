@@ -1,10 +1,12 @@
 /**
- * CSV: one sample per line, a label column and numeric feature columns. Streamed line by line into a
- * SampleStoreBuilder; a bad row stops the run with the file, line and column.
+ * CSV: one sample per record, a label column and numeric feature columns. Streamed record by record
+ * (csv-parse) into a SampleStoreBuilder; a bad row stops the run with the file, line and column.
  */
+
+import { CsvError, type Info, parse } from 'csv-parse';
 import type { CsvOptions } from '../../operator/api/training-job.ts';
 import { DatasetError } from '../errors.ts';
-import { textLines } from './files.ts';
+import { fileError, openByteStream } from './files.ts';
 import { type InMemoryStore, SampleStoreBuilder } from './store.ts';
 
 export interface TextDataset {
@@ -14,28 +16,42 @@ export interface TextDataset {
   readonly maxLabel: number;
 }
 
-function splitRow(line: string, delimiter: string): string[] {
-  if (!line.includes('"')) return line.split(delimiter);
-  // Quoted fields ("1,5" or "a ""b"""): rare in numeric data, but a header may carry them.
-  const fields: string[] = [];
-  let field = '';
-  let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
-    if (quoted) {
-      if (c === '"' && line[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === delimiter) {
-      fields.push(field);
-      field = '';
-    } else field += c;
+/**
+ * The records of a CSV file with the line each ends on, streamed through csv-parse: quoted fields may
+ * hold delimiters, quotes ("") and newlines, and a UTF-8 byte order mark is dropped. Column counts are
+ * left to the caller, which names the line.
+ */
+async function* csvRecords(
+  file: string,
+  delimiter: string,
+): AsyncGenerator<{ fields: string[]; line: number }> {
+  const parser = parse({
+    delimiter,
+    bom: true,
+    relax_column_count: true,
+    relax_quotes: true,
+    skip_empty_lines: true,
+    info: true,
+  });
+  const stream = openByteStream(file);
+  stream.on('error', (error) => parser.destroy(error));
+  try {
+    for await (const { record, info } of stream.pipe(parser) as AsyncIterable<{
+      record: string[];
+      info: Info;
+    }>) {
+      yield { fields: record, line: info.lines };
+    }
+  } catch (error) {
+    if (error instanceof CsvError) {
+      const line = (error as CsvError & { lines?: number }).lines;
+      throw new DatasetError(line === undefined ? file : `${file}:${line}`, error.message, { cause: error });
+    }
+    throw fileError(file, error);
+  } finally {
+    stream.destroy();
+    parser.destroy();
   }
-  fields.push(field);
-  return fields;
 }
 
 function labelIndexOf(
@@ -86,10 +102,10 @@ export async function readCsv(
   let builder: SampleStoreBuilder | undefined;
   let values = new Float64Array(0);
   let maxLabel = -1;
-  for await (const { line, number } of textLines(file)) {
-    if (line.trim() === '') continue;
-    const fields = splitRow(line, options.delimiter);
-    const where = `${file}:${number}`;
+  for await (const { fields, line } of csvRecords(file, options.delimiter)) {
+    // A line of only blanks is no record (skip_empty_lines drops only truly empty ones).
+    if (fields.length === 1 && (fields[0] as string).trim() === '') continue;
+    const where = `${file}:${line}`;
     if (options.header && header === undefined) {
       header = fields;
       columns = fields.length;
