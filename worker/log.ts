@@ -4,6 +4,7 @@
  * `tensile run` reads these lines to show progress; the operator's log collection does the same.
  */
 import winston from 'winston';
+import { createJsonLogger } from '../operator/api/logging.ts';
 
 export type WorkerLogger = winston.Logger;
 
@@ -19,16 +20,7 @@ export function createWorkerLogger(
   level = 'info',
   stream: NodeJS.WritableStream = process.stdout,
 ): WorkerLogger {
-  return winston.createLogger({
-    level,
-    format: winston.format.combine(
-      winston.format.errors({ stack: false }),
-      winston.format.timestamp(),
-      winston.format.json(),
-    ),
-    defaultMeta: { ...context },
-    transports: [new winston.transports.Stream({ stream })],
-  });
+  return createJsonLogger({ level, defaultMeta: { ...context }, stream, stack: false });
 }
 
 /** A logger that drops everything: for tests and benchmarks that measure, not watch. */

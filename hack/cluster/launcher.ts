@@ -46,6 +46,7 @@ import { createPki } from './certificates.ts';
 
 export { stopClusterDir } from '../lib/processes.ts';
 
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClusterTools, findClusterTools } from './tools.ts';
 
 export class ClusterStartError extends Error {
@@ -169,8 +170,6 @@ interface Condition {
   readonly type: string;
   readonly status: string;
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class Supervisor {
   private readonly exits = new Map<StartedProcess, string>();

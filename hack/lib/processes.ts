@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export class ClusterProcessError extends Error {
   override readonly name = 'ClusterProcessError';
@@ -84,8 +85,6 @@ export function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
     return false;
   }
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * True while a process of the group runs. Zombies do not count: an exited process whose parent (here

@@ -3,27 +3,22 @@
  * nodes Ready, runs the pods bound to them as local processes, and provisions hostPath volumes for
  * claims. See hack/node-agent/*.ts for each part and README.md ("Local Kubernetes cluster").
  */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import winston from 'winston';
+import type winston from 'winston';
+import { createJsonLogger } from '../../operator/api/logging.ts';
 import type { AgentConfig } from './config.ts';
 import { NodeKeeper } from './nodes.ts';
 import { PodRunner } from './pods.ts';
 import { VolumeProvisioner } from './volumes.ts';
 
 export function agentLogger(config: Pick<AgentConfig, 'agentName' | 'logLevel'>): winston.Logger {
-  return winston.createLogger({
+  return createJsonLogger({
     level: config.logLevel,
-    format: winston.format.combine(
-      winston.format.errors({ stack: true }),
-      winston.format.timestamp(),
-      winston.format.json(),
-    ),
     defaultMeta: { component: 'node-agent', agent: config.agentName },
-    transports: [new winston.transports.Stream({ stream: process.stdout })],
   });
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The launcher starts the agent together with the API server: wait until it answers. */
 async function waitForApi(kc: KubeConfig, log: winston.Logger, signal?: AbortSignal): Promise<void> {

@@ -12,6 +12,7 @@ import {
   Watch,
 } from '@kubernetes/client-node';
 import type winston from 'winston';
+import { exponentialBackoffMs } from '../../operator/api/backoff.ts';
 import { isAlreadyExists, isNotFound, toKubeError } from '../../operator/api/kube-errors.ts';
 
 export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
@@ -81,7 +82,7 @@ export async function watchResource<T extends KubernetesObject>(
   informer.on('error', (error) => {
     if (stopped) return;
     failures++;
-    const delay = Math.min(5000, 100 * 2 ** failures);
+    const delay = exponentialBackoffMs(failures, 100, 5000);
     options.log.warn('watch failed; restarting', { path, delay, error: String(error) });
     timer = setTimeout(() => {
       if (!stopped) void informer.start();

@@ -3,6 +3,7 @@
  * restart decisions of its restartPolicy. Pure: the runner (pods.ts) owns the processes and the clock.
  */
 import type { V1Pod, V1PodCondition } from '@kubernetes/client-node';
+import { exponentialBackoffMs } from '../../operator/api/backoff.ts';
 import { isoTime } from './kube.ts';
 
 export interface Termination {
@@ -54,7 +55,7 @@ export function shouldRestart(policy: RestartPolicy, exitCode: number): boolean 
 
 /** Kubelet's crash-loop back-off, shortened for tests: 1 s doubling to at most 10 s. */
 export function restartDelayMs(restartCount: number): number {
-  return Math.min(10_000, 1000 * 2 ** Math.max(0, restartCount - 1));
+  return exponentialBackoffMs(restartCount - 1, 1000, 10_000);
 }
 
 export function podPhase(local: LocalContainer): PodPhase {

@@ -9,6 +9,7 @@ import {
   makeInformer,
 } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
+import { exponentialBackoffMs } from '../api/backoff.ts';
 
 export type CacheEvent = 'add' | 'update' | 'delete';
 
@@ -43,7 +44,7 @@ export class ResilientInformer<T extends KubernetesObject> {
 
   private restart(error: unknown): void {
     if (this.stopped) return;
-    const delay = Math.min(30_000, 500 * 2 ** this.failures);
+    const delay = exponentialBackoffMs(this.failures, 500, 30_000);
     this.failures++;
     this.log.warn('informer stopped; restarting', {
       informer: this.name,

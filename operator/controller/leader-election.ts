@@ -4,6 +4,8 @@
  * the renew deadline. Expiry is judged by when THIS process last saw the record change, so clock skew
  * between replicas does not matter. Every write carries the resourceVersion it read (optimistic lock).
  */
+
+import { setTimeout as delay } from 'node:timers/promises';
 import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
 import { classify } from '../api/errors.ts';
@@ -42,19 +44,9 @@ export class LeaderElector {
     return this.leading;
   }
 
+  /** Waits `ms`, or less when `signal` aborts: stopping is never an error here. */
   private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      if (signal.aborted) return resolve();
-      const timer = setTimeout(resolve, ms);
-      signal.addEventListener(
-        'abort',
-        () => {
-          clearTimeout(timer);
-          resolve();
-        },
-        { once: true },
-      );
-    });
+    return delay(ms, undefined, { signal }).catch(() => undefined);
   }
 
   /** One attempt to acquire or renew; true when we hold the lease afterwards. */

@@ -4,6 +4,7 @@
  * and when to look again. Pure and deterministic; the reconciler carries the result out.
  */
 import type { V1Node, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
+import { exponentialBackoffMs } from '../api/backoff.ts';
 import type { ControlMessage } from '../api/contract.ts';
 import { type Condition, desiredReplicas, type TrainingJobStatus } from '../api/training-job.ts';
 import { clearCondition, findCondition, isTrue, setCondition } from './conditions.ts';
@@ -106,8 +107,11 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
 }
 
 function failureBackoffMs(failures: number, config: PlanConfig): number {
-  const seconds = config.failureBackoffSeconds * 2 ** Math.max(0, failures - 1);
-  return Math.min(seconds, config.maxFailureBackoffSeconds) * 1000;
+  return exponentialBackoffMs(
+    failures - 1,
+    config.failureBackoffSeconds * 1000,
+    config.maxFailureBackoffSeconds * 1000,
+  );
 }
 
 function lowestFreeIndices(taken: ReadonlySet<number>, count: number): number[] {

@@ -2,6 +2,8 @@
  * A de-duplicating, rate-limited work queue of job keys, as client-go's: a key is queued at most once,
  * never handed to two workers at a time, and a key added while it is being processed runs again after.
  */
+import { exponentialBackoffMs } from '../api/backoff.ts';
+
 export interface WorkQueueOptions {
   readonly baseDelayMs?: number;
   readonly maxDelayMs?: number;
@@ -66,7 +68,7 @@ export class WorkQueue {
   addRateLimited(key: string): number {
     const failures = this.failures.get(key) ?? 0;
     this.failures.set(key, failures + 1);
-    const delay = Math.min(this.baseDelayMs * 2 ** failures, this.maxDelayMs);
+    const delay = exponentialBackoffMs(failures, this.baseDelayMs, this.maxDelayMs);
     this.addAfter(key, delay);
     return delay;
   }

@@ -7,6 +7,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { TensileError } from '../api/errors.ts';
 
 export class NatsServerError extends TensileError {
@@ -110,7 +111,7 @@ export async function startNatsServer(options: { storeDir?: string } = {}): Prom
       child.kill('SIGKILL');
       await waitExit(child);
       if (typeof down !== 'number') await down;
-      else if (down > 0) await new Promise((r) => setTimeout(r, down));
+      else if (down > 0) await sleep(down);
       ({ child, port } = await launch(binary, port, storeDir));
     },
     stop,

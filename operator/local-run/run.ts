@@ -29,6 +29,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
+import { uint32Stream } from '../../worker/data/sampler.ts';
 import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
@@ -496,16 +497,10 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): Runni
   return { plan, child, exited, expected: false };
 }
 
-/** mulberry32: the chaos victim choice is reproducible with --chaos-seed. */
+/** The sampler's mulberry32 stream in [0, 1): the chaos victim choice is reproducible with --chaos-seed. */
 function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = uint32Stream(seed);
+  return () => next() / 4294967296;
 }
 
 export async function runRun(args: readonly string[], io: RunIo, cwd = process.cwd()): Promise<number> {

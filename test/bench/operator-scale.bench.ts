@@ -13,6 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { startCluster } from '../helpers/cluster.ts';
@@ -138,7 +139,7 @@ export default async function operatorScale(): Promise<Record<string, unknown>> 
       (j) => j.status?.replicas === 1 && j.status.observedGeneration !== undefined,
     ).length;
     if (converged === JOBS) break;
-    await new Promise((r) => setTimeout(r, 500));
+    await sleep(500);
   }
   const convergeSeconds = (performance.now() - started) / 1000;
   const podsCreated = (await core.listNamespacedPod({ namespace: 'bench' })).items.length;
@@ -154,7 +155,7 @@ export default async function operatorScale(): Promise<Record<string, unknown>> 
   while (Date.now() < deadline) {
     steady = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     if (reconcileCount(steady) >= JOBS && /^tensile_workqueue_depth 0$/m.test(steady)) break;
-    await new Promise((r) => setTimeout(r, 250));
+    await sleep(250);
   }
   const resyncSeconds = (performance.now() - started) / 1000;
   const steadyRss = peakRssMiB(operator.child.pid as number);

@@ -4,6 +4,7 @@
  * ranks, so a connection from another job or an older world is refused instead of corrupting a sum.
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { WorkerError } from '../errors.ts';
 
 /** The world changed under a collective: rejoining (a new generation) is the way on. */
@@ -438,7 +439,7 @@ export async function dial(
       return link;
     } catch (error) {
       lastError = error as Error;
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   }
   throw new CollectiveTimeoutError(

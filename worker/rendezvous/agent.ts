@@ -3,6 +3,8 @@
  * watches the bucket, and whenever something changes (or a timer fires) asks `decide` what to do and
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
 import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
@@ -98,7 +100,7 @@ export class RendezvousAgent implements AsyncDisposable {
     });
     this.watching = this.watch(initialized);
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.options.heartbeatMs);
-    await Promise.race([ready, new Promise((r) => setTimeout(r, 2000))]);
+    await Promise.race([ready, sleep(2000)]);
     this.schedule();
   }
 

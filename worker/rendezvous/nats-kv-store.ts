@@ -1,4 +1,6 @@
 /** The rendezvous store on a NATS JetStream key-value bucket (one bucket per job). */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { KV, KvEntry, NatsConnection } from 'nats';
 import { natsErrorClass } from '../../operator/api/errors.ts';
 import {
@@ -103,7 +105,7 @@ export class NatsKvStore implements RendezvousStore {
       try {
         iterator = await this.kv.watch({ key: '>' });
       } catch {
-        await new Promise((r) => setTimeout(r, 500));
+        await sleep(500);
         continue;
       }
       const stop = () => iterator.stop();
@@ -123,7 +125,7 @@ export class NatsKvStore implements RendezvousStore {
         signal.removeEventListener('abort', stop);
         this.onReconnect.delete(stop);
       }
-      if (!signal.aborted) await new Promise((r) => setTimeout(r, 250));
+      if (!signal.aborted) await sleep(250);
     }
   }
 
