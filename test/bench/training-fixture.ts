@@ -4,7 +4,7 @@ import { DatasetSpecSchema, ModelSpecSchema, OptimizerSpecSchema } from '../../o
 import { type Dataset, loadDataset } from '../../worker/data/dataset.ts';
 import { type BuiltModel, buildModel } from '../../worker/model/build.ts';
 import type { World } from '../../worker/train/policy.ts';
-import type { TrainingState } from '../../worker/train/snapshot.ts';
+import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 
 export const FASHION = '/usr/share/datasets/fashion-mnist';
@@ -31,29 +31,7 @@ export async function model(spec: object, data: Dataset): Promise<BuiltModel> {
 }
 
 export function initialState(data: Dataset): TrainingState {
-  return {
-    step: 0,
-    epoch: 0,
-    cursor: 0,
-    samples: 0,
-    shuffleSeed: 1,
-    modelSeed: 1,
-    worldSize: 1,
-    generation: 0,
-    generations: [],
-    policy: {
-      policy: 'fixedGlobalBatch',
-      targetScale: 1,
-      fromScale: 1,
-      warmupStart: 0,
-      warmupSteps: 0,
-      scale: 1,
-    },
-    lastEval: null,
-    trainSeconds: 0,
-    dataset: data.fingerprint,
-    completed: null,
-  };
+  return initialTrainingState({ shuffleSeed: 1, modelSeed: 1, dataset: data.fingerprint });
 }
 
 export async function trainer(spec: object, data: Dataset): Promise<Trainer> {

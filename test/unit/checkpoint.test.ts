@@ -25,7 +25,7 @@ import {
   parseAudit,
   readAuditFile,
 } from '../../worker/data/audit.ts';
-import { fusedLayout, type Snapshot } from '../../worker/train/snapshot.ts';
+import { fusedLayout, initialTrainingState, type Snapshot } from '../../worker/train/snapshot.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'tensile-checkpoint-'));
 let n = 0;
@@ -53,27 +53,17 @@ function snapshot(step: number): Snapshot {
       slots: { specs: slots.specs, buffer: Float32Array.from({ length: slots.length }, (_, i) => -i) },
     },
     state: {
+      ...initialTrainingState({
+        shuffleSeed: 1,
+        modelSeed: 2,
+        dataset: { trainSamples: 320, featureSize: 3, classes: 2 },
+      }),
       step,
       epoch: Math.floor(step / 10),
       cursor: (step % 10) * 32,
       samples: step * 32,
-      shuffleSeed: 1,
-      modelSeed: 2,
-      worldSize: 1,
-      generation: 0,
       generations: [{ generation: 0, worldSize: 1, globalBatch: 32, learningRate: 0.001, firstStep: 0 }],
-      policy: {
-        policy: 'fixedGlobalBatch',
-        targetScale: 1,
-        fromScale: 1,
-        warmupStart: 0,
-        warmupSteps: 0,
-        scale: 1,
-      },
-      lastEval: null,
       trainSeconds: 1.5,
-      dataset: { trainSamples: 320, featureSize: 3, classes: 2 },
-      completed: null,
     },
   };
 }

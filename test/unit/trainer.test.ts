@@ -18,7 +18,7 @@ import { InMemoryStore } from '../../worker/data/store.ts';
 import { buildModel } from '../../worker/model/build.ts';
 import type { World } from '../../worker/train/policy.ts';
 import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.ts';
-import type { TrainingState } from '../../worker/train/snapshot.ts';
+import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { testBackend } from '../helpers/backend.ts';
 
@@ -56,29 +56,7 @@ function dataset(trainSize = 300): Dataset {
 }
 
 function state(data: Dataset): TrainingState {
-  return {
-    step: 0,
-    epoch: 0,
-    cursor: 0,
-    samples: 0,
-    shuffleSeed: 5,
-    modelSeed: 7,
-    worldSize: 1,
-    generation: 0,
-    generations: [],
-    policy: {
-      policy: 'fixedGlobalBatch',
-      targetScale: 1,
-      fromScale: 1,
-      warmupStart: 0,
-      warmupSteps: 0,
-      scale: 1,
-    },
-    lastEval: null,
-    trainSeconds: 0,
-    dataset: data.fingerprint,
-    completed: null,
-  };
+  return initialTrainingState({ shuffleSeed: 5, modelSeed: 7, dataset: data.fingerprint });
 }
 
 async function trainer(

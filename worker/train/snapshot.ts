@@ -14,7 +14,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { AgreementSchema } from '../rendezvous/agreement.ts';
-import { PolicyStateSchema } from '../rescale/policy.ts';
+import { type PolicyState, PolicyStateSchema } from '../rescale/policy.ts';
 
 export interface TensorSpec {
   readonly name: string;
@@ -98,6 +98,38 @@ export const TrainingStateSchema = z.object({
 });
 
 export type TrainingState = z.output<typeof TrainingStateSchema>;
+
+/** The policy state of a world that never rescaled: the global batch as the spec says, scale 1. */
+export const UNSCALED_POLICY: PolicyState = {
+  policy: 'fixedGlobalBatch',
+  targetScale: 1,
+  fromScale: 1,
+  warmupStart: 0,
+  warmupSteps: 0,
+  scale: 1,
+};
+
+/** The state of a run before its first step: where every field of TrainingState starts. */
+export function initialTrainingState(
+  start: Pick<TrainingState, 'shuffleSeed' | 'modelSeed' | 'dataset'> & { readonly policy?: PolicyState },
+): TrainingState {
+  return {
+    step: 0,
+    epoch: 0,
+    cursor: 0,
+    samples: 0,
+    shuffleSeed: start.shuffleSeed,
+    modelSeed: start.modelSeed,
+    worldSize: 1,
+    generation: 0,
+    generations: [],
+    policy: { ...(start.policy ?? UNSCALED_POLICY) },
+    lastEval: null,
+    trainSeconds: 0,
+    dataset: { ...start.dataset },
+    completed: null,
+  };
+}
 
 export interface OptimizerSnapshot {
   readonly type: string;
