@@ -6,14 +6,12 @@ import {
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
-  ListWatch,
   PatchStrategy,
   setHeaderOptions,
-  Watch,
 } from '@kubernetes/client-node';
 import type winston from 'winston';
-import { exponentialBackoffMs } from '../../operator/api/backoff.ts';
 import { isAlreadyExists, isNotFound, toKubeError } from '../../operator/api/kube-errors.ts';
+import { ResilientInformer } from '../../operator/controller/cache.ts';
 
 export const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
@@ -52,8 +50,8 @@ export interface ResourceWatch<T> {
 }
 
 /**
- * A list+watch cache that restarts itself: the client's ListWatch stops for good on any error other
- * than 410 Gone, so it is started again with a capped backoff.
+ * A list+watch cache that restarts itself: the operator's ResilientInformer, restarted sooner (from
+ * 200 ms to at most 5 s) since the agent stands in for a kubelet that must notice its pods quickly.
  */
 export async function watchResource<T extends KubernetesObject>(
   kc: KubeConfig,
@@ -62,39 +60,16 @@ export async function watchResource<T extends KubernetesObject>(
   handlers: { add?: (obj: T) => void; update?: (obj: T) => void; remove?: (obj: T) => void },
   options: { labelSelector?: string; fieldSelector?: string; log: winston.Logger },
 ): Promise<ResourceWatch<T>> {
-  const informer = new ListWatch<T>(
-    path,
-    new Watch(kc),
-    listFn,
-    false,
-    options.labelSelector,
-    options.fieldSelector,
-  );
-  let stopped = false;
-  let failures = 0;
-  let timer: NodeJS.Timeout | undefined;
-  if (handlers.add) informer.on('add', handlers.add);
-  if (handlers.update) informer.on('update', handlers.update);
-  if (handlers.remove) informer.on('delete', handlers.remove);
-  informer.on('connect', () => {
-    failures = 0;
+  const informer = new ResilientInformer<T>(kc, path, path, listFn, options.log, options.labelSelector, {
+    ...(options.fieldSelector === undefined ? {} : { fieldSelector: options.fieldSelector }),
+    firstRestartMs: 200,
+    maxRestartMs: 5000,
   });
-  informer.on('error', (error) => {
-    if (stopped) return;
-    failures++;
-    const delay = exponentialBackoffMs(failures, 100, 5000);
-    options.log.warn('watch failed; restarting', { path, delay, error: String(error) });
-    timer = setTimeout(() => {
-      if (!stopped) void informer.start();
-    }, delay);
+  informer.onChange((event, object) => {
+    if (event === 'add') handlers.add?.(object);
+    else if (event === 'update') handlers.update?.(object);
+    else handlers.remove?.(object);
   });
   await informer.start();
-  return {
-    list: () => informer.list(),
-    stop: async () => {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      await informer.stop();
-    },
-  };
+  return { list: () => informer.list(), stop: () => informer.stop() };
 }

@@ -1,17 +1,26 @@
 /**
  * Informers that keep running: client-node's informer re-watches on a normal end and relists on 410,
- * but any other error stops it for good, so this wrapper restarts it with backoff.
+ * but any other error stops it for good, so this wrapper restarts it with backoff. The operator's
+ * caches and the node agent's watches (hack/node-agent/kube.ts) are both this one.
  */
 import {
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
-  makeInformer,
+  ListWatch,
+  Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
 import { exponentialBackoffMs } from '../api/backoff.ts';
 
 export type CacheEvent = 'add' | 'update' | 'delete';
+
+export interface InformerOptions {
+  readonly fieldSelector?: string;
+  /** The wait before the first restart, doubled for each failure in a row, at most `maxRestartMs`. */
+  readonly firstRestartMs?: number;
+  readonly maxRestartMs?: number;
+}
 
 export class ResilientInformer<T extends KubernetesObject> {
   private readonly informer;
@@ -27,8 +36,16 @@ export class ResilientInformer<T extends KubernetesObject> {
     list: () => Promise<KubernetesListObject<T>>,
     private readonly log: Logger,
     labelSelector?: string,
+    private readonly options: InformerOptions = {},
   ) {
-    this.informer = makeInformer<T>(kubeConfig, path, list, labelSelector);
+    this.informer = new ListWatch<T>(
+      path,
+      new Watch(kubeConfig),
+      list,
+      false,
+      labelSelector,
+      options.fieldSelector,
+    );
     this.informer.on('add', (o) => this.emit('add', o));
     this.informer.on('update', (o) => this.emit('update', o));
     this.informer.on('delete', (o) => this.emit('delete', o));
@@ -44,7 +61,11 @@ export class ResilientInformer<T extends KubernetesObject> {
 
   private restart(error: unknown): void {
     if (this.stopped) return;
-    const delay = exponentialBackoffMs(this.failures, 500, 30_000);
+    const delay = exponentialBackoffMs(
+      this.failures,
+      this.options.firstRestartMs ?? 500,
+      this.options.maxRestartMs ?? 30_000,
+    );
     this.failures++;
     this.log.warn('informer stopped; restarting', {
       informer: this.name,
