@@ -51,6 +51,14 @@ import { type ClusterTools, findClusterTools } from './tools.ts';
 
 export class ClusterStartError extends Error {
   override readonly name = 'ClusterStartError';
+  constructor(
+    message: string,
+    /** A process died because another took its port between our check and its bind: start again. */
+    readonly portTaken = false,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
 }
 
 export interface ClusterOptions {
@@ -226,8 +234,11 @@ class Supervisor {
         this.restarts.set(again, { left: restart.left - 1, start: restart.start });
         continue;
       }
+      const tail = logTail(p.logFile);
+      // The process's own log is the only place that says why it exited.
       throw new ClusterStartError(
-        `${p.name} exited (${reason}); last lines of ${p.logFile}:\n${logTail(p.logFile)}`,
+        `${p.name} exited (${reason}); last lines of ${p.logFile}:\n${tail}`,
+        /address already in use/.test(tail),
       );
     }
   }
@@ -247,6 +258,7 @@ class Supervisor {
     const tails = logs.map((f) => `--- ${f}\n${logTail(f)}`).join('\n');
     throw new ClusterStartError(
       `timed out after ${timeoutMs / 1000} s waiting for ${what}${lastError === undefined ? '' : ` (last error: ${String(lastError)})`}\n${tails}`,
+      /address already in use/.test(tails),
     );
   }
 }
@@ -343,7 +355,7 @@ export async function launchCluster(options: ClusterOptions = {}): Promise<Launc
   try {
     return await launchOnce(options);
   } catch (error) {
-    if (!(error instanceof ClusterStartError && /address already in use/.test(error.message))) throw error;
+    if (!(error instanceof ClusterStartError && error.portTaken)) throw error;
     options.progress?.('a port was taken meanwhile; starting again on other ports');
     if (options.dir !== undefined) rmSync(options.dir, { recursive: true, force: true });
     return launchOnce(options);

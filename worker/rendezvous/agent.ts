@@ -6,6 +6,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
+import { classify } from '../../operator/api/errors.ts';
 import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
   type Decision,
@@ -18,7 +19,7 @@ import {
   type WorldRecord,
   WorldRecordSchema,
 } from './decide.ts';
-import { type RendezvousStore, RevisionConflictError } from './store.ts';
+import type { RendezvousStore } from './store.ts';
 
 export const WORLD_KEY = 'world';
 export const memberKey = (id: string) => `member.${id}`;
@@ -286,7 +287,7 @@ export class RendezvousAgent implements AsyncDisposable {
         reason: world.reason,
       });
     } catch (error) {
-      if (!(error instanceof RevisionConflictError)) throw error;
+      if (classify(error) !== 'conflict') throw error;
       // Another worker's proposal won: read it and decide again.
       const current = await this.options.store.get(WORLD_KEY);
       if (current !== undefined) {
