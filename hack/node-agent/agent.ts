@@ -3,7 +3,6 @@
  * nodes Ready, runs the pods bound to them as local processes, and provisions hostPath volumes for
  * claims. See hack/node-agent/*.ts for each part and README.md ("Local Kubernetes cluster").
  */
-
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import type winston from 'winston';

@@ -4,7 +4,6 @@
  * the renew deadline. Expiry is judged by when THIS process last saw the record change, so clock skew
  * between replicas does not matter. Every write carries the resourceVersion it read (optimistic lock).
  */
-
 import { setTimeout as delay } from 'node:timers/promises';
 import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from 'winston';

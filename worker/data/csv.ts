@@ -2,7 +2,6 @@
  * CSV: one sample per record, a label column and numeric feature columns. Streamed record by record
  * (csv-parse) into a SampleStoreBuilder; a bad row stops the run with the file, line and column.
  */
-
 import { CsvError, type Info, parse } from 'csv-parse';
 import type { CsvOptions } from '../../operator/api/training-job.ts';
 import { DatasetError } from '../errors.ts';

@@ -3,7 +3,6 @@
  * watches the bucket, and whenever something changes (or a timer fires) asks `decide` what to do and
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
-
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
 import { classify } from '../../operator/api/errors.ts';

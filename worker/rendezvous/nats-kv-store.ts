@@ -1,5 +1,4 @@
 /** The rendezvous store on a NATS JetStream key-value bucket (one bucket per job). */
-
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { KV, KvEntry, NatsConnection } from 'nats';
 import { natsErrorClass } from '../../operator/api/errors.ts';
