@@ -27,6 +27,8 @@ const PROBES: readonly (readonly [string, string, boolean])[] = [
   ['operator/controller/probe-b.ts', '../../worker/config.ts', false],
   ['operator/controller/probe-c.ts', '../local-run/run.ts', false],
   ['operator/report/probe-a.ts', '../../worker/result.ts', false],
+  ['operator/report/probe-b.ts', '../local-run/run.ts', false],
+  ['operator/report/probe-c.ts', '../api/errors.ts', true],
   ['operator/commands/probe-a.ts', '../../worker/config.ts', true],
   ['operator/local-run/probe-a.ts', '../../worker/result.ts', true],
   ['operator/local-run/probe-b.ts', '../../hack/lib/processes.ts', false],
