@@ -7,12 +7,11 @@ import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
-import { setCondition } from './conditions.ts';
 import type { EventRecorder, JobRef } from './events.ts';
 import { isConflict, KubeApiError, type KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher } from './nats-link.ts';
-import { type Plan, type PlanConfig, plan } from './plan.ts';
+import { type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
 import type { OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -60,6 +59,8 @@ function errorOf(error: unknown): Error {
 export class JobReconciler {
   /** Claims known to exist, by job uid, so a scale-up does not try to create the claim every time. */
   private readonly claims = new Set<string>();
+  /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
+  private readonly rejected = new Map<string, string>();
 
   constructor(private readonly deps: ReconcilerDeps) {}
 
@@ -92,10 +93,15 @@ export class JobReconciler {
     }
 
     const rawStatus = (raw as { status?: TrainingJobStatus }).status;
+    const resourceVersion = metadata.resourceVersion ?? '';
     const validation = validateTrainingJob({ ...raw, status: undefined });
     if (!validation.ok) {
       const reason = validation.problems.map((p) => `${p.path}: ${p.message}`).join('; ');
-      await this.failInvalid(ref, metadata.resourceVersion ?? '', rawStatus, reason, log);
+      const decision = planInvalidSpec({ status: rawStatus, reason, now: this.now() });
+      if (decision.events.length > 0) log.warn('invalid TrainingJob', { reason });
+      const written = await this.writeStatus(ref, resourceVersion, rawStatus, decision, log);
+      if (written !== undefined) return written;
+      for (const event of decision.events) await this.deps.events.record(ref, event);
       return { kind: 'terminal', error: new Error(`invalid spec: ${reason}`) };
     }
     const job = {
@@ -105,6 +111,7 @@ export class JobReconciler {
     } as OwnedJob;
 
     const observations = this.deps.observations?.(namespace, name);
+    const podRejected = this.rejected.get(uid);
     const decision = plan({
       job,
       pods,
@@ -113,41 +120,57 @@ export class JobReconciler {
       now: this.now(),
       config: this.deps.config,
       ...(observations === undefined ? {} : { observations }),
+      ...(podRejected === undefined ? {} : { podRejected }),
     });
 
     // Creating pods does not depend on the status write (their names are deterministic, so a create
     // on a stale view hits AlreadyExists), so it runs beside it; everything that counts or removes
     // workers waits for the status to be written.
-    const creating = this.create(job, ref, decision, log);
+    const creating = this.create(ref, decision, log);
     creating.catch(() => undefined);
-    if (statusChanged(rawStatus, decision.status)) {
-      try {
-        await this.deps.kube.patchStatus(
-          namespace,
-          name,
-          metadata.resourceVersion ?? '',
-          rawStatus,
-          decision.status,
-        );
-      } catch (error) {
-        await creating.catch(() => undefined);
-        if (error instanceof KubeApiError && isConflict(error)) {
-          // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
-          log.debug('status conflict; retrying with the fresh object');
-          return { kind: 'requeue', afterMs: 100 };
-        }
-        return { kind: 'error', error: errorOf(error) };
-      }
+    const written = await this.writeStatus(ref, resourceVersion, rawStatus, decision, log);
+    if (written !== undefined) {
+      await creating.catch(() => undefined);
+      return written;
     }
+    // Failed now, for good: the refusal has done its work.
+    if (podRejected !== undefined && decision.status.phase === 'Failed') this.rejected.delete(uid);
     this.countMetrics(rawStatus, decision.status);
     try {
       await this.execute(ref, decision, log, creating);
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
+    // A pod refused in this pass fails the job in the next one, on the status this pass wrote.
+    if (podRejected === undefined && this.rejected.has(uid)) return { kind: 'requeue', afterMs: 0 };
     return decision.requeueAfterMs === undefined
       ? { kind: 'done' }
       : { kind: 'requeue', afterMs: decision.requeueAfterMs };
+  }
+
+  /**
+   * The one status write of a pass, with the resourceVersion the decision was read at: undefined when
+   * it is written (or nothing changed), else what the pass returns.
+   */
+  private async writeStatus(
+    ref: JobRef,
+    resourceVersion: string,
+    before: TrainingJobStatus | undefined,
+    decision: Plan,
+    log: Logger,
+  ): Promise<ReconcileResult | undefined> {
+    if (!statusChanged(before, decision.status)) return undefined;
+    try {
+      await this.deps.kube.patchStatus(ref.namespace, ref.name, resourceVersion, before, decision.status);
+      return undefined;
+    } catch (error) {
+      if (error instanceof KubeApiError && isConflict(error)) {
+        // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
+        log.debug('status conflict; retrying with the fresh object');
+        return { kind: 'requeue', afterMs: 100 };
+      }
+      return { kind: 'error', error: errorOf(error) };
+    }
   }
 
   private countMetrics(before: TrainingJobStatus | undefined, after: TrainingJobStatus): void {
@@ -161,7 +184,7 @@ export class JobReconciler {
    * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
    * Resolves with how many pods this pass created (not those that existed already).
    */
-  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<number> {
+  private async create(ref: JobRef, decision: Plan, log: Logger): Promise<number> {
     const { kube, metrics } = this.deps;
     const { namespace } = ref;
     if (decision.createClaim !== undefined) {
@@ -183,8 +206,10 @@ export class JobReconciler {
     if (failure === undefined) return count;
     const error = failure.reason as unknown;
     if (error instanceof KubeApiError && error.status === 422) {
-      // The API server refuses the pod we built from this spec: retrying cannot help.
-      await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
+      // The API server refuses the pod we built from this spec: retrying cannot help. The job fails in
+      // the next pass, written on the status this pass wrote rather than on the one it read.
+      log.warn('worker pod rejected', { error: error.message });
+      this.rejected.set(ref.uid, error.message);
       return count;
     }
     await this.deps.events.record(ref, {
@@ -232,44 +257,5 @@ export class JobReconciler {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
     }
-  }
-
-  /** Marks a job Failed/InvalidSpec once; the operator goes on serving every other job. */
-  private async failInvalid(
-    ref: JobRef,
-    resourceVersion: string,
-    status: TrainingJobStatus | undefined,
-    reason: string,
-    log: Logger,
-  ): Promise<void> {
-    if (status?.phase === 'Failed') return;
-    const now = this.now();
-    let conditions = setCondition(
-      status?.conditions ?? [],
-      'Failed',
-      'True',
-      'InvalidSpec',
-      reason.slice(0, 2000),
-      now,
-    );
-    conditions = setCondition(conditions, 'Running', 'False', 'InvalidSpec', 'invalid spec', now);
-    const next: TrainingJobStatus = {
-      ...status,
-      phase: 'Failed',
-      conditions,
-      message: reason.slice(0, 2000),
-      completionTime: now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
-    };
-    log.warn('invalid TrainingJob', { reason });
-    try {
-      await this.deps.kube.patchStatus(ref.namespace, ref.name, resourceVersion, status, next);
-    } catch (error) {
-      log.warn('could not mark the job InvalidSpec', { error: errorOf(error).message });
-    }
-    await this.deps.events.record(ref, {
-      type: 'Warning',
-      reason: 'InvalidSpec',
-      message: reason.slice(0, 1000),
-    });
   }
 }
