@@ -183,17 +183,42 @@ export class TrainingJobController {
     });
   }
 
-  /** Runs until `signal` aborts: syncs the caches, then reconciles with `concurrency` workers. */
+  /**
+   * Starts the informers; resolves once each made its first attempt (a failed list is retried in the
+   * background). Every replica runs them, leader or standby, so that a standby is ready to take over.
+   */
+  async startCaches(): Promise<void> {
+    await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start()]);
+  }
+
+  async stopCaches(): Promise<void> {
+    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop()]);
+  }
+
+  /** Each informer and whether its cache has synced (for /readyz). */
+  cacheStatus(): { name: string; synced: boolean }[] {
+    return [this.jobs, this.pods, this.nodes].map((i) => ({ name: i.name, synced: i.hasSynced }));
+  }
+
+  /**
+   * Runs until `signal` aborts: waits for the caches (started by `startCaches`) to sync, then
+   * reconciles with `concurrency` workers.
+   */
   async run(signal: AbortSignal): Promise<void> {
     const { log, metrics } = this.options;
-    // Nodes and pods first: a job reconciled before its pods are known would create them again.
-    await Promise.all([this.nodes.start(), this.pods.start()]);
-    await this.jobs.start();
+    // Nothing is reconciled before every cache has synced: a job reconciled before its pods are known
+    // would create them again.
+    await Promise.all([this.nodes, this.pods, this.jobs].map((i) => i.waitForSync(signal)));
+    if (signal.aborted) return;
     log.info('caches synced', {
       jobs: this.jobs.list().length,
       pods: this.pods.list().length,
       nodes: this.nodeMap.size,
     });
+    // Events that arrived while standing by are queued already; a job whose events came before a
+    // handler could see them is not missed either.
+    for (const job of this.jobs.list())
+      this.queue.add(jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? ''));
     // In the background: NATS being down must not hold up reconciling. The client keeps the
     // subscriptions across reconnects.
     void this.options
@@ -217,12 +242,7 @@ export class TrainingJobController {
     await Promise.all(workers);
     clearInterval(gauges);
     clearInterval(resync);
-    await Promise.all([
-      this.jobs.stop(),
-      this.pods.stop(),
-      this.nodes.stop(),
-      this.progress[Symbol.asyncDispose](),
-    ]);
+    await this.progress[Symbol.asyncDispose]();
     metrics.queueDepth.set(0);
     log.info('controller stopped');
   }
