@@ -184,6 +184,7 @@ export async function runOperator(argv: string[]): Promise<number> {
       await nats.start();
       return nats.nats;
     },
+    ...(natsUrl === undefined ? {} : { jobState: nats }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

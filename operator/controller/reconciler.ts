@@ -5,12 +5,13 @@
  */
 import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
+import { rendezvousBucket } from '../api/contract.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
 import type { EventRecorder, JobRef } from './events.ts';
 import { isConflict, KubeApiError, type KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import type { ControlPublisher } from './nats-link.ts';
+import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
 import type { OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
@@ -29,6 +30,8 @@ export interface ReconcilerDeps {
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
   readonly publisher: ControlPublisher;
+  /** Where the workers keep rendezvous state; absent: no NATS, nothing to clean up. */
+  readonly jobState?: JobStateStore;
   readonly events: EventRecorder;
   readonly metrics: OperatorMetrics;
   readonly config: PlanConfig;
@@ -61,6 +64,8 @@ export class JobReconciler {
   private readonly claims = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
+  /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
+  private readonly known = new Map<string, string>();
 
   constructor(private readonly deps: ReconcilerDeps) {}
 
@@ -69,11 +74,27 @@ export class JobReconciler {
   }
 
   async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
+    const key = `${namespace}/${name}`;
     const raw = this.deps.getJob(namespace, name);
     if (raw === undefined) {
       // The job is gone: its pods go with it (garbage collector); our finalizer must not hold them.
-      const orphans = this.deps.podsOf(namespace, name).filter(hasAccountingFinalizer);
+      const left = this.deps.podsOf(namespace, name);
+      const orphans = left.filter(hasAccountingFinalizer);
       await Promise.all(orphans.map((p) => this.deps.kube.releasePod(namespace, p)));
+      // So does its rendezvous state: of the incarnation we saw, and of any its pods still name.
+      const uids = new Set(left.flatMap((p) => (p.metadata?.ownerReferences ?? []).map((o) => o.uid)));
+      const seen = this.known.get(key);
+      if (seen !== undefined) uids.add(seen);
+      try {
+        for (const uid of uids) await this.deleteState(namespace, name, uid);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
+      this.known.delete(key);
+      for (const uid of uids) {
+        this.rejected.delete(uid);
+        this.claims.delete(uid);
+      }
       return { kind: 'done' };
     }
     const log = this.deps.log.child({ namespace, job: name });
@@ -83,12 +104,29 @@ export class JobReconciler {
     const pods = this.deps
       .podsOf(namespace, name)
       .filter((p) => p.metadata?.ownerReferences?.some((o) => o.uid === uid));
+    const previous = this.known.get(key);
+    if (previous !== undefined && previous !== uid) {
+      // Deleted and created again before we looked: the first incarnation's state goes now (or, if
+      // NATS cannot be reached, with the next sweep), and is never read by the second.
+      await this.deleteState(namespace, name, previous).catch((error: unknown) =>
+        log.warn('could not delete the rendezvous state of the previous incarnation', {
+          uid: previous,
+          error: errorOf(error).message,
+        }),
+      );
+    }
+    this.known.set(key, uid);
 
     if (metadata.deletionTimestamp !== undefined) {
       // The garbage collector deletes the pods; our finalizer must not hold them.
       await Promise.all(
         pods.filter(hasAccountingFinalizer).map((p) => this.deps.kube.releasePod(namespace, p)),
       );
+      try {
+        await this.deleteState(namespace, name, uid);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
       return { kind: 'done' };
     }
 
@@ -225,7 +263,7 @@ export class JobReconciler {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
-    for (const message of decision.publish) publisher.publish(namespace, ref.name, message);
+    for (const message of decision.publish) publisher.publish(namespace, ref.name, ref.uid, message);
     await Promise.all(
       decision.releasePods.map(async (name) => {
         const pod = byName.get(name);
@@ -256,6 +294,14 @@ export class JobReconciler {
     if (decision.deleteJob) {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
+      await this.deleteState(namespace, ref.name, ref.uid);
     }
+  }
+
+  /** Deletes the rendezvous bucket of one incarnation of a job (none there is fine). */
+  private async deleteState(namespace: string, name: string, uid: string): Promise<void> {
+    const store = this.deps.jobState;
+    if (store === undefined || uid === '') return;
+    await store.deleteBucket(rendezvousBucket(namespace, name, uid));
   }
 }

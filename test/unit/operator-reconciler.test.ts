@@ -134,7 +134,7 @@ function reconcilerFor(server: FakeApiServer): JobReconciler {
     getJob: () => server.job(),
     podsOf: () => server.pods,
     nodes: () => nodeMap(node('node-0'), node('node-1')),
-    publisher: { publish: (_namespace, _job, message) => server.published.push(message) },
+    publisher: { publish: (_namespace, _job, _uid, message) => server.published.push(message) },
     events: server.recorder(),
     metrics: new OperatorMetrics(),
     config,

@@ -133,6 +133,7 @@ export class ElasticMembership implements Membership {
   private readonly subjects: ReturnType<typeof jobSubjects>;
   private control: Subscription | undefined;
   private completed: { step: number; reason: string } | undefined;
+  private foreignCompletionSeen = false;
 
   private constructor(
     private readonly config: WorkerConfig,
@@ -164,13 +165,16 @@ export class ElasticMembership implements Membership {
           log.warn(`nats ${status.type}`, { event: `nats-${status.type}`, server: String(status.data) });
       }
     })();
-    const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName));
+    const uid = config.jobUid;
+    if (uid === undefined) throw new Error('the elastic runtime needs TENSILE_JOB_UID');
+    const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName, uid));
     const server = await CollectiveServer.listen(config.jobName, config.podIp);
     const spec = config.spec;
     const range = elasticRange(spec);
     const agent = new RendezvousAgent({
       store,
       id: config.workerId,
+      incarnation: uid,
       address: server.address,
       heartbeatMs: spec.rendezvous.heartbeatMillis,
       config: {
@@ -221,6 +225,14 @@ export class ElasticMembership implements Membership {
           return;
         }
         const value = decoded.value;
+        if (value.jobUid !== this.config.jobUid) {
+          // Addressed to another incarnation of this job (one deleted, or its successor).
+          this.log.debug('ignoring a control message of another incarnation', {
+            event: 'control-ignored',
+            jobUid: value.jobUid ?? '(none)',
+          });
+          return;
+        }
         if (
           value.type === 'leave' &&
           value.workers.length > 0 &&
@@ -239,7 +251,11 @@ export class ElasticMembership implements Membership {
 
   publish(channel: 'metrics' | 'events', message: unknown): void {
     try {
-      this.nc.publish(this.subjects[channel], encodeMessage(message));
+      const stamped =
+        typeof message === 'object' && message !== null
+          ? { ...message, jobUid: this.config.jobUid }
+          : message;
+      this.nc.publish(this.subjects[channel], encodeMessage(stamped));
     } catch (error) {
       // Progress is best effort; training never waits for NATS.
       this.log.debug('publish failed', { error: errorMessage(error) });
@@ -254,7 +270,18 @@ export class ElasticMembership implements Membership {
       const value = JSON.parse(new TextDecoder().decode(stored.value)) as {
         step?: unknown;
         reason?: unknown;
+        jobUid?: unknown;
       };
+      if (value.jobUid !== this.config.jobUid) {
+        // Another incarnation's completion says nothing about this one.
+        if (!this.foreignCompletionSeen)
+          this.log.warn('ignoring the completion record of another incarnation', {
+            event: 'completion-ignored',
+            jobUid: String(value.jobUid ?? '(none)'),
+          });
+        this.foreignCompletionSeen = true;
+        return undefined;
+      }
       if (typeof value.step === 'number' && typeof value.reason === 'string') {
         this.completed = { step: value.step, reason: value.reason };
         return this.completed;
@@ -383,7 +410,10 @@ export class ElasticMembership implements Membership {
   async complete(step: number, reason: string): Promise<void> {
     this.completed = { step, reason };
     await this.store
-      .put(COMPLETED_KEY, new TextEncoder().encode(JSON.stringify({ step, reason })))
+      .put(
+        COMPLETED_KEY,
+        new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
+      )
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
   }
 
