@@ -23,7 +23,7 @@ import {
 import { elasticRange } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
-import type { WorkerConfig } from '../config.ts';
+import { type WorkerConfig, WorkerConfigError } from '../config.ts';
 import { errorMessage, type WorkerLogger } from '../log.ts';
 import { RendezvousAgent } from '../rendezvous/agent.ts';
 import type { WorldRecord } from '../rendezvous/decide.ts';
@@ -166,7 +166,8 @@ export class ElasticMembership implements Membership {
       }
     })();
     const uid = config.jobUid;
-    if (uid === undefined) throw new Error('the elastic runtime needs TENSILE_JOB_UID');
+    if (uid === undefined)
+      throw new WorkerConfigError(['TENSILE_JOB_UID: the elastic runtime needs the job uid']);
     const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName, uid));
     const server = await CollectiveServer.listen(config.jobName, config.podIp);
     const spec = config.spec;
