@@ -4,7 +4,9 @@
  * it can take over at once). A replica is ready when its informer caches have synced and it has heard
  * from the API server recently; `/readyz` answers like controller-runtime's healthz handler.
  */
-import { CoreApi, type KubeConfig } from '@kubernetes/client-node';
+import http from 'node:http';
+import https from 'node:https';
+import type { KubeConfig } from '@kubernetes/client-node';
 
 export interface ReadinessInput {
   /** Each informer and whether its first list is in the cache. */
@@ -80,37 +82,29 @@ export function readinessResponse(checks: readonly ReadinessCheck[], url: string
 
 /**
  * Asks the API server every `periodMs` whether it is there (GET /api, which every authenticated
- * client may read) and remembers when it last answered. Probes do not wait for each other: one stuck
- * on a dead connection must not hide that the next one got through.
+ * client may read) and remembers when it last answered. Each probe gives up after `timeoutMs`, so a
+ * connection that went silent (no reset) cannot hold probes back or pile them up.
  */
 export class ApiServerContact {
   private last: number | undefined;
-  private inFlight = 0;
   private timer: NodeJS.Timeout | undefined;
-  private readonly core: CoreApi;
 
   constructor(
-    kubeConfig: KubeConfig,
+    private readonly kubeConfig: KubeConfig,
     private readonly periodMs: number,
+    private readonly timeoutMs = Math.max(1000, 2 * periodMs),
     private readonly now: () => number = Date.now,
-  ) {
-    this.core = kubeConfig.makeApiClient(CoreApi);
-  }
+  ) {}
 
   /** When the API server last answered (ms since the epoch). */
   get lastContactMs(): number | undefined {
     return this.last;
   }
 
-  /** Anything else that got an answer from the API server counts too. */
-  contact(): void {
-    this.last = this.now();
-  }
-
   start(): void {
     if (this.timer !== undefined) return;
-    this.probe();
-    this.timer = setInterval(() => this.probe(), this.periodMs);
+    void this.probe();
+    this.timer = setInterval(() => void this.probe(), this.periodMs);
     this.timer.unref();
   }
 
@@ -119,17 +113,28 @@ export class ApiServerContact {
     this.timer = undefined;
   }
 
-  private probe(): void {
-    if (this.inFlight >= 3) return;
-    this.inFlight++;
-    this.core
-      .getAPIVersions()
-      .then(
-        () => this.contact(),
-        () => undefined,
-      )
-      .finally(() => {
-        this.inFlight--;
+  /** One GET /api; resolves true when the API server answered 2xx in time. Never rejects. */
+  async probe(): Promise<boolean> {
+    const server = this.kubeConfig.getCurrentCluster()?.server;
+    if (server === undefined) return false;
+    const options: https.RequestOptions = {};
+    try {
+      await this.kubeConfig.applyToHTTPSOptions(options);
+    } catch {
+      return false;
+    }
+    const url = new URL('/api', server);
+    const get = url.protocol === 'http:' ? http.get : https.get;
+    const ok = await new Promise<boolean>((resolve) => {
+      const request = get(url, { ...options, timeout: this.timeoutMs }, (response) => {
+        response.resume();
+        const code = response.statusCode ?? 0;
+        resolve(code >= 200 && code < 300);
       });
+      request.on('timeout', () => request.destroy(new Error('timed out')));
+      request.on('error', () => resolve(false));
+    });
+    if (ok) this.last = this.now();
+    return ok;
   }
 }

@@ -1,6 +1,9 @@
+import { createServer, type Server } from 'node:http';
+import { KubeConfig } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
+  ApiServerContact,
   type ReadinessInput,
   readinessChecks,
   readinessResponse,
@@ -123,6 +126,48 @@ for (const r of responses) {
     const answer = readinessResponse(r.checks, r.url);
     assert.is(answer.status, r.status);
     assert.is(answer.body, r.body);
+  });
+}
+
+/** An API server stand-in on a real socket: answers /api with `status`, or never when 0. */
+async function fakeApiServer(status: number): Promise<{ server: Server; config: KubeConfig }> {
+  const server = createServer((req, res) => {
+    if (status === 0) return; // silent: the connection stays open, no answer
+    res.writeHead(req.url === '/api' ? status : 404).end('{}');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  const config = new KubeConfig();
+  config.loadFromOptions({
+    clusters: [{ name: 'c', server: `http://127.0.0.1:${port}`, skipTLSVerify: true }],
+    users: [{ name: 'u', token: 't' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  return { server, config };
+}
+
+for (const [status, reached] of [
+  [200, true],
+  [403, false],
+  [503, false],
+  [0, false],
+] as const) {
+  test(`API server probe: ${status === 0 ? 'no answer' : `HTTP ${status}`} → ${reached ? 'contact' : 'no contact'}`, async () => {
+    const { server, config } = await fakeApiServer(status);
+    let now = 5000;
+    const contact = new ApiServerContact(config, 100, 200, () => now);
+    try {
+      assert.is(await contact.probe(), reached);
+      assert.is(contact.lastContactMs, reached ? 5000 : undefined);
+      now = 6000;
+      await contact.probe();
+      assert.is(contact.lastContactMs, reached ? 6000 : undefined);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 }
 
