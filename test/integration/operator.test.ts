@@ -422,6 +422,26 @@ test('a spec the operator cannot run: Failed/InvalidSpec, other jobs unaffected'
   assert.is((await status('alpha')).phase, 'Running');
 });
 
+test('a worker pod the API server refuses (422): Failed/InvalidSpec on the next pass, with the locked write', async () => {
+  // Requests above limits: the CRD cannot see it, the API server's pod validation refuses it.
+  await apply(
+    job('iota', {
+      'spec.replicas': 1,
+      'spec.worker.resources': { requests: { cpu: '2' }, limits: { cpu: '1' } },
+    }),
+  );
+  const s = await until('Failed', async () => {
+    const st = await status('iota');
+    return st.phase === 'Failed' ? st : undefined;
+  });
+  const condition = s.conditions?.find((c) => c.type === 'Failed');
+  assert.is(condition?.reason, 'InvalidSpec');
+  assert.match(condition?.message ?? '', /^worker pod rejected: create pod team-a\/iota-worker-0: 422/);
+  assert.is(s.restarts ?? 0, 0);
+  assert.is((await pods('iota')).length, 0);
+  assert.ok((await eventReasons('iota')).includes('InvalidSpec'));
+});
+
 test('the leader is SIGKILLed in the middle of a scale-up: the other replica converges, no duplicates', async () => {
   const leader = operators.find((op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'));
   assert.ok(leader !== undefined, 'a leader');
