@@ -272,7 +272,14 @@ test('a spec edit sent to running workers takes effect at the next generation, o
   const edited = TrainingJobSpecSchema.parse({ ...spec, stopping: { epochs: 12 } });
   nc.publish(
     jobSubjects('default', 'edit').control,
-    encodeMessage({ type: 'spec', revision: 5, spec: edited, reason: 'test' }),
+    // Stamped with the run's incarnation, as the operator stamps the job's uid.
+    encodeMessage({
+      type: 'spec',
+      jobUid: readFileSync(join(out, 'job-uid'), 'utf8').trim(),
+      revision: 5,
+      spec: edited,
+      reason: 'test',
+    }),
   );
   await nc.drain();
   const summary = await finished(run);
