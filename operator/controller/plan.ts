@@ -12,8 +12,10 @@ import {
   buildWorkerPod,
   GPU_RESOURCE,
   type OwnedJob,
+  specRevisionOf,
   type WorkerPodDefaults,
   workerSelector,
+  workerSpecOf,
 } from './pod-builder.ts';
 import {
   finishedAt,
@@ -386,6 +388,22 @@ export function plan(input: PlanInput): Plan {
           message: `asked worker ${p.name} to leave: ${p.state.reason}`,
         });
       }
+    }
+    // ---- a spec edit (or a scale): running workers offer it, and the next world follows it on every rank.
+    const revision = specRevisionOf(job);
+    const observedRevision = previous.observedGeneration;
+    if (observedRevision !== undefined && revision > observedRevision && active.length > 0) {
+      publish.push({
+        type: 'spec',
+        revision,
+        spec: workerSpecOf(spec),
+        reason: `spec revision ${observedRevision} → ${revision}`,
+      });
+      events.push({
+        type: 'Normal',
+        reason: 'SpecChanged',
+        message: `spec revision ${revision} sent to ${active.length} running worker(s); it takes effect at the next world`,
+      });
     }
     if (markLeaving.length > 0) {
       publish.push({

@@ -246,6 +246,38 @@ const cases: Case[] = [
     },
   },
   {
+    name: 'a spec edit while workers run: they are sent the new revision, once it is newer than observed',
+    job: (() => {
+      const job = ownedJob(
+        { 'spec.replicas': 2, 'spec.stopping.epochs': 4 },
+        {
+          ...running(),
+          observedGeneration: 1,
+        },
+      );
+      job.metadata = { ...job.metadata, generation: 3 } as OwnedJob['metadata'];
+      return job;
+    })(),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    expect: (p) => {
+      assert.equal(
+        p.publish.map((m) => (m.type === 'spec' ? [m.type, m.revision, m.spec.stopping.epochs] : [m.type])),
+        [['spec', 3, 4]],
+      );
+      assert.ok(p.events.some((e) => e.reason === 'SpecChanged'));
+      assert.is(p.status.observedGeneration, 3, 'sent once: the next pass sees it observed');
+    },
+  },
+  {
+    name: 'no spec message when nothing changed, before any status, or with no worker running',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), observedGeneration: 1 }),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    expect: (p) => {
+      assert.equal(p.publish, []);
+      assert.not.ok(p.events.some((e) => e.reason === 'SpecChanged'));
+    },
+  },
+  {
     name: 'a worker already asked to leave is not asked again',
     job: ownedJob({ 'spec.replicas': 2 }, running()),
     pods: [workerPod(0), workerPod(1, { node: 'node-1', leave: 'node node-1: taint x' }), workerPod(2)],
