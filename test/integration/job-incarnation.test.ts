@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { rendezvousBucket } from '../../operator/api/contract.ts';
+import { encodeMessage, jobSubjects, rendezvousBucket } from '../../operator/api/contract.ts';
 import type { TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
@@ -55,7 +55,7 @@ test.after(async () => {
 /** 200 samples, global batch 50, one epoch: 4 steps, whatever the number of workers. */
 const STEPS = 4;
 
-function spec(replicas: number): TrainingJobSpec {
+function spec(replicas: number, epochs = 1): TrainingJobSpec {
   const m = validManifest(JOB);
   setPath(m, 'metadata.namespace', NS);
   setPath(m, 'spec.replicas', replicas);
@@ -68,7 +68,7 @@ function spec(replicas: number): TrainingJobSpec {
     eval: { maxSamples: 100 },
   });
   setPath(m, 'spec.batch', { global: 50 });
-  setPath(m, 'spec.stopping', { epochs: 1 });
+  setPath(m, 'spec.stopping', { epochs });
   setPath(m, 'spec.checkpoint', { intervalSteps: 100 });
   const result = validateTrainingJob(m);
   if (!result.ok) throw new Error(result.problems.map((p) => `${p.path}: ${p.message}`).join('; '));
@@ -84,18 +84,20 @@ interface Ran {
 interface Started {
   /** Resolves once the worker is in the rendezvous (or has exited). */
   readonly joined: Promise<void>;
+  /** Resolves once the worker trains in a world (or has exited). */
+  readonly training: Promise<void>;
   readonly finished: Promise<Ran>;
 }
 
 /** Worker `index` of incarnation `uid` of a job of `replicas` workers, as its pod would run it. */
-function startWorker(uid: string, name: string, index = 0, replicas = 1): Started {
+function startWorker(uid: string, name: string, index = 0, replicas = 1, epochs = 1): Started {
   const out = join(dir, name);
   const workerId = `${JOB}-worker-${index}`;
   const env = workerEnvironment({
     jobName: JOB,
     namespace: NS,
     jobUid: uid,
-    spec: spec(replicas),
+    spec: spec(replicas, epochs),
     workerId,
     replicaIndex: index,
     natsUrl: nats.url,
@@ -109,25 +111,31 @@ function startWorker(uid: string, name: string, index = 0, replicas = 1): Starte
   });
   let log = '';
   let onJoined: () => void = () => undefined;
+  let onTraining: () => void = () => undefined;
   const joined = new Promise<void>((resolve) => {
     onJoined = resolve;
+  });
+  const training = new Promise<void>((resolve) => {
+    onTraining = resolve;
   });
   child.stdout.on('data', (chunk: Buffer) => {
     log += chunk.toString();
     if (log.includes('"rendezvous joined"')) onJoined();
+    if (log.includes('"world formed"')) onTraining();
   });
   child.stderr.on('data', (chunk: Buffer) => {
     log += chunk.toString();
   });
   const finished = new Promise<number | null>((resolve) => child.on('close', resolve)).then((code) => {
     onJoined();
+    onTraining();
     // Kept for reading after a failed run.
     writeFileSync(join(out, `worker-${index}.log`), log);
     const file = resultFile(out, workerId);
     if (!existsSync(file)) throw new Error(`${name}: no result (exit ${code}):\n${log}`);
     return { code, result: readWorkerResult(file), log };
   });
-  return { joined, finished };
+  return { joined, training, finished };
 }
 
 const runWorker = (uid: string, name: string) => startWorker(uid, name).finished;
@@ -194,6 +202,27 @@ test('records of another incarnation found in a worker’s own bucket are refuse
     jobUid?: string;
   };
   assert.is(world.jobUid, UID_C, 'its own world replaced the foreign one');
+});
+
+test('a worker acts only on control messages of its own incarnation', async () => {
+  // Long enough (4,000 steps) that it is still training when the messages arrive.
+  const worker = startWorker(UID_C, 'controlled', 0, 1, 1000);
+  await worker.training;
+  const control = jobSubjects(NS, JOB).control;
+  // In this order on one connection, so they arrive in this order: the other incarnation's first.
+  nc.publish(control, encodeMessage({ type: 'stop', jobUid: UID_A, reason: 'for the deleted job' }));
+  nc.publish(control, encodeMessage({ type: 'stop', reason: 'without a uid' }));
+  nc.publish(control, encodeMessage({ type: 'stop', jobUid: UID_C, reason: 'for this job' }));
+  const ran = await worker.finished;
+  assert.is(ran.code, 0);
+  assert.is(ran.result.status, 'stopped');
+  assert.is(ran.result.reason, 'stopped by the operator');
+  assert.ok(ran.result.step < 4000, 'stopped before the end');
+  const acted = ran.log
+    .split('\n')
+    .filter((l) => l.includes('"event":"control"'))
+    .map((l) => (JSON.parse(l) as { reason: string }).reason);
+  assert.equal(acted, ['for this job']);
 });
 
 test.run();
