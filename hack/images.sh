@@ -189,6 +189,8 @@ layer_of_dir() {
 declare -A refs sizes
 record() {
   local name=$1 tarball=$2 ref=$3
+  # Older builds of this image are of no further use: the cache holds one per image.
+  find "$out" -maxdepth 1 -name "$name-????????????.tar" ! -name "${tarball##*/}" -delete
   refs[$name]=$ref
   # Uncompressed: the sum of the layers.
   sizes[$name]=$(tar -tvf "$tarball" | awk '/layer.tar$/ {s += $3} END {print s + 0}')
