@@ -143,7 +143,7 @@ function overlay(): string {
   });
 }
 
-async function workerPods(job: string): Promise<{ name: string; phase: string }[]> {
+async function workerPods(job: string): Promise<{ name: string; uid: string; phase: string }[]> {
   const out = await kubectl([
     '-n',
     'default',
@@ -152,13 +152,13 @@ async function workerPods(job: string): Promise<{ name: string; phase: string }[
     '-l',
     `tensile.dev/job-name=${job}`,
     '-o',
-    'jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.metadata.deletionTimestamp}{"\\n"}{end}',
+    'jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.phase} {.metadata.deletionTimestamp}{"\\n"}{end}',
   ]);
   return out
     .split('\n')
     .map((l) => l.trim().split(' '))
-    .filter((p) => p.length === 2 && p[0] !== '')
-    .map(([name, phase]) => ({ name: name ?? '', phase: phase ?? '' }));
+    .filter((p) => p.length === 3 && p[0] !== '')
+    .map(([name, uid, phase]) => ({ name: name ?? '', uid: uid ?? '', phase: phase ?? '' }));
 }
 
 test('helm install with the local images; examples/minimal.yaml Succeeds, surviving a deleted worker', async () => {
@@ -199,13 +199,17 @@ test('helm install with the local images; examples/minimal.yaml Succeeds, surviv
     const pod = pods[0];
     if (pod === undefined) return undefined;
     const logs = await kubectl(['-n', 'default', 'logs', pod.name]);
-    return /"event":"(step|progress|checkpoint)"|step \d+/.test(logs) ? { pod: pod.name, logs } : undefined;
+    return /"event":"(step|progress|checkpoint)"|step \d+/.test(logs)
+      ? { pod: pod.name, uid: pod.uid, logs }
+      : undefined;
   });
   assert.match(first.logs, /tensorflow/, 'the native backend');
 
   // A worker lost mid-run: the operator replaces it and the job resumes from its checkpoint.
   await kubectl(['-n', 'default', 'delete', 'pod', first.pod, '--wait=false']);
-  await until('a replacement worker', async () => (await workerPods(name)).some((p) => p.name !== first.pod));
+  const replacement = await until('a replacement worker', async () =>
+    (await workerPods(name)).find((p) => p.uid !== first.uid),
+  );
   const phase = await until(
     'the job finished',
     async () => {
@@ -228,11 +232,8 @@ test('helm install with the local images; examples/minimal.yaml Succeeds, surviv
     .filter((f) => f.endsWith('.bin'))
     .flatMap((f) => readAuditFile(join(auditDir, f)));
   const epochs = auditEpochs(committedRecords(records, state.generations), state.dataset.trainSamples);
-  const pods = await workerPods(name);
   console.log(
-    `[real-node] ${name}: Succeeded; worker ${first.pod} deleted mid-run, replaced by ${pods
-      .map((p) => p.name)
-      .join(', ')}; checkpoint at step ${latest.snapshot.state.step} in ${claimDir}; ` +
+    `[real-node] ${name}: Succeeded; worker ${first.pod} deleted mid-run, replaced by ${replacement.name} (uid ${replacement.uid}); checkpoint at step ${latest.snapshot.state.step} in ${claimDir}; ` +
       `generations ${state.generations.map((g) => g.generation).join(',')}; audit ${epochs
         .map((e) => `epoch ${e.epoch}: ${e.seen} seen, ${e.duplicated} duplicated, ${e.missing} missing`)
         .join('; ')}`,
