@@ -193,7 +193,7 @@ record() {
   find "$out" -maxdepth 1 -name "$name-????????????.tar" ! -name "${tarball##*/}" -delete
   refs[$name]=$ref
   # Uncompressed: the sum of the layers.
-  sizes[$name]=$(tar -tvf "$tarball" | awk '/layer.tar$/ {s += $3} END {print s + 0}')
+  sizes[$name]=$(tar -tvf "$tarball" | awk '/layer.tar$/ {s += $3} END {printf "%.0f\n", s}')
 }
 
 build_app_image() {
