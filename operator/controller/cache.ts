@@ -28,6 +28,9 @@ export class ResilientInformer<T extends KubernetesObject> {
   private stopped = false;
   private failures = 0;
   private restartTimer: NodeJS.Timeout | undefined;
+  private listed = false;
+  private synced = false;
+  private readonly syncWaiters = new Set<() => void>();
 
   constructor(
     kubeConfig: KubeConfig,
@@ -38,10 +41,15 @@ export class ResilientInformer<T extends KubernetesObject> {
     labelSelector?: string,
     private readonly options: InformerOptions = {},
   ) {
+    const listOnce = async () => {
+      const result = await list();
+      this.listed = true;
+      return result;
+    };
     this.informer = new ListWatch<T>(
       path,
       new Watch(kubeConfig),
-      list,
+      listOnce,
       false,
       labelSelector,
       options.fieldSelector,
@@ -74,8 +82,43 @@ export class ResilientInformer<T extends KubernetesObject> {
     });
     clearTimeout(this.restartTimer);
     this.restartTimer = setTimeout(() => {
-      if (!this.stopped) void this.informer.start();
+      if (!this.stopped) void this.begin().catch((e: unknown) => this.restart(e));
     }, delay);
+  }
+
+  /**
+   * One start of the underlying informer. It resolves after the list's objects are in the cache (or
+   * after the list failed), so the cache counts as synced only once a list has got through.
+   */
+  private async begin(): Promise<void> {
+    try {
+      await this.informer.start();
+    } finally {
+      if (this.listed && !this.synced) {
+        this.synced = true;
+        for (const wake of this.syncWaiters) wake();
+        this.syncWaiters.clear();
+      }
+    }
+  }
+
+  /** Whether the first list is in the cache; it stays true through later re-lists and outages. */
+  get hasSynced(): boolean {
+    return this.synced;
+  }
+
+  /** Resolves once the cache has synced, or when `signal` aborts. */
+  waitForSync(signal: AbortSignal): Promise<void> {
+    if (this.synced || signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = () => {
+        this.syncWaiters.delete(wake);
+        signal.removeEventListener('abort', wake);
+        resolve();
+      };
+      this.syncWaiters.add(wake);
+      signal.addEventListener('abort', wake, { once: true });
+    });
   }
 
   onChange(listener: (event: CacheEvent, object: T) => void): void {
@@ -85,7 +128,7 @@ export class ResilientInformer<T extends KubernetesObject> {
   /** Resolves once the first list is in the cache (or the first attempt failed and a retry is scheduled). */
   async start(): Promise<void> {
     this.stopped = false;
-    await this.informer.start();
+    await this.begin();
   }
 
   async stop(): Promise<void> {

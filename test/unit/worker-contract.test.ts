@@ -65,6 +65,7 @@ test('every variable a pod sets is one the worker reads', () => {
 
 test('a local worker and a pod of the same job and index agree on everything but where they run', () => {
   const job = ownedJob({ 'spec.worker': { backend: 'wasm' } });
+  // The local runner keeps its own uid for the run (DIR/job-uid), as the API server gives a job one.
   const local = planLocalWorker(
     job,
     { backend: 'wasm', chaos: [] },
@@ -72,6 +73,7 @@ test('a local worker and a pod of the same job and index agree on everything but
     job.spec.checkpoint.path,
     2,
     NATS,
+    'run-uid',
   );
   const fromLocal = loadWorkerConfig(local.env);
   const fromPod = podConfig(job);
