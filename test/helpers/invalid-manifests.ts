@@ -163,6 +163,29 @@ export const invalidManifests: InvalidCase[] = [
     manifest: withField('spec.optimizer.schedule', { type: 'step' }),
     field: 'spec.optimizer.schedule',
   },
+  {
+    name: 'trustCoefficient with lamb',
+    manifest: withField('spec.optimizer', { type: 'lamb', learningRate: 0.01, trustCoefficient: 0.001 }),
+    field: 'spec.optimizer.trustCoefficient',
+    message: /lars only/,
+  },
+  {
+    name: 'negative weight decay',
+    manifest: withField('spec.optimizer.weightDecay', -0.1),
+    field: 'spec.optimizer.weightDecay',
+  },
+  {
+    name: 'warm-up with both steps and epochs',
+    manifest: withField('spec.optimizer.warmup', { steps: 10, epochs: 1 }),
+    field: 'spec.optimizer.warmup',
+    message: /exactly one/,
+  },
+  {
+    name: 'warm-up with neither steps nor epochs',
+    manifest: withField('spec.optimizer.warmup', {}),
+    field: 'spec.optimizer.warmup',
+    message: /exactly one/,
+  },
   { name: 'global batch zero', manifest: withField('spec.batch', { global: 0 }), field: 'spec.batch.global' },
   {
     name: 'unknown rescale policy',
