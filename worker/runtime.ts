@@ -38,6 +38,7 @@ import {
   evaluationDue,
   learningRateAt,
   plannedSteps,
+  scheduleClock,
   stopReason,
   type World,
   worldFor,
@@ -430,7 +431,15 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           worldEnded = 'a newer world formed';
           break;
         }
-        world = { ...world, learningRate: learningRateAt(spec.optimizer, state.policy, state.step, planned) };
+        world = {
+          ...world,
+          learningRate: learningRateAt(
+            spec.optimizer,
+            state.policy,
+            scheduleClock(state, globalBatch),
+            planned,
+          ),
+        };
         const stepStarted = performance.now();
         let result: Awaited<ReturnType<Trainer['step']>>;
         try {

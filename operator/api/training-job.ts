@@ -382,9 +382,31 @@ export const BatchSpecSchema = withRules(
     warmupSteps: nonNegativeInt()
       .max(1_000_000)
       .default(50)
-      .describe('linear and sqrt: steps of linear warm-up to the new learning rate after every change.'),
+      .describe('Steps of linear warm-up to the new learning rate after every rescale (0: none).'),
+    warmupStartFactor: z
+      .number()
+      .gt(0)
+      .lte(1)
+      .default(1)
+      .describe(
+        'When a rescale keeps the rate (fixedGlobalBatch, adascale, or an unchanged B), the warm-up starts at this fraction of it; 1: no warm-up then.',
+      ),
+    adascaleSmoothing: z
+      .number()
+      .min(0)
+      .lt(1)
+      .optional()
+      .describe(
+        'adascale: the factor θ of the moving averages of the gradient variance and squared norm the gain is computed from (default max(1 − S/1000, 0)).',
+      ),
   }),
   [
+    {
+      cel: "self.policy == 'adascale' || !has(self.adascaleSmoothing)",
+      message: 'batch.adascaleSmoothing applies to the adascale policy only',
+      field: ['adascaleSmoothing'],
+      holds: (b) => b.policy === 'adascale' || b.adascaleSmoothing === undefined,
+    },
     {
       cel: "self.policy != 'fixedGlobalBatch' || !has(self.perWorker)",
       message: 'batch.perWorker applies to linear, sqrt and adascale; fixedGlobalBatch splits batch.global',

@@ -170,6 +170,12 @@ export const invalidManifests: InvalidCase[] = [
     message: /lars only/,
   },
   {
+    name: 'adascaleSmoothing without adascale',
+    manifest: withField('spec.batch', { policy: 'linear', adascaleSmoothing: 0.9 }),
+    field: 'spec.batch.adascaleSmoothing',
+    message: /adascale policy only/,
+  },
+  {
     name: 'negative weight decay',
     manifest: withField('spec.optimizer.weightDecay', -0.1),
     field: 'spec.optimizer.weightDecay',
