@@ -340,6 +340,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           globalBatch,
           learningRate: world.learningRate,
           firstStep: state.step,
+          firstProgress: state.progress ?? state.step,
           // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
           ...(specRevision === 0 ? {} : { specRevision }),
         },
@@ -358,6 +359,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         globalBatch,
         learningRate: world.learningRate,
         firstStep: state.step,
+        firstProgress: state.progress ?? state.step,
         specRevision,
         reason: active.reason,
         stateFrom: active.stateFrom,
@@ -498,7 +500,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
               accuracy: windowAccuracy / windowSteps,
               samplesPerSecond,
               learningRate: result.learningRate,
-              ...(result.gain === 1 ? {} : { gain: result.gain }),
+              ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
               worldSize: world.size,
               plannedSteps: planned,
             });

@@ -66,6 +66,8 @@ const GenerationSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   firstStep: z.int().min(0),
+  /** Scale-invariant iterations when it began (AdaScale); absent in earlier versions. */
+  firstProgress: z.number().min(0).optional(),
   /** The spec revision the generation ran (absent for 0, and in checkpoints of earlier versions). */
   specRevision: z.int().min(0).optional(),
 });
