@@ -36,9 +36,8 @@ import {
   checkpointDue,
   type EvalResult,
   evaluationDue,
-  learningRateAt,
   plannedSteps,
-  scheduleClock,
+  stepWorld,
   stopReason,
   type World,
   worldFor,
@@ -433,15 +432,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           worldEnded = 'a newer world formed';
           break;
         }
-        world = {
-          ...world,
-          learningRate: learningRateAt(
-            spec.optimizer,
-            state.policy,
-            scheduleClock(state, globalBatch),
-            planned,
-          ),
-        };
+        world = stepWorld(spec.optimizer, settings.batch, formed.world, state, planned);
         const stepStarted = performance.now();
         let result: Awaited<ReturnType<Trainer['step']>>;
         try {

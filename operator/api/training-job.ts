@@ -391,6 +391,20 @@ export const BatchSpecSchema = withRules(
       .describe(
         'When a rescale keeps the rate (fixedGlobalBatch, adascale, or an unchanged B), the warm-up starts at this fraction of it; 1: no warm-up then.',
       ),
+    rampUp: z
+      .strictObject({
+        start: positiveInt().max(1_000_000).describe('The global batch of the first steps.'),
+        increment: positiveInt().max(1_000_000).describe('The global batch grows by this much per stage.'),
+        samples: positiveInt().optional().describe('The ramp reaches `global` after this many samples.'),
+        epochs: positiveInt()
+          .max(10_000)
+          .optional()
+          .describe('The ramp reaches `global` after this many epochs.'),
+      })
+      .optional()
+      .describe(
+        "Batch-size warm-up (Megatron-style, stepwise): the global batch grows from `start` to `global` in steps of `increment` over `samples` or `epochs`; with linear, sqrt and adascale the world's batch shrinks by the same fraction, and the learning rate follows the policy.",
+      ),
     adascaleSmoothing: z
       .number()
       .min(0)
@@ -401,6 +415,19 @@ export const BatchSpecSchema = withRules(
       ),
   }),
   [
+    {
+      cel: '!has(self.rampUp) || self.rampUp.start < self.global',
+      message: 'batch.rampUp.start must be below batch.global',
+      field: ['rampUp', 'start'],
+      holds: (b) => b.rampUp === undefined || b.rampUp.start < b.global,
+    },
+    {
+      cel: '!has(self.rampUp) || (has(self.rampUp.samples) != has(self.rampUp.epochs))',
+      message: 'batch.rampUp needs exactly one of samples or epochs',
+      field: ['rampUp'],
+      holds: (b) =>
+        b.rampUp === undefined || (b.rampUp.samples === undefined) !== (b.rampUp.epochs === undefined),
+    },
     {
       cel: "self.policy == 'adascale' || !has(self.adascaleSmoothing)",
       message: 'batch.adascaleSmoothing applies to the adascale policy only',

@@ -176,6 +176,18 @@ export const invalidManifests: InvalidCase[] = [
     message: /adascale policy only/,
   },
   {
+    name: 'ramp-up start not below global',
+    manifest: withField('spec.batch', { global: 128, rampUp: { start: 128, increment: 32, samples: 1000 } }),
+    field: 'spec.batch.rampUp.start',
+    message: /below batch.global/,
+  },
+  {
+    name: 'ramp-up without its length',
+    manifest: withField('spec.batch', { global: 128, rampUp: { start: 32, increment: 32 } }),
+    field: 'spec.batch.rampUp',
+    message: /exactly one of samples or epochs/,
+  },
+  {
     name: 'negative weight decay',
     manifest: withField('spec.optimizer.weightDecay', -0.1),
     field: 'spec.optimizer.weightDecay',

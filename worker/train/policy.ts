@@ -9,6 +9,7 @@ import type {
   TrainingJobSpec,
 } from '../../operator/api/training-job.ts';
 import { adascaleSmoothing, type PolicyState, scaleAt, worldShape } from '../rescale/policy.ts';
+import { rampedBatches } from '../rescale/ramp-up.ts';
 
 export type { PolicyState } from '../rescale/policy.ts';
 
@@ -122,6 +123,43 @@ export function learningRateAt(
   const base =
     optimizer.learningRate * scaleAt(policy, clock.step) * initialWarmupFactor(optimizer.warmup, clock);
   return scheduledLearningRate(optimizer, base, clock.progress, totalSteps);
+}
+
+/** How the policy scales the rate for a batch `fraction` of the world's full one (during the ramp-up). */
+function rampRateFactor(policy: BatchSpec['policy'], fraction: number): number {
+  if (policy === 'linear') return fraction;
+  if (policy === 'sqrt') return Math.sqrt(fraction);
+  return 1;
+}
+
+/**
+ * The world of the next step, from the generation's: the ramp-up's batches (a function of the samples
+ * committed), the rate (policy, warm-ups, schedule, and the policy's scaling for a ramped batch) and
+ * AdaScale's S for the batch actually taken. Every input is agreed, so every rank gets the same.
+ */
+export function stepWorld(
+  optimizer: OptimizerSpec,
+  batch: BatchSpec,
+  generationWorld: World,
+  state: {
+    step: number;
+    progress?: number | undefined;
+    samples: number;
+    policy: PolicyState;
+    dataset: { trainSamples: number };
+  },
+  totalSteps: number,
+): World {
+  const ramp = rampedBatches(batch, generationWorld.perWorker, state.samples, state.dataset.trainSamples);
+  const globalBatch = ramp.perWorker.reduce((a, b) => a + b, 0);
+  const rate = learningRateAt(optimizer, state.policy, scheduleClock(state, globalBatch), totalSteps);
+  const adascale = generationWorld.adascale;
+  return {
+    ...generationWorld,
+    perWorker: ramp.perWorker,
+    learningRate: rate * rampRateFactor(batch.policy, ramp.fraction),
+    ...(adascale === undefined ? {} : { adascale: { ...adascale, scale: adascale.scale * ramp.fraction } }),
+  };
 }
 
 /** Steps the run is expected to take (for the cosine schedule and progress): epochs or steps, whichever ends first. */
