@@ -7,7 +7,8 @@
  * the drop against batch 128 of the same method, and the training seconds and steps to 0.88.
  *
  * Knobs: TENSILE_LB_EPOCHS (default 4), TENSILE_LB_BATCHES (default 128,1024,4096,8192),
- * TENSILE_LB_METHODS (default adam-linear,lamb,lars,adascale).
+ * TENSILE_LB_METHODS (default adam-linear,lamb,lars,adascale; empty for none), TENSILE_LB_STRETCH=1
+ * to add AdaScale at S = 4 against S = 1 on the same scale-invariant budget.
  */
 import { BatchSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
 import { selectBackend } from '../../worker/backend/select.ts';
@@ -57,7 +58,14 @@ class InProcessReducer implements GradientReducer {
 
 type Data = Awaited<ReturnType<typeof fashion>>;
 
-async function run(name: string, method: Method, global: number, epochs: number, data: Data) {
+interface Budget {
+  readonly epochs: number;
+  /** AdaScale's scale-invariant budget: stop once the progress reaches it. */
+  readonly progress?: number;
+}
+
+async function run(name: string, method: Method, global: number, budget: Budget, data: Data) {
+  const { epochs } = budget;
   const ranks = method.policy === 'adascale' && global > BASE ? 4 : 1;
   const optimizer = OptimizerSpecSchema.parse({ ...method.optimizer, warmup: { epochs: 1 } });
   const batch = BatchSpecSchema.parse({ global: BASE, policy: method.policy, perWorker: global / ranks });
@@ -81,7 +89,10 @@ async function run(name: string, method: Method, global: number, epochs: number,
   let reached: { seconds: number; step: number } | undefined;
   let accuracy = 0;
   let gain = 0;
-  while (lead.state.epoch < epochs) {
+  const within = () =>
+    lead.state.epoch < epochs &&
+    (budget.progress === undefined || (lead.state.progress ?? 0) < budget.progress);
+  while (within()) {
     const state = lead.state;
     const at = stepWorld(optimizer, batch, world, state, planned);
     const started = performance.now();
@@ -89,7 +100,7 @@ async function run(name: string, method: Method, global: number, epochs: number,
     seconds += (performance.now() - started) / 1000;
     gain += results[0]?.gain ?? 1;
     const step = lead.state.step;
-    if (step % evalEvery === 0 || lead.state.epoch >= epochs) {
+    if (step % evalEvery === 0 || !within()) {
       accuracy = lead.evaluate(data.eval as NonNullable<Data['eval']>)?.accuracy ?? 0;
       if (reached === undefined && accuracy >= TARGET) reached = { seconds, step };
     }
@@ -115,13 +126,13 @@ export default async function largeBatch() {
   await selectBackend('tensorflow');
   const epochs = Number(process.env['TENSILE_LB_EPOCHS'] ?? 4);
   const batches = (process.env['TENSILE_LB_BATCHES'] ?? '128,1024,4096,8192').split(',').map(Number);
-  const methods = (process.env['TENSILE_LB_METHODS'] ?? DEFAULT_METHODS).split(',');
+  const methods = (process.env['TENSILE_LB_METHODS'] ?? DEFAULT_METHODS).split(',').filter((m) => m !== '');
   const data = await fashion(60_000);
   const rows: Awaited<ReturnType<typeof run>>[] = [];
   for (const name of methods) {
     const method = METHODS[name];
     if (method === undefined) throw new Error(`unknown method ${name}`);
-    for (const global of batches) rows.push(await run(name, method, global, epochs, data));
+    for (const global of batches) rows.push(await run(name, method, global, { epochs }, data));
   }
   const drop = rows.map((r) => {
     const small = rows.find((s) => s.method === r.method && s.global === Math.min(...batches));
@@ -131,5 +142,24 @@ export default async function largeBatch() {
       drop: small === undefined ? null : round(small.accuracy - r.accuracy, 4),
     };
   });
-  return { epochs, target: TARGET, evalSamples: data.eval?.size ?? 0, rows, dropAgainstSmallestBatch: drop };
+  return {
+    epochs,
+    target: TARGET,
+    evalSamples: data.eval?.size ?? 0,
+    rows,
+    dropAgainstSmallestBatch: drop,
+    ...(process.env['TENSILE_LB_STRETCH'] === '1' ? { adascaleStretch: await stretch(data) } : {}),
+  };
+}
+
+/**
+ * AdaScale's claim (Johnson et al. 2020): at scale S it reaches the accuracy of S = 1 in about 1/S of
+ * the steps. Both runs get the same scale-invariant budget (the steps of the S = 1 run).
+ */
+async function stretch(data: Data) {
+  const method = METHODS['adascale'] as Method;
+  const iterations = 1000;
+  const one = await run('adascale S=1', method, BASE, { epochs: 100, progress: iterations }, data);
+  const four = await run('adascale S=4', method, 4 * BASE, { epochs: 100, progress: iterations }, data);
+  return { iterations, one, four, stepRatio: round(four.steps / one.steps, 3) };
 }
