@@ -36,8 +36,8 @@ import {
   checkpointDue,
   type EvalResult,
   evaluationDue,
-  learningRateAt,
   plannedSteps,
+  stepWorld,
   stopReason,
   type World,
   worldFor,
@@ -339,6 +339,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           globalBatch,
           learningRate: world.learningRate,
           firstStep: state.step,
+          firstProgress: state.progress ?? state.step,
           // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
           ...(specRevision === 0 ? {} : { specRevision }),
         },
@@ -357,6 +358,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         globalBatch,
         learningRate: world.learningRate,
         firstStep: state.step,
+        firstProgress: state.progress ?? state.step,
         specRevision,
         reason: active.reason,
         stateFrom: active.stateFrom,
@@ -430,7 +432,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           worldEnded = 'a newer world formed';
           break;
         }
-        world = { ...world, learningRate: learningRateAt(spec.optimizer, state.policy, state.step, planned) };
+        world = stepWorld(spec.optimizer, settings.batch, formed.world, state, planned);
         const stepStarted = performance.now();
         let result: Awaited<ReturnType<Trainer['step']>>;
         try {
@@ -489,7 +491,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
               accuracy: windowAccuracy / windowSteps,
               samplesPerSecond,
               learningRate: result.learningRate,
-              ...(result.gain === 1 ? {} : { gain: result.gain }),
+              ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
               worldSize: world.size,
               plannedSteps: planned,
             });
