@@ -4,6 +4,7 @@
  * `tensile run` reads these lines to show progress; the operator's log collection does the same.
  */
 import winston from 'winston';
+import type { WorkerEventInput } from '../operator/api/worker-events.ts';
 
 export type WorkerLogger = winston.Logger;
 
@@ -43,4 +44,14 @@ export function silentLogger(): WorkerLogger {
 export function errorMessage(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * Writes one event of the worker's log protocol (operator/api/worker-events.ts): the only way a
+ * worker logs an `event`, so that what it writes is what the consumers decode.
+ */
+export function emit(log: WorkerLogger, level: LogLevel, message: string, event: WorkerEventInput): void {
+  log.log(level, message, event);
 }

@@ -27,7 +27,7 @@ import {
   type Membership,
 } from './elastic/membership.ts';
 import { CheckpointError } from './errors.ts';
-import { errorMessage, type WorkerLogger } from './log.ts';
+import { emit, errorMessage, type WorkerLogger } from './log.ts';
 import { buildModel } from './model/build.ts';
 import { soleAgreement, specOffer } from './rendezvous/agreement.ts';
 import { type WorkerResult, writeWorkerResult } from './result.ts';
@@ -128,7 +128,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   const backend: SelectedBackend = await selectBackend(config.backend ?? spec.worker.backend);
   for (const skipped of backend.skipped)
     log.info('backend skipped', { backend: skipped.backend, via: skipped.via, reason: skipped.reason });
-  log.info('backend selected', {
+  emit(log, 'info', 'backend selected', {
     event: 'backend',
     backend: backend.backend,
     via: backend.via,
@@ -136,9 +136,13 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   });
 
   const dataset = await loadDataset(spec.dataset, (message, fields) => log.info(message, fields));
-  log.info('dataset ready', { event: 'dataset', ...dataset.describe });
+  emit(log, 'info', 'dataset ready', {
+    event: 'dataset',
+    ...dataset.describe,
+    trainSamples: dataset.train.size,
+  });
   const built = await buildModel(spec.model, dataset.sampleShape, dataset.classes);
-  log.info('model built', {
+  emit(log, 'info', 'model built', {
     event: 'model',
     kind: built.kind,
     parameters: built.parameters,
@@ -176,7 +180,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
   };
   const restore = async (): Promise<boolean> => {
     const restored = await store.latest((ref, reason) =>
-      log.warn('skipping invalid checkpoint', {
+      emit(log, 'warn', 'skipping invalid checkpoint', {
         event: 'checkpoint-skipped',
         path: ref.path,
         step: ref.step,
@@ -201,7 +205,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       );
     }
     resumedFrom = restored.ref;
-    log.info('resumed from checkpoint', {
+    emit(log, 'info', 'resumed from checkpoint', {
       event: 'resumed',
       path: restored.ref.path,
       step: trainer.state.step,
@@ -245,7 +249,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
     store,
     {
       written: (ref, millis) => {
-        log.info('checkpoint written', {
+        emit(log, 'info', 'checkpoint written', {
           event: 'checkpoint',
           step: ref.step,
           path: ref.path,
@@ -260,7 +264,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         });
       },
       failed: (step, error) =>
-        log.error('checkpoint failed; training goes on', {
+        emit(log, 'error', 'checkpoint failed; training goes on', {
           event: 'checkpoint-failed',
           step,
           error: errorMessage(error),
@@ -291,7 +295,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       const joined = await membership.join(holder, restore, stop);
       if (joined.kind === 'stopped') break;
       if (joined.kind === 'completed') {
-        log.info('the job has completed', {
+        emit(log, 'info', 'the job has completed', {
           event: 'already-completed',
           step: joined.step,
           reason: joined.reason,
@@ -313,7 +317,10 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       sessionBase = state.trainSeconds - (performance.now() - loopStarted) / 1000;
       if (active.stateFrom === 'checkpoint') checkpoints.last = resumedFrom;
       if (state.completed !== null) {
-        log.info('training already completed', { event: 'already-completed', reason: state.completed });
+        emit(log, 'info', 'training already completed', {
+          event: 'already-completed',
+          reason: state.completed,
+        });
         outcome = 'completed';
         await active.end();
         break;
@@ -346,9 +353,9 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       trained = true;
       log = options.log.child({ generation });
       if (formed.change !== undefined)
-        log.info('spec changed', { event: 'spec-changed', step: state.step, ...formed.change });
+        emit(log, 'info', 'spec changed', { event: 'spec-changed', step: state.step, ...formed.change });
       const writer = active.rank === 0;
-      log.info('world formed', {
+      emit(log, 'info', 'world formed', {
         event: 'generation',
         worldSize: world.size,
         rank: world.rank,
@@ -406,7 +413,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           samples: size,
         };
         state.lastEval = result;
-        log.info('evaluation', {
+        emit(log, 'info', 'evaluation', {
           event: 'eval',
           ...result,
           seconds: Math.round(performance.now() - t) / 1000,
@@ -448,7 +455,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
         generationStepSeconds += took;
         membership.progress(state.step);
         if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0)
-          log.info('weights checksum', {
+          emit(log, 'info', 'weights checksum', {
             event: 'checksum',
             step: state.step,
             checksum: trainer.weightsChecksum(),
@@ -480,7 +487,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           lastLoss = windowLoss / windowSteps;
           lastThroughput = samplesPerSecond;
           if (writer) {
-            log.info('progress', {
+            emit(log, 'info', 'progress', {
               event: 'progress',
               step: state.step,
               epoch: state.epoch,
@@ -538,12 +545,12 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
           const { snapshot, blockingMs } = takeSnapshot();
           checkpoints.start(snapshot);
           lastCheckpointTime = Date.now();
-          log.debug('checkpoint snapshot', { event: 'snapshot', step: state.step, blockingMs });
+          emit(log, 'debug', 'checkpoint snapshot', { event: 'snapshot', step: state.step, blockingMs });
         }
         // Lets signals, timers, NATS and the background checkpoint write make progress between steps.
         await yieldToEventLoop();
       }
-      log.info('generation ended', {
+      emit(log, 'info', 'generation ended', {
         event: 'generation-end',
         firstStep,
         lastStep: state.step,
@@ -583,7 +590,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
     let finalRef: CheckpointRef | undefined = checkpoints.last;
     if (isWriter && trained && state.step > 0 && finalRef?.step !== state.step) {
       const { snapshot, blockingMs } = takeSnapshot();
-      log.debug('final snapshot', { event: 'snapshot', step: state.step, blockingMs });
+      emit(log, 'debug', 'final snapshot', { event: 'snapshot', step: state.step, blockingMs });
       finalRef = await checkpoints.writeNow(snapshot);
     }
     if (outcome === 'completed' && isWriter) {
@@ -631,7 +638,7 @@ export async function runWorker(options: WorkerRuntimeOptions): Promise<WorkerRe
       trainSamples: dataset.train.size,
       auditFile: audit.file,
     };
-    log.info(outcome, {
+    emit(log, 'info', outcome, {
       event: outcome,
       step: result.step,
       epoch: result.epoch,

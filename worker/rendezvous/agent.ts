@@ -4,6 +4,7 @@
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
 import type { Logger } from 'winston';
+import { emit } from '../log.ts';
 import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
   type Decision,
@@ -230,7 +231,11 @@ export class RendezvousAgent implements AsyncDisposable {
         ? `${decision.action}: ${decision.reason}`
         : decision.action;
     if (summary !== this.lastDecision && decision.action !== 'continue')
-      this.options.log.info('rendezvous', { decision: summary, generation: this.world?.generation ?? 0 });
+      emit(this.options.log, 'info', 'rendezvous', {
+        event: 'rendezvous-decision',
+        decision: summary,
+        round: this.world?.generation ?? 0,
+      });
     this.lastDecision = summary;
     clearTimeout(this.decideTimer);
     switch (decision.action) {
