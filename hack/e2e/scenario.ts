@@ -278,7 +278,7 @@ function currentWorld(lines: readonly WorkerEvent[]): WorldView {
     ended: endedGeneration >= generation && generation >= 0,
     step,
     epoch: latest?.epoch,
-    loss: latest?.loss,
+    loss: latest?.loss ?? undefined,
   };
 }
 

@@ -12,6 +12,8 @@
 import { z } from 'zod';
 
 const count = z.int().min(0);
+/** JSON writes NaN and Infinity (a diverged loss) as null. */
+const measure = z.number().nullable();
 
 /** What winston and the worker's logger put on every line (worker/log.ts). */
 const envelope = {
@@ -32,8 +34,8 @@ const outcome = {
   step: count,
   reason: z.string(),
   epoch: count.optional(),
-  accuracy: z.number().optional(),
-  loss: z.number().optional(),
+  accuracy: measure.optional(),
+  loss: measure.optional(),
   checkpoint: z.string().optional(),
   seconds: z.number().optional(),
 };
@@ -109,9 +111,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     step: count,
     epoch: count.optional(),
     cursor: count.optional(),
-    loss: z.number().optional(),
-    accuracy: z.number().optional(),
-    samplesPerSecond: z.number().optional(),
+    loss: measure.optional(),
+    accuracy: measure.optional(),
+    samplesPerSecond: measure.optional(),
     learningRate: z.number().optional(),
     gain: z.number().optional(),
     worldSize: count.optional(),
@@ -120,8 +122,8 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   event('eval', {
     step: count,
     epoch: count.optional(),
-    loss: z.number(),
-    accuracy: z.number(),
+    loss: measure,
+    accuracy: measure,
     samples: count.optional(),
     seconds: z.number().optional(),
   }),

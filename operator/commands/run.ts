@@ -377,8 +377,8 @@ export interface RunIo extends CommandIo {
   readStdin?(): Promise<string>;
 }
 
-const fixed = (value: number | undefined, digits: number) =>
-  value === undefined ? '?' : value.toFixed(digits);
+const fixed = (value: number | null | undefined, digits: number) =>
+  value === undefined || value === null ? '?' : value.toFixed(digits);
 
 /** One line of human progress for a worker log record, or undefined to stay quiet. */
 export function describeLogLine(record: Record<string, unknown>): string | undefined {
