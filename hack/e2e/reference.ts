@@ -3,10 +3,12 @@
  * undisturbed by `tensile run` with the job's own number of workers on this machine. The same run
  * reaches another accuracy on another backend or with another seed, never because the machine is
  * faster, so the result is cached in $TENSILE_CACHE/e2e-reference (default ~/.cache/tensile) under a
- * key of the manifest's bytes, the worker count, the backend asked for and the platform; the resolved
- * backend is recorded with it and checked against the one the pods used.
+ * key of the manifest's bytes, the worker count, the backend that the manifest's choice resolves to on
+ * this machine (for `auto`: tensorflow where the native addon is installed, wasm where not) and the
+ * platform. The reference is forced onto that backend, recorded with it and checked against the one
+ * the pods used.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   createWriteStream,
@@ -20,6 +22,7 @@ import {
 } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { z } from 'zod';
 import { REPO_ROOT } from '../node-agent/config.ts';
 
@@ -54,8 +57,23 @@ export function referenceCacheDir(): string {
   return join(process.env['TENSILE_CACHE'] ?? join(homedir(), '.cache', 'tensile'), 'e2e-reference');
 }
 
+/**
+ * The backend `choice` resolves to here, by the workers' own selection (in a child process: loading a
+ * backend cannot be undone in this one).
+ */
+export async function resolveBackend(choice: string, signal?: AbortSignal): Promise<string> {
+  const script = `const { selectBackend } = await import(${JSON.stringify(join(REPO_ROOT, 'worker', 'backend', 'select.ts'))});
+process.stdout.write((await selectBackend(${JSON.stringify(choice)})).backend);`;
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--import', 'tsx', '--input-type=module', '-e', script],
+    { cwd: REPO_ROOT, ...(signal === undefined ? {} : { signal }) },
+  );
+  return stdout.trim();
+}
+
 /** The cache key: whatever changes the undisturbed run's result, and nothing that only changes its speed. */
-export function referenceKey(manifestText: string, workers: number, backendChoice: string): string {
+export function referenceKey(manifestText: string, workers: number, backend: string): string {
   const version = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string })
     .version;
   return createHash('sha256')
@@ -63,7 +81,7 @@ export function referenceKey(manifestText: string, workers: number, backendChoic
       JSON.stringify({
         manifest: createHash('sha256').update(manifestText).digest('hex'),
         workers,
-        backendChoice,
+        backend,
         platform: `${process.platform}-${process.arch}`,
         tensile: version,
       }),
@@ -76,7 +94,8 @@ export function referenceKey(manifestText: string, workers: number, backendChoic
 export async function referenceRun(options: ReferenceOptions): Promise<Reference & { cached: boolean }> {
   const say = options.log ?? (() => {});
   const text = readFileSync(options.manifestFile, 'utf8');
-  const key = referenceKey(text, options.workers, options.backendChoice);
+  const backend = await resolveBackend(options.backendChoice, options.signal);
+  const key = referenceKey(text, options.workers, backend);
   const dir = options.cacheDir ?? referenceCacheDir();
   const file = join(dir, `${key}.json`);
   if (!options.refresh && existsSync(file)) {
@@ -86,12 +105,12 @@ export async function referenceRun(options: ReferenceOptions): Promise<Reference
   }
   const out = mkdtempSync(join(process.env['TMPDIR'] ?? tmpdir(), 'tensile-e2e-reference-'));
   say(
-    `reference: tensile run ${options.manifestFile} --workers ${options.workers} (undisturbed, same seeds; cached as ${file})`,
+    `reference: tensile run ${options.manifestFile} --workers ${options.workers} --backend ${backend} (undisturbed, same seeds; cached as ${file})`,
   );
   const started = performance.now();
   try {
     const code = await runTensile(
-      ['run', options.manifestFile, '--workers', String(options.workers), '--out', out],
+      ['run', options.manifestFile, '--workers', String(options.workers), '--backend', backend, '--out', out],
       join(out, 'run.log'),
       options.signal,
     );
