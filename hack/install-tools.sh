@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests, `npm start` and hack/cluster.sh need, idempotently:
-#   - Debian packages: nats-server, etcd-server, dataset-fashion-mnist, chromium (report screenshots)
-#   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl at KUBE_VERSION, built from the
-#     Go module proxy through hack/k8s/go.mod (k8s.io/kubernetes + replace directives for its staging modules)
+#   - Debian packages: nats-server, etcd-server, dataset-fashion-mnist, chromium (report screenshots);
+#     for the real node and the images (hack/cluster.sh up --real-node, hack/images.sh): containerd,
+#     runc, containernetworking-plugins, iptables, iproute2, mmdebstrap, jq
+#   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and the real node's kubelet and
+#     kube-proxy at KUBE_VERSION, built from the Go module proxy through hack/k8s/go.mod
+#     (k8s.io/kubernetes + replace directives for its staging modules)
 #   - helm v3 from the Go module proxy
 # Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
 # clone on the same machine reuses them; a warm run takes a second or two.
@@ -32,6 +35,11 @@ missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v etcd >/dev/null || missing+=(etcd-server)
 [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
+# The real node and the local image build.
+for tool in containerd:containerd runc:runc iptables:iptables ip:iproute2 mmdebstrap:mmdebstrap jq:jq; do
+  command -v "${tool%%:*}" >/dev/null || [[ -x /usr/sbin/${tool%%:*} ]] || missing+=("${tool#*:}")
+done
+[[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
 if [[ "${TENSILE_SKIP_CHROMIUM:-}" != 1 ]]; then
   command -v chromium >/dev/null || missing+=(chromium)
 fi
@@ -56,7 +64,7 @@ command -v go >/dev/null || fail "Go is needed to build the Kubernetes control p
 stamp="$kube_bin/.built-from"
 want="$(cat "$here/k8s/go.mod" "$here/k8s/go.sum" | sha256sum | cut -c1-16) $(go env GOVERSION)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  step "building Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) into $kube_bin"
+  step "building Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy) into $kube_bin"
   step "a cold build takes 10-25 minutes on 2 cores; progress follows"
   mkdir -p "$kube_bin"
   minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
@@ -65,7 +73,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   done
   started=$(date +%s)
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     step "  go build $cmd ($(($(date +%s) - started)) s so far)"
     # kube-apiserver alone compiles for minutes without a word: say that it is still going.
     (while sleep 30; do step "  ... still building $cmd ($(($(date +%s) - started)) s so far)"; done) &

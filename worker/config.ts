@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
+import { JOB_UID_PATTERN } from '../operator/api/contract.ts';
 import { BACKENDS, type TrainingJobSpec, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
 import { zodProblems } from '../operator/api/validate.ts';
 
@@ -31,34 +32,40 @@ export const WORKER_ENV = {
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-export const WorkerConfigSchema = z.object({
-  jobName: z.string().regex(DNS_LABEL, 'expected the TrainingJob name (a DNS-1123 label)'),
-  namespace: z.string().regex(DNS_LABEL, 'expected a namespace name').default('default'),
-  jobUid: z.string().optional(),
-  spec: TrainingJobSpecSchema,
-  /**
-   * The revision of `spec` (the TrainingJob's metadata.generation when the pod was created): among
-   * workers holding different specs, the world follows the highest (rendezvous/agreement.ts).
-   */
-  specRevision: z.coerce.number().pipe(z.int().min(0)).default(0),
-  workerId: z.string().min(1).max(253),
-  replicaIndex: z.coerce.number().pipe(z.int().min(0)),
-  podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
-  /** Absent: a standalone single worker (`tensile run --workers 1`), no rendezvous. */
-  natsUrl: z
-    .string()
-    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222')
-    .optional(),
-  natsCreds: z.string().optional(),
-  checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
-  backend: z.enum(BACKENDS).optional(),
-  outDir: z.string().optional(),
-  logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
-  /** At most one progress line per this many ms (0: every step, which `tensile run --chaos` needs). */
-  progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),
-  /** Every rank logs a checksum of its weights every this many steps (0: never): proof of lockstep. */
-  checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
-});
+export const WorkerConfigSchema = z
+  .object({
+    jobName: z.string().regex(DNS_LABEL, 'expected the TrainingJob name (a DNS-1123 label)'),
+    namespace: z.string().regex(DNS_LABEL, 'expected a namespace name').default('default'),
+    /** The job's incarnation (its uid): names its NATS state. Required with NATS. */
+    jobUid: z.string().regex(JOB_UID_PATTERN, "expected the job's uid (letters, digits and '-')").optional(),
+    spec: TrainingJobSpecSchema,
+    /**
+     * The revision of `spec` (the TrainingJob's metadata.generation when the pod was created): among
+     * workers holding different specs, the world follows the highest (rendezvous/agreement.ts).
+     */
+    specRevision: z.coerce.number().pipe(z.int().min(0)).default(0),
+    workerId: z.string().min(1).max(253),
+    replicaIndex: z.coerce.number().pipe(z.int().min(0)),
+    podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
+    /** Absent: a standalone single worker (`tensile run --workers 1`), no rendezvous. */
+    natsUrl: z
+      .string()
+      .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222')
+      .optional(),
+    natsCreds: z.string().optional(),
+    checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
+    backend: z.enum(BACKENDS).optional(),
+    outDir: z.string().optional(),
+    logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+    /** At most one progress line per this many ms (0: every step, which `tensile run --chaos` needs). */
+    progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),
+    /** Every rank logs a checksum of its weights every this many steps (0: never): proof of lockstep. */
+    checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
+  })
+  .refine((c) => c.natsUrl === undefined || c.jobUid !== undefined, {
+    path: ['jobUid'],
+    message: 'required with NATS: the rendezvous state belongs to one incarnation of the job',
+  });
 
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 export type WorkerConfigInput = z.input<typeof WorkerConfigSchema>;

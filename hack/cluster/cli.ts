@@ -31,6 +31,10 @@ kubeconfig path: export KUBECONFIG=$(hack/cluster.sh up | tail -1). A running cl
       value: 'FILE',
       help: 'JSON: image (or prefix*) → what the node agent runs for it',
     },
+    'real-node': {
+      type: 'boolean',
+      help: 'also start real-node-0: kubelet, containerd, runc, CNI and kube-proxy (root; see README)',
+    },
   },
 } as const satisfies CommandSpec;
 
@@ -107,10 +111,11 @@ async function up(args: readonly string[]): Promise<number> {
       gpus: nonNegativeInt('--gpus', values.gpus, 1),
       taints: (values.taint ?? []).map(parseTaint),
       imageMap,
+      realNode: values['real-node'] === true,
     };
   });
   if ('exit' in line) return line.exit;
-  const { nodes, gpus, taints, imageMap } = line.parsed;
+  const { nodes, gpus, taints, imageMap, realNode } = line.parsed;
   if (running()) {
     const info = clusterInfo(dir);
     say(`already running in ${dir} (${info?.server ?? '?'}); \`hack/cluster.sh down\` stops it`);
@@ -125,6 +130,7 @@ async function up(args: readonly string[]): Promise<number> {
     gpusPerNode: gpus,
     taints,
     ...(imageMap === undefined ? {} : { imageMap }),
+    realNode,
     detached: true,
     progress: say,
   });

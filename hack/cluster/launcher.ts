@@ -46,7 +46,10 @@ import {
 
 export { stopClusterDir } from './processes.ts';
 
-import { type ClusterTools, findClusterTools } from './tools.ts';
+import { inNetns, prepareRealNode, REAL_NODE_NAME, realNodePlan } from './real-node.ts';
+import { type ClusterTools, findClusterTools, findNodeTools } from './tools.ts';
+
+export { cleanupRealNode } from './real-node.ts';
 
 export class ClusterStartError extends Error {
   override readonly name = 'ClusterStartError';
@@ -77,6 +80,11 @@ export interface ClusterOptions {
   readonly detached?: boolean;
   /** Progress lines while starting. */
   readonly progress?: (line: string) => void;
+  /**
+   * Also start one real node (`real-node-0`): kubelet, containerd, runc, CNI and kube-proxy in a network
+   * namespace of its own (hack/cluster/real-node.ts). Needs root and hack/install-tools.sh. Default false.
+   */
+  readonly realNode?: boolean;
 }
 
 export interface ClusterInfo {
@@ -89,6 +97,8 @@ export interface ClusterInfo {
   readonly agentName: string;
   readonly nodeNames: readonly string[];
   readonly startSeconds: number;
+  /** The real node's name and containerd socket, when there is one. */
+  readonly realNode?: { readonly name: string; readonly containerdSocket: string };
 }
 
 export interface LaunchedCluster extends ClusterInfo {
@@ -250,6 +260,160 @@ class Supervisor {
       `timed out after ${timeoutMs / 1000} s waiting for ${what}${lastError === undefined ? '' : ` (last error: ${String(lastError)})`}\n${tails}`,
     );
   }
+}
+
+const execFileText = (command: string, args: readonly string[]) =>
+  new Promise<string>((resolve, reject) => {
+    execFile(command, args, { encoding: 'utf8', maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+      if (error)
+        reject(new ClusterStartError(`${command} ${args.join(' ')}: ${stderr.trim() || error.message}`));
+      else resolve(stdout);
+    });
+  });
+
+/** Reads NAME=VALUE lines of hack/images.sh's images.env. */
+export function readImagesEnv(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (m?.[1] !== undefined && m[2] !== undefined) out.set(m[1], m[2]);
+  }
+  return out;
+}
+
+/**
+ * The real node: namespace and files (real-node.ts), then the API forwarder, containerd, the pause
+ * image, kubelet and kube-proxy as cluster processes (their pid files make `down` stop them).
+ */
+async function startRealNode(ctx: {
+  dir: string;
+  apiPort: number;
+  api: AdminApi;
+  supervisor: Supervisor;
+  tools: ClusterTools;
+  pki: { caCert: string; adminCert: string; adminKey: string };
+  progress: (line: string) => void;
+}): Promise<{ name: string; containerdSocket: string }> {
+  const { dir, apiPort, api, supervisor, pki, progress } = ctx;
+  const node = findNodeTools();
+  const started = performance.now();
+  progress('real node: pause image (hack/images.sh --only pause)');
+  const imagesScript = join(REPO_ROOT, 'hack', 'images.sh');
+  await execFileText('bash', [imagesScript, '--only', 'pause']);
+  const images = readImagesEnv(
+    readFileSync((await execFileText('bash', [imagesScript, '--print'])).trim(), 'utf8'),
+  );
+  const pauseImage = images.get('PAUSE');
+  const pauseTar = images.get('PAUSE_TAR');
+  if (pauseImage === undefined || pauseTar === undefined)
+    throw new ClusterStartError('hack/images.sh --only pause did not record the pause image');
+  const plan = realNodePlan(dir, apiPort);
+  const files = prepareRealNode(plan, {
+    pauseImage,
+    dnsIp: plan.hostIp,
+    ca: pki.caCert,
+    cert: pki.adminCert,
+    key: pki.adminKey,
+  });
+  progress(`real node: network namespace ${plan.netns}, node address ${plan.nodeIp}, pods ${plan.podCidr}`);
+  supervisor.add(
+    await startProcess(
+      dir,
+      'real-node-forwarder',
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(REPO_ROOT, 'hack', 'cluster', 'tcp-forward.ts'),
+        `${plan.hostIp}:${apiPort}`,
+        `127.0.0.1:${apiPort}`,
+      ],
+      { cwd: REPO_ROOT },
+    ),
+  );
+  supervisor.add(
+    await startProcess(
+      dir,
+      'real-node-dns',
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(REPO_ROOT, 'hack', 'cluster', 'cluster-dns.ts'),
+        plan.hostIp,
+        join(dir, 'pki'),
+        String(apiPort),
+      ],
+      { cwd: REPO_ROOT },
+    ),
+  );
+  const [nsenter, containerdArgs] = inNetns(plan, node.containerd, ['--config', files.containerdConfig]);
+  const containerd = supervisor.add(await startProcess(dir, 'real-node-containerd', nsenter, containerdArgs));
+  await supervisor.waitFor(
+    'containerd of the real node',
+    30_000,
+    async () => existsSync(plan.containerdSocket),
+    [containerd.logFile],
+  );
+  await execFileText(node.ctr, [
+    '--address',
+    plan.containerdSocket,
+    '-n',
+    'k8s.io',
+    'images',
+    'import',
+    pauseTar,
+  ]);
+  // The `kubernetes` Service (10.0.0.1:443) for pods: the API server through the forwarder. The API
+  // server keeps no endpoints itself (--endpoint-reconciler-type=none).
+  await api.call(
+    'POST',
+    '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices',
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: {
+        name: 'kubernetes-real-node',
+        labels: {
+          'kubernetes.io/service-name': 'kubernetes',
+          'endpointslice.kubernetes.io/managed-by': 'real-node.tensile.dev',
+        },
+      },
+      addressType: 'IPv4',
+      endpoints: [{ addresses: [plan.hostIp], conditions: { ready: true } }],
+      ports: [{ name: 'https', port: apiPort, protocol: 'TCP' }],
+    },
+    [409],
+  );
+  const [, kubeletArgs] = inNetns(plan, node.kubelet, [
+    `--config=${files.kubeletConfig}`,
+    `--kubeconfig=${files.kubeconfig}`,
+    `--root-dir=${join(plan.stateDir, 'kubelet')}`,
+    `--cert-dir=${join(plan.stateDir, 'kubelet', 'pki')}`,
+    `--hostname-override=${REAL_NODE_NAME}`,
+    `--node-ip=${plan.nodeIp}`,
+    '--node-labels=tensile.dev/real-node=true',
+    '--v=1',
+  ]);
+  const kubelet = supervisor.add(await startProcess(dir, 'real-node-kubelet', nsenter, kubeletArgs));
+  const [, proxyArgs] = inNetns(plan, node.kubeProxy, [`--config=${files.kubeProxyConfig}`, '--v=1']);
+  const proxy = supervisor.add(await startProcess(dir, 'real-node-kube-proxy', nsenter, proxyArgs));
+  await supervisor.waitFor(
+    `node ${REAL_NODE_NAME} Ready`,
+    90_000,
+    async () => {
+      const n = await api.call<{ status?: { conditions?: Condition[] } }>(
+        'GET',
+        `/api/v1/nodes/${REAL_NODE_NAME}`,
+        undefined,
+        [404],
+      );
+      return n?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+    },
+    [kubelet.logFile, containerd.logFile, proxy.logFile],
+  );
+  progress(`real node ${REAL_NODE_NAME} Ready (${((performance.now() - started) / 1000).toFixed(1)} s)`);
+  return { name: REAL_NODE_NAME, containerdSocket: plan.containerdSocket };
 }
 
 function startWatchdog(dir: string): void {
@@ -415,6 +579,8 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
         // server through KUBERNETES_SERVICE_HOST=127.0.0.1 set by the node agent instead.
         '--endpoint-reconciler-type=none',
         '--allow-privileged=true',
+        // The real node's name does not resolve; every node reports its InternalIP.
+        '--kubelet-preferred-address-types=InternalIP,Hostname',
         '--profiling=false',
       ]),
     );
@@ -566,7 +732,10 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
       );
       progress(`${nodeCount} nodes Ready`);
     })();
-    await Promise.all([crds, serviceAccount, controllers, nodes]);
+    const realNode = options.realNode
+      ? startRealNode({ dir, apiPort, api, supervisor, tools, pki, progress })
+      : Promise.resolve(undefined);
+    const [, , , , real] = await Promise.all([crds, serviceAccount, controllers, nodes, realNode]);
 
     const startSeconds = (performance.now() - started) / 1000;
     const info: ClusterInfo = {
@@ -577,8 +746,9 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
       caFile: pki.caCert,
       kubectl: tools.kubectl,
       agentName,
-      nodeNames,
+      nodeNames: real === undefined ? nodeNames : [...nodeNames, real.name],
       startSeconds,
+      ...(real === undefined ? {} : { realNode: real }),
     };
     writeFileSync(join(dir, CLUSTER_FILE), `${JSON.stringify(info, null, 2)}\n`);
     if (options.detached) for (const p of supervisor.processes) p.child.unref();

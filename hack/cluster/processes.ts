@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { cleanupRealNode } from './real-node.ts';
 
 export class ClusterProcessError extends Error {
   override readonly name = 'ClusterProcessError';
@@ -235,6 +236,8 @@ export async function stopClusterDir(dir: string, options: { removeDir?: boolean
     .filter((r) => !isAgent(r.file) && !isWatchdog(r.file))
     .sort((a, b) => rank(a.file) - rank(b.file));
   await stopGroups(rest);
+  // The real node's containers, mounts, cgroups and network namespace outlive its processes.
+  cleanupRealNode(dir);
   await stopGroups(readPidFiles(dir).filter((r) => isWatchdog(r.file)));
   if (options.removeDir ?? true)
     rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });

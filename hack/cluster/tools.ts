@@ -72,3 +72,39 @@ export function findClusterTools(): ClusterTools {
     kubectl: inKube('kubectl'),
   };
 }
+
+export interface NodeTools {
+  readonly kubelet: string;
+  readonly kubeProxy: string;
+  readonly containerd: string;
+  readonly ctr: string;
+  readonly runc: string;
+}
+
+/** The real node's binaries (hack/cluster.sh up --real-node). */
+export function findNodeTools(): NodeTools {
+  const kube = toolDirs()[0] ?? '';
+  const inKube = (name: string) => {
+    const path = join(kube, name);
+    if (!executable(path))
+      throw new MissingToolError(`${name} is missing (expected ${path}); build it with: ${INSTALL}`);
+    return path;
+  };
+  const debian = (name: string, pkg: string) => {
+    const path = onPath(name, ['/usr/bin', '/usr/sbin']);
+    if (path === undefined)
+      throw new MissingToolError(`${name} is missing (Debian package ${pkg}); install it with: ${INSTALL}`);
+    return path;
+  };
+  if (!executable('/usr/lib/cni/bridge'))
+    throw new MissingToolError(
+      `the CNI plugins are missing (Debian package containernetworking-plugins); install them with: ${INSTALL}`,
+    );
+  return {
+    kubelet: inKube('kubelet'),
+    kubeProxy: inKube('kube-proxy'),
+    containerd: debian('containerd', 'containerd'),
+    ctr: debian('ctr', 'containerd'),
+    runc: debian('runc', 'runc'),
+  };
+}

@@ -21,4 +21,8 @@ for round in 1 2 3; do
   done
   sleep 0.5
 done
+# The real node's containers, mounts, cgroups and network namespace (hack/cluster/real-node.ts).
+if [[ -f "$dir/real-node/state.json" ]]; then
+  cd "$(dirname "$0")/../.." && node --import tsx hack/cluster/real-node.ts cleanup "$dir"
+fi
 rm -rf "$dir"

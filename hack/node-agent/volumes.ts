@@ -12,7 +12,7 @@
  * deleted the volume is Released; the agent then deletes it and, unless a new claim of the same name
  * exists, its folder.
  */
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, normalize } from 'node:path';
 import {
   CoreV1Api,
@@ -350,6 +350,8 @@ export class VolumeProvisioner implements AsyncDisposable {
     const name = meta.name ?? '';
     const folder = claimFolder(this.config.stateDir, namespace, name);
     mkdirSync(folder, { recursive: true });
+    // Writable by any uid: the real node's containers run as their images' non-root users.
+    chmodSync(folder, 0o777);
     const volume: V1PersistentVolume = {
       apiVersion: 'v1',
       kind: 'PersistentVolume',

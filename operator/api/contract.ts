@@ -24,19 +24,87 @@ export function jobSubjects(namespace: string, job: string): JobSubjects {
   return { metrics: `${base}.metrics`, control: `${base}.control`, events: `${base}.events` };
 }
 
-/** JetStream KV bucket names allow letters, digits, '-' and '_'; namespaces and job names are DNS labels. */
-export function rendezvousBucket(namespace: string, job: string): string {
-  return `tensile_${namespace}_${job}`;
+/**
+ * The identity of one incarnation of a job: its Kubernetes uid (or, for `tensile run`, a uuid kept in
+ * the run's output directory). A job deleted and created again under the same name is another
+ * incarnation, and must never read the state or act on the messages of the first.
+ */
+export const JOB_UID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
+
+/** JetStream's own limit on stream names; a KV bucket is the stream `KV_<bucket>`. */
+const MAX_STREAM_NAME = 255;
+const BUCKET_PREFIX = 'tensile_';
+
+export class InvalidJobUidError extends Error {
+  override readonly name = 'InvalidJobUidError';
+}
+
+/**
+ * The rendezvous bucket of one incarnation: `tensile_<namespace>_<job>_<uid>`. Bucket names allow
+ * letters, digits, '-' and '_'; namespaces and job names are DNS labels (no '_'), so the parts split
+ * back apart. At most 8 + 63 + 1 + 52 + 1 + 64 characters, well within JetStream's 255 with `KV_`.
+ */
+export function rendezvousBucket(namespace: string, job: string, uid: string): string {
+  if (!JOB_UID_PATTERN.test(uid))
+    throw new InvalidJobUidError(`job uid "${uid}": expected letters, digits and '-' (at most 64)`);
+  const name = `${BUCKET_PREFIX}${namespace}_${job}_${uid}`;
+  if (name.length + 'KV_'.length > MAX_STREAM_NAME)
+    throw new InvalidJobUidError(`rendezvous bucket ${name}: longer than JetStream allows`);
+  return name;
+}
+
+export interface BucketOwner {
+  readonly namespace: string;
+  readonly job: string;
+  /** Undefined for a bucket of the layout before incarnations (`tensile_<namespace>_<job>`). */
+  readonly uid: string | undefined;
+}
+
+/** Whose bucket this is; undefined for a bucket that is not a rendezvous bucket. */
+export function bucketOwner(bucket: string): BucketOwner | undefined {
+  if (!bucket.startsWith(BUCKET_PREFIX)) return undefined;
+  const parts = bucket.slice(BUCKET_PREFIX.length).split('_');
+  const label = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+  const [namespace, job, uid] = parts;
+  if (namespace === undefined || job === undefined || !label.test(namespace) || !label.test(job))
+    return undefined;
+  if (parts.length === 2) return { namespace, job, uid: undefined };
+  if (parts.length === 3 && uid !== undefined && JOB_UID_PATTERN.test(uid)) return { namespace, job, uid };
+  return undefined;
+}
+
+/**
+ * The rendezvous buckets no live job owns: those of another incarnation, of a job that is gone, and
+ * of the old layout when no job of that name is left. Pure; the operator deletes what it returns.
+ */
+export function orphanedBuckets(
+  buckets: readonly string[],
+  liveJobs: readonly { readonly namespace: string; readonly name: string; readonly uid: string }[],
+): string[] {
+  const names = new Set(liveJobs.map((j) => `${j.namespace}/${j.name}`));
+  const incarnations = new Set(liveJobs.map((j) => `${j.namespace}/${j.name}/${j.uid}`));
+  return buckets.filter((bucket) => {
+    const owner = bucketOwner(bucket);
+    if (owner === undefined) return false;
+    const name = `${owner.namespace}/${owner.job}`;
+    return owner.uid === undefined ? !names.has(name) : !incarnations.has(`${name}/${owner.uid}`);
+  });
 }
 
 const time = z.iso.datetime();
 const nonNegativeInt = z.int().min(0);
+/**
+ * Every message names the incarnation it belongs to; the receiver ignores another's. Optional in the
+ * schema so that a message without one still decodes, but it is never taken for a known incarnation's.
+ */
+const jobUid = z.string().min(1).optional();
 
 export const CheckpointRefSchema = z.object({ step: nonNegativeInt, path: z.string(), time });
 
 /** Worker → operator, on `.metrics`: the progress of the world, sent by rank 0. */
 export const ProgressMessageSchema = z.object({
   type: z.literal('progress'),
+  jobUid,
   worker: z.string().min(1),
   generation: nonNegativeInt,
   worldSize: nonNegativeInt,
@@ -52,6 +120,7 @@ export const ProgressMessageSchema = z.object({
 /** Worker → operator, on `.metrics`: training reached its stopping condition. */
 export const CompletedMessageSchema = z.object({
   type: z.literal('completed'),
+  jobUid,
   worker: z.string().min(1),
   step: nonNegativeInt,
   epoch: nonNegativeInt,
@@ -70,6 +139,7 @@ export const MetricsMessageSchema = z.discriminatedUnion('type', [
 /** Worker → anyone, on `.events`: a new world was formed (N, B, lr) and why. */
 export const RescaleEventSchema = z.object({
   type: z.literal('rescale'),
+  jobUid,
   generation: nonNegativeInt,
   worldSize: z.int().min(1),
   members: z.array(z.string()),
@@ -87,6 +157,7 @@ export const RescaleEventSchema = z.object({
 
 export const CheckpointEventSchema = z.object({
   type: z.literal('checkpoint'),
+  jobUid,
   worker: z.string(),
   step: nonNegativeInt,
   path: z.string(),
@@ -96,6 +167,7 @@ export const CheckpointEventSchema = z.object({
 /** Worker → anyone, on `.events`: the world broke (a member lost, leaving or joining) and is re-forming. */
 export const RescalingEventSchema = z.object({
   type: z.literal('rescaling'),
+  jobUid,
   worker: z.string(),
   /** The generation that ended. */
   generation: nonNegativeInt,
@@ -109,11 +181,14 @@ export const JobEventSchema = z.discriminatedUnion('type', [
   CheckpointEventSchema,
 ]);
 
-/** Operator → workers, on `.control`. `workers` empty means every worker. */
+/**
+ * Operator → workers, on `.control`. `workers` empty means every worker. The operator stamps the
+ * job's uid when it publishes; a worker acts only on messages of its own incarnation.
+ */
 export const ControlMessageSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('leave'), workers: z.array(z.string()), reason: z.string() }),
-  z.object({ type: z.literal('checkpoint'), reason: z.string() }),
-  z.object({ type: z.literal('stop'), reason: z.string() }),
+  z.object({ type: z.literal('leave'), jobUid, workers: z.array(z.string()), reason: z.string() }),
+  z.object({ type: z.literal('checkpoint'), jobUid, reason: z.string() }),
+  z.object({ type: z.literal('stop'), jobUid, reason: z.string() }),
   /**
    * The job's spec changed (its metadata.generation is `revision`): running workers offer it to the
    * rendezvous, and the next world, formed for it, follows it on every rank at once. Pods embed the
@@ -121,6 +196,7 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
    */
   z.object({
     type: z.literal('spec'),
+    jobUid,
     revision: nonNegativeInt,
     spec: TrainingJobSpecSchema,
     reason: z.string(),

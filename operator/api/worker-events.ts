@@ -87,6 +87,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   event('nats-reconnect', { server: z.string().optional() }),
   event('control', { type: z.string(), reason: z.string().optional() }),
   event('control-rejected', { error: z.string() }),
+  /** A control message or completion record of another incarnation of the job (another uid). */
+  event('control-ignored', { jobUid: z.string() }),
+  event('completion-ignored', { jobUid: z.string() }),
   event('spec-offered', { revision: z.int(), from: z.int().optional() }),
   event('spec-rejected', { revision: z.int(), fields: z.array(z.string()).readonly().optional() }),
   event('world-failed', {

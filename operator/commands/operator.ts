@@ -1,6 +1,7 @@
 /**
  * `tensile operator`: the operator process (and the operator image's entrypoint). Serves /healthz,
- * /readyz and /metrics at once; campaigns for the leader Lease; while leading, runs the controller.
+ * /readyz and /metrics at once; syncs its caches (leader or not: /readyz says when they are synced and
+ * the API server answers); campaigns for the leader Lease; while leading, runs the reconcilers.
  * SIGTERM stops the controller, hands the lease back and exits 0.
  */
 
@@ -18,6 +19,12 @@ import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
 import { NatsLink } from '../controller/nats-link.ts';
 import type { WorkerTemplateDefaults } from '../controller/pod-builder.ts';
+import {
+  ApiServerContact,
+  type ReadinessCheck,
+  readinessChecks,
+  readinessResponse,
+} from '../controller/readiness.ts';
 import { createOperatorLogger } from '../logging.ts';
 import { type CommandSpec, commandLine, UsageError } from './args.ts';
 
@@ -156,32 +163,45 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     .start()
     .catch((error: unknown) => log.error('NATS connection failed', { error: (error as Error).message }));
   const stop = new AbortController();
-  let ready = false;
   let exitCode = 0;
-  const server = await serve(port, metrics, () => ready, log);
-
-  const controllerFor = () =>
-    new TrainingJobController({
-      kubeConfig,
-      kube,
-      publisher: nats,
-      events: new EventRecorder(kube, 'tensile.dev/operator', identity, log),
-      metrics,
-      config: {
-        workerImage,
-        workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
-        natsUrl: natsUrl ?? 'nats://nats:4222',
-        ...(template === undefined ? {} : { template }),
-        failureBackoffSeconds: backoff,
-        maxFailureBackoffSeconds: 360,
-      },
-      log,
-      concurrency,
-      nats: async () => {
-        await nats.start();
-        return nats.nats;
-      },
+  // One controller for the life of the process: its caches run on every replica, its reconcilers only
+  // while this replica leads (losing the lease ends the process).
+  const controller = new TrainingJobController({
+    kubeConfig,
+    kube,
+    publisher: nats,
+    events: new EventRecorder(kube, 'tensile.dev/operator', identity, log),
+    metrics,
+    config: {
+      workerImage,
+      workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
+      natsUrl: natsUrl ?? 'nats://nats:4222',
+      ...(template === undefined ? {} : { template }),
+      failureBackoffSeconds: backoff,
+      maxFailureBackoffSeconds: 360,
+    },
+    log,
+    concurrency,
+    nats: async () => {
+      await nats.start();
+      return nats.nats;
+    },
+    ...(natsUrl === undefined ? {} : { jobState: nats }),
+  });
+  // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
+  const contact = new ApiServerContact(kubeConfig, retryMs);
+  const readiness = () =>
+    readinessChecks({
+      informers: controller.cacheStatus(),
+      lastContactMs: contact.lastContactMs,
+      nowMs: Date.now(),
+      contactWindowMs: renewMs,
     });
+  const server = await serve(port, metrics, readiness, log);
+  contact.start();
+  const caches = controller
+    .startCaches()
+    .catch((error: unknown) => log.error('informers failed to start', { error: (error as Error).message }));
 
   const onSignal = (signal: string) => {
     log.info('shutting down', { signal });
@@ -191,9 +211,8 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   process.once('SIGINT', () => onSignal('SIGINT'));
 
   if (values['no-leader-elect']) {
-    ready = true;
     metrics.leader.set(1);
-    await controllerFor().run(stop.signal);
+    await controller.run(stop.signal);
   } else {
     const elector = new LeaderElector(
       kubeConfig,
@@ -207,13 +226,11 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       },
       log,
     );
-    // A standby replica is ready: it serves health and metrics and waits for the lease.
-    ready = true;
     let controllerDone: Promise<void> = Promise.resolve();
     await elector.run(stop.signal, {
       onStartedLeading: (signal) => {
         metrics.leader.set(1);
-        controllerDone = controllerFor().run(signal);
+        controllerDone = controller.run(signal);
         return controllerDone;
       },
       onStoppedLeading: () => {
@@ -226,6 +243,9 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     });
     await controllerDone;
   }
+  contact.stop();
+  await caches;
+  await controller.stopCaches().catch(() => undefined);
   await nats[Symbol.asyncDispose]().catch(() => undefined);
   await new Promise((resolve) => server.close(resolve));
   log.info('operator stopped', { exitCode });
@@ -235,16 +255,17 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
 async function serve(
   port: number,
   metrics: OperatorMetrics,
-  isReady: () => boolean,
+  readiness: () => ReadinessCheck[],
   log: ReturnType<typeof createOperatorLogger>,
 ): Promise<Server> {
   const server = createServer((req, res) => {
     const url = req.url ?? '/';
-    if (url === '/healthz') {
+    const path = url.split('?')[0] ?? url;
+    if (path === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
-    } else if (url === '/readyz') {
-      const ok = isReady();
-      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok' : 'not ready');
+    } else if (path === '/readyz' || path.startsWith('/readyz/')) {
+      const answer = readinessResponse(readiness(), url);
+      res.writeHead(answer.status, { 'content-type': 'text/plain' }).end(answer.body);
     } else if (url === '/metrics') {
       metrics.registry
         .metrics()

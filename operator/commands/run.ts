@@ -5,7 +5,8 @@
  *
  * Layout of DIR: checkpoints/ (unless --checkpoints), audit/<worker>.bin, worker-<i>.log (the raw JSON
  * logs), result-<worker>.json (what each worker reported), events.jsonl (chaos and world changes),
- * nats/ (the local nats-server's JetStream store: the rendezvous bucket outlives a Ctrl-C),
+ * nats/ (the local nats-server's JetStream store: the rendezvous bucket outlives a Ctrl-C), job-uid
+ * (this run's incarnation: kept when resuming, new when starting over),
  * summary.json and report.html.
  *
  * Several workers (or --chaos) start a local nats-server and train elastically; `--chaos` scripts
@@ -13,6 +14,7 @@
  * a worker, start one more, stop one gracefully, restart NATS.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import {
   appendFileSync,
   createWriteStream,
@@ -32,6 +34,7 @@ import { workerEnvironment } from '../../worker/config.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
+import { JOB_UID_PATTERN } from '../api/contract.ts';
 import { type GenerationEnd, generationEnds, goodput } from '../api/goodput.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
@@ -276,11 +279,13 @@ export function planLocalWorker(
   checkpointDir: string,
   index: number,
   natsUrl: string | undefined,
+  jobUid?: string,
 ): LocalWorkerPlan {
   const id = `${job.metadata.name}-worker-${index}`;
   const env = workerEnvironment({
     jobName: job.metadata.name,
     namespace: job.metadata.namespace ?? 'default',
+    ...(jobUid === undefined ? {} : { jobUid }),
     spec: job.spec,
     workerId: id,
     replicaIndex: index,
@@ -292,6 +297,24 @@ export function planLocalWorker(
     ...(options.backend === undefined ? {} : { backend: options.backend }),
   });
   return { id, index, env, log: join(out, `worker-${index}.log`) };
+}
+
+const RUN_UID_FILE = 'job-uid';
+
+/**
+ * The identity of a local run, like a TrainingJob's uid: kept in the output directory so that a
+ * resumed run is the same incarnation (it finds its rendezvous state), and new when a run starts over.
+ */
+export function localRunUid(out: string, resuming: boolean): string {
+  const file = join(out, RUN_UID_FILE);
+  if (resuming && existsSync(file)) {
+    const kept = readFileSync(file, 'utf8').trim();
+    if (JOB_UID_PATTERN.test(kept)) return kept;
+  }
+  const uid = randomUUID();
+  writeFileSync(`${file}.tmp`, `${uid}\n`);
+  renameSync(`${file}.tmp`, file);
+  return uid;
 }
 
 export interface RunSummary {
@@ -528,6 +551,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     for (const name of readdirSync(plan.out))
       if (/^worker-\d+\.log$/.test(name)) rmSync(join(plan.out, name), { force: true });
   }
+  const jobUid = localRunUid(plan.out, resuming);
   io.out(
     `${job.metadata.name}: ${plan.workers.length} worker(s)${options.elastic ? ' (elastic)' : ''}, output in ${plan.out}${resuming ? ' (resuming)' : ''}`,
   );
@@ -589,7 +613,15 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
         const event = pendingChaos.shift() as ChaosEvent;
         const time = new Date().toISOString();
         if (event.action === 'join') {
-          const worker = planLocalWorker(job, options, plan.out, plan.checkpointDir, nextIndex++, nats?.url);
+          const worker = planLocalWorker(
+            job,
+            options,
+            plan.out,
+            plan.checkpointDir,
+            nextIndex++,
+            nats?.url,
+            jobUid,
+          );
           const started = startWorker(worker, io, sink);
           running.push(started);
           joining.add(worker.id);
@@ -675,7 +707,15 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   };
 
   for (const worker of plan.workers) {
-    const withNats = planLocalWorker(job, options, plan.out, plan.checkpointDir, worker.index, nats?.url);
+    const withNats = planLocalWorker(
+      job,
+      options,
+      plan.out,
+      plan.checkpointDir,
+      worker.index,
+      nats?.url,
+      jobUid,
+    );
     running.push(startWorker(withNats, io, sink));
   }
   let interruptedBy: NodeJS.Signals | undefined;

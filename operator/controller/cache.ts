@@ -18,6 +18,9 @@ export class ResilientInformer<T extends KubernetesObject> {
   private stopped = false;
   private failures = 0;
   private restartTimer: NodeJS.Timeout | undefined;
+  private listed = false;
+  private synced = false;
+  private readonly syncWaiters = new Set<() => void>();
 
   constructor(
     kubeConfig: KubeConfig,
@@ -27,7 +30,12 @@ export class ResilientInformer<T extends KubernetesObject> {
     private readonly log: Logger,
     labelSelector?: string,
   ) {
-    this.informer = makeInformer<T>(kubeConfig, path, list, labelSelector);
+    const listOnce = async () => {
+      const result = await list();
+      this.listed = true;
+      return result;
+    };
+    this.informer = makeInformer<T>(kubeConfig, path, listOnce, labelSelector);
     this.informer.on('add', (o) => this.emit('add', o));
     this.informer.on('update', (o) => this.emit('update', o));
     this.informer.on('delete', (o) => this.emit('delete', o));
@@ -52,8 +60,43 @@ export class ResilientInformer<T extends KubernetesObject> {
     });
     clearTimeout(this.restartTimer);
     this.restartTimer = setTimeout(() => {
-      if (!this.stopped) void this.informer.start();
+      if (!this.stopped) void this.begin().catch((e: unknown) => this.restart(e));
     }, delay);
+  }
+
+  /**
+   * One start of the underlying informer. It resolves after the list's objects are in the cache (or
+   * after the list failed), so the cache counts as synced only once a list has got through.
+   */
+  private async begin(): Promise<void> {
+    try {
+      await this.informer.start();
+    } finally {
+      if (this.listed && !this.synced) {
+        this.synced = true;
+        for (const wake of this.syncWaiters) wake();
+        this.syncWaiters.clear();
+      }
+    }
+  }
+
+  /** Whether the first list is in the cache; it stays true through later re-lists and outages. */
+  get hasSynced(): boolean {
+    return this.synced;
+  }
+
+  /** Resolves once the cache has synced, or when `signal` aborts. */
+  waitForSync(signal: AbortSignal): Promise<void> {
+    if (this.synced || signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = () => {
+        this.syncWaiters.delete(wake);
+        signal.removeEventListener('abort', wake);
+        resolve();
+      };
+      this.syncWaiters.add(wake);
+      signal.addEventListener('abort', wake, { once: true });
+    });
   }
 
   onChange(listener: (event: CacheEvent, object: T) => void): void {
@@ -63,7 +106,7 @@ export class ResilientInformer<T extends KubernetesObject> {
   /** Resolves once the first list is in the cache (or the first attempt failed and a retry is scheduled). */
   async start(): Promise<void> {
     this.stopped = false;
-    await this.informer.start();
+    await this.begin();
   }
 
   async stop(): Promise<void> {

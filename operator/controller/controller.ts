@@ -13,13 +13,13 @@ import {
 } from '@kubernetes/client-node';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'winston';
-import { LABEL_JOB_NAME, LABEL_ROLE, ROLE_WORKER } from '../api/contract.ts';
+import { LABEL_JOB_NAME, LABEL_ROLE, orphanedBuckets, ROLE_WORKER } from '../api/contract.ts';
 import { API_GROUP, API_VERSION, PHASES, PLURAL } from '../api/training-job.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
 import type { KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import type { ControlPublisher } from './nats-link.ts';
+import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
 import type { PlanConfig } from './plan.ts';
 import { ProgressTracker } from './progress.ts';
@@ -39,6 +39,8 @@ export interface ControllerOptions {
   readonly resyncMs?: number;
   /** The NATS connection for worker reports, once there is one. */
   readonly nats?: () => Promise<NatsConnection | undefined>;
+  /** The workers' rendezvous state, deleted with the job; absent without NATS. */
+  readonly jobState?: JobStateStore;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -156,7 +158,8 @@ export class TrainingJobController {
           const [namespace, name] = splitKey(key);
           const job = this.jobs.get(name, namespace);
           const uid = job?.metadata?.uid;
-          if (uid === undefined) return;
+          // News of another incarnation's world is not this job's.
+          if (uid === undefined || event.jobUid !== uid) return;
           void options.events.record(
             { namespace, name, uid },
             {
@@ -174,8 +177,13 @@ export class TrainingJobController {
       getJob: (namespace, name) => this.jobs.get(name, namespace),
       podsOf: (namespace, name) => this.podsByJob.members(jobKey(namespace, name)),
       nodes: () => this.nodeMap,
-      observations: (namespace, name) => this.progress.observations(jobKey(namespace, name)),
+      observations: (namespace, name) =>
+        this.progress.observations(
+          jobKey(namespace, name),
+          this.jobs.get(name, namespace)?.metadata?.uid ?? '(unknown)',
+        ),
       publisher: options.publisher,
+      ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
       events: options.events,
       metrics: options.metrics,
       config: options.config,
@@ -183,23 +191,50 @@ export class TrainingJobController {
     });
   }
 
-  /** Runs until `signal` aborts: syncs the caches, then reconciles with `concurrency` workers. */
+  /**
+   * Starts the informers; resolves once each made its first attempt (a failed list is retried in the
+   * background). Every replica runs them, leader or standby, so that a standby is ready to take over.
+   */
+  async startCaches(): Promise<void> {
+    await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start()]);
+  }
+
+  async stopCaches(): Promise<void> {
+    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop()]);
+  }
+
+  /** Each informer and whether its cache has synced (for /readyz). */
+  cacheStatus(): { name: string; synced: boolean }[] {
+    return [this.jobs, this.pods, this.nodes].map((i) => ({ name: i.name, synced: i.hasSynced }));
+  }
+
+  /**
+   * Runs until `signal` aborts: waits for the caches (started by `startCaches`) to sync, then
+   * reconciles with `concurrency` workers.
+   */
   async run(signal: AbortSignal): Promise<void> {
     const { log, metrics } = this.options;
-    // Nodes and pods first: a job reconciled before its pods are known would create them again.
-    await Promise.all([this.nodes.start(), this.pods.start()]);
-    await this.jobs.start();
+    // Nothing is reconciled before every cache has synced: a job reconciled before its pods are known
+    // would create them again.
+    await Promise.all([this.nodes, this.pods, this.jobs].map((i) => i.waitForSync(signal)));
+    if (signal.aborted) return;
     log.info('caches synced', {
       jobs: this.jobs.list().length,
       pods: this.pods.list().length,
       nodes: this.nodeMap.size,
     });
+    // Events that arrived while standing by are queued already; a job whose events came before a
+    // handler could see them is not missed either.
+    for (const job of this.jobs.list())
+      this.queue.add(jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? ''));
     // In the background: NATS being down must not hold up reconciling. The client keeps the
     // subscriptions across reconnects.
     void this.options
       .nats?.()
-      .then((connection) => {
-        if (connection !== undefined && !signal.aborted) this.progress.subscribe(connection);
+      .then(async (connection) => {
+        if (connection === undefined || signal.aborted) return;
+        this.progress.subscribe(connection);
+        await this.sweep();
       })
       .catch((error: unknown) =>
         log.warn('not following worker progress: no NATS connection', { error: (error as Error).message }),
@@ -209,6 +244,7 @@ export class TrainingJobController {
     const resync = setInterval(() => {
       for (const job of this.jobs.list())
         this.queue.add(jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? ''));
+      void this.sweep();
     }, this.options.resyncMs ?? 300_000);
     resync.unref();
     signal.addEventListener('abort', () => this.queue.shutdown(), { once: true });
@@ -217,14 +253,31 @@ export class TrainingJobController {
     await Promise.all(workers);
     clearInterval(gauges);
     clearInterval(resync);
-    await Promise.all([
-      this.jobs.stop(),
-      this.pods.stop(),
-      this.nodes.stop(),
-      this.progress[Symbol.asyncDispose](),
-    ]);
+    await this.progress[Symbol.asyncDispose]();
     metrics.queueDepth.set(0);
     log.info('controller stopped');
+  }
+
+  /**
+   * Deletes the rendezvous buckets no live job owns: what a deletion the operator did not see (it was
+   * down, or NATS was) or a pod started after its job was deleted left behind. Leader only, after the
+   * caches synced: a job missing from them is gone.
+   */
+  private async sweep(): Promise<void> {
+    const store = this.options.jobState;
+    if (store === undefined) return;
+    const { log } = this.options;
+    try {
+      const buckets = await store.buckets();
+      const live = this.jobs.list().map((j) => ({
+        namespace: j.metadata?.namespace ?? '',
+        name: j.metadata?.name ?? '',
+        uid: j.metadata?.uid ?? '',
+      }));
+      for (const bucket of orphanedBuckets(buckets, live)) await store.deleteBucket(bucket);
+    } catch (error) {
+      log.warn('could not sweep rendezvous buckets; trying again later', { error: (error as Error).message });
+    }
   }
 
   private updateGauges(): void {

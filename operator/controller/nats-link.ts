@@ -1,17 +1,34 @@
 /**
- * The operator's NATS connection: publishes control requests to workers (leave, checkpoint, stop).
- * NATS being down never blocks reconciling: messages published while disconnected are buffered by
- * the client and sent on reconnect; with no URL configured, publishing is off and says so once.
+ * The operator's NATS connection: publishes control requests to workers (leave, checkpoint, stop),
+ * and deletes the rendezvous state of jobs that are gone. NATS being down never blocks reconciling:
+ * messages published while disconnected are buffered by the client and sent on reconnect; with no
+ * URL configured, publishing is off and says so once.
  */
-import { connect, type NatsConnection } from 'nats';
+import { connect, type NatsConnection, type NatsError } from 'nats';
 import type { Logger } from 'winston';
 import { type ControlMessage, encodeMessage, jobSubjects } from '../api/contract.ts';
 
 export interface ControlPublisher {
-  publish(namespace: string, job: string, message: ControlMessage): void;
+  /** Publishes to the workers of one incarnation of a job (`uid`): those of another ignore it. */
+  publish(namespace: string, job: string, uid: string, message: ControlMessage): void;
 }
 
-export class NatsLink implements ControlPublisher, AsyncDisposable {
+/** Where the workers keep a job's rendezvous state: JetStream KV buckets. */
+export interface JobStateStore {
+  /** Every KV bucket's name. */
+  buckets(): Promise<string[]>;
+  /** Deletes a bucket; one that does not exist is no error. */
+  deleteBucket(name: string): Promise<void>;
+}
+
+export class JobStateUnavailableError extends Error {
+  override readonly name = 'JobStateUnavailableError';
+}
+
+/** JetStream's "stream not found". */
+const STREAM_NOT_FOUND = 10059;
+
+export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposable {
   private connection: NatsConnection | undefined;
   private connecting: Promise<void> | undefined;
   private warned = false;
@@ -50,7 +67,7 @@ export class NatsLink implements ControlPublisher, AsyncDisposable {
     return this.connection;
   }
 
-  publish(namespace: string, job: string, message: ControlMessage): void {
+  publish(namespace: string, job: string, uid: string, message: ControlMessage): void {
     const subject = jobSubjects(namespace, job).control;
     if (this.connection === undefined || this.connection.isClosed()) {
       if (!this.warned) {
@@ -62,8 +79,47 @@ export class NatsLink implements ControlPublisher, AsyncDisposable {
       }
       return;
     }
-    this.connection.publish(subject, encodeMessage(message));
+    this.connection.publish(subject, encodeMessage({ ...message, jobUid: uid }));
     this.log.info('published control message', { namespace, job, subject, type: message.type });
+  }
+
+  private async manager() {
+    const connection = this.connection;
+    if (connection === undefined || connection.isClosed())
+      throw new JobStateUnavailableError(`no NATS connection (${this.url ?? 'no URL configured'})`);
+    try {
+      return await connection.jetstreamManager();
+    } catch (error) {
+      throw new JobStateUnavailableError(`JetStream unavailable: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  async buckets(): Promise<string[]> {
+    const jsm = await this.manager();
+    const names: string[] = [];
+    try {
+      for await (const stream of jsm.streams.names())
+        if (stream.startsWith('KV_')) names.push(stream.slice('KV_'.length));
+    } catch (error) {
+      throw new JobStateUnavailableError(`listing KV buckets: ${(error as Error).message}`, { cause: error });
+    }
+    return names;
+  }
+
+  async deleteBucket(name: string): Promise<void> {
+    const jsm = await this.manager();
+    try {
+      await jsm.streams.delete(`KV_${name}`);
+      this.log.info('deleted rendezvous bucket', { bucket: name });
+    } catch (error) {
+      const apiError = (error as Partial<NatsError> & { api_error?: { err_code?: number } }).api_error;
+      if (apiError?.err_code === STREAM_NOT_FOUND) return;
+      throw new JobStateUnavailableError(`deleting KV bucket ${name}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -12,8 +12,10 @@ import {
   buildWorkerPod,
   GPU_RESOURCE,
   type OwnedJob,
+  specRevisionOf,
   type WorkerPodDefaults,
   workerSelector,
+  workerSpecOf,
 } from './pod-builder.ts';
 import {
   finishedAt,
@@ -41,6 +43,11 @@ export interface PlanInput {
   readonly config: PlanConfig;
   /** What the workers reported over NATS (progress, completion, a world re-forming). */
   readonly observations?: JobObservations;
+  /**
+   * Why the API server refused a worker pod built from this spec (422), seen by an earlier pass:
+   * retrying cannot help, so the job fails, written like every other status.
+   */
+  readonly podRejected?: string;
 }
 
 export interface JobEventRecord {
@@ -123,6 +130,46 @@ function scaleDownOrder(a: ClassifiedPod, b: ClassifiedPod): number {
   if (pendingA !== pendingB) return pendingA - pendingB;
   if (a.created !== b.created) return b.created - a.created;
   return b.index - a.index;
+}
+
+const MAX_MESSAGE = 2000;
+
+/**
+ * The decision for a job whose spec does not validate (so `plan` cannot read it): Failed/InvalidSpec,
+ * once. Its pods are left alone: which pods a spec we cannot read would keep is unknowable.
+ */
+export function planInvalidSpec(input: {
+  readonly status: TrainingJobStatus | undefined;
+  readonly reason: string;
+  readonly now: Date;
+}): Plan {
+  const { now } = input;
+  const previous: TrainingJobStatus = input.status ?? {};
+  const nothing: Omit<Plan, 'status' | 'events'> = {
+    releasePods: [],
+    deletePods: [],
+    createPods: [],
+    createClaim: undefined,
+    markLeaving: [],
+    publish: [],
+    deleteJob: false,
+    requeueAfterMs: undefined,
+  };
+  if (previous.phase === 'Failed') return { ...nothing, status: previous, events: [] };
+  const reason = input.reason.slice(0, MAX_MESSAGE);
+  let conditions = setCondition(previous.conditions ?? [], 'Failed', 'True', 'InvalidSpec', reason, now);
+  conditions = setCondition(conditions, 'Running', 'False', 'InvalidSpec', 'invalid spec', now);
+  return {
+    ...nothing,
+    status: {
+      ...previous,
+      phase: 'Failed',
+      conditions,
+      message: reason,
+      completionTime: previous.completionTime ?? rfc3339(now),
+    },
+    events: [{ type: 'Warning', reason: 'InvalidSpec', message: reason.slice(0, 1000) }],
+  };
 }
 
 export function plan(input: PlanInput): Plan {
@@ -241,6 +288,8 @@ export function plan(input: PlanInput): Plan {
   const terminal = phase !== undefined && TERMINAL_PHASES.has(phase);
   if (!terminal) {
     const problems = specProblems(job, config);
+    if (input.podRejected !== undefined)
+      problems.push(`worker pod rejected: ${input.podRejected}`.slice(0, MAX_MESSAGE));
     if (problems.length > 0) finish('Failed', 'InvalidSpec', problems.join('; '));
     else if (observed.completed !== undefined) {
       const c = observed.completed;
@@ -339,6 +388,22 @@ export function plan(input: PlanInput): Plan {
           message: `asked worker ${p.name} to leave: ${p.state.reason}`,
         });
       }
+    }
+    // ---- a spec edit (or a scale): running workers offer it, and the next world follows it on every rank.
+    const revision = specRevisionOf(job);
+    const observedRevision = previous.observedGeneration;
+    if (observedRevision !== undefined && revision > observedRevision && active.length > 0) {
+      publish.push({
+        type: 'spec',
+        revision,
+        spec: workerSpecOf(spec),
+        reason: `spec revision ${observedRevision} → ${revision}`,
+      });
+      events.push({
+        type: 'Normal',
+        reason: 'SpecChanged',
+        message: `spec revision ${revision} sent to ${active.length} running worker(s); it takes effect at the next world`,
+      });
     }
     if (markLeaving.length > 0) {
       publish.push({

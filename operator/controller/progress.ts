@@ -2,6 +2,9 @@
  * What the workers report over NATS, kept per job for the reconciler: the latest progress, a completion,
  * and whether the world is re-forming. Messages are validated on receipt; a malformed one is logged and
  * dropped. Each report asks for a reconcile, delayed so that status is written at most every few seconds.
+ *
+ * Reports are kept per incarnation (the job uid each message carries): the workers of a deleted job
+ * may still be reporting when a job of the same name starts, and its status must not take theirs.
  */
 import type { NatsConnection, Subscription } from 'nats';
 import type { Logger } from 'winston';
@@ -39,8 +42,12 @@ export function subjectKey(subject: string): string | undefined {
   return `${parts[1]}/${parts[2]}`;
 }
 
+/** Where messages without a job uid are kept: never handed out for a job whose uid is asked for. */
+const NO_UID = '';
+
 export class ProgressTracker implements AsyncDisposable {
-  private readonly jobs = new Map<string, JobObservations>();
+  /** By job key, then by incarnation (job uid). */
+  private readonly jobs = new Map<string, Map<string, JobObservations>>();
   private readonly subscriptions: Subscription[] = [];
 
   constructor(
@@ -48,16 +55,26 @@ export class ProgressTracker implements AsyncDisposable {
     private readonly log: Logger,
   ) {}
 
-  observations(key: string): JobObservations | undefined {
-    return this.jobs.get(key);
+  /** What the workers of incarnation `uid` of the job reported; without a uid, what came without one. */
+  observations(key: string, uid?: string): JobObservations | undefined {
+    return this.jobs.get(key)?.get(uid ?? NO_UID);
   }
 
   forget(key: string): void {
     this.jobs.delete(key);
   }
 
-  private update(key: string, change: (previous: JobObservations) => JobObservations): void {
-    this.jobs.set(key, change(this.jobs.get(key) ?? {}));
+  private get(key: string, uid: string): JobObservations | undefined {
+    return this.jobs.get(key)?.get(uid);
+  }
+
+  private update(key: string, uid: string, change: (previous: JobObservations) => JobObservations): void {
+    let byUid = this.jobs.get(key);
+    if (byUid === undefined) {
+      byUid = new Map();
+      this.jobs.set(key, byUid);
+    }
+    byUid.set(uid, change(byUid.get(uid) ?? {}));
   }
 
   /** Applies one message; exported for tests of the bookkeeping without a server. */
@@ -71,8 +88,9 @@ export class ProgressTracker implements AsyncDisposable {
         return;
       }
       const message = decoded.value;
+      const uid = message.jobUid ?? NO_UID;
       if (message.type === 'progress') {
-        this.update(key, (o) => {
+        this.update(key, uid, (o) => {
           // Progress from a newer world than the broken one: it has formed, even if its news was lost.
           if (o.rescaling !== undefined && message.generation > o.rescaling.generation) {
             const { rescaling: _, ...rest } = o;
@@ -82,7 +100,7 @@ export class ProgressTracker implements AsyncDisposable {
         });
         this.listener.changed(key, PROGRESS_INTERVAL_MS);
       } else {
-        this.update(key, (o) => ({ ...o, completed: message }));
+        this.update(key, uid, (o) => ({ ...o, completed: message }));
         this.listener.changed(key, 0);
       }
     } else if (subject.endsWith('.events')) {
@@ -92,18 +110,19 @@ export class ProgressTracker implements AsyncDisposable {
         return;
       }
       const event = decoded.value;
+      const uid = event.jobUid ?? NO_UID;
       if (event.type === 'rescaling') {
         // Members leave a world after its successor formed ("a newer world formed"), and their news
         // can arrive after the successor's: an older world's end is no re-forming.
-        const formed = this.jobs.get(key)?.formedGeneration;
+        const formed = this.get(key, uid)?.formedGeneration;
         if (formed !== undefined && event.generation < formed) return;
-        this.update(key, (o) => ({
+        this.update(key, uid, (o) => ({
           ...o,
           rescaling: { reason: event.reason, since: event.time, generation: event.generation },
         }));
         this.listener.changed(key, 0);
       } else if (event.type === 'rescale') {
-        this.update(key, (o) => {
+        this.update(key, uid, (o) => {
           const { rescaling: _, ...rest } = o;
           return { ...rest, formedGeneration: Math.max(o.formedGeneration ?? 0, event.generation) };
         });

@@ -5,14 +5,14 @@
  */
 import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
+import { rendezvousBucket } from '../api/contract.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
-import { setCondition } from './conditions.ts';
 import type { EventRecorder, JobRef } from './events.ts';
 import { isConflict, KubeApiError, type KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import type { ControlPublisher } from './nats-link.ts';
-import { type Plan, type PlanConfig, plan } from './plan.ts';
+import type { ControlPublisher, JobStateStore } from './nats-link.ts';
+import { type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
 import type { OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -30,6 +30,8 @@ export interface ReconcilerDeps {
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
   readonly publisher: ControlPublisher;
+  /** Where the workers keep rendezvous state; absent: no NATS, nothing to clean up. */
+  readonly jobState?: JobStateStore;
   readonly events: EventRecorder;
   readonly metrics: OperatorMetrics;
   readonly config: PlanConfig;
@@ -60,6 +62,10 @@ function errorOf(error: unknown): Error {
 export class JobReconciler {
   /** Claims known to exist, by job uid, so a scale-up does not try to create the claim every time. */
   private readonly claims = new Set<string>();
+  /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
+  private readonly rejected = new Map<string, string>();
+  /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
+  private readonly known = new Map<string, string>();
 
   constructor(private readonly deps: ReconcilerDeps) {}
 
@@ -68,11 +74,27 @@ export class JobReconciler {
   }
 
   async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
+    const key = `${namespace}/${name}`;
     const raw = this.deps.getJob(namespace, name);
     if (raw === undefined) {
       // The job is gone: its pods go with it (garbage collector); our finalizer must not hold them.
-      const orphans = this.deps.podsOf(namespace, name).filter(hasAccountingFinalizer);
+      const left = this.deps.podsOf(namespace, name);
+      const orphans = left.filter(hasAccountingFinalizer);
       await Promise.all(orphans.map((p) => this.deps.kube.releasePod(namespace, p)));
+      // So does its rendezvous state: of the incarnation we saw, and of any its pods still name.
+      const uids = new Set(left.flatMap((p) => (p.metadata?.ownerReferences ?? []).map((o) => o.uid)));
+      const seen = this.known.get(key);
+      if (seen !== undefined) uids.add(seen);
+      try {
+        for (const uid of uids) await this.deleteState(namespace, name, uid);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
+      this.known.delete(key);
+      for (const uid of uids) {
+        this.rejected.delete(uid);
+        this.claims.delete(uid);
+      }
       return { kind: 'done' };
     }
     const log = this.deps.log.child({ namespace, job: name });
@@ -82,20 +104,42 @@ export class JobReconciler {
     const pods = this.deps
       .podsOf(namespace, name)
       .filter((p) => p.metadata?.ownerReferences?.some((o) => o.uid === uid));
+    const previous = this.known.get(key);
+    if (previous !== undefined && previous !== uid) {
+      // Deleted and created again before we looked: the first incarnation's state goes now (or, if
+      // NATS cannot be reached, with the next sweep), and is never read by the second.
+      await this.deleteState(namespace, name, previous).catch((error: unknown) =>
+        log.warn('could not delete the rendezvous state of the previous incarnation', {
+          uid: previous,
+          error: errorOf(error).message,
+        }),
+      );
+    }
+    this.known.set(key, uid);
 
     if (metadata.deletionTimestamp !== undefined) {
       // The garbage collector deletes the pods; our finalizer must not hold them.
       await Promise.all(
         pods.filter(hasAccountingFinalizer).map((p) => this.deps.kube.releasePod(namespace, p)),
       );
+      try {
+        await this.deleteState(namespace, name, uid);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
       return { kind: 'done' };
     }
 
     const rawStatus = (raw as { status?: TrainingJobStatus }).status;
+    const resourceVersion = metadata.resourceVersion ?? '';
     const validation = validateTrainingJob({ ...raw, status: undefined });
     if (!validation.ok) {
       const reason = validation.problems.map((p) => `${p.path}: ${p.message}`).join('; ');
-      await this.failInvalid(ref, metadata.resourceVersion ?? '', rawStatus, reason, log);
+      const decision = planInvalidSpec({ status: rawStatus, reason, now: this.now() });
+      if (decision.events.length > 0) log.warn('invalid TrainingJob', { reason });
+      const written = await this.writeStatus(ref, resourceVersion, rawStatus, decision, log);
+      if (written !== undefined) return written;
+      for (const event of decision.events) await this.deps.events.record(ref, event);
       return { kind: 'terminal', error: new Error(`invalid spec: ${reason}`) };
     }
     const job = {
@@ -105,6 +149,7 @@ export class JobReconciler {
     } as OwnedJob;
 
     const observations = this.deps.observations?.(namespace, name);
+    const podRejected = this.rejected.get(uid);
     const decision = plan({
       job,
       pods,
@@ -113,41 +158,57 @@ export class JobReconciler {
       now: this.now(),
       config: this.deps.config,
       ...(observations === undefined ? {} : { observations }),
+      ...(podRejected === undefined ? {} : { podRejected }),
     });
 
     // Creating pods does not depend on the status write (their names are deterministic, so a create
     // on a stale view hits AlreadyExists), so it runs beside it; everything that counts or removes
     // workers waits for the status to be written.
-    const creating = this.create(job, ref, decision, log);
+    const creating = this.create(ref, decision, log);
     creating.catch(() => undefined);
-    if (statusChanged(rawStatus, decision.status)) {
-      try {
-        await this.deps.kube.patchStatus(
-          namespace,
-          name,
-          metadata.resourceVersion ?? '',
-          rawStatus,
-          decision.status,
-        );
-      } catch (error) {
-        await creating.catch(() => undefined);
-        if (error instanceof KubeApiError && isConflict(error)) {
-          // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
-          log.debug('status conflict; retrying with the fresh object');
-          return { kind: 'requeue', afterMs: 100 };
-        }
-        return { kind: 'error', error: errorOf(error) };
-      }
+    const written = await this.writeStatus(ref, resourceVersion, rawStatus, decision, log);
+    if (written !== undefined) {
+      await creating.catch(() => undefined);
+      return written;
     }
+    // Failed now, for good: the refusal has done its work.
+    if (podRejected !== undefined && decision.status.phase === 'Failed') this.rejected.delete(uid);
     this.countMetrics(rawStatus, decision.status);
     try {
       await this.execute(ref, decision, log, creating);
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
+    // A pod refused in this pass fails the job in the next one, on the status this pass wrote.
+    if (podRejected === undefined && this.rejected.has(uid)) return { kind: 'requeue', afterMs: 0 };
     return decision.requeueAfterMs === undefined
       ? { kind: 'done' }
       : { kind: 'requeue', afterMs: decision.requeueAfterMs };
+  }
+
+  /**
+   * The one status write of a pass, with the resourceVersion the decision was read at: undefined when
+   * it is written (or nothing changed), else what the pass returns.
+   */
+  private async writeStatus(
+    ref: JobRef,
+    resourceVersion: string,
+    before: TrainingJobStatus | undefined,
+    decision: Plan,
+    log: Logger,
+  ): Promise<ReconcileResult | undefined> {
+    if (!statusChanged(before, decision.status)) return undefined;
+    try {
+      await this.deps.kube.patchStatus(ref.namespace, ref.name, resourceVersion, before, decision.status);
+      return undefined;
+    } catch (error) {
+      if (error instanceof KubeApiError && isConflict(error)) {
+        // Our view of the job was stale: decide again on the fresh object, and do nothing on the stale one.
+        log.debug('status conflict; retrying with the fresh object');
+        return { kind: 'requeue', afterMs: 100 };
+      }
+      return { kind: 'error', error: errorOf(error) };
+    }
   }
 
   private countMetrics(before: TrainingJobStatus | undefined, after: TrainingJobStatus): void {
@@ -161,7 +222,7 @@ export class JobReconciler {
    * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
    * Resolves with how many pods this pass created (not those that existed already).
    */
-  private async create(job: OwnedJob, ref: JobRef, decision: Plan, log: Logger): Promise<number> {
+  private async create(ref: JobRef, decision: Plan, log: Logger): Promise<number> {
     const { kube, metrics } = this.deps;
     const { namespace } = ref;
     if (decision.createClaim !== undefined) {
@@ -183,8 +244,10 @@ export class JobReconciler {
     if (failure === undefined) return count;
     const error = failure.reason as unknown;
     if (error instanceof KubeApiError && error.status === 422) {
-      // The API server refuses the pod we built from this spec: retrying cannot help.
-      await this.failInvalid(ref, '', job.status, `worker pod rejected: ${error.message}`, log);
+      // The API server refuses the pod we built from this spec: retrying cannot help. The job fails in
+      // the next pass, written on the status this pass wrote rather than on the one it read.
+      log.warn('worker pod rejected', { error: error.message });
+      this.rejected.set(ref.uid, error.message);
       return count;
     }
     await this.deps.events.record(ref, {
@@ -200,7 +263,7 @@ export class JobReconciler {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
-    for (const message of decision.publish) publisher.publish(namespace, ref.name, message);
+    for (const message of decision.publish) publisher.publish(namespace, ref.name, ref.uid, message);
     await Promise.all(
       decision.releasePods.map(async (name) => {
         const pod = byName.get(name);
@@ -231,45 +294,14 @@ export class JobReconciler {
     if (decision.deleteJob) {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
+      await this.deleteState(namespace, ref.name, ref.uid);
     }
   }
 
-  /** Marks a job Failed/InvalidSpec once; the operator goes on serving every other job. */
-  private async failInvalid(
-    ref: JobRef,
-    resourceVersion: string,
-    status: TrainingJobStatus | undefined,
-    reason: string,
-    log: Logger,
-  ): Promise<void> {
-    if (status?.phase === 'Failed') return;
-    const now = this.now();
-    let conditions = setCondition(
-      status?.conditions ?? [],
-      'Failed',
-      'True',
-      'InvalidSpec',
-      reason.slice(0, 2000),
-      now,
-    );
-    conditions = setCondition(conditions, 'Running', 'False', 'InvalidSpec', 'invalid spec', now);
-    const next: TrainingJobStatus = {
-      ...status,
-      phase: 'Failed',
-      conditions,
-      message: reason.slice(0, 2000),
-      completionTime: now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
-    };
-    log.warn('invalid TrainingJob', { reason });
-    try {
-      await this.deps.kube.patchStatus(ref.namespace, ref.name, resourceVersion, status, next);
-    } catch (error) {
-      log.warn('could not mark the job InvalidSpec', { error: errorOf(error).message });
-    }
-    await this.deps.events.record(ref, {
-      type: 'Warning',
-      reason: 'InvalidSpec',
-      message: reason.slice(0, 1000),
-    });
+  /** Deletes the rendezvous bucket of one incarnation of a job (none there is fine). */
+  private async deleteState(namespace: string, name: string, uid: string): Promise<void> {
+    const store = this.deps.jobState;
+    if (store === undefined || uid === '') return;
+    await store.deleteBucket(rendezvousBucket(namespace, name, uid));
   }
 }

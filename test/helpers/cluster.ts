@@ -33,6 +33,8 @@ export interface LocalCluster extends AsyncDisposable {
   readonly agentName: string;
   /** Seconds from launch to everything Ready. */
   readonly startSeconds: number;
+  /** The real node (`realNode: true`): its name and containerd socket. */
+  readonly realNode?: { readonly name: string; readonly containerdSocket: string };
   /** Runs kubectl against this cluster as admin. Never throws on a non-zero exit. */
   kubectl(args: readonly string[], input?: string): Promise<KubectlResult>;
   /** Writes a kubeconfig that authenticates as the ServiceAccount (a TokenRequest token). */
@@ -58,6 +60,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
     server: cluster.server,
     nodeNames: cluster.nodeNames,
     agentName: cluster.agentName,
+    ...(cluster.realNode === undefined ? {} : { realNode: cluster.realNode }),
     startSeconds: cluster.startSeconds,
     kubectl: (args, input) => runKubectl(cluster, args, input),
     async serviceAccountKubeconfig(namespace, name) {

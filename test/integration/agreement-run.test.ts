@@ -25,6 +25,9 @@ import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../worker/config.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
+/** The incarnation `tensile run` gave the job (DIR/job-uid): a worker started by hand must join it. */
+const runUid = (out: string): string => readFileSync(join(out, 'job-uid'), 'utf8').trim();
+
 const FASHION = '/usr/share/datasets/fashion-mnist';
 const dir = mkdtempSync(join(tmpdir(), 'tensile-agreement-'));
 if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
@@ -129,6 +132,7 @@ test('a worker with a newer spec joins a linear world: the ranks agree, the chan
         workerId: 'agree-worker-2',
         replicaIndex: 2,
         natsUrl,
+        jobUid: runUid(out),
         checkpointDir: join(out, 'checkpoints'),
         outDir: out,
       }),
@@ -228,6 +232,7 @@ test('a worker of another model refuses to join with a clear error; the others g
       workerId: 'other-worker-2',
       replicaIndex: 2,
       natsUrl,
+      jobUid: runUid(out),
       checkpointDir: join(out, 'checkpoints'),
       outDir: out,
     }),
@@ -272,7 +277,14 @@ test('a spec edit sent to running workers takes effect at the next generation, o
   const edited = TrainingJobSpecSchema.parse({ ...spec, stopping: { epochs: 12 } });
   nc.publish(
     jobSubjects('default', 'edit').control,
-    encodeMessage({ type: 'spec', revision: 5, spec: edited, reason: 'test' }),
+    // Stamped with the run's incarnation, as the operator stamps the job's uid.
+    encodeMessage({
+      type: 'spec',
+      jobUid: runUid(out),
+      revision: 5,
+      spec: edited,
+      reason: 'test',
+    }),
   );
   await nc.drain();
   const summary = await finished(run);

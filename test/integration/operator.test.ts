@@ -4,6 +4,7 @@
  * exactly the ClusterRole of charts/tensile/files/operator-clusterrole.yaml, not as admin. Worker pods
  * run test/helpers/fake-worker.mjs: these tests are about the operator; the end-to-end test trains.
  */
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
 import { connect, type NatsConnection, type Subscription } from 'nats';
@@ -15,6 +16,7 @@ import {
   ControlMessageSchema,
   decodeMessage,
   jobSubjects,
+  rendezvousBucket,
 } from '../../operator/api/contract.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local/nats-server.ts';
@@ -167,6 +169,31 @@ async function eventReasons(jobName: string): Promise<string[]> {
     'jsonpath={.items[*].reason}',
   ]);
   return out.split(/\s+/).filter((s) => s !== '');
+}
+
+async function uidOf(jobName: string): Promise<string> {
+  const obj = (await custom.getNamespacedCustomObject({
+    group: 'tensile.dev',
+    version: 'v1alpha1',
+    namespace: NS,
+    plural: 'trainingjobs',
+    name: jobName,
+  })) as { metadata?: { uid?: string } };
+  const uid = obj.metadata?.uid;
+  if (uid === undefined) throw new Error(`${jobName} has no uid`);
+  return uid;
+}
+
+/** Creates a KV bucket as a job's worker would (the fake workers here do not). */
+async function createBucket(name: string): Promise<void> {
+  const kv = await nc.jetstream().views.kv(name, { history: 1 });
+  await kv.put('completed', new TextEncoder().encode('{}'));
+}
+
+async function bucketExists(name: string): Promise<boolean> {
+  const jsm = await nc.jetstreamManager();
+  for await (const stream of jsm.streams.names()) if (stream === `KV_${name}`) return true;
+  return false;
 }
 
 test('apply: the right worker pods, the claim, status Running, events', async () => {
@@ -377,6 +404,26 @@ test('a spec the operator cannot run: Failed/InvalidSpec, other jobs unaffected'
   assert.is((await status('alpha')).phase, 'Running');
 });
 
+test('a worker pod the API server refuses (422): Failed/InvalidSpec on the next pass, with the locked write', async () => {
+  // Requests above limits: the CRD cannot see it, the API server's pod validation refuses it.
+  await apply(
+    job('iota', {
+      'spec.replicas': 1,
+      'spec.worker.resources': { requests: { cpu: '2' }, limits: { cpu: '1' } },
+    }),
+  );
+  const s = await until('Failed', async () => {
+    const st = await status('iota');
+    return st.phase === 'Failed' ? st : undefined;
+  });
+  const condition = s.conditions?.find((c) => c.type === 'Failed');
+  assert.is(condition?.reason, 'InvalidSpec');
+  assert.match(condition?.message ?? '', /^worker pod rejected: create pod team-a\/iota-worker-0: 422/);
+  assert.is(s.restarts ?? 0, 0);
+  assert.is((await pods('iota')).length, 0);
+  assert.ok((await eventReasons('iota')).includes('InvalidSpec'));
+});
+
 test('the leader is SIGKILLed in the middle of a scale-up: the other replica converges, no duplicates', async () => {
   const leader = operators.find((op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'));
   assert.ok(leader !== undefined, 'a leader');
@@ -421,6 +468,60 @@ test('metrics: reconcile duration, queue depth, jobs by phase, pods created, pre
   }
   assert.is((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
   assert.is((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+});
+
+test('a deleted job takes its rendezvous state with it; the same name again gets a new bucket', async () => {
+  await apply(job('eta', { 'spec.replicas': 1 }));
+  await until('eta running', async () => (await pods('eta')).filter(running).length === 1);
+  const first = rendezvousBucket(NS, 'eta', await uidOf('eta'));
+  await createBucket(first);
+  await kubectl(['-n', NS, 'delete', 'tj', 'eta', '--wait=false']);
+  await until('the first incarnation’s bucket deleted', async () => !(await bucketExists(first)), 60_000);
+  await until(
+    'eta gone',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'tj', 'eta'])).code !== 0,
+    60_000,
+  );
+  await apply(job('eta', { 'spec.replicas': 1 }));
+  const second = rendezvousBucket(NS, 'eta', await until('the new eta', () => uidOf('eta')));
+  assert.is.not(second, first);
+  await kubectl(['-n', NS, 'delete', 'tj', 'eta', '--wait=false']);
+});
+
+test('ttlSecondsAfterFinished: the job and its rendezvous bucket are deleted', async () => {
+  await apply(
+    job('theta', {
+      'spec.replicas': 1,
+      'spec.worker.args': ['complete:1500'],
+      'spec.runPolicy': { ttlSecondsAfterFinished: 2 },
+    }),
+  );
+  const bucket = rendezvousBucket(NS, 'theta', await until('theta created', () => uidOf('theta')));
+  await createBucket(bucket);
+  await until(
+    'theta deleted after its TTL',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'tj', 'theta'])).code !== 0,
+    60_000,
+  );
+  await until('its bucket deleted', async () => !(await bucketExists(bucket)), 30_000);
+});
+
+test('a replica that starts leading sweeps buckets no live job owns, and only those', async () => {
+  const leader = operators.find(
+    (op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'),
+  ) as OperatorProcess;
+  const standby = operators.find((op) => alive(op) && op !== leader) as OperatorProcess;
+  // Left by jobs deleted while no operator watched (one from before buckets were per incarnation).
+  const ghost = rendezvousBucket(NS, 'ghost', randomUUID());
+  const legacy = `tensile_${NS}_ghost`;
+  const live = rendezvousBucket(NS, 'alpha', await uidOf('alpha'));
+  for (const name of [ghost, legacy, live, 'unrelated']) await createBucket(name);
+  await leader.kill('SIGTERM');
+  await standby.waitFor((l) => l['message'] === 'became leader', 30_000);
+  await until('the orphans swept', async () => !(await bucketExists(ghost)) && !(await bucketExists(legacy)));
+  assert.ok(await bucketExists(live), 'the live job’s bucket stays');
+  assert.ok(await bucketExists('unrelated'), 'a bucket that is no rendezvous bucket stays');
+  operators.push(startOperator('op-d', operatorArgs()));
 });
 
 test('deleting the job deletes its workers (owner references, finalizers released)', async () => {

@@ -2,7 +2,7 @@ import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { type Plan, type PlanConfig, plan } from '../../operator/controller/plan.ts';
+import { type Plan, type PlanConfig, plan, planInvalidSpec } from '../../operator/controller/plan.ts';
 import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
 import type { JobObservations } from '../../operator/controller/progress.ts';
 import { at, node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
@@ -44,6 +44,7 @@ interface Case {
   nodes?: Map<string, V1Node>;
   claimExists?: boolean;
   now?: Date;
+  podRejected?: string;
   expect: (p: Plan) => void;
 }
 
@@ -242,6 +243,38 @@ const cases: Case[] = [
       assert.equal(names(p.createPods), ['job-worker-2']);
       assert.is(p.status.replicas, 2, 'the leaving worker is not counted; its replacement is');
       assert.ok(p.events.some((e) => e.reason === 'NodeDisruption'));
+    },
+  },
+  {
+    name: 'a spec edit while workers run: they are sent the new revision, once it is newer than observed',
+    job: (() => {
+      const job = ownedJob(
+        { 'spec.replicas': 2, 'spec.stopping.epochs': 4 },
+        {
+          ...running(),
+          observedGeneration: 1,
+        },
+      );
+      job.metadata = { ...job.metadata, generation: 3 } as OwnedJob['metadata'];
+      return job;
+    })(),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    expect: (p) => {
+      assert.equal(
+        p.publish.map((m) => (m.type === 'spec' ? [m.type, m.revision, m.spec.stopping.epochs] : [m.type])),
+        [['spec', 3, 4]],
+      );
+      assert.ok(p.events.some((e) => e.reason === 'SpecChanged'));
+      assert.is(p.status.observedGeneration, 3, 'sent once: the next pass sees it observed');
+    },
+  },
+  {
+    name: 'no spec message when nothing changed, before any status, or with no worker running',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), observedGeneration: 1 }),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    expect: (p) => {
+      assert.equal(p.publish, []);
+      assert.not.ok(p.events.some((e) => e.reason === 'SpecChanged'));
     },
   },
   {
@@ -464,6 +497,33 @@ const cases: Case[] = [
     },
   },
   {
+    name: 'a worker pod the API server refused: Failed/InvalidSpec, counts kept, workers stopped',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), restarts: 1, preemptions: 3 }),
+    pods: [workerPod(0)],
+    podRejected: 'create pod default/job-worker-1: 422 Invalid: spec.containers[0].resources: Invalid value',
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.match(condition(p, 'Failed')?.message ?? '', /^worker pod rejected: create pod/);
+      assert.is(p.status.preemptions, 3);
+      assert.is(p.status.restarts, 1);
+      assert.equal(p.createPods, []);
+      assert.equal(deleted(p), ['job-worker-0']);
+      assert.ok(p.publish.some((m) => m.type === 'stop'));
+      assert.ok(p.events.some((e) => e.reason === 'InvalidSpec' && e.type === 'Warning'));
+    },
+  },
+  {
+    name: 'a refusal seen after the job finished changes nothing',
+    job: ownedJob({}, { phase: 'Succeeded', completionTime: '2026-11-21T11:00:00Z' }),
+    podRejected: 'create pod default/job-worker-0: 422 Invalid',
+    expect: (p) => {
+      assert.is(p.status.phase, 'Succeeded');
+      assert.is(condition(p, 'Failed'), undefined);
+      assert.not.ok(p.events.some((e) => e.reason === 'InvalidSpec'));
+    },
+  },
+  {
     name: 'a finished job lets go of its pods',
     job: ownedJob({}, { phase: 'Failed', completionTime: '2026-11-21T11:00:00Z' }),
     pods: [workerPod(0, { phase: 'Failed' })],
@@ -569,8 +629,54 @@ for (const c of cases) {
       now: c.now ?? T0,
       config,
       ...(c.observations === undefined ? {} : { observations: c.observations }),
+      ...(c.podRejected === undefined ? {} : { podRejected: c.podRejected }),
     });
     c.expect(p);
+  });
+}
+
+const invalidCases: {
+  name: string;
+  status: TrainingJobStatus | undefined;
+  expect: (p: Plan) => void;
+}[] = [
+  {
+    name: 'a new job with an invalid spec: Failed/InvalidSpec, one event, no pod touched',
+    status: undefined,
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.is(condition(p, 'Failed')?.message, 'spec.replicas: must be >= 0');
+      assert.is(condition(p, 'Running')?.status, 'False');
+      assert.is(p.status.completionTime, '2026-11-21T12:00:00Z');
+      assert.equal(p.events, [
+        { type: 'Warning', reason: 'InvalidSpec', message: 'spec.replicas: must be >= 0' },
+      ]);
+      assert.equal([p.createPods, p.deletePods, p.releasePods, p.publish], [[], [], [], []]);
+    },
+  },
+  {
+    name: 'a running job edited into an invalid spec keeps its counts',
+    status: { ...running(), restarts: 2, preemptions: 5, countedPods: ['uid-a'] },
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.equal([p.status.restarts, p.status.preemptions, p.status.countedPods], [2, 5, ['uid-a']]);
+      assert.is(condition(p, 'Created')?.reason, 'JobCreated');
+    },
+  },
+  {
+    name: 'an invalid job already Failed: nothing changes, no event',
+    status: { phase: 'Failed', completionTime: '2026-11-21T11:00:00Z', message: 'earlier' },
+    expect: (p) => {
+      assert.equal(p.status, { phase: 'Failed', completionTime: '2026-11-21T11:00:00Z', message: 'earlier' });
+      assert.equal(p.events, []);
+    },
+  },
+];
+
+for (const c of invalidCases) {
+  test(c.name, () => {
+    c.expect(planInvalidSpec({ status: c.status, reason: 'spec.replicas: must be >= 0', now: T0 }));
   });
 }
 

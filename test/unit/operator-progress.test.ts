@@ -161,4 +161,53 @@ test('malformed messages are dropped, never fatal', () => {
   assert.equal(changed, []);
 });
 
+test('reports are kept per incarnation: a job of the same name never reads the one before it', () => {
+  const { t } = tracker();
+  const progress = (jobUid: string, step: number) =>
+    encodeMessage({
+      type: 'progress',
+      jobUid,
+      worker: 'w',
+      generation: 1,
+      worldSize: 1,
+      step,
+      epoch: 0,
+      loss: 1,
+      samplesPerSecond: 10,
+      time,
+    });
+  t.receive(
+    'tensile.ns.job.metrics',
+    encodeMessage({
+      type: 'completed',
+      jobUid: 'old',
+      worker: 'w',
+      step: 90,
+      epoch: 3,
+      loss: 1,
+      reason: 'done',
+      time,
+    }),
+  );
+  t.receive('tensile.ns.job.metrics', progress('new', 4));
+  // The old incarnation's workers are still shutting down and reporting.
+  t.receive('tensile.ns.job.metrics', progress('old', 91));
+  const current = t.observations('ns/job', 'new');
+  assert.is(current?.progress?.step, 4);
+  assert.is(current?.completed, undefined, 'the old completion is not the new job’s');
+  assert.is(t.observations('ns/job', 'old')?.completed?.step, 90);
+  assert.is(t.observations('ns/job', 'other'), undefined);
+  assert.is(t.observations('ns/job'), undefined, 'nothing arrived without a uid');
+});
+
+test('a message without a uid is never taken for a known incarnation’s', () => {
+  const { t } = tracker();
+  t.receive(
+    'tensile.ns.job.metrics',
+    encodeMessage({ type: 'completed', worker: 'w', step: 9, epoch: 1, loss: 1, reason: 'done', time }),
+  );
+  assert.is(t.observations('ns/job', 'some-uid'), undefined);
+  assert.is(t.observations('ns/job')?.completed?.step, 9);
+});
+
 test.run();

@@ -23,7 +23,7 @@ import {
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
-import type { WorkerConfig } from '../config.ts';
+import { type WorkerConfig, WorkerConfigError } from '../config.ts';
 import { SpecMismatchError } from '../errors.ts';
 import { emit, errorMessage, type WorkerLogger } from '../log.ts';
 import { RendezvousAgent } from '../rendezvous/agent.ts';
@@ -147,6 +147,7 @@ export class ElasticMembership implements Membership {
   private readonly subjects: ReturnType<typeof jobSubjects>;
   private control: Subscription | undefined;
   private completed: { step: number; reason: string } | undefined;
+  private foreignCompletionSeen = false;
 
   private constructor(
     private offer: SpecOffer,
@@ -182,7 +183,10 @@ export class ElasticMembership implements Membership {
           });
       }
     })();
-    const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName));
+    const uid = config.jobUid;
+    if (uid === undefined)
+      throw new WorkerConfigError(['TENSILE_JOB_UID: the elastic runtime needs the job uid']);
+    const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName, uid));
     const server = await CollectiveServer.listen(config.jobName, config.podIp);
     const spec = config.spec;
     const range = elasticRange(spec);
@@ -190,6 +194,7 @@ export class ElasticMembership implements Membership {
     const agent = new RendezvousAgent({
       store,
       id: config.workerId,
+      incarnation: uid,
       address: server.address,
       heartbeatMs: spec.rendezvous.heartbeatMillis,
       config: {
@@ -227,6 +232,14 @@ export class ElasticMembership implements Membership {
           return;
         }
         const value = decoded.value;
+        if (value.jobUid !== this.config.jobUid) {
+          // Addressed to another incarnation of this job (one deleted, or its successor).
+          emit(this.log, 'debug', 'ignoring a control message of another incarnation', {
+            event: 'control-ignored',
+            jobUid: value.jobUid ?? '(none)',
+          });
+          return;
+        }
         if (value.type === 'spec') {
           void this.offerSpec(value.revision, value.spec);
           return;
@@ -271,7 +284,11 @@ export class ElasticMembership implements Membership {
 
   publish(channel: 'metrics' | 'events', message: unknown): void {
     try {
-      this.nc.publish(this.subjects[channel], encodeMessage(message));
+      const stamped =
+        typeof message === 'object' && message !== null
+          ? { ...message, jobUid: this.config.jobUid }
+          : message;
+      this.nc.publish(this.subjects[channel], encodeMessage(stamped));
     } catch (error) {
       // Progress is best effort; training never waits for NATS.
       this.log.debug('publish failed', { error: errorMessage(error) });
@@ -286,7 +303,18 @@ export class ElasticMembership implements Membership {
       const value = JSON.parse(new TextDecoder().decode(stored.value)) as {
         step?: unknown;
         reason?: unknown;
+        jobUid?: unknown;
       };
+      if (value.jobUid !== this.config.jobUid) {
+        // Another incarnation's completion says nothing about this one.
+        if (!this.foreignCompletionSeen)
+          emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
+            event: 'completion-ignored',
+            jobUid: String(value.jobUid ?? '(none)'),
+          });
+        this.foreignCompletionSeen = true;
+        return undefined;
+      }
       if (typeof value.step === 'number' && typeof value.reason === 'string') {
         this.completed = { step: value.step, reason: value.reason };
         return this.completed;
@@ -434,7 +462,10 @@ export class ElasticMembership implements Membership {
   async complete(step: number, reason: string): Promise<void> {
     this.completed = { step, reason };
     await this.store
-      .put(COMPLETED_KEY, new TextEncoder().encode(JSON.stringify({ step, reason })))
+      .put(
+        COMPLETED_KEY,
+        new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
+      )
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
   }
 

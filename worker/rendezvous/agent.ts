@@ -35,6 +35,8 @@ export type WorldShaper = (
 export interface AgentOptions {
   readonly store: RendezvousStore;
   readonly id: string;
+  /** The job's incarnation: stamped on the worlds this agent proposes; worlds of another are ignored. */
+  readonly incarnation?: string;
   readonly address: string;
   readonly config: RendezvousConfig;
   readonly heartbeatMs: number;
@@ -114,10 +116,16 @@ export class RendezvousAgent implements AsyncDisposable {
           this.worldRevision = undefined;
         } else {
           const parsed = WorldRecordSchema.safeParse(this.parse(change.value));
-          if (parsed.success) {
+          if (!parsed.success) log.warn('ignoring a malformed world record', { error: parsed.error.message });
+          else if (!this.ours(parsed.data)) {
+            // Not ours to follow, but ours to replace: the next proposal overwrites it at its revision.
+            log.warn('ignoring the world record of another incarnation', { jobUid: parsed.data.jobUid });
+            this.world = undefined;
+            this.worldRevision = change.revision;
+          } else {
             this.world = parsed.data;
             this.worldRevision = change.revision;
-          } else log.warn('ignoring a malformed world record', { error: parsed.error.message });
+          }
         }
       } else if (change.key.startsWith('member.')) {
         const id = change.key.slice('member.'.length);
@@ -142,6 +150,10 @@ export class RendezvousAgent implements AsyncDisposable {
       }
       this.schedule();
     }
+  }
+
+  private ours(world: WorldRecord): boolean {
+    return this.options.incarnation === undefined || world.jobUid === this.options.incarnation;
   }
 
   private parse(bytes: Uint8Array): unknown {
@@ -268,6 +280,7 @@ export class RendezvousAgent implements AsyncDisposable {
     const shaped = this.options.shape(proposal, this.world, offers);
     const world: WorldRecord = {
       ...shaped,
+      ...(this.options.incarnation === undefined ? {} : { jobUid: this.options.incarnation }),
       generation: proposal.generation,
       source: proposal.source,
       startStep: proposal.startStep,
@@ -295,7 +308,7 @@ export class RendezvousAgent implements AsyncDisposable {
       if (current !== undefined) {
         const parsed = WorldRecordSchema.safeParse(this.parse(current.value));
         if (parsed.success) {
-          this.world = parsed.data;
+          this.world = this.ours(parsed.data) ? parsed.data : undefined;
           this.worldRevision = current.revision;
         }
       }

@@ -33,6 +33,8 @@ export type MemberRecord = z.output<typeof MemberRecordSchema>;
 export const WorldMemberSchema = z.object({ id: z.string(), address: z.string(), batch: z.int().min(1) });
 
 export const WorldRecordSchema = z.object({
+  /** The incarnation of the job (its uid) this world belongs to. */
+  jobUid: z.string().optional(),
   generation: z.int().min(1),
   members: z.array(WorldMemberSchema).min(1),
   /** The member whose state everyone adopts; undefined when nobody has any (restore from a checkpoint). */
