@@ -34,6 +34,8 @@ export const WorkerResultSchema = z.object({
       globalBatch: z.int().min(1),
       learningRate: z.number(),
       firstStep: z.int().min(0),
+      /** Scale-invariant iterations when it began (AdaScale); absent in earlier versions. */
+      firstProgress: z.number().min(0).optional(),
       specRevision: z.int().min(0).optional(),
     }),
   ),

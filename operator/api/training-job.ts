@@ -258,14 +258,54 @@ export const DatasetSpecSchema = withRules(
 
 // ------------------------------------------------------------------------------------------ optimizer
 
+export const OPTIMIZERS = ['sgd', 'momentum', 'adam', 'rmsprop', 'lars', 'lamb'] as const;
+
 export const OptimizerSpecSchema = withRules(
   z.strictObject({
-    type: z.enum(['sgd', 'momentum', 'adam', 'rmsprop']).default('adam').describe('The optimizer.'),
+    type: z
+      .enum(OPTIMIZERS)
+      .default('adam')
+      .describe('The optimizer; lars (momentum SGD) and lamb (Adam) scale each layer by a trust ratio.'),
     learningRate: z.number().gt(0).lte(10).describe('Base learning rate (lr_base of the rescale policy).'),
     momentum: z.number().min(0).lt(1).default(0.9).describe('momentum and rmsprop: the momentum term.'),
     beta1: fraction().default(0.9),
     beta2: fraction().default(0.999),
-    epsilon: z.number().gt(0).lt(1).default(1e-7).describe('adam and rmsprop: numerical stability term.'),
+    epsilon: z
+      .number()
+      .gt(0)
+      .lt(1)
+      .default(1e-7)
+      .describe('adam, rmsprop and lamb: numerical stability term.'),
+    weightDecay: z
+      .number()
+      .min(0)
+      .lt(1)
+      .default(0)
+      .describe(
+        'Weight decay β of every weight but biases and normalisation weights: L2 for sgd, momentum and rmsprop, decoupled for adam (AdamW) and lamb, in the trust ratio for lars.',
+      ),
+    trustCoefficient: z
+      .number()
+      .gt(0)
+      .lte(1)
+      .optional()
+      .describe('lars: the trust coefficient η of the layer-wise rate η·‖w‖/(‖g‖ + β‖w‖) (default 0.001).'),
+    warmup: z
+      .strictObject({
+        steps: positiveInt()
+          .max(10_000_000)
+          .optional()
+          .describe('Warm up over the first N steps of the run.'),
+        epochs: positiveInt().max(10_000).optional().describe('Warm up over the first N epochs of the run.'),
+        startFactor: z
+          .number()
+          .min(0)
+          .lt(1)
+          .default(0)
+          .describe('The warm-up starts at this fraction of the rate and grows linearly to all of it.'),
+      })
+      .optional()
+      .describe('Initial learning-rate warm-up of the run (Goyal et al. 2017); omit for none.'),
     schedule: z
       .strictObject({
         type: z
@@ -290,6 +330,19 @@ export const OptimizerSpecSchema = withRules(
       holds: (o) =>
         !(o.schedule.type === 'step' || o.schedule.type === 'exponential') ||
         (o.schedule.decaySteps !== undefined && o.schedule.decayRate !== undefined),
+    },
+    {
+      cel: "self.type == 'lars' || !has(self.trustCoefficient)",
+      message: 'optimizer.trustCoefficient applies to lars only',
+      field: ['trustCoefficient'],
+      holds: (o) => o.type === 'lars' || o.trustCoefficient === undefined,
+    },
+    {
+      cel: '!has(self.warmup) || (has(self.warmup.steps) != has(self.warmup.epochs))',
+      message: 'optimizer.warmup needs exactly one of steps or epochs',
+      field: ['warmup'],
+      holds: (o) =>
+        o.warmup === undefined || (o.warmup.steps === undefined) !== (o.warmup.epochs === undefined),
     },
     {
       cel: 'self.schedule.minLearningRate < self.learningRate',
@@ -329,9 +382,58 @@ export const BatchSpecSchema = withRules(
     warmupSteps: nonNegativeInt()
       .max(1_000_000)
       .default(50)
-      .describe('linear and sqrt: steps of linear warm-up to the new learning rate after every change.'),
+      .describe('Steps of linear warm-up to the new learning rate after every rescale (0: none).'),
+    warmupStartFactor: z
+      .number()
+      .gt(0)
+      .lte(1)
+      .default(1)
+      .describe(
+        'When a rescale keeps the rate (fixedGlobalBatch, adascale, or an unchanged B), the warm-up starts at this fraction of it; 1: no warm-up then.',
+      ),
+    rampUp: z
+      .strictObject({
+        start: positiveInt().max(1_000_000).describe('The global batch of the first steps.'),
+        increment: positiveInt().max(1_000_000).describe('The global batch grows by this much per stage.'),
+        samples: positiveInt().optional().describe('The ramp reaches `global` after this many samples.'),
+        epochs: positiveInt()
+          .max(10_000)
+          .optional()
+          .describe('The ramp reaches `global` after this many epochs.'),
+      })
+      .optional()
+      .describe(
+        "Batch-size warm-up (Megatron-style, stepwise): the global batch grows from `start` to `global` in steps of `increment` over `samples` or `epochs`; with linear, sqrt and adascale the world's batch shrinks by the same fraction, and the learning rate follows the policy.",
+      ),
+    adascaleSmoothing: z
+      .number()
+      .min(0)
+      .lt(1)
+      .optional()
+      .describe(
+        'adascale: the factor θ of the moving averages of the gradient variance and squared norm the gain is computed from (default max(1 − S/1000, 0)).',
+      ),
   }),
   [
+    {
+      cel: '!has(self.rampUp) || self.rampUp.start < self.global',
+      message: 'batch.rampUp.start must be below batch.global',
+      field: ['rampUp', 'start'],
+      holds: (b) => b.rampUp === undefined || b.rampUp.start < b.global,
+    },
+    {
+      cel: '!has(self.rampUp) || (has(self.rampUp.samples) != has(self.rampUp.epochs))',
+      message: 'batch.rampUp needs exactly one of samples or epochs',
+      field: ['rampUp'],
+      holds: (b) =>
+        b.rampUp === undefined || (b.rampUp.samples === undefined) !== (b.rampUp.epochs === undefined),
+    },
+    {
+      cel: "self.policy == 'adascale' || !has(self.adascaleSmoothing)",
+      message: 'batch.adascaleSmoothing applies to the adascale policy only',
+      field: ['adascaleSmoothing'],
+      holds: (b) => b.policy === 'adascale' || b.adascaleSmoothing === undefined,
+    },
     {
       cel: "self.policy != 'fixedGlobalBatch' || !has(self.perWorker)",
       message: 'batch.perWorker applies to linear, sqrt and adascale; fixedGlobalBatch splits batch.global',

@@ -101,6 +101,8 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   event('generation', {
     worldSize: count,
     firstStep: count,
+    /** Scale-invariant iterations when it began (AdaScale). */
+    firstProgress: z.number().optional(),
     rank: count.optional(),
     members: z.array(z.string()).readonly().optional(),
     perWorker: z.array(count).readonly().optional(),
@@ -119,6 +121,8 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     samplesPerSecond: measure.optional(),
     learningRate: z.number().optional(),
     gain: z.number().optional(),
+    /** Scale-invariant iterations after the step (AdaScale only). */
+    progress: z.number().optional(),
     worldSize: count.optional(),
     plannedSteps: count.optional(),
   }),

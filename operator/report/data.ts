@@ -49,6 +49,7 @@ const SummarySchema = z.object({
         globalBatch: count,
         learningRate: z.number(),
         firstStep: count,
+        firstProgress: z.number().nullable().catch(null).default(null),
       }),
     )
     .catch([]),
@@ -78,6 +79,8 @@ export interface ProgressPoint {
   readonly learningRate: number | null;
   readonly worldSize: number | null;
   readonly plannedSteps: number | null;
+  /** Scale-invariant iterations after the step (AdaScale only; null otherwise). */
+  readonly progress: number | null;
 }
 
 export interface EvalPoint {
@@ -96,6 +99,10 @@ export interface GenerationInfo {
   readonly globalBatch: number | null;
   readonly learningRate: number | null;
   readonly firstStep: number;
+  /** Scale-invariant iterations when it began (AdaScale), or null. */
+  readonly firstProgress: number | null;
+  /** AdaScale: the mean gain over its steps (progress made / steps taken), or null. */
+  readonly gain: number | null;
   readonly time: number | null;
 }
 
@@ -222,6 +229,40 @@ function scalarDetail(record: Json, skip: readonly string[]): string {
     .join(' ');
 }
 
+/** The last step logged with its scale-invariant progress, if any was. */
+function lastProgress(points: readonly ProgressPoint[]): { step: number; progress: number } | undefined {
+  let last: { step: number; progress: number } | undefined;
+  for (const p of points)
+    if (p.progress !== null && (last === undefined || p.step > last.step))
+      last = { step: p.step, progress: p.progress };
+  return last;
+}
+
+/**
+ * Each generation's mean AdaScale gain: the scale-invariant iterations it made over the steps it
+ * took, up to the next generation's start (or the last progress logged, for the last one).
+ */
+export function withGains(
+  generations: readonly GenerationInfo[],
+  last: { step: number; progress: number } | undefined,
+): GenerationInfo[] {
+  return generations.map((g, i) => {
+    const next = generations[i + 1];
+    const end =
+      next?.firstProgress !== undefined && next.firstProgress !== null
+        ? { step: next.firstStep, progress: next.firstProgress }
+        : next === undefined
+          ? last
+          : undefined;
+    const steps = end === undefined ? 0 : end.step - g.firstStep;
+    const gain =
+      g.firstProgress === null || end === undefined || steps <= 0
+        ? null
+        : (end.progress - g.firstProgress) / steps;
+    return { ...g, gain };
+  });
+}
+
 /** What the timeline says of a log event besides generations and checkpoints; undefined: not shown. */
 function timelineDetail(r: WorkerEvent): string | undefined {
   switch (r.event) {
@@ -305,6 +346,7 @@ export function assembleReport(files: RunFiles): ReportData {
               learningRate: r.learningRate ?? null,
               worldSize: r.worldSize ?? null,
               plannedSteps: r.plannedSteps ?? null,
+              progress: r.progress ?? null,
             },
           });
           break;
@@ -339,6 +381,8 @@ export function assembleReport(files: RunFiles): ReportData {
               globalBatch: r.globalBatch ?? null,
               learningRate: r.learningRate ?? null,
               firstStep: r.firstStep,
+              firstProgress: r.firstProgress ?? null,
+              gain: null,
               time,
             },
           });
@@ -393,10 +437,11 @@ export function assembleReport(files: RunFiles): ReportData {
   // The logs know when each world formed; the summary also lists generations of earlier sessions
   // whose logs may be gone.
   const fromLogs = latestByKey(generationRaw, (g) => g.generation);
-  const generations = [...fromLogs];
+  const known = [...fromLogs];
   for (const g of summary.generations)
-    if (!generations.some((h) => h.generation === g.generation)) generations.push({ ...g, time: null });
-  generations.sort((a, b) => a.generation - b.generation);
+    if (!known.some((h) => h.generation === g.generation)) known.push({ ...g, gain: null, time: null });
+  known.sort((a, b) => a.generation - b.generation);
+  const generations = withGains(known, lastProgress(progress));
   for (const g of generations)
     events.push({
       kind: 'generation',

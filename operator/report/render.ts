@@ -247,11 +247,40 @@ function eventTable(data: ReportData): string {
 
 function generationTable(data: ReportData): string {
   if (data.generations.length === 0) return '';
+  // AdaScale runs record their gain: a column only when some generation has one.
+  const gains = data.generations.some((g) => g.gain !== null);
+  const gainCell = (gain: number | null) =>
+    gains ? `<td class="num">${gain === null ? '–' : esc(formatNumber(gain, 3))}</td>` : '';
   const rows = data.generations.map(
     (g) =>
-      `<tr><td class="num">${g.generation}</td><td class="num">${g.worldSize}</td><td class="num">${g.globalBatch ?? '–'}</td><td class="num">${g.learningRate === null ? '–' : esc(formatNumber(g.learningRate, 4))}</td><td class="num">${g.firstStep}</td></tr>`,
+      `<tr><td class="num">${g.generation}</td><td class="num">${g.worldSize}</td><td class="num">${g.globalBatch ?? '–'}</td><td class="num">${g.learningRate === null ? '–' : esc(formatNumber(g.learningRate, 4))}</td><td class="num">${g.firstStep}</td>${gainCell(g.gain)}</tr>`,
   );
-  return `<table><thead><tr><th class="num">generation</th><th class="num">workers</th><th class="num">global batch</th><th class="num">learning rate</th><th class="num">first step</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
+  const gainHead = gains ? '<th class="num">mean AdaScale gain</th>' : '';
+  return `<table><thead><tr><th class="num">generation</th><th class="num">workers</th><th class="num">global batch</th><th class="num">learning rate</th><th class="num">first step</th>${gainHead}</tr></thead><tbody>${rows.join('')}</tbody></table>`;
+}
+
+/** AdaScale: training loss against scale-invariant iterations, the axis its schedule runs on. */
+function scaleInvariantFigure(data: ReportData): string {
+  const points = data.progress.flatMap((p) =>
+    p.progress === null || p.loss === null ? [] : [{ x: p.progress, y: p.loss }],
+  );
+  if (points.length === 0) return '';
+  const end = Math.max(1, ...points.map((p) => p.x));
+  return figure(
+    'Loss by scale-invariant iterations (AdaScale)',
+    lineChart({
+      width: WIDTH,
+      xDomain: [0, end],
+      xLabel: 'scale-invariant iterations',
+      // Rescale markers are at steps, not on this axis.
+      markers: [],
+      ariaLabel: 'loss by scale-invariant iterations',
+      series: [{ name: 'training loss', color: COLORS.train, style: 'line', points }],
+      yZero: true,
+    }),
+    false,
+    '',
+  );
 }
 
 function auditTable(data: ReportData): string {
@@ -407,6 +436,7 @@ export function renderReport(data: ReportData, now: Date = new Date()): string {
       accuracySeries.every((x) => x.points.length === 0),
       'No accuracy was logged.',
     ),
+    scaleInvariantFigure(data),
   ].join('');
   const world = [
     figure(

@@ -163,6 +163,47 @@ export const invalidManifests: InvalidCase[] = [
     manifest: withField('spec.optimizer.schedule', { type: 'step' }),
     field: 'spec.optimizer.schedule',
   },
+  {
+    name: 'trustCoefficient with lamb',
+    manifest: withField('spec.optimizer', { type: 'lamb', learningRate: 0.01, trustCoefficient: 0.001 }),
+    field: 'spec.optimizer.trustCoefficient',
+    message: /lars only/,
+  },
+  {
+    name: 'adascaleSmoothing without adascale',
+    manifest: withField('spec.batch', { policy: 'linear', adascaleSmoothing: 0.9 }),
+    field: 'spec.batch.adascaleSmoothing',
+    message: /adascale policy only/,
+  },
+  {
+    name: 'ramp-up start not below global',
+    manifest: withField('spec.batch', { global: 128, rampUp: { start: 128, increment: 32, samples: 1000 } }),
+    field: 'spec.batch.rampUp.start',
+    message: /below batch.global/,
+  },
+  {
+    name: 'ramp-up without its length',
+    manifest: withField('spec.batch', { global: 128, rampUp: { start: 32, increment: 32 } }),
+    field: 'spec.batch.rampUp',
+    message: /exactly one of samples or epochs/,
+  },
+  {
+    name: 'negative weight decay',
+    manifest: withField('spec.optimizer.weightDecay', -0.1),
+    field: 'spec.optimizer.weightDecay',
+  },
+  {
+    name: 'warm-up with both steps and epochs',
+    manifest: withField('spec.optimizer.warmup', { steps: 10, epochs: 1 }),
+    field: 'spec.optimizer.warmup',
+    message: /exactly one/,
+  },
+  {
+    name: 'warm-up with neither steps nor epochs',
+    manifest: withField('spec.optimizer.warmup', {}),
+    field: 'spec.optimizer.warmup',
+    message: /exactly one/,
+  },
   { name: 'global batch zero', manifest: withField('spec.batch', { global: 0 }), field: 'spec.batch.global' },
   {
     name: 'unknown rescale policy',

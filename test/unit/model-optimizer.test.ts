@@ -7,7 +7,7 @@ import * as assert from 'uvu/assert';
 import { ModelSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
 import { ModelError } from '../../worker/errors.ts';
 import { buildModel, dropoutLayers, seedDropout, seedTopology } from '../../worker/model/build.ts';
-import { TrainingOptimizer } from '../../worker/train/optimizer.ts';
+import { layerAdapted, TrainingOptimizer, trustRatio } from '../../worker/train/optimizer.ts';
 
 await tf.setBackend('cpu');
 const dir = mkdtempSync(join(tmpdir(), 'tensile-model-'));
@@ -230,6 +230,13 @@ function gradientsFor(step: number): tf.Tensor[] {
   ];
 }
 
+const resumeCases: [string, object][] = [
+  ...optimizerCases.map(([name, spec]): [string, object] => [name, spec]),
+  ['adamw', { type: 'adam', learningRate: 0.01, weightDecay: 0.1 }],
+  ['lars', { type: 'lars', learningRate: 0.5, trustCoefficient: 0.02, weightDecay: 0.01 }],
+  ['lamb', { type: 'lamb', learningRate: 0.01, weightDecay: 0.01 }],
+];
+
 for (const [name, spec, reference] of optimizerCases) {
   test(`${name}: the same updates as tf.train.${name}`, () => {
     const ours = [tf.variable(tf.tensor1d([1, 2, 3])), tf.variable(tf.tensor2d([[0.5, -0.5]]))];
@@ -256,7 +263,9 @@ for (const [name, spec, reference] of optimizerCases) {
     optimizer.dispose();
     tf.dispose([...ours, ...theirs]);
   });
+}
 
+for (const [name, spec] of resumeCases) {
   test(`${name}: a restored optimizer continues bit for bit`, () => {
     const make = () => [tf.variable(tf.tensor1d([1, 2, 3])), tf.variable(tf.tensor2d([[0.5, -0.5]]))];
     const parsed = OptimizerSpecSchema.parse(spec);
@@ -297,6 +306,77 @@ for (const [name, spec, reference] of optimizerCases) {
     tf.dispose([...a, ...b]);
   });
 }
+
+/** One step of `spec` on a kernel [[3, 4]] (‖w‖ = 5) and a bias [1] with gradients [[0.6, 0.8]] (‖g‖ = 1) and [0.5]. */
+function oneStep(spec: object, learningRate: number): { kernel: number[]; bias: number[] } {
+  const kernel = tf.variable(tf.tensor2d([[3, 4]]));
+  const bias = tf.variable(tf.tensor1d([1]));
+  const optimizer = new TrainingOptimizer(OptimizerSpecSchema.parse(spec), [
+    { name: 'dense/kernel', variable: kernel },
+    { name: 'dense/bias', variable: bias },
+  ]);
+  const grads = [tf.tensor2d([[0.6, 0.8]]), tf.tensor1d([0.5])];
+  optimizer.apply(grads, learningRate);
+  const out = { kernel: [...kernel.dataSync()], bias: [...bias.dataSync()] };
+  optimizer.dispose();
+  tf.dispose([kernel, bias, ...grads]);
+  return out;
+}
+
+function close(actual: number[], expected: number[], what: string): void {
+  assert.is(actual.length, expected.length, what);
+  actual.forEach((x, i) => {
+    assert.ok(Math.abs(x - (expected[i] as number)) < 1e-5, `${what}[${i}]: ${x} vs ${expected[i]}`);
+  });
+}
+
+test('trust ratio: η‖w‖/‖u‖, and 1 when a norm is 0', () => {
+  const cases: [number, number, number, number][] = [
+    [5, 1, 0.01, 0.05],
+    [5, 1.5, 0.01, 0.05 / 1.5],
+    [0, 1, 0.01, 1],
+    [5, 0, 0.01, 1],
+    [2, 4, 1, 0.5],
+  ];
+  for (const [w, u, eta, expected] of cases) assert.ok(Math.abs(trustRatio(w, u, eta) - expected) < 1e-12);
+  assert.ok(layerAdapted([3, 4]));
+  assert.ok(layerAdapted([3, 3, 1, 8]));
+  assert.not.ok(layerAdapted([4]), 'biases and normalisation weights are excluded');
+});
+
+test('lars: a hand-computed step, biases by plain momentum', () => {
+  // λ = 0.01·5/1 = 0.05 → v = 0.05·g = [0.03, 0.04]; the bias moves by lr·g.
+  const plain = oneStep({ type: 'lars', learningRate: 1, trustCoefficient: 0.01 }, 1);
+  close(plain.kernel, [2.97, 3.96], 'kernel');
+  close(plain.bias, [0.5], 'bias');
+  // β = 0.1: λ = 0.05/(1 + 0.5) and g + βw = [0.9, 1.2], the same step; the bias is not decayed.
+  const decayed = oneStep({ type: 'lars', learningRate: 1, trustCoefficient: 0.01, weightDecay: 0.1 }, 1);
+  close(decayed.kernel, [2.97, 3.96], 'decayed kernel');
+  close(decayed.bias, [0.5], 'decayed bias');
+});
+
+test('lamb: a hand-computed first step (m̂/√v̂ = sign g), bias without trust ratio', () => {
+  const plain = oneStep({ type: 'lamb', learningRate: 0.1 }, 0.1);
+  const r = 5 / Math.SQRT2;
+  close(plain.kernel, [3 - 0.1 * r, 4 - 0.1 * r], 'kernel');
+  close(plain.bias, [0.9], 'bias');
+  // β = 0.1: u = [1.3, 1.4], ratio 5/‖u‖.
+  const decayed = oneStep({ type: 'lamb', learningRate: 0.1, weightDecay: 0.1 }, 0.1);
+  const ru = 5 / Math.sqrt(1.3 ** 2 + 1.4 ** 2);
+  close(decayed.kernel, [3 - 0.1 * ru * 1.3, 4 - 0.1 * ru * 1.4], 'decayed kernel');
+  close(decayed.bias, [0.9], 'decayed bias');
+});
+
+test('weight decay: decoupled for adam (AdamW), L2 for sgd, never on biases', () => {
+  // Adam's first step is lr·sign(g); AdamW adds lr·β·w.
+  const adamw = oneStep({ type: 'adam', learningRate: 0.1, weightDecay: 0.1 }, 0.1);
+  close(adamw.kernel, [3 - 0.1 - 0.03, 4 - 0.1 - 0.04], 'adamw kernel');
+  close(adamw.bias, [0.9], 'adamw bias');
+  // SGD: w − lr·(g + βw).
+  const sgd = oneStep({ type: 'sgd', learningRate: 0.1, weightDecay: 0.1 }, 0.1);
+  close(sgd.kernel, [3 - 0.1 * (0.6 + 0.3), 4 - 0.1 * (0.8 + 0.4)], 'sgd kernel');
+  close(sgd.bias, [1 - 0.05], 'sgd bias');
+});
 
 test('restoring optimizer state of another type or shape is refused', () => {
   const v = [tf.variable(tf.zeros([2]))];

@@ -310,6 +310,40 @@ test('progress rolled back by a resume is dropped; a later session redoes those 
   );
 });
 
+test('AdaScale: mean gain per generation and loss by scale-invariant iterations', () => {
+  const generation = (g: number, worldSize: number, firstStep: number, firstProgress: number) => ({
+    event: 'generation',
+    generation: g,
+    worldSize,
+    globalBatch: 32 * worldSize,
+    learningRate: 0.01,
+    firstStep,
+    firstProgress,
+  });
+  const lines = [
+    log('w', 0, generation(0, 4, 0, 0)),
+    log('w', 1, { ...progress(50, 1.2), gain: 3, progress: 150 }),
+    log('w', 2, { ...progress(100, 0.9), gain: 3, progress: 300 }),
+    log('w', 3, generation(1, 2, 100, 300)),
+    log('w', 4, { ...progress(150, 0.7), gain: 1.5, progress: 375 }),
+  ].join('\n');
+  const data = assembleReport({
+    dir: '/run',
+    summaryFile: '/run/summary.json',
+    summaryText: JSON.stringify(summary),
+    logs: [{ file: '/run/worker-0.log', text: lines }],
+    eventsText: undefined,
+  });
+  assert.equal(
+    data.generations.map((g) => g.gain),
+    [3, 1.5],
+  );
+  const html = renderReport(data, new Date(0));
+  assert.match(html, 'Loss by scale-invariant iterations');
+  assert.match(html, 'mean AdaScale gain');
+  assert.not.match(renderReport(built(), new Date(0)), 'scale-invariant');
+});
+
 test('a spec change a world took up is on the timeline, with what changed', () => {
   const lines = [
     log('w', 5, {

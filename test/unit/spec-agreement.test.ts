@@ -290,7 +290,8 @@ test('planGeneration: same settings, no change; missing batches are derived from
     step: 0,
     previous: undefined,
   });
-  assert.equal(planned.world.adascale, { baseBatch: 64, scale: 1.5 });
+  // θ = 1 − S/1000 by default (batch.adascaleSmoothing unset).
+  assert.equal(planned.world.adascale, { baseBatch: 64, scale: 1.5, smoothing: 0.9985 });
 });
 
 test('records: members and worlds of workers that offer no spec still parse', () => {

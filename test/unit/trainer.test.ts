@@ -306,6 +306,41 @@ test('a step whose all-reduce fails leaves the batch-norm statistics as they wer
   t.dispose();
 });
 
+for (const optimizer of [
+  { type: 'lamb', learningRate: 0.01, weightDecay: 0.01 },
+  { type: 'lars', learningRate: 0.5, trustCoefficient: 0.02, weightDecay: 0.001 },
+]) {
+  test(`${optimizer.type} under AdaScale on two ranks: a restored world continues bit for bit, gain and progress too`, async () => {
+    const adascale: World = {
+      ...world([16, 16]),
+      adascale: { baseBatch: 16, scale: 2, smoothing: 0.5 },
+    };
+    const pair = async () => [await trainer({ optimizer }), await trainer({ optimizer })];
+    const run = async (ranks: Trainer[], steps: number) => {
+      const reducer = new InProcessReducer(2);
+      for (let i = 0; i < steps; i++)
+        await Promise.all(ranks.map((t, rank) => t.step({ ...adascale, rank }, reducer)));
+    };
+    const a = await pair();
+    await run(a, 6);
+    const snapshot = (a[0] as Trainer).snapshot();
+    await run(a, 6);
+    // Both ranks of the new world restore the source's snapshot, as the state broadcast does.
+    const b = await pair();
+    for (const t of b) t.restore(snapshot);
+    await run(b, 6);
+    const [a0, a1] = a as [Trainer, Trainer];
+    const [b0, b1] = b as [Trainer, Trainer];
+    assert.equal(weights(b0), weights(a0));
+    assert.equal(weights(b1), weights(a1));
+    assert.equal(weights(a0), weights(a1));
+    assert.is(b0.state.progress, a0.state.progress);
+    assert.equal(b0.state.adascale, a0.state.adascale);
+    assert.ok((a0.state.progress ?? 0) > a0.state.step, 'the gain stretched the progress');
+    for (const t of [...a, ...b]) t.dispose();
+  });
+}
+
 test('the audit records every trained index with its step and epoch', async () => {
   const file = join(dir, 'audit.bin');
   const audit = new AuditLog(file);

@@ -4,8 +4,10 @@ import { BatchSpecSchema, OptimizerSpecSchema, StoppingSpecSchema } from '../../
 import {
   checkpointDue,
   evaluationDue,
+  initialWarmupFactor,
   learningRateAt,
   plannedSteps,
+  type ScheduleClock,
   scheduledLearningRate,
   stopReason,
   worldFor,
@@ -14,6 +16,14 @@ import {
 const batch = (fields: object) => BatchSpecSchema.parse(fields);
 const optimizer = (fields: object) => OptimizerSpecSchema.parse({ learningRate: 0.1, ...fields });
 const stopping = (fields: object) => StoppingSpecSchema.parse(fields);
+const clock = (step: number, fields: Partial<ScheduleClock> = {}): ScheduleClock => ({
+  step,
+  progress: step,
+  samples: step * 100,
+  trainSamples: 1000,
+  globalBatch: 100,
+  ...fields,
+});
 
 test('worldFor: one worker of a linear job scales the learning rate by B / B_base', () => {
   const { world, policy } = worldFor(
@@ -52,8 +62,41 @@ test('learningRateAt applies the policy scale, then the schedule', () => {
     warmupSteps: 10,
     scale: 2,
   };
-  assert.ok(Math.abs(learningRateAt(spec, policy, 5, 100) - 0.1 * 1.5) < 1e-12);
-  assert.ok(Math.abs(learningRateAt(spec, policy, 20, 100) - 0.1 * 2 * 0.25) < 1e-12);
+  assert.ok(Math.abs(learningRateAt(spec, policy, clock(5), 100) - 0.1 * 1.5) < 1e-12);
+  assert.ok(Math.abs(learningRateAt(spec, policy, clock(20), 100) - 0.1 * 2 * 0.25) < 1e-12);
+  // AdaScale: the schedule runs on scale-invariant iterations, the rescale warm-up on steps.
+  const stretched = learningRateAt(spec, policy, clock(5, { progress: 20 }), 100);
+  assert.ok(Math.abs(stretched - 0.1 * 1.5 * 0.25) < 1e-12);
+});
+
+test('initial warm-up: linear from startFactor over steps or epochs, then 1', () => {
+  const cases: [string, object | undefined, ScheduleClock, number][] = [
+    ['none', undefined, clock(0), 1],
+    ['steps, first step', { steps: 10 }, clock(0), 0.1],
+    ['steps, halfway', { steps: 10 }, clock(4), 0.5],
+    ['steps, done', { steps: 10 }, clock(9), 1],
+    ['steps, long after', { steps: 10 }, clock(500), 1],
+    ['steps, start factor', { steps: 10, startFactor: 0.5 }, clock(4), 0.75],
+    ['steps count scale-invariant iterations', { steps: 10 }, clock(2, { progress: 7 }), 0.8],
+    // 2 epochs of 1000 samples: after this step of 100, 500 samples are done.
+    ['epochs', { epochs: 2 }, clock(4), 0.25],
+    ['epochs follow samples, not steps', { epochs: 2 }, clock(4, { samples: 1900 }), 1],
+  ];
+  for (const [name, warmup, at, expected] of cases) {
+    const spec = optimizer(warmup === undefined ? {} : { warmup });
+    const factor = initialWarmupFactor(spec.warmup, at);
+    assert.ok(Math.abs(factor - expected) < 1e-12, `${name}: ${factor} vs ${expected}`);
+  }
+  const warm = optimizer({ warmup: { steps: 10 } });
+  const policy = worldFor({ batch: batch({}), optimizer: warm, replicas: 1 }, 0, 0, 1, 0, undefined).policy;
+  assert.ok(Math.abs(learningRateAt(warm, policy, clock(4), 100) - 0.05) < 1e-12);
+});
+
+test('stopReason: stopping.steps counts scale-invariant iterations when there are any', () => {
+  const steps = stopping({ steps: 100 });
+  assert.is(stopReason(steps, { step: 40, epoch: 0, progress: 99.5 }, null), undefined);
+  assert.is(stopReason(steps, { step: 41, epoch: 0, progress: 102 }, null), 'completed 100 steps');
+  assert.is(stopReason(steps, { step: 100, epoch: 0 }, null), 'completed 100 steps');
 });
 
 const schedules: [string, object, number, number][] = [

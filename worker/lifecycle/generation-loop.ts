@@ -6,7 +6,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { CollectiveError } from '../collective/transport.ts';
 import { emit, errorMessage } from '../log.ts';
-import { evaluationDue, learningRateAt, stopReason } from '../train/policy.ts';
+import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
 import type { StepResult } from '../train/trainer.ts';
 import { snapshotDue } from './checkpoint-schedule.ts';
 import { evaluate } from './evaluate.ts';
@@ -69,10 +69,7 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
 async function trainStep(session: Session, g: Generation, run: Run): Promise<StepResult | string> {
   const { state, trainer, clock, config } = session;
   const { active } = g;
-  const world = {
-    ...g.world,
-    learningRate: learningRateAt(session.spec.optimizer, state.policy, state.step, g.plannedSteps),
-  };
+  const world = stepWorld(session.spec.optimizer, g.settings.batch, g.world, state, g.plannedSteps);
   const stepStarted = performance.now();
   let result: StepResult;
   try {
@@ -154,7 +151,7 @@ function reportProgress(
     accuracy: figures.accuracy,
     samplesPerSecond: figures.samplesPerSecond,
     learningRate: result.learningRate,
-    ...(result.gain === 1 ? {} : { gain: result.gain }),
+    ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
     worldSize: g.world.size,
     plannedSteps: g.plannedSteps,
   });

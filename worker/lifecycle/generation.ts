@@ -96,6 +96,7 @@ export function formGeneration(session: Session, active: JoinedWorld): Generatio
       globalBatch: formed.globalBatch,
       learningRate: formed.world.learningRate,
       firstStep: state.step,
+      firstProgress: state.progress ?? state.step,
       // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
       ...(specRevision === 0 ? {} : { specRevision }),
     },
@@ -131,6 +132,7 @@ function announce(session: Session, g: Generation, formed: GenerationPlan): void
     globalBatch: g.globalBatch,
     learningRate: world.learningRate,
     firstStep: state.step,
+    firstProgress: state.progress ?? state.step,
     specRevision,
     reason: active.reason,
     stateFrom: active.stateFrom,

@@ -7,7 +7,7 @@
 import type { OptimizerSpec } from '../../operator/api/training-job.ts';
 import { type Agreement, changedSettings, type Settings } from '../rendezvous/agreement.ts';
 import { type PolicyState, policyState, scaleAt, worldShape } from '../rescale/policy.ts';
-import type { World } from './policy.ts';
+import { adascaleOf, type World } from './policy.ts';
 
 /** A spec change a generation takes up: from and to which revision, and which settings differ. */
 export interface SpecChange {
@@ -62,7 +62,7 @@ export function planGeneration(input: GenerationInput): GenerationPlan {
       size,
       perWorker,
       learningRate: input.optimizer.learningRate * scaleAt(state, step),
-      ...(batch.policy === 'adascale' ? { adascale: { baseBatch: batch.global, scale: state.scale } } : {}),
+      ...(batch.policy === 'adascale' ? { adascale: adascaleOf(batch, state.scale) } : {}),
     },
     policy: state,
     agreement,

@@ -8,7 +8,8 @@ import type {
   OptimizerSpec,
   TrainingJobSpec,
 } from '../../operator/api/training-job.ts';
-import { type PolicyState, scaleAt, worldShape } from '../rescale/policy.ts';
+import { adascaleSmoothing, type PolicyState, scaleAt, worldShape } from '../rescale/policy.ts';
+import { rampedBatches } from '../rescale/ramp-up.ts';
 
 export type { PolicyState } from '../rescale/policy.ts';
 
@@ -24,8 +25,8 @@ export interface World {
   readonly perWorker: readonly number[];
   /** The learning rate of the step (policy scale, warm-up and schedule applied). */
   readonly learningRate: number;
-  /** AdaScale only: the base batch and S = B / B_base, for the gain computed each step. */
-  readonly adascale?: { readonly baseBatch: number; readonly scale: number };
+  /** AdaScale only: the base batch, S = B / B_base and θ, for the gain computed each step. */
+  readonly adascale?: { readonly baseBatch: number; readonly scale: number; readonly smoothing: number };
 }
 
 export interface GenerationRecord {
@@ -56,22 +57,109 @@ export function worldFor(
       size,
       perWorker: shape.perWorker,
       learningRate: spec.optimizer.learningRate * scaleAt(shape.state, step),
-      ...(spec.batch.policy === 'adascale'
-        ? { adascale: { baseBatch: spec.batch.global, scale: shape.state.scale } }
-        : {}),
+      ...(spec.batch.policy === 'adascale' ? { adascale: adascaleOf(spec.batch, shape.state.scale) } : {}),
     },
     policy: shape.state,
   };
 }
 
-/** The learning rate of `step`: the policy's scale (with warm-up) on lr_base, then the schedule. */
+/** What a step of an AdaScale world needs for its gain. */
+export function adascaleOf(batch: BatchSpec, scale: number): NonNullable<World['adascale']> {
+  return { baseBatch: batch.global, scale, smoothing: adascaleSmoothing(batch.adascaleSmoothing, scale) };
+}
+
+/** Where a run stands, for the rate of its next step. */
+export interface ScheduleClock {
+  /** Steps taken. */
+  readonly step: number;
+  /** Scale-invariant iterations taken (AdaScale: the sum of the gains; otherwise the steps). */
+  readonly progress: number;
+  /** Samples committed, and the size of the training set. */
+  readonly samples: number;
+  readonly trainSamples: number;
+  /** The global batch of the next step. */
+  readonly globalBatch: number;
+}
+
+/** The clock of a training state before its next step of `globalBatch` samples. */
+export function scheduleClock(
+  state: { step: number; progress?: number | undefined; samples: number; dataset: { trainSamples: number } },
+  globalBatch: number,
+): ScheduleClock {
+  return {
+    step: state.step,
+    progress: state.progress ?? state.step,
+    samples: state.samples,
+    trainSamples: state.dataset.trainSamples,
+    globalBatch,
+  };
+}
+
+/**
+ * The initial warm-up's factor for the next step (Goyal et al. 2017): linear from `startFactor` to 1
+ * over the first `steps` scale-invariant iterations or the first `epochs` of samples. Counted at the
+ * end of the next step, so even a start factor of 0 never gives a step of rate 0. Derived from the
+ * state every rank holds, never stored.
+ */
+export function initialWarmupFactor(warmup: OptimizerSpec['warmup'], clock: ScheduleClock): number {
+  if (warmup === undefined) return 1;
+  const done =
+    warmup.steps !== undefined
+      ? (clock.progress + 1) / warmup.steps
+      : (clock.samples + clock.globalBatch) / ((warmup.epochs ?? 1) * clock.trainSamples);
+  return done >= 1 ? 1 : warmup.startFactor + (1 - warmup.startFactor) * done;
+}
+
+/**
+ * The learning rate of the next step: the policy's scale (with the warm-up after a rescale) and the
+ * initial warm-up on lr_base, then the schedule over scale-invariant iterations.
+ */
 export function learningRateAt(
   optimizer: OptimizerSpec,
   policy: PolicyState,
-  step: number,
+  clock: ScheduleClock,
   totalSteps: number,
 ): number {
-  return scheduledLearningRate(optimizer, optimizer.learningRate * scaleAt(policy, step), step, totalSteps);
+  const base =
+    optimizer.learningRate * scaleAt(policy, clock.step) * initialWarmupFactor(optimizer.warmup, clock);
+  return scheduledLearningRate(optimizer, base, clock.progress, totalSteps);
+}
+
+/** How the policy scales the rate for a batch `fraction` of the world's full one (during the ramp-up). */
+function rampRateFactor(policy: BatchSpec['policy'], fraction: number): number {
+  if (policy === 'linear') return fraction;
+  if (policy === 'sqrt') return Math.sqrt(fraction);
+  return 1;
+}
+
+/**
+ * The world of the next step, from the generation's: the ramp-up's batches (a function of the samples
+ * committed), the rate (policy, warm-ups, schedule, and the policy's scaling for a ramped batch) and
+ * AdaScale's S for the batch actually taken. Every input is agreed, so every rank gets the same.
+ */
+export function stepWorld(
+  optimizer: OptimizerSpec,
+  batch: BatchSpec,
+  generationWorld: World,
+  state: {
+    step: number;
+    progress?: number | undefined;
+    samples: number;
+    policy: PolicyState;
+    dataset: { trainSamples: number };
+  },
+  totalSteps: number,
+): World {
+  const ramp = rampedBatches(batch, generationWorld.perWorker, state.samples, state.dataset.trainSamples);
+  const globalBatch = ramp.perWorker.reduce((a, b) => a + b, 0);
+  const rate = learningRateAt(optimizer, state.policy, scheduleClock(state, globalBatch), totalSteps);
+  const adascale = generationWorld.adascale;
+  return {
+    ...generationWorld,
+    perWorker: ramp.perWorker,
+    learningRate: rate * rampRateFactor(batch.policy, ramp.fraction),
+    ...(adascale === undefined ? {} : { adascale: { ...adascale, scale: adascale.scale * ramp.fraction } }),
+  };
 }
 
 /** Steps the run is expected to take (for the cosine schedule and progress): epochs or steps, whichever ends first. */
@@ -85,7 +173,7 @@ export function plannedSteps(stopping: StoppingSpecValue, trainSamples: number, 
   return Number.isFinite(planned) ? planned : 1;
 }
 
-/** The learning rate of `step` under the schedule, from the world's base rate. */
+/** The learning rate after `step` (scale-invariant) iterations under the schedule, from the world's base rate. */
 export function scheduledLearningRate(
   optimizer: OptimizerSpec,
   base: number,
@@ -119,12 +207,13 @@ export interface EvalResult {
 /** Why training ends after `step` (completed steps) and `epoch` (completed epochs), or undefined. */
 export function stopReason(
   stopping: StoppingSpecValue,
-  progress: { step: number; epoch: number },
+  progress: { step: number; epoch: number; progress?: number | undefined },
   lastEval: EvalResult | null,
 ): string | undefined {
   if (stopping.epochs !== undefined && progress.epoch >= stopping.epochs)
     return `completed ${stopping.epochs} epochs`;
-  if (stopping.steps !== undefined && progress.step >= stopping.steps)
+  // In scale-invariant iterations: AdaScale's steps count by their gain (Johnson et al. 2020).
+  if (stopping.steps !== undefined && (progress.progress ?? progress.step) >= stopping.steps)
     return `completed ${stopping.steps} steps`;
   if (
     stopping.targetAccuracy !== undefined &&

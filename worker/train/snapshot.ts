@@ -66,6 +66,8 @@ const GenerationSchema = z.object({
   globalBatch: z.int().min(1),
   learningRate: z.number().positive(),
   firstStep: z.int().min(0),
+  /** Scale-invariant iterations when it began (AdaScale); absent in earlier versions. */
+  firstProgress: z.number().min(0).optional(),
   /** The spec revision the generation ran (absent for 0, and in checkpoints of earlier versions). */
   specRevision: z.int().min(0).optional(),
 });
@@ -80,6 +82,14 @@ const EvalSchema = z.object({
 
 export const TrainingStateSchema = z.object({
   step: z.int().min(0),
+  /**
+   * Scale-invariant iterations (Johnson et al. 2020): the sum of the AdaScale gains, the clock of the
+   * schedules and of `stopping.steps`; equal to `step` for the other policies. Absent in checkpoints
+   * of earlier versions (read as `step`).
+   */
+  progress: z.number().min(0).optional(),
+  /** AdaScale: the moving averages of the σ² and μ² estimates the gain is computed from. */
+  adascale: z.object({ sigma2: z.number().min(0), mu2: z.number().min(0) }).optional(),
   epoch: z.int().min(0),
   cursor: z.int().min(0),
   samples: z.int().min(0),

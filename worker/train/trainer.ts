@@ -25,7 +25,7 @@ import { normalizeInPlace } from '../data/preprocess.ts';
 import { epochPermutation, planStep, shareIndices } from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
-import { adascaleGain, microBatches } from '../rescale/policy.ts';
+import { gainOf, gradientStatistics, microBatches, smoothStatistics } from '../rescale/policy.ts';
 import { TrainingOptimizer } from './optimizer.ts';
 import type { EvalResult, World } from './policy.ts';
 import { type GradientReducer, LocalReducer } from './reducer.ts';
@@ -160,6 +160,24 @@ export class Trainer {
     this.topology = this.model.toJSON(null, false);
   }
 
+  /**
+   * AdaScale: this step's σ² and μ² from the all-reduced per-worker norms, folded into the moving
+   * averages of the state (so they are checkpointed and broadcast with it), and the gain of those.
+   * Every rank reads the same reduced buffer, hence computes the same gain.
+   */
+  private adascaleGain(world: World, reduced: Float32Array, samples: number): number {
+    const settings = world.adascale;
+    if (settings === undefined) return 1;
+    const lossIndex = this.gradientLength;
+    let mean = 0;
+    for (let j = 0; j < this.gradientLength; j++) mean += (reduced[j] as number) ** 2;
+    const norms = Array.from(reduced.subarray(lossIndex + 2, lossIndex + 2 + world.size));
+    const current = gradientStatistics(norms, mean, samples / world.size, settings.baseBatch);
+    const smoothed = smoothStatistics(this.state.adascale, current, settings.smoothing);
+    if (smoothed !== undefined) this.state.adascale = { sigma2: smoothed.sigma2, mu2: smoothed.mu2 };
+    return gainOf(smoothed, settings.scale);
+  }
+
   /** Elements of the fused buffer each step all-reduces. */
   get fusedLength(): number {
     return this.fused.length;
@@ -219,16 +237,6 @@ export class Trainer {
       ),
     );
     return direct ? grads : undefined;
-  }
-
-  /** AdaScale's gain from the summed gradient and each rank's own squared norm (in the same all-reduce). */
-  private adascaleGainOf(reduced: Float32Array, world: World, samples: number): number {
-    if (world.adascale === undefined) return 1;
-    const lossIndex = this.gradientLength;
-    let mean = 0;
-    for (let j = 0; j < this.gradientLength; j++) mean += (reduced[j] as number) ** 2;
-    const norms = Array.from(reduced.subarray(lossIndex + 2, lossIndex + 2 + world.size));
-    return adascaleGain(norms, mean, samples / world.size, world.adascale.baseBatch, world.adascale.scale);
   }
 
   /** Applies the world's gradient: the kept tensors of a direct step, else the reduced buffer's. */
@@ -307,9 +315,10 @@ export class Trainer {
       throw error;
     }
     statistics?.applyChanges(reduced, statisticsOffset);
-    const gain = adascale ? this.adascaleGainOf(reduced, world, plan.samples) : 1;
+    const gain = adascale ? this.adascaleGain(world, reduced, plan.samples) : 1;
     const learningRate = world.learningRate * gain;
     this.applyGradients(reduced, kept, learningRate);
+    this.state.progress = (this.state.progress ?? this.state.step) + gain;
     this.state.step += 1;
     this.state.epoch = plan.next.epoch;
     this.state.cursor = plan.next.cursor;
