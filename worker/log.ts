@@ -5,6 +5,7 @@
  */
 import winston from 'winston';
 import { createJsonLogger } from '../operator/api/logging.ts';
+import type { WorkerEventInput } from '../operator/api/worker-events.ts';
 
 export type WorkerLogger = winston.Logger;
 
@@ -35,4 +36,14 @@ export function silentLogger(): WorkerLogger {
 export function errorMessage(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * Writes one event of the worker's log protocol (operator/api/worker-events.ts): the only way a
+ * worker logs an `event`, so that what it writes is what the consumers decode.
+ */
+export function emit(log: WorkerLogger, level: LogLevel, message: string, event: WorkerEventInput): void {
+  log.log(level, message, event);
 }

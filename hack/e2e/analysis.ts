@@ -3,42 +3,38 @@
  * training audit (samples per epoch), the TrainingJob's status and events. Pure functions over data
  * the driver (scenario.ts) collects, so that the arithmetic can be checked without a cluster.
  */
+import {
+  type GenerationStart,
+  type GoodputReport,
+  generationEnds,
+  goodputReport,
+} from '../../operator/api/goodput.ts';
+import { decodeWorkerLog, decodeWorkerRecords, type WorkerEvent } from '../../operator/api/worker-events.ts';
 import type { EpochAudit } from '../../worker/data/audit.ts';
 
+export type { GenerationGoodput, GenerationStart, GoodputReport } from '../../operator/api/goodput.ts';
+
+/** A worker log line as read (a decoded event, or a record a test built): decoded before use. */
 export type LogLine = Record<string, unknown>;
 
-/** Parses JSON log lines; anything else (a stack trace, a warning from a library) is skipped. */
-export function parseLogLines(text: string): LogLine[] {
-  const out: LogLine[] = [];
-  for (const raw of text.split('\n')) {
-    if (!raw.startsWith('{')) continue;
-    try {
-      const parsed: unknown = JSON.parse(raw);
-      if (typeof parsed === 'object' && parsed !== null) out.push(parsed as LogLine);
-    } catch {
-      // A line torn by a SIGKILL mid-write.
-    }
-  }
-  return out;
+export interface ParsedLog {
+  readonly events: WorkerEvent[];
+  /** Lines that were not events of the worker protocol nor plain messages: reported, not dropped. */
+  readonly invalid: number;
 }
 
-const num = (value: unknown): number | undefined =>
-  typeof value === 'number' && Number.isFinite(value) ? value : undefined;
-
-export interface GenerationStart {
-  readonly generation: number;
-  readonly firstStep: number;
+/** The worker events of a log text (operator/api/worker-events.ts). */
+export function parseLogLines(text: string): ParsedLog {
+  return decodeWorkerLog(text);
 }
 
 /** Generations as the workers announced them (`event: 'generation'`), one per number. */
 export function generationsFromLogs(lines: readonly LogLine[]): GenerationStart[] {
   const found = new Map<number, number>();
-  for (const line of lines) {
-    if (line['event'] !== 'generation' && line['event'] !== 'generation-end') continue;
-    const generation = num(line['generation']);
-    const firstStep = num(line['firstStep']);
-    if (generation === undefined || firstStep === undefined) continue;
-    found.set(generation, Math.min(found.get(generation) ?? firstStep, firstStep));
+  for (const line of decodeWorkerRecords(lines).events) {
+    if (line.event !== 'generation' && line.event !== 'generation-end') continue;
+    if (line.generation === undefined) continue;
+    found.set(line.generation, Math.min(found.get(line.generation) ?? line.firstStep, line.firstStep));
   }
   return [...found.entries()]
     .sort((a, b) => a[0] - b[0])
@@ -48,85 +44,17 @@ export function generationsFromLogs(lines: readonly LogLine[]): GenerationStart[
     }));
 }
 
-export interface GenerationGoodput {
-  readonly generation: number;
-  readonly firstStep: number;
-  /** First step not kept: the next generation's first step, or where this one ended. */
-  readonly keptUntil: number;
-  /** Workers that reported the end of this generation. */
-  readonly reporters: number;
-  readonly stepSeconds: number;
-  readonly usefulSeconds: number;
-}
-
-export interface GoodputReport {
-  readonly goodput: number;
-  readonly usefulSeconds: number;
-  readonly wallSeconds: number;
-  readonly generations: readonly GenerationGoodput[];
-}
-
-/**
- * Goodput = time spent on steps that count / job wall time. Every worker of a generation runs the same
- * steps in lockstep, so a generation contributes the longest `stepSeconds` any of its workers reported
- * (`generation-end`), scaled down to the steps a later generation did not redo (steps are assumed to
- * take equal time within a generation). `history` is the list of generations that own steps in the
- * final state; a generation missing from it contributes nothing (its work was lost with its world).
- */
+/** Goodput (operator/api/goodput.ts) from the workers' log lines. */
 export function computeGoodput(
   lines: readonly LogLine[],
   history: readonly GenerationStart[],
   wallSeconds: number,
 ): GoodputReport {
-  const sorted = [...history].sort((a, b) => a.generation - b.generation);
-  const nextFirst = (generation: number) =>
-    sorted.find((g) => g.generation > generation)?.firstStep ?? Number.POSITIVE_INFINITY;
-  const ends = new Map<number, { firstStep: number; lastStep: number; stepSeconds: number }[]>();
-  for (const line of lines) {
-    if (line['event'] !== 'generation-end') continue;
-    const generation = num(line['generation']);
-    const firstStep = num(line['firstStep']);
-    const lastStep = num(line['lastStep']);
-    const stepSeconds = num(line['stepSeconds']);
-    if (generation === undefined || firstStep === undefined || lastStep === undefined) continue;
-    if (stepSeconds === undefined) continue;
-    const list = ends.get(generation) ?? [];
-    list.push({ firstStep, lastStep, stepSeconds });
-    ends.set(generation, list);
-  }
-  const generations: GenerationGoodput[] = [];
-  for (const g of sorted) {
-    const reports = ends.get(g.generation) ?? [];
-    const cut = nextFirst(g.generation);
-    let useful = 0;
-    let stepSeconds = 0;
-    let keptUntil = g.firstStep;
-    for (const r of reports) {
-      // `lastStep` is exclusive: a generation that ran steps 0..299 reports firstStep 0, lastStep 300.
-      const done = r.lastStep - r.firstStep;
-      const kept = Math.max(0, Math.min(r.lastStep, cut) - r.firstStep);
-      const share = done > 0 ? r.stepSeconds * (kept / done) : 0;
-      useful = Math.max(useful, share);
-      stepSeconds = Math.max(stepSeconds, r.stepSeconds);
-      keptUntil = Math.max(keptUntil, Math.min(r.lastStep, cut));
-    }
-    generations.push({
-      generation: g.generation,
-      firstStep: g.firstStep,
-      keptUntil,
-      reporters: reports.length,
-      stepSeconds,
-      usefulSeconds: useful,
-    });
-  }
-  const usefulSeconds = generations.reduce((sum, g) => sum + g.usefulSeconds, 0);
-  return {
-    goodput: wallSeconds > 0 ? usefulSeconds / wallSeconds : 0,
-    usefulSeconds,
-    wallSeconds,
-    generations,
-  };
+  return goodputReport(generationEnds(decodeWorkerRecords(lines).events), history, wallSeconds);
 }
+
+const num = (value: unknown): number | undefined =>
+  typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 
 export type LostKind = 'start-up' | 'evaluations' | 're-forming' | 'redone' | 'tail' | 'other';
 
@@ -136,8 +64,8 @@ export interface LostTime {
   readonly seconds: number;
 }
 
-const timeOf = (line: LogLine): number | undefined =>
-  typeof line['timestamp'] === 'string' ? Date.parse(line['timestamp']) : undefined;
+const timeOf = (line: WorkerEvent): number | undefined =>
+  line.timestamp === undefined ? undefined : Date.parse(line.timestamp);
 
 /**
  * Where the wall time that was not useful went, so that a goodput below target says why: start-up
@@ -155,19 +83,17 @@ export function lostTime(
   const ended = new Map<number, number>();
   const evals = new Map<number, number>();
   let lastEnd: number | undefined;
-  for (const line of lines) {
+  for (const line of decodeWorkerRecords(lines).events) {
     const at = timeOf(line);
-    const generation = num(line['generation']);
-    if (line['event'] === 'generation' && at !== undefined && generation !== undefined)
+    const generation = line.generation;
+    if (line.event === 'generation' && at !== undefined && generation !== undefined)
       formed.set(generation, Math.min(formed.get(generation) ?? at, at));
-    if (line['event'] === 'generation-end' && at !== undefined && generation !== undefined) {
+    if (line.event === 'generation-end' && at !== undefined && generation !== undefined) {
       ended.set(generation, Math.max(ended.get(generation) ?? at, at));
       lastEnd = Math.max(lastEnd ?? at, at);
     }
-    const step = num(line['step']);
-    const seconds = num(line['seconds']);
-    if (line['event'] === 'eval' && step !== undefined && seconds !== undefined)
-      evals.set(step, Math.max(evals.get(step) ?? 0, seconds));
+    if (line.event === 'eval' && line.seconds !== undefined)
+      evals.set(line.step, Math.max(evals.get(line.step) ?? 0, line.seconds));
   }
   const out: LostTime[] = [];
   const first = Math.min(...formed.values());

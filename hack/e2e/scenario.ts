@@ -30,6 +30,7 @@ import {
   TrainingJobSchema,
   type TrainingJobStatus,
 } from '../../operator/api/training-job.ts';
+import { eventsOf, type WorkerEvent, type WorkerEventOf } from '../../operator/api/worker-events.ts';
 import { checkpointClaimName } from '../../operator/controller/pod-builder.ts';
 import { natsServerBinary } from '../../operator/local-run/nats-server.ts';
 import { CheckpointStore } from '../../worker/checkpoint/store.ts';
@@ -52,7 +53,6 @@ import {
   judgeEpochs,
   judgeLostTime,
   type KubeEvent,
-  type LogLine,
   type LostBudget,
   lostTime,
   parseEvents,
@@ -142,6 +142,8 @@ export interface ScenarioResult {
   readonly epochs: readonly EpochVerdict[];
   readonly generations: readonly GenerationStart[];
   readonly goodput: GoodputReport;
+  /** Worker log lines that were not events of the protocol nor plain messages. */
+  readonly unreadableLogLines: number;
   /** Where the wall time that was not useful went, each kind against its budget. */
   readonly lost: readonly LostBudget[];
   readonly events: readonly KubeEvent[];
@@ -195,16 +197,18 @@ class WorkerLogs {
   private readonly offsets = new Map<string, number>();
   /** The bytes after a file's last newline: a line still being written. */
   private readonly partial = new Map<string, Buffer>();
-  readonly lines: LogLine[] = [];
+  readonly lines: WorkerEvent[] = [];
+  /** Lines that were not worker events nor plain messages (stack traces, torn lines). */
+  invalid = 0;
 
   constructor(
     private readonly dir: string,
     private readonly prefix: string,
   ) {}
 
-  poll(): LogLine[] {
+  poll(): WorkerEvent[] {
     if (!existsSync(this.dir)) return [];
-    const fresh: LogLine[] = [];
+    const fresh: WorkerEvent[] = [];
     for (const name of readdirSync(this.dir)) {
       if (!name.startsWith(this.prefix) || !name.endsWith('.log')) continue;
       const file = join(this.dir, name);
@@ -215,7 +219,9 @@ class WorkerLogs {
       const bytes = Buffer.concat([this.partial.get(file) ?? Buffer.alloc(0), added]);
       const cut = bytes.lastIndexOf(0x0a) + 1;
       this.partial.set(file, bytes.subarray(cut));
-      fresh.push(...parseLogLines(bytes.subarray(0, cut).toString('utf8')));
+      const parsed = parseLogLines(bytes.subarray(0, cut).toString('utf8'));
+      fresh.push(...parsed.events);
+      this.invalid += parsed.invalid;
     }
     this.lines.push(...fresh);
     return fresh;
@@ -248,21 +254,21 @@ interface WorldView {
   readonly loss: number | undefined;
 }
 
-function currentWorld(lines: readonly LogLine[]): WorldView {
+function currentWorld(lines: readonly WorkerEvent[]): WorldView {
   let generation = -1;
   let worldSize: number | undefined;
   let endedGeneration = -1;
   let step = 0;
-  let latest: LogLine | undefined;
+  let latest: WorkerEventOf<'progress'> | undefined;
   for (const line of lines) {
-    const g = typeof line['generation'] === 'number' ? line['generation'] : undefined;
-    if (line['event'] === 'generation' && g !== undefined && g >= generation) {
+    const g = line.generation;
+    if (line.event === 'generation' && g !== undefined && g >= generation) {
       generation = g;
-      worldSize = typeof line['worldSize'] === 'number' ? line['worldSize'] : worldSize;
+      worldSize = line.worldSize;
     }
-    if (line['event'] === 'generation-end' && g !== undefined) endedGeneration = Math.max(endedGeneration, g);
-    if (line['event'] === 'progress' && typeof line['step'] === 'number' && line['step'] >= step) {
-      step = line['step'];
+    if (line.event === 'generation-end' && g !== undefined) endedGeneration = Math.max(endedGeneration, g);
+    if (line.event === 'progress' && line.step >= step) {
+      step = line.step;
       latest = line;
     }
   }
@@ -271,8 +277,8 @@ function currentWorld(lines: readonly LogLine[]): WorldView {
     worldSize,
     ended: endedGeneration >= generation && generation >= 0,
     step,
-    epoch: typeof latest?.['epoch'] === 'number' ? latest['epoch'] : undefined,
-    loss: typeof latest?.['loss'] === 'number' ? latest['loss'] : undefined,
+    epoch: latest?.epoch,
+    loss: latest?.loss ?? undefined,
   };
 }
 
@@ -479,8 +485,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     let plannedSteps: number | undefined;
     const poll = () => {
       for (const line of logs.poll()) {
-        if (line['event'] === 'progress' && typeof line['plannedSteps'] === 'number')
-          plannedSteps = Math.max(plannedSteps ?? 0, line['plannedSteps']);
+        if (line.event === 'progress' && line.plannedSteps !== undefined)
+          plannedSteps = Math.max(plannedSteps ?? 0, line.plannedSteps);
       }
     };
 
@@ -603,9 +609,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
           .flatMap((f) => readAuditFile(join(auditDir, f)))
       : [];
     const trainSamples =
-      finalState?.dataset.trainSamples ??
-      (logs.lines.find((l) => l['event'] === 'dataset')?.['trainSamples'] as number | undefined) ??
-      0;
+      finalState?.dataset.trainSamples ?? eventsOf(logs.lines, 'dataset')[0]?.trainSamples ?? 0;
     const epochs =
       trainSamples > 0
         ? judgeEpochs(
@@ -629,19 +633,13 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       checkpointIntervalSteps: job.spec.checkpoint.intervalSteps ?? 0,
     });
     const over = lost.filter((x) => !x.ok);
-    const backends = [
-      ...new Set(
-        logs.lines.filter((l) => l['event'] === 'backend').map((l) => String(l['backend'] ?? 'unknown')),
-      ),
-    ];
+    const backends = [...new Set(eventsOf(logs.lines, 'backend').map((l) => l.backend))];
     const backendMismatch =
       reference !== undefined && backends.some((b) => b !== reference.backend)
         ? `; the reference ran on ${reference.backend}, the workers on ${backends.join(', ')}: not comparable`
         : '';
 
-    const completedLine = logs.lines.find((l) => l['event'] === 'completed');
-    const workerAccuracy =
-      typeof completedLine?.['accuracy'] === 'number' ? completedLine['accuracy'] : undefined;
+    const workerAccuracy = eventsOf(logs.lines, 'completed')[0]?.accuracy;
 
     // ---- the verdict.
     const count = (reason: string) =>
@@ -718,6 +716,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       epochs,
       generations,
       goodput,
+      unreadableLogLines: logs.invalid,
       lost,
       events,
       describeEvents: describeEvents(describe),

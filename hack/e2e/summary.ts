@@ -39,6 +39,10 @@ export function formatSummary(result: ScenarioResult): string {
   out.push(
     `goodput: ${percent(g.goodput)} = ${g.usefulSeconds.toFixed(1)} s of steps that count / ${g.wallSeconds.toFixed(1)} s from status.startTime to status.completionTime${result.minGoodput === undefined ? '' : ` (target ${percent(result.minGoodput)})`}; a step that counts takes ${(result.stepSeconds * 1000).toFixed(1)} ms`,
   );
+  if (result.unreadableLogLines > 0)
+    out.push(
+      `  ${result.unreadableLogLines} worker log lines were not events of the protocol (operator/api/worker-events.ts)`,
+    );
   out.push('  generation  first step  kept until  workers  step s  useful s');
   for (const x of g.generations) {
     out.push(

@@ -7,7 +7,7 @@
  */
 import { loadWorkerConfig, type WorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { EXIT_OK, EXIT_TERMINAL, exitCodeFor } from '../../worker/errors.ts';
-import { createWorkerLogger, errorMessage, type WorkerLogger } from '../../worker/log.ts';
+import { createWorkerLogger, emit, errorMessage, type WorkerLogger } from '../../worker/log.ts';
 import { isTerminal } from '../api/errors.ts';
 import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
 
@@ -64,7 +64,7 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
       process.exit(EXIT_TERMINAL);
     }
     firstSignal = performance.now();
-    log.info('signal received; will checkpoint at the next step boundary', {
+    emit(log, 'info', 'signal received; will checkpoint at the next step boundary', {
       event: 'signal',
       signal,
       graceSeconds: grace,
@@ -72,7 +72,7 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     controller.abort();
     // Outside Kubernetes nothing enforces the grace period; keep the promise the manifest makes.
     graceTimer = setTimeout(() => {
-      log.error('grace period exceeded before the checkpoint finished', {
+      emit(log, 'error', 'grace period exceeded before the checkpoint finished', {
         event: 'grace-exceeded',
         graceSeconds: grace,
       });
@@ -80,7 +80,7 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     }, grace * 1000).unref();
   };
   const onFatal = (error: unknown) => {
-    log.error('unexpected failure', { event: 'failed', error: errorMessage(error) });
+    emit(log, 'error', 'unexpected failure', { event: 'failed', error: errorMessage(error) });
     process.exit(1);
   };
   process.on('SIGTERM', onSignal);
@@ -93,7 +93,7 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     return EXIT_OK;
   } catch (error) {
     const terminal = isTerminal(error);
-    log.error(errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
+    emit(log, 'error', errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
     return exitCodeFor(error);
   } finally {
     clearTimeout(graceTimer);

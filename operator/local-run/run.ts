@@ -35,9 +35,16 @@ import { uint32Stream } from '../../worker/data/sampler.ts';
 import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { JOB_UID_PATTERN } from '../api/contract.ts';
+import { type GenerationEnd, generationEnds, goodput } from '../api/goodput.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
+import {
+  decodeWorkerLine,
+  decodeWorkerRecord,
+  type WorkerEvent,
+  type WorkerLine,
+} from '../api/worker-events.ts';
 import {
   type CommandIo,
   type CommandSpec,
@@ -311,41 +318,6 @@ export function localRunUid(out: string, resuming: boolean): string {
   return uid;
 }
 
-export interface GenerationEnd {
-  readonly generation: number;
-  readonly firstStep: number;
-  readonly lastStep: number;
-  readonly stepSeconds: number;
-}
-
-/**
- * Goodput: the time spent on steps that count over the wall time. A generation's steps count up to
- * the first step of the next generation (steps after it were redone); its time is the slowest
- * member's (they run in lockstep), prorated when some of its steps were redone.
- */
-export function goodput(
-  ends: readonly GenerationEnd[],
-  history: readonly { generation: number; firstStep: number }[],
-  wallSeconds: number,
-): number {
-  if (wallSeconds <= 0) return 0;
-  const byGeneration = new Map<number, GenerationEnd>();
-  for (const end of ends) {
-    const seen = byGeneration.get(end.generation);
-    if (seen === undefined || end.stepSeconds > seen.stepSeconds) byGeneration.set(end.generation, end);
-  }
-  let useful = 0;
-  for (const g of history) {
-    const end = byGeneration.get(g.generation);
-    if (end === undefined || end.lastStep <= end.firstStep) continue;
-    let cut = end.lastStep;
-    for (const later of history) if (later.generation > g.generation) cut = Math.min(cut, later.firstStep);
-    const kept = Math.max(0, cut - end.firstStep) / (end.lastStep - end.firstStep);
-    useful += end.stepSeconds * kept;
-  }
-  return Math.min(1, useful / wallSeconds);
-}
-
 export interface RunSummary {
   readonly job: string;
   readonly status: WorkerResult['status'];
@@ -429,40 +401,44 @@ export interface RunIo extends CommandIo {
   readStdin?(): Promise<string>;
 }
 
-interface LogLine {
-  level?: string;
-  message?: string;
-  event?: string;
-  [key: string]: unknown;
+const fixed = (value: number | null | undefined, digits: number) =>
+  value === undefined || value === null ? '?' : value.toFixed(digits);
+
+/** One line of human progress for a worker log record, or undefined to stay quiet. */
+export function describeLogLine(record: Record<string, unknown>): string | undefined {
+  return describeWorkerLine(decodeWorkerRecord(record));
 }
 
-const fixed = (value: unknown, digits: number) => (typeof value === 'number' ? value.toFixed(digits) : '?');
-
-/** One line of human progress for a worker log line, or undefined to stay quiet. */
-export function describeLogLine(line: LogLine): string | undefined {
-  switch (line.event) {
+function describeWorkerLine(line: WorkerLine): string | undefined {
+  if (line.kind === 'message')
+    return line.level === 'warn' || line.level === 'error'
+      ? `${line.level}: ${line.message ?? ''}${line.reason ? ` (${line.reason})` : ''}`
+      : undefined;
+  if (line.kind === 'invalid') return undefined;
+  const e = line.event;
+  switch (e.event) {
     case 'backend':
-      return `backend ${line['backend']} (${line['via']})`;
+      return `backend ${e.backend} (${e.via})`;
     case 'dataset':
-      return `dataset: ${line['trainSamples']} training, ${line['evalSamples']} evaluation samples of [${String(line['sampleShape'])}], ${line['classes']} classes (${line['residentMiB']} MiB in memory)`;
+      return `dataset: ${e.trainSamples} training, ${e.evalSamples} evaluation samples of [${String(e.sampleShape)}], ${e.classes} classes (${e.residentMiB} MiB in memory)`;
     case 'model':
-      return `model: ${line['kind']}, ${line['parameters']} parameters`;
+      return `model: ${e.kind}, ${e.parameters} parameters`;
     case 'resumed':
-      return `resumed from ${line['path']} at step ${line['step']} (epoch ${line['epoch']}, cursor ${line['cursor']})`;
+      return `resumed from ${e.path} at step ${e.step} (epoch ${e.epoch}, cursor ${e.cursor})`;
     case 'generation':
-      return `generation ${line['generation']}: ${line['worldSize']} worker(s), global batch ${line['globalBatch']}, learning rate ${line['learningRate']}, from step ${line['firstStep']}`;
+      return `generation ${e.generation}: ${e.worldSize} worker(s), global batch ${e.globalBatch}, learning rate ${e.learningRate}, from step ${e.firstStep}`;
     case 'progress':
-      return `step ${line['step']}/${line['plannedSteps']}  epoch ${line['epoch']}  loss ${fixed(line['loss'], 4)}  accuracy ${fixed(line['accuracy'], 4)}  ${fixed(line['samplesPerSecond'], 0)} samples/s`;
+      return `step ${e.step}/${e.plannedSteps}  epoch ${e.epoch}  loss ${fixed(e.loss, 4)}  accuracy ${fixed(e.accuracy, 4)}  ${fixed(e.samplesPerSecond, 0)} samples/s`;
     case 'eval':
-      return `evaluation at step ${line['step']}: accuracy ${fixed(line['accuracy'], 4)}, loss ${fixed(line['loss'], 4)} (${line['samples']} samples)`;
+      return `evaluation at step ${e.step}: accuracy ${fixed(e.accuracy, 4)}, loss ${fixed(e.loss, 4)} (${e.samples} samples)`;
     case 'checkpoint':
-      return `checkpoint at step ${line['step']}: ${line['path']}`;
+      return `checkpoint at step ${e.step}: ${e.path}`;
     case 'completed':
     case 'stopped':
-      return `${line.event}: ${line['reason']} at step ${line['step']}`;
+      return `${e.event}: ${e.reason} at step ${e.step}`;
     default:
-      if (line.level === 'warn' || line.level === 'error')
-        return `${line.level}: ${line.message ?? ''}${line['reason'] ? ` (${line['reason']})` : ''}`;
+      if (e.level === 'warn' || e.level === 'error')
+        return `${e.level}: ${e.message ?? ''}${'reason' in e && e.reason ? ` (${e.reason})` : ''}`;
       return undefined;
   }
 }
@@ -483,8 +459,11 @@ interface RunningWorker {
 }
 
 interface WorkerLines {
-  onLine(plan: LocalWorkerPlan, line: LogLine): void;
-  onError(message: string): void;
+  onEvent(plan: LocalWorkerPlan, event: WorkerEvent): void;
+  /** A plain log message (no `event`): shown when it is a warning or an error. */
+  onMessage(plan: LocalWorkerPlan, line: WorkerLine): void;
+  /** A JSON line that is not an event of the protocol: counted and reported at the end. */
+  onInvalid(plan: LocalWorkerPlan, problem: string): void;
 }
 
 function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): RunningWorker {
@@ -496,15 +475,14 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): Runni
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   lines.on('line', (text) => {
     logFile.write(`${text}\n`);
-    let line: LogLine;
-    try {
-      line = JSON.parse(text) as LogLine;
-    } catch {
+    if (!text.startsWith('{')) {
       io.err(text);
       return;
     }
-    if (line.event === 'failed' && typeof line['error'] === 'string') sink.onError(line['error']);
-    sink.onLine(plan, line);
+    const line = decodeWorkerLine(text);
+    if (line.kind === 'event') sink.onEvent(plan, line.event);
+    else if (line.kind === 'message') sink.onMessage(plan, line);
+    else sink.onInvalid(plan, line.problem);
   });
   const errors = createInterface({ input: child.stderr as NodeJS.ReadableStream });
   errors.on('line', (text) => {
@@ -589,6 +567,8 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     appendFileSync(eventsFile, `${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
 
   let lastError: string | undefined;
+  let invalidLines = 0;
+  let firstInvalid: string | undefined;
   let step = 0;
   const ends: GenerationEnd[] = [];
   const printed = new Set<string>();
@@ -670,68 +650,54 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     }
   };
 
+  const show = (worker: string | undefined, line: WorkerLine) => {
+    const human = describeWorkerLine(line);
+    if (human !== undefined)
+      io.out(
+        plan.workers.length > 1 || options.elastic
+          ? `[${(worker ?? '').replace(`${job.metadata.name}-`, '')}] ${human}`
+          : human,
+      );
+  };
   const sink: WorkerLines = {
-    onError: (message) => {
-      lastError = message;
+    onMessage: (_, line) => show(line.kind === 'message' ? line.worker : undefined, line),
+    onInvalid: (worker, problem) => {
+      invalidLines++;
+      firstInvalid ??= `${worker.log}: ${problem}`;
     },
-    onLine: (worker, line) => {
-      if (line.event === 'progress' && typeof line['step'] === 'number') {
-        step = Math.max(step, line['step']);
-        if (typeof line['plannedSteps'] === 'number') plannedSteps = line['plannedSteps'];
+    onEvent: (worker, line) => {
+      if (line.event === 'failed') lastError = line.error;
+      if (line.event === 'progress') {
+        step = Math.max(step, line.step);
+        if (line.plannedSteps !== undefined) plannedSteps = line.plannedSteps;
         if (pendingChaos.length > 0) {
           skipResumed();
           void applyChaos();
         }
       }
-      const standingBy = line.message === 'rendezvous' && String(line['decision']).startsWith('standby');
+      const standingBy = line.event === 'rendezvous-decision' && line.decision.startsWith('standby');
       if ((line.event === 'generation' || standingBy) && joining.delete(worker.id)) void applyChaos();
-      if (line.event === 'generation-end') {
-        const g = line as LogLine & Partial<GenerationEnd>;
-        if (
-          typeof g.generation === 'number' &&
-          typeof g.firstStep === 'number' &&
-          typeof g.lastStep === 'number' &&
-          typeof g.stepSeconds === 'number'
-        )
-          ends.push({
-            generation: g.generation,
-            firstStep: g.firstStep,
-            lastStep: g.lastStep,
-            stepSeconds: g.stepSeconds,
-          });
-      }
-      if (line.event === 'generation' && resumedFrom === undefined && typeof line['firstStep'] === 'number') {
-        resumedFrom = line['firstStep'];
+      if (line.event === 'generation-end') ends.push(...generationEnds([line]));
+      if (line.event === 'generation' && resumedFrom === undefined) {
+        resumedFrom = line.firstStep;
         firstWorldAt = performance.now();
         skipResumed();
       }
-      if (line.event === 'generation' && line['rank'] === 0)
+      if (line.event === 'generation' && line.rank === 0)
         recordEvent({
           type: 'rescale',
-          step: line['firstStep'],
-          detail: `generation ${line['generation']}: ${line['worldSize']} worker(s), global batch ${line['globalBatch']}, lr ${line['learningRate']} (${line['reason']})`,
+          step: line.firstStep,
+          detail: `generation ${line.generation}: ${line.worldSize} worker(s), global batch ${line.globalBatch}, lr ${line.learningRate} (${line.reason})`,
         });
       // Several workers log the same world and evaluation: show each once.
       if (line.event === 'generation' || line.event === 'eval') {
-        const key = `${line.event}:${line['generation']}:${line['step'] ?? ''}`;
+        const key = `${line.event}:${line.generation}:${line.event === 'eval' ? line.step : ''}`;
         if (printed.has(key)) return;
         printed.add(key);
       }
       // Progress lines every step (chaos) would flood the terminal: one in 25.
-      if (
-        line.event === 'progress' &&
-        options.chaos.length > 0 &&
-        typeof line['step'] === 'number' &&
-        line['step'] % 25 !== 0
-      )
-        return;
-      const human = describeLogLine(line);
-      if (human !== undefined)
-        io.out(
-          plan.workers.length > 1 || options.elastic
-            ? `[${String(line['worker'] ?? '').replace(`${job.metadata.name}-`, '')}] ${human}`
-            : human,
-        );
+      if (line.event === 'progress' && options.chaos.length > 0 && line.step % 25 !== 0) return;
+      show(line.worker, { kind: 'event', event: line });
     },
   };
 
@@ -766,6 +732,10 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   process.off('SIGTERM', forward);
   await nats?.[Symbol.asyncDispose]();
 
+  if (invalidLines > 0)
+    io.err(
+      `tensile run: ${invalidLines} worker log line(s) were not events of the protocol (first: ${firstInvalid})`,
+    );
   const unexpected = [...exits].filter(([w, e]) => !w.expected && e.code !== 0);
   for (const [w, e] of unexpected) {
     const how = e.signal !== null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { TensileError } from '../api/errors.ts';
+import { decodeWorkerLine, type WorkerEvent } from '../api/worker-events.ts';
 
 /** A report cannot be made; the message says which file and what to do. */
 export class ReportError extends TensileError {
@@ -140,7 +141,6 @@ export interface ReportData {
 
 type Json = Record<string, unknown>;
 
-const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const isStep = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
 const parseTime = (v: unknown): number | null => {
@@ -265,20 +265,30 @@ export function withGains(
   });
 }
 
-/** Log events worth a place on the timeline besides generations and checkpoints. */
-const LOG_EVENTS: Readonly<Record<string, (r: Json) => string>> = {
-  resumed: (r) => `resumed from ${basename(str(r['path']) ?? '?')} at step ${String(r['step'])}`,
-  completed: (r) => `completed: ${str(r['reason']) ?? ''}`,
-  stopped: (r) => `stopped: ${str(r['reason']) ?? ''}`,
-  stopping: () => 'stop requested; checkpointing',
-  'checkpoint-failed': (r) => `checkpoint failed: ${str(r['error']) ?? ''}`,
-  'world-failed': (r) => `world failed: ${str(r['error']) ?? str(r['reason']) ?? str(r['message']) ?? ''}`,
-  failed: (r) => `failed: ${str(r['error']) ?? ''}`,
-  'grace-exceeded': () => 'termination grace period exceeded',
-  'spec-changed': (r) =>
-    `spec revision ${String(r['from'])} → ${String(r['to'])}: ${Array.isArray(r['changed']) ? r['changed'].join(', ') : ''}`,
-  signal: (r) => `signal ${str(r['signal']) ?? ''}`,
-};
+/** What the timeline says of a log event besides generations and checkpoints; undefined: not shown. */
+function timelineDetail(r: WorkerEvent): string | undefined {
+  switch (r.event) {
+    case 'resumed':
+      return `resumed from ${basename(r.path)} at step ${String(r.step)}`;
+    case 'completed':
+    case 'stopped':
+      return `${r.event}: ${r.reason}`;
+    case 'checkpoint-failed':
+      return `checkpoint failed: ${r.error}`;
+    case 'world-failed':
+      return `world failed: ${r.error ?? r.reason ?? r.message ?? ''}`;
+    case 'failed':
+      return `failed: ${r.error}`;
+    case 'grace-exceeded':
+      return 'termination grace period exceeded';
+    case 'spec-changed':
+      return `spec revision ${String(r.from)} → ${String(r.to)}: ${r.changed.join(', ')}`;
+    case 'signal':
+      return `signal ${r.signal}`;
+    default:
+      return undefined;
+  }
+}
 
 export interface RunFiles {
   readonly dir: string;
@@ -305,121 +315,108 @@ export function assembleReport(files: RunFiles): ReportData {
   const rollbacks: { time: number; step: number }[] = [];
 
   for (const log of files.logs) {
-    const parsed = parseJsonLines(log.text);
-    skipped += parsed.skipped;
-    for (const r of parsed.records) {
+    for (const text of log.text.split('\n')) {
+      if (text.trim() === '') continue;
+      const line = decodeWorkerLine(text.trim());
+      if (line.kind === 'invalid') {
+        skipped++;
+        continue;
+      }
       order++;
-      const time = parseTime(r['timestamp']);
-      const worker = str(r['worker']);
+      if (line.kind === 'message') {
+        if (line.worker !== undefined) workers.add(line.worker);
+        continue;
+      }
+      const r = line.event;
+      const time = parseTime(r.timestamp);
+      const worker = r.worker ?? null;
       if (worker !== null) workers.add(worker);
-      const event = str(r['event']);
-      if (event === null) continue;
-      const step = r['step'];
-      switch (event) {
-        case 'progress': {
-          if (!isStep(step)) {
-            skipped++;
-            break;
-          }
+      switch (r.event) {
+        case 'progress':
           progressRaw.push({
             time,
             order,
             value: {
-              step,
+              step: r.step,
               time,
               worker,
-              generation: num(r['generation']),
-              epoch: num(r['epoch']),
-              loss: num(r['loss']),
-              accuracy: num(r['accuracy']),
-              samplesPerSecond: num(r['samplesPerSecond']),
-              learningRate: num(r['learningRate']),
-              worldSize: num(r['worldSize']),
-              plannedSteps: num(r['plannedSteps']),
-              progress: num(r['progress']),
+              generation: r.generation ?? null,
+              epoch: r.epoch ?? null,
+              loss: r.loss ?? null,
+              accuracy: r.accuracy ?? null,
+              samplesPerSecond: r.samplesPerSecond ?? null,
+              learningRate: r.learningRate ?? null,
+              worldSize: r.worldSize ?? null,
+              plannedSteps: r.plannedSteps ?? null,
+              progress: r.progress ?? null,
             },
           });
           break;
-        }
-        case 'eval': {
-          if (!isStep(step)) {
-            skipped++;
-            break;
-          }
+        case 'eval':
           evalRaw.push({
             time,
             order,
             value: {
-              step,
+              step: r.step,
               time,
-              epoch: num(r['epoch']),
-              loss: num(r['loss']),
-              accuracy: num(r['accuracy']),
-              samples: num(r['samples']),
-              seconds: num(r['seconds']),
+              epoch: r.epoch ?? null,
+              loss: r.loss,
+              accuracy: r.accuracy,
+              samples: r.samples ?? null,
+              seconds: r.seconds ?? null,
             },
           });
           break;
-        }
         case 'generation': {
-          const generation = r['generation'];
-          const worldSize = r['worldSize'];
-          const firstStep = r['firstStep'];
-          if (!isStep(generation) || !isStep(worldSize) || !isStep(firstStep)) {
+          if (r.generation === undefined) {
             skipped++;
             break;
           }
-          if (time !== null) rollbacks.push({ time, step: firstStep });
+          if (time !== null) rollbacks.push({ time, step: r.firstStep });
           // Every rank logs its world; the earliest line says when the world formed.
           generationRaw.push({
             time: time === null ? null : -time,
             order: -order,
             value: {
-              generation,
-              worldSize,
-              globalBatch: num(r['globalBatch']),
-              learningRate: num(r['learningRate']),
-              firstStep,
-              firstProgress: num(r['firstProgress']),
+              generation: r.generation,
+              worldSize: r.worldSize,
+              globalBatch: r.globalBatch ?? null,
+              learningRate: r.learningRate ?? null,
+              firstStep: r.firstStep,
+              firstProgress: r.firstProgress ?? null,
               gain: null,
               time,
             },
           });
           break;
         }
-        case 'checkpoint': {
-          if (!isStep(step)) {
-            skipped++;
-            break;
-          }
-          const path = str(r['path']);
-          const writeMs = num(r['writeMs']);
+        case 'checkpoint':
           checkpointRaw.push({
             time: time === null ? null : -time,
             order: -order,
             value: {
               kind: 'checkpoint',
               time,
-              step,
+              step: r.step,
               approximate: false,
               worker,
-              detail: `${path === null ? 'checkpoint' : basename(path)}${writeMs === null ? '' : ` written in ${writeMs} ms`}`,
+              detail: `${basename(r.path)}${r.writeMs === undefined ? '' : ` written in ${r.writeMs} ms`}`,
               source: 'log',
             },
           });
           break;
-        }
         default: {
-          const describe = LOG_EVENTS[event];
-          if (describe === undefined) break;
-          if (event === 'resumed' && isStep(step) && time !== null) rollbacks.push({ time, step });
+          const detail = timelineDetail(r);
+          if (detail === undefined) break;
+          const step = 'step' in r && r.step !== undefined ? r.step : null;
+          if (r.event === 'resumed' && time !== null) rollbacks.push({ time, step: r.step });
           events.push({
-            kind: event,
+            kind: r.event,
             time,
-            step: isStep(step) ? step : null,
+            step,
             approximate: false,
             worker,
-            detail: describe(r).trim(),
+            detail: detail.trim(),
             source: 'log',
           });
         }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
+import { decodeWorkerLine, type WorkerEvent } from '../../operator/api/worker-events.ts';
 import type { RunSummary } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -82,7 +83,11 @@ export async function finished(run: RunningTensile): Promise<RunSummary> {
   return JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')) as RunSummary;
 }
 
-/** The JSON log lines of the workers of a run (all of them, or worker-<index>). */
+/**
+ * The events of the workers of a run (all of them, or worker-<index>), decoded by the protocol's one
+ * decoder (operator/api/worker-events.ts); a JSON line that is not an event of it fails the test.
+ * Lines that are not JSON objects are the workers' standard error, which shares the log file.
+ */
 export function workerEvents(out: string, index?: number): Record<string, unknown>[] {
   const files = readdirSync(out).filter((n) =>
     index === undefined ? /^worker-\d+\.log$/.test(n) : n === `worker-${index}.log`,
@@ -91,6 +96,10 @@ export function workerEvents(out: string, index?: number): Record<string, unknow
     readFileSync(join(out, name), 'utf8')
       .split('\n')
       .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Record<string, unknown>),
+      .flatMap((l): WorkerEvent[] => {
+        const line = decodeWorkerLine(l);
+        if (line.kind === 'invalid') throw new Error(`${name}: ${line.problem}: ${l}`);
+        return line.kind === 'event' ? [line.event] : [];
+      }),
   );
 }

@@ -14,6 +14,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
+import { decodeWorkerLine } from '../../operator/api/worker-events.ts';
 import { readWorkerResult, resultFile } from '../../worker/result.ts';
 import { finished, tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
@@ -100,7 +101,10 @@ function podWorker(env: Record<string, string>): JsonLines {
     for (const line of lines) {
       text.push(line);
       if (!line.startsWith('{')) continue;
-      const parsed = JSON.parse(line) as Record<string, unknown>;
+      const decoded = decodeWorkerLine(line);
+      if (decoded.kind === 'invalid') text.push(`(not a worker event: ${decoded.problem})`);
+      if (decoded.kind !== 'event') continue;
+      const parsed: Record<string, unknown> = decoded.event;
       events.push(parsed);
       for (const w of waiters.filter((w) => w.event === parsed['event'])) {
         waiters.splice(waiters.indexOf(w), 1);

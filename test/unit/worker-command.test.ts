@@ -10,13 +10,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { type GenerationEnd, goodput } from '../../operator/api/goodput.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { WORKER_ENV, workerEnvironment } from '../../operator/api/worker-env.ts';
+import { decodeWorkerLog, eventsOf } from '../../operator/api/worker-events.ts';
 import {
   describeLogLine,
-  type GenerationEnd,
-  goodput,
   parseChaos,
   parseRunArgs,
   planLocalRun,
@@ -105,11 +105,7 @@ test('tensile worker on a missing dataset: exit 2 (terminal), the file and the p
     }),
   });
   assert.is(r.code, 2, r.err + r.out);
-  const failure = r.out
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .find((l) => l['event'] === 'failed');
+  const failure = eventsOf(decodeWorkerLog(r.out).events, 'failed')[0];
   assert.ok(failure, r.out);
   assert.match(String(failure?.['error']), /nowhere\/train-images-idx3-ubyte\.gz: no such file/);
   assert.is(failure?.['terminal'], true);

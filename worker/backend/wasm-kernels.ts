@@ -93,6 +93,51 @@ interface Conv2DBackpropFilterAttrs {
   filterShape: [number, number, number, number];
 }
 
+/**
+ * im2col for NHWC input, a row per output position: [rows, KH·KW·CI], copied straight from the heap
+ * (contiguous runs of CI values); `out` is zeroed, so positions in the padding stay 0.
+ */
+function im2col(input: Float32Array, out: Float32Array, info: tf.backend_util.Conv2DInfo): void {
+  const { batchSize, inHeight, inWidth, inChannels, outHeight, outWidth } = info;
+  const { filterHeight, filterWidth, strideHeight, strideWidth, padInfo } = info;
+  const columns = filterHeight * filterWidth * inChannels;
+  let row = 0;
+  for (let b = 0; b < batchSize; b++) {
+    for (let oh = 0; oh < outHeight; oh++) {
+      const top = oh * strideHeight - padInfo.top;
+      for (let ow = 0; ow < outWidth; ow++) {
+        const left = ow * strideWidth - padInfo.left;
+        let at = row * columns;
+        // (KH·KW·CI entries of this row, in the filter's [kh][kw][ci] order.)
+        const inside = left >= 0 && left + filterWidth <= inWidth;
+        for (let kh = 0; kh < filterHeight; kh++) {
+          const h = top + kh;
+          if (h < 0 || h >= inHeight) {
+            at += filterWidth * inChannels;
+            continue;
+          }
+          const from = ((b * inHeight + h) * inWidth + left) * inChannels;
+          if (inside) {
+            // The KW·CI values of this filter row are contiguous in NHWC: one memcpy.
+            out.set(input.subarray(from, from + filterWidth * inChannels), at);
+            at += filterWidth * inChannels;
+            continue;
+          }
+          for (let kw = 0; kw < filterWidth; kw++) {
+            const w = left + kw;
+            if (w >= 0 && w < inWidth) {
+              const start = from + kw * inChannels;
+              for (let c = 0; c < inChannels; c++) out[at + c] = input[start + c] as number;
+            }
+            at += inChannels;
+          }
+        }
+        row++;
+      }
+    }
+  }
+}
+
 function conv2DBackpropFilter(args: {
   inputs: tf.NamedTensorInfoMap;
   backend: KernelBackend;
@@ -115,54 +160,17 @@ function conv2DBackpropFilter(args: {
     false,
     'channelsLast',
   );
-  const { batchSize, inHeight, inWidth, inChannels, outChannels, outHeight, outWidth } = info;
-  const { filterHeight, filterWidth, strideHeight, strideWidth, padInfo } = info;
+  const { batchSize, inChannels, outChannels, outHeight, outWidth, filterHeight, filterWidth } = info;
   const rows = batchSize * outHeight * outWidth;
   const columns = filterHeight * filterWidth * inChannels;
   const scope = new KernelScope(backend);
   try {
-    // im2col, row per output position: [rows, KH·KW·CI], copied straight from the heap (contiguous
-    // runs of CI values); positions in the padding stay 0.
     const patches = backend.makeOutput([rows, columns], 'float32');
     scope.adopt(patches);
     const input = backend.typedArrayFromHeap(x) as Float32Array;
     const out = backend.typedArrayFromHeap(patches) as Float32Array;
     out.fill(0);
-    let row = 0;
-    for (let b = 0; b < batchSize; b++) {
-      for (let oh = 0; oh < outHeight; oh++) {
-        const top = oh * strideHeight - padInfo.top;
-        for (let ow = 0; ow < outWidth; ow++) {
-          const left = ow * strideWidth - padInfo.left;
-          let at = row * columns;
-          // (KH·KW·CI entries of this row, in the filter's [kh][kw][ci] order.)
-          const inside = left >= 0 && left + filterWidth <= inWidth;
-          for (let kh = 0; kh < filterHeight; kh++) {
-            const h = top + kh;
-            if (h < 0 || h >= inHeight) {
-              at += filterWidth * inChannels;
-              continue;
-            }
-            const from = ((b * inHeight + h) * inWidth + left) * inChannels;
-            if (inside) {
-              // The KW·CI values of this filter row are contiguous in NHWC: one memcpy.
-              out.set(input.subarray(from, from + filterWidth * inChannels), at);
-              at += filterWidth * inChannels;
-              continue;
-            }
-            for (let kw = 0; kw < filterWidth; kw++) {
-              const w = left + kw;
-              if (w >= 0 && w < inWidth) {
-                const start = from + kw * inChannels;
-                for (let c = 0; c < inChannels; c++) out[at + c] = input[start + c] as number;
-              }
-              at += inChannels;
-            }
-          }
-          row++;
-        }
-      }
-    }
+    im2col(input, out, info);
     // dWᵀ = dyᵀ · patches: transposing dy [rows, CO] is cheaper than the patches [rows, KH·KW·CI],
     // and wasm's matMul is much slower when asked to transpose an operand itself.
     const gradients = scope.run('Reshape', { x: dy }, { shape: [rows, outChannels] });

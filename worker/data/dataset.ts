@@ -9,6 +9,7 @@
  */
 import { join } from 'node:path';
 import { type DatasetSpec, datasetOptions } from '../../operator/api/training-job.ts';
+import type { WorkerEventOf } from '../../operator/api/worker-events.ts';
 import { DatasetError } from '../errors.ts';
 import { readCsv } from './csv.ts';
 import { readIdxPair } from './idx.ts';
@@ -30,7 +31,8 @@ export interface Dataset {
   readonly sampleShape: readonly number[];
   /** What a checkpoint must agree with to be resumed on this data. */
   readonly fingerprint: DatasetFingerprint;
-  readonly describe: Record<string, unknown>;
+  /** What the worker's `dataset` event says about it. */
+  readonly describe: Partial<Omit<WorkerEventOf<'dataset'>, 'event'>>;
   close(): void;
 }
 

@@ -110,6 +110,76 @@ function orthonormalize(q: Float64Array, d: number, p: number): void {
   }
 }
 
+/**
+ * Orthogonal (subspace) iteration on the d×d covariance for its top k eigenvectors, with p - k extra
+ * vectors for faster convergence of the k-th: the d×p row-major basis.
+ */
+function subspaceIteration(
+  covariance: Float64Array,
+  d: number,
+  k: number,
+  p: number,
+  seed: number,
+): Float64Array {
+  const q = new Float64Array(d * p);
+  const next = uint32Stream(seed >>> 0);
+  for (let i = 0; i < q.length; i++) q[i] = next() / 0x100000000 - 0.5;
+  orthonormalize(q, d, p);
+  const c = tf.tensor2d(Float32Array.from(covariance), [d, d]);
+  try {
+    for (let iteration = 0; iteration < 300; iteration++) {
+      const product = tf.tidy(() => tf.matMul(c, tf.tensor2d(Float32Array.from(q), [d, p])));
+      const z = Float64Array.from(product.dataSync());
+      product.dispose();
+      orthonormalize(z, d, p);
+      let change = 0;
+      for (let col = 0; col < k; col++) {
+        let dot = 0;
+        for (let i = 0; i < d; i++) dot += (z[i * p + col] as number) * (q[i * p + col] as number);
+        change = Math.max(change, 1 - Math.abs(dot));
+      }
+      q.set(z);
+      if (change < 1e-10) break;
+    }
+  } finally {
+    c.dispose();
+  }
+  return q;
+}
+
+/**
+ * The k vectors of the basis with the most variance (Rayleigh quotients), as a d×k matrix; signs are
+ * fixed so that the largest entry of each is positive.
+ */
+function rankedComponents(
+  covariance: Float64Array,
+  q: Float64Array,
+  d: number,
+  k: number,
+  p: number,
+): { ranked: { col: number; variance: number }[]; out: Float32Array } {
+  const ranked = Array.from({ length: p }, (_, col) => {
+    let variance = 0;
+    for (let i = 0; i < d; i++) {
+      let row = 0;
+      for (let j = 0; j < d; j++) row += (covariance[i * d + j] as number) * (q[j * p + col] as number);
+      variance += row * (q[i * p + col] as number);
+    }
+    return { col, variance };
+  })
+    .sort((a, b) => b.variance - a.variance || a.col - b.col)
+    .slice(0, k);
+  const out = new Float32Array(d * k);
+  ranked.forEach(({ col }, target) => {
+    let largest = 0;
+    for (let i = 0; i < d; i++)
+      if (Math.abs(q[i * p + col] as number) > Math.abs(largest)) largest = q[i * p + col] as number;
+    const sign = largest < 0 ? -1 : 1;
+    for (let i = 0; i < d; i++) out[i * k + target] = sign * (q[i * p + col] as number);
+  });
+  return { ranked, out };
+}
+
 export function fitPca(
   store: SampleStore,
   normalization: Normalization,
@@ -153,51 +223,9 @@ export function fitPca(
   let total = 0;
   for (let j = 0; j < d; j++) total += covariance[j * d + j] as number;
 
-  // Orthogonal (subspace) iteration with a few extra vectors for faster convergence of the k-th.
   const p = Math.min(d, k + 8);
-  const q = new Float64Array(d * p);
-  const next = uint32Stream(seed >>> 0);
-  for (let i = 0; i < q.length; i++) q[i] = next() / 0x100000000 - 0.5;
-  orthonormalize(q, d, p);
-  const c = tf.tensor2d(Float32Array.from(covariance), [d, d]);
-  try {
-    for (let iteration = 0; iteration < 300; iteration++) {
-      const product = tf.tidy(() => tf.matMul(c, tf.tensor2d(Float32Array.from(q), [d, p])));
-      const z = Float64Array.from(product.dataSync());
-      product.dispose();
-      orthonormalize(z, d, p);
-      let change = 0;
-      for (let col = 0; col < k; col++) {
-        let dot = 0;
-        for (let i = 0; i < d; i++) dot += (z[i * p + col] as number) * (q[i * p + col] as number);
-        change = Math.max(change, 1 - Math.abs(dot));
-      }
-      q.set(z);
-      if (change < 1e-10) break;
-    }
-  } finally {
-    c.dispose();
-  }
-  // Rayleigh quotients order the vectors by variance; signs are fixed so the largest entry is positive.
-  const ranked = Array.from({ length: p }, (_, col) => {
-    let variance = 0;
-    for (let i = 0; i < d; i++) {
-      let row = 0;
-      for (let j = 0; j < d; j++) row += (covariance[i * d + j] as number) * (q[j * p + col] as number);
-      variance += row * (q[i * p + col] as number);
-    }
-    return { col, variance };
-  })
-    .sort((a, b) => b.variance - a.variance || a.col - b.col)
-    .slice(0, k);
-  const out = new Float32Array(d * k);
-  ranked.forEach(({ col }, target) => {
-    let largest = 0;
-    for (let i = 0; i < d; i++)
-      if (Math.abs(q[i * p + col] as number) > Math.abs(largest)) largest = q[i * p + col] as number;
-    const sign = largest < 0 ? -1 : 1;
-    for (let i = 0; i < d; i++) out[i * k + target] = sign * (q[i * p + col] as number);
-  });
+  const q = subspaceIteration(covariance, d, k, p, seed);
+  const { ranked, out } = rankedComponents(covariance, q, d, k, p);
   const variances = ranked.map((r) => r.variance);
   return {
     mean: mean32,

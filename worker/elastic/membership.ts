@@ -25,7 +25,7 @@ import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
 import { type WorkerConfig, WorkerConfigError } from '../config.ts';
 import { SpecMismatchError } from '../errors.ts';
-import { errorMessage, type WorkerLogger } from '../log.ts';
+import { emit, errorMessage, type WorkerLogger } from '../log.ts';
 import { RendezvousAgent } from '../rendezvous/agent.ts';
 import {
   type Agreement,
@@ -177,7 +177,10 @@ export class ElasticMembership implements Membership {
     void (async () => {
       for await (const status of nc.status()) {
         if (status.type === 'disconnect' || status.type === 'reconnect')
-          log.warn(`nats ${status.type}`, { event: `nats-${status.type}`, server: String(status.data) });
+          emit(log, 'warn', `nats ${status.type}`, {
+            event: `nats-${status.type}`,
+            server: String(status.data),
+          });
       }
     })();
     const uid = config.jobUid;
@@ -208,7 +211,7 @@ export class ElasticMembership implements Membership {
     const membership = new ElasticMembership(offer, config, log, nc, store, server, agent);
     membership.subscribeControl();
     await agent.start();
-    log.info('rendezvous joined', {
+    emit(log, 'info', 'rendezvous joined', {
       event: 'rendezvous',
       address: server.address,
       bucket: store.bucket,
@@ -222,7 +225,7 @@ export class ElasticMembership implements Membership {
         if (error !== null) return;
         const decoded = decodeMessage(ControlMessageSchema, message.data);
         if (!decoded.ok) {
-          this.log.warn('ignoring a malformed control message', {
+          emit(this.log, 'warn', 'ignoring a malformed control message', {
             event: 'control-rejected',
             error: decoded.error,
           });
@@ -231,7 +234,7 @@ export class ElasticMembership implements Membership {
         const value = decoded.value;
         if (value.jobUid !== this.config.jobUid) {
           // Addressed to another incarnation of this job (one deleted, or its successor).
-          this.log.debug('ignoring a control message of another incarnation', {
+          emit(this.log, 'debug', 'ignoring a control message of another incarnation', {
             event: 'control-ignored',
             jobUid: value.jobUid ?? '(none)',
           });
@@ -247,7 +250,11 @@ export class ElasticMembership implements Membership {
           !value.workers.includes(this.config.workerId)
         )
           return;
-        this.log.info('control message', { event: 'control', type: value.type, reason: value.reason });
+        emit(this.log, 'info', 'control message', {
+          event: 'control',
+          type: value.type,
+          reason: value.reason,
+        });
         for (const listener of this.listeners) listener(value);
       },
     });
@@ -258,7 +265,7 @@ export class ElasticMembership implements Membership {
     const offer = specOffer(spec, revision);
     const mismatch = immutableMismatch({ ...offer, batchReplicas: 1 }, this.offer);
     if (mismatch.length > 0) {
-      this.log.warn('ignoring a spec that changes immutable fields', {
+      emit(this.log, 'warn', 'ignoring a spec that changes immutable fields', {
         event: 'spec-rejected',
         revision,
         fields: mismatch,
@@ -268,7 +275,7 @@ export class ElasticMembership implements Membership {
     const from = this.offer.revision;
     if (!(await this.agent.offerSpec(offer))) return;
     this.offer = offer;
-    this.log.info('newer spec offered', { event: 'spec-offered', revision, from });
+    emit(this.log, 'info', 'newer spec offered', { event: 'spec-offered', revision, from });
   }
 
   onControl(listener: (message: ControlMessage) => void): void {
@@ -301,7 +308,7 @@ export class ElasticMembership implements Membership {
       if (value.jobUid !== this.config.jobUid) {
         // Another incarnation's completion says nothing about this one.
         if (!this.foreignCompletionSeen)
-          this.log.warn('ignoring the completion record of another incarnation', {
+          emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
             event: 'completion-ignored',
             jobUid: String(value.jobUid ?? '(none)'),
           });
@@ -415,7 +422,7 @@ export class ElasticMembership implements Membership {
         clearInterval(watcher);
         await group?.[Symbol.asyncDispose]().catch(() => undefined);
         if (!(error instanceof CollectiveError)) throw error;
-        this.log.warn('could not start the world; asking for a new round', {
+        emit(this.log, 'warn', 'could not start the world; asking for a new round', {
           event: 'world-failed',
           round: record.generation,
           error: errorMessage(error),

@@ -6,6 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
 import { classify } from '../../operator/api/errors.ts';
+import { emit } from '../log.ts';
 import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
   type Decision,
@@ -244,7 +245,11 @@ export class RendezvousAgent implements AsyncDisposable {
         ? `${decision.action}: ${decision.reason}`
         : decision.action;
     if (summary !== this.lastDecision && decision.action !== 'continue')
-      this.options.log.info('rendezvous', { decision: summary, generation: this.world?.generation ?? 0 });
+      emit(this.options.log, 'info', 'rendezvous', {
+        event: 'rendezvous-decision',
+        decision: summary,
+        round: this.world?.generation ?? 0,
+      });
     this.lastDecision = summary;
     clearTimeout(this.decideTimer);
     switch (decision.action) {

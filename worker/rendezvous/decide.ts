@@ -40,7 +40,16 @@ export const WorldRecordSchema = z.object({
   /** The member whose state everyone adopts; undefined when nobody has any (restore from a checkpoint). */
   source: z.string().optional(),
   startStep: z.int().min(0),
+  /**
+   * The sum of the members' batches. Ranks take their batches from `members` (generation-plan.ts),
+   * hence this same global batch; it is written for people and tools reading the bucket.
+   */
   globalBatch: z.int().min(1),
+  /**
+   * lr_base × the policy's target scale: where the world's schedule is headed. A rank's rate at a step
+   * follows the schedule from the world's policy state (train/policy.ts `learningRateAt`), so no rank
+   * reads this field; it is written for people and tools reading the bucket.
+   */
   learningRate: z.number().positive(),
   /** Opaque state of the rescale policy (warm-up origin, AdaScale progress, ...). */
   policy: z.record(z.string(), z.unknown()).default({}),

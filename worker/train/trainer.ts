@@ -193,6 +193,70 @@ export class Trainer {
     return this.permutation.order;
   }
 
+  /**
+   * The forward and backward pass of one micro-batch: its gradients, loss and correct count are added
+   * into `fused` (or, `direct`, the gradient tensors are returned to be applied as they are).
+   */
+  private microBatch(
+    slice: Uint32Array,
+    micro: number,
+    rank: number,
+    samples: number,
+    direct: boolean,
+  ): tf.NamedTensorMap | undefined {
+    const fused = this.fused;
+    const lossIndex = this.gradientLength;
+    const { x, y } = this.batches.make(this.options.dataset.train, slice);
+    seedDropout(this.dropout, this.state.modelSeed, this.state.step, rank, micro);
+    let correct: tf.Scalar | undefined;
+    const { value, grads } = tf.variableGrads(() => {
+      const probabilities = this.model.apply(x, { training: true }) as tf.Tensor2D;
+      const oneHot = tf.oneHot(y, probabilities.shape[1]);
+      const logLikelihood = tf.sum(
+        tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON))),
+      );
+      correct = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'))) as tf.Scalar;
+      return tf.mul(logLikelihood, -1 / samples) as tf.Scalar;
+    }, this.variables);
+    this.variables.forEach((variable, i) => {
+      const spec = this.gradientSpecs[i] as TensorSpec;
+      const gradient = grads[variable.name];
+      if (gradient === undefined || direct) return;
+      const values = gradient.dataSync() as Float32Array;
+      if (micro === 0) fused.set(values, spec.offset);
+      else
+        for (let j = 0; j < spec.size; j++)
+          fused[spec.offset + j] = (fused[spec.offset + j] as number) + (values[j] as number);
+    });
+    fused[lossIndex] = (fused[lossIndex] as number) + (value.dataSync()[0] as number);
+    fused[lossIndex + 1] =
+      (fused[lossIndex + 1] as number) + ((correct as tf.Scalar | undefined)?.dataSync()[0] ?? 0);
+    tf.dispose(
+      [x, y, value, correct as tf.Scalar | undefined, ...(direct ? [] : Object.values(grads))].filter(
+        (t) => t !== undefined,
+      ),
+    );
+    return direct ? grads : undefined;
+  }
+
+  /** Applies the world's gradient: the kept tensors of a direct step, else the reduced buffer's. */
+  private applyGradients(
+    reduced: Float32Array,
+    kept: tf.NamedTensorMap | undefined,
+    learningRate: number,
+  ): void {
+    const gradients = this.gradientSpecs.map((spec, i) => {
+      const own = kept?.[(this.variables[i] as tf.Variable).name];
+      if (kept !== undefined) return own ?? tf.zeros(spec.shape as number[]);
+      return tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]);
+    });
+    try {
+      this.optimizer.apply(gradients, learningRate);
+    } finally {
+      tf.dispose(gradients);
+    }
+  }
+
   /** One training step in `world`; the gradients are summed across ranks by `reducer`. */
   async step(world: World, reducer: GradientReducer, signal?: AbortSignal): Promise<StepResult> {
     const train = this.options.dataset.train;
@@ -227,37 +291,8 @@ export class Trainer {
     sizes.forEach((size, micro) => {
       const slice = indices.subarray(first, first + size);
       first += size;
-      const { x, y } = this.batches.make(train, slice);
-      seedDropout(this.dropout, this.state.modelSeed, this.state.step, world.rank, micro);
-      let correct: tf.Scalar | undefined;
-      const { value, grads } = tf.variableGrads(() => {
-        const probabilities = this.model.apply(x, { training: true }) as tf.Tensor2D;
-        const oneHot = tf.oneHot(y, probabilities.shape[1]);
-        const logLikelihood = tf.sum(
-          tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON))),
-        );
-        correct = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'))) as tf.Scalar;
-        return tf.mul(logLikelihood, -1 / plan.samples) as tf.Scalar;
-      }, this.variables);
+      const grads = this.microBatch(slice, micro, world.rank, plan.samples, direct);
       if (direct) kept = grads;
-      this.variables.forEach((variable, i) => {
-        const spec = this.gradientSpecs[i] as TensorSpec;
-        const gradient = grads[variable.name];
-        if (gradient === undefined || direct) return;
-        const values = gradient.dataSync() as Float32Array;
-        if (micro === 0) fused.set(values, spec.offset);
-        else
-          for (let j = 0; j < spec.size; j++)
-            fused[spec.offset + j] = (fused[spec.offset + j] as number) + (values[j] as number);
-      });
-      fused[lossIndex] = (fused[lossIndex] as number) + (value.dataSync()[0] as number);
-      fused[lossIndex + 1] =
-        (fused[lossIndex + 1] as number) + ((correct as tf.Scalar | undefined)?.dataSync()[0] ?? 0);
-      tf.dispose(
-        [x, y, value, correct as tf.Scalar | undefined, ...(direct ? [] : Object.values(grads))].filter(
-          (t) => t !== undefined,
-        ),
-      );
     });
     // Recorded before the all-reduce: once sent, this share may be in the sum that some rank applies.
     // Whether the step counts is decided by the history (committedRecords), not by this rank.
@@ -282,16 +317,7 @@ export class Trainer {
     statistics?.applyChanges(reduced, statisticsOffset);
     const gain = adascale ? this.adascaleGain(world, reduced, plan.samples) : 1;
     const learningRate = world.learningRate * gain;
-    const gradients = this.gradientSpecs.map((spec, i) => {
-      const own = kept?.[(this.variables[i] as tf.Variable).name];
-      if (kept !== undefined) return own ?? tf.zeros(spec.shape as number[]);
-      return tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]);
-    });
-    try {
-      this.optimizer.apply(gradients, learningRate);
-    } finally {
-      tf.dispose(gradients);
-    }
+    this.applyGradients(reduced, kept, learningRate);
     this.state.progress = (this.state.progress ?? this.state.step) + gain;
     this.state.step += 1;
     this.state.epoch = plan.next.epoch;

@@ -1,0 +1,201 @@
+/**
+ * The steps of one generation, until training ends, this worker is asked to leave, or the world ends
+ * (a newer one formed, a peer failed). A stop is honoured at a step boundary: the step in flight is
+ * finished (or given up after STOP_GRACE_MS when its peers stopped first), then the loop returns.
+ */
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { CollectiveError } from '../collective/transport.ts';
+import { emit, errorMessage } from '../log.ts';
+import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
+import type { StepResult } from '../train/trainer.ts';
+import { snapshotDue } from './checkpoint-schedule.ts';
+import { evaluate } from './evaluate.ts';
+import type { Generation } from './generation.ts';
+import { ProgressWindow } from './progress-window.ts';
+import type { Session } from './session.ts';
+
+export interface GenerationOutcome {
+  /** Why training is over (a stopping condition held); undefined when it is not. */
+  readonly reason: string | undefined;
+  /** Why the world ended under this worker; undefined when it did not. */
+  readonly worldEnded: string | undefined;
+}
+
+interface Run {
+  readonly window: ProgressWindow;
+  stepSeconds: number;
+}
+
+const NEWER_WORLD = 'a newer world formed';
+
+export async function runGeneration(session: Session, g: Generation): Promise<GenerationOutcome> {
+  const { state } = session;
+  const firstStep = state.step;
+  const started = performance.now();
+  const run: Run = { window: new ProgressWindow(performance.now()), stepSeconds: 0 };
+  let reason = stopReason(g.settings.stopping, state, state.lastEval);
+  let worldEnded: string | undefined;
+  while (reason === undefined && !session.leaving.aborted) {
+    if (g.active.changed.aborted) {
+      worldEnded = NEWER_WORLD;
+      break;
+    }
+    const stepped = await trainStep(session, g, run);
+    if (typeof stepped === 'string') {
+      worldEnded = stepped;
+      break;
+    }
+    const after = await afterStep(session, g, run, stepped);
+    if ('worldEnded' in after) {
+      worldEnded = after.worldEnded;
+      break;
+    }
+    reason = after.reason;
+    // Lets signals, timers, NATS and the background checkpoint write make progress between steps.
+    await yieldToEventLoop();
+  }
+  emit(g.log, 'info', 'generation ended', {
+    event: 'generation-end',
+    firstStep,
+    lastStep: state.step,
+    stepSeconds: Math.round(run.stepSeconds * 1000) / 1000,
+    wallSeconds: Math.round((performance.now() - started) / 10) / 100,
+    why: reason ?? worldEnded ?? 'stop requested',
+  });
+  return { reason, worldEnded };
+}
+
+/** One step; a string says why the world ended instead (the step is not applied anywhere). */
+async function trainStep(session: Session, g: Generation, run: Run): Promise<StepResult | string> {
+  const { state, trainer, clock, config } = session;
+  const { active } = g;
+  const world = stepWorld(session.spec.optimizer, g.settings.batch, g.world, state, g.plannedSteps);
+  const stepStarted = performance.now();
+  let result: StepResult;
+  try {
+    // The stop signal is not passed down: a step is finished, then the worker leaves.
+    result = await trainer.step(world, active.reducer, active.changed);
+  } catch (error) {
+    if (!(error instanceof CollectiveError)) throw error;
+    clock.lostStepSeconds += (performance.now() - stepStarted) / 1000;
+    if (active.changed.aborted) return NEWER_WORLD;
+    await session.membership.failed(active.round);
+    return errorMessage(error);
+  }
+  const took = (performance.now() - stepStarted) / 1000;
+  clock.stepSeconds += took;
+  run.stepSeconds += took;
+  session.membership.progress(state.step);
+  if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0)
+    emit(g.log, 'info', 'weights checksum', {
+      event: 'checksum',
+      step: state.step,
+      checksum: trainer.weightsChecksum(),
+      weights: trainer.checksummedWeights,
+    });
+  clock.sessionSamples += result.samples;
+  run.window.add(result);
+  return result;
+}
+
+/** Evaluation, progress report and checkpoint snapshot after a step, each when due. */
+async function afterStep(
+  session: Session,
+  g: Generation,
+  run: Run,
+  result: StepResult,
+): Promise<{ reason: string | undefined } | { worldEnded: string }> {
+  const { state } = session;
+  const stopping = g.settings.stopping;
+  const ending = stopReason(stopping, state, null) !== undefined;
+  if (evaluationDue(g.settings.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) {
+    try {
+      await evaluate(session, g.active);
+    } catch (error) {
+      if (!(error instanceof CollectiveError)) throw error;
+      return { worldEnded: errorMessage(error) };
+    }
+  }
+  const reason = stopReason(stopping, state, state.lastEval);
+  const now = performance.now();
+  if (
+    run.window.due(
+      now,
+      session.config.progressMs,
+      reason !== undefined || state.lastEval?.step === state.step,
+    )
+  )
+    reportProgress(session, g, result, run.window, now);
+  snapshotIfDue(session, g, reason !== undefined);
+  return { reason };
+}
+
+function reportProgress(
+  session: Session,
+  g: Generation,
+  result: StepResult,
+  window: ProgressWindow,
+  now: number,
+) {
+  const { state, facts } = session;
+  const figures = window.take(now);
+  facts.lastLoss = figures.loss;
+  facts.lastThroughput = figures.samplesPerSecond;
+  if (!g.writer) return;
+  emit(g.log, 'info', 'progress', {
+    event: 'progress',
+    step: state.step,
+    epoch: state.epoch,
+    cursor: state.cursor,
+    loss: figures.loss,
+    accuracy: figures.accuracy,
+    samplesPerSecond: figures.samplesPerSecond,
+    learningRate: result.learningRate,
+    ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
+    worldSize: g.world.size,
+    plannedSteps: g.plannedSteps,
+  });
+  const lastCheckpoint = session.checkpoints.last;
+  session.membership.publish('metrics', {
+    type: 'progress',
+    worker: session.config.workerId,
+    generation: g.number,
+    worldSize: g.world.size,
+    step: state.step,
+    epoch: state.epoch,
+    loss: figures.loss,
+    ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
+    samplesPerSecond: figures.samplesPerSecond,
+    ...(lastCheckpoint === undefined
+      ? {}
+      : {
+          lastCheckpoint: {
+            step: lastCheckpoint.step,
+            path: lastCheckpoint.path,
+            time: new Date(facts.lastCheckpointTime).toISOString(),
+          },
+        }),
+    time: new Date().toISOString(),
+  });
+}
+
+function snapshotIfDue(session: Session, g: Generation, ending: boolean): void {
+  const { checkpoints, facts, state } = session;
+  const due = snapshotDue({
+    writer: g.writer,
+    ending,
+    busy: checkpoints.busy,
+    requested: facts.checkpointRequested,
+    settings: g.settings.checkpoint,
+    step: state.step,
+    lastStep: checkpoints.last?.step ?? 0,
+    lastTime: facts.lastCheckpointTime,
+    now: Date.now(),
+  });
+  if (!due) return;
+  facts.checkpointRequested = false;
+  const { snapshot, blockingMs } = session.takeSnapshot();
+  checkpoints.start(snapshot);
+  facts.lastCheckpointTime = Date.now();
+  emit(g.log, 'debug', 'checkpoint snapshot', { event: 'snapshot', step: state.step, blockingMs });
+}
