@@ -96,7 +96,10 @@ export function formGeneration(session: Session, active: JoinedWorld): Generatio
       globalBatch: formed.globalBatch,
       learningRate: formed.world.learningRate,
       firstStep: state.step,
-      firstProgress: state.progress ?? state.step,
+      // Only where AdaScale stretched the schedule does progress differ from the step count.
+      ...(state.progress === undefined || state.progress === state.step
+        ? {}
+        : { firstProgress: state.progress }),
       // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
       ...(specRevision === 0 ? {} : { specRevision }),
     },
