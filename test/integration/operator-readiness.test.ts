@@ -8,6 +8,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
 
 const OPERATOR_NS = 'tensile-system';
@@ -66,25 +67,8 @@ async function readyz(op: OperatorProcess): Promise<Readyz> {
   return { status, body };
 }
 
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-      last = value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
-}
+const until = <T>(what: string, probe: () => Promise<T | undefined | false>) =>
+  eventually(what, probe, { intervalMs: 200 });
 
 const readyzWhere = (op: OperatorProcess, what: string, ok: (r: Readyz) => boolean) =>
   until(what, async () => {

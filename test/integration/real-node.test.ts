@@ -19,6 +19,7 @@ import { readImagesEnv } from '../../hack/cluster/launcher.ts';
 import { CheckpointStore } from '../../worker/checkpoint/store.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { helm } from '../helpers/helm.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -71,21 +72,9 @@ async function kubectl(args: string[], input?: string): Promise<string> {
   return r.stdout;
 }
 
-/** Polls `probe` until it returns a value (not undefined/false); the last error explains a timeout. */
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 240_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
-}
+/** Image pulls and container starts on the real node take minutes on a loaded machine. */
+const until = <T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 240_000) =>
+  eventually(what, probe, { timeoutMs, intervalMs: 500 });
 
 const jsonpath = (ns: string, kind: string, name: string, path: string) =>
   kubectl(['-n', ns, 'get', kind, name, '-o', `jsonpath=${path}`]);
