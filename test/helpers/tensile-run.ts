@@ -45,8 +45,13 @@ export function tensileRun(
   });
   const lines: string[] = [];
   const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  const onText = (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n').filter(Boolean)) {
+  // A line can arrive split across chunks: the unfinished tail waits for the rest of it.
+  const partial = new Map<NodeJS.ReadableStream, string>();
+  const onText = (stream: NodeJS.ReadableStream) => (chunk: Buffer) => {
+    const text = (partial.get(stream) ?? '') + chunk.toString();
+    const parts = text.split('\n');
+    partial.set(stream, parts.pop() ?? '');
+    for (const line of parts.filter(Boolean)) {
       lines.push(line);
       for (const w of [...waiters]) {
         if (w.pattern.test(line)) {
@@ -56,8 +61,7 @@ export function tensileRun(
       }
     }
   };
-  child.stdout?.on('data', onText);
-  child.stderr?.on('data', onText);
+  for (const stream of [child.stdout, child.stderr]) stream?.on('data', onText(stream));
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('close', (code, signal) => resolve({ code, signal })),
   );
