@@ -480,17 +480,36 @@ export const CheckpointVolumeSchema = withRules(
   z.strictObject({
     claimName: objectName('PersistentVolumeClaim')
       .optional()
-      .describe('An existing claim, shared by all workers (ReadWriteMany).'),
-    claimTemplate: z
-      .strictObject({
-        storageClassName: objectName('StorageClass').optional(),
+      .describe(
+        'An existing claim that every worker mounts (ReadWriteMany when workers may run on several nodes).',
+      ),
+    claimTemplate: withRules(
+      z.strictObject({
+        storageClassName: objectName('StorageClass')
+          .optional()
+          .describe("StorageClass of the claim; omitted: the cluster's default class."),
         accessModes: z
           .array(z.enum(['ReadWriteOnce', 'ReadWriteMany', 'ReadWriteOncePod']))
           .min(1)
-          .default(['ReadWriteMany']),
+          .max(3)
+          .default(['ReadWriteOnce'])
+          .describe(
+            "ReadWriteOnce (the default; every cluster's default class offers it): the workers of a job of more than one share the node that mounts it (a required pod affinity). ReadWriteMany lets them spread over nodes and needs storageClassName.",
+          ),
         size: quantity.default('1Gi').describe('Requested size.'),
-      })
-      .optional(),
+      }),
+      [
+        {
+          cel: "!self.accessModes.exists(m, m == 'ReadWriteMany') || has(self.storageClassName)",
+          message:
+            'checkpoint.volume.claimTemplate: ReadWriteMany needs storageClassName (a class that offers it: EFS, Filestore, NFS, …); default classes offer only ReadWriteOnce',
+          field: ['storageClassName'],
+          holds: (t) => !t.accessModes.includes('ReadWriteMany') || t.storageClassName !== undefined,
+        },
+      ],
+    )
+      .optional()
+      .describe('A claim the operator creates for the job.'),
   }),
   [
     {
@@ -578,16 +597,34 @@ export const WorkerSpecSchema = z.strictObject({
   args: z.array(z.string()).optional(),
   env: z.array(EnvVarSchema).default([]).describe('Extra environment variables for the worker container.'),
   resources: z
-    .strictObject({ requests: resourceList.optional(), limits: resourceList.optional() })
-    .prefault({}),
+    .strictObject({
+      requests: resourceList.optional().describe('Resources the scheduler reserves for each worker.'),
+      limits: resourceList.optional().describe('Most each worker may use.'),
+    })
+    .prefault({})
+    .describe(
+      "The worker container's requests and limits; omitted: the cluster default (Helm workers.resources).",
+    ),
+  gpus: nonNegativeInt()
+    .max(64)
+    .optional()
+    .describe(
+      'GPUs (nvidia.com/gpu) per worker: opt-in; adds the GPU image and the GPU toleration. Omitted: the cluster default (Helm workers.gpu.default, 0).',
+    ),
+  spot: z
+    .boolean()
+    .optional()
+    .describe(
+      "Run on spot (preemptible) nodes: adds the cluster's spot node selector and tolerations (Helm workers.spot). Omitted: the cluster default (off).",
+    ),
   nodeSelector: z
     .record(z.string(), z.string())
     .optional()
-    .describe('Node labels a worker node must have, e.g. karpenter.sh/capacity-type: spot.'),
+    .describe('Node labels a worker node must have (spot: true adds the spot label).'),
   tolerations: z
     .array(TolerationSchema)
     .optional()
-    .describe('Taints the workers tolerate (GPU and spot taints).'),
+    .describe('Taints the workers tolerate; gpus and spot add their own.'),
   affinity: z
     .record(z.string(), z.unknown())
     .optional()
@@ -716,6 +753,15 @@ export const TrainingJobSpecSchema = withRules(
       message: 'replicas must not exceed maxReplicas',
       field: ['replicas'],
       holds: (s) => s.maxReplicas === undefined || s.replicas <= s.maxReplicas,
+    },
+    {
+      cel: "!has(self.worker.gpus) || !((has(self.worker.resources.requests) && 'nvidia.com/gpu' in self.worker.resources.requests) || (has(self.worker.resources.limits) && 'nvidia.com/gpu' in self.worker.resources.limits))",
+      message: 'set worker.gpus or nvidia.com/gpu in worker.resources, not both',
+      field: ['worker', 'gpus'],
+      holds: (s) =>
+        s.worker.gpus === undefined ||
+        (s.worker.resources.requests?.['nvidia.com/gpu'] === undefined &&
+          s.worker.resources.limits?.['nvidia.com/gpu'] === undefined),
     },
     {
       cel: "self.batch.policy != 'fixedGlobalBatch' || self.batch.global >= (has(self.maxReplicas) ? self.maxReplicas : self.replicas)",

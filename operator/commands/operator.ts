@@ -10,8 +10,8 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { KubeConfig } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
-import { WorkerSpecSchema } from '../api/training-job.ts';
 import { zodProblems } from '../api/validate.ts';
+import { WorkerDefaultsSchema } from '../api/worker-defaults.ts';
 import { TrainingJobController } from '../controller/controller.ts';
 import { EventRecorder } from '../controller/events.ts';
 import { KubeClient } from '../controller/kube.ts';
@@ -58,7 +58,7 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
     'worker-defaults': {
       type: 'string',
       value: 'FILE',
-      help: "YAML with nodeSelector, tolerations, resources, priorityClassName for\nworkers whose job does not set them (the Helm chart's workers values)",
+      help: "YAML with nodeSelector, tolerations, resources, priorityClassName, gpu,\nspot, imagePullSecrets for workers (the Helm chart's workers values)",
     },
     'http-port': {
       type: 'string',
@@ -93,13 +93,6 @@ function positive(name: string, value: string | undefined, fallback: number): nu
     throw new UsageError(`--${name}: expected a non-negative number, got "${value}"`);
   return n;
 }
-
-const WorkerDefaultsSchema = WorkerSpecSchema.pick({
-  nodeSelector: true,
-  tolerations: true,
-  resources: true,
-  priorityClassName: true,
-}).partial();
 
 /** Reads the cluster defaults for workers; a bad file names the field. */
 export function loadWorkerDefaults(file: string): WorkerTemplateDefaults {
