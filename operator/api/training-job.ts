@@ -583,6 +583,28 @@ export const EnvVarSchema = z.strictObject({
     .describe('A core/v1 EnvVarSource, passed to the pod unchanged.'),
 });
 
+export const PodTemplateSchema = z.strictObject({
+  metadata: z
+    .strictObject({
+      labels: z
+        .record(z.string(), z.string().max(63))
+        .optional()
+        .describe('Added to the labels of every worker pod.'),
+      annotations: z
+        .record(z.string(), z.string())
+        .optional()
+        .describe('Added to the annotations of every worker pod.'),
+    })
+    .optional()
+    .describe('Labels and annotations of the worker pods.'),
+  spec: z
+    .record(z.string(), z.unknown())
+    .default({})
+    .describe(
+      'A core/v1 PodSpec, merged with what Tensile sets; the API server validates it on pod creation.',
+    ),
+});
+
 export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
 
@@ -643,6 +665,14 @@ export const WorkerSpecSchema = z.strictObject({
     .enum(BACKENDS)
     .default('auto')
     .describe('TensorFlow.js backend; auto tries tensorflow (GPU, then CPU), wasm, cpu in that order.'),
+  sharedMemory: quantity
+    .optional()
+    .describe(
+      "Size of /dev/shm, a memory-backed emptyDir (counted against the pod's memory); the container runtime's default is 64Mi.",
+    ),
+  podTemplate: PodTemplateSchema.optional().describe(
+    "A core/v1 pod template merged into every worker pod, as Kubeflow replica specs take one: volumes, the worker container's volumeMounts, env and securityContext (a container named `worker`), extra containers, securityContext and fsGroup, imagePullSecrets, schedulerName, topologySpreadConstraints and the rest of a PodSpec. Tensile's own fields (restartPolicy, TENSILE_* variables, its volumes and mounts, tensile.dev/ labels) cannot be overridden, and a field spec.worker also has must be set in one place only: the job fails with InvalidSpec naming the field.",
+  ),
 });
 
 export const RunPolicySchema = z.strictObject({
@@ -660,6 +690,12 @@ export const RunPolicySchema = z.strictObject({
     .optional()
     .describe('Fail the job (DeadlineExceeded) after this many seconds from start.'),
   ttlSecondsAfterFinished: nonNegativeInt().optional(),
+  cleanPodPolicy: z
+    .enum(['None', 'Running', 'All'])
+    .default('Running')
+    .describe(
+      'Worker pods deleted when the job finishes: Running (still running ones; finished workers stay, so `kubectl logs` works until the job is deleted), All, or None.',
+    ),
   pendingTimeoutSeconds: positiveInt()
     .default(300)
     .describe(

@@ -15,6 +15,7 @@ import {
   type OwnedJob,
   specRevisionOf,
   type WorkerPodDefaults,
+  workerPodProblems,
   workerSelector,
   workerSpecOf,
 } from './pod-builder.ts';
@@ -105,6 +106,7 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
       `spec.worker.resources: ${GPU_RESOURCE} requests (${gpuRequest}) and limits (${gpuLimit}) must be equal`,
     );
   }
+  problems.push(...workerPodProblems(job, config));
   if (job.spec.worker.image === undefined && config.workerImage === '') {
     problems.push(
       'spec.worker.image: not set, and the operator has no default worker image (--worker-image)',
@@ -327,12 +329,15 @@ export function plan(input: PlanInput): Plan {
   }
 
   if (phase === 'Succeeded' || phase === 'Failed') {
-    // Finished: stop what still runs, let go of every pod, and delete the job after its TTL.
+    // Finished: let go of every pod, delete what cleanPodPolicy says (by default what still runs, so
+    // the logs of finished workers stay readable), and delete the job after its TTL.
+    const clean = spec.runPolicy.cleanPodPolicy;
     for (const p of pods) {
       if (p.state.kind === 'removing') continue;
       if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
-      if (p.state.kind === 'active' || p.state.kind === 'leaving')
-        deletePods.push({ name: p.name, reason: `job ${phase}`, force: false });
+      const running = p.state.kind === 'active' || p.state.kind === 'leaving';
+      if (clean === 'All' || (clean === 'Running' && running))
+        deletePods.push({ name: p.name, reason: `job ${phase} (cleanPodPolicy ${clean})`, force: false });
     }
     const ttl = spec.runPolicy.ttlSecondsAfterFinished;
     if (ttl !== undefined) {

@@ -25,6 +25,7 @@ import {
 } from '../api/training-job.ts';
 import { GPU_RESOURCE, type WorkerDefaultsInput, WorkerDefaultsSchema } from '../api/worker-defaults.ts';
 import { workerEnvVars } from '../api/worker-env.ts';
+import { mergePodTemplate, PodTemplateError } from './pod-template.ts';
 
 /** Cluster-wide defaults for worker pods (Helm value `workers`); a job's own setting always wins. */
 export type WorkerTemplateDefaults = WorkerDefaultsInput;
@@ -119,6 +120,7 @@ export { GPU_RESOURCE };
 const CHECKPOINT_VOLUME = 'checkpoints';
 const DATASET_VOLUME = 'dataset';
 const MODEL_VOLUME = 'model';
+const SHM_VOLUME = 'dshm';
 const NATS_CREDS_VOLUME = 'nats-credentials';
 const MODEL_MOUNT = '/etc/tensile/model';
 const NATS_CREDS_MOUNT = '/etc/tensile/nats';
@@ -196,7 +198,28 @@ export function specRevisionOf(job: TrainingJob): number {
   return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
 }
 
+/**
+ * The worker pod: what Tensile sets, then the job's pod template merged in. Throws PodTemplateError
+ * (terminal) for a template that overrides what Tensile owns; the planner checks that first
+ * (workerPodProblems) and fails the job with InvalidSpec instead of trying.
+ */
 export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
+  const { pod, problems } = mergePodTemplate(
+    tensilePod(ownJob, index, defaults),
+    ownJob.spec.worker.podTemplate,
+    ownJob.spec.worker,
+  );
+  if (problems.length > 0) throw new PodTemplateError(problems);
+  return pod;
+}
+
+/** What is wrong with the job's pod template, as InvalidSpec reasons (empty when it merges). */
+export function workerPodProblems(job: OwnedJob, defaults: WorkerPodDefaults): string[] {
+  return mergePodTemplate(tensilePod(job, 0, defaults), job.spec.worker.podTemplate, job.spec.worker)
+    .problems;
+}
+
+function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
   const name = workerPodName(job.metadata.name, index);
@@ -210,6 +233,13 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
       persistentVolumeClaim: { claimName: spec.dataset.volume.claimName, readOnly: true },
     });
     mounts.push({ name: DATASET_VOLUME, mountPath: spec.dataset.volume.mountPath, readOnly: true });
+  }
+  if (spec.worker.sharedMemory !== undefined) {
+    volumes.push({
+      name: SHM_VOLUME,
+      emptyDir: { medium: 'Memory', sizeLimit: quantityString(spec.worker.sharedMemory) },
+    });
+    mounts.push({ name: SHM_VOLUME, mountPath: '/dev/shm' });
   }
   const configMap = spec.model.layers?.configMap;
   if (configMap !== undefined) {
@@ -248,6 +278,7 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
         : { name: extra.name, value: extra.value ?? '' },
     );
   }
+  const pullSecrets = defaults.template?.imagePullSecrets;
   const image = spec.worker.image ?? (requestsGpu(job) ? defaults.workerGpuImage : defaults.workerImage);
   const pod: V1Pod = {
     apiVersion: 'v1',
@@ -294,6 +325,7 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
       ...(spec.worker.serviceAccountName === undefined
         ? {}
         : { serviceAccountName: spec.worker.serviceAccountName }),
+      ...(pullSecrets === undefined ? {} : { imagePullSecrets: pullSecrets.map((s) => ({ ...s })) }),
     },
   };
   return pod;

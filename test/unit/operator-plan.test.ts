@@ -337,6 +337,40 @@ const cases: Case[] = [
       assert.is(p.status.restarts, 0);
     },
   },
+  ...(['None', 'Running', 'All'] as const).map((policy) => ({
+    name: `cleanPodPolicy ${policy} at the end: ${{ None: 'no pod', Running: 'the running worker', All: 'every pod' }[policy]} deleted`,
+    job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { cleanPodPolicy: policy } }, running()),
+    pods: [workerPod(0, { phase: 'Succeeded' }), workerPod(1)],
+    expect: (p: Plan) => {
+      assert.is(p.status.phase, 'Succeeded');
+      assert.equal(
+        deleted(p),
+        { None: [], Running: ['job-worker-1'], All: ['job-worker-0', 'job-worker-1'] }[policy],
+      );
+      assert.equal([...p.releasePods].sort(), ['job-worker-0', 'job-worker-1'], 'released either way');
+    },
+  })),
+  {
+    name: 'a pod template overriding what Tensile owns fails the job with InvalidSpec, no pod created',
+    job: ownedJob({
+      'spec.worker.podTemplate': {
+        spec: {
+          restartPolicy: 'Always',
+          containers: [{ name: 'worker', env: [{ name: 'TENSILE_JOB', value: 'x' }] }],
+        },
+      },
+    }),
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.match(
+        condition(p, 'Failed')?.message ?? '',
+        'spec.worker.podTemplate.spec.restartPolicy: must be Never',
+      );
+      assert.match(condition(p, 'Failed')?.message ?? '', 'TENSILE_JOB is set by the operator');
+      assert.equal(p.createPods, []);
+    },
+  },
   {
     name: 'suspend: checkpoint request, all workers deleted, Suspended',
     job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { suspend: true } }, running()),
