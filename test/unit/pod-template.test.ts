@@ -116,7 +116,10 @@ test("a template affinity keeps Tensile's co-location on a ReadWriteOnce claim",
     'spec.maxReplicas': 2,
     'spec.worker.podTemplate': { spec: { affinity: { nodeAffinity: { a: 1 } } } },
   });
-  assert.equal((p.spec?.affinity as Record<string, unknown>)['nodeAffinity'], { a: 1 });
+  assert.equal((p.spec?.affinity ?? {}) as Record<string, unknown>, {
+    nodeAffinity: { a: 1 },
+    podAffinity: p.spec?.affinity?.podAffinity,
+  });
   assert.is(p.spec?.affinity?.podAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.length, 1);
 });
 
