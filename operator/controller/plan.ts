@@ -115,6 +115,18 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
   return problems;
 }
 
+/**
+ * Status figures as `kubectl get tj` shows them: four significant digits of the loss (0.3412, 0.0001235)
+ * and four decimals of the accuracy (0.8874); the full values are in the worker events and metrics.
+ */
+export function roundLoss(loss: number): number {
+  return Number.isFinite(loss) && loss !== 0 ? Number(loss.toPrecision(4)) : loss;
+}
+
+export function roundAccuracy(accuracy: number): number {
+  return Number.isFinite(accuracy) ? Math.round(accuracy * 10_000) / 10_000 : accuracy;
+}
+
 function failureBackoffMs(failures: number, config: PlanConfig): number {
   return exponentialBackoffMs(
     failures - 1,
@@ -281,8 +293,8 @@ export function plan(input: PlanInput): Plan {
   if (report !== undefined) {
     progress.step = report.step;
     progress.epoch = report.epoch;
-    progress.loss = report.loss;
-    if (report.accuracy !== undefined) progress.accuracy = report.accuracy;
+    progress.loss = roundLoss(report.loss);
+    if (report.accuracy !== undefined) progress.accuracy = roundAccuracy(report.accuracy);
     if (report.lastCheckpoint !== undefined) progress.lastCheckpoint = report.lastCheckpoint;
   }
   if (observed.progress !== undefined) {

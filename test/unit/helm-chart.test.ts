@@ -264,6 +264,23 @@ for (const [name, values, field] of badValues) {
   });
 }
 
+test('helm template works offline without --kube-version', async () => {
+  const r = await helm(['template', 'demo', chart]);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stdout, 'kind: Deployment');
+});
+
+test('a Kubernetes below 1.30: the error says to pass --kube-version', async () => {
+  const r = await helm(['template', 'demo', chart, '--kube-version', '1.20.0']);
+  assert.is.not(r.code, 0);
+  assert.match(r.stderr, 'Tensile needs Kubernetes 1.30 or later');
+  assert.match(r.stderr, 'and helm sees v1.20.0');
+  assert.match(
+    r.stderr,
+    'pass --kube-version, e.g. helm template tensile charts/tensile --kube-version 1.31',
+  );
+});
+
 test('bundled NATS off without an external URL: a clear error', async () => {
   const r = await helm([
     'template',

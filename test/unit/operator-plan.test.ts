@@ -2,7 +2,14 @@ import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { type Plan, type PlanConfig, plan, planInvalidSpec } from '../../operator/controller/plan.ts';
+import {
+  type Plan,
+  type PlanConfig,
+  plan,
+  planInvalidSpec,
+  roundAccuracy,
+  roundLoss,
+} from '../../operator/controller/plan.ts';
 import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
 import type { JobObservations } from '../../operator/controller/progress.ts';
 import { at, node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
@@ -713,6 +720,39 @@ for (const c of invalidCases) {
     c.expect(planInvalidSpec({ status: c.status, reason: 'spec.replicas: must be >= 0', now: T0 }));
   });
 }
+
+test('status figures are rounded as kubectl get tj shows them', () => {
+  const figures: [number, number][] = [
+    [0.123456789, 0.1235],
+    [0.000123456, 0.0001235],
+    [12.3456, 12.35],
+    [0, 0],
+  ];
+  for (const [raw, shown] of figures) assert.is(roundLoss(raw), shown, String(raw));
+  assert.is(roundAccuracy(0.887654), 0.8877);
+  assert.is(roundAccuracy(1), 1);
+  const p = plan({
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    nodes: defaultNodes(),
+    claimExists: true,
+    now: T0,
+    config,
+    observations: {
+      completed: {
+        type: 'completed',
+        worker: 'job-worker-0',
+        step: 10,
+        epoch: 1,
+        loss: 0.3412987,
+        accuracy: 0.8912345,
+        reason: 'done',
+        time: '2026-11-21T12:00:00Z',
+      },
+    },
+  });
+  assert.equal([p.status.loss, p.status.accuracy], [0.3413, 0.8912]);
+});
 
 test('plan is deterministic: the same input gives the same decision', () => {
   const input = {
