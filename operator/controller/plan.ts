@@ -50,6 +50,10 @@ export interface PlanInput {
    * retrying cannot help, so the job fails, written like every other status.
    */
   readonly podRejected?: string;
+  /** For a job in a Kueue queue: whether Kueue admits it now, and with how many workers. */
+  readonly queue?:
+    | { readonly admitted: false; readonly reason: string; readonly message: string }
+    | { readonly admitted: true; readonly count: number };
 }
 
 export interface JobEventRecord {
@@ -194,6 +198,12 @@ export function plan(input: PlanInput): Plan {
   const { job, now, config } = input;
   const nowMs = now.getTime();
   const spec = job.spec;
+  // Suspended by the user, or held (queued, evicted) by Kueue: either way the workers checkpoint and go.
+  const suspension = spec.runPolicy.suspend
+    ? { reason: 'JobSuspended', message: 'spec.runPolicy.suspend is true' }
+    : input.queue?.admitted === false
+      ? { reason: input.queue.reason, message: input.queue.message }
+      : undefined;
   const previous: TrainingJobStatus = job.status ?? {};
   let conditions: Condition[] = [...(previous.conditions ?? [])];
   const events: JobEventRecord[] = [];
@@ -270,7 +280,11 @@ export function plan(input: PlanInput): Plan {
 
   const active = pods.filter((p) => p.state.kind === 'active');
   const leaving = pods.filter((p) => p.state.kind === 'leaving');
-  const desired = desiredReplicas(spec);
+  // Kueue's partial admission may grant fewer workers than asked for (never fewer than minReplicas).
+  const desired =
+    input.queue?.admitted === true
+      ? Math.min(desiredReplicas(spec), input.queue.count)
+      : desiredReplicas(spec);
   let phase = previous.phase;
   let startTime = previous.startTime;
   let completionTime = previous.completionTime;
@@ -327,7 +341,7 @@ export function plan(input: PlanInput): Plan {
     } else if (
       spec.runPolicy.activeDeadlineSeconds !== undefined &&
       startTime !== undefined &&
-      !spec.runPolicy.suspend
+      suspension === undefined
     ) {
       const deadline = (toMillis(startTime) ?? nowMs) + spec.runPolicy.activeDeadlineSeconds * 1000;
       if (nowMs >= deadline)
@@ -357,28 +371,21 @@ export function plan(input: PlanInput): Plan {
       if (nowMs >= expiry) deleteJob = true;
       else wakeAt.push(expiry);
     }
-  } else if (spec.runPolicy.suspend) {
+  } else if (suspension !== undefined) {
     if (!isTrue(conditions, 'Suspended')) {
       publish.push({ type: 'checkpoint', reason: 'job suspended' });
       events.push({
         type: 'Normal',
         reason: 'Suspended',
-        message: 'job suspended: workers checkpoint and stop',
+        message: `job suspended: workers checkpoint and stop (${suspension.message})`,
       });
     }
     phase = 'Suspended';
     // The deadline restarts on resume, as for a batch/v1 Job.
     startTime = undefined;
     message = 'suspended';
-    conditions = setCondition(
-      conditions,
-      'Suspended',
-      'True',
-      'JobSuspended',
-      'spec.runPolicy.suspend is true',
-      now,
-    );
-    conditions = setCondition(conditions, 'Running', 'False', 'JobSuspended', 'suspended', now);
+    conditions = setCondition(conditions, 'Suspended', 'True', suspension.reason, suspension.message, now);
+    conditions = setCondition(conditions, 'Running', 'False', suspension.reason, 'suspended', now);
     for (const p of pods) {
       if (p.state.kind === 'removing') continue;
       if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
@@ -394,7 +401,7 @@ export function plan(input: PlanInput): Plan {
         'Suspended',
         'False',
         'JobResumed',
-        'spec.runPolicy.suspend is false',
+        input.queue?.admitted === true ? 'admitted by Kueue' : 'spec.runPolicy.suspend is false',
         now,
       );
       events.push({ type: 'Normal', reason: 'Resumed', message: 'job resumed' });
