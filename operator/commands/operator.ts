@@ -15,6 +15,7 @@ import { WorkerDefaultsSchema } from '../api/worker-defaults.ts';
 import { TrainingJobController } from '../controller/controller.ts';
 import { EventRecorder } from '../controller/events.ts';
 import { KubeClient } from '../controller/kube.ts';
+import { KueueClient } from '../controller/kueue-client.ts';
 import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
 import { NatsLink } from '../controller/nats-link.ts';
@@ -67,6 +68,10 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
     },
     concurrency: { type: 'string', value: 'N', help: 'jobs reconciled at once (default 4)' },
     'no-leader-elect': { type: 'boolean', help: 'run without a Lease (one replica only)' },
+    'no-kueue': {
+      type: 'boolean',
+      help: 'ignore the kueue.x-k8s.io/queue-name label (default: such jobs wait for Kueue)',
+    },
     'lease-duration': { type: 'string', value: 'SECONDS', help: 'leader lease duration (default 15)' },
     'renew-deadline': {
       type: 'string',
@@ -180,6 +185,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       return nats.nats;
     },
     ...(natsUrl === undefined ? {} : { jobState: nats }),
+    ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

@@ -721,6 +721,54 @@ for (const c of invalidCases) {
   });
 }
 
+const kueueCases: [string, Parameters<typeof plan>[0]['queue'], V1Pod[], (p: Plan) => void][] = [
+  [
+    'queued in Kueue: no workers, Suspended (QueuedByKueue)',
+    { admitted: false, reason: 'QueuedByKueue', message: 'waiting in Kueue queue team-a' },
+    [],
+    (p) => {
+      assert.equal(p.createPods, []);
+      assert.is(p.status.phase, 'Suspended');
+      assert.is(condition(p, 'Suspended')?.reason, 'QueuedByKueue');
+    },
+  ],
+  [
+    'admitted with 2 of 4: two workers',
+    { admitted: true, count: 2 },
+    [],
+    (p) => assert.equal(names(p.createPods), ['job-worker-0', 'job-worker-1']),
+  ],
+  [
+    'evicted while running: workers checkpoint and go, progress stays',
+    { admitted: false, reason: 'EvictedByKueue', message: 'evicted by Kueue: Preempted' },
+    [workerPod(0), workerPod(1)],
+    (p) => {
+      assert.equal(p.publish, [{ type: 'checkpoint', reason: 'job suspended' }]);
+      assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
+      assert.is(condition(p, 'Suspended')?.reason, 'EvictedByKueue');
+      assert.is(p.status.step, 120, 'the step reached is kept');
+    },
+  ],
+];
+for (const [name, queue, pods, expect] of kueueCases) {
+  test(`Kueue: ${name}`, () => {
+    expect(
+      plan({
+        job: ownedJob(
+          { 'spec.replicas': 4, 'spec.minReplicas': 2, 'spec.maxReplicas': 4 },
+          { ...running(), step: 120 },
+        ),
+        pods,
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: T0,
+        config,
+        ...(queue === undefined ? {} : { queue }),
+      }),
+    );
+  });
+}
+
 test('status figures are rounded as kubectl get tj shows them', () => {
   const figures: [number, number][] = [
     [0.123456789, 0.1235],
