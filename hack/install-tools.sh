@@ -7,6 +7,7 @@
 #     kube-proxy at KUBE_VERSION, built from the Go module proxy through hack/k8s/go.mod
 #     (k8s.io/kubernetes + replace directives for its staging modules)
 #   - helm v3 from the Go module proxy
+#   - Kueue's controller manager and its CRDs, from the Go module proxy (test/integration/kueue.test.ts)
 # Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
 # clone on the same machine reuses them; a warm run takes a second or two.
 #
@@ -21,9 +22,10 @@ source "$here/versions.sh"
 cache="${TENSILE_CACHE:-$HOME/.cache/tensile}"
 kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
 helm_bin="$cache/helm-$HELM_VERSION/bin"
+kueue_dir="$cache/kueue-$KUEUE_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$kube_bin:$helm_bin"
+  echo "$kube_bin:$helm_bin:$kueue_dir/bin"
   exit 0
 fi
 
@@ -115,4 +117,19 @@ if [[ ! -x "$helm_bin/helm" || ! -f "$helm_stamp" ]]; then
   echo "1.$k8s_minor" >"$helm_stamp"
 fi
 step "helm $HELM_VERSION in $helm_bin"
+
+# ---------------------------------------------------------------------------------------------- Kueue
+if [[ ! -x "$kueue_dir/bin/kueue" || ! -d "$kueue_dir/crds" ]]; then
+  step "building kueue $KUEUE_VERSION into $kueue_dir"
+  mkdir -p "$kueue_dir/bin" "$kueue_dir/crds"
+  (while sleep 30; do step "  ... still building kueue"; done) &
+  ticker=$!
+  GOBIN="$kueue_dir/bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" ||
+    { kill "$ticker" 2>/dev/null; fail "go install kueue failed"; }
+  kill "$ticker" 2>/dev/null
+  kueue_src="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  cp "$kueue_src"/config/components/crd/bases/*.yaml "$kueue_dir/crds/"
+  chmod u+w "$kueue_dir/crds/"*.yaml
+fi
+step "kueue $KUEUE_VERSION in $kueue_dir"
 step "ready"
