@@ -342,7 +342,8 @@ function cgroupHierarchies(): string[] {
   }
 }
 
-function killCgroupTree(dir: string): void {
+/** Visits every cgroup at or below `dir`, children before their parent (so a parent can be removed). */
+function eachCgroupBottomUp(dir: string, visit: (cgroup: string) => void): void {
   let entries: string[];
   try {
     entries = readdirSync(dir);
@@ -352,13 +353,17 @@ function killCgroupTree(dir: string): void {
   for (const entry of entries) {
     const path = join(dir, entry);
     try {
-      if (statSync(path).isDirectory()) killCgroupTree(path);
+      if (statSync(path).isDirectory()) eachCgroupBottomUp(path, visit);
     } catch {
       // Gone meanwhile.
     }
   }
+  visit(dir);
+}
+
+function killCgroupProcesses(cgroup: string): void {
   try {
-    for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+    for (const pid of readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
       try {
         process.kill(Number(pid), 'SIGKILL');
       } catch {
@@ -370,24 +375,10 @@ function killCgroupTree(dir: string): void {
   }
 }
 
-function removeCgroupTree(dir: string): void {
-  let entries: string[] = [];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const entry of entries) {
-    const path = join(dir, entry);
-    try {
-      if (statSync(path).isDirectory()) removeCgroupTree(path);
-    } catch {
-      // Gone meanwhile.
-    }
-  }
+function removeCgroup(cgroup: string): void {
   for (let attempt = 0; attempt < 50; attempt++) {
     try {
-      rmdirSync(dir);
+      rmdirSync(cgroup);
       return;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
@@ -435,7 +426,8 @@ export function cleanupRealNode(clusterDir: string): void {
   }
   const { plan } = state;
   // Containers: every process in the kubelet's cgroups, then the shims of this containerd.
-  for (const h of cgroupHierarchies()) killCgroupTree(join(CGROUP_ROOT, h, plan.cgroupRoot));
+  for (const h of cgroupHierarchies())
+    eachCgroupBottomUp(join(CGROUP_ROOT, h, plan.cgroupRoot), killCgroupProcesses);
   for (const pid of processesMentioning(plan.containerdSocket)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -444,7 +436,8 @@ export function cleanupRealNode(clusterDir: string): void {
     }
   }
   for (const mount of mountsUnder(plan.stateDir)) tryRun('umount', ['-l', mount]);
-  for (const h of cgroupHierarchies()) removeCgroupTree(join(CGROUP_ROOT, h, plan.cgroupRoot));
+  for (const h of cgroupHierarchies())
+    eachCgroupBottomUp(join(CGROUP_ROOT, h, plan.cgroupRoot), removeCgroup);
   // containerd keeps each pod's network namespace bound under /run/netns/cni-*: ours are those with
   // an address in the pods' range (before our namespace goes, which takes their veths with it).
   const podPrefix = plan.podCidr.slice(0, plan.podCidr.lastIndexOf('.') + 1);

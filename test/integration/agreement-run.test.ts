@@ -13,7 +13,7 @@
  *   generation on every rank.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,18 +23,14 @@ import * as assert from 'uvu/assert';
 import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 /** The incarnation `tensile run` gave the job (DIR/job-uid): a worker started by hand must join it. */
 const runUid = (out: string): string => readFileSync(join(out, 'job-uid'), 'utf8').trim();
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-agreement-'));
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 const bin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 
 type Event = Record<string, unknown>;

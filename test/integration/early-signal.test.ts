@@ -3,7 +3,7 @@
  * that was just scheduled, Ctrl-C right after `tensile run`): the worker takes no step and ends
  * stopped, instead of missing the signal, training on and being cut off by its grace period.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
@@ -14,16 +14,11 @@ import { loadWorkerConfig } from '../../worker/config.ts';
 import { silentLogger } from '../../worker/log.ts';
 import { readWorkerResult, resultFile } from '../../worker/result.ts';
 import { runWorker } from '../../worker/runtime.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-early-signal-'));
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 

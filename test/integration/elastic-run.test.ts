@@ -5,21 +5,17 @@
  * weights on every worker after every step, each world's batch and rate as the policy says, and the
  * accuracy of an undisturbed 3-worker run.
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RunSummary } from '../../operator/local-run/run.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-elastic-'));
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 const TRAIN = 6000;
 const BATCH = 60;

@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-large-batch-'));
 if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
   throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);

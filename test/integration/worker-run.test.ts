@@ -4,22 +4,17 @@
  *
  * The dataset comes from Debian's dataset-fashion-mnist (hack/install-tools.sh installs it).
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { checkpointName } from '../../worker/checkpoint/store.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-run-'));
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 function manifest(name: string, spec: Record<string, unknown>): string {
   return writeJobManifest(join(dir, `${name}.yaml`), name, {
