@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
+import { type RunSummary, RunSummarySchema } from '../../operator/api/run-summary.ts';
 import { decodeWorkerLine, eventsOf, type WorkerEvent } from '../../operator/api/worker-events.ts';
-import type { RunSummary } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
@@ -84,7 +84,8 @@ export function tensileRun(
 export async function finished(run: RunningTensile): Promise<RunSummary> {
   const { code } = await run.done;
   assert.is(code, 0, run.lines.slice(-30).join('\n'));
-  return JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')) as RunSummary;
+  // Read by the one schema it is written by: a field the writer drops or renames fails here.
+  return RunSummarySchema.parse(JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')));
 }
 
 /**

@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import type { RunSummary } from '../../operator/api/run-summary.ts';
 import { eventsOf } from '../../operator/api/worker-events.ts';
-import type { RunSummary } from '../../operator/local-run/run.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import {
   assertLockstep,

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { RunSummary } from '../../operator/local-run/run.ts';
+import type { RunSummary } from '../../operator/api/run-summary.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
