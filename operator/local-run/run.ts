@@ -396,7 +396,7 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
     return line.level === 'warn' || line.level === 'error'
       ? `${line.level}: ${line.message ?? ''}${line.reason ? ` (${line.reason})` : ''}`
       : undefined;
-  if (line.kind === 'invalid') return undefined;
+  if (line.kind === 'invalid' || line.kind === 'text') return undefined;
   const e = line.event;
   switch (e.event) {
     case 'backend':
@@ -464,7 +464,8 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): Runni
     const line = decodeWorkerLine(text);
     if (line.kind === 'event') sink.onEvent(plan, line.event);
     else if (line.kind === 'message') sink.onMessage(plan, line);
-    else sink.onInvalid(plan, line.problem);
+    else if (line.kind === 'invalid') sink.onInvalid(plan, line.problem);
+    else io.err(line.text);
   });
   const errors = createInterface({ input: child.stderr as NodeJS.ReadableStream });
   errors.on('line', (text) => {

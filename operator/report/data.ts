@@ -301,7 +301,7 @@ export function assembleReport(files: RunFiles): ReportData {
     for (const text of log.text.split('\n')) {
       if (text.trim() === '') continue;
       const line = decodeWorkerLine(text.trim());
-      if (line.kind === 'invalid') {
+      if (line.kind === 'invalid' || line.kind === 'text') {
         skipped++;
         continue;
       }
