@@ -141,7 +141,7 @@ export function cniConfig(plan: RealNodePlan): string {
   )}\n`;
 }
 
-export function kubeletConfig(plan: RealNodePlan, dnsIp: string | undefined): string {
+export function kubeletConfig(plan: RealNodePlan, ca: string, dnsIp: string | undefined): string {
   const d = plan.stateDir;
   return `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -157,9 +157,12 @@ cgroupsPerQOS: true
 enforceNodeAllocatable: [pods]
 failSwapOn: false
 failCgroupV1: false
+# Only clients with a certificate of the cluster's CA (the API server's kubelet client) reach the
+# kubelet's API; nothing in the node's namespace gets in anonymously.
 authentication:
-  anonymous: { enabled: true }
+  anonymous: { enabled: false }
   webhook: { enabled: false }
+  x509: { clientCAFile: ${ca} }
 authorization:
   mode: AlwaysAllow
 clusterDomain: cluster.local
@@ -271,8 +274,19 @@ export function inNetns(plan: RealNodePlan, command: string, args: readonly stri
  */
 export function prepareRealNode(
   plan: RealNodePlan,
-  input: { pauseImage: string; dnsIp?: string; ca: string; cert: string; key: string },
-): { kubeletConfig: string; kubeconfig: string; containerdConfig: string; kubeProxyConfig: string } {
+  input: {
+    pauseImage: string;
+    dnsIp?: string;
+    ca: string;
+    kubelet: { cert: string; key: string };
+    kubeProxy: { cert: string; key: string };
+  },
+): {
+  kubeletConfig: string;
+  kubeconfig: string;
+  containerdConfig: string;
+  kubeProxyConfig: string;
+} {
   const d = plan.stateDir;
   for (const sub of ['containerd', 'cni/net.d', 'cni/ipam', 'kubelet', 'pod-logs', 'runc'])
     mkdirSync(join(d, sub), { recursive: true });
@@ -317,14 +331,16 @@ export function prepareRealNode(
   writeFileSync(join(d, 'cni', 'net.d', '10-tensile.conflist'), cniConfig(plan));
   const files = {
     kubeconfig: join(d, 'kubeconfig'),
+    kubeProxyKubeconfig: join(d, 'kube-proxy.kubeconfig'),
     containerdConfig: join(d, 'containerd.toml'),
     kubeletConfig: join(d, 'kubelet.yaml'),
     kubeProxyConfig: join(d, 'kube-proxy.yaml'),
   };
-  writeFileSync(files.kubeconfig, nodeKubeconfig(plan, input));
+  writeFileSync(files.kubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubelet }));
+  writeFileSync(files.kubeProxyKubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubeProxy }));
   writeFileSync(files.containerdConfig, containerdConfig(plan, input.pauseImage));
-  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.dnsIp));
-  writeFileSync(files.kubeProxyConfig, kubeProxyConfig(plan, files.kubeconfig));
+  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.ca, input.dnsIp));
+  writeFileSync(files.kubeProxyConfig, kubeProxyConfig(plan, files.kubeProxyKubeconfig));
   return files;
 }
 

@@ -118,8 +118,10 @@ test('real node: containerd, CNI and kubelet settings this sandbox needs', () =>
   };
   assert.equal(cni.plugins[0]?.bridge, plan.bridge);
   assert.is(cni.plugins[0]?.ipMasq, false, 'nothing masqueraded towards the outside');
-  const kubelet = kubeletConfig(plan, plan.hostIp);
+  const kubelet = kubeletConfig(plan, '/tmp/c/pki/ca.crt', plan.hostIp);
   for (const line of [
+    'anonymous: { enabled: false }',
+    'x509: { clientCAFile: /tmp/c/pki/ca.crt }',
     'cgroupDriver: cgroupfs',
     'failSwapOn: false',
     'failCgroupV1: false',
