@@ -8,6 +8,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
@@ -54,7 +55,7 @@ async function kubectl(args: string[], input?: string): Promise<string> {
 }
 
 /** Kueue's manager without webhooks (the API server is not told of any) and without leader election. */
-function startKueue(bin: string): ChildProcess {
+function startKueue(bin: string, webhookPort: number): ChildProcess {
   const config = join(cluster.dir, 'kueue-config.yaml');
   const certs = join(cluster.dir, 'kueue-certs');
   writeFileSync(
@@ -65,17 +66,21 @@ function startKueue(bin: string): ChildProcess {
       namespace: 'kueue-system',
       health: { healthProbeBindAddress: '127.0.0.1:0' },
       metrics: { bindAddress: '0' },
-      webhook: { port: 0, host: '127.0.0.1', certDir: certs },
+      webhook: { port: webhookPort, host: '127.0.0.1', certDir: certs },
       leaderElection: { leaderElect: false },
       internalCertManagement: { enable: false },
       manageJobsWithoutQueueName: false,
       integrations: { frameworks: ['batch/job'], externalFrameworks: ['TrainingJob.v1alpha1.tensile.dev'] },
     }),
   );
-  const child = spawn(bin, [`--config=${config}`, '--zap-log-level=2'], {
-    env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    bin,
+    [`--config=${config}`, '--zap-log-level=2', '--feature-gates=VisibilityOnDemand=false'],
+    {
+      env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   const keep = (b: Buffer) => {
     kueueLog.push(...b.toString().split('\n').filter(Boolean));
     if (kueueLog.length > 2000) kueueLog.splice(0, kueueLog.length - 2000);
@@ -83,6 +88,17 @@ function startKueue(bin: string): ChildProcess {
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
   return child;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
+    });
+  });
 }
 
 async function selfSignedCert(dir: string): Promise<void> {
@@ -172,7 +188,7 @@ test.before(async () => {
     const certs = join(cluster.dir, 'kueue-certs');
     mkdirSync(certs, { recursive: true });
     await selfSignedCert(certs);
-    kueue = startKueue(tools.bin);
+    kueue = startKueue(tools.bin, await freePort());
     await kubectl(['apply', '-f', clusterRole]);
     await kubectl(['-n', NS, 'create', 'serviceaccount', 'tensile-operator']);
     await kubectl([
