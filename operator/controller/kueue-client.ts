@@ -72,6 +72,24 @@ export class KueueClient {
     }
   }
 
+  /** The value of a PriorityClass, for the Workload's priority; undefined when there is none. */
+  async priorityOf(name: string): Promise<number | undefined> {
+    try {
+      const pc = (await this.call(`get priorityclass ${name}`, () =>
+        this.custom.getClusterCustomObject({
+          group: 'scheduling.k8s.io',
+          version: 'v1',
+          plural: 'priorityclasses',
+          name,
+        }),
+      )) as { value?: number };
+      return pc.value;
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
   /** Writes a workload's status at the resourceVersion it was read at (a stale write conflicts). */
   async patchWorkloadStatus(workload: Workload, status: NonNullable<Workload['status']>): Promise<void> {
     const { namespace, name, resourceVersion } = workload.metadata;

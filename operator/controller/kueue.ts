@@ -48,7 +48,8 @@ export interface Workload {
       minCount?: number;
       template: { metadata?: unknown; spec: unknown };
     }[];
-    priorityClassName?: string;
+    priorityClassRef?: { group: string; kind: string; name: string };
+    priority?: number;
   };
   status?: {
     conditions?: KueueCondition[];
@@ -75,8 +76,12 @@ export function workloadName(job: string): string {
   return `trainingjob-${job}`;
 }
 
-/** The Workload of a queued job, from the pod the operator would create for it. */
-export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod): Workload {
+/**
+ * The Workload of a queued job, from the pod the operator would create for it; `priority` is the value
+ * of the pods' PriorityClass (Kueue's webhook fills it in for its own integrations, so we must).
+ */
+export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod, priority?: number): Workload {
+  const priorityClass = pod.spec?.priorityClassName;
   const count = desiredReplicas(job.spec);
   const min = Math.min(job.spec.minReplicas, count);
   return {
@@ -107,7 +112,12 @@ export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod): Wor
           template: { metadata: { labels: pod.metadata?.labels ?? {} }, spec: pod.spec ?? {} },
         },
       ],
-      ...(pod.spec?.priorityClassName === undefined ? {} : { priorityClassName: pod.spec.priorityClassName }),
+      ...(priorityClass === undefined || priority === undefined
+        ? {}
+        : {
+            priorityClassRef: { group: 'scheduling.k8s.io', kind: 'PriorityClass', name: priorityClass },
+            priority,
+          }),
     },
   };
 }

@@ -52,7 +52,10 @@ export interface ReconcilerDeps {
   readonly log: Logger;
   readonly now?: () => Date;
   /** Kueue's Workloads and ResourceFlavors; absent: the queue-name label is ignored. */
-  readonly kueue?: Pick<KueueClient, 'getWorkload' | 'createWorkload' | 'getFlavor' | 'patchWorkloadStatus'>;
+  readonly kueue?: Pick<
+    KueueClient,
+    'getWorkload' | 'createWorkload' | 'getFlavor' | 'patchWorkloadStatus' | 'priorityOf'
+  >;
 }
 
 /** How often a job held or admitted by Kueue looks at its Workload again (no Workload watch yet). */
@@ -360,7 +363,9 @@ export class JobReconciler {
         // A template that cannot become a pod fails the job in plan (InvalidSpec); nothing to queue.
       }
       if (pod !== undefined) {
-        await kueue.createWorkload(buildWorkload(job, queueName, pod));
+        const priorityClass = pod.spec?.priorityClassName;
+        const priority = priorityClass === undefined ? undefined : await kueue.priorityOf(priorityClass);
+        await kueue.createWorkload(buildWorkload(job, queueName, pod, priority));
         log.info('created Kueue workload', { workload: workloadName(name), queue: queueName });
       }
     }

@@ -73,6 +73,17 @@ test('the workload: one pod set, count = replicas, minCount = minReplicas, owned
     buildWorkerPod(ownedJob(), 0, images),
   );
   assert.is(fixed.spec.podSets[0]?.minCount, undefined, 'no partial admission for a fixed size');
+  assert.is(w.spec.priorityClassRef, undefined, 'no priority class, no priority');
+  const prioritized = buildWorkload(
+    queued(),
+    'q',
+    buildWorkerPod(queued(), 0, { ...images, template: { priorityClassName: 'tensile-training' } }),
+    1000,
+  );
+  assert.equal(
+    [prioritized.spec.priorityClassRef, prioritized.spec.priority],
+    [{ group: 'scheduling.k8s.io', kind: 'PriorityClass', name: 'tensile-training' }, 1000],
+  );
 });
 
 const gates: [string, Workload | undefined, unknown][] = [
