@@ -30,6 +30,7 @@ const clusterRole = fileURLToPath(
   new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
 );
 const NS = 'team-a';
+const KUEUE_METRICS_CERTS = '/etc/kueue/metrics/certs';
 let cluster: LocalCluster;
 let nats: NatsServer;
 let nc: NatsConnection;
@@ -188,6 +189,10 @@ test.before(async () => {
     const certs = join(cluster.dir, 'kueue-certs');
     mkdirSync(certs, { recursive: true });
     await selfSignedCert(certs);
+    // Without its internal cert management Kueue reads metrics certificates from this fixed path (its
+    // Deployment mounts a Secret there), even with metrics off; a self-signed pair stands in.
+    mkdirSync(KUEUE_METRICS_CERTS, { recursive: true });
+    if (!existsSync(join(KUEUE_METRICS_CERTS, 'tls.crt'))) await selfSignedCert(KUEUE_METRICS_CERTS);
     kueue = startKueue(tools.bin, await freePort());
     await kubectl(['apply', '-f', clusterRole]);
     await kubectl(['-n', NS, 'create', 'serviceaccount', 'tensile-operator']);
