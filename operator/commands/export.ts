@@ -8,7 +8,12 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { JOB_RECORD } from '../api/model-output.ts';
-import { type TrainingJobSpec, TrainingJobSpecSchema } from '../api/training-job.ts';
+import {
+  BACKENDS,
+  type BackendChoice,
+  type TrainingJobSpec,
+  TrainingJobSpecSchema,
+} from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { type CommandIo, type CommandSpec, commandLine, UsageError } from './args.ts';
 
@@ -21,6 +26,11 @@ preprocessing.json, labels.json and tensile.json (job, spec, step, evaluation). 
 job trained on, to fit the preprocessing again.`,
   options: {
     out: { type: 'string', value: 'DIR', help: 'where to write the model (default DIR/model)' },
+    backend: {
+      type: 'string',
+      value: 'NAME',
+      help: 'auto|tensorflow|wasm|cpu: fit the preprocessing on the backend the workers used (default spec.worker.backend)',
+    },
     file: {
       type: 'string',
       value: 'MANIFEST',
@@ -83,8 +93,8 @@ function readJobRecord(checkpoints: string, manifest: string | undefined): JobRe
 /** Exports the model of the run in `dir`; returns where it went, the step and the accuracy. */
 export async function exportRun(
   dir: string,
-  options: { out?: string | undefined; file?: string | undefined } = {},
-): Promise<{ dir: string; step: number; accuracy: number | undefined; checkpoint: string }> {
+  options: { out?: string | undefined; file?: string | undefined; backend?: BackendChoice | undefined } = {},
+): Promise<{ dir: string; step: number; accuracy: number | undefined; checkpoint: string; backend: string }> {
   const checkpoints = checkpointFolder(resolve(dir));
   const job = readJobRecord(checkpoints, options.file === undefined ? undefined : resolve(options.file));
   const { CheckpointStore } = await import('../../worker/checkpoint/store.ts');
@@ -95,6 +105,9 @@ export async function exportRun(
     throw new ExportError(
       `no valid checkpoint in ${checkpoints}${skipped.length > 0 ? ` (skipped ${skipped.join('; ')})` : ''}`,
     );
+  // PCA's covariance is a matMul on the backend: the workers' backend refits exactly what they fitted.
+  const { selectBackend } = await import('../../worker/backend/select.ts');
+  const backend = await selectBackend(options.backend ?? job.spec.worker.backend);
   const { loadDataset } = await import('../../worker/data/dataset.ts');
   const { writeModelExport } = await import('../../worker/export/model-export.ts');
   const dataset = await loadDataset(job.spec.dataset, () => undefined);
@@ -109,7 +122,13 @@ export async function exportRun(
       );
     const out = resolve(options.out ?? join(dir, 'model'));
     const written = writeModelExport(out, { snapshot: latest.snapshot, dataset, job, spec: job.spec });
-    return { dir: out, step: written.step, accuracy: written.accuracy, checkpoint: latest.ref.path };
+    return {
+      dir: out,
+      step: written.step,
+      accuracy: written.accuracy,
+      checkpoint: latest.ref.path,
+      backend: backend.backend,
+    };
   } finally {
     dataset.close();
   }
@@ -121,19 +140,24 @@ export async function runExport(args: readonly string[], io: CommandIo): Promise
     if (dir === undefined)
       throw new UsageError('missing DIR (a tensile run directory or a checkpoint folder)');
     if (other !== undefined) throw new UsageError(`one run at a time (got ${dir} and ${other})`);
-    return { dir, out: values.out, file: values.file };
+    const backend = values.backend;
+    if (backend !== undefined && !(BACKENDS as readonly string[]).includes(backend))
+      throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got ${backend}`);
+    return { dir, out: values.out, file: values.file, backend: backend as BackendChoice | undefined };
   });
   if ('exit' in line) return line.exit;
-  const { dir, out, file } = line.parsed;
+  const { dir, out, file, backend } = line.parsed;
   if (!existsSync(dir)) {
     io.err(`tensile export: ${dir}: no such directory`);
     return 1;
   }
   try {
-    const result = await exportRun(dir, { out, file });
+    const result = await exportRun(dir, { out, file, backend });
     const accuracy =
       result.accuracy === undefined ? 'no evaluation' : `accuracy ${result.accuracy.toFixed(4)}`;
-    io.out(`${result.dir} (step ${result.step}, ${accuracy}, from ${result.checkpoint})`);
+    io.out(
+      `${result.dir} (step ${result.step}, ${accuracy}, from ${result.checkpoint}; preprocessing on ${result.backend})`,
+    );
     return 0;
   } catch (error) {
     io.err(`tensile export: ${(error as Error).message}`);

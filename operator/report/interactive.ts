@@ -173,7 +173,7 @@ function chart(title, list, yLabel) {
   var opts = {
     width: Math.min(960, host.clientWidth || 900), height: 240,
     scales: { x: { time: mode === 'clock' } },
-    axes: [{ label: mode === 'step' ? 'step' : mode === 'elapsed' ? 'seconds since start' : '' }, { label: yLabel }],
+    axes: [{ label: mode === 'step' ? 'step' : mode === 'elapsed' ? 'seconds since start' : '' }, { label: yLabel, size: 70 }],
     series: [{ label: mode === 'step' ? 'step' : 'time' }].concat(list.map(function (s) {
       return { label: s.label, stroke: s.color, width: s.dots ? 0 : 1.5, spanGaps: true, dash: s.dash,
         points: { show: !!s.dots, size: 6, fill: s.color } };
@@ -250,8 +250,16 @@ function csv() {
 }
 document.getElementById('t-csv').addEventListener('click', function () { download('tensile-curves.csv', 'text/csv', csv()); });
 document.getElementById('t-json').addEventListener('click', function () { download('tensile-curves.json', 'application/json', JSON.stringify(data, null, 1)); });
-xSel.addEventListener('change', draw);
-smooth.addEventListener('input', draw);
+// The view is in the address (#x=elapsed&smooth=0.6): a link shows what its sender saw.
+var hash = new URLSearchParams(location.hash.slice(1));
+if (['step', 'elapsed', 'clock'].indexOf(hash.get('x')) >= 0) xSel.value = hash.get('x');
+if (hash.get('smooth') !== null) smooth.value = hash.get('smooth');
+function remember() {
+  history.replaceState(null, '', '#x=' + xSel.value + '&smooth=' + Number(smooth.value).toFixed(2));
+  draw();
+}
+xSel.addEventListener('change', remember);
+smooth.addEventListener('input', remember);
 window.tensileReport = { csv: csv, data: data, redraw: draw };
 draw();
 })();`;

@@ -118,7 +118,7 @@ test('the model of a finished run loads in a fresh process and reproduces the re
     },
   );
   assert.is(r.status, 0, r.stderr);
-  assert.match(r.stdout, new RegExp(`step ${summary.step}`));
+  assert.match(r.stdout, new RegExp(`step ${summary.step}, .*preprocessing on ${summary.backend}`));
   const exported = manifestOf(again);
   for (const name of ['model.json', 'weights.bin', 'preprocessing.json', 'labels.json'])
     assert.is(exported.files[name]?.sha256, manifest.files[name]?.sha256, name);
