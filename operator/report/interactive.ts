@@ -173,10 +173,12 @@ function chart(title, list, yLabel) {
   var opts = {
     width: Math.min(960, host.clientWidth || 900), height: 240,
     scales: { x: { time: mode === 'clock' } },
-    axes: [{ label: mode === 'step' ? 'step' : mode === 'elapsed' ? 'seconds since start' : '' }, { label: yLabel, size: 70 }],
+    axes: [{ label: mode === 'step' ? 'step' : mode === 'elapsed' ? 'seconds since the first point' : '' }, { label: yLabel, size: 70 }],
     series: [{ label: mode === 'step' ? 'step' : 'time' }].concat(list.map(function (s) {
+      // A series of one or two points draws no visible line: show them as dots.
+      var few = s.y.filter(function (v) { return v !== null; }).length < 3;
       return { label: s.label, stroke: s.color, width: s.dots ? 0 : 1.5, spanGaps: true, dash: s.dash,
-        points: { show: !!s.dots, size: 6, fill: s.color } };
+        points: { show: !!s.dots || few, size: 6, fill: s.color } };
     })),
   };
   plots.push(new uPlot(opts, align(list), box));
