@@ -7,10 +7,14 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { JOB_RECORD } from '../api/model-output.ts';
+import { checkpointClaimName, JOB_RECORD, modelLocation } from '../api/model-output.ts';
 import {
+  API_GROUP,
+  API_VERSION,
   BACKENDS,
   type BackendChoice,
+  PLURAL,
+  type TrainingJob,
   type TrainingJobSpec,
   TrainingJobSpecSchema,
 } from '../api/training-job.ts';
@@ -19,12 +23,25 @@ import { type CommandIo, type CommandSpec, commandLine, UsageError } from './arg
 
 export const EXPORT_COMMAND = {
   command: 'tensile export',
-  synopsis: 'DIR [options]',
+  synopsis: 'DIR|JOB [options]',
   description: `Writes the trained model of the run in DIR (the --out directory of tensile run, or the folder of a
 checkpoint volume) from its newest valid checkpoint: model.json and weights.bin (tfjs Layers format),
 preprocessing.json, labels.json and tensile.json (job, spec, step, evaluation). Needs the dataset the
-job trained on, to fit the preprocessing again.`,
+job trained on, to fit the preprocessing again.
+With the name of a TrainingJob instead of a folder: says where the cluster job's model is
+(status.model), or where it will be and how to export it from the checkpoint volume.`,
   options: {
+    namespace: {
+      type: 'string',
+      short: 'n',
+      value: 'NS',
+      help: "the namespace of JOB (default: the kubeconfig's, else default)",
+    },
+    kubeconfig: {
+      type: 'string',
+      value: 'FILE',
+      help: 'kubeconfig for JOB (default: $KUBECONFIG, then ~/.kube/config)',
+    },
     out: { type: 'string', value: 'DIR', help: 'where to write the model (default DIR/model)' },
     backend: {
       type: 'string',
@@ -143,13 +160,23 @@ export async function runExport(args: readonly string[], io: CommandIo): Promise
     const backend = values.backend;
     if (backend !== undefined && !(BACKENDS as readonly string[]).includes(backend))
       throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got ${backend}`);
-    return { dir, out: values.out, file: values.file, backend: backend as BackendChoice | undefined };
+    return {
+      dir,
+      out: values.out,
+      file: values.file,
+      backend: backend as BackendChoice | undefined,
+      namespace: values.namespace,
+      kubeconfig: values.kubeconfig,
+    };
   });
   if ('exit' in line) return line.exit;
   const { dir, out, file, backend } = line.parsed;
   if (!existsSync(dir)) {
-    io.err(`tensile export: ${dir}: no such directory`);
-    return 1;
+    if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(dir)) {
+      io.err(`tensile export: ${dir}: no such directory (nor a TrainingJob name)`);
+      return 1;
+    }
+    return clusterModel(dir, line.parsed, io);
   }
   try {
     const result = await exportRun(dir, { out, file, backend });
@@ -163,4 +190,53 @@ export async function runExport(args: readonly string[], io: CommandIo): Promise
     io.err(`tensile export: ${(error as Error).message}`);
     return 1;
   }
+}
+
+/** Where a cluster job's model is: status.model, or where it will be written and how to get it sooner. */
+async function clusterModel(
+  name: string,
+  options: { namespace?: string | undefined; kubeconfig?: string | undefined },
+  io: CommandIo,
+): Promise<number> {
+  const { CustomObjectsApi, KubeConfig } = await import('@kubernetes/client-node');
+  const config = new KubeConfig();
+  try {
+    const file = options.kubeconfig ?? process.env['KUBECONFIG'];
+    if (file !== undefined && file !== '') config.loadFromFile(file);
+    else config.loadFromDefault();
+  } catch (error) {
+    io.err(
+      `tensile export: ${name} is no folder here, and no kubeconfig could be read: ${(error as Error).message}`,
+    );
+    return 1;
+  }
+  const namespace =
+    options.namespace ?? config.getContextObject(config.getCurrentContext())?.namespace ?? 'default';
+  let job: TrainingJob;
+  try {
+    job = (await config.makeApiClient(CustomObjectsApi).getNamespacedCustomObject({
+      group: API_GROUP,
+      version: API_VERSION,
+      namespace,
+      plural: PLURAL,
+      name,
+    })) as TrainingJob;
+  } catch (error) {
+    const code = (error as { code?: number }).code;
+    io.err(
+      `tensile export: ${code === 404 ? `no TrainingJob ${namespace}/${name} (and no folder ${name} here)` : `cannot read TrainingJob ${namespace}/${name}: ${(error as Error).message}`}`,
+    );
+    return 1;
+  }
+  const model = job.status?.model;
+  if (model !== undefined) {
+    const accuracy = model.accuracy === undefined ? 'no evaluation' : `accuracy ${model.accuracy.toFixed(4)}`;
+    io.out(`${model.uri} (step ${model.step}, ${accuracy}, ${model.time})`);
+    return 0;
+  }
+  const where = modelLocation({ name, namespace }, job.spec);
+  io.err(
+    `tensile export: ${namespace}/${name} has no model yet (phase ${job.status?.phase ?? 'Pending'}); it is written to ${where.uri} when the job completes. To export its newest checkpoint now, run \`tensile export ${job.spec.checkpoint.path}\` in a pod that mounts the claim ${checkpointClaimName(name, job.spec)} at ${job.spec.checkpoint.path} (the worker image has tensile and the dataset).`,
+  );
+  return 1;
 }

@@ -4,6 +4,7 @@
  * exactly the ClusterRole of charts/tensile/files/operator-clusterrole.yaml, not as admin. Worker pods
  * run test/helpers/fake-worker.mjs: these tests are about the operator; the end-to-end test trains.
  */
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
@@ -30,6 +31,7 @@ const NS = 'team-a';
 const OPERATOR_NS = 'tensile-system';
 const FAKE_IMAGE = 'tensile.test/fake-worker:1';
 const fakeWorker = fileURLToPath(new URL('../helpers/fake-worker.mjs', import.meta.url));
+const tensileBin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 const clusterRole = fileURLToPath(
   new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
 );
@@ -531,6 +533,73 @@ test('metrics: controller queue and reconcile latency, and per-job training metr
     assert.match(line, /^tensile_trainingjob_[a-z_]+\{namespace="[^"]+",trainingjob="[^"]+"\} \S+$/);
   assert.is((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
   assert.is((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+});
+
+test('spec.output: the model claim is mounted and not owned; status.model and tensile export JOB name the model', async () => {
+  await kubectl(
+    ['apply', '-f', '-'],
+    stringify({
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: 'models', namespace: NS },
+      spec: { accessModes: ['ReadWriteMany'], resources: { requests: { storage: '1Gi' } } },
+    }),
+  );
+  await apply(
+    job('omega', { 'spec.replicas': 1, 'spec.output': { claimName: 'models', path: 'fashion/v1' } }),
+  );
+  const [pod] = await until('omega pod', async () => {
+    const list = await pods('omega');
+    return list.length === 1 ? list : undefined;
+  });
+  assert.ok(pod?.spec?.volumes?.some((v) => v.persistentVolumeClaim?.claimName === 'models'));
+  const cli = (args: string[]) =>
+    spawnSync(
+      process.execPath,
+      [tensileBin, 'export', ...args, '-n', NS, '--kubeconfig', cluster.kubeconfigPath],
+      {
+        encoding: 'utf8',
+      },
+    );
+  const before = cli(['omega']);
+  assert.is(before.status, 1);
+  assert.match(before.stderr, 'no model yet');
+  assert.match(before.stderr, 'pvc://models/fashion/v1');
+  const uid = await uidOf('omega');
+  const time = new Date().toISOString();
+  nc.publish(
+    jobSubjects(NS, 'omega').metrics,
+    encodeMessage({
+      type: 'completed',
+      jobUid: uid,
+      worker: 'omega-worker-0',
+      step: 900,
+      epoch: 3,
+      loss: 0.3,
+      accuracy: 0.9,
+      model: { uri: 'pvc://models/fashion/v1', step: 900, accuracy: 0.9, time },
+      reason: 'reached 3 epochs',
+      time,
+    }),
+  );
+  const st = await until('status.model', async () => {
+    const s = await status('omega');
+    return s.model === undefined ? undefined : s;
+  });
+  assert.is(st.phase, 'Succeeded');
+  assert.equal(st.model, { uri: 'pvc://models/fashion/v1', step: 900, accuracy: 0.9, time });
+  const after = cli(['omega']);
+  assert.is(after.status, 0, after.stderr);
+  assert.match(after.stdout, 'pvc://models/fashion/v1 (step 900, accuracy 0.9000');
+  assert.is(cli(['nope']).status, 1);
+  // Deleting the job deletes its pods and its own checkpoint claim, never the model's claim.
+  await kubectl(['-n', NS, 'delete', 'tj', 'omega', '--wait=true']);
+  await until('omega pods gone', async () => (await pods('omega')).length === 0);
+  await consistently(
+    'the model claim stays',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'pvc', 'models'])).code === 0,
+    { forMs: 2000, intervalMs: 250 },
+  );
 });
 
 test('a deleted job takes its rendezvous state with it; the same name again gets a new bucket', async () => {
