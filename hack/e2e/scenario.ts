@@ -142,8 +142,10 @@ export interface ScenarioResult {
   readonly epochs: readonly EpochVerdict[];
   readonly generations: readonly GenerationStart[];
   readonly goodput: GoodputReport;
-  /** Worker log lines that were not events of the protocol nor plain messages. */
+  /** Worker log lines in JSON that were not events of the protocol nor plain messages. */
   readonly unreadableLogLines: number;
+  /** Worker log lines that were not JSON: their standard error. */
+  readonly standardErrorLines: number;
   /** Where the wall time that was not useful went, each kind against its budget. */
   readonly lost: readonly LostBudget[];
   readonly events: readonly KubeEvent[];
@@ -198,8 +200,10 @@ class WorkerLogs {
   /** The bytes after a file's last newline: a line still being written. */
   private readonly partial = new Map<string, Buffer>();
   readonly lines: WorkerEvent[] = [];
-  /** Lines that were not worker events nor plain messages (stack traces, torn lines). */
+  /** JSON lines that were not worker events nor plain messages. */
   invalid = 0;
+  /** Lines that were not JSON: standard error (TensorFlow's start-up banner, stack traces, torn lines). */
+  text = 0;
 
   constructor(
     private readonly dir: string,
@@ -222,6 +226,7 @@ class WorkerLogs {
       const parsed = parseLogLines(bytes.subarray(0, cut).toString('utf8'));
       fresh.push(...parsed.events);
       this.invalid += parsed.invalid;
+      this.text += parsed.text;
     }
     this.lines.push(...fresh);
     return fresh;
@@ -809,6 +814,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       generations,
       goodput,
       unreadableLogLines: logs.invalid,
+      standardErrorLines: logs.text,
       lost,
       events,
       describeEvents: describeEvents(describe),

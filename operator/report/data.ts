@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { TensileError } from '../api/errors.ts';
+import { EpochRecordSchema, GenerationRecordSchema, RunSummarySchema } from '../api/run-summary.ts';
 import { decodeWorkerLine, type WorkerEvent } from '../api/worker-events.ts';
 
 /** A report cannot be made; the message says which file and what to do. */
@@ -14,49 +15,31 @@ export class ReportError extends TensileError {
   readonly classification = 'terminal';
 }
 
-const count = z.number().int().min(0);
-const Ref = z.object({ step: count, path: z.string() }).nullable().catch(null);
+const known = RunSummarySchema.shape;
 
+/**
+ * summary.json read by the one schema `tensile run` writes it by (api/run-summary.ts), each field
+ * falling back when it is missing or malformed: a report is wanted most for runs that went wrong, and
+ * older versions wrote fewer fields.
+ */
 const SummarySchema = z.object({
-  job: z.string(),
+  job: known.job,
   status: z.string().catch('unknown'),
-  reason: z.string().catch(''),
-  step: count.catch(0),
-  epoch: count.catch(0),
-  eval: z
-    .object({ step: count, epoch: count, loss: z.number(), accuracy: z.number(), samples: count })
-    .nullable()
-    .catch(null),
-  wallSeconds: z.number().nullable().catch(null),
-  trainSeconds: z.number().nullable().catch(null),
-  samplesPerSecond: z.number().nullable().catch(null),
-  backend: z.string().catch('unknown'),
-  workers: count.catch(0),
-  epochs: z
-    .array(
-      z.object({
-        epoch: count,
-        seen: count,
-        duplicated: count,
-        missing: count,
-        complete: z.boolean().catch(false),
-      }),
-    )
-    .catch([]),
+  reason: known.reason.catch(''),
+  step: known.step.catch(0),
+  epoch: known.epoch.catch(0),
+  eval: known.eval.catch(null),
+  wallSeconds: known.wallSeconds.nullable().catch(null),
+  trainSeconds: known.trainSeconds.nullable().catch(null),
+  samplesPerSecond: known.samplesPerSecond.nullable().catch(null),
+  backend: known.backend.catch('unknown'),
+  workers: known.workers.catch(0),
+  epochs: z.array(EpochRecordSchema.extend({ complete: z.boolean().catch(false) })).catch([]),
   generations: z
-    .array(
-      z.object({
-        generation: count,
-        worldSize: count,
-        globalBatch: count,
-        learningRate: z.number(),
-        firstStep: count,
-        firstProgress: z.number().nullable().catch(null).default(null),
-      }),
-    )
+    .array(GenerationRecordSchema.extend({ firstProgress: z.number().nullable().catch(null).default(null) }))
     .catch([]),
-  checkpoint: Ref,
-  resumedFrom: Ref,
+  checkpoint: known.checkpoint.catch(null),
+  resumedFrom: known.resumedFrom.catch(null),
 });
 
 type KnownSummary = z.output<typeof SummarySchema>;
@@ -344,7 +327,7 @@ export function assembleReport(files: RunFiles): ReportData {
     for (const text of log.text.split('\n')) {
       if (text.trim() === '') continue;
       const line = decodeWorkerLine(text.trim());
-      if (line.kind === 'invalid') {
+      if (line.kind === 'invalid' || line.kind === 'text') {
         skipped++;
         continue;
       }

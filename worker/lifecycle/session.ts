@@ -238,7 +238,9 @@ export async function openSession(options: SessionOptions): Promise<Session> {
   // A leave request (SIGTERM in a pod, or the operator's control message before a node goes away)
   // ends this worker's part; `stop` (from the operator) ends the whole job's training for now.
   const leaving = new AbortController();
-  options.stop.addEventListener('abort', () => leaving.abort(), { once: true });
+  // A signal that came while the backend, data and model loaded has already fired its event.
+  if (options.stop.aborted) leaving.abort();
+  else options.stop.addEventListener('abort', () => leaving.abort(), { once: true });
   let membership: Membership;
   try {
     membership =
