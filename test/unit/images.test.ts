@@ -51,7 +51,11 @@ test('the worker images are linux/amd64 (x86_64 libtensorflow); every base is pi
       .map((i) => i.rest);
     assert.ok(bases.length > 0, `${file}: its bases are build-args`);
     for (const base of bases) {
-      assert.match(base, /^[A-Z_]+_IMAGE=[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$/, `${file}: ${base} is tag@digest`);
+      assert.match(
+        base,
+        /^[A-Z_]+_IMAGE=[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$/,
+        `${file}: ${base} is tag@digest`,
+      );
       assert.not.match(base, /@sha256:(0{8}|1234|abcd|aa11)/, `${file}: ${base} is a placeholder digest`);
     }
   }
