@@ -262,6 +262,6 @@ function remember() {
 }
 xSel.addEventListener('change', remember);
 smooth.addEventListener('input', remember);
-window.tensileReport = { csv: csv, data: data, redraw: draw };
+window.tensileReport = { csv: csv, data: data, redraw: draw, plots: function () { return plots; } };
 draw();
 })();`;
