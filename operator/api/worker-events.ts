@@ -72,6 +72,14 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   }),
   event('checkpoint', { step: count, path: z.string(), writeMs: z.number().optional() }),
   event('checkpoint-failed', { step: count.optional(), error: z.string() }),
+  /** The trained model was written for serving (worker/export/model-export.ts). */
+  event('model-exported', {
+    step: count,
+    dir: z.string(),
+    uri: z.string().optional(),
+    accuracy: measure.optional(),
+  }),
+  event('model-export-failed', { error: z.string() }),
   event('snapshot', { step: count, blockingMs: z.number().optional() }),
   event('already-completed', { step: count.optional(), reason: z.string() }),
   event('spec-changed', {
@@ -125,6 +133,15 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     progress: z.number().optional(),
     worldSize: count.optional(),
     plannedSteps: count.optional(),
+  }),
+  /** Every rank's own figures since its previous line: throughput, step time, time in the all-reduce. */
+  event('rank-progress', {
+    step: count,
+    rank: count.optional(),
+    steps: count,
+    samplesPerSecond: z.number(),
+    stepMs: z.number(),
+    allReduceMs: z.number(),
   }),
   event('eval', {
     step: count,

@@ -293,6 +293,7 @@ export function planLocalWorker(
     replicaIndex: index,
     checkpointDir,
     outDir: out,
+    modelDir: resolve(out, 'model'),
     ...(natsUrl === undefined ? {} : { natsUrl }),
     // Chaos acts at global steps: it needs to see every step.
     ...(options.chaos.length > 0 ? { progressMs: 0 } : {}),
@@ -774,6 +775,9 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(
       `done: ${summary.reason}; ${accuracy}; ${summary.wallSeconds} s${summary.goodput === undefined ? '' : `; goodput ${summary.goodput}`}; ${summaryFile}`,
     );
+    const model = resolve(plan.out, 'model');
+    if (existsSync(join(model, 'tensile.json')))
+      io.out(`model: ${model} (tf.loadLayersModel('file://${model}/model.json'))`);
   }
   return runExitCode({ unexpectedCodes, interruptedBy, status: summary.status });
 }

@@ -7,6 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse, parseAllDocuments } from 'yaml';
 import { WorkerDefaultsSchema } from '../../operator/api/worker-defaults.ts';
+import { OperatorMetrics } from '../../operator/controller/metrics.ts';
 import { effectiveWorker } from '../../operator/controller/pod-builder.ts';
 import { helm, KUBE_VERSION } from '../helpers/helm.ts';
 import { ownedJob } from '../helpers/k8s-builders.ts';
@@ -190,7 +191,11 @@ test('every option: external NATS with credentials, ServiceMonitor, no bundled N
     },
   ]);
   const defaults = WorkerDefaultsSchema.parse(
-    parse((one(docs, 'ConfigMap')['data'] as Record<string, string>)['worker-defaults.yaml'] as string),
+    parse(
+      (one(docs, 'ConfigMap', 'ml-trainer-worker-defaults')['data'] as Record<string, string>)[
+        'worker-defaults.yaml'
+      ] as string,
+    ),
   );
   assert.equal(defaults.imagePullSecrets, [{ name: 'worker-regcred' }]);
   const worker = effectiveWorker(ownedJob().spec.worker, defaults);
@@ -207,6 +212,39 @@ test('operator.podAntiAffinity hard requires different nodes; none leaves affini
   const hard = (await spec('hard'))['affinity'] as { podAntiAffinity: Record<string, unknown> };
   assert.ok(hard.podAntiAffinity['requiredDuringSchedulingIgnoredDuringExecution']);
   assert.is((await spec('none'))['affinity'], undefined);
+});
+
+test('monitoring: a PodMonitor of the operator, and a Grafana dashboard of metrics the operator serves', async () => {
+  const docs = await render('-f', allOptions);
+  const monitor = one(docs, 'PodMonitor') as unknown as {
+    metadata: { labels: Record<string, string> };
+    spec: { podMetricsEndpoints: { port: string; path: string; interval: string }[] };
+  };
+  assert.equal(monitor.spec.podMetricsEndpoints, [{ port: 'http', path: '/metrics', interval: '15s' }]);
+  assert.is(monitor.metadata.labels['release'], 'prometheus');
+  const board = one(docs, 'ConfigMap', 'ml-trainer-dashboard') as unknown as {
+    metadata: { labels: Record<string, string> };
+    data: Record<string, string>;
+  };
+  assert.is(board.metadata.labels['grafana_dashboard'], '1');
+  const dashboard = JSON.parse(board.data['tensile-training.json'] as string) as {
+    panels: { targets: { expr: string }[] }[];
+  };
+  const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr));
+  const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\btensile_[a-z_]+/g)].map((m) => m[0])));
+  const served = new Set(
+    (await new OperatorMetrics().registry.getMetricsAsJSON()).flatMap((m) =>
+      String(m.type) === 'histogram' ? [`${m.name}_bucket`, m.name] : [m.name],
+    ),
+  );
+  for (const name of used)
+    assert.ok(served.has(name), `the dashboard uses ${name}, which the operator does not serve`);
+  assert.ok(used.has('tensile_trainingjob_goodput_ratio'));
+  // Off by default.
+  const defaults = await render();
+  assert.not.ok(
+    defaults.some((d) => d.kind === 'PodMonitor' || d.metadata.name === 'demo-tensile-dashboard'),
+  );
 });
 
 test('one replica: no leader election, no PodDisruptionBudget', async () => {
