@@ -161,7 +161,8 @@ function exportModel(
   const job = { name: config.jobName, namespace: config.namespace, uid: config.jobUid };
   const location = modelLocation(job, config.spec);
   const dir = config.modelDir ?? location.dir;
-  const uri = config.modelDir === undefined ? location.uri : undefined;
+  // `tensile run` (an output folder of its own) has no claims to name.
+  const uri = config.outDir === undefined ? location.uri : undefined;
   try {
     const written = writeModelExport(dir, {
       snapshot: session.takeSnapshot().snapshot,
