@@ -20,6 +20,7 @@ import {
   jobSubjects,
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
+import { DropCounter } from '../../operator/api/drops.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
@@ -187,7 +188,10 @@ export class ElasticMembership implements Membership {
     if (uid === undefined)
       throw new WorkerConfigError(['TENSILE_JOB_UID: the elastic runtime needs the job uid']);
     const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName, uid));
-    const server = await CollectiveServer.listen(config.jobName, config.podIp);
+    const drops = new DropCounter((drop) =>
+      emit(log, 'warn', `dropped ${drop.channel} input: ${drop.reason}`, { event: 'dropped', ...drop }),
+    );
+    const server = await CollectiveServer.listen(config.jobName, config.podIp, 0, { drops });
     const spec = config.spec;
     const range = elasticRange(spec);
     const offer = specOffer(spec, config.specRevision);
@@ -375,6 +379,7 @@ export class ElasticMembership implements Membership {
           rank,
           members: record.members,
           server: this.server,
+          token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
           signal: changed.signal,
         });

@@ -3,6 +3,7 @@
  * watches the bucket, and whenever something changes (or a timer fires) asks `decide` what to do and
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
 import { classify } from '../../operator/api/errors.ts';
@@ -288,6 +289,7 @@ export class RendezvousAgent implements AsyncDisposable {
       startStep: proposal.startStep,
       reason: proposal.reason,
       createdAt: this.now(),
+      linkToken: randomBytes(32).toString('base64url'),
     };
     const value = encode(world);
     try {
