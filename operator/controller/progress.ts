@@ -1,7 +1,7 @@
 /**
  * What the workers report over NATS, kept per job for the reconciler: the latest progress, a completion,
- * and whether the world is re-forming. Messages are validated on receipt; a malformed one is logged and
- * dropped. Each report asks for a reconcile, delayed so that status is written at most every few seconds.
+ * and whether the world is re-forming. Messages are validated on receipt; a malformed or oversized one is
+ * dropped and counted (`drops`). Each report asks for a reconcile, delayed so that status is written at most every few seconds.
  *
  * Reports are kept per incarnation (the job uid each message carries): the workers of a deleted job
  * may still be reporting when a job of the same name starts, and its status must not take theirs.
@@ -16,6 +16,7 @@ import {
   type ProgressMessage,
   type RescaleEvent,
 } from '../api/contract.ts';
+import { DropCounter } from '../api/drops.ts';
 
 export interface JobObservations {
   readonly progress?: ProgressMessage;
@@ -49,11 +50,15 @@ export class ProgressTracker implements AsyncDisposable {
   /** By job key, then by incarnation (job uid). */
   private readonly jobs = new Map<string, Map<string, JobObservations>>();
   private readonly subscriptions: Subscription[] = [];
+  /** Malformed, oversized or foreign messages, counted by reason (the first few are logged). */
+  readonly drops: DropCounter;
 
   constructor(
     private readonly listener: ProgressListener,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.drops = new DropCounter((drop) => this.log.warn(`dropped a ${drop.reason} NATS message`, drop));
+  }
 
   /** What the workers of incarnation `uid` of the job reported; without a uid, what came without one. */
   observations(key: string, uid?: string): JobObservations | undefined {
@@ -80,11 +85,14 @@ export class ProgressTracker implements AsyncDisposable {
   /** Applies one message; exported for tests of the bookkeeping without a server. */
   receive(subject: string, data: Uint8Array): void {
     const key = subjectKey(subject);
-    if (key === undefined) return;
+    if (key === undefined) {
+      this.drops.drop({ channel: 'nats', reason: 'unknown subject', source: subject });
+      return;
+    }
     if (subject.endsWith('.metrics')) {
       const decoded = decodeMessage(MetricsMessageSchema, data);
       if (!decoded.ok) {
-        this.log.warn('dropped a malformed metrics message', { subject, error: decoded.error });
+        this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;
       }
       const message = decoded.value;
@@ -106,7 +114,7 @@ export class ProgressTracker implements AsyncDisposable {
     } else if (subject.endsWith('.events')) {
       const decoded = decodeMessage(JobEventSchema, data);
       if (!decoded.ok) {
-        this.log.warn('dropped a malformed event message', { subject, error: decoded.error });
+        this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;
       }
       const event = decoded.value;

@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
 import {
+  CompletionRecordSchema,
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
@@ -162,6 +163,11 @@ export class ElasticMembership implements Membership {
     this.subjects = jobSubjects(config.namespace, config.jobName);
   }
 
+  /** What this worker dropped (NATS messages, collective frames and handshakes), by reason. */
+  get drops(): DropCounter {
+    return this.server.drops;
+  }
+
   static async open(config: WorkerConfig, log: WorkerLogger): Promise<ElasticMembership> {
     const url = config.natsUrl;
     if (url === undefined) throw new Error('the elastic runtime needs TENSILE_NATS_URL');
@@ -208,6 +214,7 @@ export class ElasticMembership implements Membership {
         lastCallMs: spec.rendezvous.lastCallMillis,
       },
       log,
+      drops,
       spec: offer,
       shape: (proposal, previous, offers) =>
         shapeWorld(proposal, previous, offers, offer, spec.optimizer.learningRate),
@@ -229,18 +236,22 @@ export class ElasticMembership implements Membership {
         if (error !== null) return;
         const decoded = decodeMessage(ControlMessageSchema, message.data);
         if (!decoded.ok) {
-          emit(this.log, 'warn', 'ignoring a malformed control message', {
-            event: 'control-rejected',
-            error: decoded.error,
+          this.drops.drop({
+            channel: 'nats',
+            reason: decoded.reason,
+            source: message.subject,
+            detail: decoded.error,
           });
           return;
         }
         const value = decoded.value;
         if (value.jobUid !== this.config.jobUid) {
           // Addressed to another incarnation of this job (one deleted, or its successor).
-          emit(this.log, 'debug', 'ignoring a control message of another incarnation', {
-            event: 'control-ignored',
-            jobUid: value.jobUid ?? '(none)',
+          this.drops.drop({
+            channel: 'nats',
+            reason: 'another incarnation',
+            source: message.subject,
+            detail: `job uid ${value.jobUid ?? '(none)'}`,
           });
           return;
         }
@@ -303,30 +314,30 @@ export class ElasticMembership implements Membership {
     if (this.completed !== undefined) return this.completed;
     const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
     if (stored === undefined) return undefined;
-    try {
-      const value = JSON.parse(new TextDecoder().decode(stored.value)) as {
-        step?: unknown;
-        reason?: unknown;
-        jobUid?: unknown;
-      };
-      if (value.jobUid !== this.config.jobUid) {
-        // Another incarnation's completion says nothing about this one.
-        if (!this.foreignCompletionSeen)
-          emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
-            event: 'completion-ignored',
-            jobUid: String(value.jobUid ?? '(none)'),
-          });
-        this.foreignCompletionSeen = true;
-        return undefined;
-      }
-      if (typeof value.step === 'number' && typeof value.reason === 'string') {
-        this.completed = { step: value.step, reason: value.reason };
-        return this.completed;
-      }
-    } catch {
+    const decoded = decodeMessage(CompletionRecordSchema, stored.value);
+    if (!decoded.ok) {
       // A malformed marker is not a completion.
+      this.drops.drop({
+        channel: 'nats',
+        reason: decoded.reason,
+        source: COMPLETED_KEY,
+        detail: decoded.error,
+      });
+      return undefined;
     }
-    return undefined;
+    const value = decoded.value;
+    if (value.jobUid !== this.config.jobUid) {
+      // Another incarnation's completion says nothing about this one.
+      if (!this.foreignCompletionSeen)
+        emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
+          event: 'completion-ignored',
+          jobUid: value.jobUid ?? '(none)',
+        });
+      this.foreignCompletionSeen = true;
+      return undefined;
+    }
+    this.completed = { step: value.step, reason: value.reason };
+    return this.completed;
   }
 
   /** The next world that includes this worker, unless the job completed or `stop` fired first. */
