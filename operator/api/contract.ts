@@ -226,6 +226,9 @@ export type ControlMessage = z.output<typeof ControlMessageSchema>;
  */
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
+/** The largest progress report, job event or member record: small by construction, so a tight bound. */
+export const MAX_REPORT_BYTES = 64 * 1024;
+
 export type DecodeFailure = 'oversized' | 'not json' | 'schema';
 
 export type Decoded<T> =

@@ -6,6 +6,7 @@ import type {
   V1EnvVar,
   V1PersistentVolumeClaim,
   V1Pod,
+  V1SecurityContext,
   V1Volume,
   V1VolumeMount,
 } from '@kubernetes/client-node';
@@ -135,6 +136,42 @@ export function specRevisionOf(job: TrainingJob): number {
   return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
 }
 
+/** The worker image's user (worker/Dockerfile `USER 1000:1000`). */
+export const WORKER_UID = 1000;
+const TMP_VOLUME = 'tmp';
+
+/**
+ * What makes a worker pod pass the `restricted` Pod Security Standard: non-root, no privilege
+ * escalation, no capabilities, the runtime's seccomp profile, a read-only root filesystem. The worker
+ * writes only to its checkpoint volume and to /tmp (an emptyDir here); fsGroup makes both writable by
+ * the image's user. Kept apart from the rest of the pod so that a job's own pod template can override
+ * it in one place.
+ */
+export function restrictedSecurity(): {
+  readonly pod: NonNullable<V1Pod['spec']>['securityContext'];
+  readonly container: V1SecurityContext;
+  readonly volume: V1Volume;
+  readonly mount: V1VolumeMount;
+} {
+  return {
+    pod: {
+      runAsNonRoot: true,
+      runAsUser: WORKER_UID,
+      runAsGroup: WORKER_UID,
+      fsGroup: WORKER_UID,
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    container: {
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      readOnlyRootFilesystem: true,
+      runAsNonRoot: true,
+    },
+    volume: { name: TMP_VOLUME, emptyDir: {} },
+    mount: { name: TMP_VOLUME, mountPath: '/tmp' },
+  };
+}
+
 export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
@@ -188,6 +225,9 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     );
   }
   const image = spec.worker.image ?? (requestsGpu(job) ? defaults.workerGpuImage : defaults.workerImage);
+  const security = restrictedSecurity();
+  volumes.push(security.volume);
+  mounts.push(security.mount);
   const pod: V1Pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -219,8 +259,10 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
           env,
           resources: workerResources(job),
           volumeMounts: mounts,
+          securityContext: security.container,
         },
       ],
+      securityContext: security.pod,
       volumes,
       ...(spec.worker.nodeSelector === undefined ? {} : { nodeSelector: { ...spec.worker.nodeSelector } }),
       ...(spec.worker.tolerations === undefined

@@ -12,6 +12,7 @@ import {
   type CompletedMessage,
   decodeMessage,
   JobEventSchema,
+  MAX_REPORT_BYTES,
   MetricsMessageSchema,
   type ProgressMessage,
   type RescaleEvent,
@@ -90,7 +91,7 @@ export class ProgressTracker implements AsyncDisposable {
       return;
     }
     if (subject.endsWith('.metrics')) {
-      const decoded = decodeMessage(MetricsMessageSchema, data);
+      const decoded = decodeMessage(MetricsMessageSchema, data, MAX_REPORT_BYTES);
       if (!decoded.ok) {
         this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;
@@ -112,7 +113,7 @@ export class ProgressTracker implements AsyncDisposable {
         this.listener.changed(key, 0);
       }
     } else if (subject.endsWith('.events')) {
-      const decoded = decodeMessage(JobEventSchema, data);
+      const decoded = decodeMessage(JobEventSchema, data, MAX_REPORT_BYTES);
       if (!decoded.ok) {
         this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;

@@ -143,6 +143,7 @@ test('volumes: checkpoint claim from the template, an existing claim, the datase
     { name: 'checkpoints', persistentVolumeClaim: { claimName: 'shared' } },
     { name: 'dataset', persistentVolumeClaim: { claimName: 'datasets', readOnly: true } },
     { name: 'model', configMap: { name: 'my-model', items: [{ key: 'model.json', path: 'model.json' }] } },
+    { name: 'tmp', emptyDir: {} },
   ]);
   const spec = JSON.parse(String(env(pod)['TENSILE_JOB_SPEC']));
   assert.equal(
@@ -151,6 +152,27 @@ test('volumes: checkpoint claim from the template, an existing claim, the datase
     'the worker reads the mounted file',
   );
   assert.is(buildCheckpointClaim(job), undefined, 'an existing claim is not created');
+});
+
+test('the restricted Pod Security Standard by default: non-root, no escalation, no capabilities, read-only root', () => {
+  const pod = buildWorkerPod(ownedJob(), 0, defaults);
+  assert.equal(pod.spec?.securityContext, {
+    runAsNonRoot: true,
+    runAsUser: 1000,
+    runAsGroup: 1000,
+    fsGroup: 1000,
+    seccompProfile: { type: 'RuntimeDefault' },
+  });
+  const container = pod.spec?.containers[0];
+  assert.equal(container?.securityContext, {
+    allowPrivilegeEscalation: false,
+    capabilities: { drop: ['ALL'] },
+    readOnlyRootFilesystem: true,
+    runAsNonRoot: true,
+  });
+  // With the root read-only, /tmp must be a volume of its own.
+  const tmp = container?.volumeMounts?.find((m) => m.mountPath === '/tmp');
+  assert.ok(pod.spec?.volumes?.some((v) => v.name === tmp?.name && v.emptyDir !== undefined));
 });
 
 test('the checkpoint claim from a template is owned by the job', () => {

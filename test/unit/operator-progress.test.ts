@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeMessage, MAX_MESSAGE_BYTES, type RescaleEvent } from '../../operator/api/contract.ts';
+import { encodeMessage, MAX_REPORT_BYTES, type RescaleEvent } from '../../operator/api/contract.ts';
 import { ProgressTracker, subjectKey } from '../../operator/controller/progress.ts';
 import { silentLogger } from '../../worker/log.ts';
 
@@ -157,7 +157,7 @@ test('malformed messages are dropped, never fatal', () => {
   t.receive('tensile.ns.job.metrics', new TextEncoder().encode('{not json'));
   t.receive('tensile.ns.job.metrics', encodeMessage({ type: 'progress', step: -1 }));
   t.receive('tensile.ns.job.events', encodeMessage({ type: 'explode' }));
-  t.receive('tensile.ns.job.events', new Uint8Array(MAX_MESSAGE_BYTES + 1).fill(0x20));
+  t.receive('tensile.ns.job.events', new Uint8Array(MAX_REPORT_BYTES + 1).fill(0x20));
   t.receive('tensile.metrics', encodeMessage({ type: 'progress' }));
   assert.is(t.observations('ns/job'), undefined);
   assert.equal(changed, []);

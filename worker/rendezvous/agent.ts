@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
-import { type DecodeFailure, decodeMessage } from '../../operator/api/contract.ts';
+import { type DecodeFailure, decodeMessage, MAX_REPORT_BYTES } from '../../operator/api/contract.ts';
 import type { DropCounter } from '../../operator/api/drops.ts';
 import { classify } from '../../operator/api/errors.ts';
 import { emit } from '../log.ts';
@@ -141,7 +141,7 @@ export class RendezvousAgent implements AsyncDisposable {
         const id = change.key.slice('member.'.length);
         if (change.value === undefined) this.members.delete(id);
         else {
-          const parsed = decodeMessage(MemberRecordSchema, change.value);
+          const parsed = decodeMessage(MemberRecordSchema, change.value, MAX_REPORT_BYTES);
           if (!parsed.ok) this.drop(parsed, change.key);
           else {
             const previous = this.members.get(id);
