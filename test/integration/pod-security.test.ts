@@ -56,7 +56,8 @@ async function create(pod: V1Pod): Promise<string | undefined> {
     await core.createNamespacedPod({ namespace: NS, body: pod });
     return undefined;
   } catch (error) {
-    if (error instanceof ApiException) return `${error.code}: ${String(error.body)}`;
+    if (error instanceof ApiException)
+      return `${error.code}: ${typeof error.body === 'string' ? error.body : JSON.stringify(error.body)}`;
     throw error;
   }
 }

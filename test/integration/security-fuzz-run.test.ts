@@ -124,7 +124,8 @@ async function fuzzNats(nc: NatsConnection, uid: string, r: Rng): Promise<number
   }
   // The bucket: member, world and completion records that do not decode. A well-formed record is
   // a write by someone who may write the bucket (per-job credentials decide who), not fuzz.
-  const kv = await nc.jetstream().views.kv(rendezvousBucket('default', JOB, uid));
+  // A loaded machine (the workers train beside this) may ack slowly: the default 5 s is not the test.
+  const kv = await nc.jetstream({ timeout: 60_000 }).views.kv(rendezvousBucket('default', JOB, uid));
   const member = encodeMessage({
     id: 'x',
     address: '127.0.0.1:1',
@@ -199,7 +200,9 @@ test('hostile messages, frames and an outsider during training: dropped, counted
   let sentMessages = 0;
   let sentFrames = 0;
   try {
+    const started = performance.now();
     sentMessages = await fuzzNats(nc, uid, r);
+    console.log(`  NATS fuzz took ${Math.round(performance.now() - started)} ms`);
     for (const address of joined) sentFrames += await fuzzLink(address, r);
     // The outsider: the job, generation 1 and real ranks, a guessed token.
     const outsider = await dial(

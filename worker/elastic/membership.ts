@@ -22,6 +22,7 @@ import {
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
 import { DropCounter } from '../../operator/api/drops.ts';
+import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
@@ -177,6 +178,8 @@ export class ElasticMembership implements Membership {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       waitOnFirstConnect: true,
+      // Replies come back on the job's own prefix: what a per-job identity may subscribe to.
+      inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
       ...(config.natsCreds === undefined
         ? {}
         : { authenticator: credsAuthenticator(readFileSync(config.natsCreds)) }),
