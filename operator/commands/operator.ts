@@ -45,6 +45,11 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
       value: 'NS',
       help: 'namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)',
     },
+    'watch-namespace': {
+      type: 'string',
+      value: 'NS',
+      help: 'reconcile TrainingJobs of this namespace only (default: every namespace)',
+    },
     'worker-image': {
       type: 'string',
       value: 'IMAGE',
@@ -187,6 +192,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       return nats.nats;
     },
     ...(natsUrl === undefined ? {} : { jobState: nats }),
+    ...(values['watch-namespace'] === undefined ? {} : { watchNamespace: values['watch-namespace'] }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

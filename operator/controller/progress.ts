@@ -141,8 +141,9 @@ export class ProgressTracker implements AsyncDisposable {
     }
   }
 
-  subscribe(connection: NatsConnection): void {
-    for (const subject of ['tensile.*.*.metrics', 'tensile.*.*.events']) {
+  /** Follows every job's reports, or those of `namespace` only (single-namespace mode). */
+  subscribe(connection: NatsConnection, namespace = '*'): void {
+    for (const subject of [`tensile.${namespace}.*.metrics`, `tensile.${namespace}.*.events`]) {
       const sub = connection.subscribe(subject);
       this.subscriptions.push(sub);
       void (async () => {

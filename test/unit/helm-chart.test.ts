@@ -131,6 +131,27 @@ test('RBAC for users: TrainingJobs aggregated into admin/edit and view', async (
   assert.not.ok(off.some((d) => d.metadata.name === 'demo-tensile-edit'));
 });
 
+test('single-namespace mode: a Role in the watched namespace, Leases in its own, Nodes read cluster-wide', async () => {
+  const docs = await render('--set', 'operator.watchNamespace=team-a');
+  assert.not.ok(docs.some((d) => d.kind === 'ClusterRole' && d.metadata.name === 'demo-tensile'));
+  type Rules = Doc & { metadata: { namespace?: string }; rules: { resources: string[] }[] };
+  const resources = (d: Doc) => (d as Rules).rules.flatMap((r) => r.resources);
+  const role = one(docs, 'Role', 'demo-tensile') as Rules;
+  assert.is(role.metadata.namespace, 'team-a');
+  assert.ok(resources(role).includes('pods') && resources(role).includes('trainingjobs'));
+  assert.not.ok(resources(role).includes('nodes') || resources(role).includes('leases'));
+  const leader = one(docs, 'Role', 'demo-tensile-leader') as Rules;
+  assert.is(leader.metadata.namespace, 'tensile-system');
+  assert.equal(resources(leader), ['leases']);
+  assert.equal(resources(one(docs, 'ClusterRole', 'demo-tensile-nodes')), ['nodes']);
+  for (const name of ['demo-tensile', 'demo-tensile-leader']) one(docs, 'RoleBinding', name);
+  one(docs, 'ClusterRoleBinding', 'demo-tensile-nodes');
+  const deployment = one(docs, 'Deployment') as unknown as {
+    spec: { template: { spec: { containers: { args: string[] }[] } } };
+  };
+  assert.ok(deployment.spec.template.spec.containers[0]?.args.includes('--watch-namespace=team-a'));
+});
+
 test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes workers and the operator', async () => {
   const docs = await render('--set', 'networkPolicy.workerNamespaces={team-a,team-b}');
   const workers = docs.filter(
