@@ -73,8 +73,9 @@ function hostile(r: Rng, valid: Uint8Array): Uint8Array {
 
 const dir = mkdtempSync(join(tmpdir(), 'tensile-fuzz-'));
 const file = writeJobManifest(join(dir, 'fuzzed.yaml'), JOB, {
+  // Both from the start: one world of two for the whole run, unless the fuzz breaks it.
   replicas: 2,
-  minReplicas: 1,
+  minReplicas: 2,
   maxReplicas: 2,
   model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 5 },
   dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
@@ -192,8 +193,11 @@ test('hostile messages, frames and an outsider during training: dropped, counted
   const joined = await eventually('a world of two, training', () => {
     const events = workerEvents(out);
     const addresses = events.filter((e) => e['event'] === 'rendezvous').map((e) => String(e['address']));
+    const world = events.find((e) => e['event'] === 'generation');
     const training = events.some((e) => e['event'] === 'progress');
-    return addresses.length === 2 && training ? addresses : undefined;
+    return addresses.length === 2 && training && world !== undefined
+      ? { addresses, generation: Number(world['generation']) }
+      : undefined;
   });
   const uid = readFileSync(join(out, 'job-uid'), 'utf8').trim();
   const nc = await connect({ servers: url });
@@ -203,11 +207,11 @@ test('hostile messages, frames and an outsider during training: dropped, counted
     const started = performance.now();
     sentMessages = await fuzzNats(nc, uid, r);
     console.log(`  NATS fuzz took ${Math.round(performance.now() - started)} ms`);
-    for (const address of joined) sentFrames += await fuzzLink(address, r);
-    // The outsider: the job, generation 1 and real ranks, a guessed token.
+    for (const address of joined.addresses) sentFrames += await fuzzLink(address, r);
+    // The outsider: the job, the current generation and real ranks, a guessed token.
     const outsider = await dial(
-      joined[0] as string,
-      { job: JOB, generation: 1, fromRank: 1, toRank: 0, size: 2 },
+      joined.addresses[0] as string,
+      { job: JOB, generation: joined.generation, fromRank: 1, toRank: 0, size: 2 },
       'guessed-token-of-an-outsider',
       1000,
     ).catch((e: unknown) => e);
