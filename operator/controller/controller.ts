@@ -19,6 +19,7 @@ import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
 import type { KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
 import type { PlanConfig } from './plan.ts';
@@ -46,6 +47,8 @@ export interface ControllerOptions {
    * there); undefined watches every namespace.
    */
   readonly watchNamespace?: string;
+  /** Mints each job its own NATS identity (see JobReconciler). */
+  readonly credentials?: JobCredentialMinter;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -195,6 +198,7 @@ export class TrainingJobController {
         ),
       publisher: options.publisher,
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
+      ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
       events: options.events,
       metrics: options.metrics,
       config: options.config,

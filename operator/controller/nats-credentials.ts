@@ -3,6 +3,8 @@
  * key and mints a user per job, limited to that job's subjects (api/nats-permissions.ts). A `.creds`
  * file (the user JWT and its seed) is what a worker connects with.
  */
+
+import type { V1Secret } from '@kubernetes/client-node';
 import {
   createAccount,
   createOperator,
@@ -11,9 +13,12 @@ import {
   encodeOperator,
   encodeUser,
   fmtCreds,
+  fromSeed,
   type KeyPair,
 } from '@nats-io/jwt';
-import type { SubjectPermissions } from '../api/nats-permissions.ts';
+import { LABEL_JOB_NAME } from '../api/contract.ts';
+import { jobPermissions, type SubjectPermissions } from '../api/nats-permissions.ts';
+import { CREDENTIALS_KEY, jobCredentialsSecretName, type OwnedJob, ownerReference } from './pod-builder.ts';
 
 export interface MintedUser {
   /** The user's public key: what a revocation names. */
@@ -107,4 +112,35 @@ export function accountClaims(
     },
     { signer: operator },
   );
+}
+
+/**
+ * Mints each job a user of the account whose seed the operator holds, limited to the job's subjects
+ * and bucket, as a Secret the job owns (deleted with it).
+ */
+export class JobCredentialMinter {
+  constructor(private readonly account: KeyPair) {}
+
+  async secretFor(job: OwnedJob): Promise<V1Secret> {
+    const { name, namespace, uid } = job.metadata;
+    const user = await mintUser(this.account, `${namespace}/${name}`, jobPermissions(namespace, name, uid));
+    return {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      type: 'Opaque',
+      metadata: {
+        name: jobCredentialsSecretName(name),
+        namespace,
+        labels: { [LABEL_JOB_NAME]: name },
+        annotations: { 'tensile.dev/nats-user': user.publicKey },
+        ownerReferences: [ownerReference(job)],
+      },
+      stringData: { [CREDENTIALS_KEY]: user.creds },
+    };
+  }
+}
+
+/** The account key pair from its seed (an `SA…` line, as `nsc` prints it). */
+export function accountFromSeed(seed: string): KeyPair {
+  return fromSeed(new TextEncoder().encode(seed.trim()));
 }

@@ -33,7 +33,18 @@ export interface WorkerPodDefaults {
   /** NATS URL for jobs without `spec.nats.url`. */
   readonly natsUrl: string;
   readonly template?: WorkerTemplateDefaults;
+  /**
+   * The operator mints each job its own NATS credentials (controller/nats-credentials.ts), in the
+   * Secret `jobCredentialsSecretName`; a job's own `spec.nats.credentialsSecret` still wins.
+   */
+  readonly perJobCredentials?: boolean;
 }
+
+/** The Secret holding the NATS credentials the operator minted for a job. */
+export function jobCredentialsSecretName(job: string): string {
+  return `${job}-nats-credentials`;
+}
+export const CREDENTIALS_KEY = 'nats.creds';
 
 /** The job's worker spec with the cluster defaults filled in where the job says nothing. */
 export function withWorkerDefaults(job: OwnedJob, defaults: WorkerTemplateDefaults | undefined): OwnedJob {
@@ -195,7 +206,11 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     });
     mounts.push({ name: MODEL_VOLUME, mountPath: MODEL_MOUNT, readOnly: true });
   }
-  const creds = spec.nats?.credentialsSecret;
+  const creds =
+    spec.nats?.credentialsSecret ??
+    (defaults.perJobCredentials === true
+      ? { name: jobCredentialsSecretName(job.metadata.name), key: CREDENTIALS_KEY }
+      : undefined);
   if (creds !== undefined) {
     volumes.push({
       name: NATS_CREDS_VOLUME,

@@ -1,5 +1,7 @@
+import { createAccount, decode, parseCreds } from '@nats-io/jwt';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { JobCredentialMinter } from '../../operator/controller/nats-credentials.ts';
 import {
   buildCheckpointClaim,
   buildWorkerPod,
@@ -201,6 +203,26 @@ test('NATS credentials from a Secret are mounted and named in the environment', 
   );
   assert.ok(pod.spec?.volumes?.some((v) => v.secret?.secretName === 'nats-creds'));
   assert.is(env(pod)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+});
+
+test('per-job credentials: the Secret the operator minted is mounted; a job naming its own keeps it', async () => {
+  const minted = buildWorkerPod(ownedJob(), 0, { ...defaults, perJobCredentials: true });
+  assert.ok(minted.spec?.volumes?.some((v) => v.secret?.secretName === 'job-nats-credentials'));
+  assert.is(env(minted)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+  const own = buildWorkerPod(ownedJob({ 'spec.nats': { credentialsSecret: { name: 'mine' } } }), 0, {
+    ...defaults,
+    perJobCredentials: true,
+  });
+  assert.ok(own.spec?.volumes?.some((v) => v.secret?.secretName === 'mine'));
+  assert.not.ok(own.spec?.volumes?.some((v) => v.secret?.secretName === 'job-nats-credentials'));
+  const secret = await new JobCredentialMinter(createAccount()).secretFor(ownedJob());
+  assert.is(secret.metadata?.name, 'job-nats-credentials');
+  assert.is(secret.metadata?.ownerReferences?.[0]?.uid, 'job-uid', 'deleted with the job');
+  const { jwt } = await parseCreds(new TextEncoder().encode(secret.stringData?.['nats.creds'] ?? ''));
+  const claims = decode<{ pub: { allow: string[] }; sub: { allow: string[] } }>(jwt);
+  assert.equal(claims.nats.sub?.allow, ['tensile.default.job.control', '_INBOX.tensile.default.job.>']);
+  assert.ok(claims.nats.pub?.allow.includes('$KV.tensile_default_job_job-uid.>'));
+  assert.not.ok(claims.nats.pub?.allow.some((s) => s.includes('.control') || s === '>'));
 });
 
 test('cluster defaults fill in what the job leaves out; the job wins where it says something', () => {
