@@ -29,9 +29,10 @@ const FASHION = '/usr/share/datasets/fashion-mnist';
 if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
   throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);
 
-const TRAIN = 3000;
+const TRAIN = 6000;
 const BATCH = 60;
-const EPOCHS = 8;
+// Long enough to outlast the fuzz on a fast machine (400 steps did not).
+const EPOCHS = 25;
 const STEPS = (TRAIN / BATCH) * EPOCHS;
 const PER_SUBJECT = 1000;
 const JOB = 'fuzzed';
