@@ -175,6 +175,8 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     workerId: { fieldRef: 'metadata.name' },
     replicaIndex: index,
     podIp: { fieldRef: 'status.podIP' },
+    nodeName: { fieldRef: 'spec.nodeName' },
+    zone: { fieldRef: "metadata.labels['topology.kubernetes.io/zone']" },
     natsUrl: spec.nats?.url ?? defaults.natsUrl,
     checkpointDir: spec.checkpoint.path,
     ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),

@@ -13,7 +13,9 @@ import {
   FRAME_DATA,
   FramedLink,
   PeerLostError,
+  probe,
 } from '../../worker/collective/transport.ts';
+import { eventually } from '../helpers/eventually.ts';
 
 async function ring(size: number, generation = 1, segmentElements = 1000, job = 'job') {
   const servers = await Promise.all(
@@ -129,6 +131,56 @@ test('a peer that dies mid-collective fails the others with a typed error, quick
     }
   } finally {
     await r.close();
+  }
+});
+
+test('an idle ring reports which neighbour broke its link, and only the peer side counts', async () => {
+  const servers = await Promise.all([0, 1, 2].map(() => CollectiveServer.listen('job', '127.0.0.1')));
+  const members = servers.map((s) => ({ address: s.address }));
+  const lost: [number, number][] = [];
+  const groups = await Promise.all(
+    servers.map((server, rank) =>
+      RingGroup.connect({
+        job: 'job',
+        generation: 1,
+        rank,
+        members,
+        server,
+        timeoutMs: 5000,
+        onPeerLost: (peer) => lost.push([rank, peer]),
+      }),
+    ),
+  );
+  try {
+    // Rank 1 leaves: its neighbours 0 (its left) and 2 (its right) see their links to it break,
+    // without any collective in flight; rank 1 itself, which closed them, reports nothing.
+    await groups[1]?.[Symbol.asyncDispose]();
+    await eventually('a neighbour of rank 1 reports it', () => lost.some(([, peer]) => peer === 1));
+    // Whoever saw rank 1 go aborted its ring, so the other may see that close first: each reports
+    // the one neighbour whose link broke first, and the leaver reports nothing.
+    assert.ok(
+      lost.every(([rank]) => rank !== 1),
+      JSON.stringify(lost),
+    );
+    assert.ok(new Set(lost.map(([rank]) => rank)).size === lost.length, 'one report per rank');
+    const error = await groups[0]?.allReduce(new Float32Array(10)).catch((e: unknown) => e);
+    assert.ok(error instanceof PeerLostError, `the next collective fails with the break: ${String(error)}`);
+  } finally {
+    for (const g of groups) await g[Symbol.asyncDispose]();
+    for (const s of servers) await s[Symbol.asyncDispose]();
+  }
+});
+
+test('a probe tells a listening worker from a gone one', async () => {
+  const live = await CollectiveServer.listen('job', '127.0.0.1');
+  const gone = await CollectiveServer.listen('job', '127.0.0.1');
+  const goneAddress = gone.address;
+  await gone[Symbol.asyncDispose]();
+  try {
+    assert.is(await probe(live.address, 2000, 50), 'open');
+    assert.is(await probe(goneAddress, 2000, 50), 'refused');
+  } finally {
+    await live[Symbol.asyncDispose]();
   }
 });
 

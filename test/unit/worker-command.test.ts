@@ -152,6 +152,9 @@ const argCases: [string[], RegExp | object][] = [
   [['job.yaml', '--chaos', 'kill:x'], /--chaos: "kill:x" is not ACTION:STEP/],
   [['job.yaml', '--chaos-seed', 'abc'], /--chaos-seed needs a number, got abc/],
   [['job.yaml', '--backend', 'gpu'], /--backend must be one of auto, tensorflow, wasm, cpu/],
+  [['job.yaml', '--fake-topology', '2:2'], { fakeTopology: { nodes: 2, zones: 2 } }],
+  [['job.yaml', '--fake-topology', '2'], /--fake-topology needs NODES:ZONES/],
+  [['job.yaml', '--fake-topology', '0:1'], /--fake-topology needs NODES:ZONES/],
   [['job.yaml', '--fast'], /unknown option --fast/],
   [['a.yaml', 'b.yaml'], /one manifest at a time/],
 ];

@@ -12,6 +12,7 @@ import {
   dial,
   FRAME_DATA,
   type FramedLink,
+  PeerLostError,
   ProtocolError,
 } from './transport.ts';
 
@@ -30,6 +31,11 @@ export interface RingOptions {
   /** Elements per segment: the unit of pipelining. */
   readonly segmentElements?: number;
   readonly signal?: AbortSignal;
+  /**
+   * Called once when the link to or from a neighbour breaks on the neighbour's side (EOF, RST): it
+   * died or left this world. The ring is aborted at once; the collective in flight, if any, fails.
+   */
+  readonly onPeerLost?: (rank: number, error: PeerLostError) => void;
 }
 
 export interface AllReduceOptions {
@@ -51,6 +57,8 @@ function addInto(target: Float32Array, incoming: Float32Array): void {
 export class RingGroup implements AsyncDisposable {
   private seq = 0;
   private closed = false;
+  /** The neighbour's side broke a link: what the collective in flight fails with. */
+  private broken: PeerLostError | undefined;
 
   private constructor(
     readonly generation: number,
@@ -63,6 +71,16 @@ export class RingGroup implements AsyncDisposable {
     private readonly signal: AbortSignal | undefined,
   ) {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
+  }
+
+  private watch(link: FramedLink, rank: number, onPeerLost: RingOptions['onPeerLost']): void {
+    link.onFailure((error) => {
+      // Our own close fails links with CollectiveAbortedError; only the peer's side is news.
+      if (this.closed || !(error instanceof PeerLostError)) return;
+      this.broken = error;
+      this.abort();
+      onPeerLost?.(rank, error);
+    });
   }
 
   static async connect(options: RingOptions): Promise<RingGroup> {
@@ -87,10 +105,14 @@ export class RingGroup implements AsyncDisposable {
         options.signal,
       ),
     ]);
-    return new RingGroup(generation, rank, size, right, left, timeoutMs, segment, options.signal);
+    const group = new RingGroup(generation, rank, size, right, left, timeoutMs, segment, options.signal);
+    group.watch(right, rightRank, options.onPeerLost);
+    group.watch(left, leftRank, options.onPeerLost);
+    return group;
   }
 
   private check(): void {
+    if (this.broken !== undefined) throw this.broken;
     if (this.closed || this.signal?.aborted)
       throw new CollectiveAbortedError(`generation ${this.generation} was aborted`);
   }
@@ -186,7 +208,7 @@ export class RingGroup implements AsyncDisposable {
       return buffer;
     } catch (error) {
       this.abort();
-      throw error;
+      throw this.broken ?? error;
     }
   }
 
@@ -238,7 +260,7 @@ export class RingGroup implements AsyncDisposable {
       return out;
     } catch (error) {
       this.abort();
-      throw error;
+      throw this.broken ?? error;
     }
   }
 

@@ -83,6 +83,7 @@ export class FramedLink {
   private readonly borrowed: boolean;
   /** Payload buffers given back by `release`, by size: fresh ones cost page faults and collections. */
   private readonly spare = new Map<number, Buffer[]>();
+  private readonly failureListeners: ((error: Error) => void)[] = [];
 
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
@@ -93,6 +94,7 @@ export class FramedLink {
     reader?: { attach(push: (chunk: Buffer) => void): void },
   ) {
     socket.setNoDelay(true);
+    this.peer();
     this.borrowed = reader !== undefined;
     if (reader !== undefined) reader.attach((chunk) => this.onData(chunk));
     else socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -102,8 +104,13 @@ export class FramedLink {
     socket.on('close', () => this.fail(new PeerLostError(`connection to ${this.peer()} closed`)));
   }
 
+  /** Read once: a destroyed socket no longer knows its peer. */
+  private remote: string | undefined;
+
   private peer(): string {
-    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+    if (this.remote === undefined && this.socket.remoteAddress !== undefined)
+      this.remote = `${this.socket.remoteAddress}:${this.socket.remotePort ?? '?'}`;
+    return this.remote ?? '?';
   }
 
   /**
@@ -196,9 +203,19 @@ export class FramedLink {
     }
   }
 
+  /**
+   * Calls `listener` once when the link fails, at once if it already has: a broken link is news
+   * even while nobody reads from it (the ring is idle while the model computes).
+   */
+  onFailure(listener: (error: Error) => void): void {
+    if (this.failure !== undefined) listener(this.failure);
+    else this.failureListeners.push(listener);
+  }
+
   fail(error: Error): void {
     if (this.failure !== undefined) return;
     this.failure = error;
+    for (const listener of this.failureListeners.splice(0)) listener(error);
     const waiter = this.waiter;
     if (waiter !== undefined) {
       this.waiter = undefined;
@@ -252,6 +269,43 @@ export class FramedLink {
     this.fail(new CollectiveAbortedError('link closed'));
     this.socket.destroy();
   }
+}
+
+export type ProbeResult = 'refused' | 'open' | 'unknown';
+
+/**
+ * Whether a worker's collective server still listens at `address`. Every worker listens for its
+ * whole life, so a refused connection means its process is gone (the kernel answers for the dead).
+ * A dying process's links can close a few milliseconds before its listening socket does, so an
+ * accepted connection proves life only once it stayed open for `holdMs` (a dead listener resets
+ * what it accepted). No answer within `timeoutMs` (a host gone silent) proves nothing: the heartbeat
+ * timeout decides.
+ */
+export function probe(address: string, timeoutMs: number, holdMs = timeoutMs / 5): Promise<ProbeResult> {
+  const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
+  if (match === null) return Promise.resolve('unknown');
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: match[1] as string, port: Number(match[2]) });
+    let connected = false;
+    const timers: NodeJS.Timeout[] = [];
+    const done = (result: ProbeResult) => {
+      for (const t of timers) clearTimeout(t);
+      socket.removeAllListeners();
+      socket.on('error', () => undefined);
+      socket.destroy();
+      resolve(result);
+    };
+    timers.push(setTimeout(() => done(connected ? 'open' : 'unknown'), timeoutMs));
+    socket.once('connect', () => {
+      connected = true;
+      timers.push(setTimeout(() => done('open'), holdMs));
+    });
+    socket.on('data', () => undefined);
+    socket.once('close', () => done(connected ? 'refused' : 'unknown'));
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ECONNREFUSED' || (connected && error.code === 'ECONNRESET')) done('refused');
+    });
+  });
 }
 
 function helloPayload(hello: Hello): Buffer {

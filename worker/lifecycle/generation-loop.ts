@@ -24,6 +24,8 @@ export interface GenerationOutcome {
 interface Run {
   readonly window: ProgressWindow;
   stepSeconds: number;
+  /** Whether this generation reported progress yet: its first step is reported at once (recovery). */
+  reported: boolean;
 }
 
 const NEWER_WORLD = 'a newer world formed';
@@ -32,7 +34,7 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
   const { state } = session;
   const firstStep = state.step;
   const started = performance.now();
-  const run: Run = { window: new ProgressWindow(performance.now()), stepSeconds: 0 };
+  const run: Run = { window: new ProgressWindow(performance.now()), stepSeconds: 0, reported: false };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
   let worldEnded: string | undefined;
   while (reason === undefined && !session.leaving.aborted) {
@@ -122,10 +124,12 @@ async function afterStep(
     run.window.due(
       now,
       session.config.progressMs,
-      reason !== undefined || state.lastEval?.step === state.step,
+      reason !== undefined || state.lastEval?.step === state.step || !run.reported,
     )
-  )
+  ) {
+    run.reported = true;
     reportProgress(session, g, result, run.window, now);
+  }
   snapshotIfDue(session, g, reason !== undefined);
   return { reason };
 }
