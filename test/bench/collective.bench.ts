@@ -3,9 +3,14 @@
  *  - all-reduce of the MLP example's 235,148 floats and of 4M, at 2 and 3 ranks (worker processes on
  *    loopback): Tensile's ring ÷ a raw TCP ring of the same processes moving the same bytes
  *    (target ≥ 0.8), and ÷ torch.distributed gloo (target ≥ 1; null without the torch venv);
- *  - recovery: kill -9 of a worker → the first step of the new world, against the 0.5 s target.
+ *  - recovery: kill -9 of a worker → the first step of the new world, against the 0.5 s target;
+ *  - topology: 4 workers on 2 fake nodes in 2 zones, joined alternately; one all-reduce in the join
+ *    order and in the topology-aware order, bytes counted on every link, the cross-zone ones summed.
  * `TENSILE_BENCH_SKIP=recovery,gloo` leaves parts out (their figures are then null).
  */
+import { RingGroup } from '../../worker/collective/group.ts';
+import { type Placement, ringOrder } from '../../worker/collective/topology.ts';
+import { CollectiveServer } from '../../worker/collective/transport.ts';
 import { KILL_TO_FIRST_STEP_TARGET_SECONDS, rawRing, recovery, ring, ringBytes } from './elastic.bench.ts';
 import { install, runPeer, unavailable } from './torch-peer.bench.ts';
 
@@ -35,7 +40,41 @@ async function gloo(workers: number): Promise<Map<number, number> | string> {
   return new Map((result['cases'] as { elements: number; ms: number }[]).map((c) => [c.elements, c.ms]));
 }
 
+/** Bytes each link carried in one all-reduce of the MLP's gradients over a ring in `order`. */
+async function bytesPerLink(order: readonly (Placement & { id: string })[]) {
+  const servers = await Promise.all(order.map(() => CollectiveServer.listen('topology', '127.0.0.1')));
+  const members = servers.map((s) => ({ address: s.address }));
+  const groups = await Promise.all(
+    servers.map((server, rank) =>
+      RingGroup.connect({ job: 'topology', generation: 1, rank, members, server }),
+    ),
+  );
+  await Promise.all(groups.map((g) => g.allReduce(new Float32Array(MLP).fill(1))));
+  const links = groups.map((g, rank) => {
+    const from = order[rank] as Placement & { id: string };
+    const to = order[(rank + 1) % order.length] as Placement & { id: string };
+    return { from: from.id, to: to.id, crossZone: from.zone !== to.zone, bytes: g.bytesSent };
+  });
+  for (const g of groups) await g[Symbol.asyncDispose]();
+  for (const s of servers) await s[Symbol.asyncDispose]();
+  return {
+    links,
+    crossZoneLinks: links.filter((l) => l.crossZone).length,
+    crossZoneBytes: links.filter((l) => l.crossZone).reduce((a, l) => a + l.bytes, 0),
+  };
+}
+
+export async function topology() {
+  const joined = [0, 1, 2, 3].map((i) => ({
+    id: `worker-${i}`,
+    node: `fake-node-${i % 2}`,
+    zone: `fake-zone-${i % 2}`,
+  }));
+  return { joinOrder: await bytesPerLink(joined), topologyOrder: await bytesPerLink(ringOrder(joined)) };
+}
+
 export default async function bench() {
+  const placed = await topology();
   const cases: Record<string, number | null>[] = [];
   let glooSkipped: string | undefined;
   for (const workers of [2, 3]) {
@@ -73,14 +112,22 @@ export default async function bench() {
       allReduceVsGloo4M3: figure(3, LARGE, 'vsGloo'),
       killToFirstStepVsTarget:
         recovered === undefined ? null : round(recovered.seconds / KILL_TO_FIRST_STEP_TARGET_SECONDS),
+      crossZoneLinksTopologyOrder: placed.topologyOrder.crossZoneLinks,
+      crossZoneLinksJoinOrder: placed.joinOrder.crossZoneLinks,
+      crossZoneBytesTopologyVsJoinOrder: round(
+        placed.topologyOrder.crossZoneBytes / placed.joinOrder.crossZoneBytes,
+      ),
     },
     targets: {
       allReduceVsRawRing: '≥ 0.8: raw TCP ring time ÷ Tensile all-reduce time, same processes, same bytes',
       allReduceVsGloo: '≥ 1: gloo time ÷ Tensile time, same sizes and ranks',
       killToFirstStepVsTarget: `≤ 1: kill -9 → first step of the new world ÷ ${KILL_TO_FIRST_STEP_TARGET_SECONDS} s`,
+      crossZoneLinks:
+        '4 workers, 2 nodes, 2 zones: the topology order crosses zones twice, the join order four times',
     },
     measured: {
       allReduce: cases,
+      topology: placed,
       ...(glooSkipped === undefined ? {} : { glooSkipped }),
       ...(recovered === undefined
         ? {}

@@ -418,6 +418,25 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     (d) => assert.is(d.action, 'continue'),
   ],
   [
+    'a proposed world orders its ring by placement: same zone, then same node, adjacent',
+    view({
+      members: [
+        member('a', { node: 'n1', zone: 'z1', hasState: false, step: 0, generation: 0 }),
+        member('b', { node: 'n2', zone: 'z2', hasState: false, step: 0, generation: 0 }),
+        member('c', { node: 'n1', zone: 'z1', hasState: false, step: 0, generation: 0 }),
+        member('d', { node: 'n2', zone: 'z2', hasState: false, step: 0, generation: 0 }),
+      ],
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.equal(
+        d.world.members.map((m) => `${m.id}@${m.zone}`),
+        ['a@z1', 'c@z1', 'b@z2', 'd@z2'],
+      );
+    },
+  ],
+  [
     'losses below minReplicas: wait for workers, do not propose',
     view({
       members: [member('a'), member('b', { seenAgo: 10_000 })],

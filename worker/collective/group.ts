@@ -111,6 +111,11 @@ export class RingGroup implements AsyncDisposable {
     return group;
   }
 
+  /** Bytes this rank has sent to its right neighbour in this ring. */
+  get bytesSent(): number {
+    return this.right?.bytesSent ?? 0;
+  }
+
   private check(): void {
     if (this.broken !== undefined) throw this.broken;
     if (this.closed || this.signal?.aborted)

@@ -84,6 +84,8 @@ export class FramedLink {
   /** Payload buffers given back by `release`, by size: fresh ones cost page faults and collections. */
   private readonly spare = new Map<number, Buffer[]>();
   private readonly failureListeners: ((error: Error) => void)[] = [];
+  /** Bytes written to this link (headers included): what a topology costs, link by link. */
+  bytesSent = 0;
 
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
@@ -247,6 +249,7 @@ export class FramedLink {
   send(kind: number, generation: number, seq: number, payload: Uint8Array): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     const [header, body] = encodeFrame(kind, generation, seq, payload) as [Buffer, Buffer];
+    this.bytesSent += header.byteLength + body.byteLength;
     return new Promise<void>((resolve, reject) => {
       const settle = (error: Error) => {
         this.writes.delete(settle);
