@@ -2,7 +2,8 @@
  * `npm run bench -- collective`: the collective itself, every figure a ratio measured in this run:
  *  - all-reduce of the MLP example's 235,148 floats and of 4M, at 2 and 3 ranks (worker processes on
  *    loopback): Tensile's ring ÷ a raw TCP ring of the same processes moving the same bytes
- *    (target ≥ 0.8), and ÷ torch.distributed gloo (target ≥ 1; null without the torch venv);
+ *    (target ≥ 0.8), and ÷ torch.distributed gloo (target ≥ 1; null without the torch venv); the
+ *    copying receive path (`receiveInPlace: false`, what the ring did before) in the same run;
  *  - recovery: kill -9 of a worker → the first step of the new world, against the 0.5 s target;
  *  - topology: 4 workers on 2 fake nodes in 2 zones, joined alternately; one all-reduce in the join
  *    order and in the topology-aware order, bytes counted on every link, the cross-zone ones summed.
@@ -83,12 +84,16 @@ export default async function bench() {
     for (const elements of [MLP, LARGE]) {
       const rawMs = await rawRing(workers, ringBytes(workers, elements), ROUNDS);
       const ms = await ring(workers, elements, ROUNDS);
+      // The copying receive path (before reads in place), same processes' setup, same run.
+      const copyingMs = await ring(workers, elements, ROUNDS, { receiveInPlace: false });
       const g = typeof glooMs === 'string' ? undefined : glooMs.get(elements);
       cases.push({
         workers,
         elements,
         ms: round(ms, 2),
         rawRingMs: round(rawMs, 2),
+        copyingMs: round(copyingMs, 2),
+        copyingVsRawRing: round(rawMs / copyingMs),
         glooMs: g === undefined ? null : round(g, 2),
         vsRawRing: round(rawMs / ms),
         vsGloo: g === undefined ? null : round(g / ms),

@@ -32,13 +32,26 @@ const READ_BUFFER = 1024 * 1024;
 
 /** Child: one rank of a ring; measures `rounds` all-reduces of `elements` floats and reports the times. */
 async function rankMain(): Promise<void> {
-  const [rank, , elements, rounds] = process.argv.slice(3).map(Number) as [number, number, number, number];
+  const [rank, , elements, rounds, inPlace = 1] = process.argv.slice(3).map(Number) as number[] as [
+    number,
+    number,
+    number,
+    number,
+    number?,
+  ];
   const server = await CollectiveServer.listen('bench', '127.0.0.1');
   process.send?.({ address: server.address });
   const members = await new Promise<{ address: string }[]>((resolve) =>
     process.once('message', (m) => resolve(m as { address: string }[])),
   );
-  const group = await RingGroup.connect({ job: 'bench', generation: 1, rank, members, server });
+  const group = await RingGroup.connect({
+    job: 'bench',
+    generation: 1,
+    rank,
+    members,
+    server,
+    receiveInPlace: inPlace === 1,
+  });
   const buffer = new Float32Array(elements).fill(rank + 1);
   const times: number[] = [];
   for (let i = 0; i < rounds + WARMUP; i++) {
@@ -55,9 +68,15 @@ async function rankMain(): Promise<void> {
 }
 
 /** Median over rounds of the slowest rank's all-reduce time, in ms. */
-export async function ring(size: number, elements: number, rounds: number): Promise<number> {
+export async function ring(
+  size: number,
+  elements: number,
+  rounds: number,
+  options: { receiveInPlace?: boolean } = {},
+): Promise<number> {
+  const inPlace = options.receiveInPlace === false ? '0' : '1';
   const children: ChildProcess[] = Array.from({ length: size }, (_, rank) =>
-    fork(self, ['--rank', String(rank), String(size), String(elements), String(rounds)], {
+    fork(self, ['--rank', String(rank), String(size), String(elements), String(rounds), inPlace], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     }),

@@ -12,6 +12,7 @@ import {
   encodeFrame,
   FRAME_DATA,
   FramedLink,
+  type LinkReader,
   PeerLostError,
   probe,
 } from '../../worker/collective/transport.ts';
@@ -225,37 +226,50 @@ test('a connection from another job or an older generation is refused', async ()
   }
 });
 
-test('frames cut at any byte arrive whole, from fresh chunks and from one reused read buffer', async () => {
+test('frames cut at any byte arrive whole: fresh chunks, one reused read buffer, reads in place, posted memory', async () => {
   const payloads = [0, 1, 4, 13, 1000, 70_000].map((n) =>
     Uint8Array.from({ length: n }, (_, i) => (i * 31 + n) % 256),
   );
   const wire = Buffer.concat(payloads.flatMap((p, seq) => encodeFrame(FRAME_DATA, 3, seq, p)));
-  for (const borrowed of [false, true]) {
+  for (const mode of ['data events', 'reused buffer', 'in place', 'posted'] as const) {
     for (const cut of [1, 5, 13, 14, 999, 65_536, wire.length]) {
-      let push: ((chunk: Buffer) => void) | undefined;
-      const link = borrowed
-        ? new FramedLink(new Socket(), {
-            attach: (p) => {
-              push = p;
-            },
-          })
-        : new FramedLink(new Socket());
-      const reused = Buffer.alloc(cut);
-      for (let at = 0; at < wire.length; at += cut) {
-        const piece = wire.subarray(at, Math.min(wire.length, at + cut));
-        if (borrowed) {
-          // The transport's reads land in one buffer that the next read overwrites.
-          piece.copy(reused);
-          push?.(reused.subarray(0, piece.length));
-          reused.fill(0xee);
-        } else link.socket.emit('data', Buffer.from(piece));
+      type Sink = Parameters<LinkReader['attach']>[0];
+      let sink: Sink | undefined;
+      const link =
+        mode === 'data events'
+          ? new FramedLink(new Socket())
+          : new FramedLink(new Socket(), {
+              inPlace: mode !== 'reused buffer',
+              attach: (s) => {
+                sink = s;
+              },
+            });
+      // The 1000-byte frame lands in memory of the receiver's when posted.
+      const mine = new Uint8Array(1000);
+      if (mode === 'posted') link.post(4, mine);
+      const scratch = Buffer.alloc(cut);
+      if (mode === 'data events')
+        for (let at = 0; at < wire.length; at += cut)
+          link.socket.emit('data', Buffer.from(wire.subarray(at, Math.min(wire.length, at + cut))));
+      else {
+        // As the socket does: ask where the next read goes, read at most that much, hand it over.
+        let at = 0;
+        while (at < wire.length) {
+          const target = sink?.target(scratch) ?? scratch;
+          const n = Math.min(cut, target.byteLength, wire.length - at);
+          target.set(wire.subarray(at, at + n));
+          at += n;
+          sink?.read(n, target);
+          scratch.fill(0xee);
+        }
       }
       for (const [seq, payload] of payloads.entries()) {
         const frame = await link.receive(100);
-        assert.is(frame.seq, seq, `cut ${cut}, borrowed ${borrowed}`);
+        assert.is(frame.seq, seq, `cut ${cut}, ${mode}`);
         assert.is(frame.generation, 3);
-        assert.equal(Buffer.from(frame.payload), Buffer.from(payload), `payload ${seq}, cut ${cut}`);
+        assert.equal(Buffer.from(frame.payload), Buffer.from(payload), `payload ${seq}, cut ${cut}, ${mode}`);
       }
+      if (mode === 'posted') assert.equal(Buffer.from(mine), Buffer.from(payloads[4] as Uint8Array));
       link.close();
     }
   }

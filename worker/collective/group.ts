@@ -5,13 +5,13 @@
  * to be thrown away: gradients are applied only after a complete all-reduce.
  */
 import { encodeHalf, fromHalfBits, roundToHalf } from './fp16.ts';
-import { chunkRanges, type Range, ringSchedule, segmentRanges } from './ring.ts';
+import { chunkRanges, type Range, type RingStep, ringSchedule, segmentRanges } from './ring.ts';
 import {
   CollectiveAbortedError,
   type CollectiveServer,
   dial,
   FRAME_DATA,
-  type FramedLink,
+  FramedLink,
   PeerLostError,
   ProtocolError,
 } from './transport.ts';
@@ -36,6 +36,11 @@ export interface RingOptions {
    * died or left this world. The ring is aborted at once; the collective in flight, if any, fails.
    */
   readonly onPeerLost?: (rank: number, error: PeerLostError) => void;
+  /**
+   * Let the kernel write received bodies in place: into the payload buffer, and for the all-gather
+   * straight into the caller's buffer (default true; false is the copying path, for the bench).
+   */
+  readonly receiveInPlace?: boolean;
 }
 
 export interface AllReduceOptions {
@@ -103,6 +108,7 @@ export class RingGroup implements AsyncDisposable {
         { job: options.job, generation, fromRank: rank, toRank: leftRank, size },
         timeoutMs,
         options.signal,
+        options.receiveInPlace ?? true,
       ),
     ]);
     const group = new RingGroup(generation, rank, size, right, left, timeoutMs, segment, options.signal);
@@ -168,6 +174,7 @@ export class RingGroup implements AsyncDisposable {
     try {
       const first = steps[0];
       if (first === undefined) return buffer;
+      if (!fp16) this.postGather(buffer, steps, segments, base);
       const sends: Promise<void>[] = [];
       let seq = base;
       for (const seg of segments[first.sendChunk] ?? [])
@@ -199,10 +206,12 @@ export class RingGroup implements AsyncDisposable {
               incoming = new Float32Array(count);
               new Uint8Array(incoming.buffer).set(payload);
             }
+            const posted = FramedLink.isPosted(payload, buffer.subarray(seg.start, seg.end));
             if (step.mode === 'reduce') addInto(buffer.subarray(seg.start, seg.end), incoming);
-            else buffer.set(incoming, seg.start);
+            else if (!posted) buffer.set(incoming, seg.start);
+            if (!posted) (this.left as FramedLink).release(payload);
           }
-          (this.left as FramedLink).release(payload);
+          if (fp16) (this.left as FramedLink).release(payload);
           // The owner of a fully reduced chunk rounds it like everyone else will, so bits agree.
           if (fp16 && next !== undefined && next.mode === 'copy' && step.mode === 'reduce')
             roundToHalf(buffer, seg.start, seg.end);
@@ -214,6 +223,33 @@ export class RingGroup implements AsyncDisposable {
     } catch (error) {
       this.abort();
       throw this.broken ?? error;
+    } finally {
+      this.left?.unpost();
+    }
+  }
+
+  /**
+   * Posts the regions of `buffer` the all-gather fills, by the seq of the frame that carries each:
+   * the kernel then writes the final values where they belong, with no copy in JavaScript. Safe for
+   * the reason `encode` may send without a copy: a region's final value cannot arrive before this
+   * rank's own send of that region has left.
+   */
+  private postGather(
+    buffer: Float32Array,
+    steps: readonly RingStep[],
+    segments: readonly Range[][],
+    base: number,
+  ): void {
+    let seq = base;
+    for (const step of steps) {
+      for (const seg of segments[step.receiveChunk] ?? []) {
+        if (step.mode === 'copy')
+          (this.left as FramedLink).post(
+            seq,
+            new Uint8Array(buffer.buffer, buffer.byteOffset + seg.start * 4, (seg.end - seg.start) * 4),
+          );
+        seq++;
+      }
     }
   }
 

@@ -38,6 +38,19 @@ const MAX_FRAME = 256 * 1024 * 1024;
  * default reads fresh 64 KiB chunks, and that read path alone halved the bandwidth of loopback TCP.
  */
 const READ_BUFFER = 1024 * 1024;
+/**
+ * Reading in place: the kernel writes a frame's body straight into its payload buffer (or into the
+ * caller's own memory posted for that frame), so only what a read catches after a header passes
+ * through this smaller buffer and is copied.
+ */
+const IN_PLACE_READ_BUFFER = 64 * 1024;
+
+/** How a socket connected with `onread` hands its reads to a link (see `dial`). */
+export interface LinkReader {
+  attach(sink: { target(scratch: Buffer): Uint8Array; read(bytes: number, buffer: Uint8Array): void }): void;
+  /** Whether reads may go into the payload being filled (false: everything through the scratch). */
+  readonly inPlace: boolean;
+}
 
 export interface Frame {
   readonly kind: number;
@@ -87,18 +100,29 @@ export class FramedLink {
   /** Bytes written to this link (headers included): what a topology costs, link by link. */
   bytesSent = 0;
 
+  /** The part of a payload handed to the socket for the read in flight (reading in place). */
+  private direct: Uint8Array | undefined;
+  /** Memory the receiver posted for the payload of a DATA frame, by seq. */
+  private readonly posted = new Map<number, Uint8Array>();
+  private readonly inPlace: boolean;
+
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
    * the socket's 'data' events.
    */
   constructor(
     readonly socket: Socket,
-    reader?: { attach(push: (chunk: Buffer) => void): void },
+    reader?: LinkReader,
   ) {
     socket.setNoDelay(true);
     this.peer();
     this.borrowed = reader !== undefined;
-    if (reader !== undefined) reader.attach((chunk) => this.onData(chunk));
+    this.inPlace = reader?.inPlace ?? false;
+    if (reader !== undefined)
+      reader.attach({
+        target: (scratch) => this.readTarget(scratch),
+        read: (bytes, buffer) => this.onRead(bytes, buffer),
+      });
     else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) =>
       this.fail(new PeerLostError(`connection to ${this.peer()} broke: ${error.message}`, { cause: error })),
@@ -113,6 +137,57 @@ export class FramedLink {
     if (this.remote === undefined && this.socket.remoteAddress !== undefined)
       this.remote = `${this.socket.remoteAddress}:${this.socket.remotePort ?? '?'}`;
     return this.remote ?? '?';
+  }
+
+  /** Where the next read goes: the rest of the payload being filled, else the scratch buffer. */
+  private readTarget(scratch: Buffer): Uint8Array {
+    const body = this.body;
+    this.direct =
+      this.inPlace && body !== undefined && this.failure === undefined
+        ? body.payload.subarray(body.filled)
+        : undefined;
+    return this.direct ?? scratch;
+  }
+
+  private onRead(bytes: number, buffer: Uint8Array): void {
+    const body = this.body;
+    if (body !== undefined && this.direct !== undefined && buffer === this.direct) {
+      this.direct = undefined;
+      body.filled += bytes;
+      if (body.filled === body.payload.length) {
+        this.body = undefined;
+        this.deliver({ ...body.frame, payload: body.payload });
+      }
+      return;
+    }
+    this.onData(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+  }
+
+  /**
+   * Lets the payload of DATA frame `seq` arrive in `target` (its exact size) instead of a buffer of
+   * the link's: the receiver of an all-gather posts the regions the values end up in. A frame that
+   * arrived before its post is delivered in a buffer of its own as usual; `unpost` forgets the rest.
+   */
+  post(seq: number, target: Uint8Array): void {
+    if (this.inPlace) this.posted.set(seq >>> 0, target);
+  }
+
+  unpost(): void {
+    this.posted.clear();
+  }
+
+  /** Whether `payload` is memory the receiver posted (not the link's, not to be released). */
+  static isPosted(payload: ArrayBufferView, target: ArrayBufferView): boolean {
+    return payload.buffer === target.buffer && payload.byteOffset === target.byteOffset;
+  }
+
+  private payloadFor(kind: number, seq: number, size: number): Buffer {
+    const posted = kind === FRAME_DATA ? this.posted.get(seq) : undefined;
+    if (posted !== undefined && posted.byteLength === size) {
+      this.posted.delete(seq);
+      return Buffer.from(posted.buffer, posted.byteOffset, posted.byteLength);
+    }
+    return this.allocate(size);
   }
 
   /**
@@ -166,13 +241,13 @@ export class FramedLink {
       if (chunk.length - at >= size) {
         let payload = chunk.subarray(at, at + size);
         if (this.borrowed) {
-          payload = this.allocate(size);
+          payload = this.payloadFor(frame.kind, frame.seq, size);
           chunk.copy(payload, 0, at, at + size);
         }
         this.deliver({ ...frame, payload });
         at += size;
       } else {
-        this.body = { frame, payload: this.allocate(size), filled: 0 };
+        this.body = { frame, payload: this.payloadFor(frame.kind, frame.seq, size), filled: 0 };
       }
     }
   }
@@ -454,6 +529,7 @@ export async function dial(
   hello: Hello,
   timeoutMs: number,
   signal?: AbortSignal,
+  inPlace = true,
 ): Promise<FramedLink> {
   const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
   if (match === null) throw new ProtocolError(`bad collective address "${address}"`);
@@ -464,7 +540,9 @@ export async function dial(
   while (Date.now() < deadline) {
     if (signal?.aborted) throw new CollectiveAbortedError('aborted while connecting');
     try {
-      let push: ((chunk: Buffer) => void) | undefined;
+      type Sink = Parameters<LinkReader['attach']>[0];
+      let sink: Sink | undefined;
+      const scratch = Buffer.allocUnsafeSlow(inPlace ? IN_PLACE_READ_BUFFER : READ_BUFFER);
       const socket = await new Promise<Socket>((resolve, reject) => {
         // createConnection, not socket.connect: only the former honours `onread`.
         const s = createConnection(
@@ -472,9 +550,10 @@ export async function dial(
             port,
             host,
             onread: {
-              buffer: Buffer.allocUnsafeSlow(READ_BUFFER),
+              // Asked again after every read: the body being filled, or the scratch.
+              buffer: () => sink?.target(scratch) ?? scratch,
               callback: (bytes, buffer) => {
-                push?.(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+                sink?.read(bytes, buffer);
                 return true;
               },
             },
@@ -488,8 +567,9 @@ export async function dial(
       });
       // The peer sends nothing before our HELLO, so no read can come before `attach`.
       const link = new FramedLink(socket, {
-        attach: (p) => {
-          push = p;
+        inPlace,
+        attach: (s) => {
+          sink = s;
         },
       });
       await link.send(FRAME_HELLO, hello.generation, 0, helloPayload(hello));
