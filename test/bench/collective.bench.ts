@@ -3,7 +3,7 @@
  *  - all-reduce of the MLP example's 235,148 floats and of 4M, at 2 and 3 ranks (worker processes on
  *    loopback): Tensile's ring ÷ a raw TCP ring of the same processes moving the same bytes
  *    (target ≥ 0.8), and ÷ torch.distributed gloo (target ≥ 1; null without the torch venv); the
- *    copying receive path (`receiveInPlace: false`, what the ring did before) in the same run;
+ *    ring as it was before (the copying receive path, fixed 128K-float segments) in the same run;
  *  - recovery: kill -9 of a worker → the first step of the new world, against the 0.5 s target;
  *  - topology: 4 workers on 2 fake nodes in 2 zones, joined alternately; one all-reduce in the join
  *    order and in the topology-aware order, bytes counted on every link, the cross-zone ones summed.
@@ -84,8 +84,11 @@ export default async function bench() {
     for (const elements of [MLP, LARGE]) {
       const rawMs = await rawRing(workers, ringBytes(workers, elements), ROUNDS);
       const ms = await ring(workers, elements, ROUNDS);
-      // The copying receive path (before reads in place), same processes' setup, same run.
-      const copyingMs = await ring(workers, elements, ROUNDS, { receiveInPlace: false });
+      // The ring as it was: the copying receive path, one segment per 128K floats whatever the size.
+      const copyingMs = await ring(workers, elements, ROUNDS, {
+        receiveInPlace: false,
+        segmentElements: 128 * 1024,
+      });
       const g = typeof glooMs === 'string' ? undefined : glooMs.get(elements);
       cases.push({
         workers,

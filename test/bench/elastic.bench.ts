@@ -52,13 +52,9 @@ const READ_BUFFER = 1024 * 1024;
 
 /** Child: one rank of a ring; measures `rounds` all-reduces of `elements` floats and reports the times. */
 async function rankMain(): Promise<void> {
-  const [rank, , elements, rounds, inPlace = 1] = process.argv.slice(3).map(Number) as number[] as [
-    number,
-    number,
-    number,
-    number,
-    number?,
-  ];
+  const [rank, , elements, rounds, inPlace = 1, segment = 0] = process.argv
+    .slice(3)
+    .map(Number) as number[] as [number, number, number, number, number?, number?];
   const server = await CollectiveServer.listen('bench', HOST);
   process.send?.({ address: server.address });
   const members = await new Promise<{ address: string }[]>((resolve) =>
@@ -71,6 +67,8 @@ async function rankMain(): Promise<void> {
     members,
     server,
     receiveInPlace: inPlace === 1,
+    // A fixed segment size: the ring before it cut each chunk into several.
+    ...(segment > 0 ? { segmentElements: segment, segmentsPerChunk: 1 } : {}),
   });
   const buffer = new Float32Array(elements).fill(rank + 1);
   const times: number[] = [];
@@ -95,11 +93,20 @@ export async function ring(
   size: number,
   elements: number,
   rounds: number,
-  options: { receiveInPlace?: boolean } = {},
+  options: { receiveInPlace?: boolean; segmentElements?: number } = {},
 ): Promise<number> {
   const inPlace = options.receiveInPlace === false ? '0' : '1';
+  const segment = String(options.segmentElements ?? 0);
   const children: ChildProcess[] = Array.from({ length: size }, (_, rank) =>
-    rankChild(rank, ['--rank', String(rank), String(size), String(elements), String(rounds), inPlace]),
+    rankChild(rank, [
+      '--rank',
+      String(rank),
+      String(size),
+      String(elements),
+      String(rounds),
+      inPlace,
+      segment,
+    ]),
   );
   const addresses = await Promise.all(
     children.map(

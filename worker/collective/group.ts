@@ -28,8 +28,10 @@ export interface RingOptions {
   readonly server: CollectiveServer;
   /** How long to wait for a neighbour's connection or data before giving up. */
   readonly timeoutMs?: number;
-  /** Elements per segment: the unit of pipelining. */
+  /** Elements per segment at most: the unit of pipelining. */
   readonly segmentElements?: number;
+  /** A chunk is cut into at least this many segments (default 4; 1: segments of `segmentElements`). */
+  readonly segmentsPerChunk?: number;
   readonly signal?: AbortSignal;
   /**
    * Called once when the link to or from a neighbour breaks on the neighbour's side (EOF, RST): it
@@ -49,6 +51,13 @@ export interface AllReduceOptions {
 }
 
 const DEFAULT_SEGMENT = 128 * 1024;
+/**
+ * A chunk is cut into at least this many segments (down to MIN_SEGMENT elements): with one segment
+ * per chunk a rank could forward nothing of a step before all of it arrived, and a small buffer's
+ * ring ran step after step with every other link idle.
+ */
+const SEGMENTS_PER_CHUNK = 4;
+const MIN_SEGMENT = 16 * 1024;
 
 /**
  * target += incoming, element-wise. A function of its own: inside the long async allReduce the same
@@ -74,6 +83,7 @@ export class RingGroup implements AsyncDisposable {
     private readonly timeoutMs: number,
     private readonly segmentElements: number,
     private readonly signal: AbortSignal | undefined,
+    private readonly segmentsPerChunk = SEGMENTS_PER_CHUNK,
   ) {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
   }
@@ -111,7 +121,17 @@ export class RingGroup implements AsyncDisposable {
         options.receiveInPlace ?? true,
       ),
     ]);
-    const group = new RingGroup(generation, rank, size, right, left, timeoutMs, segment, options.signal);
+    const group = new RingGroup(
+      generation,
+      rank,
+      size,
+      right,
+      left,
+      timeoutMs,
+      segment,
+      options.signal,
+      options.segmentsPerChunk,
+    );
     group.watch(right, rightRank, options.onPeerLost);
     group.watch(left, leftRank, options.onPeerLost);
     return group;
@@ -167,7 +187,12 @@ export class RingGroup implements AsyncDisposable {
     if (this.size === 1) return buffer;
     const fp16 = options.fp16 ?? false;
     const chunks = chunkRanges(buffer.length, this.size);
-    const segments = chunks.map((c) => segmentRanges(c, this.segmentElements));
+    const longest = Math.ceil(buffer.length / this.size);
+    const segment = Math.min(
+      this.segmentElements,
+      Math.max(MIN_SEGMENT, Math.ceil(longest / this.segmentsPerChunk)),
+    );
+    const segments = chunks.map((c) => segmentRanges(c, segment));
     const steps = ringSchedule(this.rank, this.size);
     const base = this.seq;
     this.seq += steps.length * Math.max(...segments.map((s) => s.length), 0) + 1;
