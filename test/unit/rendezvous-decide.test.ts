@@ -437,6 +437,18 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     },
   ],
   [
+    'a full world that failed with the same members still waits the last call (a death report may follow)',
+    view({
+      members: [member('a'), member('b', { failedGeneration: 2 }), member('c'), member('d')],
+      world: world(2, ['a', 'b', 'c', 'd']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, 'last call');
+    },
+  ],
+  [
     'losses below minReplicas: wait for workers, do not propose',
     view({
       members: [member('a'), member('b', { seenAgo: 10_000 })],

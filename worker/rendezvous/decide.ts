@@ -243,11 +243,15 @@ export function decide(view: RendezvousView): Decision {
       roundSince,
     };
   }
-  // A full world of the same members has nothing to gather, but it is what a survivor asks for when
-  // its step failed before it heard that a peer died: the last call gives that report time to come.
-  const sameMembers =
-    world !== undefined && newcomers.length === 0 && candidates.length === world.members.length;
-  const full = candidates.length >= config.maxReplicas && !sameMembers;
+  // A full world of the same members after a failed one gathers nobody, but it is what a survivor
+  // asks for when its step failed before it heard that a peer died: the last call gives that report
+  // time to come (a spec change with the same members still re-forms at once).
+  const failedSameWorld =
+    world !== undefined &&
+    newcomers.length === 0 &&
+    candidates.length === world.members.length &&
+    world.members.some((m) => members.get(m.id)?.record.failedGeneration === world.generation);
+  const full = candidates.length >= config.maxReplicas && !failedSameWorld;
   // The last call gathers joiners that arrive close together. When the world only lost members and
   // nobody new is there, waiting gains nothing and stalls every survivor. A round with the same
   // members (a failed generation) still waits: a peer that died silently is then dropped by its
