@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { eventsOf } from '../../operator/api/worker-events.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = '/usr/share/datasets/fashion-mnist';
@@ -43,29 +44,28 @@ test('kill -9 of a worker: the survivors see its link break and re-form without 
   assert.ok(killed !== undefined, 'the kill names its victim');
 
   // Both neighbours of the victim saw its link break; at least one probe was refused.
-  const lost = events.filter((e) => e['event'] === 'peer-lost' && e['peer'] === killed);
+  const lost = eventsOf(events, 'peer-lost').filter((e) => e.peer === killed);
   assert.ok(lost.length >= 1, `peer-lost events: ${JSON.stringify(lost)}`);
   assert.ok(
-    lost.every((e) => e['cause'] === 'link'),
+    lost.every((e) => e.cause === 'link'),
     'cause recorded as the link',
   );
   assert.ok(
-    lost.some((e) => e['probe'] === 'refused'),
+    lost.some((e) => e.probe === 'refused'),
     `a probe was refused: ${JSON.stringify(lost)}`,
   );
 
   // The world after the kill records the link as its cause, not a missing heartbeat, and it has
   // the two survivors.
-  const after = events.filter(
-    (e) => e['event'] === 'generation' && String(e['reason']).startsWith(`${String(killed)} lost`),
-  );
+  const worlds = eventsOf(events, 'generation');
+  const after = worlds.filter((e) => String(e.reason).startsWith(`${String(killed)} lost`));
   assert.ok(after.length >= 1, 'a world formed because the victim was lost');
   for (const g of after) {
-    assert.match(String(g['reason']), 'its link broke and its port refused a probe');
-    assert.is(g['worldSize'], 2);
+    assert.match(String(g.reason), 'its link broke and its port refused a probe');
+    assert.is(g.worldSize, 2);
   }
   assert.not.ok(
-    events.some((e) => e['event'] === 'generation' && String(e['reason']).includes('no heartbeat')),
+    worlds.some((e) => String(e.reason).includes('no heartbeat')),
     'no world waited for the heartbeat timeout',
   );
   for (const e of summary.epochs) assert.equal([e.missing, e.duplicated], [0, 0], `epoch ${e.epoch}`);
