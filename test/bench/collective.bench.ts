@@ -89,6 +89,9 @@ export default async function bench() {
         receiveInPlace: false,
         segmentElements: 128 * 1024,
       });
+      // Each change alone: reads in place with fixed segments, and the copying path with 4 per chunk.
+      const inPlaceFixedMs = await ring(workers, elements, ROUNDS, { segmentElements: 128 * 1024 });
+      const copyingSegmentedMs = await ring(workers, elements, ROUNDS, { receiveInPlace: false });
       const g = typeof glooMs === 'string' ? undefined : glooMs.get(elements);
       cases.push({
         workers,
@@ -97,6 +100,8 @@ export default async function bench() {
         rawRingMs: round(rawMs, 2),
         copyingMs: round(copyingMs, 2),
         copyingVsRawRing: round(rawMs / copyingMs),
+        inPlaceFixedSegmentsVsRawRing: round(rawMs / inPlaceFixedMs),
+        copyingFourSegmentsVsRawRing: round(rawMs / copyingSegmentedMs),
         glooMs: g === undefined ? null : round(g, 2),
         vsRawRing: round(rawMs / ms),
         vsGloo: g === undefined ? null : round(g / ms),
