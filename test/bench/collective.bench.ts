@@ -3,7 +3,7 @@
  *  - all-reduce of the MLP example's 235,148 floats and of 4M, at 2 and 3 ranks (worker processes on
  *    loopback): Tensile's ring ÷ a raw TCP ring of the same processes moving the same bytes
  *    (target ≥ 0.8), and ÷ torch.distributed gloo (target ≥ 1; null without the torch venv); the
- *    ring as it was before (the copying receive path, fixed 128K-float segments) in the same run;
+ *    ring as it was before (the copying receive path) in the same run;
  *  - recovery: kill -9 of a worker → the first step of the new world, against the 0.5 s target;
  *  - topology: 4 workers on 2 fake nodes in 2 zones, joined alternately; one all-reduce in the join
  *    order and in the topology-aware order, bytes counted on every link, the cross-zone ones summed.
@@ -84,14 +84,11 @@ export default async function bench() {
     for (const elements of [MLP, LARGE]) {
       const rawMs = await rawRing(workers, ringBytes(workers, elements), ROUNDS);
       const ms = await ring(workers, elements, ROUNDS);
-      // The ring as it was: the copying receive path, one segment per 128K floats whatever the size.
+      // The ring as it was: the copying receive path (segments of 128K floats, as now).
       const copyingMs = await ring(workers, elements, ROUNDS, {
         receiveInPlace: false,
         segmentElements: 128 * 1024,
       });
-      // Each change alone: reads in place with fixed segments, and the copying path with 4 per chunk.
-      const inPlaceFixedMs = await ring(workers, elements, ROUNDS, { segmentElements: 128 * 1024 });
-      const copyingSegmentedMs = await ring(workers, elements, ROUNDS, { receiveInPlace: false });
       const g = typeof glooMs === 'string' ? undefined : glooMs.get(elements);
       cases.push({
         workers,
@@ -100,8 +97,6 @@ export default async function bench() {
         rawRingMs: round(rawMs, 2),
         copyingMs: round(copyingMs, 2),
         copyingVsRawRing: round(rawMs / copyingMs),
-        inPlaceFixedSegmentsVsRawRing: round(rawMs / inPlaceFixedMs),
-        copyingFourSegmentsVsRawRing: round(rawMs / copyingSegmentedMs),
         glooMs: g === undefined ? null : round(g, 2),
         vsRawRing: round(rawMs / ms),
         vsGloo: g === undefined ? null : round(g / ms),
