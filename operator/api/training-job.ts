@@ -173,6 +173,20 @@ export const RecordsOptionsSchema = z.strictObject({
   shardPattern: z.string().min(1).default('*.bin'),
 });
 
+export const DatasetCacheSchema = z.strictObject({
+  memoryMiB: positiveInt()
+    .max(1 << 20)
+    .default(256)
+    .describe('Memory for samples (block cache and read-ahead); the shuffle mixes a third of it at a time.'),
+  directory: z
+    .string()
+    .startsWith('/')
+    .optional()
+    .describe(
+      'Where converted shards (and downloaded remote sources) are kept; default $TMPDIR/tensile-dataset-cache. A volume lets restarts and other workers reuse them.',
+    ),
+});
+
 export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
@@ -229,6 +243,9 @@ export const DatasetSpecSchema = withRules(
     maxTrainSamples: positiveInt()
       .optional()
       .describe('Use only the first N training samples (smoke tests, quick demos).'),
+    cache: DatasetCacheSchema.optional().describe(
+      'Stream the data through a fixed memory budget instead of loading it (data larger than memory): idx, csv and jsonl are converted once into record shards cached under `directory` (keyed by a content hash of the source), then read in blocks with read-ahead.',
+    ),
     shuffleSeed: nonNegativeInt()
       .default(42)
       .describe('Seed of the per-epoch permutation of the training samples.'),
@@ -813,6 +830,7 @@ export type IdxOptions = z.output<typeof IdxOptionsSchema>;
 export type CsvOptions = z.output<typeof CsvOptionsSchema>;
 export type JsonlOptions = z.output<typeof JsonlOptionsSchema>;
 export type RecordsOptions = z.output<typeof RecordsOptionsSchema>;
+export type DatasetCache = z.output<typeof DatasetCacheSchema>;
 
 /** The format options of a dataset with their defaults, whether or not the manifest spelled them out. */
 export function datasetOptions(dataset: DatasetSpec): {

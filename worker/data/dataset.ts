@@ -18,6 +18,7 @@ import { fitNormalization, fitPca, type Normalization, type Pca } from './prepro
 import { openRecordShards } from './records.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
 import { InMemoryStore, type SampleStore, SubsetStore } from './store.ts';
+import { readStreaming } from './streaming.ts';
 
 export interface Dataset {
   readonly train: SampleStore;
@@ -79,7 +80,11 @@ interface Raw {
   close?: () => void;
 }
 
-async function readRaw(spec: DatasetSpec): Promise<Raw> {
+async function readRaw(
+  spec: DatasetSpec,
+  progress: (message: string, fields?: object) => void,
+): Promise<Raw> {
+  if (spec.cache !== undefined) return readStreaming(spec, spec.cache, progress);
   const options = datasetOptions(spec);
   switch (spec.format) {
     case 'idx': {
@@ -133,7 +138,7 @@ export async function loadDataset(
   progress: (message: string, fields?: object) => void,
 ): Promise<Dataset> {
   progress('reading dataset', { format: spec.format, path: spec.path });
-  const raw = await readRaw(spec);
+  const raw = await readRaw(spec, progress);
   let featureShape = raw.featureShape;
   const featureSize = raw.train.featureSize;
   if (spec.featureShape !== undefined && spec.format === 'idx') {

@@ -95,6 +95,25 @@ export interface Pca {
 /** PCA is fitted on at most this many samples (evenly spaced): enough for a stable covariance. */
 export const PCA_FIT_SAMPLES = 20_000;
 
+/**
+ * The samples PCA is fitted on: at most `max`, evenly spaced; from a streaming store, evenly spaced
+ * runs of whole blocks (one sequential read each instead of a block per sample).
+ */
+export function pcaFitIndices(store: SampleStore, max: number): Uint32Array {
+  const run = store.locality?.blockSamples;
+  if (run === undefined || store.size <= max) {
+    const stride = Math.max(1, Math.ceil(store.size / max));
+    return Uint32Array.from({ length: Math.ceil(store.size / stride) }, (_, i) => i * stride);
+  }
+  const runs = Math.max(1, Math.floor(max / run));
+  const out: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const first = Math.floor((r * store.size) / runs);
+    for (let i = first; i < Math.min(store.size, first + run) && out.length < max; i++) out.push(i);
+  }
+  return Uint32Array.from(out);
+}
+
 function orthonormalize(q: Float64Array, d: number, p: number): void {
   // Modified Gram–Schmidt over the p columns of the d×p row-major matrix q.
   for (let c = 0; c < p; c++) {
@@ -188,8 +207,8 @@ export function fitPca(
 ): Pca {
   const d = store.featureSize;
   const k = Math.min(components, d);
-  const stride = Math.max(1, Math.ceil(store.size / PCA_FIT_SAMPLES));
-  const picked = Math.ceil(store.size / stride);
+  const chosen = pcaFitIndices(store, PCA_FIT_SAMPLES);
+  const picked = chosen.length;
   const mean = new Float64Array(d);
   const block = new Float32Array(BLOCK * d);
   const labels = new Int32Array(BLOCK);
@@ -197,7 +216,7 @@ export function fitPca(
   const visit = (each: (rows: Float32Array, count: number) => void) => {
     for (let first = 0; first < picked; first += BLOCK) {
       const count = Math.min(BLOCK, picked - first);
-      for (let i = 0; i < count; i++) indices[i] = (first + i) * stride;
+      for (let i = 0; i < count; i++) indices[i] = chosen[first + i] as number;
       store.read(indices.subarray(0, count), block, labels);
       normalizeInPlace(normalization, block, count);
       each(block.subarray(0, count * d), count);

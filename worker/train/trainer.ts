@@ -22,7 +22,13 @@ import type { OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
 import type { Dataset } from '../data/dataset.ts';
 import { normalizeInPlace } from '../data/preprocess.ts';
-import { epochPermutation, planStep, shareIndices } from '../data/sampler.ts';
+import {
+  epochPermutation,
+  planStep,
+  type StepPlan,
+  shardLocalPermutation,
+  shareIndices,
+} from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
 import { gainOf, gradientStatistics, microBatches, smoothStatistics } from '../rescale/policy.ts';
@@ -134,6 +140,7 @@ export class Trainer {
   private readonly dropout: tf.layers.Layer[];
   private readonly topology: unknown;
   private permutation: { epoch: number; order: Uint32Array } | undefined;
+  private lastReadAhead: { epoch: number; from: number } | undefined;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -185,12 +192,38 @@ export class Trainer {
 
   private epochOrder(epoch: number): Uint32Array {
     if (this.permutation?.epoch !== epoch) {
+      const train = this.options.dataset.train;
+      const local = train.locality;
       this.permutation = {
         epoch,
-        order: epochPermutation(this.options.dataset.train.size, this.state.shuffleSeed, epoch),
+        order:
+          local === undefined
+            ? epochPermutation(train.size, this.state.shuffleSeed, epoch)
+            : shardLocalPermutation(
+                train.size,
+                this.state.shuffleSeed,
+                epoch,
+                local.blockSamples,
+                local.groupBlocks,
+              ),
       };
     }
     return this.permutation.order;
+  }
+
+  /** Asks a streaming store to read ahead the samples of the steps after this one (a group's worth). */
+  private readAhead(plan: StepPlan): void {
+    const train = this.options.dataset.train;
+    const local = train.locality;
+    if (local === undefined || train.prefetch === undefined || plan.endsEpoch) return;
+    const ahead = local.blockSamples * local.groupBlocks;
+    const from = plan.next.cursor;
+    // A look at the window costs a pass over a group's indices: every eighth of a group is enough.
+    const last = this.lastReadAhead;
+    if (last !== undefined && last.epoch === plan.epoch && from >= last.from && from - last.from < ahead / 8)
+      return;
+    this.lastReadAhead = { epoch: plan.epoch, from };
+    train.prefetch(this.epochOrder(plan.epoch).subarray(from, Math.min(train.size, from + ahead)));
   }
 
   /**
@@ -269,6 +302,7 @@ export class Trainer {
     if (share === undefined)
       throw new RangeError(`rank ${world.rank} outside a world of ${world.perWorker.length}`);
     const indices = shareIndices(this.epochOrder(plan.epoch), share);
+    this.readAhead(plan);
     // AdaScale: one more slot per rank for the squared norm of its own gradient, in the same all-reduce.
     const adascale = world.adascale !== undefined && world.size > 1;
     // Alone, a rank's statistics are the world's already: nothing to average.
