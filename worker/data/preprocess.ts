@@ -3,8 +3,10 @@
  * `standardize`, from one streaming pass) and optional PCA. Fitting is deterministic (float64 sums in
  * sample order, seeded start vectors), so every worker and every restart computes the same transform.
  */
+import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import type { DatasetSpec } from '../../operator/api/training-job.ts';
+import type { PreprocessingRecord } from '../train/snapshot.ts';
 import { uint32Stream } from './sampler.ts';
 import { type SampleStore, scanStore } from './store.ts';
 
@@ -254,4 +256,64 @@ export function fitPca(
     explained: total > 0 ? variances.reduce((a, b) => a + b, 0) / total : 0,
     fittedOn: picked,
   };
+}
+
+const toBase64 = (values: Float32Array): string =>
+  Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64');
+
+function fromBase64(text: string): Float32Array {
+  const bytes = Buffer.from(text, 'base64');
+  const out = new Float32Array(bytes.length / 4);
+  new Uint8Array(out.buffer).set(bytes);
+  return out;
+}
+
+/** The fitted preprocessing as it is kept in the training state (and so in every checkpoint). */
+export function encodePreprocessing(normalization: Normalization, pca: Pca | undefined): PreprocessingRecord {
+  const hash = createHash('sha256').update(normalization.kind);
+  for (const values of [normalization.offset, normalization.scale, pca?.mean, pca?.components])
+    if (values !== undefined)
+      hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  return {
+    digest: hash.digest('hex'),
+    normalize: normalization.kind,
+    offset: toBase64(normalization.offset),
+    scale: toBase64(normalization.scale),
+    ...(pca === undefined
+      ? {}
+      : {
+          pca: {
+            k: pca.k,
+            mean: toBase64(pca.mean),
+            components: toBase64(pca.components),
+            variances: pca.variances,
+            explained: pca.explained,
+            fittedOn: pca.fittedOn,
+          },
+        }),
+  };
+}
+
+export function decodePreprocessing(record: PreprocessingRecord): {
+  normalization: Normalization;
+  pca: Pca | undefined;
+} {
+  const normalization = {
+    kind: record.normalize,
+    offset: fromBase64(record.offset),
+    scale: fromBase64(record.scale),
+  };
+  const p = record.pca;
+  const pca =
+    p === undefined
+      ? undefined
+      : {
+          k: p.k,
+          mean: fromBase64(p.mean),
+          components: fromBase64(p.components),
+          variances: p.variances,
+          explained: p.explained,
+          fittedOn: p.fittedOn,
+        };
+  return { normalization, pca };
 }

@@ -21,7 +21,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
 import type { Dataset } from '../data/dataset.ts';
-import { normalizeInPlace } from '../data/preprocess.ts';
+import { decodePreprocessing, normalizeInPlace } from '../data/preprocess.ts';
 import {
   epochPermutation,
   planStep,
@@ -110,6 +110,10 @@ export class BatchMaker {
     return { x, y };
   }
 
+  get preprocessing(): Pick<Dataset, 'normalization' | 'pca'> {
+    return this.dataset;
+  }
+
   dispose(): void {
     this.pcaMean?.dispose();
     this.pcaComponents?.dispose();
@@ -136,7 +140,7 @@ export class Trainer {
   private fused: Float32Array;
   private readonly gradientLength: number;
   private readonly optimizer: TrainingOptimizer;
-  private readonly batches: BatchMaker;
+  private batches: BatchMaker;
   private readonly dropout: tf.layers.Layer[];
   private readonly topology: unknown;
   private permutation: { epoch: number; order: Uint32Array } | undefined;
@@ -458,7 +462,26 @@ export class Trainer {
       });
     }
     this.optimizer.restore(snapshot.optimizer);
+    const saved = snapshot.state.preprocessing;
+    const changed = saved !== undefined && saved.digest !== this.state.preprocessing?.digest;
     Object.assign(this.state, structuredClone(snapshot.state));
+    // The model was trained on inputs transformed by the snapshot's fit: it goes on with that one.
+    if (changed) this.usePreprocessing(decodePreprocessing(saved));
+  }
+
+  /** Transforms inputs with `preprocessing` (a snapshot's) instead of the fit on this data. */
+  private usePreprocessing(preprocessing: Pick<Dataset, 'normalization' | 'pca'>): void {
+    this.batches.dispose();
+    this.batches = new BatchMaker(
+      preprocessing,
+      this.options.dataset.train.featureSize,
+      this.options.model.inputShape,
+    );
+  }
+
+  /** The preprocessing inputs are transformed with (the data's fit, or a resumed snapshot's). */
+  get preprocessing(): Pick<Dataset, 'normalization' | 'pca'> {
+    return this.batches.preprocessing;
   }
 
   /**
