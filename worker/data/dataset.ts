@@ -18,6 +18,7 @@ import { fitNormalization, fitPca, type Normalization, type Pca } from './prepro
 import { openRecordShards } from './records.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
 import { InMemoryStore, type SampleStore, SubsetStore } from './store.ts';
+import type { ShardStreamStore } from './stream-store.ts';
 import { readStreaming } from './streaming.ts';
 
 export interface Dataset {
@@ -30,6 +31,8 @@ export interface Dataset {
   readonly pca: Pca | undefined;
   /** Shape of one sample as the model sees it (after PCA: [k]). */
   readonly sampleShape: readonly number[];
+  /** The streaming store under `train` (dataset.cache), for its read statistics. */
+  readonly streaming?: ShardStreamStore | undefined;
   /** What a checkpoint must agree with to be resumed on this data. */
   readonly fingerprint: DatasetFingerprint;
   /** What the worker's `dataset` event says about it. */
@@ -78,13 +81,17 @@ interface Raw {
   featureShape: number[];
   maxLabel: number;
   close?: () => void;
+  streaming?: ShardStreamStore;
 }
 
 async function readRaw(
   spec: DatasetSpec,
   progress: (message: string, fields?: object) => void,
 ): Promise<Raw> {
-  if (spec.cache !== undefined) return readStreaming(spec, spec.cache, progress);
+  if (spec.cache !== undefined) {
+    const streamed = await readStreaming(spec, spec.cache, progress);
+    return { ...streamed, streaming: streamed.train };
+  }
   const options = datasetOptions(spec);
   switch (spec.format) {
     case 'idx': {
@@ -182,6 +189,7 @@ export async function loadDataset(
     normalization,
     pca,
     sampleShape,
+    streaming: raw.streaming,
     fingerprint: { trainSamples: train.size, featureSize, classes },
     describe: {
       format: spec.format,

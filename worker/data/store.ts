@@ -148,7 +148,7 @@ export class InMemoryStore implements SampleStore {
       const row = index % this.chunkSamples;
       const from = row * d;
       const out = i * d;
-      for (let j = 0; j < d; j++) features[out + j] = chunk[from + j] as number;
+      features.set(chunk.subarray(from, from + d), out);
       labels[i] = labelChunk[row] as number;
     }
   }

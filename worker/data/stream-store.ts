@@ -236,8 +236,8 @@ export class ShardStreamStore implements SampleStore {
       const at = base + (index - block * b) * this.recordBytes;
       labels[i] = this.bytes[at] as number;
       const out = i * d;
-      if (this.dtype === 'uint8')
-        for (let j = 0; j < d; j++) features[out + j] = this.bytes[at + 1 + j] as number;
+      // TypedArray.set converts bytes to floats in native code: several times a JS loop's speed.
+      if (this.dtype === 'uint8') features.set(this.bytes.subarray(at + 1, at + 1 + d), out);
       else for (let j = 0; j < d; j++) features[out + j] = view.getFloat32(at + 1 + 4 * j, true);
     }
   }
