@@ -148,7 +148,7 @@ export const ModelSpecSchema = withRules(
 
 // -------------------------------------------------------------------------------------------- dataset
 
-export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records'] as const;
+export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records', 'parquet'] as const;
 
 export const IdxOptionsSchema = z.strictObject({
   trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
@@ -166,6 +166,17 @@ export const CsvOptionsSchema = z.strictObject({
 export const JsonlOptionsSchema = z.strictObject({
   featuresField: z.string().min(1).default('features'),
   labelField: z.string().min(1).default('label'),
+});
+
+export const ParquetOptionsSchema = z.strictObject({
+  labelColumn: z.string().min(1).default('label'),
+  featureColumns: z
+    .array(z.string().min(1))
+    .min(1)
+    .optional()
+    .describe(
+      'The feature columns, in order: numbers, or one column of number lists or byte arrays; default every column but the label.',
+    ),
 });
 
 export const RecordsOptionsSchema = z.strictObject({
@@ -191,11 +202,11 @@ export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
       .enum(DATASET_FORMATS)
-      .describe('idx (MNIST-style, gzip or not), csv, jsonl, or records (binary shards).'),
+      .describe('idx (MNIST-style, gzip or not), csv, jsonl, parquet, or records (binary shards).'),
     path: z
       .string()
       .min(1)
-      .describe("Directory (idx, records) or file (csv, jsonl) inside the worker's filesystem."),
+      .describe("Directory (idx, records) or file (csv, jsonl, parquet) inside the worker's filesystem."),
     volume: z
       .strictObject({ claimName: objectName('PersistentVolumeClaim'), mountPath: z.string().startsWith('/') })
       .optional()
@@ -203,6 +214,7 @@ export const DatasetSpecSchema = withRules(
     idx: IdxOptionsSchema.optional().describe('idx: file names inside `path` (default: the MNIST names).'),
     csv: CsvOptionsSchema.optional().describe('csv: label column, header and delimiter.'),
     jsonl: JsonlOptionsSchema.optional().describe('jsonl: the fields holding the features and the label.'),
+    parquet: ParquetOptionsSchema.optional().describe('parquet: the label column and the feature columns.'),
     records: RecordsOptionsSchema.optional().describe(
       'records: fixed-size binary records, one label byte then `featureShape` values of `dtype`.',
     ),
@@ -217,7 +229,9 @@ export const DatasetSpecSchema = withRules(
       .min(2)
       .max(100000)
       .optional()
-      .describe('Number of classes; read from the labels for idx, required for csv, jsonl and records.'),
+      .describe(
+        'Number of classes; read from the labels for idx, required for csv, jsonl, parquet and records.',
+      ),
     normalize: z
       .enum(['none', 'scale', 'standardize'])
       .default('scale')
@@ -253,7 +267,7 @@ export const DatasetSpecSchema = withRules(
   [
     {
       cel: "self.format == 'idx' || has(self.classes)",
-      message: 'dataset.classes is required for csv, jsonl and records datasets',
+      message: 'dataset.classes is required for csv, jsonl, parquet and records datasets',
       field: ['classes'],
       holds: (d) => d.format === 'idx' || d.classes !== undefined,
     },
@@ -830,6 +844,7 @@ export type IdxOptions = z.output<typeof IdxOptionsSchema>;
 export type CsvOptions = z.output<typeof CsvOptionsSchema>;
 export type JsonlOptions = z.output<typeof JsonlOptionsSchema>;
 export type RecordsOptions = z.output<typeof RecordsOptionsSchema>;
+export type ParquetOptions = z.output<typeof ParquetOptionsSchema>;
 export type DatasetCache = z.output<typeof DatasetCacheSchema>;
 
 /** The format options of a dataset with their defaults, whether or not the manifest spelled them out. */
@@ -838,12 +853,14 @@ export function datasetOptions(dataset: DatasetSpec): {
   csv: CsvOptions;
   jsonl: JsonlOptions;
   records: RecordsOptions;
+  parquet: ParquetOptions;
 } {
   return {
     idx: dataset.idx ?? IdxOptionsSchema.parse({}),
     csv: dataset.csv ?? CsvOptionsSchema.parse({}),
     jsonl: dataset.jsonl ?? JsonlOptionsSchema.parse({}),
     records: dataset.records ?? RecordsOptionsSchema.parse({}),
+    parquet: dataset.parquet ?? ParquetOptionsSchema.parse({}),
   };
 }
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;

@@ -11,9 +11,10 @@ import { join } from 'node:path';
 import { type DatasetSpec, datasetOptions } from '../../operator/api/training-job.ts';
 import type { WorkerEventOf } from '../../operator/api/worker-events.ts';
 import { DatasetError } from '../errors.ts';
-import { readCsv } from './csv.ts';
+import { inMemory, readCsv } from './csv.ts';
 import { readIdxPair } from './idx.ts';
 import { readJsonl } from './jsonl.ts';
+import { readParquetInto } from './parquet.ts';
 import { fitNormalization, fitPca, type Normalization, type Pca } from './preprocess.ts';
 import { openRecordShards } from './records.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
@@ -128,6 +129,16 @@ async function readRaw(
     }
     case 'jsonl': {
       const read = await readJsonl(spec.path, options.jsonl, spec.featureShape, spec.classes);
+      return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
+    }
+    case 'parquet': {
+      const read = await readParquetInto(
+        spec.path,
+        options.parquet,
+        spec.featureShape,
+        spec.classes,
+        inMemory,
+      );
       return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
     }
     case 'records': {

@@ -17,6 +17,7 @@ import {
 import { readCsvInto } from './csv.ts';
 import { type IdxHeader, readIdx, streamIdx } from './idx.ts';
 import { readJsonlInto } from './jsonl.ts';
+import { readParquetInto } from './parquet.ts';
 import { scanRecordShards } from './records.ts';
 import { ShardStreamStore } from './stream-store.ts';
 
@@ -123,7 +124,9 @@ async function convertText(spec: DatasetSpec, folder: string): Promise<Described
   const read =
     spec.format === 'csv'
       ? await readCsvInto(spec.path, options.csv, spec.featureShape, spec.classes, sink)
-      : await readJsonlInto(spec.path, options.jsonl, spec.featureShape, spec.classes, sink);
+      : spec.format === 'parquet'
+        ? await readParquetInto(spec.path, options.parquet, spec.featureShape, spec.classes, sink)
+        : await readJsonlInto(spec.path, options.jsonl, spec.featureShape, spec.classes, sink);
   return {
     featureShape: read.featureShape,
     dtype: read.store.dtype,
