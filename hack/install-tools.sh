@@ -7,6 +7,7 @@
 #     kube-proxy at KUBE_VERSION, built from the Go module proxy through hack/k8s/go.mod
 #     (k8s.io/kubernetes + replace directives for its staging modules)
 #   - helm v3 from the Go module proxy
+#   - tensile-s3, an in-memory S3-compatible server (gofakes3, hack/s3/go.mod) for the s3:// tests
 # Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
 # clone on the same machine reuses them; a warm run takes a second or two.
 #
@@ -21,9 +22,11 @@ source "$here/versions.sh"
 cache="${TENSILE_CACHE:-$HOME/.cache/tensile}"
 kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
 helm_bin="$cache/helm-$HELM_VERSION/bin"
+# Keyed by the module's go.sum: a changed dependency builds anew.
+s3_bin="$cache/s3-$(sha256sum "$here/s3/go.sum" "$here/s3/main.go" | sha256sum | cut -c1-12)/bin"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$kube_bin:$helm_bin"
+  echo "$kube_bin:$helm_bin:$s3_bin"
   exit 0
 fi
 
@@ -102,4 +105,13 @@ if [[ ! -x "$helm_bin/helm" ]]; then
   kill "$ticker" 2>/dev/null
 fi
 step "helm $HELM_VERSION in $helm_bin"
+
+# -------------------------------------------------------------------------------------------- tensile-s3
+if [[ ! -x "$s3_bin/tensile-s3" ]]; then
+  step "building tensile-s3 (gofakes3) into $s3_bin"
+  mkdir -p "$s3_bin"
+  (cd "$here/s3" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$s3_bin/tensile-s3" .) ||
+    fail "go build tensile-s3 failed"
+fi
+step "tensile-s3 in $s3_bin"
 step "ready"

@@ -206,7 +206,9 @@ export const DatasetSpecSchema = withRules(
     path: z
       .string()
       .min(1)
-      .describe("Directory (idx, records) or file (csv, jsonl, parquet) inside the worker's filesystem."),
+      .describe(
+        "Directory (idx, records) or file (csv, jsonl, parquet) inside the worker's filesystem, or an s3://bucket/key URL.",
+      ),
     volume: z
       .strictObject({ claimName: objectName('PersistentVolumeClaim'), mountPath: z.string().startsWith('/') })
       .optional()
@@ -257,6 +259,22 @@ export const DatasetSpecSchema = withRules(
     maxTrainSamples: positiveInt()
       .optional()
       .describe('Use only the first N training samples (smoke tests, quick demos).'),
+    s3: z
+      .strictObject({
+        endpoint: z
+          .url()
+          .optional()
+          .describe('An S3-compatible server (e.g. http://minio.storage:9000); default AWS.'),
+        region: z.string().min(1).optional().describe('Default: $AWS_REGION, else us-east-1.'),
+        forcePathStyle: z
+          .boolean()
+          .optional()
+          .describe('Path-style URLs; default true when `endpoint` is set.'),
+      })
+      .optional()
+      .describe(
+        'For `path: s3://bucket/key`: the objects are downloaded once into the local disk cache (`cache.directory`). Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).',
+      ),
     cache: DatasetCacheSchema.optional().describe(
       'Stream the data through a fixed memory budget instead of loading it (data larger than memory): idx, csv and jsonl are converted once into record shards cached under `directory` (keyed by a content hash of the source), then read in blocks with read-ahead.',
     ),

@@ -17,10 +17,11 @@ import { readJsonl } from './jsonl.ts';
 import { readParquetInto } from './parquet.ts';
 import { fitNormalization, fitPca, type Normalization, type Pca } from './preprocess.ts';
 import { openRecordShards } from './records.ts';
+import { isS3, localCopy } from './remote.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
 import { InMemoryStore, type SampleStore, SubsetStore } from './store.ts';
 import type { ShardStreamStore } from './stream-store.ts';
-import { readStreaming } from './streaming.ts';
+import { cacheDirectory, readStreaming } from './streaming.ts';
 
 export interface Dataset {
   readonly train: SampleStore;
@@ -156,7 +157,11 @@ export async function loadDataset(
   progress: (message: string, fields?: object) => void,
 ): Promise<Dataset> {
   progress('reading dataset', { format: spec.format, path: spec.path });
-  const raw = await readRaw(spec, progress);
+  // A remote source is read from its copy in the local disk cache.
+  const local = isS3(spec.path)
+    ? { ...spec, path: await localCopy(spec, cacheDirectory(spec.cache), progress) }
+    : spec;
+  const raw = await readRaw(local, progress);
   let featureShape = raw.featureShape;
   const featureSize = raw.train.featureSize;
   if (spec.featureShape !== undefined && spec.format === 'idx') {

@@ -29,8 +29,8 @@ export interface StreamingRaw {
   close: () => void;
 }
 
-export function cacheDirectory(cache: DatasetCache): string {
-  return cache.directory ?? join(tmpdir(), 'tensile-dataset-cache');
+export function cacheDirectory(cache: DatasetCache | undefined): string {
+  return cache?.directory ?? join(tmpdir(), 'tensile-dataset-cache');
 }
 
 type Described = Omit<ConvertedMeta, 'version' | 'key'>;
