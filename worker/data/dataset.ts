@@ -15,7 +15,13 @@ import { inMemory, readCsv } from './csv.ts';
 import { readIdxPair } from './idx.ts';
 import { readJsonl } from './jsonl.ts';
 import { readParquetInto } from './parquet.ts';
-import { fitNormalization, fitPca, type Normalization, type Pca } from './preprocess.ts';
+import {
+  fitNormalization,
+  fitPca,
+  type Normalization,
+  type Pca,
+  shippedPreprocessing,
+} from './preprocess.ts';
 import { openRecordShards } from './records.ts';
 import { isS3, localCopy } from './remote.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
@@ -192,9 +198,15 @@ export async function loadDataset(
   evaluation = take(evaluation, spec.eval.maxSamples);
 
   progress('fitting preprocessing', { normalize: spec.normalize, pca: spec.pca?.components ?? null });
-  const normalization = fitNormalization(train, spec.normalize);
+  // Shards prepared elsewhere (the Spark job) bring their fit: the same transform as there.
+  const shipped = spec.format === 'records' ? shippedPreprocessing(local.path, spec, featureSize) : undefined;
+  const normalization = shipped?.normalization ?? fitNormalization(train, spec.normalize);
   const pca =
-    spec.pca === undefined ? undefined : fitPca(train, normalization, spec.pca.components, spec.shuffleSeed);
+    shipped !== undefined
+      ? shipped.pca
+      : spec.pca === undefined
+        ? undefined
+        : fitPca(train, normalization, spec.pca.components, spec.shuffleSeed);
   const sampleShape = pca === undefined ? featureShape : [pca.k];
   const residentBytes = raw.train.residentBytes + (raw.test?.residentBytes ?? 0);
   return {

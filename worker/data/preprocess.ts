@@ -4,9 +4,12 @@
  * sample order, seeded start vectors), so every worker and every restart computes the same transform.
  */
 import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { DatasetSpec } from '../../operator/api/training-job.ts';
-import type { PreprocessingRecord } from '../train/snapshot.ts';
+import { DatasetError } from '../errors.ts';
+import { type PreprocessingRecord, PreprocessingSchema } from '../train/snapshot.ts';
 import { uint32Stream } from './sampler.ts';
 import { type SampleStore, scanStore } from './store.ts';
 
@@ -315,5 +318,40 @@ export function decodePreprocessing(record: PreprocessingRecord): {
           explained: p.explained,
           fittedOn: p.fittedOn,
         };
+  return { normalization, pca };
+}
+
+/**
+ * The preprocessing fitted where the data was prepared (`preprocessing.json` beside the shards, as
+ * hack/spark/preprocess.py writes it), checked against the spec; undefined when there is none.
+ */
+export function shippedPreprocessing(
+  folder: string,
+  spec: Pick<DatasetSpec, 'normalize' | 'pca'>,
+  featureSize: number,
+): { normalization: Normalization; pca: Pca | undefined } | undefined {
+  const file = join(folder, 'preprocessing.json');
+  if (!existsSync(file)) return undefined;
+  const parsed = PreprocessingSchema.extend({
+    digest: PreprocessingSchema.shape.digest.optional(),
+  }).safeParse(JSON.parse(readFileSync(file, 'utf8')));
+  if (!parsed.success)
+    throw new DatasetError(file, `not a preprocessing record: ${parsed.error.issues[0]?.message}`);
+  const { normalization, pca } = decodePreprocessing({ digest: '', ...parsed.data });
+  if (normalization.kind !== spec.normalize)
+    throw new DatasetError(
+      file,
+      `fitted for normalize: ${normalization.kind}, the spec says ${spec.normalize}; set dataset.normalize to match`,
+    );
+  if ((pca?.k ?? 0) !== (spec.pca?.components ?? 0))
+    throw new DatasetError(
+      file,
+      `holds ${pca?.k ?? 0} PCA components, dataset.pca.components is ${spec.pca?.components ?? 'unset'}`,
+    );
+  if (
+    normalization.offset.length !== featureSize ||
+    (pca !== undefined && pca.components.length !== featureSize * pca.k)
+  )
+    throw new DatasetError(file, `fitted on samples of another size than these (${featureSize} values)`);
   return { normalization, pca };
 }
