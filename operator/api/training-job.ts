@@ -148,7 +148,7 @@ export const ModelSpecSchema = withRules(
 
 // -------------------------------------------------------------------------------------------- dataset
 
-export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records', 'parquet'] as const;
+export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records', 'parquet', 'mongodb'] as const;
 
 export const IdxOptionsSchema = z.strictObject({
   trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
@@ -179,6 +179,12 @@ export const ParquetOptionsSchema = z.strictObject({
     ),
 });
 
+export const MongodbOptionsSchema = z.strictObject({
+  collection: z.string().min(1).default('samples'),
+  featuresField: z.string().min(1).default('features'),
+  labelField: z.string().min(1).default('label'),
+});
+
 export const RecordsOptionsSchema = z.strictObject({
   dtype: z.enum(['uint8', 'float32']).default('uint8'),
   shardPattern: z.string().min(1).default('*.bin'),
@@ -202,7 +208,9 @@ export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
       .enum(DATASET_FORMATS)
-      .describe('idx (MNIST-style, gzip or not), csv, jsonl, parquet, or records (binary shards).'),
+      .describe(
+        'idx (MNIST-style, gzip or not), csv, jsonl, parquet, records (binary shards), or mongodb (a collection).',
+      ),
     path: z
       .string()
       .min(1)
@@ -217,6 +225,9 @@ export const DatasetSpecSchema = withRules(
     csv: CsvOptionsSchema.optional().describe('csv: label column, header and delimiter.'),
     jsonl: JsonlOptionsSchema.optional().describe('jsonl: the fields holding the features and the label.'),
     parquet: ParquetOptionsSchema.optional().describe('parquet: the label column and the feature columns.'),
+    mongodb: MongodbOptionsSchema.optional().describe(
+      'mongodb: `path` is the connection string with the database (mongodb://host:27017/db); one document per sample.',
+    ),
     records: RecordsOptionsSchema.optional().describe(
       'records: fixed-size binary records, one label byte then `featureShape` values of `dtype`.',
     ),
@@ -285,7 +296,7 @@ export const DatasetSpecSchema = withRules(
   [
     {
       cel: "self.format == 'idx' || has(self.classes)",
-      message: 'dataset.classes is required for csv, jsonl, parquet and records datasets',
+      message: 'dataset.classes is required for csv, jsonl, parquet, records and mongodb datasets',
       field: ['classes'],
       holds: (d) => d.format === 'idx' || d.classes !== undefined,
     },
@@ -863,6 +874,7 @@ export type CsvOptions = z.output<typeof CsvOptionsSchema>;
 export type JsonlOptions = z.output<typeof JsonlOptionsSchema>;
 export type RecordsOptions = z.output<typeof RecordsOptionsSchema>;
 export type ParquetOptions = z.output<typeof ParquetOptionsSchema>;
+export type MongodbOptions = z.output<typeof MongodbOptionsSchema>;
 export type DatasetCache = z.output<typeof DatasetCacheSchema>;
 
 /** The format options of a dataset with their defaults, whether or not the manifest spelled them out. */
@@ -872,6 +884,7 @@ export function datasetOptions(dataset: DatasetSpec): {
   jsonl: JsonlOptions;
   records: RecordsOptions;
   parquet: ParquetOptions;
+  mongodb: MongodbOptions;
 } {
   return {
     idx: dataset.idx ?? IdxOptionsSchema.parse({}),
@@ -879,6 +892,7 @@ export function datasetOptions(dataset: DatasetSpec): {
     jsonl: dataset.jsonl ?? JsonlOptionsSchema.parse({}),
     records: dataset.records ?? RecordsOptionsSchema.parse({}),
     parquet: dataset.parquet ?? ParquetOptionsSchema.parse({}),
+    mongodb: dataset.mongodb ?? MongodbOptionsSchema.parse({}),
   };
 }
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;

@@ -211,14 +211,27 @@ test('records shards with a preprocessing.json (the Spark job) bring their fit; 
   const writer = new ShardWriter(folder, 4, 'float32');
   for (let i = 0; i < 40; i++) writer.add([i, i * 2, i % 5, 1], i % 2);
   writer.finish();
-  const base = { format: 'records', path: folder, featureShape: [4], classes: 2, records: { dtype: 'float32' } };
+  const base = {
+    format: 'records',
+    path: folder,
+    featureShape: [4],
+    classes: 2,
+    records: { dtype: 'float32' },
+  };
   const own = await loadDataset(spec({ ...base, normalize: 'none' }), quiet);
   // A fit that is not the one the worker would make: it must be used as it is.
-  const normalization = { kind: 'standardize' as const, offset: Float32Array.of(1, 2, 3, 4), scale: Float32Array.of(0.5, 0.25, 1, 1) };
+  const normalization = {
+    kind: 'standardize' as const,
+    offset: Float32Array.of(1, 2, 3, 4),
+    scale: Float32Array.of(0.5, 0.25, 1, 1),
+  };
   const pca = fitPca(own.train, normalization, 2, 1);
   own.close();
   writeFileSync(join(folder, 'preprocessing.json'), JSON.stringify(encodePreprocessing(normalization, pca)));
-  const shipped = await loadDataset(spec({ ...base, normalize: 'standardize', pca: { components: 2 } }), quiet);
+  const shipped = await loadDataset(
+    spec({ ...base, normalize: 'standardize', pca: { components: 2 } }),
+    quiet,
+  );
   shipped.close();
   assert.equal(Array.from(shipped.normalization.offset), [1, 2, 3, 4]);
   assert.equal(Array.from(shipped.pca?.components ?? []), Array.from(pca.components));

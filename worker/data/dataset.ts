@@ -14,6 +14,7 @@ import { DatasetError } from '../errors.ts';
 import { inMemory, readCsv } from './csv.ts';
 import { readIdxPair } from './idx.ts';
 import { readJsonl } from './jsonl.ts';
+import { readMongoInto } from './mongo.ts';
 import { readParquetInto } from './parquet.ts';
 import {
   fitNormalization,
@@ -136,6 +137,10 @@ async function readRaw(
     }
     case 'jsonl': {
       const read = await readJsonl(spec.path, options.jsonl, spec.featureShape, spec.classes);
+      return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
+    }
+    case 'mongodb': {
+      const read = await readMongoInto(spec.path, options.mongodb, spec.featureShape, spec.classes, inMemory);
       return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
     }
     case 'parquet': {

@@ -8,7 +8,7 @@ import { inMemory, parseLabel, type SampleSink, type TextDataset } from './csv.t
 import { textLines } from './files.ts';
 
 /** Flattens nested number arrays; returns the shape, or a problem. */
-function flatten(value: unknown, out: number[]): number[] | string {
+export function flatten(value: unknown, out: number[]): number[] | string {
   if (!Array.isArray(value)) return 'is not an array of numbers';
   if (value.length === 0) return 'is an empty array';
   if (value.every((v) => typeof v === 'number')) {

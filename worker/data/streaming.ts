@@ -17,6 +17,7 @@ import {
 import { readCsvInto } from './csv.ts';
 import { type IdxHeader, readIdx, streamIdx } from './idx.ts';
 import { readJsonlInto } from './jsonl.ts';
+import { mongoFingerprint, readMongoInto } from './mongo.ts';
 import { readParquetInto } from './parquet.ts';
 import { scanRecordShards } from './records.ts';
 import { ShardStreamStore } from './stream-store.ts';
@@ -126,7 +127,9 @@ async function convertText(spec: DatasetSpec, folder: string): Promise<Described
       ? await readCsvInto(spec.path, options.csv, spec.featureShape, spec.classes, sink)
       : spec.format === 'parquet'
         ? await readParquetInto(spec.path, options.parquet, spec.featureShape, spec.classes, sink)
-        : await readJsonlInto(spec.path, options.jsonl, spec.featureShape, spec.classes, sink);
+        : spec.format === 'mongodb'
+          ? await readMongoInto(spec.path, options.mongodb, spec.featureShape, spec.classes, sink)
+          : await readJsonlInto(spec.path, options.jsonl, spec.featureShape, spec.classes, sink);
   return {
     featureShape: read.featureShape,
     dtype: read.store.dtype,
@@ -136,12 +139,22 @@ async function convertText(spec: DatasetSpec, folder: string): Promise<Described
 }
 
 /** The source files a conversion reads, and the options that change its output. */
-function sourceOf(spec: DatasetSpec): {
+async function sourceOf(spec: DatasetSpec): Promise<{
   files: string[];
   salt: unknown;
   convert: (folder: string) => Promise<Described>;
-} {
+}> {
   const options = datasetOptions(spec);
+  if (spec.format === 'mongodb') {
+    const fingerprint = await mongoFingerprint(spec.path, options.mongodb);
+    const salt = {
+      format: 'mongodb',
+      options: options.mongodb,
+      fingerprint,
+      featureShape: spec.featureShape ?? null,
+    };
+    return { files: [], salt, convert: (f) => convertText(spec, f) };
+  }
   const shape = { featureShape: spec.featureShape ?? null, classes: spec.classes ?? null };
   if (spec.format === 'idx') {
     const o = options.idx;
@@ -155,7 +168,8 @@ function sourceOf(spec: DatasetSpec): {
   }
   const salt = {
     format: spec.format,
-    options: spec.format === 'csv' ? options.csv : options.jsonl,
+    options:
+      spec.format === 'csv' ? options.csv : spec.format === 'parquet' ? options.parquet : options.jsonl,
     ...shape,
   };
   return { files: [spec.path], salt, convert: (f) => convertText(spec, f) };
@@ -198,7 +212,7 @@ export async function readStreaming(
     );
     return { train: store, featureShape: [...shape], maxLabel, close: () => store.close() };
   }
-  const source = sourceOf(spec);
+  const source = await sourceOf(spec);
   progress('hashing dataset source', { files: source.files.length });
   let key: string;
   try {
