@@ -18,7 +18,8 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { RecordShard, SampleStore, StoredDtype } from './store.ts';
 
-// A slot's state: 0 empty (as allocated), then pending, ready or failed.
+const EMPTY = 0;
+const EMPTY_BYTES: Uint8Array = new Uint8Array(0);
 const PENDING = 1;
 const READY = 2;
 const FAILED = 3;
@@ -78,11 +79,19 @@ export class ShardStreamStore implements SampleStore {
   private readonly recordBytes: number;
   private readonly blockBytes: number;
   private readonly slots: number;
-  private readonly bytes: Uint8Array;
-  private readonly states: Int32Array;
+  /** Slot buffers, plain ArrayBuffers allocated on first use. */
+  private readonly data: (Uint8Array | undefined)[];
+  private readonly slotState: Uint8Array;
+  private readonly slotStaging: Int32Array;
+  /** Where the thread writes: a few blocks of shared memory, landed into slots when done. */
+  private readonly staging: Uint8Array;
+  private readonly stagingStates: Int32Array;
+  private readonly stagingSlot: Int32Array;
+  private readonly freeStaging: number[];
   private readonly blockOfSlot: Int32Array;
   private readonly lastUse: Float64Array;
-  private readonly slotOfBlock = new Map<number, number>();
+  /** Block → slot (−1: none); an array, as the hot path looks a block up for every sample. */
+  private slotOfBlock = new Int32Array(0);
   private readonly fds: number[];
   private readonly firsts: number[];
   private thread: Worker | undefined;
@@ -100,14 +109,21 @@ export class ShardStreamStore implements SampleStore {
     const target = Math.min(BLOCK_BYTES, Math.floor(budgetBytes / 8));
     const blockSamples = Math.max(1, Math.floor(target / this.recordBytes));
     this.blockBytes = blockSamples * this.recordBytes;
-    this.slots = Math.max(3, Math.floor(budgetBytes / this.blockBytes));
+    const total = Math.max(4, Math.floor(budgetBytes / this.blockBytes));
+    const staging = readAhead ? Math.max(1, Math.ceil(total / 12)) : 0;
+    this.slots = Math.max(3, total - staging);
     this.locality = { blockSamples, groupBlocks: Math.max(1, Math.floor(this.slots / 3)) };
-    const data = new SharedArrayBuffer(this.slots * this.blockBytes);
-    const states = new SharedArrayBuffer(this.slots * 4);
-    this.bytes = new Uint8Array(data);
-    this.states = new Int32Array(states);
+    this.data = Array.from({ length: this.slots }, () => undefined);
+    this.slotState = new Uint8Array(this.slots);
+    this.slotStaging = new Int32Array(this.slots).fill(-1);
     this.blockOfSlot = new Int32Array(this.slots).fill(-1);
     this.lastUse = new Float64Array(this.slots);
+    const stagingData = new SharedArrayBuffer(Math.max(1, staging) * this.blockBytes);
+    const stagingStates = new SharedArrayBuffer(Math.max(1, staging) * 4);
+    this.staging = new Uint8Array(stagingData);
+    this.stagingStates = new Int32Array(stagingStates);
+    this.stagingSlot = new Int32Array(Math.max(1, staging)).fill(-1);
+    this.freeStaging = Array.from({ length: staging }, (_, i) => i);
     this.fds = [];
     this.firsts = [];
     let first = 0;
@@ -122,12 +138,13 @@ export class ShardStreamStore implements SampleStore {
       throw error;
     }
     this.size = first;
-    this.residentBytes = labels.byteLength + data.byteLength;
+    this.slotOfBlock = new Int32Array(Math.ceil(first / blockSamples)).fill(-1);
+    this.residentBytes = labels.byteLength + (this.slots + staging) * this.blockBytes;
     if (readAhead) {
       this.thread = new Worker(THREAD, {
         eval: true,
         name: 'tensile-read-ahead',
-        workerData: { data, states },
+        workerData: { data: stagingData, states: stagingStates },
       });
       this.thread.unref();
     }
@@ -171,85 +188,121 @@ export class ShardStreamStore implements SampleStore {
   private victim(since: number): number | undefined {
     let best: number | undefined;
     for (let slot = 0; slot < this.slots; slot++) {
-      if (Atomics.load(this.states, slot) === PENDING) continue;
+      if (this.slotState[slot] === PENDING) continue;
       if ((this.lastUse[slot] as number) >= since) continue;
       if (best === undefined || (this.lastUse[slot] as number) < (this.lastUse[best] as number)) best = slot;
     }
     return best;
   }
 
-  private assign(slot: number, block: number): void {
+  private assign(slot: number, block: number): Uint8Array {
     const previous = this.blockOfSlot[slot] as number;
-    if (previous >= 0) this.slotOfBlock.delete(previous);
+    if (previous >= 0) this.slotOfBlock[previous] = -1;
     this.blockOfSlot[slot] = block;
-    this.slotOfBlock.set(block, slot);
+    this.slotOfBlock[block] = slot;
+    let data = this.data[slot];
+    if (data === undefined) {
+      data = new Uint8Array(this.blockBytes);
+      this.data[slot] = data;
+    }
+    return data;
   }
 
-  /** The slot holding `block`, ready: waits for a pending read, reads it here on a miss. */
-  private ready(block: number): number {
+  /** Moves a block the thread has read from its staging slot into its slot (or marks it lost). */
+  private land(staging: number): void {
+    const slot = this.stagingSlot[staging] as number;
+    const state = Atomics.load(this.stagingStates, staging);
+    if (state === READY) {
+      const from = staging * this.blockBytes;
+      (this.data[slot] as Uint8Array).set(this.staging.subarray(from, from + this.blockBytes));
+      this.slotState[slot] = READY;
+    } else {
+      this.slotState[slot] = EMPTY;
+    }
+    this.slotStaging[slot] = -1;
+    this.stagingSlot[staging] = -1;
+    this.freeStaging.push(staging);
+  }
+
+  /** Lands every block the thread has finished since the last look. */
+  private drain(): void {
+    for (let staging = 0; staging < this.stagingSlot.length; staging++) {
+      if ((this.stagingSlot[staging] as number) < 0) continue;
+      if (Atomics.load(this.stagingStates, staging) !== PENDING) this.land(staging);
+    }
+  }
+
+  /** The bytes of `block`: waits for a pending read, reads it here on a miss. */
+  private ready(block: number): Uint8Array {
     this.tick++;
-    let slot = this.slotOfBlock.get(block);
+    let slot: number | undefined = this.slotOfBlock[block] as number;
+    if (slot < 0) slot = undefined;
     if (slot !== undefined) {
-      let state = Atomics.load(this.states, slot);
-      if (state === PENDING) {
-        this.stats.waits++;
-        const deadline = Date.now() + 60_000;
-        while (state === PENDING) {
-          if (Date.now() > deadline) throw new Error(`read-ahead: block ${block} not read within a minute`);
-          Atomics.wait(this.states, slot, PENDING, 1000);
-          state = Atomics.load(this.states, slot);
-        }
-      } else if (state === READY) this.stats.hits++;
-      if (state === READY) {
+      if (this.slotState[slot] === PENDING) {
+        const staging = this.slotStaging[slot] as number;
+        if (Atomics.load(this.stagingStates, staging) === PENDING) {
+          this.stats.waits++;
+          const deadline = Date.now() + 60_000;
+          while (Atomics.load(this.stagingStates, staging) === PENDING) {
+            if (Date.now() > deadline) throw new Error(`read-ahead: block ${block} not read within a minute`);
+            Atomics.wait(this.stagingStates, staging, PENDING, 1000);
+          }
+        } else this.stats.hits++;
+        this.land(staging);
+      } else if (this.slotState[slot] === READY) this.stats.hits++;
+      if (this.slotState[slot] === READY) {
         this.lastUse[slot] = this.tick;
-        return slot;
+        return this.data[slot] as Uint8Array;
       }
     }
     this.stats.misses++;
     slot ??= this.victim(this.tick);
     if (slot === undefined) throw new Error('read-ahead: every slot is pending');
-    this.assign(slot, block);
-    const base = slot * this.blockBytes;
+    const data = this.assign(slot, block);
     for (const [fd, position, length, offset] of this.pieces(block)) {
-      const read = readSync(fd, this.bytes, base + offset, length, position);
+      const read = readSync(fd, data, offset, length, position);
       if (read !== length) throw new Error(`short read of block ${block}`);
     }
-    Atomics.store(this.states, slot, READY);
+    this.slotState[slot] = READY;
     this.lastUse[slot] = this.tick;
-    return slot;
+    return data;
   }
 
   read(indices: ArrayLike<number>, features: Float32Array, labels: Int32Array): void {
     const d = this.featureSize;
     const b = this.locality.blockSamples;
-    const view = new DataView(this.bytes.buffer);
     let block = -1;
-    let base = 0;
+    let bytes = EMPTY_BYTES;
+    let view = new DataView(bytes.buffer);
     for (let i = 0; i < indices.length; i++) {
       const index = indices[i] as number;
       if (index < 0 || index >= this.size) throw new RangeError(`sample ${index} out of range`);
       const wanted = Math.floor(index / b);
       if (wanted !== block) {
         block = wanted;
-        base = this.ready(block) * this.blockBytes;
+        bytes = this.ready(block);
+        if (this.dtype === 'float32') view = new DataView(bytes.buffer);
       }
-      const at = base + (index - block * b) * this.recordBytes;
-      labels[i] = this.bytes[at] as number;
+      const at = (index - block * b) * this.recordBytes;
+      labels[i] = bytes[at] as number;
       const out = i * d;
-      // TypedArray.set converts bytes to floats in native code: several times a JS loop's speed.
-      if (this.dtype === 'uint8') features.set(this.bytes.subarray(at + 1, at + 1 + d), out);
+      // TypedArray.set converts bytes to floats in native code: several times a JS loop's speed
+      // (and why slots are plain ArrayBuffers: from a SharedArrayBuffer it is ~6× slower).
+      if (this.dtype === 'uint8') features.set(bytes.subarray(at + 1, at + 1 + d), out);
       else for (let j = 0; j < d; j++) features[out + j] = view.getFloat32(at + 1 + 4 * j, true);
     }
   }
 
   /**
    * Starts reading the blocks of `indices` (the samples of the coming steps, in order) on the
-   * read-ahead thread. Blocks used since this call began are never displaced, so the blocks of the
-   * current group stay; what does not fit waits for a later call.
+   * read-ahead thread, as many as there are free staging slots. Blocks used since this call began
+   * are never displaced, so the blocks of the current group stay; what does not fit waits for a
+   * later call.
    */
   prefetch(indices: ArrayLike<number>): void {
     const thread = this.thread;
     if (thread === undefined) return;
+    this.drain();
     const since = ++this.tick;
     const b = this.locality.blockSamples;
     let previous = -1;
@@ -257,18 +310,27 @@ export class ShardStreamStore implements SampleStore {
       const block = Math.floor((indices[i] as number) / b);
       if (block === previous) continue;
       previous = block;
-      const held = this.slotOfBlock.get(block);
-      if (held !== undefined && Atomics.load(this.states, held) !== FAILED) {
+      const found = this.slotOfBlock[block] as number;
+      const held = found < 0 ? undefined : found;
+      if (held !== undefined && this.slotState[held] !== EMPTY) {
         this.lastUse[held] = this.tick;
         continue;
       }
+      const staging = this.freeStaging.pop();
+      if (staging === undefined) return;
       const slot = held ?? this.victim(since);
-      if (slot === undefined) return;
+      if (slot === undefined) {
+        this.freeStaging.push(staging);
+        return;
+      }
       this.assign(slot, block);
       this.lastUse[slot] = this.tick;
-      Atomics.store(this.states, slot, PENDING);
+      this.slotState[slot] = PENDING;
+      this.slotStaging[slot] = staging;
+      this.stagingSlot[staging] = slot;
+      Atomics.store(this.stagingStates, staging, PENDING);
       this.stats.prefetched++;
-      thread.postMessage({ slot, base: slot * this.blockBytes, pieces: this.pieces(block) });
+      thread.postMessage({ slot: staging, base: staging * this.blockBytes, pieces: this.pieces(block) });
     }
   }
 
