@@ -110,7 +110,7 @@ test('ShardStreamStore reads ahead on its thread, within its budget, and matches
     assert.ok(store.residentBytes <= budget + labels.byteLength, 'the budget bounds the samples held');
     const b = store.locality.blockSamples;
     assert.ok(b > 1 && store.locality.groupBlocks >= 1);
-    const ahead = Uint32Array.from({ length: 2 * b }, (_, i) => 5_000 + i);
+    const ahead = Uint32Array.from({ length: 2 * b }, (_, i) => 3 * b + i);
     store.prefetch(ahead);
     assert.ok(store.stats.prefetched >= 2);
     // A block still being read is waited for (Atomics.wait), not read again here.

@@ -110,7 +110,7 @@ export class ShardStreamStore implements SampleStore {
     const blockSamples = Math.max(1, Math.floor(target / this.recordBytes));
     this.blockBytes = blockSamples * this.recordBytes;
     const total = Math.max(4, Math.floor(budgetBytes / this.blockBytes));
-    const staging = readAhead ? Math.max(1, Math.ceil(total / 12)) : 0;
+    const staging = readAhead ? Math.max(2, Math.ceil(total / 12)) : 0;
     this.slots = Math.max(3, total - staging);
     this.locality = { blockSamples, groupBlocks: Math.max(1, Math.floor(this.slots / 3)) };
     this.data = Array.from({ length: this.slots }, () => undefined);
