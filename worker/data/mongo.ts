@@ -9,7 +9,7 @@
  * collection's identity and shape: its document count and first and last `_id`. Appending or removing
  * documents converts anew; documents edited in place keep the old shards (delete the cache folder).
  */
-import { MongoClient } from 'mongodb';
+import { type Collection, MongoClient } from 'mongodb';
 import type { MongodbOptions } from '../../operator/api/training-job.ts';
 import { DatasetError } from '../errors.ts';
 import { parseLabel, type SampleSink, type TextDataset } from './csv.ts';
@@ -23,7 +23,7 @@ export function redact(uri: string): string {
 async function withCollection<T>(
   uri: string,
   options: MongodbOptions,
-  use: (collection: import('mongodb').Collection) => Promise<T>,
+  use: (collection: Collection) => Promise<T>,
 ): Promise<T> {
   const client = new MongoClient(uri, { serverSelectionTimeoutMS: 15_000 });
   try {

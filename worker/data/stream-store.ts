@@ -2,13 +2,14 @@
  * Record shards read in blocks through a fixed memory budget (`dataset.cache.memoryMiB`), with
  * read-ahead on a thread of its own: the store for data larger than memory.
  *
- * The budget is one SharedArrayBuffer cut into slots of one block (a run of consecutive records,
- * ~1 MiB). A slot is empty, pending (the read-ahead thread is filling it), ready or failed; the
- * state lives in an Int32Array beside it, so the training thread sees a prefetched block as soon as
- * the thread has read it — whether or not its own event loop turns between steps — and waits on
- * the slot (Atomics.wait) only when it needs a block that is still being read. A block nobody
- * asked for ahead is read synchronously (a miss). Slots are reused least recently used first, never
- * while pending. Memory: the budget, plus N label bytes, whatever the size of the data on disk.
+ * The budget is cut into slots of one block (a run of consecutive records, ~1 MiB), plain
+ * ArrayBuffers allocated on first use, and a few staging blocks of shared memory. The read-ahead
+ * thread reads a requested block into a staging block and flips its state in an Int32Array beside
+ * it; the training thread lands finished blocks into their slots when it next looks (a read or a
+ * prefetch), whether or not its event loop turned in between, and waits on a staging block
+ * (Atomics.wait) only when it needs one still being read. A block nobody asked for ahead is read
+ * synchronously (a miss). Slots are reused least recently used first, never while pending. Memory:
+ * the budget, plus N label bytes, whatever the size of the data on disk.
  *
  * The trainer visits the samples in a shard-local order (sampler.ts `shardLocalPermutation`, with
  * `locality` from here): a group of blocks at a time, a third of the slots, so that the group being
