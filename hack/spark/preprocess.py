@@ -114,7 +114,7 @@ def main():
         )
         normalised = df.withColumn("_x", array_to_vector(normalise("_raw")))
         model = PCA(k=args.components, inputCol="_x", outputCol="_p").fit(normalised)
-        components = model.pc.toArray()  # D x k, columns are components
+        components = np.array(model.pc.toArray(), copy=True)  # D x k, columns are components
         for j in range(components.shape[1]):
             if components[np.argmax(np.abs(components[:, j])), j] < 0:
                 components[:, j] *= -1
