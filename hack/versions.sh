@@ -2,6 +2,8 @@
 # hack/k8s/go.mod (the require line and every replace directive).
 KUBE_VERSION=v1.36.3
 HELM_VERSION=v3.22.0
+# Kueue for test/integration/kueue.test.ts, built from the Go module proxy by hack/install-tools.sh.
+KUEUE_VERSION=v0.17.0
 # FerretDB v1: the MongoDB wire protocol over an SQLite folder (no PostgreSQL needed), for the tests.
 FERRETDB_VERSION=v1.24.2
 
