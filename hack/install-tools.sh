@@ -8,6 +8,8 @@
 #     (k8s.io/kubernetes + replace directives for its staging modules)
 #   - helm v3 from the Go module proxy
 #   - Kueue's controller manager and its CRDs, from the Go module proxy (test/integration/kueue.test.ts)
+#   - tensile-s3, an in-memory S3-compatible server (gofakes3, hack/s3/go.mod) for the s3:// tests
+#   - ferretdb (MongoDB wire protocol on SQLite) from the Go module proxy, for the mongodb:// tests
 # Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
 # clone on the same machine reuses them; a warm run takes a second or two.
 #
@@ -23,9 +25,12 @@ cache="${TENSILE_CACHE:-$HOME/.cache/tensile}"
 kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
 helm_bin="$cache/helm-$HELM_VERSION/bin"
 kueue_dir="$cache/kueue-$KUEUE_VERSION"
+ferretdb_bin="$cache/ferretdb-$FERRETDB_VERSION/bin"
+# Keyed by the module's go.sum: a changed dependency builds anew.
+s3_bin="$cache/s3-$(sha256sum "$here/s3/go.sum" "$here/s3/main.go" | sha256sum | cut -c1-12)/bin"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$kube_bin:$helm_bin:$kueue_dir/bin"
+  echo "$kube_bin:$helm_bin:$kueue_dir/bin:$s3_bin:$ferretdb_bin"
   exit 0
 fi
 
@@ -132,4 +137,30 @@ if [[ ! -x "$kueue_dir/bin/kueue" || ! -d "$kueue_dir/crds" ]]; then
   chmod u+w "$kueue_dir/crds/"*.yaml
 fi
 step "kueue $KUEUE_VERSION in $kueue_dir"
+
+# -------------------------------------------------------------------------------------------- tensile-s3
+if [[ ! -x "$s3_bin/tensile-s3" ]]; then
+  step "building tensile-s3 (gofakes3) into $s3_bin"
+  mkdir -p "$s3_bin"
+  (cd "$here/s3" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$s3_bin/tensile-s3" .) ||
+    fail "go build tensile-s3 failed"
+fi
+step "tensile-s3 in $s3_bin"
+
+# ----------------------------------------------------------------------------------------------- FerretDB
+if [[ ! -x "$ferretdb_bin/ferretdb" ]]; then
+  step "building ferretdb $FERRETDB_VERSION into $ferretdb_bin"
+  # The module's zip leaves build/version/version.txt empty (its release builds generate it), and
+  # the binary refuses to start without it: build from a writable copy with the version written in.
+  src="$(cd /tmp && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -n "$src" ]] || fail "go mod download FerretDB $FERRETDB_VERSION failed"
+  work="$(mktemp -d)"
+  cp -r "$src/." "$work" && chmod -R u+w "$work"
+  echo "$FERRETDB_VERSION" >"$work/build/version/version.txt"
+  mkdir -p "$ferretdb_bin"
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ferretdb_bin/ferretdb" ./cmd/ferretdb) ||
+    { rm -rf "$work"; fail "go build ferretdb failed"; }
+  rm -rf "$work"
+fi
+step "ferretdb $FERRETDB_VERSION in $ferretdb_bin"
 step "ready"

@@ -4,6 +4,8 @@ KUBE_VERSION=v1.36.3
 HELM_VERSION=v3.22.0
 # Kueue for test/integration/kueue.test.ts, built from the Go module proxy by hack/install-tools.sh.
 KUEUE_VERSION=v0.17.0
+# FerretDB v1: the MongoDB wire protocol over an SQLite folder (no PostgreSQL needed), for the tests.
+FERRETDB_VERSION=v1.24.2
 
 # The native TensorFlow backend (hack/install-tensorflow.sh, the worker images). libtensorflow comes
 # from these PyPI wheels, verified against the sha256 below; the tfjs-node addon is built against it.

@@ -153,7 +153,7 @@ export const ModelSpecSchema = withRules(
 
 // -------------------------------------------------------------------------------------------- dataset
 
-export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records'] as const;
+export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records', 'parquet', 'mongodb'] as const;
 
 export const IdxOptionsSchema = z.strictObject({
   trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz').describe('Training images file.'),
@@ -177,20 +177,59 @@ export const JsonlOptionsSchema = z.strictObject({
   labelField: z.string().min(1).default('label').describe('The field holding the class.'),
 });
 
+export const ParquetOptionsSchema = z.strictObject({
+  labelColumn: z.string().min(1).default('label').describe('The column holding the class.'),
+  featureColumns: z
+    .array(z.string().min(1))
+    .min(1)
+    .optional()
+    .describe(
+      'The feature columns, in order: numbers, or one column of number lists or byte arrays; default every column but the label.',
+    ),
+});
+
+export const MongodbOptionsSchema = z.strictObject({
+  collection: z.string().min(1).default('samples').describe('The collection holding the samples.'),
+  featuresField: z
+    .string()
+    .min(1)
+    .default('features')
+    .describe('The field holding the feature array (nested arrays allowed: their nesting is the shape).'),
+  labelField: z.string().min(1).default('label').describe('The field holding the class.'),
+});
+
 export const RecordsOptionsSchema = z.strictObject({
   dtype: z.enum(['uint8', 'float32']).default('uint8').describe('The type of each feature value.'),
   shardPattern: z.string().min(1).default('*.bin').describe('Glob of the shard files inside `path`.'),
+});
+
+export const DatasetCacheSchema = z.strictObject({
+  memoryMiB: positiveInt()
+    .max(1 << 20)
+    .default(256)
+    .describe('Memory for samples (block cache and read-ahead); the shuffle mixes a third of it at a time.'),
+  directory: z
+    .string()
+    .startsWith('/')
+    .optional()
+    .describe(
+      'Where converted shards (and downloaded remote sources) are kept; default $TMPDIR/tensile-dataset-cache. A volume lets restarts and other workers reuse them.',
+    ),
 });
 
 export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
       .enum(DATASET_FORMATS)
-      .describe('idx (MNIST-style, gzip or not), csv, jsonl, or records (binary shards).'),
+      .describe(
+        'idx (MNIST-style, gzip or not), csv, jsonl, parquet, records (binary shards), or mongodb (a collection).',
+      ),
     path: z
       .string()
       .min(1)
-      .describe("Directory (idx, records) or file (csv, jsonl) inside the worker's filesystem."),
+      .describe(
+        "Directory (idx, records) or file (csv, jsonl, parquet) inside the worker's filesystem, or an s3://bucket/key URL.",
+      ),
     volume: z
       .strictObject({
         claimName: objectName('PersistentVolumeClaim').describe('The claim holding the data.'),
@@ -201,6 +240,10 @@ export const DatasetSpecSchema = withRules(
     idx: IdxOptionsSchema.optional().describe('idx: file names inside `path` (default: the MNIST names).'),
     csv: CsvOptionsSchema.optional().describe('csv: label column, header and delimiter.'),
     jsonl: JsonlOptionsSchema.optional().describe('jsonl: the fields holding the features and the label.'),
+    parquet: ParquetOptionsSchema.optional().describe('parquet: the label column and the feature columns.'),
+    mongodb: MongodbOptionsSchema.optional().describe(
+      'mongodb: `path` is the connection string with the database (mongodb://host:27017/db); one document per sample.',
+    ),
     records: RecordsOptionsSchema.optional().describe(
       'records: fixed-size binary records, one label byte then `featureShape` values of `dtype`.',
     ),
@@ -215,7 +258,9 @@ export const DatasetSpecSchema = withRules(
       .min(2)
       .max(100000)
       .optional()
-      .describe('Number of classes; read from the labels for idx, required for csv, jsonl and records.'),
+      .describe(
+        'Number of classes; read from the labels for idx, required for csv, jsonl, parquet and records.',
+      ),
     normalize: z
       .enum(['none', 'scale', 'standardize'])
       .default('scale')
@@ -242,6 +287,25 @@ export const DatasetSpecSchema = withRules(
     maxTrainSamples: positiveInt()
       .optional()
       .describe('Use only the first N training samples (smoke tests, quick demos).'),
+    s3: z
+      .strictObject({
+        endpoint: z
+          .url()
+          .optional()
+          .describe('An S3-compatible server (e.g. http://minio.storage:9000); default AWS.'),
+        region: z.string().min(1).optional().describe('Default: $AWS_REGION, else us-east-1.'),
+        forcePathStyle: z
+          .boolean()
+          .optional()
+          .describe('Path-style URLs; default true when `endpoint` is set.'),
+      })
+      .optional()
+      .describe(
+        'For `path: s3://bucket/key`: the objects are downloaded once into the local disk cache (`cache.directory`). Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).',
+      ),
+    cache: DatasetCacheSchema.optional().describe(
+      'Stream the data through a fixed memory budget instead of loading it (data larger than memory): idx, csv and jsonl are converted once into record shards cached under `directory` (keyed by a content hash of the source), then read in blocks with read-ahead.',
+    ),
     shuffleSeed: nonNegativeInt()
       .default(42)
       .describe('Seed of the per-epoch permutation of the training samples.'),
@@ -249,7 +313,7 @@ export const DatasetSpecSchema = withRules(
   [
     {
       cel: "self.format == 'idx' || has(self.classes)",
-      message: 'dataset.classes is required for csv, jsonl and records datasets',
+      message: 'dataset.classes is required for csv, jsonl, parquet, records and mongodb datasets',
       field: ['classes'],
       holds: (d) => d.format === 'idx' || d.classes !== undefined,
     },
@@ -1008,6 +1072,9 @@ export type IdxOptions = z.output<typeof IdxOptionsSchema>;
 export type CsvOptions = z.output<typeof CsvOptionsSchema>;
 export type JsonlOptions = z.output<typeof JsonlOptionsSchema>;
 export type RecordsOptions = z.output<typeof RecordsOptionsSchema>;
+export type ParquetOptions = z.output<typeof ParquetOptionsSchema>;
+export type MongodbOptions = z.output<typeof MongodbOptionsSchema>;
+export type DatasetCache = z.output<typeof DatasetCacheSchema>;
 
 /** The format options of a dataset with their defaults, whether or not the manifest spelled them out. */
 export function datasetOptions(dataset: DatasetSpec): {
@@ -1015,12 +1082,16 @@ export function datasetOptions(dataset: DatasetSpec): {
   csv: CsvOptions;
   jsonl: JsonlOptions;
   records: RecordsOptions;
+  parquet: ParquetOptions;
+  mongodb: MongodbOptions;
 } {
   return {
     idx: dataset.idx ?? IdxOptionsSchema.parse({}),
     csv: dataset.csv ?? CsvOptionsSchema.parse({}),
     jsonl: dataset.jsonl ?? JsonlOptionsSchema.parse({}),
     records: dataset.records ?? RecordsOptionsSchema.parse({}),
+    parquet: dataset.parquet ?? ParquetOptionsSchema.parse({}),
+    mongodb: dataset.mongodb ?? MongodbOptionsSchema.parse({}),
   };
 }
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;

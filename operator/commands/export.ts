@@ -85,7 +85,8 @@ function readJobRecord(checkpoints: string, manifest: string | undefined): JobRe
     if (job === undefined || report.jobs.length > 1)
       throw new ExportError(`${manifest}: expected exactly one TrainingJob`);
     // Paths in a manifest are relative to its folder, as for tensile run.
-    const path = resolve(dirname(manifest), job.spec.dataset.path);
+    const given = job.spec.dataset.path;
+    const path = /^[a-z][a-z0-9+.-]*:\/\//i.test(given) ? given : resolve(dirname(manifest), given);
     return {
       name: job.metadata.name,
       namespace: job.metadata.namespace ?? 'default',
@@ -138,7 +139,16 @@ export async function exportRun(
         `the checkpoint was trained on ${fp.trainSamples} samples of ${fp.featureSize} features, ${job.spec.dataset.path} has ${dataset.fingerprint.trainSamples} of ${dataset.fingerprint.featureSize}`,
       );
     const out = resolve(options.out ?? join(dir, 'model'));
-    const written = writeModelExport(out, { snapshot: latest.snapshot, dataset, job, spec: job.spec });
+    // Checkpoints carry the fit they were trained with; older ones get the (deterministic) refit.
+    const saved = latest.snapshot.state.preprocessing;
+    const { decodePreprocessing } = await import('../../worker/data/preprocess.ts');
+    const fit = saved === undefined ? {} : decodePreprocessing(saved);
+    const written = writeModelExport(out, {
+      snapshot: latest.snapshot,
+      dataset: { ...dataset, ...fit },
+      job,
+      spec: job.spec,
+    });
     return {
       dir: out,
       step: written.step,

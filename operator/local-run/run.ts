@@ -273,7 +273,9 @@ export interface LocalRunPlan {
 
 /** Paths in a manifest are relative to the manifest's directory, as in other tools' config files. */
 export function resolveManifestPaths(job: TrainingJob, base: string): TrainingJob {
-  const at = (path: string) => (isAbsolute(path) ? path : resolve(base, path));
+  // URLs (s3://bucket/key) are not paths.
+  const at = (path: string) =>
+    isAbsolute(path) || /^[a-z][a-z0-9+.-]*:\/\//i.test(path) ? path : resolve(base, path);
   const spec = structuredClone(job.spec);
   spec.dataset.path = at(spec.dataset.path);
   if (spec.model.layers?.path !== undefined) spec.model.layers.path = at(spec.model.layers.path);

@@ -107,7 +107,7 @@ export const invalidManifests: InvalidCase[] = [
   },
   {
     name: 'unknown dataset format',
-    manifest: withField('spec.dataset.format', 'parquet'),
+    manifest: withField('spec.dataset.format', 'hdf5'),
     field: 'spec.dataset.format',
     message: /idx/,
   },

@@ -12,7 +12,7 @@ import { ModelSpecSchema, OptimizerSpecSchema } from '../../operator/api/trainin
 import { selectBackend } from '../../worker/backend/select.ts';
 import { AuditLog, auditEpochs, readAuditFile } from '../../worker/data/audit.ts';
 import type { Dataset } from '../../worker/data/dataset.ts';
-import { fitNormalization } from '../../worker/data/preprocess.ts';
+import { encodePreprocessing, fitNormalization, fitPca } from '../../worker/data/preprocess.ts';
 import { uint32Stream } from '../../worker/data/sampler.ts';
 import { InMemoryStore } from '../../worker/data/store.ts';
 import { buildModel } from '../../worker/model/build.ts';
@@ -56,7 +56,10 @@ function dataset(trainSize = 300): Dataset {
 }
 
 function state(data: Dataset): TrainingState {
-  return initialTrainingState({ shuffleSeed: 5, modelSeed: 7, dataset: data.fingerprint });
+  return {
+    ...initialTrainingState({ shuffleSeed: 5, modelSeed: 7, dataset: data.fingerprint }),
+    preprocessing: encodePreprocessing(data.normalization, data.pca),
+  };
 }
 
 async function trainer(
@@ -176,6 +179,29 @@ test('a snapshot restored into a fresh trainer continues bit for bit (dropout, b
   assert.equal(weights(b), weights(a));
   a.dispose();
   b.dispose();
+});
+
+test('a snapshot carries the fitted preprocessing; a trainer restored from it transforms inputs the same way', async () => {
+  const fitted = dataset();
+  const normalization = fitNormalization(fitted.train, 'standardize');
+  const pca = fitPca(fitted.train, normalization, 4, 3);
+  const withPca = { ...fitted, normalization, pca, sampleShape: [4] };
+  const a = await trainer({ data: withPca });
+  await a.step(world([32]), new LocalReducer());
+  const saved = a.snapshot();
+  assert.is(saved.state.preprocessing?.pca?.k, 4);
+  // Another fit (here: none at all) on the restoring side: the snapshot's wins.
+  const other = {
+    ...withPca,
+    normalization: fitNormalization(fitted.train, 'none'),
+    pca: { ...pca, mean: new Float32Array(8) },
+  };
+  const b = await trainer({ data: other });
+  assert.not.equal(b.preprocessing.normalization.kind, 'standardize');
+  b.restore(saved);
+  assert.is(b.preprocessing.normalization.kind, 'standardize');
+  assert.equal(Array.from(b.preprocessing.pca?.components ?? []), Array.from(pca.components));
+  assert.equal(b.evaluate(fitted.eval as InMemoryStore), a.evaluate(fitted.eval as InMemoryStore));
 });
 
 test('micro-batches of maxPerWorker give the gradient of the whole batch', async () => {

@@ -25,6 +25,7 @@ const examples = [
   'examples/fashion-mnist-mlp.yaml',
   'examples/fashion-mnist-cnn.yaml',
   'examples/minimal.yaml',
+  'examples/fashion-mnist-streaming.yaml',
 ];
 
 test('every example validates (exit 0)', () => {

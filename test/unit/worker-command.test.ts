@@ -182,6 +182,11 @@ test('the local plan configures a worker the way loadWorkerConfig reads it (no N
     '/srv/jobs',
   );
   assert.is(resolved.spec.dataset.path, '/srv/jobs/data');
+  const remote = resolveManifestPaths(
+    { ...job.job, spec: { ...job.job.spec, dataset: { ...job.job.spec.dataset, path: 's3://bucket/data' } } },
+    '/srv/jobs',
+  );
+  assert.is(remote.spec.dataset.path, 's3://bucket/data', 'a URL is not relative to the manifest');
   const plan = planLocalRun(
     resolved,
     {

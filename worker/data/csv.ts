@@ -8,8 +8,19 @@ import { DatasetError } from '../errors.ts';
 import { fileError, openByteStream } from './files.ts';
 import { type InMemoryStore, SampleStoreBuilder } from './store.ts';
 
-export interface TextDataset {
-  readonly store: InMemoryStore;
+/** Where a reader puts samples: an in-memory store builder, or a shard writer (convert.ts). */
+export interface SampleSink<R> {
+  readonly size: number;
+  readonly featureSize: number;
+  add(values: ArrayLike<number>, label: number): void;
+  finish(): R;
+}
+
+export const inMemory = (featureSize: number): SampleSink<InMemoryStore> =>
+  new SampleStoreBuilder(featureSize);
+
+export interface TextDataset<R = InMemoryStore> {
+  readonly store: R;
   /** Shape of one sample: `featureShape` of the spec, or [values per sample]. */
   readonly featureShape: number[];
   readonly maxLabel: number;
@@ -89,16 +100,26 @@ export function parseLabel(raw: unknown, classes: number | undefined): number | 
   return value;
 }
 
-export async function readCsv(
+export function readCsv(
   file: string,
   options: CsvOptions,
   featureShape: readonly number[] | undefined,
   classes: number | undefined,
 ): Promise<TextDataset> {
+  return readCsvInto(file, options, featureShape, classes, inMemory);
+}
+
+export async function readCsvInto<R>(
+  file: string,
+  options: CsvOptions,
+  featureShape: readonly number[] | undefined,
+  classes: number | undefined,
+  sinkFor: (featureSize: number) => SampleSink<R>,
+): Promise<TextDataset<R>> {
   let header: string[] | undefined;
   let columns = -1;
   let labelIndex = -1;
-  let builder: SampleStoreBuilder | undefined;
+  let builder: SampleSink<R> | undefined;
   let values = new Float64Array(0);
   let maxLabel = -1;
   for await (const { fields, line } of csvRecords(file, options.delimiter)) {
@@ -127,7 +148,7 @@ export async function readCsv(
           `dataset.featureShape [${featureShape.join(', ')}] holds ${featureShape.reduce((a, b) => a * b, 1)} values, but rows have ${size} feature columns`,
         );
       }
-      builder = new SampleStoreBuilder(size);
+      builder = sinkFor(size);
       values = new Float64Array(size);
     }
     let k = 0;

@@ -11,13 +11,24 @@ import { join } from 'node:path';
 import { type DatasetSpec, datasetOptions } from '../../operator/api/training-job.ts';
 import type { WorkerEventOf } from '../../operator/api/worker-events.ts';
 import { DatasetError } from '../errors.ts';
-import { readCsv } from './csv.ts';
+import { inMemory, readCsv } from './csv.ts';
 import { readIdxPair } from './idx.ts';
 import { readJsonl } from './jsonl.ts';
-import { fitNormalization, fitPca, type Normalization, type Pca } from './preprocess.ts';
+import { readMongoInto } from './mongo.ts';
+import { readParquetInto } from './parquet.ts';
+import {
+  fitNormalization,
+  fitPca,
+  type Normalization,
+  type Pca,
+  shippedPreprocessing,
+} from './preprocess.ts';
 import { openRecordShards } from './records.ts';
+import { isS3, localCopy } from './remote.ts';
 import { epochPermutation, mixSeed } from './sampler.ts';
 import { InMemoryStore, type SampleStore, SubsetStore } from './store.ts';
+import type { ShardStreamStore } from './stream-store.ts';
+import { cacheDirectory, readStreaming } from './streaming.ts';
 
 export interface Dataset {
   readonly train: SampleStore;
@@ -29,6 +40,8 @@ export interface Dataset {
   readonly pca: Pca | undefined;
   /** Shape of one sample as the model sees it (after PCA: [k]). */
   readonly sampleShape: readonly number[];
+  /** The streaming store under `train` (dataset.cache), for its read statistics. */
+  readonly streaming?: ShardStreamStore | undefined;
   /** What a checkpoint must agree with to be resumed on this data. */
   readonly fingerprint: DatasetFingerprint;
   /** What the worker's `dataset` event says about it. */
@@ -77,9 +90,17 @@ interface Raw {
   featureShape: number[];
   maxLabel: number;
   close?: () => void;
+  streaming?: ShardStreamStore;
 }
 
-async function readRaw(spec: DatasetSpec): Promise<Raw> {
+async function readRaw(
+  spec: DatasetSpec,
+  progress: (message: string, fields?: object) => void,
+): Promise<Raw> {
+  if (spec.cache !== undefined) {
+    const streamed = await readStreaming(spec, spec.cache, progress);
+    return { ...streamed, streaming: streamed.train };
+  }
   const options = datasetOptions(spec);
   switch (spec.format) {
     case 'idx': {
@@ -118,6 +139,20 @@ async function readRaw(spec: DatasetSpec): Promise<Raw> {
       const read = await readJsonl(spec.path, options.jsonl, spec.featureShape, spec.classes);
       return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
     }
+    case 'mongodb': {
+      const read = await readMongoInto(spec.path, options.mongodb, spec.featureShape, spec.classes, inMemory);
+      return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
+    }
+    case 'parquet': {
+      const read = await readParquetInto(
+        spec.path,
+        options.parquet,
+        spec.featureShape,
+        spec.classes,
+        inMemory,
+      );
+      return { train: read.store, featureShape: read.featureShape, maxLabel: read.maxLabel };
+    }
     case 'records': {
       const shape = spec.featureShape;
       if (shape === undefined || spec.classes === undefined)
@@ -133,7 +168,11 @@ export async function loadDataset(
   progress: (message: string, fields?: object) => void,
 ): Promise<Dataset> {
   progress('reading dataset', { format: spec.format, path: spec.path });
-  const raw = await readRaw(spec);
+  // A remote source is read from its copy in the local disk cache.
+  const local = isS3(spec.path)
+    ? { ...spec, path: await localCopy(spec, cacheDirectory(spec.cache), progress) }
+    : spec;
+  const raw = await readRaw(local, progress);
   let featureShape = raw.featureShape;
   const featureSize = raw.train.featureSize;
   if (spec.featureShape !== undefined && spec.format === 'idx') {
@@ -164,9 +203,15 @@ export async function loadDataset(
   evaluation = take(evaluation, spec.eval.maxSamples);
 
   progress('fitting preprocessing', { normalize: spec.normalize, pca: spec.pca?.components ?? null });
-  const normalization = fitNormalization(train, spec.normalize);
+  // Shards prepared elsewhere (the Spark job) bring their fit: the same transform as there.
+  const shipped = spec.format === 'records' ? shippedPreprocessing(local.path, spec, featureSize) : undefined;
+  const normalization = shipped?.normalization ?? fitNormalization(train, spec.normalize);
   const pca =
-    spec.pca === undefined ? undefined : fitPca(train, normalization, spec.pca.components, spec.shuffleSeed);
+    shipped !== undefined
+      ? shipped.pca
+      : spec.pca === undefined
+        ? undefined
+        : fitPca(train, normalization, spec.pca.components, spec.shuffleSeed);
   const sampleShape = pca === undefined ? featureShape : [pca.k];
   const residentBytes = raw.train.residentBytes + (raw.test?.residentBytes ?? 0);
   return {
@@ -177,6 +222,7 @@ export async function loadDataset(
     normalization,
     pca,
     sampleShape,
+    streaming: raw.streaming,
     fingerprint: { trainSamples: train.size, featureSize, classes },
     describe: {
       format: spec.format,

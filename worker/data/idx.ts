@@ -24,72 +24,105 @@ const TYPES: Record<number, { name: string; bytes: number } | undefined> = {
 /** Upper bound on one IDX array, so a corrupt header cannot ask for terabytes. */
 const MAX_BYTES = 8 * 1024 ** 3;
 
-export async function readIdx(file: string): Promise<IdxArray> {
-  let header: Buffer = Buffer.alloc(0);
-  let headerLength = -1;
-  let dims: number[] = [];
-  let type = 0;
-  let out: Uint8Array | undefined;
+export interface IdxHeader {
+  readonly dims: readonly number[];
+  /** 0x08 unsigned bytes, 0x0d big-endian float32. */
+  readonly type: 0x08 | 0x0d;
+  /** Bytes of data the header announces. */
+  readonly bytes: number;
+}
+
+function parseHeader(file: string, header: Buffer): IdxHeader | undefined {
+  if (header.length < 4) return undefined;
+  if (header[0] !== 0 || header[1] !== 0) {
+    throw new DatasetError(
+      file,
+      `not an IDX file: wrong magic 0x${header.subarray(0, 4).toString('hex')} (expected 0x0000TTRR)`,
+    );
+  }
+  const type = header[2] as number;
+  const rank = header[3] as number;
+  const info = TYPES[type];
+  if (info === undefined)
+    throw new DatasetError(file, `not an IDX file: unknown value type 0x${type.toString(16)}`);
+  if (type !== 0x08 && type !== 0x0d)
+    throw new DatasetError(
+      file,
+      `IDX values of type ${info.name} are not supported (use unsigned byte or float32)`,
+    );
+  if (rank < 1) throw new DatasetError(file, 'IDX header with rank 0');
+  if (header.length < 4 + 4 * rank) return undefined;
+  const dims = Array.from({ length: rank }, (_, i) => header.readUInt32BE(4 + 4 * i));
+  return { dims, type, bytes: dims.reduce((a, b) => a * b, 1) * info.bytes };
+}
+
+/**
+ * Streams an IDX file: `onHeader` once, then `onData` with the value bytes as they come (big-endian
+ * for float32), without holding the file; checks the length against the header.
+ */
+export async function streamIdx(
+  file: string,
+  onHeader: (header: IdxHeader) => void,
+  onData: (bytes: Buffer) => void,
+): Promise<IdxHeader> {
+  let pending: Buffer = Buffer.alloc(0);
+  let header: IdxHeader | undefined;
   let filled = 0;
   for await (const chunk of byteChunks(file)) {
     let rest: Buffer = chunk;
-    if (out === undefined) {
-      header = Buffer.concat([header, chunk]);
-      if (header.length < 4) continue;
-      if (header[0] !== 0 || header[1] !== 0) {
-        throw new DatasetError(
-          file,
-          `not an IDX file: wrong magic 0x${header.subarray(0, 4).toString('hex')} (expected 0x0000TTRR)`,
-        );
-      }
-      type = header[2] as number;
-      const rank = header[3] as number;
-      const info = TYPES[type];
-      if (info === undefined)
-        throw new DatasetError(file, `not an IDX file: unknown value type 0x${type.toString(16)}`);
-      if (type !== 0x08 && type !== 0x0d)
-        throw new DatasetError(
-          file,
-          `IDX values of type ${info.name} are not supported (use unsigned byte or float32)`,
-        );
-      if (rank < 1) throw new DatasetError(file, 'IDX header with rank 0');
-      headerLength = 4 + 4 * rank;
-      if (header.length < headerLength) continue;
-      dims = Array.from({ length: rank }, (_, i) => header.readUInt32BE(4 + 4 * i));
-      const bytes = dims.reduce((a, b) => a * b, 1) * info.bytes;
-      if (bytes > MAX_BYTES)
-        throw new DatasetError(file, `IDX header announces ${bytes} bytes; corrupt header?`);
-      out = new Uint8Array(bytes);
-      rest = header.subarray(headerLength);
+    if (header === undefined) {
+      pending = Buffer.concat([pending, chunk]);
+      header = parseHeader(file, pending);
+      if (header === undefined) continue;
+      if (header.bytes > MAX_BYTES)
+        throw new DatasetError(file, `IDX header announces ${header.bytes} bytes; corrupt header?`);
+      onHeader(header);
+      rest = pending.subarray(4 + 4 * header.dims.length);
     }
-    if (filled + rest.length > out.length) {
+    if (filled + rest.length > header.bytes) {
       throw new DatasetError(
         file,
-        `more data than the header's dimensions [${dims.join(', ')}] announce (${out.length} bytes); wrong shape?`,
+        `more data than the header's dimensions [${header.dims.join(', ')}] announce (${header.bytes} bytes); wrong shape?`,
       );
     }
-    out.set(rest, filled);
+    if (rest.length > 0) onData(rest);
     filled += rest.length;
   }
-  if (out === undefined) {
+  if (header === undefined) {
     throw new DatasetError(
       file,
-      header.length === 0 ? 'empty file' : 'truncated: the IDX header is incomplete',
+      pending.length === 0 ? 'empty file' : 'truncated: the IDX header is incomplete',
     );
   }
-  if (filled < out.length) {
+  if (filled < header.bytes) {
     throw new DatasetError(
       file,
-      `truncated: expected ${out.length} bytes of data for dimensions [${dims.join(', ')}], got ${filled}`,
+      `truncated: expected ${header.bytes} bytes of data for dimensions [${header.dims.join(', ')}], got ${filled}`,
     );
   }
-  if (type === 0x0d) {
+  return header;
+}
+
+export async function readIdx(file: string): Promise<IdxArray> {
+  let out = new Uint8Array(0);
+  let filled = 0;
+  const header = await streamIdx(
+    file,
+    (h) => {
+      out = new Uint8Array(h.bytes);
+    },
+    (bytes) => {
+      out.set(bytes, filled);
+      filled += bytes.length;
+    },
+  );
+  if (header.type === 0x0d) {
     const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
     const floats = new Float32Array(out.length / 4);
     for (let i = 0; i < floats.length; i++) floats[i] = view.getFloat32(4 * i, false);
-    return { file, dims, data: floats };
+    return { file, dims: header.dims, data: floats };
   }
-  return { file, dims, data: out };
+  return { file, dims: header.dims, data: out };
 }
 
 /** Reads an images/labels pair and checks that they agree. */

@@ -4,13 +4,11 @@
  */
 import type { JsonlOptions } from '../../operator/api/training-job.ts';
 import { DatasetError } from '../errors.ts';
-import type { TextDataset } from './csv.ts';
-import { parseLabel } from './csv.ts';
+import { inMemory, parseLabel, type SampleSink, type TextDataset } from './csv.ts';
 import { textLines } from './files.ts';
-import { SampleStoreBuilder } from './store.ts';
 
 /** Flattens nested number arrays; returns the shape, or a problem. */
-function flatten(value: unknown, out: number[]): number[] | string {
+export function flatten(value: unknown, out: number[]): number[] | string {
   if (!Array.isArray(value)) return 'is not an array of numbers';
   if (value.length === 0) return 'is an empty array';
   if (value.every((v) => typeof v === 'number')) {
@@ -31,13 +29,23 @@ function flatten(value: unknown, out: number[]): number[] | string {
   return [value.length, ...(inner ?? [])];
 }
 
-export async function readJsonl(
+export function readJsonl(
   file: string,
   options: JsonlOptions,
   featureShape: readonly number[] | undefined,
   classes: number | undefined,
 ): Promise<TextDataset> {
-  let builder: SampleStoreBuilder | undefined;
+  return readJsonlInto(file, options, featureShape, classes, inMemory);
+}
+
+export async function readJsonlInto<R>(
+  file: string,
+  options: JsonlOptions,
+  featureShape: readonly number[] | undefined,
+  classes: number | undefined,
+  sinkFor: (featureSize: number) => SampleSink<R>,
+): Promise<TextDataset<R>> {
+  let builder: SampleSink<R> | undefined;
   let shape: number[] | undefined = featureShape ? [...featureShape] : undefined;
   let maxLabel = -1;
   let firstShape: string | undefined;
@@ -80,7 +88,7 @@ export async function readJsonl(
           `dataset.featureShape [${shape.join(', ')}] holds ${shape.reduce((a, b) => a * b, 1)} values, but "${options.featuresField}" has ${size}`,
         );
       }
-      builder = new SampleStoreBuilder(size);
+      builder = sinkFor(size);
     }
     if (label > maxLabel) maxLabel = label;
     builder.add(values, label);

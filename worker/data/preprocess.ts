@@ -3,8 +3,13 @@
  * `standardize`, from one streaming pass) and optional PCA. Fitting is deterministic (float64 sums in
  * sample order, seeded start vectors), so every worker and every restart computes the same transform.
  */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { DatasetSpec } from '../../operator/api/training-job.ts';
+import { DatasetError } from '../errors.ts';
+import { type PreprocessingRecord, PreprocessingSchema } from '../train/snapshot.ts';
 import { uint32Stream } from './sampler.ts';
 import { type SampleStore, scanStore } from './store.ts';
 
@@ -94,6 +99,25 @@ export interface Pca {
 
 /** PCA is fitted on at most this many samples (evenly spaced): enough for a stable covariance. */
 export const PCA_FIT_SAMPLES = 20_000;
+
+/**
+ * The samples PCA is fitted on: at most `max`, evenly spaced; from a streaming store, evenly spaced
+ * runs of whole blocks (one sequential read each instead of a block per sample).
+ */
+export function pcaFitIndices(store: SampleStore, max: number): Uint32Array {
+  const run = store.locality?.blockSamples;
+  if (run === undefined || store.size <= max) {
+    const stride = Math.max(1, Math.ceil(store.size / max));
+    return Uint32Array.from({ length: Math.ceil(store.size / stride) }, (_, i) => i * stride);
+  }
+  const runs = Math.max(1, Math.floor(max / run));
+  const out: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const first = Math.floor((r * store.size) / runs);
+    for (let i = first; i < Math.min(store.size, first + run) && out.length < max; i++) out.push(i);
+  }
+  return Uint32Array.from(out);
+}
 
 function orthonormalize(q: Float64Array, d: number, p: number): void {
   // Modified Gram–Schmidt over the p columns of the d×p row-major matrix q.
@@ -188,8 +212,8 @@ export function fitPca(
 ): Pca {
   const d = store.featureSize;
   const k = Math.min(components, d);
-  const stride = Math.max(1, Math.ceil(store.size / PCA_FIT_SAMPLES));
-  const picked = Math.ceil(store.size / stride);
+  const chosen = pcaFitIndices(store, PCA_FIT_SAMPLES);
+  const picked = chosen.length;
   const mean = new Float64Array(d);
   const block = new Float32Array(BLOCK * d);
   const labels = new Int32Array(BLOCK);
@@ -197,7 +221,7 @@ export function fitPca(
   const visit = (each: (rows: Float32Array, count: number) => void) => {
     for (let first = 0; first < picked; first += BLOCK) {
       const count = Math.min(BLOCK, picked - first);
-      for (let i = 0; i < count; i++) indices[i] = (first + i) * stride;
+      for (let i = 0; i < count; i++) indices[i] = chosen[first + i] as number;
       store.read(indices.subarray(0, count), block, labels);
       normalizeInPlace(normalization, block, count);
       each(block.subarray(0, count * d), count);
@@ -235,4 +259,99 @@ export function fitPca(
     explained: total > 0 ? variances.reduce((a, b) => a + b, 0) / total : 0,
     fittedOn: picked,
   };
+}
+
+const toBase64 = (values: Float32Array): string =>
+  Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64');
+
+function fromBase64(text: string): Float32Array {
+  const bytes = Buffer.from(text, 'base64');
+  const out = new Float32Array(bytes.length / 4);
+  new Uint8Array(out.buffer).set(bytes);
+  return out;
+}
+
+/** The fitted preprocessing as it is kept in the training state (and so in every checkpoint). */
+export function encodePreprocessing(normalization: Normalization, pca: Pca | undefined): PreprocessingRecord {
+  const hash = createHash('sha256').update(normalization.kind);
+  for (const values of [normalization.offset, normalization.scale, pca?.mean, pca?.components])
+    if (values !== undefined)
+      hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  return {
+    digest: hash.digest('hex'),
+    normalize: normalization.kind,
+    offset: toBase64(normalization.offset),
+    scale: toBase64(normalization.scale),
+    ...(pca === undefined
+      ? {}
+      : {
+          pca: {
+            k: pca.k,
+            mean: toBase64(pca.mean),
+            components: toBase64(pca.components),
+            variances: pca.variances,
+            explained: pca.explained,
+            fittedOn: pca.fittedOn,
+          },
+        }),
+  };
+}
+
+export function decodePreprocessing(record: PreprocessingRecord): {
+  normalization: Normalization;
+  pca: Pca | undefined;
+} {
+  const normalization = {
+    kind: record.normalize,
+    offset: fromBase64(record.offset),
+    scale: fromBase64(record.scale),
+  };
+  const p = record.pca;
+  const pca =
+    p === undefined
+      ? undefined
+      : {
+          k: p.k,
+          mean: fromBase64(p.mean),
+          components: fromBase64(p.components),
+          variances: p.variances,
+          explained: p.explained,
+          fittedOn: p.fittedOn,
+        };
+  return { normalization, pca };
+}
+
+/**
+ * The preprocessing fitted where the data was prepared (`preprocessing.json` beside the shards, as
+ * hack/spark/preprocess.py writes it), checked against the spec; undefined when there is none.
+ */
+export function shippedPreprocessing(
+  folder: string,
+  spec: Pick<DatasetSpec, 'normalize' | 'pca'>,
+  featureSize: number,
+): { normalization: Normalization; pca: Pca | undefined } | undefined {
+  const file = join(folder, 'preprocessing.json');
+  if (!existsSync(file)) return undefined;
+  const parsed = PreprocessingSchema.extend({
+    digest: PreprocessingSchema.shape.digest.optional(),
+  }).safeParse(JSON.parse(readFileSync(file, 'utf8')));
+  if (!parsed.success)
+    throw new DatasetError(file, `not a preprocessing record: ${parsed.error.issues[0]?.message}`);
+  const { normalization, pca } = decodePreprocessing({ digest: '', ...parsed.data });
+  if (normalization.kind !== spec.normalize)
+    throw new DatasetError(
+      file,
+      `fitted for normalize: ${normalization.kind}, the spec says ${spec.normalize}; set dataset.normalize to match`,
+    );
+  if ((pca?.k ?? 0) !== (spec.pca?.components ?? 0))
+    throw new DatasetError(
+      file,
+      `holds ${pca?.k ?? 0} PCA components, dataset.pca.components is ${spec.pca?.components ?? 'unset'}`,
+    );
+  if (
+    normalization.offset.length !== featureSize ||
+    (pca !== undefined && pca.components.length !== featureSize * pca.k)
+  )
+    throw new DatasetError(file, `fitted on samples of another size than these (${featureSize} values)`);
+  return { normalization, pca };
 }

@@ -30,6 +30,22 @@ export function openRecordShards(
   featureShape: readonly number[],
   classes: number,
 ): { store: RecordFileStore; maxLabel: number } {
+  const { shards, labels, maxLabel, featureSize } = scanRecordShards(
+    directory,
+    options,
+    featureShape,
+    classes,
+  );
+  return { store: new RecordFileStore(shards, featureSize, options.dtype, labels), maxLabel };
+}
+
+/** The shards of `directory`, their sizes checked, and every label (one sequential pass). */
+export function scanRecordShards(
+  directory: string,
+  options: RecordsOptions,
+  featureShape: readonly number[],
+  classes: number,
+): { shards: RecordShard[]; labels: Uint8Array; maxLabel: number; featureSize: number } {
   let names: string[];
   try {
     names = readdirSync(directory);
@@ -96,5 +112,5 @@ export function openRecordShards(
       closeSync(fd);
     }
   }
-  return { store: new RecordFileStore(shards, featureSize, options.dtype, labels), maxLabel };
+  return { shards, labels, maxLabel, featureSize };
 }

@@ -68,6 +68,45 @@ export function epochPermutation(size: number, seed: number, epoch: number): Uin
 }
 
 /**
+ * The permutation an epoch visits when samples are read in blocks (a store with `locality`, e.g.
+ * data larger than memory): a shard-then-sample shuffle. The blocks (runs of `blockSamples`
+ * consecutive samples) are put in a random order, cut into groups of `groupBlocks`, and the samples
+ * of each group are permuted among themselves. Still a permutation of [0, size) seeded by (seed,
+ * epoch), so the exactly-once contract of planStep is unchanged; a batch mixes samples from up to
+ * `groupBlocks` places of the data, a fresh mix each epoch, while the reader holds only a group (and
+ * the next one, read ahead) in memory. Data sorted by label needs groups that span several labels'
+ * runs; the budget sets how many.
+ */
+export function shardLocalPermutation(
+  size: number,
+  seed: number,
+  epoch: number,
+  blockSamples: number,
+  groupBlocks: number,
+): Uint32Array {
+  const blocks = Math.ceil(size / blockSamples);
+  const blockOrder = epochPermutation(blocks, mixSeed(seed, 0xb10c), epoch);
+  const order = new Uint32Array(size);
+  const next = uint32Stream(mixSeed(seed, epoch, 0x5a4d));
+  let position = 0;
+  for (let group = 0; group < blocks; group += groupBlocks) {
+    const start = position;
+    for (let g = group; g < Math.min(blocks, group + groupBlocks); g++) {
+      const first = (blockOrder[g] as number) * blockSamples;
+      const last = Math.min(size, first + blockSamples);
+      for (let i = first; i < last; i++) order[position++] = i;
+    }
+    for (let i = position - 1; i > start; i--) {
+      const j = start + below(next, i - start + 1);
+      const tmp = order[i] as number;
+      order[i] = order[j] as number;
+      order[j] = tmp;
+    }
+  }
+  return order;
+}
+
+/**
  * Splits `total` in proportion to `weights` into integers that sum to `total` (largest remainder;
  * ties go to the lower index, so every rank computes the same split).
  */

@@ -11,6 +11,7 @@
  * - Per batch: B·D·4 bytes of float32 features, converted when the batch is made.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
+import type { Locality } from './stream-store.ts';
 
 export type StoredDtype = 'uint8' | 'float32';
 
@@ -24,6 +25,10 @@ export interface SampleStore {
   /** Raw feature values of the samples at `indices` into `features` (row-major), their labels into `labels`. */
   read(indices: ArrayLike<number>, features: Float32Array, labels: Int32Array): void;
   labelAt(index: number): number;
+  /** Set by stores that read runs of samples at once (stream-store.ts): the shuffle keeps to them. */
+  readonly locality?: Locality;
+  /** Asks for the samples at `indices` (those of the coming steps) to be read ahead. */
+  prefetch?(indices: ArrayLike<number>): void;
 }
 
 /** Calls `visit` with consecutive blocks of raw samples, in order: for statistics passes. */
@@ -143,7 +148,7 @@ export class InMemoryStore implements SampleStore {
       const row = index % this.chunkSamples;
       const from = row * d;
       const out = i * d;
-      for (let j = 0; j < d; j++) features[out + j] = chunk[from + j] as number;
+      features.set(chunk.subarray(from, from + d), out);
       labels[i] = labelChunk[row] as number;
     }
   }
@@ -171,6 +176,18 @@ export class SubsetStore implements SampleStore {
     this.featureSize = base.featureSize;
     this.dtype = base.dtype;
     this.residentBytes = members.byteLength;
+    // Members in increasing order (splits, prefixes) keep runs of the base store together.
+    if (base.locality !== undefined) this.locality = base.locality;
+  }
+
+  readonly locality?: Locality;
+
+  prefetch(indices: ArrayLike<number>): void {
+    const base = this.base;
+    if (base.prefetch === undefined) return;
+    const mapped = new Uint32Array(indices.length);
+    for (let i = 0; i < indices.length; i++) mapped[i] = this.members[indices[i] as number] ?? 0;
+    base.prefetch(mapped);
   }
 
   read(indices: ArrayLike<number>, features: Float32Array, labels: Int32Array): void {

@@ -12,6 +12,7 @@ import { BackgroundCheckpointer, type CheckpointRef, CheckpointStore } from '../
 import type { WorkerConfig } from '../config.ts';
 import { AuditLog } from '../data/audit.ts';
 import { type Dataset, loadDataset } from '../data/dataset.ts';
+import { encodePreprocessing } from '../data/preprocess.ts';
 import {
   ElasticMembership,
   type JoinedWorld,
@@ -194,6 +195,7 @@ function initialState(spec: TrainingJobSpec, dataset: Dataset): TrainingState {
     lastEval: null,
     trainSeconds: 0,
     dataset: { ...dataset.fingerprint },
+    preprocessing: encodePreprocessing(dataset.normalization, dataset.pca),
     completed: null,
   };
 }

@@ -166,7 +166,8 @@ function exportModel(
   try {
     const written = writeModelExport(dir, {
       snapshot: session.takeSnapshot().snapshot,
-      dataset: session.dataset,
+      // The fit the model was trained with: a resumed checkpoint's, whatever this data would fit.
+      dataset: { ...session.dataset, ...session.trainer.preprocessing },
       job,
       spec: config.spec,
       uri,

@@ -80,6 +80,29 @@ const EvalSchema = z.object({
   samples: z.int().min(0),
 });
 
+/**
+ * The preprocessing fitted on the training data (data/preprocess.ts), float32 arrays as base64 of
+ * their little-endian bytes: it travels with every checkpoint, so a resumed run and whoever loads
+ * the model transform inputs exactly as training did. `digest` (sha256 of the values) compares fits.
+ */
+export const PreprocessingSchema = z.object({
+  digest: z.string(),
+  normalize: z.enum(['none', 'scale', 'standardize']),
+  offset: z.string(),
+  scale: z.string(),
+  pca: z
+    .object({
+      k: z.int().min(1),
+      mean: z.string(),
+      components: z.string(),
+      variances: z.array(z.number()),
+      explained: z.number(),
+      fittedOn: z.int().min(0),
+    })
+    .optional(),
+});
+export type PreprocessingRecord = z.output<typeof PreprocessingSchema>;
+
 export const TrainingStateSchema = z.object({
   step: z.int().min(0),
   /**
@@ -104,6 +127,8 @@ export const TrainingStateSchema = z.object({
   lastEval: EvalSchema.nullable(),
   trainSeconds: z.number().min(0),
   dataset: z.object({ trainSamples: z.int().min(1), featureSize: z.int().min(1), classes: z.int().min(2) }),
+  /** Absent in checkpoints of earlier versions (the fit on the data is used then). */
+  preprocessing: PreprocessingSchema.optional(),
   completed: z.string().nullable(),
 });
 

@@ -21,8 +21,14 @@ import * as tf from '@tensorflow/tfjs';
 import type { OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
 import type { Dataset } from '../data/dataset.ts';
-import { normalizeInPlace } from '../data/preprocess.ts';
-import { epochPermutation, planStep, shareIndices } from '../data/sampler.ts';
+import { decodePreprocessing, normalizeInPlace } from '../data/preprocess.ts';
+import {
+  epochPermutation,
+  planStep,
+  type StepPlan,
+  shardLocalPermutation,
+  shareIndices,
+} from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
 import { gainOf, gradientStatistics, microBatches, smoothStatistics } from '../rescale/policy.ts';
@@ -104,6 +110,10 @@ export class BatchMaker {
     return { x, y };
   }
 
+  get preprocessing(): Pick<Dataset, 'normalization' | 'pca'> {
+    return this.dataset;
+  }
+
   dispose(): void {
     this.pcaMean?.dispose();
     this.pcaComponents?.dispose();
@@ -130,10 +140,11 @@ export class Trainer {
   private fused: Float32Array;
   private readonly gradientLength: number;
   private readonly optimizer: TrainingOptimizer;
-  private readonly batches: BatchMaker;
+  private batches: BatchMaker;
   private readonly dropout: tf.layers.Layer[];
   private readonly topology: unknown;
   private permutation: { epoch: number; order: Uint32Array } | undefined;
+  private lastReadAhead: { epoch: number; from: number } | undefined;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -185,12 +196,38 @@ export class Trainer {
 
   private epochOrder(epoch: number): Uint32Array {
     if (this.permutation?.epoch !== epoch) {
+      const train = this.options.dataset.train;
+      const local = train.locality;
       this.permutation = {
         epoch,
-        order: epochPermutation(this.options.dataset.train.size, this.state.shuffleSeed, epoch),
+        order:
+          local === undefined
+            ? epochPermutation(train.size, this.state.shuffleSeed, epoch)
+            : shardLocalPermutation(
+                train.size,
+                this.state.shuffleSeed,
+                epoch,
+                local.blockSamples,
+                local.groupBlocks,
+              ),
       };
     }
     return this.permutation.order;
+  }
+
+  /** Asks a streaming store to read ahead the samples of the steps after this one (a group's worth). */
+  private readAhead(plan: StepPlan): void {
+    const train = this.options.dataset.train;
+    const local = train.locality;
+    if (local === undefined || train.prefetch === undefined || plan.endsEpoch) return;
+    const ahead = local.blockSamples * local.groupBlocks;
+    const from = plan.next.cursor;
+    // A look at the window costs a pass over a group's indices: every eighth of a group is enough.
+    const last = this.lastReadAhead;
+    if (last !== undefined && last.epoch === plan.epoch && from >= last.from && from - last.from < ahead / 8)
+      return;
+    this.lastReadAhead = { epoch: plan.epoch, from };
+    train.prefetch(this.epochOrder(plan.epoch).subarray(from, Math.min(train.size, from + ahead)));
   }
 
   /**
@@ -269,6 +306,7 @@ export class Trainer {
     if (share === undefined)
       throw new RangeError(`rank ${world.rank} outside a world of ${world.perWorker.length}`);
     const indices = shareIndices(this.epochOrder(plan.epoch), share);
+    this.readAhead(plan);
     // AdaScale: one more slot per rank for the squared norm of its own gradient, in the same all-reduce.
     const adascale = world.adascale !== undefined && world.size > 1;
     // Alone, a rank's statistics are the world's already: nothing to average.
@@ -424,7 +462,26 @@ export class Trainer {
       });
     }
     this.optimizer.restore(snapshot.optimizer);
+    const saved = snapshot.state.preprocessing;
+    const changed = saved !== undefined && saved.digest !== this.state.preprocessing?.digest;
     Object.assign(this.state, structuredClone(snapshot.state));
+    // The model was trained on inputs transformed by the snapshot's fit: it goes on with that one.
+    if (changed) this.usePreprocessing(decodePreprocessing(saved));
+  }
+
+  /** Transforms inputs with `preprocessing` (a snapshot's) instead of the fit on this data. */
+  private usePreprocessing(preprocessing: Pick<Dataset, 'normalization' | 'pca'>): void {
+    this.batches.dispose();
+    this.batches = new BatchMaker(
+      preprocessing,
+      this.options.dataset.train.featureSize,
+      this.options.model.inputShape,
+    );
+  }
+
+  /** The preprocessing inputs are transformed with (the data's fit, or a resumed snapshot's). */
+  get preprocessing(): Pick<Dataset, 'normalization' | 'pca'> {
+    return this.batches.preprocessing;
   }
 
   /**
