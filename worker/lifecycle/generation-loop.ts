@@ -8,6 +8,7 @@ import { CollectiveError } from '../collective/transport.ts';
 import { emit, errorMessage } from '../log.ts';
 import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
 import type { StepResult } from '../train/trainer.ts';
+import { balanceAfterStep, medianThroughput, workerLoads } from './balance.ts';
 import { snapshotDue } from './checkpoint-schedule.ts';
 import { evaluate } from './evaluate.ts';
 import type { Generation } from './generation.ts';
@@ -24,6 +25,11 @@ export interface GenerationOutcome {
 interface Run {
   readonly window: ProgressWindow;
   stepSeconds: number;
+  /** The split of the global batch in effect: the generation's, until balancing re-plans it. */
+  perWorker: readonly number[];
+  /** Persistent stragglers, and those already reported. */
+  stragglers: readonly string[];
+  readonly reported: Set<string>;
 }
 
 const NEWER_WORLD = 'a newer world formed';
@@ -32,7 +38,13 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
   const { state } = session;
   const firstStep = state.step;
   const started = performance.now();
-  const run: Run = { window: new ProgressWindow(performance.now()), stepSeconds: 0 };
+  const run: Run = {
+    window: new ProgressWindow(performance.now()),
+    stepSeconds: 0,
+    perWorker: g.world.perWorker,
+    stragglers: [],
+    reported: new Set(),
+  };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
   let worldEnded: string | undefined;
   while (reason === undefined && !session.leaving.aborted) {
@@ -69,7 +81,13 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
 async function trainStep(session: Session, g: Generation, run: Run): Promise<StepResult | string> {
   const { state, trainer, clock, config } = session;
   const { active } = g;
-  const world = stepWorld(session.spec.optimizer, g.settings.batch, g.world, state, g.plannedSteps);
+  const world = stepWorld(
+    session.spec.optimizer,
+    g.settings.batch,
+    { ...g.world, perWorker: run.perWorker },
+    state,
+    g.plannedSteps,
+  );
   const stepStarted = performance.now();
   let result: StepResult;
   try {
@@ -95,7 +113,67 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
     });
   clock.sessionSamples += result.samples;
   run.window.add(result);
+  rebalance(session, g, run, world.perWorker, result);
   return result;
+}
+
+/** The balancing planner after a committed step: the next step's split, stragglers reported once. */
+function rebalance(
+  session: Session,
+  g: Generation,
+  run: Run,
+  used: readonly number[],
+  result: StepResult,
+): void {
+  const balanced = balanceAfterStep(session, g.balance, { used, current: run.perWorker }, result);
+  if (balanced.perWorker !== undefined) {
+    run.perWorker = balanced.perWorker;
+    if (g.writer)
+      session.membership.publish('events', {
+        type: 'balance',
+        generation: g.number,
+        step: session.state.step,
+        members: [...g.balance.members],
+        perWorker: [...balanced.perWorker],
+        reason: 'drift',
+        time: new Date().toISOString(),
+      });
+  }
+  run.stragglers = balanced.stragglers;
+  for (const worker of balanced.stragglers) {
+    if (run.reported.has(worker)) continue;
+    run.reported.add(worker);
+    reportStraggler(session, g, run, worker);
+  }
+}
+
+function reportStraggler(session: Session, g: Generation, run: Run, worker: string): void {
+  const evict = g.balance.spec.evictStragglers;
+  const rank = g.balance.members.indexOf(worker);
+  const load = workerLoads(session, g.balance.members, run.perWorker)[rank];
+  const samplesPerSecond = load?.samplesPerSecond ?? 0;
+  const medianSamplesPerSecond = Math.round(medianThroughput(session) * 10) / 10;
+  emit(g.log, 'warn', 'straggler', {
+    event: 'straggler',
+    step: session.state.step,
+    straggler: worker,
+    samplesPerSecond,
+    medianSamplesPerSecond,
+    evict,
+  });
+  if (g.writer)
+    session.membership.publish('events', {
+      type: 'straggler',
+      generation: g.number,
+      step: session.state.step,
+      worker,
+      samplesPerSecond,
+      medianSamplesPerSecond,
+      evict,
+      time: new Date().toISOString(),
+    });
+  // The straggler leaves at the step boundary like a worker told to; the others re-form without it.
+  if (evict && rank === g.world.rank) session.requestLeave();
 }
 
 /** Evaluation, progress report and checkpoint snapshot after a step, each when due. */
@@ -125,20 +203,14 @@ async function afterStep(
       reason !== undefined || state.lastEval?.step === state.step,
     )
   )
-    reportProgress(session, g, result, run.window, now);
+    reportProgress(session, g, run, result, now);
   snapshotIfDue(session, g, reason !== undefined);
   return { reason };
 }
 
-function reportProgress(
-  session: Session,
-  g: Generation,
-  result: StepResult,
-  window: ProgressWindow,
-  now: number,
-) {
+function reportProgress(session: Session, g: Generation, run: Run, result: StepResult, now: number) {
   const { state, facts } = session;
-  const figures = window.take(now);
+  const figures = run.window.take(now);
   facts.lastLoss = figures.loss;
   facts.lastThroughput = figures.samplesPerSecond;
   if (!g.writer) return;
@@ -154,6 +226,7 @@ function reportProgress(
     ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
     worldSize: g.world.size,
     plannedSteps: g.plannedSteps,
+    ...(g.world.size > 1 ? { workers: workerLoads(session, g.balance.members, run.perWorker) } : {}),
   });
   const lastCheckpoint = session.checkpoints.last;
   session.membership.publish('metrics', {
@@ -166,6 +239,8 @@ function reportProgress(
     loss: figures.loss,
     ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
     samplesPerSecond: figures.samplesPerSecond,
+    workers: workerLoads(session, g.balance.members, run.perWorker),
+    ...(run.stragglers.length === 0 ? {} : { stragglers: [...run.stragglers] }),
     ...(lastCheckpoint === undefined
       ? {}
       : {
