@@ -803,6 +803,7 @@ export const CONDITION_TYPES = [
   'Failed',
   'Suspended',
   'PodsPending',
+  'Stragglers',
 ] as const;
 export type ConditionType = (typeof CONDITION_TYPES)[number];
 export const PHASES = ['Pending', 'Running', 'Suspended', 'Succeeded', 'Failed'] as const;
@@ -832,6 +833,27 @@ export const TrainingJobStatusSchema = z.strictObject({
   loss: z.number().optional(),
   accuracy: z.number().optional(),
   samplesPerSecond: z.number().optional(),
+  workers: z
+    .array(
+      z.strictObject({
+        worker: z.string(),
+        batch: nonNegativeInt(),
+        samplesPerSecond: z
+          .number()
+          .describe('Compute throughput: samples per second of compute, waiting excluded.'),
+        waitSeconds: z
+          .number()
+          .describe('Seconds per step this worker waits for the others in the all-reduce.'),
+      }),
+    )
+    .max(10_000)
+    .optional()
+    .describe("Each worker's batch, throughput and wait in the current world, in rank order."),
+  stragglers: z
+    .array(z.string())
+    .max(10_000)
+    .optional()
+    .describe('Workers persistently below spec.balancing.stragglerThreshold of the median throughput.'),
   lastCheckpoint: z
     .strictObject({ step: nonNegativeInt(), path: z.string(), time: z.iso.datetime() })
     .optional(),

@@ -287,6 +287,8 @@ export function plan(input: PlanInput): Plan {
     progress.worldSize = observed.progress.worldSize;
     progress.generation = observed.progress.generation;
     progress.samplesPerSecond = observed.progress.samplesPerSecond;
+    if (observed.progress.workers !== undefined) progress.workers = observed.progress.workers;
+    progress.stragglers = observed.progress.stragglers ?? [];
   }
 
   const terminal = phase !== undefined && TERMINAL_PHASES.has(phase);
@@ -512,6 +514,7 @@ export function plan(input: PlanInput): Plan {
         now,
       );
     }
+    conditions = stragglerCondition(conditions, progress.stragglers, events, now);
     // ---- phase and the Running condition.
     const ready = active.filter((p) => p.state.kind === 'active' && p.state.ready).length;
     const running = ready >= spec.minReplicas;
@@ -571,4 +574,22 @@ export function plan(input: PlanInput): Plan {
     deleteJob,
     requeueAfterMs,
   };
+}
+
+/**
+ * `Stragglers`: raised (with a Warning event) while the workers report persistently slow members,
+ * cleared once they report none; untouched while no progress says either way.
+ */
+function stragglerCondition(
+  conditions: Condition[],
+  stragglers: readonly string[] | undefined,
+  events: JobEventRecord[],
+  now: Date,
+): Condition[] {
+  if (stragglers === undefined) return conditions;
+  if (stragglers.length === 0)
+    return clearCondition(conditions, 'Stragglers', 'WorkersKeepPace', 'no worker is persistently slow', now);
+  const text = `persistently below the straggler threshold of the median throughput: ${stragglers.join(', ')}`;
+  if (!isTrue(conditions, 'Stragglers')) events.push({ type: 'Warning', reason: 'Straggler', message: text });
+  return setCondition(conditions, 'Stragglers', 'True', 'SlowWorkers', text.slice(0, 1000), now);
 }

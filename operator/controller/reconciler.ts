@@ -217,6 +217,9 @@ export class JobReconciler {
     const failed = (after.restarts ?? 0) - (before?.restarts ?? 0);
     if (preempted > 0) this.deps.metrics.preemptions.inc(preempted);
     if (failed > 0) this.deps.metrics.failures.inc(failed);
+    const slow = new Set(before?.stragglers ?? []);
+    const newlySlow = (after.stragglers ?? []).filter((w) => !slow.has(w)).length;
+    if (newlySlow > 0) this.deps.metrics.stragglers.inc(newlySlow);
   }
 
   /**

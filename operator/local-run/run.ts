@@ -71,8 +71,10 @@ export type ChaosEvent = (
   | { readonly action: ChaosAction; readonly step: number }
   | { readonly action: ChaosAction; readonly percent: number }
   | { readonly action: ChaosAction; readonly seconds: number }
-) & /** slow and unslow: the index of the worker (worker-N) and the fraction of its speed it keeps. */
-{ readonly target?: number; readonly factor?: number };
+) /** slow and unslow: the index of the worker (worker-N) and the fraction of its speed it keeps. */ & {
+  readonly target?: number;
+  readonly factor?: number;
+};
 
 /** What happened: the step it happened at, and the worker it hit or started. */
 export type ChaosRecord = ChaosEvent & {

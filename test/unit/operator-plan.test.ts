@@ -593,6 +593,52 @@ cases.push(
     },
   },
   {
+    name: 'per-worker throughput reaches the status; a reported straggler raises Stragglers (once, a Warning), none clears it',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: {
+      progress: {
+        ...progress,
+        workers: [
+          { worker: 'job-worker-0', batch: 100, samplesPerSecond: 4000, waitSeconds: 0.001 },
+          { worker: 'job-worker-1', batch: 28, samplesPerSecond: 1100, waitSeconds: 0.02 },
+        ],
+        stragglers: ['job-worker-1'],
+      },
+    },
+    expect: (p) => {
+      assert.equal(
+        p.status.workers?.map((w) => w.batch),
+        [100, 28],
+      );
+      assert.equal(p.status.stragglers, ['job-worker-1']);
+      assert.is(condition(p, 'Stragglers')?.status, 'True');
+      assert.match(condition(p, 'Stragglers')?.message ?? '', /job-worker-1/);
+      assert.is(p.events.filter((e) => e.reason === 'Straggler').length, 1);
+      const again = plan({
+        job: ownedJob({ 'spec.replicas': 2 }, p.status),
+        pods: [workerPod(0), workerPod(1)],
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: at(3),
+        config,
+        observations: { progress: { ...progress, stragglers: ['job-worker-1'] } },
+      });
+      assert.is(again.events.filter((e) => e.reason === 'Straggler').length, 0, 'no second event');
+      const after = plan({
+        job: ownedJob({ 'spec.replicas': 2 }, p.status),
+        pods: [workerPod(0), workerPod(1)],
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: at(3),
+        config,
+        observations: { progress },
+      });
+      assert.is(condition(after, 'Stragglers')?.status, 'False');
+      assert.is(condition(after, 'Stragglers')?.reason, 'WorkersKeepPace');
+    },
+  },
+  {
     name: 'completion reported over NATS: Succeeded with the final figures',
     job: ownedJob({ 'spec.replicas': 2 }, running()),
     pods: [workerPod(0), workerPod(1)],
