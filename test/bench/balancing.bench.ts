@@ -40,7 +40,7 @@ function writeJob(dir: string, mode: 'even' | 'proportional'): string {
     stopping: { epochs: 4 },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
-    rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 1000 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 3000 },
   });
 }
 
@@ -61,7 +61,11 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
     tensileRun(writeJob(dir, mode), out, ['--workers', '3', '--chaos', 'slow:2:0.5']),
   );
   const events = workerEvents(out);
-  const world = events.find((e) => e['event'] === 'generation' && e['rank'] === 0);
+  // The last world of all three (a late starter can make the first one smaller).
+  const world = events
+    .filter((e) => e['event'] === 'generation' && e['rank'] === 0 && e['worldSize'] === 3)
+    .sort((a, b) => Number(a['generation']) - Number(b['generation']))
+    .at(-1);
   const writer = world?.['worker'];
   const progress = events
     .filter(
