@@ -6,7 +6,7 @@
  */
 
 /** Short against a step (tens to hundreds of ms), long against the cost of two signals. */
-export const DUTY_PERIOD_MS = 20;
+export const DUTY_PERIOD_MS = 10;
 
 export interface DutyCycle extends Disposable {
   readonly factor: number;

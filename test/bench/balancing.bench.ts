@@ -123,7 +123,7 @@ export default async function bench() {
     proportional,
     setup: {
       workers: 3,
-      slowed: 'worker-2 at 0.5 (SIGSTOP/SIGCONT duty cycle, 20 ms period)',
+      slowed: 'worker-2 at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period)',
       globalBatch: GLOBAL_BATCH,
       model: 'mlp 784-256-128-10',
       trainSamples: 61_440,
