@@ -83,6 +83,15 @@ export interface ProgressPoint {
   readonly plannedSteps: number | null;
   /** Scale-invariant iterations after the step (AdaScale only; null otherwise). */
   readonly progress: number | null;
+  /** Each worker's batch, compute throughput and wait per step (worlds of more than one); null otherwise. */
+  readonly workers: readonly WorkerLoadPoint[] | null;
+}
+
+export interface WorkerLoadPoint {
+  readonly worker: string;
+  readonly batch: number;
+  readonly samplesPerSecond: number;
+  readonly waitSeconds: number;
 }
 
 export interface EvalPoint {
@@ -285,6 +294,10 @@ function timelineDetail(r: WorkerEvent): string | undefined {
       return `spec revision ${String(r.from)} → ${String(r.to)}: ${r.changed.join(', ')}`;
     case 'signal':
       return `signal ${r.signal}`;
+    case 'balance':
+      return `batch split ${r.before === undefined ? '' : `${r.before.join('/')} → `}${r.perWorker.join('/')} (${r.reason}; ${r.members.join(', ')})`;
+    case 'straggler':
+      return `straggler ${r.straggler}: ${r.samplesPerSecond} samples/s against a median of ${r.medianSamplesPerSecond}${r.evict ? '; asked to leave' : ''}`;
     default:
       return undefined;
   }
@@ -349,6 +362,7 @@ export function assembleReport(files: RunFiles): ReportData {
               worldSize: r.worldSize ?? null,
               plannedSteps: r.plannedSteps ?? null,
               progress: r.progress ?? null,
+              workers: r.workers ?? null,
             },
           });
           break;

@@ -83,6 +83,21 @@ test('observe: the first measurement starts the average, then θ·old + (1−θ)
     0.5,
   );
   assert.equal(kept[0]?.steps, 2);
+  // Within the warm-up the latest figure replaces the estimate: a slow first step leaves no trace.
+  const warm = observe(
+    [est('a', 1, 2)],
+    { members: ['a'], perWorker: [10], computeSeconds: [0.1], waitSeconds: [0] },
+    0.9,
+    3,
+  );
+  assert.equal([warm[0]?.secondsPerSample, warm[0]?.steps], [0.01, 3]);
+  const after = observe(
+    warm,
+    { members: ['a'], perWorker: [10], computeSeconds: [0.2], waitSeconds: [0] },
+    0.5,
+    3,
+  );
+  assert.ok(Math.abs((after[0]?.secondsPerSample ?? 0) - 0.015) < 1e-12, 'then the moving average');
 });
 
 const base: PlanInput = {

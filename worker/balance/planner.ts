@@ -84,13 +84,16 @@ export interface StepTimes {
 }
 
 /**
- * The estimates after a step: each member's moving averages fold in this step's figures (the first
- * measurement starts them, no bias towards 0); estimates of workers gone from the world are dropped.
+ * The estimates after a step: each member's moving averages fold in this step's figures; estimates of
+ * workers gone from the world are dropped. During the first `warmupSteps` of a worker the latest
+ * figure replaces the estimate instead (no bias towards 0, and the slow first steps of a process,
+ * compiling kernels and warming caches, leave no trace).
  */
 export function observe(
   estimates: readonly WorkerEstimate[],
   times: StepTimes,
   smoothing: number,
+  warmupSteps = 1,
 ): WorkerEstimate[] {
   const byWorker = new Map(estimates.map((e) => [e.worker, e]));
   return times.members.map((worker, rank) => {
@@ -103,6 +106,8 @@ export function observe(
     const current = compute / batch;
     if (before === undefined || before.steps === 0)
       return { worker, secondsPerSample: current, steps: 1, waitSeconds: wait, slowSince: null };
+    if (before.steps < warmupSteps)
+      return { ...before, secondsPerSample: current, steps: before.steps + 1, waitSeconds: wait };
     return {
       worker,
       secondsPerSample: smoothing * before.secondsPerSample + (1 - smoothing) * current,

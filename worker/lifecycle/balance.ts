@@ -89,6 +89,7 @@ export function balanceAfterStep(
       waitSeconds: result.waitSeconds,
     },
     context.spec.smoothing,
+    context.spec.warmupSteps,
   );
   const marked = stragglers(observed, context.spec, step);
   session.state.balancing = { ...state, estimates: marked.estimates };
