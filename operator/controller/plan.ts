@@ -28,6 +28,9 @@ import {
 } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
+/** On a node that ran a straggler the operator asked to leave: schedulers and people can avoid it. */
+export const ANNOTATION_SLOW = 'tensile.dev/slow';
+
 export interface PlanConfig extends WorkerPodDefaults {
   /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */
   readonly failureBackoffSeconds: number;
@@ -73,6 +76,8 @@ export interface Plan {
   readonly createClaim: V1PersistentVolumeClaim | undefined;
   /** Pods to mark as asked to leave (annotation), with the reason. */
   readonly markLeaving: readonly { readonly name: string; readonly reason: string }[];
+  /** Nodes that ran an evicted straggler: annotated `tensile.dev/slow` with the reason. */
+  readonly markSlowNodes: readonly { readonly name: string; readonly reason: string }[];
   readonly publish: readonly ControlMessage[];
   readonly events: readonly JobEventRecord[];
   readonly deleteJob: boolean;
@@ -155,6 +160,7 @@ export function planInvalidSpec(input: {
     createPods: [],
     createClaim: undefined,
     markLeaving: [],
+    markSlowNodes: [],
     publish: [],
     deleteJob: false,
     requeueAfterMs: undefined,
@@ -187,6 +193,7 @@ export function plan(input: PlanInput): Plan {
   const deletePods: DeletePod[] = [];
   const createPods: V1Pod[] = [];
   const markLeaving: { name: string; reason: string }[] = [];
+  const markSlowNodes: { name: string; reason: string }[] = [];
   const publish: ControlMessage[] = [];
   const wakeAt: number[] = [];
   let deleteJob = false;
@@ -395,6 +402,21 @@ export function plan(input: PlanInput): Plan {
         });
       }
     }
+    // ---- stragglers, with spec.balancing.evictStragglers: asked to leave like a worker on a going node.
+    if (spec.balancing.evictStragglers)
+      for (const name of observed.progress?.stragglers ?? []) {
+        const p = active.find((a) => a.name === name && a.state.kind === 'active');
+        if (p === undefined) continue;
+        const reason = 'straggler: persistently below the straggler threshold of the median throughput';
+        markLeaving.push({ name, reason });
+        const node = p.pod.spec?.nodeName;
+        if (node !== undefined) markSlowNodes.push({ name: node, reason: `${name}: ${reason}` });
+        events.push({
+          type: 'Warning',
+          reason: 'StragglerEvicted',
+          message: `asked worker ${name} to leave${node === undefined ? '' : ` (node ${node} annotated ${ANNOTATION_SLOW})`}: ${reason}`,
+        });
+      }
     // ---- a spec edit (or a scale): running workers offer it, and the next world follows it on every rank.
     const revision = specRevisionOf(job);
     const observedRevision = previous.observedGeneration;
@@ -569,6 +591,7 @@ export function plan(input: PlanInput): Plan {
     createPods,
     createClaim,
     markLeaving,
+    markSlowNodes,
     publish,
     events,
     deleteJob,

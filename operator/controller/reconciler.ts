@@ -13,7 +13,7 @@ import type { EventRecorder, JobRef } from './events.ts';
 import type { KubeClient } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
-import { type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
+import { ANNOTATION_SLOW, type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
 import type { OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -275,6 +275,9 @@ export class JobReconciler {
       }),
     );
     await Promise.all(decision.markLeaving.map((m) => kube.markLeaving(namespace, m.name, m.reason)));
+    await Promise.all(
+      decision.markSlowNodes.map((n) => kube.annotateNode(n.name, ANNOTATION_SLOW, n.reason)),
+    );
     metrics.leaveRequests.inc(decision.markLeaving.length);
     await Promise.all(
       decision.deletePods.map(async (d) => {

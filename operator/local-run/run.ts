@@ -649,6 +649,38 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(`chaos at step ${step}: ${describeChaos(event)} → ${worker.plan.id} at ${factor} of its speed`);
     return worker.plan.id;
   };
+  const startJoiner = (): LocalWorkerPlan => {
+    const worker = planLocalWorker(
+      job,
+      options,
+      plan.out,
+      plan.checkpointDir,
+      nextIndex++,
+      nats?.url,
+      jobUid,
+    );
+    const started = startWorker(worker, io, sink);
+    running.push(started);
+    joining.add(worker.id);
+    // One that dies before it joins must not hold the rest of the script.
+    void started.exited.then(() => {
+      if (joining.delete(worker.id)) void applyChaos();
+    });
+    return worker;
+  };
+  /** spec.balancing.evictStragglers: as the operator does, the straggler leaves and another worker starts. */
+  const evicted = new Set<string>();
+  const evictStraggler = (id: string) => {
+    if (evicted.has(id)) return;
+    const victim = alive().find((w) => w.plan.id === id);
+    if (victim === undefined) return;
+    evicted.add(id);
+    victim.expected = true;
+    victim.child.kill('SIGTERM');
+    const replacement = startJoiner();
+    io.out(`straggler ${id}: asked to leave (SIGTERM), started ${replacement.id} in its place`);
+    recordEvent({ type: 'straggler-evicted', step, worker: id, replacement: replacement.id });
+  };
   const applyChaos = async () => {
     if (chaosBusy) return;
     chaosBusy = true;
@@ -662,22 +694,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
         const event = pendingChaos.shift() as ChaosEvent;
         const time = new Date().toISOString();
         if (event.action === 'join') {
-          const worker = planLocalWorker(
-            job,
-            options,
-            plan.out,
-            plan.checkpointDir,
-            nextIndex++,
-            nats?.url,
-            jobUid,
-          );
-          const started = startWorker(worker, io, sink);
-          running.push(started);
-          joining.add(worker.id);
-          // One that dies before it joins must not hold the rest of the script.
-          void started.exited.then(() => {
-            if (joining.delete(worker.id)) void applyChaos();
-          });
+          const worker = startJoiner();
           io.out(`chaos at step ${step}: join → started ${worker.id}`);
           chaosLog.push({ ...event, step, worker: worker.id, time });
           recordEvent({ type: 'join', step, worker: worker.id });
@@ -725,6 +742,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     },
     onEvent: (worker, line) => {
       if (line.event === 'failed') lastError = line.error;
+      if (line.event === 'straggler' && line.evict) evictStraggler(line.straggler);
       if (line.event === 'progress') {
         step = Math.max(step, line.step);
         if (line.plannedSteps !== undefined) plannedSteps = line.plannedSteps;

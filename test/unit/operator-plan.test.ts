@@ -639,6 +639,37 @@ cases.push(
     },
   },
   {
+    name: 'evictStragglers: a reported straggler is asked to leave and its node annotated tensile.dev/slow',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.balancing': { mode: 'proportional', evictStragglers: true } },
+      running(),
+    ),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    observations: { progress: { ...progress, stragglers: ['job-worker-1', 'job-worker-9'] } },
+    expect: (p) => {
+      assert.equal(
+        p.markLeaving.map((m) => m.name),
+        ['job-worker-1'],
+      );
+      assert.equal(
+        p.markSlowNodes.map((n) => n.name),
+        ['node-1'],
+      );
+      assert.ok(p.publish.some((m) => m.type === 'leave' && m.workers.includes('job-worker-1')));
+      assert.ok(p.events.some((e) => e.reason === 'StragglerEvicted'));
+    },
+  },
+  {
+    name: 'without evictStragglers a straggler is only reported',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: { progress: { ...progress, stragglers: ['job-worker-1'] } },
+    expect: (p) => {
+      assert.equal(p.markLeaving, []);
+      assert.equal(p.markSlowNodes, []);
+    },
+  },
+  {
     name: 'completion reported over NATS: Succeeded with the final figures',
     job: ownedJob({ 'spec.replicas': 2 }, running()),
     pods: [workerPod(0), workerPod(1)],

@@ -172,8 +172,8 @@ function reportStraggler(session: Session, g: Generation, run: Run, worker: stri
       evict,
       time: new Date().toISOString(),
     });
-  // The straggler leaves at the step boundary like a worker told to; the others re-form without it.
-  if (evict && rank === g.world.rank) session.requestLeave();
+  // Eviction is the operator's (or `tensile run`'s): it asks the straggler to leave and starts a
+  // replacement, as for a worker on a going node. A worker leaving on its own would look finished.
 }
 
 /** Evaluation, progress report and checkpoint snapshot after a step, each when due. */

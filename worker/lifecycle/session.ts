@@ -63,11 +63,6 @@ export class Session implements AsyncDisposable {
   readonly checkpoints: BackgroundCheckpointer;
   readonly holder: StateHolder;
 
-  /** This worker leaves at the next step boundary, as on a leave request (a straggler evicting itself). */
-  requestLeave(): void {
-    this.leaveController.abort();
-  }
-
   constructor(
     readonly config: WorkerConfig,
     readonly baseLog: WorkerLogger,
@@ -79,9 +74,8 @@ export class Session implements AsyncDisposable {
     readonly trainer: Trainer,
     readonly fresh: TrainingState,
     readonly membership: Membership,
-    private readonly leaveController: AbortController,
+    leaving: AbortController,
   ) {
-    const leaving = leaveController;
     this.spec = config.spec;
     this.state = trainer.state;
     this.leaving = leaving.signal;
