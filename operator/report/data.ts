@@ -323,6 +323,7 @@ export function assembleReport(files: RunFiles): ReportData {
   const checkpointRaw: Timed<TimelineEvent>[] = [];
   const events: TimelineEvent[] = [];
   const workers = new Set<string>();
+  const sharedSeen = new Set<string>();
   // A world that re-forms from an earlier step (a resume, a restore) redoes the steps after it:
   // progress logged before that moment beyond that step was rolled back.
   const rollbacks: { time: number; step: number }[] = [];
@@ -423,6 +424,10 @@ export function assembleReport(files: RunFiles): ReportData {
           const detail = timelineDetail(r);
           if (detail === undefined) break;
           const step = 'step' in r && r.step !== undefined ? r.step : null;
+          // Every rank logs the world's balancing decisions: one line each.
+          const key = `${r.event}@${step}:${detail}`;
+          if ((r.event === 'balance' || r.event === 'straggler') && sharedSeen.has(key)) break;
+          sharedSeen.add(key);
           if (r.event === 'resumed' && time !== null) rollbacks.push({ time, step: r.step });
           events.push({
             kind: r.event,
