@@ -251,7 +251,7 @@ function workerTable(data: ReportData): string {
   if (last?.workers == null) return '';
   const rows = last.workers.map(
     (w) =>
-      `<tr><td>${esc(w.worker)}</td><td class="num">${w.batch}</td><td class="num">${esc(formatNumber(w.samplesPerSecond))}</td><td class="num">${esc(formatNumber(w.waitSeconds * 1000, 1))}</td></tr>`,
+      `<tr><td>${esc(w.worker)}</td><td class="num">${w.batch}</td><td class="num">${esc(formatNumber(w.samplesPerSecond))}</td><td class="num">${esc(formatNumber(w.waitSeconds * 1000))}</td></tr>`,
   );
   return `<p class="muted">At step ${last.step}: each worker's share of the global batch, its compute throughput (waiting excluded) and how long it waited for the others per step (moving averages).</p><table><thead><tr><th>worker</th><th class="num">batch</th><th class="num">compute samples/s</th><th class="num">wait ms/step</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
