@@ -462,6 +462,10 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
       return `evaluation at step ${e.step}: accuracy ${fixed(e.accuracy, 4)}, loss ${fixed(e.loss, 4)} (${e.samples} samples)`;
     case 'checkpoint':
       return `checkpoint at step ${e.step}: ${e.path}`;
+    case 'balance':
+      return `batch split at step ${e.step}: ${e.before === undefined ? '' : `${e.before.join('/')} → `}${e.perWorker.join('/')} (${e.reason})`;
+    case 'straggler':
+      return `straggler at step ${e.step}: ${e.straggler} at ${e.samplesPerSecond} samples/s, median ${e.medianSamplesPerSecond}${e.evict ? ' (evicting)' : ''}`;
     case 'completed':
     case 'stopped':
       return `${e.event}: ${e.reason} at step ${e.step}`;
@@ -766,8 +770,13 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
           detail: `generation ${line.generation}: ${line.worldSize} worker(s), global batch ${line.globalBatch}, lr ${line.learningRate} (${line.reason})`,
         });
       // Several workers log the same world and evaluation: show each once.
-      if (line.event === 'generation' || line.event === 'eval') {
-        const key = `${line.event}:${line.generation}:${line.event === 'eval' ? line.step : ''}`;
+      if (
+        line.event === 'generation' ||
+        line.event === 'eval' ||
+        line.event === 'balance' ||
+        line.event === 'straggler'
+      ) {
+        const key = `${line.event}:${line.generation}:${line.event === 'generation' ? '' : line.step}`;
         if (printed.has(key)) return;
         printed.add(key);
       }
