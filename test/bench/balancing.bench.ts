@@ -14,11 +14,13 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { eventsOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
-const at = (e: Record<string, unknown>) => Date.parse(String(e['timestamp']));
+const at = (e: { timestamp?: string | undefined }) => Date.parse(String(e.timestamp));
 
 const GLOBAL_BATCH = 2048;
 
@@ -30,7 +32,7 @@ function writeJob(dir: string, mode: 'even' | 'proportional'): string {
     model: { mlp: { hiddenUnits: [256, 128] } },
     dataset: {
       format: 'idx',
-      path: '/usr/share/datasets/fashion-mnist',
+      path: fashionMnistDir(),
       normalize: 'scale',
       maxTrainSamples: 61_440,
     },
@@ -62,32 +64,24 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
   );
   const events = workerEvents(out);
   // The last world of all three (a late starter can make the first one smaller).
-  const world = events
-    .filter((e) => e['event'] === 'generation' && e['rank'] === 0 && e['worldSize'] === 3)
-    .sort((a, b) => Number(a['generation']) - Number(b['generation']))
+  const world = eventsOf(events, 'generation')
+    .filter((e) => e.rank === 0 && e.worldSize === 3)
+    .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
     .at(-1);
-  const writer = world?.['worker'];
-  const progress = events
-    .filter(
-      (e) => e['event'] === 'progress' && e['worker'] === writer && e['generation'] === world?.['generation'],
-    )
-    .sort((a, b) => Number(a['step']) - Number(b['step']));
-  const evaluated = new Set(events.filter((e) => e['event'] === 'eval').map((e) => Number(e['step'])));
+  const writer = world?.worker;
+  const progress = eventsOf(events, 'progress')
+    .filter((e) => e.worker === writer && e.generation === world?.generation)
+    .sort((a, b) => a.step - b.step);
+  const evaluated = new Set(eventsOf(events, 'eval').map((e) => e.step));
   const stepTimes: number[] = [];
-  for (let i = Math.floor(progress.length / 2); i < progress.length; i++) {
+  for (let i = Math.max(1, Math.floor(progress.length / 2)); i < progress.length; i++) {
     const a = progress[i - 1];
     const b = progress[i];
-    if (a === undefined || b === undefined || Number(b['step']) !== Number(a['step']) + 1) continue;
-    if (evaluated.has(Number(a['step'])) || evaluated.has(Number(b['step']))) continue;
+    if (a === undefined || b === undefined || b.step !== a.step + 1) continue;
+    if (evaluated.has(a.step) || evaluated.has(b.step)) continue;
     stepTimes.push((at(b) - at(a)) / 1000);
   }
-  const last = progress.at(-1);
-  const loads = (last?.['workers'] ?? []) as {
-    worker: string;
-    batch: number;
-    samplesPerSecond: number;
-    waitSeconds: number;
-  }[];
+  const loads = progress.at(-1)?.workers ?? [];
   const capacities = loads.map((l) => l.samplesPerSecond);
   const jobSamplesPerSecond = GLOBAL_BATCH / median(stepTimes);
   const slowed = loads.find((l) => l.worker.endsWith('-worker-2'));
@@ -96,7 +90,7 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
     capacities,
     ofCapacity: round(jobSamplesPerSecond / capacities.reduce((a, b) => a + b, 0)),
     finalSplit: loads.map((l) => l.batch),
-    rebalances: events.filter((e) => e['event'] === 'balance' && e['worker'] === writer).length,
+    rebalances: eventsOf(events, 'balance').filter((e) => e.worker === writer).length,
     slowedWorkerWaitSeconds: slowed?.waitSeconds ?? 0,
     fastWorkersWaitSeconds: loads.filter((l) => l !== slowed).map((l) => l.waitSeconds),
     accuracy: summary.eval?.accuracy ?? null,

@@ -5,19 +5,22 @@
  * keep the global batch, train every sample exactly once per epoch and hold identical weights on
  * every worker after every step.
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import { eventsOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import {
+  assertLockstep,
+  finished,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-
+const FASHION = fashionMnistDir();
 const TRAIN = 9000;
 const BATCH = 300;
 const EPOCHS = 2;
@@ -49,10 +52,10 @@ test('proportional: the slowed worker gets the smallest batch; B kept, exactly o
 
   const events = workerEvents(out);
   const slowed = 'balancing-worker-2';
-  const writer = events.find((e) => e['event'] === 'generation' && e['rank'] === 0)?.['worker'];
-  const plans = events.filter((e) => e['event'] === 'balance' && e['worker'] === writer);
-  assert.ok(plans.length > 0, 'the split was re-planned');
-  const last = plans.at(-1) as { members: string[]; perWorker: number[] };
+  const writer = eventsOf(events, 'generation').find((e) => e.rank === 0)?.worker;
+  const plans = eventsOf(events, 'balance').filter((e) => e.worker === writer);
+  const last = plans.at(-1);
+  assert.ok(last !== undefined, 'the split was re-planned');
   const mine = last.perWorker[last.members.indexOf(slowed)] as number;
   const others = last.perWorker.filter((_, i) => last.members[i] !== slowed);
   assert.ok(
@@ -65,30 +68,25 @@ test('proportional: the slowed worker gets the smallest batch; B kept, exactly o
   );
   // Every worker took the same decisions at the same steps (they come from the all-reduced times).
   const byWorker = new Map<string, string>();
-  for (const e of events.filter((x) => x['event'] === 'balance'))
-    byWorker.set(
-      String(e['worker']),
-      `${byWorker.get(String(e['worker'])) ?? ''}${e['step']}:${e['perWorker']};`,
-    );
+  for (const e of eventsOf(events, 'balance'))
+    byWorker.set(String(e.worker), `${byWorker.get(String(e.worker)) ?? ''}${e.step}:${e.perWorker};`);
   assert.is(new Set(byWorker.values()).size, 1, JSON.stringify([...byWorker]));
   assert.is(byWorker.size, 3);
 
   // The progress reports per-worker throughput: the slowed worker's is the lowest.
-  const progress = events.filter((e) => e['event'] === 'progress' && e['worker'] === writer).at(-1);
-  const loads = progress?.['workers'] as { worker: string; samplesPerSecond: number }[];
+  const loads = eventsOf(events, 'progress')
+    .filter((e) => e.worker === writer)
+    .at(-1)?.workers;
+  assert.ok(loads !== undefined && loads.length === 3, 'per-worker figures in progress');
   const slowRate = loads.find((l) => l.worker === slowed)?.samplesPerSecond ?? 0;
   assert.ok(
     loads.every((l) => l.worker === slowed || l.samplesPerSecond > slowRate),
     JSON.stringify(loads),
   );
 
-  const sums = new Map<string, Set<string>>();
-  for (const e of events.filter((x) => x['event'] === 'checksum')) {
-    const key = `${e['generation']}@${e['step']}`;
-    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
-  }
-  assert.ok(sums.size >= summary.step / 2, `${sums.size} steps checked`);
-  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+  // Identical weights on every worker after every step.
+  const shared = assertLockstep(events);
+  assert.ok(shared >= summary.step / 2, `${shared} steps checked on more than one worker`);
 });
 
 test.run();
