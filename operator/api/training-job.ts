@@ -1013,8 +1013,8 @@ export const TrainingJobStatusSchema = z.strictObject({
   workers: z
     .array(
       z.strictObject({
-        worker: z.string(),
-        batch: nonNegativeInt(),
+        worker: z.string().describe('The worker (its pod name).'),
+        batch: nonNegativeInt().describe('Its share of the global batch per step.'),
         samplesPerSecond: z
           .number()
           .describe('Compute throughput: samples per second of compute, waiting excluded.'),
