@@ -101,6 +101,14 @@ const jobUid = z.string().min(1).optional();
 
 export const CheckpointRefSchema = z.object({ step: nonNegativeInt, path: z.string(), time });
 
+export const WorkerLoadSchema = z.object({
+  worker: z.string(),
+  batch: nonNegativeInt,
+  samplesPerSecond: z.number().min(0),
+  waitSeconds: z.number().min(0),
+});
+export type WorkerLoad = z.output<typeof WorkerLoadSchema>;
+
 /** Worker → operator, on `.metrics`: the progress of the world, sent by rank 0. */
 export const ProgressMessageSchema = z.object({
   type: z.literal('progress'),
@@ -113,6 +121,10 @@ export const ProgressMessageSchema = z.object({
   loss: z.number(),
   accuracy: z.number().optional(),
   samplesPerSecond: z.number().min(0),
+  /** Per worker, in rank order: its batch, compute throughput (waiting excluded) and wait per step. */
+  workers: z.array(WorkerLoadSchema).optional(),
+  /** Workers persistently slower than the straggler threshold of the median. */
+  stragglers: z.array(z.string()).optional(),
   lastCheckpoint: CheckpointRefSchema.optional(),
   time,
 });
@@ -179,8 +191,34 @@ export const RescalingEventSchema = z.object({
   time,
 });
 
+/** Worker → anyone, on `.events`: the split of the global batch changed, or a straggler was found. */
+export const BalanceEventSchema = z.object({
+  type: z.literal('balance'),
+  jobUid,
+  generation: nonNegativeInt,
+  step: nonNegativeInt,
+  members: z.array(z.string()),
+  perWorker: z.array(nonNegativeInt),
+  reason: z.string(),
+  time,
+});
+
+export const StragglerEventSchema = z.object({
+  type: z.literal('straggler'),
+  jobUid,
+  generation: nonNegativeInt,
+  step: nonNegativeInt,
+  worker: z.string(),
+  samplesPerSecond: z.number().min(0),
+  medianSamplesPerSecond: z.number().min(0),
+  evict: z.boolean(),
+  time,
+});
+
 export const JobEventSchema = z.discriminatedUnion('type', [
   RescaleEventSchema,
+  BalanceEventSchema,
+  StragglerEventSchema,
   RescalingEventSchema,
   CheckpointEventSchema,
 ]);

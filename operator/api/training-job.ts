@@ -521,6 +521,69 @@ export const BatchSpecSchema = withRules(
   ],
 );
 
+// ------------------------------------------------------------------------------------------ balancing
+
+export const BALANCING_MODES = ['even', 'proportional'] as const;
+export type BalancingMode = (typeof BALANCING_MODES)[number];
+
+export const BalancingSpecSchema = z.strictObject({
+  mode: z
+    .enum(BALANCING_MODES)
+    .default('even')
+    .describe(
+      "How the global batch is split among workers: even, or proportional to each worker's measured throughput (compute time per sample, waiting excluded); the global batch and the rescale policy stay as they are.",
+    ),
+  smoothing: z
+    .number()
+    .min(0)
+    .lt(1)
+    .default(0.9)
+    .describe(
+      "Weight of the past in the moving average of each worker's compute time per sample (0: the last step alone).",
+    ),
+  driftThreshold: z
+    .number()
+    .gt(0)
+    .lt(1)
+    .default(0.1)
+    .describe(
+      'proportional: re-plan at a step boundary only when the new split would shorten the predicted step by at least this fraction.',
+    ),
+  minIntervalSteps: positiveInt()
+    .max(1_000_000)
+    .default(50)
+    .describe('proportional: at least this many steps between two re-plans within a generation.'),
+  warmupSteps: positiveInt()
+    .max(1_000_000)
+    .default(10)
+    .describe('Steps each worker is measured before its estimate is used (the first steps are slow).'),
+  minShare: z
+    .number()
+    .gt(0)
+    .lte(1)
+    .default(0.1)
+    .describe(
+      'proportional: no worker gets less than this fraction of the even share B/N (a tiny batch measures badly and wastes a worker).',
+    ),
+  stragglerThreshold: z
+    .number()
+    .gt(0)
+    .lt(1)
+    .default(0.5)
+    .describe("A worker whose throughput stays below this fraction of the workers' median is a straggler."),
+  stragglerSteps: positiveInt()
+    .max(1_000_000)
+    .default(100)
+    .describe('Steps a worker must stay below the straggler threshold before it is reported.'),
+  evictStragglers: z
+    .boolean()
+    .default(false)
+    .describe(
+      'Ask a reported straggler to leave, so that it is replaced (its node gets the annotation tensile.dev/slow).',
+    ),
+});
+export type BalancingSpec = z.output<typeof BalancingSpecSchema>;
+
 // ------------------------------------------------------------------------------------------- stopping
 
 export const StoppingSpecSchema = withRules(
@@ -906,6 +969,9 @@ export const TrainingJobSpecSchema = withRules(
     dataset: DatasetSpecSchema.describe('Where the data is and how it is prepared; immutable.'),
     optimizer: OptimizerSpecSchema.describe('Optimizer and learning rate; immutable.'),
     batch: BatchSpecSchema.prefault({}).describe('Global batch size and the rescale policy.'),
+    balancing: BalancingSpecSchema.prefault({}).describe(
+      'How the global batch is split among workers of different speeds, and what happens to stragglers.',
+    ),
     stopping: StoppingSpecSchema.prefault({ epochs: 1 }).describe('When training ends.'),
     evaluation: EvaluationSpecSchema.prefault({}).describe('How often to evaluate on the eval split.'),
     checkpoint: CheckpointSpecSchema.prefault({ intervalSteps: 200 }).describe(
@@ -969,6 +1035,7 @@ export const CONDITION_TYPES = [
   'Failed',
   'Suspended',
   'PodsPending',
+  'Stragglers',
 ] as const;
 export type ConditionType = (typeof CONDITION_TYPES)[number];
 export const PHASES = ['Pending', 'Running', 'Suspended', 'Succeeded', 'Failed'] as const;
@@ -1007,6 +1074,27 @@ export const TrainingJobStatusSchema = z.strictObject({
   loss: z.number().optional().describe('Training loss of the last reported step, 4 significant digits.'),
   accuracy: z.number().optional().describe('Accuracy of the last evaluation, 4 decimals.'),
   samplesPerSecond: z.number().optional().describe('Training throughput of the whole world.'),
+  workers: z
+    .array(
+      z.strictObject({
+        worker: z.string().describe('The worker (its pod name).'),
+        batch: nonNegativeInt().describe('Its share of the global batch per step.'),
+        samplesPerSecond: z
+          .number()
+          .describe('Compute throughput: samples per second of compute, waiting excluded.'),
+        waitSeconds: z
+          .number()
+          .describe('Seconds per step this worker waits for the others in the all-reduce.'),
+      }),
+    )
+    .max(10_000)
+    .optional()
+    .describe("Each worker's batch, throughput and wait in the current world, in rank order."),
+  stragglers: z
+    .array(z.string())
+    .max(10_000)
+    .optional()
+    .describe('Workers persistently below spec.balancing.stragglerThreshold of the median throughput.'),
   lastCheckpoint: z
     .strictObject({
       step: nonNegativeInt().describe('The step it holds.'),

@@ -27,6 +27,13 @@ const envelope = {
   generation: count.optional(),
 };
 
+const workerLoad = z.object({
+  worker: z.string(),
+  batch: count,
+  samplesPerSecond: z.number(),
+  waitSeconds: z.number(),
+});
+
 const event = <N extends string, S extends z.ZodRawShape>(name: N, shape: S) =>
   z.object({ ...envelope, event: z.literal(name), ...shape });
 
@@ -154,6 +161,26 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     progress: z.number().optional(),
     worldSize: count.optional(),
     plannedSteps: count.optional(),
+    /** Per worker, in rank order: batch, compute throughput (samples/s, waiting excluded), wait per step. */
+    workers: z.array(workerLoad).readonly().optional(),
+  }),
+  /** The split of the global batch changed (spec.balancing: proportional): at a generation or a step boundary. */
+  event('balance', {
+    step: count,
+    members: z.array(z.string()).readonly(),
+    perWorker: z.array(count).readonly(),
+    before: z.array(count).readonly().optional(),
+    predictedSeconds: z.number().optional(),
+    predictedBeforeSeconds: z.number().optional(),
+    reason: z.enum(['generation', 'drift']),
+  }),
+  /** A worker stayed below the straggler threshold of the median throughput for stragglerSteps. */
+  event('straggler', {
+    step: count,
+    straggler: z.string(),
+    samplesPerSecond: z.number(),
+    medianSamplesPerSecond: z.number(),
+    evict: z.boolean(),
   }),
   /** Every rank's own figures since its previous line: throughput, step time, time in the all-reduce. */
   event('rank-progress', {

@@ -53,6 +53,7 @@ const CONDITION_ORDER: readonly ConditionType[] = [
   'Running',
   'Rescaling',
   'PodsPending',
+  'Stragglers',
   'Suspended',
   'Succeeded',
   'Failed',

@@ -111,6 +111,17 @@ export class KubeClient {
     }
   }
 
+  /** Annotates a node (merge patch); a node that is gone needs none. */
+  async annotateNode(name: string, key: string, value: string): Promise<void> {
+    const body = { metadata: { annotations: { [key]: value.slice(0, 1000) } } };
+    try {
+      await this.call(`annotate node ${name}`, () => this.core.patchNode({ name, body }, mergePatch));
+    } catch (error) {
+      if (isNotFound(error)) return;
+      throw error;
+    }
+  }
+
   async createClaim(namespace: string, claim: V1PersistentVolumeClaim): Promise<void> {
     try {
       await this.call(`create claim ${namespace}/${claim.metadata?.name}`, () =>

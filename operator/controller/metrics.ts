@@ -75,6 +75,11 @@ export class OperatorMetrics {
     help: 'Workers asked to leave before their node goes',
     registers: [this.registry],
   });
+  readonly stragglers = new Counter({
+    name: 'tensile_stragglers_total',
+    help: 'Workers reported persistently slower than the straggler threshold of the median',
+    registers: [this.registry],
+  });
   readonly leader = new Gauge({
     name: 'tensile_leader',
     help: '1 while this replica is the leader',

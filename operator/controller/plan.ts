@@ -29,6 +29,9 @@ import {
 } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
+/** On a node that ran a straggler the operator asked to leave: schedulers and people can avoid it. */
+export const ANNOTATION_SLOW = 'tensile.dev/slow';
+
 export interface PlanConfig extends WorkerPodDefaults {
   /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */
   readonly failureBackoffSeconds: number;
@@ -78,6 +81,8 @@ export interface Plan {
   readonly createClaim: V1PersistentVolumeClaim | undefined;
   /** Pods to mark as asked to leave (annotation), with the reason. */
   readonly markLeaving: readonly { readonly name: string; readonly reason: string }[];
+  /** Nodes that ran an evicted straggler: annotated `tensile.dev/slow` with the reason. */
+  readonly markSlowNodes: readonly { readonly name: string; readonly reason: string }[];
   readonly publish: readonly ControlMessage[];
   readonly events: readonly JobEventRecord[];
   readonly deleteJob: boolean;
@@ -173,6 +178,7 @@ export function planInvalidSpec(input: {
     createPods: [],
     createClaim: undefined,
     markLeaving: [],
+    markSlowNodes: [],
     publish: [],
     deleteJob: false,
     requeueAfterMs: undefined,
@@ -211,6 +217,7 @@ export function plan(input: PlanInput): Plan {
   const deletePods: DeletePod[] = [];
   const createPods: V1Pod[] = [];
   const markLeaving: { name: string; reason: string }[] = [];
+  const markSlowNodes: { name: string; reason: string }[] = [];
   const publish: ControlMessage[] = [];
   const wakeAt: number[] = [];
   let deleteJob = false;
@@ -324,6 +331,8 @@ export function plan(input: PlanInput): Plan {
     progress.worldSize = observed.progress.worldSize;
     progress.generation = observed.progress.generation;
     progress.samplesPerSecond = observed.progress.samplesPerSecond;
+    if (observed.progress.workers !== undefined) progress.workers = observed.progress.workers;
+    progress.stragglers = observed.progress.stragglers ?? [];
   }
 
   const terminal = phase !== undefined && TERMINAL_PHASES.has(phase);
@@ -426,6 +435,21 @@ export function plan(input: PlanInput): Plan {
         });
       }
     }
+    // ---- stragglers, with spec.balancing.evictStragglers: asked to leave like a worker on a going node.
+    if (spec.balancing.evictStragglers)
+      for (const name of observed.progress?.stragglers ?? []) {
+        const p = active.find((a) => a.name === name && a.state.kind === 'active');
+        if (p === undefined) continue;
+        const reason = 'straggler: persistently below the straggler threshold of the median throughput';
+        markLeaving.push({ name, reason });
+        const node = p.pod.spec?.nodeName;
+        if (node !== undefined) markSlowNodes.push({ name: node, reason: `${name}: ${reason}` });
+        events.push({
+          type: 'Warning',
+          reason: 'StragglerEvicted',
+          message: `asked worker ${name} to leave${node === undefined ? '' : ` (node ${node} annotated ${ANNOTATION_SLOW})`}: ${reason}`,
+        });
+      }
     // ---- a spec edit (or a scale): running workers offer it, and the next world follows it on every rank.
     const revision = specRevisionOf(job);
     const observedRevision = previous.observedGeneration;
@@ -545,6 +569,7 @@ export function plan(input: PlanInput): Plan {
         now,
       );
     }
+    conditions = stragglerCondition(conditions, progress.stragglers, events, now);
     // ---- phase and the Running condition.
     const ready = active.filter((p) => p.state.kind === 'active' && p.state.ready).length;
     const running = ready >= spec.minReplicas;
@@ -599,9 +624,28 @@ export function plan(input: PlanInput): Plan {
     createPods,
     createClaim,
     markLeaving,
+    markSlowNodes,
     publish,
     events,
     deleteJob,
     requeueAfterMs,
   };
+}
+
+/**
+ * `Stragglers`: raised (with a Warning event) while the workers report persistently slow members,
+ * cleared once they report none; untouched while no progress says either way.
+ */
+function stragglerCondition(
+  conditions: Condition[],
+  stragglers: readonly string[] | undefined,
+  events: JobEventRecord[],
+  now: Date,
+): Condition[] {
+  if (stragglers === undefined) return conditions;
+  if (stragglers.length === 0)
+    return clearCondition(conditions, 'Stragglers', 'WorkersKeepPace', 'no worker is persistently slow', now);
+  const text = `persistently below the straggler threshold of the median throughput: ${stragglers.join(', ')}`;
+  if (!isTrue(conditions, 'Stragglers')) events.push({ type: 'Warning', reason: 'Straggler', message: text });
+  return setCondition(conditions, 'Stragglers', 'True', 'SlowWorkers', text.slice(0, 1000), now);
 }

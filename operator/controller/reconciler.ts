@@ -27,7 +27,14 @@ import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
-import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
+import {
+  ANNOTATION_SLOW,
+  type Plan,
+  type PlanConfig,
+  type PlanInput,
+  plan,
+  planInvalidSpec,
+} from './plan.ts';
 import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -268,6 +275,9 @@ export class JobReconciler {
     const failed = (after.restarts ?? 0) - (before?.restarts ?? 0);
     if (preempted > 0) this.deps.metrics.preemptions.inc(preempted);
     if (failed > 0) this.deps.metrics.failures.inc(failed);
+    const slow = new Set(before?.stragglers ?? []);
+    const newlySlow = (after.stragglers ?? []).filter((w) => !slow.has(w)).length;
+    if (newlySlow > 0) this.deps.metrics.stragglers.inc(newlySlow);
   }
 
   /**
@@ -339,6 +349,9 @@ export class JobReconciler {
       }),
     );
     await Promise.all(decision.markLeaving.map((m) => kube.markLeaving(namespace, m.name, m.reason)));
+    await Promise.all(
+      decision.markSlowNodes.map((n) => kube.annotateNode(n.name, ANNOTATION_SLOW, n.reason)),
+    );
     metrics.leaveRequests.inc(decision.markLeaving.length);
     await Promise.all(
       decision.deletePods.map(async (d) => {

@@ -57,9 +57,10 @@ import {
   STDIN_NAME,
   UsageError,
 } from '../commands/args.ts';
+import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
 
-export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart'] as const;
+export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart', 'slow', 'unslow'] as const;
 export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
 
 /**
@@ -67,10 +68,14 @@ export type ChaosAction = (typeof CHAOS_ACTIONS)[number];
  * (`kill:30%`: the same point of the run whatever the manifest's size or the machine's speed); or
  * `seconds` after the first world of this session formed (`kill:@20s`: start-up does not count).
  */
-export type ChaosEvent =
+export type ChaosEvent = (
   | { readonly action: ChaosAction; readonly step: number }
   | { readonly action: ChaosAction; readonly percent: number }
-  | { readonly action: ChaosAction; readonly seconds: number };
+  | { readonly action: ChaosAction; readonly seconds: number }
+) /** slow and unslow: the index of the worker (worker-N) and the fraction of its speed it keeps. */ & {
+  readonly target?: number;
+  readonly factor?: number;
+};
 
 /** What happened: the step it happened at, and the worker it hit or started. */
 export type ChaosRecord = ChaosEvent & {
@@ -109,7 +114,7 @@ export function chaosReady(event: ChaosEvent, joinsPending: number, progress: Ch
 }
 
 const describeChaos = (event: ChaosEvent): string =>
-  `${event.action}:${'step' in event ? event.step : 'percent' in event ? `${event.percent}%` : `@${event.seconds}s`}`;
+  `${event.action}:${event.target === undefined ? '' : `${event.target}:`}${event.factor === undefined ? '' : `${event.factor}:`}${'step' in event ? event.step : 'percent' in event ? `${event.percent}%` : `@${event.seconds}s`}`;
 
 export interface RunOptions {
   readonly file: string;
@@ -149,7 +154,7 @@ again resumes from the newest checkpoint.`,
     chaos: {
       type: 'string',
       value: 'EVENTS',
-      help: 'comma-separated ACTION:WHEN, e.g. kill:40,join:80,leave:120,nats-restart:150:\nkill -9 a worker, start one more, stop one gracefully, restart nats-server;\nWHEN is a global step (40), a share of the planned steps (30%) or seconds\nafter the first world formed (@20s). Events happen in the order written\n(sorted when all are steps); joins start side by side, and any other\nevent waits until the workers they started are in a world (or standing by)',
+      help: 'comma-separated ACTION:WHEN, e.g. kill:40,join:80,leave:120,nats-restart:150:\nkill -9 a worker, start one more, stop one gracefully, restart nats-server;\nslow:N:F[:WHEN] runs worker-N at F (0 < F ≤ 1) of its speed (a SIGSTOP/SIGCONT\nduty cycle; from the first step without WHEN), unslow:N[:WHEN] ends that;\nWHEN is a global step (40), a share of the planned steps (30%) or seconds\nafter the first world formed (@20s). Events happen in the order written\n(sorted when all are steps); joins start side by side, and any other\nevent waits until the workers they started are in a world (or standing by)',
     },
     'chaos-seed': { type: 'string', value: 'N', help: 'which workers kill and leave hit (default 1)' },
     elastic: { type: 'boolean', help: 'use the elastic runtime even with one worker' },
@@ -175,6 +180,12 @@ export function parseChaos(text: string): ChaosEvent[] | string {
     .split(',')
     .map((p) => p.trim())
     .filter(Boolean)) {
+    const slowed = parseSlow(part);
+    if (typeof slowed === 'string') return slowed;
+    if (slowed !== undefined) {
+      events.push(slowed);
+      continue;
+    }
     const at = part.lastIndexOf(':');
     const name = part.slice(0, at);
     const when = part.slice(at + 1);
@@ -193,6 +204,24 @@ export function parseChaos(text: string): ChaosEvent[] | string {
   return events.every((e) => 'step' in e)
     ? events.sort((a, b) => ('step' in a && 'step' in b ? a.step - b.step : 0))
     : events;
+}
+
+/** `slow:N:F[:WHEN]` and `unslow:N[:WHEN]`; undefined for another action, a message when malformed. */
+function parseSlow(part: string): ChaosEvent | string | undefined {
+  const [action, ...rest] = part.split(':');
+  if (action !== 'slow' && action !== 'unslow') return undefined;
+  const slow = action === 'slow';
+  const bad = slow
+    ? `--chaos: "${part}" is not slow:N:F[:WHEN] (worker-N at F of its speed, 0 < F ≤ 1; e.g. slow:1:0.5 or slow:1:0.5:100)`
+    : `--chaos: "${part}" is not unslow:N[:WHEN] (e.g. unslow:1:300)`;
+  const [target, factor, when] = slow ? rest : [rest[0], '1', rest[1]];
+  if (rest.length > (slow ? 3 : 2) || target === undefined || !/^\d+$/.test(target)) return bad;
+  const f = Number(factor);
+  if (factor === undefined || !/^\d*\.?\d+$/.test(factor) || !(f > 0 && f <= 1)) return bad;
+  const at = when === undefined ? [{ action, step: 0 }] : parseChaos(`kill:${when}`);
+  if (typeof at === 'string' || at[0] === undefined) return bad;
+  const { action: _, ...point } = at[0];
+  return { ...point, action, target: Number(target), factor: f } as ChaosEvent;
 }
 
 /** The options of a run from its parsed command line; throws UsageError naming a wrong one. */
@@ -446,6 +475,10 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
       return `evaluation at step ${e.step}: accuracy ${fixed(e.accuracy, 4)}, loss ${fixed(e.loss, 4)} (${e.samples} samples)`;
     case 'checkpoint':
       return `checkpoint at step ${e.step}: ${e.path}`;
+    case 'balance':
+      return `batch split at step ${e.step}: ${e.before === undefined ? '' : `${e.before.join('/')} → `}${e.perWorker.join('/')} (${e.reason})`;
+    case 'straggler':
+      return `straggler at step ${e.step}: ${e.straggler} at ${e.samplesPerSecond} samples/s, median ${e.medianSamplesPerSecond}${e.evict ? ' (evicting)' : ''}`;
     case 'completed':
     case 'stopped':
       return `${e.event}: ${e.reason} at step ${e.step}`;
@@ -604,10 +637,67 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   const skipResumed = () => {
     if (resumedFrom === undefined || resumedFrom === 0) return;
     const from = resumedFrom;
-    const skipped = pendingChaos.filter((e) => (chaosStep(e, plannedSteps) ?? from) < from);
+    // A slow-down is a property of the machine, not a point of the run: it holds in a resumed one too.
+    const skipped = pendingChaos.filter(
+      (e) => e.target === undefined && (chaosStep(e, plannedSteps) ?? from) < from,
+    );
     if (skipped.length === 0) return;
     for (const e of skipped) pendingChaos.splice(pendingChaos.indexOf(e), 1);
     io.out(`chaos: resuming at step ${from}, skipping ${skipped.map(describeChaos).join(',')}`);
+  };
+  /** Duty cycles of slowed workers, by worker index. */
+  const slowed = new Map<number, DutyCycle>();
+  const slowWorker = (event: ChaosEvent): string | undefined => {
+    const index = event.target ?? -1;
+    slowed.get(index)?.[Symbol.dispose]();
+    slowed.delete(index);
+    const worker = running.find(
+      (w) => w.plan.index === index && w.child.exitCode === null && w.child.signalCode === null,
+    );
+    const factor = event.action === 'slow' ? (event.factor ?? 1) : 1;
+    if (worker?.child.pid === undefined) {
+      io.out(`chaos at step ${step}: ${describeChaos(event)} → no running worker-${index}, nothing to do`);
+      return undefined;
+    }
+    if (factor < 1) {
+      const cycle = startDutyCycle(worker.child.pid, factor);
+      slowed.set(index, cycle);
+      void worker.exited.then(() => cycle[Symbol.dispose]());
+    }
+    io.out(`chaos at step ${step}: ${describeChaos(event)} → ${worker.plan.id} at ${factor} of its speed`);
+    return worker.plan.id;
+  };
+  const startJoiner = (): LocalWorkerPlan => {
+    const worker = planLocalWorker(
+      job,
+      options,
+      plan.out,
+      plan.checkpointDir,
+      nextIndex++,
+      nats?.url,
+      jobUid,
+    );
+    const started = startWorker(worker, io, sink);
+    running.push(started);
+    joining.add(worker.id);
+    // One that dies before it joins must not hold the rest of the script.
+    void started.exited.then(() => {
+      if (joining.delete(worker.id)) void applyChaos();
+    });
+    return worker;
+  };
+  /** spec.balancing.evictStragglers: as the operator does, the straggler leaves and another worker starts. */
+  const evicted = new Set<string>();
+  const evictStraggler = (id: string) => {
+    if (evicted.has(id)) return;
+    const victim = alive().find((w) => w.plan.id === id);
+    if (victim === undefined) return;
+    evicted.add(id);
+    victim.expected = true;
+    victim.child.kill('SIGTERM');
+    const replacement = startJoiner();
+    io.out(`straggler ${id}: asked to leave (SIGTERM), started ${replacement.id} in its place`);
+    recordEvent({ type: 'straggler-evicted', step, worker: id, replacement: replacement.id });
   };
   const applyChaos = async () => {
     if (chaosBusy) return;
@@ -622,25 +712,14 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
         const event = pendingChaos.shift() as ChaosEvent;
         const time = new Date().toISOString();
         if (event.action === 'join') {
-          const worker = planLocalWorker(
-            job,
-            options,
-            plan.out,
-            plan.checkpointDir,
-            nextIndex++,
-            nats?.url,
-            jobUid,
-          );
-          const started = startWorker(worker, io, sink);
-          running.push(started);
-          joining.add(worker.id);
-          // One that dies before it joins must not hold the rest of the script.
-          void started.exited.then(() => {
-            if (joining.delete(worker.id)) void applyChaos();
-          });
+          const worker = startJoiner();
           io.out(`chaos at step ${step}: join → started ${worker.id}`);
           chaosLog.push({ ...event, step, worker: worker.id, time });
           recordEvent({ type: 'join', step, worker: worker.id });
+        } else if (event.action === 'slow' || event.action === 'unslow') {
+          const worker = slowWorker(event);
+          chaosLog.push({ ...event, step, ...(worker === undefined ? {} : { worker }), time });
+          recordEvent({ type: event.action, step, worker, factor: event.factor });
         } else if (event.action === 'nats-restart') {
           io.out(`chaos at step ${step}: restarting nats-server`);
           chaosLog.push({ ...event, step, time });
@@ -681,6 +760,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     },
     onEvent: (worker, line) => {
       if (line.event === 'failed') lastError = line.error;
+      if (line.event === 'straggler' && line.evict) evictStraggler(line.straggler);
       if (line.event === 'progress') {
         step = Math.max(step, line.step);
         if (line.plannedSteps !== undefined) plannedSteps = line.plannedSteps;
@@ -704,8 +784,13 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
           detail: `generation ${line.generation}: ${line.worldSize} worker(s), global batch ${line.globalBatch}, lr ${line.learningRate} (${line.reason})`,
         });
       // Several workers log the same world and evaluation: show each once.
-      if (line.event === 'generation' || line.event === 'eval') {
-        const key = `${line.event}:${line.generation}:${line.event === 'eval' ? line.step : ''}`;
+      if (
+        line.event === 'generation' ||
+        line.event === 'eval' ||
+        line.event === 'balance' ||
+        line.event === 'straggler'
+      ) {
+        const key = `${line.event}:${line.generation}:${line.event === 'generation' ? '' : line.step}`;
         if (printed.has(key)) return;
         printed.add(key);
       }
@@ -744,6 +829,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   }
   process.off('SIGINT', forward);
   process.off('SIGTERM', forward);
+  for (const cycle of slowed.values()) cycle[Symbol.dispose]();
   await nats?.[Symbol.asyncDispose]();
 
   if (invalidLines > 0)

@@ -66,6 +66,15 @@ export interface ProgressPoint {
   readonly plannedSteps: number | null;
   /** Scale-invariant iterations after the step (AdaScale only; null otherwise). */
   readonly progress: number | null;
+  /** Each worker's batch, compute throughput and wait per step (worlds of more than one); null otherwise. */
+  readonly workers: readonly WorkerLoadPoint[] | null;
+}
+
+export interface WorkerLoadPoint {
+  readonly worker: string;
+  readonly batch: number;
+  readonly samplesPerSecond: number;
+  readonly waitSeconds: number;
 }
 
 export interface EvalPoint {
@@ -285,6 +294,10 @@ function timelineDetail(r: WorkerEvent): string | undefined {
       return `spec revision ${String(r.from)} → ${String(r.to)}: ${r.changed.join(', ')}`;
     case 'signal':
       return `signal ${r.signal}`;
+    case 'balance':
+      return `batch split ${r.before === undefined ? '' : `${r.before.join('/')} → `}${r.perWorker.join('/')} (${r.reason}; ${r.members.join(', ')})`;
+    case 'straggler':
+      return `straggler ${r.straggler}: ${r.samplesPerSecond} samples/s against a median of ${r.medianSamplesPerSecond}${r.evict ? '; asked to leave' : ''}`;
     default:
       return undefined;
   }
@@ -319,6 +332,7 @@ export function assembleReport(files: RunFiles): ReportData {
   const checkpointRaw: Timed<TimelineEvent>[] = [];
   const events: TimelineEvent[] = [];
   const workers = new Set<string>();
+  const sharedSeen = new Set<string>();
   // A world that re-forms from an earlier step (a resume, a restore) redoes the steps after it:
   // progress logged before that moment beyond that step was rolled back.
   const rollbacks: { time: number; step: number }[] = [];
@@ -371,6 +385,7 @@ export function assembleReport(files: RunFiles): ReportData {
               worldSize: r.worldSize ?? null,
               plannedSteps: r.plannedSteps ?? null,
               progress: r.progress ?? null,
+              workers: r.workers ?? null,
             },
           });
           break;
@@ -431,6 +446,10 @@ export function assembleReport(files: RunFiles): ReportData {
           const detail = timelineDetail(r);
           if (detail === undefined) break;
           const step = 'step' in r && r.step !== undefined ? r.step : null;
+          // Every rank logs the world's balancing decisions: one line each.
+          const key = `${r.event}@${step}:${detail}`;
+          if ((r.event === 'balance' || r.event === 'straggler') && sharedSeen.has(key)) break;
+          sharedSeen.add(key);
           if (r.event === 'resumed' && time !== null) rollbacks.push({ time, step: r.step });
           events.push({
             kind: r.event,

@@ -276,6 +276,17 @@ function eventTable(data: ReportData): string {
   return `${note}<table class="events"><thead><tr><th class="num">time</th><th class="num">step</th><th>event</th><th>worker</th><th>detail</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 
+/** The newest per-worker figures of the run: who computes how fast, and who waits for whom. */
+function workerTable(data: ReportData): string {
+  const last = [...data.progress].reverse().find((p) => p.workers !== null && p.workers.length > 0);
+  if (last?.workers == null) return '';
+  const rows = last.workers.map(
+    (w) =>
+      `<tr><td>${esc(w.worker)}</td><td class="num">${w.batch}</td><td class="num">${esc(formatNumber(w.samplesPerSecond))}</td><td class="num">${esc(formatNumber(w.waitSeconds * 1000))}</td></tr>`,
+  );
+  return `<p class="muted">At step ${last.step}: each worker's share of the global batch, its compute throughput (waiting excluded) and how long it waited for the others per step (moving averages).</p><table><thead><tr><th>worker</th><th class="num">batch</th><th class="num">compute samples/s</th><th class="num">wait ms/step</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
+}
+
 function generationTable(data: ReportData): string {
   if (data.generations.length === 0) return '';
   // AdaScale runs record their gain: a column only when some generation has one.
@@ -547,6 +558,7 @@ ${section('Explore', interactiveSection([runCurves(data, s.job)]), 'Hover a char
 ${section('Hyperparameters', hyperparameterTable([data.spec], [s.job]), data.spec === null ? undefined : 'The spec the workers trained by (job.json beside the checkpoints).')}
 ${section('Training', curves, noProgress ? progressNote : 'Training curves are means over the steps since the previous point; evaluation is on held-out data.')}
 ${section('World', world)}
+${section('Workers', workerTable(data) || '<p class="no-data">No per-worker figures (a world of one, or an older run).</p>')}
 ${section('Throughput', throughputFigure, data.evals.length > 0 ? 'Samples per second of training since the previous point; a point right after an evaluation includes its time, hence the dips.' : undefined)}
 ${section('Events', timeline, markers.length === 0 ? undefined : 'Dashed lines on the charts mark changes of the world: new generations, rescales, kills, joins, leaves, resumes.')}
 ${section('Sample audit', auditTable(data), 'Which training samples each epoch used, from the workers\u2019 audit files.')}

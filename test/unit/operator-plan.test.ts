@@ -634,6 +634,83 @@ cases.push(
     },
   },
   {
+    name: 'per-worker throughput reaches the status; a reported straggler raises Stragglers (once, a Warning), none clears it',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: {
+      progress: {
+        ...progress,
+        workers: [
+          { worker: 'job-worker-0', batch: 100, samplesPerSecond: 4000, waitSeconds: 0.001 },
+          { worker: 'job-worker-1', batch: 28, samplesPerSecond: 1100, waitSeconds: 0.02 },
+        ],
+        stragglers: ['job-worker-1'],
+      },
+    },
+    expect: (p) => {
+      assert.equal(
+        p.status.workers?.map((w) => w.batch),
+        [100, 28],
+      );
+      assert.equal(p.status.stragglers, ['job-worker-1']);
+      assert.is(condition(p, 'Stragglers')?.status, 'True');
+      assert.match(condition(p, 'Stragglers')?.message ?? '', /job-worker-1/);
+      assert.is(p.events.filter((e) => e.reason === 'Straggler').length, 1);
+      const again = plan({
+        job: ownedJob({ 'spec.replicas': 2 }, p.status),
+        pods: [workerPod(0), workerPod(1)],
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: at(3),
+        config,
+        observations: { progress: { ...progress, stragglers: ['job-worker-1'] } },
+      });
+      assert.is(again.events.filter((e) => e.reason === 'Straggler').length, 0, 'no second event');
+      const after = plan({
+        job: ownedJob({ 'spec.replicas': 2 }, p.status),
+        pods: [workerPod(0), workerPod(1)],
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: at(3),
+        config,
+        observations: { progress },
+      });
+      assert.is(condition(after, 'Stragglers')?.status, 'False');
+      assert.is(condition(after, 'Stragglers')?.reason, 'WorkersKeepPace');
+    },
+  },
+  {
+    name: 'evictStragglers: a reported straggler is asked to leave and its node annotated tensile.dev/slow',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.balancing': { mode: 'proportional', evictStragglers: true } },
+      running(),
+    ),
+    pods: [workerPod(0), workerPod(1, { node: 'node-1' })],
+    observations: { progress: { ...progress, stragglers: ['job-worker-1', 'job-worker-9'] } },
+    expect: (p) => {
+      assert.equal(
+        p.markLeaving.map((m) => m.name),
+        ['job-worker-1'],
+      );
+      assert.equal(
+        p.markSlowNodes.map((n) => n.name),
+        ['node-1'],
+      );
+      assert.ok(p.publish.some((m) => m.type === 'leave' && m.workers.includes('job-worker-1')));
+      assert.ok(p.events.some((e) => e.reason === 'StragglerEvicted'));
+    },
+  },
+  {
+    name: 'without evictStragglers a straggler is only reported',
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    observations: { progress: { ...progress, stragglers: ['job-worker-1'] } },
+    expect: (p) => {
+      assert.equal(p.markLeaving, []);
+      assert.equal(p.markSlowNodes, []);
+    },
+  },
+  {
     name: 'completion reported over NATS: Succeeded with the final figures',
     job: ownedJob({ 'spec.replicas': 2 }, running()),
     pods: [workerPod(0), workerPod(1)],

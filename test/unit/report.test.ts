@@ -344,6 +344,40 @@ test('AdaScale: mean gain per generation and loss by scale-invariant iterations'
   assert.not.match(renderReport(built(), new Date(0)), 'scale-invariant');
 });
 
+test('per-worker throughput is a table; a balancing decision every rank logged is listed once', () => {
+  const balance = {
+    event: 'balance',
+    generation: 1,
+    step: 40,
+    members: ['w0', 'w1'],
+    perWorker: [90, 38],
+    before: [64, 64],
+    reason: 'drift',
+  };
+  const workers = [
+    { worker: 'w0', batch: 90, samplesPerSecond: 4100, waitSeconds: 0.002 },
+    { worker: 'w1', batch: 38, samplesPerSecond: 1700.5, waitSeconds: 0.0125 },
+  ];
+  const data = assembleReport({
+    dir: '/run',
+    summaryFile: '/run/summary.json',
+    summaryText: JSON.stringify(summary),
+    logs: [
+      {
+        file: '/run/worker-0.log',
+        text: [log('w0', 1, balance), log('w0', 2, { ...progress(50, 0.5), workers })].join('\n'),
+      },
+      { file: '/run/worker-1.log', text: log('w1', 1, balance) },
+    ],
+    eventsText: undefined,
+  });
+  assert.is(data.events.filter((e) => e.kind === 'balance').length, 1);
+  const html = renderReport(data, new Date(0));
+  assert.match(html, 'batch split 64/64 → 90/38 (drift; w0, w1)');
+  assert.match(html, '<td>w1</td><td class="num">38</td><td class="num">1,701</td><td class="num">12.5</td>');
+  assert.match(renderReport(built(), new Date(0)), 'No per-worker figures');
+});
+
 test('a spec change a world took up is on the timeline, with what changed', () => {
   const lines = [
     log('w', 5, {

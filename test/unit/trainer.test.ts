@@ -263,6 +263,28 @@ test('two ranks with b = [12, 20], summed by a reducer, train like one rank with
   for (const t of [single, ...ranks]) t.dispose();
 });
 
+test("every rank reads every rank's compute seconds and last wait from the step's all-reduce", async () => {
+  const plain = { model: { mlp: { hiddenUnits: [16] } } };
+  const ranks = [await trainer(plain), await trainer(plain)];
+  const reducer = new InProcessReducer(2);
+  const results = [];
+  for (let i = 0; i < 2; i++)
+    results.push(await Promise.all(ranks.map((t, rank) => t.step(world([12, 20], rank), reducer))));
+  for (const [r0, r1] of results) {
+    assert.equal(r0?.computeSeconds, r1?.computeSeconds, 'the same times on both ranks');
+    assert.equal(r0?.waitSeconds, r1?.waitSeconds);
+    assert.is(r0?.computeSeconds.length, 2);
+    assert.ok(
+      r0?.computeSeconds.every((s) => s > 0),
+      `compute ${r0?.computeSeconds}`,
+    );
+  }
+  // Rank 0 reaches the all-reduce first and waits there for rank 1's compute (reported a step later).
+  assert.equal(results[0]?.[0]?.waitSeconds, [0, 0]);
+  assert.ok((results[1]?.[0]?.waitSeconds[0] ?? 0) > 0);
+  for (const t of ranks) t.dispose();
+});
+
 /** The non-trainable weights (batch-norm moving statistics) of a trainer, from its snapshot. */
 function statistics(t: Trainer): Float32Array[] {
   const { specs, buffer } = t.snapshot().weights;

@@ -9,6 +9,7 @@ import { emit, errorMessage } from '../log.ts';
 import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
 import type { GradientReducer } from '../train/reducer.ts';
 import type { StepResult } from '../train/trainer.ts';
+import { balanceAfterStep, medianThroughput, workerLoads } from './balance.ts';
 import { snapshotDue } from './checkpoint-schedule.ts';
 import { evaluate } from './evaluate.ts';
 import type { Generation } from './generation.ts';
@@ -26,7 +27,12 @@ interface Run {
   readonly window: ProgressWindow;
   stepSeconds: number;
   /** Whether this generation reported progress yet: its first step is reported at once (recovery). */
-  reported: boolean;
+  progressReported: boolean;
+  /** The split of the global batch in effect: the generation's, until balancing re-plans it. */
+  perWorker: readonly number[];
+  /** Persistent stragglers, and those already reported. */
+  stragglers: readonly string[];
+  readonly reported: Set<string>;
   /** This rank since its last `rank-progress` line: the per-worker view of the report. */
   readonly rank: RankWindow;
 }
@@ -67,8 +73,11 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
   const run: Run = {
     window: new ProgressWindow(now),
     stepSeconds: 0,
-    reported: false,
+    progressReported: false,
     rank: { start: now, steps: 0, samples: 0, stepSeconds: 0, reduceSeconds: 0 },
+    perWorker: g.world.perWorker,
+    stragglers: [],
+    reported: new Set(),
   };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
   let worldEnded: string | undefined;
@@ -106,7 +115,13 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
 async function trainStep(session: Session, g: Generation, run: Run): Promise<StepResult | string> {
   const { state, trainer, clock, config } = session;
   const { active } = g;
-  const world = stepWorld(session.spec.optimizer, g.settings.batch, g.world, state, g.plannedSteps);
+  const world = stepWorld(
+    session.spec.optimizer,
+    g.settings.batch,
+    { ...g.world, perWorker: run.perWorker },
+    state,
+    g.plannedSteps,
+  );
   const stepStarted = performance.now();
   let result: StepResult;
   try {
@@ -135,7 +150,67 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   run.rank.steps++;
   run.rank.samples += result.localSamples;
   run.rank.stepSeconds += took;
+  rebalance(session, g, run, world.perWorker, result);
   return result;
+}
+
+/** The balancing planner after a committed step: the next step's split, stragglers reported once. */
+function rebalance(
+  session: Session,
+  g: Generation,
+  run: Run,
+  used: readonly number[],
+  result: StepResult,
+): void {
+  const balanced = balanceAfterStep(session, g.balance, { used, current: run.perWorker }, result);
+  if (balanced.perWorker !== undefined) {
+    run.perWorker = balanced.perWorker;
+    if (g.writer)
+      session.membership.publish('events', {
+        type: 'balance',
+        generation: g.number,
+        step: session.state.step,
+        members: [...g.balance.members],
+        perWorker: [...balanced.perWorker],
+        reason: 'drift',
+        time: new Date().toISOString(),
+      });
+  }
+  run.stragglers = balanced.stragglers;
+  for (const worker of balanced.stragglers) {
+    if (run.reported.has(worker)) continue;
+    run.reported.add(worker);
+    reportStraggler(session, g, run, worker);
+  }
+}
+
+function reportStraggler(session: Session, g: Generation, run: Run, worker: string): void {
+  const evict = g.balance.spec.evictStragglers;
+  const rank = g.balance.members.indexOf(worker);
+  const load = workerLoads(session, g.balance.members, run.perWorker)[rank];
+  const samplesPerSecond = load?.samplesPerSecond ?? 0;
+  const medianSamplesPerSecond = Math.round(medianThroughput(session) * 10) / 10;
+  emit(g.log, 'warn', 'straggler', {
+    event: 'straggler',
+    step: session.state.step,
+    straggler: worker,
+    samplesPerSecond,
+    medianSamplesPerSecond,
+    evict,
+  });
+  if (g.writer)
+    session.membership.publish('events', {
+      type: 'straggler',
+      generation: g.number,
+      step: session.state.step,
+      worker,
+      samplesPerSecond,
+      medianSamplesPerSecond,
+      evict,
+      time: new Date().toISOString(),
+    });
+  // Eviction is the operator's (or `tensile run`'s): it asks the straggler to leave and starts a
+  // replacement, as for a worker on a going node. A worker leaving on its own would look finished.
 }
 
 /** Evaluation, progress report and checkpoint snapshot after a step, each when due. */
@@ -162,11 +237,11 @@ async function afterStep(
     run.window.due(
       now,
       session.config.progressMs,
-      reason !== undefined || state.lastEval?.step === state.step || !run.reported,
+      reason !== undefined || state.lastEval?.step === state.step || !run.progressReported,
     )
   ) {
-    run.reported = true;
-    reportProgress(session, g, result, run.window, now);
+    run.progressReported = true;
+    reportProgress(session, g, run, result, now);
   }
   if (
     now - run.rank.start >= Math.max(RANK_PROGRESS_MIN_MS, session.config.progressMs) ||
@@ -194,15 +269,9 @@ function reportRank(g: Generation, step: number, rank: RankWindow, now: number):
   Object.assign(rank, { start: now, steps: 0, samples: 0, stepSeconds: 0, reduceSeconds: 0 });
 }
 
-function reportProgress(
-  session: Session,
-  g: Generation,
-  result: StepResult,
-  window: ProgressWindow,
-  now: number,
-) {
+function reportProgress(session: Session, g: Generation, run: Run, result: StepResult, now: number) {
   const { state, facts } = session;
-  const figures = window.take(now);
+  const figures = run.window.take(now);
   facts.lastLoss = figures.loss;
   facts.lastThroughput = figures.samplesPerSecond;
   if (!g.writer) return;
@@ -218,6 +287,7 @@ function reportProgress(
     ...(result.gain === 1 ? {} : { gain: result.gain, progress: state.progress }),
     worldSize: g.world.size,
     plannedSteps: g.plannedSteps,
+    ...(g.world.size > 1 ? { workers: workerLoads(session, g.balance.members, run.perWorker) } : {}),
   });
   const lastCheckpoint = session.checkpoints.last;
   session.membership.publish('metrics', {
@@ -230,6 +300,8 @@ function reportProgress(
     loss: figures.loss,
     ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
     samplesPerSecond: figures.samplesPerSecond,
+    workers: workerLoads(session, g.balance.members, run.perWorker),
+    ...(run.stragglers.length === 0 ? {} : { stragglers: [...run.stragglers] }),
     ...(lastCheckpoint === undefined
       ? {}
       : {

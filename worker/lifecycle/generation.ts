@@ -11,6 +11,7 @@ import { soleAgreement, specOffer } from '../rendezvous/agreement.ts';
 import { type GenerationPlan, planGeneration } from '../train/generation-plan.ts';
 import { plannedSteps, type World } from '../train/policy.ts';
 import type { TrainingState } from '../train/snapshot.ts';
+import { type BalanceContext, balanceGeneration, EVEN } from './balance.ts';
 import type { Session } from './session.ts';
 
 /** How long a step in flight may go on after a stop request before it is given up. */
@@ -28,6 +29,8 @@ export interface Generation {
   readonly writer: boolean;
   readonly plannedSteps: number;
   readonly log: WorkerLogger;
+  /** The world's balancing settings, its generation and members in rank order. */
+  readonly balance: BalanceContext;
 }
 
 /**
@@ -88,6 +91,15 @@ export function formGeneration(session: Session, active: JoinedWorld): Generatio
   state.worldSize = formed.world.size;
   state.policy = formed.policy;
   state.agreement = formed.agreement;
+  facts.log = session.baseLog.child({ generation: number });
+  const balance: BalanceContext = {
+    spec: settings.balancing ?? EVEN,
+    generation: number,
+    members: active.members,
+  };
+  // The policy's split, re-cut by measured throughput: B, and so the learning rate, stay the policy's.
+  const perWorker = balanceGeneration(session, balance, formed.world.perWorker);
+  const world = perWorker === formed.world.perWorker ? formed.world : { ...formed.world, perWorker };
   state.generations = [
     ...state.generations,
     {
@@ -102,19 +114,20 @@ export function formGeneration(session: Session, active: JoinedWorld): Generatio
         : { firstProgress: state.progress }),
       // Revision 0 is a worker given none (`tensile run`): nothing to tell apart.
       ...(specRevision === 0 ? {} : { specRevision }),
+      ...(world === formed.world ? {} : { perWorker: [...perWorker] }),
     },
   ];
   facts.trained = true;
-  facts.log = session.baseLog.child({ generation: number });
   const generation: Generation = {
     number,
     active,
     settings,
-    world: formed.world,
+    world,
     globalBatch: formed.globalBatch,
     writer: active.rank === 0,
     plannedSteps: plannedSteps(settings.stopping, session.dataset.train.size, formed.globalBatch),
     log: facts.log,
+    balance,
   };
   announce(session, generation, formed);
   return generation;

@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import {
+  BalancingSpecSchema,
   BatchSpecSchema,
   EvaluationSpecSchema,
   elasticRange,
@@ -33,6 +34,8 @@ export const SettingsSchema = z.object({
   minReplicas: positiveInt,
   maxReplicas: positiveInt.optional(),
   batch: BatchSpecSchema,
+  /** Absent in the records of earlier versions: an even split. */
+  balancing: BalancingSpecSchema.optional(),
   stopping: StoppingSpecSchema,
   evaluation: EvaluationSpecSchema,
   checkpoint: z.object({
@@ -49,6 +52,7 @@ export const SETTING_FIELDS = [
   'minReplicas',
   'maxReplicas',
   'batch',
+  'balancing',
   'stopping',
   'evaluation',
   'checkpoint',
@@ -105,6 +109,7 @@ export function specOffer(spec: TrainingJobSpec, revision: number): SpecOffer {
       minReplicas: spec.minReplicas,
       ...(spec.maxReplicas === undefined ? {} : { maxReplicas: spec.maxReplicas }),
       batch: spec.batch,
+      balancing: spec.balancing,
       stopping: spec.stopping,
       evaluation: spec.evaluation,
       checkpoint: {

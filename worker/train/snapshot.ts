@@ -13,6 +13,7 @@
  */
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
+import { BalanceStateSchema } from '../balance/planner.ts';
 import { AgreementSchema } from '../rendezvous/agreement.ts';
 import { type PolicyState, PolicyStateSchema } from '../rescale/policy.ts';
 
@@ -70,6 +71,8 @@ const GenerationSchema = z.object({
   firstProgress: z.number().min(0).optional(),
   /** The spec revision the generation ran (absent for 0, and in checkpoints of earlier versions). */
   specRevision: z.int().min(0).optional(),
+  /** The split of the global batch when it began, where balancing made it uneven. */
+  perWorker: z.array(z.int().min(1)).optional(),
 });
 
 const EvalSchema = z.object({
@@ -124,6 +127,8 @@ export const TrainingStateSchema = z.object({
   policy: PolicyStateSchema,
   /** The spec settings of the generation this state was trained in (rendezvous/agreement.ts). */
   agreement: AgreementSchema.optional(),
+  /** spec.balancing: per-worker throughput estimates and the split in effect (absent: never measured). */
+  balancing: BalanceStateSchema.optional(),
   lastEval: EvalSchema.nullable(),
   trainSeconds: z.number().min(0),
   dataset: z.object({ trainSamples: z.int().min(1), featureSize: z.int().min(1), classes: z.int().min(2) }),

@@ -9,7 +9,10 @@
  *  3. the gradients (plus the loss and the correct count) go into ONE fused Float32Array, handed to
  *     the GradientReducer; the sum over ranks is the gradient of the global mean loss;
  *  4. the optimizer applies the reduced gradient at the world's learning rate;
- *  5. non-trainable weights (batch-norm moving statistics), which each rank's forward pass moved by
+ *  5. each rank's compute seconds of this step (forward, backward, batch preparation, waiting
+ *     excluded) and the seconds it waited in the previous step's all-reduce travel in the same
+ *     buffer, one slot per rank, so every rank reads every rank's times (worker/balance/planner.ts);
+ *  6. non-trainable weights (batch-norm moving statistics), which each rank's forward pass moved by
  *     its own data, travel in the same buffer as changes weighted by b_i / B: every rank then sets
  *     them to the same weighted mean of the ranks' updates.
  * The state advances only after a complete reduce, so every rank holds the same state after a step.
@@ -64,6 +67,9 @@ export interface StepResult {
   readonly learningRate: number;
   /** AdaScale gain r ∈ [1, S] (1 for the other policies). */
   readonly gain: number;
+  /** Per rank, in rank order: compute seconds of this step, and seconds waited in the previous all-reduce. */
+  readonly computeSeconds: readonly number[];
+  readonly waitSeconds: readonly number[];
 }
 
 /** Turns stored samples into model inputs: normalisation and the layout in JS, PCA as a matMul. */
@@ -145,6 +151,8 @@ export class Trainer {
   private readonly topology: unknown;
   private permutation: { epoch: number; order: Uint32Array } | undefined;
   private lastReadAhead: { epoch: number; from: number } | undefined;
+  /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
+  private lastWait = 0;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -296,6 +304,7 @@ export class Trainer {
 
   /** One training step in `world`; the gradients are summed across ranks by `reducer`. */
   async step(world: World, reducer: GradientReducer, signal?: AbortSignal): Promise<StepResult> {
+    const started = performance.now();
     const train = this.options.dataset.train;
     const plan = planStep(
       train.size,
@@ -311,7 +320,8 @@ export class Trainer {
     const adascale = world.adascale !== undefined && world.size > 1;
     // Alone, a rank's statistics are the world's already: nothing to average.
     const statistics = world.size > 1 ? this.statistics : undefined;
-    const statisticsOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
+    const timesOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
+    const statisticsOffset = timesOffset + 2 * world.size;
     const length = statisticsOffset + (statistics?.length ?? 0);
     if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
@@ -343,10 +353,15 @@ export class Trainer {
       fused[lossIndex + 2 + world.rank] = norm;
     }
     statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
+    fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
+    fused[timesOffset + world.size + world.rank] = this.lastWait;
     let reduced: Float32Array;
+    const reduceStarted = performance.now();
     try {
       reduced = await reducer.allReduce(fused, signal);
+      this.lastWait = (performance.now() - reduceStarted) / 1000;
     } catch (error) {
+      this.lastWait = 0;
       if (kept !== undefined) tf.dispose(Object.values(kept));
       // The step is not applied anywhere: neither are the statistics its forward pass moved.
       statistics?.revert();
@@ -371,6 +386,8 @@ export class Trainer {
       endedEpoch: plan.endsEpoch,
       learningRate,
       gain,
+      computeSeconds: Array.from(reduced.subarray(timesOffset, timesOffset + world.size)),
+      waitSeconds: Array.from(reduced.subarray(timesOffset + world.size, timesOffset + 2 * world.size)),
     };
   }
 
