@@ -113,7 +113,9 @@ export class ProgressTracker implements AsyncDisposable {
         });
         this.listener.changed(key, PROGRESS_INTERVAL_MS);
       } else {
-        this.update(key, uid, (o) => ({ ...o, completed: message }));
+        // A worker that stood by learns of the completion holding an older state and may report it
+        // too: the furthest completion stands, and keeps the model whichever report named it.
+        this.update(key, uid, (o) => ({ ...o, completed: furthestCompletion(o.completed, message) }));
         this.listener.changed(key, 0);
       }
     } else if (subject.endsWith('.events')) {
@@ -159,4 +161,13 @@ export class ProgressTracker implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     for (const sub of this.subscriptions) sub.unsubscribe();
   }
+}
+
+export function furthestCompletion(
+  held: CompletedMessage | undefined,
+  next: CompletedMessage,
+): CompletedMessage {
+  const [best, other] = held !== undefined && held.step >= next.step ? [held, next] : [next, held];
+  const model = best.model ?? other?.model;
+  return model === undefined ? best : { ...best, model };
 }

@@ -247,4 +247,30 @@ test('a message without a uid is never taken for a known incarnation’s', () =>
   assert.is(t.observations('ns/job')?.completed?.step, 9);
 });
 
+test('a stale completion from a worker that stood by neither rolls the step back nor drops the model', () => {
+  const { t } = tracker();
+  const completed = (step: number, model?: object) =>
+    encodeMessage({
+      type: 'completed',
+      worker: `w-${step}`,
+      step,
+      epoch: 1,
+      loss: 0.3,
+      reason: 'done',
+      time,
+      ...(model === undefined ? {} : { model }),
+    });
+  const model = { uri: 'pvc://c/model', step: 4690, time };
+  t.receive('tensile.ns.job.metrics', completed(4690, model));
+  t.receive('tensile.ns.job.metrics', completed(29));
+  assert.is(t.observations('ns/job')?.completed?.step, 4690);
+  assert.equal(t.observations('ns/job')?.completed?.model, model);
+  // The other order: the stale one first, the writer's after it.
+  const other = tracker().t;
+  other.receive('tensile.ns.job.metrics', completed(29));
+  other.receive('tensile.ns.job.metrics', completed(4690, model));
+  assert.is(other.observations('ns/job')?.completed?.step, 4690);
+  assert.equal(other.observations('ns/job')?.completed?.model, model);
+});
+
 test.run();
