@@ -207,6 +207,14 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/** What the rendezvous bucket's `completed` key holds: the job's stopping point, for late workers. */
+export const CompletionRecordSchema = z.object({
+  jobUid,
+  step: nonNegativeInt,
+  reason: z.string(),
+});
+export type CompletionRecord = z.output<typeof CompletionRecordSchema>;
+
 export type ProgressMessage = z.output<typeof ProgressMessageSchema>;
 export type CompletedMessage = z.output<typeof CompletedMessageSchema>;
 export type MetricsMessage = z.output<typeof MetricsMessageSchema>;
@@ -216,23 +224,44 @@ export type RescalingEvent = z.output<typeof RescalingEventSchema>;
 export type JobEvent = z.output<typeof JobEventSchema>;
 export type ControlMessage = z.output<typeof ControlMessageSchema>;
 
+/**
+ * The largest message any receiver decodes (NATS's default max_payload): a spec with an inline
+ * Layers topology fits; anything larger is dropped before it is parsed.
+ */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
+
+/** The largest progress report, job event or member record: small by construction, so a tight bound. */
+export const MAX_REPORT_BYTES = 64 * 1024;
+
+export type DecodeFailure = 'oversized' | 'not json' | 'schema';
+
 export type Decoded<T> =
   | { readonly ok: true; readonly value: T }
-  | { readonly ok: false; readonly error: string };
+  | { readonly ok: false; readonly reason: DecodeFailure; readonly error: string };
 
 /** Decodes a NATS payload; never throws, so a bad message cannot take a process down. */
-export function decodeMessage<T>(schema: z.ZodType<T>, payload: Uint8Array): Decoded<T> {
+export function decodeMessage<T>(
+  schema: z.ZodType<T>,
+  payload: Uint8Array,
+  maxBytes = MAX_MESSAGE_BYTES,
+): Decoded<T> {
+  if (payload.byteLength > maxBytes)
+    return { ok: false, reason: 'oversized', error: `${payload.byteLength} bytes, at most ${maxBytes}` };
   let json: unknown;
   try {
     json = JSON.parse(new TextDecoder().decode(payload));
   } catch (error) {
-    return { ok: false, error: `not JSON: ${(error as Error).message}` };
+    return { ok: false, reason: 'not json', error: `not JSON: ${(error as Error).message}` };
   }
   const result = schema.safeParse(json);
   if (result.success) return { ok: true, value: result.data };
   return {
     ok: false,
-    error: result.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; '),
+    reason: 'schema',
+    error: result.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`)
+      .join('; '),
   };
 }
 

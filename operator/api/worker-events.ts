@@ -91,6 +91,14 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   event('rendezvous', { address: z.string().optional(), bucket: z.string().optional() }),
   /** What this worker's rendezvous agent decided, when that changed ("standby: …" while not needed). */
   event('rendezvous-decision', { decision: z.string(), round: count.optional() }),
+  /** Input this worker threw away (operator/api/drops.ts): reported at the 1st, 2nd, 4th, … of a reason. */
+  event('dropped', {
+    channel: z.enum(['nats', 'collective']),
+    reason: z.string(),
+    total: count,
+    source: z.string().optional(),
+    detail: z.string().optional(),
+  }),
   event('nats-disconnect', { server: z.string().optional() }),
   event('nats-reconnect', { server: z.string().optional() }),
   event('control', { type: z.string(), reason: z.string().optional() }),

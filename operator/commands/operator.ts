@@ -18,6 +18,7 @@ import { KubeClient } from '../controller/kube.ts';
 import { KueueClient } from '../controller/kueue-client.ts';
 import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
+import { accountFromSeed, JobCredentialMinter } from '../controller/nats-credentials.ts';
 import { NatsLink } from '../controller/nats-link.ts';
 import type { WorkerTemplateDefaults } from '../controller/pod-builder.ts';
 import {
@@ -45,6 +46,16 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
       type: 'string',
       value: 'NS',
       help: 'namespace of the leader Lease (default: $POD_NAMESPACE or tensile-system)',
+    },
+    'nats-account-seed': {
+      type: 'string',
+      value: 'FILE',
+      help: 'seed of the NATS account that workers belong to: each job gets its own\ncredentials, limited to its subjects and bucket (default: none)',
+    },
+    'watch-namespace': {
+      type: 'string',
+      value: 'NS',
+      help: 'reconcile TrainingJobs of this namespace only (default: every namespace)',
     },
     'worker-image': {
       type: 'string',
@@ -156,7 +167,18 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   }
   const metrics = new OperatorMetrics();
   const kube = new KubeClient(kubeConfig);
-  const nats = new NatsLink(natsUrl, log);
+  const nats = new NatsLink(natsUrl, log, process.env['TENSILE_NATS_CREDS'] || undefined);
+  let credentials: JobCredentialMinter | undefined;
+  if (values['nats-account-seed'] !== undefined) {
+    try {
+      credentials = new JobCredentialMinter(
+        accountFromSeed(readFileSync(values['nats-account-seed'], 'utf8')),
+      );
+    } catch (error) {
+      log.error('invalid --nats-account-seed', { error: (error as Error).message });
+      return 2;
+    }
+  }
   void nats
     .start()
     .catch((error: unknown) => log.error('NATS connection failed', { error: (error as Error).message }));
@@ -175,6 +197,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
       natsUrl: natsUrl ?? 'nats://nats:4222',
       ...(template === undefined ? {} : { template }),
+      ...(credentials === undefined ? {} : { perJobCredentials: true }),
       failureBackoffSeconds: backoff,
       maxFailureBackoffSeconds: 360,
     },
@@ -186,6 +209,8 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     },
     ...(natsUrl === undefined ? {} : { jobState: nats }),
     ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
+    ...(values['watch-namespace'] === undefined ? {} : { watchNamespace: values['watch-namespace'] }),
+    ...(credentials === undefined ? {} : { credentials }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

@@ -13,7 +13,7 @@ import {
 } from '@kubernetes/client-node';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'winston';
-import { LABEL_JOB_NAME, LABEL_ROLE, orphanedBuckets, ROLE_WORKER } from '../api/contract.ts';
+import { bucketOwner, LABEL_JOB_NAME, LABEL_ROLE, orphanedBuckets, ROLE_WORKER } from '../api/contract.ts';
 import { API_GROUP, API_VERSION, PHASES, PLURAL, type TrainingJobStatus } from '../api/training-job.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
@@ -21,6 +21,7 @@ import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
 import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
 import type { PlanConfig } from './plan.ts';
@@ -45,6 +46,13 @@ export interface ControllerOptions {
   readonly jobState?: JobStateStore;
   /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
   readonly kueue?: KueueClient;
+  /**
+   * Single-namespace mode: TrainingJobs and pods of this namespace only (RBAC may then be a Role
+   * there); undefined watches every namespace.
+   */
+  readonly watchNamespace?: string;
+  /** Mints each job its own NATS identity (see JobReconciler). */
+  readonly credentials?: JobCredentialMinter;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -95,23 +103,29 @@ export class TrainingJobController {
     const custom = kubeConfig.makeApiClient(CustomObjectsApi);
     const core = kubeConfig.makeApiClient(CoreV1Api);
     const workerSelector = `${LABEL_ROLE}=${ROLE_WORKER}`;
+    const ns = options.watchNamespace;
+    const crd = { group: API_GROUP, version: API_VERSION, plural: PLURAL };
     this.jobs = new ResilientInformer<KubernetesObject>(
       kubeConfig,
       'trainingjobs',
-      `/apis/${API_GROUP}/${API_VERSION}/${PLURAL}`,
+      `/apis/${API_GROUP}/${API_VERSION}${ns === undefined ? '' : `/namespaces/${ns}`}/${PLURAL}`,
       async () =>
-        (await custom.listClusterCustomObject({
-          group: API_GROUP,
-          version: API_VERSION,
-          plural: PLURAL,
-        })) as KubernetesListObject<KubernetesObject>,
+        (await (ns === undefined
+          ? custom.listClusterCustomObject(crd)
+          : custom.listNamespacedCustomObject({
+              ...crd,
+              namespace: ns,
+            }))) as KubernetesListObject<KubernetesObject>,
       log,
     );
     this.pods = new ResilientInformer<V1Pod>(
       kubeConfig,
       'pods',
-      '/api/v1/pods',
-      () => core.listPodForAllNamespaces({ labelSelector: workerSelector }),
+      ns === undefined ? '/api/v1/pods' : `/api/v1/namespaces/${ns}/pods`,
+      () =>
+        ns === undefined
+          ? core.listPodForAllNamespaces({ labelSelector: workerSelector })
+          : core.listNamespacedPod({ namespace: ns, labelSelector: workerSelector }),
       log,
       workerSelector,
     );
@@ -193,6 +207,7 @@ export class TrainingJobController {
         ),
       publisher: options.publisher,
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
+      ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
       events: options.events,
       metrics: options.metrics,
       config: options.config,
@@ -243,7 +258,7 @@ export class TrainingJobController {
       .nats?.()
       .then(async (connection) => {
         if (connection === undefined || signal.aborted) return;
-        this.progress.subscribe(connection);
+        this.progress.subscribe(connection, this.options.watchNamespace);
         await this.sweep();
       })
       .catch((error: unknown) =>
@@ -285,7 +300,10 @@ export class TrainingJobController {
         name: j.metadata?.name ?? '',
         uid: j.metadata?.uid ?? '',
       }));
-      for (const bucket of orphanedBuckets(buckets, live)) await store.deleteBucket(bucket);
+      // In single-namespace mode the jobs of other namespaces are not ours to judge.
+      const ns = this.options.watchNamespace;
+      const ours = ns === undefined ? buckets : buckets.filter((b) => bucketOwner(b)?.namespace === ns);
+      for (const bucket of orphanedBuckets(ours, live)) await store.deleteBucket(bucket);
     } catch (error) {
       log.warn('could not sweep rendezvous buckets; trying again later', { error: (error as Error).message });
     }

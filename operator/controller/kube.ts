@@ -11,6 +11,7 @@ import {
   setHeaderOptions,
   type V1PersistentVolumeClaim,
   type V1Pod,
+  type V1Secret,
 } from '@kubernetes/client-node';
 import { FINALIZER_ACCOUNTING } from '../api/contract.ts';
 import { isAlreadyExists, isNotFound, KubeApiError, toKubeError } from '../api/kube-errors.ts';
@@ -94,6 +95,18 @@ export class KubeClient {
       );
     } catch (error) {
       if (isNotFound(error)) return;
+      throw error;
+    }
+  }
+
+  /** Creates a Secret; one that exists already is kept (it was made for the same job). */
+  async createSecret(namespace: string, secret: V1Secret): Promise<void> {
+    try {
+      await this.call(`create secret ${namespace}/${secret.metadata?.name}`, () =>
+        this.core.createNamespacedSecret({ namespace, body: secret }),
+      );
+    } catch (error) {
+      if (isAlreadyExists(error)) return;
       throw error;
     }
   }

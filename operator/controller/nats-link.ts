@@ -4,9 +4,11 @@
  * messages published while disconnected are buffered by the client and sent on reconnect; with no
  * URL configured, publishing is off and says so once.
  */
-import { connect, type NatsConnection, type NatsError } from 'nats';
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type NatsConnection, type NatsError } from 'nats';
 import type { Logger } from 'winston';
 import { type ControlMessage, encodeMessage, jobSubjects } from '../api/contract.ts';
+import { OPERATOR_INBOX_PREFIX } from '../api/nats-permissions.ts';
 
 export interface ControlPublisher {
   /** Publishes to the workers of one incarnation of a job (`uid`): those of another ignore it. */
@@ -36,6 +38,8 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
   constructor(
     private readonly url: string | undefined,
     private readonly log: Logger,
+    /** A `.creds` file (the operator's NATS identity); without one the server must take anonymous clients. */
+    private readonly credsFile?: string,
   ) {}
 
   /** Starts connecting in the background; resolves once connected (or immediately without a URL). */
@@ -49,6 +53,11 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
         maxReconnectAttempts: -1,
         reconnectTimeWait: 1000,
         waitOnFirstConnect: true,
+        // Its replies come back on a prefix of its own: what its identity may subscribe to.
+        inboxPrefix: OPERATOR_INBOX_PREFIX,
+        ...(this.credsFile === undefined
+          ? {}
+          : { authenticator: credsAuthenticator(readFileSync(this.credsFile)) }),
       });
       this.log.info('connected to NATS', { url });
       void (async () => {

@@ -6,6 +6,7 @@ import type {
   V1EnvVar,
   V1PersistentVolumeClaim,
   V1Pod,
+  V1SecurityContext,
   V1Volume,
   V1VolumeMount,
 } from '@kubernetes/client-node';
@@ -16,7 +17,7 @@ import {
   LABEL_ROLE,
   ROLE_WORKER,
 } from '../api/contract.ts';
-import { checkpointClaimName as claimOf } from '../api/model-output.ts';
+import { checkpointClaimName as claimOf, modelLocation } from '../api/model-output.ts';
 import {
   API_GROUP_VERSION,
   elasticRange,
@@ -39,7 +40,18 @@ export interface WorkerPodDefaults {
   /** NATS URL for jobs without `spec.nats.url`. */
   readonly natsUrl: string;
   readonly template?: WorkerTemplateDefaults;
+  /**
+   * The operator mints each job its own NATS credentials (controller/nats-credentials.ts), in the
+   * Secret `jobCredentialsSecretName`; a job's own `spec.nats.credentialsSecret` still wins.
+   */
+  readonly perJobCredentials?: boolean;
 }
+
+/** The Secret holding the NATS credentials the operator minted for a job. */
+export function jobCredentialsSecretName(job: string): string {
+  return `${job}-nats-credentials`;
+}
+export const CREDENTIALS_KEY = 'nats.creds';
 
 type Toleration = NonNullable<WorkerSpec['tolerations']>[number];
 
@@ -200,6 +212,42 @@ export function specRevisionOf(job: TrainingJob): number {
   return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
 }
 
+/** The worker image's user (worker/Dockerfile `USER 1000:1000`). */
+export const WORKER_UID = 1000;
+const TMP_VOLUME = 'tmp';
+
+/**
+ * What makes a worker pod pass the `restricted` Pod Security Standard: non-root, no privilege
+ * escalation, no capabilities, the runtime's seccomp profile, a read-only root filesystem. The worker
+ * writes only to its checkpoint volume and to /tmp (an emptyDir here); fsGroup makes both writable by
+ * the image's user. Kept apart from the rest of the pod so that a job's own pod template can override
+ * it in one place.
+ */
+export function restrictedSecurity(): {
+  readonly pod: NonNullable<V1Pod['spec']>['securityContext'];
+  readonly container: V1SecurityContext;
+  readonly volume: V1Volume;
+  readonly mount: V1VolumeMount;
+} {
+  return {
+    pod: {
+      runAsNonRoot: true,
+      runAsUser: WORKER_UID,
+      runAsGroup: WORKER_UID,
+      fsGroup: WORKER_UID,
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    container: {
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      readOnlyRootFilesystem: true,
+      runAsNonRoot: true,
+    },
+    volume: { name: TMP_VOLUME, emptyDir: {} },
+    mount: { name: TMP_VOLUME, mountPath: '/tmp' },
+  };
+}
+
 /**
  * The worker pod: what Tensile sets, then the job's pod template merged in. Throws PodTemplateError
  * (terminal) for a template that overrides what Tensile owns; the planner checks that first
@@ -257,7 +305,11 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     });
     mounts.push({ name: MODEL_VOLUME, mountPath: MODEL_MOUNT, readOnly: true });
   }
-  const creds = spec.nats?.credentialsSecret;
+  const creds =
+    spec.nats?.credentialsSecret ??
+    (defaults.perJobCredentials === true
+      ? { name: jobCredentialsSecretName(job.metadata.name), key: CREDENTIALS_KEY }
+      : undefined);
   if (creds !== undefined) {
     volumes.push({
       name: NATS_CREDS_VOLUME,
@@ -276,6 +328,8 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     podIp: { fieldRef: 'status.podIP' },
     natsUrl: spec.nats?.url ?? defaults.natsUrl,
     checkpointDir: spec.checkpoint.path,
+    // Spelled out rather than left to the worker: a path under a mount, as every path the pod is given.
+    modelDir: modelLocation({ name: job.metadata.name, namespace: job.metadata.namespace }, spec).dir,
     ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),
     ...(creds === undefined ? {} : { natsCreds: `${NATS_CREDS_MOUNT}/nats.creds` }),
   }).map((v) => ({ ...v }));
@@ -288,6 +342,9 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
   }
   const pullSecrets = defaults.template?.imagePullSecrets;
   const image = spec.worker.image ?? (requestsGpu(job) ? defaults.workerGpuImage : defaults.workerImage);
+  const security = restrictedSecurity();
+  volumes.push(security.volume);
+  mounts.push(security.mount);
   const pod: V1Pod = {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -319,8 +376,10 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
           env,
           resources: workerResources(job),
           volumeMounts: mounts,
+          securityContext: security.container,
         },
       ],
+      securityContext: security.pod,
       volumes,
       ...(spec.worker.nodeSelector === undefined ? {} : { nodeSelector: { ...spec.worker.nodeSelector } }),
       ...(spec.worker.tolerations === undefined

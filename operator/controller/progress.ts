@@ -1,7 +1,7 @@
 /**
  * What the workers report over NATS, kept per job for the reconciler: the latest progress, a completion,
- * and whether the world is re-forming. Messages are validated on receipt; a malformed one is logged and
- * dropped. Each report asks for a reconcile, delayed so that status is written at most every few seconds.
+ * and whether the world is re-forming. Messages are validated on receipt; a malformed or oversized one is
+ * dropped and counted (`drops`). Each report asks for a reconcile, delayed so that status is written at most every few seconds.
  *
  * Reports are kept per incarnation (the job uid each message carries): the workers of a deleted job
  * may still be reporting when a job of the same name starts, and its status must not take theirs.
@@ -12,10 +12,12 @@ import {
   type CompletedMessage,
   decodeMessage,
   JobEventSchema,
+  MAX_REPORT_BYTES,
   MetricsMessageSchema,
   type ProgressMessage,
   type RescaleEvent,
 } from '../api/contract.ts';
+import { DropCounter } from '../api/drops.ts';
 import { advanceUsefulTime, type UsefulTime } from './job-metrics.ts';
 
 export interface JobObservations {
@@ -52,11 +54,15 @@ export class ProgressTracker implements AsyncDisposable {
   /** By job key, then by incarnation (job uid). */
   private readonly jobs = new Map<string, Map<string, JobObservations>>();
   private readonly subscriptions: Subscription[] = [];
+  /** Malformed, oversized or foreign messages, counted by reason (the first few are logged). */
+  readonly drops: DropCounter;
 
   constructor(
     private readonly listener: ProgressListener,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.drops = new DropCounter((drop) => this.log.warn(`dropped a ${drop.reason} NATS message`, drop));
+  }
 
   /** What the workers of incarnation `uid` of the job reported; without a uid, what came without one. */
   observations(key: string, uid?: string): JobObservations | undefined {
@@ -83,11 +89,14 @@ export class ProgressTracker implements AsyncDisposable {
   /** Applies one message; exported for tests of the bookkeeping without a server. */
   receive(subject: string, data: Uint8Array): void {
     const key = subjectKey(subject);
-    if (key === undefined) return;
+    if (key === undefined) {
+      this.drops.drop({ channel: 'nats', reason: 'unknown subject', source: subject });
+      return;
+    }
     if (subject.endsWith('.metrics')) {
-      const decoded = decodeMessage(MetricsMessageSchema, data);
+      const decoded = decodeMessage(MetricsMessageSchema, data, MAX_REPORT_BYTES);
       if (!decoded.ok) {
-        this.log.warn('dropped a malformed metrics message', { subject, error: decoded.error });
+        this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;
       }
       const message = decoded.value;
@@ -108,9 +117,9 @@ export class ProgressTracker implements AsyncDisposable {
         this.listener.changed(key, 0);
       }
     } else if (subject.endsWith('.events')) {
-      const decoded = decodeMessage(JobEventSchema, data);
+      const decoded = decodeMessage(JobEventSchema, data, MAX_REPORT_BYTES);
       if (!decoded.ok) {
-        this.log.warn('dropped a malformed event message', { subject, error: decoded.error });
+        this.drops.drop({ channel: 'nats', reason: decoded.reason, source: subject, detail: decoded.error });
         return;
       }
       const event = decoded.value;
@@ -136,8 +145,9 @@ export class ProgressTracker implements AsyncDisposable {
     }
   }
 
-  subscribe(connection: NatsConnection): void {
-    for (const subject of ['tensile.*.*.metrics', 'tensile.*.*.events']) {
+  /** Follows every job's reports, or those of `namespace` only (single-namespace mode). */
+  subscribe(connection: NatsConnection, namespace = '*'): void {
+    for (const subject of [`tensile.${namespace}.*.metrics`, `tensile.${namespace}.*.events`]) {
       const sub = connection.subscribe(subject);
       this.subscriptions.push(sub);
       void (async () => {

@@ -25,6 +25,7 @@ import {
 } from './kueue.ts';
 import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
 import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
@@ -39,6 +40,8 @@ export type ReconcileResult =
 
 export interface ReconcilerDeps {
   readonly kube: KubeClient;
+  /** Mints each job its NATS identity; absent when NATS runs without per-job authentication. */
+  readonly credentials?: JobCredentialMinter;
   readonly getJob: (namespace: string, name: string) => KubernetesObject | undefined;
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
@@ -90,6 +93,8 @@ function errorOf(error: unknown): Error {
 export class JobReconciler {
   /** Claims known to exist, by job uid, so a scale-up does not try to create the claim every time. */
   private readonly claims = new Set<string>();
+  /** Jobs (by uid) whose NATS credentials Secret exists. */
+  private readonly minted = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
   /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
@@ -122,6 +127,7 @@ export class JobReconciler {
       for (const uid of uids) {
         this.rejected.delete(uid);
         this.claims.delete(uid);
+        this.minted.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -200,7 +206,7 @@ export class JobReconciler {
     // Creating pods does not depend on the status write (their names are deterministic, so a create
     // on a stale view hits AlreadyExists), so it runs beside it; everything that counts or removes
     // workers waits for the status to be written.
-    const creating = this.create(ref, decision, log);
+    const creating = this.create(ref, decision, log, job);
     creating.catch(() => undefined);
     const written = await this.writeStatus(ref, resourceVersion, rawStatus, decision, log);
     if (written !== undefined) {
@@ -265,16 +271,32 @@ export class JobReconciler {
   }
 
   /**
+   * The job's own NATS identity, before its first pods (they mount it): minted once per incarnation,
+   * owned by the job, so it goes when the job goes. A job that names its own Secret needs none.
+   */
+  private async ensureCredentials(job: OwnedJob, decision: Plan, log: Logger): Promise<void> {
+    const minter = this.deps.credentials;
+    const uid = job.metadata.uid;
+    if (minter === undefined || decision.createPods.length === 0 || this.minted.has(uid)) return;
+    if (job.spec.nats?.credentialsSecret !== undefined) return;
+    const secret = await minter.secretFor(job);
+    await this.deps.kube.createSecret(job.metadata.namespace, secret);
+    this.minted.add(uid);
+    log.info('NATS credentials ready', { secret: secret.metadata?.name });
+  }
+
+  /**
    * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
    * Resolves with how many pods this pass created (not those that existed already).
    */
-  private async create(ref: JobRef, decision: Plan, log: Logger): Promise<number> {
+  private async create(ref: JobRef, decision: Plan, log: Logger, job: OwnedJob): Promise<number> {
     const { kube, metrics } = this.deps;
     const { namespace } = ref;
     if (decision.createClaim !== undefined) {
       await kube.createClaim(namespace, decision.createClaim);
       this.claims.add(ref.uid);
     }
+    await this.ensureCredentials(job, decision, log);
     let count = 0;
     const created = await Promise.allSettled(
       decision.createPods.map(async (pod) => {

@@ -44,11 +44,15 @@ function launch(
   binary: string,
   port: number,
   storeDir: string,
+  configFile?: string,
 ): Promise<{ child: ChildProcess; port: number }> {
   return new Promise((resolve, reject) => {
     const child = spawn(
       binary,
-      ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir, '--server_name', 'tensile-local'],
+      [
+        ...(configFile === undefined ? [] : ['-c', configFile]),
+        ...['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir, '--server_name', 'tensile-local'],
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
       },
@@ -90,11 +94,14 @@ function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
-export async function startNatsServer(options: { storeDir?: string } = {}): Promise<NatsServer> {
+export async function startNatsServer(
+  /** `configFile`: a server configuration (authentication, say); the flags here take precedence. */
+  options: { storeDir?: string; configFile?: string } = {},
+): Promise<NatsServer> {
   const binary = natsServerBinary();
   const ownStore = options.storeDir === undefined;
   const storeDir = options.storeDir ?? mkdtempSync(join(tmpdir(), 'tensile-nats-'));
-  let { child, port } = await launch(binary, -1, storeDir);
+  let { child, port } = await launch(binary, -1, storeDir, options.configFile);
   const stop = async () => {
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
@@ -112,7 +119,7 @@ export async function startNatsServer(options: { storeDir?: string } = {}): Prom
       await waitExit(child);
       if (typeof down !== 'number') await down;
       else if (down > 0) await sleep(down);
-      ({ child, port } = await launch(binary, port, storeDir));
+      ({ child, port } = await launch(binary, port, storeDir, options.configFile));
     },
     stop,
     async [Symbol.asyncDispose]() {

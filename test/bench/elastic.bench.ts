@@ -38,7 +38,14 @@ async function rankMain(): Promise<void> {
   const members = await new Promise<{ address: string }[]>((resolve) =>
     process.once('message', (m) => resolve(m as { address: string }[])),
   );
-  const group = await RingGroup.connect({ job: 'bench', generation: 1, rank, members, server });
+  const group = await RingGroup.connect({
+    job: 'bench',
+    generation: 1,
+    rank,
+    members,
+    server,
+    token: 'bench-link-token-0123',
+  });
   const buffer = new Float32Array(elements).fill(rank + 1);
   const times: number[] = [];
   for (let i = 0; i < rounds + WARMUP; i++) {

@@ -186,6 +186,7 @@ test('records of another incarnation found in a worker’s own bucket are refuse
       policy: {},
       reason: 'another incarnation',
       createdAt: 0,
+      linkToken: 'a-test-token-of-sixteen',
     }),
   );
   const ran = await runWorker(UID_C, 'third');

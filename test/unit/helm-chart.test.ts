@@ -82,11 +82,20 @@ test('defaults: two operator replicas, hardened, probed, with the ClusterRole of
   const args = container['args'] as string[];
   assert.ok(args.includes('--nats=nats://demo-tensile-nats.tensile-system.svc:4222'), args.join(' '));
   assert.ok(args.includes('--lease-duration=15'));
-  const role = one(docs, 'ClusterRole');
+  const role = one(docs, 'ClusterRole', 'demo-tensile');
   const file = parse(readFileSync(join(chart, 'files', 'operator-clusterrole.yaml'), 'utf8')) as {
-    rules: unknown;
+    rules: { resources: string[] }[];
   };
-  assert.equal(role['rules'], file.rules, 'the chart reuses the operator’s tested role as it is');
+  const isLease = (r: { resources: string[] }) => r.resources.includes('leases');
+  assert.equal(
+    role['rules'],
+    file.rules.filter((r) => !isLease(r)),
+    'the chart reuses the operator’s tested role, but for the Lease rule',
+  );
+  const leader = one(docs, 'Role', 'demo-tensile-leader') as Doc & { metadata: { namespace: string } };
+  assert.is(leader.metadata.namespace, 'tensile-system', 'Leases only in the operator’s own namespace');
+  assert.equal(leader['rules'], file.rules.filter(isLease));
+  one(docs, 'RoleBinding', 'demo-tensile-leader');
   const binding = one(docs, 'ClusterRoleBinding');
   assert.equal(binding['subjects'], [
     { kind: 'ServiceAccount', name: 'demo-tensile', namespace: 'tensile-system' },
@@ -144,6 +153,73 @@ test('defaults: two operator replicas, hardened, probed, with the ClusterRole of
   );
   const withCrds = await render('--include-crds');
   one(withCrds, 'CustomResourceDefinition', 'trainingjobs.tensile.dev');
+});
+
+test('RBAC for users: TrainingJobs aggregated into admin/edit and view', async () => {
+  const docs = await render();
+  const edit = one(docs, 'ClusterRole', 'demo-tensile-edit') as Doc & {
+    metadata: { labels: Record<string, string> };
+    rules: { resources: string[]; verbs: string[] }[];
+  };
+  assert.is(edit.metadata.labels['rbac.authorization.k8s.io/aggregate-to-edit'], 'true');
+  assert.ok(
+    edit.rules[0]?.verbs.includes('create') && edit.rules[0].resources.includes('trainingjobs/scale'),
+  );
+  const view = one(docs, 'ClusterRole', 'demo-tensile-view') as Doc & {
+    metadata: { labels: Record<string, string> };
+    rules: { verbs: string[] }[];
+  };
+  assert.is(view.metadata.labels['rbac.authorization.k8s.io/aggregate-to-view'], 'true');
+  assert.equal(view.rules[0]?.verbs, ['get', 'list', 'watch']);
+  const off = await render('--set', 'rbac.aggregateToDefaultRoles=false');
+  assert.not.ok(off.some((d) => d.metadata.name === 'demo-tensile-edit'));
+});
+
+test('single-namespace mode: a Role in the watched namespace, Leases in its own, Nodes read cluster-wide', async () => {
+  const docs = await render('--set', 'operator.watchNamespace=team-a');
+  assert.not.ok(docs.some((d) => d.kind === 'ClusterRole' && d.metadata.name === 'demo-tensile'));
+  type Rules = Doc & { metadata: { namespace?: string }; rules: { resources: string[] }[] };
+  const resources = (d: Doc) => (d as Rules).rules.flatMap((r) => r.resources);
+  const role = one(docs, 'Role', 'demo-tensile') as Rules;
+  assert.is(role.metadata.namespace, 'team-a');
+  assert.ok(resources(role).includes('pods') && resources(role).includes('trainingjobs'));
+  assert.not.ok(resources(role).includes('nodes') || resources(role).includes('leases'));
+  const leader = one(docs, 'Role', 'demo-tensile-leader') as Rules;
+  assert.is(leader.metadata.namespace, 'tensile-system');
+  assert.equal(resources(leader), ['leases']);
+  assert.equal(resources(one(docs, 'ClusterRole', 'demo-tensile-nodes')), ['nodes']);
+  for (const name of ['demo-tensile', 'demo-tensile-leader']) one(docs, 'RoleBinding', name);
+  one(docs, 'ClusterRoleBinding', 'demo-tensile-nodes');
+  const deployment = one(docs, 'Deployment') as unknown as {
+    spec: { template: { spec: { containers: { args: string[] }[] } } };
+  };
+  assert.ok(deployment.spec.template.spec.containers[0]?.args.includes('--watch-namespace=team-a'));
+});
+
+test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes workers and the operator', async () => {
+  const docs = await render('--set', 'networkPolicy.workerNamespaces={team-a,team-b}');
+  const workers = docs.filter(
+    (d) => d.kind === 'NetworkPolicy' && d.metadata.name === 'demo-tensile-workers',
+  );
+  assert.equal(
+    workers.map((d) => (d.metadata as { namespace?: string }).namespace),
+    ['team-a', 'team-b'],
+  );
+  const spec = workers[0]?.spec as {
+    policyTypes: string[];
+    egress: { to?: unknown[]; ports?: { port: number }[] }[];
+  };
+  assert.equal(spec.policyTypes, ['Ingress', 'Egress'], 'both directions are closed but for the rules');
+  assert.equal(
+    spec.egress.flatMap(
+      (rule): (string | number)[] => rule.ports?.map((p) => p.port) ?? ['any port to workers'],
+    ),
+    ['any port to workers', 4222, 53, 53],
+  );
+  const nats = one(docs, 'NetworkPolicy', 'demo-tensile-nats');
+  assert.equal((nats.spec as { policyTypes: string[] }).policyTypes, ['Ingress']);
+  const off = await render('--set', 'networkPolicy.enabled=false');
+  assert.not.ok(off.some((d) => d.kind === 'NetworkPolicy'));
 });
 
 test('every option: external NATS with credentials, ServiceMonitor, no bundled NATS', async () => {

@@ -1,6 +1,8 @@
+import { createAccount, decode, parseCreds } from '@nats-io/jwt';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { modelLocation } from '../../operator/api/model-output.ts';
+import { JobCredentialMinter } from '../../operator/controller/nats-credentials.ts';
 import {
   buildCheckpointClaim,
   buildWorkerPod,
@@ -170,6 +172,7 @@ test('volumes: checkpoint claim from the template, an existing claim, the datase
     { name: 'checkpoints', persistentVolumeClaim: { claimName: 'shared' } },
     { name: 'dataset', persistentVolumeClaim: { claimName: 'datasets', readOnly: true } },
     { name: 'model', configMap: { name: 'my-model', items: [{ key: 'model.json', path: 'model.json' }] } },
+    { name: 'tmp', emptyDir: {} },
   ]);
   const spec = JSON.parse(String(env(pod)['TENSILE_JOB_SPEC']));
   assert.equal(
@@ -178,6 +181,27 @@ test('volumes: checkpoint claim from the template, an existing claim, the datase
     'the worker reads the mounted file',
   );
   assert.is(buildCheckpointClaim(job), undefined, 'an existing claim is not created');
+});
+
+test('the restricted Pod Security Standard by default: non-root, no escalation, no capabilities, read-only root', () => {
+  const pod = buildWorkerPod(ownedJob(), 0, defaults);
+  assert.equal(pod.spec?.securityContext, {
+    runAsNonRoot: true,
+    runAsUser: 1000,
+    runAsGroup: 1000,
+    fsGroup: 1000,
+    seccompProfile: { type: 'RuntimeDefault' },
+  });
+  const container = pod.spec?.containers[0];
+  assert.equal(container?.securityContext, {
+    allowPrivilegeEscalation: false,
+    capabilities: { drop: ['ALL'] },
+    readOnlyRootFilesystem: true,
+    runAsNonRoot: true,
+  });
+  // With the root read-only, /tmp must be a volume of its own.
+  const tmp = container?.volumeMounts?.find((m) => m.mountPath === '/tmp');
+  assert.ok(pod.spec?.volumes?.some((v) => v.name === tmp?.name && v.emptyDir !== undefined));
 });
 
 test('the checkpoint claim from a template is owned by the job', () => {
@@ -208,6 +232,26 @@ test('NATS credentials from a Secret are mounted and named in the environment', 
   );
   assert.ok(pod.spec?.volumes?.some((v) => v.secret?.secretName === 'nats-creds'));
   assert.is(env(pod)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+});
+
+test('per-job credentials: the Secret the operator minted is mounted; a job naming its own keeps it', async () => {
+  const minted = buildWorkerPod(ownedJob(), 0, { ...defaults, perJobCredentials: true });
+  assert.ok(minted.spec?.volumes?.some((v) => v.secret?.secretName === 'job-nats-credentials'));
+  assert.is(env(minted)['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+  const own = buildWorkerPod(ownedJob({ 'spec.nats': { credentialsSecret: { name: 'mine' } } }), 0, {
+    ...defaults,
+    perJobCredentials: true,
+  });
+  assert.ok(own.spec?.volumes?.some((v) => v.secret?.secretName === 'mine'));
+  assert.not.ok(own.spec?.volumes?.some((v) => v.secret?.secretName === 'job-nats-credentials'));
+  const secret = await new JobCredentialMinter(createAccount()).secretFor(ownedJob());
+  assert.is(secret.metadata?.name, 'job-nats-credentials');
+  assert.is(secret.metadata?.ownerReferences?.[0]?.uid, 'job-uid', 'deleted with the job');
+  const { jwt } = await parseCreds(new TextEncoder().encode(secret.stringData?.['nats.creds'] ?? ''));
+  const claims = decode<{ pub: { allow: string[] }; sub: { allow: string[] } }>(jwt);
+  assert.equal(claims.nats.sub?.allow, ['tensile.default.job.control', '_INBOX.tensile.default.job.>']);
+  assert.ok(claims.nats.pub?.allow.includes('$KV.tensile_default_job_job-uid.>'));
+  assert.not.ok(claims.nats.pub?.allow.some((s) => s.includes('.control') || s === '>'));
 });
 
 test('cluster defaults fill in what the job leaves out; the job wins where it says something', () => {

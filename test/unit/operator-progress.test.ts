@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeMessage, type RescaleEvent } from '../../operator/api/contract.ts';
+import { encodeMessage, MAX_REPORT_BYTES, type RescaleEvent } from '../../operator/api/contract.ts';
 import { ProgressTracker, subjectKey } from '../../operator/controller/progress.ts';
 import { silentLogger } from '../../worker/log.ts';
 
@@ -157,8 +157,45 @@ test('malformed messages are dropped, never fatal', () => {
   t.receive('tensile.ns.job.metrics', new TextEncoder().encode('{not json'));
   t.receive('tensile.ns.job.metrics', encodeMessage({ type: 'progress', step: -1 }));
   t.receive('tensile.ns.job.events', encodeMessage({ type: 'explode' }));
+  t.receive('tensile.ns.job.events', new Uint8Array(MAX_REPORT_BYTES + 1).fill(0x20));
+  t.receive('tensile.metrics', encodeMessage({ type: 'progress' }));
   assert.is(t.observations('ns/job'), undefined);
   assert.equal(changed, []);
+  assert.equal(t.drops.totals(), {
+    'nats:not json': 1,
+    'nats:schema': 2,
+    'nats:oversized': 1,
+    'nats:unknown subject': 1,
+  });
+});
+
+test('1,000 mutations of a progress message: each is applied or dropped and counted, none throws', () => {
+  const { t, changed } = tracker();
+  const valid = encodeMessage({
+    type: 'progress',
+    jobUid: 'uid-1',
+    worker: 'w-0',
+    generation: 1,
+    worldSize: 2,
+    step: 10,
+    epoch: 0,
+    loss: 0.5,
+    samplesPerSecond: 100,
+    time,
+  });
+  let x = 7;
+  const next = () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x;
+  };
+  const n = 1000;
+  for (let i = 0; i < n; i++) {
+    const bytes = Uint8Array.from(valid);
+    for (let flips = 1 + (next() % 3); flips > 0; flips--) bytes[next() % bytes.length] = next() % 256;
+    t.receive('tensile.ns.job.metrics', bytes.subarray(0, bytes.length - (next() % 2)));
+  }
+  assert.ok(t.drops.total > n / 2, `${t.drops.total} dropped`);
+  assert.is(t.drops.total + changed.length, n);
 });
 
 test('reports are kept per incarnation: a job of the same name never reads the one before it', () => {

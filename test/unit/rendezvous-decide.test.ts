@@ -48,6 +48,7 @@ function world(generation: number, ids: string[], extra: Partial<WorldRecord> = 
     policy: {},
     reason: 'test',
     createdAt: 0,
+    linkToken: 'a-test-token-of-sixteen',
     ...extra,
   };
 }

@@ -162,6 +162,7 @@ const previousWorld: WorldRecord = {
   agreement: survivors,
   reason: 'first world',
   createdAt: 0,
+  linkToken: 'a-test-token-of-sixteen',
 };
 const proposal = {
   generation: 2,

@@ -4,6 +4,7 @@
  * an abort (a new generation) fails the collective with a typed error and leaves the caller's buffer
  * to be thrown away: gradients are applied only after a complete all-reduce.
  */
+import { DropCounter } from '../../operator/api/drops.ts';
 import { encodeHalf, fromHalfBits, roundToHalf } from './fp16.ts';
 import { chunkRanges, type Range, ringSchedule, segmentRanges } from './ring.ts';
 import {
@@ -25,6 +26,8 @@ export interface RingOptions {
   readonly rank: number;
   readonly members: readonly RingMember[];
   readonly server: CollectiveServer;
+  /** The world's link token (its record in the rendezvous): neighbours prove they hold it. */
+  readonly token: string;
   /** How long to wait for a neighbour's connection or data before giving up. */
   readonly timeoutMs?: number;
   /** Elements per segment: the unit of pipelining. */
@@ -61,6 +64,7 @@ export class RingGroup implements AsyncDisposable {
     private readonly timeoutMs: number,
     private readonly segmentElements: number,
     private readonly signal: AbortSignal | undefined,
+    private readonly drops: DropCounter = new DropCounter(),
   ) {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
   }
@@ -72,6 +76,7 @@ export class RingGroup implements AsyncDisposable {
     const segment = options.segmentElements ?? DEFAULT_SEGMENT;
     if (rank < 0 || rank >= size) throw new RangeError(`rank ${rank} outside a world of ${size}`);
     server.retire(generation);
+    server.authorize(generation, options.token);
     if (size === 1)
       return new RingGroup(generation, rank, 1, undefined, undefined, timeoutMs, segment, options.signal);
     const rightRank = (rank + 1) % size;
@@ -83,11 +88,22 @@ export class RingGroup implements AsyncDisposable {
       dial(
         leftAddress,
         { job: options.job, generation, fromRank: rank, toRank: leftRank, size },
+        options.token,
         timeoutMs,
         options.signal,
       ),
     ]);
-    return new RingGroup(generation, rank, size, right, left, timeoutMs, segment, options.signal);
+    return new RingGroup(
+      generation,
+      rank,
+      size,
+      right,
+      left,
+      timeoutMs,
+      segment,
+      options.signal,
+      server.drops,
+    );
   }
 
   private check(): void {
@@ -96,12 +112,19 @@ export class RingGroup implements AsyncDisposable {
   }
 
   private async receive(expectedSeq: number): Promise<Buffer> {
-    const frame = await (this.left as FramedLink).receive(this.timeoutMs);
-    if (
-      frame.kind !== FRAME_DATA ||
-      frame.generation !== this.generation ||
-      frame.seq !== expectedSeq >>> 0
-    ) {
+    const link = this.left as FramedLink;
+    let frame = await link.receive(this.timeoutMs);
+    // A frame of another kind or world is not ours to sum: dropped and counted, not fatal.
+    while (frame.kind !== FRAME_DATA || frame.generation !== this.generation) {
+      this.drops.drop({
+        channel: 'collective',
+        reason: 'stray frame',
+        source: link.peer(),
+        detail: `kind ${frame.kind} generation ${frame.generation}, expected data of ${this.generation}`,
+      });
+      frame = await link.receive(this.timeoutMs);
+    }
+    if (frame.seq !== expectedSeq >>> 0) {
       throw new ProtocolError(
         `expected data ${expectedSeq} of generation ${this.generation}, got kind ${frame.kind} seq ${frame.seq} generation ${frame.generation}`,
       );

@@ -1,10 +1,18 @@
 /**
  * Framed messages over TCP between workers. A frame is [u32 length][u8 kind][u32 generation][u32 seq]
- * then the payload. Every connection starts with a HELLO that names the job, the generation and the
- * ranks, so a connection from another job or an older world is refused instead of corrupting a sum.
+ * then the payload. Every connection starts with a handshake that names the job, the generation and
+ * the ranks and proves, both ways, that each side holds the generation's link token (the world record
+ * in the rendezvous carries it): HELLO (dialler's nonce) → CHALLENGE (listener's nonce) → AUTH (the
+ * dialler's HMAC of both) → ACCEPT (the listener's HMAC). The token itself never crosses the wire, so
+ * a process that is not a member of the world can neither join a ring nor pose as a neighbour, and a
+ * connection from another job or an older world is refused instead of corrupting a sum. Until the
+ * handshake is done a link takes only small frames: a stranger cannot make a worker allocate.
  */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { z } from 'zod';
+import { DropCounter } from '../../operator/api/drops.ts';
 import { WorkerError } from '../errors.ts';
 
 /** The world changed under a collective: rejoining (a new generation) is the way on. */
@@ -28,11 +36,36 @@ export class ProtocolError extends CollectiveError {
   override readonly name = 'ProtocolError';
 }
 
+/** The handshake failed: another job, an old world, a wrong token, or bytes that are not ours. */
+export class LinkRefusedError extends CollectiveError {
+  override readonly name = 'LinkRefusedError';
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export const FRAME_HELLO = 1;
 export const FRAME_DATA = 2;
+export const FRAME_CHALLENGE = 3;
+export const FRAME_AUTH = 4;
+export const FRAME_ACCEPT = 5;
 const HEADER = 13;
 /** A frame larger than this is a protocol violation, not a big tensor (tensors are segmented). */
 const MAX_FRAME = 256 * 1024 * 1024;
+/** The largest frame a link takes before its handshake is done. */
+export const HANDSHAKE_MAX_FRAME = 4096;
+/** How long a listener gives a dialler for each handshake step. */
+const HANDSHAKE_MS = 10_000;
+/**
+ * How long a listener holds a dialler's HELLO for a generation this worker has not adopted yet (its
+ * neighbour may see the new world first): the token to check it with comes with the adoption.
+ */
+const TOKEN_WAIT_MS = 60_000;
+/** Connections still in their handshake; more are cut at once (a flood of strangers). */
+const MAX_PENDING = 64;
 /**
  * The receiving side of a link reads into one buffer of this size, reused for every read: Node's
  * default reads fresh 64 KiB chunks, and that read path alone halved the bandwidth of loopback TCP.
@@ -46,12 +79,36 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
-export interface Hello {
-  readonly job: string;
-  readonly generation: number;
-  readonly fromRank: number;
-  readonly toRank: number;
-  readonly size: number;
+const NONCE = /^[0-9a-f]{32}$/;
+const HelloSchema = z.strictObject({
+  job: z.string().min(1).max(253),
+  generation: z.int().min(0).max(0xffff_ffff),
+  fromRank: z.int().min(0),
+  toRank: z.int().min(0),
+  size: z.int().min(1),
+  nonce: z.string().regex(NONCE),
+});
+export type Hello = z.output<typeof HelloSchema>;
+/** What a ring asks of its dialler: the HELLO without the nonce, which `dial` draws. */
+export type HelloRequest = Omit<Hello, 'nonce'>;
+
+function linkMac(token: string, role: 'dialler' | 'listener', hello: Hello, challenge: string): Buffer {
+  const transcript = JSON.stringify([
+    'tensile-link-v1',
+    role,
+    hello.job,
+    hello.generation,
+    hello.fromRank,
+    hello.toRank,
+    hello.size,
+    hello.nonce,
+    challenge,
+  ]);
+  return createHmac('sha256', token).update(transcript).digest();
+}
+
+function macMatches(expected: Buffer, got: Buffer): boolean {
+  return got.length === expected.length && timingSafeEqual(got, expected);
 }
 
 export function encodeFrame(kind: number, generation: number, seq: number, payload: Uint8Array): Buffer[] {
@@ -83,6 +140,8 @@ export class FramedLink {
   private readonly borrowed: boolean;
   /** Payload buffers given back by `release`, by size: fresh ones cost page faults and collections. */
   private readonly spare = new Map<number, Buffer[]>();
+  /** Raised to the full frame size once the handshake has authenticated the peer. */
+  maxFrame = HANDSHAKE_MAX_FRAME;
 
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
@@ -102,7 +161,7 @@ export class FramedLink {
     socket.on('close', () => this.fail(new PeerLostError(`connection to ${this.peer()} closed`)));
   }
 
-  private peer(): string {
+  peer(): string {
     return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
   }
 
@@ -143,7 +202,7 @@ export class FramedLink {
         offset = 0;
       }
       const length = header.readUInt32BE(offset);
-      if (length < HEADER - 4 || length > MAX_FRAME) {
+      if (length < HEADER - 4 || length > this.maxFrame) {
         this.fail(new ProtocolError(`bad frame length ${length} from ${this.peer()}`));
         this.socket.destroy();
         return;
@@ -254,50 +313,70 @@ export class FramedLink {
   }
 }
 
-function helloPayload(hello: Hello): Buffer {
-  return Buffer.from(JSON.stringify(hello));
+function parseJson(frame: Frame): unknown {
+  try {
+    return JSON.parse(frame.payload.toString('utf8'));
+  } catch {
+    return undefined;
+  }
 }
 
 function parseHello(frame: Frame): Hello {
-  if (frame.kind !== FRAME_HELLO) throw new ProtocolError(`expected HELLO, got frame kind ${frame.kind}`);
-  const value = JSON.parse(frame.payload.toString('utf8')) as Partial<Hello>;
-  if (
-    typeof value.job !== 'string' ||
-    typeof value.generation !== 'number' ||
-    typeof value.fromRank !== 'number' ||
-    typeof value.toRank !== 'number' ||
-    typeof value.size !== 'number'
-  ) {
-    throw new ProtocolError('malformed HELLO');
-  }
-  return value as Hello;
+  if (frame.kind !== FRAME_HELLO)
+    throw new LinkRefusedError('protocol', `expected HELLO, got frame kind ${frame.kind}`);
+  const parsed = HelloSchema.safeParse(parseJson(frame));
+  if (!parsed.success) throw new LinkRefusedError('malformed hello', 'malformed HELLO');
+  return parsed.data;
+}
+
+function expect(frame: Frame, kind: number, what: string): Buffer {
+  if (frame.kind !== kind)
+    throw new LinkRefusedError('protocol', `expected ${what}, got frame kind ${frame.kind}`);
+  return frame.payload;
+}
+
+export interface CollectiveServerOptions {
+  /** Where refused connections and dropped frames are counted (and logged). */
+  readonly drops?: DropCounter;
 }
 
 /**
  * The listening side: one per worker, for its whole life. Inbound links are kept by (generation, from
- * rank) until the ring of that generation claims them; links of older generations are closed.
+ * rank) until the ring of that generation claims them; links of older generations are closed. A link
+ * is kept only after its handshake proved the dialler holds the generation's token (`authorize`).
  */
 export class CollectiveServer implements AsyncDisposable {
   private readonly server: Server;
   private readonly arrived = new Map<string, FramedLink>();
   private readonly wanted = new Map<string, (link: FramedLink) => void>();
+  private readonly tokens = new Map<number, string>();
+  private readonly tokenWaiters = new Map<number, Set<() => void>>();
+  private pending = 0;
   private minGeneration = 0;
+  readonly drops: DropCounter;
 
   private constructor(
     readonly job: string,
     server: Server,
+    options: CollectiveServerOptions,
   ) {
     this.server = server;
+    this.drops = options.drops ?? new DropCounter();
   }
 
-  static async listen(job: string, host: string, port = 0): Promise<CollectiveServer> {
+  static async listen(
+    job: string,
+    host: string,
+    port = 0,
+    options: CollectiveServerOptions = {},
+  ): Promise<CollectiveServer> {
     let self: CollectiveServer | undefined;
     const server = createServer((socket) => self?.accept(socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => resolve());
     });
-    self = new CollectiveServer(job, server);
+    self = new CollectiveServer(job, server, options);
     return self;
   }
 
@@ -309,27 +388,102 @@ export class CollectiveServer implements AsyncDisposable {
     return `${host}:${address.port}`;
   }
 
+  /** The token of `generation`'s world: links of that generation must prove they hold it. */
+  authorize(generation: number, token: string): void {
+    this.tokens.set(generation, token);
+    for (const wake of this.tokenWaiters.get(generation) ?? []) wake();
+    this.tokenWaiters.delete(generation);
+  }
+
+  private async tokenFor(generation: number): Promise<string> {
+    const known = this.tokens.get(generation);
+    if (known !== undefined) return known;
+    const waiters = this.tokenWaiters.get(generation) ?? new Set<() => void>();
+    this.tokenWaiters.set(generation, waiters);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, TOKEN_WAIT_MS);
+      function done() {
+        clearTimeout(timer);
+        waiters.delete(done);
+        resolve();
+      }
+      waiters.add(done);
+    });
+    const token = this.tokens.get(generation);
+    if (token === undefined || generation < this.minGeneration)
+      throw new LinkRefusedError('unknown generation', `generation ${generation} never formed here`);
+    return token;
+  }
+
   private accept(socket: Socket): void {
+    const source = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    if (this.pending >= MAX_PENDING) {
+      this.drops.drop({ channel: 'collective', reason: 'too many handshakes', source });
+      socket.destroy();
+      return;
+    }
+    this.pending++;
     const link = new FramedLink(socket);
-    link
-      .receive(10_000)
-      .then((frame) => {
-        const hello = parseHello(frame);
-        if (hello.job !== this.job || hello.generation < this.minGeneration) {
-          link.close();
-          return;
-        }
-        const key = `${hello.generation}:${hello.fromRank}:${hello.toRank}`;
-        const claim = this.wanted.get(key);
-        if (claim !== undefined) {
-          this.wanted.delete(key);
-          claim(link);
-        } else {
-          this.arrived.get(key)?.close();
-          this.arrived.set(key, link);
-        }
+    this.handshake(link)
+      .then(({ hello }) => this.keep(hello, link))
+      .catch((error: unknown) => {
+        const reason =
+          error instanceof LinkRefusedError
+            ? error.reason
+            : error instanceof ProtocolError
+              ? 'bad frame'
+              : error instanceof CollectiveTimeoutError
+                ? 'handshake timeout'
+                : 'connection lost';
+        this.drops.drop({
+          channel: 'collective',
+          reason,
+          source,
+          detail: error instanceof Error ? error.message : String(error),
+        });
+        link.close();
       })
-      .catch(() => link.close());
+      .finally(() => {
+        this.pending--;
+      });
+  }
+
+  /** The listener's half of the handshake (see the header). */
+  private async handshake(link: FramedLink): Promise<{ hello: Hello }> {
+    const hello = parseHello(await link.receive(HANDSHAKE_MS));
+    if (hello.job !== this.job)
+      throw new LinkRefusedError('another job', `a dialler of job "${hello.job}" reached job "${this.job}"`);
+    if (hello.generation < this.minGeneration)
+      throw new LinkRefusedError('old generation', `generation ${hello.generation} is over`);
+    const challenge = randomBytes(16).toString('hex');
+    await link.send(FRAME_CHALLENGE, hello.generation, 0, Buffer.from(challenge));
+    const [token, auth] = await Promise.all([
+      this.tokenFor(hello.generation),
+      link.receive(HANDSHAKE_MS + TOKEN_WAIT_MS),
+    ]);
+    const proof = expect(auth, FRAME_AUTH, 'AUTH');
+    if (!macMatches(linkMac(token, 'dialler', hello, challenge), proof))
+      throw new LinkRefusedError(
+        'bad token',
+        `rank ${hello.fromRank} of generation ${hello.generation} failed the token check`,
+      );
+    if (hello.generation < this.minGeneration)
+      throw new LinkRefusedError('old generation', `generation ${hello.generation} is over`);
+    await link.send(FRAME_ACCEPT, hello.generation, 0, linkMac(token, 'listener', hello, challenge));
+    link.maxFrame = MAX_FRAME;
+    return { hello };
+  }
+
+  private keep(hello: Hello, link: FramedLink): void {
+    const key = `${hello.generation}:${hello.fromRank}:${hello.toRank}`;
+    const claim = this.wanted.get(key);
+    if (claim !== undefined) {
+      this.wanted.delete(key);
+      claim(link);
+    } else {
+      this.arrived.get(key)?.close();
+      this.arrived.set(key, link);
+    }
   }
 
   /** Waits for the link from `fromRank` to `toRank` (this worker) in `generation`. */
@@ -369,7 +523,7 @@ export class CollectiveServer implements AsyncDisposable {
     });
   }
 
-  /** Forgets links of generations older than `generation`. */
+  /** Forgets links and tokens of generations older than `generation`. */
   retire(generation: number): void {
     this.minGeneration = generation;
     for (const [key, link] of this.arrived) {
@@ -378,23 +532,71 @@ export class CollectiveServer implements AsyncDisposable {
         this.arrived.delete(key);
       }
     }
+    for (const old of this.tokens.keys()) if (old < generation) this.tokens.delete(old);
+    for (const [old, waiters] of this.tokenWaiters) if (old < generation) for (const wake of waiters) wake();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     for (const link of this.arrived.values()) link.close();
     this.arrived.clear();
+    for (const waiters of this.tokenWaiters.values()) for (const wake of waiters) wake();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
 
+async function connectSocket(host: string, port: number): Promise<FramedLink> {
+  let push: ((chunk: Buffer) => void) | undefined;
+  const socket = await new Promise<Socket>((resolve, reject) => {
+    // createConnection, not socket.connect: only the former honours `onread`.
+    const s = createConnection(
+      {
+        port,
+        host,
+        onread: {
+          buffer: Buffer.allocUnsafeSlow(READ_BUFFER),
+          callback: (bytes, buffer) => {
+            push?.(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+            return true;
+          },
+        },
+      },
+      () => {
+        s.removeListener('error', reject);
+        resolve(s);
+      },
+    );
+    s.once('error', reject);
+  });
+  // The peer sends nothing before our HELLO, so no read can come before `attach`.
+  return new FramedLink(socket, {
+    attach: (p) => {
+      push = p;
+    },
+  });
+}
+
+/** The dialler's half of the handshake (see the header): returns once the listener proved itself. */
+async function introduce(link: FramedLink, hello: Hello, token: string, timeoutMs: number): Promise<void> {
+  await link.send(FRAME_HELLO, hello.generation, 0, Buffer.from(JSON.stringify(hello)));
+  const challenge = expect(await link.receive(timeoutMs), FRAME_CHALLENGE, 'CHALLENGE').toString('utf8');
+  if (!NONCE.test(challenge)) throw new LinkRefusedError('malformed challenge', 'malformed CHALLENGE');
+  await link.send(FRAME_AUTH, hello.generation, 0, linkMac(token, 'dialler', hello, challenge));
+  const proof = expect(await link.receive(timeoutMs), FRAME_ACCEPT, 'ACCEPT');
+  if (!macMatches(linkMac(token, 'listener', hello, challenge), proof))
+    throw new LinkRefusedError('bad token', `the listener of rank ${hello.toRank} does not hold the token`);
+  link.maxFrame = MAX_FRAME;
+}
+
 /**
- * Dials `address` and introduces itself; retries while the peer's server is not up yet. The dialling
- * side is the one that receives the data (rings dial their left neighbour): only a socket we connect
- * can read into a reused buffer (`onread`), and reads are where loopback bandwidth was lost.
+ * Dials `address` and authenticates with `token`; retries while the peer's server is not up yet (or
+ * refuses: it may not have adopted the world yet). The dialling side is the one that receives the data
+ * (rings dial their left neighbour): only a socket we connect can read into a reused buffer (`onread`),
+ * and reads are where loopback bandwidth was lost.
  */
 export async function dial(
   address: string,
-  hello: Hello,
+  request: HelloRequest,
+  token: string,
   timeoutMs: number,
   signal?: AbortSignal,
 ): Promise<FramedLink> {
@@ -406,43 +608,23 @@ export async function dial(
   let lastError: Error | undefined;
   while (Date.now() < deadline) {
     if (signal?.aborted) throw new CollectiveAbortedError('aborted while connecting');
+    let link: FramedLink | undefined;
+    const onAbort = () => link?.close();
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      let push: ((chunk: Buffer) => void) | undefined;
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        // createConnection, not socket.connect: only the former honours `onread`.
-        const s = createConnection(
-          {
-            port,
-            host,
-            onread: {
-              buffer: Buffer.allocUnsafeSlow(READ_BUFFER),
-              callback: (bytes, buffer) => {
-                push?.(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
-                return true;
-              },
-            },
-          },
-          () => {
-            s.removeListener('error', reject);
-            resolve(s);
-          },
-        );
-        s.once('error', reject);
-      });
-      // The peer sends nothing before our HELLO, so no read can come before `attach`.
-      const link = new FramedLink(socket, {
-        attach: (p) => {
-          push = p;
-        },
-      });
-      await link.send(FRAME_HELLO, hello.generation, 0, helloPayload(hello));
+      link = await connectSocket(host, port);
+      const hello: Hello = { ...request, nonce: randomBytes(16).toString('hex') };
+      await introduce(link, hello, token, Math.max(1, deadline - Date.now()));
       return link;
     } catch (error) {
+      link?.close();
       lastError = error as Error;
       await sleep(50);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
   }
   throw new CollectiveTimeoutError(
-    `cannot connect to rank ${hello.toRank} at ${address}: ${lastError?.message ?? 'timeout'}`,
+    `cannot connect to rank ${request.toRank} at ${address}: ${lastError?.message ?? 'timeout'}`,
   );
 }

@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
 import {
+  CompletionRecordSchema,
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
@@ -20,6 +21,8 @@ import {
   jobSubjects,
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
+import { DropCounter } from '../../operator/api/drops.ts';
+import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
@@ -161,6 +164,11 @@ export class ElasticMembership implements Membership {
     this.subjects = jobSubjects(config.namespace, config.jobName);
   }
 
+  /** What this worker dropped (NATS messages, collective frames and handshakes), by reason. */
+  get drops(): DropCounter {
+    return this.server.drops;
+  }
+
   static async open(config: WorkerConfig, log: WorkerLogger): Promise<ElasticMembership> {
     const url = config.natsUrl;
     if (url === undefined) throw new Error('the elastic runtime needs TENSILE_NATS_URL');
@@ -170,6 +178,8 @@ export class ElasticMembership implements Membership {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       waitOnFirstConnect: true,
+      // Replies come back on the job's own prefix: what a per-job identity may subscribe to.
+      inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
       ...(config.natsCreds === undefined
         ? {}
         : { authenticator: credsAuthenticator(readFileSync(config.natsCreds)) }),
@@ -187,7 +197,10 @@ export class ElasticMembership implements Membership {
     if (uid === undefined)
       throw new WorkerConfigError(['TENSILE_JOB_UID: the elastic runtime needs the job uid']);
     const store = await NatsKvStore.open(nc, rendezvousBucket(config.namespace, config.jobName, uid));
-    const server = await CollectiveServer.listen(config.jobName, config.podIp);
+    const drops = new DropCounter((drop) =>
+      emit(log, 'warn', `dropped ${drop.channel} input: ${drop.reason}`, { event: 'dropped', ...drop }),
+    );
+    const server = await CollectiveServer.listen(config.jobName, config.podIp, 0, { drops });
     const spec = config.spec;
     const range = elasticRange(spec);
     const offer = specOffer(spec, config.specRevision);
@@ -204,6 +217,7 @@ export class ElasticMembership implements Membership {
         lastCallMs: spec.rendezvous.lastCallMillis,
       },
       log,
+      drops,
       spec: offer,
       shape: (proposal, previous, offers) =>
         shapeWorld(proposal, previous, offers, offer, spec.optimizer.learningRate),
@@ -225,18 +239,22 @@ export class ElasticMembership implements Membership {
         if (error !== null) return;
         const decoded = decodeMessage(ControlMessageSchema, message.data);
         if (!decoded.ok) {
-          emit(this.log, 'warn', 'ignoring a malformed control message', {
-            event: 'control-rejected',
-            error: decoded.error,
+          this.drops.drop({
+            channel: 'nats',
+            reason: decoded.reason,
+            source: message.subject,
+            detail: decoded.error,
           });
           return;
         }
         const value = decoded.value;
         if (value.jobUid !== this.config.jobUid) {
           // Addressed to another incarnation of this job (one deleted, or its successor).
-          emit(this.log, 'debug', 'ignoring a control message of another incarnation', {
-            event: 'control-ignored',
-            jobUid: value.jobUid ?? '(none)',
+          this.drops.drop({
+            channel: 'nats',
+            reason: 'another incarnation',
+            source: message.subject,
+            detail: `job uid ${value.jobUid ?? '(none)'}`,
           });
           return;
         }
@@ -299,30 +317,30 @@ export class ElasticMembership implements Membership {
     if (this.completed !== undefined) return this.completed;
     const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
     if (stored === undefined) return undefined;
-    try {
-      const value = JSON.parse(new TextDecoder().decode(stored.value)) as {
-        step?: unknown;
-        reason?: unknown;
-        jobUid?: unknown;
-      };
-      if (value.jobUid !== this.config.jobUid) {
-        // Another incarnation's completion says nothing about this one.
-        if (!this.foreignCompletionSeen)
-          emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
-            event: 'completion-ignored',
-            jobUid: String(value.jobUid ?? '(none)'),
-          });
-        this.foreignCompletionSeen = true;
-        return undefined;
-      }
-      if (typeof value.step === 'number' && typeof value.reason === 'string') {
-        this.completed = { step: value.step, reason: value.reason };
-        return this.completed;
-      }
-    } catch {
+    const decoded = decodeMessage(CompletionRecordSchema, stored.value);
+    if (!decoded.ok) {
       // A malformed marker is not a completion.
+      this.drops.drop({
+        channel: 'nats',
+        reason: decoded.reason,
+        source: COMPLETED_KEY,
+        detail: decoded.error,
+      });
+      return undefined;
     }
-    return undefined;
+    const value = decoded.value;
+    if (value.jobUid !== this.config.jobUid) {
+      // Another incarnation's completion says nothing about this one.
+      if (!this.foreignCompletionSeen)
+        emit(this.log, 'warn', 'ignoring the completion record of another incarnation', {
+          event: 'completion-ignored',
+          jobUid: value.jobUid ?? '(none)',
+        });
+      this.foreignCompletionSeen = true;
+      return undefined;
+    }
+    this.completed = { step: value.step, reason: value.reason };
+    return this.completed;
   }
 
   /** The next world that includes this worker, unless the job completed or `stop` fired first. */
@@ -375,6 +393,7 @@ export class ElasticMembership implements Membership {
           rank,
           members: record.members,
           server: this.server,
+          token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
           signal: changed.signal,
         });

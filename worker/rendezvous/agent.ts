@@ -3,8 +3,11 @@
  * watches the bucket, and whenever something changes (or a timer fires) asks `decide` what to do and
  * does it: propose a world with a compare-and-set on the world key, or hand a new world to the trainer.
  */
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
+import { type DecodeFailure, decodeMessage, MAX_REPORT_BYTES } from '../../operator/api/contract.ts';
+import type { DropCounter } from '../../operator/api/drops.ts';
 import { classify } from '../../operator/api/errors.ts';
 import { emit } from '../log.ts';
 import { rendezvousRange, type SpecOffer } from './agreement.ts';
@@ -46,6 +49,8 @@ export interface AgentOptions {
   /** The spec this worker offers in its member record. */
   readonly spec?: SpecOffer;
   readonly log: Logger;
+  /** Where malformed records of the bucket are counted. */
+  readonly drops?: DropCounter;
   /** Where liveness, rounds and world stamps read the time (default `Date.now`); tests stop it. */
   readonly now?: () => number;
 }
@@ -117,15 +122,18 @@ export class RendezvousAgent implements AsyncDisposable {
           this.world = undefined;
           this.worldRevision = undefined;
         } else {
-          const parsed = WorldRecordSchema.safeParse(this.parse(change.value));
-          if (!parsed.success) log.warn('ignoring a malformed world record', { error: parsed.error.message });
-          else if (!this.ours(parsed.data)) {
+          const parsed = decodeMessage(WorldRecordSchema, change.value);
+          if (!parsed.ok) {
+            this.drop(parsed, change.key);
+            // The world this worker follows stands; the next proposal overwrites the bad record.
+            this.worldRevision = change.revision;
+          } else if (!this.ours(parsed.value)) {
             // Not ours to follow, but ours to replace: the next proposal overwrites it at its revision.
-            log.warn('ignoring the world record of another incarnation', { jobUid: parsed.data.jobUid });
+            log.warn('ignoring the world record of another incarnation', { jobUid: parsed.value.jobUid });
             this.world = undefined;
             this.worldRevision = change.revision;
           } else {
-            this.world = parsed.data;
+            this.world = parsed.value;
             this.worldRevision = change.revision;
           }
         }
@@ -133,16 +141,15 @@ export class RendezvousAgent implements AsyncDisposable {
         const id = change.key.slice('member.'.length);
         if (change.value === undefined) this.members.delete(id);
         else {
-          const parsed = MemberRecordSchema.safeParse(this.parse(change.value));
-          if (!parsed.success) {
-            log.warn('ignoring a malformed member record', { key: change.key, error: parsed.error.message });
-          } else {
+          const parsed = decodeMessage(MemberRecordSchema, change.value, MAX_REPORT_BYTES);
+          if (!parsed.ok) this.drop(parsed, change.key);
+          else {
             const previous = this.members.get(id);
             // Liveness is when WE saw the record change, never the writer's clock.
             const same = previous !== undefined && previous.revision === change.revision;
             const observedAt = same ? previous.observedAt : now;
             const confirmed = previous !== undefined && (previous.confirmed === true || !same);
-            this.members.set(id, { record: parsed.data, revision: change.revision, observedAt, confirmed });
+            this.members.set(id, { record: parsed.value, revision: change.revision, observedAt, confirmed });
           }
         }
       }
@@ -152,6 +159,10 @@ export class RendezvousAgent implements AsyncDisposable {
       }
       this.schedule();
     }
+  }
+
+  private drop(failure: { reason: DecodeFailure; error: string }, key: string): void {
+    this.options.drops?.drop({ channel: 'nats', reason: failure.reason, source: key, detail: failure.error });
   }
 
   private ours(world: WorldRecord): boolean {
@@ -288,6 +299,7 @@ export class RendezvousAgent implements AsyncDisposable {
       startStep: proposal.startStep,
       reason: proposal.reason,
       createdAt: this.now(),
+      linkToken: randomBytes(32).toString('base64url'),
     };
     const value = encode(world);
     try {

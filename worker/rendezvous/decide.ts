@@ -57,6 +57,12 @@ export const WorldRecordSchema = z.object({
   agreement: AgreementSchema.optional(),
   reason: z.string(),
   createdAt: z.number(),
+  /**
+   * A secret drawn afresh for every world: its members prove they hold it when they connect their
+   * collective links (collective/transport.ts), so nobody outside the world can join its ring. Only
+   * those who can read the job's bucket see it.
+   */
+  linkToken: z.string().min(16).max(256),
 });
 export type WorldRecord = z.output<typeof WorldRecordSchema>;
 export type WorldMember = z.output<typeof WorldMemberSchema>;
