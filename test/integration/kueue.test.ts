@@ -140,7 +140,17 @@ test.before(async () => {
     core = cluster.kubeConfig.makeApiClient(CoreV1Api);
     for (const f of readdirSync(tools.crds))
       await kubectl(['apply', '--server-side', '-f', join(tools.crds, f)]);
-    await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/workloads.kueue.x-k8s.io']);
+    // kubectl wait fails on a CRD that has no conditions yet: poll instead.
+    for (const crd of ['workloads', 'clusterqueues', 'localqueues', 'resourceflavors'])
+      await eventually(`crd ${crd} established`, async () => {
+        const r = await cluster.kubectl([
+          'get',
+          `crd/${crd}.kueue.x-k8s.io`,
+          '-o',
+          'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+        ]);
+        return r.stdout.trim() === 'True';
+      });
     await kubectl(['create', 'namespace', 'kueue-system']);
     await kubectl(['create', 'namespace', NS]);
     // Every fake node carries the flavor's label; the flavor's taint is tolerated through the admission.
