@@ -19,6 +19,7 @@ import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
+import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
@@ -50,6 +51,8 @@ export interface ControllerOptions {
   readonly watchNamespace?: string;
   /** Mints each job its own NATS identity (see JobReconciler). */
   readonly credentials?: JobCredentialMinter;
+  /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
+  readonly kueue?: KueueClient;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -209,6 +212,7 @@ export class TrainingJobController {
       metrics: options.metrics,
       config: options.config,
       log,
+      ...(options.kueue === undefined ? {} : { kueue: options.kueue }),
     });
   }
 
