@@ -29,6 +29,17 @@ export const WorkerConfigSchema = z
     workerId: z.string().min(1).max(253),
     replicaIndex: z.coerce.number().pipe(z.int().min(0)),
     podIp: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
+    /** Where this worker runs (empty: unknown); the ring keeps same-node and same-zone peers adjacent. */
+    nodeName: z
+      .string()
+      .max(253)
+      .transform((s) => (s === '' ? undefined : s))
+      .optional(),
+    zone: z
+      .string()
+      .max(253)
+      .transform((s) => (s === '' ? undefined : s))
+      .optional(),
     /** Absent: a standalone single worker (`tensile run --workers 1`), no rendezvous. */
     natsUrl: z
       .string()

@@ -15,6 +15,8 @@ export const WORKER_ENV = {
   workerId: 'TENSILE_WORKER_ID',
   replicaIndex: 'TENSILE_REPLICA_INDEX',
   podIp: 'TENSILE_POD_IP',
+  nodeName: 'TENSILE_NODE_NAME',
+  zone: 'TENSILE_ZONE',
   natsUrl: 'TENSILE_NATS_URL',
   natsCreds: 'TENSILE_NATS_CREDS',
   checkpointDir: 'TENSILE_CHECKPOINT_DIR',
@@ -29,7 +31,12 @@ export const WORKER_ENV = {
 
 /** A value only the kubelet knows (the pod's name or IP), filled in through the downward API. */
 export interface FieldRef {
-  readonly fieldRef: 'metadata.name' | 'status.podIP';
+  readonly fieldRef:
+    | 'metadata.name'
+    | 'status.podIP'
+    | 'spec.nodeName'
+    // Copied from the node at binding (Kubernetes ≥ 1.33, PodTopologyLabelsAdmission); empty before.
+    | "metadata.labels['topology.kubernetes.io/zone']";
 }
 
 /** The shape of a Kubernetes V1EnvVar, narrowed to what the contract writes. */
@@ -46,6 +53,9 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
   readonly workerId?: Known;
   readonly replicaIndex: number;
   readonly podIp?: Known;
+  /** Where the worker runs: its ring neighbours are chosen by them (worker/collective/topology.ts). */
+  readonly nodeName?: Known;
+  readonly zone?: Known;
   readonly natsUrl?: string;
   readonly natsCreds?: string;
   readonly checkpointDir: string;
@@ -75,6 +85,8 @@ export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
   add('workerId', input.workerId);
   add('replicaIndex', input.replicaIndex);
   add('podIp', input.podIp);
+  add('nodeName', input.nodeName);
+  add('zone', input.zone);
   add('natsUrl', input.natsUrl);
   add('checkpointDir', input.checkpointDir);
   add('backend', input.backend);

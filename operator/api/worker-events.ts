@@ -113,6 +113,19 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     error: z.string().optional(),
     reason: z.string().optional(),
   }),
+  /**
+   * A neighbour's TCP link broke (`cause: 'link'`); `probe` is what its collective port answered:
+   * `refused` (its process is gone: reported lost, the round drops it now), `open` (alive, it moved
+   * on) or `unknown` (no answer: the heartbeat timeout decides).
+   */
+  event('peer-lost', {
+    peer: z.string(),
+    round: count,
+    cause: z.enum(['link']),
+    probe: z.enum(['refused', 'open', 'unknown']),
+    probeMs: z.number().optional(),
+    error: z.string().optional(),
+  }),
   /** A world formed and this worker is one of its ranks. */
   event('generation', {
     worldSize: count,

@@ -208,9 +208,9 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       return nats.nats;
     },
     ...(natsUrl === undefined ? {} : { jobState: nats }),
+    ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
     ...(values['watch-namespace'] === undefined ? {} : { watchNamespace: values['watch-namespace'] }),
     ...(credentials === undefined ? {} : { credentials }),
-    ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

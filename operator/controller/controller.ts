@@ -44,6 +44,8 @@ export interface ControllerOptions {
   readonly nats?: () => Promise<NatsConnection | undefined>;
   /** The workers' rendezvous state, deleted with the job; absent without NATS. */
   readonly jobState?: JobStateStore;
+  /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
+  readonly kueue?: KueueClient;
   /**
    * Single-namespace mode: TrainingJobs and pods of this namespace only (RBAC may then be a Role
    * there); undefined watches every namespace.
@@ -51,8 +53,6 @@ export interface ControllerOptions {
   readonly watchNamespace?: string;
   /** Mints each job its own NATS identity (see JobReconciler). */
   readonly credentials?: JobCredentialMinter;
-  /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
-  readonly kueue?: KueueClient;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;

@@ -326,6 +326,8 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     workerId: { fieldRef: 'metadata.name' },
     replicaIndex: index,
     podIp: { fieldRef: 'status.podIP' },
+    nodeName: { fieldRef: 'spec.nodeName' },
+    zone: { fieldRef: "metadata.labels['topology.kubernetes.io/zone']" },
     natsUrl: spec.nats?.url ?? defaults.natsUrl,
     checkpointDir: spec.checkpoint.path,
     // Spelled out rather than left to the worker: a path under a mount, as every path the pod is given.

@@ -91,6 +91,15 @@ function mergeLabels(
   return { ...added, ...base };
 }
 
+/**
+ * Tensile's restricted security context (pod-builder.ts restrictedSecurity) with the template's
+ * fields over it, field by field: a template that sets fsGroup keeps non-root and seccomp.
+ */
+function overSecurity<T extends object>(base: T | undefined, template: unknown): T | undefined {
+  if (!isRecord(template)) return base;
+  return { ...base, ...structuredClone(template) } as T;
+}
+
 function mergeWorkerContainer(
   problems: string[],
   base: V1Container,
@@ -106,6 +115,7 @@ function mergeWorkerContainer(
   }
   if (template['resources'] !== undefined)
     problems.push(`${at}.resources: set spec.worker.resources (and spec.worker.gpus) instead`);
+  out['securityContext'] = overSecurity(base.securityContext, template['securityContext']);
   const env = Array.isArray(template['env']) ? (template['env'] as Record<string, unknown>[]) : [];
   for (const [i, v] of env.entries()) {
     if (String(v['name']).startsWith('TENSILE_'))
@@ -207,6 +217,7 @@ export function mergePodTemplate(
     ),
   );
   const out: V1PodSpec = { ...structuredClone(plain), ...baseSpec, restartPolicy: 'Never' } as V1PodSpec;
+  out.securityContext = overSecurity(baseSpec.securityContext, spec['securityContext']);
   mergeWorkerFields(problems, out, spec, own);
   out.volumes = appendNamed(
     problems,

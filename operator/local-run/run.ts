@@ -122,6 +122,11 @@ export interface RunOptions {
   readonly chaosSeed: number;
   /** Force the elastic runtime (NATS rendezvous) for a single worker too. */
   readonly elastic: boolean;
+  /**
+   * Pretend the workers run on `nodes` nodes spread over `zones` zones (worker i on node i mod
+   * nodes), as the downward API tells pods: the ring order then follows the placement.
+   */
+  readonly fakeTopology?: { readonly nodes: number; readonly zones: number };
 }
 
 export const RUN_COMMAND = {
@@ -148,6 +153,11 @@ again resumes from the newest checkpoint.`,
     },
     'chaos-seed': { type: 'string', value: 'N', help: 'which workers kill and leave hit (default 1)' },
     elastic: { type: 'boolean', help: 'use the elastic runtime even with one worker' },
+    'fake-topology': {
+      type: 'string',
+      value: 'NODES:ZONES',
+      help: 'place worker i on fake node i mod NODES, the nodes spread over ZONES zones\n(what a pod learns from the downward API), e.g. 2:2',
+    },
     backend: {
       type: 'string',
       value: 'B',
@@ -203,7 +213,14 @@ function runOptions(
   const backend = values.backend;
   if (backend !== undefined && !BACKENDS.includes(backend as BackendChoice))
     throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got ${backend}`);
+  const topology = values['fake-topology'];
+  const placed = topology === undefined ? undefined : /^(\d+):(\d+)$/.exec(topology);
+  if (placed === null || (placed !== undefined && (Number(placed[1]) < 1 || Number(placed[2]) < 1)))
+    throw new UsageError(
+      `--fake-topology needs NODES:ZONES, two positive numbers such as 2:2, got ${topology}`,
+    );
   return {
+    ...(placed === undefined ? {} : { fakeTopology: { nodes: Number(placed[1]), zones: Number(placed[2]) } }),
     file,
     workers: Number(workers),
     out: values.out,
@@ -276,7 +293,7 @@ export function planLocalRun(job: TrainingJob, options: RunOptions, cwd: string)
 /** One local worker: its id, log file and environment (as the operator would give a pod). */
 export function planLocalWorker(
   job: TrainingJob,
-  options: Pick<RunOptions, 'backend' | 'chaos'>,
+  options: Pick<RunOptions, 'backend' | 'chaos' | 'fakeTopology'>,
   out: string,
   checkpointDir: string,
   index: number,
@@ -298,8 +315,19 @@ export function planLocalWorker(
     // Chaos acts at global steps: it needs to see every step.
     ...(options.chaos.length > 0 ? { progressMs: 0 } : {}),
     ...(options.backend === undefined ? {} : { backend: options.backend }),
+    ...(options.fakeTopology === undefined ? {} : fakePlacement(index, options.fakeTopology)),
   });
   return { id, index, env, log: join(out, `worker-${index}.log`) };
+}
+
+/** Worker `index` on node index mod nodes; the nodes in contiguous blocks of zones. */
+export function fakePlacement(
+  index: number,
+  topology: { readonly nodes: number; readonly zones: number },
+): { nodeName: string; zone: string } {
+  const node = index % topology.nodes;
+  const zone = Math.floor((node * Math.min(topology.zones, topology.nodes)) / topology.nodes);
+  return { nodeName: `fake-node-${node}`, zone: `fake-zone-${zone}` };
 }
 
 const RUN_UID_FILE = 'job-uid';

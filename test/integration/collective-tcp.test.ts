@@ -14,7 +14,9 @@ import {
   FRAME_DATA,
   FRAME_HELLO,
   FramedLink,
+  type LinkReader,
   PeerLostError,
+  probe,
 } from '../../worker/collective/transport.ts';
 import { eventually } from '../helpers/eventually.ts';
 
@@ -146,6 +148,57 @@ test('a peer that dies mid-collective fails the others with a typed error, quick
   }
 });
 
+test('an idle ring reports which neighbour broke its link, and only the peer side counts', async () => {
+  const servers = await Promise.all([0, 1, 2].map(() => CollectiveServer.listen('job', '127.0.0.1')));
+  const members = servers.map((s) => ({ address: s.address }));
+  const lost: [number, number][] = [];
+  const groups = await Promise.all(
+    servers.map((server, rank) =>
+      RingGroup.connect({
+        job: 'job',
+        generation: 1,
+        rank,
+        members,
+        server,
+        token: TOKEN,
+        timeoutMs: 5000,
+        onPeerLost: (peer) => lost.push([rank, peer]),
+      }),
+    ),
+  );
+  try {
+    // Rank 1 leaves: its neighbours 0 (its left) and 2 (its right) see their links to it break,
+    // without any collective in flight; rank 1 itself, which closed them, reports nothing.
+    await groups[1]?.[Symbol.asyncDispose]();
+    await eventually('a neighbour of rank 1 reports it', () => lost.some(([, peer]) => peer === 1));
+    // Whoever saw rank 1 go aborted its ring, so the other may see that close first: each reports
+    // the one neighbour whose link broke first, and the leaver reports nothing.
+    assert.ok(
+      lost.every(([rank]) => rank !== 1),
+      JSON.stringify(lost),
+    );
+    assert.ok(new Set(lost.map(([rank]) => rank)).size === lost.length, 'one report per rank');
+    const error = await groups[0]?.allReduce(new Float32Array(10)).catch((e: unknown) => e);
+    assert.ok(error instanceof PeerLostError, `the next collective fails with the break: ${String(error)}`);
+  } finally {
+    for (const g of groups) await g[Symbol.asyncDispose]();
+    for (const s of servers) await s[Symbol.asyncDispose]();
+  }
+});
+
+test('a probe tells a listening worker from a gone one', async () => {
+  const live = await CollectiveServer.listen('job', '127.0.0.1');
+  const gone = await CollectiveServer.listen('job', '127.0.0.1');
+  const goneAddress = gone.address;
+  await gone[Symbol.asyncDispose]();
+  try {
+    assert.is(await probe(live.address, 2000, 50), 'open');
+    assert.is(await probe(goneAddress, 2000, 50), 'refused');
+  } finally {
+    await live[Symbol.asyncDispose]();
+  }
+});
+
 test('an abort (new generation) cancels a waiting collective', async () => {
   const servers = await Promise.all([0, 1].map(() => CollectiveServer.listen('job', '127.0.0.1')));
   const members = servers.map((s) => ({ address: s.address }));
@@ -196,39 +249,52 @@ test('a connection from another job or an older generation is refused', async ()
   }
 });
 
-test('frames cut at any byte arrive whole, from fresh chunks and from one reused read buffer', async () => {
+test('frames cut at any byte arrive whole: fresh chunks, one reused read buffer, reads in place, posted memory', async () => {
   const payloads = [0, 1, 4, 13, 1000, 70_000].map((n) =>
     Uint8Array.from({ length: n }, (_, i) => (i * 31 + n) % 256),
   );
   const wire = Buffer.concat(payloads.flatMap((p, seq) => encodeFrame(FRAME_DATA, 3, seq, p)));
-  for (const borrowed of [false, true]) {
+  for (const mode of ['data events', 'reused buffer', 'in place', 'posted'] as const) {
     for (const cut of [1, 5, 13, 14, 999, 65_536, wire.length]) {
-      let push: ((chunk: Buffer) => void) | undefined;
-      const link = borrowed
-        ? new FramedLink(new Socket(), {
-            attach: (p) => {
-              push = p;
-            },
-          })
-        : new FramedLink(new Socket());
+      type Sink = Parameters<LinkReader['attach']>[0];
+      let sink: Sink | undefined;
+      const link =
+        mode === 'data events'
+          ? new FramedLink(new Socket())
+          : new FramedLink(new Socket(), {
+              inPlace: mode !== 'reused buffer',
+              attach: (s) => {
+                sink = s;
+              },
+            });
       // As after a handshake: the 70 kB frame is over the limit of a link that has not authenticated.
       link.maxFrame = 1 << 20;
-      const reused = Buffer.alloc(cut);
-      for (let at = 0; at < wire.length; at += cut) {
-        const piece = wire.subarray(at, Math.min(wire.length, at + cut));
-        if (borrowed) {
-          // The transport's reads land in one buffer that the next read overwrites.
-          piece.copy(reused);
-          push?.(reused.subarray(0, piece.length));
-          reused.fill(0xee);
-        } else link.socket.emit('data', Buffer.from(piece));
+      // The 1000-byte frame lands in memory of the receiver's when posted.
+      const mine = new Uint8Array(1000);
+      if (mode === 'posted') link.post(4, mine);
+      const scratch = Buffer.alloc(cut);
+      if (mode === 'data events')
+        for (let at = 0; at < wire.length; at += cut)
+          link.socket.emit('data', Buffer.from(wire.subarray(at, Math.min(wire.length, at + cut))));
+      else {
+        // As the socket does: ask where the next read goes, read at most that much, hand it over.
+        let at = 0;
+        while (at < wire.length) {
+          const target = sink?.target(scratch) ?? scratch;
+          const n = Math.min(cut, target.byteLength, wire.length - at);
+          target.set(wire.subarray(at, at + n));
+          at += n;
+          sink?.read(n, target);
+          scratch.fill(0xee);
+        }
       }
       for (const [seq, payload] of payloads.entries()) {
         const frame = await link.receive(100);
-        assert.is(frame.seq, seq, `cut ${cut}, borrowed ${borrowed}`);
+        assert.is(frame.seq, seq, `cut ${cut}, ${mode}`);
         assert.is(frame.generation, 3);
-        assert.equal(Buffer.from(frame.payload), Buffer.from(payload), `payload ${seq}, cut ${cut}`);
+        assert.equal(Buffer.from(frame.payload), Buffer.from(payload), `payload ${seq}, cut ${cut}, ${mode}`);
       }
+      if (mode === 'posted') assert.equal(Buffer.from(mine), Buffer.from(payloads[4] as Uint8Array));
       link.close();
     }
   }

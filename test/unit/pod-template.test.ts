@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert';
 import { isTerminal } from '../../operator/api/errors.ts';
 import {
   buildWorkerPod,
+  restrictedSecurity,
   type WorkerPodDefaults,
   workerPodProblems,
 } from '../../operator/controller/pod-builder.ts';
@@ -56,13 +57,18 @@ test('a full template: volumes, mounts, fsGroup, pull secrets, scheduler, spread
     },
   });
   const spec = p.spec;
-  assert.equal(spec?.securityContext, { fsGroup: 2000, runAsNonRoot: true });
+  // The template's fields over Tensile's restricted defaults, field by field.
+  assert.equal(spec?.securityContext, {
+    ...restrictedSecurity().pod,
+    fsGroup: 2000,
+    runAsNonRoot: true,
+  });
   assert.is(spec?.schedulerName, 'volcano');
   assert.equal(spec?.imagePullSecrets, [{ name: 'cluster-regcred' }, { name: 'regcred' }]);
   assert.is(spec?.topologySpreadConstraints?.[0]?.topologyKey, 'zone');
   assert.equal(
     spec?.volumes?.map((v) => v.name),
-    ['checkpoints', 'cache'],
+    ['checkpoints', restrictedSecurity().volume.name, 'cache'],
   );
   assert.equal(
     spec?.containers.map((c) => c.name),
@@ -75,14 +81,14 @@ test('a full template: volumes, mounts, fsGroup, pull secrets, scheduler, spread
   const w = worker(p);
   assert.equal(
     w?.volumeMounts?.map((m) => m.mountPath),
-    ['/checkpoints', '/cache'],
+    ['/checkpoints', restrictedSecurity().mount.mountPath, '/cache'],
   );
   assert.ok(
     w?.env?.some((e) => e.name === 'TENSILE_JOB_NAME'),
     'the contract variables stay',
   );
   assert.ok(w?.env?.some((e) => e.name === 'HF_HOME'));
-  assert.equal(w?.securityContext, { allowPrivilegeEscalation: false });
+  assert.equal(w?.securityContext, { ...restrictedSecurity().container, allowPrivilegeEscalation: false });
   assert.is(w?.image, 'tensile-worker:1');
   assert.is(p.metadata?.labels?.['team'], 'ml');
   assert.is(p.metadata?.labels?.['tensile.dev/job-name'], 'job');

@@ -321,6 +321,135 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     },
   ],
   [
+    'a peer reported dead by a survivor (broken link, refused probe) is dropped at once, no last call',
+    view({
+      members: [
+        member('a'),
+        member('b', { failedGeneration: 2, lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('c', { joinedAt: 99, heartbeat: 7 }),
+      ],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.equal(
+        d.world.members.map((m) => m.id),
+        ['a', 'b'],
+      );
+      assert.match(d.world.reason, 'c lost (its link broke and its port refused a probe)');
+    },
+  ],
+  [
+    "a report made while the peer's last heartbeat was in flight still holds",
+    view({
+      members: [
+        member('a', { lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('b'),
+        member('c', { joinedAt: 99, heartbeat: 8 }),
+      ],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => assert.is(d.action, 'propose'),
+  ],
+  [
+    'a reported peer that heartbeats on is alive: the report is void',
+    view({
+      members: [
+        member('a'),
+        member('b', { lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('c', { joinedAt: 99, heartbeat: 9 }),
+      ],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => assert.is(d.action, 'continue'),
+  ],
+  [
+    'a reported peer back as a new process (another start) is a joiner, not dead',
+    view({
+      members: [
+        member('a'),
+        member('b', { lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('c', { joinedAt: 500, heartbeat: 0, generation: 0, hasState: false }),
+      ],
+      world: world(3, ['a', 'b']),
+      running: 3,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, 'c joining; last call');
+    },
+  ],
+  [
+    "after the re-form, the dead peer's leftover record is no joiner while the report holds",
+    view({
+      members: [
+        member('a'),
+        member('b', { lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('c', { joinedAt: 99, heartbeat: 7 }),
+      ],
+      world: world(3, ['a', 'b']),
+      running: 3,
+    }),
+    (d) => assert.is(d.action, 'continue'),
+  ],
+  [
+    'a report by a member that is itself gone counts for nothing',
+    view({
+      members: [
+        member('a'),
+        member('b', { seenAgo: 10_000, lost: [{ id: 'c', joinedAt: 99, heartbeat: 7 }] }),
+        member('c', { joinedAt: 99, heartbeat: 7 }),
+      ],
+      world: world(3, ['a', 'c']),
+      running: 3,
+    }),
+    (d) => assert.is(d.action, 'continue'),
+  ],
+  [
+    'a silent loss (no report) is still judged by the heartbeat timeout',
+    view({
+      members: [member('a'), member('b'), member('c', { seenAgo: 2000 })],
+      world: world(2, ['a', 'b', 'c']),
+      running: 2,
+    }),
+    (d) => assert.is(d.action, 'continue'),
+  ],
+  [
+    'a proposed world orders its ring by placement: same zone, then same node, adjacent',
+    view({
+      members: [
+        member('a', { node: 'n1', zone: 'z1', hasState: false, step: 0, generation: 0 }),
+        member('b', { node: 'n2', zone: 'z2', hasState: false, step: 0, generation: 0 }),
+        member('c', { node: 'n1', zone: 'z1', hasState: false, step: 0, generation: 0 }),
+        member('d', { node: 'n2', zone: 'z2', hasState: false, step: 0, generation: 0 }),
+      ],
+    }),
+    (d) => {
+      assert.is(d.action, 'propose');
+      if (d.action !== 'propose') return;
+      assert.equal(
+        d.world.members.map((m) => `${m.id}@${m.zone}`),
+        ['a@z1', 'c@z1', 'b@z2', 'd@z2'],
+      );
+    },
+  ],
+  [
+    'a full world that failed with the same members still waits the last call (a death report may follow)',
+    view({
+      members: [member('a'), member('b', { failedGeneration: 2 }), member('c'), member('d')],
+      world: world(2, ['a', 'b', 'c', 'd']),
+      running: 2,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait');
+      if (d.action === 'wait') assert.match(d.reason, 'last call');
+    },
+  ],
+  [
     'losses below minReplicas: wait for workers, do not propose',
     view({
       members: [member('a'), member('b', { seenAgo: 10_000 })],

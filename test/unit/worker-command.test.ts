@@ -17,6 +17,7 @@ import { WORKER_ENV, workerEnvironment } from '../../operator/api/worker-env.ts'
 import { decodeWorkerLog, eventsOf } from '../../operator/api/worker-events.ts';
 import {
   describeLogLine,
+  fakePlacement,
   parseChaos,
   parseRunArgs,
   planLocalRun,
@@ -157,6 +158,9 @@ const argCases: [string[], RegExp | object][] = [
   [['job.yaml', '--chaos', 'kill:x'], /--chaos: "kill:x" is not ACTION:STEP/],
   [['job.yaml', '--chaos-seed', 'abc'], /--chaos-seed needs a number, got abc/],
   [['job.yaml', '--backend', 'gpu'], /--backend must be one of auto, tensorflow, wasm, cpu/],
+  [['job.yaml', '--fake-topology', '2:2'], { fakeTopology: { nodes: 2, zones: 2 } }],
+  [['job.yaml', '--fake-topology', '2'], /--fake-topology needs NODES:ZONES/],
+  [['job.yaml', '--fake-topology', '0:1'], /--fake-topology needs NODES:ZONES/],
   [['job.yaml', '--fast'], /unknown option --fast/],
   [['a.yaml', 'b.yaml'], /one manifest at a time/],
 ];
@@ -294,5 +298,39 @@ for (const [line, expected] of lines) {
     else assert.match(text ?? '', expected);
   });
 }
+
+test('--fake-topology 2:2 places workers alternately on two nodes in two zones, as pods would learn', () => {
+  const placed = [0, 1, 2, 3].map((i) => fakePlacement(i, { nodes: 2, zones: 2 }));
+  assert.equal(placed, [
+    { nodeName: 'fake-node-0', zone: 'fake-zone-0' },
+    { nodeName: 'fake-node-1', zone: 'fake-zone-1' },
+    { nodeName: 'fake-node-0', zone: 'fake-zone-0' },
+    { nodeName: 'fake-node-1', zone: 'fake-zone-1' },
+  ]);
+  // Four nodes in two zones: nodes 0 and 1 share a zone.
+  assert.equal(
+    [0, 1, 2, 3].map((i) => fakePlacement(i, { nodes: 4, zones: 2 }).zone),
+    ['fake-zone-0', 'fake-zone-0', 'fake-zone-1', 'fake-zone-1'],
+  );
+  const job = validateTrainingJob(validManifest('placed'));
+  if (!job.ok) throw new Error('invalid');
+  const plan = planLocalRun(
+    job.job,
+    {
+      file: 'x',
+      workers: 2,
+      out: '/tmp/placed',
+      backend: undefined,
+      checkpoints: undefined,
+      chaos: [],
+      chaosSeed: 1,
+      elastic: true,
+      fakeTopology: { nodes: 2, zones: 2 },
+    },
+    '/',
+  );
+  const config = loadWorkerConfig(plan.workers[1]?.env ?? {});
+  assert.equal([config.nodeName, config.zone], ['fake-node-1', 'fake-zone-1']);
+});
 
 test.run();

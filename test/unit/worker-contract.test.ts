@@ -14,6 +14,7 @@ import { ownedJob } from '../helpers/k8s-builders.ts';
 
 const NATS = 'nats://nats.tensile-system:4222';
 const POD_IP = '10.1.2.3';
+const NODE = 'node-7';
 const defaults = { workerImage: 'w:1', workerGpuImage: 'w:1-gpu', natsUrl: NATS };
 
 /** What the kubelet does with a container's env: literal values as they are, fieldRefs resolved. */
@@ -32,7 +33,13 @@ function podConfig(job = ownedJob({ 'spec.worker': { backend: 'wasm' } }), index
   const pod = buildWorkerPod(job, index, defaults);
   const env = pod.spec?.containers[0]?.env ?? [];
   return loadWorkerConfig(
-    kubeletEnv(env, { 'metadata.name': pod.metadata?.name ?? '', 'status.podIP': POD_IP }),
+    kubeletEnv(env, {
+      'metadata.name': pod.metadata?.name ?? '',
+      'status.podIP': POD_IP,
+      'spec.nodeName': NODE,
+      // A cluster without the node's topology labels on pods resolves the label to nothing.
+      "metadata.labels['topology.kubernetes.io/zone']": '',
+    }),
   );
 }
 
@@ -48,6 +55,7 @@ test("a built pod's env loads into the worker config it stands for", () => {
     workerId: 'job-worker-2',
     replicaIndex: 2,
     podIp: POD_IP,
+    nodeName: NODE,
     natsUrl: NATS,
     checkpointDir: job.spec.checkpoint.path,
     modelDir: `${job.spec.checkpoint.path}/model`,
@@ -85,9 +93,9 @@ test('a local worker and a pod of the same job and index agree on everything but
         JSON.stringify(fromLocal[key as keyof WorkerConfig]),
     )
     .sort();
-  // The uid and revision come from the API server, the pod IP from the kubelet, the out and model dirs
-  // from `tensile run` (a pod writes its model where spec.output says).
-  assert.equal(differs, ['jobUid', 'modelDir', 'outDir', 'podIp', 'specRevision']);
+  // The uid and revision come from the API server, the pod IP and node from the kubelet, the out and
+  // model dirs from `tensile run` (a pod writes its model where spec.output says).
+  assert.equal(differs, ['jobUid', 'modelDir', 'nodeName', 'outDir', 'podIp', 'specRevision']);
   assert.is(fromLocal.workerId, fromPod.workerId);
 });
 

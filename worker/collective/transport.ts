@@ -71,6 +71,19 @@ const MAX_PENDING = 64;
  * default reads fresh 64 KiB chunks, and that read path alone halved the bandwidth of loopback TCP.
  */
 const READ_BUFFER = 1024 * 1024;
+/**
+ * Reading in place: the kernel writes a frame's body straight into its payload buffer (or into the
+ * caller's own memory posted for that frame), so only what a read catches after a header passes
+ * through this smaller buffer and is copied.
+ */
+const IN_PLACE_READ_BUFFER = 64 * 1024;
+
+/** How a socket connected with `onread` hands its reads to a link (see `dial`). */
+export interface LinkReader {
+  attach(sink: { target(scratch: Buffer): Uint8Array; read(bytes: number, buffer: Uint8Array): void }): void;
+  /** Whether reads may go into the payload being filled (false: everything through the scratch). */
+  readonly inPlace: boolean;
+}
 
 export interface Frame {
   readonly kind: number;
@@ -142,6 +155,15 @@ export class FramedLink {
   private readonly spare = new Map<number, Buffer[]>();
   /** Raised to the full frame size once the handshake has authenticated the peer. */
   maxFrame = HANDSHAKE_MAX_FRAME;
+  private readonly failureListeners: ((error: Error) => void)[] = [];
+  /** Bytes written to this link (headers included): what a topology costs, link by link. */
+  bytesSent = 0;
+
+  /** The part of a payload handed to the socket for the read in flight (reading in place). */
+  private direct: Uint8Array | undefined;
+  /** Memory the receiver posted for the payload of a DATA frame, by seq. */
+  private readonly posted = new Map<number, Uint8Array>();
+  private readonly inPlace: boolean;
 
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
@@ -149,11 +171,17 @@ export class FramedLink {
    */
   constructor(
     readonly socket: Socket,
-    reader?: { attach(push: (chunk: Buffer) => void): void },
+    reader?: LinkReader,
   ) {
     socket.setNoDelay(true);
+    this.peer();
     this.borrowed = reader !== undefined;
-    if (reader !== undefined) reader.attach((chunk) => this.onData(chunk));
+    this.inPlace = reader?.inPlace ?? false;
+    if (reader !== undefined)
+      reader.attach({
+        target: (scratch) => this.readTarget(scratch),
+        read: (bytes, buffer) => this.onRead(bytes, buffer),
+      });
     else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) =>
       this.fail(new PeerLostError(`connection to ${this.peer()} broke: ${error.message}`, { cause: error })),
@@ -161,8 +189,64 @@ export class FramedLink {
     socket.on('close', () => this.fail(new PeerLostError(`connection to ${this.peer()} closed`)));
   }
 
+  /** Read once: a destroyed socket no longer knows its peer. */
+  private remote: string | undefined;
+
   peer(): string {
-    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+    if (this.remote === undefined && this.socket.remoteAddress !== undefined)
+      this.remote = `${this.socket.remoteAddress}:${this.socket.remotePort ?? '?'}`;
+    return this.remote ?? '?';
+  }
+
+  /** Where the next read goes: the rest of the payload being filled, else the scratch buffer. */
+  private readTarget(scratch: Buffer): Uint8Array {
+    const body = this.body;
+    this.direct =
+      this.inPlace && body !== undefined && this.failure === undefined
+        ? body.payload.subarray(body.filled)
+        : undefined;
+    return this.direct ?? scratch;
+  }
+
+  private onRead(bytes: number, buffer: Uint8Array): void {
+    const body = this.body;
+    if (body !== undefined && this.direct !== undefined && buffer === this.direct) {
+      this.direct = undefined;
+      body.filled += bytes;
+      if (body.filled === body.payload.length) {
+        this.body = undefined;
+        this.deliver({ ...body.frame, payload: body.payload });
+      }
+      return;
+    }
+    this.onData(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+  }
+
+  /**
+   * Lets the payload of DATA frame `seq` arrive in `target` (its exact size) instead of a buffer of
+   * the link's: the receiver of an all-gather posts the regions the values end up in. A frame that
+   * arrived before its post is delivered in a buffer of its own as usual; `unpost` forgets the rest.
+   */
+  post(seq: number, target: Uint8Array): void {
+    if (this.inPlace) this.posted.set(seq >>> 0, target);
+  }
+
+  unpost(): void {
+    this.posted.clear();
+  }
+
+  /** Whether `payload` is memory the receiver posted (not the link's, not to be released). */
+  static isPosted(payload: ArrayBufferView, target: ArrayBufferView): boolean {
+    return payload.buffer === target.buffer && payload.byteOffset === target.byteOffset;
+  }
+
+  private payloadFor(kind: number, seq: number, size: number): Buffer {
+    const posted = kind === FRAME_DATA ? this.posted.get(seq) : undefined;
+    if (posted !== undefined && posted.byteLength === size) {
+      this.posted.delete(seq);
+      return Buffer.from(posted.buffer, posted.byteOffset, posted.byteLength);
+    }
+    return this.allocate(size);
   }
 
   /**
@@ -216,13 +300,13 @@ export class FramedLink {
       if (chunk.length - at >= size) {
         let payload = chunk.subarray(at, at + size);
         if (this.borrowed) {
-          payload = this.allocate(size);
+          payload = this.payloadFor(frame.kind, frame.seq, size);
           chunk.copy(payload, 0, at, at + size);
         }
         this.deliver({ ...frame, payload });
         at += size;
       } else {
-        this.body = { frame, payload: this.allocate(size), filled: 0 };
+        this.body = { frame, payload: this.payloadFor(frame.kind, frame.seq, size), filled: 0 };
       }
     }
   }
@@ -255,9 +339,19 @@ export class FramedLink {
     }
   }
 
+  /**
+   * Calls `listener` once when the link fails, at once if it already has: a broken link is news
+   * even while nobody reads from it (the ring is idle while the model computes).
+   */
+  onFailure(listener: (error: Error) => void): void {
+    if (this.failure !== undefined) listener(this.failure);
+    else this.failureListeners.push(listener);
+  }
+
   fail(error: Error): void {
     if (this.failure !== undefined) return;
     this.failure = error;
+    for (const listener of this.failureListeners.splice(0)) listener(error);
     const waiter = this.waiter;
     if (waiter !== undefined) {
       this.waiter = undefined;
@@ -289,6 +383,7 @@ export class FramedLink {
   send(kind: number, generation: number, seq: number, payload: Uint8Array): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     const [header, body] = encodeFrame(kind, generation, seq, payload) as [Buffer, Buffer];
+    this.bytesSent += header.byteLength + body.byteLength;
     return new Promise<void>((resolve, reject) => {
       const settle = (error: Error) => {
         this.writes.delete(settle);
@@ -319,6 +414,43 @@ function parseJson(frame: Frame): unknown {
   } catch {
     return undefined;
   }
+}
+
+export type ProbeResult = 'refused' | 'open' | 'unknown';
+
+/**
+ * Whether a worker's collective server still listens at `address`. Every worker listens for its
+ * whole life, so a refused connection means its process is gone (the kernel answers for the dead).
+ * A dying process's links can close a few milliseconds before its listening socket does, so an
+ * accepted connection proves life only once it stayed open for `holdMs` (a dead listener resets
+ * what it accepted). No answer within `timeoutMs` (a host gone silent) proves nothing: the heartbeat
+ * timeout decides.
+ */
+export function probe(address: string, timeoutMs: number, holdMs = timeoutMs / 5): Promise<ProbeResult> {
+  const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
+  if (match === null) return Promise.resolve('unknown');
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: match[1] as string, port: Number(match[2]) });
+    let connected = false;
+    const timers: NodeJS.Timeout[] = [];
+    const done = (result: ProbeResult) => {
+      for (const t of timers) clearTimeout(t);
+      socket.removeAllListeners();
+      socket.on('error', () => undefined);
+      socket.destroy();
+      resolve(result);
+    };
+    timers.push(setTimeout(() => done(connected ? 'open' : 'unknown'), timeoutMs));
+    socket.once('connect', () => {
+      connected = true;
+      timers.push(setTimeout(() => done('open'), holdMs));
+    });
+    socket.on('data', () => undefined);
+    socket.once('close', () => done(connected ? 'refused' : 'unknown'));
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ECONNREFUSED' || (connected && error.code === 'ECONNRESET')) done('refused');
+    });
+  });
 }
 
 function parseHello(frame: Frame): Hello {
@@ -544,8 +676,10 @@ export class CollectiveServer implements AsyncDisposable {
   }
 }
 
-async function connectSocket(host: string, port: number): Promise<FramedLink> {
-  let push: ((chunk: Buffer) => void) | undefined;
+async function connectSocket(host: string, port: number, inPlace: boolean): Promise<FramedLink> {
+  type Sink = Parameters<LinkReader['attach']>[0];
+  let sink: Sink | undefined;
+  const scratch = Buffer.allocUnsafeSlow(inPlace ? IN_PLACE_READ_BUFFER : READ_BUFFER);
   const socket = await new Promise<Socket>((resolve, reject) => {
     // createConnection, not socket.connect: only the former honours `onread`.
     const s = createConnection(
@@ -553,9 +687,10 @@ async function connectSocket(host: string, port: number): Promise<FramedLink> {
         port,
         host,
         onread: {
-          buffer: Buffer.allocUnsafeSlow(READ_BUFFER),
+          // Asked again after every read: the body being filled, or the scratch.
+          buffer: () => sink?.target(scratch) ?? scratch,
           callback: (bytes, buffer) => {
-            push?.(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+            sink?.read(bytes, buffer);
             return true;
           },
         },
@@ -569,8 +704,9 @@ async function connectSocket(host: string, port: number): Promise<FramedLink> {
   });
   // The peer sends nothing before our HELLO, so no read can come before `attach`.
   return new FramedLink(socket, {
-    attach: (p) => {
-      push = p;
+    inPlace,
+    attach: (attached) => {
+      sink = attached;
     },
   });
 }
@@ -599,6 +735,7 @@ export async function dial(
   token: string,
   timeoutMs: number,
   signal?: AbortSignal,
+  inPlace = true,
 ): Promise<FramedLink> {
   const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
   if (match === null) throw new ProtocolError(`bad collective address "${address}"`);
@@ -612,7 +749,7 @@ export async function dial(
     const onAbort = () => link?.close();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      link = await connectSocket(host, port);
+      link = await connectSocket(host, port, inPlace);
       const hello: Hello = { ...request, nonce: randomBytes(16).toString('hex') };
       await introduce(link, hello, token, Math.max(1, deadline - Date.now()));
       return link;

@@ -10,6 +10,7 @@
  * A joined world carries an AbortSignal that fires when the world is over (a newer generation
  * appeared): the step in flight fails with a CollectiveError and is not applied.
  */
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
 import {
@@ -25,7 +26,7 @@ import { DropCounter } from '../../operator/api/drops.ts';
 import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
-import { CollectiveError, CollectiveServer } from '../collective/transport.ts';
+import { CollectiveError, CollectiveServer, type PeerLostError, probe } from '../collective/transport.ts';
 import { type WorkerConfig, WorkerConfigError } from '../config.ts';
 import { SpecMismatchError } from '../errors.ts';
 import { emit, errorMessage, type WorkerLogger } from '../log.ts';
@@ -138,6 +139,12 @@ const COMPLETED_KEY = 'completed';
 /** How often a worker in a world looks for a newer one (the rendezvous watch updates it). */
 const WORLD_POLL_MS = 50;
 
+/**
+ * How long a probe of a peer whose link broke may take. A refusal comes back in a round trip; a
+ * silent host gives none, and then the heartbeat timeout decides as before.
+ */
+const PROBE_MS = 500;
+
 /** A ring that does not connect or deliver within this long has a dead member. */
 function collectiveTimeoutMs(config: WorkerConfig): number {
   const r = config.spec.rendezvous;
@@ -151,6 +158,10 @@ export class ElasticMembership implements Membership {
   private control: Subscription | undefined;
   private completed: { step: number; reason: string } | undefined;
   private foreignCompletionSeen = false;
+  /** Probes of peers whose links broke, by round: a failure report of that round waits for them. */
+  private readonly probes = new Map<number, Promise<void>[]>();
+  /** Each joined round's `changed` signal: a failure report stops waiting once a newer world exists. */
+  private readonly worlds = new Map<number, AbortSignal>();
 
   private constructor(
     private offer: SpecOffer,
@@ -209,6 +220,7 @@ export class ElasticMembership implements Membership {
       id: config.workerId,
       incarnation: uid,
       address: server.address,
+      placement: { node: config.nodeName, zone: config.zone },
       heartbeatMs: spec.rendezvous.heartbeatMillis,
       config: {
         minReplicas: range.min,
@@ -381,10 +393,21 @@ export class ElasticMembership implements Membership {
       const ids = record.members.map((m) => m.id);
       const rank = ids.indexOf(this.config.workerId);
       const changed = new AbortController();
-      const watcher = setInterval(() => {
+      const check = () => {
         const latest = this.agent.latestWorld;
         if (latest !== undefined && latest.generation > record.generation) changed.abort();
-      }, WORLD_POLL_MS);
+      };
+      // At once when the record arrives; the poll is a backstop for a world adopted before the
+      // listener was there.
+      const unsubscribe = this.agent.onWorld(check);
+      const poll = setInterval(check, WORLD_POLL_MS);
+      const watcher = {
+        [Symbol.dispose]: () => {
+          unsubscribe();
+          clearInterval(poll);
+        },
+      };
+      this.worlds.set(record.generation, changed.signal);
       let group: RingGroup | undefined;
       try {
         group = await RingGroup.connect({
@@ -396,6 +419,10 @@ export class ElasticMembership implements Membership {
           token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
           signal: changed.signal,
+          onPeerLost: (peer, error) => {
+            const probing = this.peerLost(record, peer, error, changed.signal).catch(() => undefined);
+            this.probes.set(record.generation, [...(this.probes.get(record.generation) ?? []), probing]);
+          },
         });
         const root = record.source === undefined ? 0 : Math.max(0, ids.indexOf(record.source));
         let stateFrom: JoinedWorld['stateFrom'] = 'peer';
@@ -431,14 +458,14 @@ export class ElasticMembership implements Membership {
             stateFrom,
             abort: () => changed.abort(),
             end: async () => {
-              clearInterval(watcher);
+              watcher[Symbol.dispose]();
               changed.abort();
               await ring[Symbol.asyncDispose]();
             },
           },
         };
       } catch (error) {
-        clearInterval(watcher);
+        watcher[Symbol.dispose]();
         await group?.[Symbol.asyncDispose]().catch(() => undefined);
         if (!(error instanceof CollectiveError)) throw error;
         emit(this.log, 'warn', 'could not start the world; asking for a new round', {
@@ -449,6 +476,34 @@ export class ElasticMembership implements Membership {
         if (!changed.signal.aborted) await this.failed(record.generation);
       }
     }
+  }
+
+  /**
+   * A neighbour's link broke under `record`'s world: probe its collective port, and when the port
+   * refuses (its process is gone) report it lost, so the round drops it at once instead of after
+   * the heartbeat timeout. A peer that answers moved on to a newer world or is merely slow.
+   */
+  private async peerLost(
+    record: WorldRecord,
+    rank: number,
+    error: PeerLostError,
+    changed: AbortSignal,
+  ): Promise<void> {
+    const member = record.members[rank];
+    if (member === undefined || changed.aborted) return;
+    const started = performance.now();
+    const result = await probe(member.address, PROBE_MS);
+    emit(this.log, 'warn', 'link to a peer broke', {
+      event: 'peer-lost',
+      peer: member.id,
+      round: record.generation,
+      cause: 'link',
+      probe: result,
+      probeMs: Math.round((performance.now() - started) * 10) / 10,
+      error: error.message,
+    });
+    if (result !== 'refused' || changed.aborted) return;
+    await this.agent.failed(record.generation, [member.id]);
   }
 
   /**
@@ -471,6 +526,20 @@ export class ElasticMembership implements Membership {
   }
 
   async failed(round: number): Promise<void> {
+    // A step fails because a link broke; the probe that can name the dead peer is already under way,
+    // and a report without it would ask for a world that still includes the dead.
+    const newer = this.worlds.get(round);
+    if (newer?.aborted) return;
+    const probes = Promise.all(this.probes.get(round) ?? []);
+    await (newer === undefined
+      ? probes
+      : Promise.race([probes, once(newer, 'abort', { signal: AbortSignal.timeout(PROBE_MS * 2) })]).catch(
+          () => undefined,
+        ));
+    for (const r of this.probes.keys()) if (r <= round) this.probes.delete(r);
+    for (const r of this.worlds.keys()) if (r < round) this.worlds.delete(r);
+    // A newer world formed meanwhile: this one's failure is news to nobody.
+    if (newer?.aborted) return;
     await this.agent.failed(round);
   }
 

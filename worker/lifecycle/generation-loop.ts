@@ -25,6 +25,8 @@ export interface GenerationOutcome {
 interface Run {
   readonly window: ProgressWindow;
   stepSeconds: number;
+  /** Whether this generation reported progress yet: its first step is reported at once (recovery). */
+  reported: boolean;
   /** This rank since its last `rank-progress` line: the per-worker view of the report. */
   readonly rank: RankWindow;
 }
@@ -65,6 +67,7 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
   const run: Run = {
     window: new ProgressWindow(now),
     stepSeconds: 0,
+    reported: false,
     rank: { start: now, steps: 0, samples: 0, stepSeconds: 0, reduceSeconds: 0 },
   };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
@@ -159,10 +162,12 @@ async function afterStep(
     run.window.due(
       now,
       session.config.progressMs,
-      reason !== undefined || state.lastEval?.step === state.step,
+      reason !== undefined || state.lastEval?.step === state.step || !run.reported,
     )
-  )
+  ) {
+    run.reported = true;
     reportProgress(session, g, result, run.window, now);
+  }
   if (
     now - run.rank.start >= Math.max(RANK_PROGRESS_MIN_MS, session.config.progressMs) ||
     reason !== undefined

@@ -43,6 +43,8 @@ export interface AgentOptions {
   /** The job's incarnation: stamped on the worlds this agent proposes; worlds of another are ignored. */
   readonly incarnation?: string;
   readonly address: string;
+  /** Where this worker runs, for the ring order of the worlds it is in. */
+  readonly placement?: { readonly node?: string | undefined; readonly zone?: string | undefined };
   readonly config: RendezvousConfig;
   readonly heartbeatMs: number;
   readonly shape: WorldShaper;
@@ -77,6 +79,7 @@ export class RendezvousAgent implements AsyncDisposable {
   private readonly waiters = new Set<() => void>();
   private lastDecision = '';
   private watching: Promise<void> | undefined;
+  private readonly worldListeners = new Set<(world: WorldRecord) => void>();
 
   constructor(private readonly options: AgentOptions) {
     this.spec = options.spec;
@@ -91,6 +94,8 @@ export class RendezvousAgent implements AsyncDisposable {
       step: 0,
       generation: 0,
       ...(options.spec === undefined ? {} : { spec: options.spec }),
+      ...(options.placement?.node === undefined ? {} : { node: options.placement.node }),
+      ...(options.placement?.zone === undefined ? {} : { zone: options.placement.zone }),
     };
   }
 
@@ -135,6 +140,7 @@ export class RendezvousAgent implements AsyncDisposable {
           } else {
             this.world = parsed.value;
             this.worldRevision = change.revision;
+            for (const listener of this.worldListeners) listener(parsed.value);
           }
         }
       } else if (change.key.startsWith('member.')) {
@@ -354,6 +360,12 @@ export class RendezvousAgent implements AsyncDisposable {
     }
   }
 
+  /** Calls `listener` with every world record of this incarnation as it arrives; returns the unsubscribe. */
+  onWorld(listener: (world: WorldRecord) => void): () => void {
+    this.worldListeners.add(listener);
+    return () => this.worldListeners.delete(listener);
+  }
+
   /** The newest world known (whether or not it includes this worker). */
   get latestWorld(): WorldRecord | undefined {
     return this.world;
@@ -384,9 +396,24 @@ export class RendezvousAgent implements AsyncDisposable {
     this.record = { ...this.record, step, hasState: true };
   }
 
-  /** Asks for a new round: this worker could not run `generation`. */
-  async failed(generation: number): Promise<void> {
-    this.record = { ...this.record, failedGeneration: generation };
+  /**
+   * Asks for a new round: this worker could not run `generation`. `lost` names peers found dead (a
+   * broken link, a refused probe): the round drops them now instead of after the heartbeat timeout.
+   */
+  async failed(generation: number, lost: readonly string[] = []): Promise<void> {
+    const reports = lost.flatMap((id) => {
+      const seen = this.members.get(id);
+      return seen === undefined || id === this.options.id
+        ? []
+        : [{ id, joinedAt: seen.record.joinedAt, heartbeat: seen.record.heartbeat }];
+    });
+    const kept = (this.record.lost ?? []).filter((r) => !lost.includes(r.id));
+    const merged = [...kept, ...reports].slice(-16);
+    this.record = {
+      ...this.record,
+      failedGeneration: generation,
+      ...(merged.length === 0 ? {} : { lost: merged }),
+    };
     await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
     this.schedule();
   }

@@ -9,6 +9,7 @@
  * or at once when the world only shrinks (survivors, no newcomer).
  */
 import { z } from 'zod';
+import { ringOrder } from '../collective/topology.ts';
 import { AgreementSchema, immutableMismatch, SpecOfferSchema } from './agreement.ts';
 
 export const MemberRecordSchema = z.object({
@@ -27,10 +28,30 @@ export const MemberRecordSchema = z.object({
   failedGeneration: z.int().min(0).optional(),
   /** The spec this worker was started with (agreement.ts); absent from workers that offer none. */
   spec: SpecOfferSchema.optional(),
+  /** Where it runs (worker/collective/topology.ts); absent when unknown. */
+  node: z.string().optional(),
+  zone: z.string().optional(),
+  /**
+   * Peers this worker found dead at the speed of the link: their TCP link broke and their collective
+   * port refused a connection. Each names the peer's record as last seen (its start and heartbeat
+   * count): the report holds while the peer's record shows no newer heartbeat than one that may
+   * have been in flight, so a peer that heartbeats on (or comes back as a new process) is alive
+   * whatever was reported.
+   */
+  lost: z
+    .array(z.object({ id: z.string(), joinedAt: z.number(), heartbeat: z.int().min(0) }))
+    .max(16)
+    .optional(),
 });
 export type MemberRecord = z.output<typeof MemberRecordSchema>;
 
-export const WorldMemberSchema = z.object({ id: z.string(), address: z.string(), batch: z.int().min(1) });
+export const WorldMemberSchema = z.object({
+  id: z.string(),
+  address: z.string(),
+  batch: z.int().min(1),
+  node: z.string().optional(),
+  zone: z.string().optional(),
+});
 
 export const WorldRecordSchema = z.object({
   /** The incarnation of the job (its uid) this world belongs to. */
@@ -101,7 +122,7 @@ export interface RendezvousView {
 /** A world to propose, without its policy fields (batch sizes, learning rate), which the caller adds. */
 export interface ProposedWorld {
   readonly generation: number;
-  readonly members: readonly { id: string; address: string }[];
+  readonly members: readonly { id: string; address: string; node?: string; zone?: string }[];
   readonly source: string | undefined;
   readonly startStep: number;
   readonly reason: string;
@@ -128,6 +149,30 @@ export function isAlive(member: ObservedMember, now: number, timeoutMs: number):
   return member.record.state === 'active' && now - member.observedAt <= timeoutMs;
 }
 
+/**
+ * Members a live peer found dead through a broken link and a refused probe, and which have not
+ * heartbeaten since: they count as gone now, not after the heartbeat timeout.
+ */
+export function reportedDead(
+  members: ReadonlyMap<string, ObservedMember>,
+  reporters: ReadonlySet<string>,
+): Set<string> {
+  const dead = new Set<string>();
+  for (const reporter of reporters) {
+    for (const report of members.get(reporter)?.record.lost ?? []) {
+      const peer = members.get(report.id);
+      if (
+        report.id !== reporter &&
+        peer !== undefined &&
+        peer.record.joinedAt === report.joinedAt &&
+        peer.record.heartbeat <= report.heartbeat + 1
+      )
+        dead.add(report.id);
+    }
+  }
+  return dead;
+}
+
 function joinOrder(a: MemberRecord, b: MemberRecord): number {
   return a.joinedAt - b.joinedAt || a.id.localeCompare(b.id);
 }
@@ -136,6 +181,12 @@ function joinOrder(a: MemberRecord, b: MemberRecord): number {
 export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): string | undefined {
   const { world, members, config } = view;
   if (world === undefined) return 'first world';
+  // First, so that the cause a world records is the death, not a survivor's failed step after it.
+  for (const m of world.members) {
+    const observed = members.get(m.id);
+    if (observed !== undefined && !alive.has(m.id) && isAlive(observed, view.now, config.timeoutMs))
+      return `${m.id} lost (its link broke and its port refused a probe)`;
+  }
   for (const m of world.members) {
     const observed = members.get(m.id);
     if (observed === undefined) return `${m.id} left`;
@@ -169,6 +220,7 @@ export function decide(view: RendezvousView): Decision {
   const alive = new Set<string>();
   for (const [id, m] of members)
     if (id === self ? m.record.state === 'active' : isAlive(m, now, config.timeoutMs)) alive.add(id);
+  for (const id of reportedDead(members, alive)) if (id !== self) alive.delete(id);
   const reason = roundReason(view, alive);
   if (reason === undefined) {
     if (world === undefined) return { action: 'wait', reason: 'no world yet' };
@@ -197,7 +249,15 @@ export function decide(view: RendezvousView): Decision {
       roundSince,
     };
   }
-  const full = candidates.length >= config.maxReplicas;
+  // A full world of the same members after a failed one gathers nobody, but it is what a survivor
+  // asks for when its step failed before it heard that a peer died: the last call gives that report
+  // time to come (a spec change with the same members still re-forms at once).
+  const failedSameWorld =
+    world !== undefined &&
+    newcomers.length === 0 &&
+    candidates.length === world.members.length &&
+    world.members.some((m) => members.get(m.id)?.record.failedGeneration === world.generation);
+  const full = candidates.length >= config.maxReplicas && !failedSameWorld;
   // The last call gathers joiners that arrive close together. When the world only lost members and
   // nobody new is there, waiting gains nothing and stalls every survivor. A round with the same
   // members (a failed generation) still waits: a peer that died silently is then dropped by its
@@ -208,14 +268,20 @@ export function decide(view: RendezvousView): Decision {
   if (!full && !shrinkOnly && now < closesAt)
     return { action: 'wait', reason: `${reason}; last call`, until: closesAt, roundSince };
   if (!candidates.includes(self)) return { action: 'standby', reason: 'not in the next world' };
-  const records = candidates.map((id) => (members.get(id) as ObservedMember).record);
+  // Ring neighbours by placement: same node, then same zone, adjacent (the fewest slow hops).
+  const records = ringOrder(candidates.map((id) => (members.get(id) as ObservedMember).record));
   let source: MemberRecord | undefined;
   for (const r of records) if (r.hasState && (source === undefined || r.step > source.step)) source = r;
   return {
     action: 'propose',
     world: {
       generation: (world?.generation ?? 0) + 1,
-      members: records.map((r) => ({ id: r.id, address: r.address })),
+      members: records.map((r) => ({
+        id: r.id,
+        address: r.address,
+        ...(r.node === undefined ? {} : { node: r.node }),
+        ...(r.zone === undefined ? {} : { zone: r.zone }),
+      })),
       source: source?.id,
       startStep: source?.step ?? 0,
       reason,
