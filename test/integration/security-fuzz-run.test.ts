@@ -242,11 +242,11 @@ test('hostile messages, frames and an outsider during training: dropped, counted
   // Counted: the largest total logged per worker and reason.
   const totals = new Map<string, number>();
   for (const e of events.filter((x) => x['event'] === 'dropped')) {
-    const key = `${e['worker']} ${e['channel']}:${e['reason']}`;
+    const key = `${e['worker']}|${e['channel']}:${e['reason']}`;
     totals.set(key, Math.max(totals.get(key) ?? 0, e['total'] as number));
   }
   console.log(`  dropped: ${[...totals].map(([k, n]) => `${k} ≥${n}`).join(', ')}`);
-  const reasons = new Set([...totals.keys()].map((k) => k.split(' ')[1]));
+  const reasons = new Set([...totals.keys()].map((k) => k.split('|')[1]));
   for (const reason of [
     'nats:not json',
     'nats:schema',
