@@ -513,7 +513,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         await Promise.race([operator.exited, sleep(5000)]);
       }
     });
-    await waitForLog(first.logFile, /"became leader"/, 30_000, 'the operator', signal);
+    // Whichever replica wins the lease (the first one started, nearly always).
+    await Promise.any(
+      [...operators.values()].map((p) =>
+        waitForLog(p.logFile, /"became leader"/, 30_000, 'the operator', signal),
+      ),
+    ).catch(() => {
+      throw new Error(`no operator became leader within 30 s:\n${logTail(first.logFile)}`);
+    });
     mark('operator leading');
 
     // ---- the simulated cloud.
