@@ -51,6 +51,12 @@ interface Done {
   /** Seconds after training started. */
   readonly at: number;
   readonly outcome: FaultOutcome;
+  /** Seconds after training started when carrying it out was over (a lasting fault healed). */
+  readonly endedAt: number;
+  /** The step when it was over. */
+  readonly stepAtEnd: number;
+  /** Consecutive ticks with the whole world training since. */
+  wholeTicks: number;
   convergedAfter?: number;
   error?: string;
 }
@@ -108,7 +114,11 @@ class Chaos implements Disturbance {
     const since = this.seconds() - this.trainingAt;
     const pending = this.pending;
     if (pending !== undefined) {
-      if (tick.whole && tick.step > 0) {
+      pending.wholeTicks = tick.whole ? pending.wholeTicks + 1 : 0;
+      // Whole for a few ticks in a row, past the settling time of the fault (a notice runs out, a
+      // world notices a loss), and training on: a world that has not noticed the fault yet is not it.
+      const settled = since - pending.endedAt >= settleSeconds(pending.fault);
+      if (settled && pending.wholeTicks >= 3 && tick.step >= pending.stepAtEnd + 20) {
         pending.convergedAfter = since - pending.at;
         this.ctx.mark(`chaos: converged ${fmt(pending.convergedAfter)} after fault ${pending.fault.index}`);
         this.pending = undefined;
@@ -138,7 +148,8 @@ class Chaos implements Disturbance {
       );
       return;
     }
-    const entry: Done = { fault, at: since, outcome };
+    const endedAt = this.trainingAt === undefined ? since : this.seconds() - this.trainingAt;
+    const entry: Done = { fault, at: since, outcome, endedAt, stepAtEnd: tick.step, wholeTicks: 0 };
     this.done.push(entry);
     this.pending = entry;
     this.ctx.mark(
@@ -349,6 +360,13 @@ class Chaos implements Disturbance {
     await this.firewall[Symbol.asyncDispose]();
     await this.unmount?.();
   }
+}
+
+/** How long after a fault the job may still be on its way into it (a notice, a loss timeout). */
+function settleSeconds(fault: Fault): number {
+  // The node goes 10 s after the notice (hack/chaos/main.ts, test/e2e/chaos.test.ts).
+  if (fault.kind === 'reclaim-notice') return 12;
+  return 3;
 }
 
 /** The newest world's rank 0: the worker that writes checkpoints. */

@@ -5,7 +5,16 @@
  * rules in a chain of this run's own, on the victim's ports only).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, statfsSync, watch, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  watch,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -296,6 +305,28 @@ export async function slowWorker(ctx: ScenarioContext, fault: Fault): Promise<Fa
 
 export const FILL_FILE = '.chaos-fill';
 
+/** Appends to `file` until the file system says ENOSPC (big chunks, then small ones for the rest). */
+export function fillUp(file: string): number {
+  const fd = openSync(file, 'a');
+  let written = 0;
+  try {
+    for (const size of [4 << 20, 64 << 10, 4 << 10, 512]) {
+      const chunk = Buffer.alloc(size);
+      for (;;) {
+        try {
+          written += writeSync(fd, chunk);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+          break;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return written;
+}
+
 /**
  * Fills the checkpoint volume (a tmpfs of its own, see `mountCheckpointVolume`) until a checkpoint
  * write fails, and frees it again: held for `fault.seconds`, and longer, up to `maxSeconds`, until a
@@ -312,10 +343,7 @@ export async function fillCheckpointVolume(
   const started = performance.now();
   let seen = false;
   try {
-    const { bavail, bsize } = statfsSync(ctx.claimDir);
-    await run('fallocate', ['-l', String(bavail * bsize), file]).catch(() =>
-      writeFileSync(file, Buffer.alloc(Number(bavail * bsize))),
-    );
+    fillUp(file);
     for (;;) {
       const held = (performance.now() - started) / 1000;
       seen = failedWrites() > before;
@@ -343,8 +371,11 @@ export async function mountCheckpointVolume(dir: string, size: string): Promise<
 }
 
 /**
- * SIGKILL to the checkpoint writer (the newest world's rank 0, `writer()`) as soon as a checkpoint
- * appears in its temporary directory (inotify on the claim's folder), within `timeoutMs`.
+ * SIGKILL to the checkpoint writer (the newest world's rank 0, `writer()`) in the middle of a write: as
+ * soon as a checkpoint appears in its temporary directory (inotify on the claim's folder) the writer is
+ * stopped (SIGSTOP); if the temporary directory is still there, the write is half done and the writer is
+ * killed; if it was renamed already, the writer continues and the next checkpoint is tried, up to
+ * `timeoutMs`, after which the writer is killed at the last chance seen.
  */
 export async function killCheckpointWriter(
   ctx: ScenarioContext,
@@ -354,23 +385,33 @@ export async function killCheckpointWriter(
   const workers = await runningWorkers(ctx);
   const worker = workers.find((w) => w.pod === writer());
   if (worker === undefined) return none(`the writer ${writer() ?? '(none yet)'} is not running`);
-  const entry = await new Promise<string | undefined>((resolve) => {
-    const watcher = watch(ctx.claimDir, (_event, name) => {
-      if (name === null || !name.startsWith('.tmp-')) return;
-      signalGroup(worker.pgid, 'SIGKILL');
+  const started = performance.now();
+  let tries = 0;
+  const hit = await new Promise<{ entry: string; torn: boolean } | undefined>((resolve) => {
+    const finish = (value: { entry: string; torn: boolean } | undefined) => {
       watcher.close();
       clearTimeout(timer);
-      resolve(name);
+      resolve(value);
+    };
+    const watcher = watch(ctx.claimDir, (_event, name) => {
+      if (name === null || !name.startsWith('.tmp-')) return;
+      signalGroup(worker.pgid, 'SIGSTOP');
+      tries++;
+      const torn = existsSync(join(ctx.claimDir, name));
+      if (torn || performance.now() - started > timeoutMs) {
+        signalGroup(worker.pgid, 'SIGKILL');
+        signalGroup(worker.pgid, 'SIGCONT');
+        finish({ entry: name, torn });
+      } else signalGroup(worker.pgid, 'SIGCONT');
     });
-    const timer = setTimeout(() => {
-      watcher.close();
-      resolve(undefined);
-    }, timeoutMs);
+    const timer = setTimeout(() => finish(undefined), timeoutMs * 2);
   });
-  if (entry === undefined) return none('no checkpoint write seen');
-  const torn = existsSync(join(ctx.claimDir, entry));
+  if (hit === undefined) {
+    signalGroup(worker.pgid, 'SIGCONT');
+    return none('no checkpoint write seen');
+  }
   return {
-    what: `kill -9 ${worker.pod} while it wrote ${entry} (${torn ? 'left half-written' : 'it had just been renamed'})`,
+    what: `kill -9 ${worker.pod} while it wrote ${hit.entry} (${hit.torn ? 'left half-written' : 'it had just been renamed'}; ${tries} writes watched)`,
     killed: [worker.uid],
     preempted: 0,
     done: true,
