@@ -283,7 +283,11 @@ class Chaos implements Disturbance {
     );
     const resumes = judgeResumes(lines);
     const memory = judgeMemory(this.memory, this.seconds());
-    const unconverged = this.done.filter((d) => d.convergedAfter === undefined);
+    // The last fault may still be settling when the job completes: the job's success is its outcome.
+    const last = this.done.at(-1);
+    const unconverged = this.done.filter(
+      (d) => d.convergedAfter === undefined && !(d === last && status.phase === 'Succeeded'),
+    );
     const kept = evidence.checks.filter(
       (c) => !['preemptions', 'restarts', 'goodput', 'churn', 'events'].includes(c.name),
     );
