@@ -526,6 +526,44 @@ export const CheckpointSpecSchema = withRules(
   ],
 );
 
+// ---------------------------------------------------------------------------------------------- output
+
+export const OutputSpecSchema = withRules(
+  z.strictObject({
+    claimName: z
+      .string()
+      .regex(DNS_SUBDOMAIN, 'expected a PersistentVolumeClaim name')
+      .optional()
+      .describe(
+        'An existing claim for the trained model. The operator never owns or deletes it, so the model outlives the job (and its TTL); without it the model goes to `model/` on the checkpoint volume.',
+      ),
+    mountPath: z
+      .string()
+      .startsWith('/')
+      .default('/output')
+      .describe('Where the output claim is mounted in the worker pods.'),
+    path: z
+      .string()
+      .min(1)
+      .max(1024)
+      .optional()
+      .describe('Folder of the model inside the claim (default: <namespace>/<job name>).'),
+    labels: z
+      .array(z.string().min(1))
+      .max(100_000)
+      .optional()
+      .describe('Class names, index = label, written to labels.json for serving (default: "0", "1", …).'),
+  }),
+  [
+    {
+      cel: "!has(self.path) || (!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)'))",
+      message: 'output.path must be relative and must not contain ..',
+      field: ['path'],
+      holds: (o) => o.path === undefined || (!o.path.startsWith('/') && !o.path.split('/').includes('..')),
+    },
+  ],
+);
+
 // ------------------------------------------------------------------------------------- worker template
 
 export const TolerationSchema = withRules(
@@ -697,6 +735,9 @@ export const TrainingJobSpecSchema = withRules(
       'How workers find each other and how fast a lost one is noticed.',
     ),
     nats: NatsSpecSchema.optional().describe("Override the operator's NATS server for this job."),
+    output: OutputSpecSchema.optional().describe(
+      'Where the trained model is written at the end of the job (tfjs Layers format with its preprocessing, labels, spec and metrics).',
+    ),
   }),
   [
     {
@@ -778,6 +819,15 @@ export const TrainingJobStatusSchema = z.strictObject({
     .describe(
       'Workers that ended and are counted in restarts/preemptions but whose pods still hold our finalizer.',
     ),
+  model: z
+    .strictObject({
+      uri: z.string().describe('pvc://<claim>/<path> of the exported model.'),
+      step: nonNegativeInt(),
+      accuracy: z.number().optional(),
+      time: z.iso.datetime(),
+    })
+    .optional()
+    .describe('The exported model, once the job completed.'),
   startTime: z.iso.datetime().optional(),
   completionTime: z.iso.datetime().optional(),
   message: z.string().optional(),
@@ -831,6 +881,7 @@ export function datasetOptions(dataset: DatasetSpec): {
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;
 export type BatchSpec = z.output<typeof BatchSpecSchema>;
 export type CheckpointSpec = z.output<typeof CheckpointSpecSchema>;
+export type OutputSpec = z.output<typeof OutputSpecSchema>;
 export type WorkerSpec = z.output<typeof WorkerSpecSchema>;
 export type RunPolicy = z.output<typeof RunPolicySchema>;
 export type RendezvousSpec = z.output<typeof RendezvousSpecSchema>;

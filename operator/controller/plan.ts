@@ -283,6 +283,15 @@ export function plan(input: PlanInput): Plan {
     if (report.accuracy !== undefined) progress.accuracy = report.accuracy;
     if (report.lastCheckpoint !== undefined) progress.lastCheckpoint = report.lastCheckpoint;
   }
+  if (observed.completed?.model !== undefined) {
+    const m = observed.completed.model;
+    progress.model = {
+      uri: m.uri,
+      step: m.step,
+      time: m.time,
+      ...(m.accuracy === undefined ? {} : { accuracy: m.accuracy }),
+    };
+  }
   if (observed.progress !== undefined) {
     progress.worldSize = observed.progress.worldSize;
     progress.generation = observed.progress.generation;

@@ -16,6 +16,7 @@ import {
   LABEL_ROLE,
   ROLE_WORKER,
 } from '../api/contract.ts';
+import { checkpointClaimName as claimOf } from '../api/model-output.ts';
 import { API_GROUP_VERSION, KIND, type TrainingJob } from '../api/training-job.ts';
 import { workerEnvVars } from '../api/worker-env.ts';
 
@@ -56,6 +57,7 @@ export type OwnedJob = TrainingJob & { metadata: { uid: string; namespace: strin
 export const WORKER_CONTAINER = 'worker';
 export const GPU_RESOURCE = 'nvidia.com/gpu';
 const CHECKPOINT_VOLUME = 'checkpoints';
+const OUTPUT_VOLUME = 'output';
 const DATASET_VOLUME = 'dataset';
 const MODEL_VOLUME = 'model';
 const NATS_CREDS_VOLUME = 'nats-credentials';
@@ -67,7 +69,7 @@ export function workerPodName(job: string, index: number): string {
 }
 
 export function checkpointClaimName(job: TrainingJob): string {
-  return job.spec.checkpoint.volume.claimName ?? `${job.metadata.name}-checkpoints`;
+  return claimOf(job.metadata.name, job.spec);
 }
 
 /** The label selector of a job's workers, as status.selector (for the scale subresource and HPA). */
@@ -143,6 +145,12 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     { name: CHECKPOINT_VOLUME, persistentVolumeClaim: { claimName: checkpointClaimName(job) } },
   ];
   const mounts: V1VolumeMount[] = [{ name: CHECKPOINT_VOLUME, mountPath: spec.checkpoint.path }];
+  // The model's claim is the user's, never the job's: no owner reference, so the model outlives the job.
+  const output = spec.output;
+  if (output?.claimName !== undefined) {
+    volumes.push({ name: OUTPUT_VOLUME, persistentVolumeClaim: { claimName: output.claimName } });
+    mounts.push({ name: OUTPUT_VOLUME, mountPath: output.mountPath });
+  }
   if (spec.dataset.volume !== undefined) {
     volumes.push({
       name: DATASET_VOLUME,

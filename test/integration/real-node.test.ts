@@ -106,6 +106,24 @@ test('a pod in a container on the real node: Succeeded, its output in kubectl lo
   assert.match(await kubectl(['-n', 'default', 'logs', 'hello']), /hello from v20\.\d+\.\d+ as uid 1000/);
 });
 
+test('the kubelet is system:node:real-node-0, not an admin: it may not read the cluster’s secrets', async () => {
+  // The later --kubeconfig wins over the admin one the fixture passes.
+  const asNode = `--kubeconfig=${join(cluster.dir, 'real-node', 'kubeconfig')}`;
+  const whoami = await cluster.kubectl([
+    asNode,
+    'auth',
+    'whoami',
+    '-o',
+    'jsonpath={.status.userInfo.username}',
+  ]);
+  assert.is(whoami.stdout, 'system:node:real-node-0', whoami.stderr);
+  const secrets = await cluster.kubectl([asNode, 'get', 'secrets', '-A']);
+  assert.is.not(secrets.code, 0);
+  assert.match(secrets.stderr, /forbidden/i);
+  const node = await cluster.kubectl([asNode, 'get', 'node', 'real-node-0', '-o', 'name']);
+  assert.is(node.stdout.trim(), 'node/real-node-0', node.stderr);
+});
+
 function overlay(): string {
   const [opRepo, opTag] = image('OPERATOR').split(':');
   const [wRepo, wTag] = image('WORKER').split(':');

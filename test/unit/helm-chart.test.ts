@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse, parseAllDocuments } from 'yaml';
+import { OperatorMetrics } from '../../operator/controller/metrics.ts';
 import { helm, KUBE_VERSION } from '../helpers/helm.ts';
 
 const chart = fileURLToPath(new URL('../../charts/tensile', import.meta.url));
@@ -132,6 +133,39 @@ test('every option: external NATS with credentials, ServiceMonitor, no bundled N
   assert.ok(deployment.spec.template.spec.volumes.some((v) => v.name === 'nats-credentials'));
   one(docs, 'ServiceAccount', 'tensile-controller');
   one(docs, 'PriorityClass', 'spot-training');
+});
+
+test('monitoring: a PodMonitor of the operator, and a Grafana dashboard of metrics the operator serves', async () => {
+  const docs = await render('-f', allOptions);
+  const monitor = one(docs, 'PodMonitor') as unknown as {
+    metadata: { labels: Record<string, string> };
+    spec: { podMetricsEndpoints: { port: string; path: string; interval: string }[] };
+  };
+  assert.equal(monitor.spec.podMetricsEndpoints, [{ port: 'http', path: '/metrics', interval: '15s' }]);
+  assert.is(monitor.metadata.labels['release'], 'prometheus');
+  const board = one(docs, 'ConfigMap', 'demo-tensile-dashboard') as unknown as {
+    metadata: { labels: Record<string, string> };
+    data: Record<string, string>;
+  };
+  assert.is(board.metadata.labels['grafana_dashboard'], '1');
+  const dashboard = JSON.parse(board.data['tensile-training.json'] as string) as {
+    panels: { targets: { expr: string }[] }[];
+  };
+  const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr));
+  const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\btensile_[a-z_]+/g)].map((m) => m[0])));
+  const served = new Set(
+    (await new OperatorMetrics().registry.getMetricsAsJSON()).flatMap((m) =>
+      String(m.type) === 'histogram' ? [`${m.name}_bucket`, m.name] : [m.name],
+    ),
+  );
+  for (const name of used)
+    assert.ok(served.has(name), `the dashboard uses ${name}, which the operator does not serve`);
+  assert.ok(used.has('tensile_trainingjob_goodput_ratio'));
+  // Off by default.
+  const defaults = await render();
+  assert.not.ok(
+    defaults.some((d) => d.kind === 'PodMonitor' || d.metadata.name === 'demo-tensile-dashboard'),
+  );
 });
 
 test('one replica: no leader election, no PodDisruptionBudget', async () => {

@@ -606,6 +606,7 @@ cases.push(
         loss: 0.3,
         accuracy: 0.89,
         reason: 'reached 10 epochs',
+        model: { uri: 'pvc://models/team-a/job', step: 4690, accuracy: 0.89, time: '2026-11-21T12:00:00Z' },
         time: '2026-11-21T12:00:00Z',
       },
     },
@@ -613,6 +614,12 @@ cases.push(
       assert.is(p.status.phase, 'Succeeded');
       assert.is(p.status.step, 4690);
       assert.is(p.status.accuracy, 0.89);
+      assert.equal(p.status.model, {
+        uri: 'pvc://models/team-a/job',
+        step: 4690,
+        time: '2026-11-21T12:00:00Z',
+        accuracy: 0.89,
+      });
       assert.match(condition(p, 'Succeeded')?.message ?? '', 'step 4690');
       assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
     },
