@@ -308,9 +308,9 @@ async function waitForLog(
   throw new Error(`${what} not ready within ${timeoutMs / 1000} s:\n${logTail(file)}`);
 }
 
-/** The port the operator logged for /healthz, /readyz and /metrics. */
+/** The port the operator last logged for /healthz, /readyz and /metrics (a restart appends a new one). */
 function operatorPort(file: string): number | undefined {
-  for (const line of readFileSync(file, 'utf8').split('\n')) {
+  for (const line of readFileSync(file, 'utf8').split('\n').reverse()) {
     if (!line.includes('/metrics')) continue;
     try {
       const record = JSON.parse(line) as { port?: unknown };
@@ -583,14 +583,19 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       throw new Error(`no operator became leader within 30 s:\n${logTail(first.logFile)}`);
     });
     mark('operator leading');
-    const metricsPort = operatorPort(operator.logFile);
-    const scrape = async (): Promise<string | undefined> =>
-      metricsPort === undefined
-        ? undefined
-        : fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(
-            (r) => r.text(),
-            () => undefined,
-          );
+    // The leader's: the replica that exports the job's series (a chaos run kills and restarts them).
+    const scrape = async (): Promise<string | undefined> => {
+      for (const p of operators.values()) {
+        const port = operatorPort(p.logFile);
+        if (port === undefined) continue;
+        const text = await fetch(`http://127.0.0.1:${port}/metrics`).then(
+          (r) => r.text(),
+          () => undefined,
+        );
+        if (text?.includes('tensile_trainingjob_step{')) return text;
+      }
+      return undefined;
+    };
 
     // ---- the simulated cloud.
     const simulatorLog = (line: string) => mark(line);
