@@ -80,6 +80,7 @@ class Chaos implements Disturbance {
   private trainingAt: number | undefined;
   private pending: Done | undefined;
   private lastSample = 0;
+  private sampler: NodeJS.Timeout | undefined;
   private unmount: (() => Promise<void>) | undefined;
   private readonly convergeTimeout: number;
 
@@ -98,6 +99,10 @@ class Chaos implements Disturbance {
     if (this.options.schedule.some((f) => f.kind === 'fill-checkpoint-volume'))
       this.unmount = await mountCheckpointVolume(this.ctx.claimDir, this.options.volumeSize ?? '256m');
     void this.watchPods();
+    // On a timer, not on the scenario's ticks: a fault being carried out (an API server restart) holds
+    // the ticks back for many seconds.
+    this.sampler = setInterval(() => this.sampleMemory(), 2000);
+    this.sampleMemory();
     this.ctx.mark(
       `chaos: seed ${this.options.seed}, ${this.options.schedule.length} faults planned: ` +
         this.options.schedule.map((f) => `${f.atSeconds}s ${f.kind}`).join(', '),
@@ -106,7 +111,6 @@ class Chaos implements Disturbance {
 
   async tick(tick: Tick): Promise<void> {
     this.checkProcesses();
-    if (this.seconds() - this.lastSample >= 3) this.sampleMemory();
     if (this.trainingAt === undefined) {
       if (tick.step > 0) this.trainingAt = this.seconds();
       return;
@@ -282,6 +286,7 @@ class Chaos implements Disturbance {
       status,
     );
     const resumes = judgeResumes(lines);
+    clearInterval(this.sampler);
     const memory = judgeMemory(this.memory, this.seconds());
     // The last fault may still be settling when the job completes: the job's success is its outcome.
     const last = this.done.at(-1);
@@ -289,7 +294,12 @@ class Chaos implements Disturbance {
       (d) => d.convergedAfter === undefined && !(d === last && status.phase === 'Succeeded'),
     );
     const kept = evidence.checks.filter(
-      (c) => !['preemptions', 'restarts', 'goodput', 'churn', 'events'].includes(c.name),
+      (c) =>
+        !(
+          // The e2e's goodput budgets and events assume its scripted reclaims; `model` reads the export
+          // where a fake node cannot write it (see the report of issue 24), the same with or without faults.
+          ['preemptions', 'restarts', 'goodput', 'churn', 'events', 'model'].includes(c.name)
+        ),
     );
     const mib = (b: number) => (b / 2 ** 20).toFixed(0);
     return [
@@ -361,6 +371,7 @@ class Chaos implements Disturbance {
 
   async [Symbol.asyncDispose](): Promise<void> {
     this.stop.abort();
+    clearInterval(this.sampler);
     await this.firewall[Symbol.asyncDispose]();
     await this.unmount?.();
   }
