@@ -19,6 +19,7 @@ import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
+import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
@@ -42,6 +43,8 @@ export interface ControllerOptions {
   readonly nats?: () => Promise<NatsConnection | undefined>;
   /** The workers' rendezvous state, deleted with the job; absent without NATS. */
   readonly jobState?: JobStateStore;
+  /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
+  readonly kueue?: KueueClient;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -194,6 +197,7 @@ export class TrainingJobController {
       metrics: options.metrics,
       config: options.config,
       log,
+      ...(options.kueue === undefined ? {} : { kueue: options.kueue }),
     });
   }
 

@@ -185,7 +185,9 @@ test('the checkpoint claim from a template is owned by the job', () => {
     ownedJob({
       'spec.checkpoint': {
         intervalSteps: 10,
-        volume: { claimTemplate: { size: '5Gi', storageClassName: 'efs' } },
+        volume: {
+          claimTemplate: { size: '5Gi', storageClassName: 'efs', accessModes: ['ReadWriteMany'] },
+        },
       },
     }),
   );
