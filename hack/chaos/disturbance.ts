@@ -296,9 +296,8 @@ class Chaos implements Disturbance {
     const kept = evidence.checks.filter(
       (c) =>
         !(
-          // The e2e's goodput budgets and events assume its scripted reclaims; `model` reads the export
-          // where a fake node cannot write it (see the report of issue 24), the same with or without faults.
-          ['preemptions', 'restarts', 'goodput', 'churn', 'events', 'model'].includes(c.name)
+          // The e2e's goodput budgets and events assume its scripted reclaims.
+          ['preemptions', 'restarts', 'goodput', 'churn', 'events'].includes(c.name)
         ),
     );
     const mib = (b: number) => (b / 2 ** 20).toFixed(0);
