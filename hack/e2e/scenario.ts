@@ -35,7 +35,7 @@ import { checkpointClaimName } from '../../operator/controller/pod-builder.ts';
 import { natsServerBinary } from '../../operator/local-run/nats-server.ts';
 import { CheckpointStore } from '../../worker/checkpoint/store.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
-import { launchCluster, runKubectl } from '../cluster/launcher.ts';
+import { type LaunchedCluster, launchCluster, runKubectl } from '../cluster/launcher.ts';
 import { writeKubeconfig } from '../lib/kubeconfig.ts';
 import { freePorts, logTail, type StartedProcess, startProcess } from '../lib/processes.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
@@ -110,6 +110,64 @@ export interface ScenarioOptions {
   readonly signal?: AbortSignal;
   /** Progress lines for a person watching. */
   readonly log?: (line: string) => void;
+  /** Operator replicas (leader election between them). Default 1. */
+  readonly operators?: number;
+  /** Faults injected while the job trains, with checks of their own (hack/chaos/). */
+  readonly disturbance?: (context: ScenarioContext) => Disturbance;
+}
+
+/** What a disturbance (hack/chaos/faults.ts) may act on: the scenario's processes and objects. */
+export interface ScenarioContext {
+  readonly cluster: LaunchedCluster;
+  readonly kc: KubeConfig;
+  readonly job: TrainingJob;
+  readonly namespace: string;
+  readonly name: string;
+  /** The checkpoint claim's folder on this machine. */
+  readonly claimDir: string;
+  readonly reclaimer: SpotReclaimer;
+  /** The workers' log events so far (read from their files now). */
+  lines(): readonly WorkerEvent[];
+  /** nats-server as it runs now (a restart replaces it). */
+  nats(): StartedProcess;
+  /** Stops nats-server with `signal` and starts it again on the same port and JetStream store. */
+  restartNats(signal: NodeJS.Signals): Promise<void>;
+  /** The operator replicas by identity, as they run now. */
+  operators(): ReadonlyMap<string, StartedProcess>;
+  /** Kills an operator replica with `signal` and starts it again. */
+  restartOperator(identity: string, signal: NodeJS.Signals): Promise<void>;
+  readonly mark: (what: string) => void;
+  readonly say: (line: string) => void;
+  readonly signal: AbortSignal | undefined;
+}
+
+export interface Tick {
+  readonly step: number;
+  readonly plannedSteps: number | undefined;
+  /** The world has the job's replicas, all ready, and no rescale is under way. */
+  readonly whole: boolean;
+  readonly generation: number;
+  readonly status: TrainingJobStatus;
+  readonly lines: readonly WorkerEvent[];
+}
+
+export interface Evidence {
+  readonly status: TrainingJobStatus;
+  readonly lines: readonly WorkerEvent[];
+  /** The e2e's own checks; a disturbance returns them (some replaced) with its own. */
+  readonly checks: readonly Check[];
+}
+
+export interface Disturbance {
+  /** Before the job is applied (e.g. a small volume under the checkpoint claim). */
+  beforeApply(): Promise<void>;
+  /** Once a second while the job runs. */
+  tick(tick: Tick): Promise<void>;
+  /** The verdict: the e2e's checks as the disturbance judges them, and its own. */
+  judge(evidence: Evidence): Promise<Check[]>;
+  /** Lines for the summary. */
+  report(): string[];
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 export interface TimelineEntry {
@@ -152,6 +210,8 @@ export interface ScenarioResult {
   readonly describeEvents: string;
   readonly seconds: { readonly cluster: number; readonly job: number; readonly total: number };
   readonly artifactsDir: string | undefined;
+  /** What the disturbance reports (faults and their times), if there was one. */
+  readonly disturbance: readonly string[];
 }
 
 export class ScenarioAborted extends Error {
@@ -248,9 +308,9 @@ async function waitForLog(
   throw new Error(`${what} not ready within ${timeoutMs / 1000} s:\n${logTail(file)}`);
 }
 
-/** The port the operator logged for /healthz, /readyz and /metrics. */
+/** The port the operator last logged for /healthz, /readyz and /metrics (a restart appends a new one). */
 function operatorPort(file: string): number | undefined {
-  for (const line of readFileSync(file, 'utf8').split('\n')) {
+  for (const line of readFileSync(file, 'utf8').split('\n').reverse()) {
     if (!line.includes('/metrics')) continue;
     try {
       const record = JSON.parse(line) as { port?: unknown };
@@ -433,16 +493,20 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
 
     // ---- nats-server, recorded with the cluster's processes so that nothing outlives the run.
     const [natsPort] = await freePorts(1);
-    const nats = await startProcess(cluster.dir, 'nats-server', natsServerBinary(), [
-      '-a',
-      '127.0.0.1',
-      '-p',
-      String(natsPort),
-      '-js',
-      '-sd',
-      join(cluster.dir, 'nats'),
-    ]);
-    await waitForLog(nats.logFile, /Server is ready/, 15_000, 'nats-server', signal);
+    const startNats = async () => {
+      const p = await startProcess(cluster.dir, 'nats-server', natsServerBinary(), [
+        '-a',
+        '127.0.0.1',
+        '-p',
+        String(natsPort),
+        '-js',
+        '-sd',
+        join(cluster.dir, 'nats'),
+      ]);
+      await waitForLog(p.logFile, /Server is ready/, 15_000, 'nats-server', signal);
+      return p;
+    };
+    let nats = await startNats();
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
     mark(`nats-server on ${natsUrl}`);
 
@@ -469,48 +533,69 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       name: 'tensile-operator',
       namespace: OPERATOR_NAMESPACE,
     });
-    const operator: StartedProcess = await startProcess(
-      cluster.dir,
-      'tensile-operator',
-      process.execPath,
-      [
-        tensileBin,
-        'operator',
-        '--kubeconfig',
-        operatorKubeconfig,
-        '--nats',
-        natsUrl,
-        '--namespace',
-        OPERATOR_NAMESPACE,
-        '--http-port',
-        '0',
-        '--lease-duration',
-        '4',
-        '--renew-deadline',
-        '3',
-        '--retry-period',
-        '1',
-        '--failure-backoff',
-        '2',
-      ],
-      { cwd: REPO_ROOT },
-    );
-    // Stopped before the cluster, with SIGTERM, so that it hands its lease back like a real rollout.
+    const operatorArgs = (identity: string) => [
+      tensileBin,
+      'operator',
+      '--kubeconfig',
+      operatorKubeconfig,
+      '--nats',
+      natsUrl,
+      '--namespace',
+      OPERATOR_NAMESPACE,
+      '--http-port',
+      '0',
+      '--id',
+      identity,
+      '--lease-duration',
+      '4',
+      '--renew-deadline',
+      '3',
+      '--retry-period',
+      '1',
+      '--failure-backoff',
+      '2',
+    ];
+    const operators = new Map<string, StartedProcess>();
+    const startOperator = async (identity: string) => {
+      const name = identity === 'operator-0' ? 'tensile-operator' : `tensile-${identity}`;
+      const p = await startProcess(cluster.dir, name, process.execPath, operatorArgs(identity), {
+        cwd: REPO_ROOT,
+      });
+      operators.set(identity, p);
+      return p;
+    };
+    const first = await startOperator('operator-0');
+    for (let i = 1; i < (options.operators ?? 1); i++) await startOperator(`operator-${i}`);
+    // Stopped before the cluster, with SIGTERM, so that they hand the lease back like a real rollout.
     cleanups.push(async () => {
-      if (operator.child.exitCode !== null || operator.child.signalCode !== null) return;
-      operator.child.kill('SIGTERM');
-      await Promise.race([operator.exited, sleep(5000)]);
+      for (const operator of operators.values()) {
+        if (operator.child.exitCode !== null || operator.child.signalCode !== null) continue;
+        operator.child.kill('SIGTERM');
+        await Promise.race([operator.exited, sleep(5000)]);
+      }
     });
-    await waitForLog(operator.logFile, /"became leader"/, 30_000, 'the operator', signal);
+    // Whichever replica wins the lease (the first one started, nearly always).
+    await Promise.any(
+      [...operators.values()].map((p) =>
+        waitForLog(p.logFile, /"became leader"/, 30_000, 'the operator', signal),
+      ),
+    ).catch(() => {
+      throw new Error(`no operator became leader within 30 s:\n${logTail(first.logFile)}`);
+    });
     mark('operator leading');
-    const metricsPort = operatorPort(operator.logFile);
-    const scrape = async (): Promise<string | undefined> =>
-      metricsPort === undefined
-        ? undefined
-        : fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(
-            (r) => r.text(),
-            () => undefined,
-          );
+    // The leader's: the replica that exports the job's series (a chaos run kills and restarts them).
+    const scrape = async (): Promise<string | undefined> => {
+      for (const p of operators.values()) {
+        const port = operatorPort(p.logFile);
+        if (port === undefined) continue;
+        const text = await fetch(`http://127.0.0.1:${port}/metrics`).then(
+          (r) => r.text(),
+          () => undefined,
+        );
+        if (text?.includes('tensile_trainingjob_step{')) return text;
+      }
+      return undefined;
+    };
 
     // ---- the simulated cloud.
     const simulatorLog = (line: string) => mark(line);
@@ -519,7 +604,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       config: {
         provisionDelayMs: (options.autoscalerDelaySeconds ?? 5) * 1000,
         scaleDownAfterMs: 30_000,
-        maxNodes: churn.length + 2,
+        maxNodes: Math.max(churn.length, replicas) + 2,
         gpusPerNode: 1,
         podsPerNode: 110,
       },
@@ -531,6 +616,51 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     cleanups.push(() => autoscaler[Symbol.asyncDispose]());
     const reclaimer = new SpotReclaimer(kc, { noticeMs, log: simulatorLog });
     cleanups.push(() => reclaimer[Symbol.asyncDispose]());
+
+    const logs = new WorkerLogs(join(cluster.dir, 'logs'), `${namespace}_${name}-worker-`);
+    let plannedSteps: number | undefined;
+    const poll = () => {
+      for (const line of logs.poll()) {
+        if (line.event === 'progress' && line.plannedSteps !== undefined)
+          plannedSteps = Math.max(plannedSteps ?? 0, line.plannedSteps);
+      }
+    };
+
+    const claimDir = join(cluster.dir, 'volumes', namespace, checkpointClaimName(job));
+    const disturbance = options.disturbance?.({
+      cluster,
+      kc,
+      job,
+      namespace,
+      name,
+      claimDir,
+      reclaimer,
+      lines: () => {
+        poll();
+        return logs.lines;
+      },
+      nats: () => nats,
+      restartNats: async (how) => {
+        nats.child.kill(how);
+        await Promise.race([nats.exited, sleep(10_000, signal)]);
+        nats = await startNats();
+      },
+      operators: () => operators,
+      restartOperator: async (identity, how) => {
+        const p = operators.get(identity);
+        if (p === undefined) throw new Error(`no operator ${identity}`);
+        p.child.kill(how);
+        await Promise.race([p.exited, sleep(10_000, signal)]);
+        await startOperator(identity);
+      },
+      mark,
+      say,
+      signal,
+    });
+    if (disturbance !== undefined) {
+      cleanups.push(() => disturbance[Symbol.asyncDispose]());
+      await disturbance.beforeApply();
+    }
 
     // ---- the job, exactly as written.
     mark(`kubectl apply -f ${options.manifestFile}`);
@@ -549,15 +679,6 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     };
     const workerPods = async (): Promise<V1Pod[]> =>
       (await core.listNamespacedPod({ namespace, labelSelector: `${LABEL_JOB_NAME}=${name}` })).items;
-
-    const logs = new WorkerLogs(join(cluster.dir, 'logs'), `${namespace}_${name}-worker-`);
-    let plannedSteps: number | undefined;
-    const poll = () => {
-      for (const line of logs.poll()) {
-        if (line.event === 'progress' && line.plannedSteps !== undefined)
-          plannedSteps = Math.max(plannedSteps ?? 0, line.plannedSteps);
-      }
-    };
 
     const timeoutMs = (options.timeoutSeconds ?? 3600) * 1000;
     const deadline = Date.now() + timeoutMs;
@@ -608,6 +729,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       if (whole && !wasWhole && churnDone > 0)
         mark(`world whole again: ${replicas} workers (generation ${world.generation}), step ${step}`);
       wasWhole = whole;
+      await disturbance?.tick({
+        step,
+        plannedSteps,
+        whole,
+        generation: world.generation,
+        status,
+        lines: logs.lines,
+      });
       if (Date.now() - lastReport > 15_000 && trainingSeen) {
         lastReport = Date.now();
         say(
@@ -669,7 +798,6 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     ]);
     const events = eventsJson.code === 0 ? parseEvents(eventsJson.stdout) : [];
 
-    const claimDir = join(cluster.dir, 'volumes', namespace, checkpointClaimName(job));
     const store = new CheckpointStore(claimDir, job.spec.checkpoint.keep);
     const latest = await store.latest(() => {}).catch(() => undefined);
     const finalState = latest?.snapshot.state;
@@ -792,9 +920,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       ),
     ];
 
+    const verdict =
+      disturbance === undefined ? checks : await disturbance.judge({ status, lines: logs.lines, checks });
     const result: ScenarioResult = {
-      ok: checks.every((c) => c.ok),
-      checks,
+      ok: verdict.every((c) => c.ok),
+      checks: verdict,
       job: name,
       namespace,
       status,
@@ -820,6 +950,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       describeEvents: describeEvents(describe),
       seconds: { cluster: clusterSeconds, job: jobSeconds, total: elapsed() },
       artifactsDir: options.artifactsDir,
+      disturbance: disturbance?.report() ?? [],
     };
     if (artifactsDir !== undefined) {
       mkdirSync(artifactsDir, { recursive: true });

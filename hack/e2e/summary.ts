@@ -21,6 +21,10 @@ export function formatSummary(result: ScenarioResult): string {
   out.push('timeline:');
   for (const t of result.timeline) out.push(`  ${t.seconds.toFixed(1).padStart(7)} s  ${t.what}`);
   out.push('');
+  if (result.disturbance.length > 0) {
+    for (const line of result.disturbance) out.push(line);
+    out.push('');
+  }
   out.push('audit (committed records of every worker):');
   out.push('  epoch        seen  duplicated   missing');
   for (const e of result.epochs) {

@@ -402,12 +402,19 @@ export class BackgroundCheckpointer {
   private send(snapshot: Snapshot): Promise<WriteReply> {
     const checkpoint = checkpointFiles(snapshot);
     const id = this.nextId++;
+    let syncFd: number | undefined;
+    try {
+      syncFd = this.syncFd?.();
+    } catch (error) {
+      // The audit cannot be made durable now (a full volume): this checkpoint fails, training goes on.
+      return Promise.resolve({ id, error: (error as Error).message });
+    }
     const request: WriteRequest = {
       id,
       directory: this.store.directory,
       keep: this.store.keep,
       checkpoint,
-      syncFd: this.syncFd?.(),
+      syncFd,
     };
     const buffers = [...new Set(checkpoint.files.map(([, bytes]) => bytes.buffer as ArrayBuffer))];
     return new Promise((resolve) => {

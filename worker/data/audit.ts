@@ -68,17 +68,41 @@ function encode(records: readonly AuditRecord[]): Buffer {
   return Buffer.from(out.buffer);
 }
 
+/** The volume is full (or over quota): a write that may succeed later. */
+function isFull(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
 export class AuditLog {
   private fd: number;
   private pending: AuditRecord[] = [];
+  /**
+   * Encoded bytes a full volume refused, written before anything newer: a step's record is never
+   * lost to a full disk while the worker lives, and never reordered.
+   */
+  private backlog: Buffer | undefined;
 
   constructor(readonly file: string) {
     this.fd = openSync(file, 'a');
   }
 
-  /** The open descriptor, for the checkpoint writer to fsync before it commits. */
+  /**
+   * The open descriptor, for the checkpoint writer to fsync before it commits. Throws while records
+   * are still held back by a full volume: a checkpoint must not commit steps the audit does not have.
+   */
   get descriptor(): number {
+    this.flush();
+    if (this.backlog !== undefined)
+      throw new Error(
+        `the audit log ${this.file} is ${this.backlog.length} bytes behind (its volume is full); the checkpoint waits for it`,
+      );
     return this.fd;
+  }
+
+  /** Bytes of records a full volume has refused so far (written by the next flush that can). */
+  get behind(): number {
+    return this.backlog?.length ?? 0;
   }
 
   /** Appends a step's record and writes it out (one small write; fsync is the checkpoint's job). */
@@ -88,13 +112,24 @@ export class AuditLog {
     this.flush();
   }
 
-  /** Writes the buffered records. */
+  /** Writes the buffered records; a full volume keeps them for the next flush instead of failing the step. */
   flush(): void {
-    if (this.pending.length === 0) return;
-    const bytes = encode(this.pending);
-    this.pending = [];
+    if (this.pending.length > 0) {
+      const bytes = encode(this.pending);
+      this.pending = [];
+      this.backlog = this.backlog === undefined ? bytes : Buffer.concat([this.backlog, bytes]);
+    }
+    const bytes = this.backlog;
+    if (bytes === undefined) return;
     let written = 0;
-    while (written < bytes.length) written += writeSync(this.fd, bytes, written, bytes.length - written);
+    try {
+      while (written < bytes.length) written += writeSync(this.fd, bytes, written, bytes.length - written);
+      this.backlog = undefined;
+    } catch (error) {
+      // What was written stays; the rest follows it, so the file stays one sequence of records.
+      this.backlog = bytes.subarray(written);
+      if (!isFull(error)) throw error;
+    }
   }
 
   /** Makes the flushed records durable (called in the background before a checkpoint commits). */
@@ -106,7 +141,9 @@ export class AuditLog {
   truncateFrom(step: number): { kept: number; dropped: number } {
     this.flush();
     closeSync(this.fd);
-    const records = readAuditFile(this.file);
+    const onDisk = existsSync(this.file) ? readFileSync(this.file) : Buffer.alloc(0);
+    const records = parseAudit(this.backlog === undefined ? onDisk : Buffer.concat([onDisk, this.backlog]));
+    this.backlog = undefined;
     const kept = records.filter((r) => r.step < step);
     const temporary = `${this.file}.tmp-${process.pid}`;
     writeFileSync(temporary, encode(kept));

@@ -1,0 +1,131 @@
+/**
+ * What the chaos run concludes from what it watched: pure functions over the pods it saw, the memory
+ * samples it took and the workers' log events, so that each rule has a table test of its own
+ * (test/unit/chaos-verdict.test.ts).
+ */
+import type { WorkerEvent } from '../../operator/api/worker-events.ts';
+
+/** A worker pod as the watch last saw it. */
+export interface SeenPod {
+  readonly uid: string;
+  readonly name: string;
+  readonly index: number;
+  readonly phase: string | undefined;
+  readonly deleting: boolean;
+  /** The pod object is gone (a DELETED event, or it vanished from a relist). */
+  readonly gone: boolean;
+}
+
+/** A pod can still run a process: it exists and has not reached a terminal phase. */
+export function podLive(p: SeenPod): boolean {
+  return !p.gone && p.phase !== 'Succeeded' && p.phase !== 'Failed';
+}
+
+/** Replica indices with more than one live pod right now, with their pod uids. */
+export function duplicateIndices(pods: Iterable<SeenPod>): Map<number, string[]> {
+  const live = new Map<number, string[]>();
+  for (const p of pods) {
+    if (!podLive(p) || p.index < 0) continue;
+    live.set(p.index, [...(live.get(p.index) ?? []), `${p.name} (${p.uid.slice(0, 8)})`]);
+  }
+  return new Map([...live].filter(([, uids]) => uids.length > 1));
+}
+
+export interface MemorySample {
+  /** Seconds since the run started. */
+  readonly at: number;
+  /** A long-lived component: `operator-0`, `nats-server`, `kube-apiserver`, a worker pod's name, … */
+  readonly component: string;
+  readonly rssBytes: number;
+}
+
+export interface MemoryVerdict {
+  readonly component: string;
+  readonly samples: number;
+  /** Peak of the middle and of the last third of the run. */
+  readonly middlePeak: number;
+  readonly lastPeak: number;
+  readonly ok: boolean;
+}
+
+/**
+ * Memory is bounded when the last third of the run peaks no higher than the middle third plus a slack
+ * (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. The first third is start-up
+ * (loading the runtime and the data) and is not compared. A component needs samples in both thirds.
+ */
+export function judgeMemory(samples: readonly MemorySample[], runSeconds: number): MemoryVerdict[] {
+  const byComponent = new Map<string, MemorySample[]>();
+  for (const s of samples) byComponent.set(s.component, [...(byComponent.get(s.component) ?? []), s]);
+  const out: MemoryVerdict[] = [];
+  for (const [component, list] of [...byComponent].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const peak = (from: number, to: number) =>
+      Math.max(0, ...list.filter((s) => s.at >= from && s.at < to).map((s) => s.rssBytes));
+    const middlePeak = peak(runSeconds / 3, (2 * runSeconds) / 3);
+    const lastPeak = peak((2 * runSeconds) / 3, Number.POSITIVE_INFINITY);
+    if (middlePeak === 0 || lastPeak === 0) continue;
+    out.push({
+      component,
+      samples: list.length,
+      middlePeak,
+      lastPeak,
+      ok: lastPeak <= middlePeak * 1.25 + 64 * 2 ** 20,
+    });
+  }
+  return out;
+}
+
+export interface CheckpointVerdict {
+  readonly resumed: number;
+  /** Resumes from a path no worker ever finished writing, or from a temporary directory. */
+  readonly bad: readonly string[];
+  /** Checkpoints a loader refused (corrupt or torn) and skipped for an older one. */
+  readonly skipped: number;
+}
+
+/** Every resume must load a checkpoint some worker logged as completely written. */
+export function judgeResumes(lines: readonly WorkerEvent[]): CheckpointVerdict {
+  const written = new Set<string>();
+  const resumes: string[] = [];
+  let skipped = 0;
+  for (const line of lines) {
+    if (line.event === 'checkpoint') written.add(line.path);
+    if (line.event === 'resumed') resumes.push(line.path);
+    if (line.event === 'checkpoint-skipped') skipped++;
+  }
+  const bad = resumes.filter((p) => !written.has(p) || /(^|\/)\.tmp-/.test(p));
+  return { resumed: resumes.length, bad, skipped };
+}
+
+/** What the faults must have cost, against what the job's status says. */
+export interface Accounting {
+  /** Worker pods the faults killed (uids). */
+  readonly killed: ReadonlySet<string>;
+  /** Worker pods that ended Failed (uids, from the watch). */
+  readonly failed: ReadonlySet<string>;
+  /** Workers on nodes the faults deleted. */
+  readonly preempted: number;
+}
+
+export interface AccountingVerdict {
+  readonly restartsOk: boolean;
+  readonly preemptionsOk: boolean;
+  /** Failed pods no fault killed: a worker that crashed on its own under a fault it should survive. */
+  readonly unexpected: readonly string[];
+}
+
+/**
+ * status.restarts counts every failed pod once, so it must equal the failures watched; each kill is
+ * one of them; a failure no fault caused is reported on its own. status.preemptions must equal the
+ * workers on deleted nodes.
+ */
+export function judgeAccounting(
+  a: Accounting,
+  status: { restarts?: number; preemptions?: number },
+): AccountingVerdict {
+  const unexpected = [...a.failed].filter((uid) => !a.killed.has(uid)).sort();
+  return {
+    restartsOk: (status.restarts ?? 0) === a.failed.size && [...a.killed].every((uid) => a.failed.has(uid)),
+    preemptionsOk: (status.preemptions ?? 0) === a.preempted,
+    unexpected,
+  };
+}
