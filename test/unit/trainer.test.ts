@@ -21,6 +21,7 @@ import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.t
 import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { testBackend } from '../helpers/backend.ts';
+import { InProcessReducer } from '../helpers/in-process-reducer.ts';
 
 await selectBackend(testBackend());
 const dir = mkdtempSync(join(tmpdir(), 'tensile-trainer-'));
@@ -198,23 +199,6 @@ test('micro-batches of maxPerWorker give the gradient of the whole batch', async
   micro.dispose();
 });
 
-/** Sums the buffers of `ranks` concurrent allReduce calls and gives every caller the sum. */
-class InProcessReducer implements GradientReducer {
-  private pending: { buffer: Float32Array; resolve: (sum: Float32Array) => void }[] = [];
-  constructor(private readonly ranks: number) {}
-  allReduce(buffer: Float32Array): Promise<Float32Array> {
-    return new Promise((resolve) => {
-      this.pending.push({ buffer, resolve });
-      if (this.pending.length < this.ranks) return;
-      const sum = new Float32Array(buffer.length);
-      for (const p of this.pending)
-        for (let i = 0; i < sum.length; i++) sum[i] = (sum[i] as number) + (p.buffer[i] as number);
-      for (const p of this.pending) p.resolve(sum.slice());
-      this.pending = [];
-    });
-  }
-}
-
 test('two ranks with b = [12, 20], summed by a reducer, train like one rank with b = 32', async () => {
   const plain = { model: { mlp: { hiddenUnits: [16] } } };
   const single = await trainer(plain);
@@ -271,7 +255,10 @@ test('two ranks keep identical batch-norm statistics, and the checksum covers th
 test('a step whose all-reduce fails leaves the batch-norm statistics as they were', async () => {
   const t = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0, batchNorm: true } } });
   const before = statistics(t);
-  const failing: GradientReducer = { allReduce: () => Promise.reject(new Error('peer lost')) };
+  const failing: GradientReducer = {
+    allReduce: () => Promise.reject(new Error('peer lost')),
+    allGather: () => Promise.reject(new Error('peer lost')),
+  };
   let failed = false;
   try {
     await t.step(world([12, 20], 0), failing);

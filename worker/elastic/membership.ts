@@ -391,9 +391,18 @@ export class ElasticMembership implements Membership {
         await this.agent.enter(record.generation, holder.step, true);
         const ring = group;
         const reducer: GradientReducer = {
-          allReduce: (buffer, signal) => {
+          allReduce: (buffer, signal, options) => {
             if (signal?.aborted) return Promise.reject(new CollectiveError('world changed'));
-            return ring.allReduce(buffer);
+            return ring.allReduce(buffer, { fp16: options?.wire === 'fp16', bf16: options?.wire === 'bf16' });
+          },
+          allGather: async (bytes, signal) => {
+            // One ring broadcast per root, in rank order: the collective's own primitive, unchanged.
+            const out: Uint8Array[] = [];
+            for (let root = 0; root < ids.length; root++) {
+              if (signal?.aborted) throw new CollectiveError('world changed');
+              out.push(await ring.broadcast(root === rank ? bytes : undefined, root));
+            }
+            return out;
           },
         };
         return {

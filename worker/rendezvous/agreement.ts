@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import {
   BatchSpecSchema,
+  CommunicationSpecSchema,
   EvaluationSpecSchema,
   elasticRange,
   StoppingSpecSchema,
@@ -35,6 +36,8 @@ export const SettingsSchema = z.object({
   batch: BatchSpecSchema,
   stopping: StoppingSpecSchema,
   evaluation: EvaluationSpecSchema,
+  /** Absent in worlds of earlier versions: no compression, a step is one all-reduce. */
+  communication: CommunicationSpecSchema.optional(),
   checkpoint: z.object({
     intervalSteps: positiveInt.optional(),
     intervalSeconds: positiveInt.optional(),
@@ -51,6 +54,7 @@ export const SETTING_FIELDS = [
   'batch',
   'stopping',
   'evaluation',
+  'communication',
   'checkpoint',
 ] as const satisfies readonly (keyof Settings)[];
 
@@ -107,6 +111,7 @@ export function specOffer(spec: TrainingJobSpec, revision: number): SpecOffer {
       batch: spec.batch,
       stopping: spec.stopping,
       evaluation: spec.evaluation,
+      communication: spec.communication,
       checkpoint: {
         ...(spec.checkpoint.intervalSteps === undefined
           ? {}
