@@ -74,7 +74,11 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   let result: StepResult;
   try {
     // The stop signal is not passed down: a step is finished, then the worker leaves.
-    result = await trainer.step(world, active.reducer, active.changed);
+    // Local SGD averages before an evaluation and at the end, so both see the world's weights.
+    const next = state.step + 1;
+    const averageNow =
+      next >= g.plannedSteps || evaluationDue(g.settings.evaluation.intervalSteps, next, false, false);
+    result = await trainer.step(world, active.reducer, active.changed, { averageNow });
   } catch (error) {
     if (!(error instanceof CollectiveError)) throw error;
     clock.lostStepSeconds += (performance.now() - stepStarted) / 1000;
@@ -85,8 +89,8 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   const took = (performance.now() - stepStarted) / 1000;
   clock.stepSeconds += took;
   run.stepSeconds += took;
-  session.membership.progress(state.step);
-  if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0)
+  session.membership.progress(trainer.committedStep);
+  if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0 && trainer.synced)
     emit(g.log, 'info', 'weights checksum', {
       event: 'checksum',
       step: state.step,

@@ -144,11 +144,13 @@ export function lowRank(
 
 /**
  * Gram–Schmidt on the r columns of P [rows×r] in place: orthonormal columns spanning the same space.
- * A column that is (numerically) in the span of the earlier ones becomes 0, as does a zero column,
+ * A column (numerically) in the span of the earlier ones becomes 0, as does a zero column,
  * instead of dividing by zero (torch's hook adds an epsilon for the same reason).
  */
 export function orthonormalizeColumns(p: Float32Array, rows: number, r: number): void {
   for (let c = 0; c < r; c++) {
+    let before = 0;
+    for (let i = 0; i < rows; i++) before += (p[i * r + c] as number) ** 2;
     for (let prev = 0; prev < c; prev++) {
       let dot = 0;
       for (let i = 0; i < rows; i++) dot += (p[i * r + c] as number) * (p[i * r + prev] as number);
@@ -158,7 +160,8 @@ export function orthonormalizeColumns(p: Float32Array, rows: number, r: number):
     let norm = 0;
     for (let i = 0; i < rows; i++) norm += (p[i * r + c] as number) ** 2;
     norm = Math.sqrt(norm);
-    const scale = norm > 1e-8 ? 1 / norm : 0;
+    // What is left after projecting out the others is float32 rounding when below 1e-4 of the original.
+    const scale = norm > 1e-4 * Math.sqrt(before) && norm > 1e-30 ? 1 / norm : 0;
     for (let i = 0; i < rows; i++) p[i * r + c] = (p[i * r + c] as number) * scale;
   }
 }
