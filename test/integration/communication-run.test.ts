@@ -1,0 +1,114 @@
+/**
+ * spec.communication end to end: `tensile run` with two real worker processes, a real nats-server and
+ * real Fashion-MNIST samples, once per compression mode and for local SGD. Each run must finish with
+ * every sample trained on exactly once per epoch and bit-identical weights on both workers (after
+ * every step; with local SGD after every averaging). Then a worker is killed mid-run and another one
+ * joins, with top-k, PowerSGD and local SGD, whose state (residuals, Q, anchor and outer momentum)
+ * must be carried across the world changes without breaking either property.
+ */
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { RunSummary } from '../../operator/local-run/run.ts';
+import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+
+const FASHION = '/usr/share/datasets/fashion-mnist';
+const dir = mkdtempSync(join(tmpdir(), 'tensile-communication-'));
+if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
+  throw new Error(
+    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
+  );
+}
+
+const TRAIN = 3000;
+const BATCH = 60;
+const EPOCHS = 2;
+const STEPS = (TRAIN / BATCH) * EPOCHS;
+
+function manifest(name: string, communication: Record<string, unknown>): string {
+  return writeJobManifest(join(dir, `${name}.yaml`), name, {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 2,
+    model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 3 },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 1000 } },
+    optimizer: { type: 'adam', learningRate: 0.003 },
+    batch: { global: BATCH, policy: 'fixedGlobalBatch' },
+    stopping: { epochs: EPOCHS },
+    evaluation: { intervalSteps: 1000 },
+    checkpoint: { intervalSteps: 20, keep: 2 },
+    communication,
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+  });
+}
+
+const MODES: Record<string, Record<string, unknown>> = {
+  fp16: { compression: 'fp16' },
+  bf16: { compression: 'bf16' },
+  topk: { compression: 'topk', topk: { ratio: 0.02 } },
+  powersgd: { compression: 'powersgd', powersgd: { rank: 2, startAfterSteps: 5 } },
+  local: { localSteps: 8, outerOptimizer: { learningRate: 0.7, momentum: 0.5 } },
+};
+
+/** Exactly once per epoch, and the same weight checksum on every worker that logged one for a step. */
+function assertCleanAndInLockstep(summary: RunSummary, out: string, minShared: number): void {
+  assert.is(summary.status, 'completed');
+  assert.is(summary.step, STEPS);
+  assert.is(summary.epochs.length, EPOCHS);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  const sums = new Map<string, Set<string>>();
+  const workers = new Map<string, number>();
+  for (const e of workerEvents(out).filter((x) => x['event'] === 'checksum')) {
+    const key = `${e['generation']}@${e['step']}`;
+    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
+    workers.set(key, (workers.get(key) ?? 0) + 1);
+  }
+  const shared = [...workers.values()].filter((n) => n > 1).length;
+  assert.ok(shared >= minShared, `${shared} steps were checked on both workers, expected ${minShared}`);
+  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+}
+
+for (const [mode, communication] of Object.entries(MODES)) {
+  test(`${mode}: two workers finish, the audit is clean, the weights identical`, async () => {
+    const out = join(dir, mode);
+    const summary = await finished(
+      tensileRun(manifest(mode, communication), out, ['--workers', '2'], { TENSILE_CHECKSUM_EVERY: '1' }),
+    );
+    console.log(`  ${mode}: accuracy ${summary.eval?.accuracy}, ${summary.wallSeconds} s`);
+    // Local SGD is checked where the weights are the world's: after each of its averagings.
+    assertCleanAndInLockstep(summary, out, mode === 'local' ? STEPS / 16 : STEPS / 2);
+    assert.ok((summary.eval?.accuracy ?? 0) > 0.7, `accuracy ${summary.eval?.accuracy}`);
+  });
+}
+
+for (const mode of ['topk', 'powersgd', 'local']) {
+  test(`${mode}: a kill and a join mid-run; exactly once and in lockstep across the worlds`, async () => {
+    const out = join(dir, `${mode}-chaos`);
+    const chaos = 'kill:35,join:45';
+    const summary = await finished(
+      tensileRun(manifest(`${mode}-chaos`, MODES[mode] ?? {}), out, ['--workers', '2', '--chaos', chaos], {
+        TENSILE_CHECKSUM_EVERY: '1',
+      }),
+    );
+    console.log(
+      `  ${mode} ${chaos}: accuracy ${summary.eval?.accuracy}, generations ${summary.generations.map((g) => `${g.generation}:${g.worldSize}@${g.firstStep}`).join(' ')}`,
+    );
+    assert.equal(
+      summary.chaos?.map((c) => c.action),
+      ['kill', 'join'],
+    );
+    assert.ok(summary.generations.length >= 3, 'a world per change');
+    assert.ok(
+      summary.generations.some((g) => g.worldSize === 1),
+      'it shrank',
+    );
+    assert.ok(summary.generations.at(-1)?.worldSize === 2, 'it grew back');
+    assertCleanAndInLockstep(summary, out, mode === 'local' ? 2 : 10);
+    assert.ok((summary.eval?.accuracy ?? 0) > 0.7, `accuracy ${summary.eval?.accuracy}`);
+  });
+}
+
+test.run();
