@@ -25,9 +25,10 @@ if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
 const TRAIN = 3000;
 const BATCH = 60;
 const EPOCHS = 2;
-const STEPS = (TRAIN / BATCH) * EPOCHS;
+/** The chaos runs are longer: a joiner takes seconds to start, hundreds of steps of this model. */
+const CHAOS_EPOCHS = 8;
 
-function manifest(name: string, communication: Record<string, unknown>): string {
+function manifest(name: string, communication: Record<string, unknown>, epochs = EPOCHS): string {
   return writeJobManifest(join(dir, `${name}.yaml`), name, {
     replicas: 2,
     minReplicas: 1,
@@ -36,7 +37,7 @@ function manifest(name: string, communication: Record<string, unknown>): string 
     dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 1000 } },
     optimizer: { type: 'adam', learningRate: 0.003 },
     batch: { global: BATCH, policy: 'fixedGlobalBatch' },
-    stopping: { epochs: EPOCHS },
+    stopping: { epochs },
     evaluation: { intervalSteps: 1000 },
     checkpoint: { intervalSteps: 20, keep: 2 },
     communication,
@@ -53,10 +54,15 @@ const MODES: Record<string, Record<string, unknown>> = {
 };
 
 /** Exactly once per epoch, and the same weight checksum on every worker that logged one for a step. */
-function assertCleanAndInLockstep(summary: RunSummary, out: string, minShared: number): void {
+function assertCleanAndInLockstep(
+  summary: RunSummary,
+  out: string,
+  minShared: number,
+  epochs = EPOCHS,
+): void {
   assert.is(summary.status, 'completed');
-  assert.is(summary.step, STEPS);
-  assert.is(summary.epochs.length, EPOCHS);
+  assert.is(summary.step, (TRAIN / BATCH) * epochs);
+  assert.is(summary.epochs.length, epochs);
   for (const e of summary.epochs)
     assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
   const sums = new Map<string, Set<string>>();
@@ -79,19 +85,25 @@ for (const [mode, communication] of Object.entries(MODES)) {
     );
     console.log(`  ${mode}: accuracy ${summary.eval?.accuracy}, ${summary.wallSeconds} s`);
     // Local SGD is checked where the weights are the world's: after each of its averagings.
-    assertCleanAndInLockstep(summary, out, mode === 'local' ? STEPS / 16 : STEPS / 2);
-    assert.ok((summary.eval?.accuracy ?? 0) > 0.7, `accuracy ${summary.eval?.accuracy}`);
+    const steps = (TRAIN / BATCH) * EPOCHS;
+    assertCleanAndInLockstep(summary, out, mode === 'local' ? steps / 16 : steps / 2);
+    assert.ok((summary.eval?.accuracy ?? 0) > 0.65, `accuracy ${summary.eval?.accuracy}`);
   });
 }
 
 for (const mode of ['topk', 'powersgd', 'local']) {
   test(`${mode}: a kill and a join mid-run; exactly once and in lockstep across the worlds`, async () => {
     const out = join(dir, `${mode}-chaos`);
-    const chaos = 'kill:35,join:45';
+    const chaos = 'kill:60,join:70';
     const summary = await finished(
-      tensileRun(manifest(`${mode}-chaos`, MODES[mode] ?? {}), out, ['--workers', '2', '--chaos', chaos], {
-        TENSILE_CHECKSUM_EVERY: '1',
-      }),
+      tensileRun(
+        manifest(`${mode}-chaos`, MODES[mode] ?? {}, CHAOS_EPOCHS),
+        out,
+        ['--workers', '2', '--chaos', chaos],
+        {
+          TENSILE_CHECKSUM_EVERY: '1',
+        },
+      ),
     );
     console.log(
       `  ${mode} ${chaos}: accuracy ${summary.eval?.accuracy}, generations ${summary.generations.map((g) => `${g.generation}:${g.worldSize}@${g.firstStep}`).join(' ')}`,
@@ -106,8 +118,8 @@ for (const mode of ['topk', 'powersgd', 'local']) {
       'it shrank',
     );
     assert.ok(summary.generations.at(-1)?.worldSize === 2, 'it grew back');
-    assertCleanAndInLockstep(summary, out, mode === 'local' ? 2 : 10);
-    assert.ok((summary.eval?.accuracy ?? 0) > 0.7, `accuracy ${summary.eval?.accuracy}`);
+    assertCleanAndInLockstep(summary, out, mode === 'local' ? 4 : 30, CHAOS_EPOCHS);
+    assert.ok((summary.eval?.accuracy ?? 0) > 0.75, `accuracy ${summary.eval?.accuracy}`);
   });
 }
 

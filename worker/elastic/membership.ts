@@ -38,6 +38,7 @@ import type { WorldRecord } from '../rendezvous/decide.ts';
 import { NatsKvStore } from '../rendezvous/nats-kv-store.ts';
 import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
 import type { Snapshot } from '../train/snapshot.ts';
+import { ringReducer } from './ring-reducer.ts';
 import { packSnapshot, unpackSnapshot } from './wire.ts';
 
 /** What a membership needs from the trainer to make the world's state consistent. */
@@ -390,21 +391,7 @@ export class ElasticMembership implements Membership {
         if (rank !== root) holder.restore(unpackSnapshot(received));
         await this.agent.enter(record.generation, holder.step, true);
         const ring = group;
-        const reducer: GradientReducer = {
-          allReduce: (buffer, signal, options) => {
-            if (signal?.aborted) return Promise.reject(new CollectiveError('world changed'));
-            return ring.allReduce(buffer, { fp16: options?.wire === 'fp16', bf16: options?.wire === 'bf16' });
-          },
-          allGather: async (bytes, signal) => {
-            // One ring broadcast per root, in rank order: the collective's own primitive, unchanged.
-            const out: Uint8Array[] = [];
-            for (let root = 0; root < ids.length; root++) {
-              if (signal?.aborted) throw new CollectiveError('world changed');
-              out.push(await ring.broadcast(root === rank ? bytes : undefined, root));
-            }
-            return out;
-          },
-        };
+        const reducer = ringReducer(ring);
         return {
           kind: 'joined',
           world: {

@@ -516,7 +516,8 @@ export class Trainer {
   snapshot(): Snapshot {
     this.options.audit?.flush();
     const anchor = this.localSgd?.anchor;
-    const base = anchor !== undefined && !this.synced ? anchor : this.baseSnapshot();
+    // A copy: the checkpoint writer takes the buffers it is given (they move to its thread).
+    const base = anchor !== undefined && !this.synced ? copySnapshot(anchor) : this.baseSnapshot();
     const communication = this.localSgd?.sharedState() ?? this.hook.sharedState();
     return communication === undefined ? base : { ...base, communication };
   }
@@ -585,6 +586,18 @@ export class Trainer {
     this.optimizer.dispose();
     this.batches.dispose();
   }
+}
+
+function copySnapshot(snapshot: Snapshot): Snapshot {
+  return {
+    ...snapshot,
+    weights: { specs: snapshot.weights.specs, buffer: snapshot.weights.buffer.slice() },
+    optimizer: {
+      ...snapshot.optimizer,
+      slots: { specs: snapshot.optimizer.slots.specs, buffer: snapshot.optimizer.slots.buffer.slice() },
+    },
+    state: structuredClone(snapshot.state),
+  };
 }
 
 /**
