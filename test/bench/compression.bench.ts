@@ -85,7 +85,7 @@ async function runMode(name: string, communication: object, dataset: Dataset): P
       maxPerWorker: undefined,
       state: initialState(dataset),
     });
-    t.beginWorld(spec);
+    t.beginWorld(spec, 2);
     trainers.push(t);
   }
   const world = (rank: number): World => ({

@@ -343,7 +343,7 @@ async function pair(communication: object) {
     await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
     await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
   ];
-  for (const t of ranks) t.beginWorld(spec);
+  for (const t of ranks) t.beginWorld(spec, 2);
   const reducers = new InProcessWorld(2);
   const step = (averageNow = false) =>
     Promise.all(
@@ -396,7 +396,7 @@ test('local SGD between averagings: the snapshot is the last averaging, a new wo
   });
   assert.is(a.snapshot().weights.buffer.length, weights(b).length);
   assert.not.equal(a.weightsChecksum(), b.weightsChecksum(), 'the ranks drifted apart locally');
-  a.beginWorld(spec);
+  a.beginWorld(spec, 2);
   assert.is(a.state.step, 4);
   assert.is(a.weightsChecksum(), averaged);
   for (const t of ranks) t.dispose();
@@ -412,7 +412,7 @@ test('PowerSGD: Q travels in the snapshot; residuals start over in a new world',
   assert.ok(snapshot.communication !== undefined && snapshot.communication.buffer.length > 0);
   const newcomer = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } });
   newcomer.restore(snapshot);
-  newcomer.beginWorld(spec);
+  newcomer.beginWorld(spec, 2);
   assert.equal([...(newcomer.snapshot().communication?.buffer ?? [])], [...snapshot.communication.buffer]);
   for (const t of [...ranks, newcomer]) t.dispose();
 });

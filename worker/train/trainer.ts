@@ -425,7 +425,7 @@ export class Trainer {
    * (what this rank did since then, its peers never saw), so the world starts from the state every
    * rank agrees on; per-rank compression state (residuals) starts over, shared state is kept.
    */
-  beginWorld(communication: CommunicationSpec | undefined): void {
+  beginWorld(communication: CommunicationSpec | undefined, size: number): void {
     const rollback = this.localSgd?.anchor;
     if (rollback !== undefined && rollback.state.step !== this.state.step) this.restoreBase(rollback);
     const shared = this.localSgd?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
@@ -435,10 +435,14 @@ export class Trainer {
       if (shared !== undefined) this.hook.restoreShared(shared);
     } else this.hook.resetLocal();
     this.communication = communication;
-    const steps = communication?.localSteps ?? 1;
+    // Alone, a worker's weights are the world's after every step: nothing to average, no anchor.
+    const steps = size > 1 ? (communication?.localSteps ?? 1) : 1;
     this.localSgd =
       steps > 1 ? new LocalSgd(steps, communication?.outerOptimizer, this.model.weights) : undefined;
     if (shared !== undefined) this.localSgd?.restoreShared(shared);
+    // Kept (and checkpointed) for a later world when neither strategy holds it now.
+    if (this.localSgd === undefined && this.hook.sharedState() === undefined)
+      this.restoredCommunication = shared;
     this.localSgd?.anchorAt(this.baseSnapshot());
   }
 
@@ -518,7 +522,8 @@ export class Trainer {
     const anchor = this.localSgd?.anchor;
     // A copy: the checkpoint writer takes the buffers it is given (they move to its thread).
     const base = anchor !== undefined && !this.synced ? copySnapshot(anchor) : this.baseSnapshot();
-    const communication = this.localSgd?.sharedState() ?? this.hook.sharedState();
+    const communication =
+      this.localSgd?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
     return communication === undefined ? base : { ...base, communication };
   }
 
