@@ -191,7 +191,8 @@ function snapshotIfDue(session: Session, g: Generation, ending: boolean): void {
     busy: checkpoints.busy,
     requested: facts.checkpointRequested,
     settings: g.settings.checkpoint,
-    step: state.step,
+    // Local SGD snapshots its last averaging: a checkpoint is due by that step, not by the local one.
+    step: session.trainer.committedStep,
     lastStep: checkpoints.last?.step ?? 0,
     lastTime: facts.lastCheckpointTime,
     now: Date.now(),
