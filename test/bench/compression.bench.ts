@@ -10,7 +10,8 @@
  * overhead here, not a cluster's wall time. Side by side, torch DDP (gloo, 2 processes) on the same
  * model, batch and epochs, with and without its PowerSGD communication hook (peers/torch_ddp_powersgd.py).
  *
- * TENSILE_BENCH_EPOCHS (3), TENSILE_BENCH_TRAIN (60000), TENSILE_BENCH_MODES (all), TENSILE_BENCH_TARGET (0.85).
+ * TENSILE_BENCH_EPOCHS (3), TENSILE_BENCH_TRAIN (60000), TENSILE_BENCH_MODES (all), TENSILE_BENCH_TARGET (0.85),
+ * TENSILE_BENCH_MODEL (mlp, or cnn: the worker's default CNN; the torch peer runs the MLP only).
  */
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -26,11 +27,12 @@ import { ringReducer } from '../../worker/elastic/ring-reducer.ts';
 import type { World } from '../../worker/train/policy.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { install, runPeer, unavailable } from './torch-peer.bench.ts';
-import { FASHION, initialState, MLP, model, round } from './training-fixture.ts';
+import { CNN, FASHION, initialState, MLP, model, round } from './training-fixture.ts';
 
 const EPOCHS = Number(process.env['TENSILE_BENCH_EPOCHS'] ?? 3);
 const TRAIN = Number(process.env['TENSILE_BENCH_TRAIN'] ?? 60_000);
 const TARGET = Number(process.env['TENSILE_BENCH_TARGET'] ?? 0.85);
+const MODEL = process.env['TENSILE_BENCH_MODEL'] ?? 'mlp';
 const GLOBAL = 128;
 const EVAL_EVERY = 100;
 
@@ -79,7 +81,7 @@ async function runMode(name: string, communication: object, dataset: Dataset): P
   const trainers: Trainer[] = [];
   for (let rank = 0; rank < 2; rank++) {
     const t = new Trainer({
-      model: await model(MLP, dataset),
+      model: await model(MODEL === 'cnn' ? CNN : MLP, dataset),
       optimizer: OptimizerSpecSchema.parse({ type: 'adam', learningRate: 0.001 }),
       dataset,
       maxPerWorker: undefined,
@@ -170,7 +172,7 @@ export default async function bench(): Promise<object> {
           : round(r.stepsToTarget / base.stepsToTarget, 2),
     };
   }
-  const torch = await torchSide();
+  const torch = MODEL === 'mlp' ? await torchSide() : { skipped: 'the torch peer runs the MLP only' };
   dataset.close();
   return {
     figures,
@@ -179,6 +181,7 @@ export default async function bench(): Promise<object> {
       fewerBytes: '>= 8 for topk and powersgd, >= 20 for local SGD (local, diloco)',
     },
     measured: {
+      model: MODEL,
       epochs: EPOCHS,
       train: TRAIN,
       globalBatch: GLOBAL,
