@@ -399,6 +399,21 @@ test('local SGD between averagings: the snapshot is the last averaging, a new wo
   a.beginWorld(spec, 2);
   assert.is(a.state.step, 4);
   assert.is(a.weightsChecksum(), averaged);
+  // Alone in the next world: no averaging, but the shared state is kept for a later one, and every
+  // snapshot hands out its own copy (the checkpoint writer takes the buffers).
+  const outer = await pair({ localSteps: 2, outerOptimizer: { learningRate: 0.7 } });
+  for (let i = 0; i < 2; i++) await outer.step();
+  const [solo] = outer.ranks as [Trainer, Trainer];
+  solo.beginWorld(outer.spec, 1);
+  for (let i = 0; i < 2; i++) {
+    const s = solo.snapshot();
+    assert.ok(
+      s.communication !== undefined && s.communication.buffer.length > 0,
+      'the outer momentum is kept',
+    );
+    structuredClone(s, { transfer: [s.communication.buffer.buffer as ArrayBuffer] });
+  }
+  for (const t of outer.ranks) t.dispose();
   for (const t of ranks) t.dispose();
 });
 

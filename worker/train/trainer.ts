@@ -522,8 +522,11 @@ export class Trainer {
     const anchor = this.localSgd?.anchor;
     // A copy: the checkpoint writer takes the buffers it is given (they move to its thread).
     const base = anchor !== undefined && !this.synced ? copySnapshot(anchor) : this.baseSnapshot();
+    const kept = this.restoredCommunication;
     const communication =
-      this.localSgd?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
+      this.localSgd?.sharedState() ??
+      this.hook.sharedState() ??
+      (kept === undefined ? undefined : { specs: kept.specs, buffer: kept.buffer.slice() });
     return communication === undefined ? base : { ...base, communication };
   }
 
