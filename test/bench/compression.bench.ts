@@ -45,6 +45,12 @@ const MODES: Record<string, object> = {
   local: { localSteps: 32 },
   diloco: { localSteps: 32, outerOptimizer: { learningRate: 0.7, momentum: 0.9 } },
 };
+/** Variations, not in the default set (TENSILE_BENCH_MODES=none,topk-5pct,...). */
+const VARIATIONS: Record<string, object> = {
+  'topk-5pct': { compression: 'topk', topk: { ratio: 0.05 } },
+  'powersgd-r8': { compression: 'powersgd', powersgd: { rank: 8, startAfterSteps: 10 } },
+  'local-16': { localSteps: 16 },
+};
 
 interface ModeResult {
   bytesPerStep: number;
@@ -157,7 +163,7 @@ export default async function bench(): Promise<object> {
   const wanted = (process.env['TENSILE_BENCH_MODES'] ?? Object.keys(MODES).join(',')).split(',');
   const results: Record<string, ModeResult> = {};
   for (const name of ['none', ...wanted.filter((m) => m !== 'none')])
-    results[name] = await runMode(name, MODES[name] ?? {}, dataset);
+    results[name] = await runMode(name, MODES[name] ?? VARIATIONS[name] ?? {}, dataset);
   const base = results['none'] as ModeResult;
   const figures: Record<string, object> = {};
   for (const [name, r] of Object.entries(results)) {
