@@ -162,8 +162,14 @@ export default async function bench(): Promise<object> {
   const dataset = await data();
   const wanted = (process.env['TENSILE_BENCH_MODES'] ?? Object.keys(MODES).join(',')).split(',');
   const results: Record<string, ModeResult> = {};
-  for (const name of ['none', ...wanted.filter((m) => m !== 'none')])
-    results[name] = await runMode(name, MODES[name] ?? VARIATIONS[name] ?? {}, dataset);
+  for (const name of ['none', ...wanted.filter((m) => m !== 'none')]) {
+    const communication = MODES[name] ?? VARIATIONS[name];
+    if (communication === undefined)
+      throw new Error(
+        `unknown mode ${name}; known: ${[...Object.keys(MODES), ...Object.keys(VARIATIONS)].join(', ')}`,
+      );
+    results[name] = await runMode(name, communication, dataset);
+  }
   const base = results['none'] as ModeResult;
   const figures: Record<string, object> = {};
   for (const [name, r] of Object.entries(results)) {
