@@ -11,7 +11,8 @@
  * model, batch and epochs, with and without its PowerSGD communication hook (peers/torch_ddp_powersgd.py).
  *
  * TENSILE_BENCH_EPOCHS (3), TENSILE_BENCH_TRAIN (60000), TENSILE_BENCH_MODES (all), TENSILE_BENCH_TARGET (0.85),
- * TENSILE_BENCH_MODEL (mlp, or cnn: the worker's default CNN; the torch peer runs the MLP only).
+ * TENSILE_BENCH_MODEL (mlp, or cnn: the worker's default CNN; the torch peer runs the MLP only),
+ * TENSILE_BENCH_TORCH=0 (no torch peer).
  */
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -184,7 +185,12 @@ export default async function bench(): Promise<object> {
           : round(r.stepsToTarget / base.stepsToTarget, 2),
     };
   }
-  const torch = MODEL === 'mlp' ? await torchSide() : { skipped: 'the torch peer runs the MLP only' };
+  const torch =
+    process.env['TENSILE_BENCH_TORCH'] === '0'
+      ? { skipped: 'TENSILE_BENCH_TORCH=0' }
+      : MODEL === 'mlp'
+        ? await torchSide()
+        : { skipped: 'the torch peer runs the MLP only' };
   dataset.close();
   return {
     figures,
