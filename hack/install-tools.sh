@@ -7,6 +7,7 @@
 #     kube-proxy at KUBE_VERSION, built from the Go module proxy through hack/k8s/go.mod
 #     (k8s.io/kubernetes + replace directives for its staging modules)
 #   - helm v3 from the Go module proxy
+#   - Kueue's controller manager and its CRDs, from the Go module proxy (test/integration/kueue.test.ts)
 # Built binaries are cached OUTSIDE the checkout in $TENSILE_CACHE (default ~/.cache/tensile), so a fresh
 # clone on the same machine reuses them; a warm run takes a second or two.
 #
@@ -21,9 +22,10 @@ source "$here/versions.sh"
 cache="${TENSILE_CACHE:-$HOME/.cache/tensile}"
 kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
 helm_bin="$cache/helm-$HELM_VERSION/bin"
+kueue_dir="$cache/kueue-$KUEUE_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$kube_bin:$helm_bin"
+  echo "$kube_bin:$helm_bin:$kueue_dir/bin"
   exit 0
 fi
 
@@ -92,14 +94,42 @@ fi
 step "kubernetes $("$kube_bin/kube-apiserver" --version 2>&1 | awk '{print $2}') in $kube_bin"
 
 # ----------------------------------------------------------------------------------------------- Helm
-if [[ ! -x "$helm_bin/helm" ]]; then
-  step "building helm $HELM_VERSION into $helm_bin"
+# `go install` leaves helm's default Kubernetes version at v1.20 (release builds set it with -ldflags from
+# their client-go), so an offline `helm template` would fail the chart's Kubernetes check. The same
+# -X flags as helm's Makefile, from the client-go version in helm's go.mod; the stamp file says the
+# binary was built so (one built before without them is rebuilt once).
+helm_stamp="$helm_bin/.kube-version-ldflags"
+if [[ ! -x "$helm_bin/helm" || ! -f "$helm_stamp" ]]; then
+  helm_mod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2}' "$helm_mod")"
+  [[ "$client_go" =~ ^v0\.([0-9]+)\. ]] || fail "cannot read k8s.io/client-go from helm's go.mod ($helm_mod)"
+  k8s_minor="${BASH_REMATCH[1]}"
+  step "building helm $HELM_VERSION into $helm_bin (default Kubernetes 1.$k8s_minor, from client-go $client_go)"
   mkdir -p "$helm_bin"
   (while sleep 30; do step "  ... still building helm"; done) &
   ticker=$!
-  GOBIN="$helm_bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" ||
+  chartutil="helm.sh/helm/v3/pkg/chartutil"
+  GOBIN="$helm_bin" CGO_ENABLED=0 go install -trimpath \
+    -ldflags "-s -w -X $chartutil.k8sVersionMajor=1 -X $chartutil.k8sVersionMinor=$k8s_minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" ||
     { kill "$ticker" 2>/dev/null; fail "go install helm failed"; }
   kill "$ticker" 2>/dev/null
+  echo "1.$k8s_minor" >"$helm_stamp"
 fi
 step "helm $HELM_VERSION in $helm_bin"
+
+# ---------------------------------------------------------------------------------------------- Kueue
+if [[ ! -x "$kueue_dir/bin/kueue" || ! -d "$kueue_dir/crds" ]]; then
+  step "building kueue $KUEUE_VERSION into $kueue_dir"
+  mkdir -p "$kueue_dir/bin" "$kueue_dir/crds"
+  (while sleep 30; do step "  ... still building kueue"; done) &
+  ticker=$!
+  GOBIN="$kueue_dir/bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" ||
+    { kill "$ticker" 2>/dev/null; fail "go install kueue failed"; }
+  kill "$ticker" 2>/dev/null
+  kueue_src="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  cp "$kueue_src"/config/components/crd/bases/*.yaml "$kueue_dir/crds/"
+  chmod u+w "$kueue_dir/crds/"*.yaml
+fi
+step "kueue $KUEUE_VERSION in $kueue_dir"
 step "ready"

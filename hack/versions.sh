@@ -2,6 +2,8 @@
 # hack/k8s/go.mod (the require line and every replace directive).
 KUBE_VERSION=v1.36.3
 HELM_VERSION=v3.22.0
+# Kueue for test/integration/kueue.test.ts, built from the Go module proxy by hack/install-tools.sh.
+KUEUE_VERSION=v0.17.0
 
 # The native TensorFlow backend (hack/install-tensorflow.sh, the worker images). libtensorflow comes
 # from these PyPI wheels, verified against the sha256 below; the tfjs-node addon is built against it.

@@ -22,6 +22,7 @@ export const TENSILE_COMMAND = {
   validate FILE...     check TrainingJob manifests against the schema (exit 1 on any problem)
   run FILE             train a TrainingJob on this machine
   report DIR           write an HTML report of a tensile run output directory (DIR/report.html)
+  export DIR           write the trained model of a run (tfjs Layers format, preprocessing, labels)
   worker               run one training worker, configured from TENSILE_* variables
   operator             run the operator
   help [COMMAND]       show this text, or the help of COMMAND (as COMMAND --help)
@@ -56,6 +57,10 @@ const commands: Record<string, Command> = {
   report: async (args) => {
     const { runReport } = await import('./commands/report.ts');
     return runReport(args, io);
+  },
+  export: async (args) => {
+    const { runExport } = await import('./commands/export.ts');
+    return runExport(args, io);
   },
   worker: async (args) => {
     const { runWorkerCommand } = await import('./commands/worker.ts');

@@ -38,6 +38,7 @@ export const WorkerConfigSchema = z
     checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
     backend: z.enum(BACKENDS).optional(),
     outDir: z.string().optional(),
+    modelDir: z.string().startsWith('/', 'expected an absolute path').optional(),
     logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     /** At most one progress line per this many ms (0: every step, which `tensile run --chaos` needs). */
     progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),

@@ -6,46 +6,31 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-
-const Ref = z.object({ step: z.int().min(0), path: z.string() });
+import {
+  CheckpointRefSchema,
+  EvalRecordSchema,
+  GenerationRecordSchema,
+  RunSummarySchema,
+} from '../operator/api/run-summary.ts';
 
 export const WorkerResultSchema = z.object({
   /** left: this worker left the world (SIGTERM, a leave request) while the others go on. */
-  status: z.enum(['completed', 'stopped', 'left']),
+  status: RunSummarySchema.shape.status,
   reason: z.string(),
   worker: z.string(),
   step: z.int().min(0),
   epoch: z.int().min(0),
   samples: z.int().min(0),
-  eval: z
-    .object({
-      step: z.int().min(0),
-      epoch: z.int().min(0),
-      loss: z.number(),
-      accuracy: z.number(),
-      samples: z.int().min(0),
-    })
-    .nullable(),
+  eval: EvalRecordSchema.nullable(),
   backend: z.string(),
-  generations: z.array(
-    z.object({
-      generation: z.int().min(0),
-      worldSize: z.int().min(1),
-      globalBatch: z.int().min(1),
-      learningRate: z.number(),
-      firstStep: z.int().min(0),
-      /** Scale-invariant iterations when it began (AdaScale); absent in earlier versions. */
-      firstProgress: z.number().min(0).optional(),
-      specRevision: z.int().min(0).optional(),
-    }),
-  ),
+  generations: z.array(GenerationRecordSchema),
   trainSeconds: z.number().min(0),
   sessionSamplesPerSecond: z.number().min(0),
   /** Time this session spent in steps that completed, and in steps thrown away by a world change. */
   stepSeconds: z.number().min(0).default(0),
   lostStepSeconds: z.number().min(0).default(0),
-  checkpoint: Ref.nullable(),
-  resumedFrom: Ref.nullable(),
+  checkpoint: CheckpointRefSchema.nullable(),
+  resumedFrom: CheckpointRefSchema.nullable(),
   trainSamples: z.int().min(1),
   auditFile: z.string(),
 });

@@ -1,7 +1,8 @@
 /**
  * The credentials of a local control plane, made with the openssl CLI: a CA, the API server's serving
  * certificate (127.0.0.1, localhost and the in-cluster names), an admin client certificate in
- * system:masters, and the service-account signing key pair. EC P-256 keys: generating RSA keys would
+ * system:masters, the API server's client certificate for kubelets, the service-account signing key
+ * pair, and for a real node its own kubelet and kube-proxy identities (not the admin's). EC P-256 keys: generating RSA keys would
  * cost seconds of a warm start.
  */
 import { execFile } from 'node:child_process';
@@ -26,7 +27,21 @@ export interface ClusterPki {
   readonly adminKey: string;
   readonly serviceAccountKey: string;
   readonly serviceAccountPublicKey: string;
+  /** What the API server shows a kubelet (logs, exec): a kubelet accepts only clients of this CA. */
+  readonly kubeletClientCert: string;
+  readonly kubeletClientKey: string;
 }
+
+export interface ClientCredentials {
+  readonly cert: string;
+  readonly key: string;
+}
+
+const CLIENT_EXTENSIONS = [
+  'extendedKeyUsage=clientAuth',
+  'keyUsage=critical,digitalSignature,keyEncipherment',
+  'basicConstraints=critical,CA:FALSE',
+];
 
 function writeKey(path: string): void {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
@@ -86,8 +101,10 @@ export async function createPki(stateDir: string): Promise<ClusterPki> {
     adminKey: join(dir, 'admin.key'),
     serviceAccountKey: join(dir, 'service-account.key'),
     serviceAccountPublicKey: join(dir, 'service-account.pub'),
+    kubeletClientCert: join(dir, 'apiserver-kubelet-client.crt'),
+    kubeletClientKey: join(dir, 'apiserver-kubelet-client.key'),
   };
-  for (const key of [pki.caKey, pki.servingKey, pki.adminKey]) writeKey(key);
+  for (const key of [pki.caKey, pki.servingKey, pki.adminKey, pki.kubeletClientKey]) writeKey(key);
   const sa = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   writeFileSync(pki.serviceAccountKey, sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
     mode: 0o600,
@@ -118,11 +135,50 @@ export async function createPki(stateDir: string): Promise<ClusterPki> {
       'keyUsage=critical,digitalSignature,keyEncipherment',
       'basicConstraints=critical,CA:FALSE',
     ]),
-    signedCertificate(pki, pki.adminKey, pki.adminCert, '/O=system:masters/CN=tensile-admin', [
-      'extendedKeyUsage=clientAuth',
-      'keyUsage=critical,digitalSignature,keyEncipherment',
-      'basicConstraints=critical,CA:FALSE',
-    ]),
+    signedCertificate(
+      pki,
+      pki.adminKey,
+      pki.adminCert,
+      '/O=system:masters/CN=tensile-admin',
+      CLIENT_EXTENSIONS,
+    ),
+    signedCertificate(
+      pki,
+      pki.kubeletClientKey,
+      pki.kubeletClientCert,
+      '/O=system:masters/CN=kube-apiserver-kubelet-client',
+      CLIENT_EXTENSIONS,
+    ),
   ]);
   return pki;
+}
+
+/**
+ * A real node's identities, as a kubeadm node has them: the kubelet as `system:node:<name>` in
+ * `system:nodes` (the Node authorizer and NodeRestriction limit it to its own node and pods) and
+ * kube-proxy as `system:kube-proxy` (the built-in system:node-proxier binding).
+ */
+export async function createNodeCredentials(
+  pki: ClusterPki,
+  node: string,
+): Promise<{ kubelet: ClientCredentials; kubeProxy: ClientCredentials }> {
+  const credentials = (name: string) => ({
+    cert: join(pki.dir, `${name}.crt`),
+    key: join(pki.dir, `${name}.key`),
+  });
+  const kubelet = credentials(`kubelet-${node}`);
+  const kubeProxy = credentials(`kube-proxy-${node}`);
+  writeKey(kubelet.key);
+  writeKey(kubeProxy.key);
+  await Promise.all([
+    signedCertificate(
+      pki,
+      kubelet.key,
+      kubelet.cert,
+      `/O=system:nodes/CN=system:node:${node}`,
+      CLIENT_EXTENSIONS,
+    ),
+    signedCertificate(pki, kubeProxy.key, kubeProxy.cert, '/CN=system:kube-proxy', CLIENT_EXTENSIONS),
+  ]);
+  return { kubelet, kubeProxy };
 }

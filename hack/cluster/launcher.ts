@@ -36,7 +36,7 @@ import {
   type NodeTaint,
   REPO_ROOT,
 } from '../node-agent/config.ts';
-import { createPki } from './certificates.ts';
+import { type ClusterPki, createNodeCredentials, createPki } from './certificates.ts';
 
 import { inNetns, prepareRealNode, REAL_NODE_NAME, realNodePlan } from './real-node.ts';
 import { stopClusterDir } from './stop.ts';
@@ -295,7 +295,7 @@ async function startRealNode(ctx: {
   api: AdminApi;
   supervisor: Supervisor;
   tools: ClusterTools;
-  pki: { caCert: string; adminCert: string; adminKey: string };
+  pki: ClusterPki;
   progress: (line: string) => void;
 }): Promise<{ name: string; containerdSocket: string }> {
   const { dir, apiPort, api, supervisor, pki, progress } = ctx;
@@ -316,8 +316,7 @@ async function startRealNode(ctx: {
     pauseImage,
     dnsIp: plan.hostIp,
     ca: pki.caCert,
-    cert: pki.adminCert,
-    key: pki.adminKey,
+    ...(await createNodeCredentials(pki, REAL_NODE_NAME)),
   });
   progress(`real node: network namespace ${plan.netns}, node address ${plan.nodeIp}, pods ${plan.podCidr}`);
   supervisor.add(
@@ -578,6 +577,10 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
         `--service-account-signing-key-file=${pki.serviceAccountKey}`,
         `--service-account-issuer=${SERVICE_ACCOUNT_ISSUER}`,
         '--authorization-mode=Node,RBAC',
+        // A kubelet may change only its own Node and the pods bound to it (kubeadm's default).
+        '--enable-admission-plugins=NodeRestriction',
+        `--kubelet-client-certificate=${pki.kubeletClientCert}`,
+        `--kubelet-client-key=${pki.kubeletClientKey}`,
         '--service-cluster-ip-range=10.0.0.0/24',
         // Loopback is not a valid endpoint address for the `kubernetes` Service; pods reach the API
         // server through KUBERNETES_SERVICE_HOST=127.0.0.1 set by the node agent instead.

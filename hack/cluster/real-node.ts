@@ -141,7 +141,7 @@ export function cniConfig(plan: RealNodePlan): string {
   )}\n`;
 }
 
-export function kubeletConfig(plan: RealNodePlan, dnsIp: string | undefined): string {
+export function kubeletConfig(plan: RealNodePlan, ca: string, dnsIp: string | undefined): string {
   const d = plan.stateDir;
   return `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -157,9 +157,12 @@ cgroupsPerQOS: true
 enforceNodeAllocatable: [pods]
 failSwapOn: false
 failCgroupV1: false
+# Only clients with a certificate of the cluster's CA (the API server's kubelet client) reach the
+# kubelet's API; nothing in the node's namespace gets in anonymously.
 authentication:
-  anonymous: { enabled: true }
+  anonymous: { enabled: false }
   webhook: { enabled: false }
+  x509: { clientCAFile: ${ca} }
 authorization:
   mode: AlwaysAllow
 clusterDomain: cluster.local
@@ -271,8 +274,19 @@ export function inNetns(plan: RealNodePlan, command: string, args: readonly stri
  */
 export function prepareRealNode(
   plan: RealNodePlan,
-  input: { pauseImage: string; dnsIp?: string; ca: string; cert: string; key: string },
-): { kubeletConfig: string; kubeconfig: string; containerdConfig: string; kubeProxyConfig: string } {
+  input: {
+    pauseImage: string;
+    dnsIp?: string;
+    ca: string;
+    kubelet: { cert: string; key: string };
+    kubeProxy: { cert: string; key: string };
+  },
+): {
+  kubeletConfig: string;
+  kubeconfig: string;
+  containerdConfig: string;
+  kubeProxyConfig: string;
+} {
   const d = plan.stateDir;
   for (const sub of ['containerd', 'cni/net.d', 'cni/ipam', 'kubelet', 'pod-logs', 'runc'])
     mkdirSync(join(d, sub), { recursive: true });
@@ -317,14 +331,16 @@ export function prepareRealNode(
   writeFileSync(join(d, 'cni', 'net.d', '10-tensile.conflist'), cniConfig(plan));
   const files = {
     kubeconfig: join(d, 'kubeconfig'),
+    kubeProxyKubeconfig: join(d, 'kube-proxy.kubeconfig'),
     containerdConfig: join(d, 'containerd.toml'),
     kubeletConfig: join(d, 'kubelet.yaml'),
     kubeProxyConfig: join(d, 'kube-proxy.yaml'),
   };
-  writeFileSync(files.kubeconfig, nodeKubeconfig(plan, input));
+  writeFileSync(files.kubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubelet }));
+  writeFileSync(files.kubeProxyKubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubeProxy }));
   writeFileSync(files.containerdConfig, containerdConfig(plan, input.pauseImage));
-  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.dnsIp));
-  writeFileSync(files.kubeProxyConfig, kubeProxyConfig(plan, files.kubeconfig));
+  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.ca, input.dnsIp));
+  writeFileSync(files.kubeProxyConfig, kubeProxyConfig(plan, files.kubeProxyKubeconfig));
   return files;
 }
 
@@ -342,7 +358,8 @@ function cgroupHierarchies(): string[] {
   }
 }
 
-function killCgroupTree(dir: string): void {
+/** Visits every cgroup at or below `dir`, children before their parent (so a parent can be removed). */
+function eachCgroupBottomUp(dir: string, visit: (cgroup: string) => void): void {
   let entries: string[];
   try {
     entries = readdirSync(dir);
@@ -352,13 +369,17 @@ function killCgroupTree(dir: string): void {
   for (const entry of entries) {
     const path = join(dir, entry);
     try {
-      if (statSync(path).isDirectory()) killCgroupTree(path);
+      if (statSync(path).isDirectory()) eachCgroupBottomUp(path, visit);
     } catch {
       // Gone meanwhile.
     }
   }
+  visit(dir);
+}
+
+function killCgroupProcesses(cgroup: string): void {
   try {
-    for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+    for (const pid of readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
       try {
         process.kill(Number(pid), 'SIGKILL');
       } catch {
@@ -370,24 +391,10 @@ function killCgroupTree(dir: string): void {
   }
 }
 
-function removeCgroupTree(dir: string): void {
-  let entries: string[] = [];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const entry of entries) {
-    const path = join(dir, entry);
-    try {
-      if (statSync(path).isDirectory()) removeCgroupTree(path);
-    } catch {
-      // Gone meanwhile.
-    }
-  }
+function removeCgroup(cgroup: string): void {
   for (let attempt = 0; attempt < 50; attempt++) {
     try {
-      rmdirSync(dir);
+      rmdirSync(cgroup);
       return;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
@@ -435,7 +442,8 @@ export function cleanupRealNode(clusterDir: string): void {
   }
   const { plan } = state;
   // Containers: every process in the kubelet's cgroups, then the shims of this containerd.
-  for (const h of cgroupHierarchies()) killCgroupTree(join(CGROUP_ROOT, h, plan.cgroupRoot));
+  for (const h of cgroupHierarchies())
+    eachCgroupBottomUp(join(CGROUP_ROOT, h, plan.cgroupRoot), killCgroupProcesses);
   for (const pid of processesMentioning(plan.containerdSocket)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -444,7 +452,8 @@ export function cleanupRealNode(clusterDir: string): void {
     }
   }
   for (const mount of mountsUnder(plan.stateDir)) tryRun('umount', ['-l', mount]);
-  for (const h of cgroupHierarchies()) removeCgroupTree(join(CGROUP_ROOT, h, plan.cgroupRoot));
+  for (const h of cgroupHierarchies())
+    eachCgroupBottomUp(join(CGROUP_ROOT, h, plan.cgroupRoot), removeCgroup);
   // containerd keeps each pod's network namespace bound under /run/netns/cni-*: ours are those with
   // an address in the pods' range (before our namespace goes, which takes their veths with it).
   const podPrefix = plan.podCidr.slice(0, plan.podCidr.lastIndexOf('.') + 1);

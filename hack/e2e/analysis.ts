@@ -19,8 +19,10 @@ export type LogLine = Record<string, unknown>;
 
 export interface ParsedLog {
   readonly events: WorkerEvent[];
-  /** Lines that were not events of the worker protocol nor plain messages: reported, not dropped. */
+  /** JSON lines that were not events of the worker protocol nor plain messages: reported, not dropped. */
   readonly invalid: number;
+  /** Lines that were not JSON: the workers' standard error (TensorFlow's start-up banner, stack traces). */
+  readonly text: number;
 }
 
 /** The worker events of a log text (operator/api/worker-events.ts). */

@@ -142,8 +142,10 @@ export interface ScenarioResult {
   readonly epochs: readonly EpochVerdict[];
   readonly generations: readonly GenerationStart[];
   readonly goodput: GoodputReport;
-  /** Worker log lines that were not events of the protocol nor plain messages. */
+  /** Worker log lines in JSON that were not events of the protocol nor plain messages. */
   readonly unreadableLogLines: number;
+  /** Worker log lines that were not JSON: their standard error. */
+  readonly standardErrorLines: number;
   /** Where the wall time that was not useful went, each kind against its budget. */
   readonly lost: readonly LostBudget[];
   readonly events: readonly KubeEvent[];
@@ -198,8 +200,10 @@ class WorkerLogs {
   /** The bytes after a file's last newline: a line still being written. */
   private readonly partial = new Map<string, Buffer>();
   readonly lines: WorkerEvent[] = [];
-  /** Lines that were not worker events nor plain messages (stack traces, torn lines). */
+  /** JSON lines that were not worker events nor plain messages. */
   invalid = 0;
+  /** Lines that were not JSON: standard error (TensorFlow's start-up banner, stack traces, torn lines). */
+  text = 0;
 
   constructor(
     private readonly dir: string,
@@ -222,6 +226,7 @@ class WorkerLogs {
       const parsed = parseLogLines(bytes.subarray(0, cut).toString('utf8'));
       fresh.push(...parsed.events);
       this.invalid += parsed.invalid;
+      this.text += parsed.text;
     }
     this.lines.push(...fresh);
     return fresh;
@@ -241,6 +246,62 @@ async function waitForLog(
     await sleep(100, signal);
   }
   throw new Error(`${what} not ready within ${timeoutMs / 1000} s:\n${logTail(file)}`);
+}
+
+/** The port the operator logged for /healthz, /readyz and /metrics. */
+function operatorPort(file: string): number | undefined {
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line.includes('/metrics')) continue;
+    try {
+      const record = JSON.parse(line) as { port?: unknown };
+      if (typeof record.port === 'number') return record.port;
+    } catch {
+      // Not a JSON line.
+    }
+  }
+  return undefined;
+}
+
+/** One sample of a Prometheus text scrape, or undefined when the series is missing. */
+export function metricSample(text: string, name: string, labels: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+/** The job's series during training and at the end, against its status: what a dashboard would show. */
+function judgeMetrics(
+  during: { text: string; status: TrainingJobStatus } | undefined,
+  after: string | undefined,
+  status: TrainingJobStatus,
+  labels: string,
+): { ok: boolean; detail: string } {
+  if (during === undefined || after === undefined)
+    return { ok: false, detail: `no scrape ${during === undefined ? 'during training' : 'at the end'}` };
+  const d = (name: string) => metricSample(during.text, `tensile_trainingjob_${name}`, labels);
+  const a = (name: string) => metricSample(after, `tensile_trainingjob_${name}`, labels);
+  const problems: string[] = [];
+  if (!((d('step') ?? 0) >= (during.status.step ?? 1))) problems.push(`step ${d('step')} during training`);
+  if (!((d('world_size_workers') ?? 0) >= 1))
+    problems.push(`world size ${d('world_size_workers')} during training`);
+  if (!((d('throughput_samples_per_second') ?? 0) > 0)) problems.push('no throughput during training');
+  if (a('step') !== status.step) problems.push(`final step ${a('step')} vs status ${status.step}`);
+  if (a('accuracy_ratio') !== status.accuracy)
+    problems.push(`accuracy ${a('accuracy_ratio')} vs ${status.accuracy}`);
+  if (a('preemptions_total') !== (status.preemptions ?? 0))
+    problems.push(`preemptions ${a('preemptions_total')} vs ${status.preemptions ?? 0}`);
+  if (a('restarts_total') !== (status.restarts ?? 0)) problems.push(`restarts ${a('restarts_total')}`);
+  if (a('world_size_workers') !== 0) problems.push(`world size ${a('world_size_workers')} after the end`);
+  const goodput = a('goodput_ratio');
+  if (goodput === undefined || !(goodput > 0 && goodput <= 1)) problems.push(`goodput ${goodput}`);
+  const age = a('last_checkpoint_age_seconds');
+  if (age === undefined || age < 0) problems.push(`checkpoint age ${age}`);
+  return {
+    ok: problems.length === 0,
+    detail:
+      problems.length > 0
+        ? problems.join('; ')
+        : `during: step ${d('step')}, ${d('world_size_workers')} workers, ${d('throughput_samples_per_second')} samples/s; at the end: step ${a('step')}, accuracy ${a('accuracy_ratio')}, preemptions ${a('preemptions_total')}, goodput ${goodput?.toFixed(3)}, checkpoint ${age?.toFixed(0)} s old`,
+  };
 }
 
 interface WorldView {
@@ -442,6 +503,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     });
     await waitForLog(operator.logFile, /"became leader"/, 30_000, 'the operator', signal);
     mark('operator leading');
+    const metricsPort = operatorPort(operator.logFile);
+    const scrape = async (): Promise<string | undefined> =>
+      metricsPort === undefined
+        ? undefined
+        : fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(
+            (r) => r.text(),
+            () => undefined,
+          );
 
     // ---- the simulated cloud.
     const simulatorLog = (line: string) => mark(line);
@@ -499,6 +568,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     let wasWhole = false;
     let trainingSeen = false;
     let lastReport = 0;
+    let scrapedDuring: { text: string; status: TrainingJobStatus } | undefined;
     while (Date.now() < deadline) {
       await sleep(1000, signal);
       poll();
@@ -521,6 +591,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       if (!trainingSeen && step > 0) {
         trainingSeen = true;
         mark(`training under way: step ${step}, ${worldSize ?? '?'} workers`);
+      }
+      // Once the status shows progress, the operator's metrics must too.
+      if (scrapedDuring === undefined && (status.step ?? 0) > 0 && (status.samplesPerSecond ?? 0) > 0) {
+        const text = await scrape();
+        if (text !== undefined) scrapedDuring = { text, status };
       }
       const rescaling =
         status.conditions?.some((c) => c.type === 'Rescaling' && c.status === 'True') ?? false;
@@ -578,6 +653,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     await reclaimer[Symbol.asyncDispose]();
     poll();
     status = await readStatus().catch(() => status);
+    const scrapedAfter = await scrape();
 
     // ---- evidence.
     const describe = (await kubectl(['-n', namespace, 'describe', 'trainingjob', name])).stdout;
@@ -640,6 +716,19 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         : '';
 
     const workerAccuracy = eventsOf(logs.lines, 'completed')[0]?.accuracy;
+    const metrics = judgeMetrics(
+      scrapedDuring,
+      scrapedAfter,
+      status,
+      `namespace="${namespace}",trainingjob="${name}"`,
+    );
+    const modelFile = join(claimDir, 'model', 'tensile.json');
+    const exported = existsSync(modelFile)
+      ? (JSON.parse(readFileSync(modelFile, 'utf8')) as {
+          step?: number;
+          evaluation?: { accuracy?: number } | null;
+        })
+      : undefined;
 
     // ---- the verdict.
     const count = (reason: string) =>
@@ -685,6 +774,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
                 .join(', ')) +
           (minGoodput === undefined ? '' : `; target ${(minGoodput * 100).toFixed(0)} %`),
       ),
+      check('metrics', metrics.ok, metrics.detail),
+      check(
+        'model',
+        status.model?.uri === `pvc://${checkpointClaimName(job)}/model` &&
+          exported?.step === status.step &&
+          exported?.evaluation?.accuracy === status.accuracy,
+        `status.model ${status.model === undefined ? 'none' : `${status.model.uri} at step ${status.model.step}`}; ${exported === undefined ? `no ${modelFile}` : `model/tensile.json at step ${exported.step}, accuracy ${exported.evaluation?.accuracy}`}`,
+      ),
       check(
         'events',
         count('NodeDisruption') >= notices &&
@@ -717,6 +814,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       generations,
       goodput,
       unreadableLogLines: logs.invalid,
+      standardErrorLines: logs.text,
       lost,
       events,
       describeEvents: describeEvents(describe),

@@ -43,6 +43,10 @@ export function formatSummary(result: ScenarioResult): string {
     out.push(
       `  ${result.unreadableLogLines} worker log lines were not events of the protocol (operator/api/worker-events.ts)`,
     );
+  if (result.standardErrorLines > 0)
+    out.push(
+      `  ${result.standardErrorLines} worker log lines were standard error (not JSON), e.g. TensorFlow's banner`,
+    );
   out.push('  generation  first step  kept until  workers  step s  useful s');
   for (const x of g.generations) {
     out.push(

@@ -127,6 +127,10 @@ export const CompletedMessageSchema = z.object({
   loss: z.number(),
   accuracy: z.number().optional(),
   lastCheckpoint: CheckpointRefSchema.optional(),
+  /** The exported model (status.model). */
+  model: z
+    .object({ uri: z.string(), step: nonNegativeInt, accuracy: z.number().optional(), time })
+    .optional(),
   reason: z.string(),
   time,
 });

@@ -139,11 +139,20 @@ export function trainingJobOpenApiSchema(): JsonSchema {
       'A data-parallel TensorFlow.js training job that keeps running while its workers come and go.',
     required: ['spec'],
     properties: {
-      apiVersion: { type: 'string' },
-      kind: { type: 'string' },
-      metadata: { type: 'object' },
-      spec: openApi(TrainingJobSpecSchema),
-      status,
+      apiVersion: {
+        type: 'string',
+        description: `The versioned schema of this object: ${API_GROUP}/${API_VERSION}.`,
+      },
+      kind: { type: 'string', description: `${KIND}.` },
+      metadata: {
+        type: 'object',
+        description: `Standard object metadata; the name is a DNS-1123 label of at most ${MAX_JOB_NAME_LENGTH} characters.`,
+      },
+      spec: {
+        description: 'What to train, on how many workers, and how (`kubectl explain trainingjob.spec`).',
+        ...openApi(TrainingJobSpecSchema),
+      },
+      status: { description: 'What the operator observed; written by it alone.', ...status },
     },
     'x-kubernetes-validations': [
       {
@@ -206,7 +215,18 @@ export function trainingJobCrd(): JsonSchema {
               description: 'Workers training together',
             },
             { name: 'Step', type: 'integer', jsonPath: '.status.step' },
-            { name: 'Loss', type: 'number', jsonPath: '.status.loss' },
+            {
+              name: 'Loss',
+              type: 'number',
+              jsonPath: '.status.loss',
+              description: 'Training loss of the last step (4 significant digits)',
+            },
+            {
+              name: 'Accuracy',
+              type: 'number',
+              jsonPath: '.status.accuracy',
+              description: 'Accuracy of the last evaluation',
+            },
             { name: 'Preemptions', type: 'integer', jsonPath: '.status.preemptions', priority: 1 },
             { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
           ],

@@ -88,7 +88,8 @@ export const CnnSpecSchema = z.strictObject({
     .default([
       { filters: 32, kernelSize: 3, pool: 2 },
       { filters: 64, kernelSize: 3, pool: 2 },
-    ]),
+    ])
+    .describe('Convolution blocks, input to output: a convolution, then max-pooling.'),
   batchNorm: z.boolean().default(false).describe('Batch normalization after each hidden layer.'),
   dense: z
     .array(positiveInt())
@@ -106,8 +107,12 @@ export const LayersSpecSchema = withRules(
       .optional()
       .describe('A tfjs Layers model topology (`model.toJSON()` output, without weights), inline.'),
     configMap: z
-      .strictObject({ name: objectName('ConfigMap'), key: z.string().min(1).default('model.json') })
-      .optional(),
+      .strictObject({
+        name: objectName('ConfigMap').describe('The ConfigMap in the job’s namespace.'),
+        key: z.string().min(1).default('model.json').describe('The key holding the topology JSON.'),
+      })
+      .optional()
+      .describe('A topology JSON in a ConfigMap, mounted into every worker.'),
     path: z
       .string()
       .min(1)
@@ -151,26 +156,30 @@ export const ModelSpecSchema = withRules(
 export const DATASET_FORMATS = ['idx', 'csv', 'jsonl', 'records'] as const;
 
 export const IdxOptionsSchema = z.strictObject({
-  trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz'),
-  trainLabels: z.string().min(1).default('train-labels-idx1-ubyte.gz'),
-  testImages: z.string().min(1).default('t10k-images-idx3-ubyte.gz'),
-  testLabels: z.string().min(1).default('t10k-labels-idx1-ubyte.gz'),
+  trainImages: z.string().min(1).default('train-images-idx3-ubyte.gz').describe('Training images file.'),
+  trainLabels: z.string().min(1).default('train-labels-idx1-ubyte.gz').describe('Training labels file.'),
+  testImages: z.string().min(1).default('t10k-images-idx3-ubyte.gz').describe('Test images file.'),
+  testLabels: z.string().min(1).default('t10k-labels-idx1-ubyte.gz').describe('Test labels file.'),
 });
 
 export const CsvOptionsSchema = z.strictObject({
-  labelColumn: z.string().min(1).default('label'),
-  header: z.boolean().default(true),
-  delimiter: z.string().length(1).default(','),
+  labelColumn: z
+    .string()
+    .min(1)
+    .default('label')
+    .describe('The column holding the class (name, or index without a header).'),
+  header: z.boolean().default(true).describe('Whether the first line names the columns.'),
+  delimiter: z.string().length(1).default(',').describe('The field separator, one character.'),
 });
 
 export const JsonlOptionsSchema = z.strictObject({
-  featuresField: z.string().min(1).default('features'),
-  labelField: z.string().min(1).default('label'),
+  featuresField: z.string().min(1).default('features').describe('The field holding the feature array.'),
+  labelField: z.string().min(1).default('label').describe('The field holding the class.'),
 });
 
 export const RecordsOptionsSchema = z.strictObject({
-  dtype: z.enum(['uint8', 'float32']).default('uint8'),
-  shardPattern: z.string().min(1).default('*.bin'),
+  dtype: z.enum(['uint8', 'float32']).default('uint8').describe('The type of each feature value.'),
+  shardPattern: z.string().min(1).default('*.bin').describe('Glob of the shard files inside `path`.'),
 });
 
 export const DatasetSpecSchema = withRules(
@@ -183,7 +192,10 @@ export const DatasetSpecSchema = withRules(
       .min(1)
       .describe("Directory (idx, records) or file (csv, jsonl) inside the worker's filesystem."),
     volume: z
-      .strictObject({ claimName: objectName('PersistentVolumeClaim'), mountPath: z.string().startsWith('/') })
+      .strictObject({
+        claimName: objectName('PersistentVolumeClaim').describe('The claim holding the data.'),
+        mountPath: z.string().startsWith('/').describe('Where the workers see it; `path` lies inside.'),
+      })
       .optional()
       .describe('A claim mounted read-only at `mountPath`; omit when the data ships in the image.'),
     idx: IdxOptionsSchema.optional().describe('idx: file names inside `path` (default: the MNIST names).'),
@@ -211,7 +223,7 @@ export const DatasetSpecSchema = withRules(
         'scale: features to [0, 1]; standardize: zero mean, unit variance per feature (from the training data).',
       ),
     pca: z
-      .strictObject({ components: positiveInt().max(4096) })
+      .strictObject({ components: positiveInt().max(4096).describe('Principal components kept.') })
       .optional()
       .describe('Project features onto their first principal components (fitted on the training data).'),
     eval: z
@@ -222,10 +234,11 @@ export const DatasetSpecSchema = withRules(
           .describe(
             "`test`: the dataset's own test files (idx, the default there); `holdout`: a fraction of training data.",
           ),
-        fraction: fraction().default(0.1),
-        maxSamples: positiveInt().optional(),
+        fraction: fraction().default(0.1).describe('holdout: the share of the training data held out.'),
+        maxSamples: positiveInt().optional().describe('Evaluate on at most this many samples.'),
       })
-      .prefault({}),
+      .prefault({})
+      .describe('The evaluation split.'),
     maxTrainSamples: positiveInt()
       .optional()
       .describe('Use only the first N training samples (smoke tests, quick demos).'),
@@ -268,8 +281,8 @@ export const OptimizerSpecSchema = withRules(
       .describe('The optimizer; lars (momentum SGD) and lamb (Adam) scale each layer by a trust ratio.'),
     learningRate: z.number().gt(0).lte(10).describe('Base learning rate (lr_base of the rescale policy).'),
     momentum: z.number().min(0).lt(1).default(0.9).describe('momentum and rmsprop: the momentum term.'),
-    beta1: fraction().default(0.9),
-    beta2: fraction().default(0.999),
+    beta1: fraction().default(0.9).describe('adam and lamb: decay of the first-moment estimate.'),
+    beta2: fraction().default(0.999).describe('adam and lamb: decay of the second-moment estimate.'),
     epsilon: z
       .number()
       .gt(0)
@@ -317,10 +330,11 @@ export const OptimizerSpecSchema = withRules(
           .describe(
             'step and exponential: the learning rate is multiplied by decayRate every decaySteps steps.',
           ),
-        decayRate: fraction().optional(),
+        decayRate: fraction().optional().describe('step and exponential: the factor per decaySteps.'),
         minLearningRate: z.number().min(0).default(0).describe('cosine: the floor reached at the last step.'),
       })
-      .prefault({}),
+      .prefault({})
+      .describe('How the learning rate changes over the run, on top of warm-ups and rescales.'),
   }),
   [
     {
@@ -587,17 +601,36 @@ export const CheckpointVolumeSchema = withRules(
   z.strictObject({
     claimName: objectName('PersistentVolumeClaim')
       .optional()
-      .describe('An existing claim, shared by all workers (ReadWriteMany).'),
-    claimTemplate: z
-      .strictObject({
-        storageClassName: objectName('StorageClass').optional(),
+      .describe(
+        'An existing claim that every worker mounts (ReadWriteMany when workers may run on several nodes).',
+      ),
+    claimTemplate: withRules(
+      z.strictObject({
+        storageClassName: objectName('StorageClass')
+          .optional()
+          .describe("StorageClass of the claim; omitted: the cluster's default class."),
         accessModes: z
           .array(z.enum(['ReadWriteOnce', 'ReadWriteMany', 'ReadWriteOncePod']))
           .min(1)
-          .default(['ReadWriteMany']),
+          .max(3)
+          .default(['ReadWriteOnce'])
+          .describe(
+            "ReadWriteOnce (the default; every cluster's default class offers it): the workers of a job of more than one share the node that mounts it (a required pod affinity). ReadWriteMany lets them spread over nodes and needs storageClassName.",
+          ),
         size: quantity.default('1Gi').describe('Requested size.'),
-      })
-      .optional(),
+      }),
+      [
+        {
+          cel: "!self.accessModes.exists(m, m == 'ReadWriteMany') || has(self.storageClassName)",
+          message:
+            'checkpoint.volume.claimTemplate: ReadWriteMany needs storageClassName (a class that offers it: EFS, Filestore, NFS, …); default classes offer only ReadWriteOnce',
+          field: ['storageClassName'],
+          holds: (t) => !t.accessModes.includes('ReadWriteMany') || t.storageClassName !== undefined,
+        },
+      ],
+    )
+      .optional()
+      .describe('A claim the operator creates for the job.'),
   }),
   [
     {
@@ -633,15 +666,62 @@ export const CheckpointSpecSchema = withRules(
   ],
 );
 
+// ---------------------------------------------------------------------------------------------- output
+
+export const OutputSpecSchema = withRules(
+  z.strictObject({
+    claimName: z
+      .string()
+      .regex(DNS_SUBDOMAIN, 'expected a PersistentVolumeClaim name')
+      .optional()
+      .describe(
+        'An existing claim for the trained model. The operator never owns or deletes it, so the model outlives the job (and its TTL); without it the model goes to `model/` on the checkpoint volume.',
+      ),
+    mountPath: z
+      .string()
+      .startsWith('/')
+      .default('/output')
+      .describe('Where the output claim is mounted in the worker pods.'),
+    path: z
+      .string()
+      .min(1)
+      .max(1024)
+      .optional()
+      .describe('Folder of the model inside the claim (default: <namespace>/<job name>).'),
+    labels: z
+      .array(z.string().min(1))
+      .max(100_000)
+      .optional()
+      .describe('Class names, index = label, written to labels.json for serving (default: "0", "1", …).'),
+  }),
+  [
+    {
+      cel: "!has(self.path) || (!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)'))",
+      message: 'output.path must be relative and must not contain ..',
+      field: ['path'],
+      holds: (o) => o.path === undefined || (!o.path.startsWith('/') && !o.path.split('/').includes('..')),
+    },
+  ],
+);
+
 // ------------------------------------------------------------------------------------- worker template
 
 export const TolerationSchema = withRules(
   z.strictObject({
-    key: z.string().optional(),
-    operator: z.enum(['Exists', 'Equal']).default('Equal'),
-    value: z.string().optional(),
-    effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional(),
-    tolerationSeconds: z.int().optional(),
+    key: z.string().optional().describe('The taint key; omitted with Exists: every taint.'),
+    operator: z
+      .enum(['Exists', 'Equal'])
+      .default('Equal')
+      .describe('Equal: key and value match; Exists: the key does.'),
+    value: z.string().optional().describe('The taint value (Equal).'),
+    effect: z
+      .enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute'])
+      .optional()
+      .describe('The taint effect tolerated; omitted: all.'),
+    tolerationSeconds: z
+      .int()
+      .optional()
+      .describe('NoExecute: how long the pod stays once the taint appears.'),
   }),
   [
     {
@@ -663,12 +743,35 @@ export const EnvVarSchema = z.strictObject({
   name: z
     .string()
     .min(1)
-    .regex(/^[-._a-zA-Z][-._a-zA-Z0-9]*$/, 'expected an environment variable name'),
-  value: z.string().optional(),
+    .regex(/^[-._a-zA-Z][-._a-zA-Z0-9]*$/, 'expected an environment variable name')
+    .describe('Variable name (TENSILE_* is the operator’s).'),
+  value: z.string().optional().describe('Its value.'),
   valueFrom: z
     .record(z.string(), z.unknown())
     .optional()
     .describe('A core/v1 EnvVarSource, passed to the pod unchanged.'),
+});
+
+export const PodTemplateSchema = z.strictObject({
+  metadata: z
+    .strictObject({
+      labels: z
+        .record(z.string(), z.string().max(63))
+        .optional()
+        .describe('Added to the labels of every worker pod.'),
+      annotations: z
+        .record(z.string(), z.string())
+        .optional()
+        .describe('Added to the annotations of every worker pod.'),
+    })
+    .optional()
+    .describe('Labels and annotations of the worker pods.'),
+  spec: z
+    .record(z.string(), z.unknown())
+    .default({})
+    .describe(
+      'A core/v1 PodSpec, merged with what Tensile sets; the API server validates it on pod creation.',
+    ),
 });
 
 export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
@@ -680,21 +783,42 @@ export const WorkerSpecSchema = z.strictObject({
     .min(1)
     .optional()
     .describe("Defaults to the operator's worker image (Helm value workers.image)."),
-  imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).optional(),
-  command: z.array(z.string()).optional(),
-  args: z.array(z.string()).optional(),
+  imagePullPolicy: z
+    .enum(['Always', 'IfNotPresent', 'Never'])
+    .optional()
+    .describe('When the kubelet pulls the image.'),
+  command: z.array(z.string()).optional().describe('Entrypoint override of the worker container.'),
+  args: z.array(z.string()).optional().describe('Arguments of the worker container (default: [worker]).'),
   env: z.array(EnvVarSchema).default([]).describe('Extra environment variables for the worker container.'),
   resources: z
-    .strictObject({ requests: resourceList.optional(), limits: resourceList.optional() })
-    .prefault({}),
+    .strictObject({
+      requests: resourceList.optional().describe('Resources the scheduler reserves for each worker.'),
+      limits: resourceList.optional().describe('Most each worker may use.'),
+    })
+    .prefault({})
+    .describe(
+      "The worker container's requests and limits; omitted: the cluster default (Helm workers.resources).",
+    ),
+  gpus: nonNegativeInt()
+    .max(64)
+    .optional()
+    .describe(
+      'GPUs (nvidia.com/gpu) per worker: opt-in; adds the GPU image and the GPU toleration. Omitted: the cluster default (Helm workers.gpu.default, 0).',
+    ),
+  spot: z
+    .boolean()
+    .optional()
+    .describe(
+      "Run on spot (preemptible) nodes: adds the cluster's spot node selector and tolerations (Helm workers.spot). Omitted: the cluster default (off).",
+    ),
   nodeSelector: z
     .record(z.string(), z.string())
     .optional()
-    .describe('Node labels a worker node must have, e.g. karpenter.sh/capacity-type: spot.'),
+    .describe('Node labels a worker node must have (spot: true adds the spot label).'),
   tolerations: z
     .array(TolerationSchema)
     .optional()
-    .describe('Taints the workers tolerate (GPU and spot taints).'),
+    .describe('Taints the workers tolerate; gpus and spot add their own.'),
   affinity: z
     .record(z.string(), z.unknown())
     .optional()
@@ -702,9 +826,15 @@ export const WorkerSpecSchema = z.strictObject({
       'A core/v1 Affinity, passed to the pod unchanged (the API server validates it on pod creation).',
     ),
   priorityClassName: objectName('PriorityClass').optional().describe('PriorityClass of the worker pods.'),
-  serviceAccountName: objectName('ServiceAccount').optional(),
-  labels: z.record(z.string(), z.string().max(63)).optional(),
-  annotations: z.record(z.string(), z.string()).optional(),
+  serviceAccountName: objectName('ServiceAccount').optional().describe('ServiceAccount of the worker pods.'),
+  labels: z
+    .record(z.string(), z.string().max(63))
+    .optional()
+    .describe('Added to the labels of the worker pods.'),
+  annotations: z
+    .record(z.string(), z.string())
+    .optional()
+    .describe('Added to the annotations of the worker pods.'),
   terminationGracePeriodSeconds: nonNegativeInt()
     .max(3600)
     .default(30)
@@ -713,6 +843,14 @@ export const WorkerSpecSchema = z.strictObject({
     .enum(BACKENDS)
     .default('auto')
     .describe('TensorFlow.js backend; auto tries tensorflow (GPU, then CPU), wasm, cpu in that order.'),
+  sharedMemory: quantity
+    .optional()
+    .describe(
+      "Size of /dev/shm, a memory-backed emptyDir (counted against the pod's memory); the container runtime's default is 64Mi.",
+    ),
+  podTemplate: PodTemplateSchema.optional().describe(
+    "A core/v1 pod template merged into every worker pod, as Kubeflow replica specs take one: volumes, the worker container's volumeMounts, env and securityContext (a container named `worker`), extra containers, securityContext and fsGroup, imagePullSecrets, schedulerName, topologySpreadConstraints and the rest of a PodSpec. Tensile's own fields (restartPolicy, TENSILE_* variables, its volumes and mounts, tensile.dev/ labels) cannot be overridden, and a field spec.worker also has must be set in one place only: the job fails with InvalidSpec naming the field.",
+  ),
 });
 
 export const RunPolicySchema = z.strictObject({
@@ -729,7 +867,15 @@ export const RunPolicySchema = z.strictObject({
   activeDeadlineSeconds: positiveInt()
     .optional()
     .describe('Fail the job (DeadlineExceeded) after this many seconds from start.'),
-  ttlSecondsAfterFinished: nonNegativeInt().optional(),
+  ttlSecondsAfterFinished: nonNegativeInt()
+    .optional()
+    .describe('Delete the finished job (and its pods and claim) this long after it ends; omitted: never.'),
+  cleanPodPolicy: z
+    .enum(['None', 'Running', 'All'])
+    .default('Running')
+    .describe(
+      'Worker pods deleted when the job finishes: Running (still running ones; finished workers stay, so `kubectl logs` works until the job is deleted), All, or None.',
+    ),
   pendingTimeoutSeconds: positiveInt()
     .default(300)
     .describe(
@@ -739,7 +885,12 @@ export const RunPolicySchema = z.strictObject({
 
 export const RendezvousSpecSchema = withRules(
   z.strictObject({
-    heartbeatMillis: z.int().min(100).max(60_000).default(1000),
+    heartbeatMillis: z
+      .int()
+      .min(100)
+      .max(60_000)
+      .default(1000)
+      .describe('How often each worker renews its membership.'),
     timeoutMillis: z
       .int()
       .min(200)
@@ -767,10 +918,15 @@ export const NatsSpecSchema = z.strictObject({
   url: z
     .string()
     .regex(/^(nats|tls|ws|wss):\/\/[^\s]+$/, 'expected a NATS URL such as nats://nats.tensile-system:4222')
-    .optional(),
+    .optional()
+    .describe('The NATS server of this job’s workers.'),
   credentialsSecret: z
-    .strictObject({ name: objectName('Secret'), key: z.string().min(1).default('nats.creds') })
-    .optional(),
+    .strictObject({
+      name: objectName('Secret').describe('A Secret in the job’s namespace.'),
+      key: z.string().min(1).default('nats.creds').describe('The key holding the credentials file.'),
+    })
+    .optional()
+    .describe('A NATS credentials file mounted into every worker.'),
 });
 
 // ----------------------------------------------------------------------------------------------- spec
@@ -807,6 +963,9 @@ export const TrainingJobSpecSchema = withRules(
       'How workers find each other and how fast a lost one is noticed.',
     ),
     nats: NatsSpecSchema.optional().describe("Override the operator's NATS server for this job."),
+    output: OutputSpecSchema.optional().describe(
+      'Where the trained model is written at the end of the job (tfjs Layers format with its preprocessing, labels, spec and metrics).',
+    ),
   }),
   [
     {
@@ -826,6 +985,15 @@ export const TrainingJobSpecSchema = withRules(
       message: 'replicas must not exceed maxReplicas',
       field: ['replicas'],
       holds: (s) => s.maxReplicas === undefined || s.replicas <= s.maxReplicas,
+    },
+    {
+      cel: "!has(self.worker.gpus) || !((has(self.worker.resources.requests) && 'nvidia.com/gpu' in self.worker.resources.requests) || (has(self.worker.resources.limits) && 'nvidia.com/gpu' in self.worker.resources.limits))",
+      message: 'set worker.gpus or nvidia.com/gpu in worker.resources, not both',
+      field: ['worker', 'gpus'],
+      holds: (s) =>
+        s.worker.gpus === undefined ||
+        (s.worker.resources.requests?.['nvidia.com/gpu'] === undefined &&
+          s.worker.resources.limits?.['nvidia.com/gpu'] === undefined),
     },
     {
       cel: "self.batch.policy != 'fixedGlobalBatch' || self.batch.global >= (has(self.maxReplicas) ? self.maxReplicas : self.replicas)",
@@ -860,34 +1028,52 @@ export const PHASES = ['Pending', 'Running', 'Suspended', 'Succeeded', 'Failed']
 export type Phase = (typeof PHASES)[number];
 
 export const ConditionSchema = z.strictObject({
-  type: z.enum(CONDITION_TYPES),
-  status: z.enum(['True', 'False', 'Unknown']),
-  reason: z.string().regex(/^[A-Z][A-Za-z0-9]*$/, 'expected a PascalCase reason'),
-  message: z.string().default(''),
-  lastTransitionTime: z.iso.datetime(),
+  type: z.enum(CONDITION_TYPES).describe('What the condition is about.'),
+  status: z.enum(['True', 'False', 'Unknown']).describe('Whether it holds.'),
+  reason: z
+    .string()
+    .regex(/^[A-Z][A-Za-z0-9]*$/, 'expected a PascalCase reason')
+    .describe('Why, as one PascalCase word (e.g. WorkersReady, InvalidSpec).'),
+  message: z.string().default('').describe('Why, for people.'),
+  lastTransitionTime: z.iso.datetime().describe('When the status last changed.'),
 });
 
 export const TrainingJobStatusSchema = z.strictObject({
-  phase: z.enum(PHASES).optional(),
-  conditions: z.array(ConditionSchema).optional(),
-  observedGeneration: z.int().optional(),
-  replicas: nonNegativeInt().optional(),
-  readyReplicas: nonNegativeInt().optional(),
-  selector: z.string().optional(),
-  worldSize: nonNegativeInt().optional(),
+  phase: z.enum(PHASES).optional().describe('Pending, Running, Suspended, Succeeded or Failed.'),
+  conditions: z
+    .array(ConditionSchema)
+    .optional()
+    .describe('Created, Running, Rescaling, Succeeded, Failed, Suspended, PodsPending.'),
+  observedGeneration: z.int().optional().describe('The metadata.generation this status was computed from.'),
+  replicas: nonNegativeInt().optional().describe('Worker pods that exist (for the scale subresource).'),
+  readyReplicas: nonNegativeInt().optional().describe('Worker pods that are ready.'),
+  selector: z
+    .string()
+    .optional()
+    .describe("The workers' label selector (for the scale subresource and HPA)."),
+  worldSize: nonNegativeInt().optional().describe('Workers training together in the current world.'),
   generation: nonNegativeInt()
     .optional()
     .describe('Rendezvous round of the current world (not metadata.generation).'),
-  step: nonNegativeInt().optional(),
-  epoch: nonNegativeInt().optional(),
-  loss: z.number().optional(),
-  accuracy: z.number().optional(),
-  samplesPerSecond: z.number().optional(),
+  step: nonNegativeInt().optional().describe('Global steps done.'),
+  epoch: nonNegativeInt().optional().describe('The epoch being trained.'),
+  loss: z.number().optional().describe('Training loss of the last reported step, 4 significant digits.'),
+  accuracy: z.number().optional().describe('Accuracy of the last evaluation, 4 decimals.'),
+  samplesPerSecond: z.number().optional().describe('Training throughput of the whole world.'),
   lastCheckpoint: z
-    .strictObject({ step: nonNegativeInt(), path: z.string(), time: z.iso.datetime() })
-    .optional(),
-  restarts: nonNegativeInt().optional(),
-  preemptions: nonNegativeInt().optional(),
+    .strictObject({
+      step: nonNegativeInt().describe('The step it holds.'),
+      path: z.string().describe('Its folder on the checkpoint volume.'),
+      time: z.iso.datetime().describe('When it was written.'),
+    })
+    .optional()
+    .describe('The newest checkpoint written.'),
+  restarts: nonNegativeInt()
+    .optional()
+    .describe('Workers that failed on their own (counted against backoffLimit).'),
+  preemptions: nonNegativeInt()
+    .optional()
+    .describe('Workers lost to node reclaims, drains and disruption (never counted against backoffLimit).'),
   countedPods: z
     .array(z.string())
     .max(1000)
@@ -895,9 +1081,18 @@ export const TrainingJobStatusSchema = z.strictObject({
     .describe(
       'Workers that ended and are counted in restarts/preemptions but whose pods still hold our finalizer.',
     ),
-  startTime: z.iso.datetime().optional(),
-  completionTime: z.iso.datetime().optional(),
-  message: z.string().optional(),
+  model: z
+    .strictObject({
+      uri: z.string().describe('pvc://<claim>/<path> of the exported model.'),
+      step: nonNegativeInt().describe('The step the exported weights are from.'),
+      accuracy: z.number().optional().describe('Its evaluation accuracy.'),
+      time: z.iso.datetime().describe('When it was exported.'),
+    })
+    .optional()
+    .describe('The exported model, once the job completed.'),
+  startTime: z.iso.datetime().optional().describe('When the operator first saw the job.'),
+  completionTime: z.iso.datetime().optional().describe('When it Succeeded or Failed.'),
+  message: z.string().optional().describe('The latest noteworthy thing, for people.'),
 });
 
 // ------------------------------------------------------------------------------------------- document
@@ -948,6 +1143,7 @@ export function datasetOptions(dataset: DatasetSpec): {
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;
 export type BatchSpec = z.output<typeof BatchSpecSchema>;
 export type CheckpointSpec = z.output<typeof CheckpointSpecSchema>;
+export type OutputSpec = z.output<typeof OutputSpecSchema>;
 export type WorkerSpec = z.output<typeof WorkerSpecSchema>;
 export type RunPolicy = z.output<typeof RunPolicySchema>;
 export type RendezvousSpec = z.output<typeof RendezvousSpecSchema>;

@@ -20,6 +20,7 @@ export const WORKER_ENV = {
   checkpointDir: 'TENSILE_CHECKPOINT_DIR',
   backend: 'TENSILE_BACKEND',
   outDir: 'TENSILE_OUT_DIR',
+  modelDir: 'TENSILE_MODEL_DIR',
   logLevel: 'TENSILE_LOG_LEVEL',
   progressMs: 'TENSILE_PROGRESS_MS',
   checksumEvery: 'TENSILE_CHECKSUM_EVERY',
@@ -50,6 +51,8 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
   readonly checkpointDir: string;
   readonly backend?: string;
   readonly outDir?: string;
+  /** Where the trained model goes instead of spec.output's claim (`tensile run`: a local folder). */
+  readonly modelDir?: string;
   readonly progressMs?: number;
 }
 
@@ -77,6 +80,7 @@ export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
   add('backend', input.backend);
   add('natsCreds', input.natsCreds);
   add('outDir', input.outDir);
+  add('modelDir', input.modelDir);
   add('progressMs', input.progressMs);
   return vars;
 }

@@ -72,6 +72,14 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   }),
   event('checkpoint', { step: count, path: z.string(), writeMs: z.number().optional() }),
   event('checkpoint-failed', { step: count.optional(), error: z.string() }),
+  /** The trained model was written for serving (worker/export/model-export.ts). */
+  event('model-exported', {
+    step: count,
+    dir: z.string(),
+    uri: z.string().optional(),
+    accuracy: measure.optional(),
+  }),
+  event('model-export-failed', { error: z.string() }),
   event('snapshot', { step: count, blockingMs: z.number().optional() }),
   event('already-completed', { step: count.optional(), reason: z.string() }),
   event('spec-changed', {
@@ -126,6 +134,15 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     worldSize: count.optional(),
     plannedSteps: count.optional(),
   }),
+  /** Every rank's own figures since its previous line: throughput, step time, time in the all-reduce. */
+  event('rank-progress', {
+    step: count,
+    rank: count.optional(),
+    steps: count,
+    samplesPerSecond: z.number(),
+    stepMs: z.number(),
+    allReduceMs: z.number(),
+  }),
   event('eval', {
     step: count,
     epoch: count.optional(),
@@ -169,6 +186,12 @@ export type WorkerLine =
       /** Why, when a warning or an error says. */
       readonly reason: string | undefined;
     }
+  /**
+   * Not JSON: the process's standard error, which shares the log (a library's start-up banner,
+   * a stack trace) or a line torn by a SIGKILL mid-write. Text for people, not a broken protocol.
+   */
+  | { readonly kind: 'text'; readonly text: string }
+  /** JSON that is not a worker event nor a plain message: a broken protocol, reported. */
   | { readonly kind: 'invalid'; readonly problem: string };
 
 /** One parsed JSON value of a worker's log. */
@@ -198,16 +221,17 @@ export function decodeWorkerLine(text: string): WorkerLine {
   try {
     value = JSON.parse(text);
   } catch {
-    // A stack trace, a library's warning, a line torn by a SIGKILL mid-write.
-    return { kind: 'invalid', problem: 'not JSON' };
+    return { kind: 'text', text };
   }
   return decodeWorkerRecord(value);
 }
 
 export interface DecodedWorkerLog {
   readonly events: WorkerEvent[];
-  /** Non-empty lines that were not a worker event nor a plain log message. */
+  /** JSON lines that were not a worker event nor a plain log message. */
   readonly invalid: number;
+  /** Non-empty lines that were not JSON (standard error). */
+  readonly text: number;
 }
 
 /** Every non-empty line of a log text. */
@@ -228,11 +252,13 @@ export function decodeWorkerRecords(records: readonly unknown[]): DecodedWorkerL
 function collect(lines: readonly WorkerLine[]): DecodedWorkerLog {
   const events: WorkerEvent[] = [];
   let invalid = 0;
+  let text = 0;
   for (const line of lines) {
     if (line.kind === 'event') events.push(line.event);
     else if (line.kind === 'invalid') invalid++;
+    else if (line.kind === 'text') text++;
   }
-  return { events, invalid };
+  return { events, invalid, text };
 }
 
 /** The events of one kind, typed. */

@@ -10,11 +10,12 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { KubeConfig } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
-import { WorkerSpecSchema } from '../api/training-job.ts';
 import { zodProblems } from '../api/validate.ts';
+import { WorkerDefaultsSchema } from '../api/worker-defaults.ts';
 import { TrainingJobController } from '../controller/controller.ts';
 import { EventRecorder } from '../controller/events.ts';
 import { KubeClient } from '../controller/kube.ts';
+import { KueueClient } from '../controller/kueue-client.ts';
 import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
 import { NatsLink } from '../controller/nats-link.ts';
@@ -58,7 +59,7 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
     'worker-defaults': {
       type: 'string',
       value: 'FILE',
-      help: "YAML with nodeSelector, tolerations, resources, priorityClassName for\nworkers whose job does not set them (the Helm chart's workers values)",
+      help: "YAML with nodeSelector, tolerations, resources, priorityClassName, gpu,\nspot, imagePullSecrets for workers (the Helm chart's workers values)",
     },
     'http-port': {
       type: 'string',
@@ -67,6 +68,10 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
     },
     concurrency: { type: 'string', value: 'N', help: 'jobs reconciled at once (default 4)' },
     'no-leader-elect': { type: 'boolean', help: 'run without a Lease (one replica only)' },
+    'no-kueue': {
+      type: 'boolean',
+      help: 'ignore the kueue.x-k8s.io/queue-name label (default: such jobs wait for Kueue)',
+    },
     'lease-duration': { type: 'string', value: 'SECONDS', help: 'leader lease duration (default 15)' },
     'renew-deadline': {
       type: 'string',
@@ -93,13 +98,6 @@ function positive(name: string, value: string | undefined, fallback: number): nu
     throw new UsageError(`--${name}: expected a non-negative number, got "${value}"`);
   return n;
 }
-
-const WorkerDefaultsSchema = WorkerSpecSchema.pick({
-  nodeSelector: true,
-  tolerations: true,
-  resources: true,
-  priorityClassName: true,
-}).partial();
 
 /** Reads the cluster defaults for workers; a bad file names the field. */
 export function loadWorkerDefaults(file: string): WorkerTemplateDefaults {
@@ -187,6 +185,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       return nats.nats;
     },
     ...(natsUrl === undefined ? {} : { jobState: nats }),
+    ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);

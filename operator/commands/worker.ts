@@ -5,10 +5,14 @@
  * Exit codes: 0 finished or stopped cleanly (SIGTERM → checkpoint → exit), 1 a failure a restart may
  * fix, 2 bad configuration or input (a restart cannot fix it; the operator fails the job).
  */
+import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Writable } from 'node:stream';
 import { loadWorkerConfig, type WorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { EXIT_OK, EXIT_TERMINAL, exitCodeFor } from '../../worker/errors.ts';
 import { createWorkerLogger, emit, errorMessage, type WorkerLogger } from '../../worker/log.ts';
 import { isTerminal } from '../api/errors.ts';
+import { WORKER_LOGS_DIR } from '../api/model-output.ts';
 import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
 
 export interface WorkerCommandIo extends CommandIo {
@@ -48,9 +52,11 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     for (const problem of error.problems) io.err(`  ${problem}`);
     return EXIT_TERMINAL;
   }
+  const events = eventFile(config, io);
   const log = createWorkerLogger(
     { job: config.jobName, namespace: config.namespace, worker: config.workerId },
     config.logLevel,
+    events?.stream ?? process.stdout,
   );
   const controller = new AbortController();
   const grace = config.spec.worker.terminationGracePeriodSeconds;
@@ -102,5 +108,42 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     process.off('uncaughtException', onFatal);
     process.off('unhandledRejection', onFatal);
     await flush(log);
+    await events?.close();
   }
+}
+
+/**
+ * In a pod (no output folder of `tensile run`) the worker also appends its log to the checkpoint
+ * volume, `logs/<worker>.jsonl`, so that `tensile report` can be run on the volume after the pods
+ * are gone. A volume that cannot take it costs the file, never the training.
+ */
+function eventFile(
+  config: WorkerConfig,
+  io: WorkerCommandIo,
+): { stream: NodeJS.WritableStream; close(): Promise<void> } | undefined {
+  if (config.outDir !== undefined) return undefined;
+  const file = join(config.checkpointDir, WORKER_LOGS_DIR, `${config.workerId}.jsonl`);
+  let out: WriteStream;
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    out = createWriteStream(file, { flags: 'a' });
+  } catch (error) {
+    io.err(`tensile worker: not keeping the log in ${file}: ${(error as Error).message}`);
+    return undefined;
+  }
+  let failed = false;
+  out.on('error', (error) => {
+    failed = true;
+    io.err(`tensile worker: stopped keeping the log in ${file}: ${error.message}`);
+  });
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      if (!failed) out.write(chunk);
+      process.stdout.write(chunk, () => callback());
+    },
+  });
+  return {
+    stream,
+    close: () => new Promise<void>((resolve) => (failed ? resolve() : out.end(() => resolve()))),
+  };
 }

@@ -14,10 +14,12 @@ import {
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'winston';
 import { LABEL_JOB_NAME, LABEL_ROLE, orphanedBuckets, ROLE_WORKER } from '../api/contract.ts';
-import { API_GROUP, API_VERSION, PHASES, PLURAL } from '../api/training-job.ts';
+import { API_GROUP, API_VERSION, PHASES, PLURAL, type TrainingJobStatus } from '../api/training-job.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
+import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
+import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import { nodeHealth } from './nodes.ts';
@@ -41,6 +43,8 @@ export interface ControllerOptions {
   readonly nats?: () => Promise<NatsConnection | undefined>;
   /** The workers' rendezvous state, deleted with the job; absent without NATS. */
   readonly jobState?: JobStateStore;
+  /** Kueue's objects; absent: the kueue.x-k8s.io/queue-name label is ignored. */
+  readonly kueue?: KueueClient;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -66,7 +70,7 @@ function splitKey(key: string): [string, string] {
 }
 
 export class TrainingJobController {
-  readonly queue = new WorkQueue({ baseDelayMs: 50, maxDelayMs: 60_000 });
+  readonly queue: WorkQueue;
   private readonly jobs: ResilientInformer<KubernetesObject>;
   private readonly pods: ResilientInformer<V1Pod>;
   private readonly nodes: ResilientInformer<V1Node>;
@@ -82,7 +86,12 @@ export class TrainingJobController {
   private readonly progress: ProgressTracker;
 
   constructor(private readonly options: ControllerOptions) {
-    const { kubeConfig, log } = options;
+    const { kubeConfig, log, metrics } = options;
+    this.queue = new WorkQueue({
+      baseDelayMs: 50,
+      maxDelayMs: 60_000,
+      observer: { added: () => metrics.queueAdds.inc(), waited: (s) => metrics.queueWait.observe(s) },
+    });
     const custom = kubeConfig.makeApiClient(CustomObjectsApi);
     const core = kubeConfig.makeApiClient(CoreV1Api);
     const workerSelector = `${LABEL_ROLE}=${ROLE_WORKER}`;
@@ -188,6 +197,7 @@ export class TrainingJobController {
       metrics: options.metrics,
       config: options.config,
       log,
+      ...(options.kueue === undefined ? {} : { kueue: options.kueue }),
     });
   }
 
@@ -239,6 +249,7 @@ export class TrainingJobController {
       .catch((error: unknown) =>
         log.warn('not following worker progress: no NATS connection', { error: (error as Error).message }),
       );
+    metrics.followJobs(() => this.jobMetricInputs());
     const gauges = setInterval(() => this.updateGauges(), 5000);
     gauges.unref();
     const resync = setInterval(() => {
@@ -280,6 +291,22 @@ export class TrainingJobController {
     }
   }
 
+  /** Each job in the cache with what its current incarnation's workers reported. */
+  private jobMetricInputs(): JobMetricInput[] {
+    return this.jobs.list().map((job) => {
+      const namespace = job.metadata?.namespace ?? '';
+      const name = job.metadata?.name ?? '';
+      const seen = this.progress.observations(jobKey(namespace, name), job.metadata?.uid ?? '(unknown)');
+      return {
+        namespace,
+        name,
+        status: (job as { status?: TrainingJobStatus }).status,
+        progress: seen?.progress,
+        useful: seen?.useful,
+      };
+    });
+  }
+
   private updateGauges(): void {
     const counts = new Map<string, number>(PHASES.map((p) => [p, 0]));
     for (const job of this.jobs.list()) {
@@ -315,6 +342,7 @@ export class TrainingJobController {
           break;
         case 'error': {
           const delay = this.queue.addRateLimited(key);
+          metrics.queueRetries.inc();
           log.warn('reconcile failed; retrying', {
             namespace,
             job: name,

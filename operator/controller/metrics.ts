@@ -1,5 +1,9 @@
 /** Prometheus metrics of the operator, on one registry served at /metrics. */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry, Summary } from 'prom-client';
+import { JOB_METRICS, type JobMetricInput, type JobMetricValues, jobMetricValues } from './job-metrics.ts';
+
+/** Per-job series carry these labels, as kube-state-metrics names a custom resource's. */
+export const JOB_LABELS = ['namespace', 'trainingjob'] as const;
 
 export class OperatorMetrics {
   readonly registry = new Registry();
@@ -22,6 +26,22 @@ export class OperatorMetrics {
   readonly queueDepth = new Gauge({
     name: 'tensile_workqueue_depth',
     help: 'Job keys waiting to be reconciled',
+    registers: [this.registry],
+  });
+  readonly queueAdds = new Counter({
+    name: 'tensile_workqueue_adds_total',
+    help: 'Job keys added to the work queue',
+    registers: [this.registry],
+  });
+  readonly queueWait = new Histogram({
+    name: 'tensile_workqueue_queue_duration_seconds',
+    help: 'Time a job key waited in the work queue before a reconcile took it',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly queueRetries = new Counter({
+    name: 'tensile_workqueue_retries_total',
+    help: 'Reconciles retried with backoff after an error',
     registers: [this.registry],
   });
   readonly jobsByPhase = new Gauge({
@@ -61,7 +81,61 @@ export class OperatorMetrics {
     registers: [this.registry],
   });
 
-  constructor() {
+  /** The jobs the operator knows, read at every scrape (the controller sets it while it runs). */
+  private jobSource: () => readonly JobMetricInput[] = () => [];
+
+  constructor(private readonly now: () => number = Date.now) {
     collectDefaultMetrics({ register: this.registry });
+    this.registerJobMetrics();
+  }
+
+  followJobs(source: () => readonly JobMetricInput[]): void {
+    this.jobSource = source;
+  }
+
+  /**
+   * One gauge (or counter) per training metric, filled at scrape time from the informer cache and
+   * the workers' reports: a deleted job's series disappear with it instead of going stale.
+   */
+  private registerJobMetrics(): void {
+    const values = () => {
+      const at = this.now();
+      return this.jobSource().map((job): [JobMetricInput, JobMetricValues] => [
+        job,
+        jobMetricValues(job, at),
+      ]);
+    };
+    for (const [key, { help, counter }] of Object.entries(JOB_METRICS)) {
+      const field = key as keyof JobMetricValues;
+      const name = `tensile_trainingjob_${key}`;
+      const fill = (set: (labels: Record<string, string>, v: number) => void) => {
+        for (const [job, v] of values()) {
+          const value = v[field];
+          if (value !== undefined) set({ namespace: job.namespace, trainingjob: job.name }, value);
+        }
+      };
+      if (counter === true)
+        new Counter({
+          name,
+          help,
+          labelNames: JOB_LABELS,
+          registers: [this.registry],
+          collect() {
+            this.reset();
+            fill((labels, v) => this.inc(labels, v));
+          },
+        });
+      else
+        new Gauge({
+          name,
+          help,
+          labelNames: JOB_LABELS,
+          registers: [this.registry],
+          collect() {
+            this.reset();
+            fill((labels, v) => this.set(labels, v));
+          },
+        });
+    }
   }
 }

@@ -15,6 +15,7 @@ import {
   type OwnedJob,
   specRevisionOf,
   type WorkerPodDefaults,
+  workerPodProblems,
   workerSelector,
   workerSpecOf,
 } from './pod-builder.ts';
@@ -49,6 +50,10 @@ export interface PlanInput {
    * retrying cannot help, so the job fails, written like every other status.
    */
   readonly podRejected?: string;
+  /** For a job in a Kueue queue: whether Kueue admits it now, and with how many workers. */
+  readonly queue?:
+    | { readonly admitted: false; readonly reason: string; readonly message: string }
+    | { readonly admitted: true; readonly count: number };
 }
 
 export interface JobEventRecord {
@@ -105,12 +110,25 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
       `spec.worker.resources: ${GPU_RESOURCE} requests (${gpuRequest}) and limits (${gpuLimit}) must be equal`,
     );
   }
+  problems.push(...workerPodProblems(job, config));
   if (job.spec.worker.image === undefined && config.workerImage === '') {
     problems.push(
       'spec.worker.image: not set, and the operator has no default worker image (--worker-image)',
     );
   }
   return problems;
+}
+
+/**
+ * Status figures as `kubectl get tj` shows them: four significant digits of the loss (0.3412, 0.0001235)
+ * and four decimals of the accuracy (0.8874); the full values are in the worker events and metrics.
+ */
+export function roundLoss(loss: number): number {
+  return Number.isFinite(loss) && loss !== 0 ? Number(loss.toPrecision(4)) : loss;
+}
+
+export function roundAccuracy(accuracy: number): number {
+  return Number.isFinite(accuracy) ? Math.round(accuracy * 10_000) / 10_000 : accuracy;
 }
 
 function failureBackoffMs(failures: number, config: PlanConfig): number {
@@ -180,6 +198,12 @@ export function plan(input: PlanInput): Plan {
   const { job, now, config } = input;
   const nowMs = now.getTime();
   const spec = job.spec;
+  // Suspended by the user, or held (queued, evicted) by Kueue: either way the workers checkpoint and go.
+  const suspension = spec.runPolicy.suspend
+    ? { reason: 'JobSuspended', message: 'spec.runPolicy.suspend is true' }
+    : input.queue?.admitted === false
+      ? { reason: input.queue.reason, message: input.queue.message }
+      : undefined;
   const previous: TrainingJobStatus = job.status ?? {};
   let conditions: Condition[] = [...(previous.conditions ?? [])];
   const events: JobEventRecord[] = [];
@@ -256,7 +280,11 @@ export function plan(input: PlanInput): Plan {
 
   const active = pods.filter((p) => p.state.kind === 'active');
   const leaving = pods.filter((p) => p.state.kind === 'leaving');
-  const desired = desiredReplicas(spec);
+  // Kueue's partial admission may grant fewer workers than asked for (never fewer than minReplicas).
+  const desired =
+    input.queue?.admitted === true
+      ? Math.min(desiredReplicas(spec), input.queue.count)
+      : desiredReplicas(spec);
   let phase = previous.phase;
   let startTime = previous.startTime;
   let completionTime = previous.completionTime;
@@ -279,9 +307,18 @@ export function plan(input: PlanInput): Plan {
   if (report !== undefined) {
     progress.step = report.step;
     progress.epoch = report.epoch;
-    progress.loss = report.loss;
-    if (report.accuracy !== undefined) progress.accuracy = report.accuracy;
+    progress.loss = roundLoss(report.loss);
+    if (report.accuracy !== undefined) progress.accuracy = roundAccuracy(report.accuracy);
     if (report.lastCheckpoint !== undefined) progress.lastCheckpoint = report.lastCheckpoint;
+  }
+  if (observed.completed?.model !== undefined) {
+    const m = observed.completed.model;
+    progress.model = {
+      uri: m.uri,
+      step: m.step,
+      time: m.time,
+      ...(m.accuracy === undefined ? {} : { accuracy: m.accuracy }),
+    };
   }
   if (observed.progress !== undefined) {
     progress.worldSize = observed.progress.worldSize;
@@ -313,7 +350,7 @@ export function plan(input: PlanInput): Plan {
     } else if (
       spec.runPolicy.activeDeadlineSeconds !== undefined &&
       startTime !== undefined &&
-      !spec.runPolicy.suspend
+      suspension === undefined
     ) {
       const deadline = (toMillis(startTime) ?? nowMs) + spec.runPolicy.activeDeadlineSeconds * 1000;
       if (nowMs >= deadline)
@@ -327,12 +364,15 @@ export function plan(input: PlanInput): Plan {
   }
 
   if (phase === 'Succeeded' || phase === 'Failed') {
-    // Finished: stop what still runs, let go of every pod, and delete the job after its TTL.
+    // Finished: let go of every pod, delete what cleanPodPolicy says (by default what still runs, so
+    // the logs of finished workers stay readable), and delete the job after its TTL.
+    const clean = spec.runPolicy.cleanPodPolicy;
     for (const p of pods) {
       if (p.state.kind === 'removing') continue;
       if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
-      if (p.state.kind === 'active' || p.state.kind === 'leaving')
-        deletePods.push({ name: p.name, reason: `job ${phase}`, force: false });
+      const running = p.state.kind === 'active' || p.state.kind === 'leaving';
+      if (clean === 'All' || (clean === 'Running' && running))
+        deletePods.push({ name: p.name, reason: `job ${phase} (cleanPodPolicy ${clean})`, force: false });
     }
     const ttl = spec.runPolicy.ttlSecondsAfterFinished;
     if (ttl !== undefined) {
@@ -340,28 +380,21 @@ export function plan(input: PlanInput): Plan {
       if (nowMs >= expiry) deleteJob = true;
       else wakeAt.push(expiry);
     }
-  } else if (spec.runPolicy.suspend) {
+  } else if (suspension !== undefined) {
     if (!isTrue(conditions, 'Suspended')) {
       publish.push({ type: 'checkpoint', reason: 'job suspended' });
       events.push({
         type: 'Normal',
         reason: 'Suspended',
-        message: 'job suspended: workers checkpoint and stop',
+        message: `job suspended: workers checkpoint and stop (${suspension.message})`,
       });
     }
     phase = 'Suspended';
     // The deadline restarts on resume, as for a batch/v1 Job.
     startTime = undefined;
     message = 'suspended';
-    conditions = setCondition(
-      conditions,
-      'Suspended',
-      'True',
-      'JobSuspended',
-      'spec.runPolicy.suspend is true',
-      now,
-    );
-    conditions = setCondition(conditions, 'Running', 'False', 'JobSuspended', 'suspended', now);
+    conditions = setCondition(conditions, 'Suspended', 'True', suspension.reason, suspension.message, now);
+    conditions = setCondition(conditions, 'Running', 'False', suspension.reason, 'suspended', now);
     for (const p of pods) {
       if (p.state.kind === 'removing') continue;
       if (hasAccountingFinalizer(p.pod) && !releasePods.includes(p.name)) releasePods.push(p.name);
@@ -377,7 +410,7 @@ export function plan(input: PlanInput): Plan {
         'Suspended',
         'False',
         'JobResumed',
-        'spec.runPolicy.suspend is false',
+        input.queue?.admitted === true ? 'admitted by Kueue' : 'spec.runPolicy.suspend is false',
         now,
       );
       events.push({ type: 'Normal', reason: 'Resumed', message: 'job resumed' });

@@ -16,13 +16,20 @@ import {
   LABEL_ROLE,
   ROLE_WORKER,
 } from '../api/contract.ts';
-import { API_GROUP_VERSION, KIND, type TrainingJob } from '../api/training-job.ts';
+import { checkpointClaimName as claimOf } from '../api/model-output.ts';
+import {
+  API_GROUP_VERSION,
+  elasticRange,
+  KIND,
+  type TrainingJob,
+  type WorkerSpec,
+} from '../api/training-job.ts';
+import { GPU_RESOURCE, type WorkerDefaultsInput, WorkerDefaultsSchema } from '../api/worker-defaults.ts';
 import { workerEnvVars } from '../api/worker-env.ts';
+import { mergePodTemplate, PodTemplateError } from './pod-template.ts';
 
 /** Cluster-wide defaults for worker pods (Helm value `workers`); a job's own setting always wins. */
-export type WorkerTemplateDefaults = Partial<
-  Pick<TrainingJob['spec']['worker'], 'nodeSelector' | 'tolerations' | 'resources' | 'priorityClassName'>
->;
+export type WorkerTemplateDefaults = WorkerDefaultsInput;
 
 export interface WorkerPodDefaults {
   /** Image for workers that do not name one. */
@@ -34,30 +41,88 @@ export interface WorkerPodDefaults {
   readonly template?: WorkerTemplateDefaults;
 }
 
-/** The job's worker spec with the cluster defaults filled in where the job says nothing. */
-export function withWorkerDefaults(job: OwnedJob, defaults: WorkerTemplateDefaults | undefined): OwnedJob {
-  if (defaults === undefined) return job;
-  const worker = { ...job.spec.worker };
+type Toleration = NonNullable<WorkerSpec['tolerations']>[number];
+
+function withTolerations(own: readonly Toleration[] | undefined, added: readonly Toleration[]): Toleration[] {
+  const out = (own ?? []).map((t) => ({ ...t }));
+  const key = (t: Toleration) => JSON.stringify([t.key, t.operator, t.value ?? '', t.effect ?? '']);
+  const seen = new Set(out.map(key));
+  for (const t of added) {
+    if (seen.has(key(t))) continue;
+    seen.add(key(t));
+    out.push({ ...t });
+  }
+  return out;
+}
+
+/**
+ * The worker spec as the pod gets it: cluster defaults where the job says nothing, then the opt-in
+ * profiles: `gpus` (the job's, else the cluster's default of 0) becomes nvidia.com/gpu requests and
+ * limits plus the GPU toleration; `spot` (the job's, else the cluster's default: off) merges the spot
+ * node selector (the job's keys win) and tolerations.
+ */
+export function effectiveWorker(
+  worker: WorkerSpec,
+  template: WorkerTemplateDefaults | undefined,
+): WorkerSpec {
+  const defaults = WorkerDefaultsSchema.parse(template ?? {});
+  const out: WorkerSpec = { ...worker };
   const own = worker.resources;
   const hasOwnResources = Object.keys(own.requests ?? {}).length + Object.keys(own.limits ?? {}).length > 0;
-  if (!hasOwnResources && defaults.resources !== undefined)
-    worker.resources = structuredClone(defaults.resources);
+  out.resources = structuredClone(hasOwnResources ? own : (defaults.resources ?? own));
   if (worker.nodeSelector === undefined && defaults.nodeSelector !== undefined)
-    worker.nodeSelector = { ...defaults.nodeSelector };
+    out.nodeSelector = { ...defaults.nodeSelector };
   if (worker.tolerations === undefined && defaults.tolerations !== undefined)
-    worker.tolerations = defaults.tolerations.map((t) => ({ ...t }));
+    out.tolerations = defaults.tolerations.map((t) => ({ ...t }));
   if (worker.priorityClassName === undefined && defaults.priorityClassName !== undefined)
-    worker.priorityClassName = defaults.priorityClassName;
-  return { ...job, spec: { ...job.spec, worker } };
+    out.priorityClassName = defaults.priorityClassName;
+  const gpus = worker.gpus ?? (mentionsGpu(out.resources) ? undefined : defaults.gpu.default);
+  if (gpus !== undefined && gpus > 0) {
+    out.resources = {
+      requests: { ...out.resources.requests, [GPU_RESOURCE]: gpus },
+      limits: { ...out.resources.limits, [GPU_RESOURCE]: gpus },
+    };
+  }
+  if (gpus === 0) out.resources = withoutGpu(out.resources);
+  if (mentionsGpu(out.resources))
+    out.tolerations = withTolerations(out.tolerations, defaults.gpu.tolerations);
+  if (worker.spot ?? defaults.spot.default) {
+    out.nodeSelector = { ...defaults.spot.nodeSelector, ...out.nodeSelector };
+    out.tolerations = withTolerations(out.tolerations, defaults.spot.tolerations);
+  }
+  return out;
+}
+
+function mentionsGpu(resources: WorkerSpec['resources']): boolean {
+  return resources.requests?.[GPU_RESOURCE] !== undefined || resources.limits?.[GPU_RESOURCE] !== undefined;
+}
+
+/** gpus: 0 says "no GPU" even where the cluster's default resources ask for one. */
+function withoutGpu(resources: WorkerSpec['resources']): WorkerSpec['resources'] {
+  const drop = (list: Record<string, string | number> | undefined) =>
+    list === undefined
+      ? undefined
+      : Object.fromEntries(Object.entries(list).filter(([k]) => k !== GPU_RESOURCE));
+  const requests = drop(resources.requests);
+  const limits = drop(resources.limits);
+  return { ...(requests === undefined ? {} : { requests }), ...(limits === undefined ? {} : { limits }) };
+}
+
+/** The job's worker spec with the cluster defaults and the opt-in profiles applied. */
+export function withWorkerDefaults(job: OwnedJob, defaults: WorkerTemplateDefaults | undefined): OwnedJob {
+  return { ...job, spec: { ...job.spec, worker: effectiveWorker(job.spec.worker, defaults) } };
 }
 
 export type OwnedJob = TrainingJob & { metadata: { uid: string; namespace: string } };
 
 export const WORKER_CONTAINER = 'worker';
-export const GPU_RESOURCE = 'nvidia.com/gpu';
+export { GPU_RESOURCE };
+
 const CHECKPOINT_VOLUME = 'checkpoints';
+const OUTPUT_VOLUME = 'output';
 const DATASET_VOLUME = 'dataset';
 const MODEL_VOLUME = 'model';
+const SHM_VOLUME = 'dshm';
 const NATS_CREDS_VOLUME = 'nats-credentials';
 const MODEL_MOUNT = '/etc/tensile/model';
 const NATS_CREDS_MOUNT = '/etc/tensile/nats';
@@ -67,7 +132,7 @@ export function workerPodName(job: string, index: number): string {
 }
 
 export function checkpointClaimName(job: TrainingJob): string {
-  return job.spec.checkpoint.volume.claimName ?? `${job.metadata.name}-checkpoints`;
+  return claimOf(job.metadata.name, job.spec);
 }
 
 /** The label selector of a job's workers, as status.selector (for the scale subresource and HPA). */
@@ -135,7 +200,28 @@ export function specRevisionOf(job: TrainingJob): number {
   return typeof generation === 'number' && Number.isInteger(generation) && generation >= 0 ? generation : 0;
 }
 
+/**
+ * The worker pod: what Tensile sets, then the job's pod template merged in. Throws PodTemplateError
+ * (terminal) for a template that overrides what Tensile owns; the planner checks that first
+ * (workerPodProblems) and fails the job with InvalidSpec instead of trying.
+ */
 export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
+  const { pod, problems } = mergePodTemplate(
+    tensilePod(ownJob, index, defaults),
+    ownJob.spec.worker.podTemplate,
+    ownJob.spec.worker,
+  );
+  if (problems.length > 0) throw new PodTemplateError(problems);
+  return pod;
+}
+
+/** What is wrong with the job's pod template, as InvalidSpec reasons (empty when it merges). */
+export function workerPodProblems(job: OwnedJob, defaults: WorkerPodDefaults): string[] {
+  return mergePodTemplate(tensilePod(job, 0, defaults), job.spec.worker.podTemplate, job.spec.worker)
+    .problems;
+}
+
+function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
   const name = workerPodName(job.metadata.name, index);
@@ -143,12 +229,25 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
     { name: CHECKPOINT_VOLUME, persistentVolumeClaim: { claimName: checkpointClaimName(job) } },
   ];
   const mounts: V1VolumeMount[] = [{ name: CHECKPOINT_VOLUME, mountPath: spec.checkpoint.path }];
+  // The model's claim is the user's, never the job's: no owner reference, so the model outlives the job.
+  const output = spec.output;
+  if (output?.claimName !== undefined) {
+    volumes.push({ name: OUTPUT_VOLUME, persistentVolumeClaim: { claimName: output.claimName } });
+    mounts.push({ name: OUTPUT_VOLUME, mountPath: output.mountPath });
+  }
   if (spec.dataset.volume !== undefined) {
     volumes.push({
       name: DATASET_VOLUME,
       persistentVolumeClaim: { claimName: spec.dataset.volume.claimName, readOnly: true },
     });
     mounts.push({ name: DATASET_VOLUME, mountPath: spec.dataset.volume.mountPath, readOnly: true });
+  }
+  if (spec.worker.sharedMemory !== undefined) {
+    volumes.push({
+      name: SHM_VOLUME,
+      emptyDir: { medium: 'Memory', sizeLimit: quantityString(spec.worker.sharedMemory) },
+    });
+    mounts.push({ name: SHM_VOLUME, mountPath: '/dev/shm' });
   }
   const configMap = spec.model.layers?.configMap;
   if (configMap !== undefined) {
@@ -187,6 +286,7 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
         : { name: extra.name, value: extra.value ?? '' },
     );
   }
+  const pullSecrets = defaults.template?.imagePullSecrets;
   const image = spec.worker.image ?? (requestsGpu(job) ? defaults.workerGpuImage : defaults.workerImage);
   const pod: V1Pod = {
     apiVersion: 'v1',
@@ -226,16 +326,42 @@ export function buildWorkerPod(ownJob: OwnedJob, index: number, defaults: Worker
       ...(spec.worker.tolerations === undefined
         ? {}
         : { tolerations: spec.worker.tolerations.map((t) => ({ ...t })) }),
-      ...(spec.worker.affinity === undefined ? {} : { affinity: structuredClone(spec.worker.affinity) }),
+      ...workerAffinity(job),
       ...(spec.worker.priorityClassName === undefined
         ? {}
         : { priorityClassName: spec.worker.priorityClassName }),
       ...(spec.worker.serviceAccountName === undefined
         ? {}
         : { serviceAccountName: spec.worker.serviceAccountName }),
+      ...(pullSecrets === undefined ? {} : { imagePullSecrets: pullSecrets.map((s) => ({ ...s })) }),
     },
   };
   return pod;
+}
+
+/**
+ * Workers of a job whose operator-made claim is ReadWriteOnce must share the node that mounts it (a
+ * second node cannot attach it): a required pod affinity on the job's workers, added to the user's
+ * own affinity. The first worker goes anywhere (a pod matching its own term may), the rest follow it.
+ */
+export function workerAffinity(job: TrainingJob): { affinity?: Record<string, unknown> } {
+  const own = job.spec.worker.affinity;
+  const template = job.spec.checkpoint.volume.claimTemplate;
+  const shared = template === undefined || template.accessModes.includes('ReadWriteMany');
+  if (shared || elasticRange(job.spec).max <= 1)
+    return own === undefined ? {} : { affinity: structuredClone(own) };
+  const affinity: Record<string, unknown> = structuredClone(own ?? {});
+  const podAffinity = { ...(affinity['podAffinity'] as Record<string, unknown> | undefined) };
+  const required = podAffinity['requiredDuringSchedulingIgnoredDuringExecution'];
+  podAffinity['requiredDuringSchedulingIgnoredDuringExecution'] = [
+    ...(Array.isArray(required) ? required : []),
+    {
+      topologyKey: 'kubernetes.io/hostname',
+      labelSelector: { matchLabels: { [LABEL_JOB_NAME]: job.metadata.name, [LABEL_ROLE]: ROLE_WORKER } },
+    },
+  ];
+  affinity['podAffinity'] = podAffinity;
+  return { affinity };
 }
 
 /** The claim a job creates from `checkpoint.volume.claimTemplate`; undefined for an existing claim. */

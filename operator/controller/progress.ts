@@ -16,6 +16,7 @@ import {
   type ProgressMessage,
   type RescaleEvent,
 } from '../api/contract.ts';
+import { advanceUsefulTime, type UsefulTime } from './job-metrics.ts';
 
 export interface JobObservations {
   readonly progress?: ProgressMessage;
@@ -24,6 +25,8 @@ export interface JobObservations {
   readonly rescaling?: { readonly reason: string; readonly since: string; readonly generation: number };
   /** The newest world a worker announced as formed. */
   readonly formedGeneration?: number;
+  /** Time in steps that advanced the job, for the goodput metric. */
+  readonly useful?: UsefulTime;
 }
 
 export interface ProgressListener {
@@ -90,7 +93,8 @@ export class ProgressTracker implements AsyncDisposable {
       const message = decoded.value;
       const uid = message.jobUid ?? NO_UID;
       if (message.type === 'progress') {
-        this.update(key, uid, (o) => {
+        this.update(key, uid, (prior) => {
+          const o = { ...prior, useful: advanceUsefulTime(prior.useful, message) };
           // Progress from a newer world than the broken one: it has formed, even if its news was lost.
           if (o.rescaling !== undefined && message.generation > o.rescaling.generation) {
             const { rescaling: _, ...rest } = o;

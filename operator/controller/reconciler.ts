@@ -11,10 +11,23 @@ import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
 import type { EventRecorder, JobRef } from './events.ts';
 import type { KubeClient } from './kube.ts';
+import {
+  assignedFlavors,
+  buildWorkload,
+  finishedStatus,
+  kueueGate,
+  queueNameOf,
+  type ResourceFlavor,
+  releasedQuotaStatus,
+  type Workload,
+  withAdmission,
+  workloadName,
+} from './kueue.ts';
+import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
-import { type Plan, type PlanConfig, plan, planInvalidSpec } from './plan.ts';
-import type { OwnedJob } from './pod-builder.ts';
+import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
+import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
@@ -38,6 +51,20 @@ export interface ReconcilerDeps {
   readonly config: PlanConfig;
   readonly log: Logger;
   readonly now?: () => Date;
+  /** Kueue's Workloads and ResourceFlavors; absent: the queue-name label is ignored. */
+  readonly kueue?: Pick<
+    KueueClient,
+    'getWorkload' | 'createWorkload' | 'getFlavor' | 'patchWorkloadStatus' | 'priorityOf'
+  >;
+}
+
+/** How often a job held or admitted by Kueue looks at its Workload again (no Workload watch yet). */
+const KUEUE_POLL_MS = 1000;
+
+interface Admission {
+  readonly job: OwnedJob;
+  readonly queue?: NonNullable<PlanInput['queue']>;
+  readonly workload?: Workload;
 }
 
 /** JSON with sorted keys, so two statuses compare equal whatever order their fields were written in. */
@@ -143,16 +170,24 @@ export class JobReconciler {
       for (const event of decision.events) await this.deps.events.record(ref, event);
       return { kind: 'terminal', error: new Error(`invalid spec: ${reason}`) };
     }
-    const job = {
+    const validJob = {
       ...(validation.job as TrainingJob),
       metadata: { ...metadata, name, namespace, uid },
       ...(rawStatus === undefined ? {} : { status: rawStatus }),
     } as OwnedJob;
 
+    let admission: Admission;
+    try {
+      admission = await this.admission(validJob, log);
+    } catch (error) {
+      return { kind: 'error', error: errorOf(error) };
+    }
+    const { job, queue, workload } = admission;
     const observations = this.deps.observations?.(namespace, name);
     const podRejected = this.rejected.get(uid);
     const decision = plan({
       job,
+      ...(queue === undefined ? {} : { queue }),
       pods,
       nodes: this.deps.nodes(),
       claimExists: this.claims.has(uid),
@@ -182,9 +217,19 @@ export class JobReconciler {
     }
     // A pod refused in this pass fails the job in the next one, on the status this pass wrote.
     if (podRejected === undefined && this.rejected.has(uid)) return { kind: 'requeue', afterMs: 0 };
-    return decision.requeueAfterMs === undefined
-      ? { kind: 'done' }
-      : { kind: 'requeue', afterMs: decision.requeueAfterMs };
+    const finished = decision.status.phase === 'Succeeded' || decision.status.phase === 'Failed';
+    if (workload !== undefined && queue !== undefined) {
+      try {
+        await this.tellKueue(workload, queue, pods.length, decision, log);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
+    }
+    const afterMs =
+      queue !== undefined && !finished
+        ? Math.min(decision.requeueAfterMs ?? KUEUE_POLL_MS, KUEUE_POLL_MS)
+        : decision.requeueAfterMs;
+    return afterMs === undefined ? { kind: 'done' } : { kind: 'requeue', afterMs };
   }
 
   /**
@@ -297,6 +342,72 @@ export class JobReconciler {
       log.info('deleted finished job after ttlSecondsAfterFinished');
       await this.deleteState(namespace, ref.name, ref.uid);
     }
+  }
+
+  /**
+   * A job labelled kueue.x-k8s.io/queue-name runs only while its Workload is admitted: the Workload is
+   * created on first sight, and the admission's flavors shape the workers (node labels, tolerations).
+   */
+  private async admission(job: OwnedJob, log: Logger): Promise<Admission> {
+    const kueue = this.deps.kueue;
+    const queueName = queueNameOf(job);
+    if (kueue === undefined || queueName === undefined) return { job };
+    const { namespace, name } = job.metadata;
+    const workload = await kueue.getWorkload(namespace, workloadName(name));
+    const phase = job.status?.phase;
+    if (workload === undefined && phase !== 'Succeeded' && phase !== 'Failed') {
+      let pod: ReturnType<typeof buildWorkerPod> | undefined;
+      try {
+        pod = buildWorkerPod(job, 0, this.deps.config);
+      } catch {
+        // A template that cannot become a pod fails the job in plan (InvalidSpec); nothing to queue.
+      }
+      if (pod !== undefined) {
+        const priorityClass = pod.spec?.priorityClassName;
+        const priority = priorityClass === undefined ? undefined : await kueue.priorityOf(priorityClass);
+        await kueue.createWorkload(buildWorkload(job, queueName, pod, priority));
+        log.info('created Kueue workload', { workload: workloadName(name), queue: queueName });
+      }
+    }
+    const flavors = await Promise.all(assignedFlavors(workload).map((f) => kueue.getFlavor(f)));
+    const gate = kueueGate(
+      workload,
+      flavors.filter((f): f is ResourceFlavor => f !== undefined),
+    );
+    const queue = gate.admitted
+      ? { admitted: true as const, count: gate.count }
+      : { admitted: false as const, reason: gate.reason, message: gate.message };
+    return { job: withAdmission(job, gate), queue, ...(workload === undefined ? {} : { workload }) };
+  }
+
+  /** Hands an evicted workload's quota back once its workers are gone; marks a finished one Finished. */
+  private async tellKueue(
+    workload: Workload,
+    queue: NonNullable<PlanInput['queue']>,
+    podsLeft: number,
+    decision: Plan,
+    log: Logger,
+  ): Promise<void> {
+    const kueue = this.deps.kueue;
+    if (kueue === undefined) return;
+    const phase = decision.status.phase;
+    if (phase === 'Succeeded' || phase === 'Failed') {
+      const status = finishedStatus(
+        workload,
+        phase === 'Succeeded',
+        decision.status.message ?? '',
+        this.now(),
+      );
+      if (status !== undefined) await kueue.patchWorkloadStatus(workload, status);
+      return;
+    }
+    if (queue.admitted || queue.reason !== 'EvictedByKueue' || podsLeft > 0) return;
+    const status = releasedQuotaStatus(workload, this.now());
+    if (status === undefined) return;
+    await kueue.patchWorkloadStatus(workload, status);
+    log.info('workers stopped after a Kueue eviction; quota handed back', {
+      workload: workload.metadata.name,
+    });
   }
 
   /** Deletes the rendezvous bucket of one incarnation of a job (none there is fine). */

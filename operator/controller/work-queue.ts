@@ -7,6 +7,9 @@ import { exponentialBackoffMs } from '../api/backoff.ts';
 export interface WorkQueueOptions {
   readonly baseDelayMs?: number;
   readonly maxDelayMs?: number;
+  /** Told of every key queued and of how long each waited before a worker took it (for metrics). */
+  readonly observer?: { added(): void; waited(seconds: number): void };
+  readonly now?: () => number;
 }
 
 export class WorkQueue {
@@ -16,13 +19,24 @@ export class WorkQueue {
   private readonly timers = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   private readonly failures = new Map<string, number>();
   private readonly waiters: ((key: string | undefined) => void)[] = [];
+  private readonly queuedAt = new Map<string, number>();
   private shuttingDown = false;
   private readonly baseDelayMs: number;
   private readonly maxDelayMs: number;
 
-  constructor(options: WorkQueueOptions = {}) {
+  constructor(private readonly options: WorkQueueOptions = {}) {
     this.baseDelayMs = options.baseDelayMs ?? 5;
     this.maxDelayMs = options.maxDelayMs ?? 300_000;
+  }
+
+  private now(): number {
+    return this.options.now?.() ?? Date.now();
+  }
+
+  private taken(key: string): void {
+    const at = this.queuedAt.get(key);
+    this.queuedAt.delete(key);
+    if (at !== undefined) this.options.observer?.waited(Math.max(0, (this.now() - at) / 1000));
   }
 
   /** Keys waiting to be processed. */
@@ -33,11 +47,14 @@ export class WorkQueue {
   add(key: string): void {
     if (this.shuttingDown || this.dirty.has(key)) return;
     this.dirty.add(key);
+    this.options.observer?.added();
+    if (!this.queuedAt.has(key)) this.queuedAt.set(key, this.now());
     if (this.processing.has(key)) return;
     const waiter = this.waiters.shift();
     if (waiter !== undefined) {
       this.dirty.delete(key);
       this.processing.add(key);
+      this.taken(key);
       waiter(key);
     } else {
       this.queue.push(key);
@@ -83,6 +100,7 @@ export class WorkQueue {
     if (key !== undefined) {
       this.dirty.delete(key);
       this.processing.add(key);
+      this.taken(key);
       return key;
     }
     if (this.shuttingDown) return undefined;

@@ -36,6 +36,7 @@ import { runsFromSources } from '../../worker/module-url.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
 import { JOB_UID_PATTERN } from '../api/contract.ts';
 import { type GenerationEnd, generationEnds, goodput } from '../api/goodput.ts';
+import type { RunSummary } from '../api/run-summary.ts';
 import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
@@ -292,6 +293,7 @@ export function planLocalWorker(
     replicaIndex: index,
     checkpointDir,
     outDir: out,
+    modelDir: resolve(out, 'model'),
     ...(natsUrl === undefined ? {} : { natsUrl }),
     // Chaos acts at global steps: it needs to see every step.
     ...(options.chaos.length > 0 ? { progressMs: 0 } : {}),
@@ -318,26 +320,7 @@ export function localRunUid(out: string, resuming: boolean): string {
   return uid;
 }
 
-export interface RunSummary {
-  readonly job: string;
-  readonly status: WorkerResult['status'];
-  readonly reason: string;
-  readonly step: number;
-  readonly epoch: number;
-  readonly eval: WorkerResult['eval'];
-  readonly wallSeconds: number;
-  readonly trainSeconds: number;
-  readonly samplesPerSecond: number;
-  readonly backend: string;
-  readonly workers: number;
-  readonly epochs: { epoch: number; seen: number; duplicated: number; missing: number; complete: boolean }[];
-  readonly generations: WorkerResult['generations'];
-  readonly checkpoint: WorkerResult['checkpoint'];
-  readonly resumedFrom: WorkerResult['resumedFrom'];
-  /** Time on steps that count / wall time of this session (undefined for a single worker). */
-  readonly goodput?: number;
-  readonly chaos?: readonly ChaosRecord[];
-}
+export type { RunSummary } from '../api/run-summary.ts';
 
 /** The result that speaks for the run: a completed one, else the most advanced. */
 export function leadResult(results: readonly WorkerResult[]): WorkerResult | undefined {
@@ -414,7 +397,7 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
     return line.level === 'warn' || line.level === 'error'
       ? `${line.level}: ${line.message ?? ''}${line.reason ? ` (${line.reason})` : ''}`
       : undefined;
-  if (line.kind === 'invalid') return undefined;
+  if (line.kind === 'invalid' || line.kind === 'text') return undefined;
   const e = line.event;
   switch (e.event) {
     case 'backend':
@@ -482,7 +465,8 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): Runni
     const line = decodeWorkerLine(text);
     if (line.kind === 'event') sink.onEvent(plan, line.event);
     else if (line.kind === 'message') sink.onMessage(plan, line);
-    else sink.onInvalid(plan, line.problem);
+    else if (line.kind === 'invalid') sink.onInvalid(plan, line.problem);
+    else io.err(line.text);
   });
   const errors = createInterface({ input: child.stderr as NodeJS.ReadableStream });
   errors.on('line', (text) => {
@@ -791,6 +775,9 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(
       `done: ${summary.reason}; ${accuracy}; ${summary.wallSeconds} s${summary.goodput === undefined ? '' : `; goodput ${summary.goodput}`}; ${summaryFile}`,
     );
+    const model = resolve(plan.out, 'model');
+    if (existsSync(join(model, 'tensile.json')))
+      io.out(`model: ${model} (tf.loadLayersModel('file://${model}/model.json'))`);
   }
   return runExitCode({ unexpectedCodes, interruptedBy, status: summary.status });
 }

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { TensileError } from '../api/errors.ts';
+import { EpochRecordSchema, GenerationRecordSchema, RunSummarySchema } from '../api/run-summary.ts';
 import { decodeWorkerLine, type WorkerEvent } from '../api/worker-events.ts';
 
 /** A report cannot be made; the message says which file and what to do. */
@@ -14,49 +15,31 @@ export class ReportError extends TensileError {
   readonly classification = 'terminal';
 }
 
-const count = z.number().int().min(0);
-const Ref = z.object({ step: count, path: z.string() }).nullable().catch(null);
+const known = RunSummarySchema.shape;
 
+/**
+ * summary.json read by the one schema `tensile run` writes it by (api/run-summary.ts), each field
+ * falling back when it is missing or malformed: a report is wanted most for runs that went wrong, and
+ * older versions wrote fewer fields.
+ */
 const SummarySchema = z.object({
-  job: z.string(),
+  job: known.job,
   status: z.string().catch('unknown'),
-  reason: z.string().catch(''),
-  step: count.catch(0),
-  epoch: count.catch(0),
-  eval: z
-    .object({ step: count, epoch: count, loss: z.number(), accuracy: z.number(), samples: count })
-    .nullable()
-    .catch(null),
-  wallSeconds: z.number().nullable().catch(null),
-  trainSeconds: z.number().nullable().catch(null),
-  samplesPerSecond: z.number().nullable().catch(null),
-  backend: z.string().catch('unknown'),
-  workers: count.catch(0),
-  epochs: z
-    .array(
-      z.object({
-        epoch: count,
-        seen: count,
-        duplicated: count,
-        missing: count,
-        complete: z.boolean().catch(false),
-      }),
-    )
-    .catch([]),
+  reason: known.reason.catch(''),
+  step: known.step.catch(0),
+  epoch: known.epoch.catch(0),
+  eval: known.eval.catch(null),
+  wallSeconds: known.wallSeconds.nullable().catch(null),
+  trainSeconds: known.trainSeconds.nullable().catch(null),
+  samplesPerSecond: known.samplesPerSecond.nullable().catch(null),
+  backend: known.backend.catch('unknown'),
+  workers: known.workers.catch(0),
+  epochs: z.array(EpochRecordSchema.extend({ complete: z.boolean().catch(false) })).catch([]),
   generations: z
-    .array(
-      z.object({
-        generation: count,
-        worldSize: count,
-        globalBatch: count,
-        learningRate: z.number(),
-        firstStep: count,
-        firstProgress: z.number().nullable().catch(null).default(null),
-      }),
-    )
+    .array(GenerationRecordSchema.extend({ firstProgress: z.number().nullable().catch(null).default(null) }))
     .catch([]),
-  checkpoint: Ref,
-  resumedFrom: Ref,
+  checkpoint: known.checkpoint.catch(null),
+  resumedFrom: known.resumedFrom.catch(null),
 });
 
 type KnownSummary = z.output<typeof SummarySchema>;
@@ -123,9 +106,26 @@ export interface TimelineEvent {
   readonly source: 'log' | 'events';
 }
 
+/** One rank's own figures over a window of steps (`rank-progress`): the per-worker view. */
+export interface RankPoint {
+  readonly worker: string;
+  readonly step: number;
+  readonly time: number | null;
+  readonly generation: number | null;
+  readonly rank: number | null;
+  readonly samplesPerSecond: number;
+  readonly stepMs: number;
+  readonly allReduceMs: number;
+}
+
 export interface ReportData {
   readonly dir: string;
   readonly summary: ReportSummary;
+  /** The summary was pieced together from the logs (a cluster job's volume has no summary.json). */
+  readonly summaryFromLogs: boolean;
+  /** The job's spec (job.json beside the checkpoints), when there is one. */
+  readonly spec: Readonly<Record<string, unknown>> | null;
+  readonly ranks: readonly RankPoint[];
   /** Training progress, one point per step, in step order. */
   readonly progress: readonly ProgressPoint[];
   readonly evals: readonly EvalPoint[];
@@ -293,7 +293,10 @@ function timelineDetail(r: WorkerEvent): string | undefined {
 export interface RunFiles {
   readonly dir: string;
   readonly summaryFile: string;
-  readonly summaryText: string;
+  /** Absent for a checkpoint volume: the summary is then pieced together from the logs. */
+  readonly summaryText: string | undefined;
+  /** job.json beside the checkpoints. */
+  readonly jobText?: string | undefined;
   readonly logs: readonly { readonly file: string; readonly text: string }[];
   /** events.jsonl, when the run wrote one. */
   readonly eventsText: string | undefined;
@@ -301,7 +304,13 @@ export interface RunFiles {
 
 /** The report's data from the text of a run directory's files. */
 export function assembleReport(files: RunFiles): ReportData {
-  const summary = parseSummary(files.summaryText, files.summaryFile);
+  const job = parseJobRecord(files.jobText);
+  let summary =
+    files.summaryText === undefined
+      ? emptySummary(job?.name ?? basename(files.dir))
+      : parseSummary(files.summaryText, files.summaryFile);
+  const outcomes: WorkerEvent[] = [];
+  const ranks: RankPoint[] = [];
   let skipped = 0;
   let order = 0;
   const progressRaw: Timed<ProgressPoint>[] = [];
@@ -318,7 +327,7 @@ export function assembleReport(files: RunFiles): ReportData {
     for (const text of log.text.split('\n')) {
       if (text.trim() === '') continue;
       const line = decodeWorkerLine(text.trim());
-      if (line.kind === 'invalid') {
+      if (line.kind === 'invalid' || line.kind === 'text') {
         skipped++;
         continue;
       }
@@ -331,7 +340,20 @@ export function assembleReport(files: RunFiles): ReportData {
       const time = parseTime(r.timestamp);
       const worker = r.worker ?? null;
       if (worker !== null) workers.add(worker);
+      if (['completed', 'stopped', 'left', 'failed', 'backend'].includes(r.event)) outcomes.push(r);
       switch (r.event) {
+        case 'rank-progress':
+          ranks.push({
+            worker: worker ?? log.file,
+            step: r.step,
+            time,
+            generation: r.generation ?? null,
+            rank: r.rank ?? null,
+            samplesPerSecond: r.samplesPerSecond,
+            stepMs: r.stepMs,
+            allReduceMs: r.allReduceMs,
+          });
+          break;
         case 'progress':
           progressRaw.push({
             time,
@@ -498,9 +520,14 @@ export function assembleReport(files: RunFiles): ReportData {
     return (a.step ?? 0) - (b.step ?? 0);
   });
 
+  if (files.summaryText === undefined)
+    summary = summaryFromLogs(summary, outcomes, progress, evals, generations, workers.size);
   return {
     dir: files.dir,
     summary,
+    summaryFromLogs: files.summaryText === undefined,
+    spec: job?.spec ?? null,
+    ranks: ranks.sort((a, b) => (a.time ?? 0) - (b.time ?? 0) || a.step - b.step),
     progress,
     evals,
     generations,
@@ -508,5 +535,76 @@ export function assembleReport(files: RunFiles): ReportData {
     workers: [...workers].sort(),
     logFiles: files.logs.map((l) => l.file),
     skippedLines: skipped,
+  };
+}
+
+/** job.json as the workers write it beside the checkpoints; null when absent or unreadable. */
+export function parseJobRecord(
+  text: string | undefined,
+): { name: string; spec: Readonly<Record<string, unknown>> } | null {
+  if (text === undefined) return null;
+  try {
+    const raw = JSON.parse(text) as { name?: unknown; spec?: unknown };
+    if (typeof raw.name !== 'string' || typeof raw.spec !== 'object' || raw.spec === null) return null;
+    return { name: raw.name, spec: raw.spec as Record<string, unknown> };
+  } catch {
+    return null;
+  }
+}
+
+function emptySummary(job: string): ReportSummary {
+  return { ...SummarySchema.parse({ job }), extra: {} };
+}
+
+/** What summary.json would say, from the workers' own lines: a cluster job's volume has only those. */
+function summaryFromLogs(
+  base: ReportSummary,
+  outcomes: readonly WorkerEvent[],
+  progress: readonly ProgressPoint[],
+  evals: readonly EvalPoint[],
+  generations: readonly GenerationInfo[],
+  workers: number,
+): ReportSummary {
+  let status = progress.length > 0 ? 'running' : 'unknown';
+  let reason = 'no worker reported an end (still running, or its pods were lost)';
+  let backend = base.backend;
+  for (const o of outcomes) {
+    if (o.event === 'backend') backend = o.backend;
+    else if (o.event === 'completed') [status, reason] = ['completed', o.reason];
+    else if (status !== 'completed' && o.event === 'failed') [status, reason] = ['failed', o.error];
+    else if (status !== 'completed' && o.event === 'stopped') [status, reason] = ['stopped', o.reason];
+  }
+  const last = progress[progress.length - 1];
+  const lastEval = evals[evals.length - 1];
+  const times = progress.flatMap((p) => (p.time === null ? [] : [p.time]));
+  const first = times.length > 0 ? Math.min(...times) : undefined;
+  const end = times.length > 0 ? Math.max(...times) : undefined;
+  return {
+    ...base,
+    status,
+    reason,
+    step: last?.step ?? 0,
+    epoch: last?.epoch ?? 0,
+    eval:
+      lastEval === undefined || lastEval.loss === null || lastEval.accuracy === null
+        ? null
+        : {
+            step: lastEval.step,
+            epoch: lastEval.epoch ?? 0,
+            loss: lastEval.loss,
+            accuracy: lastEval.accuracy,
+            samples: lastEval.samples ?? 0,
+          },
+    wallSeconds: first === undefined || end === undefined ? null : Math.round((end - first) / 100) / 10,
+    backend,
+    workers,
+    generations: generations.map((g) => ({
+      generation: g.generation,
+      worldSize: g.worldSize,
+      globalBatch: g.globalBatch ?? 0,
+      learningRate: g.learningRate ?? 0,
+      firstStep: g.firstStep,
+      firstProgress: g.firstProgress,
+    })),
   };
 }

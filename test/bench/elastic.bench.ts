@@ -17,6 +17,7 @@ import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { eventsOf } from '../../operator/api/worker-events.ts';
 import { RingGroup } from '../../worker/collective/group.ts';
 import { CollectiveServer } from '../../worker/collective/transport.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
@@ -360,14 +361,15 @@ export async function scaling(
       tensileRun(file, out, ['--workers', String(workers)], { TENSILE_PROGRESS_MS: '500' }),
     );
     const events = workerEvents(out);
-    const world = events.filter((e) => e['event'] === 'generation').sort(byTime)[0];
-    const progress = events
-      .filter((e) => e['event'] === 'progress' && e['generation'] === world?.['generation'])
+    const world = eventsOf(events, 'generation').sort(byTime)[0];
+    const progress = eventsOf(events, 'progress')
+      .filter((e) => e.generation === world?.generation)
       .sort(byTime);
     // The first window holds the first (slower) steps; the last one the final evaluation.
     const first = progress[1];
     const last = progress.at(-2);
-    const samples = (Number(last?.['step']) - Number(first?.['step'])) * Number(world?.['globalBatch']);
+    const samples =
+      ((last?.step ?? Number.NaN) - (first?.step ?? Number.NaN)) * (world?.globalBatch ?? Number.NaN);
     return {
       steady: round(samples / ((at(last ?? {}) - at(first ?? {})) / 1000), 1),
       whole: summary.samplesPerSecond,

@@ -1,17 +1,14 @@
-/** Shared by the training benchmarks: Fashion-MNIST, models and trainers built as the worker builds them. */
-import { existsSync } from 'node:fs';
 import { DatasetSpecSchema, ModelSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
 import { type Dataset, loadDataset } from '../../worker/data/dataset.ts';
 import { type BuiltModel, buildModel } from '../../worker/model/build.ts';
 import type { World } from '../../worker/train/policy.ts';
 import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 
-export const FASHION = '/usr/share/datasets/fashion-mnist';
+export const FASHION = fashionMnistDir();
 
 export async function fashion(trainSamples: number): Promise<Dataset> {
-  if (!existsSync(`${FASHION}/train-images-idx3-ubyte.gz`))
-    throw new Error(`Fashion-MNIST is missing at ${FASHION}; run: bash hack/install-tools.sh`);
   return loadDataset(
     DatasetSpecSchema.parse({
       format: 'idx',

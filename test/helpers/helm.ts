@@ -4,7 +4,10 @@ import { accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { toolDirs } from '../../hack/cluster/tools.ts';
 
-/** Kubernetes version helm assumes: a `go install`ed helm knows none and would assume 1.20. */
+/**
+ * A Kubernetes version for tests that render as if for a given cluster. hack/install-tools.sh builds helm
+ * with its own default (client-go's), so plain `helm template` works too (test/unit/helm-chart.test.ts).
+ */
 export const KUBE_VERSION = '1.36.3';
 
 export function helmBinary(): string {

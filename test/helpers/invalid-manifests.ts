@@ -278,6 +278,23 @@ export const invalidManifests: InvalidCase[] = [
     message: /quantity/,
   },
   {
+    name: 'ReadWriteMany claim without a storage class',
+    manifest: withField('spec.checkpoint.volume', { claimTemplate: { accessModes: ['ReadWriteMany'] } }),
+    field: 'spec.checkpoint.volume.claimTemplate.storageClassName',
+    message: /ReadWriteMany needs storageClassName/,
+  },
+  {
+    name: 'gpus and an nvidia.com/gpu resource together',
+    manifest: withField('spec.worker', { gpus: 1, resources: { limits: { 'nvidia.com/gpu': 1 } } }),
+    field: 'spec.worker.gpus',
+    message: /not both/,
+  },
+  {
+    name: 'gpus negative',
+    manifest: withField('spec.worker', { gpus: -1 }),
+    field: 'spec.worker.gpus',
+  },
+  {
     name: 'gpu quantity not a number',
     manifest: gpuLimit('lots'),
     field: 'spec.worker.resources.limits["nvidia.com/gpu"]',

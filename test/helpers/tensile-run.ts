@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
-import { decodeWorkerLine, type WorkerEvent } from '../../operator/api/worker-events.ts';
-import type { RunSummary } from '../../operator/local-run/run.ts';
+import { type RunSummary, RunSummarySchema } from '../../operator/api/run-summary.ts';
+import { decodeWorkerLine, eventsOf, type WorkerEvent } from '../../operator/api/worker-events.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
@@ -84,7 +84,8 @@ export function tensileRun(
 export async function finished(run: RunningTensile): Promise<RunSummary> {
   const { code } = await run.done;
   assert.is(code, 0, run.lines.slice(-30).join('\n'));
-  return JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')) as RunSummary;
+  // Read by the one schema it is written by: a field the writer drops or renames fails here.
+  return RunSummarySchema.parse(JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')));
 }
 
 /**
@@ -92,7 +93,7 @@ export async function finished(run: RunningTensile): Promise<RunSummary> {
  * decoder (operator/api/worker-events.ts); a JSON line that is not an event of it fails the test.
  * Lines that are not JSON objects are the workers' standard error, which shares the log file.
  */
-export function workerEvents(out: string, index?: number): Record<string, unknown>[] {
+export function workerEvents(out: string, index?: number): WorkerEvent[] {
   const files = readdirSync(out).filter((n) =>
     index === undefined ? /^worker-\d+\.log$/.test(n) : n === `worker-${index}.log`,
   );
@@ -106,4 +107,20 @@ export function workerEvents(out: string, index?: number): Record<string, unknow
         return line.kind === 'event' ? [line.event] : [];
       }),
   );
+}
+
+/**
+ * Asserts that every (generation, step) whose weights more than one worker checked has one checksum;
+ * returns how many steps were checked on more than one worker.
+ */
+export function assertLockstep(events: readonly WorkerEvent[]): number {
+  const sums = new Map<string, Set<string>>();
+  const counts = new Map<string, number>();
+  for (const e of eventsOf(events, 'checksum')) {
+    const key = `${e.generation}@${e.step}`;
+    sums.set(key, (sums.get(key) ?? new Set()).add(e.checksum));
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+  return [...counts.values()].filter((n) => n > 1).length;
 }

@@ -13,7 +13,7 @@
  *   generation on every rank.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,34 +23,22 @@ import * as assert from 'uvu/assert';
 import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
 import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
-import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import { eventsOf, type WorkerEventOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import {
+  assertLockstep,
+  finished,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
 /** The incarnation `tensile run` gave the job (DIR/job-uid): a worker started by hand must join it. */
 const runUid = (out: string): string => readFileSync(join(out, 'job-uid'), 'utf8').trim();
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-agreement-'));
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 const bin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
-
-type Event = Record<string, unknown>;
-
-/** Every (generation, step) checked on more than one worker has one checksum; returns how many were. */
-function assertLockstep(events: readonly Event[]): number {
-  const sums = new Map<string, Set<string>>();
-  const counts = new Map<string, number>();
-  for (const e of events.filter((x) => x['event'] === 'checksum')) {
-    const key = `${e['generation']}@${e['step']}`;
-    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
-    counts.set(key, (counts.get(key) ?? 0) + 1);
-  }
-  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
-  return [...counts.values()].filter((n) => n > 1).length;
-}
 
 test('batch norm on two ranks: every weight, moving statistics included, identical after every step', async () => {
   const TRAIN = 2000;
@@ -70,10 +58,10 @@ test('batch norm on two ranks: every weight, moving statistics included, identic
   assert.is(summary.status, 'completed');
   for (const e of summary.epochs) assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0]);
   const events = workerEvents(out);
-  const checksums = events.filter((e) => e['event'] === 'checksum');
+  const checksums = eventsOf(events, 'checksum');
   // The hidden dense kernel (no bias before batch norm), batch-norm gamma, beta, moving mean and
   // moving variance, the output kernel and bias.
-  for (const e of checksums) assert.is(e['weights'], 7, 'the checksum covers every weight');
+  for (const e of checksums) assert.is(e.weights, 7, 'the checksum covers every weight');
   const shared = assertLockstep(events);
   assert.ok(shared >= summary.step - 1, `${shared} of ${summary.step} steps were checked on both workers`);
 });
@@ -145,47 +133,44 @@ test('a worker with a newer spec joins a linear world: the ranks agree, the chan
   assert.is(summary.status, 'completed');
 
   const events = workerEvents(out);
-  const formed = events.filter((e) => e['event'] === 'generation');
-  const byGeneration = new Map<number, Event[]>();
-  for (const e of formed)
-    byGeneration.set(e['generation'] as number, [...(byGeneration.get(e['generation'] as number) ?? []), e]);
+  const formed = eventsOf(events, 'generation');
+  const byGeneration = new Map<number | undefined, WorkerEventOf<'generation'>[]>();
+  for (const e of formed) byGeneration.set(e.generation, [...(byGeneration.get(e.generation) ?? []), e]);
   // Every rank of a world runs it with the same batches, rate and spec revision.
   for (const [generation, ranks] of byGeneration) {
-    const agreed = (e: Event) =>
-      JSON.stringify([e['perWorker'], e['globalBatch'], e['learningRate'], e['specRevision']]);
+    const agreed = (e: WorkerEventOf<'generation'>) =>
+      JSON.stringify([e.perWorker, e.globalBatch, e.learningRate, e.specRevision]);
     const views = new Set(ranks.map(agreed));
     assert.is(views.size, 1, `generation ${generation}: the ranks disagree: ${[...views].join(' vs ')}`);
   }
-  const grown = formed.find((e) => e['worldSize'] === 3);
+  const grown = formed.find((e) => e.worldSize === 3);
   assert.ok(grown !== undefined, `a world of three formed: ${JSON.stringify(summary.generations)}`);
   // b stays global / the replicas the batch was set for (64 / 2); linear: lr = lr_base · 96 / 64.
-  assert.equal(grown['perWorker'], [32, 32, 32]);
-  assert.is(grown['globalBatch'], 96);
-  assert.is(grown['specRevision'], 2);
-  const first = formed.find((e) => e['worldSize'] === 2);
-  assert.is(first?.['specRevision'], 0);
+  assert.equal(grown.perWorker, [32, 32, 32]);
+  assert.is(grown.globalBatch, 96);
+  assert.is(grown.specRevision, 2);
+  const first = formed.find((e) => e.worldSize === 2);
+  assert.is(first?.specRevision, 0);
   assert.is(summary.generations[summary.generations.length - 1]?.specRevision, 2);
   // After the warm-up, linear: lr = lr_base · 96 / 64.
-  const progress = events.filter((e) => e['event'] === 'progress' && typeof e['learningRate'] === 'number');
-  const finalRate = progress[progress.length - 1]?.['learningRate'] as number;
+  const progress = eventsOf(events, 'progress').filter((e) => e.learningRate !== undefined);
+  const finalRate = progress[progress.length - 1]?.learningRate ?? Number.NaN;
   assert.ok(Math.abs(finalRate - 0.003) < 1e-9, `learning rate ${finalRate}`);
 
   // The change is recorded by every rank of the world that took it up, with what changed.
-  const changes = events.filter((e) => e['event'] === 'spec-changed');
+  const changes = eventsOf(events, 'spec-changed');
   assert.ok(changes.length >= 3, `${changes.length} ranks recorded the spec change`);
   for (const c of changes) {
-    assert.is(c['from'], 0);
-    assert.is(c['to'], 2);
-    assert.equal(c['changed'], ['replicas', 'evaluation']);
+    assert.is(c.from, 0);
+    assert.is(c.to, 2);
+    assert.equal(c.changed, ['replicas', 'evaluation']);
   }
 
   // The newer evaluation interval, on every rank at once.
   const evalSteps = (worker: string) =>
-    events
-      .filter(
-        (e) => e['event'] === 'eval' && e['worker'] === worker && e['generation'] === grown['generation'],
-      )
-      .map((e) => e['step'] as number);
+    eventsOf(events, 'eval')
+      .filter((e) => e.worker === worker && e.generation === grown.generation)
+      .map((e) => e.step);
   const joinerEvals = evalSteps('agree-worker-2');
   assert.ok(joinerEvals.length > 0, 'the grown world evaluated');
   assert.ok(
@@ -295,16 +280,16 @@ test('a spec edit sent to running workers takes effect at the next generation, o
     assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
 
   const events = workerEvents(out);
-  const changes = events.filter((e) => e['event'] === 'spec-changed');
+  const changes = eventsOf(events, 'spec-changed');
   assert.is(changes.length, 2, 'both ranks recorded the change');
-  for (const c of changes) assert.equal([c['from'], c['to'], c['changed']], [0, 5, ['stopping']]);
-  assert.is(new Set(changes.map((c) => c['step'])).size, 1, 'at the same step');
+  for (const c of changes) assert.equal([c.from, c.to, c.changed], [0, 5, ['stopping']]);
+  assert.is(new Set(changes.map((c) => c.step)).size, 1, 'at the same step');
   const last = summary.generations[summary.generations.length - 1];
   assert.is(last?.specRevision, 5);
-  const formed = events.filter((e) => e['event'] === 'generation' && e['specRevision'] === 5);
+  const formed = eventsOf(events, 'generation').filter((e) => e.specRevision === 5);
   assert.ok(
-    formed.some((e) => /brings spec revision 5/.test(String(e['reason']))),
-    JSON.stringify(formed.map((e) => e['reason'])),
+    formed.some((e) => /brings spec revision 5/.test(e.reason ?? '')),
+    JSON.stringify(formed.map((e) => e.reason)),
   );
 });
 

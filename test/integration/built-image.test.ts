@@ -16,20 +16,15 @@ import { TrainingJobSpecSchema } from '../../operator/api/training-job.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
 import { decodeWorkerLine } from '../../operator/api/worker-events.ts';
 import { readWorkerResult, resultFile } from '../../worker/result.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-image-'));
 /** The image's /app: package.json, node_modules (production only) and dist/. */
 const app = join(dir, 'app');
 const main = join(app, 'dist', 'operator', 'main.js');
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -12,6 +12,7 @@ import { parse } from 'yaml';
 import { API_GROUP, API_VERSION, PLURAL } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { invalidManifests } from '../helpers/invalid-manifests.ts';
 import { type Manifest, setPath, validManifest, withField } from '../helpers/job-builder.ts';
 
@@ -348,7 +349,8 @@ test('a status update goes through the status subresource and leaves metadata.ge
       },
     ],
     step: 10,
-    loss: 0.5,
+    loss: 0.5123,
+    accuracy: 0.8874,
     lastCheckpoint: { step: 10, path: '/checkpoints/step-10', time: '2026-01-01T00:00:01.250Z' },
   };
   assert.ok(
@@ -391,6 +393,22 @@ test('a status update goes through the status subresource and leaves metadata.ge
   );
   assert.ok(badStatus, 'an invalid status must be refused');
   assert.match(badStatus?.message ?? '', 'status.phase');
+});
+
+test('kubectl explain shows the descriptions; kubectl get shows loss and accuracy', async () => {
+  // The API server publishes a new CRD's OpenAPI a moment after it is established.
+  const explain = await eventually('kubectl explain trainingjob.spec.worker.gpus', async () => {
+    const r = await cluster.kubectl(['explain', 'trainingjob.spec.worker.gpus']);
+    return r.code === 0 ? r.stdout : undefined;
+  });
+  assert.match(explain, 'GPUs (nvidia.com/gpu) per worker: opt-in');
+  const status = await cluster.kubectl(['explain', 'trainingjob.status.preemptions']);
+  assert.match(status.stdout, 'Workers lost to node reclaims');
+  const table = await cluster.kubectl(['get', '-n', NS, 'trainingjob/status']);
+  assert.is(table.code, 0, table.stderr);
+  const [header, row] = table.stdout.trim().split('\n');
+  assert.match(header ?? '', /LOSS\s+ACCURACY/);
+  assert.match(row ?? '', /0\.5123\s+0\.8874/);
 });
 
 test.run();

@@ -5,21 +5,24 @@
  * weights on every worker after every step, each world's batch and rate as the policy says, and the
  * accuracy of an undisturbed 3-worker run.
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { RunSummary } from '../../operator/local-run/run.ts';
-import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import type { RunSummary } from '../../operator/api/run-summary.ts';
+import { eventsOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import {
+  assertLockstep,
+  finished,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-elastic-'));
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 const TRAIN = 6000;
 const BATCH = 60;
@@ -103,28 +106,16 @@ test('kill, two joins, a NATS restart and a leave: the run finishes, exactly onc
 
   const events = workerEvents(out);
   // Identical weights on every worker after every step, compared bit for bit through checksums.
-  const sums = new Map<string, Set<string>>();
-  const workers = new Map<string, number>();
-  for (const e of events.filter((x) => x['event'] === 'checksum')) {
-    const key = `${e['generation']}@${e['step']}`;
-    sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
-    workers.set(key, (workers.get(key) ?? 0) + 1);
-  }
-  const shared = [...workers.values()].filter((n) => n > 1).length;
+  const shared = assertLockstep(events);
   assert.ok(shared > STEPS / 3, `${shared} steps were checked on more than one worker`);
-  for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
 
   // NATS went away and came back; the workers reconnected and went on.
-  assert.ok(
-    events.some((e) => e['event'] === 'nats-reconnect'),
-    'a worker logged its reconnection',
-  );
+  assert.ok(eventsOf(events, 'nats-reconnect').length > 0, 'a worker logged its reconnection');
 
   // Loss decreasing: the last 50 steps against the first 50.
-  const losses = events
-    .filter((e) => e['event'] === 'progress' && typeof e['loss'] === 'number')
-    .sort((a, b) => (a['step'] as number) - (b['step'] as number))
-    .map((e) => e['loss'] as number);
+  const losses = eventsOf(events, 'progress')
+    .sort((a, b) => a.step - b.step)
+    .flatMap((e) => (typeof e.loss === 'number' ? [e.loss] : []));
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   assert.ok(mean(losses.slice(-50)) < 0.7 * mean(losses.slice(0, 50)), 'loss decreased');
 

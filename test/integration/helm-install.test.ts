@@ -101,7 +101,7 @@ test('helm install: the CRD from the chart, both operator pods and NATS running'
   assert.ok(holder.length > 0);
 });
 
-test('the installed operator reconciles a TrainingJob, with the chart’s worker defaults', async () => {
+test('the installed operator reconciles a TrainingJob, with the chart’s worker defaults (no GPU, no spot)', async () => {
   const job = validManifest('hello');
   setPath(job, 'metadata.namespace', 'default');
   setPath(job, 'spec.replicas', 2);
@@ -129,7 +129,18 @@ test('the installed operator reconciles a TrainingJob, with the chart’s worker
     '-o',
     'jsonpath={.spec.nodeSelector}',
   ]);
-  assert.match(selector, 'karpenter.sh/capacity-type', 'the node selector came from workers.nodeSelector');
+  assert.is(selector, '', 'a job that sets nothing gets no spot node selector');
+  const limits = await kubectl([
+    '-n',
+    'default',
+    'get',
+    'pod',
+    'hello-worker-0',
+    '-o',
+    'jsonpath={.spec.containers[0].resources}',
+  ]);
+  assert.not.match(limits, 'nvidia.com/gpu', 'nor a GPU');
+  assert.match(limits, '"cpu":"500m"', 'the chart’s default requests');
   const priority = await kubectl([
     '-n',
     'default',

@@ -18,20 +18,15 @@ import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/result.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const NS = 'team-a';
 const JOB = 'recreated';
 const bin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-incarnation-'));
 console.log(`  worker logs under ${dir}`);
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 let nats: NatsServer;
 let nc: NatsConnection;

@@ -8,9 +8,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import {
+  assertLockstep,
+  finished,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-large-batch-'));
 if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
   throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);
@@ -64,13 +71,8 @@ for (const [name, optimizer, batch] of cases) {
     assert.is(summary.epochs.length, EPOCHS);
     for (const e of summary.epochs)
       assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
-    const sums = new Map<string, Set<string>>();
-    for (const e of workerEvents(out).filter((x) => x['event'] === 'checksum')) {
-      const key = `${e['generation']}@${e['step']}`;
-      sums.set(key, (sums.get(key) ?? new Set()).add(String(e['checksum'])));
-    }
-    assert.ok(sums.size > 20, `${sums.size} steps checked`);
-    for (const [key, set] of sums) assert.is(set.size, 1, `weights differ at ${key}`);
+    const shared = assertLockstep(workerEvents(out));
+    assert.ok(shared > 20, `${shared} steps checked on more than one worker`);
     assert.ok((summary.eval?.accuracy ?? 0) > 0.6, `accuracy ${summary.eval?.accuracy}`);
   });
 }

@@ -4,6 +4,7 @@
  * exactly the ClusterRole of charts/tensile/files/operator-clusterrole.yaml, not as admin. Worker pods
  * run test/helpers/fake-worker.mjs: these tests are about the operator; the end-to-end test trains.
  */
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
@@ -15,6 +16,7 @@ import {
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
+  encodeMessage,
   jobSubjects,
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
@@ -29,6 +31,7 @@ const NS = 'team-a';
 const OPERATOR_NS = 'tensile-system';
 const FAKE_IMAGE = 'tensile.test/fake-worker:1';
 const fakeWorker = fileURLToPath(new URL('../helpers/fake-worker.mjs', import.meta.url));
+const tensileBin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 const clusterRole = fileURLToPath(
   new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
 );
@@ -446,19 +449,78 @@ test('the leader is SIGKILLed in the middle of a scale-up: the other replica con
   operators.push(startOperator('op-c', operatorArgs()));
 });
 
-test('metrics: reconcile duration, queue depth, jobs by phase, pods created, preemptions', async () => {
+/** One sample of a scrape: `name{labels} value`, or undefined when the series is missing. */
+function sample(text: string, name: string, labels: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+test('metrics: controller queue and reconcile latency, and per-job training metrics from worker reports', async () => {
   const leader = operators.find(
     (op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'),
   ) as OperatorProcess;
   const port = await leader.port();
-  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then(
-    (r) => r.text(),
-    (error: Error) => {
-      throw new Error(`GET /metrics of ${leader.id} on port ${port}: ${String(error.cause ?? error)}`);
-    },
+  const scrape = () =>
+    fetch(`http://127.0.0.1:${port}/metrics`).then(
+      (r) => r.text(),
+      (error: Error) => {
+        throw new Error(`GET /metrics of ${leader.id} on port ${port}: ${String(error.cause ?? error)}`);
+      },
+    );
+  // What a worker of alpha's world reports (the fake workers here do not train).
+  const uid = await uidOf('alpha');
+  const time = new Date().toISOString();
+  const checkpointTime = new Date(Date.now() - 30_000).toISOString();
+  const progress = (step: number, at: string) =>
+    encodeMessage({
+      type: 'progress',
+      jobUid: uid,
+      worker: 'alpha-worker-0',
+      generation: 4,
+      worldSize: 6,
+      step,
+      epoch: 2,
+      loss: 0.4321,
+      accuracy: 0.875,
+      samplesPerSecond: 1234.5,
+      lastCheckpoint: { step: 1200, path: '/checkpoints/ckpt-1200', time: checkpointTime },
+      time: at,
+    });
+  nc.publish(jobSubjects(NS, 'alpha').metrics, progress(1250, new Date(Date.now() - 1000).toISOString()));
+  nc.publish(jobSubjects(NS, 'alpha').metrics, progress(1300, time));
+  const labels = `namespace="${NS}",trainingjob="alpha"`;
+  const text = await until('alpha progress in /metrics', async () => {
+    const t = await scrape();
+    return sample(t, 'tensile_trainingjob_step', labels) === 1300 ? t : undefined;
+  });
+  const expected: [string, number][] = [
+    ['tensile_trainingjob_epoch', 2],
+    ['tensile_trainingjob_loss', 0.4321],
+    ['tensile_trainingjob_accuracy_ratio', 0.875],
+    ['tensile_trainingjob_throughput_samples_per_second', 1234.5],
+    ['tensile_trainingjob_world_size_workers', 6],
+    ['tensile_trainingjob_rendezvous_generation', 4],
+    ['tensile_trainingjob_last_checkpoint_step', 1200],
+  ];
+  for (const [name, value] of expected) assert.is(sample(text, name, labels), value, name);
+  const st = await status('alpha');
+  assert.is(sample(text, 'tensile_trainingjob_preemptions_total', labels), st.preemptions ?? 0);
+  assert.is(sample(text, 'tensile_trainingjob_restarts_total', labels), st.restarts ?? 0);
+  const age = sample(text, 'tensile_trainingjob_last_checkpoint_age_seconds', labels) ?? -1;
+  assert.ok(age >= 30 && age < 600, `checkpoint age ${age}`);
+  // One second of steps past the furthest: a goodput above 0 and at most 1.
+  const goodput = sample(text, 'tensile_trainingjob_goodput_ratio', labels) ?? -1;
+  assert.ok(goodput > 0 && goodput <= 1, `goodput ${goodput}`);
+  assert.match(text, /^# TYPE tensile_trainingjob_restarts_total counter$/m);
+  assert.match(text, /^# TYPE tensile_reconcile_duration_seconds histogram$/m);
+  assert.match(text, /^# TYPE tensile_workqueue_queue_duration_seconds histogram$/m);
+  assert.ok((sample(text, 'tensile_reconcile_duration_seconds_count', 'result="done"') ?? 0) > 0);
+  assert.ok(
+    Number(/^tensile_workqueue_queue_duration_seconds_count (\d+)$/m.exec(text)?.[1] ?? 0) > 0,
+    'queue waits observed',
   );
+  assert.ok(Number(/^tensile_workqueue_adds_total (\d+)$/m.exec(text)?.[1] ?? 0) > 0, 'adds counted');
   for (const name of [
-    'tensile_reconcile_duration_seconds_count',
     'tensile_workqueue_depth',
     'tensile_trainingjobs{phase="Running"}',
     'tensile_worker_pods_created_total',
@@ -466,8 +528,78 @@ test('metrics: reconcile duration, queue depth, jobs by phase, pods created, pre
   ]) {
     assert.ok(text.includes(name), `missing ${name}`);
   }
+  // Every per-job series carries exactly the namespace and trainingjob labels.
+  for (const line of text.split('\n').filter((l) => l.startsWith('tensile_trainingjob_')))
+    assert.match(line, /^tensile_trainingjob_[a-z_]+\{namespace="[^"]+",trainingjob="[^"]+"\} \S+$/);
   assert.is((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
   assert.is((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+});
+
+test('spec.output: the model claim is mounted and not owned; status.model and tensile export JOB name the model', async () => {
+  await kubectl(
+    ['apply', '-f', '-'],
+    stringify({
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: 'models', namespace: NS },
+      spec: { accessModes: ['ReadWriteMany'], resources: { requests: { storage: '1Gi' } } },
+    }),
+  );
+  await apply(
+    job('omega', { 'spec.replicas': 1, 'spec.output': { claimName: 'models', path: 'fashion/v1' } }),
+  );
+  const [pod] = await until('omega pod', async () => {
+    const list = await pods('omega');
+    return list.length === 1 ? list : undefined;
+  });
+  assert.ok(pod?.spec?.volumes?.some((v) => v.persistentVolumeClaim?.claimName === 'models'));
+  const cli = (args: string[]) =>
+    spawnSync(
+      process.execPath,
+      [tensileBin, 'export', ...args, '-n', NS, '--kubeconfig', cluster.kubeconfigPath],
+      {
+        encoding: 'utf8',
+      },
+    );
+  const before = cli(['omega']);
+  assert.is(before.status, 1);
+  assert.match(before.stderr, 'no model yet');
+  assert.match(before.stderr, 'pvc://models/fashion/v1');
+  const uid = await uidOf('omega');
+  const time = new Date().toISOString();
+  nc.publish(
+    jobSubjects(NS, 'omega').metrics,
+    encodeMessage({
+      type: 'completed',
+      jobUid: uid,
+      worker: 'omega-worker-0',
+      step: 900,
+      epoch: 3,
+      loss: 0.3,
+      accuracy: 0.9,
+      model: { uri: 'pvc://models/fashion/v1', step: 900, accuracy: 0.9, time },
+      reason: 'reached 3 epochs',
+      time,
+    }),
+  );
+  const st = await until('status.model', async () => {
+    const s = await status('omega');
+    return s.model === undefined ? undefined : s;
+  });
+  assert.is(st.phase, 'Succeeded');
+  assert.equal(st.model, { uri: 'pvc://models/fashion/v1', step: 900, accuracy: 0.9, time });
+  const after = cli(['omega']);
+  assert.is(after.status, 0, after.stderr);
+  assert.match(after.stdout, 'pvc://models/fashion/v1 (step 900, accuracy 0.9000');
+  assert.is(cli(['nope']).status, 1);
+  // Deleting the job deletes its pods and its own checkpoint claim, never the model's claim.
+  await kubectl(['-n', NS, 'delete', 'tj', 'omega', '--wait=true']);
+  await until('omega pods gone', async () => (await pods('omega')).length === 0);
+  await consistently(
+    'the model claim stays',
+    async () => (await cluster.kubectl(['-n', NS, 'get', 'pvc', 'models'])).code === 0,
+    { forMs: 2000, intervalMs: 250 },
+  );
 });
 
 test('a deleted job takes its rendezvous state with it; the same name again gets a new bucket', async () => {

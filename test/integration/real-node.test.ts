@@ -3,8 +3,8 @@
  * (no registry), `hack/cluster.sh up --real-node`'s node (kubelet, containerd, runc, CNI, kube-proxy)
  * runs them in containers. One fake node (tainted: nothing is scheduled there) stays for its agent's
  * volume provisioner. `helm install` of the chart with the local images, `kubectl apply -f
- * examples/minimal.yaml` through a values overlay (the chart's worker defaults ask for a GPU on a spot
- * node: the overlay clears them; the example is unchanged), the job Succeeds, its checkpoint and audit
+ * examples/minimal.yaml` (the overlay names only the local images: the chart's worker defaults need no
+ * GPU and no spot node; the example is unchanged), the job Succeeds, its checkpoint and audit
  * are on the volume, `kubectl logs` shows the worker's progress; a worker pod deleted mid-run is
  * replaced and the job still Succeeds with a clean audit.
  */
@@ -106,6 +106,24 @@ test('a pod in a container on the real node: Succeeded, its output in kubectl lo
   assert.match(await kubectl(['-n', 'default', 'logs', 'hello']), /hello from v20\.\d+\.\d+ as uid 1000/);
 });
 
+test('the kubelet is system:node:real-node-0, not an admin: it may not read the cluster’s secrets', async () => {
+  // The later --kubeconfig wins over the admin one the fixture passes.
+  const asNode = `--kubeconfig=${join(cluster.dir, 'real-node', 'kubeconfig')}`;
+  const whoami = await cluster.kubectl([
+    asNode,
+    'auth',
+    'whoami',
+    '-o',
+    'jsonpath={.status.userInfo.username}',
+  ]);
+  assert.is(whoami.stdout, 'system:node:real-node-0', whoami.stderr);
+  const secrets = await cluster.kubectl([asNode, 'get', 'secrets', '-A']);
+  assert.is.not(secrets.code, 0);
+  assert.match(secrets.stderr, /forbidden/i);
+  const node = await cluster.kubectl([asNode, 'get', 'node', 'real-node-0', '-o', 'name']);
+  assert.is(node.stdout.trim(), 'node/real-node-0', node.stderr);
+});
+
 function overlay(): string {
   const [opRepo, opTag] = image('OPERATOR').split(':');
   const [wRepo, wTag] = image('WORKER').split(':');
@@ -121,13 +139,8 @@ function overlay(): string {
       },
     },
     workers: {
+      // Only the local images: the chart's worker defaults (no GPU, no spot) fit this CPU node as they are.
       image: { repository: wRepo, tag: wTag },
-      // The chart's defaults are for GPU spot nodes; this node has neither.
-      resources: {
-        requests: { cpu: '500m', memory: '1Gi' },
-        limits: { memory: '3Gi', 'nvidia.com/gpu': null },
-      },
-      nodeSelector: { 'karpenter.sh/capacity-type': null },
     },
   });
 }

@@ -3,22 +3,17 @@
  * the workers checkpoint, the run writes its summary and exits 130 (128 + SIGINT), as shells expect
  * of an interrupted command, so that `tensile run ... && next` does not go on.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { RunSummary } from '../../operator/local-run/run.ts';
+import type { RunSummary } from '../../operator/api/run-summary.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-interrupt-'));
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 

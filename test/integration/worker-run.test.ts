@@ -4,22 +4,18 @@
  *
  * The dataset comes from Debian's dataset-fashion-mnist (hack/install-tools.sh installs it).
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { eventsOf } from '../../operator/api/worker-events.ts';
 import { checkpointName } from '../../worker/checkpoint/store.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-run-'));
-
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 function manifest(name: string, spec: Record<string, unknown>): string {
   return writeJobManifest(join(dir, `${name}.yaml`), name, {
@@ -90,17 +86,17 @@ for (const backend of ['tensorflow', 'cpu', 'wasm'] as const) {
     const { signal } = await first.done;
     assert.is(signal, 'SIGKILL');
     const summary = await finished(tensileRun(file, out, ['--backend', backend]));
-    const resumed = workerEvents(out).find((e) => e['event'] === 'resumed');
+    const resumed = eventsOf(workerEvents(out), 'resumed')[0];
     const from = summary.resumedFrom?.step ?? 0;
     assert.ok(from >= 20 && from < expected.step, `resumed from ${from}`);
-    assert.is(resumed?.['step'], from);
+    assert.is(resumed?.step, from);
     // The checkpoint it resumed from, and the position an uninterrupted run has after `from` steps
     // (30 steps of 50 per 1,500-sample epoch).
     const saved = JSON.parse(checkpointFile(out, from, 'state.json').toString()) as {
       cursor: number;
       epoch: number;
     };
-    assert.equal([resumed?.['epoch'], resumed?.['cursor']], [saved.epoch, saved.cursor]);
+    assert.equal([resumed?.epoch, resumed?.cursor], [saved.epoch, saved.cursor]);
     assert.equal([saved.epoch, saved.cursor], [Math.floor(from / 30), (from % 30) * 50]);
     assert.is(summary.step, expected.step);
     assert.equal(summary.eval, expected.eval);
@@ -186,8 +182,8 @@ test('SIGTERM: the worker checkpoints at the next step boundary and exits 0 with
   assert.is(summary.checkpoint?.step, step);
   assert.is(summary.step, step);
   const events = workerEvents(out);
-  assert.ok(events.some((e) => e['event'] === 'signal' && e['signal'] === 'SIGTERM'));
-  assert.not.ok(events.some((e) => e['event'] === 'grace-exceeded'));
+  assert.ok(eventsOf(events, 'signal').some((e) => e.signal === 'SIGTERM'));
+  assert.is(eventsOf(events, 'grace-exceeded').length, 0);
   console.log(`  SIGTERM → checkpoint written at step ${step} after ${seconds.toFixed(2)} s`);
   const resumed = tensileRun(file, out);
   await resumed.waitFor(/^resumed from .* at step \d+/);

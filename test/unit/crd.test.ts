@@ -82,6 +82,23 @@ test('the schema is structural: every node has a type or is explicitly free-form
   assert.equal(problems, []);
 });
 
+test('every field has a description, so `kubectl explain` says what it is', () => {
+  const missing: string[] = [];
+  const visit = (node: Node, path: string) => {
+    if (path !== '' && typeof node['description'] !== 'string') missing.push(path);
+    const properties = node['properties'];
+    if (isNode(properties))
+      for (const [name, child] of Object.entries(properties)) visit(child as Node, `${path}.${name}`);
+    // Array items are described by their field (kubectl explain shows the field, then the item's fields).
+    const items = node['items'];
+    if (isNode(items) && isNode(items['properties']))
+      for (const [name, child] of Object.entries(items['properties']))
+        visit(child as Node, `${path}[].${name}`);
+  };
+  visit(openApiSchema(), '');
+  assert.equal(missing, []);
+});
+
 test('cross-field and immutability rules are in the CRD as CEL', () => {
   const rules: string[] = [];
   walk(openApiSchema(), '', (node) => {
@@ -120,7 +137,7 @@ test('subresources, printer columns, names and category', () => {
     },
   });
   const columns = (version['additionalPrinterColumns'] as Node[]).map((c) => c['name']);
-  for (const c of ['Phase', 'Ready', 'Desired', 'Step', 'Loss', 'Age'])
+  for (const c of ['Phase', 'Ready', 'Desired', 'Step', 'Loss', 'Accuracy', 'Age'])
     assert.ok(columns.includes(c), `column ${c}`);
 });
 

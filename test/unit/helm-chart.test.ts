@@ -6,7 +6,11 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse, parseAllDocuments } from 'yaml';
+import { WorkerDefaultsSchema } from '../../operator/api/worker-defaults.ts';
+import { OperatorMetrics } from '../../operator/controller/metrics.ts';
+import { effectiveWorker } from '../../operator/controller/pod-builder.ts';
 import { helm, KUBE_VERSION } from '../helpers/helm.ts';
+import { ownedJob } from '../helpers/k8s-builders.ts';
 
 const chart = fileURLToPath(new URL('../../charts/tensile', import.meta.url));
 const allOptions = join(chart, 'ci', 'all-options-values.yaml');
@@ -93,11 +97,42 @@ test('defaults: two operator replicas, hardened, probed, with the ClusterRole of
     spec: { volumeClaimTemplates: { spec: { resources: { requests: { storage: string } } } }[] };
   };
   assert.is(nats.spec.volumeClaimTemplates[0]?.spec.resources.requests.storage, '1Gi');
-  one(docs, 'PriorityClass', 'tensile-training');
-  const defaults = parse(
-    (one(docs, 'ConfigMap')['data'] as Record<string, string>)['worker-defaults.yaml'] as string,
-  ) as Record<string, unknown>;
-  assert.equal(defaults['nodeSelector'], { 'karpenter.sh/capacity-type': 'spot' });
+  assert.is(one(docs, 'PriorityClass', 'tensile-training')['preemptionPolicy'], 'Never', 'evicts nobody');
+  assert.equal(
+    (pod['affinity'] as Record<string, Record<string, unknown>>)['podAntiAffinity'],
+    {
+      preferredDuringSchedulingIgnoredDuringExecution: [
+        {
+          weight: 100,
+          podAffinityTerm: {
+            topologyKey: 'kubernetes.io/hostname',
+            labelSelector: {
+              matchLabels: {
+                'app.kubernetes.io/name': 'tensile',
+                'app.kubernetes.io/instance': 'demo',
+                'app.kubernetes.io/component': 'operator',
+              },
+            },
+          },
+        },
+      ],
+    },
+    'the two replicas prefer different nodes',
+  );
+  assert.is(pod['imagePullSecrets'], undefined);
+  // The operator reads this file: a job that sets nothing gets a CPU worker on any node.
+  const defaults = WorkerDefaultsSchema.parse(
+    parse((one(docs, 'ConfigMap')['data'] as Record<string, string>)['worker-defaults.yaml'] as string),
+  );
+  const worker = effectiveWorker(ownedJob().spec.worker, defaults);
+  assert.is(worker.nodeSelector, undefined, 'no spot node selector by default');
+  assert.is(worker.tolerations, undefined);
+  assert.equal(worker.resources, { requests: { cpu: '500m', memory: '1Gi' }, limits: { memory: '4Gi' } });
+  assert.equal(
+    defaults.spot.nodeSelector,
+    { 'karpenter.sh/capacity-type': 'spot' },
+    'spot stays one flag away',
+  );
   assert.is(
     docs.some((d) => d.kind === 'ServiceMonitor'),
     false,
@@ -131,7 +166,85 @@ test('every option: external NATS with credentials, ServiceMonitor, no bundled N
   assert.ok(container?.args.includes('--worker-gpu-image=registry.example.com/tensile-worker:0.1.0-rc1-gpu'));
   assert.ok(deployment.spec.template.spec.volumes.some((v) => v.name === 'nats-credentials'));
   one(docs, 'ServiceAccount', 'tensile-controller');
-  one(docs, 'PriorityClass', 'spot-training');
+  assert.is(one(docs, 'PriorityClass', 'spot-training')['preemptionPolicy'], 'PreemptLowerPriority');
+  // fullnameOverride names everything, nameOverride labels it.
+  const named = one(docs, 'Deployment', 'ml-trainer-operator') as unknown as {
+    metadata: { labels: Record<string, string> };
+    spec: { template: { spec: Record<string, unknown> } };
+  };
+  assert.is(named.metadata.labels['app.kubernetes.io/name'], 'trainer');
+  one(docs, 'ConfigMap', 'ml-trainer-worker-defaults');
+  const pod = named.spec.template.spec;
+  assert.equal(pod['imagePullSecrets'], [{ name: 'regcred' }]);
+  assert.equal(pod['topologySpreadConstraints'], [
+    {
+      maxSkew: 1,
+      topologyKey: 'topology.kubernetes.io/zone',
+      whenUnsatisfiable: 'ScheduleAnyway',
+      labelSelector: {
+        matchLabels: {
+          'app.kubernetes.io/name': 'trainer',
+          'app.kubernetes.io/instance': 'demo',
+          'app.kubernetes.io/component': 'operator',
+        },
+      },
+    },
+  ]);
+  const defaults = WorkerDefaultsSchema.parse(
+    parse(
+      (one(docs, 'ConfigMap', 'ml-trainer-worker-defaults')['data'] as Record<string, string>)[
+        'worker-defaults.yaml'
+      ] as string,
+    ),
+  );
+  assert.equal(defaults.imagePullSecrets, [{ name: 'worker-regcred' }]);
+  const worker = effectiveWorker(ownedJob().spec.worker, defaults);
+  assert.equal(worker.nodeSelector, { 'cloud.google.com/gke-spot': 'true' }, 'spot for every job here');
+});
+
+test('operator.podAntiAffinity hard requires different nodes; none leaves affinity out', async () => {
+  const spec = async (value: string) =>
+    (
+      one(await render('--set', `operator.podAntiAffinity=${value}`), 'Deployment') as unknown as {
+        spec: { template: { spec: Record<string, unknown> } };
+      }
+    ).spec.template.spec;
+  const hard = (await spec('hard'))['affinity'] as { podAntiAffinity: Record<string, unknown> };
+  assert.ok(hard.podAntiAffinity['requiredDuringSchedulingIgnoredDuringExecution']);
+  assert.is((await spec('none'))['affinity'], undefined);
+});
+
+test('monitoring: a PodMonitor of the operator, and a Grafana dashboard of metrics the operator serves', async () => {
+  const docs = await render('-f', allOptions);
+  const monitor = one(docs, 'PodMonitor') as unknown as {
+    metadata: { labels: Record<string, string> };
+    spec: { podMetricsEndpoints: { port: string; path: string; interval: string }[] };
+  };
+  assert.equal(monitor.spec.podMetricsEndpoints, [{ port: 'http', path: '/metrics', interval: '15s' }]);
+  assert.is(monitor.metadata.labels['release'], 'prometheus');
+  const board = one(docs, 'ConfigMap', 'ml-trainer-dashboard') as unknown as {
+    metadata: { labels: Record<string, string> };
+    data: Record<string, string>;
+  };
+  assert.is(board.metadata.labels['grafana_dashboard'], '1');
+  const dashboard = JSON.parse(board.data['tensile-training.json'] as string) as {
+    panels: { targets: { expr: string }[] }[];
+  };
+  const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr));
+  const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\btensile_[a-z_]+/g)].map((m) => m[0])));
+  const served = new Set(
+    (await new OperatorMetrics().registry.getMetricsAsJSON()).flatMap((m) =>
+      String(m.type) === 'histogram' ? [`${m.name}_bucket`, m.name] : [m.name],
+    ),
+  );
+  for (const name of used)
+    assert.ok(served.has(name), `the dashboard uses ${name}, which the operator does not serve`);
+  assert.ok(used.has('tensile_trainingjob_goodput_ratio'));
+  // Off by default.
+  const defaults = await render();
+  assert.not.ok(
+    defaults.some((d) => d.kind === 'PodMonitor' || d.metadata.name === 'demo-tensile-dashboard'),
+  );
 });
 
 test('one replica: no leader election, no PodDisruptionBudget', async () => {
@@ -161,6 +274,16 @@ const badValues: [string, string, RegExp][] = [
     'workers:\n  resources: { limits: { memory: lots } }\n',
     /'\/workers\/resources\/limits\/memory'.*does not match pattern/,
   ],
+  [
+    'a preempting policy spelled wrong',
+    'workers:\n  priorityClass: { preemptionPolicy: Always }\n',
+    /'\/workers\/priorityClass\/preemptionPolicy'/,
+  ],
+  [
+    'a podAntiAffinity preset that does not exist',
+    'operator:\n  podAntiAffinity: maybe\n',
+    /podAntiAffinity/,
+  ],
   ['an unknown log level', 'operator:\n  logLevel: loud\n', /'\/operator\/logLevel': value must be one of/],
   [
     'a toleration with an unknown operator',
@@ -178,6 +301,23 @@ for (const [name, values, field] of badValues) {
     assert.match(r.stderr, field);
   });
 }
+
+test('helm template works offline without --kube-version', async () => {
+  const r = await helm(['template', 'demo', chart]);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stdout, 'kind: Deployment');
+});
+
+test('a Kubernetes below 1.30: the error says to pass --kube-version', async () => {
+  const r = await helm(['template', 'demo', chart, '--kube-version', '1.20.0']);
+  assert.is.not(r.code, 0);
+  assert.match(r.stderr, 'Tensile needs Kubernetes 1.30 or later');
+  assert.match(r.stderr, 'and helm sees v1.20.0');
+  assert.match(
+    r.stderr,
+    'pass --kube-version, e.g. helm template tensile charts/tensile --kube-version 1.31',
+  );
+});
 
 test('bundled NATS off without an external URL: a clear error', async () => {
   const r = await helm([

@@ -40,16 +40,24 @@ test('every Dockerfile is multi-stage, builds on Node 20 and ends as a non-root 
   }
 });
 
-test('the worker images are linux/amd64 (x86_64 libtensorflow); the Dockerfiles say why no digest', () => {
+test('the worker images are linux/amd64 (x86_64 libtensorflow); every base is pinned by digest', () => {
   for (const file of ['worker/Dockerfile', 'worker/Dockerfile.gpu']) {
     for (const from of instructions(read(file)).filter((i) => i.keyword === 'FROM'))
       assert.match(from.rest, /^--platform=linux\/amd64 /, `${file}: ${from.rest}`);
   }
   for (const file of DOCKERFILES) {
-    const text = read(file);
-    // No made-up digest: either a real pin or the honest note.
-    assert.not.match(text, /@sha256:0{8}/, `${file}: placeholder digest`);
-    assert.match(text, /NOT pinned by digest yet/, `${file}: says its bases are not pinned`);
+    const bases = instructions(read(file))
+      .filter((i) => i.keyword === 'ARG' && /^[A-Z_]+_IMAGE=/.test(i.rest))
+      .map((i) => i.rest);
+    assert.ok(bases.length > 0, `${file}: its bases are build-args`);
+    for (const base of bases) {
+      assert.match(
+        base,
+        /^[A-Z_]+_IMAGE=[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$/,
+        `${file}: ${base} is tag@digest`,
+      );
+      assert.not.match(base, /@sha256:(0{8}|1234|abcd|aa11)/, `${file}: ${base} is a placeholder digest`);
+    }
   }
 });
 
@@ -118,8 +126,10 @@ test('real node: containerd, CNI and kubelet settings this sandbox needs', () =>
   };
   assert.equal(cni.plugins[0]?.bridge, plan.bridge);
   assert.is(cni.plugins[0]?.ipMasq, false, 'nothing masqueraded towards the outside');
-  const kubelet = kubeletConfig(plan, plan.hostIp);
+  const kubelet = kubeletConfig(plan, '/tmp/c/pki/ca.crt', plan.hostIp);
   for (const line of [
+    'anonymous: { enabled: false }',
+    'x509: { clientCAFile: /tmp/c/pki/ca.crt }',
     'cgroupDriver: cgroupfs',
     'failSwapOn: false',
     'failCgroupV1: false',

@@ -2,7 +2,14 @@ import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { type Plan, type PlanConfig, plan, planInvalidSpec } from '../../operator/controller/plan.ts';
+import {
+  type Plan,
+  type PlanConfig,
+  plan,
+  planInvalidSpec,
+  roundAccuracy,
+  roundLoss,
+} from '../../operator/controller/plan.ts';
 import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
 import type { JobObservations } from '../../operator/controller/progress.ts';
 import { at, node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
@@ -337,6 +344,40 @@ const cases: Case[] = [
       assert.is(p.status.restarts, 0);
     },
   },
+  ...(['None', 'Running', 'All'] as const).map((policy) => ({
+    name: `cleanPodPolicy ${policy} at the end: ${{ None: 'no pod', Running: 'the running worker', All: 'every pod' }[policy]} deleted`,
+    job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { cleanPodPolicy: policy } }, running()),
+    pods: [workerPod(0, { phase: 'Succeeded' }), workerPod(1)],
+    expect: (p: Plan) => {
+      assert.is(p.status.phase, 'Succeeded');
+      assert.equal(
+        deleted(p),
+        { None: [], Running: ['job-worker-1'], All: ['job-worker-0', 'job-worker-1'] }[policy],
+      );
+      assert.equal([...p.releasePods].sort(), ['job-worker-0', 'job-worker-1'], 'released either way');
+    },
+  })),
+  {
+    name: 'a pod template overriding what Tensile owns fails the job with InvalidSpec, no pod created',
+    job: ownedJob({
+      'spec.worker.podTemplate': {
+        spec: {
+          restartPolicy: 'Always',
+          containers: [{ name: 'worker', env: [{ name: 'TENSILE_JOB', value: 'x' }] }],
+        },
+      },
+    }),
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.match(
+        condition(p, 'Failed')?.message ?? '',
+        'spec.worker.podTemplate.spec.restartPolicy: must be Never',
+      );
+      assert.match(condition(p, 'Failed')?.message ?? '', 'TENSILE_JOB is set by the operator');
+      assert.equal(p.createPods, []);
+    },
+  },
   {
     name: 'suspend: checkpoint request, all workers deleted, Suspended',
     job: ownedJob({ 'spec.replicas': 2, 'spec.runPolicy': { suspend: true } }, running()),
@@ -606,6 +647,7 @@ cases.push(
         loss: 0.3,
         accuracy: 0.89,
         reason: 'reached 10 epochs',
+        model: { uri: 'pvc://models/team-a/job', step: 4690, accuracy: 0.89, time: '2026-11-21T12:00:00Z' },
         time: '2026-11-21T12:00:00Z',
       },
     },
@@ -613,6 +655,12 @@ cases.push(
       assert.is(p.status.phase, 'Succeeded');
       assert.is(p.status.step, 4690);
       assert.is(p.status.accuracy, 0.89);
+      assert.equal(p.status.model, {
+        uri: 'pvc://models/team-a/job',
+        step: 4690,
+        time: '2026-11-21T12:00:00Z',
+        accuracy: 0.89,
+      });
       assert.match(condition(p, 'Succeeded')?.message ?? '', 'step 4690');
       assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
     },
@@ -679,6 +727,87 @@ for (const c of invalidCases) {
     c.expect(planInvalidSpec({ status: c.status, reason: 'spec.replicas: must be >= 0', now: T0 }));
   });
 }
+
+const kueueCases: [string, Parameters<typeof plan>[0]['queue'], V1Pod[], (p: Plan) => void][] = [
+  [
+    'queued in Kueue: no workers, Suspended (QueuedByKueue)',
+    { admitted: false, reason: 'QueuedByKueue', message: 'waiting in Kueue queue team-a' },
+    [],
+    (p) => {
+      assert.equal(p.createPods, []);
+      assert.is(p.status.phase, 'Suspended');
+      assert.is(condition(p, 'Suspended')?.reason, 'QueuedByKueue');
+    },
+  ],
+  [
+    'admitted with 2 of 4: two workers',
+    { admitted: true, count: 2 },
+    [],
+    (p) => assert.equal(names(p.createPods), ['job-worker-0', 'job-worker-1']),
+  ],
+  [
+    'evicted while running: workers checkpoint and go, progress stays',
+    { admitted: false, reason: 'EvictedByKueue', message: 'evicted by Kueue: Preempted' },
+    [workerPod(0), workerPod(1)],
+    (p) => {
+      assert.equal(p.publish, [{ type: 'checkpoint', reason: 'job suspended' }]);
+      assert.equal(deleted(p), ['job-worker-0', 'job-worker-1']);
+      assert.is(condition(p, 'Suspended')?.reason, 'EvictedByKueue');
+      assert.is(p.status.step, 120, 'the step reached is kept');
+    },
+  ],
+];
+for (const [name, queue, pods, expect] of kueueCases) {
+  test(`Kueue: ${name}`, () => {
+    expect(
+      plan({
+        job: ownedJob(
+          { 'spec.replicas': 4, 'spec.minReplicas': 2, 'spec.maxReplicas': 4 },
+          { ...running(), step: 120 },
+        ),
+        pods,
+        nodes: defaultNodes(),
+        claimExists: true,
+        now: T0,
+        config,
+        ...(queue === undefined ? {} : { queue }),
+      }),
+    );
+  });
+}
+
+test('status figures are rounded as kubectl get tj shows them', () => {
+  const figures: [number, number][] = [
+    [0.123456789, 0.1235],
+    [0.000123456, 0.0001235],
+    [12.3456, 12.35],
+    [0, 0],
+  ];
+  for (const [raw, shown] of figures) assert.is(roundLoss(raw), shown, String(raw));
+  assert.is(roundAccuracy(0.887654), 0.8877);
+  assert.is(roundAccuracy(1), 1);
+  const p = plan({
+    job: ownedJob({ 'spec.replicas': 2 }, running()),
+    pods: [workerPod(0), workerPod(1)],
+    nodes: defaultNodes(),
+    claimExists: true,
+    now: T0,
+    config,
+    observations: {
+      completed: {
+        type: 'completed',
+        worker: 'job-worker-0',
+        step: 10,
+        epoch: 1,
+        loss: 0.3412987,
+        accuracy: 0.8912345,
+        reason: 'done',
+        time: '2026-11-21T12:00:00Z',
+      },
+    },
+  });
+  assert.equal([p.status.loss, p.status.accuracy], [0.3413, 0.8912]);
+});
 
 test('plan is deterministic: the same input gives the same decision', () => {
   const input = {

@@ -1,5 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { modelLocation } from '../../operator/api/model-output.ts';
 import {
   buildCheckpointClaim,
   buildWorkerPod,
@@ -44,6 +45,32 @@ test('the spec revision (metadata.generation) reaches the worker, so that worker
   assert.is(env(buildWorkerPod(job, 0, defaults))['TENSILE_SPEC_REVISION'], '1');
   const scaled = { ...job, metadata: { ...job.metadata, generation: 7 } };
   assert.is(env(buildWorkerPod(scaled, 0, defaults))['TENSILE_SPEC_REVISION'], '7');
+});
+
+test('spec.output: the model claim is mounted, never owned, and the worker and status agree on where', () => {
+  const job = ownedJob({ 'spec.output': { claimName: 'models', mountPath: '/output' } });
+  const pod = buildWorkerPod(job, 0, defaults);
+  assert.ok(
+    pod.spec?.volumes?.some((v) => v.name === 'output' && v.persistentVolumeClaim?.claimName === 'models'),
+  );
+  assert.ok(
+    pod.spec?.containers[0]?.volumeMounts?.some((m) => m.name === 'output' && m.mountPath === '/output'),
+  );
+  // The operator creates no claim for the output: only the checkpoint claim of the template.
+  assert.is(buildCheckpointClaim(job)?.metadata?.name, 'job-checkpoints');
+  assert.equal(modelLocation({ name: 'job', namespace: 'team-a' }, job.spec), {
+    dir: '/output/team-a/job',
+    uri: 'pvc://models/team-a/job',
+    ownedByJob: false,
+  });
+  // Without spec.output the model goes beside the checkpoints, and goes with the job's own claim.
+  const plain = ownedJob();
+  assert.not.ok(buildWorkerPod(plain, 0, defaults).spec?.volumes?.some((v) => v.name === 'output'));
+  assert.equal(modelLocation({ name: 'job', namespace: 'team-a' }, plain.spec), {
+    dir: '/checkpoints/model',
+    uri: 'pvc://job-checkpoints/model',
+    ownedByJob: true,
+  });
 });
 
 test('the same job and index give the same pod', () => {
@@ -158,7 +185,9 @@ test('the checkpoint claim from a template is owned by the job', () => {
     ownedJob({
       'spec.checkpoint': {
         intervalSteps: 10,
-        volume: { claimTemplate: { size: '5Gi', storageClassName: 'efs' } },
+        volume: {
+          claimTemplate: { size: '5Gi', storageClassName: 'efs', accessModes: ['ReadWriteMany'] },
+        },
       },
     }),
   );

@@ -11,9 +11,14 @@ import { KubeApiError } from '../../operator/api/kube-errors.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import type { EventRecorder } from '../../operator/controller/events.ts';
 import type { KubeClient } from '../../operator/controller/kube.ts';
+import type { ResourceFlavor, Workload } from '../../operator/controller/kueue.ts';
 import { OperatorMetrics } from '../../operator/controller/metrics.ts';
 import type { JobEventRecord, PlanConfig } from '../../operator/controller/plan.ts';
-import { JobReconciler, type ReconcileResult } from '../../operator/controller/reconciler.ts';
+import {
+  JobReconciler,
+  type ReconcileResult,
+  type ReconcilerDeps,
+} from '../../operator/controller/reconciler.ts';
 import { silentLogger } from '../../worker/log.ts';
 import { node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
 
@@ -128,8 +133,9 @@ async function settle(reconciler: JobReconciler, passes = 6): Promise<ReconcileR
   return results;
 }
 
-function reconcilerFor(server: FakeApiServer): JobReconciler {
+function reconcilerFor(server: FakeApiServer, kueue?: ReconcilerDeps['kueue']): JobReconciler {
   return new JobReconciler({
+    ...(kueue === undefined ? {} : { kueue }),
     kube: server.kube(),
     getJob: () => server.job(),
     podsOf: () => server.pods,
@@ -198,6 +204,102 @@ test('an invalid spec is written with the resourceVersion of the pass, once', as
   await reconciler.reconcile('default', 'job');
   assert.is(server.writes.length, 1);
   assert.is(server.events.length, events);
+});
+
+/** Kueue's objects as the API server holds them; a status write at a stale resourceVersion conflicts. */
+class FakeKueue {
+  workload: Workload | undefined;
+  resourceVersion = 1;
+  readonly flavors = new Map<string, ResourceFlavor>([
+    ['training', { metadata: { name: 'training' }, spec: { nodeLabels: { pool: 'training' } } }],
+  ]);
+  client(): NonNullable<ReconcilerDeps['kueue']> {
+    return {
+      getWorkload: async () =>
+        this.workload === undefined
+          ? undefined
+          : {
+              ...structuredClone(this.workload),
+              metadata: { ...this.workload.metadata, resourceVersion: String(this.resourceVersion) },
+            },
+      createWorkload: async (w: Workload) => {
+        this.workload ??= structuredClone(w);
+      },
+      getFlavor: async (name: string) => this.flavors.get(name),
+      priorityOf: async () => undefined,
+      patchWorkloadStatus: async (w: Workload, status: NonNullable<Workload['status']>) => {
+        if (w.metadata.resourceVersion !== String(this.resourceVersion))
+          throw new KubeApiError('patch workload status: 409 Conflict', 409, 'Conflict');
+        if (this.workload !== undefined) this.workload.status = structuredClone(status);
+        this.resourceVersion++;
+      },
+    };
+  }
+  /** What Kueue's scheduler writes. */
+  set(status: Workload['status']): void {
+    if (this.workload !== undefined) this.workload.status = status;
+    this.resourceVersion++;
+  }
+}
+
+const kcond = (type: string, status: 'True' | 'False') => ({
+  type,
+  status,
+  reason: 'R',
+  message: type,
+  lastTransitionTime: '2026-11-21T11:00:00Z',
+});
+
+test('Kueue: held until admitted, admitted count and flavor on the pods, evicted, quota handed back', async () => {
+  const job = ownedJob({
+    'metadata.labels': { 'kueue.x-k8s.io/queue-name': 'team-a' },
+    'spec.replicas': 4,
+    'spec.minReplicas': 2,
+    'spec.maxReplicas': 4,
+  });
+  const server = new FakeApiServer(job as KubernetesObject, {}, [], false);
+  const kueue = new FakeKueue();
+  const reconciler = reconcilerFor(server, kueue.client());
+  const first = await reconciler.reconcile('default', 'job');
+  assert.equal(first, { kind: 'requeue', afterMs: 1000 }, 'a queued job looks again soon');
+  assert.equal(
+    kueue.workload?.spec.podSets.map((p) => [p.count, p.minCount]),
+    [[4, 2]],
+  );
+  assert.equal(server.pods, [], 'no worker before admission');
+  assert.is(server.status.conditions?.find((c) => c.type === 'Suspended')?.reason, 'QueuedByKueue');
+
+  kueue.set({
+    conditions: [kcond('QuotaReserved', 'True'), kcond('Admitted', 'True')],
+    admission: {
+      clusterQueue: 'cq',
+      podSetAssignments: [{ name: 'worker', flavors: { cpu: 'training' }, count: 2 }],
+    },
+  });
+  await reconciler.reconcile('default', 'job');
+  assert.equal(
+    server.pods.map((p) => [p.metadata?.name, p.spec?.nodeSelector]),
+    [
+      ['job-worker-0', { pool: 'training' }],
+      ['job-worker-1', { pool: 'training' }],
+    ],
+  );
+
+  kueue.set({
+    ...kueue.workload?.status,
+    conditions: [...(kueue.workload?.status?.conditions ?? []), kcond('Evicted', 'True')],
+  });
+  await reconciler.reconcile('default', 'job');
+  assert.equal(server.pods, [], 'the workers are stopped');
+  assert.ok(
+    server.published.some((m) => m.type === 'checkpoint'),
+    'after a checkpoint request',
+  );
+  assert.is.not(kueue.workload?.status?.admission, null, 'the quota is kept while workers were still there');
+  await reconciler.reconcile('default', 'job');
+  assert.is(kueue.workload?.status?.admission, null, 'then handed back');
+  assert.is(kueue.workload?.status?.conditions?.find((c) => c.type === 'QuotaReserved')?.status, 'False');
+  assert.is(server.status.conditions?.find((c) => c.type === 'Suspended')?.reason, 'EvictedByKueue');
 });
 
 test.run();

@@ -399,7 +399,10 @@ test('renderReport has every section, flags the bad audit row and escapes text',
   for (const title of ['Training', 'World', 'Throughput', 'Events', 'Sample audit'])
     assert.match(html, `<h2>${title}</h2>`);
   assert.match(html, 'demo&lt;script&gt;alert(1)&lt;/script&gt;');
-  assert.not.match(html, '<script');
+  assert.not.match(html, '<script>alert');
+  // In the embedded curves too, the name cannot close the script element.
+  assert.not.match(html, 'alert(1)</script>');
+  assert.match(html, 'demo\\u003cscript>alert(1)\\u003c/script>');
   assert.match(html, 'a &amp; b');
   assert.match(html, '85.00 %');
   // Nothing from the network.
@@ -438,6 +441,97 @@ test('renderReport: no progress gives short notes instead of charts', () => {
   assert.not.match(html, 'Infinity');
 });
 
+// --- a cluster job's volume, and runs side by side ------------------------------------------------
+
+const spec = { replicas: 2, optimizer: { type: 'adam', learningRate: 0.001 }, batch: { global: 64 } };
+const rank = (worker: string, seconds: number, step: number, samplesPerSecond: number, allReduceMs: number) =>
+  log(worker, seconds, {
+    event: 'rank-progress',
+    step,
+    rank: worker.endsWith('0') ? 0 : 1,
+    steps: 50,
+    samplesPerSecond,
+    stepMs: 30,
+    allReduceMs,
+    generation: 0,
+  });
+
+/** What the workers of a cluster job leave on their checkpoint volume: logs/ and job.json, no summary. */
+function volumeDir(learningRate = 0.001): string {
+  const dir = mkdtempSync(join(tmpdir(), 'tensile-volume-'));
+  mkdirSync(join(dir, 'logs'));
+  writeFileSync(
+    join(dir, 'job.json'),
+    JSON.stringify({
+      name: job,
+      namespace: 'team-a',
+      spec: { ...spec, optimizer: { type: 'adam', learningRate } },
+    }),
+  );
+  writeFileSync(
+    join(dir, 'logs', 'demo-worker-0.jsonl'),
+    [
+      worker0,
+      rank('demo-worker-0', 10, 100, 500, 4),
+      log('demo-worker-0', 1, { event: 'backend', backend: 'tensorflow' }),
+    ].join('\n'),
+  );
+  writeFileSync(
+    join(dir, 'logs', 'demo-worker-1.jsonl'),
+    [worker1, rank('demo-worker-1', 11, 100, 250, 19)].join('\n'),
+  );
+  return dir;
+}
+
+test('a checkpoint volume: the summary from the logs, the spec from job.json, each rank in the per-worker view', () => {
+  const data = collectReport(volumeDir());
+  assert.ok(data.summaryFromLogs);
+  assert.is(data.summary.job, 'demo');
+  assert.is(data.summary.status, 'completed');
+  assert.is(data.summary.reason, 'completed 3 epochs');
+  assert.is(data.summary.step, 300);
+  assert.is(data.summary.eval?.accuracy, 0.85);
+  assert.is(data.summary.backend, 'tensorflow');
+  // From the first progress line (step 100 at 11 s, the later of two ranks) to the last (51 s).
+  assert.is(data.summary.wallSeconds, 40);
+  assert.equal(data.spec, { ...spec });
+  assert.equal(
+    data.ranks.map((r) => [r.worker, r.samplesPerSecond, r.allReduceMs]),
+    [
+      ['demo-worker-0', 500, 4],
+      ['demo-worker-1', 250, 19],
+    ],
+  );
+  const html = renderReport(data);
+  assert.match(html, '<h2>Hyperparameters</h2>');
+  assert.match(html, '<code>optimizer.learningRate</code>');
+  const embedded = /<script type="application\/json" id="t-data">(.*?)<\/script>/s.exec(html)?.[1] ?? '{}';
+  const curves = JSON.parse(embedded) as { runs: { workers: Record<string, { allReduceMs: number[] }> }[] };
+  assert.equal(curves.runs[0]?.workers['demo-worker-1']?.allReduceMs, [19]);
+  // uPlot is inlined, not fetched.
+  assert.match(html, 'uPlot');
+  assert.not.match(html, /(src|href)="https?:/);
+});
+
+test('tensile report A B: the runs side by side, the settings that differ highlighted', async () => {
+  const a = volumeDir(0.001);
+  const b = volumeDir(0.01);
+  const c = capture();
+  assert.is(await runReport([a, b], c.io), 0, c.err.join('\n'));
+  assert.equal(c.out, [join(a, 'compare.html')]);
+  const html = readFileSync(join(a, 'compare.html'), 'utf8');
+  assert.match(html, '2 runs side by side');
+  const names = [a, b].map((d) => `demo (${d.split('/').pop()})`);
+  for (const name of names) assert.match(html, name);
+  const differing = [...html.matchAll(/<tr class="differs"><td><code>([^<]+)<\/code>/g)].map((m) => m[1]);
+  assert.equal(differing, ['optimizer.learningRate']);
+  const embedded = /<script type="application\/json" id="t-data">(.*?)<\/script>/s.exec(html)?.[1] ?? '{}';
+  assert.equal(
+    (JSON.parse(embedded) as { runs: { name: string }[] }).runs.map((r) => r.name),
+    names,
+  );
+});
+
 // --- command ------------------------------------------------------------------------------------
 
 function capture() {
@@ -461,7 +555,7 @@ test('runReport: --out, usage errors exit 2, missing inputs exit 1', async () =>
   assert.equal(c.out, [target]);
   assert.match(readFileSync(target, 'utf8'), '<h1>');
 
-  for (const args of [[], ['--bogus', dir], [dir, dir], [dir, '--out']]) {
+  for (const args of [[], ['--bogus', dir], [dir, '--out']]) {
     c = capture();
     assert.is(await runReport(args, c.io), 2, args.join(' '));
     assert.match(c.err.join('\n'), 'usage: tensile report');

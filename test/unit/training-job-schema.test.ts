@@ -42,7 +42,13 @@ test('a valid manifest gets the documented defaults', () => {
   assert.is(spec.runPolicy.suspend, false);
   assert.is(spec.runPolicy.backoffLimit, 6);
   assert.is(spec.checkpoint.path, '/checkpoints');
-  assert.equal(spec.checkpoint.volume.claimTemplate?.accessModes, ['ReadWriteMany']);
+  assert.equal(
+    spec.checkpoint.volume.claimTemplate?.accessModes,
+    ['ReadWriteOnce'],
+    "every cluster's default storage class offers ReadWriteOnce",
+  );
+  assert.is(spec.worker.gpus, undefined, 'GPUs are opt-in');
+  assert.is(spec.worker.spot, undefined, 'spot is opt-in');
   assert.is(datasetOptions(spec.dataset).idx.trainImages, 'train-images-idx3-ubyte.gz');
   assert.is(spec.dataset.csv, undefined, 'options of other formats stay out of the object');
   assert.is(spec.rendezvous.timeoutMillis, 3000);

@@ -4,7 +4,7 @@
  * environment `loadWorkerConfig` accepts — the same path the operator's pods take.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -111,6 +111,11 @@ test('tensile worker on a missing dataset: exit 2 (terminal), the file and the p
   assert.is(failure?.['terminal'], true);
   assert.is(failure?.['job'], 'job');
   noStack(r.out + r.err);
+  // Like a pod (no output folder of tensile run), it kept its log on the checkpoint volume too.
+  const kept = readdirSync(join(dir, 'ckpt', 'logs'));
+  assert.is(kept.length, 1);
+  const onVolume = readFileSync(join(dir, 'ckpt', 'logs', kept[0] as string), 'utf8');
+  assert.equal(decodeWorkerLog(onVolume).events, decodeWorkerLog(r.out).events);
 });
 
 test('tensile worker forced onto an absent backend: a clear terminal error', () => {

@@ -84,8 +84,9 @@ test('a local worker and a pod of the same job and index agree on everything but
         JSON.stringify(fromLocal[key as keyof WorkerConfig]),
     )
     .sort();
-  // The uid and revision come from the API server, the pod IP from the kubelet, the out dir from `tensile run`.
-  assert.equal(differs, ['jobUid', 'outDir', 'podIp', 'specRevision']);
+  // The uid and revision come from the API server, the pod IP from the kubelet, the out and model dirs
+  // from `tensile run` (a pod writes its model where spec.output says).
+  assert.equal(differs, ['jobUid', 'modelDir', 'outDir', 'podIp', 'specRevision']);
   assert.is(fromLocal.workerId, fromPod.workerId);
 });
 

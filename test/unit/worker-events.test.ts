@@ -14,7 +14,7 @@ import {
 const envelope = { timestamp: '2026-01-01T12:00:00.000Z', level: 'info', job: 'j', worker: 'j-worker-0' };
 
 // [name, line, expected kind, the problem's start when invalid]
-const lines: [string, string, 'event' | 'message' | 'invalid', string?][] = [
+const lines: [string, string, 'event' | 'message' | 'text' | 'invalid', string?][] = [
   [
     'a progress event',
     JSON.stringify({
@@ -33,8 +33,8 @@ const lines: [string, string, 'event' | 'message' | 'invalid', string?][] = [
     'event',
   ],
   ['a plain message', JSON.stringify({ ...envelope, message: 'tensors left', numTensors: 3 }), 'message'],
-  ['a stack trace', 'Error: boom', 'invalid', 'not JSON'],
-  ['a line torn by SIGKILL', '{"level":"info","mess', 'invalid', 'not JSON'],
+  ['a stack trace', 'Error: boom', 'text', undefined],
+  ['a line torn by SIGKILL', '{"level":"info","mess', 'text', undefined],
   ['JSON that is not an object', '[1,2]', 'invalid', 'not a JSON object'],
   [
     'an event nobody knows',
@@ -90,7 +90,7 @@ test('decodeWorkerLog counts what it cannot read; empty lines are nothing', () =
     log.events.map((e) => e.event),
     ['checkpoint', 'eval'],
   );
-  assert.is(log.invalid, 1);
+  assert.equal([log.invalid, log.text], [0, 1], 'the stack trace is standard error, not a broken protocol');
   assert.equal(
     eventsOf(log.events, 'eval').map((e) => e.accuracy),
     [0.9],

@@ -459,6 +459,15 @@ export let originalWasmMaxPoolGrad: tf.KernelFunc | undefined;
 export let originalWasmConv2DBackpropInput: tf.KernelFunc | undefined;
 export let originalWasmBatchMatMul: tf.KernelFunc | undefined;
 
+/** Replaces wasm's kernel `name` by `wrap(original)`; returns the original, or undefined if there was none. */
+function wrapWasmKernel(name: string, wrap: (original: tf.KernelFunc) => unknown): tf.KernelFunc | undefined {
+  const original = tf.getKernel(name, 'wasm')?.kernelFunc;
+  if (original === undefined) return undefined;
+  tf.unregisterKernel(name, 'wasm');
+  tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: wrap(original) as tf.KernelFunc });
+  return original;
+}
+
 /**
  * Registers the missing training kernels for wasm (once per process) and returns their names.
  * Kernels that wasm already has are left alone, so a newer tfjs that adds them wins. Call it with
@@ -477,28 +486,12 @@ export function registerWasmTrainingKernels(): string[] {
     });
     added.push('Conv2DBackpropFilter');
   }
-  const matMul = tf.getKernel('BatchMatMul', 'wasm');
-  if (matMul !== undefined) {
-    originalWasmBatchMatMul = matMul.kernelFunc;
-    tf.unregisterKernel('BatchMatMul', 'wasm');
-    tf.registerKernel({
-      kernelName: 'BatchMatMul',
-      backendName: 'wasm',
-      kernelFunc: batchMatMul(matMul.kernelFunc) as unknown as tf.KernelFunc,
-    });
+  originalWasmBatchMatMul = wrapWasmKernel('BatchMatMul', batchMatMul);
+  if (originalWasmBatchMatMul !== undefined)
     added.push('BatchMatMul (transposed operands transposed explicitly)');
-  }
-  const backpropInput = tf.getKernel('Conv2DBackpropInput', 'wasm');
-  if (backpropInput !== undefined) {
-    originalWasmConv2DBackpropInput = backpropInput.kernelFunc;
-    tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
-    tf.registerKernel({
-      kernelName: 'Conv2DBackpropInput',
-      backendName: 'wasm',
-      kernelFunc: conv2DBackpropInput(backpropInput.kernelFunc) as unknown as tf.KernelFunc,
-    });
+  originalWasmConv2DBackpropInput = wrapWasmKernel('Conv2DBackpropInput', conv2DBackpropInput);
+  if (originalWasmConv2DBackpropInput !== undefined)
     added.push('Conv2DBackpropInput (stride 1 as a convolution)');
-  }
   if (!wasmMaxPoolGradIsCorrect()) {
     originalWasmMaxPoolGrad = tf.getKernel('MaxPoolGrad', 'wasm')?.kernelFunc;
     tf.unregisterKernel('MaxPoolGrad', 'wasm');

@@ -68,11 +68,11 @@ export function stepOfName(name: string): number | undefined {
   return match?.[1] === undefined ? undefined : Number(match[1]);
 }
 
-function sha256(bytes: Uint8Array): string {
+export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-function writeDurably(path: string, bytes: Uint8Array): void {
+export function writeDurably(path: string, bytes: Uint8Array): void {
   const fd = openSync(path, 'w');
   try {
     let written = 0;
@@ -83,7 +83,7 @@ function writeDurably(path: string, bytes: Uint8Array): void {
   }
 }
 
-function syncDirectory(path: string): void {
+export function syncDirectory(path: string): void {
   const fd = openSync(path, constants.O_RDONLY);
   try {
     fsyncSync(fd);

@@ -7,6 +7,7 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { CollectiveError } from '../collective/transport.ts';
 import { emit, errorMessage } from '../log.ts';
 import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
+import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
 import type { StepResult } from '../train/trainer.ts';
 import { snapshotDue } from './checkpoint-schedule.ts';
 import { evaluate } from './evaluate.ts';
@@ -24,6 +25,44 @@ export interface GenerationOutcome {
 interface Run {
   readonly window: ProgressWindow;
   stepSeconds: number;
+  /** This rank since its last `rank-progress` line: the per-worker view of the report. */
+  readonly rank: RankWindow;
+}
+
+interface RankWindow {
+  start: number;
+  steps: number;
+  samples: number;
+  stepSeconds: number;
+  /** Time in the all-reduce: the wire, and waiting for slower ranks. */
+  reduceSeconds: number;
+}
+
+/** Each rank's own figures go out at most this often (its progress interval, if longer). */
+const RANK_PROGRESS_MIN_MS = 1000;
+
+/** The reducer of a step, timed: what this rank spent in the all-reduce goes to `rank`. */
+function timedReducer(reducer: GradientReducer, rank: RankWindow): GradientReducer {
+  // A world of one reduces nothing; the trainer's direct path for it needs the LocalReducer itself.
+  if (reducer instanceof LocalReducer) return reducer;
+  return {
+    async allReduce(buffer, signal, options) {
+      const t = performance.now();
+      try {
+        return await reducer.allReduce(buffer, signal, options);
+      } finally {
+        rank.reduceSeconds += (performance.now() - t) / 1000;
+      }
+    },
+    async allGather(bytes, signal) {
+      const t = performance.now();
+      try {
+        return await reducer.allGather(bytes, signal);
+      } finally {
+        rank.reduceSeconds += (performance.now() - t) / 1000;
+      }
+    },
+  };
 }
 
 const NEWER_WORLD = 'a newer world formed';
@@ -32,7 +71,12 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
   const { state } = session;
   const firstStep = state.step;
   const started = performance.now();
-  const run: Run = { window: new ProgressWindow(performance.now()), stepSeconds: 0 };
+  const now = performance.now();
+  const run: Run = {
+    window: new ProgressWindow(now),
+    stepSeconds: 0,
+    rank: { start: now, steps: 0, samples: 0, stepSeconds: 0, reduceSeconds: 0 },
+  };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
   let worldEnded: string | undefined;
   while (reason === undefined && !session.leaving.aborted) {
@@ -78,7 +122,9 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
     const next = state.step + 1;
     const averageNow =
       next >= g.plannedSteps || evaluationDue(g.settings.evaluation.intervalSteps, next, false, false);
-    result = await trainer.step(world, active.reducer, active.changed, { averageNow });
+    result = await trainer.step(world, timedReducer(active.reducer, run.rank), active.changed, {
+      averageNow,
+    });
   } catch (error) {
     if (!(error instanceof CollectiveError)) throw error;
     clock.lostStepSeconds += (performance.now() - stepStarted) / 1000;
@@ -99,6 +145,9 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
     });
   clock.sessionSamples += result.samples;
   run.window.add(result);
+  run.rank.steps++;
+  run.rank.samples += result.localSamples;
+  run.rank.stepSeconds += took;
   return result;
 }
 
@@ -130,8 +179,30 @@ async function afterStep(
     )
   )
     reportProgress(session, g, result, run.window, now);
+  if (
+    now - run.rank.start >= Math.max(RANK_PROGRESS_MIN_MS, session.config.progressMs) ||
+    reason !== undefined
+  )
+    reportRank(g, state.step, run.rank, now);
   snapshotIfDue(session, g, reason !== undefined);
   return { reason };
+}
+
+/** This rank's throughput and waits since its last line, then a new window. */
+function reportRank(g: Generation, step: number, rank: RankWindow, now: number): void {
+  if (rank.steps === 0) return;
+  const seconds = (now - rank.start) / 1000;
+  const ms = (total: number) => Math.round((total / rank.steps) * 1e4) / 10;
+  emit(g.log, 'info', 'rank progress', {
+    event: 'rank-progress',
+    step,
+    rank: g.world.rank,
+    steps: rank.steps,
+    samplesPerSecond: seconds > 0 ? Math.round((rank.samples / seconds) * 10) / 10 : 0,
+    stepMs: ms(rank.stepSeconds),
+    allReduceMs: ms(rank.reduceSeconds),
+  });
+  Object.assign(rank, { start: now, steps: 0, samples: 0, stepSeconds: 0, reduceSeconds: 0 });
 }
 
 function reportProgress(

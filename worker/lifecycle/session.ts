@@ -2,9 +2,10 @@
  * What a worker holds for its whole life (backend, data, model, trainer, checkpoints, membership) and
  * the few facts its states share: opened once by `openSession`, released by its async dispose.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { JOB_RECORD } from '../../operator/api/model-output.ts';
 import type { TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { type SelectedBackend, selectBackend } from '../backend/select.ts';
 import { BackgroundCheckpointer, type CheckpointRef, CheckpointStore } from '../checkpoint/store.ts';
@@ -221,6 +222,7 @@ export async function openSession(options: SessionOptions): Promise<Session> {
   });
   const store = new CheckpointStore(config.checkpointDir, spec.checkpoint.keep);
   await store.ensureDirectory();
+  writeJobRecord(config, log);
   const fresh = initialState(spec, dataset);
   const auditDirectory = join(config.outDir ?? config.checkpointDir, 'audit');
   mkdirSync(auditDirectory, { recursive: true });
@@ -236,7 +238,9 @@ export async function openSession(options: SessionOptions): Promise<Session> {
   // A leave request (SIGTERM in a pod, or the operator's control message before a node goes away)
   // ends this worker's part; `stop` (from the operator) ends the whole job's training for now.
   const leaving = new AbortController();
-  options.stop.addEventListener('abort', () => leaving.abort(), { once: true });
+  // A signal that came while the backend, data and model loaded has already fired its event.
+  if (options.stop.aborted) leaving.abort();
+  else options.stop.addEventListener('abort', () => leaving.abort(), { once: true });
   let membership: Membership;
   try {
     membership =
@@ -250,4 +254,29 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     throw error;
   }
   return new Session(config, log, backend, dataset, built, store, audit, trainer, fresh, membership, leaving);
+}
+
+/**
+ * The job this volume belongs to, beside its checkpoints: what `tensile export` and `tensile report`
+ * read (the spec, hyperparameters included) when they are given the volume's folder.
+ */
+function writeJobRecord(config: WorkerConfig, log: WorkerLogger): void {
+  const file = join(config.checkpointDir, JOB_RECORD);
+  const record = {
+    name: config.jobName,
+    namespace: config.namespace,
+    ...(config.jobUid === undefined ? {} : { uid: config.jobUid }),
+    specRevision: config.specRevision,
+    spec: config.spec,
+  };
+  const temporary = `${file}.${config.workerId}.tmp`;
+  try {
+    writeFileSync(temporary, `${JSON.stringify(record, null, 1)}\n`);
+    renameSync(temporary, file);
+  } catch (error) {
+    log.warn('could not write the job record beside the checkpoints', {
+      file,
+      error: (error as Error).message,
+    });
+  }
 }

@@ -12,9 +12,11 @@
  * final checkpoint (if this worker is the writer), leaves the rendezvous and reports the result.
  */
 
+import { modelLocation } from '../../operator/api/model-output.ts';
 import type { CheckpointRef } from '../checkpoint/store.ts';
 import { CollectiveError } from '../collective/transport.ts';
 import type { JoinedWorld } from '../elastic/membership.ts';
+import { writeModelExport } from '../export/model-export.ts';
 import { emit } from '../log.ts';
 import { type WorkerResult, writeWorkerResult } from '../result.ts';
 import { evaluate } from './evaluate.ts';
@@ -126,6 +128,7 @@ export async function finishing(session: Session, started: number): Promise<Life
   const finalRef = await finalCheckpoint(session);
   if (isWriter(session)) {
     const reason = state.completed ?? 'completed';
+    const model = exportModel(session);
     await membership.complete(state.step, reason);
     membership.publish('metrics', {
       type: 'completed',
@@ -137,11 +140,55 @@ export async function finishing(session: Session, started: number): Promise<Life
       ...(finalRef === undefined
         ? {}
         : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: new Date().toISOString() } }),
+      ...(model === undefined ? {} : { model }),
       reason,
       time: new Date().toISOString(),
     });
   }
   return { name: 'done', result: await conclude(session, 'completed', finalRef, started) };
+}
+
+/**
+ * The writer exports the trained model for serving. A failure is reported but does not fail the job:
+ * the weights are in the final checkpoint, and `tensile export` can write the model from it.
+ */
+function exportModel(
+  session: Session,
+): { uri: string; step: number; accuracy?: number; time: string } | undefined {
+  const { config, facts, state } = session;
+  if (!facts.trained || state.step === 0) return undefined;
+  const job = { name: config.jobName, namespace: config.namespace, uid: config.jobUid };
+  const location = modelLocation(job, config.spec);
+  const dir = config.modelDir ?? location.dir;
+  const uri = config.modelDir === undefined ? location.uri : undefined;
+  try {
+    const written = writeModelExport(dir, {
+      snapshot: session.takeSnapshot().snapshot,
+      dataset: session.dataset,
+      job,
+      spec: config.spec,
+      uri,
+    });
+    emit(facts.log, 'info', `model exported to ${dir}`, {
+      event: 'model-exported',
+      step: written.step,
+      dir,
+      ...(uri === undefined ? {} : { uri }),
+      ...(written.accuracy === undefined ? {} : { accuracy: written.accuracy }),
+    });
+    return {
+      uri: uri ?? dir,
+      step: written.step,
+      time: written.time,
+      ...(written.accuracy === undefined ? {} : { accuracy: written.accuracy }),
+    };
+  } catch (error) {
+    emit(facts.log, 'error', `could not export the model to ${dir}`, {
+      event: 'model-export-failed',
+      error: (error as Error).message,
+    });
+    return undefined;
+  }
 }
 
 /** The writer of the last world (its rank 0, or the last worker standing) writes the final checkpoint. */

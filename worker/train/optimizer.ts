@@ -152,12 +152,7 @@ export class TrainingOptimizer {
         break;
       }
       case 'adam': {
-        const m = this.slot(0, i);
-        const v = this.slot(1, i);
-        const nextM = tf.add(tf.mul(m, c.beta1), tf.mul(gradient, c.oneMinusBeta1));
-        const nextV = tf.add(tf.mul(v, c.beta2), tf.mul(tf.square(gradient), c.oneMinusBeta2));
-        m.assign(nextM);
-        v.assign(nextV);
+        const [nextM, nextV] = this.adamMoments(gradient, i);
         const step = tf.div(tf.mul(nextM, s.adamRate), tf.add(tf.sqrt(nextV), s.adamEpsilon));
         // AdamW (Loshchilov & Hutter): the decay scales with the rate but not with Adam's normalisation.
         const decayed = decays ? tf.add(step, tf.mul(variable, s.decay)) : step;
@@ -213,8 +208,8 @@ export class TrainingOptimizer {
     variable.assign(tf.sub(variable, tf.mul(next, s.rate)));
   }
 
-  /** LAMB (You et al. 2020, algorithm 2): u = m̂/(√v̂ + ε) + βw; w ← w − lr·‖w‖/‖u‖·u. */
-  private lamb(variable: tf.Variable, gradient: tf.Tensor, i: number, s: StepScalars): void {
+  /** Adam's first and second moments of variable `i` after `gradient`, stored in its slots. */
+  private adamMoments(gradient: tf.Tensor, i: number): [tf.Tensor, tf.Tensor] {
     const c = this.constants;
     const m = this.slot(0, i);
     const v = this.slot(1, i);
@@ -222,6 +217,13 @@ export class TrainingOptimizer {
     const nextV = tf.add(tf.mul(v, c.beta2), tf.mul(tf.square(gradient), c.oneMinusBeta2));
     m.assign(nextM);
     v.assign(nextV);
+    return [nextM, nextV];
+  }
+
+  /** LAMB (You et al. 2020, algorithm 2): u = m̂/(√v̂ + ε) + βw; w ← w − lr·‖w‖/‖u‖·u. */
+  private lamb(variable: tf.Variable, gradient: tf.Tensor, i: number, s: StepScalars): void {
+    const c = this.constants;
+    const [nextM, nextV] = this.adamMoments(gradient, i);
     let update = tf.div(tf.mul(nextM, s.lambM), tf.add(tf.sqrt(tf.mul(nextV, s.lambV)), c.epsilon));
     if (this.adapted[i] === true) {
       update = tf.add(update, tf.mul(variable, c.weightDecay));

@@ -1,0 +1,263 @@
+/**
+ * Kueue's contract for a job kind it does not know (an "external framework"), as pure functions: a job
+ * labelled kueue.x-k8s.io/queue-name gets a Workload (one pod set `worker`: count = desired workers,
+ * minCount = minReplicas for partial admission) and stays suspended until Kueue admits it; the admission
+ * (its flavors' node labels and tolerations, its count) shapes the workers; when Kueue evicts it the job
+ * suspends (workers checkpoint: progress is kept) and, once its workers are gone, hands the quota back.
+ */
+import type { V1Pod, V1Toleration } from '@kubernetes/client-node';
+import { API_GROUP_VERSION, desiredReplicas, KIND, type TrainingJob } from '../api/training-job.ts';
+import type { OwnedJob } from './pod-builder.ts';
+
+export const QUEUE_LABEL = 'kueue.x-k8s.io/queue-name';
+export const KUEUE_GROUP = 'kueue.x-k8s.io';
+export const KUEUE_VERSION = 'v1beta2';
+export const POD_SET = 'worker';
+
+export interface KueueCondition {
+  type: string;
+  status: 'True' | 'False' | 'Unknown';
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+  observedGeneration?: number;
+}
+
+export interface PodSetAssignment {
+  name: string;
+  flavors?: Record<string, string>;
+  count?: number;
+}
+
+export interface Workload {
+  apiVersion: string;
+  kind: 'Workload';
+  metadata: {
+    name: string;
+    namespace: string;
+    resourceVersion?: string;
+    generation?: number;
+    labels?: Record<string, string>;
+    ownerReferences?: unknown[];
+  };
+  spec: {
+    queueName: string;
+    podSets: {
+      name: string;
+      count: number;
+      minCount?: number;
+      template: { metadata?: unknown; spec: unknown };
+    }[];
+    priorityClassRef?: { group: string; kind: string; name: string };
+    priority?: number;
+  };
+  status?: {
+    conditions?: KueueCondition[];
+    admission?: { clusterQueue: string; podSetAssignments: PodSetAssignment[] } | null;
+    admissionChecks?: {
+      podSetUpdates?: { name: string; nodeSelector?: Record<string, string>; tolerations?: V1Toleration[] }[];
+    }[];
+  };
+}
+
+export interface ResourceFlavor {
+  metadata: { name: string };
+  spec?: { nodeLabels?: Record<string, string>; tolerations?: V1Toleration[] };
+}
+
+export function queueNameOf(job: TrainingJob): string | undefined {
+  const labels = job.metadata['labels'] as Record<string, string> | undefined;
+  const name = labels?.[QUEUE_LABEL];
+  return name === undefined || name === '' ? undefined : name;
+}
+
+/** Kueue's own naming for a job's workload: kind, name, and room left for its suffixes. */
+export function workloadName(job: string): string {
+  return `trainingjob-${job}`;
+}
+
+/**
+ * The Workload of a queued job, from the pod the operator would create for it; `priority` is the value
+ * of the pods' PriorityClass (Kueue's webhook fills it in for its own integrations, so we must).
+ */
+export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod, priority?: number): Workload {
+  const priorityClass = pod.spec?.priorityClassName;
+  const count = desiredReplicas(job.spec);
+  const min = Math.min(job.spec.minReplicas, count);
+  return {
+    apiVersion: `${KUEUE_GROUP}/${KUEUE_VERSION}`,
+    kind: 'Workload',
+    metadata: {
+      name: workloadName(job.metadata.name),
+      namespace: job.metadata.namespace,
+      labels: { [QUEUE_LABEL]: queueName },
+      ownerReferences: [
+        {
+          apiVersion: API_GROUP_VERSION,
+          kind: KIND,
+          name: job.metadata.name,
+          uid: job.metadata.uid,
+          controller: true,
+          blockOwnerDeletion: true,
+        },
+      ],
+    },
+    spec: {
+      queueName,
+      podSets: [
+        {
+          name: POD_SET,
+          count,
+          ...(min < count ? { minCount: min } : {}),
+          template: { metadata: { labels: pod.metadata?.labels ?? {} }, spec: pod.spec ?? {} },
+        },
+      ],
+      ...(priorityClass === undefined || priority === undefined
+        ? {}
+        : {
+            priorityClassRef: { group: 'scheduling.k8s.io', kind: 'PriorityClass', name: priorityClass },
+            priority,
+          }),
+    },
+  };
+}
+
+const isTrue = (w: Workload, type: string) =>
+  w.status?.conditions?.some((c) => c.type === type && c.status === 'True') ?? false;
+
+/** What Kueue lets the job do now. */
+export type KueueGate =
+  | {
+      readonly admitted: false;
+      readonly reason: 'QueuedByKueue' | 'EvictedByKueue';
+      readonly message: string;
+    }
+  | {
+      readonly admitted: true;
+      readonly count: number;
+      readonly nodeSelector: Record<string, string>;
+      readonly tolerations: V1Toleration[];
+    };
+
+/** Names of the flavors the admission assigned to the worker pod set (to look up their node labels). */
+export function assignedFlavors(workload: Workload | undefined): string[] {
+  const assignment = workload?.status?.admission?.podSetAssignments.find((a) => a.name === POD_SET);
+  return [...new Set(Object.values(assignment?.flavors ?? {}))];
+}
+
+export function kueueGate(workload: Workload | undefined, flavors: readonly ResourceFlavor[]): KueueGate {
+  if (workload === undefined)
+    return { admitted: false, reason: 'QueuedByKueue', message: 'creating the Kueue workload' };
+  const admission = workload.status?.admission;
+  const evicted = workload.status?.conditions?.find((c) => c.type === 'Evicted' && c.status === 'True');
+  if (evicted !== undefined)
+    return { admitted: false, reason: 'EvictedByKueue', message: `evicted by Kueue: ${evicted.message}` };
+  if (admission == null || !isTrue(workload, 'Admitted'))
+    return {
+      admitted: false,
+      reason: 'QueuedByKueue',
+      message: `waiting in Kueue queue ${workload.spec.queueName}`,
+    };
+  const assignment = admission.podSetAssignments.find((a) => a.name === POD_SET);
+  const nodeSelector: Record<string, string> = {};
+  const tolerations: V1Toleration[] = [];
+  for (const name of assignedFlavors(workload)) {
+    const flavor = flavors.find((f) => f.metadata.name === name);
+    Object.assign(nodeSelector, flavor?.spec?.nodeLabels);
+    tolerations.push(...(flavor?.spec?.tolerations ?? []));
+  }
+  for (const check of workload.status?.admissionChecks ?? [])
+    for (const update of check.podSetUpdates ?? [])
+      if (update.name === POD_SET) {
+        Object.assign(nodeSelector, update.nodeSelector);
+        tolerations.push(...(update.tolerations ?? []));
+      }
+  const count = assignment?.count ?? workload.spec.podSets.find((p) => p.name === POD_SET)?.count ?? 1;
+  return { admitted: true, count, nodeSelector, tolerations };
+}
+
+/** The job as its workers run under an admission: Kueue's node labels and tolerations added. */
+export function withAdmission(job: OwnedJob, gate: KueueGate): OwnedJob {
+  if (!gate.admitted || (Object.keys(gate.nodeSelector).length === 0 && gate.tolerations.length === 0))
+    return job;
+  const worker = job.spec.worker;
+  return {
+    ...job,
+    spec: {
+      ...job.spec,
+      worker: {
+        ...worker,
+        nodeSelector: { ...worker.nodeSelector, ...gate.nodeSelector },
+        tolerations: [
+          ...(worker.tolerations ?? []),
+          ...gate.tolerations.map((t) => ({
+            ...(t.key === undefined ? {} : { key: t.key }),
+            operator: t.operator === 'Exists' ? ('Exists' as const) : ('Equal' as const),
+            ...(t.value === undefined ? {} : { value: t.value }),
+            ...(t.effect === undefined
+              ? {}
+              : { effect: t.effect as 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute' }),
+          })),
+        ],
+      },
+    },
+  };
+}
+
+function setCondition(conditions: readonly KueueCondition[], next: KueueCondition): KueueCondition[] {
+  const old = conditions.find((c) => c.type === next.type);
+  const kept =
+    old !== undefined && old.status === next.status ? old.lastTransitionTime : next.lastTransitionTime;
+  return [...conditions.filter((c) => c.type !== next.type), { ...next, lastTransitionTime: kept }];
+}
+
+/**
+ * The status that hands an evicted workload's quota back once its workers are gone (what Kueue's own
+ * job integrations do): no admission, QuotaReserved and Admitted False. Undefined when there is
+ * nothing to hand back.
+ */
+export function releasedQuotaStatus(workload: Workload, now: Date): Workload['status'] | undefined {
+  if (workload.status?.admission == null) return undefined;
+  const time = now.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const generation = workload.metadata.generation;
+  const base = {
+    lastTransitionTime: time,
+    ...(generation === undefined ? {} : { observedGeneration: generation }),
+  };
+  let conditions = setCondition(workload.status.conditions ?? [], {
+    ...base,
+    type: 'QuotaReserved',
+    status: 'False',
+    reason: 'Pending',
+    message: 'the TrainingJob stopped its workers after the eviction',
+  });
+  conditions = setCondition(conditions, {
+    ...base,
+    type: 'Admitted',
+    status: 'False',
+    reason: 'NoReservation',
+    message: 'the workload has no reservation',
+  });
+  return { ...workload.status, admission: null, conditions };
+}
+
+/** The status that tells Kueue the job is over, so its quota goes to the next workload. */
+export function finishedStatus(
+  workload: Workload,
+  succeeded: boolean,
+  message: string,
+  now: Date,
+): Workload['status'] | undefined {
+  if (isTrue(workload, 'Finished')) return undefined;
+  const time = now.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  return {
+    ...workload.status,
+    conditions: setCondition(workload.status?.conditions ?? [], {
+      type: 'Finished',
+      status: 'True',
+      reason: succeeded ? 'Succeeded' : 'Failed',
+      message: message === '' ? (succeeded ? 'TrainingJob succeeded' : 'TrainingJob failed') : message,
+      lastTransitionTime: time,
+    }),
+  };
+}
