@@ -117,9 +117,9 @@ for (const mode of ['topk', 'powersgd', 'local']) {
     // The worlds that formed, from the workers' logs: with local SGD a world that ended before its
     // first averaging committed nothing and is not in the final history (its steps were redone).
     const sizes = workerEvents(out)
-      .filter((e) => e['event'] === 'generation' && e['rank'] === 0)
-      .sort((a, b) => String(a['timestamp']).localeCompare(String(b['timestamp'])))
-      .map((e) => Number(e['worldSize']));
+      .flatMap((e) => (e.event === 'generation' && e.rank === 0 ? [e] : []))
+      .sort((a, b) => String(a.timestamp).localeCompare(String(b.timestamp)))
+      .map((e) => e.worldSize);
     const grown = sizes.indexOf(3);
     assert.ok(grown >= 0, `it grew to 3: ${sizes}`);
     assert.ok(
