@@ -31,7 +31,8 @@ const CHAOS_EPOCHS = 12;
 function manifest(name: string, communication: Record<string, unknown>, epochs = EPOCHS): string {
   return writeJobManifest(join(dir, `${name}.yaml`), name, {
     replicas: 2,
-    minReplicas: 1,
+    // Both workers in every world: on a busy machine one would otherwise train a short run alone.
+    minReplicas: 2,
     maxReplicas: 3,
     model: { mlp: { hiddenUnits: [64], dropout: 0 }, seed: 3 },
     dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 1000 } },
