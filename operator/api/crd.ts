@@ -144,10 +144,8 @@ export function trainingJobOpenApiSchema(): JsonSchema {
         description: `The versioned schema of this object: ${API_GROUP}/${API_VERSION}.`,
       },
       kind: { type: 'string', description: `${KIND}.` },
-      metadata: {
-        type: 'object',
-        description: `Standard object metadata; the name is a DNS-1123 label of at most ${MAX_JOB_NAME_LENGTH} characters.`,
-      },
+      // The API server refuses anything but name and generateName here, a description included.
+      metadata: { type: 'object' },
       spec: {
         description: 'What to train, on how many workers, and how (`kubectl explain trainingjob.spec`).',
         ...openApi(TrainingJobSpecSchema),

@@ -51,7 +51,7 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
   readonly checkpointDir: string;
   readonly backend?: string;
   readonly outDir?: string;
-  /** Where the trained model goes instead of spec.output's claim (`tensile run`: a local folder). */
+  /** Where the trained model goes: under spec.output's mount in a pod, a local folder for `tensile run`. */
   readonly modelDir?: string;
   readonly progressMs?: number;
 }

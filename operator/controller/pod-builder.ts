@@ -16,7 +16,7 @@ import {
   LABEL_ROLE,
   ROLE_WORKER,
 } from '../api/contract.ts';
-import { checkpointClaimName as claimOf } from '../api/model-output.ts';
+import { checkpointClaimName as claimOf, modelLocation } from '../api/model-output.ts';
 import {
   API_GROUP_VERSION,
   elasticRange,
@@ -276,6 +276,8 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     podIp: { fieldRef: 'status.podIP' },
     natsUrl: spec.nats?.url ?? defaults.natsUrl,
     checkpointDir: spec.checkpoint.path,
+    // Spelled out rather than left to the worker: a path under a mount, as every path the pod is given.
+    modelDir: modelLocation({ name: job.metadata.name, namespace: job.metadata.namespace }, spec).dir,
     ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),
     ...(creds === undefined ? {} : { natsCreds: `${NATS_CREDS_MOUNT}/nats.creds` }),
   }).map((v) => ({ ...v }));

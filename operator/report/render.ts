@@ -87,15 +87,15 @@ function scriptedEvent(item: unknown): string | undefined {
 }
 
 /** Nested objects of unknown summary fields as dotted keys, so that new figures show without code. */
-function flatten(value: unknown, prefix: string, out: [string, string][], depth = 0): void {
+function flatten(value: unknown, prefix: string, out: [string, string][], depth = 0, maxDepth = 3): void {
   const events = Array.isArray(value) ? value.map(scriptedEvent) : [];
   if (events.length > 0 && events.every((e) => e !== undefined)) {
     out.push([prefix, events.join('; ')]);
     return;
   }
-  if (value !== null && typeof value === 'object' && !Array.isArray(value) && depth < 3) {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value) && depth < maxDepth) {
     for (const [k, v] of Object.entries(value))
-      flatten(v, prefix === '' ? k : `${prefix}.${k}`, out, depth + 1);
+      flatten(v, prefix === '' ? k : `${prefix}.${k}`, out, depth + 1, maxDepth);
     return;
   }
   const text =
@@ -166,7 +166,8 @@ export function hyperparameterTable(
 ): string {
   const flat = specs.map((spec) => {
     const rows: [string, string][] = [];
-    if (spec !== null) flatten(spec, '', rows, -3);
+    // A spec nests deeper than a summary (checkpoint.volume.claimTemplate.size).
+    if (spec !== null) flatten(spec, '', rows, 0, 6);
     return new Map(rows);
   });
   const keys = [...new Set(flat.flatMap((m) => [...m.keys()]))].sort();

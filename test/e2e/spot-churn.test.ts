@@ -148,6 +148,8 @@ test('kubectl apply → training under spot churn → Succeeded, with nothing lo
     'restarts',
     'audit',
     'goodput',
+    'metrics',
+    'model',
     'events',
   ]) {
     const c = byName.get(name);

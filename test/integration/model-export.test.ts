@@ -82,7 +82,9 @@ test('the model of a finished run loads in a fresh process and reproduces the re
     output: { labels: LABELS },
   });
   const out = join(dir, 'out');
-  const summary = await finished(tensileRun(file, out));
+  // Two workers for a job of one: the second stands by, and learns of the completion with its older
+  // state, which must not replace the model the trained worker wrote.
+  const summary = await finished(tensileRun(file, out, ['--workers', '2']));
   assert.is(summary.status, 'completed');
   const model = join(out, 'model');
   const manifest = manifestOf(model);

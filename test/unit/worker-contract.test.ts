@@ -50,6 +50,7 @@ test("a built pod's env loads into the worker config it stands for", () => {
     podIp: POD_IP,
     natsUrl: NATS,
     checkpointDir: job.spec.checkpoint.path,
+    modelDir: `${job.spec.checkpoint.path}/model`,
     backend: 'wasm',
     logLevel: 'info',
     progressMs: 2000,

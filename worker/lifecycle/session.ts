@@ -52,6 +52,11 @@ export interface SessionFacts {
   lastThroughput: number | undefined;
   /** Wall time (ms) of the last snapshot taken. */
   lastCheckpointTime: number;
+  /**
+   * This worker's own world reached the stopping condition: its state is the final one. A standby
+   * that learns of the completion holds an older state, which must not become the exported model.
+   */
+  reachedTheEnd: boolean;
 }
 
 export class Session implements AsyncDisposable {
@@ -90,6 +95,7 @@ export class Session implements AsyncDisposable {
       lastLoss: undefined,
       lastThroughput: undefined,
       lastCheckpointTime: Date.now(),
+      reachedTheEnd: false,
     };
     const facts = this.facts;
     this.holder = {

@@ -99,6 +99,7 @@ export async function running(session: Session, world: JoinedWorld): Promise<Lif
     return { name: 'leaving', outcome: facts.stopAll || world.size === 1 ? 'stopped' : 'left' };
   }
   state.completed = reason;
+  facts.reachedTheEnd = true;
   if (state.lastEval?.step !== state.step) {
     try {
       await evaluate(session, world);
@@ -156,11 +157,12 @@ function exportModel(
   session: Session,
 ): { uri: string; step: number; accuracy?: number; time: string } | undefined {
   const { config, facts, state } = session;
-  if (!facts.trained || state.step === 0) return undefined;
+  if (!facts.reachedTheEnd || state.step === 0) return undefined;
   const job = { name: config.jobName, namespace: config.namespace, uid: config.jobUid };
   const location = modelLocation(job, config.spec);
   const dir = config.modelDir ?? location.dir;
-  const uri = config.modelDir === undefined ? location.uri : undefined;
+  // `tensile run` (an output folder of its own) has no claims to name.
+  const uri = config.outDir === undefined ? location.uri : undefined;
   try {
     const written = writeModelExport(dir, {
       snapshot: session.takeSnapshot().snapshot,
