@@ -584,6 +584,113 @@ export const BalancingSpecSchema = z.strictObject({
 });
 export type BalancingSpec = z.output<typeof BalancingSpecSchema>;
 
+// -------------------------------------------------------------------------------------- communication
+
+export const COMPRESSIONS = ['none', 'fp16', 'bf16', 'topk', 'powersgd'] as const;
+export type Compression = (typeof COMPRESSIONS)[number];
+
+export const CommunicationSpecSchema = withRules(
+  z.strictObject({
+    compression: z
+      .enum(COMPRESSIONS)
+      .default('none')
+      .describe(
+        'Gradients on the wire: none (fp32), fp16 or bf16 (half the bytes), topk (the largest entries with error feedback), powersgd (rank-r low-rank factors, Vogels et al. 2019).',
+      ),
+    topk: z
+      .strictObject({
+        ratio: z
+          .number()
+          .gt(0)
+          .lte(0.5)
+          .default(0.01)
+          .describe('topk: fraction of the gradient entries each worker sends per step.'),
+        errorFeedback: z
+          .boolean()
+          .default(true)
+          .describe('topk: add what was not sent to the next step’s gradient (residual accumulation).'),
+      })
+      .optional()
+      .describe('topk settings (defaults apply when omitted).'),
+    powersgd: z
+      .strictObject({
+        rank: positiveInt().max(64).default(4).describe('powersgd: rank of the low-rank approximation.'),
+        warmStart: z
+          .boolean()
+          .default(true)
+          .describe('powersgd: start each power iteration from the previous step’s Q (kept across steps).'),
+        errorFeedback: z
+          .boolean()
+          .default(true)
+          .describe('powersgd: add the approximation error to the next step’s gradient.'),
+        startAfterSteps: nonNegativeInt()
+          .max(1_000_000)
+          .default(10)
+          .describe(
+            'powersgd: plain fp32 all-reduce for the first N steps of the run (torch’s start_powerSGD_iter).',
+          ),
+        minCompressionRate: z
+          .number()
+          .min(1)
+          .max(1000)
+          .default(2)
+          .describe(
+            'powersgd: a matrix is compressed only when (rows·cols)/(r·(rows+cols)) is at least this; others go uncompressed.',
+          ),
+      })
+      .optional()
+      .describe('powersgd settings (defaults apply when omitted).'),
+    localSteps: positiveInt()
+      .max(10_000)
+      .default(1)
+      .describe(
+        'Local SGD: each worker takes H steps on its own share, then the workers average their weights (1: synchronous all-reduce every step).',
+      ),
+    outerOptimizer: z
+      .strictObject({
+        type: z
+          .literal('nesterov')
+          .default('nesterov')
+          .describe('Nesterov momentum SGD on the averaged delta (DiLoCo).'),
+        learningRate: z.number().gt(0).lte(10).default(0.7).describe('Outer learning rate.'),
+        momentum: z.number().min(0).lt(1).default(0.9).describe('Outer momentum.'),
+      })
+      .optional()
+      .describe(
+        'localSteps > 1: apply the averaged change of the weights with an outer optimizer instead of plain averaging (DiLoCo, Douillard et al. 2023).',
+      ),
+  }),
+  [
+    {
+      cel: "self.compression == 'topk' || !has(self.topk)",
+      message: 'communication.topk applies to compression: topk only; set compression: topk or remove topk',
+      field: ['topk'],
+      holds: (c) => c.compression === 'topk' || c.topk === undefined,
+    },
+    {
+      cel: "self.compression == 'powersgd' || !has(self.powersgd)",
+      message:
+        'communication.powersgd applies to compression: powersgd only; set compression: powersgd or remove powersgd',
+      field: ['powersgd'],
+      holds: (c) => c.compression === 'powersgd' || c.powersgd === undefined,
+    },
+    {
+      cel: "self.localSteps == 1 || self.compression == 'none'",
+      message:
+        'communication.compression must be none when localSteps > 1 (local SGD averages weights, not gradients); set localSteps: 1 or compression: none',
+      field: ['compression'],
+      holds: (c) => c.localSteps === 1 || c.compression === 'none',
+    },
+    {
+      cel: 'self.localSteps > 1 || !has(self.outerOptimizer)',
+      message: 'communication.outerOptimizer needs localSteps > 1; raise localSteps or remove outerOptimizer',
+      field: ['outerOptimizer'],
+      holds: (c) => c.localSteps > 1 || c.outerOptimizer === undefined,
+    },
+  ],
+);
+export type CommunicationSpec = z.output<typeof CommunicationSpecSchema>;
+
 // ------------------------------------------------------------------------------------------- stopping
 
 export const StoppingSpecSchema = withRules(
@@ -979,6 +1086,9 @@ export const TrainingJobSpecSchema = withRules(
     ),
     worker: WorkerSpecSchema.prefault({}).describe('The worker pod template.'),
     runPolicy: RunPolicySchema.prefault({}).describe('Suspension, failure limits, deadline and clean-up.'),
+    communication: CommunicationSpecSchema.prefault({}).describe(
+      'Gradient compression and local SGD: what the workers exchange each step.',
+    ),
     rendezvous: RendezvousSpecSchema.prefault({}).describe(
       'How workers find each other and how fast a lost one is noticed.',
     ),
@@ -1021,6 +1131,13 @@ export const TrainingJobSpecSchema = withRules(
         'batch.global must be at least the largest number of workers, so that every worker gets a sample',
       field: ['batch', 'global'],
       holds: (s) => s.batch.policy !== 'fixedGlobalBatch' || s.batch.global >= (s.maxReplicas ?? s.replicas),
+    },
+    {
+      cel: "self.communication.localSteps == 1 || self.batch.policy != 'adascale'",
+      message:
+        'communication.localSteps > 1 cannot be combined with batch.policy adascale (its gain needs every step’s gradients); use localSteps: 1 or another policy',
+      field: ['communication', 'localSteps'],
+      holds: (s) => s.communication.localSteps === 1 || s.batch.policy !== 'adascale',
     },
   ],
 );

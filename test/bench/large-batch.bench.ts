@@ -13,8 +13,9 @@
 import { BatchSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
 import { selectBackend } from '../../worker/backend/select.ts';
 import { stepWorld, worldFor } from '../../worker/train/policy.ts';
-import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.ts';
+import { LocalReducer } from '../../worker/train/reducer.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
+import { InProcessReducer } from '../helpers/in-process-reducer.ts';
 import { fashion, initialState, MLP, model, round } from './training-fixture.ts';
 
 const BASE = 128;
@@ -38,23 +39,6 @@ const METHODS: Record<string, Method> = {
   'lamb-lr0.004': { optimizer: { type: 'lamb', learningRate: 0.004, weightDecay: 0.01 }, policy: 'sqrt' },
 };
 const DEFAULT_METHODS = 'adam-linear,lamb,lars,adascale';
-
-/** Sums the buffers of `ranks` concurrent allReduce calls and gives every caller the sum. */
-class InProcessReducer implements GradientReducer {
-  private pending: { buffer: Float32Array; resolve: (sum: Float32Array) => void }[] = [];
-  constructor(private readonly ranks: number) {}
-  allReduce(buffer: Float32Array): Promise<Float32Array> {
-    return new Promise((resolve) => {
-      this.pending.push({ buffer, resolve });
-      if (this.pending.length < this.ranks) return;
-      const sum = new Float32Array(buffer.length);
-      for (const p of this.pending)
-        for (let i = 0; i < sum.length; i++) sum[i] = (sum[i] as number) + (p.buffer[i] as number);
-      for (const p of this.pending) p.resolve(sum.slice());
-      this.pending = [];
-    });
-  }
-}
 
 type Data = Awaited<ReturnType<typeof fashion>>;
 

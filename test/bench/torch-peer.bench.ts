@@ -21,7 +21,7 @@ import { rawTcp, recovery, ring, ringBytes } from './elastic.bench.ts';
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 const venv = join(process.env['TENSILE_CACHE'] ?? join(homedir(), '.cache', 'tensile'), 'torch-venv');
 const python = join(venv, 'bin', 'python');
-export const install = `python3 -m venv ${venv} && ${venv}/bin/pip install torch`;
+export const install = `python3 -m venv ${venv} && ${venv}/bin/pip install torch numpy`;
 const peer = (name: string) => fileURLToPath(new URL(`./peers/${name}`, import.meta.url));
 
 /** Why torch cannot be used here, or undefined when it can. */

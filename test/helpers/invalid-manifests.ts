@@ -408,4 +408,48 @@ export const invalidManifests: InvalidCase[] = [
     message: /v1alpha1/,
   },
   { name: 'no spec', manifest: withField('spec', undefined), field: 'spec', message: /required/ },
+  {
+    name: 'unknown compression',
+    manifest: withField('spec.communication', { compression: 'int8' }),
+    field: 'spec.communication.compression',
+    message: /powersgd/,
+  },
+  {
+    name: 'topk settings without topk',
+    manifest: withField('spec.communication', { compression: 'fp16', topk: { ratio: 0.01 } }),
+    field: 'spec.communication.topk',
+    message: /set compression: topk or remove topk/,
+  },
+  {
+    name: 'topk ratio above one half',
+    manifest: withField('spec.communication', { compression: 'topk', topk: { ratio: 0.9 } }),
+    field: 'spec.communication.topk.ratio',
+  },
+  {
+    name: 'powersgd rank zero',
+    manifest: withField('spec.communication', { compression: 'powersgd', powersgd: { rank: 0 } }),
+    field: 'spec.communication.powersgd.rank',
+  },
+  {
+    name: 'compression with local SGD',
+    manifest: withField('spec.communication', { compression: 'topk', localSteps: 8 }),
+    field: 'spec.communication.compression',
+    message: /must be none when localSteps > 1/,
+  },
+  {
+    name: 'outer optimizer without local steps',
+    manifest: withField('spec.communication', { outerOptimizer: { learningRate: 0.7 } }),
+    field: 'spec.communication.outerOptimizer',
+    message: /needs localSteps > 1/,
+  },
+  {
+    name: 'local SGD with adascale',
+    manifest: withField(
+      'spec.communication',
+      { localSteps: 4 },
+      withField('spec.batch', { policy: 'adascale' }),
+    ),
+    field: 'spec.communication.localSteps',
+    message: /adascale/,
+  },
 ];

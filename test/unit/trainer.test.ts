@@ -8,7 +8,11 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ModelSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
+import {
+  CommunicationSpecSchema,
+  ModelSpecSchema,
+  OptimizerSpecSchema,
+} from '../../operator/api/training-job.ts';
 import { selectBackend } from '../../worker/backend/select.ts';
 import { AuditLog, auditEpochs, readAuditFile } from '../../worker/data/audit.ts';
 import type { Dataset } from '../../worker/data/dataset.ts';
@@ -21,6 +25,7 @@ import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.t
 import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { testBackend } from '../helpers/backend.ts';
+import { InProcessReducer, InProcessWorld } from '../helpers/in-process-reducer.ts';
 
 await selectBackend(testBackend());
 const dir = mkdtempSync(join(tmpdir(), 'tensile-trainer-'));
@@ -224,23 +229,6 @@ test('micro-batches of maxPerWorker give the gradient of the whole batch', async
   micro.dispose();
 });
 
-/** Sums the buffers of `ranks` concurrent allReduce calls and gives every caller the sum. */
-class InProcessReducer implements GradientReducer {
-  private pending: { buffer: Float32Array; resolve: (sum: Float32Array) => void }[] = [];
-  constructor(private readonly ranks: number) {}
-  allReduce(buffer: Float32Array): Promise<Float32Array> {
-    return new Promise((resolve) => {
-      this.pending.push({ buffer, resolve });
-      if (this.pending.length < this.ranks) return;
-      const sum = new Float32Array(buffer.length);
-      for (const p of this.pending)
-        for (let i = 0; i < sum.length; i++) sum[i] = (sum[i] as number) + (p.buffer[i] as number);
-      for (const p of this.pending) p.resolve(sum.slice());
-      this.pending = [];
-    });
-  }
-}
-
 test('two ranks with b = [12, 20], summed by a reducer, train like one rank with b = 32', async () => {
   const plain = { model: { mlp: { hiddenUnits: [16] } } };
   const single = await trainer(plain);
@@ -319,7 +307,10 @@ test('two ranks keep identical batch-norm statistics, and the checksum covers th
 test('a step whose all-reduce fails leaves the batch-norm statistics as they were', async () => {
   const t = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0, batchNorm: true } } });
   const before = statistics(t);
-  const failing: GradientReducer = { allReduce: () => Promise.reject(new Error('peer lost')) };
+  const failing: GradientReducer = {
+    allReduce: () => Promise.reject(new Error('peer lost')),
+    allGather: () => Promise.reject(new Error('peer lost')),
+  };
   let failed = false;
   try {
     await t.step(world([12, 20], 0), failing);
@@ -391,6 +382,102 @@ test('the audit records every trained index with its step and epoch', async () =
     { epoch: 1, seen: 96, duplicated: 0, missing: 4 },
   ]);
   t.dispose();
+});
+
+/** Two ranks in one process, with the world's communication settings. */
+async function pair(communication: object) {
+  const spec = CommunicationSpecSchema.parse(communication);
+  const ranks = [
+    await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
+    await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
+  ];
+  for (const t of ranks) t.beginWorld(spec, 2);
+  const reducers = new InProcessWorld(2);
+  const step = (averageNow = false) =>
+    Promise.all(
+      ranks.map((t, r) => t.step(world([16, 16], r), reducers.forRank(r), undefined, { averageNow })),
+    );
+  return { ranks, step, spec };
+}
+
+for (const communication of [
+  { compression: 'fp16' },
+  { compression: 'bf16' },
+  { compression: 'topk', topk: { ratio: 0.1 } },
+  { compression: 'powersgd', powersgd: { rank: 2, startAfterSteps: 2, minCompressionRate: 1 } },
+  { localSteps: 4, outerOptimizer: { learningRate: 0.7 } },
+]) {
+  test(`${JSON.stringify(communication)}: both ranks hold the same weights and learn`, async () => {
+    const { ranks, step } = await pair(communication);
+    const before = evaluate(ranks[0] as Trainer).loss;
+    let bytes = 0;
+    for (let i = 0; i < 24; i++) bytes += (await step())[0]?.wireBytes ?? 0;
+    const [a, b] = ranks as [Trainer, Trainer];
+    assert.ok(a.synced && b.synced, 'step 24 ends with an averaging');
+    assert.is(a.weightsChecksum(), b.weightsChecksum());
+    assert.ok(evaluate(a).loss < 0.8 * before, `loss ${before} → ${evaluate(a).loss}`);
+    assert.ok(bytes > 0, 'something crossed the wire');
+    for (const t of ranks) t.dispose();
+  });
+}
+
+test('local SGD between averagings: the snapshot is the last averaging, a new world rolls back to it', async () => {
+  const { ranks, step, spec } = await pair({ localSteps: 4 });
+  const [a, b] = ranks as [Trainer, Trainer];
+  for (let i = 0; i < 4; i++) await step();
+  const averaged = a.weightsChecksum();
+  assert.is(a.committedStep, 4);
+  const local = await step();
+  assert.is(local[0]?.wireBytes, 0, 'a local step sends nothing');
+  await step();
+  assert.is(a.state.step, 6);
+  assert.not.ok(a.synced);
+  assert.is(a.committedStep, 4);
+  const taken = a.snapshot();
+  assert.is(taken.state.step, 4, 'a checkpoint or a newcomer gets the agreed state');
+  // The checkpoint writer takes the buffers to its thread: the anchor must not go with them.
+  structuredClone(taken, {
+    transfer: [
+      taken.weights.buffer.buffer as ArrayBuffer,
+      taken.optimizer.slots.buffer.buffer as ArrayBuffer,
+    ],
+  });
+  assert.is(a.snapshot().weights.buffer.length, weights(b).length);
+  assert.not.equal(a.weightsChecksum(), b.weightsChecksum(), 'the ranks drifted apart locally');
+  a.beginWorld(spec, 2);
+  assert.is(a.state.step, 4);
+  assert.is(a.weightsChecksum(), averaged);
+  // Alone in the next world: no averaging, but the shared state is kept for a later one, and every
+  // snapshot hands out its own copy (the checkpoint writer takes the buffers).
+  const outer = await pair({ localSteps: 2, outerOptimizer: { learningRate: 0.7 } });
+  for (let i = 0; i < 2; i++) await outer.step();
+  const [solo] = outer.ranks as [Trainer, Trainer];
+  solo.beginWorld(outer.spec, 1);
+  for (let i = 0; i < 2; i++) {
+    const s = solo.snapshot();
+    assert.ok(
+      s.communication !== undefined && s.communication.buffer.length > 0,
+      'the outer momentum is kept',
+    );
+    structuredClone(s, { transfer: [s.communication.buffer.buffer as ArrayBuffer] });
+  }
+  for (const t of outer.ranks) t.dispose();
+  for (const t of ranks) t.dispose();
+});
+
+test('PowerSGD: Q travels in the snapshot; residuals start over in a new world', async () => {
+  const { ranks, step, spec } = await pair({
+    compression: 'powersgd',
+    powersgd: { rank: 2, startAfterSteps: 0, minCompressionRate: 1 },
+  });
+  for (let i = 0; i < 3; i++) await step();
+  const snapshot = (ranks[0] as Trainer).snapshot();
+  assert.ok(snapshot.communication !== undefined && snapshot.communication.buffer.length > 0);
+  const newcomer = await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } });
+  newcomer.restore(snapshot);
+  newcomer.beginWorld(spec, 2);
+  assert.equal([...(newcomer.snapshot().communication?.buffer ?? [])], [...snapshot.communication.buffer]);
+  for (const t of [...ranks, newcomer]) t.dispose();
 });
 
 test.run();

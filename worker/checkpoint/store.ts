@@ -27,7 +27,13 @@ import { Worker } from 'node:worker_threads';
 import { z } from 'zod';
 import { CheckpointError, WorkerError } from '../errors.ts';
 import { runsFromSources, siblingModule } from '../module-url.ts';
-import { decodeSnapshot, encodeSnapshot, SNAPSHOT_FILES, type Snapshot } from '../train/snapshot.ts';
+import {
+  decodeSnapshot,
+  encodeSnapshot,
+  OPTIONAL_SNAPSHOT_FILES,
+  SNAPSHOT_FILES,
+  type Snapshot,
+} from '../train/snapshot.ts';
 
 export const CHECKPOINT_FORMAT = 'tensile-checkpoint/1';
 const PREFIX = 'ckpt-';
@@ -251,7 +257,8 @@ export class CheckpointStore {
     if (manifest.step !== ref.step)
       throw new CorruptCheckpointError(`manifest says step ${manifest.step}, directory says ${ref.step}`);
     const files = new Map<string, Uint8Array>();
-    for (const name of SNAPSHOT_FILES) {
+    const present = OPTIONAL_SNAPSHOT_FILES.filter((name) => manifest.files[name] !== undefined);
+    for (const name of [...SNAPSHOT_FILES, ...present]) {
       const expected = manifest.files[name];
       if (expected === undefined) throw new CorruptCheckpointError(`manifest lists no ${name}`);
       let bytes: Uint8Array;

@@ -1,6 +1,7 @@
 /**
- * IEEE 754 half precision for gradients on the wire: half the bytes for a rounding error of about
- * 1e-3 relative, which SGD tolerates (mixed-precision training relies on the same).
+ * 16-bit floats for gradients on the wire: IEEE 754 half precision (about 1e-3 relative rounding,
+ * which SGD tolerates, as mixed-precision training shows) and bfloat16 (fp32's range, 8 bits of
+ * mantissa: no overflow, coarser rounding).
  */
 
 const f32 = new Float32Array(1);
@@ -57,4 +58,22 @@ export function encodeHalf(source: Float32Array, start: number, end: number): Ui
 /** Rounds values in place to what a half-precision round trip gives, so every rank holds the same bits. */
 export function roundToHalf(buffer: Float32Array, start: number, end: number): void {
   for (let i = start; i < end; i++) buffer[i] = fromHalfBits(toHalfBits(buffer[i] as number));
+}
+
+/** bfloat16: the upper 16 bits of a float32, rounded to nearest even (NaN stays NaN). */
+export function toBf16Bits(value: number): number {
+  f32[0] = value;
+  const x = u32[0] as number;
+  if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) return ((x >>> 16) | 0x40) & 0xffff;
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+export function fromBf16Bits(bits: number): number {
+  u32[0] = (bits & 0xffff) << 16;
+  return f32[0] as number;
+}
+
+/** Rounds values in place to what a bf16 round trip gives. */
+export function roundToBf16(buffer: Float32Array, start = 0, end = buffer.length): void {
+  for (let i = start; i < end; i++) buffer[i] = fromBf16Bits(toBf16Bits(buffer[i] as number));
 }

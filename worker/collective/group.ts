@@ -5,7 +5,7 @@
  * to be thrown away: gradients are applied only after a complete all-reduce.
  */
 import { DropCounter } from '../../operator/api/drops.ts';
-import { encodeHalf, fromHalfBits, roundToHalf } from './fp16.ts';
+import { encodeHalf, fromBf16Bits, fromHalfBits, roundToBf16, roundToHalf, toBf16Bits } from './fp16.ts';
 import { chunkRanges, type Range, type RingStep, ringSchedule, segmentRanges } from './ring.ts';
 import {
   CollectiveAbortedError,
@@ -51,6 +51,17 @@ export interface RingOptions {
 export interface AllReduceOptions {
   /** Half precision on the wire (sums still in fp32). */
   readonly fp16?: boolean;
+  /** bfloat16 on the wire instead (fp32's range, 8 bits of mantissa); sums still in fp32. */
+  readonly bf16?: boolean;
+}
+
+type Wire = 'fp32' | 'fp16' | 'bf16';
+
+function encode16(source: Float32Array, start: number, end: number, wire: Wire): Uint8Array {
+  if (wire === 'fp16') return new Uint8Array(encodeHalf(source, start, end).buffer);
+  const out = new Uint16Array(end - start);
+  for (let i = start; i < end; i++) out[i - start] = toBf16Bits(source[i] as number);
+  return new Uint8Array(out.buffer);
 }
 
 const DEFAULT_SEGMENT = 128 * 1024;
@@ -184,11 +195,8 @@ export class RingGroup implements AsyncDisposable {
     return sent;
   }
 
-  private encode(buffer: Float32Array, range: Range, fp16: boolean): Uint8Array {
-    if (fp16) {
-      const half = encodeHalf(buffer, range.start, range.end);
-      return new Uint8Array(half.buffer);
-    }
+  private encode(buffer: Float32Array, range: Range, wire: Wire): Uint8Array {
+    if (wire !== 'fp32') return encode16(buffer, range.start, range.end, wire);
     // No copy. A region this rank sent is overwritten later in the same all-reduce only by the chunk's
     // final sum, which cannot arrive before the right neighbour has read the bytes sent (the sum
     // depends on them), so the socket has handed them to the kernel by then; and allReduce resolves
@@ -200,7 +208,9 @@ export class RingGroup implements AsyncDisposable {
   async allReduce(buffer: Float32Array, options: AllReduceOptions = {}): Promise<Float32Array> {
     this.check();
     if (this.size === 1) return buffer;
-    const fp16 = options.fp16 ?? false;
+    const wire: Wire = options.bf16 ? 'bf16' : options.fp16 ? 'fp16' : 'fp32';
+    const fp16 = wire !== 'fp32';
+    const decode = wire === 'bf16' ? fromBf16Bits : fromHalfBits;
     const chunks = chunkRanges(buffer.length, this.size);
     const longest = Math.ceil(buffer.length / this.size);
     const segment = Math.min(
@@ -218,7 +228,7 @@ export class RingGroup implements AsyncDisposable {
       const sends: Promise<void>[] = [];
       let seq = base;
       for (const seg of segments[first.sendChunk] ?? [])
-        sends.push(this.send(seq++, this.encode(buffer, seg, fp16)));
+        sends.push(this.send(seq++, this.encode(buffer, seg, wire)));
       let receiveSeq = base;
       for (let s = 0; s < steps.length; s++) {
         const step = steps[s] as (typeof steps)[number];
@@ -233,7 +243,7 @@ export class RingGroup implements AsyncDisposable {
           }
           if (fp16) {
             for (let i = 0; i < count; i++) {
-              const value = fromHalfBits(payload.readUInt16LE(i * 2));
+              const value = decode(payload.readUInt16LE(i * 2));
               buffer[seg.start + i] =
                 step.mode === 'reduce' ? (buffer[seg.start + i] as number) + value : value;
             }
@@ -254,8 +264,8 @@ export class RingGroup implements AsyncDisposable {
           if (fp16) (this.left as FramedLink).release(payload);
           // The owner of a fully reduced chunk rounds it like everyone else will, so bits agree.
           if (fp16 && next !== undefined && next.mode === 'copy' && step.mode === 'reduce')
-            roundToHalf(buffer, seg.start, seg.end);
-          if (next !== undefined) sends.push(this.send(seq++, this.encode(buffer, seg, fp16)));
+            (wire === 'bf16' ? roundToBf16 : roundToHalf)(buffer, seg.start, seg.end);
+          if (next !== undefined) sends.push(this.send(seq++, this.encode(buffer, seg, wire)));
         }
       }
       await Promise.all(sends);

@@ -42,6 +42,7 @@ import type { WorldRecord } from '../rendezvous/decide.ts';
 import { NatsKvStore } from '../rendezvous/nats-kv-store.ts';
 import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
 import type { Snapshot } from '../train/snapshot.ts';
+import { ringReducer } from './ring-reducer.ts';
 import { packSnapshot, unpackSnapshot } from './wire.ts';
 
 /** What a membership needs from the trainer to make the world's state consistent. */
@@ -436,12 +437,7 @@ export class ElasticMembership implements Membership {
         if (rank !== root) holder.restore(unpackSnapshot(received));
         await this.agent.enter(record.generation, holder.step, true);
         const ring = group;
-        const reducer: GradientReducer = {
-          allReduce: (buffer, signal) => {
-            if (signal?.aborted) return Promise.reject(new CollectiveError('world changed'));
-            return ring.allReduce(buffer);
-          },
-        };
+        const reducer = ringReducer(ring);
         return {
           kind: 'joined',
           world: {

@@ -7,7 +7,7 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { CollectiveError } from '../collective/transport.ts';
 import { emit, errorMessage } from '../log.ts';
 import { evaluationDue, stepWorld, stopReason } from '../train/policy.ts';
-import type { GradientReducer } from '../train/reducer.ts';
+import { type GradientReducer, LocalReducer } from '../train/reducer.ts';
 import type { StepResult } from '../train/trainer.ts';
 import { balanceAfterStep, medianThroughput, workerLoads } from './balance.ts';
 import { snapshotDue } from './checkpoint-schedule.ts';
@@ -51,11 +51,21 @@ const RANK_PROGRESS_MIN_MS = 1000;
 
 /** The reducer of a step, timed: what this rank spent in the all-reduce goes to `rank`. */
 function timedReducer(reducer: GradientReducer, rank: RankWindow): GradientReducer {
+  // A world of one reduces nothing; the trainer's direct path for it needs the LocalReducer itself.
+  if (reducer instanceof LocalReducer) return reducer;
   return {
-    async allReduce(buffer, signal) {
+    async allReduce(buffer, signal, options) {
       const t = performance.now();
       try {
-        return await reducer.allReduce(buffer, signal);
+        return await reducer.allReduce(buffer, signal, options);
+      } finally {
+        rank.reduceSeconds += (performance.now() - t) / 1000;
+      }
+    },
+    async allGather(bytes, signal) {
+      const t = performance.now();
+      try {
+        return await reducer.allGather(bytes, signal);
       } finally {
         rank.reduceSeconds += (performance.now() - t) / 1000;
       }
@@ -126,7 +136,13 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   let result: StepResult;
   try {
     // The stop signal is not passed down: a step is finished, then the worker leaves.
-    result = await trainer.step(world, timedReducer(active.reducer, run.rank), active.changed);
+    // Local SGD averages before an evaluation and at the end, so both see the world's weights.
+    const next = state.step + 1;
+    const averageNow =
+      next >= g.plannedSteps || evaluationDue(g.settings.evaluation.intervalSteps, next, false, false);
+    result = await trainer.step(world, timedReducer(active.reducer, run.rank), active.changed, {
+      averageNow,
+    });
   } catch (error) {
     if (!(error instanceof CollectiveError)) throw error;
     clock.lostStepSeconds += (performance.now() - stepStarted) / 1000;
@@ -137,8 +153,8 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   const took = (performance.now() - stepStarted) / 1000;
   clock.stepSeconds += took;
   run.stepSeconds += took;
-  session.membership.progress(state.step);
-  if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0)
+  session.membership.progress(trainer.committedStep);
+  if (config.checksumEvery > 0 && state.step % config.checksumEvery === 0 && trainer.synced)
     emit(g.log, 'info', 'weights checksum', {
       event: 'checksum',
       step: state.step,
@@ -323,7 +339,8 @@ function snapshotIfDue(session: Session, g: Generation, ending: boolean): void {
     busy: checkpoints.busy,
     requested: facts.checkpointRequested,
     settings: g.settings.checkpoint,
-    step: state.step,
+    // Local SGD snapshots its last averaging: a checkpoint is due by that step, not by the local one.
+    step: session.trainer.committedStep,
     lastStep: checkpoints.last?.step ?? 0,
     lastTime: facts.lastCheckpointTime,
     now: Date.now(),

@@ -53,6 +53,11 @@ export function generationNumber(
 export function enterWorld(session: Session, active: JoinedWorld): void {
   const { state, leaving, facts } = session;
   facts.lastWorld = active;
+  // Before the audit is cut: local SGD rolls back to its last averaging, whose later steps are redone.
+  session.trainer.beginWorld(
+    active.agreement === undefined ? session.spec.communication : active.agreement.settings.communication,
+    active.size,
+  );
   const giveUp = () => setTimeout(() => active.abort(), STOP_GRACE_MS).unref();
   if (leaving.aborted) giveUp();
   else leaving.addEventListener('abort', giveUp, { once: true });

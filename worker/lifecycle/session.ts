@@ -109,7 +109,7 @@ export class Session implements AsyncDisposable {
         return facts.trained;
       },
       get step() {
-        return trainer.state.step;
+        return trainer.committedStep;
       },
     };
     membership.onControl((message) => {

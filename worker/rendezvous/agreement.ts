@@ -18,6 +18,7 @@ import { z } from 'zod';
 import {
   BalancingSpecSchema,
   BatchSpecSchema,
+  CommunicationSpecSchema,
   EvaluationSpecSchema,
   elasticRange,
   StoppingSpecSchema,
@@ -38,6 +39,8 @@ export const SettingsSchema = z.object({
   balancing: BalancingSpecSchema.optional(),
   stopping: StoppingSpecSchema,
   evaluation: EvaluationSpecSchema,
+  /** Absent in worlds of earlier versions: no compression, a step is one all-reduce. */
+  communication: CommunicationSpecSchema.optional(),
   checkpoint: z.object({
     intervalSteps: positiveInt.optional(),
     intervalSeconds: positiveInt.optional(),
@@ -55,6 +58,7 @@ export const SETTING_FIELDS = [
   'balancing',
   'stopping',
   'evaluation',
+  'communication',
   'checkpoint',
 ] as const satisfies readonly (keyof Settings)[];
 
@@ -112,6 +116,7 @@ export function specOffer(spec: TrainingJobSpec, revision: number): SpecOffer {
       balancing: spec.balancing,
       stopping: spec.stopping,
       evaluation: spec.evaluation,
+      communication: spec.communication,
       checkpoint: {
         ...(spec.checkpoint.intervalSteps === undefined
           ? {}

@@ -10,6 +10,8 @@
  * - optimizer.json  optimizer type, iteration count and slot specs → optimizer.bin
  * - optimizer.bin   the slots, float32 LE
  * - state.json      TrainingState: step, epoch, cursor, seeds, world size, policy, generations, …
+ * - communication.json, communication.bin   (only with compression or local SGD state) the state
+ *                   every rank holds alike: PowerSGD's Q matrices, local SGD's outer momentum
  */
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
@@ -184,7 +186,12 @@ export interface Snapshot {
   readonly weights: FusedValues;
   readonly optimizer: OptimizerSnapshot;
   readonly state: TrainingState;
+  /** Shared communication state (communication/hooks.ts); absent when there is none. */
+  readonly communication?: FusedValues | undefined;
 }
+
+/** Files a snapshot has only when it holds that part. */
+export const OPTIONAL_SNAPSHOT_FILES = ['communication.json', 'communication.bin'] as const;
 
 export const SNAPSHOT_FILES = [
   'model.json',
@@ -193,7 +200,7 @@ export const SNAPSHOT_FILES = [
   'optimizer.bin',
   'state.json',
 ] as const;
-export type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
+export type SnapshotFile = (typeof SNAPSHOT_FILES)[number] | (typeof OPTIONAL_SNAPSHOT_FILES)[number];
 
 function bytesOf(values: Float32Array): Uint8Array {
   // Float32Array is little-endian on every platform Node runs on.
@@ -228,8 +235,21 @@ export function encodeSnapshot(snapshot: Snapshot): Map<SnapshotFile, Uint8Array
     ],
     ['optimizer.bin', bytesOf(snapshot.optimizer.slots.buffer)],
     ['state.json', json(snapshot.state)],
-  ]);
+    ...(snapshot.communication === undefined
+      ? []
+      : ([
+          [
+            'communication.json',
+            json({ tensors: snapshot.communication.specs.map((s) => ({ name: s.name, shape: s.shape })) }),
+          ],
+          ['communication.bin', bytesOf(snapshot.communication.buffer)],
+        ] as const)),
+  ]) as Map<SnapshotFile, Uint8Array>;
 }
+
+const CommunicationJsonSchema = z.object({
+  tensors: z.array(z.object({ name: z.string(), shape: z.array(z.int().min(0)) })),
+});
 
 const ModelJsonSchema = z.object({
   generatedBy: z.string().optional(),
@@ -289,6 +309,9 @@ export function decodeSnapshot(files: ReadonlyMap<string, Uint8Array>): Snapshot
   const state = parseJson(TrainingStateSchema, files.get('state.json'), 'state.json');
   const manifest = model.weightsManifest[0];
   if (manifest === undefined) throw new Error('model.json has no weightsManifest');
+  const communication = files.has('communication.json')
+    ? parseJson(CommunicationJsonSchema, files.get('communication.json'), 'communication.json')
+    : undefined;
   return {
     producer: model.generatedBy ?? 'unknown',
     topology: model.modelTopology,
@@ -299,5 +322,14 @@ export function decodeSnapshot(files: ReadonlyMap<string, Uint8Array>): Snapshot
       slots: fusedFrom(optimizer.slots, files.get('optimizer.bin'), 'optimizer.bin'),
     },
     state,
+    ...(communication === undefined
+      ? {}
+      : {
+          communication: fusedFrom(
+            communication.tensors,
+            files.get('communication.bin'),
+            'communication.bin',
+          ),
+        }),
   };
 }

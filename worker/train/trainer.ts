@@ -16,12 +16,16 @@
  *     its own data, travel in the same buffer as changes weighted by b_i / B: every rank then sets
  *     them to the same weighted mean of the ranks' updates.
  * The state advances only after a complete reduce, so every rank holds the same state after a step.
+ * How the gradients cross the wire is the world's `spec.communication` (communication/hooks.ts:
+ * fp16, bf16, top-k, PowerSGD); with local SGD (communication/local-sgd.ts) a step applies this
+ * rank's own gradient and every H-th step averages the weights — then the world's state is the one
+ * at the last averaging (`committedStep`), which a new world rolls back to.
  * Tensors are disposed every step (tf.memory().numTensors stays flat); dropout masks are seeded by
  * (model seed, step, rank, micro-batch) so a resumed run draws the same masks.
  */
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
-import type { OptimizerSpec } from '../../operator/api/training-job.ts';
+import type { CommunicationSpec, OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
 import type { Dataset } from '../data/dataset.ts';
 import { decodePreprocessing, normalizeInPlace } from '../data/preprocess.ts';
@@ -35,10 +39,13 @@ import {
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
 import { gainOf, gradientStatistics, microBatches, smoothStatistics } from '../rescale/policy.ts';
+import { type CommunicationHook, hookFor } from './communication/hooks.ts';
+import { LocalSgd } from './communication/local-sgd-weights.ts';
 import { TrainingOptimizer } from './optimizer.ts';
 import type { EvalResult, World } from './policy.ts';
 import { type GradientReducer, LocalReducer } from './reducer.ts';
 import {
+  type FusedValues,
   fusedLayout,
   fuseTensors,
   type Snapshot,
@@ -70,6 +77,13 @@ export interface StepResult {
   /** Per rank, in rank order: compute seconds of this step, and seconds waited in the previous all-reduce. */
   readonly computeSeconds: readonly number[];
   readonly waitSeconds: readonly number[];
+  /** Bytes this rank sent for the step (payloads of the collective; 0 for a local step). */
+  readonly wireBytes: number;
+}
+
+export interface StepOptions {
+  /** Local SGD: average at the end of this step even if H steps have not passed (evaluation, end). */
+  readonly averageNow?: boolean;
 }
 
 /** Turns stored samples into model inputs: normalisation and the layout in JS, PCA as a matMul. */
@@ -153,6 +167,11 @@ export class Trainer {
   private lastReadAhead: { epoch: number; from: number } | undefined;
   /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
   private lastWait = 0;
+  private communication: CommunicationSpec | undefined;
+  private hook: CommunicationHook = hookFor(undefined);
+  private localSgd: LocalSgd | undefined;
+  /** Shared communication state restored before the world's settings were known. */
+  private restoredCommunication: FusedValues | undefined;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -303,7 +322,12 @@ export class Trainer {
   }
 
   /** One training step in `world`; the gradients are summed across ranks by `reducer`. */
-  async step(world: World, reducer: GradientReducer, signal?: AbortSignal): Promise<StepResult> {
+  async step(
+    world: World,
+    reducer: GradientReducer,
+    signal?: AbortSignal,
+    options: StepOptions = {},
+  ): Promise<StepResult> {
     const started = performance.now();
     const train = this.options.dataset.train;
     const plan = planStep(
@@ -355,10 +379,27 @@ export class Trainer {
     statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
     fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
     fused[timesOffset + world.size + world.rank] = this.lastWait;
+    const weight = indices.length / plan.samples;
+    if (this.localSgd !== undefined && world.size > 1 && !adascale)
+      return this.localStep(world, reducer, signal, plan, indices.length, options);
     let reduced: Float32Array;
     const reduceStarted = performance.now();
     try {
-      reduced = await reducer.allReduce(fused, signal);
+      reduced =
+        world.size > 1
+          ? await this.hook.reduce({
+              fused,
+              gradientLength: this.gradientLength,
+              specs: this.gradientSpecs,
+              weight,
+              step: this.state.step,
+              seed: this.state.modelSeed,
+              rank: world.rank,
+              size: world.size,
+              reducer,
+              signal,
+            })
+          : await reducer.allReduce(fused, signal);
       this.lastWait = (performance.now() - reduceStarted) / 1000;
     } catch (error) {
       this.lastWait = 0;
@@ -388,7 +429,90 @@ export class Trainer {
       gain,
       computeSeconds: Array.from(reduced.subarray(timesOffset, timesOffset + world.size)),
       waitSeconds: Array.from(reduced.subarray(timesOffset + world.size, timesOffset + 2 * world.size)),
+      wireBytes: world.size > 1 ? this.hook.lastWireBytes : 0,
     };
+  }
+
+  /**
+   * A local SGD step: this rank's own mean gradient (its share's, not weighted by b_i / B) applied
+   * here; at the H-th step the weights are averaged. The loss and accuracy are this rank's.
+   */
+  private async localStep(
+    world: World,
+    reducer: GradientReducer,
+    signal: AbortSignal | undefined,
+    plan: ReturnType<typeof planStep>,
+    localSamples: number,
+    options: StepOptions,
+  ): Promise<StepResult> {
+    const local = this.localSgd as LocalSgd;
+    const fused = this.fused;
+    const lossIndex = this.gradientLength;
+    const scale = plan.samples / Math.max(1, localSamples);
+    for (let j = 0; j < this.gradientLength; j++) fused[j] = (fused[j] as number) * scale;
+    this.applyGradients(fused, undefined, world.learningRate);
+    const after = this.state.step + 1;
+    let wireBytes = 0;
+    if (local.due(after, options.averageNow === true || plan.endsEpoch))
+      wireBytes = await local.average(this.model.weights, reducer, signal, world.size, 1 / scale);
+    this.state.progress = (this.state.progress ?? this.state.step) + 1;
+    this.state.step = after;
+    this.state.epoch = plan.next.epoch;
+    this.state.cursor = plan.next.cursor;
+    this.state.samples += plan.samples;
+    if (wireBytes > 0) local.anchorAt(this.baseSnapshot());
+    return {
+      step: this.state.step,
+      epoch: this.state.epoch,
+      loss: (fused[lossIndex] as number) * scale,
+      accuracy: (fused[lossIndex + 1] as number) / Math.max(1, localSamples),
+      samples: plan.samples,
+      localSamples,
+      endedEpoch: plan.endsEpoch,
+      learningRate: world.learningRate,
+      gain: 1,
+      wireBytes,
+      // Ranks step on their own between averagings: no all-reduce carries their times, so the
+      // balancing planner keeps its estimates (local SGD and proportional balancing do not mix).
+      computeSeconds: [],
+      waitSeconds: [],
+    };
+  }
+
+  /**
+   * The communication settings of a new world. Local SGD first rolls back to its last averaging
+   * (what this rank did since then, its peers never saw), so the world starts from the state every
+   * rank agrees on; per-rank compression state (residuals) starts over, shared state is kept.
+   */
+  beginWorld(communication: CommunicationSpec | undefined, size: number): void {
+    const rollback = this.localSgd?.anchor;
+    if (rollback !== undefined && rollback.state.step !== this.state.step) this.restoreBase(rollback);
+    const shared = this.localSgd?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
+    this.restoredCommunication = undefined;
+    if (JSON.stringify(communication ?? {}) !== JSON.stringify(this.communication ?? {})) {
+      this.hook = hookFor(communication);
+      if (shared !== undefined) this.hook.restoreShared(shared);
+    } else this.hook.resetLocal();
+    this.communication = communication;
+    // Alone, a worker's weights are the world's after every step: nothing to average, no anchor.
+    const steps = size > 1 ? (communication?.localSteps ?? 1) : 1;
+    this.localSgd =
+      steps > 1 ? new LocalSgd(steps, communication?.outerOptimizer, this.model.weights) : undefined;
+    if (shared !== undefined) this.localSgd?.restoreShared(shared);
+    // Kept (and checkpointed) for a later world when neither strategy holds it now.
+    if (this.localSgd === undefined && this.hook.sharedState() === undefined)
+      this.restoredCommunication = shared;
+    this.localSgd?.anchorAt(this.baseSnapshot());
+  }
+
+  /** The last step every rank of the world holds (local SGD: the last averaging). */
+  get committedStep(): number {
+    return this.localSgd?.anchor?.state.step ?? this.state.step;
+  }
+
+  /** Whether this rank's weights are the world's (always, but between local SGD averagings). */
+  get synced(): boolean {
+    return this.committedStep === this.state.step;
   }
 
   /**
@@ -448,9 +572,24 @@ export class Trainer {
     return { loss: lossSum, correct };
   }
 
-  /** Weights, optimizer slots and state in host memory: the only part of a checkpoint that blocks training. */
+  /**
+   * Weights, optimizer slots, state and shared communication state in host memory: the only part of
+   * a checkpoint that blocks training. Between local SGD averagings, the state of the last one.
+   */
   snapshot(): Snapshot {
     this.options.audit?.flush();
+    const anchor = this.localSgd?.anchor;
+    // A copy: the checkpoint writer takes the buffers it is given (they move to its thread).
+    const base = anchor !== undefined && !this.synced ? copySnapshot(anchor) : this.baseSnapshot();
+    const kept = this.restoredCommunication;
+    const communication =
+      this.localSgd?.sharedState() ??
+      this.hook.sharedState() ??
+      (kept === undefined ? undefined : { specs: kept.specs, buffer: kept.buffer.slice() });
+    return communication === undefined ? base : { ...base, communication };
+  }
+
+  private baseSnapshot(): Snapshot {
     const weights = fuseTensors(this.model.weights.map((w) => ({ name: w.originalName, tensor: w.read() })));
     return {
       producer: `TensorFlow.js tfjs-layers v${tf.version_layers}`,
@@ -463,6 +602,16 @@ export class Trainer {
 
   /** Continues from a snapshot of the same model (weights matched by name). */
   restore(snapshot: Snapshot): void {
+    this.restoreBase(snapshot);
+    this.restoredCommunication = snapshot.communication;
+    if (snapshot.communication !== undefined) {
+      this.hook.restoreShared(snapshot.communication);
+      this.localSgd?.restoreShared(snapshot.communication);
+    }
+    this.localSgd?.anchorAt(this.baseSnapshot());
+  }
+
+  private restoreBase(snapshot: Snapshot): void {
     const byName = new Map(snapshot.weights.specs.map((s) => [s.name, s]));
     for (const weight of this.model.weights) {
       const saved = byName.get(weight.originalName);
@@ -523,6 +672,18 @@ export class Trainer {
     this.optimizer.dispose();
     this.batches.dispose();
   }
+}
+
+function copySnapshot(snapshot: Snapshot): Snapshot {
+  return {
+    ...snapshot,
+    weights: { specs: snapshot.weights.specs, buffer: snapshot.weights.buffer.slice() },
+    optimizer: {
+      ...snapshot.optimizer,
+      slots: { specs: snapshot.optimizer.slots.specs, buffer: snapshot.optimizer.slots.buffer.slice() },
+    },
+    state: structuredClone(snapshot.state),
+  };
 }
 
 /**
