@@ -115,7 +115,12 @@ function job(name: string, changes: Record<string, unknown> = {}): Manifest {
   const m = validManifest(name);
   setPath(m, 'metadata.namespace', NS);
   setPath(m, 'spec.worker', { image: FAKE_IMAGE, args: ['run'], terminationGracePeriodSeconds: 5 });
-  setPath(m, 'spec.checkpoint', { intervalSteps: 100, volume: { claimTemplate: { size: '1Gi' } } });
+  // Workers spread over the fake nodes (a disruption moves one to another node): a ReadWriteMany
+  // claim, as a multi-node job needs; the default ReadWriteOnce would pin them all to one node.
+  setPath(m, 'spec.checkpoint', {
+    intervalSteps: 100,
+    volume: { claimTemplate: { size: '1Gi', accessModes: ['ReadWriteMany'], storageClassName: 'shared' } },
+  });
   for (const [path, value] of Object.entries(changes)) setPath(m, path, value);
   return m;
 }
