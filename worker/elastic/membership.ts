@@ -394,9 +394,18 @@ export class ElasticMembership implements Membership {
       const ids = record.members.map((m) => m.id);
       const rank = ids.indexOf(this.config.workerId);
       const changed = new AbortController();
+      // What fails a collective in flight. While the world forms, any newer world does (its members
+      // may never come). Once joined, only a newer world without one of this world's members does:
+      // a join or a spec change lets the step in flight finish on every rank, because cutting it
+      // could leave one rank past the step and its peer not (each then trains a different state).
+      const cut = new AbortController();
+      let joinedRing = false;
       const check = () => {
         const latest = this.agent.latestWorld;
-        if (latest !== undefined && latest.generation > record.generation) changed.abort();
+        if (latest === undefined || latest.generation <= record.generation) return;
+        changed.abort();
+        const kept = new Set(latest.members.map((m) => m.id));
+        if (!joinedRing || !ids.every((id) => kept.has(id))) cut.abort();
       };
       // At once when the record arrives; the poll is a backstop for a world adopted before the
       // listener was there.
@@ -419,7 +428,7 @@ export class ElasticMembership implements Membership {
           server: this.server,
           token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
-          signal: changed.signal,
+          signal: cut.signal,
           onPeerLost: (peer, error) => {
             const probing = this.peerLost(record, peer, error, changed.signal).catch(() => undefined);
             this.probes.set(record.generation, [...(this.probes.get(record.generation) ?? []), probing]);
@@ -436,6 +445,7 @@ export class ElasticMembership implements Membership {
         const received = await group.broadcast(bytes, root);
         if (rank !== root) holder.restore(unpackSnapshot(received));
         await this.agent.enter(record.generation, holder.step, true);
+        joinedRing = true;
         const ring = group;
         const reducer = ringReducer(ring);
         return {
@@ -452,10 +462,14 @@ export class ElasticMembership implements Membership {
             reducer,
             changed: changed.signal,
             stateFrom,
-            abort: () => changed.abort(),
+            abort: () => {
+              changed.abort();
+              cut.abort();
+            },
             end: async () => {
               watcher[Symbol.dispose]();
               changed.abort();
+              cut.abort();
               await ring[Symbol.asyncDispose]();
             },
           },
