@@ -11,6 +11,7 @@ import {
   setHeaderOptions,
   type V1Node,
 } from '@kubernetes/client-node';
+import { toKubeError } from '../../operator/api/kube-errors.ts';
 import { ANNOTATION_FAKE_NODE_CAPACITY, LABEL_NODE_AGENT } from '../node-agent/config.ts';
 import {
   type AutoscalerConfig,
@@ -37,6 +38,8 @@ export interface SimulatorAction {
 }
 
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+/** Conflicts with the node agent's status writes before the notice gives up. */
+const NOTICE_ATTEMPTS = 10;
 /** Resolves after `ms`, or at once when `signal` aborts (the poll loops then see it and end). */
 const sleep = (ms: number, signal: AbortSignal) => delay(ms, undefined, { signal }).catch(() => undefined);
 
@@ -186,12 +189,7 @@ export class SpotReclaimer implements AsyncDisposable {
       this.options.log?.(`reclaimer: deleted ${name} without notice`);
       return name;
     }
-    const current = await this.core.readNode({ name });
-    const taints = [...(current.spec?.taints ?? []), { ...SPOT_NOTICE_TAINT, timeAdded: new Date() }];
-    await this.core.patchNode(
-      { name, body: { metadata: { resourceVersion: current.metadata?.resourceVersion }, spec: { taints } } },
-      mergePatch,
-    );
+    await this.addNoticeTaint(name);
     this.actions.push({
       at: Date.now(),
       action: 'notice',
@@ -209,6 +207,30 @@ export class SpotReclaimer implements AsyncDisposable {
     this.pending.add(later);
     void later.finally(() => this.pending.delete(later));
     return name;
+  }
+
+  /**
+   * Adds the notice taint at the node's resourceVersion, reading it again when the node agent's
+   * status updates won the race (409), as any controller writing a Node does.
+   */
+  private async addNoticeTaint(name: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.core.readNode({ name });
+      const taints = [...(current.spec?.taints ?? []), { ...SPOT_NOTICE_TAINT, timeAdded: new Date() }];
+      try {
+        await this.core.patchNode(
+          {
+            name,
+            body: { metadata: { resourceVersion: current.metadata?.resourceVersion }, spec: { taints } },
+          },
+          mergePatch,
+        );
+        return;
+      } catch (error) {
+        const conflict = toKubeError(error, `taint node ${name}`).status === 409;
+        if (!conflict || attempt >= NOTICE_ATTEMPTS) throw error;
+      }
+    }
   }
 
   /** Waits until every noticed node has been deleted. */
