@@ -13,7 +13,7 @@ import { RingGroup } from '../../worker/collective/group.ts';
 import { type Placement, ringOrder } from '../../worker/collective/topology.ts';
 import { CollectiveServer } from '../../worker/collective/transport.ts';
 import { KILL_TO_FIRST_STEP_TARGET_SECONDS, rawRing, recovery, ring, ringBytes } from './elastic.bench.ts';
-import { install, runPeer, unavailable } from './torch-peer.bench.ts';
+import { glooAllReduce, install, unavailable } from './torch-peer.bench.ts';
 
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 const MLP = 235_146 + 2;
@@ -24,21 +24,8 @@ const skip = new Set((process.env['TENSILE_BENCH_SKIP'] ?? '').split(',').filter
 async function gloo(workers: number): Promise<Map<number, number> | string> {
   const why = skip.has('gloo') ? 'TENSILE_BENCH_SKIP=gloo' : unavailable();
   if (why !== undefined) return why;
-  const result = await runPeer(
-    'torch_allreduce.py',
-    [
-      '--ranks',
-      String(workers),
-      '--elements',
-      `${MLP},${LARGE}`,
-      '--rounds',
-      String(ROUNDS),
-      '--warmup',
-      '10',
-    ],
-    300_000,
-  );
-  return new Map((result['cases'] as { elements: number; ms: number }[]).map((c) => [c.elements, c.ms]));
+  const cases = await glooAllReduce(workers, [MLP, LARGE], ROUNDS);
+  return new Map(cases.map((c) => [c.elements, c.ms]));
 }
 
 /** Bytes each link carried in one all-reduce of the MLP's gradients over a ring in `order`. */

@@ -37,6 +37,17 @@ export function unavailable(): string | undefined {
   return `torch does not import from ${venv}: ${why}`;
 }
 
+/** torch.distributed gloo all-reduce of each size on `workers` ranks: ms per round, by size. */
+export async function glooAllReduce(
+  workers: number,
+  sizes: readonly number[],
+  rounds: number,
+): Promise<{ elements: number; ms: number }[]> {
+  const args = ['--ranks', String(workers), '--elements', sizes.join(','), '--rounds', String(rounds)];
+  const result = await runPeer('torch_allreduce.py', [...args, '--warmup', '10'], 300_000);
+  return result['cases'] as { elements: number; ms: number }[];
+}
+
 /** Runs a peer script; resolves with the JSON of its last stdout line. */
 export function runPeer(script: string, args: string[], timeoutMs: number): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
@@ -96,21 +107,7 @@ export default async function bench() {
     speedVsGloo: number;
   }[] = [];
   for (const workers of [2, 3]) {
-    const gloo = await runPeer(
-      'torch_allreduce.py',
-      [
-        '--ranks',
-        String(workers),
-        '--elements',
-        `${MLP},${LARGE}`,
-        '--rounds',
-        String(ROUNDS),
-        '--warmup',
-        '10',
-      ],
-      300_000,
-    );
-    const glooCases = gloo['cases'] as { elements: number; ms: number }[];
+    const glooCases = await glooAllReduce(workers, [MLP, LARGE], ROUNDS);
     for (const elements of [MLP, LARGE]) {
       const tensileMs = await ring(workers, elements, ROUNDS);
       const glooMs = glooCases.find((c) => c.elements === elements)?.ms ?? Number.NaN;
