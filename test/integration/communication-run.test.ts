@@ -6,21 +6,17 @@
  * joins, with top-k, PowerSGD and local SGD, whose state (residuals, Q, anchor and outer momentum)
  * must be carried across the world changes without breaking either property.
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RunSummary } from '../../operator/local-run/run.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-communication-'));
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz'))) {
-  throw new Error(
-    `Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh (apt-get install dataset-fashion-mnist)`,
-  );
-}
 
 const TRAIN = 3000;
 const BATCH = 60;

@@ -5,17 +5,16 @@
  * heartbeat timeout. The assertions are on the cause the workers recorded, never on time (the
  * elastic bench measures kill → first step).
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { eventsOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
-  throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);
+const FASHION = fashionMnistDir();
 
 test('kill -9 of a worker: the survivors see its link break and re-form without the heartbeat timeout', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-link-failure-'));

@@ -4,15 +4,16 @@
  * tf.loadLayersModel, applies preprocessing.json to raw test images and gets the reported accuracy.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
+const FASHION = fashionMnistDir();
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const server = fileURLToPath(new URL('../helpers/serve-exported-model.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-export-'));
@@ -29,9 +30,6 @@ const LABELS = [
   'Boot',
 ];
 const EVAL_SAMPLES = 500;
-
-if (!existsSync(join(FASHION, 't10k-images-idx3-ubyte.gz')))
-  throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -7,7 +7,7 @@
  * dropped and counted (the outsider refused and logged), and the run must finish as if nothing
  * happened: one world, every step, every sample exactly once per epoch, identical weights on both ranks.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,11 +23,10 @@ import {
 import { CollectiveError, dial, encodeFrame } from '../../worker/collective/transport.ts';
 import { MemberRecordSchema, WorldRecordSchema } from '../../worker/rendezvous/decide.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
-if (!existsSync(join(FASHION, 'train-images-idx3-ubyte.gz')))
-  throw new Error(`Fashion-MNIST is missing at ${FASHION}; install it with: bash hack/install-tools.sh`);
+const FASHION = fashionMnistDir();
 
 const TRAIN = 6000;
 const BATCH = 60;
