@@ -24,6 +24,13 @@ function storeError(error: unknown, what: string): RendezvousStoreError {
   }
 }
 
+const OPEN_ATTEMPTS = 3;
+
+function createdMeanwhile(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : String(error);
+  return /subjects overlap|stream name already in use/i.test(message);
+}
+
 export class NatsKvStore implements RendezvousStore {
   /** Called on every reconnection: a watcher's consumer may not have survived the server. */
   private readonly onReconnect = new Set<() => void>();
@@ -41,11 +48,16 @@ export class NatsKvStore implements RendezvousStore {
   }
 
   static async open(connection: NatsConnection, bucket: string): Promise<NatsKvStore> {
-    try {
-      const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
-      return new NatsKvStore(kv, bucket, connection);
-    } catch (error) {
-      throw storeError(error, `open key-value bucket ${bucket}`);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
+        return new NatsKvStore(kv, bucket, connection);
+      } catch (error) {
+        // Workers that start together all create the bucket; the one that loses the race sees the
+        // winner's stream as an overlap. Opening again binds to it.
+        if (attempt < OPEN_ATTEMPTS && createdMeanwhile(error)) continue;
+        throw storeError(error, `open key-value bucket ${bucket}`);
+      }
     }
   }
 
