@@ -57,6 +57,7 @@ import {
   STDIN_NAME,
   UsageError,
 } from '../commands/args.ts';
+import { LocalAutoscaler } from './autoscaler.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
 
@@ -554,11 +555,11 @@ function seededRandom(seed: number): () => number {
 export async function runRun(args: readonly string[], io: RunIo, cwd = process.cwd()): Promise<number> {
   const line = commandLine(RUN_COMMAND, args, io, runOptions);
   if ('exit' in line) return line.exit;
-  const options = line.parsed;
+  const parsed = line.parsed;
   const started = performance.now();
-  const fromStdin = options.file === '-';
-  const name = fromStdin ? STDIN_NAME : options.file;
-  const file = resolve(cwd, options.file);
+  const fromStdin = parsed.file === '-';
+  const name = fromStdin ? STDIN_NAME : parsed.file;
+  const file = resolve(cwd, parsed.file);
   let text: string;
   try {
     text = fromStdin ? await (io.readStdin ?? readStandardInput)() : readFileSync(file, 'utf8');
@@ -579,6 +580,8 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   }
   // A manifest from standard input has no directory of its own: its paths are the caller's.
   const job = resolveManifestPaths(first, fromStdin ? cwd : dirname(file));
+  // The goodput policy starts and stops workers: that needs the elastic machinery even from one.
+  const options = job.spec.autoscaling.policy === 'goodput' ? { ...parsed, elastic: true } : parsed;
   const plan = planLocalRun(job, options, cwd);
   mkdirSync(plan.out, { recursive: true });
   const resuming =
@@ -699,6 +702,37 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(`straggler ${id}: asked to leave (SIGTERM), started ${replacement.id} in its place`);
     recordEvent({ type: 'straggler-evicted', step, worker: id, replacement: replacement.id });
   };
+  /** spec.autoscaling goodput: the operator's decision on the lead's progress, carried out with processes. */
+  const autoscaler =
+    job.spec.autoscaling.policy === 'goodput'
+      ? new LocalAutoscaler(job.spec, plan.workers.length)
+      : undefined;
+  const followAutoscaler = (line: Extract<WorkerEvent, { event: 'progress' }>) => {
+    const result = autoscaler?.observe(line, joining.size, new Date());
+    if (result === undefined) return;
+    if (result.event !== undefined) {
+      io.out(`goodput autoscaling at step ${line.step}: ${result.event.message}`);
+      recordEvent({
+        type: 'autoscale',
+        step: line.step,
+        replicas: result.replicas,
+        detail: result.event.message,
+      });
+    }
+    scaleWorkers(result.replicas);
+  };
+  const scaleWorkers = (replicas: number) => {
+    const live = alive();
+    for (let n = live.length; n < replicas; n++) io.out(`goodput autoscaling: started ${startJoiner().id}`);
+    const surplus = [...live]
+      .sort((a, b) => b.plan.index - a.plan.index)
+      .slice(0, Math.max(0, live.length - replicas));
+    for (const victim of surplus) {
+      victim.expected = true;
+      victim.child.kill('SIGTERM');
+      io.out(`goodput autoscaling: asked ${victim.plan.id} to leave (SIGTERM)`);
+    }
+  };
   const applyChaos = async () => {
     if (chaosBusy) return;
     chaosBusy = true;
@@ -763,6 +797,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       if (line.event === 'straggler' && line.evict) evictStraggler(line.straggler);
       if (line.event === 'progress') {
         step = Math.max(step, line.step);
+        if (autoscaler !== undefined) followAutoscaler(line);
         if (line.plannedSteps !== undefined) plannedSteps = line.plannedSteps;
         if (pendingChaos.length > 0) {
           skipResumed();

@@ -331,6 +331,8 @@ function reportProgress(session: Session, g: Generation, run: Run, result: StepR
   facts.lastLoss = figures.loss;
   facts.lastThroughput = figures.samplesPerSecond;
   if (!g.writer) return;
+  const goodput =
+    g.settings.autoscaling?.policy === 'goodput' ? goodputReport(run.measured, g.world.size) : undefined;
   emit(g.log, 'info', 'progress', {
     event: 'progress',
     step: state.step,
@@ -344,10 +346,9 @@ function reportProgress(session: Session, g: Generation, run: Run, result: StepR
     worldSize: g.world.size,
     plannedSteps: g.plannedSteps,
     ...(g.world.size > 1 ? { workers: workerLoads(session, g.balance.members, run.perWorker) } : {}),
+    ...(goodput === undefined ? {} : { goodput }),
   });
   const lastCheckpoint = session.checkpoints.last;
-  const goodput =
-    g.settings.autoscaling?.policy === 'goodput' ? goodputReport(run.measured, g.world.size) : undefined;
   session.membership.publish('metrics', {
     type: 'progress',
     worker: session.config.workerId,
