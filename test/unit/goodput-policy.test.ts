@@ -1,5 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { type ClusterJob, divideCluster } from '../../operator/api/goodput-cluster.ts';
 import {
   fitThroughput,
   gradientNoiseScale,
@@ -306,6 +307,58 @@ test('decideGoodput does not flap: after moving, the same measurements keep it w
   );
   assert.is(again.replicas, first.replicas);
   assert.not.ok(again.changed);
+});
+
+test('divideCluster: minimums in priority order, the fairness floor, then the largest gain in speedup', () => {
+  const linear = (n: number) => Array.from({ length: n }, (_, i) => 100 * (i + 1));
+  const flat = (n: number) => Array.from({ length: n }, () => 100);
+  const saturating = [100, 180, 240, 270, 280, 280, 280, 280];
+  const table: [string, ClusterJob[], number, Record<string, number>][] = [
+    [
+      'one job that scales takes everything',
+      [{ id: 'a', min: 1, max: 16, goodput: linear(16) }],
+      16,
+      { a: 16 },
+    ],
+    [
+      'a job that does not scale keeps its minimum; the other takes the rest',
+      [
+        { id: 'flat', min: 1, max: 16, goodput: flat(16) },
+        { id: 'lin', min: 1, max: 16, goodput: linear(16) },
+      ],
+      8,
+      { flat: 1, lin: 7 },
+    ],
+    [
+      'two saturating jobs split evenly',
+      [
+        { id: 'a', min: 1, max: 8, goodput: saturating },
+        { id: 'b', min: 1, max: 8, goodput: saturating },
+      ],
+      8,
+      { a: 4, b: 4 },
+    ],
+    [
+      'minimums that do not all fit: the later job waits',
+      [
+        { id: 'a', min: 3, max: 4, goodput: linear(4) },
+        { id: 'b', min: 2, max: 4, goodput: linear(4) },
+      ],
+      4,
+      { a: 4, b: 0 },
+    ],
+    ['a job never exceeds its max', [{ id: 'a', min: 1, max: 3, goodput: linear(3) }], 16, { a: 3 }],
+  ];
+  for (const [name, jobs, capacity, expected] of table)
+    assert.equal(Object.fromEntries(divideCluster(jobs, capacity, { fairnessFloor: 0.8 })), expected, name);
+  // A job that gains little per GPU: without a floor the greedy phase starves it down to its minimum,
+  // with one it keeps 0.8 of its goodput at the fair share (4 GPUs: 16; 14 at 3 is the first ≥ 12.8).
+  const uneven: ClusterJob[] = [
+    { id: 'big', min: 1, max: 8, goodput: [100, 300, 600, 1000, 1500, 2100, 2800, 3600] },
+    { id: 'small', min: 1, max: 8, goodput: [10, 12, 14, 16, 18, 20, 22, 24] },
+  ];
+  assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0 })), { big: 7, small: 1 });
+  assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0.8 })), { big: 5, small: 3 });
 });
 
 test.run();
