@@ -297,7 +297,9 @@ export function plan(input: PlanInput): Plan {
           spec,
           status: previous.autoscaling,
           report: input.observations?.progress,
-          pending: active.filter((p) => p.state.kind === 'active' && p.state.pending).length,
+          // Spot-aware, coarsely: while a worker is Pending or leaving a going node, capacity is
+          // short or about to vanish, and the job does not grow.
+          pending: active.filter((p) => p.state.kind === 'active' && p.state.pending).length + leaving.length,
           now,
         })
       : undefined;

@@ -226,6 +226,25 @@ test('plan: the goodput policy sets the desired count; pods follow, the decision
   assert.is(shrink.status.autoscaling?.replicas, 1);
 });
 
+test('plan: a worker on a going node holds growth (spot-aware); its replacement is still made', () => {
+  const p = plan({
+    job: goodputJob({}, runningStatus()),
+    pods: [workerPod(0, { node: 'node-1' })],
+    nodes: nodeMap(node('node-1', { taints: [{ key: 'karpenter.sh/disrupted', effect: 'NoSchedule' }] })),
+    claimExists: true,
+    now: at(0),
+    config,
+    observations: { progress: progress(1, 0.05) },
+  });
+  assert.is(p.status.autoscaling?.replicas, 1, p.status.autoscaling?.reason);
+  assert.not.ok(p.events.some((e) => e.reason === 'GoodputRescale'));
+  assert.equal(
+    p.createPods.map((c) => c.metadata?.name),
+    ['job-worker-1'],
+    'the leaving worker is replaced, no more',
+  );
+});
+
 test('plan: policy none leaves the count to spec.replicas and writes no autoscaling status', () => {
   const p = plan({
     job: ownedJob({ 'spec.replicas': 1, 'spec.maxReplicas': 4 }, runningStatus()),
