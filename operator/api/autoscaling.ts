@@ -9,7 +9,7 @@
  */
 import type { ProgressMessage } from './contract.ts';
 import { fitThroughput, type ThroughputSample } from './goodput-model.ts';
-import { type BatchRule, decideGoodput, type GoodputDecision } from './goodput-policy.ts';
+import { type BatchRule, decideGoodput, type GoodputDecision, notableOptions } from './goodput-policy.ts';
 import {
   type AutoscalingStatus,
   desiredReplicas,
@@ -143,7 +143,7 @@ export function autoscale(input: AutoscaleInput): AutoscaleResult {
     ...(decision.options.length === 0
       ? {}
       : {
-          options: decision.options.map((o) => ({
+          options: notableOptions(decision.options, decision.replicas, 64).map((o) => ({
             replicas: o.replicas,
             globalBatch: o.globalBatch,
             goodput: round4(o.goodput),

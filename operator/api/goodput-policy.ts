@@ -118,8 +118,26 @@ export function replicaCap(input: GoodputInput): number {
 
 const round = (x: number) => (x >= 100 ? Math.round(x) : Math.round(x * 10) / 10);
 
-export function describeOptions(options: readonly GoodputOption[]): string {
-  return options.map((o) => `${o.replicas}: ${round(o.goodput)}`).join(', ');
+/**
+ * At most `limit` options, so that a reason or a status stays small with thousands of replicas: the
+ * best ones and the current size, in replica order.
+ */
+export function notableOptions(
+  options: readonly GoodputOption[],
+  current: number,
+  limit = 12,
+): GoodputOption[] {
+  if (options.length <= limit) return [...options];
+  const best = [...options].sort((a, b) => b.goodput - a.goodput).slice(0, limit);
+  const here = options.find((o) => o.replicas === current);
+  const kept = here === undefined || best.includes(here) ? best : [...best.slice(0, limit - 1), here];
+  return kept.sort((a, b) => a.replicas - b.replicas);
+}
+
+export function describeOptions(options: readonly GoodputOption[], current = 0): string {
+  const shown = notableOptions(options, current);
+  const more = options.length - shown.length;
+  return `${shown.map((o) => `${o.replicas}: ${round(o.goodput)}`).join(', ')}${more > 0 ? ` (and ${more} more)` : ''}`;
 }
 
 /**
@@ -149,7 +167,7 @@ export function decideGoodput(input: GoodputInput): GoodputDecision {
   );
   if (here === undefined || best === undefined) return hold('no prediction for the current size', options);
   const gain = here.goodput > 0 ? best.goodput / here.goodput - 1 : Number.POSITIVE_INFINITY;
-  const listed = `predicted goodput by workers: ${describeOptions(options)}`;
+  const listed = `predicted goodput by workers: ${describeOptions(options, input.current)}`;
   if (best.replicas === input.current || gain < input.settings.threshold)
     return {
       ...hold(`${input.current} worker(s) is best within the threshold; ${listed}`, options),

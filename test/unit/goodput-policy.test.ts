@@ -14,7 +14,9 @@ import {
 import {
   candidateBatches,
   decideGoodput,
+  describeOptions,
   type GoodputInput,
+  notableOptions,
   replicaCap,
 } from '../../operator/api/goodput-policy.ts';
 
@@ -307,6 +309,21 @@ test('decideGoodput does not flap: after moving, the same measurements keep it w
   );
   assert.is(again.replicas, first.replicas);
   assert.not.ok(again.changed);
+});
+
+test('a reason names at most 12 options: the best and the current size', () => {
+  const many = Array.from({ length: 40 }, (_, i) => ({
+    replicas: i + 1,
+    globalBatch: 128,
+    stepSeconds: 1,
+    throughput: 1,
+    efficiency: 1,
+    goodput: 100 - Math.abs(i + 1 - 30),
+  }));
+  const text = describeOptions(many, 2);
+  assert.match(text, /^2: 72, 25: 95, 26: 96, .*35: 95 \(and 28 more\)$/);
+  assert.is(notableOptions(many, 30, 12).length, 12);
+  assert.is(notableOptions(many.slice(0, 5), 1).length, 5);
 });
 
 test('divideCluster: minimums in priority order, the fairness floor, then the largest gain in speedup', () => {
