@@ -215,15 +215,23 @@ class FakeKueue {
   ]);
   client(): NonNullable<ReconcilerDeps['kueue']> {
     return {
-      getWorkload: async () =>
+      listWorkloads: async () =>
         this.workload === undefined
-          ? undefined
-          : {
-              ...structuredClone(this.workload),
-              metadata: { ...this.workload.metadata, resourceVersion: String(this.resourceVersion) },
-            },
+          ? []
+          : [
+              {
+                ...structuredClone(this.workload),
+                metadata: { ...this.workload.metadata, resourceVersion: String(this.resourceVersion) },
+              },
+            ],
       createWorkload: async (w: Workload) => {
         this.workload ??= structuredClone(w);
+      },
+      resizeWorkload: async () => {
+        throw new Error('not expected here');
+      },
+      deleteWorkload: async () => {
+        this.workload = undefined;
       },
       getFlavor: async (name: string) => this.flavors.get(name),
       priorityOf: async () => undefined,
