@@ -400,6 +400,27 @@ test('a queued 4-replica job: held, admitted with the 2 workers the quota allows
   // The urgent Job finishes; the TrainingJob is admitted again and resumes.
   await until('resumed with workers', async () => (await workers('trainer')).length >= 2 || undefined);
   await until('Running again', async () => (await status('trainer')).phase === 'Running');
+
+  // Scaled while admitted (not elastic): stopped, its Workload replaced by one for the new size.
+  await kubectl(['-n', NS, 'scale', 'trainingjob/trainer', '--replicas=3']);
+  const requeued = await until('a new Workload for 3 workers, admitted', async () => {
+    const active = (await workloadsOf('trainer')).filter((w) => condition(w, 'Finished') !== 'True');
+    const [w] = active;
+    return active.length === 1 && w?.spec.podSets[0]?.count === 3 && condition(w, 'Admitted') === 'True'
+      ? w
+      : undefined;
+  });
+  assert.is(requeued.metadata.name, 'trainingjob-trainer-g2');
+  assert.is(requeued.spec.podSets[0]?.minCount, 2);
+  assert.is(
+    (await workload('trainingjob-trainer').catch(() => undefined)) === undefined,
+    true,
+    'the old Workload is gone',
+  );
+  await until('running again with the 2 workers the quota allows', async () => {
+    const s = await status('trainer');
+    return s.phase === 'Running' && (await workers('trainer')).length === 2 ? s : undefined;
+  });
   sub.unsubscribe();
 });
 
