@@ -35,5 +35,6 @@ nvidia-nvjitlink-cu12==12.9.86 e3f1171dbdc83c5932a45f0f4c99180a70de9bd2718c1ab77
 "
 # The TensorFlow.js converter for the TensorFlow Serving check (hack/install-tfjs-converter.sh, the
 # serving-conversion bench; never a dependency): tensorflowjs 4.22 imports tensorflow_decision_forests,
-# whose 1.12 pins tensorflow 2.19, so the set is pinned together (resolved by pip on 2026-12-01).
-TFJS_CONVERTER_PIP="tensorflowjs==4.22.0 tensorflow==2.19.0 tf-keras==2.19.0 tensorflow-decision-forests==1.12.0"
+# whose 1.12 pins tensorflow 2.19, so the set is pinned together (resolved by pip on 2026-12-01); ydf
+# 0.16 (pip's pick) needs protobuf 6, which tensorflow 2.19 refuses: 0.12 imports.
+TFJS_CONVERTER_PIP="tensorflowjs==4.22.0 tensorflow==2.19.0 tf-keras==2.19.0 tensorflow-decision-forests==1.12.0 ydf==0.12.0"
