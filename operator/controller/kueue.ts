@@ -8,7 +8,7 @@
 import type { V1Pod, V1Toleration } from '@kubernetes/client-node';
 import { LABEL_JOB_NAME } from '../api/contract.ts';
 import { API_GROUP_VERSION, desiredReplicas, KIND, type TrainingJob } from '../api/training-job.ts';
-import type { OwnedJob } from './pod-builder.ts';
+import { type OwnedJob, ownerReference } from './pod-builder.ts';
 
 export const QUEUE_LABEL = 'kueue.x-k8s.io/queue-name';
 export const KUEUE_GROUP = 'kueue.x-k8s.io';
@@ -145,16 +145,7 @@ export function buildWorkload(
             },
           }
         : {}),
-      ownerReferences: [
-        {
-          apiVersion: API_GROUP_VERSION,
-          kind: KIND,
-          name: job.metadata.name,
-          uid: job.metadata.uid,
-          controller: true,
-          blockOwnerDeletion: true,
-        },
-      ],
+      ownerReferences: [ownerReference(job)],
     },
     spec: {
       queueName,
