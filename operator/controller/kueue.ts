@@ -7,7 +7,7 @@
  */
 import type { V1Pod, V1Toleration } from '@kubernetes/client-node';
 import { LABEL_JOB_NAME } from '../api/contract.ts';
-import { API_GROUP_VERSION, desiredReplicas, KIND, type TrainingJob } from '../api/training-job.ts';
+import { desiredReplicas, type TrainingJob } from '../api/training-job.ts';
 import { type OwnedJob, ownerReference } from './pod-builder.ts';
 
 export const QUEUE_LABEL = 'kueue.x-k8s.io/queue-name';
