@@ -29,9 +29,9 @@ import { CollectiveServer } from '../../worker/collective/transport.ts';
 import { type Dataset, loadDataset } from '../../worker/data/dataset.ts';
 import { ringReducer } from '../../worker/elastic/ring-reducer.ts';
 import type { World } from '../../worker/train/policy.ts';
+import { initialTrainingState } from '../../worker/train/snapshot.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { install, runPeer, unavailable } from './torch-peer.bench.ts';
-import { initialTrainingState } from '../../worker/train/snapshot.ts';
 import { CNN, FASHION, MLP, model, round } from './training-fixture.ts';
 
 const EPOCHS = Number(process.env['TENSILE_BENCH_EPOCHS'] ?? 3);
@@ -56,6 +56,14 @@ const VARIATIONS: Record<string, object> = {
   'topk-5pct': { compression: 'topk', topk: { ratio: 0.05 } },
   'powersgd-r8': { compression: 'powersgd', powersgd: { rank: 8, startAfterSteps: 10 } },
   'local-16': { localSteps: 16 },
+  'topk-gradient': { compression: 'topk', topk: { ratio: 0.01, sparsify: 'gradient' } },
+  'topk-gradient-warmup': {
+    compression: 'topk',
+    topk: { ratio: 0.01, sparsify: 'gradient', warmupSteps: 300 },
+  },
+  'topk-warmup': { compression: 'topk', topk: { ratio: 0.01, warmupSteps: 300 } },
+  'local-post': { localSteps: 32, localStartAfterSteps: 20 },
+  'local-64-post': { localSteps: 64, localStartAfterSteps: 40 },
 };
 
 interface ModeResult {
@@ -188,7 +196,9 @@ function summarise(runs: Record<string, ModeResult>[]): Record<string, object> {
         gap: (m.accuracy - base.accuracy) * 100,
         seconds: m.trainSeconds / base.trainSeconds,
         steps:
-          m.stepsToTarget === null || base.stepsToTarget === null ? null : m.stepsToTarget / base.stepsToTarget,
+          m.stepsToTarget === null || base.stepsToTarget === null
+            ? null
+            : m.stepsToTarget / base.stepsToTarget,
       };
     });
     const steps = per.map((p) => p.steps).filter((x): x is number => x !== null);
