@@ -664,6 +664,12 @@ export const CommunicationSpecSchema = withRules(
       .describe(
         'localSteps > 1: synchronous all-reduce of the gradients for the first N steps of the run, local SGD after (post-local SGD, Lin et al. 2020; torch’s PostLocalSGDOptimizer warmup_steps); 0 when omitted.',
       ),
+    hierarchical: z
+      .boolean()
+      .optional()
+      .describe(
+        'fp32 all-reduces within each node first, then among one leader per node, then back (Horovod’s hierarchical all-reduce), when more than one worker shares a node; omitted: the flat ring. Only the leaders’ ring crosses nodes: 2(G−1)/G of the gradients per link between G nodes instead of 2(n−1)/n.',
+      ),
     outerOptimizer: z
       .strictObject({
         type: z

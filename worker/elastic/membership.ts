@@ -428,6 +428,9 @@ export class ElasticMembership implements Membership {
           server: this.server,
           token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
+          // The world's settings, the same on every member (each one's own spec may be another revision).
+          hierarchical:
+            (record.agreement?.settings.communication ?? this.config.spec.communication).hierarchical === true,
           signal: cut.signal,
           onPeerLost: (peer, error) => {
             const probing = this.peerLost(record, peer, error, changed.signal).catch(() => undefined);
