@@ -302,7 +302,9 @@ export class RingGroup implements AsyncDisposable {
     const ops = hierarchySchedule(this.rank, groups);
     const chunks = chunkRanges(buffer.length, groups.length);
     const base = this.seq;
-    this.seq += ops.length + 1;
+    // The same advance on every rank (their schedules differ in length): at most 2G messages per
+    // directed link in each of the three phases.
+    this.seq += 8 * groups.length + 1;
     const next = { left: base, right: base };
     const inbound = { left: base, right: base };
     const link = (side: 'left' | 'right') => (side === 'left' ? this.left : this.right) as FramedLink;
