@@ -646,6 +646,18 @@ export const CommunicationSpecSchema = withRules(
           .boolean()
           .default(true)
           .describe('topk: add what was not sent to the next step’s gradient (residual accumulation).'),
+        sparsify: z
+          .enum(['update', 'gradient'])
+          .default('update')
+          .describe(
+            'topk: what is sparsified. update: each worker applies its own optimizer step to its own gradient and the workers exchange the top-k of the weight change (with its residual), as Deep Gradient Compression’s momentum correction does for momentum (needed by Adam, whose per-entry scaling turns a sparse gradient into a slow update); gradient: the top-k of the gradient, summed and applied by the optimizer.',
+          ),
+        warmupSteps: nonNegativeInt()
+          .max(1_000_000)
+          .default(0)
+          .describe(
+            'topk: density warm-up (Deep Gradient Compression): the fraction sent falls exponentially from 25 % to ratio over the first N steps of the run.',
+          ),
       })
       .optional()
       .describe('topk settings (defaults apply when omitted).'),
@@ -682,6 +694,18 @@ export const CommunicationSpecSchema = withRules(
       .default(1)
       .describe(
         'Local SGD: each worker takes H steps on its own share, then the workers average their weights (1: synchronous all-reduce every step).',
+      ),
+    localStartAfterSteps: nonNegativeInt()
+      .max(1_000_000)
+      .optional()
+      .describe(
+        'localSteps > 1: synchronous all-reduce of the gradients for the first N steps of the run, local SGD after (post-local SGD, Lin et al. 2020; torch’s PostLocalSGDOptimizer warmup_steps); 0 when omitted.',
+      ),
+    hierarchical: z
+      .boolean()
+      .optional()
+      .describe(
+        'fp32 all-reduces within each node first, then among one leader per node, then back (Horovod’s hierarchical all-reduce), when more than one worker shares a node; omitted: the flat ring. Only the leaders’ ring crosses nodes: 2(G−1)/G of the gradients per link between G nodes instead of 2(n−1)/n.',
       ),
     outerOptimizer: z
       .strictObject({

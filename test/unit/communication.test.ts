@@ -20,6 +20,7 @@ import {
   sparseResidual,
   topkIndices,
 } from '../../worker/train/communication/math.ts';
+import { Sparsifier, topkDensity } from '../../worker/train/communication/sparse.ts';
 import type { GradientReducer } from '../../worker/train/reducer.ts';
 import {
   decodeSnapshot,
@@ -304,6 +305,30 @@ test('a snapshot carries the shared communication state through its files', () =
   assert.is(decoded.communication?.specs[0]?.name, 'powersgd/w/Q');
   const without = decodeSnapshot(encodeSnapshot({ ...snapshot, communication: undefined }));
   assert.is(without.communication, undefined);
+});
+
+test('top-k density warm-up: from 25 % down to the ratio, exponentially, then the ratio', () => {
+  assert.is(topkDensity(0.01, 100, 0), 0.25);
+  assert.ok(Math.abs(topkDensity(0.01, 100, 50) - 0.05) < 1e-12, 'the geometric mean half-way');
+  assert.is(topkDensity(0.01, 100, 100), 0.01);
+  assert.is(topkDensity(0.01, 0, 0), 0.01, 'no warm-up');
+  assert.is(topkDensity(0.4, 100, 0), 0.4, 'a ratio above the start is used as it is');
+});
+
+test('a residual carries over only to the step it belongs to', () => {
+  const s = new Sparsifier({ ratio: 0.25, errorFeedback: true, warmupSteps: 0 });
+  const g = Float32Array.from([4, 1, 2, 3]);
+  const first = s.select(g, 7);
+  assert.equal([...first.indices], [0]);
+  s.commit(first, 7);
+  assert.equal([...(s.pending ?? [])], [0, 1, 2, 3]);
+  // Step 8 sees the residual: 3 + 3 beats 4.
+  assert.equal([...s.select(g, 8).indices], [3]);
+  assert.equal([...s.select(g, 9).indices], [0], 'at another step the residual is not added');
+  s.keepAt(8);
+  assert.ok(s.pending !== undefined, 'kept at its own step');
+  s.keepAt(5);
+  assert.is(s.pending, undefined, 'dropped at another');
 });
 
 test.run();

@@ -436,8 +436,10 @@ for (const communication of [
   { compression: 'fp16' },
   { compression: 'bf16' },
   { compression: 'topk', topk: { ratio: 0.1 } },
+  { compression: 'topk', topk: { ratio: 0.1, sparsify: 'gradient', warmupSteps: 5 } },
   { compression: 'powersgd', powersgd: { rank: 2, startAfterSteps: 2, minCompressionRate: 1 } },
   { localSteps: 4, outerOptimizer: { learningRate: 0.7 } },
+  { localSteps: 4, localStartAfterSteps: 6 },
 ]) {
   test(`${JSON.stringify(communication)}: both ranks hold the same weights and learn`, async () => {
     const { ranks, step } = await pair(communication);
@@ -494,6 +496,41 @@ test('local SGD between averagings: the snapshot is the last averaging, a new wo
     structuredClone(s, { transfer: [s.communication.buffer.buffer as ArrayBuffer] });
   }
   for (const t of outer.ranks) t.dispose();
+  for (const t of ranks) t.dispose();
+});
+
+test('post-local SGD: synchronous steps first (sending every step), local steps after', async () => {
+  const { ranks, step } = await pair({ localSteps: 4, localStartAfterSteps: 3 });
+  const sent: number[] = [];
+  for (let i = 0; i < 7; i++) sent.push((await step())[0]?.wireBytes ?? 0);
+  assert.equal(
+    sent.map((b) => b > 0),
+    [true, true, true, true, false, false, false],
+    'steps 1–3 synchronous, then local steps averaged at every 4th step of the run',
+  );
+  const [a, b] = ranks as [Trainer, Trainer];
+  assert.not.equal(a.weightsChecksum(), b.weightsChecksum(), 'step 7 has not averaged yet');
+  for (const t of ranks) t.dispose();
+});
+
+test('top-k of the updates: a survivor keeps its residual in the next world, a redone step drops it', async () => {
+  const { ranks, step, spec } = await pair({ compression: 'topk', topk: { ratio: 0.05 } });
+  for (let i = 0; i < 3; i++) await step();
+  const [a, b] = ranks as [Trainer, Trainer];
+  assert.is(a.weightsChecksum(), b.weightsChecksum());
+  const residual = (t: Trainer) => [...(t.communicationResidual ?? [])];
+  const kept = residual(a);
+  assert.ok(
+    kept.some((v) => v !== 0),
+    'something was held back',
+  );
+  a.beginWorld(spec, 3);
+  assert.equal(residual(a), kept, 'same step, new world: the residual is still owed');
+  const earlier = b.snapshot();
+  await step();
+  b.restore(earlier);
+  b.beginWorld(spec, 2);
+  assert.equal(residual(b), [], 'a state of another step: the residual does not belong to it');
   for (const t of ranks) t.dispose();
 });
 

@@ -6,6 +6,7 @@
  */
 import { DropCounter } from '../../operator/api/drops.ts';
 import { encodeHalf, fromBf16Bits, fromHalfBits, roundToBf16, roundToHalf, toBf16Bits } from './fp16.ts';
+import { type HierarchyOp, hierarchyPays, hierarchySchedule, nodeGroups } from './hierarchy.ts';
 import { chunkRanges, type Range, type RingStep, ringSchedule, segmentRanges } from './ring.ts';
 import {
   CollectiveAbortedError,
@@ -19,6 +20,8 @@ import {
 
 export interface RingMember {
   readonly address: string;
+  /** The member's node: with `hierarchical`, adjacent members of a node reduce among themselves first. */
+  readonly node?: string | undefined;
 }
 
 export interface RingOptions {
@@ -46,6 +49,12 @@ export interface RingOptions {
    * straight into the caller's buffer (default true; false is the copying path, for the bench).
    */
   readonly receiveInPlace?: boolean;
+  /**
+   * fp32 all-reduces go hierarchical (hierarchy.ts: within each node, then among the nodes' leaders)
+   * when the members name their nodes, each node's members are adjacent, and some node has more than
+   * one (default false: the flat ring).
+   */
+  readonly hierarchical?: boolean;
 }
 
 export interface AllReduceOptions {
@@ -100,6 +109,8 @@ export class RingGroup implements AsyncDisposable {
     private readonly signal: AbortSignal | undefined,
     private readonly drops: DropCounter = new DropCounter(),
     private readonly segmentsPerChunk = SEGMENTS_PER_CHUNK,
+    /** Node group sizes in ring order when all-reduces go hierarchical. */
+    readonly hierarchy: readonly number[] | undefined = undefined,
   ) {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
   }
@@ -150,6 +161,7 @@ export class RingGroup implements AsyncDisposable {
       options.signal,
       server.drops,
       options.segmentsPerChunk,
+      options.hierarchical === true && hierarchyPays(nodeGroups(members)) ? nodeGroups(members) : undefined,
     );
     group.watch(right, rightRank, options.onPeerLost);
     group.watch(left, leftRank, options.onPeerLost);
@@ -167,8 +179,7 @@ export class RingGroup implements AsyncDisposable {
       throw new CollectiveAbortedError(`generation ${this.generation} was aborted`);
   }
 
-  private async receive(expectedSeq: number): Promise<Buffer> {
-    const link = this.left as FramedLink;
+  private async receive(expectedSeq: number, link = this.left as FramedLink): Promise<Buffer> {
     let frame = await link.receive(this.timeoutMs);
     // A frame of another kind or world is not ours to sum: dropped and counted, not fatal.
     while (frame.kind !== FRAME_DATA || frame.generation !== this.generation) {
@@ -188,8 +199,8 @@ export class RingGroup implements AsyncDisposable {
     return frame.payload;
   }
 
-  private send(seq: number, payload: Uint8Array): Promise<void> {
-    const sent = (this.right as FramedLink).send(FRAME_DATA, this.generation, seq, payload);
+  private send(seq: number, payload: Uint8Array, link = this.right as FramedLink): Promise<void> {
+    const sent = link.send(FRAME_DATA, this.generation, seq, payload);
     // A send that fails after the collective already failed must not surface as an unhandled rejection.
     sent.catch(() => undefined);
     return sent;
@@ -209,6 +220,8 @@ export class RingGroup implements AsyncDisposable {
     this.check();
     if (this.size === 1) return buffer;
     const wire: Wire = options.bf16 ? 'bf16' : options.fp16 ? 'fp16' : 'fp32';
+    if (wire === 'fp32' && this.hierarchy !== undefined)
+      return this.allReduceHierarchical(buffer, this.hierarchy);
     const fp16 = wire !== 'fp32';
     const decode = wire === 'bf16' ? fromBf16Bits : fromHalfBits;
     const chunks = chunkRanges(buffer.length, this.size);
@@ -276,6 +289,67 @@ export class RingGroup implements AsyncDisposable {
     } finally {
       this.left?.unpost();
     }
+  }
+
+  /**
+   * The hierarchical all-reduce of hierarchy.ts on this ring's links (both directions of each). Every
+   * directed link numbers its own messages from the same base, so both ends agree on each seq.
+   */
+  private async allReduceHierarchical(
+    buffer: Float32Array,
+    groups: readonly number[],
+  ): Promise<Float32Array> {
+    const ops = hierarchySchedule(this.rank, groups);
+    const chunks = chunkRanges(buffer.length, groups.length);
+    const base = this.seq;
+    // The same advance on every rank (their schedules differ in length): at most 2G messages per
+    // directed link in each of the three phases.
+    this.seq += 8 * groups.length + 1;
+    const next = { left: base, right: base };
+    const inbound = { left: base, right: base };
+    const link = (side: 'left' | 'right') => (side === 'left' ? this.left : this.right) as FramedLink;
+    const sends: Promise<void>[] = [];
+    const send = (side: 'left' | 'right', payload: Uint8Array) => {
+      sends.push(this.send(next[side]++, payload, link(side)));
+    };
+    try {
+      for (const op of ops)
+        await this.hierarchyOp(op, buffer, chunks, send, (side) => this.receive(inbound[side]++, link(side)));
+      await Promise.all(sends);
+      return buffer;
+    } catch (error) {
+      this.abort();
+      throw this.broken ?? error;
+    }
+  }
+
+  private async hierarchyOp(
+    op: HierarchyOp,
+    buffer: Float32Array,
+    chunks: readonly Range[],
+    send: (side: 'left' | 'right', payload: Uint8Array) => void,
+    receive: (side: 'left' | 'right') => Promise<Buffer>,
+  ): Promise<void> {
+    const range = chunks[op.chunk] as Range;
+    if (op.op === 'send') {
+      // A copy: this region is overwritten later in the same all-reduce by a sum that may not
+      // depend on these bytes having left (the broadcast back comes from another direction).
+      send(op.to, new Uint8Array(buffer.slice(range.start, range.end).buffer));
+      return;
+    }
+    const payload = await receive(op.op === 'forward' ? 'left' : op.from);
+    this.check();
+    const count = range.end - range.start;
+    if (payload.byteLength !== count * 4)
+      throw new ProtocolError(`segment of ${payload.byteLength} bytes, expected ${count * 4}`);
+    if (op.op === 'forward') {
+      send('right', payload);
+      return;
+    }
+    const incoming = new Float32Array(count);
+    new Uint8Array(incoming.buffer).set(payload);
+    if (op.mode === 'add') addInto(buffer.subarray(range.start, range.end), incoming);
+    else buffer.set(incoming, range.start);
   }
 
   /**

@@ -419,6 +419,7 @@ export class ElasticMembership implements Membership {
       };
       this.worlds.set(record.generation, changed.signal);
       let group: RingGroup | undefined;
+      const settings = record.agreement?.settings.communication ?? this.config.spec.communication;
       try {
         group = await RingGroup.connect({
           job: this.config.jobName,
@@ -428,6 +429,8 @@ export class ElasticMembership implements Membership {
           server: this.server,
           token: record.linkToken,
           timeoutMs: collectiveTimeoutMs(this.config),
+          // The world's settings, the same on every member (each one's own spec may be another revision).
+          hierarchical: settings.hierarchical === true,
           signal: cut.signal,
           onPeerLost: (peer, error) => {
             const probing = this.peerLost(record, peer, error, changed.signal).catch(() => undefined);

@@ -46,7 +46,7 @@ import {
   microBatches,
   smoothStatistics,
 } from '../rescale/policy.ts';
-import { type CommunicationHook, hookFor } from './communication/hooks.ts';
+import { type CommunicationHook, hookFor, TopkHook } from './communication/hooks.ts';
 import { LocalSgd } from './communication/local-sgd-weights.ts';
 import { TrainingOptimizer } from './optimizer.ts';
 import type { EvalResult, World } from './policy.ts';
@@ -411,8 +411,12 @@ export class Trainer {
     fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
     fused[timesOffset + world.size + world.rank] = this.lastWait;
     const weight = indices.length / plan.samples;
-    if (this.localSgd !== undefined && world.size > 1 && !adascale)
-      return this.localStep(world, reducer, signal, plan, indices.length, options);
+    const local =
+      this.localSgd !== undefined &&
+      world.size > 1 &&
+      !adascale &&
+      !this.localSgd.synchronousAt(this.state.step);
+    if (local) return this.localStep(world, reducer, signal, plan, indices.length, options);
     let reduced: Float32Array;
     const reduceStarted = performance.now();
     try {
@@ -449,6 +453,8 @@ export class Trainer {
     this.state.epoch = plan.next.epoch;
     this.state.cursor = plan.next.cursor;
     this.state.samples += plan.samples;
+    // Post-local SGD's synchronous steps: every one is an averaging point.
+    if (this.localSgd !== undefined && world.size > 1) this.localSgd.anchorAt(this.baseSnapshot());
     return {
       step: this.state.step,
       epoch: this.state.epoch,
@@ -487,7 +493,10 @@ export class Trainer {
     const after = this.state.step + 1;
     let wireBytes = 0;
     if (local.due(after, options.averageNow === true || plan.endsEpoch))
-      wireBytes = await local.average(this.model.weights, reducer, signal, world.size, 1 / scale);
+      wireBytes = await local.average(this.model.weights, reducer, signal, world.size, 1 / scale, {
+        step: this.state.step,
+        rank: world.rank,
+      });
     this.state.progress = (this.state.progress ?? this.state.step) + 1;
     this.state.step = after;
     this.state.epoch = plan.next.epoch;
@@ -518,24 +527,29 @@ export class Trainer {
    * rank agrees on; per-rank compression state (residuals) starts over, shared state is kept.
    */
   beginWorld(communication: CommunicationSpec | undefined, size: number): void {
-    const rollback = this.localSgd?.anchor;
+    const before = this.localSgd;
+    const rollback = before?.anchor;
     if (rollback !== undefined && rollback.state.step !== this.state.step) this.restoreBase(rollback);
-    const shared = this.localSgd?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
+    const shared = before?.sharedState() ?? this.hook.sharedState() ?? this.restoredCommunication;
     this.restoredCommunication = undefined;
     if (JSON.stringify(communication ?? {}) !== JSON.stringify(this.communication ?? {})) {
       this.hook = hookFor(communication);
       if (shared !== undefined) this.hook.restoreShared(shared);
-    } else this.hook.resetLocal();
+    } else this.hook.keepLocalAt(this.state.step);
     this.communication = communication;
-    // Alone, a worker's weights are the world's after every step: nothing to average, no anchor.
-    const steps = size > 1 ? (communication?.localSteps ?? 1) : 1;
-    this.localSgd =
-      steps > 1 ? new LocalSgd(steps, communication?.outerOptimizer, this.model.weights) : undefined;
+    this.localSgd = size > 1 ? localSgdFor(communication, this.model.weights) : undefined;
     if (shared !== undefined) this.localSgd?.restoreShared(shared);
+    this.localSgd?.adoptResidual(before, this.state.step);
     // Kept (and checkpointed) for a later world when neither strategy holds it now.
     if (this.localSgd === undefined && this.hook.sharedState() === undefined)
       this.restoredCommunication = shared;
     this.localSgd?.anchorAt(this.baseSnapshot());
+  }
+
+  /** This rank's top-k error-feedback residual (tests and diagnostics); undefined when none is owed. */
+  get communicationResidual(): Float32Array | undefined {
+    const hook = this.hook instanceof TopkHook ? this.hook.sparsifier : undefined;
+    return (this.localSgd?.sparsifier ?? hook)?.pending;
   }
 
   /** The last step every rank of the world holds (local SGD: the last averaging). */
@@ -637,6 +651,8 @@ export class Trainer {
   restore(snapshot: Snapshot): void {
     this.restoreBase(snapshot);
     this.restoredCommunication = snapshot.communication;
+    this.hook.keepLocalAt(snapshot.state.step);
+    this.localSgd?.sparsifier?.keepAt(snapshot.state.step);
     if (snapshot.communication !== undefined) {
       this.hook.restoreShared(snapshot.communication);
       this.localSgd?.restoreShared(snapshot.communication);
@@ -780,4 +796,28 @@ class NonTrainableWeights {
       });
     });
   }
+}
+
+/**
+ * The local-optimizer strategy of a world of more than one rank: local SGD (H > 1, optionally after
+ * synchronous steps) or top-k of the updates (H = 1); undefined when the gradients are all-reduced.
+ */
+function localSgdFor(
+  communication: CommunicationSpec | undefined,
+  weights: readonly tf.LayerVariable[],
+): LocalSgd | undefined {
+  const steps = communication?.localSteps ?? 1;
+  const topk = communication?.compression === 'topk' ? communication.topk : undefined;
+  if (communication?.compression === 'topk' && (topk?.sparsify ?? 'update') === 'update')
+    return new LocalSgd(1, undefined, weights, {
+      sparsify: {
+        ratio: topk?.ratio ?? 0.01,
+        errorFeedback: topk?.errorFeedback ?? true,
+        warmupSteps: topk?.warmupSteps ?? 0,
+      },
+    });
+  if (steps <= 1) return undefined;
+  return new LocalSgd(steps, communication?.outerOptimizer, weights, {
+    startAfterSteps: communication?.localStartAfterSteps ?? 0,
+  });
 }

@@ -11,10 +11,10 @@
  * State, two kinds:
  * - shared: identical on every rank after each step (PowerSGD's Q). It travels in snapshots, so a
  *   newcomer receives it and a checkpoint keeps it.
- * - per rank: error-feedback residuals, in units of this rank's b_i / B. A new world (a rescale or a
- *   failure) starts them from zero: the weights change, a departed rank's residual is gone with it,
- *   and the others' would no longer sum to what was held back. At most one step's compression error
- *   per rank is dropped.
+ * - per rank: error-feedback residuals, in units of the global gradient (each rank's share already
+ *   weighted by b_i / B), so they stay valid when the weights b_i / B change. A survivor of a rescale
+ *   keeps its residual and still delivers what it held back; a departed rank's residual is gone with
+ *   it, and a rank that adopts a state of another step (a redone step, a newcomer) starts from zero.
  */
 import type { CommunicationSpec, Compression } from '../../../operator/api/training-job.ts';
 import type { GradientReducer } from '../reducer.ts';
@@ -28,11 +28,9 @@ import {
   multiplyTransposed,
   orthonormalizeColumns,
   ringAllReduceBytes,
-  scatterAdd,
   seededNormal,
-  sparseResidual,
-  topkIndices,
 } from './math.ts';
+import { type SparseSettings, Sparsifier, sparsePayload, sumSparsePayloads } from './sparse.ts';
 
 export interface ReduceContext {
   /** [gradients | tail]; the strategy may overwrite it. */
@@ -59,8 +57,8 @@ export interface CommunicationHook {
   readonly lastWireBytes: number;
   sharedState(): FusedValues | undefined;
   restoreShared(values: FusedValues): void;
-  /** A new world begins: per-rank state starts over (see the header). */
-  resetLocal(): void;
+  /** A new world or a restored state at `step`: per-rank state is kept only if it belongs there. */
+  keepLocalAt(step: number): void;
 }
 
 /** Reduces `view` and leaves the sum in it (a reducer may answer with another array). */
@@ -97,53 +95,28 @@ export class DenseHook implements CommunicationHook {
     return undefined;
   }
   restoreShared(): void {}
-  resetLocal(): void {}
+  keepLocalAt(): void {}
 }
 
 /** The ranks' top-k entries (index, value) gathered by everyone; what was not sent is fed back. */
 export class TopkHook implements CommunicationHook {
   readonly kind = 'topk';
   lastWireBytes = 0;
-  private residual: Float32Array | undefined;
-  private scratch = new Float32Array(0);
+  readonly sparsifier: Sparsifier;
 
-  constructor(private readonly settings: { ratio: number; errorFeedback: boolean }) {}
+  constructor(settings: SparseSettings) {
+    this.sparsifier = new Sparsifier(settings);
+  }
 
   async reduce(context: ReduceContext): Promise<Float32Array> {
     const { fused, gradientLength: n } = context;
     const tailLength = fused.length - n;
-    const accumulated = fused.slice(0, n);
-    if (this.settings.errorFeedback && this.residual?.length === n)
-      for (let i = 0; i < n; i++) accumulated[i] = (accumulated[i] as number) + (this.residual[i] as number);
-    if (this.scratch.length < n) this.scratch = new Float32Array(n);
-    const k = Math.max(1, Math.round(this.settings.ratio * n));
-    const indices = topkIndices(accumulated, k, this.scratch);
-    const payload = new Uint8Array(4 * (2 * indices.length + tailLength));
-    new Uint32Array(payload.buffer, 0, indices.length).set(indices);
-    const values = new Float32Array(payload.buffer, 4 * indices.length, indices.length + tailLength);
-    for (let i = 0; i < indices.length; i++) values[i] = accumulated[indices[i] as number] as number;
-    values.set(fused.subarray(n), indices.length);
-    const all = await context.reducer.allGather(payload, context.signal);
+    const part = this.sparsifier.select(fused.subarray(0, n), context.step);
+    const all = await context.reducer.allGather(sparsePayload(part, fused.subarray(n)), context.signal);
     const sum = new Float32Array(fused.length);
-    for (const bytes of all) {
-      const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
-      const count = (aligned.byteLength / 4 - tailLength) / 2;
-      if (!Number.isInteger(count) || count < 0)
-        throw new RangeError(
-          `a top-k payload of ${bytes.byteLength} bytes does not fit ${tailLength} tail values`,
-        );
-      const at = aligned.byteOffset;
-      const theirIndices = new Uint32Array(aligned.buffer, at, count);
-      const theirValues = new Float32Array(aligned.buffer, at + 4 * count, count + tailLength);
-      scatterAdd(sum, theirIndices, theirValues.subarray(0, count));
-      for (let j = 0; j < tailLength; j++)
-        sum[n + j] = (sum[n + j] as number) + (theirValues[count + j] as number);
-    }
+    sumSparsePayloads(all, tailLength, sum, n);
     // Only a complete step moves the residual.
-    if (this.settings.errorFeedback) {
-      if (this.residual?.length !== n) this.residual = new Float32Array(n);
-      sparseResidual(accumulated, indices, this.residual);
-    }
+    this.sparsifier.commit(part, context.step);
     this.lastWireBytes = allGatherBytes(
       all.map((b) => b.byteLength),
       context.rank,
@@ -155,8 +128,8 @@ export class TopkHook implements CommunicationHook {
     return undefined;
   }
   restoreShared(): void {}
-  resetLocal(): void {
-    this.residual = undefined;
+  keepLocalAt(step: number): void {
+    this.sparsifier.keepAt(step);
   }
 }
 
@@ -185,6 +158,8 @@ export class PowerSgdHook implements CommunicationHook {
   lastWireBytes = 0;
   private q = new Map<string, Float32Array>();
   private residual = new Map<string, Float32Array>();
+  /** The run's step the residuals belong after. */
+  private residualStep: number | undefined;
   private dense = new DenseHook('none');
 
   constructor(private readonly settings: PowerSgdSettings) {}
@@ -223,7 +198,7 @@ export class PowerSgdHook implements CommunicationHook {
     const { factors, plain } = this.factors(context.specs);
     const matrices = factors.map((f) => {
       const m = fused.slice(f.spec.offset, f.spec.offset + f.spec.size);
-      const e = this.residual.get(f.spec.name);
+      const e = this.residualStep === context.step ? this.residual.get(f.spec.name) : undefined;
       if (this.settings.errorFeedback && e?.length === m.length)
         for (let i = 0; i < m.length; i++) m[i] = (m[i] as number) + (e[i] as number);
       return m;
@@ -284,6 +259,7 @@ export class PowerSgdHook implements CommunicationHook {
       }
       this.q.set(f.spec.name, (qs[i] as Float32Array).slice());
     });
+    this.residualStep = context.step + 1;
     let at = factors.reduce((s, f) => s + f.rows * f.rank, 0);
     for (const spec of plain) {
       fused.set(first.subarray(at, at + spec.size), spec.offset);
@@ -319,8 +295,8 @@ export class PowerSgdHook implements CommunicationHook {
     }
   }
 
-  resetLocal(): void {
-    this.residual.clear();
+  keepLocalAt(step: number): void {
+    if (this.residualStep !== step) this.residual.clear();
   }
 }
 
@@ -331,6 +307,7 @@ export function hookFor(spec: CommunicationSpec | undefined): CommunicationHook 
       return new TopkHook({
         ratio: spec?.topk?.ratio ?? 0.01,
         errorFeedback: spec?.topk?.errorFeedback ?? true,
+        warmupSteps: spec?.topk?.warmupSteps ?? 0,
       });
     case 'powersgd':
       return new PowerSgdHook({
