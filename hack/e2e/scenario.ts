@@ -880,6 +880,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         reference,
         tailAccuracy(evaluations(logs.lines)),
         minAccuracy,
+        job.spec.stopping.targetAccuracy,
         backendMismatch,
       ),
       check(
@@ -978,6 +979,8 @@ function accuracyCheck(
   reference: Reference | undefined,
   tail: TailAccuracy | undefined,
   minAccuracy: number | undefined,
+  /** The manifest's target: a run that stopped on reaching it has no tail as long as the reference's. */
+  target: number | undefined,
   backendMismatch: string,
 ): Check {
   const last = `status.accuracy ${status.accuracy?.toFixed(4) ?? 'none'} (the workers logged ${workerAccuracy?.toFixed(4) ?? 'none'})`;
@@ -989,14 +992,17 @@ function accuracyCheck(
       `${last}, target ${minAccuracy ?? 'none'}${backendMismatch}`,
     );
   const referenceTail = tailAccuracy(reference.evaluations);
+  const reached = target !== undefined && (status.accuracy ?? 0) >= target;
   const ok =
-    backendMismatch === '' && tail !== undefined && minAccuracy !== undefined && tail.mean >= minAccuracy;
+    backendMismatch === '' &&
+    (reached || (tail !== undefined && minAccuracy !== undefined && tail.mean >= minAccuracy));
   return check(
     'accuracy',
     ok,
     (tail === undefined || referenceTail === undefined
       ? 'no evaluation logged'
       : `last fifth (from step ${tail.fromStep}, ${tail.count} evaluations) ${tail.mean.toFixed(4)} against the undisturbed reference's ${referenceTail.mean.toFixed(4)} (${pt(tail.mean, referenceTail.mean)}), at least ${minAccuracy?.toFixed(4)}`) +
-      `; last evaluation: ${last} against ${reference.accuracy.toFixed(4)} (${pt(status.accuracy ?? 0, reference.accuracy)})${backendMismatch}`,
+      `; last evaluation: ${last} against ${reference.accuracy.toFixed(4)} (${pt(status.accuracy ?? 0, reference.accuracy)})` +
+      `${reached ? `; the manifest's target ${target} reached` : ''}${backendMismatch}`,
   );
 }
