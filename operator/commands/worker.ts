@@ -75,13 +75,13 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     emit(log, 'error', errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
     return exitCodeFor(error);
   } finally {
-    // The listeners stay until the log is out: a signal now (the job ended, its pods are deleted)
-    // must not make a worker that is done exit 143, as the default action would.
+    // A signal from now on (the job ended, its pods are being deleted) must not make a worker that is
+    // done exit 143, as the default action would: the listeners stay, inert, for the rest of the
+    // process's life — the exit that follows (cli.ts) takes a while too (worker threads, the native
+    // runtime), and a SIGTERM without a listener then still kills it (seen on chaos seed 1).
     stop.finished();
     await flush(log);
     await events?.close();
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
     process.off('uncaughtException', onFatal);
     process.off('unhandledRejection', onFatal);
   }
