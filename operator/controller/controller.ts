@@ -239,7 +239,10 @@ export class TrainingJobController {
   private followWorkers(): Promise<NatsConnection | undefined> {
     this.following ??= (this.options.nats?.() ?? Promise.resolve(undefined)).then(
       (connection) => {
-        if (connection !== undefined) this.progress.subscribe(connection, this.options.watchNamespace);
+        if (connection !== undefined) {
+          this.progress.subscribe(connection, this.options.watchNamespace);
+          this.options.log.info('following worker reports');
+        }
         return connection;
       },
       (error: unknown) => {
