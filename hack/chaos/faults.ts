@@ -144,6 +144,7 @@ export async function restartApiserver(ctx: ScenarioContext): Promise<FaultOutco
     .filter((a) => a !== '');
   const [command, ...args] = argv;
   if (command === undefined) return none('kube-apiserver has no command line');
+  const stopping = performance.now();
   signalGroup(record.pid, 'SIGTERM');
   for (let i = 0; i < 300 && existsSync(`/proc/${record.pid}`); i++) await delay(100);
   signalGroup(record.pid, 'SIGKILL');
@@ -166,7 +167,7 @@ export async function restartApiserver(ctx: ScenarioContext): Promise<FaultOutco
     await delay(200);
   }
   return {
-    what: `kube-apiserver restarted (ready again after ${((performance.now() - started) / 1000).toFixed(1)} s)`,
+    what: `kube-apiserver restarted (${((started - stopping) / 1000).toFixed(1)} s to stop, ready again ${((performance.now() - started) / 1000).toFixed(1)} s after its start)`,
     killed: [],
     lost: [],
     done: true,
