@@ -27,13 +27,16 @@ import {
   restartNats,
   slowWorker,
 } from './faults.ts';
+import { removeLeftovers } from './leftovers.ts';
 import type { Fault } from './schedule.ts';
 import {
   duplicateIndices,
+  formatExpected,
   judgeAccounting,
   judgeMemory,
   judgeResumes,
   type MemorySample,
+  podLive,
   type SeenPod,
 } from './verdict.ts';
 
@@ -70,7 +73,9 @@ export function chaosDisturbance(options: ChaosOptions): (ctx: ScenarioContext) 
 class Chaos implements Disturbance {
   private readonly done: Done[] = [];
   private readonly pods = new Map<string, SeenPod>();
-  private readonly failed = new Set<string>();
+  /** Pods seen Failed (not disrupted), and pods seen ended in any way: uid → wall-clock ms. */
+  private readonly failed = new Map<string, number>();
+  private readonly ended = new Map<string, number>();
   private readonly duplicates: string[] = [];
   private readonly processDuplicates: string[] = [];
   private readonly memory: MemorySample[] = [];
@@ -96,6 +101,8 @@ class Chaos implements Disturbance {
   }
 
   async beforeApply(): Promise<void> {
+    // A run killed with SIGKILL cannot clean up after itself: its rules would go on dropping packets.
+    for (const line of await removeLeftovers()) this.ctx.mark(`chaos: left by an earlier run: ${line}`);
     if (this.options.schedule.some((f) => f.kind === 'fill-checkpoint-volume'))
       this.unmount = await mountCheckpointVolume(this.ctx.claimDir, this.options.volumeSize ?? '256m');
     void this.watchPods();
@@ -144,7 +151,7 @@ class Chaos implements Disturbance {
     try {
       outcome = await this.carryOut(fault, tick);
     } catch (error) {
-      outcome = { what: `failed: ${(error as Error).message}`, killed: [], preempted: 0, done: true };
+      outcome = { what: `failed: ${(error as Error).message}`, killed: [], lost: [], done: true };
     }
     if (!outcome.done) {
       this.ctx.say(
@@ -200,7 +207,11 @@ class Chaos implements Disturbance {
       try {
         const list = await core.listNamespacedPod({ namespace: this.ctx.namespace, labelSelector: selector });
         const present = new Set(list.items.map((p) => p.metadata?.uid ?? ''));
-        for (const [uid, p] of this.pods) if (!present.has(uid)) this.pods.set(uid, { ...p, gone: true });
+        for (const [uid, p] of this.pods)
+          if (!present.has(uid)) {
+            this.pods.set(uid, { ...p, gone: true });
+            this.endedOnce(uid);
+          }
         for (const p of list.items) this.see(p, false);
         const ended = new Promise<void>((resolve) => {
           void new Watch(this.ctx.kc)
@@ -239,10 +250,19 @@ class Chaos implements Disturbance {
       gone: deleted,
     };
     this.pods.set(uid, seen);
-    if (seen.phase === 'Failed' && !pod.status?.conditions?.some((c) => c.type === 'DisruptionTarget'))
-      this.failed.add(uid);
+    if (
+      seen.phase === 'Failed' &&
+      !this.failed.has(uid) &&
+      !pod.status?.conditions?.some((c) => c.type === 'DisruptionTarget')
+    )
+      this.failed.set(uid, Date.now());
+    if (!podLive(seen) || seen.deleting) this.endedOnce(uid);
     for (const [index, uids] of duplicateIndices(this.pods.values()))
       this.duplicates.push(`${fmt(this.seconds())}: index ${index}: ${uids.join(', ')}`);
+  }
+
+  private endedOnce(uid: string): void {
+    if (!this.ended.has(uid)) this.ended.set(uid, Date.now());
   }
 
   /** Two worker processes of one replica index running at once, whatever the API server believes. */
@@ -277,11 +297,14 @@ class Chaos implements Disturbance {
 
   async judge(evidence: Evidence): Promise<Check[]> {
     const { status, lines } = evidence;
+    const lost = new Map(this.done.flatMap((d) => d.outcome.lost).map((uid) => [uid, this.ended.get(uid)]));
+    const completedAt = status.completionTime === undefined ? undefined : Date.parse(status.completionTime);
     const accounting = judgeAccounting(
       {
         killed: new Set(this.done.flatMap((d) => d.outcome.killed)),
         failed: this.failed,
-        preempted: this.done.reduce((sum, d) => sum + d.outcome.preempted, 0),
+        lost,
+        completedAt: Number.isNaN(completedAt) ? undefined : completedAt,
       },
       status,
     );
@@ -322,7 +345,7 @@ class Chaos implements Disturbance {
       check(
         'restarts',
         accounting.restartsOk,
-        `status.restarts ${status.restarts ?? 0}, failed pods watched ${this.failed.size}, killed by faults ${new Set(this.done.flatMap((d) => d.outcome.killed)).size}`,
+        `status.restarts ${status.restarts ?? 0}, pods watched failing while the job ran ${formatExpected(accounting.restarts)} (${this.failed.size} in all), killed by faults ${new Set(this.done.flatMap((d) => d.outcome.killed)).size}`,
       ),
       check(
         'no-crash',
@@ -334,7 +357,7 @@ class Chaos implements Disturbance {
       check(
         'preemptions',
         accounting.preemptionsOk,
-        `status.preemptions ${status.preemptions ?? 0}, workers on deleted nodes ${this.done.reduce((s, d) => s + d.outcome.preempted, 0)}`,
+        `status.preemptions ${status.preemptions ?? 0}, workers on deleted nodes lost while the job ran ${formatExpected(accounting.preemptions)} (${lost.size} on them in all)`,
       ),
       check(
         'checkpoints',

@@ -32,13 +32,16 @@ export interface FaultOutcome {
   readonly what: string;
   /** Worker pods (uids) this fault killed: each must count as one restart. */
   readonly killed: readonly string[];
-  /** Workers that were running on a node this fault deleted: each must count as one preemption. */
-  readonly preempted: number;
+  /**
+   * Worker pods (uids) that were running on a node this fault deleted: each counts as one preemption
+   * if it ends while the job still runs.
+   */
+  readonly lost: readonly string[];
   /** False when there was nothing to hit (no running worker, no leader): the fault is retried later. */
   readonly done: boolean;
 }
 
-const none = (what: string): FaultOutcome => ({ what, killed: [], preempted: 0, done: false });
+const none = (what: string): FaultOutcome => ({ what, killed: [], lost: [], done: false });
 
 export interface WorkerProcess {
   readonly pod: string;
@@ -86,7 +89,7 @@ export async function killWorker(ctx: ScenarioContext, fault: Fault): Promise<Fa
   const victim = pick(await runningWorkers(ctx), fault.target);
   if (victim === undefined) return none('no running worker');
   signalGroup(victim.pgid, 'SIGKILL');
-  return { what: `kill -9 ${victim.pod}`, killed: [victim.uid], preempted: 0, done: true };
+  return { what: `kill -9 ${victim.pod}`, killed: [victim.uid], lost: [], done: true };
 }
 
 export async function reclaim(ctx: ScenarioContext, fault: Fault): Promise<FaultOutcome> {
@@ -98,7 +101,7 @@ export async function reclaim(ctx: ScenarioContext, fault: Fault): Promise<Fault
   return {
     what: `${kind === 'notice' ? 'reclaim with notice' : 'delete WITHOUT notice'} of ${victim} (loses ${lost.map((w) => w.pod).join(', ') || 'no worker'})`,
     killed: [],
-    preempted: lost.length,
+    lost: lost.map((w) => w.uid),
     done: true,
   };
 }
@@ -116,7 +119,7 @@ export async function killOperatorLeader(ctx: ScenarioContext): Promise<FaultOut
   return {
     what: `kill -9 the operator leader ${holder} (started again as a standby)`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -127,7 +130,7 @@ export async function restartNats(ctx: ScenarioContext, fault: Fault): Promise<F
   return {
     what: `nats-server ${how === 'SIGKILL' ? 'kill -9' : 'stopped'} and started again (same JetStream store)`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -141,6 +144,7 @@ export async function restartApiserver(ctx: ScenarioContext): Promise<FaultOutco
     .filter((a) => a !== '');
   const [command, ...args] = argv;
   if (command === undefined) return none('kube-apiserver has no command line');
+  const stopping = performance.now();
   signalGroup(record.pid, 'SIGTERM');
   for (let i = 0; i < 300 && existsSync(`/proc/${record.pid}`); i++) await delay(100);
   signalGroup(record.pid, 'SIGKILL');
@@ -163,9 +167,9 @@ export async function restartApiserver(ctx: ScenarioContext): Promise<FaultOutco
     await delay(200);
   }
   return {
-    what: `kube-apiserver restarted (ready again after ${((performance.now() - started) / 1000).toFixed(1)} s)`,
+    what: `kube-apiserver restarted (${((started - stopping) / 1000).toFixed(1)} s to stop, ready again ${((performance.now() - started) / 1000).toFixed(1)} s after its start)`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -211,9 +215,17 @@ async function tcpSockets(): Promise<Socket[]> {
     });
 }
 
+/**
+ * Everything a chaos run leaves in the machine's shared state is named by this prefix and the pid of
+ * the process that made it: the iptables chain (`TENSILE-CHAOS-<pid>`) and the tmpfs under the
+ * checkpoint claim (`tensile-chaos-<pid>`), so that a later run removes what a killed one left.
+ */
+export const CHAOS_CHAIN_PREFIX = 'TENSILE-CHAOS-';
+export const CHAOS_TMPFS_PREFIX = 'tensile-chaos';
+
 /** Loopback rules of this run: one chain, jumped to from OUTPUT, removed when the run ends. */
 export class Firewall implements AsyncDisposable {
-  readonly chain = `TENSILE-CHAOS-${process.pid}`;
+  readonly chain = `${CHAOS_CHAIN_PREFIX}${process.pid}`;
   private created = false;
 
   async drop(ports: readonly number[]): Promise<void> {
@@ -275,7 +287,7 @@ export async function partitionWorker(
   return {
     what: `${victim.pod} cut off from its peers for ${fault.seconds} s (ports ${[...ports].sort((a, b) => a - b).join(', ')})`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -298,7 +310,7 @@ export async function slowWorker(ctx: ScenarioContext, fault: Fault): Promise<Fa
   return {
     what: `${victim.pod} slowed (SIGSTOP/SIGCONT, 50 %) for ${fault.seconds} s`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -356,7 +368,7 @@ export async function fillCheckpointVolume(
   return {
     what: `checkpoint volume full for ${((performance.now() - started) / 1000).toFixed(1)} s (${seen ? 'a write failed' : 'NO write failed meanwhile'})`,
     killed: [],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }
@@ -364,7 +376,7 @@ export async function fillCheckpointVolume(
 /** A small tmpfs under the checkpoint claim's folder, so that filling it is quick and harmless. */
 export async function mountCheckpointVolume(dir: string, size: string): Promise<() => Promise<void>> {
   await run('mkdir', ['-p', dir]);
-  await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tensile-chaos', dir]);
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, `${CHAOS_TMPFS_PREFIX}-${process.pid}`, dir]);
   return async () => {
     await run('umount', ['-l', dir]).catch(() => {});
   };
@@ -413,7 +425,7 @@ export async function killCheckpointWriter(
   return {
     what: `kill -9 ${worker.pod} while it wrote ${hit.entry} (${hit.torn ? 'left half-written' : 'it had just been renamed'}; ${tries} writes watched)`,
     killed: [worker.uid],
-    preempted: 0,
+    lost: [],
     done: true,
   };
 }

@@ -100,13 +100,27 @@ export function judgeResumes(lines: readonly WorkerEvent[]): CheckpointVerdict {
 export interface Accounting {
   /** Worker pods the faults killed (uids). */
   readonly killed: ReadonlySet<string>;
-  /** Worker pods that ended Failed (uids, from the watch). */
-  readonly failed: ReadonlySet<string>;
-  /** Workers on nodes the faults deleted. */
-  readonly preempted: number;
+  /** Worker pods that ended Failed (uids, from the watch), with when the watch first saw it (ms). */
+  readonly failed: ReadonlyMap<string, number>;
+  /**
+   * Worker pods that were running on a node a fault deleted, with when the watch first saw each one
+   * end (ms: a terminal phase, a deletion, or gone); undefined while it was never seen to end.
+   */
+  readonly lost: ReadonlyMap<string, number | undefined>;
+  /** status.completionTime (ms, whole seconds), once the job finished. */
+  readonly completedAt: number | undefined;
+}
+
+/** A count the status must match: those that surely count, and those at the job's end that may. */
+export interface ExpectedCount {
+  readonly sure: number;
+  /** Ended so close to the job's completion that the operator may have counted them or not. */
+  readonly around: number;
 }
 
 export interface AccountingVerdict {
+  readonly restarts: ExpectedCount;
+  readonly preemptions: ExpectedCount;
   readonly restartsOk: boolean;
   readonly preemptionsOk: boolean;
   /** Failed pods no fault killed: a worker that crashed on its own under a fault it should survive. */
@@ -114,18 +128,52 @@ export interface AccountingVerdict {
 }
 
 /**
- * status.restarts counts every failed pod once, so it must equal the failures watched; each kill is
- * one of them; a failure no fault caused is reported on its own. status.preemptions must equal the
- * workers on deleted nodes.
+ * The operator counts a worker when it sees the worker's pod end while the job runs; once the job has
+ * finished it lets every pod go uncounted (a worker on a noticed node that was still there when
+ * training completed was not lost). completionTime has whole seconds and the operator sees pods
+ * through a cache, so an end within this many ms of it may fall on either side.
+ */
+export const COMPLETION_MARGIN_MS = 3000;
+
+function expected(endings: Iterable<number | undefined>, completedAt: number | undefined): ExpectedCount {
+  let sure = 0;
+  let around = 0;
+  for (const at of endings) {
+    // A job still running (timed out) counts everything; a pod still running at the end is not lost.
+    if (completedAt === undefined) sure++;
+    if (completedAt === undefined || at === undefined) continue;
+    // completionTime is truncated: the completion itself lies in [completedAt, completedAt + 1 s).
+    if (at < completedAt - COMPLETION_MARGIN_MS) sure++;
+    else if (at <= completedAt + 1000 + COMPLETION_MARGIN_MS) around++;
+  }
+  return { sure, around };
+}
+
+const within = (n: number, e: ExpectedCount) => n >= e.sure && n <= e.sure + e.around;
+
+/**
+ * status.restarts counts every pod that failed while the job ran, once; each kill is among the failed
+ * pods. status.preemptions counts every worker lost with a deleted node while the job ran. Every
+ * failure no fault caused is reported, whenever it happened: a worker that completed and then failed
+ * on its way out is a fault of its own.
  */
 export function judgeAccounting(
   a: Accounting,
   status: { restarts?: number; preemptions?: number },
 ): AccountingVerdict {
-  const unexpected = [...a.failed].filter((uid) => !a.killed.has(uid)).sort();
+  const unexpected = [...a.failed.keys()].filter((uid) => !a.killed.has(uid)).sort();
+  const restarts = expected(a.failed.values(), a.completedAt);
+  const preemptions = expected(a.lost.values(), a.completedAt);
   return {
-    restartsOk: (status.restarts ?? 0) === a.failed.size && [...a.killed].every((uid) => a.failed.has(uid)),
-    preemptionsOk: (status.preemptions ?? 0) === a.preempted,
+    restarts,
+    preemptions,
+    restartsOk: within(status.restarts ?? 0, restarts) && [...a.killed].every((uid) => a.failed.has(uid)),
+    preemptionsOk: within(status.preemptions ?? 0, preemptions),
     unexpected,
   };
+}
+
+/** `2` or `2–3 (1 at the job's end)`. */
+export function formatExpected(e: ExpectedCount): string {
+  return e.around === 0 ? String(e.sure) : `${e.sure}–${e.sure + e.around} (${e.around} at the job's end)`;
 }

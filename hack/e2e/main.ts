@@ -23,7 +23,8 @@ const USAGE = `usage: hack/e2e.sh [options]
   --min-accuracy RATIO      an absolute final accuracy to reach instead of the reference's (below)
   --accuracy-tolerance R    how far below an undisturbed run of the same manifest (same seeds, the job's
                             replicas, \`tensile run\`; cached in ~/.cache/tensile/e2e-reference) the
-                            final accuracy may end (default 0.005)
+                            accuracy may end (default 0.005), as the mean of the evaluations of the
+                            last fifth of training on both sides
   --refresh-reference       train the reference again even if it is cached
   --min-goodput RATIO       also require this goodput (off by default: the ratio depends on the
                             machine's speed; each kind of lost time is held to a budget instead)

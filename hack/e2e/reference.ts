@@ -15,6 +15,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -24,7 +25,9 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
+import { decodeWorkerLog } from '../../operator/api/worker-events.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
+import { type Evaluation, evaluations } from './analysis.ts';
 
 export const ReferenceSchema = z.object({
   key: z.string(),
@@ -34,6 +37,8 @@ export const ReferenceSchema = z.object({
   /** The backend the reference's workers ended up on. */
   backend: z.string(),
   accuracy: z.number(),
+  /** Every evaluation of the run: the verdict compares the mean of the last fifth (tailAccuracy). */
+  evaluations: z.array(z.object({ step: z.int(), accuracy: z.number() })).min(1),
   step: z.int(),
   epoch: z.int(),
   seconds: z.number(),
@@ -101,7 +106,7 @@ export async function referenceRun(options: ReferenceOptions): Promise<Reference
   if (!options.refresh && existsSync(file)) {
     const parsed = ReferenceSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
     if (parsed.success) return { ...parsed.data, cached: true };
-    say(`ignoring a malformed reference in ${file}`);
+    say(`running the reference again: ${file} is malformed or older than its evaluation series`);
   }
   const out = mkdtempSync(join(process.env['TMPDIR'] ?? tmpdir(), 'tensile-e2e-reference-'));
   say(
@@ -134,6 +139,7 @@ export async function referenceRun(options: ReferenceOptions): Promise<Reference
       backendChoice: options.backendChoice,
       backend: summary.backend ?? 'unknown',
       accuracy,
+      evaluations: referenceEvaluations(out),
       step: summary.step ?? 0,
       epoch: summary.epoch ?? 0,
       seconds: (performance.now() - started) / 1000,
@@ -148,6 +154,16 @@ export async function referenceRun(options: ReferenceOptions): Promise<Reference
     say(`reference: failed; its files are in ${out}`);
     throw error;
   }
+}
+
+/** The evaluations in the workers' logs of a `tensile run` folder (`worker-<i>.log`). */
+function referenceEvaluations(out: string): Evaluation[] {
+  const lines = readdirSync(out)
+    .filter((name) => /^worker-\d+\.log$/.test(name))
+    .flatMap((name) => decodeWorkerLog(readFileSync(join(out, name), 'utf8')).events);
+  const found = evaluations(lines);
+  if (found.length === 0) throw new Error(`the reference run logged no evaluation: ${out}`);
+  return found;
 }
 
 function runTensile(args: readonly string[], logFile: string, signal?: AbortSignal): Promise<number | null> {

@@ -1,5 +1,5 @@
 /** The summary `hack/e2e.sh` prints (and the e2e test shows when it fails). */
-import { percent } from './analysis.ts';
+import { percent, tailAccuracy } from './analysis.ts';
 import type { ScenarioResult } from './scenario.ts';
 
 export function formatSummary(result: ScenarioResult): string {
@@ -11,7 +11,7 @@ export function formatSummary(result: ScenarioResult): string {
   );
   const ref = result.reference;
   out.push(
-    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} (at least ${result.minAccuracy?.toFixed(4) ?? 'none'}${ref === undefined ? '' : `: undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}, less ${(100 * (ref.accuracy - (result.minAccuracy ?? ref.accuracy))).toFixed(1)} pt`})`,
+    `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} ${ref === undefined ? ` (at least ${result.minAccuracy?.toFixed(4) ?? 'none'})` : `; undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}; the mean of the last fifth's evaluations at least ${result.minAccuracy?.toFixed(4) ?? 'none'} (the reference's ${tailAccuracy(ref.evaluations)?.mean.toFixed(4) ?? '?'} less ${(100 * ((tailAccuracy(ref.evaluations)?.mean ?? 0) - (result.minAccuracy ?? 0))).toFixed(1)} pt)`}`,
   );
   if (result.throttle !== undefined) out.push(`workers slowed: ${result.throttle}`);
   out.push(

@@ -65,6 +65,9 @@ interface PodRecord {
 
 const INHERITED_ENV = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'];
 
+/** How soon a pod status the API server refused or never got is sent again. */
+const STATUS_RETRY_MS = 1000;
+
 function podKey(pod: V1Pod): string {
   return `${pod.metadata?.namespace ?? ''}/${pod.metadata?.name ?? ''}`;
 }
@@ -471,7 +474,10 @@ export class PodRunner implements AsyncDisposable {
         rec.lastReport = text;
         if (patched !== undefined && !rec.gone) rec.pod = patched;
       } catch (error) {
-        this.log.warn('status update failed', { pod: rec.key, error: String(error) });
+        // As a kubelet's status manager: try again until the API server takes it. Dropped, a container
+        // that exited while the API server was away (a restart) stayed Running for good (chaos seed 3).
+        this.log.warn('status update failed; retrying', { pod: rec.key, error: String(error) });
+        setTimeout(() => this.report(rec), STATUS_RETRY_MS).unref();
       }
     });
   }

@@ -14,13 +14,11 @@ import { createWorkerLogger, emit, errorMessage, type WorkerLogger } from '../..
 import { isTerminal } from '../api/errors.ts';
 import { WORKER_LOGS_DIR } from '../api/model-output.ts';
 import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
+import { stopSignals } from './worker-signals.ts';
 
 export interface WorkerCommandIo extends CommandIo {
   readonly env: NodeJS.ProcessEnv;
 }
-
-/** Signals this close together are one stop request. */
-const SAME_REQUEST_MS = 1000;
 
 export const WORKER_COMMAND = {
   command: 'tensile worker',
@@ -58,33 +56,8 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
     config.logLevel,
     events?.stream ?? process.stdout,
   );
-  const controller = new AbortController();
-  const grace = config.spec.worker.terminationGracePeriodSeconds;
-  let firstSignal = 0;
-  let graceTimer: NodeJS.Timeout | undefined;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (controller.signal.aborted) {
-      // Ctrl-C reaches the whole process group and `tensile run` forwards SIGTERM too: one request.
-      if (performance.now() - firstSignal < SAME_REQUEST_MS) return;
-      log.warn('second signal; exiting without waiting', { signal });
-      process.exit(EXIT_TERMINAL);
-    }
-    firstSignal = performance.now();
-    emit(log, 'info', 'signal received; will checkpoint at the next step boundary', {
-      event: 'signal',
-      signal,
-      graceSeconds: grace,
-    });
-    controller.abort();
-    // Outside Kubernetes nothing enforces the grace period; keep the promise the manifest makes.
-    graceTimer = setTimeout(() => {
-      emit(log, 'error', 'grace period exceeded before the checkpoint finished', {
-        event: 'grace-exceeded',
-        graceSeconds: grace,
-      });
-      process.exit(1);
-    }, grace * 1000).unref();
-  };
+  const stop = stopSignals({ log, graceSeconds: config.spec.worker.terminationGracePeriodSeconds });
+  const onSignal = (signal: NodeJS.Signals) => stop.handle(signal);
   const onFatal = (error: unknown) => {
     emit(log, 'error', 'unexpected failure', { event: 'failed', error: errorMessage(error) });
     process.exit(1);
@@ -95,20 +68,22 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
   process.on('unhandledRejection', onFatal);
   try {
     const { runWorker } = await import('../../worker/runtime.ts');
-    await runWorker({ config, log, stop: controller.signal });
+    await runWorker({ config, log, stop: stop.signal });
     return EXIT_OK;
   } catch (error) {
     const terminal = isTerminal(error);
     emit(log, 'error', errorMessage(error), { event: 'failed', error: errorMessage(error), terminal });
     return exitCodeFor(error);
   } finally {
-    clearTimeout(graceTimer);
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
-    process.off('uncaughtException', onFatal);
-    process.off('unhandledRejection', onFatal);
+    // A signal from now on (the job ended, its pods are being deleted) must not make a worker that is
+    // done exit 143, as the default action would: the listeners stay, inert, for the rest of the
+    // process's life — the exit that follows (cli.ts) takes a while too (worker threads, the native
+    // runtime), and a SIGTERM without a listener then still kills it (seen on chaos seed 1).
+    stop.finished();
     await flush(log);
     await events?.close();
+    process.off('uncaughtException', onFatal);
+    process.off('unhandledRejection', onFatal);
   }
 }
 

@@ -103,6 +103,9 @@ export class TrainingJobController {
   private nodeMap = new Map<string, V1Node>();
   private readonly reconciler: JobReconciler;
   private readonly progress: ProgressTracker;
+  /** While this replica leads: a standby follows the workers' reports but records no Events. */
+  private leading = false;
+  private following: Promise<NatsConnection | undefined> | undefined;
 
   constructor(private readonly options: ControllerOptions) {
     const { kubeConfig, log, metrics } = options;
@@ -191,6 +194,7 @@ export class TrainingJobController {
       {
         changed: (key, delayMs) => this.queue.addAfter(key, delayMs),
         rescaled: (key, event) => {
+          if (!this.leading) return;
           const [namespace, name] = splitKey(key);
           const job = this.jobs.get(name, namespace);
           const uid = job?.metadata?.uid;
@@ -271,7 +275,35 @@ export class TrainingJobController {
    * background). Every replica runs them, leader or standby, so that a standby is ready to take over.
    */
   async startCaches(): Promise<void> {
+    this.followWorkers();
     await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start(), this.workloads?.start()]);
+  }
+
+  /**
+   * The workers' reports over NATS, followed by every replica from its start, as the informers are:
+   * core NATS keeps nothing, so a completion published while the leader was changing (the old one
+   * gone with the API server, the new one not yet elected) was lost, and the job stayed Running with
+   * the last progress (chaos seed 3). In the background: NATS being down holds nothing up, and the
+   * client keeps the subscriptions across reconnects.
+   */
+  private followWorkers(): Promise<NatsConnection | undefined> {
+    this.following ??= (this.options.nats?.() ?? Promise.resolve(undefined)).then(
+      (connection) => {
+        if (connection !== undefined) {
+          this.progress.subscribe(connection, this.options.watchNamespace);
+          this.options.log.info('following worker reports');
+        }
+        return connection;
+      },
+      (error: unknown) => {
+        this.options.log.warn('not following worker progress: no NATS connection', {
+          error: (error as Error).message,
+        });
+        this.following = undefined;
+        return undefined;
+      },
+    );
+    return this.following;
   }
 
   async stopCaches(): Promise<void> {
@@ -302,18 +334,14 @@ export class TrainingJobController {
     // handler could see them is not missed either.
     for (const job of this.jobs.list())
       this.queue.add(jobKey(job.metadata?.namespace ?? '', job.metadata?.name ?? ''));
-    // In the background: NATS being down must not hold up reconciling. The client keeps the
-    // subscriptions across reconnects.
-    void this.options
-      .nats?.()
-      .then(async (connection) => {
-        if (connection === undefined || signal.aborted) return;
-        this.progress.subscribe(connection, this.options.watchNamespace);
-        await this.sweep();
-      })
-      .catch((error: unknown) =>
-        log.warn('not following worker progress: no NATS connection', { error: (error as Error).message }),
-      );
+    this.leading = true;
+    signal.addEventListener('abort', () => {
+      this.leading = false;
+    });
+    // In the background: NATS being down must not hold up reconciling.
+    void this.followWorkers().then(async (connection) => {
+      if (connection !== undefined && !signal.aborted) await this.sweep();
+    });
     metrics.followJobs(() => this.jobMetricInputs());
     const gauges = setInterval(() => this.updateGauges(), 5000);
     gauges.unref();

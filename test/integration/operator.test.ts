@@ -723,4 +723,47 @@ test('the operator cannot do what its role does not allow (it runs as that role)
   assert.match(r.stderr, 'forbidden');
 });
 
+// Chaos seed 3: the leader gave up its lease while kube-apiserver restarted, the workers completed
+// before the standby was elected, and the completion (core NATS keeps nothing) was lost: the job
+// stayed Running. Every replica follows the reports from its start now.
+test('a completion reported while no replica leads reaches the status: a standby follows the reports', async () => {
+  await apply(job('kappa', { 'spec.replicas': 1 }));
+  await until('kappa Running', async () => ((await status('kappa')).phase === 'Running' ? true : undefined));
+  const uid = await uidOf('kappa');
+  const leader = operators.find(
+    (op) => alive(op) && op.log.some((l) => l['message'] === 'became leader'),
+  ) as OperatorProcess;
+  const standby = operators.find((op) => alive(op) && op !== leader) as OperatorProcess;
+  await standby.waitFor((l) => l['message'] === 'following worker reports', 30_000);
+  await leader.kill('SIGKILL');
+  // Within the lease (3 s) of the dead leader: nobody leads yet.
+  assert.not.ok(
+    standby.log.some((l) => l['message'] === 'became leader'),
+    'the standby leads already',
+  );
+  const time = new Date().toISOString();
+  nc.publish(
+    jobSubjects(NS, 'kappa').metrics,
+    encodeMessage({
+      type: 'completed',
+      jobUid: uid,
+      worker: 'kappa-worker-0',
+      step: 700,
+      epoch: 2,
+      loss: 0.31,
+      accuracy: 0.87,
+      reason: 'completed 2 epochs',
+      time,
+    }),
+  );
+  await standby.waitFor((l) => l['message'] === 'became leader', 30_000);
+  const st = await until('kappa Succeeded', async () => {
+    const s = await status('kappa');
+    return s.phase === 'Succeeded' ? s : undefined;
+  });
+  assert.is(st.step, 700);
+  assert.is(st.accuracy, 0.87);
+  operators.push(startOperator('op-e', operatorArgs()));
+});
+
 test.run();

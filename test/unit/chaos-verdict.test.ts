@@ -3,6 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
   duplicateIndices,
+  formatExpected,
   judgeAccounting,
   judgeMemory,
   judgeResumes,
@@ -82,24 +83,77 @@ test('a resume must load a checkpoint that some worker finished writing', () => 
   assert.equal(bad.bad, ['/c/step-400', '/c/.tmp-step-400']);
 });
 
+const T = Date.parse('2026-12-01T12:00:00Z');
+const at = (seconds: number) => T + seconds * 1000;
+
 test('restarts equal the failed pods, each kill among them; preemptions equal the workers on deleted nodes', () => {
-  const a = { killed: new Set(['k1', 'k2']), failed: new Set(['k1', 'k2']), preempted: 2 };
-  assert.equal(judgeAccounting(a, { restarts: 2, preemptions: 2 }), {
-    restartsOk: true,
-    preemptionsOk: true,
-    unexpected: [],
-  });
+  const a = {
+    killed: new Set(['k1', 'k2']),
+    failed: new Map([
+      ['k1', at(10)],
+      ['k2', at(20)],
+    ]),
+    lost: new Map([
+      ['p1', at(30)],
+      ['p2', at(40)],
+    ]),
+    completedAt: at(100),
+  };
+  const v = judgeAccounting(a, { restarts: 2, preemptions: 2 });
+  assert.equal([v.restartsOk, v.preemptionsOk, v.unexpected], [true, true, []]);
   assert.is(judgeAccounting(a, { restarts: 3, preemptions: 2 }).restartsOk, false, 'one counted twice');
   assert.is(judgeAccounting(a, { restarts: 2, preemptions: 1 }).preemptionsOk, false);
-  const crash = { ...a, failed: new Set(['k1', 'k2', 'x']) };
-  const v = judgeAccounting(crash, { restarts: 3, preemptions: 2 });
-  assert.is(v.restartsOk, true, 'the count is right');
-  assert.equal(v.unexpected, ['x'], 'but a worker failed that no fault killed');
+  const crash = { ...a, failed: new Map([...a.failed, ['x', at(50)]]) };
+  const c = judgeAccounting(crash, { restarts: 3, preemptions: 2 });
+  assert.is(c.restartsOk, true, 'the count is right');
+  assert.equal(c.unexpected, ['x'], 'but a worker failed that no fault killed');
   // A kill that never showed as a failure was not counted.
-  assert.is(
-    judgeAccounting({ ...a, failed: new Set(['k1']) }, { restarts: 1, preemptions: 2 }).restartsOk,
-    false,
-  );
+  const unseen = { ...a, failed: new Map([['k1', at(10)]]) };
+  assert.is(judgeAccounting(unseen, { restarts: 1, preemptions: 2 }).restartsOk, false);
+});
+
+// Seed 1 (3 minutes): a notice 3 s before training completed; the worker left its world but its pod
+// was still there when the job finished, and the operator let it go uncounted, as it should.
+test('a worker on a deleted node that had not ended when the job finished is not a preemption', () => {
+  const a = {
+    killed: new Set<string>(),
+    failed: new Map<string, number>(),
+    lost: new Map<string, number | undefined>([
+      ['abrupt', at(30)],
+      ['noticed-late', at(100.4)],
+      ['still-running', undefined],
+      ['ended-after', at(120)],
+    ]),
+    completedAt: at(100),
+  };
+  const v = judgeAccounting(a, { preemptions: 1 });
+  assert.equal(v.preemptions, { sure: 1, around: 1 });
+  assert.is(v.preemptionsOk, true);
+  assert.is(judgeAccounting(a, { preemptions: 2 }).preemptionsOk, true, 'counted at the end: also right');
+  assert.is(judgeAccounting(a, { preemptions: 3 }).preemptionsOk, false);
+  assert.is(judgeAccounting(a, { preemptions: 0 }).preemptionsOk, false, 'the abrupt one was lost');
+  assert.is(formatExpected(v.preemptions), "1–2 (1 at the job's end)");
+  // A job that never finished: every loss counts.
+  assert.equal(judgeAccounting({ ...a, completedAt: undefined }, {}).preemptions, { sure: 4, around: 0 });
+});
+
+// Seed 1 (3 minutes): a worker that had completed was deleted with the job's other pods, got SIGTERM
+// on its way out and its pod ended Failed (exit 143) after the job had succeeded.
+test('a failure after the job finished is no restart, but it is still a crash no fault caused', () => {
+  const a = {
+    killed: new Set(['k1']),
+    failed: new Map([
+      ['k1', at(10)],
+      ['cleanup', at(100.2)],
+      ['later', at(110)],
+    ]),
+    lost: new Map<string, number | undefined>(),
+    completedAt: at(100),
+  };
+  const v = judgeAccounting(a, { restarts: 1 });
+  assert.equal(v.restarts, { sure: 1, around: 1 });
+  assert.is(v.restartsOk, true);
+  assert.equal(v.unexpected, ['cleanup', 'later']);
 });
 
 test.run();
