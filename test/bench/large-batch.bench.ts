@@ -8,7 +8,7 @@
  * Reports final accuracy on the whole test set, the drop against the smallest batch of the same method
  * and of adam, and the training seconds and steps to 0.88 (MLP) / 0.91 (CNN).
  *
- * Knobs: TENSILE_LB_EPOCHS (default 6), TENSILE_LB_MODEL (mlp or cnn), TENSILE_LB_BATCHES (default
+ * Knobs: TENSILE_LB_EPOCHS (default 30), TENSILE_LB_MODEL (mlp or cnn), TENSILE_LB_BATCHES (default
  * 128,1024,4096,8192), TENSILE_LB_METHODS (default adam-linear,lamb,lars,adascale; empty for none),
  * TENSILE_LB_GRID (see gridMethods), TENSILE_LB_EVAL (test samples, default 10,000),
  * TENSILE_LB_STRETCH=1 to add AdaScale at S = 4 against S = 1 on the same scale-invariant budget
@@ -231,7 +231,7 @@ async function run(name: string, method: Method, global: number, budget: Budget,
 
 export default async function largeBatch() {
   await selectBackend('tensorflow');
-  const epochs = Number(process.env['TENSILE_LB_EPOCHS'] ?? 6);
+  const epochs = Number(process.env['TENSILE_LB_EPOCHS'] ?? 30);
   const modelName = process.env['TENSILE_LB_MODEL'] ?? 'mlp';
   if (modelName !== 'mlp' && modelName !== 'cnn')
     throw new Error(`TENSILE_LB_MODEL: mlp or cnn, not ${modelName}`);
