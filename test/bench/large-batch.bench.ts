@@ -9,7 +9,7 @@
  * and of adam, and the training seconds and steps to 0.88 (MLP) / 0.91 (CNN).
  *
  * Knobs: TENSILE_LB_EPOCHS (default 30), TENSILE_LB_MODEL (mlp or cnn), TENSILE_LB_BATCHES (default
- * 128,1024,4096,8192), TENSILE_LB_METHODS (default adam-linear,lamb,lars,adascale; empty for none),
+ * 128,1024,4096,8192), TENSILE_LB_METHODS (default adam-linear,lamb,lamb-ramp,lars,adascale; empty for none),
  * TENSILE_LB_GRID (see gridMethods), TENSILE_LB_EVAL (test samples, default 10,000),
  * TENSILE_LB_STRETCH=1 to add AdaScale at S = 4 against S = 1 on the same scale-invariant budget
  * (TENSILE_LB_STRETCH_ITERATIONS, default 1,000).
@@ -67,6 +67,15 @@ const METHODS: Record<string, Method> = {
     rampStart: 1,
     rampEpochs: 1,
   },
+  // The same with a batch-size warm-up: from 1/8 of the batch to all of it in 8 stages over 3 epochs.
+  'lamb-ramp': {
+    optimizer: { type: 'lamb', learningRate: 0.002, weightDecay: 0.01, epsilon: 1e-6 },
+    policy: 'sqrt',
+    warmup: 0.1,
+    schedule: 'cosine',
+    rampStart: 0.125,
+    rampEpochs: 3,
+  },
   lars: {
     optimizer: { type: 'lars', learningRate: 0.2, trustCoefficient: 0.01, weightDecay: 0.0005 },
     policy: 'sqrt',
@@ -86,7 +95,7 @@ const METHODS: Record<string, Method> = {
     rampEpochs: 1,
   },
 };
-const DEFAULT_METHODS = 'adam-linear,lamb,lars,adascale';
+const DEFAULT_METHODS = 'adam-linear,lamb,lamb-ramp,lars,adascale';
 
 /**
  * `TENSILE_LB_GRID=lamb:learningRate=0.004|0.008,warmup=0.05|0.1` runs every combination of the
