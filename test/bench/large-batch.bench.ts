@@ -67,7 +67,7 @@ const METHODS: Record<string, Method> = {
     rampStart: 1,
     rampEpochs: 1,
   },
-  // The same with a batch-size warm-up: from 1/8 of the batch to all of it in 8 stages over 3 epochs.
+  // The same with a batch-size warm-up: from 1/8 of the batch, growing by 1/8 at 7 even points of the first 3 epochs.
   'lamb-ramp': {
     optimizer: { type: 'lamb', learningRate: 0.002, weightDecay: 0.01, epsilon: 1e-6 },
     policy: 'sqrt',
