@@ -14,10 +14,9 @@
  * TENSILE_LB_STRETCH=1 to add AdaScale at S = 4 against S = 1 on the same scale-invariant budget
  * (TENSILE_LB_STRETCH_ITERATIONS, default 1,000).
  */
-import { type BatchSpec, BatchSpecSchema, OptimizerSpecSchema } from '../../operator/api/training-job.ts';
+import { BatchSpecSchema, OptimizerSpecSchema, StoppingSpecSchema } from '../../operator/api/training-job.ts';
 import { selectBackend } from '../../worker/backend/select.ts';
-import { rampedBatches } from '../../worker/rescale/ramp-up.ts';
-import { stepWorld, worldFor } from '../../worker/train/policy.ts';
+import { plannedSteps, stepWorld, worldFor } from '../../worker/train/policy.ts';
 import { LocalReducer } from '../../worker/train/reducer.ts';
 import { Trainer } from '../../worker/train/trainer.ts';
 import { InProcessReducer } from '../helpers/in-process-reducer.ts';
@@ -148,22 +147,6 @@ function batchFor(method: Method, global: number, ranks: number) {
   });
 }
 
-/** Steps of an epoch budget when the batch ramps up (the cosine schedule needs the total). */
-function stepsOf(
-  batch: BatchSpec,
-  perWorker: readonly number[],
-  epochs: number,
-  trainSamples: number,
-): number {
-  let samples = 0;
-  let steps = 0;
-  while (samples < epochs * trainSamples) {
-    samples += rampedBatches(batch, perWorker, samples, trainSamples).perWorker.reduce((a, b) => a + b, 0);
-    steps++;
-  }
-  return steps;
-}
-
 function optimizerFor(method: Method, plannedSteps: number) {
   const warmup =
     method.policy === 'adascale'
@@ -184,7 +167,9 @@ async function run(name: string, method: Method, global: number, budget: Budget,
   const ranks = method.policy === 'adascale' && global > BASE ? 4 : 1;
   const batch = batchFor(method, global, ranks);
   const perWorker = Array.from({ length: ranks }, () => global / ranks);
-  const planned = budget.progress ?? stepsOf(batch, perWorker, epochs, data.train.size);
+  const planned =
+    budget.progress ??
+    plannedSteps(StoppingSpecSchema.parse({ epochs }), data.train.size, global, { batch, perWorker });
   const optimizer = optimizerFor(method, planned);
   const { world, policy } = worldFor({ batch, optimizer, replicas: ranks }, 0, 0, ranks, 0, undefined);
   const trainers: Trainer[] = [];
