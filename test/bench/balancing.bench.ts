@@ -1,5 +1,6 @@
 /**
- * Uneven workers: three `tensile run` workers, one slowed to half speed (`--chaos slow:2:0.5`, a
+ * Uneven workers: three `tensile run` workers (and two pinned one per CPU with `--pin-cpus`, whose
+ * capacities are then their own on a 2-core machine), the last slowed to half speed (`--chaos slow:N:0.5`, a
  * SIGSTOP/SIGCONT duty cycle), trained once with `spec.balancing.mode: even` and once with
  * `proportional`, same manifest otherwise, same machine, one after the other in this run.
  *
@@ -24,11 +25,28 @@ const at = (e: { timestamp?: string | undefined }) => Date.parse(String(e.timest
 
 const GLOBAL_BATCH = 2048;
 
-function writeJob(dir: string, mode: 'even' | 'proportional'): string {
-  return writeJobManifest(join(dir, `${mode}.yaml`), `balancing-${mode}`, {
-    replicas: 3,
+/** Three workers as the issue has them, or two pinned one per CPU (capacities of their own). */
+interface Setup {
+  readonly workers: number;
+  readonly pinned: boolean;
+}
+const THREE: Setup = { workers: 3, pinned: false };
+const TWO_PINNED: Setup = { workers: 2, pinned: true };
+const slowedIndex = (setup: Setup) => setup.workers - 1;
+const runArgs = (setup: Setup, speed: number) => [
+  '--workers',
+  String(setup.workers),
+  '--chaos',
+  `slow:${slowedIndex(setup)}:${speed}`,
+  ...(setup.pinned ? ['--pin-cpus'] : []),
+];
+
+function writeJob(dir: string, mode: 'even' | 'proportional', setup: Setup, evict = false): string {
+  const name = `${evict ? 'evict' : mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`;
+  return writeJobManifest(join(dir, `${name}.yaml`), `balancing-${name}`, {
+    replicas: setup.workers,
     minReplicas: 1,
-    maxReplicas: 3,
+    maxReplicas: setup.workers,
     model: { mlp: { hiddenUnits: [256, 128] } },
     dataset: {
       format: 'idx',
@@ -38,7 +56,12 @@ function writeJob(dir: string, mode: 'even' | 'proportional'): string {
     },
     optimizer: { type: 'adam', learningRate: 0.002 },
     batch: { global: GLOBAL_BATCH, policy: 'fixedGlobalBatch' },
-    balancing: { mode, warmupSteps: 5, minIntervalSteps: 10 },
+    balancing: {
+      mode,
+      warmupSteps: 5,
+      minIntervalSteps: 10,
+      ...(evict ? { evictStragglers: true, stragglerSteps: 20 } : {}),
+    },
     stopping: { epochs: 4 },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
@@ -57,20 +80,14 @@ interface ModeResult {
   readonly accuracy: number | null;
 }
 
-async function measure(dir: string, mode: 'even' | 'proportional'): Promise<ModeResult> {
-  const out = join(dir, `out-${mode}`);
-  const summary = await finished(
-    tensileRun(writeJob(dir, mode), out, ['--workers', '3', '--chaos', 'slow:2:0.5']),
-  );
-  const events = workerEvents(out);
-  // The last world of all three (a late starter can make the first one smaller).
-  const world = eventsOf(events, 'generation')
-    .filter((e) => e.rank === 0 && e.worldSize === 3)
-    .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
-    .at(-1);
-  const writer = world?.worker;
+/**
+ * The job's samples/s in one generation, seen by one worker: the global batch over the median step
+ * time of the generation's second half (the split settled), evaluations excluded; and the last
+ * per-worker figures of that generation.
+ */
+function settledThroughput(events: ReturnType<typeof workerEvents>, worker?: string, generation?: number) {
   const progress = eventsOf(events, 'progress')
-    .filter((e) => e.worker === writer && e.generation === world?.generation)
+    .filter((e) => e.worker === worker && e.generation === generation)
     .sort((a, b) => a.step - b.step);
   const evaluated = new Set(eventsOf(events, 'eval').map((e) => e.step));
   const stepTimes: number[] = [];
@@ -81,10 +98,22 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
     if (evaluated.has(a.step) || evaluated.has(b.step)) continue;
     stepTimes.push((at(b) - at(a)) / 1000);
   }
-  const loads = progress.at(-1)?.workers ?? [];
+  return { loads: progress.at(-1)?.workers ?? [], jobSamplesPerSecond: GLOBAL_BATCH / median(stepTimes) };
+}
+
+async function measure(dir: string, mode: 'even' | 'proportional', setup: Setup): Promise<ModeResult> {
+  const out = join(dir, `out-${mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`);
+  const summary = await finished(tensileRun(writeJob(dir, mode, setup), out, runArgs(setup, 0.5)));
+  const events = workerEvents(out);
+  // The last world of all of them (a late starter can make the first one smaller).
+  const world = eventsOf(events, 'generation')
+    .filter((e) => e.rank === 0 && e.worldSize === setup.workers)
+    .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
+    .at(-1);
+  const writer = world?.worker;
+  const { loads, jobSamplesPerSecond } = settledThroughput(events, writer, world?.generation);
   const capacities = loads.map((l) => l.samplesPerSecond);
-  const jobSamplesPerSecond = GLOBAL_BATCH / median(stepTimes);
-  const slowed = loads.find((l) => l.worker.endsWith('-worker-2'));
+  const slowed = loads.find((l) => l.worker.endsWith(`-worker-${slowedIndex(setup)}`));
   return {
     jobSamplesPerSecond: round(jobSamplesPerSecond, 1),
     capacities,
@@ -97,12 +126,50 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
   };
 }
 
+/**
+ * `evictStragglers`: worker-2 slowed to 0.2 is reported, asked to leave and replaced by a new worker
+ * at full speed. The figure is the job's samples/s in the world with the replacement over the one with
+ * the straggler (proportional in both, so the straggler already holds a small share).
+ */
+async function measureEviction(dir: string) {
+  const out = join(dir, 'out-evict');
+  const summary = await finished(
+    tensileRun(writeJob(dir, 'proportional', THREE, true), out, runArgs(THREE, 0.2)),
+  );
+  const events = workerEvents(out);
+  const worlds = eventsOf(events, 'generation')
+    .filter((e) => e.rank === 0 && e.worldSize === 3)
+    .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0));
+  const slowed = worlds.filter((w) => w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
+  const replaced = worlds.filter((w) => !w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
+  const before = settledThroughput(events, slowed?.worker, slowed?.generation);
+  const after = settledThroughput(events, replaced?.worker, replaced?.generation);
+  const straggler = eventsOf(events, 'straggler').find((e) => e.evict);
+  return {
+    stragglerReportedAtStep: straggler?.step ?? null,
+    replacedInGeneration: replaced?.generation ?? null,
+    withStragglerSamplesPerSecond: round(before.jobSamplesPerSecond, 1),
+    withReplacementSamplesPerSecond: round(after.jobSamplesPerSecond, 1),
+    afterOverBefore: round(after.jobSamplesPerSecond / before.jobSamplesPerSecond),
+    accuracy: summary.eval?.accuracy ?? null,
+  };
+}
+
 export default async function bench() {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-bench-balancing-'));
-  const even = await measure(dir, 'even');
-  const proportional = await measure(dir, 'proportional');
+  const even = await measure(dir, 'even', THREE);
+  const proportional = await measure(dir, 'proportional', THREE);
+  const evenPinned = await measure(dir, 'even', TWO_PINNED);
+  const proportionalPinned = await measure(dir, 'proportional', TWO_PINNED);
+  const eviction = await measureEviction(dir);
   return {
     figures: {
+      pinnedEvenOfCapacity: evenPinned.ofCapacity,
+      pinnedProportionalOfCapacity: proportionalPinned.ofCapacity,
+      pinnedProportionalOverEven: round(
+        proportionalPinned.jobSamplesPerSecond / evenPinned.jobSamplesPerSecond,
+      ),
+      evictionRecoveryAfterOverBefore: eviction.afterOverBefore,
       evenOfCapacity: even.ofCapacity,
       proportionalOfCapacity: proportional.ofCapacity,
       proportionalOverEvenSamplesPerSecond: round(
@@ -115,9 +182,12 @@ export default async function bench() {
     },
     even,
     proportional,
+    evenPinned,
+    proportionalPinned,
+    eviction,
     setup: {
-      workers: 3,
-      slowed: 'worker-2 at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period)',
+      workers: '3, and 2 pinned one per CPU (--pin-cpus)',
+      slowed: 'the last worker at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period); 0.2 for the eviction',
       globalBatch: GLOBAL_BATCH,
       model: 'mlp 784-256-128-10',
       trainSamples: 61_440,
