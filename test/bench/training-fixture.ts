@@ -8,13 +8,13 @@ import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 
 export const FASHION = fashionMnistDir();
 
-export async function fashion(trainSamples: number): Promise<Dataset> {
+export async function fashion(trainSamples: number, evalSamples = 1000): Promise<Dataset> {
   return loadDataset(
     DatasetSpecSchema.parse({
       format: 'idx',
       path: FASHION,
       maxTrainSamples: trainSamples,
-      eval: { maxSamples: 1000 },
+      eval: { maxSamples: evalSamples },
     }),
     () => undefined,
   );

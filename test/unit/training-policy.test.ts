@@ -125,6 +125,30 @@ test('plannedSteps takes whichever of epochs and steps ends first', () => {
   assert.is(plannedSteps(stopping({ steps: 7 }), 60000, 128), 7);
 });
 
+test('plannedSteps counts the smaller steps of a batch-size ramp-up, each epoch ending on its own', () => {
+  // Half the batch for the first 1,000 samples (the whole first epoch), then all of it.
+  const ramped = batch({ global: 100, rampUp: { start: 50, increment: 50, samples: 1000 } });
+  assert.is(
+    plannedSteps(stopping({ epochs: 2 }), 1000, 100, { batch: ramped, perWorker: [60, 40] }),
+    20 + 10,
+  );
+  // Batches 20, 40, 60, 80 for 375 samples each, then 100: epoch 0 is 19·20 + 10·40 + 4·60 (its
+  // last step short), epoch 1 is 3·60 + 4·80 + 5·100, epoch 2 is 10·100.
+  const staged = batch({ global: 100, rampUp: { start: 20, increment: 20, samples: 1500 } });
+  assert.is(
+    plannedSteps(stopping({ epochs: 3 }), 1000, 100, { batch: staged, perWorker: [100] }),
+    33 + 12 + 10,
+  );
+  assert.is(
+    plannedSteps(stopping({ epochs: 2, steps: 25 }), 1000, 100, { batch: ramped, perWorker: [100] }),
+    25,
+  );
+  assert.is(
+    plannedSteps(stopping({ epochs: 2 }), 1000, 100, { batch: batch({ global: 100 }), perWorker: [100] }),
+    20,
+  );
+});
+
 const stops: [string, object, { step: number; epoch: number }, object | null, RegExp | undefined][] = [
   ['epochs done', { epochs: 2 }, { step: 938, epoch: 2 }, null, /2 epochs/],
   ['epochs not done', { epochs: 2 }, { step: 937, epoch: 1 }, null, undefined],

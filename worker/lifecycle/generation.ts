@@ -130,7 +130,10 @@ export function formGeneration(session: Session, active: JoinedWorld): Generatio
     world,
     globalBatch: formed.globalBatch,
     writer: active.rank === 0,
-    plannedSteps: plannedSteps(settings.stopping, session.dataset.train.size, formed.globalBatch),
+    plannedSteps: plannedSteps(settings.stopping, session.dataset.train.size, formed.globalBatch, {
+      batch: settings.batch,
+      perWorker: formed.world.perWorker,
+    }),
     log: facts.log,
     balance,
   };

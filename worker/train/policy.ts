@@ -167,15 +167,57 @@ export function stepWorld(
   };
 }
 
-/** Steps the run is expected to take (for the cosine schedule and progress): epochs or steps, whichever ends first. */
-export function plannedSteps(stopping: StoppingSpecValue, trainSamples: number, globalBatch: number): number {
+/**
+ * Steps the run is expected to take (for the cosine schedule and progress): epochs or steps,
+ * whichever ends first. With `ramp` (a batch-size warm-up over a world of these full batches) the
+ * ramp's smaller steps are counted too, each epoch ending on its own short step as the sampler's do.
+ */
+export function plannedSteps(
+  stopping: StoppingSpecValue,
+  trainSamples: number,
+  globalBatch: number,
+  ramp?: { readonly batch: BatchSpec; readonly perWorker: readonly number[] },
+): number {
+  const perEpoch = Math.ceil(trainSamples / globalBatch);
   const byEpochs =
     stopping.epochs === undefined
       ? Number.POSITIVE_INFINITY
-      : stopping.epochs * Math.ceil(trainSamples / globalBatch);
+      : stopping.epochs * perEpoch +
+        (ramp === undefined ? 0 : rampExtraSteps(ramp, stopping.epochs, trainSamples, perEpoch));
   const bySteps = stopping.steps ?? Number.POSITIVE_INFINITY;
   const planned = Math.min(byEpochs, bySteps);
   return Number.isFinite(planned) ? planned : 1;
+}
+
+/** The steps a batch-size ramp adds to `epochs` epochs of `perEpoch` full steps each. */
+function rampExtraSteps(
+  ramp: { readonly batch: BatchSpec; readonly perWorker: readonly number[] },
+  epochs: number,
+  trainSamples: number,
+  perEpoch: number,
+): number {
+  let extra = 0;
+  for (let epoch = 0; epoch < epochs; epoch++) {
+    let steps = 0;
+    let cursor = 0;
+    for (; cursor < trainSamples; steps++) {
+      const samples = epoch * trainSamples + cursor;
+      const step = rampedBatches(ramp.batch, ramp.perWorker, samples, trainSamples);
+      // Past the ramp the rest of the run is full steps: nothing more to count.
+      if (step.fraction >= 1 && cursor === 0) return extra;
+      if (step.fraction >= 1) {
+        steps += Math.ceil((trainSamples - cursor) / sum(ramp.perWorker));
+        break;
+      }
+      cursor += sum(step.perWorker);
+    }
+    extra += steps - perEpoch;
+  }
+  return extra;
+}
+
+function sum(values: readonly number[]): number {
+  return values.reduce((a, b) => a + b, 0);
 }
 
 /** The learning rate after `step` (scale-invariant) iterations under the schedule, from the world's base rate. */
