@@ -52,6 +52,11 @@ export interface RoundOptions {
   readonly roundId: string;
   readonly secure: boolean;
   readonly threshold: number;
+  /**
+   * A rank that is not its site's leader: it writes nothing and holds no keys, but reads every
+   * message and so computes the same aggregate (the sum needs no secret; the revealed shares are public).
+   */
+  readonly observer?: boolean;
 }
 
 export class RoundFailed extends Error {}
@@ -66,7 +71,7 @@ export class SecureRound {
   readonly revealed = new Map<number, Share[]>();
 
   constructor(private readonly options: RoundOptions) {
-    if (options.secure) {
+    if (options.secure && options.observer !== true) {
       this.mask = newKeyPair();
       this.channel = newKeyPair();
     }
@@ -117,7 +122,7 @@ export class SecureRound {
   }
 
   onShares(message: Shares): void {
-    if (!this.options.secure) {
+    if (!this.options.secure || this.options.observer === true) {
       this.shared.set(message.site, { x: 0, y: 0n });
       return;
     }
