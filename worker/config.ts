@@ -72,7 +72,8 @@ export const WorkerConfigSchema = z
     message: 'names a site, but the spec has no federation',
   })
   .refine(
-    (c) => c.federationSite === undefined || c.spec.federation?.sites.some((s) => s.name === c.federationSite),
+    (c) =>
+      c.federationSite === undefined || c.spec.federation?.sites.some((s) => s.name === c.federationSite),
     { path: ['federationSite'], message: 'is not one of spec.federation.sites' },
   )
   .refine((c) => c.spec.federation === undefined || c.federationSite !== undefined, {

@@ -192,6 +192,7 @@ export async function runFederated(
       };
       const { child, exited } = startSiteWorker(env, join(dir, `worker-${r}.log`), bin, onEvent, io);
       spawned.push({ site: s, child, exited });
+      io.out(`${workerId}: pid ${child.pid ?? '?'}`);
     }
   });
   const stop = () => {

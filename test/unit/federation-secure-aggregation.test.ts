@@ -35,7 +35,9 @@ test('both ends of a pair derive the same seed, bound to the round', () => {
 test('fixed point round-trips within the scale, negatives included', () => {
   const values = Float32Array.from([0, 1e-3, -1e-3, 0.5, -1.75, 1000, -1000]);
   const back = decodeFixed(encodeFixed(values));
-  values.forEach((v, i) => assert.ok(Math.abs((back[i] as number) - v) <= 2 ** -20, `${v} → ${back[i]}`));
+  values.forEach((v, i) => {
+    assert.ok(Math.abs((back[i] as number) - v) <= 2 ** -20, `${v} → ${back[i]}`);
+  });
 });
 
 for (const sites of [2, 3, 5]) {
@@ -123,9 +125,9 @@ function runRound(options: {
       new SecureRound({ self, roundId: 'job/3/0', secure: options.secure, threshold: options.threshold }),
   );
   const ads = rounds.map((r, i) => r.advertise(options.samples[i] as number));
-  rounds.forEach((r, i) => ads.forEach((a, j) => j !== i && r.onAdvertise(a)));
+  for (const [i, r] of rounds.entries()) for (const [j, a] of ads.entries()) if (j !== i) r.onAdvertise(a);
   const shares = rounds.map((r) => r.shares());
-  rounds.forEach((r, i) => shares.forEach((s, j) => j !== i && r.onShares(s)));
+  for (const [i, r] of rounds.entries()) for (const [j, s] of shares.entries()) if (j !== i) r.onShares(s);
   const deltas = options.samples.map((_, i) => vector(100 + i, options.length));
   const live = rounds.map((_, i) => i).filter((i) => !options.drop?.includes(i));
   const inputs = new Map(live.map((i) => [i, (rounds[i] as SecureRound).input(deltas[i] as Float32Array)]));

@@ -38,6 +38,9 @@ export const federationBucket = (namespace: string, job: string): string =>
   `tensile_${namespace}_${job}_federation`.replace(/[^A-Za-z0-9_-]/g, '_');
 
 export class FederationClient implements AsyncDisposable {
+  /** The sites of the last completed round: the next one waits for these only. */
+  private expected: Set<number> | undefined;
+
   private constructor(
     private readonly nc: NatsConnection,
     private readonly kv: KV,
@@ -126,7 +129,8 @@ export class FederationClient implements AsyncDisposable {
       bytesSent += value.byteLength;
       await this.kv.put(`${prefix}.${key}`, value);
     };
-    const everyone = new Set(Array.from({ length: n }, (_, i) => i));
+    // Sites that dropped out of an earlier round are not waited for again (each would cost a timeout).
+    const everyone = this.expected ?? new Set(Array.from({ length: n }, (_, i) => i));
 
     if (leader) await put(`advertise.${this.self}`, json(state.advertise(samples)));
     const ads = await this.collect(`${prefix}.advertise`, everyone, timeout, signal);
@@ -155,6 +159,7 @@ export class FederationClient implements AsyncDisposable {
     for (const [site, value] of unmasks)
       if (site !== this.self || !leader) state.onUnmask(JSON.parse(decoder.decode(value)) as Unmask);
     const result = state.result(delta.length);
+    this.expected = new Set([...result.sites, this.self]);
     return { mean: result.mean, sites: result.sites, dropped: state.dropped(), attempt, bytesSent };
   }
 

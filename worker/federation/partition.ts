@@ -57,7 +57,9 @@ export function partitionByLabel(labels: ArrayLike<number>, options: PartitionOp
   const parts: number[][] = Array.from({ length: sites }, () => []);
   if (options.type === 'iid') {
     const order = epochPermutation(labels.length, options.seed, 0);
-    order.forEach((index, i) => parts[i % sites]?.push(index));
+    order.forEach((index, i) => {
+      parts[i % sites]?.push(index);
+    });
   } else {
     const byClass = new Map<number, number[]>();
     for (let i = 0; i < labels.length; i++) {

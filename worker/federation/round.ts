@@ -201,6 +201,15 @@ export class SecureRound {
     const values = decodeFixed(sum);
     const weight = values[length] as number;
     if (!(weight > 0)) throw new RoundFailed('no site’s input is in the sum');
+    // Masks that do not cancel (sites that saw different sets of peers) leave a random weight: the
+    // summed weights must be the advertised sample counts of the summed sites.
+    let expected = 0;
+    for (const site of this.inputs.keys()) expected += this.advertised.get(site)?.samples ?? Number.NaN;
+    expected /= this.totalSamples();
+    if (!(Math.abs(weight - expected) < 1e-4))
+      throw new RoundFailed(
+        `the aggregate's weight is ${weight}, the summed sites' ${expected}: the masks did not cancel (the sites saw different peers); retry the round`,
+      );
     const mean = new Float32Array(length);
     for (let i = 0; i < length; i++) mean[i] = (values[i] as number) / weight;
     return { mean, sites: [...this.inputs.keys()].sort((a, b) => a - b), weight };
