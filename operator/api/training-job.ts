@@ -782,7 +782,7 @@ export const FederationSpecSchema = withRules(
       .max(3_600_000)
       .default(60_000)
       .describe(
-        'A site whose share of a round phase has not arrived by then is treated as dropped for that round.',
+        'A site whose share of a round phase has not arrived by then is treated as dropped for that round (the first round waits 10 times as long for every site to start).',
       ),
   }),
   [

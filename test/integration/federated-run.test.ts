@@ -96,7 +96,7 @@ test('secure FedAvg over 3 sites: rounds complete, the aggregate is the plain we
 test('a site killed mid-run: the others finish every round without it', async () => {
   const out = join(dir, 'killed');
   const run = tensileRun(
-    manifest('fed-killed', { roundTimeoutMillis: 3000, aggregation: 'fedprox', proximalMu: 0.01 }),
+    manifest('fed-killed', { roundTimeoutMillis: 5000, aggregation: 'fedprox', proximalMu: 0.01 }),
     out,
   );
   const pid = Number(/pid (\d+)/.exec(await run.waitFor(/fed-killed-c-worker-0: pid \d+/))?.[1]);

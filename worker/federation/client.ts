@@ -18,6 +18,7 @@ import { type Advertise, RoundFailed, SecureRound, type Shares, type Unmask } fr
 const CHUNK_WORDS = 196_608;
 const ATTEMPTS = 3;
 const OPEN_ATTEMPTS = 5;
+const FIRST_ROUND_PATIENCE = 10;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -133,7 +134,10 @@ export class FederationClient implements AsyncDisposable {
     const everyone = this.expected ?? new Set(Array.from({ length: n }, (_, i) => i));
 
     if (leader) await put(`advertise.${this.self}`, json(state.advertise(samples)));
-    const ads = await this.collect(`${prefix}.advertise`, everyone, timeout, signal);
+    // Sites start at different times (backend, data, model): before a first round has completed,
+    // the advertise phase waits for them FIRST_ROUND_PATIENCE times as long.
+    const patience = this.expected === undefined ? FIRST_ROUND_PATIENCE : 1;
+    const ads = await this.collect(`${prefix}.advertise`, everyone, timeout * patience, signal);
     for (const [site, value] of ads)
       if (site !== this.self || !leader) state.onAdvertise(JSON.parse(decoder.decode(value)) as Advertise);
 
