@@ -693,6 +693,7 @@ export class Trainer {
   dispose(): void {
     this.optimizer.dispose();
     this.batches.dispose();
+    this.anchorProximal(undefined);
   }
 }
 
