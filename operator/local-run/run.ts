@@ -478,6 +478,12 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
       return `evaluation at step ${e.step}: accuracy ${fixed(e.accuracy, 4)}, loss ${fixed(e.loss, 4)} (${e.samples} samples)`;
     case 'checkpoint':
       return `checkpoint at step ${e.step}: ${e.path}`;
+    case 'checkpoint-uploaded':
+      return `checkpoint at step ${e.step} uploaded to ${e.url} (${e.uploadMs} ms)`;
+    case 'checkpoint-upload-failed':
+      return `checkpoint at step ${e.step} not uploaded: ${e.error}`;
+    case 'checkpoint-downloaded':
+      return `checkpoint at step ${e.step} downloaded from ${e.url}`;
     case 'balance':
       return `batch split at step ${e.step}: ${e.before === undefined ? '' : `${e.before.join('/')} → `}${e.perWorker.join('/')} (${e.reason})`;
     case 'straggler':
