@@ -127,6 +127,18 @@ export const ProgressMessageSchema = z.object({
   workers: z.array(WorkerLoadSchema).optional(),
   /** Workers persistently slower than the straggler threshold of the median. */
   stragglers: z.array(z.string()).optional(),
+  /**
+   * Goodput autoscaling's inputs, for this world so far (its first steps excluded): the mean step
+   * time at its mean per-worker batch, and the gradient noise scale in samples when measured.
+   */
+  goodput: z
+    .object({
+      perWorkerBatch: z.number().positive(),
+      stepSeconds: z.number().positive(),
+      steps: z.int().min(1),
+      noiseScale: z.number().min(0).optional(),
+    })
+    .optional(),
   lastCheckpoint: CheckpointRefSchema.optional(),
   time,
 });

@@ -582,6 +582,45 @@ export const BalancingSpecSchema = z.strictObject({
 });
 export type BalancingSpec = z.output<typeof BalancingSpecSchema>;
 
+// ---------------------------------------------------------------------------------------- autoscaling
+
+export const AUTOSCALING_POLICIES = ['none', 'goodput'] as const;
+export type AutoscalingPolicy = (typeof AUTOSCALING_POLICIES)[number];
+
+export const AutoscalingSpecSchema = z.strictObject({
+  policy: z
+    .enum(AUTOSCALING_POLICIES)
+    .default('none')
+    .describe(
+      'none: the job runs spec.replicas workers. goodput: the operator chooses the number of workers in [minReplicas, maxReplicas] that maximises predicted goodput = throughput × statistical efficiency (Pollux), from the step times and gradient noise scale the workers report.',
+    ),
+  minIntervalSeconds: positiveInt()
+    .max(86_400)
+    .default(60)
+    .describe('goodput: at least this long between two changes of the worker count (a re-form costs time).'),
+  threshold: z
+    .number()
+    .min(0)
+    .max(10)
+    .default(0.05)
+    .describe(
+      'goodput: change the worker count only when the best option is predicted at least this fraction better than staying.',
+    ),
+  explorationFactor: z
+    .number()
+    .gt(1)
+    .max(100)
+    .default(2)
+    .describe(
+      'goodput: consider worlds of at most this many times the largest one measured so far (the model is not trusted further).',
+    ),
+  minSteps: positiveInt()
+    .max(1_000_000)
+    .default(20)
+    .describe('goodput: steps a world size must be measured for before it counts as measured.'),
+});
+export type AutoscalingSpec = z.output<typeof AutoscalingSpecSchema>;
+
 // -------------------------------------------------------------------------------------- communication
 
 export const COMPRESSIONS = ['none', 'fp16', 'bf16', 'topk', 'powersgd'] as const;
@@ -1213,6 +1252,9 @@ export const TrainingJobSpecSchema = withRules(
     balancing: BalancingSpecSchema.prefault({}).describe(
       'How the global batch is split among workers of different speeds, and what happens to stragglers.',
     ),
+    autoscaling: AutoscalingSpecSchema.prefault({}).describe(
+      'Who chooses the number of workers: spec.replicas (none), or the goodput model (goodput).',
+    ),
     stopping: StoppingSpecSchema.prefault({ epochs: 1 }).describe('When training ends.'),
     evaluation: EvaluationSpecSchema.prefault({}).describe('How often to evaluate on the eval split.'),
     checkpoint: CheckpointSpecSchema.prefault({ intervalSteps: 200 }).describe(
@@ -1268,6 +1310,14 @@ export const TrainingJobSpecSchema = withRules(
         'batch.global must be at least the largest number of workers, so that every worker gets a sample',
       field: ['batch', 'global'],
       holds: (s) => s.batch.policy !== 'fixedGlobalBatch' || s.batch.global >= (s.maxReplicas ?? s.replicas),
+    },
+    {
+      cel: "self.autoscaling.policy != 'goodput' || (has(self.maxReplicas) && self.maxReplicas > self.minReplicas)",
+      message:
+        'autoscaling.policy goodput needs maxReplicas greater than minReplicas (the range it chooses in); set spec.maxReplicas',
+      field: ['autoscaling', 'policy'],
+      holds: (s) =>
+        s.autoscaling.policy !== 'goodput' || (s.maxReplicas !== undefined && s.maxReplicas > s.minReplicas),
     },
     {
       cel: "self.communication.localSteps == 1 || self.batch.policy != 'adascale'",
@@ -1362,6 +1412,61 @@ export const TrainingJobStatusSchema = z.strictObject({
     .max(10_000)
     .optional()
     .describe('Workers persistently below spec.balancing.stragglerThreshold of the median throughput.'),
+  autoscaling: z
+    .strictObject({
+      replicas: positiveInt().describe(
+        'The worker count the goodput policy chose (the desired count while spec.replicas stays as it was).',
+      ),
+      specReplicas: positiveInt().describe(
+        'spec.replicas when it chose: a different spec.replicas is a user scale, which wins.',
+      ),
+      lastChangeTime: z.iso.datetime().optional().describe('When it last changed the worker count.'),
+      globalBatch: positiveInt().optional().describe('The global batch its choice is predicted at.'),
+      reason: z
+        .string()
+        .describe('Why: the change, or why it holds, with the predicted goodput of each option.'),
+      noiseScale: z
+        .number()
+        .min(0)
+        .optional()
+        .describe('The gradient noise scale the workers measured, in samples.'),
+      model: z
+        .strictObject({
+          fixedSeconds: z.number().describe('Step time that depends on neither batch nor workers.'),
+          perSampleSeconds: z.number().describe("Step time per sample of a worker's batch."),
+          perReplicaSeconds: z.number().describe('Step time per worker beyond the first (synchronisation).'),
+        })
+        .optional()
+        .describe('The step-time model fitted to the observations.'),
+      options: z
+        .array(
+          z.strictObject({
+            replicas: positiveInt().describe('Workers.'),
+            globalBatch: positiveInt().describe('Global batch.'),
+            goodput: z.number().describe('Predicted goodput: base-batch-equivalent samples per second.'),
+          }),
+        )
+        .max(10_000)
+        .optional()
+        .describe('The predicted goodput of each worker count considered.'),
+      observations: z
+        .array(
+          z.strictObject({
+            replicas: positiveInt().describe('Workers in the world.'),
+            perWorkerBatch: z.number().positive().describe('Mean per-worker batch.'),
+            stepSeconds: z.number().positive().describe('Mean step time.'),
+            steps: positiveInt().describe('Steps measured.'),
+            generation: nonNegativeInt().describe('The world (rendezvous round) measured.'),
+          }),
+        )
+        .max(64)
+        .optional()
+        .describe('Step times measured, one per (workers, per-worker batch): what the model is fitted to.'),
+    })
+    .optional()
+    .describe(
+      'The goodput autoscaler: its last decision and what it was taken on (spec.autoscaling.policy goodput).',
+    ),
   lastCheckpoint: z
     .strictObject({
       step: nonNegativeInt().describe('The step it holds.'),
@@ -1451,6 +1556,7 @@ export function datasetOptions(dataset: DatasetSpec): {
 }
 export type OptimizerSpec = z.output<typeof OptimizerSpecSchema>;
 export type BatchSpec = z.output<typeof BatchSpecSchema>;
+export type AutoscalingStatus = NonNullable<TrainingJobStatus['autoscaling']>;
 export type CheckpointSpec = z.output<typeof CheckpointSpecSchema>;
 export type OutputSpec = z.output<typeof OutputSpecSchema>;
 export type WorkerSpec = z.output<typeof WorkerSpecSchema>;

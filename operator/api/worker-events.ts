@@ -168,6 +168,15 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     plannedSteps: count.optional(),
     /** Per worker, in rank order: batch, compute throughput (samples/s, waiting excluded), wait per step. */
     workers: z.array(workerLoad).readonly().optional(),
+    /** spec.autoscaling goodput: this world's mean step time, per-worker batch and noise scale (as on NATS). */
+    goodput: z
+      .object({
+        perWorkerBatch: z.number().positive(),
+        stepSeconds: z.number().positive(),
+        steps: z.int().min(1),
+        noiseScale: z.number().min(0).optional(),
+      })
+      .optional(),
   }),
   /** The split of the global batch changed (spec.balancing: proportional): at a generation or a step boundary. */
   event('balance', {

@@ -4,6 +4,7 @@
  * and when to look again. Pure and deterministic; the reconciler carries the result out.
  */
 import type { V1Node, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
+import { autoscale } from '../api/autoscaling.ts';
 import { exponentialBackoffMs } from '../api/backoff.ts';
 import { ANNOTATION_SLOW, type ControlMessage } from '../api/contract.ts';
 import { type Condition, desiredReplicas, type TrainingJobStatus } from '../api/training-job.ts';
@@ -292,11 +293,26 @@ export function plan(input: PlanInput): Plan {
 
   const active = pods.filter((p) => p.state.kind === 'active');
   const leaving = pods.filter((p) => p.state.kind === 'leaving');
+  // spec.autoscaling goodput: the policy's count, unless the user scaled since it decided.
+  const scaling =
+    spec.autoscaling.policy === 'goodput' &&
+    suspension === undefined &&
+    !TERMINAL_PHASES.has(previous.phase ?? '')
+      ? autoscale({
+          spec,
+          status: previous.autoscaling,
+          report: input.observations?.progress,
+          // Spot-aware, coarsely: while a worker is Pending or leaving a going node, capacity is
+          // short or about to vanish, and the job does not grow.
+          pending: active.filter((p) => p.state.kind === 'active' && p.state.pending).length + leaving.length,
+          now,
+        })
+      : undefined;
+  if (scaling?.event !== undefined) events.push({ type: 'Normal', ...scaling.event });
+  if (scaling?.retryAtMs !== undefined) wakeAt.push(scaling.retryAtMs);
+  const wanted = scaling?.replicas ?? desiredReplicas(spec);
   // Kueue's partial admission may grant fewer workers than asked for (never fewer than minReplicas).
-  const desired =
-    input.queue?.admitted === true
-      ? Math.min(desiredReplicas(spec), input.queue.count)
-      : desiredReplicas(spec);
+  const desired = input.queue?.admitted === true ? Math.min(wanted, input.queue.count) : wanted;
   let phase = previous.phase;
   let startTime = previous.startTime;
   let completionTime = previous.completionTime;
@@ -601,6 +617,7 @@ export function plan(input: PlanInput): Plan {
   const status: TrainingJobStatus = {
     ...previous,
     ...progress,
+    ...(scaling === undefined ? {} : { autoscaling: scaling.status }),
     phase,
     conditions,
     observedGeneration: (job.metadata as { generation?: number }).generation,

@@ -26,7 +26,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { constants } from 'node:os';
+import { availableParallelism, constants } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -57,6 +57,7 @@ import {
   STDIN_NAME,
   UsageError,
 } from '../commands/args.ts';
+import { LocalAutoscaler } from './autoscaler.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { runFederated } from './federated-run.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
@@ -133,6 +134,8 @@ export interface RunOptions {
    * nodes), as the downward API tells pods: the ring order then follows the placement.
    */
   readonly fakeTopology?: { readonly nodes: number; readonly zones: number };
+  /** Pin worker i to CPU i mod the CPUs (taskset), so that each worker's speed is its own. */
+  readonly pinCpus?: boolean;
 }
 
 export const RUN_COMMAND = {
@@ -163,6 +166,10 @@ again resumes from the newest checkpoint.`,
       type: 'string',
       value: 'NODES:ZONES',
       help: 'place worker i on fake node i mod NODES, the nodes spread over ZONES zones\n(what a pod learns from the downward API), e.g. 2:2',
+    },
+    'pin-cpus': {
+      type: 'boolean',
+      help: 'pin worker i to CPU i mod the number of CPUs (taskset), so that on a small\nmachine each worker computes at its own speed (benchmarks of uneven workers)',
     },
     backend: {
       type: 'string',
@@ -259,6 +266,7 @@ function runOptions(
     chaos,
     chaosSeed: Number(chaosSeed),
     elastic: values.elastic === true || Number(workers) > 1 || chaos.length > 0,
+    ...(values['pin-cpus'] === true ? { pinCpus: true } : {}),
   };
 }
 
@@ -292,6 +300,8 @@ export interface LocalWorkerPlan {
   readonly index: number;
   readonly env: Record<string, string>;
   readonly log: string;
+  /** --pin-cpus: the one CPU the worker runs on. */
+  readonly cpu?: number;
 }
 
 export interface LocalRunPlan {
@@ -327,7 +337,7 @@ export function planLocalRun(job: TrainingJob, options: RunOptions, cwd: string)
 /** One local worker: its id, log file and environment (as the operator would give a pod). */
 export function planLocalWorker(
   job: TrainingJob,
-  options: Pick<RunOptions, 'backend' | 'chaos' | 'fakeTopology'>,
+  options: Pick<RunOptions, 'backend' | 'chaos' | 'fakeTopology' | 'pinCpus'>,
   out: string,
   checkpointDir: string,
   index: number,
@@ -351,7 +361,14 @@ export function planLocalWorker(
     ...(options.backend === undefined ? {} : { backend: options.backend }),
     ...(options.fakeTopology === undefined ? {} : fakePlacement(index, options.fakeTopology)),
   });
-  return { id, index, env, log: join(out, `worker-${index}.log`) };
+  const log = join(out, `worker-${index}.log`);
+  return {
+    id,
+    index,
+    env,
+    log,
+    ...(options.pinCpus === true ? { cpu: index % availableParallelism() } : {}),
+  };
 }
 
 /** Worker `index` on node index mod nodes; the nodes in contiguous blocks of zones. */
@@ -523,7 +540,10 @@ interface WorkerLines {
 
 function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): RunningWorker {
   const logFile = createWriteStream(plan.log, { flags: 'a' });
-  const child = spawn(process.execPath, [TENSILE_BIN, 'worker'], {
+  const command = [process.execPath, TENSILE_BIN, 'worker'];
+  // taskset execs the worker in place: the pid, signals and exit are the worker's own.
+  const [file, ...args] = plan.cpu === undefined ? command : ['taskset', '-c', String(plan.cpu), ...command];
+  const child = spawn(file as string, args, {
     env: { ...process.env, ...plan.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -563,11 +583,11 @@ function seededRandom(seed: number): () => number {
 export async function runRun(args: readonly string[], io: RunIo, cwd = process.cwd()): Promise<number> {
   const line = commandLine(RUN_COMMAND, args, io, runOptions);
   if ('exit' in line) return line.exit;
-  const options = line.parsed;
+  const parsed = line.parsed;
   const started = performance.now();
-  const fromStdin = options.file === '-';
-  const name = fromStdin ? STDIN_NAME : options.file;
-  const file = resolve(cwd, options.file);
+  const fromStdin = parsed.file === '-';
+  const name = fromStdin ? STDIN_NAME : parsed.file;
+  const file = resolve(cwd, parsed.file);
   let text: string;
   try {
     text = fromStdin ? await (io.readStdin ?? readStandardInput)() : readFileSync(file, 'utf8');
@@ -588,6 +608,8 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   }
   // A manifest from standard input has no directory of its own: its paths are the caller's.
   const job = resolveManifestPaths(first, fromStdin ? cwd : dirname(file));
+  // The goodput policy starts and stops workers: that needs the elastic machinery even from one.
+  const options = job.spec.autoscaling.policy === 'goodput' ? { ...parsed, elastic: true } : parsed;
   if (job.spec.federation !== undefined) {
     if (options.chaos.length > 0 || options.workers !== 1)
       io.err(
@@ -715,6 +737,37 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     io.out(`straggler ${id}: asked to leave (SIGTERM), started ${replacement.id} in its place`);
     recordEvent({ type: 'straggler-evicted', step, worker: id, replacement: replacement.id });
   };
+  /** spec.autoscaling goodput: the operator's decision on the lead's progress, carried out with processes. */
+  const autoscaler =
+    job.spec.autoscaling.policy === 'goodput'
+      ? new LocalAutoscaler(job.spec, plan.workers.length)
+      : undefined;
+  const followAutoscaler = (line: Extract<WorkerEvent, { event: 'progress' }>) => {
+    const result = autoscaler?.observe(line, joining.size, new Date());
+    if (result === undefined) return;
+    if (result.event !== undefined) {
+      io.out(`goodput autoscaling at step ${line.step}: ${result.event.message}`);
+      recordEvent({
+        type: 'autoscale',
+        step: line.step,
+        replicas: result.replicas,
+        detail: result.event.message,
+      });
+    }
+    scaleWorkers(result.replicas);
+  };
+  const scaleWorkers = (replicas: number) => {
+    const live = alive();
+    for (let n = live.length; n < replicas; n++) io.out(`goodput autoscaling: started ${startJoiner().id}`);
+    const surplus = [...live]
+      .sort((a, b) => b.plan.index - a.plan.index)
+      .slice(0, Math.max(0, live.length - replicas));
+    for (const victim of surplus) {
+      victim.expected = true;
+      victim.child.kill('SIGTERM');
+      io.out(`goodput autoscaling: asked ${victim.plan.id} to leave (SIGTERM)`);
+    }
+  };
   const applyChaos = async () => {
     if (chaosBusy) return;
     chaosBusy = true;
@@ -779,6 +832,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       if (line.event === 'straggler' && line.evict) evictStraggler(line.straggler);
       if (line.event === 'progress') {
         step = Math.max(step, line.step);
+        if (autoscaler !== undefined) followAutoscaler(line);
         if (line.plannedSteps !== undefined) plannedSteps = line.plannedSteps;
         if (pendingChaos.length > 0) {
           skipResumed();

@@ -657,6 +657,56 @@ test('a replica that starts leading sweeps buckets no live job owns, and only th
   operators.push(startOperator('op-d', operatorArgs()));
 });
 
+test('goodput autoscaling: a report that predicts a gain grows the job (status, event); kubectl scale wins', async () => {
+  await apply(
+    job('goodput', {
+      'spec.replicas': 1,
+      'spec.maxReplicas': 3,
+      'spec.autoscaling': { policy: 'goodput', minSteps: 10, minIntervalSeconds: 3600 },
+    }),
+  );
+  await until('1 running worker', async () => (await pods('goodput')).filter(running).length === 1);
+  // What the world of one reports (the fake workers do not train): 50 steps of 0.05 s at batch 128.
+  nc.publish(
+    jobSubjects(NS, 'goodput').metrics,
+    encodeMessage({
+      type: 'progress',
+      jobUid: await uidOf('goodput'),
+      worker: 'goodput-worker-0',
+      generation: 1,
+      worldSize: 1,
+      step: 60,
+      epoch: 0,
+      loss: 0.5,
+      samplesPerSecond: 2560,
+      goodput: { perWorkerBatch: 128, stepSeconds: 0.05, steps: 50 },
+      time: new Date().toISOString(),
+    }),
+  );
+  await until('2 running workers', async () => (await pods('goodput')).filter(running).length === 2);
+  const decided = await status('goodput');
+  assert.is(decided.autoscaling?.replicas, 2);
+  assert.match(
+    decided.autoscaling?.reason ?? '',
+    /1 → 2 worker\(s\).*predicted goodput by workers: 1: 2560, 2: 51(19|20)/,
+  );
+  assert.equal(
+    decided.autoscaling?.observations?.map((o) => o.replicas),
+    [1],
+  );
+  assert.ok((await eventReasons('goodput')).includes('GoodputRescale'));
+  // A user's scale is the latest word: taken at once, and the policy holds it for its interval.
+  await kubectl(['-n', NS, 'scale', 'trainingjob/goodput', '--replicas=3']);
+  await until('3 running workers', async () => (await pods('goodput')).filter(running).length === 3);
+  const scaled = await until('the override in status', async () => {
+    const st = await status('goodput');
+    return st.autoscaling?.specReplicas === 3 ? st : undefined;
+  });
+  assert.is(scaled.autoscaling?.replicas, 3);
+  assert.ok((await eventReasons('goodput')).includes('ScaleOverride'));
+  await kubectl(['-n', NS, 'delete', 'trainingjob', 'goodput', '--wait=false']);
+});
+
 test('deleting the job deletes its workers (owner references, finalizers released)', async () => {
   await kubectl(['-n', NS, 'delete', 'tj', 'alpha', '--wait=false']);
   await until('pods gone', async () => (await pods('alpha')).length === 0, 60_000);

@@ -23,7 +23,7 @@ import { buildModel } from '../../worker/model/build.ts';
 import type { World } from '../../worker/train/policy.ts';
 import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.ts';
 import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
-import { Trainer } from '../../worker/train/trainer.ts';
+import { type StepResult, Trainer } from '../../worker/train/trainer.ts';
 import { testBackend } from '../helpers/backend.ts';
 import { InProcessReducer, InProcessWorld } from '../helpers/in-process-reducer.ts';
 
@@ -294,6 +294,38 @@ test("every rank reads every rank's compute seconds and last wait from the step'
   assert.equal(results[0]?.[0]?.waitSeconds, [0, 0]);
   assert.ok((results[1]?.[0]?.waitSeconds[0] ?? 0) > 0);
   for (const t of ranks) t.dispose();
+});
+
+test('measureNoise: both ranks read the same noise scale and train exactly as without it (gain 1)', async () => {
+  const plain = { model: { mlp: { hiddenUnits: [16] } } };
+  const measured = [await trainer(plain), await trainer(plain)];
+  const unmeasured = [await trainer(plain), await trainer(plain)];
+  const reducers = [new InProcessReducer(2), new InProcessReducer(2)];
+  let last: (StepResult | undefined)[] = [];
+  for (let i = 0; i < 6; i++) {
+    last = await Promise.all(
+      measured.map((t, rank) =>
+        t.step({ ...world([16, 16], rank), measureNoise: true }, reducers[0] as InProcessReducer),
+      ),
+    );
+    const plainResults = await Promise.all(
+      unmeasured.map((t, rank) => t.step(world([16, 16], rank), reducers[1] as InProcessReducer)),
+    );
+    assert.is(plainResults[0]?.noiseScale, undefined, 'not measured unless asked');
+    assert.is(last[0]?.gain, 1);
+  }
+  const [r0, r1] = last;
+  assert.ok((r0?.noiseScale ?? -1) > 0, `noise scale ${r0?.noiseScale}`);
+  assert.is(r0?.noiseScale, r1?.noiseScale, 'every rank computes the same');
+  assert.equal(
+    weights(measured[0] as Trainer),
+    weights(unmeasured[0] as Trainer),
+    'the norms change nothing',
+  );
+  const alone = await trainer(plain);
+  const single = await alone.step({ ...world([32]), measureNoise: true }, new LocalReducer());
+  assert.is(single.noiseScale, undefined, 'a world of one has no spread to measure');
+  for (const t of [...measured, ...unmeasured, alone]) t.dispose();
 });
 
 /** The non-trainable weights (batch-norm moving statistics) of a trainer, from its snapshot. */

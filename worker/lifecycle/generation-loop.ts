@@ -35,7 +35,18 @@ interface Run {
   readonly reported: Set<string>;
   /** This rank since its last `rank-progress` line: the per-worker view of the report. */
   readonly rank: RankWindow;
+  /** Goodput autoscaling's measurement of this world: steps after the first few, their time and samples. */
+  readonly measured: {
+    steps: number;
+    seconds: number;
+    samples: number;
+    skipped: number;
+    noiseScale?: number;
+  };
 }
+
+/** The first steps of a world are slow (caches, the first all-reduce): left out of its step time. */
+const MEASURE_AFTER_STEPS = 5;
 
 interface RankWindow {
   start: number;
@@ -88,6 +99,7 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
     perWorker: g.world.perWorker,
     stragglers: [],
     reported: new Set(),
+    measured: { steps: 0, seconds: 0, samples: 0, skipped: 0 },
   };
   let reason = stopReason(g.settings.stopping, state, state.lastEval);
   let worldEnded: string | undefined;
@@ -125,13 +137,18 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
 async function trainStep(session: Session, g: Generation, run: Run): Promise<StepResult | string> {
   const { state, trainer, clock, config } = session;
   const { active } = g;
-  const world = stepWorld(
-    session.spec.optimizer,
-    g.settings.batch,
-    { ...g.world, perWorker: run.perWorker },
-    state,
-    g.plannedSteps,
-  );
+  const world = {
+    ...stepWorld(
+      session.spec.optimizer,
+      g.settings.batch,
+      { ...g.world, perWorker: run.perWorker },
+      state,
+      g.plannedSteps,
+    ),
+    // Agreed, as the fused buffer's layout depends on it; local SGD carries no per-step gradients.
+    measureNoise:
+      g.settings.autoscaling?.policy === 'goodput' && (g.settings.communication?.localSteps ?? 1) === 1,
+  };
   const stepStarted = performance.now();
   let result: StepResult;
   try {
@@ -178,8 +195,31 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
       trainer,
       g.log,
     );
+  measure(run.measured, took, result);
   rebalance(session, g, run, world.perWorker, result);
   return result;
+}
+
+function measure(measured: Run['measured'], took: number, result: StepResult): void {
+  if (result.noiseScale !== undefined) measured.noiseScale = result.noiseScale;
+  if (measured.skipped < MEASURE_AFTER_STEPS) {
+    measured.skipped++;
+    return;
+  }
+  measured.steps++;
+  measured.seconds += took;
+  measured.samples += result.samples;
+}
+
+/** What the operator's goodput autoscaler needs of this world, once some steps are measured. */
+function goodputReport(measured: Run['measured'], worldSize: number) {
+  if (measured.steps === 0 || measured.seconds <= 0) return undefined;
+  return {
+    perWorkerBatch: measured.samples / measured.steps / worldSize,
+    stepSeconds: measured.seconds / measured.steps,
+    steps: measured.steps,
+    ...(measured.noiseScale === undefined ? {} : { noiseScale: measured.noiseScale }),
+  };
 }
 
 /** The balancing planner after a committed step: the next step's split, stragglers reported once. */
@@ -303,6 +343,8 @@ function reportProgress(session: Session, g: Generation, run: Run, result: StepR
   facts.lastLoss = figures.loss;
   facts.lastThroughput = figures.samplesPerSecond;
   if (!g.writer) return;
+  const goodput =
+    g.settings.autoscaling?.policy === 'goodput' ? goodputReport(run.measured, g.world.size) : undefined;
   emit(g.log, 'info', 'progress', {
     event: 'progress',
     step: state.step,
@@ -316,6 +358,7 @@ function reportProgress(session: Session, g: Generation, run: Run, result: StepR
     worldSize: g.world.size,
     plannedSteps: g.plannedSteps,
     ...(g.world.size > 1 ? { workers: workerLoads(session, g.balance.members, run.perWorker) } : {}),
+    ...(goodput === undefined ? {} : { goodput }),
   });
   const lastCheckpoint = session.checkpoints.last;
   session.membership.publish('metrics', {
@@ -330,6 +373,7 @@ function reportProgress(session: Session, g: Generation, run: Run, result: StepR
     samplesPerSecond: figures.samplesPerSecond,
     workers: workerLoads(session, g.balance.members, run.perWorker),
     ...(run.stragglers.length === 0 ? {} : { stragglers: [...run.stragglers] }),
+    ...(goodput === undefined ? {} : { goodput }),
     ...(lastCheckpoint === undefined
       ? {}
       : {

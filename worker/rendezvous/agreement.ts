@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import {
+  AutoscalingSpecSchema,
   BalancingSpecSchema,
   BatchSpecSchema,
   CommunicationSpecSchema,
@@ -37,6 +38,8 @@ export const SettingsSchema = z.object({
   batch: BatchSpecSchema,
   /** Absent in the records of earlier versions: an even split. */
   balancing: BalancingSpecSchema.optional(),
+  /** Absent in the records of earlier versions: no autoscaling (goodput changes what a step carries). */
+  autoscaling: AutoscalingSpecSchema.optional(),
   stopping: StoppingSpecSchema,
   evaluation: EvaluationSpecSchema,
   /** Absent in worlds of earlier versions: no compression, a step is one all-reduce. */
@@ -56,6 +59,7 @@ export const SETTING_FIELDS = [
   'maxReplicas',
   'batch',
   'balancing',
+  'autoscaling',
   'stopping',
   'evaluation',
   'communication',
@@ -114,6 +118,7 @@ export function specOffer(spec: TrainingJobSpec, revision: number): SpecOffer {
       ...(spec.maxReplicas === undefined ? {} : { maxReplicas: spec.maxReplicas }),
       batch: spec.batch,
       balancing: spec.balancing,
+      autoscaling: spec.autoscaling,
       stopping: spec.stopping,
       evaluation: spec.evaluation,
       communication: spec.communication,

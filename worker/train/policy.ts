@@ -27,6 +27,11 @@ export interface World {
   readonly learningRate: number;
   /** AdaScale only: the base batch, S = B / B_base and θ, for the gain computed each step. */
   readonly adascale?: { readonly baseBatch: number; readonly scale: number; readonly smoothing: number };
+  /**
+   * Goodput autoscaling: carry each rank's gradient norm in the all-reduce (as AdaScale does) so that
+   * the gradient noise scale is measured whatever the rescale policy.
+   */
+  readonly measureNoise?: boolean;
 }
 
 export interface GenerationRecord {

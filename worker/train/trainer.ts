@@ -25,6 +25,7 @@
  */
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
+import { gradientNoiseScale } from '../../operator/api/goodput-model.ts';
 import type { CommunicationSpec, OptimizerSpec } from '../../operator/api/training-job.ts';
 import type { AuditLog } from '../data/audit.ts';
 import type { Dataset } from '../data/dataset.ts';
@@ -38,7 +39,13 @@ import {
 } from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
 import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
-import { gainOf, gradientStatistics, microBatches, smoothStatistics } from '../rescale/policy.ts';
+import {
+  type GradientStatistics,
+  gainOf,
+  gradientStatistics,
+  microBatches,
+  smoothStatistics,
+} from '../rescale/policy.ts';
 import { type CommunicationHook, hookFor } from './communication/hooks.ts';
 import { LocalSgd } from './communication/local-sgd-weights.ts';
 import { TrainingOptimizer } from './optimizer.ts';
@@ -79,7 +86,12 @@ export interface StepResult {
   readonly waitSeconds: readonly number[];
   /** Bytes this rank sent for the step (payloads of the collective; 0 for a local step). */
   readonly wireBytes: number;
+  /** The gradient noise scale in samples, smoothed over steps (measured with AdaScale or `measureNoise`). */
+  readonly noiseScale?: number;
 }
+
+/** Weight of the past in the noise scale's moving averages when AdaScale does not keep them. */
+const NOISE_SMOOTHING = 0.95;
 
 export interface StepOptions {
   /** Local SGD: average at the end of this step even if H steps have not passed (evaluation, end). */
@@ -167,6 +179,8 @@ export class Trainer {
   private lastReadAhead: { epoch: number; from: number } | undefined;
   /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
   private lastWait = 0;
+  /** Per-sample σ² and μ² for the noise scale when AdaScale does not keep them (not elastic state). */
+  private noise: GradientStatistics | undefined;
   private communication: CommunicationSpec | undefined;
   private hook: CommunicationHook = hookFor(undefined);
   private localSgd: LocalSgd | undefined;
@@ -214,6 +228,22 @@ export class Trainer {
     const smoothed = smoothStatistics(this.state.adascale, current, settings.smoothing);
     if (smoothed !== undefined) this.state.adascale = { sigma2: smoothed.sigma2, mu2: smoothed.mu2 };
     return gainOf(smoothed, settings.scale);
+  }
+
+  /**
+   * The gradient noise scale φ = tr(Σ)/‖G‖² (samples): from AdaScale's averages when it runs, else
+   * from this step's per-worker norms folded into averages of per-sample statistics of its own.
+   */
+  private noiseScaleOf(world: World, reduced: Float32Array, samples: number): number | undefined {
+    if (world.adascale !== undefined)
+      return gradientNoiseScale(this.state.adascale, world.adascale.baseBatch);
+    const lossIndex = this.gradientLength;
+    let mean = 0;
+    for (let j = 0; j < this.gradientLength; j++) mean += (reduced[j] as number) ** 2;
+    const norms = Array.from(reduced.subarray(lossIndex + 2, lossIndex + 2 + world.size));
+    const current = gradientStatistics(norms, mean, samples / world.size, 1);
+    this.noise = smoothStatistics(this.noise, current, NOISE_SMOOTHING);
+    return gradientNoiseScale(this.noise, 1);
   }
 
   /** Elements of the fused buffer each step all-reduces. */
@@ -362,8 +392,9 @@ export class Trainer {
       throw new RangeError(`rank ${world.rank} outside a world of ${world.perWorker.length}`);
     const indices = shareIndices(this.epochOrder(plan.epoch), share);
     this.readAhead(plan);
-    // AdaScale: one more slot per rank for the squared norm of its own gradient, in the same all-reduce.
-    const adascale = world.adascale !== undefined && world.size > 1;
+    // AdaScale (and the noise scale of goodput autoscaling): one more slot per rank for the squared
+    // norm of its own gradient, in the same all-reduce.
+    const adascale = (world.adascale !== undefined || world.measureNoise === true) && world.size > 1;
     // Alone, a rank's statistics are the world's already: nothing to average.
     const statistics = world.size > 1 ? this.statistics : undefined;
     const timesOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
@@ -432,6 +463,7 @@ export class Trainer {
     }
     statistics?.applyChanges(reduced, statisticsOffset);
     const gain = adascale ? this.adascaleGain(world, reduced, plan.samples) : 1;
+    const noiseScale = adascale ? this.noiseScaleOf(world, reduced, plan.samples) : undefined;
     const learningRate = world.learningRate * gain;
     this.applyGradients(reduced, kept, learningRate);
     this.state.progress = (this.state.progress ?? this.state.step) + gain;
@@ -452,6 +484,7 @@ export class Trainer {
       computeSeconds: Array.from(reduced.subarray(timesOffset, timesOffset + world.size)),
       waitSeconds: Array.from(reduced.subarray(timesOffset + world.size, timesOffset + 2 * world.size)),
       wireBytes: world.size > 1 ? this.hook.lastWireBytes : 0,
+      ...(noiseScale === undefined ? {} : { noiseScale }),
     };
   }
 
