@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { JOB_UID_PATTERN } from '../operator/api/contract.ts';
-import { BACKENDS, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
+import { siteJobName, siteOf, siteSpec } from '../operator/api/federation.ts';
+import { BACKENDS, type TrainingJobSpec, TrainingJobSpecSchema } from '../operator/api/training-job.ts';
 import { zodProblems } from '../operator/api/validate.ts';
 import { WORKER_ENV } from '../operator/api/worker-env.ts';
 import { WorkerError } from './errors.ts';
@@ -55,11 +56,57 @@ export const WorkerConfigSchema = z
     progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),
     /** Every rank logs a checksum of its weights every this many steps (0: never): proof of lockstep. */
     checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
+    /** spec.federation: the site of this worker; the config is then the site's (see withSite). */
+    federationSite: z.string().min(1).optional(),
+    federationAudit: z
+      .enum(['0', '1'])
+      .transform((v) => v === '1')
+      .default(false),
   })
   .refine((c) => c.natsUrl === undefined || c.jobUid !== undefined, {
     path: ['jobUid'],
     message: 'required with NATS: the rendezvous state belongs to one incarnation of the job',
-  });
+  })
+  .refine((c) => c.federationSite === undefined || c.spec.federation !== undefined, {
+    path: ['federationSite'],
+    message: 'names a site, but the spec has no federation',
+  })
+  .refine(
+    (c) =>
+      c.federationSite === undefined || c.spec.federation?.sites.some((s) => s.name === c.federationSite),
+    { path: ['federationSite'], message: 'is not one of spec.federation.sites' },
+  )
+  .refine((c) => c.spec.federation === undefined || c.federationSite !== undefined, {
+    path: ['federationSite'],
+    message: 'required: a federated job’s worker belongs to one of spec.federation.sites',
+  })
+  .transform(withSite);
+
+/** Where a site worker stands in the federation: the whole job, its site, and the site's index. */
+export interface FederationMember {
+  readonly job: string;
+  readonly site: string;
+  readonly index: number;
+  /** The federated spec (all sites); `spec` is the site's own. */
+  readonly spec: TrainingJobSpec;
+}
+
+/**
+ * A site's worker is, to everything below the federation, a worker of the site's own job: its name,
+ * its spec (replicas, data, steps). The federation itself is kept beside it.
+ */
+function withSite<C extends { jobName: string; spec: TrainingJobSpec; federationSite?: string | undefined }>(
+  config: C,
+): C & { federation?: FederationMember } {
+  const site = config.federationSite;
+  if (site === undefined) return config;
+  return {
+    ...config,
+    jobName: siteJobName(config.jobName, site),
+    spec: siteSpec(config.spec, site),
+    federation: { job: config.jobName, site, index: siteOf(config.spec, site).index, spec: config.spec },
+  };
+}
 
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 export type WorkerConfigInput = z.input<typeof WorkerConfigSchema>;

@@ -752,6 +752,132 @@ export const CommunicationSpecSchema = withRules(
 );
 export type CommunicationSpec = z.output<typeof CommunicationSpecSchema>;
 
+// ----------------------------------------------------------------------------------------- federation
+
+export const AGGREGATIONS = ['fedavg', 'fedprox'] as const;
+export type Aggregation = (typeof AGGREGATIONS)[number];
+
+export const FederationSiteSchema = z.strictObject({
+  name: z
+    .string()
+    .regex(DNS_LABEL, 'a site name is a DNS label: lower-case letters, digits and -')
+    .max(20)
+    .describe('The site: its workers form their own data-parallel group (rendezvous, ring) named after it.'),
+  replicas: positiveInt().max(1000).default(1).describe('Workers at this site; they train data-parallel.'),
+  dataset: z
+    .strictObject({
+      path: z.string().min(1).describe('The site’s own data, in the job’s dataset format and options.'),
+      volume: z
+        .strictObject({
+          claimName: objectName('PersistentVolumeClaim').describe('The claim holding the site’s data.'),
+          mountPath: z.string().startsWith('/').describe('Where the site’s workers see it.'),
+        })
+        .optional()
+        .describe('A claim mounted read-only at `mountPath`.'),
+    })
+    .optional()
+    .describe(
+      'The site’s own data; when omitted the site trains on its part of the job’s dataset, cut by federation.partition.',
+    ),
+});
+export type FederationSite = z.output<typeof FederationSiteSchema>;
+
+export const FederationSpecSchema = withRules(
+  z.strictObject({
+    sites: z
+      .array(FederationSiteSchema)
+      .min(2)
+      .max(32)
+      .describe('The sites; only model deltas leave a site, never samples.'),
+    rounds: positiveInt().max(100_000).describe('Federated rounds: local training, then one aggregation.'),
+    localSteps: positiveInt()
+      .max(1_000_000)
+      .default(50)
+      .describe('Steps each site trains (data-parallel within the site) per round before its delta is sent.'),
+    aggregation: z
+      .enum(AGGREGATIONS)
+      .default('fedavg')
+      .describe(
+        'fedavg: the deltas averaged weighted by each site’s sample count (McMahan et al. 2017); fedprox: the same, with the proximal term μ/2·‖w − w_round‖² in every local step (Li et al. 2020).',
+      ),
+    proximalMu: z
+      .number()
+      .gt(0)
+      .lte(10)
+      .optional()
+      .describe('fedprox: μ of the proximal term (required with fedprox, refused otherwise).'),
+    partition: z
+      .strictObject({
+        type: z
+          .enum(['dirichlet', 'iid'])
+          .default('dirichlet')
+          .describe(
+            'dirichlet: label skew, each class split over the sites by Dirichlet(α) shares; iid: even random split.',
+          ),
+        alpha: z.number().gt(0).lte(1000).default(0.5).describe('dirichlet: α (smaller is more skewed).'),
+        seed: nonNegativeInt()
+          .max(2 ** 31)
+          .default(1)
+          .describe('Seeds the split; every worker computes the same one.'),
+      })
+      .prefault({})
+      .describe('How the job’s dataset is cut among sites that bring no dataset of their own.'),
+    secureAggregation: z
+      .strictObject({
+        enabled: z
+          .boolean()
+          .default(true)
+          .describe('Mask each site’s delta with pairwise masks (Bonawitz et al. 2017).'),
+        threshold: positiveInt()
+          .max(32)
+          .optional()
+          .describe(
+            'Sites needed to recover a dropped site’s masks (Shamir t of n; default: a majority of the sites). A round with fewer survivors is retried.',
+          ),
+      })
+      .prefault({})
+      .describe('Secure aggregation: no single site’s delta is visible to anyone, only the sum.'),
+    roundTimeoutMillis: z
+      .int()
+      .min(1000)
+      .max(3_600_000)
+      .default(60_000)
+      .describe(
+        'A site whose share of a round phase has not arrived by then is treated as dropped for that round (the first round waits 10 times as long for every site to start).',
+      ),
+  }),
+  [
+    {
+      cel: 'self.sites.all(s, self.sites.exists_one(t, t.name == s.name))',
+      message: 'federation.sites: every site needs its own name',
+      field: ['sites'],
+      holds: (f) => new Set(f.sites.map((s) => s.name)).size === f.sites.length,
+    },
+    {
+      cel: "self.aggregation == 'fedprox' ? has(self.proximalMu) : !has(self.proximalMu)",
+      message:
+        'federation.proximalMu goes with aggregation: fedprox (and fedprox needs it); set both or neither',
+      field: ['proximalMu'],
+      holds: (f) => (f.aggregation === 'fedprox') === (f.proximalMu !== undefined),
+    },
+    {
+      cel: '!has(self.secureAggregation.threshold) || (self.secureAggregation.threshold >= 2 && self.secureAggregation.threshold <= size(self.sites))',
+      message:
+        'federation.secureAggregation.threshold must be between 2 and the number of sites; lower it or add sites',
+      field: ['secureAggregation', 'threshold'],
+      holds: (f) =>
+        f.secureAggregation.threshold === undefined ||
+        (f.secureAggregation.threshold >= 2 && f.secureAggregation.threshold <= f.sites.length),
+    },
+  ],
+);
+export type FederationSpec = z.output<typeof FederationSpecSchema>;
+
+/** The Shamir threshold of a round: the configured one, else a majority of the sites (at least 2). */
+export function secureThreshold(federation: FederationSpec): number {
+  return federation.secureAggregation.threshold ?? Math.max(2, Math.floor(federation.sites.length / 2) + 1);
+}
+
 // ------------------------------------------------------------------------------------------- stopping
 
 export const StoppingSpecSchema = withRules(
@@ -1167,6 +1293,9 @@ export const TrainingJobSpecSchema = withRules(
       'How workers find each other and how fast a lost one is noticed.',
     ),
     nats: NatsSpecSchema.optional().describe("Override the operator's NATS server for this job."),
+    federation: FederationSpecSchema.optional().describe(
+      'Federated training across sites whose data never leaves them: rounds of local training and a (secure) aggregation of the model deltas.',
+    ),
     output: OutputSpecSchema.optional().describe(
       'Where the trained model is written at the end of the job (tfjs Layers format with its preprocessing, labels, spec and metrics).',
     ),
@@ -1220,6 +1349,19 @@ export const TrainingJobSpecSchema = withRules(
         'communication.localSteps > 1 cannot be combined with batch.policy adascale (its gain needs every step’s gradients); use localSteps: 1 or another policy',
       field: ['communication', 'localSteps'],
       holds: (s) => s.communication.localSteps === 1 || s.batch.policy !== 'adascale',
+    },
+    {
+      cel: '!has(self.federation) || self.communication.localSteps == 1',
+      message:
+        'federation averages across sites every federation.localSteps; within a site training stays synchronous: set communication.localSteps: 1',
+      field: ['federation'],
+      holds: (s) => s.federation === undefined || s.communication.localSteps === 1,
+    },
+    {
+      cel: "!has(self.federation) || self.batch.policy != 'adascale'",
+      message: 'federation cannot be combined with batch.policy adascale; use another policy',
+      field: ['federation'],
+      holds: (s) => s.federation === undefined || s.batch.policy !== 'adascale',
     },
   ],
 );

@@ -27,6 +27,8 @@ export const WORKER_ENV = {
   progressMs: 'TENSILE_PROGRESS_MS',
   checksumEvery: 'TENSILE_CHECKSUM_EVERY',
   configFile: 'TENSILE_CONFIG_FILE',
+  federationSite: 'TENSILE_FEDERATION_SITE',
+  federationAudit: 'TENSILE_FEDERATION_AUDIT',
 } as const;
 
 /** A value only the kubelet knows (the pod's name or IP), filled in through the downward API. */
@@ -64,6 +66,13 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
   /** Where the trained model goes: under spec.output's mount in a pod, a local folder for `tensile run`. */
   readonly modelDir?: string;
   readonly progressMs?: number;
+  /** spec.federation: the site this worker belongs to (its data, its group). */
+  readonly federationSite?: string;
+  /**
+   * Tests only: every rank writes the mean it applied, and each leader its own plain delta, under
+   * outDir/federation/, so a test can check the secure sum against the plain one. Never in a pod.
+   */
+  readonly federationAudit?: boolean;
 }
 
 /** The variables in the order a pod lists them; absent inputs write nothing (the worker's default). */
@@ -94,6 +103,8 @@ export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
   add('outDir', input.outDir);
   add('modelDir', input.modelDir);
   add('progressMs', input.progressMs);
+  add('federationSite', input.federationSite);
+  add('federationAudit', input.federationAudit === true ? '1' : undefined);
   return vars;
 }
 

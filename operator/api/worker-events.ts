@@ -213,6 +213,21 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     samples: count.optional(),
     seconds: z.number().optional(),
   }),
+  /** A federated round ended at this rank: the sample-weighted mean delta of `sites` was applied. */
+  event('federation-round', {
+    round: count,
+    step: count,
+    site: z.string(),
+    attempt: count,
+    sites: z.array(count).readonly(),
+    dropped: z.array(count).readonly(),
+    secure: z.boolean(),
+    bytesSent: count,
+    seconds: z.number(),
+    /** A checksum of the applied mean: equal on every rank of every site that summed the same inputs. */
+    checksum: z.string(),
+  }),
+  event('federation-round-failed', { round: count, step: count, site: z.string(), error: z.string() }),
   event('checksum', { step: count, checksum: z.string(), weights: count.optional() }),
   /** This worker's part of a generation ended; `lastStep` is exclusive. */
   event('generation-end', {

@@ -116,6 +116,12 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
     );
   }
   problems.push(...workerPodProblems(job, config));
+  // The workers would each need a site (TENSILE_FEDERATION_SITE) and the operator assigns none yet:
+  // failing here says so once, instead of pods that fail their configuration until the backoff limit.
+  if (job.spec.federation !== undefined)
+    problems.push(
+      'spec.federation: the operator does not run federated jobs yet (no site worker groups); run them with `tensile run` (local mode)',
+    );
   if (job.spec.worker.image === undefined && config.workerImage === '') {
     problems.push(
       'spec.worker.image: not set, and the operator has no default worker image (--worker-image)',

@@ -59,6 +59,7 @@ import {
 } from '../commands/args.ts';
 import { LocalAutoscaler } from './autoscaler.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
+import { runFederated } from './federated-run.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
 
 export const CHAOS_ACTIONS = ['kill', 'join', 'leave', 'nats-restart', 'slow', 'unslow'] as const;
@@ -318,6 +319,8 @@ export function resolveManifestPaths(job: TrainingJob, base: string): TrainingJo
   const spec = structuredClone(job.spec);
   spec.dataset.path = at(spec.dataset.path);
   if (spec.model.layers?.path !== undefined) spec.model.layers.path = at(spec.model.layers.path);
+  for (const site of spec.federation?.sites ?? [])
+    if (site.dataset !== undefined) site.dataset.path = at(site.dataset.path);
   return { ...job, spec };
 }
 
@@ -607,6 +610,13 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   const job = resolveManifestPaths(first, fromStdin ? cwd : dirname(file));
   // The goodput policy starts and stops workers: that needs the elastic machinery even from one.
   const options = job.spec.autoscaling.policy === 'goodput' ? { ...parsed, elastic: true } : parsed;
+  if (job.spec.federation !== undefined) {
+    if (options.chaos.length > 0 || options.workers !== 1)
+      io.err(
+        'tensile run: a federated job takes its workers from spec.federation.sites; --workers and --chaos are ignored',
+      );
+    return runFederated(job, { out: options.out, backend: options.backend }, io, cwd, TENSILE_BIN);
+  }
   const plan = planLocalRun(job, options, cwd);
   mkdirSync(plan.out, { recursive: true });
   const resuming =

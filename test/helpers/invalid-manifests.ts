@@ -452,4 +452,66 @@ export const invalidManifests: InvalidCase[] = [
     field: 'spec.communication.localSteps',
     message: /adascale/,
   },
+  {
+    name: 'federation with one site',
+    manifest: withField('spec.federation', { rounds: 3, sites: [{ name: 'a' }] }),
+    field: 'spec.federation.sites',
+  },
+  {
+    name: 'federation sites sharing a name',
+    manifest: withField('spec.federation', { rounds: 3, sites: [{ name: 'a' }, { name: 'a' }] }),
+    field: 'spec.federation.sites',
+    message: /its own name/,
+  },
+  {
+    name: 'federation site name not a DNS label',
+    manifest: withField('spec.federation', { rounds: 3, sites: [{ name: 'Site_A' }, { name: 'b' }] }),
+    field: 'spec.federation.sites[0].name',
+    message: /DNS label/,
+  },
+  {
+    name: 'federation fedprox without mu',
+    manifest: withField('spec.federation', {
+      rounds: 3,
+      aggregation: 'fedprox',
+      sites: [{ name: 'a' }, { name: 'b' }],
+    }),
+    field: 'spec.federation.proximalMu',
+    message: /fedprox/,
+  },
+  {
+    name: 'federation mu with fedavg',
+    manifest: withField('spec.federation', {
+      rounds: 3,
+      proximalMu: 0.1,
+      sites: [{ name: 'a' }, { name: 'b' }],
+    }),
+    field: 'spec.federation.proximalMu',
+    message: /fedprox/,
+  },
+  {
+    name: 'federation threshold above the sites',
+    manifest: withField('spec.federation', {
+      rounds: 3,
+      secureAggregation: { threshold: 3 },
+      sites: [{ name: 'a' }, { name: 'b' }],
+    }),
+    field: 'spec.federation.secureAggregation.threshold',
+    message: /between 2 and the number of sites/,
+  },
+  {
+    name: 'federation without rounds',
+    manifest: withField('spec.federation', { sites: [{ name: 'a' }, { name: 'b' }] }),
+    field: 'spec.federation.rounds',
+  },
+  {
+    name: 'federation with local SGD inside a site',
+    manifest: withField(
+      'spec.federation',
+      { rounds: 3, sites: [{ name: 'a' }, { name: 'b' }] },
+      withField('spec.communication', { localSteps: 4 }),
+    ),
+    field: 'spec.federation',
+    message: /communication.localSteps: 1/,
+  },
 ];

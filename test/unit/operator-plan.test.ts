@@ -522,6 +522,18 @@ const cases: Case[] = [
     },
   },
   {
+    name: 'InvalidSpec: a federated job is refused by the operator (local mode only), no pod created',
+    job: ownedJob({
+      'spec.federation': { rounds: 2, sites: [{ name: 'a' }, { name: 'b' }] },
+    }),
+    expect: (p) => {
+      assert.is(p.status.phase, 'Failed');
+      assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
+      assert.match(condition(p, 'Failed')?.message ?? '', 'tensile run');
+      assert.equal(p.createPods, []);
+    },
+  },
+  {
     name: 'InvalidSpec: GPU requests and limits differ',
     job: ownedJob({
       'spec.replicas': 1,

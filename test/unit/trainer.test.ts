@@ -143,6 +143,29 @@ test('training learns the blobs, and tensors do not accumulate', async () => {
   t.dispose();
 });
 
+test('FedProx: the proximal term holds the weights near the round’s anchor; off again, they move freely', async () => {
+  const free = await trainer();
+  const held = await trainer();
+  const local = new LocalReducer();
+  const start = weights(held);
+  held.anchorProximal(10);
+  const tensors = tf.memory().numTensors;
+  for (let i = 0; i < 30; i++) {
+    await free.step(world([32]), local);
+    await held.step(world([32]), local);
+  }
+  assert.is(tf.memory().numTensors, tensors, 'the proximal gradients are disposed every step');
+  const moved = (t: Trainer) =>
+    Math.sqrt(weights(t).reduce((a, w, i) => a + (w - (start[i] as number)) ** 2, 0));
+  assert.ok(moved(held) < 0.5 * moved(free), `held ${moved(held)}, free ${moved(free)}`);
+  held.anchorProximal(undefined);
+  const before = moved(held);
+  for (let i = 0; i < 30; i++) await held.step(world([32]), local);
+  assert.ok(moved(held) > before, 'without the term the weights leave the anchor');
+  free.dispose();
+  held.dispose();
+});
+
 test('an aborted evaluation stops early and reports nothing', async () => {
   const t = await trainer();
   const stop = new AbortController();

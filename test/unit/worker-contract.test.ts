@@ -6,7 +6,7 @@
 import type { V1EnvVar } from '@kubernetes/client-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { WORKER_ENV } from '../../operator/api/worker-env.ts';
+import { WORKER_ENV, workerEnvVars } from '../../operator/api/worker-env.ts';
 import { buildWorkerPod, workerSpecOf } from '../../operator/controller/pod-builder.ts';
 import { planLocalWorker } from '../../operator/local-run/run.ts';
 import { loadWorkerConfig, type WorkerConfig } from '../../worker/config.ts';
@@ -63,7 +63,41 @@ test("a built pod's env loads into the worker config it stands for", () => {
     logLevel: 'info',
     progressMs: 2000,
     checksumEvery: 0,
+    federationAudit: false,
   });
+});
+
+test('a federated worker becomes its site’s: job name, spec, data and steps', () => {
+  const job = ownedJob({
+    'spec.federation': {
+      rounds: 4,
+      localSteps: 10,
+      sites: [{ name: 'east', replicas: 2 }, { name: 'west' }],
+    },
+  });
+  const env = Object.fromEntries(
+    workerEnvVars({
+      jobName: 'job',
+      namespace: 'default',
+      jobUid: 'job-uid',
+      spec: job.spec,
+      replicaIndex: 0,
+      checkpointDir: '/checkpoints',
+      federationSite: 'west',
+    }).flatMap((v) => ('value' in v ? [[v.name, v.value]] : [])),
+  );
+  const config = loadWorkerConfig(env);
+  assert.is(config.jobName, 'job-west');
+  assert.equal(config.federation?.index, 1);
+  assert.is(config.spec.replicas, 1);
+  assert.is(config.spec.stopping.steps, 40);
+  assert.is(config.spec.evaluation.intervalSteps, 10);
+  assert.throws(
+    () => loadWorkerConfig({ ...env, TENSILE_FEDERATION_SITE: 'north' }),
+    /not one of spec.federation.sites/,
+  );
+  const { TENSILE_FEDERATION_SITE: _, ...withoutSite } = env;
+  assert.throws(() => loadWorkerConfig(withoutSite), /TENSILE_FEDERATION_SITE: required/);
 });
 
 test('every variable a pod sets is one the worker reads', () => {

@@ -157,6 +157,7 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
     const next = state.step + 1;
     const averageNow =
       next >= g.plannedSteps || evaluationDue(g.settings.evaluation.intervalSteps, next, false, false);
+    session.federated?.beforeStep(session.built.model.weights, trainer);
     result = await trainer.step(world, timedReducer(active.reducer, run.rank), active.changed, {
       averageNow,
     });
@@ -183,6 +184,17 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   run.rank.steps++;
   run.rank.samples += result.localSamples;
   run.rank.stepSeconds += took;
+  // A round ends with the same step on every rank of the site: all of them take part, then evaluate.
+  // Its time is not the step's: throughput and balancing see the training alone.
+  if (session.federated?.due(state.step))
+    await session.federated.endRound(
+      state.step,
+      g.writer,
+      session.dataset.train.size,
+      session.built.model.weights,
+      trainer,
+      g.log,
+    );
   measure(run.measured, took, result);
   rebalance(session, g, run, world.perWorker, result);
   return result;

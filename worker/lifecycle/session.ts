@@ -6,7 +6,7 @@ import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { JOB_RECORD } from '../../operator/api/model-output.ts';
-import type { TrainingJobSpec } from '../../operator/api/training-job.ts';
+import type { FederationSpec, TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { type SelectedBackend, selectBackend } from '../backend/select.ts';
 import { CheckpointMirror } from '../checkpoint/object-store.ts';
 import { BackgroundCheckpointer, type CheckpointRef, CheckpointStore } from '../checkpoint/store.ts';
@@ -21,6 +21,8 @@ import {
   type Membership,
   type StateHolder,
 } from '../elastic/membership.ts';
+import { Federated } from '../federation/federated.ts';
+import { siteDataset } from '../federation/site-data.ts';
 import { emit, errorMessage, type WorkerLogger } from '../log.ts';
 import { type BuiltModel, buildModel } from '../model/build.ts';
 import { worldFor } from '../train/policy.ts';
@@ -188,7 +190,15 @@ export class Session implements AsyncDisposable {
     this.mirror?.push(ref, this.store.keep);
   }
 
+  /** spec.federation: this site worker's part of the rounds between sites. */
+  federated: Federated | undefined;
+
   async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      await this.federated?.[Symbol.asyncDispose]();
+    } catch (error) {
+      this.facts.log.debug('federation close failed', { error: errorMessage(error) });
+    }
     try {
       await this.membership[Symbol.asyncDispose]();
     } catch (error) {
@@ -243,7 +253,12 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     via: backend.via,
     addedKernels: backend.addedKernels,
   });
-  const dataset = await loadDataset(spec.dataset, (message, fields) => log.info(message, fields));
+  const loaded = await loadDataset(spec.dataset, (message, fields) => log.info(message, fields));
+  const member = config.federation;
+  const dataset =
+    member === undefined
+      ? loaded
+      : siteDataset(loaded, member.spec.federation as FederationSpec, member.index);
   emit(log, 'info', 'dataset ready', {
     event: 'dataset',
     ...dataset.describe,
@@ -289,7 +304,28 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     dataset.close();
     throw error;
   }
-  return new Session(config, log, backend, dataset, built, store, audit, trainer, fresh, membership, leaving);
+  const session = new Session(
+    config,
+    log,
+    backend,
+    dataset,
+    built,
+    store,
+    audit,
+    trainer,
+    fresh,
+    membership,
+    leaving,
+  );
+  if (member !== undefined) {
+    try {
+      session.federated = await Federated.open(config, member);
+    } catch (error) {
+      await session[Symbol.asyncDispose]();
+      throw error;
+    }
+  }
+  return session;
 }
 
 /**

@@ -333,16 +333,38 @@ export class Trainer {
     return direct ? grads : undefined;
   }
 
+  /**
+   * FedProx (Li et al. 2020): from now on every step's gradient gets μ·(w − w₀), the gradient of the
+   * proximal term μ/2·‖w − w₀‖², with w₀ the weights now (the round's start). Undefined: off.
+   */
+  anchorProximal(mu: number | undefined): void {
+    if (this.proximal !== undefined) tf.dispose(this.proximal.anchor);
+    this.proximal =
+      mu === undefined ? undefined : { mu, anchor: this.variables.map((v) => tf.keep(v.clone())) };
+  }
+
+  private proximal: { mu: number; anchor: tf.Tensor[] } | undefined;
+
   /** Applies the world's gradient: the kept tensors of a direct step, else the reduced buffer's. */
   private applyGradients(
     reduced: Float32Array,
     kept: tf.NamedTensorMap | undefined,
     learningRate: number,
   ): void {
+    const proximal = this.proximal;
     const gradients = this.gradientSpecs.map((spec, i) => {
       const own = kept?.[(this.variables[i] as tf.Variable).name];
-      if (kept !== undefined) return own ?? tf.zeros(spec.shape as number[]);
-      return tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]);
+      const g =
+        kept !== undefined
+          ? (own ?? tf.zeros(spec.shape as number[]))
+          : tf.tensor(reduced.subarray(spec.offset, spec.offset + spec.size), spec.shape as number[]);
+      const anchor = proximal?.anchor[i];
+      if (proximal === undefined || anchor === undefined) return g;
+      const pulled = tf.tidy(() =>
+        tf.add(g, tf.mul(tf.sub(this.variables[i] as tf.Variable, anchor), proximal.mu)),
+      );
+      g.dispose();
+      return pulled;
     });
     try {
       this.optimizer.apply(gradients, learningRate);
@@ -720,6 +742,7 @@ export class Trainer {
   dispose(): void {
     this.optimizer.dispose();
     this.batches.dispose();
+    this.anchorProximal(undefined);
   }
 }
 
