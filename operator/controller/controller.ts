@@ -194,6 +194,13 @@ export class TrainingJobController {
         },
       },
       log,
+      {
+        // Only jobs that exist are tracked: reports naming anything else are dropped and counted.
+        liveUid: (key) => {
+          const [namespace, name] = splitKey(key);
+          return this.jobs.get(name, namespace)?.metadata?.uid;
+        },
+      },
     );
     this.reconciler = new JobReconciler({
       kube: options.kube,

@@ -78,7 +78,12 @@ export async function createTrust(revoked: readonly string[] = []): Promise<Trus
     system_account: system.getPublicKey(),
   });
   const accountJwt = await accountClaims(operator, account, revoked);
-  const systemJwt = await encodeAccount('SYS', system, {}, { signer: operator });
+  const systemJwt = await encodeAccount(
+    'SYS',
+    system,
+    { limits: { conn: -1, subs: -1, data: -1, payload: -1, imports: -1, exports: -1, wildcards: true } },
+    { signer: operator },
+  );
   return { operator, account, system, operatorJwt, accountJwt, systemJwt };
 }
 
