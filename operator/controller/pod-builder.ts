@@ -45,7 +45,15 @@ export interface WorkerPodDefaults {
    * Secret `jobCredentialsSecretName`; a job's own `spec.nats.credentialsSecret` still wins.
    */
   readonly perJobCredentials?: boolean;
+  /**
+   * The operator's NATS takes TLS: each job's Secret carries the CA (and, when the server verifies
+   * clients, a client certificate and key) under TLS_KEYS, mounted for jobs that use that NATS.
+   */
+  readonly natsTls?: { readonly clientCert: boolean };
 }
+
+/** Where the TLS material is in a job's NATS Secret (the names of a kubernetes.io/tls Secret). */
+export const TLS_KEYS = { ca: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 
 /** The Secret holding the NATS credentials the operator minted for a job. */
 export function jobCredentialsSecretName(job: string): string {
@@ -138,6 +146,8 @@ const SHM_VOLUME = 'dshm';
 const NATS_CREDS_VOLUME = 'nats-credentials';
 const MODEL_MOUNT = '/etc/tensile/model';
 const NATS_CREDS_MOUNT = '/etc/tensile/nats';
+const NATS_TLS_VOLUME = 'nats-tls';
+const NATS_TLS_MOUNT = '/etc/tensile/nats-tls';
 
 export function workerPodName(job: string, index: number): string {
   return `${job}-worker-${index}`;
@@ -317,6 +327,18 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     });
     mounts.push({ name: NATS_CREDS_VOLUME, mountPath: NATS_CREDS_MOUNT, readOnly: true });
   }
+  const tls = spec.nats?.url === undefined ? defaults.natsTls : undefined;
+  if (tls !== undefined) {
+    const keys = tls.clientCert ? [TLS_KEYS.ca, TLS_KEYS.cert, TLS_KEYS.key] : [TLS_KEYS.ca];
+    volumes.push({
+      name: NATS_TLS_VOLUME,
+      secret: {
+        secretName: jobCredentialsSecretName(job.metadata.name),
+        items: keys.map((key) => ({ key, path: key })),
+      },
+    });
+    mounts.push({ name: NATS_TLS_VOLUME, mountPath: NATS_TLS_MOUNT, readOnly: true });
+  }
   const env: V1EnvVar[] = workerEnvVars({
     jobName: job.metadata.name,
     namespace: job.metadata.namespace,
@@ -334,6 +356,10 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     modelDir: modelLocation({ name: job.metadata.name, namespace: job.metadata.namespace }, spec).dir,
     ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),
     ...(creds === undefined ? {} : { natsCreds: `${NATS_CREDS_MOUNT}/nats.creds` }),
+    ...(tls === undefined ? {} : { natsTlsCa: `${NATS_TLS_MOUNT}/${TLS_KEYS.ca}` }),
+    ...(tls?.clientCert === true
+      ? { natsTlsCert: `${NATS_TLS_MOUNT}/${TLS_KEYS.cert}`, natsTlsKey: `${NATS_TLS_MOUNT}/${TLS_KEYS.key}` }
+      : {}),
   }).map((v) => ({ ...v }));
   for (const extra of spec.worker.env) {
     env.push(

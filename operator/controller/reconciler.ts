@@ -26,6 +26,7 @@ import {
 import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
+import type { CredentialRevoker } from './nats-revocation.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import {
   ANNOTATION_SLOW,
@@ -49,6 +50,8 @@ export interface ReconcilerDeps {
   readonly kube: KubeClient;
   /** Mints each job its NATS identity; absent when NATS runs without per-job authentication. */
   readonly credentials?: JobCredentialMinter;
+  /** Takes a job's NATS identity away when it ends (finished or deleted); absent: identities outlive jobs. */
+  readonly revoker?: CredentialRevoker;
   readonly getJob: (namespace: string, name: string) => KubernetesObject | undefined;
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
@@ -231,6 +234,14 @@ export class JobReconciler {
     // A pod refused in this pass fails the job in the next one, on the status this pass wrote.
     if (podRejected === undefined && this.rejected.has(uid)) return { kind: 'requeue', afterMs: 0 };
     const finished = decision.status.phase === 'Succeeded' || decision.status.phase === 'Failed';
+    // A finished job's workers have reported their end: nothing of theirs needs NATS any more.
+    if (finished && job.spec.nats?.credentialsSecret === undefined && this.deps.revoker !== undefined) {
+      try {
+        await this.deps.revoker.revoke([uid]);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
+    }
     if (workload !== undefined && queue !== undefined) {
       try {
         await this.tellKueue(workload, queue, pods.length, decision, log);
@@ -282,14 +293,17 @@ export class JobReconciler {
 
   /**
    * The job's own NATS identity, before its first pods (they mount it): minted once per incarnation,
-   * owned by the job, so it goes when the job goes. A job that names its own Secret needs none.
+   * owned by the job, so it goes when the job goes. A job that names its own Secret needs none,
+   * unless the operator's NATS takes TLS: then the Secret carries the TLS material alone.
    */
   private async ensureCredentials(job: OwnedJob, decision: Plan, log: Logger): Promise<void> {
     const minter = this.deps.credentials;
     const uid = job.metadata.uid;
     if (minter === undefined || decision.createPods.length === 0 || this.minted.has(uid)) return;
-    if (job.spec.nats?.credentialsSecret !== undefined) return;
-    const secret = await minter.secretFor(job);
+    const mint = minter.mints && job.spec.nats?.credentialsSecret === undefined;
+    const tls = minter.carriesTls && job.spec.nats?.url === undefined;
+    if (!mint && !tls) return;
+    const secret = await minter.secretFor(job, mint);
     await this.deps.kube.createSecret(job.metadata.namespace, secret);
     this.minted.add(uid);
     log.info('NATS credentials ready', { secret: secret.metadata?.name });
@@ -445,10 +459,15 @@ export class JobReconciler {
     });
   }
 
-  /** Deletes the rendezvous bucket of one incarnation of a job (none there is fine). */
+  /**
+   * Ends one incarnation of a job on NATS: its identity is revoked (a worker still connected with it
+   * is cut off) and its rendezvous bucket deleted (none there is fine).
+   */
   private async deleteState(namespace: string, name: string, uid: string): Promise<void> {
+    if (uid === '') return;
+    await this.deps.revoker?.revoke([uid]);
     const store = this.deps.jobState;
-    if (store === undefined || uid === '') return;
+    if (store === undefined) return;
     await store.deleteBucket(rendezvousBucket(namespace, name, uid));
   }
 }
