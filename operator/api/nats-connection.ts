@@ -20,7 +20,8 @@ export interface NatsSecurity {
 
 /** The nats.js options for `security`: nothing for nothing. */
 export function natsSecurityOptions(security: NatsSecurity): Partial<ConnectionOptions> {
-  const creds = security.creds ?? (security.credsFile === undefined ? undefined : readFileSync(security.credsFile));
+  const creds =
+    security.creds ?? (security.credsFile === undefined ? undefined : readFileSync(security.credsFile));
   const tls =
     security.tlsCaFile === undefined && security.tlsCertFile === undefined
       ? undefined

@@ -18,7 +18,12 @@ for the Helm chart (nats.auth.trustSecret). The seeds are secrets: keep them so.
   options: {
     out: { type: 'string', value: 'DIR', help: 'write the trust directory here' },
     secret: { type: 'string', value: 'NAME', help: 'print a Secret of this name holding the same files' },
-    namespace: { type: 'string', short: 'n', value: 'NS', help: "the Secret's namespace (default: none set)" },
+    namespace: {
+      type: 'string',
+      short: 'n',
+      value: 'NS',
+      help: "the Secret's namespace (default: none set)",
+    },
   },
 } as const satisfies CommandSpec;
 

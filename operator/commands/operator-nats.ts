@@ -70,7 +70,8 @@ export async function operatorNats(
   if (flags['nats-trust'] !== undefined) trust = readTrustDir(flags['nats-trust']);
   const accountSeed = flags['nats-account-seed'];
   const account =
-    trust?.account ?? (accountSeed === undefined ? undefined : accountFromSeed(readFileSync(accountSeed, 'utf8')));
+    trust?.account ??
+    (accountSeed === undefined ? undefined : accountFromSeed(readFileSync(accountSeed, 'utf8')));
   const credsFile = process.env['TENSILE_NATS_CREDS'] || undefined;
   let own: NatsSecurity = { ...tls, ...(credsFile === undefined ? {} : { credsFile }) };
   if (credsFile === undefined && trust !== undefined) {

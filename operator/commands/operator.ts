@@ -54,7 +54,7 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
     'nats-trust': {
       type: 'string',
       value: 'DIR',
-      help: 'a trust directory written by tensile nats-trust: as --nats-account-seed, and\nthe operator revokes a job\'s credentials on the server when the job ends',
+      help: "a trust directory written by tensile nats-trust: as --nats-account-seed, and\nthe operator revokes a job's credentials on the server when the job ends",
     },
     'nats-tls-ca': {
       type: 'string',

@@ -267,7 +267,9 @@ export function readTrustDir(dir: string): TrustKeys {
     try {
       return accountFromSeed(readFileSync(join(dir, name), 'utf8'));
     } catch (error) {
-      throw new Error(`${join(dir, name)}: ${(error as Error).message} (write the directory with tensile nats-trust)`);
+      throw new Error(
+        `${join(dir, name)}: ${(error as Error).message} (write the directory with tensile nats-trust)`,
+      );
     }
   };
   return {

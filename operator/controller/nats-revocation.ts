@@ -85,13 +85,20 @@ export class NatsRevoker implements CredentialRevoker, AsyncDisposable {
     }
     const revocations = withRevoked(claims.revocations, keys, this.nowSeconds());
     if (revocations !== undefined) {
-      const jwt = await encodeAccount(name, this.keys.account, { ...claims, revocations }, {
-        signer: this.keys.operator,
-      });
+      const jwt = await encodeAccount(
+        name,
+        this.keys.account,
+        { ...claims, revocations },
+        {
+          signer: this.keys.operator,
+        },
+      );
       const reply = await this.request(nc, '$SYS.REQ.CLAIMS.UPDATE', new TextEncoder().encode(jwt));
       const parsed = JSON.parse(reply) as { data?: { code?: number }; error?: { description?: string } };
       if (parsed.data?.code !== 200)
-        throw new RevocationError(`the NATS server refused the account update: ${parsed.error?.description ?? reply}`);
+        throw new RevocationError(
+          `the NATS server refused the account update: ${parsed.error?.description ?? reply}`,
+        );
       this.log.info('revoked NATS credentials of ended jobs', { uids, users: keys });
     }
     for (const key of keys) this.revoked.add(key);

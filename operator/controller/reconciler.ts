@@ -26,8 +26,8 @@ import {
 import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
-import type { CredentialRevoker } from './nats-revocation.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
+import type { CredentialRevoker } from './nats-revocation.ts';
 import {
   ANNOTATION_SLOW,
   type Plan,

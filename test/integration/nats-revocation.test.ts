@@ -1,0 +1,231 @@
+/**
+ * A job's NATS identity ends with the job, over TLS: a real nats-server in operator mode (the full
+ * resolver, the trust of `tensile nats-trust`) that takes only TLS clients with a certificate, a real
+ * `tensile operator` (`--nats-trust`, `--nats-tls-*`) on a real control plane. The operator gives each
+ * job a Secret with its user and the TLS material; a worker connected with it is cut off by the server
+ * the moment its job is deleted, and cannot come back, while another job's worker carries on.
+ */
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from 'nats';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { stringify } from 'yaml';
+import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
+import { type NatsSecurity, natsSecurityOptions } from '../../operator/api/nats-connection.ts';
+import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
+import { createTrust, TRUST_FILES, writeTrustDir } from '../../operator/controller/nats-credentials.ts';
+import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
+import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { eventually } from '../helpers/eventually.ts';
+import { setPath, validManifest } from '../helpers/job-builder.ts';
+import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
+import { makeCertificates, type TestCertificates } from '../helpers/tls-certs.ts';
+
+const NS = 'team-a';
+const OPERATOR_NS = 'tensile-system';
+const clusterRole = fileURLToPath(
+  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
+);
+const dir = mkdtempSync(join(tmpdir(), 'tensile-nats-revocation-'));
+const trustDir = join(dir, 'trust');
+
+let cluster: LocalCluster;
+let nats: NatsServer;
+let certs: TestCertificates;
+let operator: OperatorProcess;
+const connections: NatsConnection[] = [];
+
+async function kubectl(args: string[], input?: string): Promise<string> {
+  const r = await cluster.kubectl(args, input);
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The nats-server configuration the chart writes for `nats.auth` and `nats.tls`, on loopback. */
+function serverConfig(): string {
+  return [
+    // Includes are relative to the including file.
+    `include "trust/${TRUST_FILES.serverConfig}"`,
+    `resolver: { type: full, dir: "${join(dir, 'jwt')}", allow_delete: false }`,
+    'tls: {',
+    `  cert_file: "${certs.serverCert}"`,
+    `  key_file: "${certs.serverKey}"`,
+    `  ca_file: "${certs.ca}"`,
+    '  verify: true',
+    '}',
+    '',
+  ].join('\n');
+}
+
+test.before(async () => {
+  try {
+    certs = makeCertificates(dir);
+    writeTrustDir(trustDir, await createTrust());
+    writeFileSync(join(dir, 'nats.conf'), serverConfig());
+    nats = await startNatsServer({ configFile: join(dir, 'nats.conf') });
+    cluster = await startCluster({ nodeAgent: false });
+    await kubectl(['create', 'namespace', OPERATOR_NS]);
+    await kubectl(['create', 'namespace', NS]);
+    await kubectl(['apply', '-f', clusterRole]);
+    await kubectl(['-n', OPERATOR_NS, 'create', 'serviceaccount', 'tensile-operator']);
+    await kubectl([
+      'create',
+      'clusterrolebinding',
+      'tensile-operator',
+      '--clusterrole=tensile-operator',
+      `--serviceaccount=${OPERATOR_NS}:tensile-operator`,
+    ]);
+    operator = startOperator('op-revoke', [
+      ...['--kubeconfig', await cluster.serviceAccountKubeconfig(OPERATOR_NS, 'tensile-operator')],
+      ...['--nats', nats.url, '--namespace', OPERATOR_NS, '--no-leader-elect'],
+      ...['--nats-trust', trustDir, '--nats-tls-ca', certs.ca],
+      ...['--nats-tls-cert', certs.clientCert, '--nats-tls-key', certs.clientKey],
+      ...['--worker-image', 'tensile.test/never-runs:1'],
+    ]);
+    await operator.waitFor((l) => l['message'] === 'connected to NATS');
+  } catch (error) {
+    // uvu swallows errors thrown by hooks: fail loudly instead.
+    console.error(error);
+    process.exit(1);
+  }
+});
+
+test.after(async () => {
+  for (const nc of connections) await nc.close().catch(() => undefined);
+  await operator?.[Symbol.asyncDispose]();
+  await cluster?.[Symbol.asyncDispose]();
+  await nats?.[Symbol.asyncDispose]();
+});
+
+async function createJob(name: string): Promise<void> {
+  const m = validManifest(name);
+  setPath(m, 'metadata.namespace', NS);
+  await kubectl(['apply', '-f', '-'], stringify(m));
+}
+
+/** The job's Secret as its pods mount it: one file per key, in a folder of its own. */
+async function secretFiles(job: string): Promise<Record<string, string>> {
+  const raw = await eventually(
+    () => `the Secret ${job}-nats-credentials`,
+    async () => {
+      const r = await cluster.kubectl(['-n', NS, 'get', 'secret', `${job}-nats-credentials`, '-o', 'json']);
+      return r.code === 0 ? r.stdout : undefined;
+    },
+  );
+  const data = (JSON.parse(raw) as { data: Record<string, string> }).data;
+  const folder = mkdtempSync(join(dir, `${job}-`));
+  const files: Record<string, string> = {};
+  for (const [key, value] of Object.entries(data)) {
+    files[key] = join(folder, key);
+    writeFileSync(files[key], Buffer.from(value, 'base64'));
+  }
+  return files;
+}
+
+interface Worker {
+  readonly nc: NatsConnection;
+  readonly errors: string[];
+  closed: boolean;
+}
+
+/** Connects as the job's worker does, from the files of its Secret; records what the server says. */
+async function connectAs(job: string, security: NatsSecurity): Promise<Worker> {
+  const nc = await connect({
+    servers: nats.url,
+    inboxPrefix: jobInboxPrefix(NS, job),
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 200,
+    ...natsSecurityOptions(security),
+  });
+  connections.push(nc);
+  const worker: Worker = { nc, errors: [], closed: false };
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === 'error') worker.errors.push(String(s.data));
+  })();
+  void nc.closed().then(() => {
+    worker.closed = true;
+  });
+  return worker;
+}
+
+function workerSecurity(files: Record<string, string>): NatsSecurity {
+  const at = (key: string) => {
+    const file = files[key];
+    if (file === undefined) throw new Error(`the job's Secret has no ${key}`);
+    return file;
+  };
+  return {
+    credsFile: at('nats.creds'),
+    tlsCaFile: at('ca.crt'),
+    tlsCertFile: at('tls.crt'),
+    tlsKeyFile: at('tls.key'),
+  };
+}
+
+test("each job's Secret holds its user and the TLS material its pods mount", async () => {
+  await createJob('job-a');
+  const files = await secretFiles('job-a');
+  assert.equal(Object.keys(files).sort(), ['ca.crt', 'nats.creds', 'tls.crt', 'tls.key']);
+  assert.is(readFileSync(files['ca.crt'] ?? '', 'utf8'), readFileSync(certs.ca, 'utf8'));
+  const pod = JSON.parse(await kubectl(['-n', NS, 'get', 'pod', 'job-a-worker-0', '-o', 'json'])) as {
+    spec: { containers: { env: { name: string; value?: string }[] }[]; volumes: { name: string }[] };
+  };
+  const env = Object.fromEntries((pod.spec.containers[0]?.env ?? []).map((e) => [e.name, e.value]));
+  assert.is(env['TENSILE_NATS_TLS_CA'], '/etc/tensile/nats-tls/ca.crt');
+  assert.is(env['TENSILE_NATS_TLS_CERT'], '/etc/tensile/nats-tls/tls.crt');
+  assert.is(env['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
+  assert.ok(pod.spec.volumes.some((v) => v.name === 'nats-tls'));
+  // Its worker connects with them; without a client certificate the server takes nobody.
+  const worker = await connectAs('job-a', workerSecurity(files));
+  await worker.nc.flush();
+  const plain = await connect({
+    servers: nats.url,
+    maxReconnectAttempts: 0,
+    ...natsSecurityOptions({ credsFile: files['nats.creds'] ?? '' }),
+  }).then(
+    (nc) => {
+      connections.push(nc);
+      return 'connected';
+    },
+    (e: unknown) => String(e),
+  );
+  assert.ok(plain !== 'connected', 'a client without TLS was let in');
+});
+
+test('deleting a job cuts its connected worker off at once; another job carries on', async () => {
+  await createJob('job-b');
+  const aSecurity = workerSecurity(await secretFiles('job-a'));
+  const a = await connectAs('job-a', aSecurity);
+  const b = await connectAs('job-b', workerSecurity(await secretFiles('job-b')));
+  await Promise.all([a.nc.flush(), b.nc.flush()]);
+  await kubectl(['-n', NS, 'delete', 'trainingjob', 'job-a', '--wait=false']);
+  await operator.waitFor((l) => l['message'] === 'revoked NATS credentials of ended jobs');
+  // The server closes the revoked user's connection and refuses its reconnects...
+  await eventually(
+    () => `job-a's worker refused by the server; it saw: ${a.errors.join('; ') || 'nothing'}`,
+    () => a.errors.some((e) => /authoriz|revoked/i.test(e)),
+  );
+  // ...and any new connection with those credentials (a copy of the Secret, say).
+  const again = await connect({
+    servers: nats.url,
+    maxReconnectAttempts: 0,
+    ...natsSecurityOptions(aSecurity),
+  }).then(
+    (nc) => {
+      connections.push(nc);
+      return 'connected';
+    },
+    (e: unknown) => String(e),
+  );
+  assert.match(again, /authoriz/i);
+  // job-b's worker was never disturbed and still publishes.
+  b.nc.publish(jobSubjects(NS, 'job-b').metrics, encodeMessage({ type: 'progress' }));
+  await b.nc.flush();
+  assert.is(b.closed, false);
+  assert.equal(b.errors, []);
+});
+
+test.run();
