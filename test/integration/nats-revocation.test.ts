@@ -1,18 +1,19 @@
 /**
- * A job's NATS identity ends with the job, over TLS: a real nats-server in operator mode (the full
- * resolver, the trust of `tensile nats-trust`) that takes only TLS clients with a certificate, a real
+ * A job's NATS identity ends with the job, over TLS: a real nats-server configured as the Helm chart
+ * configures its bundled NATS for `nats.auth` and `nats.tls` (operator mode with the full resolver and
+ * the trust of `tensile nats-trust`; TLS clients with a certificate only), and a real
  * `tensile operator` (`--nats-trust`, `--nats-tls-*`) on a real control plane. The operator gives each
  * job a Secret with its user and the TLS material; a worker connected with it is cut off by the server
  * the moment its job is deleted, and cannot come back, while another job's worker carries on.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { stringify } from 'yaml';
+import { parseAllDocuments, stringify } from 'yaml';
 import { encodeMessage, jobSubjects } from '../../operator/api/contract.ts';
 import { type NatsSecurity, natsSecurityOptions } from '../../operator/api/nats-connection.ts';
 import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
@@ -20,6 +21,7 @@ import { createTrust, TRUST_FILES, writeTrustDir } from '../../operator/controll
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { helm, KUBE_VERSION } from '../helpers/helm.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
 import { makeCertificates, type TestCertificates } from '../helpers/tls-certs.ts';
@@ -44,28 +46,48 @@ async function kubectl(args: string[], input?: string): Promise<string> {
   return r.stdout;
 }
 
-/** The nats-server configuration the chart writes for `nats.auth` and `nats.tls`, on loopback. */
-function serverConfig(): string {
-  return [
-    // Includes are relative to the including file.
-    `include "trust/${TRUST_FILES.serverConfig}"`,
-    `resolver: { type: full, dir: "${join(dir, 'jwt')}", allow_delete: false }`,
-    'tls: {',
-    `  cert_file: "${certs.serverCert}"`,
-    `  key_file: "${certs.serverKey}"`,
-    `  ca_file: "${certs.ca}"`,
-    '  verify: true',
-    '}',
-    '',
-  ].join('\n');
+const chart = fileURLToPath(new URL('../../charts/tensile', import.meta.url));
+const etcNats = join(dir, 'etc-nats');
+
+/**
+ * The bundled NATS's configuration exactly as the chart renders it for `nats.auth` and `nats.tls`
+ * (with verify), its mounts laid out as the pod has them: /etc/nats and /data become folders here,
+ * the port is the test's.
+ */
+async function chartServerConfig(): Promise<string> {
+  const r = await helm([
+    ...['template', 'demo', chart, '--namespace', 'tensile-system', '--kube-version', KUBE_VERSION],
+    ...['--set', 'nats.auth.trustSecret=trust', '--set', 'nats.tls.secretName=nats-server-tls'],
+    ...['--set', 'nats.tls.verify=true', '--set', 'nats.tls.clientSecretName=nats-client-tls'],
+  ]);
+  if (r.code !== 0) throw new Error(`helm template: ${r.stderr}`);
+  const config = parseAllDocuments(r.stdout)
+    .map((d) => d.toJS() as { kind?: string; data?: Record<string, string> } | null)
+    .find((d) => d?.kind === 'ConfigMap' && d.data?.['nats.conf'] !== undefined)?.data?.['nats.conf'];
+  if (config === undefined) throw new Error('the chart rendered no nats.conf');
+  return config
+    .replaceAll('/etc/nats/', `${etcNats}/`)
+    .replaceAll('"/data', `"${join(dir, 'data')}`)
+    .replace(/^\s*(port|http_port):.*$/gm, '');
+}
+
+/** The trust Secret's trust.conf and the TLS Secret's files where the chart mounts them. */
+function mountSecrets(): void {
+  mkdirSync(join(etcNats, 'trust'), { recursive: true });
+  mkdirSync(join(etcNats, 'tls'), { recursive: true });
+  copyFileSync(join(trustDir, TRUST_FILES.serverConfig), join(etcNats, 'trust', 'trust.conf'));
+  copyFileSync(certs.serverCert, join(etcNats, 'tls', 'tls.crt'));
+  copyFileSync(certs.serverKey, join(etcNats, 'tls', 'tls.key'));
+  copyFileSync(certs.ca, join(etcNats, 'tls', 'ca.crt'));
 }
 
 test.before(async () => {
   try {
     certs = makeCertificates(dir);
     writeTrustDir(trustDir, await createTrust());
-    writeFileSync(join(dir, 'nats.conf'), serverConfig());
-    nats = await startNatsServer({ configFile: join(dir, 'nats.conf') });
+    mountSecrets();
+    writeFileSync(join(etcNats, 'nats.conf'), await chartServerConfig());
+    nats = await startNatsServer({ configFile: join(etcNats, 'nats.conf') });
     cluster = await startCluster({ nodeAgent: false });
     await kubectl(['create', 'namespace', OPERATOR_NS]);
     await kubectl(['create', 'namespace', NS]);
