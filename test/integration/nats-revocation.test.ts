@@ -6,6 +6,7 @@
  * job a Secret with its user and the TLS material; a worker connected with it is cut off by the server
  * the moment its job is deleted, and cannot come back, while another job's worker carries on.
  */
+import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,8 +20,10 @@ import { type NatsSecurity, natsSecurityOptions } from '../../operator/api/nats-
 import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { createTrust, TRUST_FILES, writeTrustDir } from '../../operator/controller/nats-credentials.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
+import { readWorkerResult, resultFile } from '../../worker/result.ts';
 import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { helm, KUBE_VERSION } from '../helpers/helm.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
@@ -31,6 +34,7 @@ const OPERATOR_NS = 'tensile-system';
 const clusterRole = fileURLToPath(
   new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
 );
+const tensileBin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-nats-revocation-'));
 const trustDir = join(dir, 'trust');
 
@@ -215,6 +219,105 @@ test("each job's Secret holds its user and the TLS material its pods mount", asy
     (e: unknown) => String(e),
   );
   assert.ok(plain !== 'connected', 'a client without TLS was let in');
+});
+
+interface PodJson {
+  readonly metadata: { readonly name: string; readonly ownerReferences: readonly { readonly uid: string }[] };
+  readonly spec: {
+    readonly containers: readonly { readonly env: readonly { name: string; value?: string }[] }[];
+  };
+}
+
+/** The worker container's env as the kubelet would give it, its mounts moved to folders here. */
+function localEnv(pod: PodJson, files: Record<string, string>, out: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const v of pod.spec.containers[0]?.env ?? []) env[v.name] = v.value ?? '';
+  const mounted = (path: string | undefined) => {
+    const key = path?.split('/').pop();
+    const file = key === undefined ? undefined : files[key];
+    if (file === undefined) throw new Error(`the pod mounts ${path}, which its Secret lacks`);
+    return file;
+  };
+  for (const name of [
+    'TENSILE_NATS_CREDS',
+    'TENSILE_NATS_TLS_CA',
+    'TENSILE_NATS_TLS_CERT',
+    'TENSILE_NATS_TLS_KEY',
+  ])
+    env[name] = mounted(env[name]);
+  return {
+    ...env,
+    TENSILE_WORKER_ID: pod.metadata.name,
+    TENSILE_POD_IP: '127.0.0.1',
+    TENSILE_NODE_NAME: 'local',
+    TENSILE_ZONE: '',
+    TENSILE_CHECKPOINT_DIR: join(out, 'checkpoints'),
+    TENSILE_MODEL_DIR: join(out, 'model'),
+    TENSILE_OUT_DIR: out,
+  };
+}
+
+test("a real worker, configured as its pod is, trains over TLS with its job's identity; the finished job's identity is revoked", async () => {
+  const m = validManifest('job-c');
+  setPath(m, 'metadata.namespace', NS);
+  setPath(m, 'spec.dataset', {
+    format: 'idx',
+    path: fashionMnistDir(),
+    maxTrainSamples: 200,
+    eval: { maxSamples: 100 },
+  });
+  setPath(m, 'spec.batch', { global: 50 });
+  setPath(m, 'spec.stopping', { epochs: 1 });
+  setPath(m, 'spec.worker', { backend: 'wasm' });
+  await kubectl(['apply', '-f', '-'], stringify(m));
+  const files = await secretFiles('job-c');
+  const pod: PodJson = JSON.parse(
+    await eventually(
+      () => 'the pod job-c-worker-0',
+      async () => {
+        const r = await cluster.kubectl(['-n', NS, 'get', 'pod', 'job-c-worker-0', '-o', 'json']);
+        return r.code === 0 ? r.stdout : undefined;
+      },
+    ),
+  );
+  const out = mkdtempSync(join(dir, 'worker-c-'));
+  const child = spawn(process.execPath, [tensileBin, 'worker'], {
+    env: { ...process.env, ...localEnv(pod, files, out) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    log += chunk.toString();
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    log += chunk.toString();
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  writeFileSync(join(out, 'worker.log'), log);
+  assert.is(code, 0, log.slice(-3000));
+  const result = readWorkerResult(resultFile(out, 'job-c-worker-0'));
+  assert.is(result.status, 'completed');
+  assert.is(result.step, 4);
+  assert.not.match(log, /permissions violation|authorization violation/i);
+  // The operator heard the completion over its own TLS connection, and ends the job's identity.
+  await operator.waitFor(
+    (l) =>
+      l['message'] === 'revoked NATS credentials of ended jobs' &&
+      JSON.stringify(l['uids']).includes(pod.metadata.ownerReferences[0]?.uid ?? '(none)'),
+    120_000,
+  );
+  const after = await connect({
+    servers: nats.url,
+    maxReconnectAttempts: 0,
+    ...natsSecurityOptions(workerSecurity(files)),
+  }).then(
+    (nc) => {
+      connections.push(nc);
+      return 'connected';
+    },
+    (e: unknown) => String(e),
+  );
+  assert.match(after, /authoriz/i);
 });
 
 test('deleting a job cuts its connected worker off at once; another job carries on', async () => {
