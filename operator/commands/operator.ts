@@ -67,6 +67,10 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
       help: 'client certificate (PEM) for a NATS server that verifies clients',
     },
     'nats-tls-key': { type: 'string', value: 'FILE', help: 'the key of --nats-tls-cert (PEM)' },
+    'job-network-policies': {
+      type: 'boolean',
+      help: 'give each job a NetworkPolicy: only its own workers reach its workers',
+    },
     'watch-namespace': {
       type: 'string',
       value: 'NS',
@@ -210,6 +214,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       ...(template === undefined ? {} : { template }),
       ...(credentials?.mints === true ? { perJobCredentials: true } : {}),
       ...(natsTls === undefined ? {} : { natsTls }),
+      ...(values['job-network-policies'] === true ? { jobNetworkPolicies: true } : {}),
       failureBackoffSeconds: backoff,
       maxFailureBackoffSeconds: 360,
     },

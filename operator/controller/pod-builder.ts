@@ -4,6 +4,7 @@
  */
 import type {
   V1EnvVar,
+  V1NetworkPolicy,
   V1PersistentVolumeClaim,
   V1Pod,
   V1SecurityContext,
@@ -50,6 +51,11 @@ export interface WorkerPodDefaults {
    * clients, a client certificate and key) under TLS_KEYS, mounted for jobs that use that NATS.
    */
   readonly natsTls?: { readonly clientCert: boolean };
+  /**
+   * Each job gets a NetworkPolicy that lets only its own workers connect to its workers (the chart's
+   * per-namespace policy lets workers out, to NATS and DNS, and nobody in).
+   */
+  readonly jobNetworkPolicies?: boolean;
 }
 
 /** Where the TLS material is in a job's NATS Secret (the names of a kubernetes.io/tls Secret). */
@@ -468,6 +474,29 @@ export function buildCheckpointClaim(job: OwnedJob): V1PersistentVolumeClaim | u
       accessModes: [...template.accessModes],
       resources: { requests: { storage: quantityString(template.size) } },
       ...(template.storageClassName === undefined ? {} : { storageClassName: template.storageClassName }),
+    },
+  };
+}
+
+/**
+ * The job's NetworkPolicy: its workers take connections (the collective links) from its own workers
+ * only, on any port, since each rank listens on a port of its own. Owned by the job.
+ */
+export function jobNetworkPolicy(job: OwnedJob): V1NetworkPolicy {
+  const own = { [LABEL_JOB_NAME]: job.metadata.name, [LABEL_ROLE]: ROLE_WORKER };
+  return {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata: {
+      name: `${job.metadata.name}-workers`,
+      namespace: job.metadata.namespace,
+      labels: { [LABEL_JOB_NAME]: job.metadata.name },
+      ownerReferences: [ownerReference(job)],
+    },
+    spec: {
+      podSelector: { matchLabels: own },
+      policyTypes: ['Ingress'],
+      ingress: [{ _from: [{ podSelector: { matchLabels: own } }] }],
     },
   };
 }

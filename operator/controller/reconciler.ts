@@ -36,7 +36,7 @@ import {
   plan,
   planInvalidSpec,
 } from './plan.ts';
-import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
+import { buildWorkerPod, jobNetworkPolicy, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
@@ -105,6 +105,8 @@ export class JobReconciler {
   private readonly claims = new Set<string>();
   /** Jobs (by uid) whose NATS credentials Secret exists. */
   private readonly minted = new Set<string>();
+  /** Jobs (by uid) whose NetworkPolicy exists. */
+  private readonly fenced = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
   /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
@@ -138,6 +140,7 @@ export class JobReconciler {
         this.rejected.delete(uid);
         this.claims.delete(uid);
         this.minted.delete(uid);
+        this.fenced.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -309,6 +312,15 @@ export class JobReconciler {
     log.info('NATS credentials ready', { secret: secret.metadata?.name });
   }
 
+  /** The job's own NetworkPolicy (only its workers reach its workers), before its first pods. */
+  private async ensureNetworkPolicy(job: OwnedJob, decision: Plan): Promise<void> {
+    const uid = job.metadata.uid;
+    if (this.deps.config.jobNetworkPolicies !== true || decision.createPods.length === 0) return;
+    if (this.fenced.has(uid)) return;
+    await this.deps.kube.createNetworkPolicy(job.metadata.namespace, jobNetworkPolicy(job));
+    this.fenced.add(uid);
+  }
+
   /**
    * Creates the checkpoint claim and the new workers; a pod the API server refuses fails the job.
    * Resolves with how many pods this pass created (not those that existed already).
@@ -321,6 +333,7 @@ export class JobReconciler {
       this.claims.add(ref.uid);
     }
     await this.ensureCredentials(job, decision, log);
+    await this.ensureNetworkPolicy(job, decision);
     let count = 0;
     const created = await Promise.allSettled(
       decision.createPods.map(async (pod) => {

@@ -109,7 +109,7 @@ test.before(async () => {
       ...['--nats', nats.url, '--namespace', OPERATOR_NS, '--no-leader-elect'],
       ...['--nats-trust', trustDir, '--nats-tls-ca', certs.ca],
       ...['--nats-tls-cert', certs.clientCert, '--nats-tls-key', certs.clientKey],
-      ...['--worker-image', 'tensile.test/never-runs:1'],
+      ...['--worker-image', 'tensile.test/never-runs:1', '--job-network-policies'],
     ]);
     await operator.waitFor((l) => l['message'] === 'connected to NATS');
   } catch (error) {
@@ -204,6 +204,18 @@ test("each job's Secret holds its user and the TLS material its pods mount", asy
   assert.is(env['TENSILE_NATS_TLS_CERT'], '/etc/tensile/nats-tls/tls.crt');
   assert.is(env['TENSILE_NATS_CREDS'], '/etc/tensile/nats/nats.creds');
   assert.ok(pod.spec.volumes.some((v) => v.name === 'nats-tls'));
+  // Under the chart's ClusterRole the operator also fenced the job in: only its workers reach them.
+  const policy = JSON.parse(
+    await kubectl(['-n', NS, 'get', 'networkpolicy', 'job-a-workers', '-o', 'json']),
+  ) as {
+    metadata: { ownerReferences: { name: string }[] };
+    spec: { ingress: { from: { podSelector: { matchLabels: Record<string, string> } }[] }[] };
+  };
+  assert.is(policy.metadata.ownerReferences[0]?.name, 'job-a');
+  assert.equal(policy.spec.ingress[0]?.from[0]?.podSelector.matchLabels, {
+    'tensile.dev/job-name': 'job-a',
+    'tensile.dev/role': 'worker',
+  });
   // Its worker connects with them; without a client certificate the server takes nobody.
   const worker = await connectAs('job-a', workerSecurity(files));
   await worker.nc.flush();

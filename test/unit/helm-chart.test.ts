@@ -207,6 +207,7 @@ test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes work
   );
   const spec = workers[0]?.spec as {
     policyTypes: string[];
+    ingress: unknown[];
     egress: { to?: unknown[]; ports?: { port: number }[] }[];
   };
   assert.equal(spec.policyTypes, ['Ingress', 'Egress'], 'both directions are closed but for the rules');
@@ -216,6 +217,23 @@ test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes work
     ),
     ['any port to workers', 4222, 53, 53],
   );
+  assert.equal(spec.ingress, [], "nobody in but the job's own policy lets in");
+  const operator = one(docs, 'Deployment') as unknown as {
+    spec: { template: { spec: { containers: { args: string[] }[] } } };
+  };
+  assert.ok(operator.spec.template.spec.containers[0]?.args.includes('--job-network-policies'));
+  const clusterRole = one(docs, 'ClusterRole', 'demo-tensile') as unknown as {
+    rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+  };
+  assert.ok(
+    clusterRole.rules.some((r) => r.resources.includes('networkpolicies') && r.verbs.includes('create')),
+    'the operator may create them',
+  );
+  const namespaceWide = await render('--set', 'networkPolicy.perJob=false');
+  const wide = one(namespaceWide, 'NetworkPolicy', 'demo-tensile-workers').spec as { ingress: unknown[] };
+  assert.equal(wide.ingress, [
+    { from: [{ podSelector: { matchLabels: { 'tensile.dev/role': 'worker' } } }] },
+  ]);
   const nats = one(docs, 'NetworkPolicy', 'demo-tensile-nats');
   assert.equal((nats.spec as { policyTypes: string[] }).policyTypes, ['Ingress']);
   const off = await render('--set', 'networkPolicy.enabled=false');

@@ -6,6 +6,7 @@ import { JobCredentialMinter } from '../../operator/controller/nats-credentials.
 import {
   buildCheckpointClaim,
   buildWorkerPod,
+  jobNetworkPolicy,
   type WorkerPodDefaults,
 } from '../../operator/controller/pod-builder.ts';
 import { ownedJob } from '../helpers/k8s-builders.ts';
@@ -288,6 +289,16 @@ test('each job has its own user key, derived from its uid; with TLS its Secret c
     natsTls: { clientCert: true },
   });
   assert.is(env(elsewhere)['TENSILE_NATS_TLS_CA'], undefined);
+});
+
+test("a job's NetworkPolicy lets only its own workers reach its workers, and goes with the job", () => {
+  const policy = jobNetworkPolicy(ownedJob());
+  const own = { 'tensile.dev/job-name': 'job', 'tensile.dev/role': 'worker' };
+  assert.is(policy.metadata?.name, 'job-workers');
+  assert.is(policy.metadata?.ownerReferences?.[0]?.uid, 'job-uid');
+  assert.equal(policy.spec?.podSelector?.matchLabels, own);
+  assert.equal(policy.spec?.policyTypes, ['Ingress']);
+  assert.equal(policy.spec?.ingress, [{ _from: [{ podSelector: { matchLabels: own } }] }]);
 });
 
 test('cluster defaults fill in what the job leaves out; the job wins where it says something', () => {
