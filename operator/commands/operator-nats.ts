@@ -13,6 +13,7 @@ import { operatorPermissions } from '../api/nats-permissions.ts';
 import {
   accountFromSeed,
   JobCredentialMinter,
+  jobUserKey,
   mintUser,
   readTrustDir,
   type TlsMaterial,
@@ -81,9 +82,9 @@ export async function operatorNats(
   const minter =
     account === undefined && material === undefined ? undefined : new JobCredentialMinter(account, material);
   const revoker =
-    trust === undefined || natsUrl === undefined || minter === undefined
+    trust === undefined || natsUrl === undefined
       ? undefined
-      : new NatsRevoker(natsUrl, trust, (uid) => minter.userOf(uid) ?? uid, log, tls);
+      : new NatsRevoker(natsUrl, trust, (uid) => jobUserKey(trust.account, uid).getPublicKey(), log, tls);
   return {
     link: new NatsLink(natsUrl, log, own),
     ...(minter === undefined ? {} : { minter }),
