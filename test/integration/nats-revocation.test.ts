@@ -44,11 +44,7 @@ let certs: TestCertificates;
 let operator: OperatorProcess;
 const connections: NatsConnection[] = [];
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const r = await cluster.kubectl(args, input);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 const chart = fileURLToPath(new URL('../../charts/tensile', import.meta.url));
 const etcNats = join(dir, 'etc-nats');
