@@ -51,8 +51,8 @@ const etcNats = join(dir, 'etc-nats');
 
 /**
  * The bundled NATS's configuration exactly as the chart renders it for `nats.auth` and `nats.tls`
- * (with verify), its mounts laid out as the pod has them: /etc/nats and /data become folders here,
- * the port is the test's.
+ * (with verify), its mounts laid out as the pod has them: /etc/nats and /data become folders here;
+ * the port and JetStream's store are the test's (startNatsServer passes them as flags).
  */
 async function chartServerConfig(): Promise<string> {
   const r = await helm([
@@ -68,7 +68,7 @@ async function chartServerConfig(): Promise<string> {
   return config
     .replaceAll('/etc/nats/', `${etcNats}/`)
     .replaceAll('"/data', `"${join(dir, 'data')}`)
-    .replace(/^\s*(port|http_port):.*$/gm, '');
+    .replace(/^\s*(port|http_port|jetstream)\b.*$/gm, '');
 }
 
 /** The trust Secret's trust.conf and the TLS Secret's files where the chart mounts them. */
