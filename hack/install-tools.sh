@@ -2,7 +2,8 @@
 # Installs everything the tests, `npm start` and hack/cluster.sh need, idempotently:
 #   - Debian packages: nats-server, etcd-server, dataset-fashion-mnist, chromium (report screenshots);
 #     for the real node and the images (hack/cluster.sh up --real-node, hack/images.sh): containerd,
-#     runc, containernetworking-plugins, iptables, iproute2, mmdebstrap, jq
+#     runc, containernetworking-plugins, iptables, iproute2, mmdebstrap, jq; openssl (the TLS tests'
+#     certificates)
 #   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and the real node's kubelet and
 #     kube-proxy at KUBE_VERSION, built from the Go module proxy through hack/k8s/go.mod
 #     (k8s.io/kubernetes + replace directives for its staging modules)
@@ -42,8 +43,8 @@ missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v etcd >/dev/null || missing+=(etcd-server)
 [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
-# The real node and the local image build.
-for tool in containerd:containerd runc:runc iptables:iptables ip:iproute2 mmdebstrap:mmdebstrap jq:jq; do
+# The real node and the local image build; openssl for the certificates of the NATS TLS tests.
+for tool in containerd:containerd runc:runc iptables:iptables ip:iproute2 mmdebstrap:mmdebstrap jq:jq openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null || [[ -x /usr/sbin/${tool%%:*} ]] || missing+=("${tool#*:}")
 done
 [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)

@@ -25,6 +25,7 @@ export const TENSILE_COMMAND = {
   export DIR           write the trained model of a run (tfjs Layers format, preprocessing, labels)
   worker               run one training worker, configured from TENSILE_* variables
   operator             run the operator
+  nats-trust           create the NATS keys for per-job credentials (a directory or a Secret)
   help [COMMAND]       show this text, or the help of COMMAND (as COMMAND --help)
 
 tensile COMMAND --help shows the options of each.`,
@@ -49,6 +50,10 @@ const commands: Record<string, Command> = {
   operator: async (args) => {
     const { runOperator } = await import('./commands/operator.ts');
     return runOperator(args);
+  },
+  'nats-trust': async (args) => {
+    const { runNatsTrust } = await import('./commands/nats-trust.ts');
+    return runNatsTrust(args, io);
   },
   run: async (args) => {
     const { runRun } = await import('./local-run/run.ts');

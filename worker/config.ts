@@ -47,6 +47,9 @@ export const WorkerConfigSchema = z
       .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS URL such as nats://127.0.0.1:4222')
       .optional(),
     natsCreds: z.string().optional(),
+    natsTlsCa: z.string().optional(),
+    natsTlsCert: z.string().optional(),
+    natsTlsKey: z.string().optional(),
     checkpointDir: z.string().startsWith('/', 'expected an absolute path'),
     backend: z.enum(BACKENDS).optional(),
     outDir: z.string().optional(),

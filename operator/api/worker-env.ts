@@ -19,6 +19,9 @@ export const WORKER_ENV = {
   zone: 'TENSILE_ZONE',
   natsUrl: 'TENSILE_NATS_URL',
   natsCreds: 'TENSILE_NATS_CREDS',
+  natsTlsCa: 'TENSILE_NATS_TLS_CA',
+  natsTlsCert: 'TENSILE_NATS_TLS_CERT',
+  natsTlsKey: 'TENSILE_NATS_TLS_KEY',
   checkpointDir: 'TENSILE_CHECKPOINT_DIR',
   backend: 'TENSILE_BACKEND',
   outDir: 'TENSILE_OUT_DIR',
@@ -60,6 +63,10 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
   readonly zone?: Known;
   readonly natsUrl?: string;
   readonly natsCreds?: string;
+  /** TLS to NATS: the CA's certificate, and the client's certificate and key (paths). */
+  readonly natsTlsCa?: string;
+  readonly natsTlsCert?: string;
+  readonly natsTlsKey?: string;
   readonly checkpointDir: string;
   readonly backend?: string;
   readonly outDir?: string;
@@ -100,6 +107,9 @@ export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
   add('checkpointDir', input.checkpointDir);
   add('backend', input.backend);
   add('natsCreds', input.natsCreds);
+  add('natsTlsCa', input.natsTlsCa);
+  add('natsTlsCert', input.natsTlsCert);
+  add('natsTlsKey', input.natsTlsKey);
   add('outDir', input.outDir);
   add('modelDir', input.modelDir);
   add('progressMs', input.progressMs);

@@ -18,8 +18,6 @@ import { KubeClient } from '../controller/kube.ts';
 import { KueueClient } from '../controller/kueue-client.ts';
 import { LeaderElector } from '../controller/leader-election.ts';
 import { OperatorMetrics } from '../controller/metrics.ts';
-import { accountFromSeed, JobCredentialMinter } from '../controller/nats-credentials.ts';
-import { NatsLink } from '../controller/nats-link.ts';
 import type { WorkerTemplateDefaults } from '../controller/pod-builder.ts';
 import {
   ApiServerContact,
@@ -29,6 +27,7 @@ import {
 } from '../controller/readiness.ts';
 import { createOperatorLogger } from '../logging.ts';
 import { type CommandSpec, commandLine, UsageError } from './args.ts';
+import { type OperatorNats, operatorNats } from './operator-nats.ts';
 
 export const OPERATOR_COMMAND = {
   command: 'tensile operator',
@@ -51,6 +50,26 @@ leading, reconciles TrainingJobs. SIGTERM hands the lease back and exits 0.`,
       type: 'string',
       value: 'FILE',
       help: 'seed of the NATS account that workers belong to: each job gets its own\ncredentials, limited to its subjects and bucket (default: none)',
+    },
+    'nats-trust': {
+      type: 'string',
+      value: 'DIR',
+      help: "a trust directory written by tensile nats-trust: as --nats-account-seed, and\nthe operator revokes a job's credentials on the server when the job ends",
+    },
+    'nats-tls-ca': {
+      type: 'string',
+      value: 'FILE',
+      help: 'CA certificate (PEM) of a NATS server that takes TLS; workers get it too',
+    },
+    'nats-tls-cert': {
+      type: 'string',
+      value: 'FILE',
+      help: 'client certificate (PEM) for a NATS server that verifies clients',
+    },
+    'nats-tls-key': { type: 'string', value: 'FILE', help: 'the key of --nats-tls-cert (PEM)' },
+    'job-network-policies': {
+      type: 'boolean',
+      help: 'give each job a NetworkPolicy: only its own workers reach its workers',
     },
     'watch-namespace': {
       type: 'string',
@@ -167,18 +186,14 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   }
   const metrics = new OperatorMetrics();
   const kube = new KubeClient(kubeConfig);
-  const nats = new NatsLink(natsUrl, log, process.env['TENSILE_NATS_CREDS'] || undefined);
-  let credentials: JobCredentialMinter | undefined;
-  if (values['nats-account-seed'] !== undefined) {
-    try {
-      credentials = new JobCredentialMinter(
-        accountFromSeed(readFileSync(values['nats-account-seed'], 'utf8')),
-      );
-    } catch (error) {
-      log.error('invalid --nats-account-seed', { error: (error as Error).message });
-      return 2;
-    }
+  let natsSide: OperatorNats;
+  try {
+    natsSide = await operatorNats(values, natsUrl, log);
+  } catch (error) {
+    log.error('invalid NATS options', { error: (error as Error).message });
+    return 2;
   }
+  const { link: nats, minter: credentials, revoker, natsTls } = natsSide;
   void nats
     .start()
     .catch((error: unknown) => log.error('NATS connection failed', { error: (error as Error).message }));
@@ -197,7 +212,9 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       workerGpuImage: values['worker-gpu-image'] ?? process.env['TENSILE_WORKER_GPU_IMAGE'] ?? workerImage,
       natsUrl: natsUrl ?? 'nats://nats:4222',
       ...(template === undefined ? {} : { template }),
-      ...(credentials === undefined ? {} : { perJobCredentials: true }),
+      ...(credentials?.mints === true ? { perJobCredentials: true } : {}),
+      ...(natsTls === undefined ? {} : { natsTls }),
+      ...(values['job-network-policies'] === true ? { jobNetworkPolicies: true } : {}),
       failureBackoffSeconds: backoff,
       maxFailureBackoffSeconds: 360,
     },
@@ -211,6 +228,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     ...(values['no-kueue'] === true ? {} : { kueue: new KueueClient(kubeConfig) }),
     ...(values['watch-namespace'] === undefined ? {} : { watchNamespace: values['watch-namespace'] }),
     ...(credentials === undefined ? {} : { credentials }),
+    ...(revoker === undefined ? {} : { revoker }),
   });
   // Reachable "recently" means within the renew deadline: what a leader tolerates before it gives up.
   const contact = new ApiServerContact(kubeConfig, retryMs);
@@ -271,6 +289,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   await caches;
   await controller.stopCaches().catch(() => undefined);
   await nats[Symbol.asyncDispose]().catch(() => undefined);
+  await revoker?.[Symbol.asyncDispose]().catch(() => undefined);
   await new Promise((resolve) => server.close(resolve));
   log.info('operator stopped', { exitCode });
   return exitCode;

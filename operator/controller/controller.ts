@@ -32,6 +32,7 @@ import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
+import type { CredentialRevoker } from './nats-revocation.ts';
 import { nodeHealth } from './nodes.ts';
 import type { PlanConfig } from './plan.ts';
 import { ProgressTracker } from './progress.ts';
@@ -62,6 +63,7 @@ export interface ControllerOptions {
   readonly watchNamespace?: string;
   /** Mints each job its own NATS identity (see JobReconciler). */
   readonly credentials?: JobCredentialMinter;
+  readonly revoker?: CredentialRevoker;
 }
 
 export const jobKey = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -211,6 +213,13 @@ export class TrainingJobController {
         },
       },
       log,
+      {
+        // Only jobs that exist are tracked: reports naming anything else are dropped and counted.
+        liveUid: (key) => {
+          const [namespace, name] = splitKey(key);
+          return this.jobs.get(name, namespace)?.metadata?.uid;
+        },
+      },
     );
     this.reconciler = new JobReconciler({
       kube: options.kube,
@@ -225,6 +234,7 @@ export class TrainingJobController {
       publisher: options.publisher,
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
       ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
+      ...(options.revoker === undefined ? {} : { revoker: options.revoker }),
       events: options.events,
       metrics: options.metrics,
       config: options.config,
@@ -381,7 +391,12 @@ export class TrainingJobController {
       // In single-namespace mode the jobs of other namespaces are not ours to judge.
       const ns = this.options.watchNamespace;
       const ours = ns === undefined ? buckets : buckets.filter((b) => bucketOwner(b)?.namespace === ns);
-      for (const bucket of orphanedBuckets(ours, live)) await store.deleteBucket(bucket);
+      for (const bucket of orphanedBuckets(ours, live)) {
+        // A job deleted while we did not look: its bucket is what is left to name its identity by.
+        const uid = bucketOwner(bucket)?.uid;
+        if (uid !== undefined) await this.options.revoker?.revoke([uid]);
+        await store.deleteBucket(bucket);
+      }
     } catch (error) {
       log.warn('could not sweep rendezvous buckets; trying again later', { error: (error as Error).message });
     }

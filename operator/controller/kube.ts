@@ -7,8 +7,10 @@ import {
   CustomObjectsApi,
   EventsV1Api,
   type KubeConfig,
+  NetworkingV1Api,
   PatchStrategy,
   setHeaderOptions,
+  type V1NetworkPolicy,
   type V1PersistentVolumeClaim,
   type V1Pod,
   type V1Secret,
@@ -25,11 +27,13 @@ export class KubeClient {
   private readonly core: CoreV1Api;
   private readonly custom: CustomObjectsApi;
   private readonly events: EventsV1Api;
+  private readonly networking: NetworkingV1Api;
 
   constructor(kubeConfig: KubeConfig) {
     this.core = kubeConfig.makeApiClient(CoreV1Api);
     this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
     this.events = kubeConfig.makeApiClient(EventsV1Api);
+    this.networking = kubeConfig.makeApiClient(NetworkingV1Api);
   }
 
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -104,6 +108,18 @@ export class KubeClient {
     try {
       await this.call(`create secret ${namespace}/${secret.metadata?.name}`, () =>
         this.core.createNamespacedSecret({ namespace, body: secret }),
+      );
+    } catch (error) {
+      if (isAlreadyExists(error)) return;
+      throw error;
+    }
+  }
+
+  /** Creates a NetworkPolicy; one that exists already (a retried pass) is no error. */
+  async createNetworkPolicy(namespace: string, policy: V1NetworkPolicy): Promise<void> {
+    try {
+      await this.call(`create networkpolicy ${namespace}/${policy.metadata?.name}`, () =>
+        this.networking.createNamespacedNetworkPolicy({ namespace, body: policy }),
       );
     } catch (error) {
       if (isAlreadyExists(error)) return;

@@ -4,10 +4,10 @@
  * messages published while disconnected are buffered by the client and sent on reconnect; with no
  * URL configured, publishing is off and says so once.
  */
-import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type NatsConnection, type NatsError } from 'nats';
+import { connect, type NatsConnection, type NatsError } from 'nats';
 import type { Logger } from 'winston';
 import { type ControlMessage, encodeMessage, jobSubjects } from '../api/contract.ts';
+import { type NatsSecurity, natsSecurityOptions } from '../api/nats-connection.ts';
 import { OPERATOR_INBOX_PREFIX } from '../api/nats-permissions.ts';
 
 export interface ControlPublisher {
@@ -38,8 +38,8 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
   constructor(
     private readonly url: string | undefined,
     private readonly log: Logger,
-    /** A `.creds` file (the operator's NATS identity); without one the server must take anonymous clients. */
-    private readonly credsFile?: string,
+    /** The operator's NATS identity and TLS; without credentials the server must take anonymous clients. */
+    private readonly security: NatsSecurity = {},
   ) {}
 
   /** Starts connecting in the background; resolves once connected (or immediately without a URL). */
@@ -55,9 +55,7 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
         waitOnFirstConnect: true,
         // Its replies come back on a prefix of its own: what its identity may subscribe to.
         inboxPrefix: OPERATOR_INBOX_PREFIX,
-        ...(this.credsFile === undefined
-          ? {}
-          : { authenticator: credsAuthenticator(readFileSync(this.credsFile)) }),
+        ...natsSecurityOptions(this.security),
       });
       this.log.info('connected to NATS', { url });
       void (async () => {

@@ -4,6 +4,7 @@
  */
 import type {
   V1EnvVar,
+  V1NetworkPolicy,
   V1PersistentVolumeClaim,
   V1Pod,
   V1SecurityContext,
@@ -46,7 +47,20 @@ export interface WorkerPodDefaults {
    * Secret `jobCredentialsSecretName`; a job's own `spec.nats.credentialsSecret` still wins.
    */
   readonly perJobCredentials?: boolean;
+  /**
+   * The operator's NATS takes TLS: each job's Secret carries the CA (and, when the server verifies
+   * clients, a client certificate and key) under TLS_KEYS, mounted for jobs that use that NATS.
+   */
+  readonly natsTls?: { readonly clientCert: boolean };
+  /**
+   * Each job gets a NetworkPolicy that lets only its own workers connect to its workers (the chart's
+   * per-namespace policy lets workers out, to NATS and DNS, and nobody in).
+   */
+  readonly jobNetworkPolicies?: boolean;
 }
+
+/** Where the TLS material is in a job's NATS Secret (the names of a kubernetes.io/tls Secret). */
+export const TLS_KEYS = { ca: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 
 /** The Secret holding the NATS credentials the operator minted for a job. */
 export function jobCredentialsSecretName(job: string): string {
@@ -139,6 +153,8 @@ const SHM_VOLUME = 'dshm';
 const NATS_CREDS_VOLUME = 'nats-credentials';
 const MODEL_MOUNT = '/etc/tensile/model';
 const NATS_CREDS_MOUNT = '/etc/tensile/nats';
+const NATS_TLS_VOLUME = 'nats-tls';
+const NATS_TLS_MOUNT = '/etc/tensile/nats-tls';
 
 export function workerPodName(job: string, index: number): string {
   return `${job}-worker-${index}`;
@@ -318,6 +334,18 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     });
     mounts.push({ name: NATS_CREDS_VOLUME, mountPath: NATS_CREDS_MOUNT, readOnly: true });
   }
+  const tls = spec.nats?.url === undefined ? defaults.natsTls : undefined;
+  if (tls !== undefined) {
+    const keys = tls.clientCert ? [TLS_KEYS.ca, TLS_KEYS.cert, TLS_KEYS.key] : [TLS_KEYS.ca];
+    volumes.push({
+      name: NATS_TLS_VOLUME,
+      secret: {
+        secretName: jobCredentialsSecretName(job.metadata.name),
+        items: keys.map((key) => ({ key, path: key })),
+      },
+    });
+    mounts.push({ name: NATS_TLS_VOLUME, mountPath: NATS_TLS_MOUNT, readOnly: true });
+  }
   const env: V1EnvVar[] = workerEnvVars({
     jobName: job.metadata.name,
     namespace: job.metadata.namespace,
@@ -335,6 +363,10 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     modelDir: modelLocation({ name: job.metadata.name, namespace: job.metadata.namespace }, spec).dir,
     ...(spec.worker.backend === 'auto' ? {} : { backend: spec.worker.backend }),
     ...(creds === undefined ? {} : { natsCreds: `${NATS_CREDS_MOUNT}/nats.creds` }),
+    ...(tls === undefined ? {} : { natsTlsCa: `${NATS_TLS_MOUNT}/${TLS_KEYS.ca}` }),
+    ...(tls?.clientCert === true
+      ? { natsTlsCert: `${NATS_TLS_MOUNT}/${TLS_KEYS.cert}`, natsTlsKey: `${NATS_TLS_MOUNT}/${TLS_KEYS.key}` }
+      : {}),
   }).map((v) => ({ ...v }));
   for (const extra of spec.worker.env) {
     env.push(
@@ -462,6 +494,29 @@ export function buildCheckpointClaim(job: OwnedJob): V1PersistentVolumeClaim | u
       accessModes: [...template.accessModes],
       resources: { requests: { storage: quantityString(template.size) } },
       ...(template.storageClassName === undefined ? {} : { storageClassName: template.storageClassName }),
+    },
+  };
+}
+
+/**
+ * The job's NetworkPolicy: its workers take connections (the collective links) from its own workers
+ * only, on any port, since each rank listens on a port of its own. Owned by the job.
+ */
+export function jobNetworkPolicy(job: OwnedJob): V1NetworkPolicy {
+  const own = { [LABEL_JOB_NAME]: job.metadata.name, [LABEL_ROLE]: ROLE_WORKER };
+  return {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata: {
+      name: `${job.metadata.name}-workers`,
+      namespace: job.metadata.namespace,
+      labels: { [LABEL_JOB_NAME]: job.metadata.name },
+      ownerReferences: [ownerReference(job)],
+    },
+    spec: {
+      podSelector: { matchLabels: own },
+      policyTypes: ['Ingress'],
+      ingress: [{ _from: [{ podSelector: { matchLabels: own } }] }],
     },
   };
 }

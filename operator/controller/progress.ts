@@ -47,6 +47,19 @@ export function subjectKey(subject: string): string | undefined {
   return `${parts[1]}/${parts[2]}`;
 }
 
+/** A cap on (job, incarnation) entries whatever else bounds them: a report past it is dropped. */
+export const MAX_TRACKED_ENTRIES = 10_000;
+
+export interface TrackerBounds {
+  /**
+   * The uid of the job `namespace/name` as it exists now (the informer's cache), undefined when there
+   * is no such job: reports of anything else are dropped.
+   */
+  readonly liveUid?: (key: string) => string | undefined;
+  /** At most this many (job, incarnation) entries (default MAX_TRACKED_ENTRIES). */
+  readonly maxEntries?: number;
+}
+
 /** Where messages without a job uid are kept: never handed out for a job whose uid is asked for. */
 const NO_UID = '';
 
@@ -57,9 +70,12 @@ export class ProgressTracker implements AsyncDisposable {
   /** Malformed, oversized or foreign messages, counted by reason (the first few are logged). */
   readonly drops: DropCounter;
 
+  private entries = 0;
+
   constructor(
     private readonly listener: ProgressListener,
     private readonly log: Logger,
+    private readonly bounds: TrackerBounds = {},
   ) {
     this.drops = new DropCounter((drop) => this.log.warn(`dropped a ${drop.reason} NATS message`, drop));
   }
@@ -69,8 +85,41 @@ export class ProgressTracker implements AsyncDisposable {
     return this.jobs.get(key)?.get(uid ?? NO_UID);
   }
 
+  /** The job is gone: what its workers reported goes too. */
   forget(key: string): void {
+    this.entries -= this.jobs.get(key)?.size ?? 0;
     this.jobs.delete(key);
+  }
+
+  /** How many (job, incarnation) entries are held: bounded by the live jobs (`liveUid`) and `maxEntries`. */
+  get size(): number {
+    return this.entries;
+  }
+
+  /**
+   * Whether a report for incarnation `uid` of `key` may be kept; when not, it is dropped and counted.
+   * Subjects and uids come from whoever publishes, so only jobs that exist get an entry: otherwise
+   * a stream of made-up names would grow the operator's memory without end.
+   */
+  private admit(key: string, uid: string, subject: string): boolean {
+    const live = this.bounds.liveUid;
+    if (live !== undefined) {
+      const current = live(key);
+      if (current === undefined) {
+        this.drops.drop({ channel: 'nats', reason: 'unknown job', source: subject });
+        return false;
+      }
+      if (uid !== NO_UID && uid !== current) {
+        this.drops.drop({ channel: 'nats', reason: 'other incarnation', source: subject, detail: uid });
+        return false;
+      }
+    }
+    const known = this.jobs.get(key)?.has(uid) === true;
+    if (!known && this.entries >= (this.bounds.maxEntries ?? MAX_TRACKED_ENTRIES)) {
+      this.drops.drop({ channel: 'nats', reason: 'too many jobs', source: subject });
+      return false;
+    }
+    return true;
   }
 
   private get(key: string, uid: string): JobObservations | undefined {
@@ -83,6 +132,12 @@ export class ProgressTracker implements AsyncDisposable {
       byUid = new Map();
       this.jobs.set(key, byUid);
     }
+    // A job deleted and created again under its name: the incarnation before it is of no more use.
+    const live = this.bounds.liveUid?.(key);
+    if (live !== undefined)
+      for (const held of byUid.keys())
+        if (held !== live && held !== NO_UID && byUid.delete(held)) this.entries -= 1;
+    if (!byUid.has(uid)) this.entries += 1;
     byUid.set(uid, change(byUid.get(uid) ?? {}));
   }
 
@@ -101,6 +156,7 @@ export class ProgressTracker implements AsyncDisposable {
       }
       const message = decoded.value;
       const uid = message.jobUid ?? NO_UID;
+      if (!this.admit(key, uid, subject)) return;
       if (message.type === 'progress') {
         this.update(key, uid, (prior) => {
           const o = { ...prior, useful: advanceUsefulTime(prior.useful, message) };
@@ -126,6 +182,7 @@ export class ProgressTracker implements AsyncDisposable {
       }
       const event = decoded.value;
       const uid = event.jobUid ?? NO_UID;
+      if ((event.type === 'rescaling' || event.type === 'rescale') && !this.admit(key, uid, subject)) return;
       if (event.type === 'rescaling') {
         // Members leave a world after its successor formed ("a newer world formed"), and their news
         // can arrive after the successor's: an older world's end is no re-forming.

@@ -29,8 +29,9 @@ import { planWorkloads, type WorkloadAction } from './kueue-slices.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
+import type { CredentialRevoker } from './nats-revocation.ts';
 import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
-import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
+import { buildWorkerPod, jobNetworkPolicy, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
@@ -44,6 +45,8 @@ export interface ReconcilerDeps {
   readonly kube: KubeClient;
   /** Mints each job its NATS identity; absent when NATS runs without per-job authentication. */
   readonly credentials?: JobCredentialMinter;
+  /** Takes a job's NATS identity away when it ends (finished or deleted); absent: identities outlive jobs. */
+  readonly revoker?: CredentialRevoker;
   readonly getJob: (namespace: string, name: string) => KubernetesObject | undefined;
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
@@ -105,6 +108,8 @@ export class JobReconciler {
   private readonly claims = new Set<string>();
   /** Jobs (by uid) whose NATS credentials Secret exists. */
   private readonly minted = new Set<string>();
+  /** Jobs (by uid) whose NetworkPolicy exists. */
+  private readonly fenced = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
   /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
@@ -138,6 +143,7 @@ export class JobReconciler {
         this.rejected.delete(uid);
         this.claims.delete(uid);
         this.minted.delete(uid);
+        this.fenced.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -234,6 +240,14 @@ export class JobReconciler {
     // A pod refused in this pass fails the job in the next one, on the status this pass wrote.
     if (podRejected === undefined && this.rejected.has(uid)) return { kind: 'requeue', afterMs: 0 };
     const finished = decision.status.phase === 'Succeeded' || decision.status.phase === 'Failed';
+    // A finished job's workers have reported their end: nothing of theirs needs NATS any more.
+    if (finished && job.spec.nats?.credentialsSecret === undefined && this.deps.revoker !== undefined) {
+      try {
+        await this.deps.revoker.revoke([uid]);
+      } catch (error) {
+        return { kind: 'error', error: errorOf(error) };
+      }
+    }
     if (workload !== undefined && queue !== undefined) {
       try {
         await this.tellKueue(workload, queue, pods.length, decision, log);
@@ -285,17 +299,29 @@ export class JobReconciler {
 
   /**
    * The job's own NATS identity, before its first pods (they mount it): minted once per incarnation,
-   * owned by the job, so it goes when the job goes. A job that names its own Secret needs none.
+   * owned by the job, so it goes when the job goes. A job that names its own Secret needs none,
+   * unless the operator's NATS takes TLS: then the Secret carries the TLS material alone.
    */
   private async ensureCredentials(job: OwnedJob, decision: Plan, log: Logger): Promise<void> {
     const minter = this.deps.credentials;
     const uid = job.metadata.uid;
     if (minter === undefined || decision.createPods.length === 0 || this.minted.has(uid)) return;
-    if (job.spec.nats?.credentialsSecret !== undefined) return;
-    const secret = await minter.secretFor(job);
+    const mint = minter.mints && job.spec.nats?.credentialsSecret === undefined;
+    const tls = minter.carriesTls && job.spec.nats?.url === undefined;
+    if (!mint && !tls) return;
+    const secret = await minter.secretFor(job, mint);
     await this.deps.kube.createSecret(job.metadata.namespace, secret);
     this.minted.add(uid);
     log.info('NATS credentials ready', { secret: secret.metadata?.name });
+  }
+
+  /** The job's own NetworkPolicy (only its workers reach its workers), before its first pods. */
+  private async ensureNetworkPolicy(job: OwnedJob, decision: Plan): Promise<void> {
+    const uid = job.metadata.uid;
+    if (this.deps.config.jobNetworkPolicies !== true || decision.createPods.length === 0) return;
+    if (this.fenced.has(uid)) return;
+    await this.deps.kube.createNetworkPolicy(job.metadata.namespace, jobNetworkPolicy(job));
+    this.fenced.add(uid);
   }
 
   /**
@@ -310,6 +336,7 @@ export class JobReconciler {
       this.claims.add(ref.uid);
     }
     await this.ensureCredentials(job, decision, log);
+    await this.ensureNetworkPolicy(job, decision);
     let count = 0;
     const created = await Promise.allSettled(
       decision.createPods.map(async (pod) => {
@@ -491,10 +518,15 @@ export class JobReconciler {
     });
   }
 
-  /** Deletes the rendezvous bucket of one incarnation of a job (none there is fine). */
+  /**
+   * Ends one incarnation of a job on NATS: its identity is revoked (a worker still connected with it
+   * is cut off) and its rendezvous bucket deleted (none there is fine).
+   */
   private async deleteState(namespace: string, name: string, uid: string): Promise<void> {
+    if (uid === '') return;
+    await this.deps.revoker?.revoke([uid]);
     const store = this.deps.jobState;
-    if (store === undefined || uid === '') return;
+    if (store === undefined) return;
     await store.deleteBucket(rendezvousBucket(namespace, name, uid));
   }
 }

@@ -4,12 +4,13 @@
  * input. The hack/ scripts share the parser and the wording; none of them starts anything here.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { parse } from 'yaml';
 import { formatHelp, parseCommand } from '../../operator/commands/args.ts';
 import { RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
 
@@ -62,7 +63,7 @@ function assertUsageError(r: Ran, command: string, message: string): void {
   assert.not.match(r.err, /\n\s+at /, 'no stack trace');
 }
 
-const COMMANDS = ['validate', 'run', 'report', 'worker', 'operator'];
+const COMMANDS = ['validate', 'run', 'report', 'worker', 'operator', 'nats-trust'];
 
 for (const command of COMMANDS) {
   test(`tensile ${command} --help and -h: the usage, exit 0`, () => {
@@ -104,6 +105,34 @@ test('a string option without its value names the option and the value it needs'
   );
   assertUsageError(tensile(['run', 'job.yaml', '--elastic=yes']), 'tensile run', '--elastic takes no value');
   assertUsageError(tensile(['worker', 'extra']), 'tensile worker', 'unexpected argument extra');
+});
+
+test('tensile nats-trust: a trust directory and the same files as a Secret; without a place to put them, exit 2', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'tensile-trust-')), 'trust');
+  const r = tensile(['nats-trust', '--out', out, '--secret', 'nats-trust', '-n', 'tensile-system']);
+  assert.is(r.code, 0, r.err);
+  const secret = parse(r.out) as {
+    kind: string;
+    metadata: { namespace: string };
+    stringData: Record<string, string>;
+  };
+  assert.is(secret.kind, 'Secret');
+  assert.is(secret.metadata.namespace, 'tensile-system');
+  assert.equal(Object.keys(secret.stringData).sort(), [
+    'account.nk',
+    'operator.nk',
+    'system.nk',
+    'trust.conf',
+  ]);
+  assert.match(secret.stringData['operator.nk'] ?? '', /^SO[A-Z2-7]+\n$/);
+  assert.match(readFileSync(join(out, 'account.nk'), 'utf8'), /^SA[A-Z2-7]+\n$/);
+  assert.match(readFileSync(join(out, 'trust.conf'), 'utf8'), /^operator: ey/);
+  assert.is(statSync(join(out, 'system.nk')).mode & 0o077, 0, 'seeds are for their owner only');
+  assertUsageError(
+    tensile(['nats-trust']),
+    'tensile nats-trust',
+    'say where the keys go: --out DIR or --secret NAME',
+  );
 });
 
 test('tensile validate - reads the manifest from standard input', () => {

@@ -207,6 +207,7 @@ test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes work
   );
   const spec = workers[0]?.spec as {
     policyTypes: string[];
+    ingress: unknown[];
     egress: { to?: unknown[]; ports?: { port: number }[] }[];
   };
   assert.equal(spec.policyTypes, ['Ingress', 'Egress'], 'both directions are closed but for the rules');
@@ -216,10 +217,93 @@ test('NetworkPolicies: workers reach workers, NATS and DNS only; NATS takes work
     ),
     ['any port to workers', 4222, 53, 53],
   );
+  assert.equal(spec.ingress, [], "nobody in but the job's own policy lets in");
+  const operator = one(docs, 'Deployment') as unknown as {
+    spec: { template: { spec: { containers: { args: string[] }[] } } };
+  };
+  assert.ok(operator.spec.template.spec.containers[0]?.args.includes('--job-network-policies'));
+  const clusterRole = one(docs, 'ClusterRole', 'demo-tensile') as unknown as {
+    rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+  };
+  assert.ok(
+    clusterRole.rules.some((r) => r.resources.includes('networkpolicies') && r.verbs.includes('create')),
+    'the operator may create them',
+  );
+  const namespaceWide = await render('--set', 'networkPolicy.perJob=false');
+  const wide = one(namespaceWide, 'NetworkPolicy', 'demo-tensile-workers').spec as { ingress: unknown[] };
+  assert.equal(wide.ingress, [
+    { from: [{ podSelector: { matchLabels: { 'tensile.dev/role': 'worker' } } }] },
+  ]);
   const nats = one(docs, 'NetworkPolicy', 'demo-tensile-nats');
   assert.equal((nats.spec as { policyTypes: string[] }).policyTypes, ['Ingress']);
   const off = await render('--set', 'networkPolicy.enabled=false');
   assert.not.ok(off.some((d) => d.kind === 'NetworkPolicy'));
+});
+
+test('nats.auth and nats.tls: the bundled NATS trusts the Secret of tensile nats-trust and serves TLS; the operator gets seeds and CA', async () => {
+  const docs = await render(
+    ...['--set', 'nats.auth.trustSecret=nats-trust', '--set', 'nats.tls.secretName=nats-server-tls'],
+    ...['--set', 'nats.tls.verify=true', '--set', 'nats.tls.clientSecretName=nats-client-tls'],
+  );
+  const conf = (one(docs, 'ConfigMap', 'demo-tensile-nats-config')['data'] as Record<string, string>)[
+    'nats.conf'
+  ];
+  assert.match(conf ?? '', /include "trust\/trust.conf"/);
+  assert.match(conf ?? '', /resolver \{ type: full, dir: "\/data\/jwt"/);
+  assert.match(conf ?? '', /verify: true/);
+  const nats = one(docs, 'StatefulSet') as unknown as {
+    spec: {
+      template: {
+        spec: {
+          containers: { args: string[] }[];
+          volumes: { name: string; secret?: { secretName: string } }[];
+        };
+      };
+    };
+  };
+  assert.equal(nats.spec.template.spec.containers[0]?.args, ['-c', '/etc/nats/nats.conf']);
+  assert.equal(
+    nats.spec.template.spec.volumes.flatMap((v) => (v.secret === undefined ? [] : [v.secret.secretName])),
+    ['nats-trust', 'nats-server-tls'],
+  );
+  const operator = one(docs, 'Deployment') as unknown as {
+    spec: {
+      template: {
+        spec: {
+          containers: { args: string[] }[];
+          volumes: { name: string; secret?: { secretName: string; items?: { key: string }[] } }[];
+        };
+      };
+    };
+  };
+  const args = operator.spec.template.spec.containers[0]?.args ?? [];
+  for (const flag of [
+    '--nats-trust=/etc/tensile/nats-trust',
+    '--nats-tls-ca=/etc/tensile/nats-tls/ca.crt',
+    '--nats-tls-cert=/etc/tensile/nats-tls-client/tls.crt',
+    '--nats-tls-key=/etc/tensile/nats-tls-client/tls.key',
+  ])
+    assert.ok(args.includes(flag), `${flag} in ${args.join(' ')}`);
+  const trust = operator.spec.template.spec.volumes.find((v) => v.name === 'nats-trust');
+  assert.equal(
+    trust?.secret?.items?.map((i) => i.key),
+    ['operator.nk', 'account.nk', 'system.nk'],
+  );
+  const serverTls = operator.spec.template.spec.volumes.find((v) => v.name === 'nats-tls');
+  assert.equal(
+    serverTls?.secret?.items?.map((i) => i.key),
+    ['ca.crt'],
+    "the server's key stays with the server",
+  );
+  // Off by default: the bundled NATS runs without a configuration file.
+  const plain = one(await render(), 'StatefulSet') as unknown as typeof nats;
+  assert.equal(plain.spec.template.spec.containers[0]?.args, ['-js', '-sd', '/data', '-m', '8222']);
+  const missing = await helm([
+    ...['template', 'demo', chart, '--kube-version', KUBE_VERSION],
+    ...['--set', 'nats.tls.secretName=x', '--set', 'nats.tls.verify=true'],
+  ]);
+  assert.is(missing.code, 1);
+  assert.match(missing.stderr, /nats.tls.verify needs nats.tls.clientSecretName/);
 });
 
 test('every option: external NATS with credentials, ServiceMonitor, no bundled NATS', async () => {

@@ -6,6 +6,7 @@ import { JobCredentialMinter } from '../../operator/controller/nats-credentials.
 import {
   buildCheckpointClaim,
   buildWorkerPod,
+  jobNetworkPolicy,
   type WorkerPodDefaults,
 } from '../../operator/controller/pod-builder.ts';
 import { ownedJob } from '../helpers/k8s-builders.ts';
@@ -283,6 +284,52 @@ test('per-job credentials: the Secret the operator minted is mounted; a job nami
   assert.equal(claims.nats.sub?.allow, ['tensile.default.job.control', '_INBOX.tensile.default.job.>']);
   assert.ok(claims.nats.pub?.allow.includes('$KV.tensile_default_job_job-uid.>'));
   assert.not.ok(claims.nats.pub?.allow.some((s) => s.includes('.control') || s === '>'));
+});
+
+test('each job has its own user key, derived from its uid; with TLS its Secret carries the CA and client certificate', async () => {
+  const account = createAccount();
+  const minter = new JobCredentialMinter(account, { ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' });
+  const job = ownedJob();
+  const secret = await minter.secretFor(job);
+  assert.is(secret.metadata?.annotations?.['tensile.dev/nats-user'], minter.userOf('job-uid'));
+  assert.is(
+    minter.userOf('job-uid'),
+    new JobCredentialMinter(account).userOf('job-uid'),
+    'the uid alone names it',
+  );
+  assert.ok(minter.userOf('job-uid') !== minter.userOf('other-uid'));
+  assert.ok(minter.userOf('job-uid') !== new JobCredentialMinter(createAccount()).userOf('job-uid'));
+  assert.equal(Object.keys(secret.stringData ?? {}).sort(), ['ca.crt', 'nats.creds', 'tls.crt', 'tls.key']);
+  const tlsOnly = await minter.secretFor(job, false);
+  assert.equal(Object.keys(tlsOnly.stringData ?? {}).sort(), ['ca.crt', 'tls.crt', 'tls.key']);
+  const pod = buildWorkerPod(job, 0, { ...defaults, perJobCredentials: true, natsTls: { clientCert: true } });
+  assert.is(env(pod)['TENSILE_NATS_TLS_CA'], '/etc/tensile/nats-tls/ca.crt');
+  assert.is(env(pod)['TENSILE_NATS_TLS_CERT'], '/etc/tensile/nats-tls/tls.crt');
+  assert.is(env(pod)['TENSILE_NATS_TLS_KEY'], '/etc/tensile/nats-tls/tls.key');
+  const tlsVolume = pod.spec?.volumes?.find((v) => v.name === 'nats-tls');
+  assert.is(tlsVolume?.secret?.secretName, 'job-nats-credentials');
+  const caOnly = buildWorkerPod(job, 0, { ...defaults, natsTls: { clientCert: false } });
+  assert.equal(
+    caOnly.spec?.volumes?.find((v) => v.name === 'nats-tls')?.secret?.items?.map((i) => i.key),
+    ['ca.crt'],
+  );
+  assert.is(env(caOnly)['TENSILE_NATS_TLS_CERT'], undefined);
+  // A job on a NATS of its own gets none of the operator's TLS material.
+  const elsewhere = buildWorkerPod(ownedJob({ 'spec.nats': { url: 'nats://other:4222' } }), 0, {
+    ...defaults,
+    natsTls: { clientCert: true },
+  });
+  assert.is(env(elsewhere)['TENSILE_NATS_TLS_CA'], undefined);
+});
+
+test("a job's NetworkPolicy lets only its own workers reach its workers, and goes with the job", () => {
+  const policy = jobNetworkPolicy(ownedJob());
+  const own = { 'tensile.dev/job-name': 'job', 'tensile.dev/role': 'worker' };
+  assert.is(policy.metadata?.name, 'job-workers');
+  assert.is(policy.metadata?.ownerReferences?.[0]?.uid, 'job-uid');
+  assert.equal(policy.spec?.podSelector?.matchLabels, own);
+  assert.equal(policy.spec?.policyTypes, ['Ingress']);
+  assert.equal(policy.spec?.ingress, [{ _from: [{ podSelector: { matchLabels: own } }] }]);
 });
 
 test('cluster defaults fill in what the job leaves out; the job wins where it says something', () => {

@@ -274,3 +274,68 @@ test('a stale completion from a worker that stood by neither rolls the step back
 });
 
 test.run();
+
+test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothing behind', () => {
+  const live = new Map([['ns/job', 'uid-1']]);
+  const changed: string[] = [];
+  const t = new ProgressTracker(
+    { changed: (k) => changed.push(k), rescaled: () => undefined },
+    silentLogger(),
+    { liveUid: (key) => live.get(key) },
+  );
+  const progress = (jobUid: string) =>
+    encodeMessage({
+      type: 'progress',
+      jobUid,
+      worker: 'w',
+      generation: 1,
+      worldSize: 1,
+      step: 1,
+      epoch: 0,
+      loss: 1,
+      samplesPerSecond: 10,
+      time,
+    });
+  for (let i = 0; i < 1000; i++) {
+    t.receive(`tensile.ns.job-${i}.metrics`, progress(`uid-${i}`));
+    t.receive('tensile.ns.job.metrics', progress(`forged-${i}`));
+  }
+  assert.is(t.size, 0);
+  assert.equal(t.drops.totals(), { 'nats:unknown job': 1000, 'nats:other incarnation': 1000 });
+  assert.equal(changed, []);
+  t.receive('tensile.ns.job.metrics', progress('uid-1'));
+  assert.is(t.observations('ns/job', 'uid-1')?.progress?.step, 1);
+  assert.is(t.size, 1);
+  // Deleted and created again: the new incarnation's first report evicts the old one's entry.
+  live.set('ns/job', 'uid-2');
+  t.receive('tensile.ns.job.metrics', progress('uid-2'));
+  assert.is(t.size, 1);
+  assert.is(t.observations('ns/job', 'uid-1'), undefined);
+  // Deleted: forgotten.
+  live.delete('ns/job');
+  t.forget('ns/job');
+  assert.is(t.size, 0);
+});
+
+test('without a view of the live jobs, the entries stop at the cap', () => {
+  const t = new ProgressTracker({ changed: () => undefined, rescaled: () => undefined }, silentLogger(), {
+    maxEntries: 10,
+  });
+  for (let i = 0; i < 100; i++)
+    t.receive(
+      `tensile.ns.job-${i}.metrics`,
+      encodeMessage({
+        type: 'completed',
+        jobUid: `u${i}`,
+        worker: 'w',
+        step: 1,
+        epoch: 0,
+        loss: 1,
+        reason: 'done',
+        time,
+      }),
+    );
+  assert.is(t.size, 10);
+  assert.is(t.drops.totals()['nats:too many jobs'], 90);
+  assert.is(t.observations('ns/job-9', 'u9')?.completed?.step, 1, 'the first ten stay');
+});

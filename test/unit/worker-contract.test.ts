@@ -106,6 +106,28 @@ test('every variable a pod sets is one the worker reads', () => {
   for (const v of pod.spec?.containers[0]?.env ?? []) assert.ok(known.has(v.name), v.name);
 });
 
+test('a pod of an operator with per-job credentials and TLS: the worker reads its credentials and TLS files', () => {
+  const job = ownedJob({ 'spec.worker': { backend: 'wasm' } });
+  const pod = buildWorkerPod(job, 0, { ...defaults, perJobCredentials: true, natsTls: { clientCert: true } });
+  const config = loadWorkerConfig(
+    kubeletEnv(pod.spec?.containers[0]?.env ?? [], {
+      'metadata.name': 'job-worker-0',
+      'status.podIP': POD_IP,
+      'spec.nodeName': NODE,
+      "metadata.labels['topology.kubernetes.io/zone']": '',
+    }),
+  );
+  assert.is(config.natsCreds, '/etc/tensile/nats/nats.creds');
+  assert.is(config.natsTlsCa, '/etc/tensile/nats-tls/ca.crt');
+  assert.is(config.natsTlsCert, '/etc/tensile/nats-tls/tls.crt');
+  assert.is(config.natsTlsKey, '/etc/tensile/nats-tls/tls.key');
+  const mounts = pod.spec?.containers[0]?.volumeMounts?.map((m) => m.mountPath) ?? [];
+  assert.ok(
+    mounts.includes('/etc/tensile/nats') && mounts.includes('/etc/tensile/nats-tls'),
+    mounts.join(' '),
+  );
+});
+
 test('a local worker and a pod of the same job and index agree on everything but where they run', () => {
   const job = ownedJob({ 'spec.worker': { backend: 'wasm' } });
   // The local runner keeps its own uid for the run (DIR/job-uid), as the API server gives a job one.

@@ -11,8 +11,7 @@
  * appeared): the step in flight fails with a CollectiveError and is not applied.
  */
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
+import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
   CompletionRecordSchema,
   type ControlMessage,
@@ -23,6 +22,7 @@ import {
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
 import { DropCounter } from '../../operator/api/drops.ts';
+import { natsSecurityOptions } from '../../operator/api/nats-connection.ts';
 import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
@@ -192,9 +192,12 @@ export class ElasticMembership implements Membership {
       waitOnFirstConnect: true,
       // Replies come back on the job's own prefix: what a per-job identity may subscribe to.
       inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
-      ...(config.natsCreds === undefined
-        ? {}
-        : { authenticator: credsAuthenticator(readFileSync(config.natsCreds)) }),
+      ...natsSecurityOptions({
+        ...(config.natsCreds === undefined ? {} : { credsFile: config.natsCreds }),
+        ...(config.natsTlsCa === undefined ? {} : { tlsCaFile: config.natsTlsCa }),
+        ...(config.natsTlsCert === undefined ? {} : { tlsCertFile: config.natsTlsCert }),
+        ...(config.natsTlsKey === undefined ? {} : { tlsKeyFile: config.natsTlsKey }),
+      }),
     });
     void (async () => {
       for await (const status of nc.status()) {
