@@ -148,6 +148,32 @@ test('a peer that dies mid-collective fails the others with a typed error, quick
   }
 });
 
+test('a rank that finishes the last collective first and leaves does not fail it for the others', async () => {
+  // The end of a run: each rank closes its ring as soon as its last all-reduce resolves. The first
+  // to finish holds every byte its left neighbour sends while that neighbour may still wait for its
+  // own last segment from further left: the close must not cost it the collective.
+  for (let round = 0; round < 30; round++) {
+    const r = await ring(3, round + 1);
+    try {
+      const results = await Promise.all(
+        r.groups.map(async (g, rank) => {
+          const sum = await g.allReduce(Float32Array.from([rank + 1, 10 * (rank + 1)])).catch((e) => e);
+          await g[Symbol.asyncDispose]();
+          return sum;
+        }),
+      );
+      for (const [rank, result] of results.entries())
+        assert.equal(
+          result instanceof Float32Array ? [...result] : String(result),
+          [6, 60],
+          `round ${round}, rank ${rank}`,
+        );
+    } finally {
+      await r.close();
+    }
+  }
+});
+
 test('an idle ring reports which neighbour broke its link, and only the peer side counts', async () => {
   const servers = await Promise.all([0, 1, 2].map(() => CollectiveServer.listen('job', '127.0.0.1')));
   const members = servers.map((s) => ({ address: s.address }));
