@@ -7,6 +7,8 @@ import { z } from 'zod';
 import { TrainingJobSpecSchema } from './training-job.ts';
 
 export const LABEL_JOB_NAME = 'tensile.dev/job-name';
+/** On a node that ran an evicted straggler: the annotation holds the reason, the label lets pods avoid it. */
+export const ANNOTATION_SLOW = 'tensile.dev/slow';
 export const LABEL_ROLE = 'tensile.dev/role';
 export const LABEL_REPLICA_INDEX = 'tensile.dev/replica-index';
 export const ROLE_WORKER = 'worker';

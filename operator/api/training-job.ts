@@ -579,7 +579,7 @@ export const BalancingSpecSchema = z.strictObject({
     .boolean()
     .default(false)
     .describe(
-      'Ask a reported straggler to leave, so that it is replaced (its node gets the annotation tensile.dev/slow).',
+      'Ask a reported straggler to leave, so that it is replaced: its node gets the annotation tensile.dev/slow (the reason) and the label tensile.dev/slow=true, which new workers of the job avoid (a preference, not a requirement). Remove the label to clear it: kubectl label node NODE tensile.dev/slow-',
     ),
 });
 export type BalancingSpec = z.output<typeof BalancingSpecSchema>;

@@ -112,10 +112,14 @@ export class KubeClient {
   }
 
   /** Annotates a node (merge patch); a node that is gone needs none. */
-  async annotateNode(name: string, key: string, value: string): Promise<void> {
-    const body = { metadata: { annotations: { [key]: value.slice(0, 1000) } } };
+  /**
+   * Marks a node with the annotation `key` (the reason, for people) and the label `key=true` (for the
+   * scheduler: annotations cannot be selected, so the avoiding affinity matches the label).
+   */
+  async markNode(name: string, key: string, reason: string): Promise<void> {
+    const body = { metadata: { annotations: { [key]: reason.slice(0, 1000) }, labels: { [key]: 'true' } } };
     try {
-      await this.call(`annotate node ${name}`, () => this.core.patchNode({ name, body }, mergePatch));
+      await this.call(`mark node ${name}`, () => this.core.patchNode({ name, body }, mergePatch));
     } catch (error) {
       if (isNotFound(error)) return;
       throw error;

@@ -7,6 +7,12 @@ export const JOB_LABELS = ['namespace', 'trainingjob'] as const;
 
 export class OperatorMetrics {
   readonly registry = new Registry();
+  private counter(name: string, help: string, labelNames: string[] = []): Counter {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+  private gauge(name: string, help: string, labelNames: string[] = []): Gauge {
+    return new Gauge({ name, help, labelNames, registers: [this.registry] });
+  }
   readonly reconcileDuration = new Histogram({
     name: 'tensile_reconcile_duration_seconds',
     help: 'Time to reconcile one TrainingJob',
@@ -23,68 +29,38 @@ export class OperatorMetrics {
     ageBuckets: 5,
     registers: [this.registry],
   });
-  readonly queueDepth = new Gauge({
-    name: 'tensile_workqueue_depth',
-    help: 'Job keys waiting to be reconciled',
-    registers: [this.registry],
-  });
-  readonly queueAdds = new Counter({
-    name: 'tensile_workqueue_adds_total',
-    help: 'Job keys added to the work queue',
-    registers: [this.registry],
-  });
+  readonly queueDepth = this.gauge('tensile_workqueue_depth', 'Job keys waiting to be reconciled');
+  readonly queueAdds = this.counter('tensile_workqueue_adds_total', 'Job keys added to the work queue');
   readonly queueWait = new Histogram({
     name: 'tensile_workqueue_queue_duration_seconds',
     help: 'Time a job key waited in the work queue before a reconcile took it',
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
-  readonly queueRetries = new Counter({
-    name: 'tensile_workqueue_retries_total',
-    help: 'Reconciles retried with backoff after an error',
-    registers: [this.registry],
-  });
-  readonly jobsByPhase = new Gauge({
-    name: 'tensile_trainingjobs',
-    help: 'TrainingJobs by phase',
-    labelNames: ['phase'],
-    registers: [this.registry],
-  });
-  readonly podsCreated = new Counter({
-    name: 'tensile_worker_pods_created_total',
-    help: 'Worker pods created',
-    registers: [this.registry],
-  });
-  readonly podsDeleted = new Counter({
-    name: 'tensile_worker_pods_deleted_total',
-    help: 'Worker pods deleted by the operator',
-    registers: [this.registry],
-  });
-  readonly preemptions = new Counter({
-    name: 'tensile_worker_preemptions_total',
-    help: 'Workers lost to preemption (node reclaimed, evicted, deleted)',
-    registers: [this.registry],
-  });
-  readonly failures = new Counter({
-    name: 'tensile_worker_failures_total',
-    help: 'Workers that failed',
-    registers: [this.registry],
-  });
-  readonly leaveRequests = new Counter({
-    name: 'tensile_leave_requests_total',
-    help: 'Workers asked to leave before their node goes',
-    registers: [this.registry],
-  });
-  readonly stragglers = new Counter({
-    name: 'tensile_stragglers_total',
-    help: 'Workers reported persistently slower than the straggler threshold of the median',
-    registers: [this.registry],
-  });
-  readonly leader = new Gauge({
-    name: 'tensile_leader',
-    help: '1 while this replica is the leader',
-    registers: [this.registry],
-  });
+  readonly queueRetries = this.counter(
+    'tensile_workqueue_retries_total',
+    'Reconciles retried with backoff after an error',
+  );
+  readonly jobsByPhase = this.gauge('tensile_trainingjobs', 'TrainingJobs by phase', ['phase']);
+  readonly podsCreated = this.counter('tensile_worker_pods_created_total', 'Worker pods created');
+  readonly podsDeleted = this.counter(
+    'tensile_worker_pods_deleted_total',
+    'Worker pods deleted by the operator',
+  );
+  readonly preemptions = this.counter(
+    'tensile_worker_preemptions_total',
+    'Workers lost to preemption (node reclaimed, evicted, deleted)',
+  );
+  readonly failures = this.counter('tensile_worker_failures_total', 'Workers that failed');
+  readonly leaveRequests = this.counter(
+    'tensile_leave_requests_total',
+    'Workers asked to leave before their node goes',
+  );
+  readonly stragglers = this.counter(
+    'tensile_stragglers_total',
+    'Workers reported persistently slower than the straggler threshold of the median',
+  );
+  readonly leader = this.gauge('tensile_leader', '1 while this replica is the leader');
 
   /** The jobs the operator knows, read at every scrape (the controller sets it while it runs). */
   private jobSource: () => readonly JobMetricInput[] = () => [];

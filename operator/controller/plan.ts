@@ -5,7 +5,7 @@
  */
 import type { V1Node, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import { exponentialBackoffMs } from '../api/backoff.ts';
-import type { ControlMessage } from '../api/contract.ts';
+import { ANNOTATION_SLOW, type ControlMessage } from '../api/contract.ts';
 import { type Condition, desiredReplicas, type TrainingJobStatus } from '../api/training-job.ts';
 import { clearCondition, findCondition, isTrue, setCondition } from './conditions.ts';
 import {
@@ -30,7 +30,6 @@ import {
 import type { JobObservations } from './progress.ts';
 
 /** On a node that ran a straggler the operator asked to leave: schedulers and people can avoid it. */
-export const ANNOTATION_SLOW = 'tensile.dev/slow';
 
 export interface PlanConfig extends WorkerPodDefaults {
   /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */

@@ -11,6 +11,7 @@ import type {
   V1VolumeMount,
 } from '@kubernetes/client-node';
 import {
+  ANNOTATION_SLOW,
   FINALIZER_ACCOUNTING,
   LABEL_JOB_NAME,
   LABEL_REPLICA_INDEX,
@@ -406,7 +407,7 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
  * own affinity. The first worker goes anywhere (a pod matching its own term may), the rest follow it.
  */
 export function workerAffinity(job: TrainingJob): { affinity?: Record<string, unknown> } {
-  const own = job.spec.worker.affinity;
+  const own = avoidingSlowNodes(job);
   const template = job.spec.checkpoint.volume.claimTemplate;
   const shared = template === undefined || template.accessModes.includes('ReadWriteMany');
   if (shared || elasticRange(job.spec).max <= 1)
@@ -423,6 +424,25 @@ export function workerAffinity(job: TrainingJob): { affinity?: Record<string, un
   ];
   affinity['podAffinity'] = podAffinity;
   return { affinity };
+}
+
+/**
+ * The user's affinity, plus, for a job that evicts stragglers, a preference against nodes marked
+ * `tensile.dev/slow` (by this or another job): a replacement should not land where its predecessor
+ * was slow, yet may when no other node fits (preferred, not required).
+ */
+function avoidingSlowNodes(job: TrainingJob): Record<string, unknown> | undefined {
+  const own = job.spec.worker.affinity;
+  if (!job.spec.balancing.evictStragglers) return own;
+  const affinity: Record<string, unknown> = structuredClone(own ?? {});
+  const nodeAffinity = { ...(affinity['nodeAffinity'] as Record<string, unknown> | undefined) };
+  const preferred = nodeAffinity['preferredDuringSchedulingIgnoredDuringExecution'];
+  nodeAffinity['preferredDuringSchedulingIgnoredDuringExecution'] = [
+    ...(Array.isArray(preferred) ? preferred : []),
+    { weight: 100, preference: { matchExpressions: [{ key: ANNOTATION_SLOW, operator: 'DoesNotExist' }] } },
+  ];
+  affinity['nodeAffinity'] = nodeAffinity;
+  return affinity;
 }
 
 /** The claim a job creates from `checkpoint.volume.claimTemplate`; undefined for an existing claim. */

@@ -5,7 +5,7 @@
  */
 import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
-import { rendezvousBucket } from '../api/contract.ts';
+import { ANNOTATION_SLOW, rendezvousBucket } from '../api/contract.ts';
 import { isConflict, KubeApiError } from '../api/kube-errors.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
@@ -27,14 +27,7 @@ import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
-import {
-  ANNOTATION_SLOW,
-  type Plan,
-  type PlanConfig,
-  type PlanInput,
-  plan,
-  planInvalidSpec,
-} from './plan.ts';
+import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
 import { buildWorkerPod, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -349,9 +342,7 @@ export class JobReconciler {
       }),
     );
     await Promise.all(decision.markLeaving.map((m) => kube.markLeaving(namespace, m.name, m.reason)));
-    await Promise.all(
-      decision.markSlowNodes.map((n) => kube.annotateNode(n.name, ANNOTATION_SLOW, n.reason)),
-    );
+    await Promise.all(decision.markSlowNodes.map((n) => kube.markNode(n.name, ANNOTATION_SLOW, n.reason)));
     metrics.leaveRequests.inc(decision.markLeaving.length);
     await Promise.all(
       decision.deletePods.map(async (d) => {

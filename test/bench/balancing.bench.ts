@@ -24,8 +24,9 @@ const at = (e: { timestamp?: string | undefined }) => Date.parse(String(e.timest
 
 const GLOBAL_BATCH = 2048;
 
-function writeJob(dir: string, mode: 'even' | 'proportional'): string {
-  return writeJobManifest(join(dir, `${mode}.yaml`), `balancing-${mode}`, {
+function writeJob(dir: string, mode: 'even' | 'proportional', evict = false): string {
+  const name = evict ? 'evict' : mode;
+  return writeJobManifest(join(dir, `${name}.yaml`), `balancing-${name}`, {
     replicas: 3,
     minReplicas: 1,
     maxReplicas: 3,
@@ -38,7 +39,12 @@ function writeJob(dir: string, mode: 'even' | 'proportional'): string {
     },
     optimizer: { type: 'adam', learningRate: 0.002 },
     batch: { global: GLOBAL_BATCH, policy: 'fixedGlobalBatch' },
-    balancing: { mode, warmupSteps: 5, minIntervalSteps: 10 },
+    balancing: {
+      mode,
+      warmupSteps: 5,
+      minIntervalSteps: 10,
+      ...(evict ? { evictStragglers: true, stragglerSteps: 20 } : {}),
+    },
     stopping: { epochs: 4 },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
@@ -57,6 +63,27 @@ interface ModeResult {
   readonly accuracy: number | null;
 }
 
+/**
+ * The job's samples/s in one generation, seen by one worker: the global batch over the median step
+ * time of the generation's second half (the split settled), evaluations excluded; and the last
+ * per-worker figures of that generation.
+ */
+function settledThroughput(events: ReturnType<typeof workerEvents>, worker?: string, generation?: number) {
+  const progress = eventsOf(events, 'progress')
+    .filter((e) => e.worker === worker && e.generation === generation)
+    .sort((a, b) => a.step - b.step);
+  const evaluated = new Set(eventsOf(events, 'eval').map((e) => e.step));
+  const stepTimes: number[] = [];
+  for (let i = Math.max(1, Math.floor(progress.length / 2)); i < progress.length; i++) {
+    const a = progress[i - 1];
+    const b = progress[i];
+    if (a === undefined || b === undefined || b.step !== a.step + 1) continue;
+    if (evaluated.has(a.step) || evaluated.has(b.step)) continue;
+    stepTimes.push((at(b) - at(a)) / 1000);
+  }
+  return { loads: progress.at(-1)?.workers ?? [], jobSamplesPerSecond: GLOBAL_BATCH / median(stepTimes) };
+}
+
 async function measure(dir: string, mode: 'even' | 'proportional'): Promise<ModeResult> {
   const out = join(dir, `out-${mode}`);
   const summary = await finished(
@@ -69,21 +96,8 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
     .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
     .at(-1);
   const writer = world?.worker;
-  const progress = eventsOf(events, 'progress')
-    .filter((e) => e.worker === writer && e.generation === world?.generation)
-    .sort((a, b) => a.step - b.step);
-  const evaluated = new Set(eventsOf(events, 'eval').map((e) => e.step));
-  const stepTimes: number[] = [];
-  for (let i = Math.max(1, Math.floor(progress.length / 2)); i < progress.length; i++) {
-    const a = progress[i - 1];
-    const b = progress[i];
-    if (a === undefined || b === undefined || b.step !== a.step + 1) continue;
-    if (evaluated.has(a.step) || evaluated.has(b.step)) continue;
-    stepTimes.push((at(b) - at(a)) / 1000);
-  }
-  const loads = progress.at(-1)?.workers ?? [];
+  const { loads, jobSamplesPerSecond } = settledThroughput(events, writer, world?.generation);
   const capacities = loads.map((l) => l.samplesPerSecond);
-  const jobSamplesPerSecond = GLOBAL_BATCH / median(stepTimes);
   const slowed = loads.find((l) => l.worker.endsWith('-worker-2'));
   return {
     jobSamplesPerSecond: round(jobSamplesPerSecond, 1),
@@ -97,12 +111,43 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
   };
 }
 
+/**
+ * `evictStragglers`: worker-2 slowed to 0.2 is reported, asked to leave and replaced by a new worker
+ * at full speed. The figure is the job's samples/s in the world with the replacement over the one with
+ * the straggler (proportional in both, so the straggler already holds a small share).
+ */
+async function measureEviction(dir: string) {
+  const out = join(dir, 'out-evict');
+  const summary = await finished(
+    tensileRun(writeJob(dir, 'proportional', true), out, ['--workers', '3', '--chaos', 'slow:2:0.2']),
+  );
+  const events = workerEvents(out);
+  const worlds = eventsOf(events, 'generation')
+    .filter((e) => e.rank === 0 && e.worldSize === 3)
+    .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0));
+  const slowed = worlds.filter((w) => w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
+  const replaced = worlds.filter((w) => !w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
+  const before = settledThroughput(events, slowed?.worker, slowed?.generation);
+  const after = settledThroughput(events, replaced?.worker, replaced?.generation);
+  const straggler = eventsOf(events, 'straggler').find((e) => e.evict);
+  return {
+    stragglerReportedAtStep: straggler?.step ?? null,
+    replacedInGeneration: replaced?.generation ?? null,
+    withStragglerSamplesPerSecond: round(before.jobSamplesPerSecond, 1),
+    withReplacementSamplesPerSecond: round(after.jobSamplesPerSecond, 1),
+    afterOverBefore: round(after.jobSamplesPerSecond / before.jobSamplesPerSecond),
+    accuracy: summary.eval?.accuracy ?? null,
+  };
+}
+
 export default async function bench() {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-bench-balancing-'));
   const even = await measure(dir, 'even');
   const proportional = await measure(dir, 'proportional');
+  const eviction = await measureEviction(dir);
   return {
     figures: {
+      evictionRecoveryAfterOverBefore: eviction.afterOverBefore,
       evenOfCapacity: even.ofCapacity,
       proportionalOfCapacity: proportional.ofCapacity,
       proportionalOverEvenSamplesPerSecond: round(
@@ -115,6 +160,7 @@ export default async function bench() {
     },
     even,
     proportional,
+    eviction,
     setup: {
       workers: 3,
       slowed: 'worker-2 at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period)',

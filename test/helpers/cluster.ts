@@ -37,6 +37,8 @@ export interface LocalCluster extends AsyncDisposable {
   readonly realNode?: { readonly name: string; readonly containerdSocket: string };
   /** Runs kubectl against this cluster as admin. Never throws on a non-zero exit. */
   kubectl(args: readonly string[], input?: string): Promise<KubectlResult>;
+  /** Runs kubectl as admin and returns its output; a non-zero exit throws with kubectl's stderr. */
+  kubectlOk(args: readonly string[], input?: string): Promise<string>;
   /** Writes a kubeconfig that authenticates as the ServiceAccount (a TokenRequest token). */
   serviceAccountKubeconfig(namespace: string, name: string): Promise<string>;
   /** The folder a PersistentVolumeClaim maps to. */
@@ -63,6 +65,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
     ...(cluster.realNode === undefined ? {} : { realNode: cluster.realNode }),
     startSeconds: cluster.startSeconds,
     kubectl: (args, input) => runKubectl(cluster, args, input),
+    async kubectlOk(args, input) {
+      const r = await runKubectl(cluster, args, input);
+      if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
+      return r.stdout;
+    },
     async serviceAccountKubeconfig(namespace, name) {
       const response = await core.createNamespacedServiceAccountToken({
         namespace,

@@ -4,11 +4,11 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MongoClient } from 'mongodb';
 import { toolDirs } from '../../hack/cluster/tools.ts';
+import { freePorts } from '../../hack/lib/processes.ts';
 import { eventually } from './eventually.ts';
 
 export interface MongoServer extends AsyncDisposable {
@@ -29,20 +29,9 @@ function ferretdbBinary(): string {
   throw new Error('ferretdb is missing; build it with: bash hack/install-tools.sh');
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
-    });
-  });
-}
-
 export async function startMongoServer(): Promise<MongoServer> {
   const folder = mkdtempSync(join(tmpdir(), 'tensile-ferretdb-'));
-  const [port, debugPort] = [await freePort(), await freePort()];
+  const [port, debugPort] = (await freePorts(2)) as [number, number];
   const child: ChildProcess = spawn(
     ferretdbBinary(),
     [

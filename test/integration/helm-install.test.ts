@@ -39,11 +39,7 @@ test.after(async () => {
   await cluster?.[Symbol.asyncDispose]();
 });
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const r = await cluster.kubectl(args, input);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 const kubeEnv = () => ({
   KUBECONFIG: cluster.kubeconfigPath,

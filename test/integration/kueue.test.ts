@@ -49,11 +49,7 @@ function kueueTools(): { bin: string; crds: string } {
   throw new Error('kueue is missing; build it with: bash hack/install-tools.sh');
 }
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const r = await cluster.kubectl(args, input);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 /** Kueue's manager without webhooks (the API server is not told of any) and without leader election. */
 function startKueue(bin: string, webhookPort: number): ChildProcess {

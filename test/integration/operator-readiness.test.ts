@@ -17,11 +17,7 @@ const clusterRole = new URL('../../charts/tensile/files/operator-clusterrole.yam
 let cluster: LocalCluster;
 const operators: OperatorProcess[] = [];
 
-async function kubectl(args: string[]): Promise<string> {
-  const r = await cluster.kubectl(args);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 function operatorArgs(kubeconfig: string): string[] {
   return [

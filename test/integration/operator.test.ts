@@ -44,11 +44,7 @@ let custom: CustomObjectsApi;
 let operatorKubeconfig: string;
 const operators: OperatorProcess[] = [];
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const r = await cluster.kubectl(args, input);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 function operatorArgs(): string[] {
   return [

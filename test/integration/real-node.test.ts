@@ -66,11 +66,7 @@ test.after(async () => {
   await cluster?.[Symbol.asyncDispose]();
 });
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const r = await cluster.kubectl(args, input);
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const kubectl = (args: string[], input?: string): Promise<string> => cluster.kubectlOk(args, input);
 
 /** Image pulls and container starts on the real node take minutes on a loaded machine. */
 const until = <T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 240_000) =>

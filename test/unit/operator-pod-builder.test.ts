@@ -136,6 +136,37 @@ test('GPU workers: the GPU image, requests equal to limits, tolerations, node se
   assert.is(pod.spec?.terminationGracePeriodSeconds, 90);
 });
 
+const slowNodePreference = {
+  weight: 100,
+  preference: { matchExpressions: [{ key: 'tensile.dev/slow', operator: 'DoesNotExist' }] },
+};
+const userPreference = {
+  weight: 10,
+  preference: { matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }] },
+};
+
+for (const [name, balancing, affinity, expected] of [
+  ['no eviction: the user affinity as given', { evictStragglers: false }, undefined, undefined],
+  ['eviction: nodes marked slow are avoided', { evictStragglers: true }, undefined, [slowNodePreference]],
+  [
+    "eviction: the avoidance is added to the user's preferences",
+    { evictStragglers: true },
+    { nodeAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [userPreference] } },
+    [userPreference, slowNodePreference],
+  ],
+] as const) {
+  test(`worker affinity, ${name}`, () => {
+    const job = ownedJob({
+      'spec.balancing': { mode: 'proportional', ...balancing },
+      ...(affinity === undefined ? {} : { 'spec.worker': { affinity } }),
+    });
+    const pod = buildWorkerPod(job, 0, defaults);
+    assert.equal(pod.spec?.affinity?.nodeAffinity?.preferredDuringSchedulingIgnoredDuringExecution, expected);
+    // The job's own spec is left as it was.
+    assert.equal(job.spec.worker.affinity, affinity);
+  });
+}
+
 test('an explicit image wins; CPU workers get the CPU image', () => {
   assert.is(
     buildWorkerPod(ownedJob(), 0, defaults).spec?.containers[0]?.image,

@@ -45,6 +45,21 @@ export const DELEGATED_KERNELS = [
   'Einsum',
 ] as const;
 
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: KernelBackend; attrs?: tf.NamedAttrMap };
+
+/** The two named inputs a kernel needs, or an error naming the kernel and what it lacked. */
+function requireInputs(
+  kernel: string,
+  inputs: tf.NamedTensorInfoMap,
+  a: string,
+  b: string,
+): [TensorInfo, TensorInfo] {
+  const first = inputs[a];
+  const second = inputs[b];
+  if (first === undefined || second === undefined) throw new Error(`${kernel} needs ${a} and ${b}`);
+  return [first, second];
+}
+
 function wasmKernel(name: string): tf.KernelFunc {
   const kernel = tf.getKernel(name, 'wasm');
   if (kernel === undefined) throw new Error(`wasm kernel ${name} is not registered`);
@@ -138,17 +153,10 @@ function im2col(input: Float32Array, out: Float32Array, info: tf.backend_util.Co
   }
 }
 
-function conv2DBackpropFilter(args: {
-  inputs: tf.NamedTensorInfoMap;
-  backend: KernelBackend;
-  attrs?: tf.NamedAttrMap;
-}): TensorInfo {
-  const { inputs } = args;
+function conv2DBackpropFilter(args: KernelArgs): TensorInfo {
   const backend = args.backend as WasmBackendLike;
   const attrs = args.attrs as unknown as Conv2DBackpropFilterAttrs;
-  const x = inputs['x'];
-  const dy = inputs['dy'];
-  if (x === undefined || dy === undefined) throw new Error('Conv2DBackpropFilter needs x and dy');
+  const [x, dy] = requireInputs('Conv2DBackpropFilter', args.inputs, 'x', 'dy');
   if (attrs.dataFormat === 'NCHW') return delegateToCpu('Conv2DBackpropFilter')(args) as TensorInfo;
   const info = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
@@ -199,15 +207,11 @@ interface Conv2DBackpropInputAttrs {
  * dx of a stride-1 convolution as a forward convolution (XNNPACK) of dy with the filter rotated by
  * 180° and its channels swapped; other cases keep wasm's own kernel, which is correct but a naive loop.
  */
-function conv2DBackpropInput(
-  original: tf.KernelFunc,
-): (args: { inputs: tf.NamedTensorInfoMap; backend: KernelBackend; attrs?: tf.NamedAttrMap }) => TensorInfo {
+function conv2DBackpropInput(original: tf.KernelFunc): (args: KernelArgs) => TensorInfo {
   return (args) => {
-    const { inputs, backend } = args;
+    const { backend } = args;
     const attrs = args.attrs as unknown as Conv2DBackpropInputAttrs;
-    const dy = inputs['dy'];
-    const filter = inputs['filter'];
-    if (dy === undefined || filter === undefined) throw new Error('Conv2DBackpropInput needs dy and filter');
+    const [dy, filter] = requireInputs('Conv2DBackpropInput', args.inputs, 'dy', 'filter');
     const info = tf.backend_util.computeConv2DInfo(
       attrs.inputShape,
       filter.shape as [number, number, number, number],
@@ -277,15 +281,11 @@ function conv2DBackpropInput(
  * takes a slow path for transposed operands (10–35× slower measured), and every dense layer's
  * gradient multiplies by a transposed matrix.
  */
-function batchMatMul(
-  original: tf.KernelFunc,
-): (args: { inputs: tf.NamedTensorInfoMap; backend: KernelBackend; attrs?: tf.NamedAttrMap }) => TensorInfo {
+function batchMatMul(original: tf.KernelFunc): (args: KernelArgs) => TensorInfo {
   return (args) => {
-    const { inputs, backend } = args;
+    const { backend } = args;
     const attrs = (args.attrs ?? {}) as { transposeA?: boolean; transposeB?: boolean };
-    const a = inputs['a'];
-    const b = inputs['b'];
-    if (a === undefined || b === undefined) throw new Error('BatchMatMul needs a and b');
+    const [a, b] = requireInputs('BatchMatMul', args.inputs, 'a', 'b');
     if (!attrs.transposeA && !attrs.transposeB) return original(args) as TensorInfo;
     const scope = new KernelScope(backend);
     const flip = (t: TensorInfo) => {
@@ -314,17 +314,10 @@ interface PoolGradAttrs {
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
 }
 
-function maxPoolGrad(args: {
-  inputs: tf.NamedTensorInfoMap;
-  backend: KernelBackend;
-  attrs?: tf.NamedAttrMap;
-}): TensorInfo {
-  const { inputs } = args;
+function maxPoolGrad(args: KernelArgs): TensorInfo {
   const backend = args.backend as WasmBackendLike;
   const attrs = args.attrs as unknown as PoolGradAttrs;
-  const dy = inputs['dy'];
-  const x = inputs['input'];
-  if (dy === undefined || x === undefined) throw new Error('MaxPoolGrad needs dy and input');
+  const [dy, x] = requireInputs('MaxPoolGrad', args.inputs, 'dy', 'input');
   const info = tf.backend_util.computePool2DInfo(
     x.shape as [number, number, number, number],
     attrs.filterSize,

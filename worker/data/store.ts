@@ -13,6 +13,21 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import type { Locality } from './stream-store.ts';
 
+/**
+ * The shard that holds record `index`, given each shard's first record in ascending order. A binary
+ * search because shards may hold different numbers of records.
+ */
+export function shardContaining(firsts: readonly number[], index: number): number {
+  let lo = 0;
+  let hi = firsts.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if ((firsts[mid] as number) <= index) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 export type StoredDtype = 'uint8' | 'float32';
 
 export interface SampleStore {
@@ -246,14 +261,7 @@ export class RecordFileStore implements SampleStore {
   }
 
   private locate(index: number): { fd: number; position: number } {
-    // Binary search over shard starts: shards may hold different numbers of records.
-    let lo = 0;
-    let hi = this.firsts.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if ((this.firsts[mid] as number) <= index) lo = mid;
-      else hi = mid - 1;
-    }
+    const lo = shardContaining(this.firsts, index);
     return { fd: this.fds[lo] as number, position: (index - (this.firsts[lo] as number)) * this.recordBytes };
   }
 

@@ -17,7 +17,7 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import type { RecordShard, SampleStore, StoredDtype } from './store.ts';
+import { type RecordShard, type SampleStore, type StoredDtype, shardContaining } from './store.ts';
 
 const EMPTY = 0;
 const EMPTY_BYTES: Uint8Array = new Uint8Array(0);
@@ -175,14 +175,7 @@ export class ShardStreamStore implements SampleStore {
   }
 
   private shardOf(index: number): number {
-    let lo = 0;
-    let hi = this.firsts.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if ((this.firsts[mid] as number) <= index) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
+    return shardContaining(this.firsts, index);
   }
 
   /** A slot to reuse: the least recently used that is not pending and not used since `since`. */
