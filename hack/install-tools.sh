@@ -26,8 +26,8 @@ kube_bin="$cache/kubernetes-$KUBE_VERSION/bin"
 helm_bin="$cache/helm-$HELM_VERSION/bin"
 kueue_dir="$cache/kueue-$KUEUE_VERSION"
 ferretdb_bin="$cache/ferretdb-$FERRETDB_VERSION/bin"
-# Keyed by the module's go.sum: a changed dependency builds anew.
-s3_bin="$cache/s3-$(sha256sum "$here/s3/go.sum" "$here/s3/main.go" | sha256sum | cut -c1-12)/bin"
+# Keyed by the contents of the module's go.sum and source (not their paths): a change builds anew, another clone does not.
+s3_bin="$cache/s3-$(cat "$here/s3/go.sum" "$here/s3/main.go" | sha256sum | cut -c1-12)/bin"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$kube_bin:$helm_bin:$kueue_dir/bin:$s3_bin:$ferretdb_bin"

@@ -33,3 +33,8 @@ nvidia-cusparse-cu12==12.5.10.65 73060ce019ac064a057267c585bf1fd5a353734151f8747
 nvidia-nccl-cu12==2.32.3 bb94b2348e4861d5e8aa00b36c3d12d9bdf9c6369b82cbb723de0b582280a21c
 nvidia-nvjitlink-cu12==12.9.86 e3f1171dbdc83c5932a45f0f4c99180a70de9bd2718c1ab77d14104f6d7147f9
 "
+# The TensorFlow.js converter for the TensorFlow Serving check (hack/install-tfjs-converter.sh, the
+# serving-conversion bench; never a dependency): tensorflowjs 4.22 imports tensorflow_decision_forests,
+# whose 1.12 pins tensorflow 2.19, so the set is pinned together (resolved by pip on 2026-12-01); ydf
+# 0.16 (pip's pick) needs protobuf 6, which tensorflow 2.19 refuses: 0.12 imports.
+TFJS_CONVERTER_PIP="tensorflowjs==4.22.0 tensorflow==2.19.0 tf-keras==2.19.0 tensorflow-decision-forests==1.12.0 ydf==0.12.0"

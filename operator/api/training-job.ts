@@ -217,6 +217,17 @@ export const DatasetCacheSchema = z.strictObject({
     ),
 });
 
+/** How to reach an S3-compatible object store; credentials come from the environment, never the spec. */
+export const S3OptionsSchema = z.strictObject({
+  endpoint: z
+    .url()
+    .optional()
+    .describe('An S3-compatible server (e.g. http://minio.storage:9000); default AWS.'),
+  region: z.string().min(1).optional().describe('Default: $AWS_REGION, else us-east-1.'),
+  forcePathStyle: z.boolean().optional().describe('Path-style URLs; default true when `endpoint` is set.'),
+});
+export type S3Options = z.output<typeof S3OptionsSchema>;
+
 export const DatasetSpecSchema = withRules(
   z.strictObject({
     format: z
@@ -287,22 +298,9 @@ export const DatasetSpecSchema = withRules(
     maxTrainSamples: positiveInt()
       .optional()
       .describe('Use only the first N training samples (smoke tests, quick demos).'),
-    s3: z
-      .strictObject({
-        endpoint: z
-          .url()
-          .optional()
-          .describe('An S3-compatible server (e.g. http://minio.storage:9000); default AWS.'),
-        region: z.string().min(1).optional().describe('Default: $AWS_REGION, else us-east-1.'),
-        forcePathStyle: z
-          .boolean()
-          .optional()
-          .describe('Path-style URLs; default true when `endpoint` is set.'),
-      })
-      .optional()
-      .describe(
-        'For `path: s3://bucket/key`: the objects are downloaded once into the local disk cache (`cache.directory`). Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).',
-      ),
+    s3: S3OptionsSchema.optional().describe(
+      'For `path: s3://bucket/key`: the objects are downloaded once into the local disk cache (`cache.directory`). Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).',
+    ),
     cache: DatasetCacheSchema.optional().describe(
       'Stream the data through a fixed memory budget instead of loading it (data larger than memory): idx, csv and jsonl are converted once into record shards cached under `directory` (keyed by a content hash of the source), then read in blocks with read-ahead.',
     ),
@@ -782,6 +780,16 @@ export const CheckpointSpecSchema = withRules(
     volume: CheckpointVolumeSchema.prefault({ claimTemplate: {} }).describe(
       'Where checkpoints live: an existing claim or one the operator creates (owned by the job).',
     ),
+    objectStore: S3OptionsSchema.extend({
+      url: z
+        .string()
+        .regex(/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/.*)?$/, 'expected s3://bucket/prefix')
+        .describe('s3://bucket/prefix: one prefix per job (checkpoints are ckpt-<step>/ below it).'),
+    })
+      .optional()
+      .describe(
+        'Mirror every checkpoint to object storage: uploaded after it is written to the volume (manifest last, so a partial upload is never taken), pruned to `keep`; a worker that starts on an empty or older volume (a new node with local disk) resumes from the newest checkpoint in the store. Credentials from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).',
+      ),
   }),
   [
     {

@@ -79,6 +79,11 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
   }),
   event('checkpoint', { step: count, path: z.string(), writeMs: z.number().optional() }),
   event('checkpoint-failed', { step: count.optional(), error: z.string() }),
+  /** checkpoint.objectStore: a checkpoint reached the store (manifest last), or did not. */
+  event('checkpoint-uploaded', { step: count, url: z.string(), uploadMs: z.number() }),
+  event('checkpoint-upload-failed', { step: count, error: z.string() }),
+  /** The store held a newer checkpoint than the volume: downloaded, then restored like any other. */
+  event('checkpoint-downloaded', { step: count, url: z.string() }),
   /** The trained model was written for serving (worker/export/model-export.ts). */
   event('model-exported', {
     step: count,

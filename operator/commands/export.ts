@@ -20,6 +20,7 @@ import {
 } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { type CommandIo, type CommandSpec, commandLine, UsageError } from './args.ts';
+import { ExportError } from './export-error.ts';
 
 export const EXPORT_COMMAND = {
   command: 'tensile export',
@@ -28,8 +29,10 @@ export const EXPORT_COMMAND = {
 checkpoint volume) from its newest valid checkpoint: model.json and weights.bin (tfjs Layers format),
 preprocessing.json, labels.json and tensile.json (job, spec, step, evaluation). Needs the dataset the
 job trained on, to fit the preprocessing again.
-With the name of a TrainingJob instead of a folder: says where the cluster job's model is
-(status.model), or where it will be and how to export it from the checkpoint volume.`,
+With the name of a TrainingJob instead of a folder: copies the cluster job's model (status.model) to
+--out (default ./JOB-model), from the volume's folder when it is on this machine, else through a
+short-lived pod that mounts the claim read-only; before the job completed, says where the model will
+be and how to export the newest checkpoint.`,
   options: {
     namespace: {
       type: 'string',
@@ -42,7 +45,16 @@ With the name of a TrainingJob instead of a folder: says where the cluster job's
       value: 'FILE',
       help: 'kubeconfig for JOB (default: $KUBECONFIG, then ~/.kube/config)',
     },
-    out: { type: 'string', value: 'DIR', help: 'where to write the model (default DIR/model)' },
+    out: {
+      type: 'string',
+      value: 'DIR',
+      help: 'where to write the model (default DIR/model; ./JOB-model for a job)',
+    },
+    image: {
+      type: 'string',
+      value: 'IMAGE',
+      help: "JOB: the image of the pod that reads the claim (default: the job's worker image)",
+    },
     backend: {
       type: 'string',
       value: 'NAME',
@@ -57,9 +69,7 @@ With the name of a TrainingJob instead of a folder: says where the cluster job's
   positionals: true,
 } as const satisfies CommandSpec;
 
-export class ExportError extends Error {
-  override readonly name = 'ExportError';
-}
+export { ExportError } from './export-error.ts';
 
 interface JobRecord {
   readonly name: string;
@@ -177,6 +187,7 @@ export async function runExport(args: readonly string[], io: CommandIo): Promise
       backend: backend as BackendChoice | undefined,
       namespace: values.namespace,
       kubeconfig: values.kubeconfig,
+      image: values.image,
     };
   });
   if ('exit' in line) return line.exit;
@@ -205,7 +216,12 @@ export async function runExport(args: readonly string[], io: CommandIo): Promise
 /** Where a cluster job's model is: status.model, or where it will be written and how to get it sooner. */
 async function clusterModel(
   name: string,
-  options: { namespace?: string | undefined; kubeconfig?: string | undefined },
+  options: {
+    namespace?: string | undefined;
+    kubeconfig?: string | undefined;
+    out?: string | undefined;
+    image?: string | undefined;
+  },
   io: CommandIo,
 ): Promise<number> {
   const { CustomObjectsApi, KubeConfig } = await import('@kubernetes/client-node');
@@ -241,8 +257,17 @@ async function clusterModel(
   const model = job.status?.model;
   if (model !== undefined) {
     const accuracy = model.accuracy === undefined ? 'no evaluation' : `accuracy ${model.accuracy.toFixed(4)}`;
-    io.out(`${model.uri} (step ${model.step}, ${accuracy}, ${model.time})`);
-    return 0;
+    const { copyClusterModel } = await import('./export-cluster.ts');
+    try {
+      const copied = await copyClusterModel(config, job, options, io);
+      io.out(
+        `${copied.dir} (step ${model.step}, ${accuracy}, ${model.uri} via ${copied.via}; ${copied.files} files checked)`,
+      );
+      return 0;
+    } catch (error) {
+      io.err(`tensile export: ${namespace}/${name}: ${(error as Error).message}`);
+      return 1;
+    }
   }
   const where = modelLocation({ name, namespace }, job.spec);
   io.err(

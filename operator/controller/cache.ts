@@ -30,6 +30,7 @@ export class ResilientInformer<T extends KubernetesObject> {
   private restartTimer: NodeJS.Timeout | undefined;
   private listed = false;
   private synced = false;
+  private live = false;
   private readonly syncWaiters = new Set<() => void>();
 
   constructor(
@@ -59,8 +60,12 @@ export class ResilientInformer<T extends KubernetesObject> {
     this.informer.on('delete', (o) => this.emit('delete', o));
     this.informer.on('connect', () => {
       this.failures = 0;
+      this.live = true;
     });
-    this.informer.on('error', (error: unknown) => this.restart(error));
+    this.informer.on('error', (error: unknown) => {
+      this.live = false;
+      this.restart(error);
+    });
   }
 
   private emit(event: CacheEvent, object: T): void {
@@ -105,6 +110,11 @@ export class ResilientInformer<T extends KubernetesObject> {
   /** Whether the first list is in the cache; it stays true through later re-lists and outages. */
   get hasSynced(): boolean {
     return this.synced;
+  }
+
+  /** Whether changes arrive now: synced, and the watch is up (not between a failure and its restart). */
+  get watching(): boolean {
+    return this.synced && this.live && !this.stopped;
   }
 
   /** Resolves once the cache has synced, or when `signal` aborts. */

@@ -14,11 +14,20 @@ import {
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'winston';
 import { bucketOwner, LABEL_JOB_NAME, LABEL_ROLE, orphanedBuckets, ROLE_WORKER } from '../api/contract.ts';
-import { API_GROUP, API_VERSION, PHASES, PLURAL, type TrainingJobStatus } from '../api/training-job.ts';
+import {
+  API_GROUP,
+  API_GROUP_VERSION,
+  API_VERSION,
+  KIND,
+  PHASES,
+  PLURAL,
+  type TrainingJobStatus,
+} from '../api/training-job.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
+import { KUEUE_GROUP, KUEUE_VERSION } from './kueue.ts';
 import type { KueueClient } from './kueue-client.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
@@ -82,6 +91,8 @@ export class TrainingJobController {
   private readonly jobs: ResilientInformer<KubernetesObject>;
   private readonly pods: ResilientInformer<V1Pod>;
   private readonly nodes: ResilientInformer<V1Node>;
+  /** Kueue's Workloads, so that an admission or eviction reaches the job at once; absent without Kueue. */
+  private readonly workloads: ResilientInformer<KubernetesObject> | undefined;
   private readonly podsByJob = new Index<V1Pod>((pod) => {
     const job = pod.metadata?.labels?.[LABEL_JOB_NAME];
     return job === undefined ? undefined : jobKey(pod.metadata?.namespace ?? '', job);
@@ -137,6 +148,8 @@ export class TrainingJobController {
       log,
     );
 
+    this.workloads =
+      options.kueue === undefined ? undefined : this.workloadInformer(kubeConfig, custom, ns, log);
     for (const informer of [this.jobs, this.pods, this.nodes] as ResilientInformer<KubernetesObject>[]) {
       informer.onChange((_event, object) => slim(object));
     }
@@ -213,7 +226,44 @@ export class TrainingJobController {
       config: options.config,
       log,
       ...(options.kueue === undefined ? {} : { kueue: options.kueue }),
+      workloadsWatched: () => this.workloads?.watching ?? false,
     });
+  }
+
+  /**
+   * A watch on Kueue's Workloads that queues the TrainingJob owning each one that changes. A cluster
+   * without Kueue answers 404: the informer retries slowly and the jobs poll meanwhile; it is not one of
+   * the caches readiness waits for.
+   */
+  private workloadInformer(
+    kubeConfig: KubeConfig,
+    custom: CustomObjectsApi,
+    ns: string | undefined,
+    log: Logger,
+  ): ResilientInformer<KubernetesObject> {
+    const crd = { group: KUEUE_GROUP, version: KUEUE_VERSION, plural: 'workloads' };
+    const informer = new ResilientInformer<KubernetesObject>(
+      kubeConfig,
+      'workloads',
+      `/apis/${KUEUE_GROUP}/${KUEUE_VERSION}${ns === undefined ? '' : `/namespaces/${ns}`}/workloads`,
+      async () =>
+        (await (ns === undefined
+          ? custom.listClusterCustomObject(crd)
+          : custom.listNamespacedCustomObject({
+              ...crd,
+              namespace: ns,
+            }))) as KubernetesListObject<KubernetesObject>,
+      log,
+      undefined,
+      { firstRestartMs: 1000, maxRestartMs: 300_000 },
+    );
+    informer.onChange((_event, workload) => {
+      slim(workload);
+      for (const owner of workload.metadata?.ownerReferences ?? [])
+        if (owner.kind === KIND && owner.apiVersion === API_GROUP_VERSION)
+          this.queue.add(jobKey(workload.metadata?.namespace ?? '', owner.name));
+    });
+    return informer;
   }
 
   /**
@@ -221,11 +271,11 @@ export class TrainingJobController {
    * background). Every replica runs them, leader or standby, so that a standby is ready to take over.
    */
   async startCaches(): Promise<void> {
-    await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start()]);
+    await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start(), this.workloads?.start()]);
   }
 
   async stopCaches(): Promise<void> {
-    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop()]);
+    await Promise.all([this.jobs.stop(), this.pods.stop(), this.nodes.stop(), this.workloads?.stop()]);
   }
 
   /** Each informer and whether its cache has synced (for /readyz). */

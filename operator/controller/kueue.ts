@@ -6,13 +6,20 @@
  * suspends (workers checkpoint: progress is kept) and, once its workers are gone, hands the quota back.
  */
 import type { V1Pod, V1Toleration } from '@kubernetes/client-node';
+import { LABEL_JOB_NAME } from '../api/contract.ts';
 import { API_GROUP_VERSION, desiredReplicas, KIND, type TrainingJob } from '../api/training-job.ts';
-import type { OwnedJob } from './pod-builder.ts';
+import { type OwnedJob, ownerReference } from './pod-builder.ts';
 
 export const QUEUE_LABEL = 'kueue.x-k8s.io/queue-name';
 export const KUEUE_GROUP = 'kueue.x-k8s.io';
 export const KUEUE_VERSION = 'v1beta2';
 export const POD_SET = 'worker';
+/** Kueue's opt-in to elastic jobs (workload slices; its ElasticJobsViaWorkloadSlices feature gate). */
+export const ELASTIC_ANNOTATION = 'kueue.x-k8s.io/elastic-job';
+/** On a scale-up slice: `<namespace>/<name>` of the slice it replaces once admitted. */
+export const REPLACEMENT_FOR_ANNOTATION = 'kueue.x-k8s.io/workload-slice-replacement-for';
+/** On every slice: the name of the first one in the chain. */
+export const SLICE_NAME_ANNOTATION = 'kueue.x-k8s.io/workload-slice-name';
 
 export interface KueueCondition {
   type: string;
@@ -37,7 +44,10 @@ export interface Workload {
     namespace: string;
     resourceVersion?: string;
     generation?: number;
+    creationTimestamp?: string | Date;
     labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    finalizers?: string[];
     ownerReferences?: unknown[];
   };
   spec: {
@@ -76,31 +86,66 @@ export function workloadName(job: string): string {
   return `trainingjob-${job}`;
 }
 
+/** Whether the job asks Kueue to rescale it in place (workload slices) rather than re-queue it. */
+export function isElastic(job: Pick<TrainingJob, 'metadata'>): boolean {
+  const annotations = job.metadata['annotations'] as Record<string, string> | undefined;
+  return annotations?.[ELASTIC_ANNOTATION] === 'true';
+}
+
+/** What the job asks Kueue for: a count, and a minimum where partial admission applies. */
+export function wantedCounts(job: Pick<TrainingJob, 'metadata' | 'spec'>): {
+  count: number;
+  minCount?: number;
+} {
+  const count = desiredReplicas(job.spec);
+  const min = Math.min(job.spec.minReplicas, count);
+  // Kueue takes partial admission and elastic slices as exclusive on one job (KEP-77).
+  return min < count && !isElastic(job) ? { count, minCount: min } : { count };
+}
+
+export interface WorkloadNaming {
+  /** The workload's name (default: workloadName(job)). */
+  readonly name?: string;
+  /** A scale-up slice: the key (`namespace/name`) of the admitted slice it replaces. */
+  readonly replacementFor?: string;
+  /** The first slice of the chain (default: this one). */
+  readonly sliceName?: string;
+}
+
 /**
  * The Workload of a queued job, from the pod the operator would create for it; `priority` is the value
  * of the pods' PriorityClass (Kueue's webhook fills it in for its own integrations, so we must).
  */
-export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod, priority?: number): Workload {
+export function buildWorkload(
+  job: OwnedJob,
+  queueName: string,
+  pod: V1Pod,
+  priority?: number,
+  naming: WorkloadNaming = {},
+): Workload {
   const priorityClass = pod.spec?.priorityClassName;
-  const count = desiredReplicas(job.spec);
-  const min = Math.min(job.spec.minReplicas, count);
+  const { count, minCount } = wantedCounts(job);
+  const name = naming.name ?? workloadName(job.metadata.name);
+  const elastic = isElastic(job);
   return {
     apiVersion: `${KUEUE_GROUP}/${KUEUE_VERSION}`,
     kind: 'Workload',
     metadata: {
-      name: workloadName(job.metadata.name),
+      name,
       namespace: job.metadata.namespace,
-      labels: { [QUEUE_LABEL]: queueName },
-      ownerReferences: [
-        {
-          apiVersion: API_GROUP_VERSION,
-          kind: KIND,
-          name: job.metadata.name,
-          uid: job.metadata.uid,
-          controller: true,
-          blockOwnerDeletion: true,
-        },
-      ],
+      labels: { [QUEUE_LABEL]: queueName, [LABEL_JOB_NAME]: job.metadata.name },
+      ...(elastic
+        ? {
+            annotations: {
+              [ELASTIC_ANNOTATION]: 'true',
+              [SLICE_NAME_ANNOTATION]: naming.sliceName ?? name,
+              ...(naming.replacementFor === undefined
+                ? {}
+                : { [REPLACEMENT_FOR_ANNOTATION]: naming.replacementFor }),
+            },
+          }
+        : {}),
+      ownerReferences: [ownerReference(job)],
     },
     spec: {
       queueName,
@@ -108,7 +153,7 @@ export function buildWorkload(job: OwnedJob, queueName: string, pod: V1Pod, prio
         {
           name: POD_SET,
           count,
-          ...(min < count ? { minCount: min } : {}),
+          ...(minCount === undefined ? {} : { minCount }),
           template: { metadata: { labels: pod.metadata?.labels ?? {} }, spec: pod.spec ?? {} },
         },
       ],
@@ -172,7 +217,10 @@ export function kueueGate(workload: Workload | undefined, flavors: readonly Reso
         Object.assign(nodeSelector, update.nodeSelector);
         tolerations.push(...(update.tolerations ?? []));
       }
-  const count = assignment?.count ?? workload.spec.podSets.find((p) => p.name === POD_SET)?.count ?? 1;
+  // An elastic slice scaled down in place keeps its (immutable) admission: the pod set has the count.
+  const asked = workload.spec.podSets.find((p) => p.name === POD_SET)?.count;
+  const granted = assignment?.count ?? asked ?? 1;
+  const count = Math.min(granted, asked ?? granted);
   return { admitted: true, count, nodeSelector, tolerations };
 }
 
@@ -247,6 +295,7 @@ export function finishedStatus(
   succeeded: boolean,
   message: string,
   now: Date,
+  reason?: 'OutOfSync',
 ): Workload['status'] | undefined {
   if (isTrue(workload, 'Finished')) return undefined;
   const time = now.toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -255,7 +304,7 @@ export function finishedStatus(
     conditions: setCondition(workload.status?.conditions ?? [], {
       type: 'Finished',
       status: 'True',
-      reason: succeeded ? 'Succeeded' : 'Failed',
+      reason: reason ?? (succeeded ? 'Succeeded' : 'Failed'),
       message: message === '' ? (succeeded ? 'TrainingJob succeeded' : 'TrainingJob failed') : message,
       lastTransitionTime: time,
     }),

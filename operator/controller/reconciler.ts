@@ -15,6 +15,7 @@ import {
   assignedFlavors,
   buildWorkload,
   finishedStatus,
+  type KueueGate,
   kueueGate,
   queueNameOf,
   type ResourceFlavor,
@@ -24,6 +25,7 @@ import {
   workloadName,
 } from './kueue.ts';
 import type { KueueClient } from './kueue-client.ts';
+import { planWorkloads, type WorkloadAction } from './kueue-slices.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
@@ -57,11 +59,19 @@ export interface ReconcilerDeps {
   /** Kueue's Workloads and ResourceFlavors; absent: the queue-name label is ignored. */
   readonly kueue?: Pick<
     KueueClient,
-    'getWorkload' | 'createWorkload' | 'getFlavor' | 'patchWorkloadStatus' | 'priorityOf'
+    | 'listWorkloads'
+    | 'createWorkload'
+    | 'resizeWorkload'
+    | 'deleteWorkload'
+    | 'getFlavor'
+    | 'patchWorkloadStatus'
+    | 'priorityOf'
   >;
+  /** Whether a watch on Workloads is up (their changes requeue the job): no need to poll them then. */
+  readonly workloadsWatched?: () => boolean;
 }
 
-/** How often a job held or admitted by Kueue looks at its Workload again (no Workload watch yet). */
+/** How often a job held or admitted by Kueue looks at its Workload again while no watch is up. */
 const KUEUE_POLL_MS = 1000;
 
 interface Admission {
@@ -184,7 +194,7 @@ export class JobReconciler {
 
     let admission: Admission;
     try {
-      admission = await this.admission(validJob, log);
+      admission = await this.admission(validJob, pods.length, log);
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
@@ -231,10 +241,10 @@ export class JobReconciler {
         return { kind: 'error', error: errorOf(error) };
       }
     }
-    const afterMs =
-      queue !== undefined && !finished
-        ? Math.min(decision.requeueAfterMs ?? KUEUE_POLL_MS, KUEUE_POLL_MS)
-        : decision.requeueAfterMs;
+    const poll = queue !== undefined && !finished && this.deps.workloadsWatched?.() !== true;
+    const afterMs = poll
+      ? Math.min(decision.requeueAfterMs ?? KUEUE_POLL_MS, KUEUE_POLL_MS)
+      : decision.requeueAfterMs;
     return afterMs === undefined ? { kind: 'done' } : { kind: 'requeue', afterMs };
   }
 
@@ -372,38 +382,83 @@ export class JobReconciler {
 
   /**
    * A job labelled kueue.x-k8s.io/queue-name runs only while its Workload is admitted: the Workload is
-   * created on first sight, and the admission's flavors shape the workers (node labels, tolerations).
+   * created on first sight and follows the job's scale (kueue-slices.ts), and the admission's flavors
+   * shape the workers (node labels, tolerations).
    */
-  private async admission(job: OwnedJob, log: Logger): Promise<Admission> {
+  private async admission(job: OwnedJob, workersLeft: number, log: Logger): Promise<Admission> {
     const kueue = this.deps.kueue;
     const queueName = queueNameOf(job);
     if (kueue === undefined || queueName === undefined) return { job };
-    const { namespace, name } = job.metadata;
-    const workload = await kueue.getWorkload(namespace, workloadName(name));
-    const phase = job.status?.phase;
-    if (workload === undefined && phase !== 'Succeeded' && phase !== 'Failed') {
-      let pod: ReturnType<typeof buildWorkerPod> | undefined;
-      try {
-        pod = buildWorkerPod(job, 0, this.deps.config);
-      } catch {
-        // A template that cannot become a pod fails the job in plan (InvalidSpec); nothing to queue.
-      }
-      if (pod !== undefined) {
-        const priorityClass = pod.spec?.priorityClassName;
-        const priority = priorityClass === undefined ? undefined : await kueue.priorityOf(priorityClass);
-        await kueue.createWorkload(buildWorkload(job, queueName, pod, priority));
-        log.info('created Kueue workload', { workload: workloadName(name), queue: queueName });
-      }
-    }
+    const { namespace, name, uid } = job.metadata;
+    const workloads = await kueue.listWorkloads(namespace, name, uid, workloadName(name));
+    const slices = planWorkloads(job, workloads, workersLeft);
+    await this.applyWorkloadAction(job, queueName, slices.action, log);
+    const workload = slices.current;
     const flavors = await Promise.all(assignedFlavors(workload).map((f) => kueue.getFlavor(f)));
-    const gate = kueueGate(
-      workload,
-      flavors.filter((f): f is ResourceFlavor => f !== undefined),
-    );
+    const gate: KueueGate =
+      slices.requeue === undefined
+        ? kueueGate(
+            workload,
+            flavors.filter((f): f is ResourceFlavor => f !== undefined),
+          )
+        : { admitted: false, reason: 'QueuedByKueue', message: slices.requeue };
     const queue = gate.admitted
       ? { admitted: true as const, count: gate.count }
       : { admitted: false as const, reason: gate.reason, message: gate.message };
     return { job: withAdmission(job, gate), queue, ...(workload === undefined ? {} : { workload }) };
+  }
+
+  /** Carries out what planWorkloads decided for the job's Workloads. */
+  private async applyWorkloadAction(
+    job: OwnedJob,
+    queueName: string,
+    action: WorkloadAction,
+    log: Logger,
+  ): Promise<void> {
+    const kueue = this.deps.kueue;
+    if (kueue === undefined) return;
+    switch (action.kind) {
+      case 'none':
+        return;
+      case 'create': {
+        let pod: ReturnType<typeof buildWorkerPod> | undefined;
+        try {
+          pod = buildWorkerPod(job, 0, this.deps.config);
+        } catch {
+          // A template that cannot become a pod fails the job in plan (InvalidSpec); nothing to queue.
+          return;
+        }
+        const priorityClass = pod.spec?.priorityClassName;
+        const priority = priorityClass === undefined ? undefined : await kueue.priorityOf(priorityClass);
+        const { kind: _kind, ...naming } = action;
+        await kueue.createWorkload(buildWorkload(job, queueName, pod, priority, naming));
+        log.info(
+          action.replacementFor === undefined ? 'created Kueue workload' : 'created Kueue workload slice',
+          {
+            workload: action.name,
+            queue: queueName,
+            ...(action.replacementFor === undefined ? {} : { replaces: action.replacementFor }),
+          },
+        );
+        return;
+      }
+      case 'resize':
+        await kueue.resizeWorkload(action.workload, action.count, action.minCount);
+        log.info('resized Kueue workload', { workload: action.workload.metadata.name, count: action.count });
+        return;
+      case 'finish': {
+        const status = finishedStatus(action.workload, false, action.message, this.now(), 'OutOfSync');
+        if (status !== undefined) await kueue.patchWorkloadStatus(action.workload, status);
+        log.info('finished replaced Kueue workload slice', { workload: action.workload.metadata.name });
+        return;
+      }
+      case 'delete':
+        await kueue.deleteWorkload(action.workload);
+        log.info('workers stopped; Kueue workload deleted to queue the job again with its new size', {
+          workload: action.workload.metadata.name,
+        });
+        return;
+    }
   }
 
   /** Hands an evicted workload's quota back once its workers are gone; marks a finished one Finished. */

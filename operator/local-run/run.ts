@@ -26,7 +26,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { constants } from 'node:os';
+import { availableParallelism, constants } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -132,6 +132,8 @@ export interface RunOptions {
    * nodes), as the downward API tells pods: the ring order then follows the placement.
    */
   readonly fakeTopology?: { readonly nodes: number; readonly zones: number };
+  /** Pin worker i to CPU i mod the CPUs (taskset), so that each worker's speed is its own. */
+  readonly pinCpus?: boolean;
 }
 
 export const RUN_COMMAND = {
@@ -162,6 +164,10 @@ again resumes from the newest checkpoint.`,
       type: 'string',
       value: 'NODES:ZONES',
       help: 'place worker i on fake node i mod NODES, the nodes spread over ZONES zones\n(what a pod learns from the downward API), e.g. 2:2',
+    },
+    'pin-cpus': {
+      type: 'boolean',
+      help: 'pin worker i to CPU i mod the number of CPUs (taskset), so that on a small\nmachine each worker computes at its own speed (benchmarks of uneven workers)',
     },
     backend: {
       type: 'string',
@@ -258,6 +264,7 @@ function runOptions(
     chaos,
     chaosSeed: Number(chaosSeed),
     elastic: values.elastic === true || Number(workers) > 1 || chaos.length > 0,
+    ...(values['pin-cpus'] === true ? { pinCpus: true } : {}),
   };
 }
 
@@ -321,6 +328,8 @@ export interface LocalWorkerPlan {
   readonly index: number;
   readonly env: Record<string, string>;
   readonly log: string;
+  /** --pin-cpus: the one CPU the worker runs on. */
+  readonly cpu?: number;
 }
 
 export interface LocalRunPlan {
@@ -354,7 +363,7 @@ export function planLocalRun(job: TrainingJob, options: RunOptions, cwd: string)
 /** One local worker: its id, log file and environment (as the operator would give a pod). */
 export function planLocalWorker(
   job: TrainingJob,
-  options: Pick<RunOptions, 'backend' | 'chaos' | 'fakeTopology'>,
+  options: Pick<RunOptions, 'backend' | 'chaos' | 'fakeTopology' | 'pinCpus'>,
   out: string,
   checkpointDir: string,
   index: number,
@@ -378,7 +387,14 @@ export function planLocalWorker(
     ...(options.backend === undefined ? {} : { backend: options.backend }),
     ...(options.fakeTopology === undefined ? {} : fakePlacement(index, options.fakeTopology)),
   });
-  return { id, index, env, log: join(out, `worker-${index}.log`) };
+  const log = join(out, `worker-${index}.log`);
+  return {
+    id,
+    index,
+    env,
+    log,
+    ...(options.pinCpus === true ? { cpu: index % availableParallelism() } : {}),
+  };
 }
 
 /** Worker `index` on node index mod nodes; the nodes in contiguous blocks of zones. */
@@ -505,6 +521,12 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
       return `evaluation at step ${e.step}: accuracy ${fixed(e.accuracy, 4)}, loss ${fixed(e.loss, 4)} (${e.samples} samples)`;
     case 'checkpoint':
       return `checkpoint at step ${e.step}: ${e.path}`;
+    case 'checkpoint-uploaded':
+      return `checkpoint at step ${e.step} uploaded to ${e.url} (${e.uploadMs} ms)`;
+    case 'checkpoint-upload-failed':
+      return `checkpoint at step ${e.step} not uploaded: ${e.error}`;
+    case 'checkpoint-downloaded':
+      return `checkpoint at step ${e.step} downloaded from ${e.url}`;
     case 'balance':
       return `batch split at step ${e.step}: ${e.before === undefined ? '' : `${e.before.join('/')} → `}${e.perWorker.join('/')} (${e.reason})`;
     case 'straggler':
@@ -544,7 +566,10 @@ interface WorkerLines {
 
 function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): RunningWorker {
   const logFile = createWriteStream(plan.log, { flags: 'a' });
-  const child = spawn(process.execPath, [TENSILE_BIN, 'worker'], {
+  const command = [process.execPath, TENSILE_BIN, 'worker'];
+  // taskset execs the worker in place: the pid, signals and exit are the worker's own.
+  const [file, ...args] = plan.cpu === undefined ? command : ['taskset', '-c', String(plan.cpu), ...command];
+  const child = spawn(file as string, args, {
     env: { ...process.env, ...plan.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -1,5 +1,6 @@
 /**
- * Uneven workers: three `tensile run` workers, one slowed to half speed (`--chaos slow:2:0.5`, a
+ * Uneven workers: three `tensile run` workers (and two pinned one per CPU with `--pin-cpus`, whose
+ * capacities are then their own on a 2-core machine), the last slowed to half speed (`--chaos slow:N:0.5`, a
  * SIGSTOP/SIGCONT duty cycle), trained once with `spec.balancing.mode: even` and once with
  * `proportional`, same manifest otherwise, same machine, one after the other in this run.
  *
@@ -24,12 +25,28 @@ const at = (e: { timestamp?: string | undefined }) => Date.parse(String(e.timest
 
 const GLOBAL_BATCH = 2048;
 
-function writeJob(dir: string, mode: 'even' | 'proportional', evict = false): string {
-  const name = evict ? 'evict' : mode;
+/** Three workers as the issue has them, or two pinned one per CPU (capacities of their own). */
+interface Setup {
+  readonly workers: number;
+  readonly pinned: boolean;
+}
+const THREE: Setup = { workers: 3, pinned: false };
+const TWO_PINNED: Setup = { workers: 2, pinned: true };
+const slowedIndex = (setup: Setup) => setup.workers - 1;
+const runArgs = (setup: Setup, speed: number) => [
+  '--workers',
+  String(setup.workers),
+  '--chaos',
+  `slow:${slowedIndex(setup)}:${speed}`,
+  ...(setup.pinned ? ['--pin-cpus'] : []),
+];
+
+function writeJob(dir: string, mode: 'even' | 'proportional', setup: Setup, evict = false): string {
+  const name = `${evict ? 'evict' : mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`;
   return writeJobManifest(join(dir, `${name}.yaml`), `balancing-${name}`, {
-    replicas: 3,
+    replicas: setup.workers,
     minReplicas: 1,
-    maxReplicas: 3,
+    maxReplicas: setup.workers,
     model: { mlp: { hiddenUnits: [256, 128] } },
     dataset: {
       format: 'idx',
@@ -84,21 +101,19 @@ function settledThroughput(events: ReturnType<typeof workerEvents>, worker?: str
   return { loads: progress.at(-1)?.workers ?? [], jobSamplesPerSecond: GLOBAL_BATCH / median(stepTimes) };
 }
 
-async function measure(dir: string, mode: 'even' | 'proportional'): Promise<ModeResult> {
-  const out = join(dir, `out-${mode}`);
-  const summary = await finished(
-    tensileRun(writeJob(dir, mode), out, ['--workers', '3', '--chaos', 'slow:2:0.5']),
-  );
+async function measure(dir: string, mode: 'even' | 'proportional', setup: Setup): Promise<ModeResult> {
+  const out = join(dir, `out-${mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`);
+  const summary = await finished(tensileRun(writeJob(dir, mode, setup), out, runArgs(setup, 0.5)));
   const events = workerEvents(out);
-  // The last world of all three (a late starter can make the first one smaller).
+  // The last world of all of them (a late starter can make the first one smaller).
   const world = eventsOf(events, 'generation')
-    .filter((e) => e.rank === 0 && e.worldSize === 3)
+    .filter((e) => e.rank === 0 && e.worldSize === setup.workers)
     .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
     .at(-1);
   const writer = world?.worker;
   const { loads, jobSamplesPerSecond } = settledThroughput(events, writer, world?.generation);
   const capacities = loads.map((l) => l.samplesPerSecond);
-  const slowed = loads.find((l) => l.worker.endsWith('-worker-2'));
+  const slowed = loads.find((l) => l.worker.endsWith(`-worker-${slowedIndex(setup)}`));
   return {
     jobSamplesPerSecond: round(jobSamplesPerSecond, 1),
     capacities,
@@ -119,7 +134,7 @@ async function measure(dir: string, mode: 'even' | 'proportional'): Promise<Mode
 async function measureEviction(dir: string) {
   const out = join(dir, 'out-evict');
   const summary = await finished(
-    tensileRun(writeJob(dir, 'proportional', true), out, ['--workers', '3', '--chaos', 'slow:2:0.2']),
+    tensileRun(writeJob(dir, 'proportional', THREE, true), out, runArgs(THREE, 0.2)),
   );
   const events = workerEvents(out);
   const worlds = eventsOf(events, 'generation')
@@ -142,11 +157,18 @@ async function measureEviction(dir: string) {
 
 export default async function bench() {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-bench-balancing-'));
-  const even = await measure(dir, 'even');
-  const proportional = await measure(dir, 'proportional');
+  const even = await measure(dir, 'even', THREE);
+  const proportional = await measure(dir, 'proportional', THREE);
+  const evenPinned = await measure(dir, 'even', TWO_PINNED);
+  const proportionalPinned = await measure(dir, 'proportional', TWO_PINNED);
   const eviction = await measureEviction(dir);
   return {
     figures: {
+      pinnedEvenOfCapacity: evenPinned.ofCapacity,
+      pinnedProportionalOfCapacity: proportionalPinned.ofCapacity,
+      pinnedProportionalOverEven: round(
+        proportionalPinned.jobSamplesPerSecond / evenPinned.jobSamplesPerSecond,
+      ),
       evictionRecoveryAfterOverBefore: eviction.afterOverBefore,
       evenOfCapacity: even.ofCapacity,
       proportionalOfCapacity: proportional.ofCapacity,
@@ -160,10 +182,12 @@ export default async function bench() {
     },
     even,
     proportional,
+    evenPinned,
+    proportionalPinned,
     eviction,
     setup: {
-      workers: 3,
-      slowed: 'worker-2 at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period)',
+      workers: '3, and 2 pinned one per CPU (--pin-cpus)',
+      slowed: 'the last worker at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period); 0.2 for the eviction',
       globalBatch: GLOBAL_BATCH,
       model: 'mlp 784-256-128-10',
       trainSamples: 61_440,

@@ -60,4 +60,12 @@ if (pre.modelInputShape.reduce((a, b) => a * b, 1) !== width) throw new Error('s
 const predicted = model.predict(input).argMax(-1).dataSync();
 let correct = 0;
 for (let i = 0; i < n; i++) if (predicted[i] === labels[8 + i]) correct++;
-console.log(JSON.stringify({ via, samples: n, accuracy: correct / n, firstLabel: labelNames[predicted[0]] }));
+console.log(
+  JSON.stringify({
+    via,
+    samples: n,
+    accuracy: correct / n,
+    firstLabel: labelNames[predicted[0]],
+    predicted: Array.from(predicted),
+  }),
+);

@@ -4,7 +4,9 @@
  * the queue is held suspended until Kueue admits it, then runs with the 2 workers Kueue allows (partial
  * admission) on the flavor's node label and toleration; a higher-priority workload preempts it: its
  * workers checkpoint and go, the quota is handed back, and when the other workload finishes the job is
- * admitted again and resumes.
+ * admitted again and resumes. An elastic job (kueue.x-k8s.io/elastic-job, Kueue's
+ * ElasticJobsViaWorkloadSlices gate) is scaled up through a replacement slice without restarting its
+ * workers, keeps running while a larger slice waits for quota, and is scaled down through it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
@@ -72,7 +74,11 @@ function startKueue(bin: string, webhookPort: number): ChildProcess {
   );
   const child = spawn(
     bin,
-    [`--config=${config}`, '--zap-log-level=2', '--feature-gates=VisibilityOnDemand=false'],
+    [
+      `--config=${config}`,
+      '--zap-log-level=2',
+      '--feature-gates=VisibilityOnDemand=false,ElasticJobsViaWorkloadSlices=true',
+    ],
     {
       env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -185,6 +191,26 @@ test.before(async () => {
           spec: { clusterQueue: 'cq' },
         }),
         stringify({
+          apiVersion: 'kueue.x-k8s.io/v1beta2',
+          kind: 'ClusterQueue',
+          metadata: { name: 'elastic-cq' },
+          spec: {
+            namespaceSelector: {},
+            resourceGroups: [
+              {
+                coveredResources: ['cpu'],
+                flavors: [{ name: 'training', resources: [{ name: 'cpu', nominalQuota: '3' }] }],
+              },
+            ],
+          },
+        }),
+        stringify({
+          apiVersion: 'kueue.x-k8s.io/v1beta2',
+          kind: 'LocalQueue',
+          metadata: { name: 'elastic', namespace: NS },
+          spec: { clusterQueue: 'elastic-cq' },
+        }),
+        stringify({
           apiVersion: 'scheduling.k8s.io/v1',
           kind: 'PriorityClass',
           metadata: { name: 'urgent' },
@@ -264,9 +290,10 @@ async function workers(job: string): Promise<V1Pod[]> {
 }
 
 async function workload(name: string): Promise<{
+  metadata: { name: string; uid?: string; annotations?: Record<string, string> };
   spec: { podSets: { count: number; minCount?: number }[] };
   status?: {
-    conditions?: { type: string; status: string }[];
+    conditions?: { type: string; status: string; reason?: string }[];
     admission?: { podSetAssignments: { count?: number }[] };
   };
 }> {
@@ -369,7 +396,113 @@ test('a queued 4-replica job: held, admitted with the 2 workers the quota allows
   // The urgent Job finishes; the TrainingJob is admitted again and resumes.
   await until('resumed with workers', async () => (await workers('trainer')).length >= 2 || undefined);
   await until('Running again', async () => (await status('trainer')).phase === 'Running');
+
+  // Scaled while admitted (not elastic): stopped, its Workload replaced by one for the new size.
+  const before = await workload('trainingjob-trainer');
+  await kubectl(['-n', NS, 'scale', 'trainingjob/trainer', '--replicas=3']);
+  const requeued = await until('a new Workload for 3 workers, admitted', async () => {
+    const active = (await workloadsOf('trainer')).filter((w) => condition(w, 'Finished') !== 'True');
+    const [w] = active;
+    return active.length === 1 && w?.spec.podSets[0]?.count === 3 && condition(w, 'Admitted') === 'True'
+      ? w
+      : undefined;
+  });
+  assert.is(requeued.metadata.name, 'trainingjob-trainer');
+  assert.is.not(requeued.metadata.uid, before.metadata.uid, 'a new Workload: the old one was deleted');
+  assert.is(requeued.spec.podSets[0]?.minCount, 2);
+  await until('running again with the 2 workers the quota allows', async () => {
+    const s = await status('trainer');
+    return s.phase === 'Running' && (await workers('trainer')).length === 2 ? s : undefined;
+  });
   sub.unsubscribe();
+});
+
+async function workloadsOf(job: string): Promise<Awaited<ReturnType<typeof workload>>[]> {
+  const list = (await custom.listNamespacedCustomObject({
+    group: 'kueue.x-k8s.io',
+    version: 'v1beta2',
+    namespace: NS,
+    plural: 'workloads',
+    labelSelector: `tensile.dev/job-name=${job}`,
+  })) as { items: Awaited<ReturnType<typeof workload>>[] };
+  return list.items;
+}
+
+const uids = (pods: V1Pod[]) => pods.map((p) => p.metadata?.uid ?? '').sort();
+
+test('an elastic job: scaled up by a replacement slice without a restart, then down in place', async () => {
+  const job = validManifest('stretch');
+  setPath(job, 'metadata.namespace', NS);
+  setPath(job, 'metadata.labels', { 'kueue.x-k8s.io/queue-name': 'elastic' });
+  setPath(job, 'metadata.annotations', { 'kueue.x-k8s.io/elastic-job': 'true' });
+  setPath(job, 'spec.replicas', 2);
+  setPath(job, 'spec.minReplicas', 1);
+  setPath(job, 'spec.maxReplicas', 4);
+  setPath(job, 'spec.worker', {
+    image: FAKE_IMAGE,
+    args: ['run'],
+    terminationGracePeriodSeconds: 5,
+    resources: { requests: { cpu: '1' } },
+  });
+  await kubectl(['apply', '-f', '-'], stringify(job));
+  const first = await until('2 workers under the first slice', async () => {
+    const pods = await workers('stretch');
+    return pods.length === 2 && (await status('stretch')).phase === 'Running' ? pods : undefined;
+  });
+  const [slice] = await workloadsOf('stretch');
+  assert.is(slice?.metadata.annotations?.['kueue.x-k8s.io/elastic-job'], 'true');
+  assert.is(slice?.spec.podSets[0]?.minCount, undefined, 'no partial admission on an elastic job');
+
+  // Up to 3 (the quota): a new slice replaces the first; the two workers keep running.
+  await kubectl(['-n', NS, 'scale', 'trainingjob/stretch', '--replicas=3']);
+  const three = await until('3 workers under a replacement slice', async () => {
+    const pods = await workers('stretch');
+    return pods.length === 3 ? pods : undefined;
+  });
+  for (const uid of uids(first)) assert.ok(uids(three).includes(uid), 'the first workers were not restarted');
+  const afterUp = await workloadsOf('stretch');
+  const replaced = afterUp.find((w) => w.metadata.name === 'trainingjob-stretch');
+  const replacement = afterUp.find(
+    (w) =>
+      w.metadata.annotations?.['kueue.x-k8s.io/workload-slice-replacement-for'] ===
+      `${NS}/trainingjob-stretch`,
+  );
+  assert.ok(replacement !== undefined, 'a slice that replaces the first');
+  assert.is(condition(replacement, 'Admitted'), 'True');
+  assert.is(replacement.spec.podSets[0]?.count, 3);
+  assert.ok(replaced !== undefined, 'the first slice is kept, finished');
+  assert.equal(
+    replaced.status?.conditions?.find((c) => c.type === 'Finished')?.status,
+    'True',
+    'the first slice is finished',
+  );
+
+  // Up to 4, beyond the quota: the larger slice waits, the job goes on with its 3 workers.
+  await kubectl(['-n', NS, 'scale', 'trainingjob/stretch', '--replicas=4']);
+  const waiting = await until('a 4-worker slice pending on quota', async () => {
+    const w = (await workloadsOf('stretch')).find((x) => x.spec.podSets[0]?.count === 4);
+    return w !== undefined && condition(w, 'QuotaReserved') === 'False' ? w : undefined;
+  });
+  assert.is(condition(waiting, 'Admitted'), undefined, 'not admitted');
+  const still = await workers('stretch');
+  assert.equal(uids(still), uids(three), 'the 3 workers run on, untouched');
+  assert.is((await status('stretch')).phase, 'Running');
+
+  // Down to 1: the pending slice shrinks, Kueue admits it in place of the 3-worker one.
+  await kubectl(['-n', NS, 'scale', 'trainingjob/stretch', '--replicas=1']);
+  await until('1 worker under an admitted 1-worker slice', async () => {
+    const active = (await workloadsOf('stretch')).filter((w) => condition(w, 'Finished') !== 'True');
+    const pods = await workers('stretch');
+    return active.length === 1 &&
+      active[0]?.spec.podSets[0]?.count === 1 &&
+      condition(active[0], 'Admitted') === 'True' &&
+      pods.length === 1
+      ? true
+      : undefined;
+  });
+  const left = await workers('stretch');
+  assert.ok(uids(three).includes(uids(left)[0] ?? ''), 'a survivor, not a new pod');
+  assert.is((await status('stretch')).phase, 'Running');
 });
 
 test.run();

@@ -133,9 +133,14 @@ async function settle(reconciler: JobReconciler, passes = 6): Promise<ReconcileR
   return results;
 }
 
-function reconcilerFor(server: FakeApiServer, kueue?: ReconcilerDeps['kueue']): JobReconciler {
+function reconcilerFor(
+  server: FakeApiServer,
+  kueue?: ReconcilerDeps['kueue'],
+  workloadsWatched?: () => boolean,
+): JobReconciler {
   return new JobReconciler({
     ...(kueue === undefined ? {} : { kueue }),
+    ...(workloadsWatched === undefined ? {} : { workloadsWatched }),
     kube: server.kube(),
     getJob: () => server.job(),
     podsOf: () => server.pods,
@@ -215,15 +220,23 @@ class FakeKueue {
   ]);
   client(): NonNullable<ReconcilerDeps['kueue']> {
     return {
-      getWorkload: async () =>
+      listWorkloads: async () =>
         this.workload === undefined
-          ? undefined
-          : {
-              ...structuredClone(this.workload),
-              metadata: { ...this.workload.metadata, resourceVersion: String(this.resourceVersion) },
-            },
+          ? []
+          : [
+              {
+                ...structuredClone(this.workload),
+                metadata: { ...this.workload.metadata, resourceVersion: String(this.resourceVersion) },
+              },
+            ],
       createWorkload: async (w: Workload) => {
         this.workload ??= structuredClone(w);
+      },
+      resizeWorkload: async () => {
+        throw new Error('not expected here');
+      },
+      deleteWorkload: async () => {
+        this.workload = undefined;
       },
       getFlavor: async (name: string) => this.flavors.get(name),
       priorityOf: async () => undefined,
@@ -261,7 +274,13 @@ test('Kueue: held until admitted, admitted count and flavor on the pods, evicted
   const kueue = new FakeKueue();
   const reconciler = reconcilerFor(server, kueue.client());
   const first = await reconciler.reconcile('default', 'job');
-  assert.equal(first, { kind: 'requeue', afterMs: 1000 }, 'a queued job looks again soon');
+  assert.equal(first, { kind: 'requeue', afterMs: 1000 }, 'without a Workload watch a queued job polls');
+  const watched = reconcilerFor(server, kueue.client(), () => true);
+  assert.equal(
+    await watched.reconcile('default', 'job'),
+    { kind: 'done' },
+    'with the watch up, a change of the Workload requeues it: no poll',
+  );
   assert.equal(
     kueue.workload?.spec.podSets.map((p) => [p.count, p.minCount]),
     [[4, 2]],

@@ -5,7 +5,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
@@ -161,6 +161,8 @@ const argCases: [string[], RegExp | object][] = [
   [['job.yaml', '--fake-topology', '2:2'], { fakeTopology: { nodes: 2, zones: 2 } }],
   [['job.yaml', '--fake-topology', '2'], /--fake-topology needs NODES:ZONES/],
   [['job.yaml', '--fake-topology', '0:1'], /--fake-topology needs NODES:ZONES/],
+  [['job.yaml', '--pin-cpus'], { pinCpus: true }],
+  [['job.yaml'], { pinCpus: undefined }],
   [['job.yaml', '--fast'], /unknown option --fast/],
   [['a.yaml', 'b.yaml'], /one manifest at a time/],
 ];
@@ -173,6 +175,27 @@ for (const [args, expected] of argCases) {
         assert.equal((parsed as unknown as Record<string, unknown>)[key], value);
   });
 }
+
+test('--pin-cpus: worker i on CPU i mod the CPUs; without it no worker is pinned', () => {
+  const job = validateTrainingJob(validManifest('pinned'));
+  if (!job.ok) throw new Error('invalid');
+  const options = {
+    file: 'x',
+    workers: availableParallelism() + 1,
+    out: 'runs/p',
+    backend: undefined,
+    checkpoints: undefined,
+    chaos: [],
+    chaosSeed: 1,
+    elastic: true,
+  };
+  const pinned = planLocalRun(job.job, { ...options, pinCpus: true }, '/srv');
+  assert.equal(
+    pinned.workers.map((w) => w.cpu),
+    pinned.workers.map((_, i) => i % availableParallelism()),
+  );
+  assert.ok(planLocalRun(job.job, options, '/srv').workers.every((w) => w.cpu === undefined));
+});
 
 test('the local plan configures a worker the way loadWorkerConfig reads it (no NATS for one worker)', () => {
   const job = validateTrainingJob(validManifest('local'));

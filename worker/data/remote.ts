@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { type DatasetSpec, datasetOptions } from '../../operator/api/training-job.ts';
+import { type DatasetSpec, datasetOptions, type S3Options } from '../../operator/api/training-job.ts';
 import { DatasetError } from '../errors.ts';
 import { globToRegExp } from './records.ts';
 
@@ -28,8 +28,7 @@ export function parseS3(path: string): { bucket: string; key: string } {
   return { bucket: match[1], key: (match[2] ?? '').replace(/\/+$/, '') };
 }
 
-export function s3Client(spec: DatasetSpec): S3Client {
-  const o = spec.s3;
+export function s3Client(o: S3Options | undefined): S3Client {
   return new S3Client({
     region: o?.region ?? process.env.AWS_REGION ?? 'us-east-1',
     ...(o?.endpoint === undefined ? {} : { endpoint: o.endpoint }),
@@ -111,7 +110,7 @@ export async function localCopy(
   progress: (message: string, fields?: object) => void,
 ): Promise<string> {
   const { bucket, key } = parseS3(spec.path);
-  const client = s3Client(spec);
+  const client = s3Client(spec.s3);
   try {
     let objects: RemoteObject[];
     try {

@@ -18,9 +18,23 @@ export function incompatibility(saved: TrainingState, fresh: TrainingState): str
   return undefined;
 }
 
+/** A newer checkpoint in checkpoint.objectStore than on the volume (a new node's disk) comes down first. */
+async function pullFromObjectStore(session: Session): Promise<void> {
+  const { mirror, store } = session;
+  if (mirror === undefined) return;
+  const pulled = await mirror.pullNewer(store.directory, (await store.list())[0]?.step);
+  for (const step of pulled)
+    emit(session.facts.log, 'info', 'checkpoint downloaded from the object store', {
+      event: 'checkpoint-downloaded',
+      step,
+      url: session.spec.checkpoint.objectStore?.url ?? '',
+    });
+}
+
 /** Loads the newest valid checkpoint into the session's trainer; false when there is none. */
 export async function restoreLatest(session: Session): Promise<boolean> {
   const log = session.facts.log;
+  await pullFromObjectStore(session);
   const restored = await session.store.latest((ref, reason) =>
     emit(log, 'warn', 'skipping invalid checkpoint', {
       event: 'checkpoint-skipped',

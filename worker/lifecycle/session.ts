@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { JOB_RECORD } from '../../operator/api/model-output.ts';
 import type { TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { type SelectedBackend, selectBackend } from '../backend/select.ts';
+import { CheckpointMirror } from '../checkpoint/object-store.ts';
 import { BackgroundCheckpointer, type CheckpointRef, CheckpointStore } from '../checkpoint/store.ts';
 import type { WorkerConfig } from '../config.ts';
 import { AuditLog } from '../data/audit.ts';
@@ -68,6 +69,8 @@ export class Session implements AsyncDisposable {
   readonly clock = new TrainingClock();
   readonly facts: SessionFacts;
   readonly checkpoints: BackgroundCheckpointer;
+  /** checkpoint.objectStore: every checkpoint written is uploaded; a restore first pulls a newer one. */
+  readonly mirror: CheckpointMirror | undefined;
   readonly holder: StateHolder;
 
   constructor(
@@ -121,6 +124,25 @@ export class Session implements AsyncDisposable {
         leaving.abort();
       }
     });
+    const objectStore = this.spec.checkpoint.objectStore;
+    this.mirror =
+      objectStore === undefined
+        ? undefined
+        : new CheckpointMirror(objectStore, {
+            uploaded: (step, url, millis) =>
+              emit(this.facts.log, 'info', 'checkpoint uploaded', {
+                event: 'checkpoint-uploaded',
+                step,
+                url,
+                uploadMs: Math.round(millis),
+              }),
+            uploadFailed: (step, error) =>
+              emit(this.facts.log, 'warn', 'checkpoint upload failed; the next one is tried as usual', {
+                event: 'checkpoint-upload-failed',
+                step,
+                error: errorMessage(error),
+              }),
+          });
     this.checkpoints = new BackgroundCheckpointer(
       store,
       {
@@ -163,6 +185,7 @@ export class Session implements AsyncDisposable {
       path: ref.path,
       time: new Date().toISOString(),
     });
+    this.mirror?.push(ref, this.store.keep);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -170,6 +193,11 @@ export class Session implements AsyncDisposable {
       await this.membership[Symbol.asyncDispose]();
     } catch (error) {
       this.facts.log.debug('membership close failed', { error: errorMessage(error) });
+    }
+    try {
+      await this.mirror?.[Symbol.asyncDispose]();
+    } catch (error) {
+      this.facts.log.debug('object store close failed', { error: errorMessage(error) });
     }
     this.audit.close();
     this.trainer.dispose();

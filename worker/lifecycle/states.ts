@@ -226,6 +226,8 @@ async function conclude(
   const { state, clock, facts, config } = session;
   const sessionSeconds = clock.sessionSeconds();
   await session.checkpoints.close();
+  // The final checkpoint is the one a new node resumes from or exports: in the store before the end.
+  await session.mirror?.idle();
   const result: WorkerResult = {
     status: outcome,
     reason:
