@@ -37,7 +37,7 @@ import { readWorkerResult, resultFile, type WorkerResult } from '../../worker/re
 import { JOB_UID_PATTERN } from '../api/contract.ts';
 import { type GenerationEnd, generationEnds, goodput } from '../api/goodput.ts';
 import type { RunSummary } from '../api/run-summary.ts';
-import { BACKENDS, type BackendChoice, type TrainingJob } from '../api/training-job.ts';
+import { BACKENDS, type BackendChoice, elasticRange, type TrainingJob } from '../api/training-job.ts';
 import { formatManifestProblem, validateManifestText } from '../api/validate.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
 import {
@@ -290,10 +290,40 @@ export function runExitCode(outcome: {
   readonly interruptedBy: NodeJS.Signals | undefined;
   readonly status: WorkerResult['status'] | undefined;
 }): number {
-  if (outcome.unexpectedCodes.length > 0) return outcome.unexpectedCodes.includes(2) ? 2 : 1;
+  if (outcome.unexpectedCodes.length > 0)
+    return outcome.unexpectedCodes.includes(EXIT_TERMINAL) ? EXIT_TERMINAL : 1;
   if (outcome.interruptedBy !== undefined) return 128 + constants.signals[outcome.interruptedBy];
   return outcome.status === 'completed' || outcome.status === 'stopped' ? 0 : 1;
 }
+
+/**
+ * What a worker's unexpected end means for the run, pure: undefined when the others can go on (as
+ * many as a world needs are still running, or none is left to wait), else the message to end the run
+ * with. Nobody restarts a local worker, so a world of fewer than minReplicas would never form and
+ * the survivors would wait for it forever; the operator instead replaces the pod, up to backoffLimit.
+ */
+export function failureEndsRun(failure: {
+  readonly worker: string;
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly error: string | undefined;
+  /** Workers of the run still running, not counting those asked to stop. */
+  readonly left: number;
+  readonly minReplicas: number;
+}): string | undefined {
+  const { worker, code, signal, error, left, minReplicas } = failure;
+  if (code === 0 || left === 0 || left >= minReplicas) return undefined;
+  const how =
+    signal !== null
+      ? `was killed by ${signal}`
+      : code === EXIT_TERMINAL
+        ? 'failed terminally (exit code 2: a restart cannot fix it)'
+        : `failed (exit code ${code})`;
+  return `${worker} ${how}${error === undefined ? '' : `: ${error}`}; ${left} worker(s) left, fewer than the ${minReplicas} a world needs (spec.minReplicas): stopping the run`;
+}
+
+/** The exit code of a worker whose error is terminal (worker/errors.ts EXIT_TERMINAL). */
+const EXIT_TERMINAL = 2;
 
 export interface LocalWorkerPlan {
   readonly id: string;
@@ -651,7 +681,8 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   const recordEvent = (event: Record<string, unknown>) =>
     appendFileSync(eventsFile, `${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
 
-  let lastError: string | undefined;
+  /** The error each worker reported last (its `failed` event), by worker id. */
+  const lastErrors = new Map<string, string>();
   let invalidLines = 0;
   let firstInvalid: string | undefined;
   let step = 0;
@@ -828,7 +859,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       firstInvalid ??= `${worker.log}: ${problem}`;
     },
     onEvent: (worker, line) => {
-      if (line.event === 'failed') lastError = line.error;
+      if (line.event === 'failed') lastErrors.set(worker.id, line.error);
       if (line.event === 'straggler' && line.evict) evictStraggler(line.straggler);
       if (line.event === 'progress') {
         step = Math.max(step, line.step);
@@ -892,10 +923,27 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   process.on('SIGTERM', forward);
   // Workers started by `join` arrive while we wait: wait until every one of them has exited.
   const exits = new Map<RunningWorker, { code: number | null; signal: NodeJS.Signals | null }>();
+  const minReplicas = elasticRange(job.spec).min;
   while (exits.size < running.length) {
     const waiting = running.filter((w) => !exits.has(w));
     const [done, exit] = await Promise.race(waiting.map((w) => w.exited.then((e) => [w, e] as const)));
     exits.set(done, exit);
+    if (done.expected) continue;
+    const verdict = failureEndsRun({
+      worker: done.plan.id,
+      ...exit,
+      error: lastErrors.get(done.plan.id),
+      left: alive().length,
+      minReplicas,
+    });
+    if (verdict === undefined) continue;
+    io.err(`tensile run: ${verdict}`);
+    recordEvent({ type: 'run-failed', step, worker: done.plan.id, reason: verdict });
+    // As on Ctrl-C: the others checkpoint at their step boundary (or stop waiting) and exit.
+    for (const w of alive()) {
+      w.expected = true;
+      w.child.kill('SIGTERM');
+    }
   }
   process.off('SIGINT', forward);
   process.off('SIGTERM', forward);
@@ -910,7 +958,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   for (const [w, e] of unexpected) {
     const how = e.signal !== null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
     io.err(
-      `tensile run: ${w.plan.id} ${how}${lastError === undefined ? '' : `: ${lastError}`} (log: ${w.plan.log})`,
+      `tensile run: ${w.plan.id} ${how}${lastErrors.has(w.plan.id) ? `: ${lastErrors.get(w.plan.id)}` : ''} (log: ${w.plan.log})`,
     );
   }
   const results: WorkerResult[] = [];

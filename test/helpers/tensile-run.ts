@@ -1,6 +1,14 @@
-/** `tensile run` as a child process for tests: its output lines, waiting for a line, its summary. */
+/**
+ * `tensile run` as a child process for tests: its output lines, waiting for a line, its summary.
+ *
+ * Every wait has a deadline, a safety net and never a verdict on speed: minutes, where a run of these
+ * tests takes seconds to a minute on a loaded 2-core machine. A run that hangs (a rendezvous that
+ * never forms, survivors waiting for a worker that is gone) is then killed with its process group
+ * and fails its test with the last lines of each worker's log, instead of eating the file's timeout
+ * with nothing to show.
+ */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as assert from 'uvu/assert';
@@ -11,12 +19,65 @@ import { decodeWorkerLine, eventsOf, type WorkerEvent } from '../../operator/api
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
 
+/** How long a test waits for a line or the end of a run by default (a safety net, see above). */
+export const DEFAULT_DEADLINE_MS = 8 * 60_000;
+
 export interface RunningTensile {
   readonly child: ChildProcess;
   readonly out: string;
   readonly lines: string[];
   readonly done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  waitFor(pattern: RegExp): Promise<string>;
+  /** The first line matching `pattern`; fails when the run ends without it or at the deadline. */
+  waitFor(pattern: RegExp, deadlineMs?: number): Promise<string>;
+}
+
+/** The last lines of each worker log in `out` (and of the run's own output): what a hang leaves. */
+export function lastLogLines(out: string, lines: readonly string[] = [], count = 12): string {
+  const cut = (l: string) => (l.length > 400 ? `${l.slice(0, 400)}…` : l);
+  const logs = existsSync(out) ? readdirSync(out).filter((n) => /^worker-\d+\.log$/.test(n)) : [];
+  const parts = logs.sort().map((name) => {
+    const text = readFileSync(join(out, name), 'utf8').trimEnd().split('\n');
+    return `--- ${name} (last ${Math.min(count, text.length)} of ${text.length} lines)\n${text.slice(-count).map(cut).join('\n')}`;
+  });
+  if (lines.length > 0) parts.unshift(`--- tensile run\n${lines.slice(-count).map(cut).join('\n')}`);
+  return parts.join('\n');
+}
+
+/**
+ * `promise`, or at `deadlineMs` a rejection saying what was awaited, after `onDeadline` (which kills
+ * what hangs); `describe` adds what it left behind.
+ */
+export async function withDeadline<T>(
+  promise: Promise<T>,
+  what: string,
+  deadlineMs: number,
+  onDeadline: () => void,
+  describe: () => string = () => '',
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onDeadline();
+      reject(
+        new Error(`${what}: still waiting after ${deadlineMs / 1000} s (a hang); killed it\n${describe()}`),
+      );
+    }, deadlineMs);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** kill -9 of the run's process group: `tensile run`, its workers and its nats-server. */
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
 }
 
 /** Writes a TrainingJob manifest named `name` with `spec` to `file`; returns `file`. */
@@ -70,19 +131,33 @@ export function tensileRun(
     out,
     lines,
     done,
-    waitFor: (pattern) =>
-      new Promise((resolve, reject) => {
-        const seen = lines.find((l) => pattern.test(l));
-        if (seen !== undefined) return resolve(seen);
-        waiters.push({ pattern, resolve });
-        void done.then(() => reject(new Error(`ended without ${pattern}:\n${lines.slice(-30).join('\n')}`)));
-      }),
+    waitFor: (pattern, deadlineMs = DEFAULT_DEADLINE_MS) =>
+      withDeadline(
+        new Promise<string>((resolve, reject) => {
+          const seen = lines.find((l) => pattern.test(l));
+          if (seen !== undefined) return resolve(seen);
+          waiters.push({ pattern, resolve });
+          void done.then(() =>
+            reject(new Error(`ended without ${pattern}:\n${lines.slice(-30).join('\n')}`)),
+          );
+        }),
+        `tensile run ${out}: waiting for ${pattern}`,
+        deadlineMs,
+        () => killGroup(child),
+        () => lastLogLines(out, lines),
+      ),
   };
 }
 
-/** Waits for the run, asserts it exited 0 and returns its summary.json. */
-export async function finished(run: RunningTensile): Promise<RunSummary> {
-  const { code } = await run.done;
+/** Waits for the run (killing it at the deadline), asserts it exited 0 and returns its summary.json. */
+export async function finished(run: RunningTensile, deadlineMs = DEFAULT_DEADLINE_MS): Promise<RunSummary> {
+  const { code } = await withDeadline(
+    run.done,
+    `tensile run ${run.out}: waiting for its end`,
+    deadlineMs,
+    () => killGroup(run.child),
+    () => lastLogLines(run.out, run.lines),
+  );
   assert.is(code, 0, run.lines.slice(-30).join('\n'));
   // Read by the one schema it is written by: a field the writer drops or renames fails here.
   return RunSummarySchema.parse(JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')));

@@ -15,7 +15,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from 'nats';
 import { test } from 'uvu';
@@ -27,8 +27,11 @@ import { eventsOf, type WorkerEventOf } from '../../operator/api/worker-events.t
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import {
   assertLockstep,
+  DEFAULT_DEADLINE_MS,
   finished,
+  lastLogLines,
   tensileRun,
+  withDeadline,
   workerEvents,
   writeJobManifest,
 } from '../helpers/tensile-run.ts';
@@ -66,7 +69,11 @@ test('batch norm on two ranks: every weight, moving statistics included, identic
   assert.ok(shared >= summary.step - 1, `${shared} of ${summary.step} steps were checked on both workers`);
 });
 
-/** A `tensile worker` process as a pod created later would be: its own spec and spec revision. */
+/**
+ * A `tensile worker` process as a pod created later would be: its own spec and spec revision. Its
+ * `exit` has the helpers' deadline (a safety net): a worker that outlives the run's nats-server
+ * would wait for it forever.
+ */
 function startWorker(
   env: Record<string, string>,
   log: string,
@@ -79,9 +86,18 @@ function startWorker(
   child.stdout?.pipe(file, { end: false });
   child.stderr?.pipe(file, { end: false });
   // Resolves once the log holds everything the worker wrote.
-  const exit = new Promise<number | null>((resolve) =>
+  const closed = new Promise<number | null>((resolve) =>
     child.on('close', (code) => file.end(() => resolve(code))),
   );
+  const exit = withDeadline(
+    closed,
+    `${env['TENSILE_WORKER_ID'] ?? 'worker'} started by the test: waiting for its exit`,
+    DEFAULT_DEADLINE_MS,
+    () => child.kill('SIGKILL'),
+    () => lastLogLines(dirname(log)),
+  );
+  // Read only by some tests: a deadline nobody awaits must not be an unhandled rejection.
+  exit.catch(() => undefined);
   return { child, exit };
 }
 

@@ -1,6 +1,6 @@
 /** Ring all-reduce, broadcast and barrier over real TCP connections on loopback. */
 
-import { connect, Socket } from 'node:net';
+import { connect, createServer, Socket } from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RingGroup } from '../../worker/collective/group.ts';
@@ -11,10 +11,13 @@ import {
   CollectiveTimeoutError,
   dial,
   encodeFrame,
+  FRAME_ACCEPT,
+  FRAME_CHALLENGE,
   FRAME_DATA,
   FRAME_HELLO,
   FramedLink,
   type LinkReader,
+  linkMac,
   PeerLostError,
   probe,
 } from '../../worker/collective/transport.ts';
@@ -145,6 +148,32 @@ test('a peer that dies mid-collective fails the others with a typed error, quick
     }
   } finally {
     await r.close();
+  }
+});
+
+test('a rank that finishes the last collective first and leaves does not fail it for the others', async () => {
+  // The end of a run: each rank closes its ring as soon as its last all-reduce resolves. The first
+  // to finish holds every byte its left neighbour sends while that neighbour may still wait for its
+  // own last segment from further left: the close must not cost it the collective.
+  for (let round = 0; round < 30; round++) {
+    const r = await ring(3, round + 1);
+    try {
+      const results = await Promise.all(
+        r.groups.map(async (g, rank) => {
+          const sum = await g.allReduce(Float32Array.from([rank + 1, 10 * (rank + 1)])).catch((e) => e);
+          await g[Symbol.asyncDispose]();
+          return sum;
+        }),
+      );
+      for (const [rank, result] of results.entries())
+        assert.equal(
+          result instanceof Float32Array ? [...result] : String(result),
+          [6, 60],
+          `round ${round}, rank ${rank}`,
+        );
+    } finally {
+      await r.close();
+    }
   }
 });
 
@@ -322,6 +351,65 @@ test('the caller may overwrite its buffer as soon as an all-reduce resolves (sen
     }
   } finally {
     await r.close();
+  }
+});
+
+test("the listener's first data frame in the same read as its ACCEPT is not cut by the handshake limit", async () => {
+  // A listener written by hand, so that ACCEPT and a large DATA frame leave in one write (a real one
+  // sends its first data as soon as its ring forms, which can land in the dialler's same read).
+  const frames: { kind: number; payload: Buffer }[] = [];
+  let waiting: (() => void) | undefined;
+  const server = createServer((socket) => {
+    // A dialler that rejects the frames resets the connection: that is the test's failure, below.
+    socket.on('error', () => undefined);
+    let pending = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 13 && pending.length >= pending.readUInt32BE(0) + 4) {
+        const end = pending.readUInt32BE(0) + 4;
+        frames.push({ kind: pending.readUInt8(4), payload: pending.subarray(13, end) });
+        pending = pending.subarray(end);
+        waiting?.();
+      }
+    });
+    void (async () => {
+      const next = async () => {
+        while (frames.length === 0) await new Promise<void>((resolve) => (waiting = resolve));
+        return frames.shift() as { kind: number; payload: Buffer };
+      };
+      const hello = JSON.parse((await next()).payload.toString('utf8'));
+      const challenge = 'ab'.repeat(16);
+      socket.write(Buffer.concat(encodeFrame(FRAME_CHALLENGE, hello.generation, 0, Buffer.from(challenge))));
+      await next(); // AUTH: its proof is not what this test is about
+      const accept = encodeFrame(
+        FRAME_ACCEPT,
+        hello.generation,
+        0,
+        linkMac(TOKEN, 'listener', hello, challenge),
+      );
+      const data = encodeFrame(FRAME_DATA, hello.generation, 0, Buffer.alloc(100_000, 7));
+      socket.write(Buffer.concat([...accept, ...data]));
+    })();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  try {
+    const link = await dial(
+      `127.0.0.1:${port}`,
+      { job: 'job', generation: 2, fromRank: 1, toRank: 0, size: 2 },
+      TOKEN,
+      5000,
+    );
+    try {
+      const frame = await link.receive(5000);
+      assert.is(frame.kind, FRAME_DATA);
+      assert.is(frame.payload.byteLength, 100_000);
+    } finally {
+      link.close();
+    }
+  } finally {
+    server.close();
   }
 });
 

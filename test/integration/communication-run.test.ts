@@ -113,10 +113,11 @@ for (const mode of ['topk', 'powersgd', 'local']) {
     );
     // The worlds that formed, from the workers' logs: with local SGD a world that ended before its
     // first averaging committed nothing and is not in the final history (its steps were redone).
-    const sizes = workerEvents(out)
-      .flatMap((e) => (e.event === 'generation' && e.rank === 0 ? [e] : []))
-      .sort((a, b) => String(a.timestamp).localeCompare(String(b.timestamp)))
-      .map((e) => e.worldSize);
+    // Any rank's line counts: the kill may hit a world's rank 0 before it logged that world.
+    const formed = new Map<number, number>();
+    for (const e of workerEvents(out))
+      if (e.event === 'generation' && e.generation !== undefined) formed.set(e.generation, e.worldSize);
+    const sizes = [...formed].sort(([a], [b]) => a - b).map(([, size]) => size);
     const grown = sizes.indexOf(3);
     assert.ok(grown >= 0, `it grew to 3: ${sizes}`);
     assert.ok(

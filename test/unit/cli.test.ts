@@ -12,7 +12,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse } from 'yaml';
 import { formatHelp, parseCommand } from '../../operator/commands/args.ts';
-import { RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
+import { failureEndsRun, RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
@@ -218,6 +218,33 @@ test('the exit code of tensile run: failures first, then 128 + the signal that i
     [{ unexpectedCodes: [], interruptedBy: undefined, status: undefined }, 1],
   ];
   for (const [outcome, code] of cases) assert.is(runExitCode(outcome), code, JSON.stringify(outcome));
+});
+
+test('a failed worker ends tensile run only when too few are left for a world', () => {
+  const base = { worker: 'job-worker-1', signal: null, error: 'bad input', minReplicas: 2 } as const;
+  const cases: [
+    Partial<Parameters<typeof failureEndsRun>[0]> & { code: number | null; left: number },
+    RegExp | undefined,
+  ][] = [
+    // Enough left: they re-form without it.
+    [{ code: 2, left: 2 }, undefined],
+    [{ code: 1, left: 3 }, undefined],
+    // Nobody left to wait: the run ends by itself.
+    [{ code: 2, left: 0 }, undefined],
+    // Finished cleanly: not a failure.
+    [{ code: 0, left: 1 }, undefined],
+    [
+      { code: 2, left: 1 },
+      /^job-worker-1 failed terminally \(exit code 2: a restart cannot fix it\): bad input; 1 worker\(s\) left, fewer than the 2 a world needs \(spec\.minReplicas\): stopping the run$/,
+    ],
+    [{ code: 1, left: 1, error: undefined }, /^job-worker-1 failed \(exit code 1\); 1 worker\(s\) left/],
+    [{ code: null, signal: 'SIGKILL', left: 1 }, /^job-worker-1 was killed by SIGKILL: bad input; /],
+  ];
+  for (const [failure, expected] of cases) {
+    const verdict = failureEndsRun({ ...base, ...failure });
+    if (expected === undefined) assert.is(verdict, undefined, JSON.stringify(failure));
+    else assert.match(verdict ?? '', expected, JSON.stringify(failure));
+  }
 });
 
 test('parseCommand: --help wins over mistakes, -- ends the options, - is an argument, repeated values', () => {

@@ -235,6 +235,19 @@ const cases: [string, RendezvousView, (d: Decision) => void][] = [
     (d) => assert.is(d.action, 'continue'),
   ],
   [
+    'a joiner whose own record was read only once asks to join (it does not stand by as if the world were full)',
+    view({
+      self: 'z',
+      members: [member('z', { hasState: false, confirmed: false }), member('a'), member('b')],
+      world: world(5, ['a', 'b']),
+      running: 0,
+    }),
+    (d) => {
+      assert.is(d.action, 'wait', JSON.stringify(d));
+      if (d.action === 'wait') assert.match(d.reason, 'z joining; last call');
+    },
+  ],
+  [
     'an unconfirmed record is left out of a new world; a confirmed newcomer is in',
     view({
       members: [

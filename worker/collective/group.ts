@@ -41,7 +41,9 @@ export interface RingOptions {
   readonly signal?: AbortSignal;
   /**
    * Called once when the link to or from a neighbour breaks on the neighbour's side (EOF, RST): it
-   * died or left this world. The ring is aborted at once; the collective in flight, if any, fails.
+   * died or left this world. A break of the link this rank receives on aborts the ring at once and
+   * fails the collective in flight; a break of the link it sends on fails a send still in flight and
+   * every later collective, but not the receives this rank still waits for (see `watch`).
    */
   readonly onPeerLost?: (rank: number, error: PeerLostError) => void;
   /**
@@ -97,6 +99,8 @@ export class RingGroup implements AsyncDisposable {
   private closed = false;
   /** The neighbour's side broke a link: what the collective in flight fails with. */
   private broken: PeerLostError | undefined;
+  /** The right neighbour closed the link this rank sends on: what the next collective fails with. */
+  private rightLost: PeerLostError | undefined;
 
   private constructor(
     readonly generation: number,
@@ -115,13 +119,31 @@ export class RingGroup implements AsyncDisposable {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
   }
 
-  private watch(link: FramedLink, rank: number, onPeerLost: RingOptions['onPeerLost']): void {
+  /**
+   * The right link only carries this rank's sends. The right neighbour closes it when it is done
+   * with this world, and in a ring it can be done first: it has every byte this rank sends while this
+   * rank still waits for its last segment from the left (the end of the last collective of a
+   * finished run, or of a leaver's last step). That close must not fail the collective here, or this
+   * rank alone loses the step or the final evaluation its peers completed. A send still in flight
+   * fails on its own (see `send`); a dead right neighbour also breaks its side of the ring, which
+   * reaches this rank through its left link or the timeout.
+   */
+  private watch(
+    link: FramedLink,
+    rank: number,
+    side: 'left' | 'right',
+    onPeerLost: RingOptions['onPeerLost'],
+  ): void {
     link.onFailure((error) => {
       // Our own close fails links with CollectiveAbortedError; only the peer's side is news.
       if (this.closed || !(error instanceof PeerLostError)) return;
-      this.broken = error;
-      this.abort();
-      onPeerLost?.(rank, error);
+      const first = this.broken === undefined && this.rightLost === undefined;
+      if (side === 'right') this.rightLost = error;
+      else {
+        this.broken = error;
+        this.abort();
+      }
+      if (first) onPeerLost?.(rank, error);
     });
   }
 
@@ -163,8 +185,8 @@ export class RingGroup implements AsyncDisposable {
       options.segmentsPerChunk,
       options.hierarchical === true && hierarchyPays(nodeGroups(members)) ? nodeGroups(members) : undefined,
     );
-    group.watch(right, rightRank, options.onPeerLost);
-    group.watch(left, leftRank, options.onPeerLost);
+    group.watch(right, rightRank, 'right', options.onPeerLost);
+    group.watch(left, leftRank, 'left', options.onPeerLost);
     return group;
   }
 
@@ -173,7 +195,14 @@ export class RingGroup implements AsyncDisposable {
     return this.right?.bytesSent ?? 0;
   }
 
+  /** Before a collective: any break fails it. */
   private check(): void {
+    if (this.rightLost !== undefined) throw this.broken ?? this.rightLost;
+    this.checkReceiving();
+  }
+
+  /** Between the receives of a collective: only a break of what it still receives from fails it. */
+  private checkReceiving(): void {
     if (this.broken !== undefined) throw this.broken;
     if (this.closed || this.signal?.aborted)
       throw new CollectiveAbortedError(`generation ${this.generation} was aborted`);
@@ -201,8 +230,13 @@ export class RingGroup implements AsyncDisposable {
 
   private send(seq: number, payload: Uint8Array, link = this.right as FramedLink): Promise<void> {
     const sent = link.send(FRAME_DATA, this.generation, seq, payload);
-    // A send that fails after the collective already failed must not surface as an unhandled rejection.
-    sent.catch(() => undefined);
+    sent.catch((error: unknown) => {
+      // A send the neighbour never got fails the collective here too, at once. One that fails after
+      // the collective already failed must not surface as an unhandled rejection.
+      if (this.closed || !(error instanceof PeerLostError)) return;
+      this.broken ??= error;
+      this.abort();
+    });
     return sent;
   }
 
@@ -248,7 +282,7 @@ export class RingGroup implements AsyncDisposable {
         const next = steps[s + 1];
         for (const seg of segments[step.receiveChunk] ?? []) {
           const payload = await this.receive(receiveSeq++);
-          this.check();
+          this.checkReceiving();
           const count = seg.end - seg.start;
           const expectedBytes = count * (fp16 ? 2 : 4);
           if (payload.byteLength !== expectedBytes) {
@@ -415,7 +449,7 @@ export class RingGroup implements AsyncDisposable {
       let offset = 0;
       for (let i = 0; i < count; i++) {
         const part = await this.receive(base + 1 + i);
-        this.check();
+        this.checkReceiving();
         out.set(part, offset);
         offset += part.byteLength;
         if (forward) sends.push(this.send(base + 1 + i, part));

@@ -105,7 +105,12 @@ export type Hello = z.output<typeof HelloSchema>;
 /** What a ring asks of its dialler: the HELLO without the nonce, which `dial` draws. */
 export type HelloRequest = Omit<Hello, 'nonce'>;
 
-function linkMac(token: string, role: 'dialler' | 'listener', hello: Hello, challenge: string): Buffer {
+export function linkMac(
+  token: string,
+  role: 'dialler' | 'listener',
+  hello: Hello,
+  challenge: string,
+): Buffer {
   const transcript = JSON.stringify([
     'tensile-link-v1',
     role,
@@ -155,6 +160,8 @@ export class FramedLink {
   private readonly spare = new Map<number, Buffer[]>();
   /** Raised to the full frame size once the handshake has authenticated the peer. */
   maxFrame = HANDSHAKE_MAX_FRAME;
+  /** The frame kind whose arrival raises `maxFrame` (see `raiseLimitAfter`). */
+  private raiseAfter: number | undefined;
   private readonly failureListeners: ((error: Error) => void)[] = [];
   /** Bytes written to this link (headers included): what a topology costs, link by link. */
   bytesSent = 0;
@@ -328,7 +335,21 @@ export class FramedLink {
     this.spare.set(payload.byteLength, list);
   }
 
+  /**
+   * Raises `maxFrame` as soon as a frame of `kind` is parsed, before the next frame of the same read
+   * is: the listener's first DATA frame may arrive in one read with its ACCEPT, before the dialler's
+   * handshake code runs again. The dialler only chose to dial this peer; a wrong ACCEPT still fails
+   * the handshake and closes the link.
+   */
+  raiseLimitAfter(kind: number): void {
+    this.raiseAfter = kind;
+  }
+
   private deliver(frame: Frame): void {
+    if (frame.kind === this.raiseAfter) {
+      this.raiseAfter = undefined;
+      this.maxFrame = MAX_FRAME;
+    }
     const waiter = this.waiter;
     if (waiter !== undefined) {
       this.waiter = undefined;
@@ -716,6 +737,7 @@ async function introduce(link: FramedLink, hello: Hello, token: string, timeoutM
   await link.send(FRAME_HELLO, hello.generation, 0, Buffer.from(JSON.stringify(hello)));
   const challenge = expect(await link.receive(timeoutMs), FRAME_CHALLENGE, 'CHALLENGE').toString('utf8');
   if (!NONCE.test(challenge)) throw new LinkRefusedError('malformed challenge', 'malformed CHALLENGE');
+  link.raiseLimitAfter(FRAME_ACCEPT);
   await link.send(FRAME_AUTH, hello.generation, 0, linkMac(token, 'dialler', hello, challenge));
   const proof = expect(await link.receive(timeoutMs), FRAME_ACCEPT, 'ACCEPT');
   if (!macMatches(linkMac(token, 'listener', hello, challenge), proof))

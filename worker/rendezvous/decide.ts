@@ -209,7 +209,11 @@ export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): s
     }
   }
   const inWorld = new Set(world.members.map((m) => m.id));
-  const joiners = [...alive].filter((id) => !inWorld.has(id) && members.get(id)?.confirmed !== false);
+  // A worker knows it is alive: its own record needs no confirmation (else a joiner would stand by,
+  // "world N is full", until its second heartbeat, as if it had nowhere to go).
+  const joiners = [...alive].filter(
+    (id) => !inWorld.has(id) && (id === view.self || members.get(id)?.confirmed !== false),
+  );
   if (joiners.length > 0 && world.members.length < config.maxReplicas)
     return `${joiners.sort().join(', ')} joining`;
   return undefined;

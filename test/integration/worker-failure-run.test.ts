@@ -1,0 +1,94 @@
+/**
+ * A worker of `tensile run` that fails for good, with real worker processes and a real nats-server:
+ * when fewer workers are left than a world needs (spec.minReplicas), nobody can bring one back (no
+ * operator replaces a local worker), so the run ends at once — non-zero, naming the worker and its
+ * error — instead of the survivors waiting for a world that can never form.
+ *
+ * The failure is a real terminal one that hits one worker only: the checkpoint directory holds a
+ * checkpoint of another job (another model seed), which only the rank that restores (rank 0 of the
+ * first world) reads; the other rank then waits for the state that rank was to send.
+ */
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { eventsOf } from '../../operator/api/worker-events.ts';
+import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import {
+  DEFAULT_DEADLINE_MS,
+  finished,
+  lastLogLines,
+  tensileRun,
+  withDeadline,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
+
+const FASHION = fashionMnistDir();
+const dir = mkdtempSync(join(tmpdir(), 'tensile-worker-failure-'));
+
+const job = (seed: number, replicas: number) => ({
+  replicas,
+  minReplicas: replicas,
+  maxReplicas: replicas,
+  model: { mlp: { hiddenUnits: [16] }, seed },
+  dataset: { format: 'idx', path: FASHION, maxTrainSamples: 600, eval: { maxSamples: 200 } },
+  optimizer: { type: 'adam', learningRate: 0.003 },
+  batch: { global: 60 },
+  stopping: { epochs: 1 },
+  checkpoint: { intervalSteps: 5 },
+  rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+});
+
+test('a worker fails terminally and too few are left: the run ends, naming it and its error', async () => {
+  const checkpoints = join(dir, 'checkpoints');
+  // Another job's checkpoints in the directory the next one is pointed at.
+  const before = await finished(
+    tensileRun(writeJobManifest(join(dir, 'first.yaml'), 'first', job(1, 1)), join(dir, 'first'), [
+      '--checkpoints',
+      checkpoints,
+    ]),
+  );
+  assert.is(before.status, 'completed');
+  assert.ok(readdirSync(checkpoints).some((n) => n.startsWith('ckpt-')));
+
+  const out = join(dir, 'second');
+  const run = tensileRun(writeJobManifest(join(dir, 'second.yaml'), 'second', job(2, 2)), out, [
+    '--workers',
+    '2',
+    '--checkpoints',
+    checkpoints,
+  ]);
+  // Before the fix this waited forever: the deadline (a safety net, minutes) turns that into a failure.
+  const { code } = await withDeadline(
+    run.done,
+    'tensile run with a worker that failed terminally',
+    DEFAULT_DEADLINE_MS,
+    () => run.child.pid !== undefined && process.kill(-run.child.pid, 'SIGKILL'),
+    () => lastLogLines(out, run.lines),
+  );
+  const output = run.lines.join('\n');
+  assert.is(code, 2, `a terminal failure ends the run with exit 2:\n${output}`);
+  const verdict = run.lines.find((l) => /stopping the run/.test(l)) ?? '';
+  assert.match(
+    verdict,
+    /^tensile run: second-worker-\d failed terminally \(exit code 2: a restart cannot fix it\): cannot resume from \S+: its model\.seed is 1, the spec says 2;/,
+  );
+  assert.match(verdict, /1 worker\(s\) left, fewer than the 2 a world needs \(spec\.minReplicas\)/);
+
+  // The survivor was asked to stop and did, with a result of its own; the failed one recorded why.
+  const events = workerEvents(out);
+  const failed = eventsOf(events, 'failed');
+  assert.is(failed.length, 1, JSON.stringify(failed));
+  assert.is(failed[0]?.terminal, true);
+  const failedWorker = failed[0]?.worker;
+  assert.ok(verdict.includes(`${failedWorker} failed`), `${verdict} names ${failedWorker}`);
+  const stopped = eventsOf(events, 'stopped');
+  assert.ok(
+    stopped.some((e) => e.worker !== failedWorker),
+    `the other worker stopped: ${JSON.stringify(stopped)}`,
+  );
+});
+
+test.run();
