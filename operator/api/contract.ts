@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { TrainingJobSpecSchema } from './training-job.ts';
+import { GoodputObservationSchema } from './worker-events.ts';
 
 export const LABEL_JOB_NAME = 'tensile.dev/job-name';
 /** On a node that ran an evicted straggler: the annotation holds the reason, the label lets pods avoid it. */
@@ -131,14 +132,7 @@ export const ProgressMessageSchema = z.object({
    * Goodput autoscaling's inputs, for this world so far (its first steps excluded): the mean step
    * time at its mean per-worker batch, and the gradient noise scale in samples when measured.
    */
-  goodput: z
-    .object({
-      perWorkerBatch: z.number().positive(),
-      stepSeconds: z.number().positive(),
-      steps: z.int().min(1),
-      noiseScale: z.number().min(0).optional(),
-    })
-    .optional(),
+  goodput: GoodputObservationSchema.optional(),
   lastCheckpoint: CheckpointRefSchema.optional(),
   time,
 });

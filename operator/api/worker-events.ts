@@ -11,6 +11,18 @@
  */
 import { z } from 'zod';
 
+/**
+ * Goodput autoscaling's inputs, for a world so far (its first steps excluded): the mean step time at
+ * its mean per-worker batch, and the gradient noise scale in samples when measured. In the progress
+ * event and, the same, in the NATS progress message.
+ */
+export const GoodputObservationSchema = z.object({
+  perWorkerBatch: z.number().positive(),
+  stepSeconds: z.number().positive(),
+  steps: z.int().min(1),
+  noiseScale: z.number().min(0).optional(),
+});
+
 const count = z.int().min(0);
 /** JSON writes NaN and Infinity (a diverged loss) as null. */
 const measure = z.number().nullable();
@@ -169,14 +181,7 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     /** Per worker, in rank order: batch, compute throughput (samples/s, waiting excluded), wait per step. */
     workers: z.array(workerLoad).readonly().optional(),
     /** spec.autoscaling goodput: this world's mean step time, per-worker batch and noise scale (as on NATS). */
-    goodput: z
-      .object({
-        perWorkerBatch: z.number().positive(),
-        stepSeconds: z.number().positive(),
-        steps: z.int().min(1),
-        noiseScale: z.number().min(0).optional(),
-      })
-      .optional(),
+    goodput: GoodputObservationSchema.optional(),
   }),
   /** The split of the global batch changed (spec.balancing: proportional): at a generation or a step boundary. */
   event('balance', {

@@ -120,18 +120,12 @@ export class TrainingJobController {
     const core = kubeConfig.makeApiClient(CoreV1Api);
     const workerSelector = `${LABEL_ROLE}=${ROLE_WORKER}`;
     const ns = options.watchNamespace;
-    const crd = { group: API_GROUP, version: API_VERSION, plural: PLURAL };
-    this.jobs = new ResilientInformer<KubernetesObject>(
+    this.jobs = customObjectInformer(
       kubeConfig,
+      custom,
       'trainingjobs',
-      `/apis/${API_GROUP}/${API_VERSION}${ns === undefined ? '' : `/namespaces/${ns}`}/${PLURAL}`,
-      async () =>
-        (await (ns === undefined
-          ? custom.listClusterCustomObject(crd)
-          : custom.listNamespacedCustomObject({
-              ...crd,
-              namespace: ns,
-            }))) as KubernetesListObject<KubernetesObject>,
+      { group: API_GROUP, version: API_VERSION, plural: PLURAL },
+      ns,
       log,
     );
     this.pods = new ResilientInformer<V1Pod>(
@@ -255,20 +249,13 @@ export class TrainingJobController {
     ns: string | undefined,
     log: Logger,
   ): ResilientInformer<KubernetesObject> {
-    const crd = { group: KUEUE_GROUP, version: KUEUE_VERSION, plural: 'workloads' };
-    const informer = new ResilientInformer<KubernetesObject>(
+    const informer = customObjectInformer(
       kubeConfig,
+      custom,
       'workloads',
-      `/apis/${KUEUE_GROUP}/${KUEUE_VERSION}${ns === undefined ? '' : `/namespaces/${ns}`}/workloads`,
-      async () =>
-        (await (ns === undefined
-          ? custom.listClusterCustomObject(crd)
-          : custom.listNamespacedCustomObject({
-              ...crd,
-              namespace: ns,
-            }))) as KubernetesListObject<KubernetesObject>,
+      { group: KUEUE_GROUP, version: KUEUE_VERSION, plural: 'workloads' },
+      ns,
       log,
-      undefined,
       { firstRestartMs: 1000, maxRestartMs: 300_000 },
     );
     informer.onChange((_event, workload) => {
@@ -471,4 +458,32 @@ export class TrainingJobController {
       metrics.queueDepth.set(this.queue.length);
     }
   }
+}
+
+/** An informer on a custom resource, cluster-wide or in the one namespace the operator watches. */
+function customObjectInformer(
+  kubeConfig: KubeConfig,
+  custom: CustomObjectsApi,
+  name: string,
+  crd: { group: string; version: string; plural: string },
+  ns: string | undefined,
+  log: Logger,
+  options?: ConstructorParameters<typeof ResilientInformer>[6],
+): ResilientInformer<KubernetesObject> {
+  const { group, version, plural } = crd;
+  return new ResilientInformer<KubernetesObject>(
+    kubeConfig,
+    name,
+    `/apis/${group}/${version}${ns === undefined ? '' : `/namespaces/${ns}`}/${plural}`,
+    async () =>
+      (await (ns === undefined
+        ? custom.listClusterCustomObject(crd)
+        : custom.listNamespacedCustomObject({
+            ...crd,
+            namespace: ns,
+          }))) as KubernetesListObject<KubernetesObject>,
+    log,
+    undefined,
+    options,
+  );
 }
