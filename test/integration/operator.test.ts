@@ -161,6 +161,21 @@ function subscribe(jobName: string): { messages: ControlMessage[]; sub: Subscrip
   return { messages, sub };
 }
 
+/** The notes of a job's Events with `reason`, oldest first. */
+async function eventNotes(jobName: string, reason: string): Promise<string[]> {
+  const out = await kubectl([
+    '-n',
+    NS,
+    'get',
+    'events.events.k8s.io',
+    '--field-selector',
+    `regarding.name=${jobName},reason=${reason}`,
+    '-o',
+    'json',
+  ]);
+  return (JSON.parse(out) as { items: { note?: string }[] }).items.map((e) => e.note ?? '');
+}
+
 async function eventReasons(jobName: string): Promise<string[]> {
   const out = await kubectl([
     '-n',
@@ -589,9 +604,7 @@ test('spec.output: the model claim is mounted and not owned; status.model and te
   });
   assert.is(st.phase, 'Succeeded');
   assert.equal(st.model, { uri: 'pvc://models/fashion/v1', step: 900, accuracy: 0.9, time });
-  const after = cli(['omega']);
-  assert.is(after.status, 0, after.stderr);
-  assert.match(after.stdout, 'pvc://models/fashion/v1 (step 900, accuracy 0.9000');
+  // Copying the model out of the claim is integration/export-cluster's: the fake worker wrote none.
   assert.is(cli(['nope']).status, 1);
   // Deleting the job deletes its pods and its own checkpoint claim, never the model's claim.
   await kubectl(['-n', NS, 'delete', 'tj', 'omega', '--wait=true']);
@@ -686,10 +699,13 @@ test('goodput autoscaling: a report that predicts a gain grows the job (status, 
   await until('2 running workers', async () => (await pods('goodput')).filter(running).length === 2);
   const decided = await status('goodput');
   assert.is(decided.autoscaling?.replicas, 2);
-  assert.match(
-    decided.autoscaling?.reason ?? '',
-    /1 → 2 worker\(s\).*predicted goodput by workers: 1: 2560, 2: 51(19|20)/,
-  );
+  // The decision's reason is in its Event; status holds the latest one (by now, waiting for the
+  // world of two to report).
+  const [note] = await until('the GoodputRescale event', async () => {
+    const notes = await eventNotes('goodput', 'GoodputRescale');
+    return notes.length > 0 ? notes : undefined;
+  });
+  assert.match(note ?? '', /1 → 2 worker\(s\).*predicted goodput by workers: 1: 2560, 2: 51(19|20)/, note);
   assert.equal(
     decided.autoscaling?.observations?.map((o) => o.replicas),
     [1],
