@@ -44,6 +44,13 @@ function parseUrl(url: string): { bucket: string; prefix: string } {
   return { bucket: match[1], prefix: prefix === '' ? '' : `${prefix}/` };
 }
 
+function committedSteps(folders: ReadonlyMap<number, boolean>): number[] {
+  return [...folders]
+    .filter(([, committed]) => committed)
+    .map(([step]) => step)
+    .sort((a, b) => b - a);
+}
+
 export class CheckpointMirror implements AsyncDisposable {
   private readonly client: S3Client;
   private readonly bucket: string;
@@ -100,9 +107,9 @@ export class CheckpointMirror implements AsyncDisposable {
       );
   }
 
-  /** Steps of the committed checkpoints in the store (those with a manifest), newest first. */
-  async steps(): Promise<number[]> {
-    const steps: number[] = [];
+  /** Every checkpoint folder in the store by step: committed (with its manifest) or a partial upload. */
+  private async folders(): Promise<Map<number, boolean>> {
+    const folders = new Map<number, boolean>();
     let token: string | undefined;
     do {
       const page = await this.client.send(
@@ -111,11 +118,16 @@ export class CheckpointMirror implements AsyncDisposable {
       for (const item of page.Contents ?? []) {
         const [folder, file] = (item.Key ?? '').slice(this.prefix.length).split('/');
         const step = folder === undefined ? undefined : stepOfName(folder);
-        if (step !== undefined && file === 'manifest.json') steps.push(step);
+        if (step !== undefined) folders.set(step, folders.get(step) === true || file === 'manifest.json');
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token !== undefined);
-    return steps.sort((a, b) => b - a);
+    return folders;
+  }
+
+  /** Steps of the committed checkpoints in the store (those with a manifest), newest first. */
+  async steps(): Promise<number[]> {
+    return committedSteps(await this.folders());
   }
 
   private async keysOf(step: number): Promise<string[]> {
@@ -125,10 +137,16 @@ export class CheckpointMirror implements AsyncDisposable {
     return (page.Contents ?? []).map((o) => o.Key ?? '').filter((k) => k !== '');
   }
 
-  /** Deletes all but the newest `keep` checkpoints in the store, never `protectStep`. */
+  /**
+   * Deletes all but the newest `keep` committed checkpoints, never `protectStep`, and the partial
+   * uploads older than it: an upload cut short (its local copy pruned meanwhile, a killed worker)
+   * never completes, and its objects would stay forever.
+   */
   private async prune(keep: number, protectStep: number): Promise<void> {
-    for (const step of (await this.steps()).slice(keep)) {
-      if (step === protectStep) continue;
+    const folders = await this.folders();
+    const kept = new Set([...committedSteps(folders).slice(0, keep), protectStep]);
+    for (const [step, committed] of folders) {
+      if (kept.has(step) || (!committed && step > protectStep)) continue;
       const keys = await this.keysOf(step);
       if (keys.length > 0)
         await this.client.send(
