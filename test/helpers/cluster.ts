@@ -10,6 +10,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import {
   type ClusterOptions,
@@ -92,4 +93,25 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
     podLogFile: (namespace, pod) => join(cluster.dir, 'logs', `${namespace}_${pod}.log`),
     [Symbol.asyncDispose]: () => cluster.stop(),
   };
+}
+
+const OPERATOR_CLUSTER_ROLE = fileURLToPath(
+  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
+);
+
+/**
+ * The operator's identity as the chart gives it: the chart's ClusterRole bound to a ServiceAccount
+ * `tensile-operator` in `namespace`; returns a kubeconfig that authenticates as that account.
+ */
+export async function operatorServiceAccount(cluster: LocalCluster, namespace: string): Promise<string> {
+  await cluster.kubectlOk(['apply', '-f', OPERATOR_CLUSTER_ROLE]);
+  await cluster.kubectlOk(['-n', namespace, 'create', 'serviceaccount', 'tensile-operator']);
+  await cluster.kubectlOk([
+    'create',
+    'clusterrolebinding',
+    'tensile-operator',
+    '--clusterrole=tensile-operator',
+    `--serviceaccount=${namespace}:tensile-operator`,
+  ]);
+  return cluster.serviceAccountKubeconfig(namespace, 'tensile-operator');
 }

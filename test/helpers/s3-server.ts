@@ -3,9 +3,44 @@
  * hack/install-tools.sh, listening on a free loopback port; stopped (and its data gone) on dispose.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { toolDirs } from '../../hack/cluster/tools.ts';
+
+/** The server accepts any key; the SDK only needs one to sign with. For workers' environments. */
+export const S3_TEST_CREDENTIALS = {
+  AWS_ACCESS_KEY_ID: 'tensile-test',
+  AWS_SECRET_ACCESS_KEY: 'tensile-test',
+};
+
+/** Creates `bucket` and uploads every file of `folder` under `prefix/`. */
+export async function uploadFolder(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  folder: string,
+): Promise<void> {
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  for (const name of readdirSync(folder))
+    await client.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: `${prefix}/${name}`,
+        Body: readFileSync(join(folder, name)),
+      }),
+    );
+}
+
+/** An SDK client of the test server (path-style, as any S3-compatible server at an endpoint). */
+export function s3TestClient(server: S3Server): S3Client {
+  return new S3Client({
+    region: 'us-east-1',
+    endpoint: server.endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'tensile-test', secretAccessKey: 'tensile-test' },
+  });
+}
 
 export interface S3Server extends AsyncDisposable {
   /** http://127.0.0.1:PORT */

@@ -21,16 +21,13 @@ import { stringify } from 'yaml';
 import { toolDirs } from '../../hack/cluster/tools.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
-import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { setPath, validManifest } from '../helpers/job-builder.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
 
 const FAKE_IMAGE = 'tensile.test/fake-worker:1';
 const fakeWorker = fileURLToPath(new URL('../helpers/fake-worker.mjs', import.meta.url));
-const clusterRole = fileURLToPath(
-  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
-);
 const NS = 'team-a';
 const KUEUE_METRICS_CERTS = '/etc/kueue/metrics/certs';
 let cluster: LocalCluster;
@@ -226,16 +223,7 @@ test.before(async () => {
     mkdirSync(KUEUE_METRICS_CERTS, { recursive: true });
     if (!existsSync(join(KUEUE_METRICS_CERTS, 'tls.crt'))) await selfSignedCert(KUEUE_METRICS_CERTS);
     kueue = startKueue(tools.bin, await freePort());
-    await kubectl(['apply', '-f', clusterRole]);
-    await kubectl(['-n', NS, 'create', 'serviceaccount', 'tensile-operator']);
-    await kubectl([
-      'create',
-      'clusterrolebinding',
-      'tensile-operator',
-      '--clusterrole=tensile-operator',
-      `--serviceaccount=${NS}:tensile-operator`,
-    ]);
-    const kubeconfig = await cluster.serviceAccountKubeconfig(NS, 'tensile-operator');
+    const kubeconfig = await operatorServiceAccount(cluster, NS);
     operator = startOperator('op-kueue', [
       '--kubeconfig',
       kubeconfig,

@@ -21,7 +21,7 @@ import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { createTrust, TRUST_FILES, writeTrustDir } from '../../operator/controller/nats-credentials.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { readWorkerResult, resultFile } from '../../worker/result.ts';
-import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { helm, KUBE_VERSION } from '../helpers/helm.ts';
@@ -31,9 +31,6 @@ import { makeCertificates, type TestCertificates } from '../helpers/tls-certs.ts
 
 const NS = 'team-a';
 const OPERATOR_NS = 'tensile-system';
-const clusterRole = fileURLToPath(
-  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
-);
 const tensileBin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tensile-nats-revocation-'));
 const trustDir = join(dir, 'trust');
@@ -91,17 +88,9 @@ test.before(async () => {
     cluster = await startCluster({ nodeAgent: false });
     await kubectl(['create', 'namespace', OPERATOR_NS]);
     await kubectl(['create', 'namespace', NS]);
-    await kubectl(['apply', '-f', clusterRole]);
-    await kubectl(['-n', OPERATOR_NS, 'create', 'serviceaccount', 'tensile-operator']);
-    await kubectl([
-      'create',
-      'clusterrolebinding',
-      'tensile-operator',
-      '--clusterrole=tensile-operator',
-      `--serviceaccount=${OPERATOR_NS}:tensile-operator`,
-    ]);
+    const operatorKubeconfig = await operatorServiceAccount(cluster, OPERATOR_NS);
     operator = startOperator('op-revoke', [
-      ...['--kubeconfig', await cluster.serviceAccountKubeconfig(OPERATOR_NS, 'tensile-operator')],
+      ...['--kubeconfig', operatorKubeconfig],
       ...['--nats', nats.url, '--namespace', OPERATOR_NS, '--no-leader-elect'],
       ...['--nats-trust', trustDir, '--nats-tls-ca', certs.ca],
       ...['--nats-tls-cert', certs.clientCert, '--nats-tls-key', certs.clientKey],

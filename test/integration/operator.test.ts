@@ -22,7 +22,7 @@ import {
 } from '../../operator/api/contract.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
-import { type LocalCluster, startCluster } from '../helpers/cluster.ts';
+import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { consistently, eventually as until } from '../helpers/eventually.ts';
 import { type Manifest, setPath, validManifest } from '../helpers/job-builder.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
@@ -32,9 +32,6 @@ const OPERATOR_NS = 'tensile-system';
 const FAKE_IMAGE = 'tensile.test/fake-worker:1';
 const fakeWorker = fileURLToPath(new URL('../helpers/fake-worker.mjs', import.meta.url));
 const tensileBin = fileURLToPath(new URL('../../operator/bin/tensile.mjs', import.meta.url));
-const clusterRole = fileURLToPath(
-  new URL('../../charts/tensile/files/operator-clusterrole.yaml', import.meta.url),
-);
 
 let cluster: LocalCluster;
 let nats: NatsServer;
@@ -80,16 +77,7 @@ test.before(async () => {
     custom = cluster.kubeConfig.makeApiClient(CustomObjectsApi);
     await kubectl(['create', 'namespace', OPERATOR_NS]);
     await kubectl(['create', 'namespace', NS]);
-    await kubectl(['apply', '-f', clusterRole]);
-    await kubectl(['-n', OPERATOR_NS, 'create', 'serviceaccount', 'tensile-operator']);
-    await kubectl([
-      'create',
-      'clusterrolebinding',
-      'tensile-operator',
-      '--clusterrole=tensile-operator',
-      `--serviceaccount=${OPERATOR_NS}:tensile-operator`,
-    ]);
-    operatorKubeconfig = await cluster.serviceAccountKubeconfig(OPERATOR_NS, 'tensile-operator');
+    operatorKubeconfig = await operatorServiceAccount(cluster, OPERATOR_NS);
     operators.push(startOperator('op-a', operatorArgs()));
     await operators[0]?.waitFor((l) => l['message'] === 'became leader');
     operators.push(startOperator('op-b', operatorArgs()));

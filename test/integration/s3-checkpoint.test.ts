@@ -13,18 +13,17 @@ import {
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3Client,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { eventsOf } from '../../operator/api/worker-events.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
-import { type S3Server, startS3Server } from '../helpers/s3-server.ts';
+import { S3_TEST_CREDENTIALS, type S3Server, s3TestClient, startS3Server } from '../helpers/s3-server.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tensile-s3-checkpoint-'));
-// The SDK signs every request; the test server accepts any key.
-const credentials = { AWS_ACCESS_KEY_ID: 'tensile-test', AWS_SECRET_ACCESS_KEY: 'tensile-test' };
+const credentials = S3_TEST_CREDENTIALS;
 const TRAIN = 1920;
 const BATCH = 64;
 const STEPS_PER_EPOCH = TRAIN / BATCH;
@@ -34,12 +33,7 @@ let client: S3Client | undefined;
 test.before(async () => {
   try {
     server = await startS3Server();
-    client = new S3Client({
-      region: 'us-east-1',
-      endpoint: server.endpoint,
-      forcePathStyle: true,
-      credentials: { accessKeyId: 'tensile-test', secretAccessKey: 'tensile-test' },
-    });
+    client = s3TestClient(server);
     await client.send(new CreateBucketCommand({ Bucket: 'checkpoints' }));
   } catch (error) {
     console.error(error);

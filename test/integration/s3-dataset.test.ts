@@ -3,10 +3,10 @@
  * CSV uploaded with the AWS SDK, read through the local disk cache (downloaded once, again when an
  * object changes), streamed through dataset.cache, sample for sample equal to the local files.
  */
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -14,7 +14,7 @@ import { type DatasetSpec, DatasetSpecSchema } from '../../operator/api/training
 import { loadDataset } from '../../worker/data/dataset.ts';
 import type { SampleStore } from '../../worker/data/store.ts';
 import { DatasetError } from '../../worker/errors.ts';
-import { type S3Server, startS3Server } from '../helpers/s3-server.ts';
+import { type S3Server, s3TestClient, startS3Server, uploadFolder } from '../helpers/s3-server.ts';
 
 await tf.setBackend('cpu');
 const FASHION = '/usr/share/datasets/fashion-mnist';
@@ -30,16 +30,8 @@ let client: S3Client | undefined;
 test.before(async () => {
   try {
     server = await startS3Server();
-    client = new S3Client({ region: 'us-east-1', endpoint: server.endpoint, forcePathStyle: true });
-    await client.send(new CreateBucketCommand({ Bucket: 'data' }));
-    for (const name of readdirSync(FASHION))
-      await client.send(
-        new PutObjectCommand({
-          Bucket: 'data',
-          Key: `fashion/${name}`,
-          Body: readFileSync(join(FASHION, name)),
-        }),
-      );
+    client = s3TestClient(server);
+    await uploadFolder(client, 'data', 'fashion', FASHION);
   } catch (error) {
     console.error(error);
     process.exit(1);

@@ -4,10 +4,9 @@
  * `dataset.cache` from JSONL, Parquet, IDX on S3 (tensile-s3) and a MongoDB collection (FerretDB).
  * Every epoch's audit is clean, and each source reaches its reference's accuracy within 3 points.
  */
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { parquetWriteBuffer } from 'hyparquet-writer';
 import { MongoClient } from 'mongodb';
 import { test } from 'uvu';
@@ -17,7 +16,13 @@ import { eventsOf } from '../../operator/api/worker-events.ts';
 import { readIdx } from '../../worker/data/idx.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { type MongoServer, startMongoServer } from '../helpers/mongo-server.ts';
-import { type S3Server, startS3Server } from '../helpers/s3-server.ts';
+import {
+  S3_TEST_CREDENTIALS,
+  type S3Server,
+  s3TestClient,
+  startS3Server,
+  uploadFolder,
+} from '../helpers/s3-server.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = fashionMnistDir();
@@ -26,7 +31,7 @@ const N = 3200;
 const TRAIN = N * 0.8;
 const BATCH = 64;
 const EPOCHS = 4;
-const credentials = { AWS_ACCESS_KEY_ID: 'tensile-test', AWS_SECRET_ACCESS_KEY: 'tensile-test' };
+const credentials = S3_TEST_CREDENTIALS;
 
 let s3: S3Server | undefined;
 let mongo: MongoServer | undefined;
@@ -57,21 +62,8 @@ test.before(async () => {
       new Uint8Array(parquetWriteBuffer({ columnData: columnData as never, rowGroupSize: 500 })),
     );
     s3 = await startS3Server();
-    const client = new S3Client({
-      region: 'us-east-1',
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      credentials: { accessKeyId: 'tensile-test', secretAccessKey: 'tensile-test' },
-    });
-    await client.send(new CreateBucketCommand({ Bucket: 'data' }));
-    for (const name of readdirSync(FASHION))
-      await client.send(
-        new PutObjectCommand({
-          Bucket: 'data',
-          Key: `fashion/${name}`,
-          Body: readFileSync(join(FASHION, name)),
-        }),
-      );
+    const client = s3TestClient(s3);
+    await uploadFolder(client, 'data', 'fashion', FASHION);
     client.destroy();
     mongo = await startMongoServer();
     const db = new MongoClient(`${mongo.url}/tensile`);
