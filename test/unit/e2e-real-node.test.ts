@@ -1,0 +1,108 @@
+/**
+ * The e2e across the real node and fake nodes (hack/e2e/real-node.ts): the kubelet's container log
+ * format read back into the workers' lines, which node a reclaim takes, the spread verdict; and the
+ * node agent's pod address beside a real node.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { kubeletConfig, realNodePlan } from '../../hack/cluster/real-node.ts';
+import { CriLogReader, judgeSpread, nodeOfKind, REAL_NODE_CHURN } from '../../hack/e2e/real-node.ts';
+import { AgentConfigSchema } from '../../hack/node-agent/config.ts';
+import { readyNodeStatus } from '../../hack/node-agent/nodes.ts';
+import { type LocalContainer, podStatus } from '../../hack/node-agent/pod-status.ts';
+
+test('CRI log lines: the text after time, stream and tag; partial pieces joined; lines cut anywhere', () => {
+  const reader = new CriLogReader();
+  const json = '{"event":"progress","step":7,"message":"é"}';
+  const file = Buffer.from(
+    `2026-12-01T18:00:00.000000001Z stdout F ${json}\n` +
+      `2026-12-01T18:00:00.1Z stderr P {"event":"eval",\n` +
+      `2026-12-01T18:00:00.2Z stderr F "step":8}\n` +
+      `2026-12-01T18:00:00.3Z stdout F \n` +
+      `2026-12-01T18:00:01Z stdout F last\n`,
+  );
+  // Cut inside the two-byte "é" and in the middle of a line.
+  const cut = file.indexOf(Buffer.from('é')) + 1;
+  const out = [
+    reader.push(file.subarray(0, cut)),
+    reader.push(file.subarray(cut, cut + 40)),
+    reader.push(file.subarray(cut + 40)),
+  ].join('');
+  assert.is(out, `${json}\n{"event":"eval","step":8}\n\nlast\n`);
+  assert.is(reader.push(Buffer.from('2026-12-01T18:00:02Z stdout F no newline yet')), '');
+  assert.is(reader.push(Buffer.from('\n')), 'no newline yet\n');
+});
+
+test('a reclaim takes the kind of node it names; without one, the first spot node running a worker', () => {
+  const candidates = ['node-0', 'node-1', 'real-node-0', 'spot-local-x'];
+  assert.is(nodeOfKind('real', 'real-node-0')(candidates), 'real-node-0');
+  assert.is(nodeOfKind('fake', 'real-node-0')(['real-node-0', 'spot-local-x']), 'spot-local-x');
+  assert.is(nodeOfKind(undefined, 'real-node-0')(candidates), 'node-0');
+  assert.is(nodeOfKind('real', 'real-node-0')(['node-0']), undefined, 'the real node runs no worker now');
+  assert.is(nodeOfKind('real', undefined)(candidates), undefined, 'no real node at all');
+  assert.equal(
+    REAL_NODE_CHURN.map((c) => c.on),
+    ['fake', 'real', 'fake'],
+  );
+});
+
+test('spread: workers on both kinds and reclaims of both kinds, or it fails naming what is missing', () => {
+  const both = judgeSpread({
+    real: ['real-node-0'],
+    fake: ['node-0', 'node-1'],
+    reclaims: [
+      { node: 'node-0', kind: 'fake' },
+      { node: 'real-node-0', kind: 'real' },
+    ],
+  });
+  assert.ok(both.ok, both.detail);
+  const fakeOnly = judgeSpread({ real: [], fake: ['node-0'], reclaims: [{ node: 'node-0', kind: 'fake' }] });
+  assert.not.ok(fakeOnly.ok);
+  assert.match(fakeOnly.detail, 'the real node (none)');
+  const noRealReclaim = judgeSpread({
+    real: ['real-node-0'],
+    fake: ['node-0'],
+    reclaims: [{ node: 'node-0', kind: 'fake' }],
+  });
+  assert.not.ok(noRealReclaim.ok);
+  assert.match(noRealReclaim.detail, 'took the real node 0 times');
+});
+
+test('node agent: pods and nodes report the configured address (127.0.0.1 unless beside a real node)', () => {
+  const base = {
+    agentName: 'local',
+    kubeconfig: '/k',
+    stateDir: '/s',
+    apiServer: { host: '127.0.0.1', port: 1 },
+    caFile: '/ca',
+    defaultNode: { capacity: { cpu: '1' } },
+  };
+  assert.is(AgentConfigSchema.parse(base).podIp, '127.0.0.1');
+  assert.is(AgentConfigSchema.parse(base).umask, undefined, 'the umask stays as it is');
+  assert.is(AgentConfigSchema.parse({ ...base, podIp: '172.29.3.1', umask: 0 }).podIp, '172.29.3.1');
+  assert.throws(() => AgentConfigSchema.parse({ ...base, podIp: 'localhost' }));
+  const local: LocalContainer = {
+    state: { kind: 'running', startedAt: '2026-12-01T00:00:00Z', containerID: 'x://1' },
+    restartCount: 0,
+    finished: false,
+  } as LocalContainer;
+  const pod = { metadata: { name: 'p' }, spec: { containers: [{ name: 'c', image: 'i' }] } };
+  const status = podStatus(pod, local, '2026-12-01T00:00:00Z', new Date(0), '172.29.3.1');
+  assert.equal([status.podIP, status.hostIP], ['172.29.3.1', '172.29.3.1']);
+  assert.is(podStatus(pod, local, '2026-12-01T00:00:00Z', new Date(0)).podIP, '127.0.0.1');
+  const node = readyNodeStatus(
+    { metadata: { name: 'n' } },
+    { capacity: { cpu: '1' }, labels: {}, taints: [] },
+    new Date(0),
+    '172.29.3.1',
+  );
+  assert.equal(node.addresses[0], { type: 'InternalIP', address: '172.29.3.1' });
+});
+
+test('real node: CPUs held back from pods as the system’s, so that one worker fits as on a fake node', () => {
+  const plan = realNodePlan('/tmp/c', 6443);
+  assert.match(kubeletConfig(plan, '/ca', undefined, 1000), 'systemReserved: { cpu: 1000m }');
+  assert.not.match(kubeletConfig(plan, '/ca', undefined), 'systemReserved');
+});
+
+test.run();
