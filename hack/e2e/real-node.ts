@@ -73,18 +73,21 @@ export interface Placement {
   readonly fake: readonly string[];
   /** The reclaims carried out: the node and its kind. */
   readonly reclaims: readonly { readonly node: string; readonly kind: NodeKind }[];
+  /** Worker events read from the real node's container logs (progress: training steps logged there). */
+  readonly containerLines: { readonly events: number; readonly progress: number };
 }
 
-/** Workers ran on both kinds of node, and reclaims took both kinds. */
+/** Workers ran on both kinds of node (the real node's trained: its log shows progress), reclaims took both kinds. */
 export function judgeSpread(placement: Placement): Check {
   const hit = (kind: NodeKind) => placement.reclaims.filter((r) => r.kind === kind).map((r) => r.node);
   return check(
     'spread',
     placement.real.length > 0 &&
+      placement.containerLines.progress > 0 &&
       placement.fake.length > 0 &&
       hit('real').length > 0 &&
       hit('fake').length > 0,
-    `workers ran on the real node (${placement.real.join(', ') || 'none'}) and on ${placement.fake.length} fake nodes; ` +
+    `workers ran on the real node (${placement.real.join(', ') || 'none'}; ${placement.containerLines.events} events in its container logs, ${placement.containerLines.progress} of them progress) and on ${placement.fake.length} fake nodes; ` +
       `reclaims took the real node ${hit('real').length} times (${hit('real').join(', ') || 'none'}) and fake nodes ${hit('fake').length} (${hit('fake').join(', ') || 'none'})`,
   );
 }

@@ -9,6 +9,7 @@
  * takes them all down.
  */
 import {
+  appendFileSync,
   closeSync,
   cpSync,
   existsSync,
@@ -294,12 +295,19 @@ class WorkerLogs {
    * The real node's container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`, CRI format), kept open:
    * the kubelet removes them with the pod, and the last lines are read after that.
    */
-  private readonly cri = new Map<string, { fd: number; offset: number; reader: CriLogReader }>();
+  private readonly cri = new Map<
+    string,
+    { fd: number; offset: number; reader: CriLogReader; copy: string | undefined }
+  >();
+  /** Worker events read from the real node's container logs, and how many of them were progress. */
+  readonly fromContainers = { events: 0, progress: 0 };
 
   constructor(
     private readonly dir: string,
     private readonly prefix: string,
     private readonly criDir?: string,
+    /** Where the container logs' lines are copied as they are read (they go with their pods). */
+    private readonly copyDir?: string,
   ) {}
 
   poll(): WorkerEvent[] {
@@ -329,7 +337,13 @@ class WorkerLogs {
         const read = readSync(log.fd, chunk, 0, chunk.length, log.offset);
         if (read === 0) break;
         log.offset += read;
-        take(log.reader.push(Buffer.from(chunk.subarray(0, read))));
+        const text = log.reader.push(Buffer.from(chunk.subarray(0, read)));
+        if (log.copy !== undefined) appendFileSync(log.copy, text);
+        const before = fresh.length;
+        take(text);
+        const added = fresh.slice(before);
+        this.fromContainers.events += added.length;
+        this.fromContainers.progress += added.filter((e) => e.event === 'progress').length;
       }
     }
     this.lines.push(...fresh);
@@ -346,7 +360,10 @@ class WorkerLogs {
           for (const name of readdirSync(join(root, pod, container))) {
             const file = join(root, pod, container, name);
             if (!name.endsWith('.log') || this.cri.has(file)) continue;
-            this.cri.set(file, { fd: openSync(file, 'r'), offset: 0, reader: new CriLogReader() });
+            const copy =
+              this.copyDir === undefined ? undefined : join(this.copyDir, `${pod}_${container}_${name}`);
+            if (this.copyDir !== undefined) mkdirSync(this.copyDir, { recursive: true });
+            this.cri.set(file, { fd: openSync(file, 'r'), offset: 0, reader: new CriLogReader(), copy });
           }
       } catch {
         // Removed meanwhile with its pod: what was open stays readable.
@@ -714,6 +731,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       join(cluster.dir, 'logs'),
       `${namespace}_${name}-worker-`,
       realNode?.podLogsDir,
+      artifactsDir === undefined ? undefined : join(artifactsDir, 'real-node-containers'),
     );
     cleanups.push(async () => logs.close());
     let plannedSteps: number | undefined;
@@ -969,7 +987,12 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     const placement: Placement | undefined =
       realNode === undefined
         ? undefined
-        : { real: [...ranOn.real].sort(), fake: [...ranOn.fake].sort(), reclaims: reclaimed };
+        : {
+            real: [...ranOn.real].sort(),
+            fake: [...ranOn.fake].sort(),
+            reclaims: reclaimed,
+            containerLines: logs.fromContainers,
+          };
 
     // ---- the verdict.
     const count = (reason: string) =>

@@ -54,15 +54,33 @@ test('spread: workers on both kinds and reclaims of both kinds, or it fails nami
       { node: 'node-0', kind: 'fake' },
       { node: 'real-node-0', kind: 'real' },
     ],
+    containerLines: { events: 40, progress: 12 },
   });
   assert.ok(both.ok, both.detail);
-  const fakeOnly = judgeSpread({ real: [], fake: ['node-0'], reclaims: [{ node: 'node-0', kind: 'fake' }] });
+  const silent = judgeSpread({
+    real: ['real-node-0'],
+    fake: ['node-0'],
+    reclaims: [
+      { node: 'node-0', kind: 'fake' },
+      { node: 'real-node-0', kind: 'real' },
+    ],
+    containerLines: { events: 3, progress: 0 },
+  });
+  assert.not.ok(silent.ok, 'a worker that ran there but never logged a step');
+  const none = { events: 0, progress: 0 };
+  const fakeOnly = judgeSpread({
+    real: [],
+    fake: ['node-0'],
+    reclaims: [{ node: 'node-0', kind: 'fake' }],
+    containerLines: none,
+  });
   assert.not.ok(fakeOnly.ok);
-  assert.match(fakeOnly.detail, 'the real node (none)');
+  assert.match(fakeOnly.detail, 'the real node (none;');
   const noRealReclaim = judgeSpread({
     real: ['real-node-0'],
     fake: ['node-0'],
     reclaims: [{ node: 'node-0', kind: 'fake' }],
+    containerLines: { events: 9, progress: 2 },
   });
   assert.not.ok(noRealReclaim.ok);
   assert.match(noRealReclaim.detail, 'took the real node 0 times');
