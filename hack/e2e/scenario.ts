@@ -281,7 +281,7 @@ function readFrom(file: string, offset: number): Buffer {
  * Reads the worker pods' log files as they grow, only the bytes added since the last poll; a recreated
  * pod of the same name appends to its file.
  */
-class WorkerLogs {
+export class WorkerLogs {
   private readonly offsets = new Map<string, number>();
   /** The bytes after a file's last newline: a line still being written. */
   private readonly partial = new Map<string, Buffer>();

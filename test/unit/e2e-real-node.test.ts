@@ -3,10 +3,22 @@
  * format read back into the workers' lines, which node a reclaim takes, the spread verdict; and the
  * node agent's pod address beside a real node.
  */
+import {
+  appendFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { kubeletConfig, realNodePlan } from '../../hack/cluster/real-node.ts';
 import { CriLogReader, judgeSpread, nodeOfKind, REAL_NODE_CHURN } from '../../hack/e2e/real-node.ts';
+import { WorkerLogs } from '../../hack/e2e/scenario.ts';
 import { AgentConfigSchema } from '../../hack/node-agent/config.ts';
 import { readyNodeStatus } from '../../hack/node-agent/nodes.ts';
 import { type LocalContainer, podStatus } from '../../hack/node-agent/pod-status.ts';
@@ -121,6 +133,59 @@ test('real node: CPUs held back from pods as the system’s, so that one worker 
   const plan = realNodePlan('/tmp/c', 6443);
   assert.match(kubeletConfig(plan, '/ca', undefined, 1000), 'systemReserved: { cpu: 1000m }');
   assert.not.match(kubeletConfig(plan, '/ca', undefined), 'systemReserved');
+});
+
+const line = (worker: string, step: number) =>
+  JSON.stringify({
+    timestamp: '2026-12-01T18:00:00.000Z',
+    level: 'info',
+    message: 'progress',
+    job: 'job',
+    worker,
+    generation: 1,
+    event: 'progress',
+    step,
+  });
+
+test('worker logs: the agent’s files and the kubelet’s container logs, read on after the kubelet removed them', () => {
+  const root = mkdtempSync(join(tmpdir(), 'e2e-real-node-'));
+  try {
+    const agentDir = join(root, 'logs');
+    const podDir = join(root, 'pod-logs', 'default_job-worker-0_uid-1', 'worker');
+    mkdirSync(agentDir, { recursive: true });
+    mkdirSync(podDir, { recursive: true });
+    writeFileSync(join(agentDir, 'default_job-worker-1.log'), `${line('job-worker-1', 1)}\n`);
+    writeFileSync(join(agentDir, 'default_other-worker-0.log'), `${line('other-worker-0', 1)}\n`);
+    const cri = join(podDir, '0.log');
+    writeFileSync(cri, `2026-12-01T18:00:00Z stdout F ${line('job-worker-0', 1)}\n`);
+    const logs = new WorkerLogs(agentDir, 'default_job-worker-', join(root, 'pod-logs'), join(root, 'copy'));
+    assert.equal(
+      logs
+        .poll()
+        .map((e) => `${e.worker}@${e.event === 'progress' ? e.step : '?'}`)
+        .sort(),
+      ['job-worker-0@1', 'job-worker-1@1'],
+    );
+    // The kubelet removes the pod's folder; the worker's last lines were written just before.
+    appendFileSync(cri, `2026-12-01T18:00:01Z stdout F ${line('job-worker-0', 2)}\n`);
+    rmSync(join(root, 'pod-logs', 'default_job-worker-0_uid-1'), { recursive: true });
+    assert.equal(
+      logs.poll().map((e) => e.worker),
+      ['job-worker-0'],
+    );
+    assert.equal(logs.fromContainers, { events: 2, progress: 2 });
+    const copies = readdirSync(join(root, 'copy'));
+    assert.equal(copies, ['default_job-worker-0_uid-1_worker_0.log']);
+    assert.is(
+      readFileSync(join(root, 'copy', copies[0] ?? ''), 'utf8')
+        .split('\n')
+        .filter(Boolean).length,
+      2,
+    );
+    logs.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test.run();
