@@ -19,6 +19,7 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -359,11 +360,14 @@ export class WorkerLogs {
         for (const container of readdirSync(join(root, pod)))
           for (const name of readdirSync(join(root, pod, container))) {
             const file = join(root, pod, container, name);
-            if (!name.endsWith('.log') || this.cri.has(file)) continue;
+            if (!name.endsWith('.log')) continue;
+            // By inode: the kubelet rotates a big log by renaming it and starting a new one.
+            const key = `${file}@${statSync(file).ino}`;
+            if (this.cri.has(key)) continue;
             const copy =
               this.copyDir === undefined ? undefined : join(this.copyDir, `${pod}_${container}_${name}`);
             if (this.copyDir !== undefined) mkdirSync(this.copyDir, { recursive: true });
-            this.cri.set(file, { fd: openSync(file, 'r'), offset: 0, reader: new CriLogReader(), copy });
+            this.cri.set(key, { fd: openSync(file, 'r'), offset: 0, reader: new CriLogReader(), copy });
           }
       } catch {
         // Removed meanwhile with its pod: what was open stays readable.
