@@ -73,7 +73,7 @@ export interface Placement {
   readonly fake: readonly string[];
   /** The reclaims carried out: the node and its kind. */
   readonly reclaims: readonly { readonly node: string; readonly kind: NodeKind }[];
-  /** Worker events read from the real node's container logs (progress: training steps logged there). */
+  /** Worker events read from the real node's container logs (progress: training steps logged there, `progress` or `rank-progress`). */
   readonly containerLines: { readonly events: number; readonly progress: number };
 }
 
@@ -87,7 +87,7 @@ export function judgeSpread(placement: Placement): Check {
       placement.fake.length > 0 &&
       hit('real').length > 0 &&
       hit('fake').length > 0,
-    `workers ran on the real node (${placement.real.join(', ') || 'none'}; ${placement.containerLines.events} events in its container logs, ${placement.containerLines.progress} of them progress) and on ${placement.fake.length} fake nodes; ` +
+    `workers ran on the real node (${placement.real.join(', ') || 'none'}; ${placement.containerLines.events} events in its container logs, ${placement.containerLines.progress} of them training steps) and on ${placement.fake.length} fake nodes; ` +
       `reclaims took the real node ${hit('real').length} times (${hit('real').join(', ') || 'none'}) and fake nodes ${hit('fake').length} (${hit('fake').join(', ') || 'none'})`,
   );
 }

@@ -300,7 +300,7 @@ export class WorkerLogs {
     string,
     { fd: number; offset: number; reader: CriLogReader; copy: string | undefined }
   >();
-  /** Worker events read from the real node's container logs, and how many of them were progress. */
+  /** Worker events read from the real node's container logs, and how many of them were training steps. */
   readonly fromContainers = { events: 0, progress: 0 };
 
   constructor(
@@ -344,7 +344,10 @@ export class WorkerLogs {
         take(text);
         const added = fresh.slice(before);
         this.fromContainers.events += added.length;
-        this.fromContainers.progress += added.filter((e) => e.event === 'progress').length;
+        // The leader logs `progress`, every other rank `rank-progress`.
+        this.fromContainers.progress += added.filter(
+          (e) => e.event === 'progress' || e.event === 'rank-progress',
+        ).length;
       }
     }
     this.lines.push(...fresh);

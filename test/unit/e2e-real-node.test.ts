@@ -167,7 +167,17 @@ test('worker logs: the agent’s files and the kubelet’s container logs, read 
       ['job-worker-0@1', 'job-worker-1@1'],
     );
     // The kubelet removes the pod's folder; the worker's last lines were written just before.
-    appendFileSync(cri, `2026-12-01T18:00:01Z stdout F ${line('job-worker-0', 2)}\n`);
+    // A rank that is not the leader logs rank-progress.
+    const rankLine = JSON.stringify({
+      ...(JSON.parse(line('job-worker-0', 2)) as object),
+      event: 'rank-progress',
+      rank: 1,
+      steps: 2,
+      samplesPerSecond: 900,
+      stepMs: 30,
+      allReduceMs: 5,
+    });
+    appendFileSync(cri, `2026-12-01T18:00:01Z stdout F ${rankLine}\n`);
     rmSync(join(root, 'pod-logs', 'default_job-worker-0_uid-1'), { recursive: true });
     assert.equal(
       logs.poll().map((e) => e.worker),
