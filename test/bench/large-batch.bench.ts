@@ -338,39 +338,51 @@ async function stretch(data: Data, model: Budget['model']) {
       fraction: s1 === null || s4 === null ? null : round(s4 / s1, 3),
     };
   });
-  const plot = writePlot(one.curve, four.curve);
+  const plots = writePlots(
+    one.curve,
+    four.curve,
+    process.env['TENSILE_BENCH_OUT'] ?? join(tmpdir(), 'tensile-bench'),
+  );
   return {
     iterations,
     one: one.row,
     four: four.row,
     stepRatio: round(four.row.steps / one.row.steps, 3),
     toAccuracy,
-    plot,
+    plots,
     curves: { one: one.curve, four: four.curve },
   };
 }
 
-/** Loss against scale-invariant iterations for S = 1 and S = 4, as an SVG beside the bench's JSON. */
-function writePlot(one: readonly CurvePoint[], four: readonly CurvePoint[]): string {
-  const dir = process.env['TENSILE_BENCH_OUT'] ?? join(tmpdir(), 'tensile-bench');
+/**
+ * Loss against scale-invariant iterations (where AdaScale's curves should lie on each other) and
+ * against steps (where S = 4 should get there in about 1/S of them), as SVGs beside the bench's JSON.
+ */
+export function writePlots(one: readonly CurvePoint[], four: readonly CurvePoint[], dir: string): string[] {
   mkdirSync(dir, { recursive: true });
-  const file = join(dir, 'large-batch-adascale.svg');
-  const series = (name: string, color: string, curve: readonly CurvePoint[]) => ({
-    name,
-    color,
-    style: 'line' as const,
-    dots: true,
-    points: curve.map((p) => ({ x: p.progress, y: p.loss, title: `step ${p.step}, accuracy ${p.accuracy}` })),
+  const axes = [
+    ['progress', 'scale-invariant iterations', 'large-batch-adascale.svg'],
+    ['step', 'steps', 'large-batch-adascale-steps.svg'],
+  ] as const;
+  return axes.map(([x, label, name]) => {
+    const series = (title: string, color: string, curve: readonly CurvePoint[]) => ({
+      name: title,
+      color,
+      style: 'line' as const,
+      dots: true,
+      points: curve.map((p) => ({ x: p[x], y: p.loss, title: `step ${p.step}, accuracy ${p.accuracy}` })),
+    });
+    const file = join(dir, name);
+    writeFileSync(
+      file,
+      lineChart({
+        ariaLabel: `AdaScale: training loss against ${label}, S = 1 and S = 4`,
+        width: 720,
+        xLabel: `${label} (y: training loss)`,
+        yZero: true,
+        series: [series('S = 1 (batch 128)', '#1f77b4', one), series('S = 4 (batch 512)', '#d62728', four)],
+      }),
+    );
+    return file;
   });
-  writeFileSync(
-    file,
-    lineChart({
-      ariaLabel: 'AdaScale: training loss against scale-invariant iterations, S = 1 and S = 4',
-      width: 720,
-      xLabel: 'scale-invariant iterations',
-      yZero: true,
-      series: [series('S = 1 (batch 128)', '#1f77b4', one), series('S = 4 (batch 512)', '#d62728', four)],
-    }),
-  );
-  return file;
 }
