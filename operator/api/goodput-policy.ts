@@ -112,21 +112,29 @@ export function optionAt(
   return { replicas, globalBatch, stepSeconds, throughput, efficiency, goodput: throughput * efficiency };
 }
 
+/** Batches whose predicted goodput is this close to the best are ties. */
+const BATCH_TIE = 0.01;
+
 /**
  * The predicted goodput of every world size in [min, cap] at its best batch, in replica order. Ties
- * (within rounding) go to the smaller batch: where the model cannot tell batches apart, a smaller
- * one costs less memory and no efficiency.
+ * go to the batch nearest (by ratio) the current one, else the base batch: where the model cannot
+ * tell batches apart (one measured, so what is fixed and what per sample is a guess) the batch
+ * stays, instead of jumping to a bound on a rounding error.
  */
 export function goodputOptions(input: GoodputInput, cap: number): GoodputOption[] {
   if (input.model === undefined) return [];
+  const reference = input.currentBatch ?? input.baseBatch;
+  const distance = (o: GoodputOption) => Math.abs(Math.log(o.globalBatch / reference));
   const options: GoodputOption[] = [];
   for (let n = input.min; n <= cap; n++) {
-    let best: GoodputOption | undefined;
-    for (const globalBatch of candidateBatches(input.batch, n)) {
-      const option = optionAt(input, n, globalBatch);
-      if (option !== undefined && (best === undefined || option.goodput > best.goodput * (1 + 1e-9)))
-        best = option;
-    }
+    const all = candidateBatches(input.batch, n).flatMap((b) => optionAt(input, n, b) ?? []);
+    const top = Math.max(...all.map((o) => o.goodput));
+    const best = all
+      .filter((o) => o.goodput >= top * (1 - BATCH_TIE))
+      .reduce<GoodputOption | undefined>(
+        (a, o) => (a === undefined || distance(o) < distance(a) ? o : a),
+        undefined,
+      );
     if (best !== undefined) options.push(best);
   }
   return options;

@@ -12,7 +12,9 @@ import {
   type ThroughputSample,
 } from '../../operator/api/goodput-model.ts';
 import {
+  batchBounds,
   candidateBatches,
+  clampBatch,
   decideGoodput,
   describeOptions,
   type GoodputInput,
@@ -286,6 +288,91 @@ test('decideGoodput: table of situations', () => {
     assert.is(d.changed, c.changed, `${c.name}: ${d.reason}`);
     assert.match(d.reason, c.reason, c.name);
   }
+});
+
+test('decideGoodput with a batch range: the batch is chosen too, and a better batch alone is a change', () => {
+  const measured = [sample(1, 128), sample(2, 64), sample(4, 32), sample(2, 128)];
+  const model = fitThroughput(measured);
+  const range = { kind: 'range', min: 64, max: 1024 } as const;
+  const cases: {
+    name: string;
+    input: Partial<GoodputInput>;
+    replicas: number;
+    globalBatch: number;
+    changed: boolean;
+    reason: RegExp;
+  }[] = [
+    {
+      // Efficiency ≈ 1 at any batch: the largest batch amortises the fixed and synchronisation terms.
+      name: 'huge noise scale: the largest batch, and more workers',
+      input: { noiseScale: 1e7, current: 2, currentBatch: 128 },
+      replicas: 5,
+      globalBatch: 1024,
+      changed: true,
+      reason: /2 → 5 worker\(s\), global batch 128 → 1024/,
+    },
+    {
+      // (φ + 128)/(φ + 64) = 1.8 at φ = 16: a small batch is worth more per sample than time saved.
+      // ... and at 64 samples a second worker's synchronisation costs more than its half batch saves.
+      name: 'small noise scale: the smallest batch, on fewer workers',
+      input: { noiseScale: 16, current: 2, currentBatch: 128 },
+      replicas: 1,
+      globalBatch: 64,
+      changed: true,
+      reason: /2 → 1 worker\(s\), global batch 128 → 64/,
+    },
+    {
+      name: 'one size allowed: the batch alone changes',
+      input: { noiseScale: 1e7, current: 1, max: 1, currentBatch: 128 },
+      replicas: 1,
+      globalBatch: 1024,
+      changed: true,
+      reason: /1 → 1 worker\(s\), global batch 128 → 1024/,
+    },
+    {
+      name: 'already at the best batch: stays, and says at which batch',
+      input: { noiseScale: 1e7, current: 1, max: 1, currentBatch: 1024 },
+      replicas: 1,
+      globalBatch: 1024,
+      changed: false,
+      reason: /1 worker\(s\) at global batch 1024 is best within the threshold/,
+    },
+    {
+      name: 'a better batch under the threshold: stays at the current one',
+      input: {
+        noiseScale: 1e7,
+        current: 1,
+        max: 1,
+        currentBatch: 900,
+        settings: { ...settings, threshold: 0.2 },
+      },
+      replicas: 1,
+      globalBatch: 900,
+      changed: false,
+      reason: /at global batch 900 is best within the threshold/,
+    },
+  ];
+  for (const c of cases) {
+    const d = decideGoodput(base({ samples: measured, model, batch: range, ...c.input }));
+    assert.is(d.replicas, c.replicas, `${c.name}: ${d.reason}`);
+    assert.is(d.globalBatch, c.globalBatch, `${c.name}: ${d.reason}`);
+    assert.is(d.changed, c.changed, `${c.name}: ${d.reason}`);
+    assert.match(d.reason, c.reason, c.name);
+    // Whatever it picks is the best option there is, within the threshold.
+    const best = Math.max(...d.options.map((o) => o.goodput));
+    const picked = d.options.find((o) => o.replicas === d.replicas && o.globalBatch === d.globalBatch);
+    if (d.changed) assert.ok(picked !== undefined && picked.goodput >= best * (1 - 1e-9), c.name);
+  }
+});
+
+test('clampBatch keeps a batch in bounds and gives every worker a sample', () => {
+  const bounds = { min: 64, max: 1024 };
+  assert.is(clampBatch(10, 2, bounds), 64);
+  assert.is(clampBatch(5000, 2, bounds), 1024);
+  assert.is(clampBatch(300.4, 2, bounds), 300);
+  assert.is(clampBatch(64, 100, bounds), 100);
+  assert.equal(batchBounds({ minGlobalBatch: 64, maxGlobalBatch: 1024 }), bounds);
+  assert.is(batchBounds({ minGlobalBatch: 64 }), undefined);
 });
 
 test('decideGoodput: the interval names when to look again; options predict every size considered', () => {
