@@ -194,6 +194,8 @@ export function decideGoodput(input: GoodputInput): GoodputDecision {
   if (!input.samples.some((s) => s.replicas === input.current && s.steps > 0))
     return hold(`waiting for step times of ${input.current} worker(s)`);
   const options = goodputOptions(input, replicaCap(input));
+  const over = overShare(input, options);
+  if (over !== undefined) return over;
   const here = currentOption(input, options);
   const best = options.reduce<GoodputOption | undefined>(
     (a, o) => (a === undefined || o.goodput > a.goodput * (1 + 1e-9) ? o : a),
@@ -235,4 +237,25 @@ function currentOption(input: GoodputInput, options: readonly GoodputOption[]): 
   const best = options.find((o) => o.replicas === input.current);
   if (input.batch.kind !== 'range' || input.currentBatch === undefined) return best;
   return optionAt(input, input.current, input.currentBatch) ?? best;
+}
+
+/**
+ * Above its share of the cluster (capacity, from the cluster division): the job goes down to the
+ * best size within it at once, neither threshold nor interval holding it, since the GPUs are
+ * another job's now.
+ */
+function overShare(input: GoodputInput, options: readonly GoodputOption[]): GoodputDecision | undefined {
+  if (input.capacity === undefined || input.current <= Math.max(input.capacity, input.min)) return undefined;
+  const best = options.reduce<GoodputOption | undefined>(
+    (a, o) => (a === undefined || o.goodput > a.goodput * (1 + 1e-9) ? o : a),
+    undefined,
+  );
+  const replicas = best?.replicas ?? Math.max(input.capacity, input.min);
+  return {
+    replicas,
+    globalBatch: best?.globalBatch,
+    changed: true,
+    reason: `${input.current} → ${replicas} worker(s): over its share of the cluster (${input.capacity}); predicted goodput by workers: ${describeOptions(options, replicas)}`,
+    options,
+  };
 }

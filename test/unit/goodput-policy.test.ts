@@ -1,6 +1,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type ClusterJob, divideCluster } from '../../operator/api/goodput-cluster.ts';
+import {
+  type ClusterJob,
+  clusterShares,
+  divideCluster,
+  type ShareInput,
+} from '../../operator/api/goodput-cluster.ts';
 import {
   fitThroughput,
   gradientNoiseScale,
@@ -463,6 +468,69 @@ test('divideCluster: minimums in priority order, the fairness floor, then the la
   ];
   assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0 })), { big: 7, small: 1 });
   assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0.8 })), { big: 5, small: 3 });
+});
+
+test('clusterShares: a job not measured keeps what it runs; the others are divided by their options', () => {
+  const options = (goodput: number[], from = 1) =>
+    goodput.map((g, i) => ({ replicas: from + i, goodput: g }));
+  const table: [string, ShareInput[], number, Record<string, number>][] = [
+    [
+      'two that scale alike share evenly',
+      [
+        { id: 'a', min: 1, max: 8, current: 2, options: options([100, 190, 270, 340, 400, 450, 490, 520]) },
+        { id: 'b', min: 1, max: 8, current: 6, options: options([100, 190, 270, 340, 400, 450, 490, 520]) },
+      ],
+      8,
+      { a: 4, b: 4 },
+    ],
+    [
+      'a newcomer keeps its workers, the measured job gets the rest',
+      [
+        { id: 'old', min: 1, max: 8, current: 8, options: options([100, 200, 300, 400, 500, 600, 700, 800]) },
+        { id: 'new', min: 1, max: 4, current: 2, options: [] },
+      ],
+      8,
+      { old: 6, new: 2 },
+    ],
+    [
+      'the model is trusted as far as its options go (explored to 2)',
+      [{ id: 'a', min: 1, max: 8, current: 1, options: options([100, 200]) }],
+      8,
+      { a: 2 },
+    ],
+    [
+      // Fair share 4: speedups over 340 and 800; b's +0.25 a GPU beats a's +0.24, +0.18, …
+      'options from minReplicas 2: each its minimum, then GPUs to the larger gain in speedup',
+      [
+        { id: 'a', min: 2, max: 6, current: 4, options: options([200, 280, 340, 380, 400], 2) },
+        { id: 'b', min: 2, max: 6, current: 2, options: options([400, 600, 800, 1000, 1200], 2) },
+      ],
+      8,
+      { a: 2, b: 6 },
+    ],
+  ];
+  for (const [name, jobs, capacity, expected] of table) {
+    const shares = clusterShares(jobs, capacity, { fairnessFloor: 0.5 });
+    assert.equal(Object.fromEntries(shares), expected, name);
+    assert.ok([...shares.values()].reduce((a, b) => a + b, 0) <= capacity, `${name}: fits`);
+  }
+});
+
+test('decideGoodput above its share: down to the best size within it at once, interval or not', () => {
+  const measured = [sample(1, 128), sample(2, 64), sample(4, 32)];
+  const model = fitThroughput(measured);
+  const over = decideGoodput(
+    base({ samples: measured, model, current: 4, capacity: 2, lastChangeMs: 1_000_000 - 1000 }),
+  );
+  assert.is(over.replicas, 2, over.reason);
+  assert.ok(over.changed);
+  assert.match(over.reason, /4 → 2 worker\(s\): over its share of the cluster \(2\)/);
+  // Within its share: the usual rules (the interval holds a change).
+  const within = decideGoodput(
+    base({ samples: measured, model, current: 2, capacity: 2, lastChangeMs: 1_000_000 - 1000 }),
+  );
+  assert.is(within.replicas, 2);
+  assert.not.ok(within.changed);
 });
 
 test.run();
