@@ -58,6 +58,8 @@ export interface ReconcilerDeps {
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
   readonly publisher: ControlPublisher;
+  /** A goodput job's share of the cluster's workers (goodput-shares.ts); undefined: it decides alone. */
+  readonly goodputShare?: (namespace: string, name: string) => number | undefined;
   /** Where the workers keep rendezvous state; absent: no NATS, nothing to clean up. */
   readonly jobState?: JobStateStore;
   readonly events: EventRecorder;
@@ -216,7 +218,10 @@ export class JobReconciler {
     const { job, queue, workload } = admission;
     const observations = this.deps.observations?.(namespace, name);
     const podRejected = this.rejected.get(uid);
+    const share =
+      job.spec.autoscaling.policy === 'goodput' ? this.deps.goodputShare?.(namespace, name) : undefined;
     const decision = plan({
+      ...(share === undefined ? {} : { share }),
       job,
       ...(queue === undefined ? {} : { queue }),
       pods,
