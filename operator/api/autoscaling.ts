@@ -139,9 +139,11 @@ export function autoscale(input: AutoscaleInput): AutoscaleResult {
   const chosenBatch = batchChanged
     ? { globalBatch: decision.globalBatch as number, revision: (status?.chosenBatch?.revision ?? 0) + 1 }
     : status?.chosenBatch;
+  const changes = (status?.changes ?? 0) + (changed ? 1 : 0);
   const next: AutoscalingStatus = {
     replicas: decision.replicas,
     specReplicas: spec.replicas,
+    ...(changes === 0 ? {} : { changes }),
     ...(changed
       ? { lastChangeTime: now.toISOString() }
       : lastChangeTime === undefined

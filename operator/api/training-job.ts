@@ -1482,6 +1482,9 @@ export const TrainingJobStatusSchema = z.strictObject({
         'spec.replicas when it chose: a different spec.replicas is a user scale, which wins.',
       ),
       lastChangeTime: z.iso.datetime().optional().describe('When it last changed the worker count.'),
+      changes: nonNegativeInt()
+        .optional()
+        .describe('How many changes (of the worker count or the global batch) it has made.'),
       globalBatch: positiveInt().optional().describe('The global batch its choice is predicted at.'),
       chosenBatch: z
         .strictObject({

@@ -194,6 +194,7 @@ test('autoscale: from minReplicas, a compute-bound world grows; the decision is 
   assert.is(first.status.replicas, 2);
   assert.is(first.status.specReplicas, 1);
   assert.is(first.status.lastChangeTime, at(0).toISOString());
+  assert.is(first.status.changes, 1);
   assert.equal(
     first.status.options?.map((o) => o.replicas),
     [1, 2],
