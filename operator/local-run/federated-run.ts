@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { siteJobName } from '../api/federation.ts';
+import { newSiteSigningKey, siteJobName } from '../api/federation.ts';
 import type { TrainingJob } from '../api/training-job.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
 import { decodeWorkerLine, type WorkerEvent, type WorkerEventOf } from '../api/worker-events.ts';
@@ -139,6 +139,30 @@ function startSiteWorker(
   return { child, exited };
 }
 
+/**
+ * Secure aggregation: an Ed25519 identity key per site, made for this run (a local run is one
+ * machine, so the launcher is trusted to hand the keys out); each private key goes to its site's
+ * folder only (mode 0600), the public keys to every worker. A site whose spec pins a public key
+ * cannot run here: its private key is the site's own, not the launcher's.
+ */
+function siteKeys(job: TrainingJob, out: string): Record<string, string> | undefined {
+  const federation = job.spec.federation;
+  if (federation === undefined || !federation.secureAggregation.enabled) return undefined;
+  const keys: Record<string, string> = {};
+  for (const site of federation.sites) {
+    if (site.signingKey !== undefined)
+      throw new RangeError(
+        `spec.federation.sites: site "${site.name}" pins its signingKey, but tensile run makes every site's key itself; drop the pin for a local run`,
+      );
+    const key = newSiteSigningKey();
+    const dir = join(out, site.name);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'signing-key.pem'), key.privatePem, { mode: 0o600 });
+    keys[site.name] = key.public;
+  }
+  return keys;
+}
+
 export async function runFederated(
   job: TrainingJob,
   options: FederatedRunOptions,
@@ -162,6 +186,7 @@ export async function runFederated(
   );
   const book = new RoundBook();
   const spawned: Spawned[] = [];
+  const keys = siteKeys(job, out);
   federation.sites.forEach((site, s) => {
     const dir = join(out, site.name);
     mkdirSync(dir, { recursive: true });
@@ -179,6 +204,9 @@ export async function runFederated(
         modelDir: join(dir, 'model'),
         natsUrl: nats.url,
         federationSite: site.name,
+        ...(keys === undefined
+          ? {}
+          : { federationSigningKey: join(dir, 'signing-key.pem'), federationSiteKeys: keys }),
         ...(options.audit === true ? { federationAudit: true } : {}),
         ...(options.backend === undefined ? {} : { backend: options.backend }),
       });

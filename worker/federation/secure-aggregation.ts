@@ -20,6 +20,7 @@
 import {
   createCipheriv,
   createDecipheriv,
+  createHash,
   createPrivateKey,
   createPublicKey,
   diffieHellman,
@@ -27,6 +28,8 @@ import {
   hkdfSync,
   type KeyObject,
   randomBytes,
+  sign,
+  verify,
 } from 'node:crypto';
 
 /** Fixed-point scale: 2^20 keeps ~1e-6 of precision and ±2048 of range for the summed values. */
@@ -145,6 +148,48 @@ export function removeDroppedMasks(
   }
 }
 
+/** A fresh self-mask seed b_u: 32 random bytes, new every round and attempt. */
+export const newSelfSeed = (): Buffer => randomBytes(32);
+
+/** `into += sign · PRG(b_u)`: the self-mask, added by its site and removed once b_u is rebuilt. */
+export function addSelfMask(into: Uint32Array, seed: Buffer, sign: 1 | -1): void {
+  addMask(into, expandMask(seed, into.length), sign);
+}
+
+/** A public commitment to a seed (SHA-256), advertised so a rebuilt seed can be checked. */
+export const commitSeed = (seed: Buffer): string => createHash('sha256').update(seed).digest('base64');
+
+// ------------------------------------------------------------------------------------ signatures
+
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
+
+/**
+ * An Ed25519 public key from base64 of its raw 32 bytes or of its DER SubjectPublicKeyInfo (44 bytes,
+ * `openssl pkey -pubout -outform DER | base64`); undefined when it is neither.
+ */
+export function signingPublicKey(base64: string): KeyObject | undefined {
+  const raw = Buffer.from(base64, 'base64');
+  const der = raw.length === 32 ? Buffer.concat([SPKI_ED25519, raw]) : raw;
+  if (der.length !== 44 || !der.subarray(0, 12).equals(SPKI_ED25519)) return undefined;
+  try {
+    return createPublicKey({ key: der, format: 'der', type: 'spki' });
+  } catch {
+    return undefined;
+  }
+}
+
+/** The raw public key (base64) of a PKCS8 PEM private key. */
+export function signingPublicOf(privatePem: string): string {
+  const spki = createPublicKey(createPrivateKey(privatePem)).export({ format: 'der', type: 'spki' });
+  return spki.subarray(spki.length - 32).toString('base64');
+}
+
+export const signMessage = (message: string, privatePem: string): string =>
+  sign(null, Buffer.from(message), createPrivateKey(privatePem)).toString('base64');
+
+export const verifyMessage = (message: string, signature: string, publicKey: KeyObject): boolean =>
+  verify(null, Buffer.from(message), publicKey, Buffer.from(signature, 'base64'));
+
 // ------------------------------------------------------------------------------------------ Shamir
 
 export interface Share {
@@ -214,23 +259,36 @@ export function shamirCombine(shares: readonly Share[], threshold: number, lengt
 
 // ------------------------------------------------------------------------ shares on the wire
 
-/** A share encrypted to its holder under the pair's channel key (AES-256-GCM: iv ‖ tag ‖ data). */
-export function sealShare(share: Share, key: Buffer): string {
+/** A holder's two shares of one site's secrets: of its mask key s_u and of its self-mask seed b_u. */
+export interface SharePair {
+  readonly key: Share;
+  readonly seed: Share;
+}
+
+/**
+ * A holder's pair of shares encrypted to it under the pair's channel key (AES-256-GCM: iv ‖ tag ‖
+ * data), with `binding` (round, sender, holder) as additional data: a sealed pair moved to another
+ * round or holder does not open.
+ */
+export function sealShare(pair: SharePair, key: Buffer, binding: string): string {
   const iv = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', key, iv);
-  const data = Buffer.concat([
-    cipher.update(Buffer.from(`${share.x}:${share.y.toString(16)}`)),
-    cipher.final(),
-  ]);
+  cipher.setAAD(Buffer.from(binding));
+  const text = `${pair.key.x}:${pair.key.y.toString(16)}:${pair.seed.y.toString(16)}`;
+  const data = Buffer.concat([cipher.update(Buffer.from(text)), cipher.final()]);
   return Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64');
 }
 
-/** Opens a sealed share; throws when it was not sealed under `key` or was altered. */
-export function openShare(sealed: string, key: Buffer): Share {
+/** Opens a sealed pair; throws when it was not sealed under `key` and `binding`, or was altered. */
+export function openShare(sealed: string, key: Buffer, binding: string): SharePair {
   const raw = Buffer.from(sealed, 'base64');
   const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12));
+  decipher.setAAD(Buffer.from(binding));
   decipher.setAuthTag(raw.subarray(12, 28));
   const text = Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString();
-  const [x, y] = text.split(':');
-  return { x: Number(x), y: BigInt(`0x${y}`) };
+  const [x, keyY, seedY] = text.split(':');
+  return {
+    key: { x: Number(x), y: BigInt(`0x${keyY}`) },
+    seed: { x: Number(x), y: BigInt(`0x${seedY}`) },
+  };
 }
