@@ -1,21 +1,23 @@
 /**
  * Secure aggregation after Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving
- * Machine Learning"), in its single-masking form: sites agree pairwise secrets over X25519, expand
- * each into a mask in the ring Z_2^32 and add it (the lower-indexed site of a pair) or subtract it
- * (the higher). Every mask appears once with each sign, so the sum of the masked inputs is exactly the
- * sum of the fixed-point inputs while any one masked input is a uniformly random vector to whoever
- * does not hold that site's pairwise secrets.
+ * Machine Learning"), with double masking. Sites agree pairwise secrets over X25519, expand each into
+ * a mask in the ring Z_2^32 and add it (the lower-indexed site of a pair) or subtract it (the higher);
+ * every pairwise mask appears once with each sign, so they cancel in the sum. On top, each site adds a
+ * self-mask expanded from a fresh seed b_u of its own, which nothing else cancels.
  *
- * A site that drops out after the others masked against it leaves its masks in the sum. Each site
- * therefore Shamir-shares its mask key (t of n, over GF(2^521 − 1)) to the others in advance, each
- * share encrypted to its holder (AES-256-GCM under a separate X25519 channel key); the survivors of a
- * round reveal their shares of the dropped sites' keys, and any t of them rebuild those keys and
- * remove the dropped site's pairwise masks. Fewer than t survivors: the round is retried.
+ * Each site Shamir-shares both its mask key s_u and its seed b_u (t of n, over GF(2^521 − 1)) to the
+ * others in advance, each pair of shares encrypted to its holder (AES-256-GCM under a separate X25519
+ * channel key). At unmasking every holder reveals, for each site, exactly one of the two: its share of
+ * b_u when u's input arrived (the self-mask is removed from the sum), its share of s_u when it did not
+ * (u's pairwise masks are removed from the survivors' inputs). A holder never reveals both for one
+ * site, and with t > n/2 two disjoint sets of holders cannot both reach t: so a site that was merely
+ * late (counted as dropped, its input arriving afterwards) keeps its self-mask, and its input stays a
+ * uniformly random vector to everyone. Fewer than t shares of what is needed: the round is retried.
  *
- * Not implemented from the paper: the self-mask b_u (double masking), which protects a site that was
- * merely late, not gone, from having its masks removed while its input is in the sum; and signatures
- * on the advertised keys (an active adversary in the middle). Every function here is pure except for
- * the randomness of new keys and share polynomials.
+ * Against an adversary in the middle (whoever relays the messages, the coordinator included), each
+ * site signs the keys it advertises with its Ed25519 identity key; the others verify the signature
+ * against the public key they were given out of band (the spec or the launcher, not the relay).
+ * Every function here is pure except for the randomness of new keys, seeds and share polynomials.
  */
 import {
   createCipheriv,
