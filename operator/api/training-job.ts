@@ -861,6 +861,35 @@ export const FederationSpecSchema = withRules(
       })
       .prefault({})
       .describe('Secure aggregation: no single site’s delta is visible to anyone, only the sum.'),
+    differentialPrivacy: z
+      .strictObject({
+        clipNorm: z
+          .number()
+          .gt(0)
+          .lte(1_000_000)
+          .describe(
+            'C: each site’s round delta (the change of the weights over the round) is scaled down to L2 norm ≤ C.',
+          ),
+        noiseMultiplier: z
+          .number()
+          .gt(0)
+          .lte(1000)
+          .describe(
+            'z: Gaussian noise of standard deviation z·C is added to every coordinate of the clipped delta before it leaves the site.',
+          ),
+        delta: z
+          .number()
+          .gt(0)
+          .lte(0.01)
+          .default(1e-5)
+          .describe(
+            'δ of the (ε, δ) reported: ε is what the rounds so far have spent, by an RDP accountant of the Gaussian mechanism.',
+          ),
+      })
+      .optional()
+      .describe(
+        'Differential privacy per site (DP-FedAvg): each site clips its delta and adds Gaussian noise; the ε spent is reported every round (each site’s, under its own noise alone).',
+      ),
     roundTimeoutMillis: z
       .int()
       .min(1000)

@@ -11,6 +11,7 @@ import { createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { newSiteSigningKey, siteJobName } from '../api/federation.ts';
+import { gaussianEpsilon } from '../api/privacy-accountant.ts';
 import type { TrainingJob } from '../api/training-job.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
 import { decodeWorkerLine, type WorkerEvent, type WorkerEventOf } from '../api/worker-events.ts';
@@ -38,6 +39,8 @@ export interface FederatedRoundSummary {
   readonly dropped: readonly number[];
   /** Whether every rank of every site applied the same mean. */
   readonly agreed: boolean;
+  /** differentialPrivacy: the ε each site has spent after this round. */
+  readonly epsilon?: number;
 }
 
 export interface FederatedSummary {
@@ -49,6 +52,13 @@ export interface FederatedSummary {
   }[];
   readonly secure: boolean;
   readonly aggregation: string;
+  /** differentialPrivacy: the settings and the ε each site spent over the run, at δ. */
+  readonly privacy?: {
+    readonly clipNorm: number;
+    readonly noiseMultiplier: number;
+    readonly delta: number;
+    readonly epsilon: number;
+  };
   readonly rounds: readonly FederatedRoundSummary[];
   readonly exitCodes: readonly (number | null)[];
   readonly wallSeconds: number;
@@ -101,6 +111,7 @@ class RoundBook {
         sites: events[0]?.sites ?? [],
         dropped: events[0]?.dropped ?? [],
         agreed: new Set(events.map((e) => e.checksum)).size === 1,
+        ...(events[0]?.epsilon === undefined ? {} : { epsilon: events[0].epsilon }),
       });
       previous = ended;
     }
@@ -229,6 +240,17 @@ export async function runFederated(
   process.once('SIGINT', stop);
   const codes = await Promise.all(spawned.map((w) => w.exited));
   process.removeListener('SIGINT', stop);
+  const rounds = book.summary(federation.localSteps, started);
+  const dp = federation.differentialPrivacy;
+  const privacy =
+    dp === undefined
+      ? undefined
+      : {
+          clipNorm: dp.clipNorm,
+          noiseMultiplier: dp.noiseMultiplier,
+          delta: dp.delta,
+          epsilon: gaussianEpsilon(dp.noiseMultiplier, rounds.length, dp.delta).epsilon,
+        };
   const summary: FederatedSummary = {
     job: name,
     sites: federation.sites.map((s, i) => ({
@@ -238,7 +260,8 @@ export async function runFederated(
     })),
     secure: federation.secureAggregation.enabled,
     aggregation: federation.aggregation,
-    rounds: book.summary(federation.localSteps, started),
+    rounds,
+    ...(privacy === undefined ? {} : { privacy }),
     exitCodes: codes,
     wallSeconds: Math.round(performance.now() - started) / 1000,
   };
@@ -247,6 +270,10 @@ export async function runFederated(
   io.out(
     `${name}: ${summary.rounds.length} rounds in ${summary.wallSeconds} s; summary in ${join(out, 'summary.json')}`,
   );
+  if (privacy !== undefined)
+    io.out(
+      `${name}: differential privacy ε = ${privacy.epsilon.toFixed(3)} at δ = ${privacy.delta} per site after ${rounds.length} rounds (clip ${privacy.clipNorm}, noise multiplier ${privacy.noiseMultiplier}; RDP accountant)`,
+    );
   if (failed > 0) io.err(`${name}: ${failed} of ${codes.length} workers failed (logs in ${out}/<site>/)`);
   return failed > 0 ? 1 : 0;
 }
