@@ -153,18 +153,13 @@ function startSiteWorker(
 /**
  * Secure aggregation: an Ed25519 identity key per site, made for this run (a local run is one
  * machine, so the launcher is trusted to hand the keys out); each private key goes to its site's
- * folder only (mode 0600), the public keys to every worker. A site whose spec pins a public key
- * cannot run here: its private key is the site's own, not the launcher's.
+ * folder only (mode 0600), the public keys to every worker (runFederated refuses pinned keys first).
  */
 function siteKeys(job: TrainingJob, out: string): Record<string, string> | undefined {
   const federation = job.spec.federation;
   if (federation === undefined || !federation.secureAggregation.enabled) return undefined;
   const keys: Record<string, string> = {};
   for (const site of federation.sites) {
-    if (site.signingKey !== undefined)
-      throw new RangeError(
-        `spec.federation.sites: site "${site.name}" pins its signingKey, but tensile run makes every site's key itself; drop the pin for a local run`,
-      );
     const key = newSiteSigningKey();
     const dir = join(out, site.name);
     mkdirSync(dir, { recursive: true });
@@ -189,6 +184,15 @@ export async function runFederated(
   for (const sub of ['nats', 'federation', ...federation.sites.map((s) => s.name)])
     rmSync(join(out, sub), { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
+  // Before anything starts: a spec this run cannot serve fails here, not after the nats-server is up.
+  const pinned = federation.sites.findIndex((s) => s.signingKey !== undefined);
+  if (federation.secureAggregation.enabled && pinned >= 0) {
+    io.err(
+      `tensile run: spec.federation.sites[${pinned}].signingKey: site "${federation.sites[pinned]?.name}" pins its public key, but its private key is the site's own and tensile run makes every site's key itself; drop the pin for a local run`,
+    );
+    return 1;
+  }
+  const keys = siteKeys(job, out);
   const started = performance.now();
   await using nats = await startNatsServer({ storeDir: join(out, 'nats') });
   const jobUid = randomUUID();
@@ -197,7 +201,6 @@ export async function runFederated(
   );
   const book = new RoundBook();
   const spawned: Spawned[] = [];
-  const keys = siteKeys(job, out);
   federation.sites.forEach((site, s) => {
     const dir = join(out, site.name);
     mkdirSync(dir, { recursive: true });
