@@ -45,6 +45,9 @@ export interface FederatedRoundSummary {
 
 export interface FederatedSummary {
   readonly job: string;
+  /** completed: every round ran (sites may have dropped out of some); failed: the rounds stopped short. */
+  readonly status: 'completed' | 'failed';
+  readonly reason: string;
   readonly sites: readonly {
     readonly name: string;
     readonly workers: number;
@@ -254,8 +257,11 @@ export async function runFederated(
           delta: dp.delta,
           epsilon: gaussianEpsilon(dp.noiseMultiplier, rounds.length, dp.delta).epsilon,
         };
+  const complete = rounds.length === federation.rounds;
   const summary: FederatedSummary = {
     job: name,
+    status: complete ? 'completed' : 'failed',
+    reason: `${rounds.length} of ${federation.rounds} rounds${codes.some((c) => c !== 0) ? `; ${codes.filter((c) => c !== 0).length} of ${codes.length} workers failed` : ''}`,
     sites: federation.sites.map((s, i) => ({
       name: s.name,
       workers: s.replicas,
