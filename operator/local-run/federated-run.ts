@@ -172,6 +172,45 @@ function siteKeys(job: TrainingJob, out: string): Record<string, string> | undef
   return keys;
 }
 
+/** summary.json of a federated run: per round, per site, the privacy spent, how the run ended. */
+function summarize(
+  job: TrainingJob,
+  book: RoundBook,
+  codes: readonly (number | null)[],
+  started: number,
+): FederatedSummary {
+  const federation = job.spec.federation as NonNullable<TrainingJob['spec']['federation']>;
+  const name = job.metadata.name;
+  const rounds = book.summary(federation.localSteps, started);
+  const dp = federation.differentialPrivacy;
+  const privacy =
+    dp === undefined
+      ? undefined
+      : {
+          clipNorm: dp.clipNorm,
+          noiseMultiplier: dp.noiseMultiplier,
+          delta: dp.delta,
+          epsilon: gaussianEpsilon(dp.noiseMultiplier, rounds.length, dp.delta).epsilon,
+        };
+  const complete = rounds.length === federation.rounds;
+  return {
+    job: name,
+    status: complete ? 'completed' : 'failed',
+    reason: `${rounds.length} of ${federation.rounds} rounds${codes.some((c) => c !== 0) ? `; ${codes.filter((c) => c !== 0).length} of ${codes.length} workers failed` : ''}`,
+    sites: federation.sites.map((s, i) => ({
+      name: s.name,
+      workers: s.replicas,
+      samples: book.samples.get(i) ?? null,
+    })),
+    secure: federation.secureAggregation.enabled,
+    aggregation: federation.aggregation,
+    rounds,
+    ...(privacy === undefined ? {} : { privacy }),
+    exitCodes: codes,
+    wallSeconds: Math.round(performance.now() - started) / 1000,
+  };
+}
+
 export async function runFederated(
   job: TrainingJob,
   options: FederatedRunOptions,
@@ -246,34 +285,8 @@ export async function runFederated(
   process.once('SIGINT', stop);
   const codes = await Promise.all(spawned.map((w) => w.exited));
   process.removeListener('SIGINT', stop);
-  const rounds = book.summary(federation.localSteps, started);
-  const dp = federation.differentialPrivacy;
-  const privacy =
-    dp === undefined
-      ? undefined
-      : {
-          clipNorm: dp.clipNorm,
-          noiseMultiplier: dp.noiseMultiplier,
-          delta: dp.delta,
-          epsilon: gaussianEpsilon(dp.noiseMultiplier, rounds.length, dp.delta).epsilon,
-        };
-  const complete = rounds.length === federation.rounds;
-  const summary: FederatedSummary = {
-    job: name,
-    status: complete ? 'completed' : 'failed',
-    reason: `${rounds.length} of ${federation.rounds} rounds${codes.some((c) => c !== 0) ? `; ${codes.filter((c) => c !== 0).length} of ${codes.length} workers failed` : ''}`,
-    sites: federation.sites.map((s, i) => ({
-      name: s.name,
-      workers: s.replicas,
-      samples: book.samples.get(i) ?? null,
-    })),
-    secure: federation.secureAggregation.enabled,
-    aggregation: federation.aggregation,
-    rounds,
-    ...(privacy === undefined ? {} : { privacy }),
-    exitCodes: codes,
-    wallSeconds: Math.round(performance.now() - started) / 1000,
-  };
+  const summary = summarize(job, book, codes, started);
+  const { rounds, privacy } = summary;
   writeFileSync(join(out, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
   const failed = codes.filter((c) => c !== 0).length;
   io.out(
