@@ -291,6 +291,36 @@ test('a late site (taken for dropped, its vector arriving after the unmask) is s
   assert.ok(Math.abs(r) < 0.03, `correlation ${r}`);
 });
 
+test('inconsistent views of who survived (a relay showing a late input to some): never both secrets', () => {
+  // 5 sites, t = 3: site 4's input reaches sites 0, 1 and itself, not 2 and 3, before they unmask.
+  const rounds = leaders(5, true, 3);
+  advertiseAndShare(rounds, [1, 1, 1, 1, 1]);
+  const deltas = [0, 1, 2, 3, 4].map((i) => vector(400 + i, 256));
+  const inputs = rounds.map((r, i) => r.input(deltas[i] as Float32Array));
+  const sees = (i: number) => (i === 2 || i === 3 ? [0, 1, 2, 3] : [0, 1, 2, 3, 4]);
+  for (const [i, r] of rounds.entries())
+    for (const j of sees(i)) if (j !== i) r.onInput(j, inputs[j] as Uint32Array);
+  const unmasks = rounds.map((r) => r.unmask());
+  for (const [i, r] of rounds.entries()) for (const u of unmasks) if (u.site !== i) r.onUnmask(u);
+  const seeds = unmasks.filter((u) => u.seeds['4'] !== undefined).length;
+  const keys = unmasks.filter((u) => u.keys['4'] !== undefined).length;
+  assert.is(seeds + keys, 5, 'every holder revealed one share of site 4');
+  assert.ok(seeds < 3 || keys < 3, `${seeds} seed and ${keys} key shares of site 4: never both rebuildable`);
+  // Those that saw it sum it; those that did not cannot rebuild its key and fail the attempt (a retry).
+  const all = deltas.map((_, i) => i);
+  const expected = weightedMean(deltas, [1, 1, 1, 1, 1], all, 256);
+  for (const i of [0, 1, 4]) {
+    const r = (rounds[i] as SecureRound).result(256);
+    assert.equal(r.sites, all);
+    assert.ok(r.mean.every((v, k) => Math.abs(v - (expected[k] as number)) < 1e-5));
+  }
+  for (const i of [2, 3])
+    assert.throws(
+      () => rounds[i]?.result(256),
+      (e: unknown) => e instanceof RoundFailed && /retry/.test(String(e)),
+    );
+});
+
 test('signatures: keys changed in the middle, or signed by another key, are refused naming the site', () => {
   const names = ['north', 'south', 'east'];
   const other = leaders(3, true, 2);
