@@ -103,9 +103,16 @@ test('secure FedAvg over 3 sites: rounds complete, the aggregate is the plain we
     // Fixed point at 2^-20 per site, divided by the summed weight: a few 1e-6 at most.
     assert.ok(worst < 1e-5, `round ${round}: the secure mean is ${worst} from the plain one`);
   }
-  const first = summary.rounds[0]?.accuracy ?? 1;
+  // The first evaluated round: a rank joining its site's world exactly at a round's end (a loaded
+  // machine) leaves that round without an evaluation line.
+  const evaluated = summary.rounds.filter((r) => r.accuracy !== null);
+  assert.ok(evaluated.length >= ROUNDS - 1, `${evaluated.length} of ${ROUNDS} rounds evaluated`);
+  const first = evaluated[0]?.accuracy ?? 1;
   const last = summary.rounds.at(-1)?.accuracy ?? 0;
-  assert.ok(last > first, `accuracy ${first} after round 1, ${last} after round ${ROUNDS}`);
+  assert.ok(
+    last > first,
+    `accuracy ${first} after round ${evaluated[0]?.round}, ${last} after round ${ROUNDS}`,
+  );
   assert.ok(last > 0.6, `accuracy after ${ROUNDS} rounds: ${last}`);
 });
 
