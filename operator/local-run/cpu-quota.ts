@@ -15,19 +15,14 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'n
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 
-/**
- * The CFS period: short against a step (tens to hundreds of ms), so that a budget is spent evenly
- * over a step rather than as a burst and a stall (Kubernetes' 100 ms would make a 50 ms step's time
- * depend on where in the period it starts).
- */
-export const QUOTA_PERIOD_US = 10_000;
+/** The kernel's bounds of a CFS period (1 ms to 1 s; Kubernetes uses 100 ms) and smallest quota. */
+const MIN_PERIOD_US = 1000;
+const MAX_PERIOD_US = 100_000;
+const MIN_QUOTA_US = 1000;
 
 /** The kernel's largest CPU weights (cgroup v2 cpu.weight, v1 cpu.shares). */
 const MAX_WEIGHT_V2 = 10_000;
 const MAX_SHARES_V1 = 262_144;
-
-/** The smallest quota the kernel takes (1 ms). */
-const MIN_QUOTA_US = 1000;
 
 /** Parses `--cpu-quota CORES`: a positive number of cores, at most the machine's; a message when wrong. */
 export function parseCpuQuota(text: string, cpus = availableParallelism()): number | string {
@@ -35,14 +30,21 @@ export function parseCpuQuota(text: string, cpus = availableParallelism()): numb
   if (!/^\d*\.?\d+$/.test(text) || !(cores > 0))
     return `--cpu-quota needs a positive number of cores per worker (e.g. 0.5 or 1), got ${text}`;
   if (cores > cpus) return `--cpu-quota ${text}: more than the ${cpus} CPU(s) of this machine`;
-  if (cores * QUOTA_PERIOD_US < MIN_QUOTA_US)
-    return `--cpu-quota ${text}: below the kernel's smallest quota (${MIN_QUOTA_US / QUOTA_PERIOD_US} of a core)`;
+  if (cores * MAX_PERIOD_US < MIN_QUOTA_US)
+    return `--cpu-quota ${text}: below the kernel's smallest quota (${MIN_QUOTA_US / MAX_PERIOD_US} of a core)`;
   return cores;
 }
 
-/** The quota in microseconds per period for `cores`, never below the kernel's minimum. */
-export function quotaMicros(cores: number, periodUs = QUOTA_PERIOD_US): number {
-  return Math.max(MIN_QUOTA_US, Math.round(cores * periodUs));
+/**
+ * The CFS quota and period for `cores`: the shortest period whose quota the kernel takes. A throttled
+ * process stalls for the rest of each period once its quota is spent, and a ring all-reduce waits
+ * for every stall of every rank in each of its phases: with Kubernetes' 100 ms period a worker at 0.3
+ * of a core would stall 70 ms at a time, and a step of tens of ms would measure where in the period
+ * it fell rather than the worker's speed. A short period spreads the budget evenly, like a slower CPU.
+ */
+export function cfsBandwidth(cores: number): { quotaUs: number; periodUs: number } {
+  const periodUs = Math.min(MAX_PERIOD_US, Math.max(MIN_PERIOD_US, Math.ceil(MIN_QUOTA_US / cores)));
+  return { quotaUs: Math.max(MIN_QUOTA_US, Math.round(cores * periodUs)), periodUs };
 }
 
 /** Where cgroups with a cpu controller can be made: the hierarchy's version and the parent directory. */
@@ -147,12 +149,13 @@ export class CpuBudgets implements Disposable {
   set(worker: string, cores: number): boolean {
     const dir = this.groups.get(worker);
     if (dir === undefined) return false;
-    const quota = quotaMicros(cores);
-    if (this.hierarchy.version === 2) writeFileSync(join(dir, 'cpu.max'), `${quota} ${QUOTA_PERIOD_US}`);
+    const { quotaUs, periodUs } = cfsBandwidth(cores);
+    if (this.hierarchy.version === 2) writeFileSync(join(dir, 'cpu.max'), `${quotaUs} ${periodUs}`);
     else {
-      // The period first: a quota above the old period's would otherwise be refused on some kernels.
-      writeFileSync(join(dir, 'cpu.cfs_period_us'), String(QUOTA_PERIOD_US));
-      writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quota));
+      // No quota while the period changes: the kernel checks each write against the other value.
+      writeFileSync(join(dir, 'cpu.cfs_quota_us'), '-1');
+      writeFileSync(join(dir, 'cpu.cfs_period_us'), String(periodUs));
+      writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
     }
     return true;
   }

@@ -2,11 +2,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
+  cfsBandwidth,
   findCpuHierarchy,
   inCgroup,
   parseCpuQuota,
-  QUOTA_PERIOD_US,
-  quotaMicros,
 } from '../../operator/local-run/cpu-quota.ts';
 
 // Abridged /proc/self/mountinfo of a hybrid host (v1 controllers beside an empty unified hierarchy).
@@ -64,15 +63,21 @@ test('in a container the mount root is its own cgroup: the path below it is what
   );
 });
 
-test('quotas: cores per period, never below the kernel minimum of 1 ms', () => {
-  assert.is(quotaMicros(0.6), Math.round(0.6 * QUOTA_PERIOD_US));
-  assert.is(quotaMicros(0.3, 100_000), 30_000);
-  assert.is(quotaMicros(0.001, 100_000), 1000);
+test('quotas: the shortest period whose quota is at least the kernel minimum of 1 ms', () => {
+  assert.equal(cfsBandwidth(0.3), { quotaUs: 1000, periodUs: 3334 });
+  assert.equal(cfsBandwidth(0.6), { quotaUs: 1000, periodUs: 1667 });
+  assert.equal(cfsBandwidth(1.5), { quotaUs: 1500, periodUs: 1000 });
+  assert.equal(cfsBandwidth(0.005), { quotaUs: 1000, periodUs: 100_000 });
+  for (const cores of [0.05, 0.12, 0.3, 0.45, 0.6, 1, 2]) {
+    const { quotaUs, periodUs } = cfsBandwidth(cores);
+    assert.ok(Math.abs(quotaUs / periodUs - cores) < 0.001, `${cores}: ${quotaUs}/${periodUs}`);
+  }
   assert.is(parseCpuQuota('1.5', 2), 1.5);
   assert.is(parseCpuQuota('.25', 2), 0.25);
   for (const bad of ['', '-1', '0', '1e3', 'x', '0.5.1'])
     assert.match(String(parseCpuQuota(bad, 2)), /needs a positive number of cores/, bad);
   assert.match(String(parseCpuQuota('3', 2)), /more than the 2 CPU\(s\)/);
+  assert.match(String(parseCpuQuota('0.001', 2)), /below the kernel's smallest quota \(0.01 of a core\)/);
 });
 
 test('the wrapper joins the cgroup and execs the command as it is', () => {

@@ -167,7 +167,7 @@ const argCases: [string[], RegExp | object][] = [
   [['job.yaml', '--cpu-quota', '0'], /--cpu-quota needs a positive number of cores per worker/],
   [['job.yaml', '--cpu-quota', 'half'], /--cpu-quota needs a positive number of cores per worker/],
   [['job.yaml', '--cpu-quota', '4096'], /--cpu-quota 4096: more than the \d+ CPU\(s\) of this machine/],
-  [['job.yaml', '--cpu-quota', '0.01'], /--cpu-quota 0.01: below the kernel's smallest quota/],
+  [['job.yaml', '--cpu-quota', '0.001'], /--cpu-quota 0.001: below the kernel's smallest quota/],
   [['job.yaml'], { pinCpus: undefined }],
   [['job.yaml', '--fast'], /unknown option --fast/],
   [['a.yaml', 'b.yaml'], /one manifest at a time/],
