@@ -122,7 +122,8 @@ export class CpuBudgets implements Disposable {
     const root = join(parent, `tensile-${name}-${process.pid}`);
     try {
       if (hierarchy.version === 2) passCpuOn(parent);
-      mkdirSync(root, { recursive: true });
+      // Not recursive: the parent exists, and a recursive mkdir under /proc or /sys can loop forever.
+      if (!existsSync(root)) mkdirSync(root);
       if (hierarchy.version === 2) writeFileSync(join(root, 'cgroup.subtree_control'), '+cpu');
       // The largest weight: other load on the machine does not eat into the budgets (as on a node
       // of their own); the quotas still cap every worker.
@@ -139,7 +140,7 @@ export class CpuBudgets implements Disposable {
   /** Makes (or re-sets) `worker`'s cgroup with `cores`; returns the file a process joins it by. */
   assign(worker: string, cores: number): string {
     const dir = this.groups.get(worker) ?? join(this.root, worker);
-    mkdirSync(dir, { recursive: true });
+    if (!existsSync(dir)) mkdirSync(dir);
     this.groups.set(worker, dir);
     this.set(worker, cores);
     return join(dir, 'cgroup.procs');
@@ -158,6 +159,11 @@ export class CpuBudgets implements Disposable {
       writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
     }
     return true;
+  }
+
+  /** The directory of `worker`'s cgroup (its cpu.stat says how often the kernel throttled it). */
+  dirOf(worker: string): string | undefined {
+    return this.groups.get(worker);
   }
 
   /** The budget of `worker` as the kernel holds it, in cores; undefined without a cgroup. */
