@@ -16,6 +16,7 @@ import { fitNormalization } from '../../worker/data/preprocess.ts';
 import { uint32Stream } from '../../worker/data/sampler.ts';
 import { InMemoryStore } from '../../worker/data/store.ts';
 import { buildModel } from '../../worker/model/build.ts';
+import { TrainingOptimizer } from '../../worker/train/optimizer.ts';
 import type { World } from '../../worker/train/policy.ts';
 import type { GradientReducer } from '../../worker/train/reducer.ts';
 import { initialTrainingState } from '../../worker/train/snapshot.ts';
@@ -160,6 +161,36 @@ test('the function path repeats bit for bit, and leaks no tensors', async () => 
     return checksum;
   };
   assert.is(await run(), await run());
+});
+
+test("Adam's update as one function equals the per-op update bit for bit, weight decay included", async () => {
+  const shapes = [[5, 3], [3], [2, 2, 1, 4]];
+  const next = uint32Stream(9);
+  const random = (shape: number[]) =>
+    tf.tensor(
+      Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => next() / 2 ** 32 - 0.5),
+      shape,
+    );
+  const start = shapes.map(random);
+  const gradients = [0, 1, 2].map(() => shapes.map(random));
+  const run = (fused: boolean) => {
+    const weights = start.map((t, i) => ({ name: `w${i}`, variable: tf.variable(t.clone()) }));
+    const spec = OptimizerSpecSchema.parse({ type: 'adam', learningRate: 0.01, weightDecay: 0.1 });
+    const optimizer = new TrainingOptimizer(spec, weights, fused);
+    assert.is(optimizer.updatePath, fused ? 'function' : 'per-op');
+    for (const [step, g] of gradients.entries()) optimizer.apply(g, 0.01 * (step + 1));
+    const out = optimizer.snapshot();
+    const values = weights.map((w) => Array.from(w.variable.dataSync()));
+    optimizer.dispose();
+    for (const w of weights) w.variable.dispose();
+    return { values, slots: Array.from(out.slots.buffer) };
+  };
+  const fused = run(true);
+  const perOp = run(false);
+  assert.equal(fused.values, perOp.values);
+  assert.equal(fused.slots, perOp.slots);
+  assert.not.equal(fused.values[0], Array.from(start[0]?.dataSync() ?? []), 'the weights moved');
+  tf.dispose([...start, ...gradients.flat()]);
 });
 
 test('a model the function does not cover keeps the per-op path, with the reason', async () => {

@@ -93,7 +93,10 @@ function attrValue(w: ProtoWriter, attr: Attr): void {
   else if ('f' in attr) w.float(4, attr.f);
   else if ('b' in attr) w.bool(5, attr.b);
   else if ('s' in attr) w.string(2, attr.s);
-  else if ('ints' in attr) w.message(1, (list) => attr.ints.forEach((v) => list.uint(3, v)));
+  else if ('ints' in attr)
+    w.message(1, (list) => {
+      for (const v of attr.ints) list.uint(3, v);
+    });
   else if ('int32Tensor' in attr)
     // TensorProto: dtype, tensor_shape, tensor_content (little-endian bytes: negatives need no varint)
     w.message(8, (t) => {

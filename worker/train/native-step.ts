@@ -217,7 +217,7 @@ function build(model: tf.LayersModel, name: string): Built | string {
   let h = g.input('x');
   const labels = g.input('labels', 'int32');
   const scale = g.input('scale');
-  trainable.forEach((_, i) => g.input(`w${i}`));
+  for (let i = 0; i < trainable.length; i++) g.input(`w${i}`);
   const indexOf = (layer: tf.layers.Layer, j: number) => {
     const w = layer.trainableWeights[j];
     return w === undefined ? undefined : trainable.indexOf(w);
@@ -232,7 +232,7 @@ function build(model: tf.LayersModel, name: string): Built | string {
         break;
       case 'Conv2D':
         h = step.conv2d(h, indexOf(layer, 0) as number, indexOf(layer, 1), { ...config, activation }, [
-          ...(layer.trainableWeights[0]?.shape as number[]),
+          ...((layer.trainableWeights[0]?.shape ?? []) as number[]),
         ]);
         break;
       case 'MaxPooling2D':

@@ -217,6 +217,7 @@ export class Trainer {
     this.optimizer = new TrainingOptimizer(
       options.optimizer,
       trainable.map((w, i) => ({ name: w.originalName, variable: this.variables[i] as tf.Variable })),
+      options.stepFunction !== false,
     );
     this.batches = new BatchMaker(
       options.dataset,
