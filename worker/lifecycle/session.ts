@@ -285,6 +285,8 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     maxPerWorker: spec.batch.maxPerWorker,
     state: fresh,
     audit,
+    onStepFallback: (reason) =>
+      emit(log, 'warn', 'train step', { event: 'train-step', path: 'per-op', reason }),
   });
   emit(log, 'info', 'train step', { event: 'train-step', ...trainer.stepPath });
   // A leave request (SIGTERM in a pod, or the operator's control message before a node goes away)

@@ -165,6 +165,8 @@ export interface TrainerOptions {
    * where the model allows (native-step.ts); default true. False: always tfjs's per-op tape.
    */
   readonly stepFunction?: boolean;
+  /** Told when the step function fails on its first run and the per-op tape takes over. */
+  readonly onStepFallback?: (reason: string) => void;
 }
 
 interface MicroBatchResult {
@@ -201,6 +203,7 @@ export class Trainer {
   /** The forward and backward pass as one TensorFlow function (native backend, supported layers). */
   private native: NativeStep | undefined;
   private perOpReason: string | undefined;
+  private functionSteps = 0;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -364,7 +367,19 @@ export class Trainer {
 
   /** The same as one TensorFlow function call (native-step.ts). */
   private functionGradients(x: tf.Tensor, y: tf.Tensor1D, samples: number): MicroBatchResult {
-    const out = (this.native as NativeStep).run(x, y, 1 / samples, dropoutSeeds(this.dropout));
+    let out: ReturnType<NativeStep['run']>;
+    try {
+      out = (this.native as NativeStep).run(x, y, 1 / samples, dropoutSeeds(this.dropout));
+    } catch (error) {
+      // A graph TensorFlow accepted but cannot run (a layer config the checks missed, a device
+      // without a kernel): before any step took this path, the per-op tape takes over for good.
+      if (this.functionSteps > 0) throw error;
+      this.native = undefined;
+      this.perOpReason = `the step function failed: ${(error as Error).message.split('\n')[0]}`;
+      this.options.onStepFallback?.(this.perOpReason);
+      return this.perOpGradients(x, y, samples);
+    }
+    this.functionSteps++;
     const grads: tf.NamedTensorMap = {};
     this.variables.forEach((variable, i) => {
       grads[variable.name] = out.gradients[i] as tf.Tensor;
