@@ -58,6 +58,7 @@ import {
   UsageError,
 } from '../commands/args.ts';
 import { LocalAutoscaler } from './autoscaler.ts';
+import { ChosenBatchWriter } from './chosen-batch.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { runFederated } from './federated-run.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
@@ -800,15 +801,26 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     job.spec.autoscaling.policy === 'goodput'
       ? new LocalAutoscaler(job.spec, plan.workers.length)
       : undefined;
+  const batchWriter =
+    autoscaler !== undefined && nats !== undefined
+      ? new ChosenBatchWriter(
+          nats.url,
+          { namespace: job.metadata.namespace ?? 'default', job: job.metadata.name, uid: jobUid },
+          (message) => io.err(message),
+        )
+      : undefined;
   const followAutoscaler = (line: Extract<WorkerEvent, { event: 'progress' }>) => {
     const result = autoscaler?.observe(line, joining.size, new Date());
     if (result === undefined) return;
+    const chosen = result.status.chosenBatch;
+    if (chosen !== undefined) batchWriter?.write({ ...chosen, replicas: result.replicas });
     if (result.event !== undefined) {
       io.out(`goodput autoscaling at step ${line.step}: ${result.event.message}`);
       recordEvent({
         type: 'autoscale',
         step: line.step,
         replicas: result.replicas,
+        ...(chosen === undefined ? {} : { globalBatch: chosen.globalBatch }),
         detail: result.event.message,
       });
     }
@@ -988,6 +1000,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   process.off('SIGINT', forward);
   process.off('SIGTERM', forward);
   for (const cycle of slowed.values()) cycle[Symbol.dispose]();
+  await batchWriter?.[Symbol.asyncDispose]();
   await nats?.[Symbol.asyncDispose]();
 
   if (invalidLines > 0)
