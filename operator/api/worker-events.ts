@@ -234,6 +234,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     seconds: z.number(),
     /** A checksum of the applied mean: equal on every rank of every site that summed the same inputs. */
     checksum: z.string(),
+    /** differentialPrivacy: the ε this site has spent after this round, at `privacyDelta`. */
+    epsilon: z.number().optional(),
+    privacyDelta: z.number().optional(),
   }),
   event('federation-round-failed', { round: count, step: count, site: z.string(), error: z.string() }),
   event('checksum', { step: count, checksum: z.string(), weights: count.optional() }),
