@@ -82,6 +82,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     parameters: count.optional(),
     inputShape: z.array(z.number().nullable()).readonly().optional(),
   }),
+  // How a micro-batch's forward and backward pass runs: one TensorFlow function (native backend,
+  // supported layers) or tfjs's per-op tape, with the reason.
+  event('train-step', { path: z.enum(['function', 'per-op']), reason: z.string().optional() }),
   event('checkpoint-skipped', { path: z.string(), step: count.optional(), reason: z.string() }),
   event('resumed', {
     step: count,
