@@ -163,6 +163,11 @@ export class PodRunner implements AsyncDisposable {
       this.terminate(rec);
       return;
     }
+    // As a kubelet's status manager, against the API server's copy rather than what was last sent:
+    // node-lifecycle marks the pods of a node it thinks is gone NotReady (a kube-apiserver restart
+    // long enough for the heartbeats to lapse), and nothing else sets them Ready again (chaos seed 2,
+    // 20 minutes: the operator saw 0 of 3 workers ready for good). report() sends only a difference.
+    if (rec.local.finished || rec.child) this.report(rec, true);
     if (rec.local.finished || rec.child || rec.starting || rec.timer) return;
     if (rec.local.state.kind === 'terminated') {
       // Exited while its node was crashed: decide now that the node is back.
@@ -448,8 +453,13 @@ export class PodRunner implements AsyncDisposable {
     this.log.info('pod deletion completed', { pod: `${namespace}/${name}` });
   }
 
-  /** Patches pods/status, one patch at a time per pod, skipping repeats. */
-  private report(rec: PodRecord): void {
+  /**
+   * Patches pods/status, one patch at a time per pod, when what the agent would say differs from what
+   * it said last, computed over the API server's copy (so a condition someone else changed counts).
+   * `fromWatch`: a watch event, ignored until a first report got through (its retry is pending).
+   */
+  private report(rec: PodRecord, fromWatch = false): void {
+    if (fromWatch && rec.lastReport === undefined) return;
     rec.reports = rec.reports.then(async () => {
       if (rec.gone || this.disposed || !this.nodes.isRunnable(rec.nodeName)) return;
       const local: LocalContainer = { ...rec.local };
