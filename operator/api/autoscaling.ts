@@ -9,7 +9,14 @@
  */
 import type { ProgressMessage } from './contract.ts';
 import { fitThroughput, type ThroughputSample } from './goodput-model.ts';
-import { type BatchRule, decideGoodput, type GoodputDecision, notableOptions } from './goodput-policy.ts';
+import {
+  type BatchRule,
+  batchBounds,
+  clampBatch,
+  decideGoodput,
+  type GoodputDecision,
+  notableOptions,
+} from './goodput-policy.ts';
 import {
   type AutoscalingStatus,
   desiredReplicas,
@@ -52,8 +59,10 @@ export function foldObservation(
     .sort((a, b) => a.replicas - b.replicas || a.perWorkerBatch - b.perWorkerBatch);
 }
 
-/** The global batch a world of N trains at under the job's rescale policy. */
+/** The global batch a world of N trains at: chosen in the autoscaling bounds, else the rescale policy's. */
 export function batchRuleOf(spec: TrainingJobSpec): BatchRule {
+  const bounds = batchBounds(spec.autoscaling);
+  if (bounds !== undefined) return { kind: 'range', ...bounds };
   const batch = spec.batch;
   if (batch.policy === 'fixedGlobalBatch') return { kind: 'fixed', global: batch.global };
   return {
@@ -104,6 +113,7 @@ export function autoscale(input: AutoscaleInput): AutoscaleResult {
   const noiseScale = input.report?.goodput?.noiseScale ?? status?.noiseScale;
   const samples: ThroughputSample[] = observations.filter((o) => o.steps >= settings.minSteps);
   const model = fitThroughput(samples);
+  const currentBatch = currentGlobalBatch(spec, status, input.report, current);
   const decision = decideGoodput({
     current,
     min,
@@ -118,17 +128,29 @@ export function autoscale(input: AutoscaleInput): AutoscaleResult {
     nowMs,
     pending: input.pending,
     ...(input.capacity === undefined ? {} : { capacity: input.capacity }),
+    ...(currentBatch === undefined ? {} : { currentBatch }),
   });
-  const changed = decision.changed && decision.replicas !== current;
+  const batchChanged =
+    currentBatch !== undefined &&
+    decision.changed &&
+    decision.globalBatch !== undefined &&
+    decision.globalBatch !== currentBatch;
+  const changed = (decision.changed && decision.replicas !== current) || batchChanged;
+  const chosenBatch = batchChanged
+    ? { globalBatch: decision.globalBatch as number, revision: (status?.chosenBatch?.revision ?? 0) + 1 }
+    : status?.chosenBatch;
+  const changes = (status?.changes ?? 0) + (changed ? 1 : 0);
   const next: AutoscalingStatus = {
     replicas: decision.replicas,
     specReplicas: spec.replicas,
+    ...(changes === 0 ? {} : { changes }),
     ...(changed
       ? { lastChangeTime: now.toISOString() }
       : lastChangeTime === undefined
         ? {}
         : { lastChangeTime }),
     ...(decision.globalBatch === undefined ? {} : { globalBatch: decision.globalBatch }),
+    ...(chosenBatch === undefined ? {} : { chosenBatch }),
     reason: decision.reason,
     ...(noiseScale === undefined ? {} : { noiseScale: round4(noiseScale) }),
     ...(model === undefined
@@ -160,4 +182,25 @@ export function autoscale(input: AutoscaleInput): AutoscaleResult {
         }
       : undefined;
   return { replicas: decision.replicas, status: next, event, decision, retryAtMs: decision.retryAtMs };
+}
+
+/**
+ * With batch bounds, the global batch the job trains at: the one chosen last (the workers take it up
+ * at their next world), else what the current world measured, else the rescale policy's in bounds.
+ * Undefined without bounds: the rule gives the batch of every size.
+ */
+export function currentGlobalBatch(
+  spec: TrainingJobSpec,
+  status: AutoscalingStatus | undefined,
+  report: AutoscaleInput['report'],
+  current: number,
+): number | undefined {
+  const bounds = batchBounds(spec.autoscaling);
+  if (bounds === undefined) return undefined;
+  if (status?.chosenBatch !== undefined) return clampBatch(status.chosenBatch.globalBatch, current, bounds);
+  const measured = report?.goodput;
+  if (measured !== undefined && report?.worldSize === current)
+    return clampBatch(measured.perWorkerBatch * current, current, bounds);
+  const perWorker = spec.batch.perWorker ?? Math.max(1, Math.ceil(spec.batch.global / spec.replicas));
+  return clampBatch(perWorker * current, current, bounds);
 }

@@ -253,6 +253,26 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/** The rendezvous bucket's key the operator (or `tensile run`) writes the chosen global batch to. */
+export const AUTOSCALING_KEY = 'autoscaling';
+
+/**
+ * What the `autoscaling` key holds: the global batch the goodput policy chose (status.autoscaling.
+ * chosenBatch). Workers re-form for a newer revision; the next world trains at it.
+ */
+export const AutoscalingRecordSchema = z.object({
+  jobUid,
+  globalBatch: z.int().min(1),
+  revision: z.int().min(1),
+  /**
+   * The worker count chosen with it: a world of another size re-forms for that change anyway (and
+   * takes the batch up then), so only a world of this size re-forms for the batch alone.
+   */
+  replicas: z.int().min(1).optional(),
+  reason: z.string().optional(),
+});
+export type AutoscalingRecord = z.output<typeof AutoscalingRecordSchema>;
+
 /** What the rendezvous bucket's `completed` key holds: the job's stopping point, for late workers. */
 export const CompletionRecordSchema = z.object({
   jobUid,

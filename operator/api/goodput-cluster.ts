@@ -1,8 +1,9 @@
 /**
  * Several goodput jobs on a limited number of GPUs: how many each gets, to maximise the sum of their
  * speedups (goodput at an allocation over goodput at the fair share, as Pollux's scheduler does),
- * with a fairness floor. Pure; the operator does not call it yet (each job decides on its own, see
- * goodput-policy.ts), the cluster simulator in test/bench/goodput.bench.ts does.
+ * with a fairness floor. Pure. The operator's leader divides its goodput jobs with `clusterShares`
+ * (controller/goodput-shares.ts) and each job's decision (goodput-policy.ts) stays within its share;
+ * the cluster simulator (test/bench/goodput.bench.ts) runs the same two functions.
  */
 
 export interface ClusterJob {
@@ -65,4 +66,45 @@ export function divideCluster(
     free--;
   }
   return given;
+}
+
+/** One job as the division sees it: its range, where it is, and what it predicts by worker count. */
+export interface ShareInput {
+  readonly id: string;
+  readonly min: number;
+  readonly max: number;
+  /** Workers it runs now (its desired count). */
+  readonly current: number;
+  /** Predicted goodput by worker count (status.autoscaling.options); empty before anything is measured. */
+  readonly options: readonly { readonly replicas: number; readonly goodput: number }[];
+}
+
+/**
+ * Each job's share of `capacity` workers, jobs in priority order (the first wait least). A job with
+ * no prediction keeps what it runs (within its range): it must be measured before it can be weighed.
+ * The others are weighed by their options, as far as their model is trusted (the options' sizes);
+ * below its smallest option a job's goodput is taken to shrink in proportion.
+ */
+export function clusterShares(
+  jobs: readonly ShareInput[],
+  capacity: number,
+  settings: ClusterSettings,
+): Map<string, number> {
+  const cluster = jobs.map((job): ClusterJob => {
+    const held = Math.min(job.max, Math.max(job.min, job.current));
+    const known = [...job.options].filter((o) => o.replicas >= 1).sort((a, b) => a.replicas - b.replicas);
+    const first = known[0];
+    const last = known.at(-1);
+    if (first === undefined || last === undefined) return { id: job.id, min: held, max: held, goodput: [1] };
+    const goodput = Array.from({ length: last.replicas }, (_, i) => {
+      const r = i + 1;
+      const at = known.find((o) => o.replicas === r);
+      if (at !== undefined) return at.goodput;
+      if (r < first.replicas) return (first.goodput * r) / first.replicas;
+      // A gap between measured sizes: the last size below it.
+      return [...known].reverse().find((o) => o.replicas < r)?.goodput ?? first.goodput;
+    });
+    return { id: job.id, min: job.min, max: Math.min(job.max, Math.max(last.replicas, held)), goodput };
+  });
+  return divideCluster(cluster, capacity, settings);
 }

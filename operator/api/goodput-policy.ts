@@ -43,6 +43,11 @@ export interface GoodputInput {
   readonly pending: number;
   /** The most workers the cluster can hold for this job now, when known. */
   readonly capacity?: number;
+  /**
+   * The global batch the job trains at now, with a `range` rule: staying is judged at it, and a
+   * better batch at the same size is a change too. Without, staying is the size's best batch.
+   */
+  readonly currentBatch?: number;
 }
 
 export interface GoodputOption {
@@ -66,6 +71,20 @@ export interface GoodputDecision {
   readonly retryAtMs?: number;
 }
 
+/** The global batch range of spec.autoscaling, when the operator chooses the batch. */
+export function batchBounds(autoscaling: {
+  readonly minGlobalBatch?: number | undefined;
+  readonly maxGlobalBatch?: number | undefined;
+}): { readonly min: number; readonly max: number } | undefined {
+  const { minGlobalBatch: min, maxGlobalBatch: max } = autoscaling;
+  return min === undefined || max === undefined ? undefined : { min, max };
+}
+
+/** A global batch for `replicas` workers within the bounds (at least one sample each). */
+export function clampBatch(batch: number, replicas: number, bounds: { min: number; max: number }): number {
+  return Math.max(replicas, Math.min(bounds.max, Math.max(bounds.min, Math.round(batch))));
+}
+
 /** The global batches a world of `replicas` may train at: a range is tried at powers of two in it. */
 export function candidateBatches(rule: BatchRule, replicas: number): number[] {
   if (rule.kind === 'fixed') return rule.global >= replicas ? [rule.global] : [];
@@ -79,28 +98,43 @@ export function candidateBatches(rule: BatchRule, replicas: number): number[] {
   return [...out].sort((a, b) => a - b);
 }
 
-/** The predicted goodput of every world size in [min, cap] at its best batch, in replica order. */
+/** The predicted goodput of `replicas` workers at `globalBatch`; undefined where the model predicts no time. */
+export function optionAt(
+  input: Pick<GoodputInput, 'model' | 'noiseScale' | 'baseBatch'>,
+  replicas: number,
+  globalBatch: number,
+): GoodputOption | undefined {
+  if (input.model === undefined) return undefined;
+  const stepSeconds = predictStepSeconds(input.model, replicas, globalBatch / replicas);
+  if (!(stepSeconds > 0)) return undefined;
+  const throughput = globalBatch / stepSeconds;
+  const efficiency = statisticalEfficiency(input.noiseScale, globalBatch, input.baseBatch);
+  return { replicas, globalBatch, stepSeconds, throughput, efficiency, goodput: throughput * efficiency };
+}
+
+/** Batches whose predicted goodput is this close to the best are ties. */
+const BATCH_TIE = 0.01;
+
+/**
+ * The predicted goodput of every world size in [min, cap] at its best batch, in replica order. Ties
+ * go to the batch nearest (by ratio) the current one, else the base batch: where the model cannot
+ * tell batches apart (one measured, so what is fixed and what per sample is a guess) the batch
+ * stays, instead of jumping to a bound on a rounding error.
+ */
 export function goodputOptions(input: GoodputInput, cap: number): GoodputOption[] {
-  const model = input.model;
-  if (model === undefined) return [];
+  if (input.model === undefined) return [];
+  const reference = input.currentBatch ?? input.baseBatch;
+  const distance = (o: GoodputOption) => Math.abs(Math.log(o.globalBatch / reference));
   const options: GoodputOption[] = [];
   for (let n = input.min; n <= cap; n++) {
-    let best: GoodputOption | undefined;
-    for (const globalBatch of candidateBatches(input.batch, n)) {
-      const stepSeconds = predictStepSeconds(model, n, globalBatch / n);
-      if (!(stepSeconds > 0)) continue;
-      const throughput = globalBatch / stepSeconds;
-      const efficiency = statisticalEfficiency(input.noiseScale, globalBatch, input.baseBatch);
-      const option = {
-        replicas: n,
-        globalBatch,
-        stepSeconds,
-        throughput,
-        efficiency,
-        goodput: throughput * efficiency,
-      };
-      if (best === undefined || option.goodput > best.goodput) best = option;
-    }
+    const all = candidateBatches(input.batch, n).flatMap((b) => optionAt(input, n, b) ?? []);
+    const top = Math.max(...all.map((o) => o.goodput));
+    const best = all
+      .filter((o) => o.goodput >= top * (1 - BATCH_TIE))
+      .reduce<GoodputOption | undefined>(
+        (a, o) => (a === undefined || distance(o) < distance(a) ? o : a),
+        undefined,
+      );
     if (best !== undefined) options.push(best);
   }
   return options;
@@ -160,7 +194,9 @@ export function decideGoodput(input: GoodputInput): GoodputDecision {
   if (!input.samples.some((s) => s.replicas === input.current && s.steps > 0))
     return hold(`waiting for step times of ${input.current} worker(s)`);
   const options = goodputOptions(input, replicaCap(input));
-  const here = options.find((o) => o.replicas === input.current);
+  const over = overShare(input, options);
+  if (over !== undefined) return over;
+  const here = currentOption(input, options);
   const best = options.reduce<GoodputOption | undefined>(
     (a, o) => (a === undefined || o.goodput > a.goodput * (1 + 1e-9) ? o : a),
     undefined,
@@ -168,9 +204,13 @@ export function decideGoodput(input: GoodputInput): GoodputDecision {
   if (here === undefined || best === undefined) return hold('no prediction for the current size', options);
   const gain = here.goodput > 0 ? best.goodput / here.goodput - 1 : Number.POSITIVE_INFINITY;
   const listed = `predicted goodput by workers: ${describeOptions(options, input.current)}`;
-  if (best.replicas === input.current || gain < input.settings.threshold)
+  const same = best.replicas === input.current && best.globalBatch === here.globalBatch;
+  if (same || gain < input.settings.threshold)
     return {
-      ...hold(`${input.current} worker(s) is best within the threshold; ${listed}`, options),
+      ...hold(
+        `${input.current} worker(s)${input.batch.kind === 'range' ? ` at global batch ${here.globalBatch}` : ''} is best within the threshold; ${listed}`,
+        options,
+      ),
       globalBatch: here.globalBatch,
     };
   const retryAtMs =
@@ -187,7 +227,35 @@ export function decideGoodput(input: GoodputInput): GoodputDecision {
     replicas: best.replicas,
     globalBatch: best.globalBatch,
     changed: true,
-    reason: `${input.current} → ${best.replicas} worker(s), global batch ${best.globalBatch}: goodput ${round(here.goodput)} → ${round(best.goodput)} (+${Math.round(gain * 100)} %); ${listed}`,
+    reason: `${input.current} → ${best.replicas} worker(s), global batch ${here.globalBatch === best.globalBatch ? best.globalBatch : `${here.globalBatch} → ${best.globalBatch}`}: goodput ${round(here.goodput)} → ${round(best.goodput)} (+${Math.round(gain * 100)} %); ${listed}`,
+    options,
+  };
+}
+
+/** Staying: the current size at the batch it trains at (a range rule), else at the size's best batch. */
+function currentOption(input: GoodputInput, options: readonly GoodputOption[]): GoodputOption | undefined {
+  const best = options.find((o) => o.replicas === input.current);
+  if (input.batch.kind !== 'range' || input.currentBatch === undefined) return best;
+  return optionAt(input, input.current, input.currentBatch) ?? best;
+}
+
+/**
+ * Above its share of the cluster (capacity, from the cluster division): the job goes down to the
+ * best size within it at once, neither threshold nor interval holding it, since the GPUs are
+ * another job's now.
+ */
+function overShare(input: GoodputInput, options: readonly GoodputOption[]): GoodputDecision | undefined {
+  if (input.capacity === undefined || input.current <= Math.max(input.capacity, input.min)) return undefined;
+  const best = options.reduce<GoodputOption | undefined>(
+    (a, o) => (a === undefined || o.goodput > a.goodput * (1 + 1e-9) ? o : a),
+    undefined,
+  );
+  const replicas = best?.replicas ?? Math.max(input.capacity, input.min);
+  return {
+    replicas,
+    globalBatch: best?.globalBatch,
+    changed: true,
+    reason: `${input.current} → ${replicas} worker(s): over its share of the cluster (${input.capacity}); predicted goodput by workers: ${describeOptions(options, replicas)}`,
     options,
   };
 }

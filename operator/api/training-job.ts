@@ -618,6 +618,16 @@ export const AutoscalingSpecSchema = z.strictObject({
     .max(1_000_000)
     .default(20)
     .describe('goodput: steps a world size must be measured for before it counts as measured.'),
+  minGlobalBatch: positiveInt()
+    .max(1_000_000)
+    .optional()
+    .describe(
+      'goodput: with maxGlobalBatch, the operator also chooses the global batch in [minGlobalBatch, maxGlobalBatch] (tried at powers of two), which the workers take up at the next world; without, the rescale policy gives it.',
+    ),
+  maxGlobalBatch: positiveInt()
+    .max(1_000_000)
+    .optional()
+    .describe('goodput: the largest global batch the operator may choose (with minGlobalBatch).'),
 });
 export type AutoscalingSpec = z.output<typeof AutoscalingSpecSchema>;
 
@@ -1344,6 +1354,33 @@ export const TrainingJobSpecSchema = withRules(
         s.autoscaling.policy !== 'goodput' || (s.maxReplicas !== undefined && s.maxReplicas > s.minReplicas),
     },
     {
+      cel: 'has(self.autoscaling.minGlobalBatch) == has(self.autoscaling.maxGlobalBatch)',
+      message: 'autoscaling.minGlobalBatch and maxGlobalBatch go together (the range the batch is chosen in)',
+      field: ['autoscaling', 'minGlobalBatch'],
+      holds: (s) =>
+        (s.autoscaling.minGlobalBatch === undefined) === (s.autoscaling.maxGlobalBatch === undefined),
+    },
+    {
+      cel: '!has(self.autoscaling.minGlobalBatch) || !has(self.autoscaling.maxGlobalBatch) || self.autoscaling.minGlobalBatch <= self.autoscaling.maxGlobalBatch',
+      message: 'autoscaling.minGlobalBatch must be at most maxGlobalBatch',
+      field: ['autoscaling', 'minGlobalBatch'],
+      holds: (s) =>
+        s.autoscaling.minGlobalBatch === undefined ||
+        s.autoscaling.maxGlobalBatch === undefined ||
+        s.autoscaling.minGlobalBatch <= s.autoscaling.maxGlobalBatch,
+    },
+    {
+      cel: "!has(self.autoscaling.minGlobalBatch) || (self.autoscaling.policy == 'goodput' && self.batch.policy != 'fixedGlobalBatch' && !has(self.batch.rampUp))",
+      message:
+        'autoscaling.minGlobalBatch/maxGlobalBatch need autoscaling.policy goodput and a batch.policy whose learning rate follows the batch (adascale, as Pollux, or linear / sqrt), without batch.rampUp',
+      field: ['autoscaling', 'minGlobalBatch'],
+      holds: (s) =>
+        s.autoscaling.minGlobalBatch === undefined ||
+        (s.autoscaling.policy === 'goodput' &&
+          s.batch.policy !== 'fixedGlobalBatch' &&
+          s.batch.rampUp === undefined),
+    },
+    {
       cel: "self.communication.localSteps == 1 || self.batch.policy != 'adascale'",
       message:
         'communication.localSteps > 1 cannot be combined with batch.policy adascale (its gain needs every step’s gradients); use localSteps: 1 or another policy',
@@ -1445,7 +1482,19 @@ export const TrainingJobStatusSchema = z.strictObject({
         'spec.replicas when it chose: a different spec.replicas is a user scale, which wins.',
       ),
       lastChangeTime: z.iso.datetime().optional().describe('When it last changed the worker count.'),
+      changes: nonNegativeInt()
+        .optional()
+        .describe('How many changes (of the worker count or the global batch) it has made.'),
       globalBatch: positiveInt().optional().describe('The global batch its choice is predicted at.'),
+      chosenBatch: z
+        .strictObject({
+          globalBatch: positiveInt().describe('The global batch the workers take up at their next world.'),
+          revision: positiveInt().describe('Rises with every change of it: a world follows the newest.'),
+        })
+        .optional()
+        .describe(
+          'With autoscaling.minGlobalBatch/maxGlobalBatch: the global batch the policy chose, published to the workers (rendezvous key `autoscaling`).',
+        ),
       reason: z
         .string()
         .describe('Why: the change, or why it holds, with the predicted goodput of each option.'),

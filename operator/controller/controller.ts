@@ -23,8 +23,10 @@ import {
   PLURAL,
   type TrainingJobStatus,
 } from '../api/training-job.ts';
+import { validateTrainingJob } from '../api/validate.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
+import { goodputShares, type ShareJob } from './goodput-shares.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
 import { KUEUE_GROUP, KUEUE_VERSION } from './kueue.ts';
@@ -226,6 +228,7 @@ export class TrainingJobController {
           this.jobs.get(name, namespace)?.metadata?.uid ?? '(unknown)',
         ),
       publisher: options.publisher,
+      goodputShare: (namespace, name) => this.goodputShares().get(jobKey(namespace, name)),
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
       ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
       ...(options.revoker === undefined ? {} : { revoker: options.revoker }),
@@ -236,6 +239,33 @@ export class TrainingJobController {
       ...(options.kueue === undefined ? {} : { kueue: options.kueue }),
       workloadsWatched: () => this.workloads?.watching ?? false,
     });
+  }
+
+  /** The leader's division of the GPUs among competing goodput jobs, from the caches (goodput-shares.ts). */
+  private goodputShares(): Map<string, number> {
+    const jobs = this.jobs.list().flatMap((raw) => {
+      const spec = (raw as { spec?: { autoscaling?: { policy?: string } } }).spec;
+      if (spec?.autoscaling?.policy !== 'goodput') return [];
+      const parsed = validateTrainingJob({ ...raw, status: undefined });
+      if (!parsed.ok) return [];
+      const status = (raw as { status?: TrainingJobStatus }).status;
+      return [
+        {
+          ...parsed.job,
+          metadata: { ...parsed.job.metadata, ...raw.metadata },
+          ...(status === undefined ? {} : { status }),
+        } as ShareJob,
+      ];
+    });
+    return goodputShares(
+      jobs,
+      this.pods.list(),
+      (pod) => {
+        const job = pod.metadata?.labels?.[LABEL_JOB_NAME];
+        return job === undefined ? undefined : jobKey(pod.metadata?.namespace ?? '', job);
+      },
+      this.nodeMap,
+    );
   }
 
   /**

@@ -50,6 +50,11 @@ export interface JobMetricValues {
   restarts_total: number;
   last_checkpoint_age_seconds?: number;
   last_checkpoint_step?: number;
+  autoscaling_replicas_workers?: number;
+  autoscaling_global_batch?: number;
+  autoscaling_predicted_goodput_samples_per_second?: number;
+  autoscaling_noise_scale_samples?: number;
+  autoscaling_changes_total?: number;
 }
 
 const ended = (s: TrainingJobStatus | undefined) => s?.phase === 'Succeeded' || s?.phase === 'Failed';
@@ -78,6 +83,17 @@ export function jobMetricValues(input: JobMetricInput, nowMs: number): JobMetric
   const end = s?.completionTime === undefined ? nowMs : Date.parse(s.completionTime);
   if (start !== undefined && input.useful !== undefined && end > start)
     set('goodput_ratio', Math.min(1, input.useful.seconds / ((end - start) / 1000)));
+  const a = s?.autoscaling;
+  if (a !== undefined && !ended(s)) {
+    set('autoscaling_replicas_workers', a.replicas);
+    set('autoscaling_global_batch', a.chosenBatch?.globalBatch ?? a.globalBatch);
+    set(
+      'autoscaling_predicted_goodput_samples_per_second',
+      a.options?.find((o) => o.replicas === a.replicas)?.goodput,
+    );
+    set('autoscaling_noise_scale_samples', a.noiseScale);
+  }
+  if (a !== undefined) set('autoscaling_changes_total', a.changes ?? 0);
   return out;
 }
 
@@ -104,4 +120,16 @@ export const JOB_METRICS: Record<keyof JobMetricValues, { help: string; counter?
   restarts_total: { help: 'Workers that failed and were replaced', counter: true },
   last_checkpoint_age_seconds: { help: 'Seconds since the newest checkpoint was written' },
   last_checkpoint_step: { help: 'Step of the newest checkpoint' },
+  autoscaling_replicas_workers: {
+    help: 'Workers the goodput policy chose (spec.autoscaling.policy goodput)',
+  },
+  autoscaling_global_batch: { help: 'Global batch the goodput policy chose, or predicts its choice at' },
+  autoscaling_predicted_goodput_samples_per_second: {
+    help: 'Predicted goodput of the chosen worker count (base-batch-equivalent samples per second: throughput × statistical efficiency)',
+  },
+  autoscaling_noise_scale_samples: { help: 'Gradient noise scale the workers measured, in samples' },
+  autoscaling_changes_total: {
+    help: 'Changes of the worker count or global batch the goodput policy made',
+    counter: true,
+  },
 };

@@ -21,6 +21,8 @@ export interface JobStateStore {
   buckets(): Promise<string[]>;
   /** Deletes a bucket; one that does not exist is no error. */
   deleteBucket(name: string): Promise<void>;
+  /** Writes one key of a bucket (creating the bucket as the workers do, if they have not yet). */
+  putRecord(bucket: string, key: string, value: Uint8Array): Promise<void>;
 }
 
 export class JobStateUnavailableError extends Error {
@@ -126,6 +128,24 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
       throw new JobStateUnavailableError(`deleting KV bucket ${name}: ${(error as Error).message}`, {
         cause: error,
       });
+    }
+  }
+
+  async putRecord(bucket: string, key: string, value: Uint8Array): Promise<void> {
+    const connection = this.connection;
+    if (connection === undefined || connection.isClosed())
+      throw new JobStateUnavailableError(`no NATS connection (${this.url ?? 'no URL configured'})`);
+    try {
+      // The workers' options (nats-kv-store.ts), so whoever creates the bucket first creates the same.
+      const kv = await connection.jetstream().views.kv(bucket, { history: 1 });
+      await kv.put(key, value);
+    } catch (error) {
+      throw new JobStateUnavailableError(
+        `writing ${key} of KV bucket ${bucket}: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
     }
   }
 

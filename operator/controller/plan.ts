@@ -65,6 +65,11 @@ export interface PlanInput {
    */
   readonly podRejected?: string;
   /** For a job in a Kueue queue: whether Kueue admits it now, and with how many workers. */
+  /**
+   * spec.autoscaling goodput with GPUs: this job's share of the cluster's workers from the leader's
+   * division among the goodput jobs competing for them (goodput-shares.ts); absent: it decides alone.
+   */
+  readonly share?: number;
   readonly queue?:
     | { readonly admitted: false; readonly reason: string; readonly message: string }
     | { readonly admitted: true; readonly count: number };
@@ -341,6 +346,7 @@ export function plan(input: PlanInput): Plan {
           // Spot-aware, coarsely: while a worker is Pending or leaving a going node, capacity is
           // short or about to vanish, and the job does not grow.
           pending: active.filter((p) => p.state.kind === 'active' && p.state.pending).length + leaving.length,
+          ...(input.share === undefined ? {} : { capacity: input.share }),
           now,
         })
       : undefined;

@@ -5,7 +5,13 @@
  */
 import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
-import { ANNOTATION_SLOW, rendezvousBucket } from '../api/contract.ts';
+import {
+  ANNOTATION_SLOW,
+  AUTOSCALING_KEY,
+  type AutoscalingRecord,
+  encodeMessage,
+  rendezvousBucket,
+} from '../api/contract.ts';
 import { isConflict, KubeApiError } from '../api/kube-errors.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
@@ -52,6 +58,8 @@ export interface ReconcilerDeps {
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
   readonly publisher: ControlPublisher;
+  /** A goodput job's share of the cluster's workers (goodput-shares.ts); undefined: it decides alone. */
+  readonly goodputShare?: (namespace: string, name: string) => number | undefined;
   /** Where the workers keep rendezvous state; absent: no NATS, nothing to clean up. */
   readonly jobState?: JobStateStore;
   readonly events: EventRecorder;
@@ -108,6 +116,8 @@ export class JobReconciler {
   private readonly claims = new Set<string>();
   /** Jobs (by uid) whose NATS credentials Secret exists. */
   private readonly minted = new Set<string>();
+  /** The revision of the chosen global batch written to each job's bucket, by job uid. */
+  private readonly batchWritten = new Map<string, number>();
   /** Jobs (by uid) whose NetworkPolicy exists. */
   private readonly fenced = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
@@ -144,6 +154,7 @@ export class JobReconciler {
         this.claims.delete(uid);
         this.minted.delete(uid);
         this.fenced.delete(uid);
+        this.batchWritten.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -207,7 +218,10 @@ export class JobReconciler {
     const { job, queue, workload } = admission;
     const observations = this.deps.observations?.(namespace, name);
     const podRejected = this.rejected.get(uid);
+    const share =
+      job.spec.autoscaling.policy === 'goodput' ? this.deps.goodputShare?.(namespace, name) : undefined;
     const decision = plan({
+      ...(share === undefined ? {} : { share }),
       job,
       ...(queue === undefined ? {} : { queue }),
       pods,
@@ -372,6 +386,7 @@ export class JobReconciler {
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
     for (const message of decision.publish) publisher.publish(namespace, ref.name, ref.uid, message);
+    await this.publishChosenBatch(ref, decision, log);
     await Promise.all(
       decision.releasePods.map(async (name) => {
         const pod = byName.get(name);
@@ -404,6 +419,43 @@ export class JobReconciler {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
       await this.deleteState(namespace, ref.name, ref.uid);
+    }
+  }
+
+  /**
+   * The goodput policy's chosen global batch, into the job's rendezvous bucket (key `autoscaling`),
+   * where the workers read it and the next world trains at it. Written once per revision and
+   * incarnation; a failed write is tried again on the next pass (the status still holds the choice).
+   */
+  private async publishChosenBatch(ref: JobRef, decision: Plan, log: Logger): Promise<void> {
+    const autoscaling = decision.status.autoscaling;
+    const chosen = autoscaling?.chosenBatch;
+    const store = this.deps.jobState;
+    // A finished job's bucket goes (deleteState): writing would bring it back.
+    const finished = decision.status.phase === 'Succeeded' || decision.status.phase === 'Failed';
+    if (chosen === undefined || store === undefined || finished) return;
+    if (this.batchWritten.get(ref.uid) === chosen.revision) return;
+    const record: AutoscalingRecord = {
+      jobUid: ref.uid,
+      globalBatch: chosen.globalBatch,
+      revision: chosen.revision,
+      ...(autoscaling === undefined ? {} : { replicas: autoscaling.replicas }),
+    };
+    try {
+      await store.putRecord(
+        rendezvousBucket(ref.namespace, ref.name, ref.uid),
+        AUTOSCALING_KEY,
+        encodeMessage(record),
+      );
+      this.batchWritten.set(ref.uid, chosen.revision);
+      log.info('published the chosen global batch', {
+        globalBatch: chosen.globalBatch,
+        revision: chosen.revision,
+      });
+    } catch (error) {
+      log.warn('could not publish the chosen global batch; trying again next pass', {
+        error: (error as Error).message,
+      });
     }
   }
 

@@ -58,6 +58,7 @@ import {
   UsageError,
 } from '../commands/args.ts';
 import { LocalAutoscaler } from './autoscaler.ts';
+import { ChosenBatchWriter } from './chosen-batch.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { runFederated } from './federated-run.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
@@ -296,13 +297,21 @@ export function runExitCode(outcome: {
   return outcome.status === 'completed' || outcome.status === 'stopped' ? 0 : 1;
 }
 
+/** What the run does after a worker it did not stop itself exited (`exitOutcome`). */
+export type ExitOutcome =
+  | { readonly action: 'continue' }
+  | { readonly action: 'replace'; readonly message: string }
+  | { readonly action: 'end'; readonly message: string };
+
 /**
- * What a worker's unexpected end means for the run, pure: undefined when the others can go on (as
- * many as a world needs are still running, or none is left to wait), else the message to end the run
- * with. Nobody restarts a local worker, so a world of fewer than minReplicas would never form and
- * the survivors would wait for it forever; the operator instead replaces the pod, up to backoffLimit.
+ * What a worker's unexpected end means for the run, pure. As the operator replaces a failed pod,
+ * a worker that failed (a non-zero exit or a signal it did not ask for) is replaced by a new one
+ * while the failures stay within spec.runPolicy.backoffLimit. A terminal failure (exit 2) is not
+ * replaced, since a restart cannot fix it: the others go on while as many as a world needs
+ * (spec.minReplicas) are left, and the run ends otherwise, because nobody would bring one back and
+ * the survivors would wait for a world that can never form.
  */
-export function failureEndsRun(failure: {
+export function exitOutcome(failure: {
   readonly worker: string;
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
@@ -310,16 +319,34 @@ export function failureEndsRun(failure: {
   /** Workers of the run still running, not counting those asked to stop. */
   readonly left: number;
   readonly minReplicas: number;
-}): string | undefined {
-  const { worker, code, signal, error, left, minReplicas } = failure;
-  if (code === 0 || left === 0 || left >= minReplicas) return undefined;
+  /** Failures of the run so far, this one included. */
+  readonly failures: number;
+  readonly backoffLimit: number;
+}): ExitOutcome {
+  const { worker, code, signal, error, left, minReplicas, failures, backoffLimit } = failure;
+  if (code === 0 && signal === null) return { action: 'continue' };
   const how =
     signal !== null
       ? `was killed by ${signal}`
       : code === EXIT_TERMINAL
         ? 'failed terminally (exit code 2: a restart cannot fix it)'
         : `failed (exit code ${code})`;
-  return `${worker} ${how}${error === undefined ? '' : `: ${error}`}; ${left} worker(s) left, fewer than the ${minReplicas} a world needs (spec.minReplicas): stopping the run`;
+  const what = `${worker} ${how}${error === undefined ? '' : `: ${error}`}`;
+  if (code !== EXIT_TERMINAL && failures <= backoffLimit)
+    return {
+      action: 'replace',
+      message: `${what}; starting a replacement (failure ${failures} of the ${backoffLimit} spec.runPolicy.backoffLimit tolerates)`,
+    };
+  if (code !== EXIT_TERMINAL)
+    return {
+      action: 'end',
+      message: `${what}; ${failures} failures, more than the ${backoffLimit} spec.runPolicy.backoffLimit tolerates: stopping the run`,
+    };
+  if (left === 0 || left >= minReplicas) return { action: 'continue' };
+  return {
+    action: 'end',
+    message: `${what}; ${left} worker(s) left, fewer than the ${minReplicas} a world needs (spec.minReplicas): stopping the run`,
+  };
 }
 
 /** The exit code of a worker whose error is terminal (worker/errors.ts EXIT_TERMINAL). */
@@ -577,6 +604,7 @@ function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): Runni
     env: { ...process.env, ...plan.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  io.out(`${plan.id}: pid ${child.pid ?? '?'}`);
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   lines.on('line', (text) => {
     logFile.write(`${text}\n`);
@@ -773,15 +801,26 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     job.spec.autoscaling.policy === 'goodput'
       ? new LocalAutoscaler(job.spec, plan.workers.length)
       : undefined;
+  const batchWriter =
+    autoscaler !== undefined && nats !== undefined
+      ? new ChosenBatchWriter(
+          nats.url,
+          { namespace: job.metadata.namespace ?? 'default', job: job.metadata.name, uid: jobUid },
+          (message) => io.err(message),
+        )
+      : undefined;
   const followAutoscaler = (line: Extract<WorkerEvent, { event: 'progress' }>) => {
     const result = autoscaler?.observe(line, joining.size, new Date());
     if (result === undefined) return;
+    const chosen = result.status.chosenBatch;
+    if (chosen !== undefined) batchWriter?.write({ ...chosen, replicas: result.replicas });
     if (result.event !== undefined) {
       io.out(`goodput autoscaling at step ${line.step}: ${result.event.message}`);
       recordEvent({
         type: 'autoscale',
         step: line.step,
         replicas: result.replicas,
+        ...(chosen === undefined ? {} : { globalBatch: chosen.globalBatch }),
         detail: result.event.message,
       });
     }
@@ -924,21 +963,34 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   // Workers started by `join` arrive while we wait: wait until every one of them has exited.
   const exits = new Map<RunningWorker, { code: number | null; signal: NodeJS.Signals | null }>();
   const minReplicas = elasticRange(job.spec).min;
+  let failures = 0;
   while (exits.size < running.length) {
     const waiting = running.filter((w) => !exits.has(w));
     const [done, exit] = await Promise.race(waiting.map((w) => w.exited.then((e) => [w, e] as const)));
     exits.set(done, exit);
-    if (done.expected) continue;
-    const verdict = failureEndsRun({
+    if (done.expected || interruptedBy !== undefined) continue;
+    const failed = exit.code !== 0 || exit.signal !== null;
+    if (failed) failures++;
+    const outcome = exitOutcome({
       worker: done.plan.id,
       ...exit,
       error: lastErrors.get(done.plan.id),
       left: alive().length,
       minReplicas,
+      failures,
+      backoffLimit: job.spec.runPolicy.backoffLimit,
     });
-    if (verdict === undefined) continue;
-    io.err(`tensile run: ${verdict}`);
-    recordEvent({ type: 'run-failed', step, worker: done.plan.id, reason: verdict });
+    if (outcome.action === 'continue') continue;
+    if (outcome.action === 'replace') {
+      // Replaced, as the operator replaces a failed pod: its exit no longer fails the run.
+      done.expected = true;
+      const replacement = startJoiner();
+      io.err(`tensile run: ${outcome.message}: ${replacement.id}`);
+      recordEvent({ type: 'restart', step, worker: done.plan.id, replacement: replacement.id, failures });
+      continue;
+    }
+    io.err(`tensile run: ${outcome.message}`);
+    recordEvent({ type: 'run-failed', step, worker: done.plan.id, reason: outcome.message });
     // As on Ctrl-C: the others checkpoint at their step boundary (or stop waiting) and exit.
     for (const w of alive()) {
       w.expected = true;
@@ -948,6 +1000,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
   process.off('SIGINT', forward);
   process.off('SIGTERM', forward);
   for (const cycle of slowed.values()) cycle[Symbol.dispose]();
+  await batchWriter?.[Symbol.asyncDispose]();
   await nats?.[Symbol.asyncDispose]();
 
   if (invalidLines > 0)

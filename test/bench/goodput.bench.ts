@@ -12,8 +12,8 @@
  * - goodput: every SCHEDULE_SECONDS each job's model is fitted to the step times it measured (with
  *   ±5 % noise) by `fitThroughput`, its noise scale is what its workers measured (only with ≥ 2), its
  *   options come from `goodputOptions` with a batch range [M₀, 16·M₀] and the exploration bound,
- *   and `divideCluster` divides the GPUs there are; a job keeps its allocation unless the new one is
- *   predicted `threshold` better (hysteresis), or the GPUs are gone.
+ *   `clusterShares` divides the GPUs there are, and each job's `decideGoodput` (the operator's:
+ *   threshold, minimum interval, batch choice) moves within its share; above it, it shrinks at once.
  *
  * - goodput-fixed-batch: the same with the batch held at M₀ (workers chosen, batch not: what the
  *   operator does today).
@@ -23,9 +23,14 @@
  * fixed). The raw numbers per policy come with them.
  */
 
-import { divideCluster } from '../../operator/api/goodput-cluster.ts';
+import { clusterShares } from '../../operator/api/goodput-cluster.ts';
 import { fitThroughput, type ThroughputSample } from '../../operator/api/goodput-model.ts';
-import { type GoodputInput, goodputOptions, replicaCap } from '../../operator/api/goodput-policy.ts';
+import {
+  decideGoodput,
+  type GoodputInput,
+  goodputOptions,
+  replicaCap,
+} from '../../operator/api/goodput-policy.ts';
 
 const GPUS = 16;
 const JOBS = 20;
@@ -98,6 +103,8 @@ interface JobState {
   finished?: number;
   readonly samples: Map<string, ThroughputSample>;
   noiseScale?: number;
+  /** When its allocation last changed (seconds), for the minimum interval. */
+  lastChange?: number;
 }
 
 const phiOf = (s: JobState) => s.job.phi0 * (1 + 9 * Math.min(1, s.progress / s.job.work));
@@ -176,7 +183,7 @@ const evenScheduler: Scheduler = (active, capacity) => {
   }
 };
 
-function goodputInput(s: JobState, capacity: number, adaptBatch: boolean): GoodputInput {
+function goodputInput(s: JobState, capacity: number, adaptBatch: boolean, t: number): GoodputInput {
   const samples = [...s.samples.values()].filter((x) => x.steps >= 20);
   return {
     current: Math.max(1, s.replicas),
@@ -190,12 +197,18 @@ function goodputInput(s: JobState, capacity: number, adaptBatch: boolean): Goodp
     samples,
     noiseScale: s.noiseScale,
     settings: { minIntervalSeconds: SCHEDULE_SECONDS, threshold: THRESHOLD, explorationFactor: 2 },
-    lastChangeMs: undefined,
-    nowMs: 0,
+    lastChangeMs: s.lastChange === undefined ? undefined : s.lastChange * 1000,
+    nowMs: t * 1000,
     pending: 0,
+    ...(adaptBatch ? { currentBatch: s.batch } : {}),
   };
 }
 
+/**
+ * The product's two functions, as the operator's leader runs them: `clusterShares` divides the GPUs
+ * there are by each job's predicted options, then each job's own `decideGoodput` (threshold,
+ * minimum interval, batch choice) moves within its share.
+ */
 const goodputScheduler =
   (adaptBatch: boolean): Scheduler =>
   (active, capacity, t) => {
@@ -203,42 +216,32 @@ const goodputScheduler =
     const used = active.reduce((a, s) => a + s.replicas, 0);
     const newcomer = active.some((s) => s.replicas === 0);
     if (!everyRound && used <= capacity && !newcomer) return;
-    const options = new Map(
-      active.map((s) => [
-        s,
-        goodputOptions(
-          goodputInput(s, capacity, adaptBatch),
-          replicaCap(goodputInput(s, capacity, adaptBatch)),
-        ),
-      ]),
-    );
-    const division = divideCluster(
+    const shares = clusterShares(
       active.map((s) => {
-        const o = options.get(s) ?? [];
-        // Nothing measured yet: one GPU at the base batch, to measure.
-        return { id: s.job.id, min: 1, max: o.length === 0 ? 1 : o.length, goodput: o.map((x) => x.goodput) };
+        const input = goodputInput(s, capacity, adaptBatch, t);
+        return {
+          id: s.job.id,
+          min: 1,
+          max: capacity,
+          // A newcomer starts on one GPU, to measure.
+          current: Math.max(1, s.replicas),
+          options: goodputOptions(input, replicaCap(input)),
+        };
       }),
       capacity,
       { fairnessFloor: 0.5 },
     );
-    const planned = active.map((s) => ({ s, n: division.get(s.job.id) ?? 0 }));
-    // Hysteresis: a job keeps what it has unless the new size is predicted THRESHOLD better, as long
-    // as the sizes kept still fit.
-    let total = planned.reduce((a, p) => a + p.n, 0);
-    for (const p of planned) {
-      const o = options.get(p.s) ?? [];
-      const here = o.find((x) => x.replicas === p.s.replicas);
-      const there = o.find((x) => x.replicas === p.n);
-      if (here === undefined || there === undefined || p.n === 0) continue;
-      const keep = there.goodput < here.goodput * (1 + THRESHOLD) && total - p.n + p.s.replicas <= capacity;
-      if (keep) {
-        total += p.s.replicas - p.n;
-        p.n = p.s.replicas;
+    for (const s of active) {
+      const share = shares.get(s.job.id) ?? 0;
+      if (share === 0) {
+        setAllocation(s, 0, s.job.baseBatch);
+        continue;
       }
-    }
-    for (const { s, n } of planned) {
-      const o = (options.get(s) ?? []).find((x) => x.replicas === n);
-      setAllocation(s, n, n === 0 ? s.job.baseBatch : (o?.globalBatch ?? Math.max(s.job.baseBatch, n)));
+      const decision = decideGoodput({ ...goodputInput(s, capacity, adaptBatch, t), capacity: share });
+      const replicas = Math.min(share, decision.replicas);
+      const batch = decision.globalBatch ?? (s.replicas === 0 ? s.job.baseBatch : s.batch);
+      if (replicas !== s.replicas || batch !== s.batch) s.lastChange = t;
+      setAllocation(s, replicas, Math.max(batch, replicas));
     }
   };
 

@@ -8,12 +8,20 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { AUTOSCALING_KEY, encodeMessage, rendezvousBucket } from '../../operator/api/contract.ts';
 import { eventsOf } from '../../operator/api/worker-events.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
-import { assertLockstep, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import {
+  assertLockstep,
+  finished,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
 const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-goodput-'));
@@ -68,6 +76,71 @@ test('goodput: from minReplicas, the predicted gain starts a second worker; the 
   assert.is(autoscale.length, 1, JSON.stringify(autoscale));
   assert.is(autoscale[0]?.replicas, 2);
   assert.match(autoscale[0]?.detail ?? '', /goodput [\d.]+ → [\d.]+ \(\+\d+ %\)/);
+});
+
+test('a chosen global batch: the world of two re-forms at it, every sample once per epoch', async () => {
+  const TRAIN = 3000;
+  const file = writeJobManifest(join(dir, 'batch.yaml'), 'goodput-batch', {
+    replicas: 2,
+    minReplicas: 1,
+    maxReplicas: 2,
+    model: { mlp: { hiddenUnits: [64] } },
+    dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
+    optimizer: { type: 'adam', learningRate: 0.002 },
+    batch: { global: 128, policy: 'adascale' },
+    // The run's own policy holds (the interval): the choice below is the test's, as the operator's.
+    autoscaling: {
+      policy: 'goodput',
+      minSteps: 10,
+      minIntervalSeconds: 3600,
+      minGlobalBatch: 64,
+      maxGlobalBatch: 512,
+    },
+    stopping: { epochs: 12 },
+    evaluation: { intervalSteps: 100_000 },
+    checkpoint: { intervalSteps: 100_000 },
+    rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 1000 },
+  });
+  const out = join(dir, 'batch');
+  const run = tensileRun(file, out, ['--workers', '2'], { TENSILE_CHECKSUM_EVERY: '1' });
+  const natsUrl = (await run.waitFor(/nats-server at /)).replace(/.*nats-server at /, '').trim();
+  await run.waitFor(/generation \d+: 2 worker\(s\), global batch 128/);
+  const uid = readFileSync(join(out, 'job-uid'), 'utf8').trim();
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const kv = await nc
+      .jetstream()
+      .views.kv(rendezvousBucket('default', 'goodput-batch', uid), { history: 1 });
+    await kv.put(
+      AUTOSCALING_KEY,
+      encodeMessage({ jobUid: uid, globalBatch: 384, revision: 100, replicas: 2 }),
+    );
+  } finally {
+    await nc.close();
+  }
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  const chosen = summary.generations.filter((g) => g.globalBatch === 384);
+  assert.ok(chosen.length > 0, JSON.stringify(summary.generations));
+  assert.ok(
+    chosen.every((g) => g.worldSize === 2),
+    JSON.stringify(summary.generations),
+  );
+  // adascale keeps the base rate; the gain does the scaling, step by step.
+  assert.ok(
+    chosen.every((g) => g.learningRate === 0.002),
+    JSON.stringify(chosen),
+  );
+  const rescales = eventsOf(workerEvents(out), 'generation');
+  assert.ok(
+    rescales.some((e) => /the operator chose global batch 384 \(revision 100\)/.test(e.reason ?? '')),
+    JSON.stringify(rescales.map((e) => e.reason)),
+  );
+  // Exactly once across the change of batch (the per-worker batch went 64 → 192 mid-epoch).
+  assert.is(summary.epochs.length, 12);
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  assert.ok(assertLockstep(workerEvents(out)) > 0);
 });
 
 test.run();

@@ -1,8 +1,9 @@
 /**
- * A worker of `tensile run` that fails for good, with real worker processes and a real nats-server:
- * when fewer workers are left than a world needs (spec.minReplicas), nobody can bring one back (no
- * operator replaces a local worker), so the run ends at once — non-zero, naming the worker and its
- * error — instead of the survivors waiting for a world that can never form.
+ * A worker of `tensile run` that fails, with real worker processes and a real nats-server. One
+ * killed from outside (as the OOM killer would) is replaced, as the operator replaces a failed pod,
+ * and the run completes. One that fails for good (terminal: a replacement would fail the same way)
+ * with fewer workers left than a world needs (spec.minReplicas) ends the run at once — non-zero,
+ * naming the worker and its error — instead of the survivors waiting for a world that can never form.
  *
  * The failure is a real terminal one that hits one worker only: the checkpoint directory holds a
  * checkpoint of another job (another model seed), which only the rank that restores (rank 0 of the
@@ -39,6 +40,31 @@ const job = (seed: number, replicas: number) => ({
   stopping: { epochs: 1 },
   checkpoint: { intervalSteps: 5 },
   rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
+});
+
+test('a worker killed from outside is replaced, and the run completes with every sample once', async () => {
+  const out = join(dir, 'replaced');
+  // 300 steps: the kill lands long before the end, however fast the machine.
+  const spec = { ...job(3, 2), maxReplicas: 3, stopping: { epochs: 30 } };
+  const run = tensileRun(writeJobManifest(join(dir, 'replaced.yaml'), 'replaced', spec), out, [
+    '--workers',
+    '2',
+  ]);
+  const pid = Number(/pid (\d+)/.exec(await run.waitFor(/^replaced-worker-1: pid \d+/))?.[1]);
+  await run.waitFor(/generation \d+: 2 worker\(s\)/);
+  process.kill(pid, 'SIGKILL');
+  const replaced = await run.waitFor(/starting a replacement/);
+  assert.match(
+    replaced,
+    /^tensile run: replaced-worker-1 was killed by SIGKILL; starting a replacement \(failure 1 of the 6 spec\.runPolicy\.backoffLimit tolerates\): replaced-worker-2$/,
+  );
+  const summary = await finished(run);
+  assert.is(summary.status, 'completed');
+  assert.ok(
+    summary.generations.filter((g) => g.worldSize === 2).length >= 2,
+    `a world of two before the kill and one with the replacement: ${JSON.stringify(summary.generations)}`,
+  );
+  for (const e of summary.epochs) assert.equal([e.duplicated, e.missing], [0, 0], `epoch ${e.epoch}`);
 });
 
 test('a worker fails terminally and too few are left: the run ends, naming it and its error', async () => {

@@ -1,6 +1,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { autoscale, batchRuleOf, foldObservation, type Observation } from '../../operator/api/autoscaling.ts';
+import {
+  autoscale,
+  batchRuleOf,
+  currentGlobalBatch,
+  foldObservation,
+  type Observation,
+} from '../../operator/api/autoscaling.ts';
 import type { ProgressMessage } from '../../operator/api/contract.ts';
 import type { AutoscalingStatus, TrainingJobStatus } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
@@ -94,6 +100,88 @@ test('batchRuleOf follows the rescale policy', () => {
   );
 });
 
+const bounded = (o: Record<string, unknown> = {}) =>
+  goodputJob({
+    'spec.batch': { global: 128, policy: 'adascale' },
+    'spec.autoscaling': {
+      policy: 'goodput',
+      minIntervalSeconds: 30,
+      minSteps: 10,
+      minGlobalBatch: 64,
+      maxGlobalBatch: 1024,
+    },
+    ...o,
+  }).spec;
+
+test('spec.autoscaling batch bounds: a range rule; refused without goodput, apart, reversed or with fixedGlobalBatch', () => {
+  assert.equal(batchRuleOf(bounded()), { kind: 'range', min: 64, max: 1024 });
+  const refusedFor = (autoscaling: Record<string, unknown>, batch: Record<string, unknown>) => {
+    const manifest = validManifest('job') as { spec: Record<string, unknown> };
+    manifest.spec = { ...manifest.spec, replicas: 1, minReplicas: 1, maxReplicas: 4, autoscaling, batch };
+    const result = validateTrainingJob(manifest);
+    return result.ok ? '' : JSON.stringify(result.problems);
+  };
+  const goodput = { policy: 'goodput', minGlobalBatch: 64, maxGlobalBatch: 1024 };
+  assert.is(refusedFor(goodput, { global: 128, policy: 'adascale' }), '');
+  assert.match(refusedFor({ policy: 'goodput', minGlobalBatch: 64 }, { policy: 'adascale' }), /go together/);
+  assert.match(
+    refusedFor({ ...goodput, minGlobalBatch: 2048 }, { policy: 'adascale' }),
+    /minGlobalBatch must be at most maxGlobalBatch/,
+  );
+  assert.match(
+    refusedFor({ ...goodput, policy: 'none' }, { policy: 'adascale' }),
+    /need autoscaling.policy goodput/,
+  );
+  assert.match(
+    refusedFor(goodput, { global: 128, policy: 'fixedGlobalBatch' }),
+    /learning rate follows the batch/,
+  );
+});
+
+test('autoscale with batch bounds: the batch stays until measured apart, then a choice gets a revision', () => {
+  const spec = bounded({ 'spec.maxReplicas': 2 });
+  // One batch measured: what is fixed and what per sample is a guess, so the batch stays.
+  const first = autoscale({
+    spec,
+    status: undefined,
+    report: report(1, 0.05, 40, 1, 128),
+    pending: 0,
+    now: at(0),
+  });
+  assert.is(first.replicas, 2, first.status.reason);
+  assert.match(first.status.reason, /1 → 2 worker\(s\), global batch 128:/);
+  assert.is(first.status.chosenBatch, undefined);
+  // Two at 64 each take nearly as long as one at 128: the step is mostly fixed, a larger batch is
+  // nearly free throughput (no noise scale measured: efficiency 1).
+  const measured = report(2, 0.045, 40, 2, 64);
+  const second = autoscale({ spec, status: first.status, report: measured, pending: 0, now: at(60) });
+  assert.is(second.event?.reason, 'GoodputRescale', second.status.reason);
+  assert.equal(second.status.chosenBatch, { globalBatch: 1024, revision: 1 });
+  assert.match(second.status.reason, /global batch 128 → 1024/);
+  // The same report again: a hold keeps the choice and its revision.
+  const again = autoscale({ spec, status: second.status, report: measured, pending: 0, now: at(200) });
+  assert.equal(again.status.chosenBatch, second.status.chosenBatch);
+  assert.is(again.event, undefined, again.status.reason);
+  // A job without bounds never chooses one.
+  const plain = autoscale({
+    spec: goodputJob().spec,
+    status: undefined,
+    report: report(1, 0.05),
+    pending: 0,
+    now: at(0),
+  });
+  assert.is(plain.status.chosenBatch, undefined);
+});
+
+test('currentGlobalBatch: the choice, else what the world measured, else the policy in bounds', () => {
+  const spec = bounded();
+  const chosen = { replicas: 2, specReplicas: 1, reason: '', chosenBatch: { globalBatch: 512, revision: 3 } };
+  assert.is(currentGlobalBatch(spec, chosen, undefined, 2), 512);
+  assert.is(currentGlobalBatch(spec, undefined, report(2, 0.05, 40, 2, 100), 2), 200);
+  assert.is(currentGlobalBatch(spec, undefined, undefined, 1), 128);
+  assert.is(currentGlobalBatch(goodputJob().spec, undefined, undefined, 1), undefined);
+});
+
 test('autoscale: from minReplicas, a compute-bound world grows; the decision is in status and an event', () => {
   const spec = goodputJob().spec;
   const first = autoscale({ spec, status: undefined, report: report(1, 0.05), pending: 0, now: at(0) });
@@ -106,6 +194,7 @@ test('autoscale: from minReplicas, a compute-bound world grows; the decision is 
   assert.is(first.status.replicas, 2);
   assert.is(first.status.specReplicas, 1);
   assert.is(first.status.lastChangeTime, at(0).toISOString());
+  assert.is(first.status.changes, 1);
   assert.equal(
     first.status.options?.map((o) => o.replicas),
     [1, 2],

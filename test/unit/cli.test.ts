@@ -12,7 +12,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse } from 'yaml';
 import { formatHelp, parseCommand } from '../../operator/commands/args.ts';
-import { failureEndsRun, RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
+import { type ExitOutcome, exitOutcome, RUN_COMMAND, runExitCode } from '../../operator/local-run/run.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'operator/bin/tensile.mjs');
@@ -220,30 +220,55 @@ test('the exit code of tensile run: failures first, then 128 + the signal that i
   for (const [outcome, code] of cases) assert.is(runExitCode(outcome), code, JSON.stringify(outcome));
 });
 
-test('a failed worker ends tensile run only when too few are left for a world', () => {
-  const base = { worker: 'job-worker-1', signal: null, error: 'bad input', minReplicas: 2 } as const;
+test('a failed worker is replaced within backoffLimit; a terminal one ends the run when too few are left', () => {
+  const base = {
+    worker: 'job-worker-1',
+    signal: null,
+    error: 'bad input',
+    minReplicas: 2,
+    failures: 1,
+    backoffLimit: 6,
+  } as const;
   const cases: [
-    Partial<Parameters<typeof failureEndsRun>[0]> & { code: number | null; left: number },
-    RegExp | undefined,
+    Partial<Parameters<typeof exitOutcome>[0]> & { code: number | null; left: number },
+    ExitOutcome['action'],
+    RegExp?,
   ][] = [
-    // Enough left: they re-form without it.
-    [{ code: 2, left: 2 }, undefined],
-    [{ code: 1, left: 3 }, undefined],
+    // A terminal failure with enough left: they re-form without it.
+    [{ code: 2, left: 2 }, 'continue'],
     // Nobody left to wait: the run ends by itself.
-    [{ code: 2, left: 0 }, undefined],
+    [{ code: 2, left: 0 }, 'continue'],
     // Finished cleanly: not a failure.
-    [{ code: 0, left: 1 }, undefined],
+    [{ code: 0, left: 1 }, 'continue'],
     [
       { code: 2, left: 1 },
+      'end',
       /^job-worker-1 failed terminally \(exit code 2: a restart cannot fix it\): bad input; 1 worker\(s\) left, fewer than the 2 a world needs \(spec\.minReplicas\): stopping the run$/,
     ],
-    [{ code: 1, left: 1, error: undefined }, /^job-worker-1 failed \(exit code 1\); 1 worker\(s\) left/],
-    [{ code: null, signal: 'SIGKILL', left: 1 }, /^job-worker-1 was killed by SIGKILL: bad input; /],
+    // Not terminal: replaced, whether others are left or not, up to the limit.
+    [
+      { code: 1, left: 1, error: undefined },
+      'replace',
+      /^job-worker-1 failed \(exit code 1\); starting a replacement \(failure 1 of the 6 spec\.runPolicy\.backoffLimit tolerates\)$/,
+    ],
+    [{ code: 1, left: 3, failures: 6 }, 'replace'],
+    [
+      { code: null, signal: 'SIGKILL', left: 0 },
+      'replace',
+      /^job-worker-1 was killed by SIGKILL: bad input; starting/,
+    ],
+    [
+      { code: 1, left: 3, failures: 7 },
+      'end',
+      /; 7 failures, more than the 6 spec\.runPolicy\.backoffLimit tolerates: stopping the run$/,
+    ],
+    [{ code: 137, left: 1, failures: 1, backoffLimit: 0 }, 'end'],
   ];
-  for (const [failure, expected] of cases) {
-    const verdict = failureEndsRun({ ...base, ...failure });
-    if (expected === undefined) assert.is(verdict, undefined, JSON.stringify(failure));
-    else assert.match(verdict ?? '', expected, JSON.stringify(failure));
+  for (const [failure, action, message] of cases) {
+    const outcome = exitOutcome({ ...base, ...failure });
+    assert.is(outcome.action, action, JSON.stringify(failure));
+    if (message !== undefined && outcome.action !== 'continue')
+      assert.match(outcome.message, message, JSON.stringify(failure));
   }
 });
 

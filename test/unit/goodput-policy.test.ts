@@ -1,6 +1,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type ClusterJob, divideCluster } from '../../operator/api/goodput-cluster.ts';
+import {
+  type ClusterJob,
+  clusterShares,
+  divideCluster,
+  type ShareInput,
+} from '../../operator/api/goodput-cluster.ts';
 import {
   fitThroughput,
   gradientNoiseScale,
@@ -12,7 +17,9 @@ import {
   type ThroughputSample,
 } from '../../operator/api/goodput-model.ts';
 import {
+  batchBounds,
   candidateBatches,
+  clampBatch,
   decideGoodput,
   describeOptions,
   type GoodputInput,
@@ -288,6 +295,91 @@ test('decideGoodput: table of situations', () => {
   }
 });
 
+test('decideGoodput with a batch range: the batch is chosen too, and a better batch alone is a change', () => {
+  const measured = [sample(1, 128), sample(2, 64), sample(4, 32), sample(2, 128)];
+  const model = fitThroughput(measured);
+  const range = { kind: 'range', min: 64, max: 1024 } as const;
+  const cases: {
+    name: string;
+    input: Partial<GoodputInput>;
+    replicas: number;
+    globalBatch: number;
+    changed: boolean;
+    reason: RegExp;
+  }[] = [
+    {
+      // Efficiency ≈ 1 at any batch: the largest batch amortises the fixed and synchronisation terms.
+      name: 'huge noise scale: the largest batch, and more workers',
+      input: { noiseScale: 1e7, current: 2, currentBatch: 128 },
+      replicas: 5,
+      globalBatch: 1024,
+      changed: true,
+      reason: /2 → 5 worker\(s\), global batch 128 → 1024/,
+    },
+    {
+      // (φ + 128)/(φ + 64) = 1.8 at φ = 16: a small batch is worth more per sample than time saved.
+      // ... and at 64 samples a second worker's synchronisation costs more than its half batch saves.
+      name: 'small noise scale: the smallest batch, on fewer workers',
+      input: { noiseScale: 16, current: 2, currentBatch: 128 },
+      replicas: 1,
+      globalBatch: 64,
+      changed: true,
+      reason: /2 → 1 worker\(s\), global batch 128 → 64/,
+    },
+    {
+      name: 'one size allowed: the batch alone changes',
+      input: { noiseScale: 1e7, current: 1, max: 1, currentBatch: 128 },
+      replicas: 1,
+      globalBatch: 1024,
+      changed: true,
+      reason: /1 → 1 worker\(s\), global batch 128 → 1024/,
+    },
+    {
+      name: 'already at the best batch: stays, and says at which batch',
+      input: { noiseScale: 1e7, current: 1, max: 1, currentBatch: 1024 },
+      replicas: 1,
+      globalBatch: 1024,
+      changed: false,
+      reason: /1 worker\(s\) at global batch 1024 is best within the threshold/,
+    },
+    {
+      name: 'a better batch under the threshold: stays at the current one',
+      input: {
+        noiseScale: 1e7,
+        current: 1,
+        max: 1,
+        currentBatch: 900,
+        settings: { ...settings, threshold: 0.2 },
+      },
+      replicas: 1,
+      globalBatch: 900,
+      changed: false,
+      reason: /at global batch 900 is best within the threshold/,
+    },
+  ];
+  for (const c of cases) {
+    const d = decideGoodput(base({ samples: measured, model, batch: range, ...c.input }));
+    assert.is(d.replicas, c.replicas, `${c.name}: ${d.reason}`);
+    assert.is(d.globalBatch, c.globalBatch, `${c.name}: ${d.reason}`);
+    assert.is(d.changed, c.changed, `${c.name}: ${d.reason}`);
+    assert.match(d.reason, c.reason, c.name);
+    // Whatever it picks is the best option there is, within the threshold.
+    const best = Math.max(...d.options.map((o) => o.goodput));
+    const picked = d.options.find((o) => o.replicas === d.replicas && o.globalBatch === d.globalBatch);
+    if (d.changed) assert.ok(picked !== undefined && picked.goodput >= best * (1 - 1e-9), c.name);
+  }
+});
+
+test('clampBatch keeps a batch in bounds and gives every worker a sample', () => {
+  const bounds = { min: 64, max: 1024 };
+  assert.is(clampBatch(10, 2, bounds), 64);
+  assert.is(clampBatch(5000, 2, bounds), 1024);
+  assert.is(clampBatch(300.4, 2, bounds), 300);
+  assert.is(clampBatch(64, 100, bounds), 100);
+  assert.equal(batchBounds({ minGlobalBatch: 64, maxGlobalBatch: 1024 }), bounds);
+  assert.is(batchBounds({ minGlobalBatch: 64 }), undefined);
+});
+
 test('decideGoodput: the interval names when to look again; options predict every size considered', () => {
   const held = decideGoodput(base({ lastChangeMs: 990_000 }));
   assert.is(held.retryAtMs, 1_050_000);
@@ -376,6 +468,69 @@ test('divideCluster: minimums in priority order, the fairness floor, then the la
   ];
   assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0 })), { big: 7, small: 1 });
   assert.equal(Object.fromEntries(divideCluster(uneven, 8, { fairnessFloor: 0.8 })), { big: 5, small: 3 });
+});
+
+test('clusterShares: a job not measured keeps what it runs; the others are divided by their options', () => {
+  const options = (goodput: number[], from = 1) =>
+    goodput.map((g, i) => ({ replicas: from + i, goodput: g }));
+  const table: [string, ShareInput[], number, Record<string, number>][] = [
+    [
+      'two that scale alike share evenly',
+      [
+        { id: 'a', min: 1, max: 8, current: 2, options: options([100, 190, 270, 340, 400, 450, 490, 520]) },
+        { id: 'b', min: 1, max: 8, current: 6, options: options([100, 190, 270, 340, 400, 450, 490, 520]) },
+      ],
+      8,
+      { a: 4, b: 4 },
+    ],
+    [
+      'a newcomer keeps its workers, the measured job gets the rest',
+      [
+        { id: 'old', min: 1, max: 8, current: 8, options: options([100, 200, 300, 400, 500, 600, 700, 800]) },
+        { id: 'new', min: 1, max: 4, current: 2, options: [] },
+      ],
+      8,
+      { old: 6, new: 2 },
+    ],
+    [
+      'the model is trusted as far as its options go (explored to 2)',
+      [{ id: 'a', min: 1, max: 8, current: 1, options: options([100, 200]) }],
+      8,
+      { a: 2 },
+    ],
+    [
+      // Fair share 4: speedups over 340 and 800; b's +0.25 a GPU beats a's +0.24, +0.18, …
+      'options from minReplicas 2: each its minimum, then GPUs to the larger gain in speedup',
+      [
+        { id: 'a', min: 2, max: 6, current: 4, options: options([200, 280, 340, 380, 400], 2) },
+        { id: 'b', min: 2, max: 6, current: 2, options: options([400, 600, 800, 1000, 1200], 2) },
+      ],
+      8,
+      { a: 2, b: 6 },
+    ],
+  ];
+  for (const [name, jobs, capacity, expected] of table) {
+    const shares = clusterShares(jobs, capacity, { fairnessFloor: 0.5 });
+    assert.equal(Object.fromEntries(shares), expected, name);
+    assert.ok([...shares.values()].reduce((a, b) => a + b, 0) <= capacity, `${name}: fits`);
+  }
+});
+
+test('decideGoodput above its share: down to the best size within it at once, interval or not', () => {
+  const measured = [sample(1, 128), sample(2, 64), sample(4, 32)];
+  const model = fitThroughput(measured);
+  const over = decideGoodput(
+    base({ samples: measured, model, current: 4, capacity: 2, lastChangeMs: 1_000_000 - 1000 }),
+  );
+  assert.is(over.replicas, 2, over.reason);
+  assert.ok(over.changed);
+  assert.match(over.reason, /4 → 2 worker\(s\): over its share of the cluster \(2\)/);
+  // Within its share: the usual rules (the interval holds a change).
+  const within = decideGoodput(
+    base({ samples: measured, model, current: 2, capacity: 2, lastChangeMs: 1_000_000 - 1000 }),
+  );
+  assert.is(within.replicas, 2);
+  assert.not.ok(within.changed);
 });
 
 test.run();

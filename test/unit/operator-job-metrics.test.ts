@@ -60,6 +60,38 @@ test('useful time: steps of one world count; start-up, re-forming and redone ste
     );
 });
 
+test('values: the goodput policy’s choice, its predicted goodput, noise scale and changes', () => {
+  const autoscaling = {
+    replicas: 2,
+    specReplicas: 1,
+    reason: '1 → 2 worker(s)',
+    globalBatch: 256,
+    chosenBatch: { globalBatch: 256, revision: 1 },
+    noiseScale: 812,
+    changes: 3,
+    options: [
+      { replicas: 1, globalBatch: 128, goodput: 900 },
+      { replicas: 2, globalBatch: 256, goodput: 1700 },
+    ],
+  };
+  const running = jobMetricValues(
+    { namespace: 'ns', name: 'j', status: { phase: 'Running', autoscaling } },
+    T0,
+  );
+  assert.is(running.autoscaling_replicas_workers, 2);
+  assert.is(running.autoscaling_global_batch, 256);
+  assert.is(running.autoscaling_predicted_goodput_samples_per_second, 1700);
+  assert.is(running.autoscaling_noise_scale_samples, 812);
+  assert.is(running.autoscaling_changes_total, 3);
+  // Ended: the choice is history; the count of changes stays.
+  const done = jobMetricValues(
+    { namespace: 'ns', name: 'j', status: { phase: 'Succeeded', autoscaling } },
+    T0,
+  );
+  assert.is(done.autoscaling_replicas_workers, undefined);
+  assert.is(done.autoscaling_changes_total, 3);
+});
+
 test('values: fresh progress while running, status once ended, goodput over the time since start', () => {
   const running = jobMetricValues(
     {

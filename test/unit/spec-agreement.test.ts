@@ -203,6 +203,68 @@ test('shapeWorld: fixedGlobalBatch splits the global batch of the agreed setting
   assert.is(shaped.learningRate, 0.002);
 });
 
+test('shapeWorld with goodput batch bounds: the chosen batch, split evenly, the rate following it', () => {
+  const goodput = {
+    autoscaling: { policy: 'goodput', minGlobalBatch: 32, maxGlobalBatch: 512 },
+  };
+  const own = offer(0, goodput);
+  const chosen = shapeWorld(proposal, undefined, [own], own, 0.002, 200);
+  assert.equal(
+    chosen.members.map((m) => m.batch),
+    [67, 67, 66],
+  );
+  assert.is(chosen.globalBatch, 200);
+  // linear: lr_base × 200/64.
+  assert.ok(Math.abs(chosen.learningRate - (0.002 * 200) / 64) < 1e-12, `${chosen.learningRate}`);
+  // Out of bounds: clamped. Nothing chosen yet: the policy's batch (3 × 32), in bounds.
+  assert.is(shapeWorld(proposal, undefined, [own], own, 0.002, 5000).globalBatch, 512);
+  assert.is(shapeWorld(proposal, undefined, [own], own, 0.002, undefined).globalBatch, 96);
+  // Without bounds a chosen batch means nothing: the rescale policy decides.
+  assert.is(shapeWorld(proposal, undefined, [offer(0)], offer(0), 0.002, 200).globalBatch, 96);
+});
+
+const chosenCases: {
+  name: string;
+  chosen: { globalBatch: number; revision: number; replicas?: number } | undefined;
+  world: WorldRecord['chosenBatch'];
+  reason: string | undefined;
+}[] = [
+  { name: 'nothing chosen', chosen: undefined, world: undefined, reason: undefined },
+  {
+    name: 'a new choice for a world of its size',
+    chosen: { globalBatch: 256, revision: 1, replicas: 2 },
+    world: undefined,
+    reason: 'the operator chose global batch 256 (revision 1)',
+  },
+  {
+    name: 'the choice the world was formed with',
+    chosen: { globalBatch: 256, revision: 1 },
+    world: { globalBatch: 256, revision: 1 },
+    reason: undefined,
+  },
+  {
+    name: 'a choice made with another size: the change of size brings it',
+    chosen: { globalBatch: 256, revision: 2, replicas: 3 },
+    world: { globalBatch: 128, revision: 1 },
+    reason: undefined,
+  },
+];
+for (const c of chosenCases) {
+  test(`round reason, chosen batch: ${c.name}`, () => {
+    const view = {
+      self: 'a',
+      now: 0,
+      config: { minReplicas: 1, maxReplicas: 2, timeoutMs: 3000, lastCallMs: 1000 },
+      members: new Map([observed('a', offer(1)), observed('b', offer(1))]),
+      world: { ...previousWorld, ...(c.world === undefined ? {} : { chosenBatch: c.world }) },
+      running: 1,
+      roundSince: undefined,
+      chosenBatch: c.chosen,
+    };
+    assert.is(roundReason(view, new Set(['a', 'b'])), c.reason);
+  });
+}
+
 const rangeCases: {
   name: string;
   own: SpecOffer | undefined;

@@ -235,8 +235,8 @@ export class ElasticMembership implements Membership {
       log,
       drops,
       spec: offer,
-      shape: (proposal, previous, offers) =>
-        shapeWorld(proposal, previous, offers, offer, spec.optimizer.learningRate),
+      shape: (proposal, previous, offers, chosenBatch) =>
+        shapeWorld(proposal, previous, offers, offer, spec.optimizer.learningRate, chosenBatch),
     });
     const membership = new ElasticMembership(offer, config, log, nc, store, server, agent);
     membership.subscribeControl();

@@ -6,7 +6,14 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'winston';
-import { type DecodeFailure, decodeMessage, MAX_REPORT_BYTES } from '../../operator/api/contract.ts';
+import {
+  AUTOSCALING_KEY,
+  type AutoscalingRecord,
+  AutoscalingRecordSchema,
+  type DecodeFailure,
+  decodeMessage,
+  MAX_REPORT_BYTES,
+} from '../../operator/api/contract.ts';
 import type { DropCounter } from '../../operator/api/drops.ts';
 import { classify } from '../../operator/api/errors.ts';
 import { emit } from '../log.ts';
@@ -35,6 +42,7 @@ export type WorldShaper = (
   proposal: ProposedWorld,
   previous: WorldRecord | undefined,
   offers: readonly SpecOffer[],
+  chosenBatch: number | undefined,
 ) => Pick<WorldRecord, 'members' | 'globalBatch' | 'learningRate' | 'policy' | 'agreement'>;
 
 export interface AgentOptions {
@@ -67,6 +75,8 @@ export class RendezvousAgent implements AsyncDisposable {
   private lastWriteOk: number;
   private world: WorldRecord | undefined;
   private worldRevision: number | undefined;
+  /** The operator's choice of global batch (goodput autoscaling), of this incarnation. */
+  private chosenBatch: AutoscalingRecord | undefined;
   private running = 0;
   private roundSince: number | undefined;
   private record: MemberRecord;
@@ -143,6 +153,8 @@ export class RendezvousAgent implements AsyncDisposable {
             for (const listener of this.worldListeners) listener(parsed.value);
           }
         }
+      } else if (change.key === AUTOSCALING_KEY) {
+        this.chosenBatch = this.chosenBatchOf(change);
       } else if (change.key.startsWith('member.')) {
         const id = change.key.slice('member.'.length);
         if (change.value === undefined) this.members.delete(id);
@@ -165,6 +177,21 @@ export class RendezvousAgent implements AsyncDisposable {
       }
       this.schedule();
     }
+  }
+
+  private chosenBatchOf(change: {
+    key: string;
+    value: Uint8Array | undefined;
+  }): AutoscalingRecord | undefined {
+    if (change.value === undefined) return undefined;
+    const parsed = decodeMessage(AutoscalingRecordSchema, change.value, MAX_REPORT_BYTES);
+    if (!parsed.ok) {
+      this.drop(parsed, change.key);
+      return this.chosenBatch;
+    }
+    if (this.options.incarnation !== undefined && parsed.value.jobUid !== this.options.incarnation)
+      return this.chosenBatch;
+    return parsed.value;
   }
 
   private drop(failure: { reason: DecodeFailure; error: string }, key: string): void {
@@ -253,6 +280,7 @@ export class RendezvousAgent implements AsyncDisposable {
       world: this.world,
       running: this.running,
       roundSince: this.roundSince,
+      chosenBatch: this.chosenBatch,
     });
   }
 
@@ -296,9 +324,13 @@ export class RendezvousAgent implements AsyncDisposable {
       const record = m.id === this.options.id ? this.record : this.members.get(m.id)?.record;
       return record?.spec === undefined ? [] : [record.spec];
     });
-    const shaped = this.options.shape(proposal, this.world, offers);
+    const chosen = this.chosenBatch;
+    const shaped = this.options.shape(proposal, this.world, offers, chosen?.globalBatch);
     const world: WorldRecord = {
       ...shaped,
+      ...(chosen === undefined
+        ? {}
+        : { chosenBatch: { globalBatch: chosen.globalBatch, revision: chosen.revision } }),
       ...(this.options.incarnation === undefined ? {} : { jobUid: this.options.incarnation }),
       generation: proposal.generation,
       source: proposal.source,

@@ -15,6 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { batchBounds } from '../../operator/api/goodput-policy.ts';
 import {
   AutoscalingSpecSchema,
   BalancingSpecSchema,
@@ -25,7 +26,7 @@ import {
   StoppingSpecSchema,
   type TrainingJobSpec,
 } from '../../operator/api/training-job.ts';
-import { PolicyStateSchema, worldShape } from '../rescale/policy.ts';
+import { boundedWorldShape, PolicyStateSchema, worldShape } from '../rescale/policy.ts';
 import type { ProposedWorld, WorldRecord } from './decide.ts';
 
 const positiveInt = z.int().min(1);
@@ -206,16 +207,19 @@ export function shapeWorld(
   offers: readonly SpecOffer[],
   own: SpecOffer,
   learningRate: number,
+  chosenBatch?: number,
 ): Pick<WorldRecord, 'members' | 'globalBatch' | 'learningRate' | 'policy' | 'agreement'> {
   const agreement = agree(previous?.agreement, offers) ?? soleAgreement(own);
   const before = PolicyStateSchema.safeParse(previous?.policy);
-  const shape = worldShape(
+  const args = [
     agreement.settings.batch,
     agreement.batchReplicas,
     proposal.members.length,
     proposal.startStep,
     before.success ? before.data : undefined,
-  );
+  ] as const;
+  const bounds = agreement.settings.autoscaling && batchBounds(agreement.settings.autoscaling);
+  const shape = bounds ? boundedWorldShape(...args, bounds, chosenBatch) : worldShape(...args);
   return {
     members: proposal.members.map((m, i) => ({ ...m, batch: shape.perWorker[i] ?? 1 })),
     globalBatch: shape.globalBatch,

@@ -76,6 +76,8 @@ export const WorldRecordSchema = z.object({
   policy: z.record(z.string(), z.unknown()).default({}),
   /** The spec settings every rank of this world uses (agreement.ts). */
   agreement: AgreementSchema.optional(),
+  /** The operator's chosen global batch this world was formed with (its revision), if any. */
+  chosenBatch: z.object({ globalBatch: z.int().min(1), revision: z.int().min(1) }).optional(),
   reason: z.string(),
   createdAt: z.number(),
   /**
@@ -117,6 +119,10 @@ export interface RendezvousView {
   readonly running: number;
   /** When this worker first saw that a round is needed (undefined when none was). */
   readonly roundSince: number | undefined;
+  /** The global batch the operator chose (rendezvous key `autoscaling`), if it chose one. */
+  readonly chosenBatch?:
+    | { readonly globalBatch: number; readonly revision: number; readonly replicas?: number | undefined }
+    | undefined;
 }
 
 /** A world to propose, without its policy fields (batch sizes, learning rate), which the caller adds. */
@@ -208,6 +214,13 @@ export function roundReason(view: RendezvousView, alive: ReadonlySet<string>): s
         return `${m.id} brings spec revision ${offer.revision}`;
     }
   }
+  const chosen = view.chosenBatch;
+  if (
+    chosen !== undefined &&
+    chosen.revision > (world.chosenBatch?.revision ?? 0) &&
+    (chosen.replicas === undefined || chosen.replicas === world.members.length)
+  )
+    return `the operator chose global batch ${chosen.globalBatch} (revision ${chosen.revision})`;
   const inWorld = new Set(world.members.map((m) => m.id));
   // A worker knows it is alive: its own record needs no confirmation (else a joiner would stand by,
   // "world N is full", until its second heartbeat, as if it had nowhere to go).

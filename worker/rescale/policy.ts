@@ -5,6 +5,7 @@
  * from smoothed per-worker gradient statistics (Johnson et al. 2020).
  */
 import { z } from 'zod';
+import { clampBatch } from '../../operator/api/goodput-policy.ts';
 import { type BatchSpec, RESCALE_POLICIES, type RescalePolicy } from '../../operator/api/training-job.ts';
 
 export interface PolicyState {
@@ -66,6 +67,25 @@ export function worldShape(
     batch.policy === 'fixedGlobalBatch'
       ? splitEvenly(batch.global, workers)
       : Array.from({ length: workers }, () => perWorkerBatch(batch, initialReplicas));
+  return { perWorker, ...policyState(batch, perWorker, step, previous) };
+}
+
+/**
+ * The shape of a world whose global batch the goodput policy chooses in `bounds`: the operator's
+ * `chosen` batch, else the policy's for this size, clamped to the bounds (at least a sample a rank)
+ * and split evenly. The learning rate follows the batch as the rescale policy says.
+ */
+export function boundedWorldShape(
+  batch: BatchSpec,
+  initialReplicas: number,
+  workers: number,
+  step: number,
+  previous: PolicyState | undefined,
+  bounds: { readonly min: number; readonly max: number },
+  chosen: number | undefined,
+): WorldShape {
+  const wanted = chosen ?? worldShape(batch, initialReplicas, workers, step, previous).globalBatch;
+  const perWorker = splitEvenly(clampBatch(wanted, workers, bounds), workers);
   return { perWorker, ...policyState(batch, perWorker, step, previous) };
 }
 
