@@ -80,6 +80,19 @@ function signalNumber(signal: NodeJS.Signals | null): number | undefined {
   return signal === null ? undefined : constants.signals[signal];
 }
 
+/**
+ * Whether the API server's copy says something else than the agent would (phase, readiness, one of
+ * the conditions it owns): then the status goes again even if it is what was sent last, since someone
+ * else (node-lifecycle's NotReady) changed it since.
+ */
+function apiCopyDiffers(pod: V1Pod, status: ReturnType<typeof podStatus>): boolean {
+  if (pod.status?.phase !== status.phase) return true;
+  if (pod.status?.containerStatuses?.[0]?.ready !== status.containerStatuses[0]?.ready) return true;
+  return status.conditions.some(
+    (c) => pod.status?.conditions?.find((p) => p.type === c.type)?.status !== c.status,
+  );
+}
+
 export class PodRunner implements AsyncDisposable {
   private readonly core: CoreV1Api;
   private readonly records = new Map<string, PodRecord>();
@@ -465,7 +478,7 @@ export class PodRunner implements AsyncDisposable {
       const local: LocalContainer = { ...rec.local };
       const status = podStatus(rec.pod, local, rec.startTime, new Date());
       const text = JSON.stringify(status);
-      if (text === rec.lastReport) return;
+      if (text === rec.lastReport && !apiCopyDiffers(rec.pod, status)) return;
       try {
         const patched = await call(
           `status of pod ${rec.key}`,
