@@ -39,7 +39,7 @@ import { CheckpointStore } from '../../worker/checkpoint/store.ts';
 import { auditEpochs, committedRecords, readAuditFile } from '../../worker/data/audit.ts';
 import { type LaunchedCluster, launchCluster, runKubectl } from '../cluster/launcher.ts';
 import { writeKubeconfig } from '../lib/kubeconfig.ts';
-import { freePorts, logTail, type StartedProcess, startProcess } from '../lib/processes.ts';
+import { freePorts, logTail, type StartedProcess, Supervised, startProcess } from '../lib/processes.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
 import type { ReclaimKind } from '../simulators/decide.ts';
 import { SimulatedAutoscaler, type SimulatorAction, SpotReclaimer } from '../simulators/simulators.ts';
@@ -672,22 +672,39 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       // The built image: the real node runs it, the node agent maps `tensile*` to this checkout.
       ...(workerImage === undefined ? [] : ['--worker-image', workerImage]),
     ];
+    // The chart runs the operator as a Deployment, whose pods restart a replica that exits on its own
+    // (a leader that cannot renew its lease exits so that a fresh process campaigns again); here the
+    // driver does it. Without it, two kube-apiserver restarts left no replica at all and a failed
+    // worker was never replaced (chaos seed 1, 20 minutes).
+    const supervised = new Map<string, Supervised>();
     const operators = new Map<string, StartedProcess>();
-    const startOperator = async (identity: string) => {
+    const startOperator = async (identity: string): Promise<Supervised> => {
       const name = identity === 'operator-0' ? 'tensile-operator' : `tensile-${identity}`;
-      const p = await startProcess(cluster.dir, name, process.execPath, operatorArgs(identity), {
-        cwd: REPO_ROOT,
-      });
-      operators.set(identity, p);
-      return p;
+      const s = await Supervised.start(
+        async () => {
+          const p = await startProcess(cluster.dir, name, process.execPath, operatorArgs(identity), {
+            cwd: REPO_ROOT,
+          });
+          operators.set(identity, p);
+          return p;
+        },
+        {
+          delayMs: 1000,
+          onExit: (how) => mark(`operator ${identity} exited on its own (${how}); starting it again`),
+        },
+      );
+      supervised.set(identity, s);
+      return s;
     };
-    const first = await startOperator('operator-0');
+    const first = (await startOperator('operator-0')).current;
     for (let i = 1; i < (options.operators ?? 1); i++) await startOperator(`operator-${i}`);
     // Stopped before the cluster, with SIGTERM, so that they hand the lease back like a real rollout.
     cleanups.push(async () => {
-      for (const operator of operators.values()) {
+      for (const s of supervised.values()) {
+        s.stop();
+        const operator = s.current;
         if (operator.child.exitCode !== null || operator.child.signalCode !== null) continue;
-        operator.child.kill('SIGTERM');
+        s.kill('SIGTERM');
         await Promise.race([operator.exited, sleep(5000)]);
       }
     });
@@ -770,11 +787,12 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       },
       operators: () => operators,
       restartOperator: async (identity, how) => {
-        const p = operators.get(identity);
-        if (p === undefined) throw new Error(`no operator ${identity}`);
-        p.child.kill(how);
+        const s = supervised.get(identity);
+        if (s === undefined) throw new Error(`no operator ${identity}`);
+        const p = s.current;
+        s.kill(how);
         await Promise.race([p.exited, sleep(10_000, signal)]);
-        await startOperator(identity);
+        await s.restart();
       },
       mark,
       say,

@@ -218,3 +218,71 @@ export function logTail(file: string, lines = 30): string {
     return '(no log)';
   }
 }
+
+/**
+ * A process kept running as a Deployment keeps its pod's container running (restartPolicy Always):
+ * when it exits on its own it is started again after `delayMs`. `kill` is an exit asked for (a fault
+ * that restarts it itself, or the end of the run) and is not followed by a restart; `stop` ends the
+ * supervision for good.
+ */
+export class Supervised {
+  private process: StartedProcess;
+  private readonly asked = new WeakSet<StartedProcess>();
+  private stopped = false;
+  private restartCount = 0;
+
+  private constructor(
+    first: StartedProcess,
+    private readonly start: () => Promise<StartedProcess>,
+    private readonly options: { delayMs: number; onExit?: (how: string) => void },
+  ) {
+    this.process = first;
+    this.watch(first);
+  }
+
+  static async start(
+    start: () => Promise<StartedProcess>,
+    options: { delayMs: number; onExit?: (how: string) => void },
+  ): Promise<Supervised> {
+    return new Supervised(await start(), start, options);
+  }
+
+  get current(): StartedProcess {
+    return this.process;
+  }
+
+  /** Restarts after exits nobody asked for. */
+  get restarts(): number {
+    return this.restartCount;
+  }
+
+  /** Signals the current process; its exit is not restarted. */
+  kill(signal: NodeJS.Signals): void {
+    this.asked.add(this.process);
+    this.process.child.kill(signal);
+  }
+
+  /** Starts it again at once (after a `kill`). */
+  async restart(): Promise<StartedProcess> {
+    this.process = await this.start();
+    this.watch(this.process);
+    return this.process;
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  private watch(p: StartedProcess): void {
+    void p.exited.then(async (how) => {
+      if (this.asked.has(p) || this.stopped) return;
+      this.options.onExit?.(how);
+      await new Promise((resolve) => setTimeout(resolve, this.options.delayMs));
+      if (this.stopped || this.process !== p) return;
+      this.restartCount++;
+      await this.restart().catch((error: unknown) =>
+        this.options.onExit?.(`not started again: ${(error as Error).message}`),
+      );
+    });
+  }
+}

@@ -81,6 +81,19 @@ function signalNumber(signal: NodeJS.Signals | null): number | undefined {
   return signal === null ? undefined : constants.signals[signal];
 }
 
+/**
+ * Whether the API server's copy says something else than the agent would (phase, readiness, one of
+ * the conditions it owns): then the status goes again even if it is what was sent last, since someone
+ * else (node-lifecycle's NotReady) changed it since.
+ */
+function apiCopyDiffers(pod: V1Pod, status: ReturnType<typeof podStatus>): boolean {
+  if (pod.status?.phase !== status.phase) return true;
+  if (pod.status?.containerStatuses?.[0]?.ready !== status.containerStatuses[0]?.ready) return true;
+  return status.conditions.some(
+    (c) => pod.status?.conditions?.find((p) => p.type === c.type)?.status !== c.status,
+  );
+}
+
 export class PodRunner implements AsyncDisposable {
   private readonly core: CoreV1Api;
   private readonly records = new Map<string, PodRecord>();
@@ -164,6 +177,11 @@ export class PodRunner implements AsyncDisposable {
       this.terminate(rec);
       return;
     }
+    // As a kubelet's status manager, against the API server's copy rather than what was last sent:
+    // node-lifecycle marks the pods of a node it thinks is gone NotReady (a kube-apiserver restart
+    // long enough for the heartbeats to lapse), and nothing else sets them Ready again (chaos seed 2,
+    // 20 minutes: the operator saw 0 of 3 workers ready for good). report() sends only a difference.
+    if (rec.local.finished || rec.child) this.report(rec, true);
     if (rec.local.finished || rec.child || rec.starting || rec.timer) return;
     if (rec.local.state.kind === 'terminated') {
       // Exited while its node was crashed: decide now that the node is back.
@@ -449,14 +467,19 @@ export class PodRunner implements AsyncDisposable {
     this.log.info('pod deletion completed', { pod: `${namespace}/${name}` });
   }
 
-  /** Patches pods/status, one patch at a time per pod, skipping repeats. */
-  private report(rec: PodRecord): void {
+  /**
+   * Patches pods/status, one patch at a time per pod, when what the agent would say differs from what
+   * it said last, computed over the API server's copy (so a condition someone else changed counts).
+   * `fromWatch`: a watch event, ignored until a first report got through (its retry is pending).
+   */
+  private report(rec: PodRecord, fromWatch = false): void {
+    if (fromWatch && rec.lastReport === undefined) return;
     rec.reports = rec.reports.then(async () => {
       if (rec.gone || this.disposed || !this.nodes.isRunnable(rec.nodeName)) return;
       const local: LocalContainer = { ...rec.local };
       const status = podStatus(rec.pod, local, rec.startTime, new Date(), this.config.podIp);
       const text = JSON.stringify(status);
-      if (text === rec.lastReport) return;
+      if (text === rec.lastReport && !apiCopyDiffers(rec.pod, status)) return;
       try {
         const patched = await call(
           `status of pod ${rec.key}`,

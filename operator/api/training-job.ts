@@ -1606,6 +1606,11 @@ export const TrainingJobStatusSchema = z.strictObject({
   restarts: nonNegativeInt()
     .optional()
     .describe('Workers that failed on their own (counted against backoffLimit).'),
+  failureStreak: nonNegativeInt()
+    .optional()
+    .describe(
+      "Worker failures in a row, the last of them included: the delay before a failed worker is replaced doubles with each (from the operator's --failure-backoff, capped at 6 minutes); a worker that failed after running for a minute or more starts the count over.",
+    ),
   preemptions: nonNegativeInt()
     .optional()
     .describe('Workers lost to node reclaims, drains and disruption (never counted against backoffLimit).'),

@@ -33,10 +33,21 @@ import type { JobObservations } from './progress.ts';
 /** On a node that ran a straggler the operator asked to leave: schedulers and people can avoid it. */
 
 export interface PlanConfig extends WorkerPodDefaults {
-  /** First delay before replacing a failed worker; doubles with every failure (like the Job controller). */
+  /**
+   * First delay before replacing a failed worker; doubles with every failure in a row (like the Job
+   * controller), capped at `maxFailureBackoffSeconds`.
+   */
   readonly failureBackoffSeconds: number;
   readonly maxFailureBackoffSeconds: number;
+  /**
+   * A worker that failed after running this long was not crash-looping: the doubling starts over, as a
+   * kubelet's CrashLoopBackOff does after a container ran long enough. Default 60.
+   */
+  readonly failureBackoffResetSeconds?: number;
 }
+
+/** See PlanConfig.failureBackoffResetSeconds. */
+export const FAILURE_BACKOFF_RESET_SECONDS = 60;
 
 export interface PlanInput {
   readonly job: OwnedJob;
@@ -145,6 +156,28 @@ export function roundLoss(loss: number): number {
 
 export function roundAccuracy(accuracy: number): number {
   return Number.isFinite(accuracy) ? Math.round(accuracy * 10_000) / 10_000 : accuracy;
+}
+
+/**
+ * How long a failed worker's container ran, when its pod says (undefined: it never started or the
+ * status does not say, which counts as a short run).
+ */
+function ranMs(pod: V1Pod): number | undefined {
+  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
+  const started = toMillis(terminated?.startedAt) ?? toMillis(pod.status?.startTime);
+  const finished = toMillis(terminated?.finishedAt);
+  return started === undefined || finished === undefined ? undefined : finished - started;
+}
+
+/**
+ * Failures in a row after this one: reset by a worker that ran long enough before it failed. Without
+ * the reset every replacement of a long chaos run waited the 6-minute cap once 9 workers had been
+ * killed, each after training for minutes (chaos seed 2, 20 minutes).
+ */
+export function nextFailureStreak(streak: number, pod: V1Pod, config: PlanConfig): number {
+  const ran = ranMs(pod);
+  const reset = (config.failureBackoffResetSeconds ?? FAILURE_BACKOFF_RESET_SECONDS) * 1000;
+  return ran !== undefined && ran >= reset ? 1 : streak + 1;
 }
 
 function failureBackoffMs(failures: number, config: PlanConfig): number {
@@ -264,6 +297,8 @@ export function plan(input: PlanInput): Plan {
   // ---- accounting: every ended worker is counted once, as a failure or a preemption.
   const counted = new Set(previous.countedPods ?? []);
   let restarts = previous.restarts ?? 0;
+  // A status written before the streak existed: every failure was in a row.
+  let failureStreak = previous.failureStreak ?? restarts;
   let preemptions = previous.preemptions ?? 0;
   let completedBy: ClassifiedPod | undefined;
   const failedPods: ClassifiedPod[] = [];
@@ -276,6 +311,7 @@ export function plan(input: PlanInput): Plan {
       counted.add(p.uid);
       if (p.state.outcome === 'failed') {
         restarts++;
+        failureStreak = nextFailureStreak(failureStreak, p.pod, config);
         events.push({
           type: 'Warning',
           reason: 'WorkerFailed',
@@ -506,7 +542,7 @@ export function plan(input: PlanInput): Plan {
       if (p.state.kind !== 'ended') continue;
       if (p.state.outcome === 'failed') {
         // The failed pod stays until its backoff expires: its finish time is the backoff's clock.
-        const until = (finishedAt(p.pod) ?? nowMs) + failureBackoffMs(restarts, config);
+        const until = (finishedAt(p.pod) ?? nowMs) + failureBackoffMs(failureStreak, config);
         if (until > nowMs) {
           blockedUntil = Math.max(blockedUntil ?? 0, until);
           continue;
@@ -632,6 +668,7 @@ export function plan(input: PlanInput): Plan {
     readyReplicas: active.filter((p) => p.state.kind === 'active' && p.state.ready).length,
     selector: workerSelector(job.metadata.name),
     restarts,
+    ...(failureStreak === 0 ? {} : { failureStreak }),
     preemptions,
     countedPods,
     startTime,

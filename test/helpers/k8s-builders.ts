@@ -46,6 +46,8 @@ export interface PodOptions {
   leave?: string;
   exitCode?: number;
   finishedAt?: number;
+  /** When a terminated container started (seconds from T0, like finishedAt); left out by default. */
+  startedAt?: number;
   reason?: string;
   disruption?: string;
   uid?: string;
@@ -60,6 +62,7 @@ export function workerPod(index: number, o: PodOptions = {}, job = 'job'): V1Pod
           exitCode: o.exitCode ?? (phase === 'Succeeded' ? 0 : 1),
           reason: phase === 'Succeeded' ? 'Completed' : 'Error',
           finishedAt: at(o.finishedAt ?? 0),
+          ...(o.startedAt === undefined ? {} : { startedAt: at(o.startedAt) }),
         }
       : undefined;
   return {

@@ -247,6 +247,36 @@ test('env field references, ConfigMap and Secret keys, and a claim mounted as a 
   assert.match(readFileSync(cluster.podLogFile(NS, 'reader'), 'utf8'), 's3cret hi');
 });
 
+// Chaos seed 2 (20 minutes): after a kube-apiserver restart node-lifecycle marked every pod NotReady,
+// the agent never said Ready again (it compared with what it had sent), and the operator counted 0 of
+// 3 workers ready for the rest of the run.
+test('a running pod that someone else marked NotReady is reported Ready again, as a kubelet does', async () => {
+  await core.createNamespacedPod({ namespace: NS, body: shellPod('steady', 'sleep 600') });
+  const ready = (pod: V1Pod | undefined) =>
+    pod?.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True';
+  const running = await eventually('steady Ready', async () => {
+    const pod = await readPod('steady');
+    return ready(pod) ? pod : undefined;
+  });
+  // What node-lifecycle's MarkPodsNotReady writes: the Ready condition False, the container as it was.
+  const conditions = (running.status?.conditions ?? []).map((c) =>
+    c.type === 'Ready' ? { ...c, status: 'False', lastTransitionTime: new Date() } : c,
+  );
+  await core.patchNamespacedPodStatus(
+    { name: 'steady', namespace: NS, body: { status: { conditions } } },
+    mergePatch,
+  );
+  await eventually('steady Ready again', async () => ready(await readPod('steady')));
+  // Said once: no patch storm while it holds.
+  const settled = (await readPod('steady'))?.metadata?.resourceVersion;
+  await consistently(
+    'no further status writes',
+    async () => (await readPod('steady'))?.metadata?.resourceVersion === settled,
+    { forMs: 2000 },
+  );
+  await core.deleteNamespacedPod({ name: 'steady', namespace: NS, gracePeriodSeconds: 0 });
+});
+
 test('restartPolicy OnFailure restarts a failed container in the same pod', async () => {
   await core.createNamespacedPod({
     namespace: NS,

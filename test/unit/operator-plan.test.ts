@@ -215,6 +215,43 @@ const cases: Case[] = [
     },
   },
   {
+    // Chaos seed 2 (20 minutes): 9 workers killed, each after training for minutes, and every
+    // replacement after the 8th waited the 6-minute cap.
+    name: 'a worker that failed after running a minute or more starts the doubling over',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.runPolicy': { backoffLimit: 100 } },
+      { ...running(), restarts: 8, failureStreak: 8 },
+    ),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', exitCode: 137, startedAt: -300, finishedAt: -2 })],
+    expect: (p) => {
+      assert.is(p.status.restarts, 9);
+      assert.is(p.status.failureStreak, 1);
+      assert.is(p.requeueAfterMs, 8000, 'the first delay, 10 s after the failure');
+    },
+  },
+  {
+    name: 'a worker that failed within a minute of its start doubles the delay again',
+    job: ownedJob(
+      { 'spec.replicas': 2, 'spec.runPolicy': { backoffLimit: 100 } },
+      { ...running(), restarts: 8, failureStreak: 2 },
+    ),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', startedAt: -32, finishedAt: -2 })],
+    expect: (p) => {
+      assert.is(p.status.restarts, 9);
+      assert.is(p.status.failureStreak, 3);
+      assert.is(p.requeueAfterMs, 38_000, '10 s × 2² = 40 s after the failure');
+    },
+  },
+  {
+    name: 'a status from before the streak: every failure counted was in a row',
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), restarts: 3 }),
+    pods: [workerPod(0), workerPod(1, { phase: 'Failed', startedAt: -5, finishedAt: -2 })],
+    expect: (p) => {
+      assert.is(p.status.failureStreak, 4);
+      assert.is(p.requeueAfterMs, 78_000, '10 s × 2³');
+    },
+  },
+  {
     name: 'failures beyond backoffLimit fail the job (BackoffLimitExceeded) and stop the workers',
     job: ownedJob(
       { 'spec.replicas': 2, 'spec.runPolicy': { backoffLimit: 1 } },

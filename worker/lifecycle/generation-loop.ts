@@ -296,6 +296,11 @@ async function afterStep(
       await evaluate(session, g.active);
     } catch (error) {
       if (!(error instanceof CollectiveError)) throw error;
+      // As after a failed step: ask for a new round. Without it an evaluation cut by a partition (no
+      // peer died, no probe was refused) left every rank waiting for a world nobody proposed, for
+      // good (chaos seed 4, 20 minutes, an epoch's evaluation).
+      if (g.active.changed.aborted) return { worldEnded: NEWER_WORLD };
+      await session.membership.failed(g.active.round);
       return { worldEnded: errorMessage(error) };
     }
   }
