@@ -13,6 +13,7 @@ import { EXIT_OK, EXIT_TERMINAL, exitCodeFor } from '../../worker/errors.ts';
 import { createWorkerLogger, emit, errorMessage, type WorkerLogger } from '../../worker/log.ts';
 import { isTerminal } from '../api/errors.ts';
 import { WORKER_LOGS_DIR } from '../api/model-output.ts';
+import { takeEarlySignal } from '../early-signal.ts';
 import { type CommandIo, type CommandSpec, commandLine } from './args.ts';
 import { stopSignals } from './worker-signals.ts';
 
@@ -67,6 +68,16 @@ export async function runWorkerCommand(args: readonly string[], io: WorkerComman
   process.on('uncaughtException', onFatal);
   process.on('unhandledRejection', onFatal);
   try {
+    const early = takeEarlySignal();
+    if (early !== undefined) {
+      // Deleted while it loaded: nothing has started, so there is nothing to checkpoint.
+      emit(log, 'info', 'signal received before the work started; stopping', {
+        event: 'signal',
+        signal: early,
+        graceSeconds: config.spec.worker.terminationGracePeriodSeconds,
+      });
+      return EXIT_OK;
+    }
     const { runWorker } = await import('../../worker/runtime.ts');
     await runWorker({ config, log, stop: stop.signal });
     return EXIT_OK;

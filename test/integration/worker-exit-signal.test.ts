@@ -2,7 +2,8 @@
  * A worker that completed training and is sent SIGTERM on its way out (the operator deletes the job's
  * pods as it succeeds) exits 0, not 143: a real `tensile worker` process, signalled from the moment it
  * logs `completed` until it is gone. Found by the chaos run with seed 1 (a Failed pod after a Succeeded
- * job); operator/commands/worker-signals.ts.
+ * job); operator/commands/worker-signals.ts. And one signalled while it still loads (deleted as the
+ * job completed, just after it was created: chaos seed 24) stops cleanly too (operator/early-signal.ts).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -36,6 +37,41 @@ function spec() {
   if (!result.ok) throw new Error(result.problems.map((p) => `${p.path}: ${p.message}`).join('; '));
   return result.job.spec;
 }
+
+const probe = fileURLToPath(new URL('../helpers/sigterm-listener-probe.mjs', import.meta.url));
+
+test('SIGTERM while the worker still loads: it stops before it starts, exit 0', async () => {
+  const env = workerEnvironment({
+    jobName: 'exiting',
+    namespace: 'default',
+    spec: spec(),
+    replicaIndex: 0,
+    checkpointDir: join(dir, 'early-checkpoints'),
+    backend: 'cpu',
+  });
+  const child = spawn(process.execPath, [bin, 'worker'], {
+    env: { ...process.env, ...env, NODE_OPTIONS: `--import ${probe}` },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    log += chunk.toString();
+  });
+  let signalled = false;
+  // At the first listener (before the fix, the worker command's own, once everything had loaded).
+  child.stderr.on('data', (chunk: Buffer) => {
+    log += chunk.toString();
+    if (!signalled && log.includes('probe: listening for SIGTERM')) signalled = child.kill('SIGTERM');
+  });
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.on('exit', (c, s) => resolve([c, s])),
+  );
+  const [code, signal] = await exited;
+  assert.is(signal, null, `killed by ${signal}:\n${log}`);
+  assert.is(code, 0, log.slice(-2000));
+  assert.match(log, /signal received before the work started; stopping/);
+  assert.not.match(log, /"event":"(generation|progress|checkpoint)"/);
+});
 
 test('SIGTERM after `completed`, again and again until the process is gone: exit 0', async () => {
   const env = workerEnvironment({
