@@ -125,6 +125,7 @@ build_stage() {
   (cd "$root" && git ls-files -z -- package.json package-lock.json tsconfig.json operator worker |
     xargs -0 cp --parents -t "$stage/src")
   cp "$root/hack/versions.sh" "$root/hack/install-tensorflow.sh" "$stage/src/hack/"
+  cp -r "$root/hack/patches" "$stage/src/hack/"
   cd "$stage/src"
   if [[ $kind == operator ]]; then
     npm install --no-save --ignore-scripts --omit=optional --no-audit --no-fund --prefer-offline --loglevel=error >&2

@@ -70,7 +70,11 @@ command -v node >/dev/null || fail "node is not on PATH; install Node.js 20 firs
 read -r node_abi napi <<<"$(node -p '`${process.versions.modules} ${process.versions.napi}`')"
 compiler="$(${CXX:-c++} --version 2>/dev/null | head -1 || true)"
 compiler_id="${compiler:+$(printf '%s' "$compiler" | sha256sum | cut -c1-12)}"
-binding_key="$variant-tfjs$TFJS_NODE_VERSION-tf$TF_VERSION-abi$node_abi-napi$napi-$(uname -m)"
+# The project's patches of the addon's sources (hack/patches/tfjs-node-*.patch) are part of the key:
+# a changed patch builds a new addon.
+patches=("$here"/patches/tfjs-node-*.patch)
+patches_id="$(cat "${patches[@]}" | sha256sum | cut -c1-12)"
+binding_key="$variant-tfjs$TFJS_NODE_VERSION-tf$TF_VERSION-abi$node_abi-napi$napi-$(uname -m)-patches$patches_id"
 stamp="$pkg/deps/.tensile-installed"
 want_stamp="$binding_key libdir=$libdir copy=$copy"
 
@@ -236,6 +240,19 @@ layout_deps() {
 layout_deps
 
 # ---------------------------------------------------------------------------------------- the addon
+# Applies each patch to the package's binding sources unless it is applied already (an earlier run
+# that failed later); a package fresh from npm gets every one.
+patch_sources() {
+  command -v patch >/dev/null || fail "applying hack/patches needs patch; on Debian/Ubuntu: apt-get install -y patch"
+  local file
+  for file in "${patches[@]}"; do
+    if (cd "$pkg" && patch -p1 -R --dry-run --silent -f <"$file" >/dev/null 2>&1); then continue; fi
+    step "patching the addon's sources: $(basename "$file")"
+    (cd "$pkg" && patch -p1 --silent -f --no-backup-if-mismatch <"$file") ||
+      fail "$(basename "$file") does not apply to $pkg_name $TFJS_NODE_VERSION's binding/; update the patch with the package"
+  done
+}
+
 build_binding() {
   local out=$1 nodedir node_gyp pre_gyp log
   [[ -n "$compiler" ]] && command -v make >/dev/null ||
@@ -277,6 +294,7 @@ if [[ -n "$cached" && -f "$cached" ]]; then
   cp "$cached" "$binding"
 else
   rm -f "$binding"
+  patch_sources
   build_binding "$binding"
   mkdir -p "$(dirname "$cached")"
   cp "$binding" "$cached.tmp" && mv "$cached.tmp" "$cached"

@@ -61,6 +61,20 @@ export const WorkerConfigSchema = z
     checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
     /** spec.federation: the site of this worker; the config is then the site's (see withSite). */
     federationSite: z.string().min(1).optional(),
+    /** spec.federation with secure aggregation: this site's Ed25519 identity key (a PKCS8 PEM file). */
+    federationSigningKey: z.string().startsWith('/', 'expected an absolute path').optional(),
+    /** Every site's Ed25519 public key, as the launcher gave them: JSON of site name → base64. */
+    federationSiteKeys: z
+      .string()
+      .transform((text, ctx) => {
+        try {
+          return z.record(z.string(), z.string()).parse(JSON.parse(text));
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'expected JSON of site name → base64 public key' });
+          return z.NEVER;
+        }
+      })
+      .optional(),
     federationAudit: z
       .enum(['0', '1'])
       .transform((v) => v === '1')

@@ -87,6 +87,11 @@ export interface ClusterOptions {
    * namespace of its own (hack/cluster/real-node.ts). Needs root and hack/install-tools.sh. Default false.
    */
   readonly realNode?: boolean;
+  /**
+   * CPUs the real node offers to pods (the rest of the machine's is reserved for the system in the
+   * kubelet's configuration), e.g. 1 so that one worker fits as on each fake node. Default: all.
+   */
+  readonly realNodeCpus?: number;
 }
 
 export interface ClusterInfo {
@@ -100,7 +105,19 @@ export interface ClusterInfo {
   readonly nodeNames: readonly string[];
   readonly startSeconds: number;
   /** The real node's name and containerd socket, when there is one. */
-  readonly realNode?: { readonly name: string; readonly containerdSocket: string };
+  readonly realNode?: RealNodeInfo;
+}
+
+export interface RealNodeInfo {
+  readonly name: string;
+  readonly containerdSocket: string;
+  /**
+   * The host side of its veth: reached from its containers and from this machine. The fake nodes'
+   * pods report it as their pod IP (and listen on it), so that both kinds of pod reach each other.
+   */
+  readonly hostIp: string;
+  /** Where the kubelet writes its containers' logs: `<namespace>_<pod>_<uid>/<container>/<n>.log`. */
+  readonly podLogsDir: string;
 }
 
 export interface LaunchedCluster extends ClusterInfo {
@@ -297,7 +314,8 @@ async function startRealNode(ctx: {
   tools: ClusterTools;
   pki: ClusterPki;
   progress: (line: string) => void;
-}): Promise<{ name: string; containerdSocket: string }> {
+  cpus: number | undefined;
+}): Promise<RealNodeInfo> {
   const { dir, apiPort, api, supervisor, pki, progress } = ctx;
   const node = findNodeTools();
   const started = performance.now();
@@ -315,6 +333,7 @@ async function startRealNode(ctx: {
   const files = prepareRealNode(plan, {
     pauseImage,
     dnsIp: plan.hostIp,
+    ...(ctx.cpus === undefined ? {} : { cpus: ctx.cpus }),
     ca: pki.caCert,
     ...(await createNodeCredentials(pki, REAL_NODE_NAME)),
   });
@@ -416,7 +435,12 @@ async function startRealNode(ctx: {
     [kubelet.logFile, containerd.logFile, proxy.logFile],
   );
   progress(`real node ${REAL_NODE_NAME} Ready (${((performance.now() - started) / 1000).toFixed(1)} s)`);
-  return { name: REAL_NODE_NAME, containerdSocket: plan.containerdSocket };
+  return {
+    name: REAL_NODE_NAME,
+    containerdSocket: plan.containerdSocket,
+    hostIp: plan.hostIp,
+    podLogsDir: join(plan.stateDir, 'pod-logs'),
+  };
 }
 
 function startWatchdog(dir: string): void {
@@ -601,6 +625,8 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
         stateDir: dir,
         apiServer: { host: '127.0.0.1', port: apiPort },
         caFile: pki.caCert,
+        // Beside a real node, pods on both kinds of node must reach each other (realNodePlan).
+        ...(options.realNode ? { podIp: realNodePlan(dir, apiPort).hostIp, umask: 0 } : {}),
         nodes: nodeNames.map((name) => ({ name, ...shape, labels: { ...shape.labels } })),
         defaultNode: shape,
         imageMap: { ...defaultImageMap(), ...options.imageMap },
@@ -740,7 +766,7 @@ async function launchOnce(options: ClusterOptions): Promise<LaunchedCluster> {
       progress(`${nodeCount} nodes Ready`);
     })();
     const realNode = options.realNode
-      ? startRealNode({ dir, apiPort, api, supervisor, tools, pki, progress })
+      ? startRealNode({ dir, apiPort, api, supervisor, tools, pki, progress, cpus: options.realNodeCpus })
       : Promise.resolve(undefined);
     const [, , , , real] = await Promise.all([crds, serviceAccount, controllers, nodes, realNode]);
 

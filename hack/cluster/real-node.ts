@@ -26,6 +26,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 
 export const REAL_NODE_NAME = 'real-node-0';
@@ -141,7 +142,16 @@ export function cniConfig(plan: RealNodePlan): string {
   )}\n`;
 }
 
-export function kubeletConfig(plan: RealNodePlan, ca: string, dnsIp: string | undefined): string {
+/**
+ * The kubelet's configuration. `reservedCpu` (millicores) is held back from pods as the system's, so
+ * that the node offers fewer CPUs than the machine has.
+ */
+export function kubeletConfig(
+  plan: RealNodePlan,
+  ca: string,
+  dnsIp: string | undefined,
+  reservedCpuMillis = 0,
+): string {
   const d = plan.stateDir;
   return `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -177,7 +187,7 @@ nodeStatusUpdateFrequency: 2s
 protectKernelDefaults: false
 localStorageCapacityIsolation: true
 maxPods: 30
-`;
+${reservedCpuMillis > 0 ? `systemReserved: { cpu: ${reservedCpuMillis}m }\n` : ''}`;
 }
 
 export function kubeProxyConfig(plan: RealNodePlan, kubeconfig: string): string {
@@ -277,6 +287,8 @@ export function prepareRealNode(
   input: {
     pauseImage: string;
     dnsIp?: string;
+    /** CPUs offered to pods; the rest of the machine's are reserved for the system. */
+    cpus?: number;
     ca: string;
     kubelet: { cert: string; key: string };
     kubeProxy: { cert: string; key: string };
@@ -339,7 +351,8 @@ export function prepareRealNode(
   writeFileSync(files.kubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubelet }));
   writeFileSync(files.kubeProxyKubeconfig, nodeKubeconfig(plan, { ca: input.ca, ...input.kubeProxy }));
   writeFileSync(files.containerdConfig, containerdConfig(plan, input.pauseImage));
-  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.ca, input.dnsIp));
+  const reserved = input.cpus === undefined ? 0 : Math.max(0, (cpus().length - input.cpus) * 1000);
+  writeFileSync(files.kubeletConfig, kubeletConfig(plan, input.ca, input.dnsIp, reserved));
   writeFileSync(files.kubeProxyConfig, kubeProxyConfig(plan, files.kubeProxyKubeconfig));
   return files;
 }

@@ -3,7 +3,8 @@
  *
  *   hack/e2e.sh [--manifest FILE] [--notice SECONDS] [--autoscaler-delay SECONDS]
  *               [--min-accuracy RATIO | --accuracy-tolerance RATIO] [--refresh-reference]
- *               [--min-goodput RATIO] [--worker-cpus N] [--timeout SECONDS] [--artifacts DIR]
+ *               [--min-goodput RATIO] [--worker-cpus N] [--real-node] [--timeout SECONDS]
+ *               [--artifacts DIR]
  *
  * Exit 0 when every expectation holds, 1 when one fails, 2 for bad usage or a broken setup, 130 on
  * Ctrl-C. Whatever happens, every process it started is stopped before it exits.
@@ -30,6 +31,9 @@ const USAGE = `usage: hack/e2e.sh [options]
                             machine's speed; each kind of lost time is held to a budget instead)
   --worker-cpus N           cap the worker pods together at N CPUs (a slower machine; cgroup or a
                             SIGSTOP/SIGCONT duty cycle)
+  --real-node               one worker on the real kubelet node (hack/cluster.sh up --real-node) in a
+                            container of the worker image hack/images.sh builds, the others on fake
+                            nodes; the second reclaim (with notice) takes the real node (needs root)
   --timeout SECONDS         give up after this long (default 3600)
   --artifacts DIR           keep logs and the result there (default: a new folder under $TMPDIR)
 `;
@@ -46,6 +50,7 @@ function parse() {
       'refresh-reference': { type: 'boolean' },
       'min-goodput': { type: 'string' },
       'worker-cpus': { type: 'string' },
+      'real-node': { type: 'boolean' },
       timeout: { type: 'string' },
       artifacts: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -104,6 +109,7 @@ try {
     autoscalerDelaySeconds: number('autoscaler-delay', values['autoscaler-delay']) ?? 5,
     ...(minGoodput === undefined ? {} : { minGoodput }),
     ...(workerCpus === undefined ? {} : { workerCpus }),
+    realNode: values['real-node'] ?? false,
     timeoutSeconds: number('timeout', values.timeout) ?? 3600,
     artifactsDir,
     signal: controller.signal,

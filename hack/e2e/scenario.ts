@@ -9,6 +9,7 @@
  * takes them all down.
  */
 import {
+  appendFileSync,
   closeSync,
   cpSync,
   existsSync,
@@ -18,6 +19,7 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -62,11 +64,25 @@ import {
   type TailAccuracy,
   tailAccuracy,
 } from './analysis.ts';
+import {
+  builtWorkerImage,
+  CriLogReader,
+  judgeSpread,
+  loadWorkerImage,
+  nodeOfKind,
+  type Placement,
+  REAL_NODE_CHURN,
+} from './real-node.ts';
 import { type Reference, referenceRun } from './reference.ts';
 import { throttleWorkers } from './throttle.ts';
 
+/** The real kubelet node (`--real-node`) or one of the node agent's. */
+export type NodeKind = 'real' | 'fake';
+
 export interface ChurnStep {
   readonly kind: ReclaimKind;
+  /** Which kind of node it takes (default: any spot node running a worker). */
+  readonly on?: NodeKind;
   /**
    * Due once the job's step reaches this share of its planned steps (and the world is whole): a share
    * of the run, not a step number or a time, lands at the same point of any manifest on any machine.
@@ -84,8 +100,14 @@ export const DEFAULT_CHURN: readonly ChurnStep[] = [
 export interface ScenarioOptions {
   /** The TrainingJob manifest, applied unchanged with `kubectl apply -f`. */
   readonly manifestFile: string;
-  /** Fake GPU nodes at start (one worker fits on each). Default: the job's replicas. */
+  /** Fake GPU nodes at start (one worker fits on each). Default: the job's replicas (less one beside the real node). */
   readonly nodes?: number;
+  /**
+   * Also the real node (hack/cluster/real-node.ts), with room for one worker: that worker runs in a
+   * container of the worker image hack/images.sh builds, beside the fake nodes' processes; the churn
+   * (default `REAL_NODE_CHURN`) takes both kinds. Needs root.
+   */
+  readonly realNode?: boolean;
   /** The simulated cloud's time to provision a node for a Pending pod. */
   readonly autoscalerDelaySeconds?: number;
   /** From the reclaim notice (taint) to the node's deletion. */
@@ -215,6 +237,8 @@ export interface ScenarioResult {
   readonly artifactsDir: string | undefined;
   /** What the disturbance reports (faults and their times), if there was one. */
   readonly disturbance: readonly string[];
+  /** With the real node: where the workers ran and which kinds the reclaims took. */
+  readonly placement: Placement | undefined;
 }
 
 export class ScenarioAborted extends Error {
@@ -258,7 +282,7 @@ function readFrom(file: string, offset: number): Buffer {
  * Reads the worker pods' log files as they grow, only the bytes added since the last poll; a recreated
  * pod of the same name appends to its file.
  */
-class WorkerLogs {
+export class WorkerLogs {
   private readonly offsets = new Map<string, number>();
   /** The bytes after a file's last newline: a line still being written. */
   private readonly partial = new Map<string, Buffer>();
@@ -268,15 +292,34 @@ class WorkerLogs {
   /** Lines that were not JSON: standard error (TensorFlow's start-up banner, stack traces, torn lines). */
   text = 0;
 
+  /**
+   * The real node's container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`, CRI format), kept open:
+   * the kubelet removes them with the pod, and the last lines are read after that.
+   */
+  private readonly cri = new Map<
+    string,
+    { fd: number; offset: number; reader: CriLogReader; copy: string | undefined }
+  >();
+  /** Worker events read from the real node's container logs, and how many of them were training steps. */
+  readonly fromContainers = { events: 0, progress: 0 };
+
   constructor(
     private readonly dir: string,
     private readonly prefix: string,
+    private readonly criDir?: string,
+    /** Where the container logs' lines are copied as they are read (they go with their pods). */
+    private readonly copyDir?: string,
   ) {}
 
   poll(): WorkerEvent[] {
-    if (!existsSync(this.dir)) return [];
     const fresh: WorkerEvent[] = [];
-    for (const name of readdirSync(this.dir)) {
+    const take = (text: string) => {
+      const parsed = parseLogLines(text);
+      fresh.push(...parsed.events);
+      this.invalid += parsed.invalid;
+      this.text += parsed.text;
+    };
+    for (const name of existsSync(this.dir) ? readdirSync(this.dir) : []) {
       if (!name.startsWith(this.prefix) || !name.endsWith('.log')) continue;
       const file = join(this.dir, name);
       const offset = this.offsets.get(file) ?? 0;
@@ -286,13 +329,58 @@ class WorkerLogs {
       const bytes = Buffer.concat([this.partial.get(file) ?? Buffer.alloc(0), added]);
       const cut = bytes.lastIndexOf(0x0a) + 1;
       this.partial.set(file, bytes.subarray(cut));
-      const parsed = parseLogLines(bytes.subarray(0, cut).toString('utf8'));
-      fresh.push(...parsed.events);
-      this.invalid += parsed.invalid;
-      this.text += parsed.text;
+      take(bytes.subarray(0, cut).toString('utf8'));
+    }
+    this.openCriLogs();
+    const chunk = this.cri.size === 0 ? Buffer.alloc(0) : Buffer.allocUnsafe(1 << 20);
+    for (const log of this.cri.values()) {
+      for (;;) {
+        const read = readSync(log.fd, chunk, 0, chunk.length, log.offset);
+        if (read === 0) break;
+        log.offset += read;
+        const text = log.reader.push(Buffer.from(chunk.subarray(0, read)));
+        if (log.copy !== undefined) appendFileSync(log.copy, text);
+        const before = fresh.length;
+        take(text);
+        const added = fresh.slice(before);
+        this.fromContainers.events += added.length;
+        // The leader logs `progress`, every other rank `rank-progress`.
+        this.fromContainers.progress += added.filter(
+          (e) => e.event === 'progress' || e.event === 'rank-progress',
+        ).length;
+      }
     }
     this.lines.push(...fresh);
     return fresh;
+  }
+
+  private openCriLogs(): void {
+    const root = this.criDir;
+    if (root === undefined || !existsSync(root)) return;
+    for (const pod of readdirSync(root)) {
+      if (!pod.startsWith(this.prefix)) continue;
+      try {
+        for (const container of readdirSync(join(root, pod)))
+          for (const name of readdirSync(join(root, pod, container))) {
+            const file = join(root, pod, container, name);
+            if (!name.endsWith('.log')) continue;
+            // By inode: the kubelet rotates a big log by renaming it and starting a new one.
+            const key = `${file}@${statSync(file).ino}`;
+            if (this.cri.has(key)) continue;
+            const copy =
+              this.copyDir === undefined ? undefined : join(this.copyDir, `${pod}_${container}_${name}`);
+            if (this.copyDir !== undefined) mkdirSync(this.copyDir, { recursive: true });
+            this.cri.set(key, { fd: openSync(file, 'r'), offset: 0, reader: new CriLogReader(), copy });
+          }
+      } catch {
+        // Removed meanwhile with its pod: what was open stays readable.
+      }
+    }
+  }
+
+  close(): void {
+    for (const log of this.cri.values()) closeSync(log.fd);
+    this.cri.clear();
   }
 }
 
@@ -416,7 +504,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   const name = job.metadata.name;
   const namespace = job.metadata.namespace ?? 'default';
   const replicas = job.spec.replicas;
-  const churn = options.churn ?? DEFAULT_CHURN;
+  const withRealNode = options.realNode === true;
+  const churn = options.churn ?? (withRealNode ? REAL_NODE_CHURN : DEFAULT_CHURN);
   const { minGoodput } = options;
   const noticeMs = (options.noticeSeconds ?? 20) * 1000;
   const timeline: TimelineEntry[] = [];
@@ -459,16 +548,27 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       mark(
         `reference (undisturbed, ${reference.workers} workers, ${reference.backend}${reference.cached ? ', cached' : `, ${reference.seconds.toFixed(0)} s`}): accuracy ${reference.accuracy.toFixed(4)} at step ${reference.step}, ${referenceTail?.mean.toFixed(4)} over the last fifth (${referenceTail?.count} evaluations)`,
       );
-    mark(`starting the local control plane with ${options.nodes ?? replicas} fake GPU nodes`);
+    if (withRealNode && options.workerCpus !== undefined)
+      throw new Error("--worker-cpus slows the fake nodes' processes only; it does not go with --real-node");
+    // Built before the cluster too (a cold build takes minutes); cached by content.
+    const workerImage = withRealNode ? await builtWorkerImage() : undefined;
+    if (workerImage !== undefined) mark(`worker image ${workerImage} (hack/images.sh)`);
+    const fakeNodes = options.nodes ?? (withRealNode ? Math.max(1, replicas - 1) : replicas);
+    mark(
+      `starting the local control plane with ${fakeNodes} fake GPU nodes${withRealNode ? ' and the real node' : ''}`,
+    );
     const cluster = await launchCluster({
-      nodes: options.nodes ?? replicas,
+      nodes: fakeNodes,
       gpusPerNode: 1,
       // One worker per node (the example requests 1 CPU), so that a reclaimed node takes one worker.
       cpuPerNode: '1',
       memoryPerNode: '8Gi',
       detached: false,
+      ...(withRealNode ? { realNode: true, realNodeCpus: 1 } : {}),
     });
     cleanups.push(() => cluster.stop());
+    const realNode = cluster.realNode;
+    if (withRealNode && realNode === undefined) throw new Error('the cluster started without its real node');
     const { artifactsDir } = options;
     if (artifactsDir !== undefined) {
       // Copied on every way out, a failed setup included: the logs are what explains it.
@@ -495,13 +595,23 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     kc.loadFromFile(cluster.kubeconfigPath);
     const core = kc.makeApiClient(CoreV1Api);
     const custom = kc.makeApiClient(CustomObjectsApi);
+    if (realNode !== undefined) {
+      await loadWorkerImage(realNode.containerdSocket);
+      // A spot node like the others, so that the reclaimer may take it.
+      await must(['label', 'node', realNode.name, 'karpenter.sh/capacity-type=spot']);
+      mark(
+        `real node ${realNode.name}: worker image loaded, labelled spot; fake nodes' pods on ${realNode.hostIp}`,
+      );
+    }
+    // Beside the real node, on the host side of its veth: reached from its containers and from here.
+    const natsHost = realNode?.hostIp ?? '127.0.0.1';
 
     // ---- nats-server, recorded with the cluster's processes so that nothing outlives the run.
     const [natsPort] = await freePorts(1);
     const startNats = async () => {
       const p = await startProcess(cluster.dir, 'nats-server', natsServerBinary(), [
         '-a',
-        '127.0.0.1',
+        natsHost,
         '-p',
         String(natsPort),
         '-js',
@@ -512,7 +622,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       return p;
     };
     let nats = await startNats();
-    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    const natsUrl = `nats://${natsHost}:${natsPort}`;
     mark(`nats-server on ${natsUrl}`);
 
     // ---- the operator, under the Helm chart's ClusterRole rather than as admin.
@@ -559,6 +669,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       '1',
       '--failure-backoff',
       '2',
+      // The built image: the real node runs it, the node agent maps `tensile*` to this checkout.
+      ...(workerImage === undefined ? [] : ['--worker-image', workerImage]),
     ];
     // The chart runs the operator as a Deployment, whose pods restart a replica that exits on its own
     // (a leader that cannot renew its lease exits so that a fresh process campaigns again); here the
@@ -639,7 +751,13 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     const reclaimer = new SpotReclaimer(kc, { noticeMs, log: simulatorLog });
     cleanups.push(() => reclaimer[Symbol.asyncDispose]());
 
-    const logs = new WorkerLogs(join(cluster.dir, 'logs'), `${namespace}_${name}-worker-`);
+    const logs = new WorkerLogs(
+      join(cluster.dir, 'logs'),
+      `${namespace}_${name}-worker-`,
+      realNode?.podLogsDir,
+      artifactsDir === undefined ? undefined : join(artifactsDir, 'real-node-containers'),
+    );
+    cleanups.push(async () => logs.close());
     let plannedSteps: number | undefined;
     const poll = () => {
       for (const line of logs.poll()) {
@@ -713,6 +831,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     let trainingSeen = false;
     let lastReport = 0;
     let scrapedDuring: { text: string; status: TrainingJobStatus } | undefined;
+    const ranOn = { real: new Set<string>(), fake: new Set<string>() };
+    const reclaimed: { node: string; kind: NodeKind }[] = [];
+    const kindOf = (node: string): NodeKind => (node === realNode?.name ? 'real' : 'fake');
+    const notePlacement = (pods: readonly V1Pod[]) => {
+      for (const p of pods)
+        if (p.status?.phase === 'Running' && p.spec?.nodeName !== undefined)
+          ranOn[kindOf(p.spec.nodeName)].add(p.spec.nodeName);
+    };
     while (Date.now() < deadline) {
       await sleep(1000, signal);
       poll();
@@ -732,6 +858,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       const world = currentWorld(logs.lines);
       const step = Math.max(status.step ?? 0, world.step);
       const worldSize = world.generation >= (status.generation ?? -1) ? world.worldSize : status.worldSize;
+      if (realNode !== undefined) notePlacement(await workerPods().catch(() => []));
       if (!trainingSeen && step > 0) {
         trainingSeen = true;
         mark(`training under way: step ${step}, ${worldSize ?? '?'} workers`);
@@ -775,7 +902,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       let victim: string | undefined;
       try {
         before = await workerPods();
-        victim = await reclaimer.reclaim(next.kind);
+        victim = await reclaimer.reclaim(next.kind, undefined, nodeOfKind(next.on, realNode?.name));
       } catch (error) {
         say(`reclaim failed: ${(error as Error).message}; trying again`);
         continue;
@@ -792,9 +919,10 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       );
       workersLost += lost.length;
       churnDone++;
+      reclaimed.push({ node: victim, kind: kindOf(victim) });
       wasWhole = false;
       mark(
-        `${next.kind === 'notice' ? 'reclaim with notice' : 'reclaim WITHOUT notice'} of ${victim} at step ${step}: ` +
+        `${next.kind === 'notice' ? 'reclaim with notice' : 'reclaim WITHOUT notice'} of ${victim}${realNode === undefined ? '' : ` (${kindOf(victim)} node)`} at step ${step}: ` +
           `loses ${lost.map((p) => p.metadata?.name).join(', ') || 'no worker'}`,
       );
     }
@@ -881,6 +1009,16 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         })
       : undefined;
 
+    const placement: Placement | undefined =
+      realNode === undefined
+        ? undefined
+        : {
+            real: [...ranOn.real].sort(),
+            fake: [...ranOn.fake].sort(),
+            reclaims: reclaimed,
+            containerLines: logs.fromContainers,
+          };
+
     // ---- the verdict.
     const count = (reason: string) =>
       events.filter((e) => e.reason === reason).reduce((sum, e) => sum + e.count, 0);
@@ -907,6 +1045,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         `status.preemptions ${status.preemptions ?? 'none'}, workers lost to reclaims ${workersLost}`,
       ),
       check('restarts', (status.restarts ?? 0) === 0, `status.restarts ${status.restarts ?? 0}`),
+      ...(placement === undefined ? [] : [judgeSpread(placement)]),
       check(
         'audit',
         epochs.length > 0 && epochs.every((e) => e.clean) && epochs.some((e) => e.complete),
@@ -974,6 +1113,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       seconds: { cluster: clusterSeconds, job: jobSeconds, total: elapsed() },
       artifactsDir: options.artifactsDir,
       disturbance: disturbance?.report() ?? [],
+      placement,
     };
     if (artifactsDir !== undefined) {
       mkdirSync(artifactsDir, { recursive: true });

@@ -14,6 +14,11 @@ export function formatSummary(result: ScenarioResult): string {
     `final: step ${status.step ?? '?'}, epoch ${status.epoch ?? '?'}, loss ${status.loss?.toFixed(4) ?? '?'}, accuracy ${status.accuracy?.toFixed(4) ?? '?'} ${ref === undefined ? ` (at least ${result.minAccuracy?.toFixed(4) ?? 'none'})` : `; undisturbed reference ${ref.accuracy.toFixed(4)} at step ${ref.step} on ${ref.workers} workers, ${ref.backend}; the mean of the last fifth's evaluations at least ${result.minAccuracy?.toFixed(4) ?? 'none'} (the reference's ${tailAccuracy(ref.evaluations)?.mean.toFixed(4) ?? '?'} less ${(100 * ((tailAccuracy(ref.evaluations)?.mean ?? 0) - (result.minAccuracy ?? 0))).toFixed(1)} pt)`}`,
   );
   if (result.throttle !== undefined) out.push(`workers slowed: ${result.throttle}`);
+  const placed = result.placement;
+  if (placed !== undefined)
+    out.push(
+      `nodes: workers ran on ${[...placed.real, ...placed.fake].join(', ')}; reclaims took ${placed.reclaims.map((r) => `${r.node} (${r.kind})`).join(', ') || 'none'}`,
+    );
   out.push(
     `status.preemptions ${status.preemptions ?? 0} (workers lost to reclaims: ${result.workersLost}), status.restarts ${status.restarts ?? 0}, reclaims ${result.churnDone}/${result.churnPlanned}`,
   );

@@ -72,6 +72,18 @@ export const AgentConfigSchema = z.strictObject({
   /** Reported to pods as KUBERNETES_SERVICE_HOST / _PORT and written into their kubeconfigs. */
   apiServer: z.strictObject({ host: z.string(), port: z.int() }),
   caFile: z.string().min(1),
+  /**
+   * The address every pod (and node) of this agent reports as its pod and host IP, and that its
+   * processes are told to listen on (status.podIP). 127.0.0.1 by default; beside a real node the
+   * host side of its veth (hack/cluster/real-node.ts), which the real node's containers reach too.
+   */
+  podIp: z.ipv4().default('127.0.0.1'),
+  /**
+   * The pod processes' umask (they inherit the agent's). Beside a real node, 0: the processes run as
+   * root, and what they create on a shared claim (checkpoints, audit files) must stay writable by
+   * the real node's containers, which run as the image's user (1000) on the same folder.
+   */
+  umask: z.int().min(0).max(0o777).optional(),
   /** Nodes to register at start (existing ones with the agent's label are adopted as they are). */
   nodes: z.array(z.strictObject({ name: z.string().min(1) }).extend(NodeShapeSchema.shape)).default([]),
   /** Capacity given to an adopted node that has none. */

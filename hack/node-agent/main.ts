@@ -41,6 +41,7 @@ try {
   process.exit(2);
 }
 const log = agentLogger(config);
+if (config.umask !== undefined) process.umask(config.umask);
 const abort = new AbortController();
 let agent: RunningAgent | undefined;
 let stopping = false;

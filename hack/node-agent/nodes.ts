@@ -70,7 +70,7 @@ function capacityFor(node: V1Node, fallback: NodeShape): Record<string, string> 
 }
 
 /** The status a healthy kubelet posts, keeping transition times of conditions that did not flip. */
-export function readyNodeStatus(node: V1Node, fallback: NodeShape, now: Date) {
+export function readyNodeStatus(node: V1Node, fallback: NodeShape, now: Date, podIp: string = POD_IP) {
   const nowIso = isoTime(now) as string;
   const previous: readonly V1NodeCondition[] = node.status?.conditions ?? [];
   const cond = (type: string, status: 'True' | 'False', reason: string, message: string) => {
@@ -103,7 +103,7 @@ export function readyNodeStatus(node: V1Node, fallback: NodeShape, now: Date) {
       cond('Ready', 'True', 'KubeletReady', 'tensile node agent is posting ready status'),
     ],
     addresses: [
-      { type: 'InternalIP', address: POD_IP },
+      { type: 'InternalIP', address: podIp },
       { type: 'Hostname', address: name },
     ],
     daemonEndpoints: { kubeletEndpoint: { Port: 10250 } },
@@ -294,7 +294,7 @@ export class NodeKeeper implements AsyncDisposable {
         { notFound: true },
       );
     }
-    const status = readyNodeStatus(n.node, this.config.defaultNode, now);
+    const status = readyNodeStatus(n.node, this.config.defaultNode, now, this.config.podIp);
     const updated = await call(
       `post status of node ${name}`,
       () => this.core.patchNodeStatus({ name, body: { status } }, mergePatch),

@@ -32,6 +32,7 @@ export interface LocalContainer {
 export type RestartPolicy = 'Always' | 'OnFailure' | 'Never';
 export type PodPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed';
 
+/** The agent's default pod address (AgentConfig.podIp). */
 export const POD_IP = '127.0.0.1';
 
 export function restartPolicyOf(pod: V1Pod): RestartPolicy {
@@ -118,7 +119,13 @@ function terminationJson(t: Termination) {
  * The pod status for a merge patch of pods/status. Lists are replaced whole by a merge patch, so
  * conditions the agent does not own (PodScheduled, DisruptionTarget, readiness gates) are carried over.
  */
-export function podStatus(pod: V1Pod, local: LocalContainer, startTime: string, now: Date) {
+export function podStatus(
+  pod: V1Pod,
+  local: LocalContainer,
+  startTime: string,
+  now: Date,
+  podIp: string = POD_IP,
+) {
   const nowIso = isoTime(now) as string;
   const phase = podPhase(local);
   const previous = pod.status?.conditions ?? [];
@@ -146,10 +153,10 @@ export function podStatus(pod: V1Pod, local: LocalContainer, startTime: string, 
   return {
     phase,
     conditions,
-    hostIP: POD_IP,
-    hostIPs: [{ ip: POD_IP }],
-    podIP: POD_IP,
-    podIPs: [{ ip: POD_IP }],
+    hostIP: podIp,
+    hostIPs: [{ ip: podIp }],
+    podIP: podIp,
+    podIPs: [{ ip: podIp }],
     startTime,
     containerStatuses: [
       {

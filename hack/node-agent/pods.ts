@@ -2,7 +2,8 @@
  * Runs the pods bound to the agent's nodes as local processes, one process group per pod, and reports
  * their status as a kubelet would. Only the first container runs; init containers and sidecars are
  * ignored. Readiness is "the process runs" (probes are not executed). Every pod shares the host's
- * network: podIP and hostIP are 127.0.0.1, and two pods cannot listen on the same port.
+ * network: podIP and hostIP are the agent's `podIp` (127.0.0.1 unless a real node is beside it), and
+ * two pods cannot listen on the same port.
  *
  * Deletion: SIGTERM to the process group, up to the pod's grace period, SIGKILL, the final status,
  * then DELETE with gracePeriodSeconds 0 and a UID precondition (finalizers of other controllers stay).
@@ -252,7 +253,7 @@ export class PodRunner implements AsyncDisposable {
       {
         pod,
         container,
-        podIP: '127.0.0.1',
+        podIP: this.config.podIp,
         nodeAllocatable: this.nodes.allocatable(pod.spec?.nodeName ?? ''),
         mounts,
         sources: {
@@ -476,7 +477,7 @@ export class PodRunner implements AsyncDisposable {
     rec.reports = rec.reports.then(async () => {
       if (rec.gone || this.disposed || !this.nodes.isRunnable(rec.nodeName)) return;
       const local: LocalContainer = { ...rec.local };
-      const status = podStatus(rec.pod, local, rec.startTime, new Date());
+      const status = podStatus(rec.pod, local, rec.startTime, new Date(), this.config.podIp);
       const text = JSON.stringify(status);
       if (text === rec.lastReport && !apiCopyDiffers(rec.pod, status)) return;
       try {

@@ -28,7 +28,6 @@ import type { AgentConfig } from './config.ts';
 import { LABEL_NODE_AGENT } from './config.ts';
 import { ContainerConfigError, fieldRefValue, type MountMapping } from './container.ts';
 import { call, type ResourceWatch, watchResource } from './kube.ts';
-import { POD_IP } from './pod-status.ts';
 
 export function claimFolder(stateDir: string, namespace: string, claim: string): string {
   return join(stateDir, 'volumes', namespace, claim);
@@ -207,7 +206,7 @@ export class VolumePreparer {
       mkdirSync(dir, { recursive: true });
       for (const item of volume.downwardAPI.items ?? []) {
         if (item.fieldRef !== undefined)
-          writeItem(dir, item.path, fieldRefValue(pod, item.fieldRef.fieldPath, POD_IP));
+          writeItem(dir, item.path, fieldRefValue(pod, item.fieldRef.fieldPath, this.config.podIp));
       }
       return dir;
     }
@@ -239,7 +238,7 @@ export class VolumePreparer {
         } else if (source.downwardAPI !== undefined) {
           for (const item of source.downwardAPI.items ?? []) {
             if (item.fieldRef !== undefined)
-              writeItem(dir, item.path, fieldRefValue(pod, item.fieldRef.fieldPath, POD_IP));
+              writeItem(dir, item.path, fieldRefValue(pod, item.fieldRef.fieldPath, this.config.podIp));
           }
         } else if (source.serviceAccountToken !== undefined) {
           const token = await this.serviceAccountToken(

@@ -4,7 +4,26 @@
  * so its membership changes stay inside it), the spec it trains by, and the NATS subjects the site
  * leaders exchange a round's messages on. Only model deltas travel between sites, never samples.
  */
+import { generateKeyPairSync } from 'node:crypto';
 import type { FederationSite, TrainingJobSpec } from './training-job.ts';
+
+/** A site's Ed25519 identity key: the private half for the site's workers only, the public for all. */
+export interface SiteSigningKey {
+  /** PKCS8 PEM. */
+  readonly privatePem: string;
+  /** The raw 32-byte public key, base64 (the form of spec.federation.sites[].signingKey). */
+  readonly public: string;
+}
+
+/** A new identity key for a site whose spec pins none (the launcher's, handed to its workers). */
+export function newSiteSigningKey(): SiteSigningKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const spki = publicKey.export({ format: 'der', type: 'spki' });
+  return {
+    privatePem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+    public: spki.subarray(spki.length - 32).toString('base64'),
+  };
+}
 
 /** The site's own group: `<job>-<site>` names its rendezvous bucket, subjects and checkpoints. */
 export const siteJobName = (job: string, site: string): string => `${job}-${site}`;

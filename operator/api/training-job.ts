@@ -767,6 +767,18 @@ export type CommunicationSpec = z.output<typeof CommunicationSpecSchema>;
 export const AGGREGATIONS = ['fedavg', 'fedprox'] as const;
 export type Aggregation = (typeof AGGREGATIONS)[number];
 
+const SPKI_ED25519_PREFIX = '302a300506032b6570032100';
+
+/** base64 of a raw 32-byte Ed25519 public key, or of its 44-byte DER SubjectPublicKeyInfo. */
+function isEd25519PublicKey(text: string): boolean {
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(text)) return false;
+  const bytes = Buffer.from(text, 'base64');
+  return (
+    bytes.length === 32 ||
+    (bytes.length === 44 && bytes.subarray(0, 12).toString('hex') === SPKI_ED25519_PREFIX)
+  );
+}
+
 export const FederationSiteSchema = z.strictObject({
   name: z
     .string()
@@ -788,6 +800,16 @@ export const FederationSiteSchema = z.strictObject({
     .optional()
     .describe(
       'The site’s own data; when omitted the site trains on its part of the job’s dataset, cut by federation.partition.',
+    ),
+  signingKey: z
+    .string()
+    .refine(isEd25519PublicKey, {
+      message:
+        'expected the base64 of an Ed25519 public key: its raw 32 bytes, or its DER form (openssl pkey -pubout -outform DER | base64)',
+    })
+    .optional()
+    .describe(
+      'Pins the site’s Ed25519 public key: with secure aggregation every site signs the keys it advertises, and a signature under another key is refused. When omitted the launcher (tensile run, the operator) makes the site’s key and hands the public keys out.',
     ),
 });
 export type FederationSite = z.output<typeof FederationSiteSchema>;
@@ -837,16 +859,47 @@ export const FederationSpecSchema = withRules(
         enabled: z
           .boolean()
           .default(true)
-          .describe('Mask each site’s delta with pairwise masks (Bonawitz et al. 2017).'),
+          .describe(
+            'Mask each site’s delta with pairwise masks and a self-mask (double masking, Bonawitz et al. 2017), the advertised keys signed.',
+          ),
         threshold: positiveInt()
           .max(32)
           .optional()
           .describe(
-            'Sites needed to recover a dropped site’s masks (Shamir t of n; default: a majority of the sites). A round with fewer survivors is retried.',
+            'Sites needed to unmask a round (Shamir t of n, more than half the sites; default: a majority). A round with fewer survivors is retried.',
           ),
       })
       .prefault({})
       .describe('Secure aggregation: no single site’s delta is visible to anyone, only the sum.'),
+    differentialPrivacy: z
+      .strictObject({
+        clipNorm: z
+          .number()
+          .gt(0)
+          .lte(1_000_000)
+          .describe(
+            'C: each site’s round delta (the change of the weights over the round) is scaled down to L2 norm ≤ C.',
+          ),
+        noiseMultiplier: z
+          .number()
+          .gt(0)
+          .lte(1000)
+          .describe(
+            'z: Gaussian noise of standard deviation z·C is added to every coordinate of the clipped delta before it leaves the site.',
+          ),
+        delta: z
+          .number()
+          .gt(0)
+          .lte(0.01)
+          .default(1e-5)
+          .describe(
+            'δ of the (ε, δ) reported: ε is what the rounds so far have spent, by an RDP accountant of the Gaussian mechanism.',
+          ),
+      })
+      .optional()
+      .describe(
+        'Differential privacy per site (DP-FedAvg): each site clips its delta and adds Gaussian noise; the ε spent is reported every round (each site’s, under its own noise alone).',
+      ),
     roundTimeoutMillis: z
       .int()
       .min(1000)
@@ -871,13 +924,15 @@ export const FederationSpecSchema = withRules(
       holds: (f) => (f.aggregation === 'fedprox') === (f.proximalMu !== undefined),
     },
     {
-      cel: '!has(self.secureAggregation.threshold) || (self.secureAggregation.threshold >= 2 && self.secureAggregation.threshold <= size(self.sites))',
+      cel: '!has(self.secureAggregation.threshold) || (self.secureAggregation.threshold >= 2 && self.secureAggregation.threshold * 2 > size(self.sites) && self.secureAggregation.threshold <= size(self.sites))',
       message:
-        'federation.secureAggregation.threshold must be between 2 and the number of sites; lower it or add sites',
+        'federation.secureAggregation.threshold must be more than half the sites (so no site’s self-mask seed and key can both be rebuilt) and at most their number',
       field: ['secureAggregation', 'threshold'],
       holds: (f) =>
         f.secureAggregation.threshold === undefined ||
-        (f.secureAggregation.threshold >= 2 && f.secureAggregation.threshold <= f.sites.length),
+        (f.secureAggregation.threshold >= 2 &&
+          f.secureAggregation.threshold * 2 > f.sites.length &&
+          f.secureAggregation.threshold <= f.sites.length),
     },
   ],
 );

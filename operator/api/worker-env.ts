@@ -32,6 +32,8 @@ export const WORKER_ENV = {
   configFile: 'TENSILE_CONFIG_FILE',
   federationSite: 'TENSILE_FEDERATION_SITE',
   federationAudit: 'TENSILE_FEDERATION_AUDIT',
+  federationSigningKey: 'TENSILE_FEDERATION_SIGNING_KEY',
+  federationSiteKeys: 'TENSILE_FEDERATION_SITE_KEYS',
 } as const;
 
 /** A value only the kubelet knows (the pod's name or IP), filled in through the downward API. */
@@ -80,6 +82,10 @@ export interface WorkerEnvInput<Known = string | FieldRef> {
    * outDir/federation/, so a test can check the secure sum against the plain one. Never in a pod.
    */
   readonly federationAudit?: boolean;
+  /** Secure aggregation: the site's Ed25519 identity key (a PKCS8 PEM file's path). */
+  readonly federationSigningKey?: string;
+  /** Secure aggregation: every site's Ed25519 public key (site name → base64), from the launcher. */
+  readonly federationSiteKeys?: Readonly<Record<string, string>>;
 }
 
 /** The variables in the order a pod lists them; absent inputs write nothing (the worker's default). */
@@ -115,6 +121,11 @@ export function workerEnvVars(input: WorkerEnvInput): WorkerEnvVar[] {
   add('progressMs', input.progressMs);
   add('federationSite', input.federationSite);
   add('federationAudit', input.federationAudit === true ? '1' : undefined);
+  add('federationSigningKey', input.federationSigningKey);
+  add(
+    'federationSiteKeys',
+    input.federationSiteKeys === undefined ? undefined : JSON.stringify(input.federationSiteKeys),
+  );
   return vars;
 }
 

@@ -82,6 +82,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     parameters: count.optional(),
     inputShape: z.array(z.number().nullable()).readonly().optional(),
   }),
+  // How a micro-batch's forward and backward pass runs: one TensorFlow function (native backend,
+  // supported layers) or tfjs's per-op tape, with the reason.
+  event('train-step', { path: z.enum(['function', 'per-op']), reason: z.string().optional() }),
   event('checkpoint-skipped', { path: z.string(), step: count.optional(), reason: z.string() }),
   event('resumed', {
     step: count,
@@ -231,6 +234,9 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     seconds: z.number(),
     /** A checksum of the applied mean: equal on every rank of every site that summed the same inputs. */
     checksum: z.string(),
+    /** differentialPrivacy: the ε this site has spent after this round, at `privacyDelta`. */
+    epsilon: z.number().optional(),
+    privacyDelta: z.number().optional(),
   }),
   event('federation-round-failed', { round: count, step: count, site: z.string(), error: z.string() }),
   event('checksum', { step: count, checksum: z.string(), weights: count.optional() }),

@@ -10,7 +10,8 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { siteJobName } from '../api/federation.ts';
+import { newSiteSigningKey, siteJobName } from '../api/federation.ts';
+import { gaussianEpsilon } from '../api/privacy-accountant.ts';
 import type { TrainingJob } from '../api/training-job.ts';
 import { workerEnvironment } from '../api/worker-env.ts';
 import { decodeWorkerLine, type WorkerEvent, type WorkerEventOf } from '../api/worker-events.ts';
@@ -38,10 +39,15 @@ export interface FederatedRoundSummary {
   readonly dropped: readonly number[];
   /** Whether every rank of every site applied the same mean. */
   readonly agreed: boolean;
+  /** differentialPrivacy: the ε each site has spent after this round. */
+  readonly epsilon?: number;
 }
 
 export interface FederatedSummary {
   readonly job: string;
+  /** completed: every round ran (sites may have dropped out of some); failed: the rounds stopped short. */
+  readonly status: 'completed' | 'failed';
+  readonly reason: string;
   readonly sites: readonly {
     readonly name: string;
     readonly workers: number;
@@ -49,6 +55,13 @@ export interface FederatedSummary {
   }[];
   readonly secure: boolean;
   readonly aggregation: string;
+  /** differentialPrivacy: the settings and the ε each site spent over the run, at δ. */
+  readonly privacy?: {
+    readonly clipNorm: number;
+    readonly noiseMultiplier: number;
+    readonly delta: number;
+    readonly epsilon: number;
+  };
   readonly rounds: readonly FederatedRoundSummary[];
   readonly exitCodes: readonly (number | null)[];
   readonly wallSeconds: number;
@@ -101,6 +114,7 @@ class RoundBook {
         sites: events[0]?.sites ?? [],
         dropped: events[0]?.dropped ?? [],
         agreed: new Set(events.map((e) => e.checksum)).size === 1,
+        ...(events[0]?.epsilon === undefined ? {} : { epsilon: events[0].epsilon }),
       });
       previous = ended;
     }
@@ -139,6 +153,64 @@ function startSiteWorker(
   return { child, exited };
 }
 
+/**
+ * Secure aggregation: an Ed25519 identity key per site, made for this run (a local run is one
+ * machine, so the launcher is trusted to hand the keys out); each private key goes to its site's
+ * folder only (mode 0600), the public keys to every worker (runFederated refuses pinned keys first).
+ */
+function siteKeys(job: TrainingJob, out: string): Record<string, string> | undefined {
+  const federation = job.spec.federation;
+  if (federation === undefined || !federation.secureAggregation.enabled) return undefined;
+  const keys: Record<string, string> = {};
+  for (const site of federation.sites) {
+    const key = newSiteSigningKey();
+    const dir = join(out, site.name);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'signing-key.pem'), key.privatePem, { mode: 0o600 });
+    keys[site.name] = key.public;
+  }
+  return keys;
+}
+
+/** summary.json of a federated run: per round, per site, the privacy spent, how the run ended. */
+function summarize(
+  job: TrainingJob,
+  book: RoundBook,
+  codes: readonly (number | null)[],
+  started: number,
+): FederatedSummary {
+  const federation = job.spec.federation as NonNullable<TrainingJob['spec']['federation']>;
+  const name = job.metadata.name;
+  const rounds = book.summary(federation.localSteps, started);
+  const dp = federation.differentialPrivacy;
+  const privacy =
+    dp === undefined
+      ? undefined
+      : {
+          clipNorm: dp.clipNorm,
+          noiseMultiplier: dp.noiseMultiplier,
+          delta: dp.delta,
+          epsilon: gaussianEpsilon(dp.noiseMultiplier, rounds.length, dp.delta).epsilon,
+        };
+  const complete = rounds.length === federation.rounds;
+  return {
+    job: name,
+    status: complete ? 'completed' : 'failed',
+    reason: `${rounds.length} of ${federation.rounds} rounds${codes.some((c) => c !== 0) ? `; ${codes.filter((c) => c !== 0).length} of ${codes.length} workers failed` : ''}`,
+    sites: federation.sites.map((s, i) => ({
+      name: s.name,
+      workers: s.replicas,
+      samples: book.samples.get(i) ?? null,
+    })),
+    secure: federation.secureAggregation.enabled,
+    aggregation: federation.aggregation,
+    rounds,
+    ...(privacy === undefined ? {} : { privacy }),
+    exitCodes: codes,
+    wallSeconds: Math.round(performance.now() - started) / 1000,
+  };
+}
+
 export async function runFederated(
   job: TrainingJob,
   options: FederatedRunOptions,
@@ -154,6 +226,15 @@ export async function runFederated(
   for (const sub of ['nats', 'federation', ...federation.sites.map((s) => s.name)])
     rmSync(join(out, sub), { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
+  // Before anything starts: a spec this run cannot serve fails here, not after the nats-server is up.
+  const pinned = federation.sites.findIndex((s) => s.signingKey !== undefined);
+  if (federation.secureAggregation.enabled && pinned >= 0) {
+    io.err(
+      `tensile run: spec.federation.sites[${pinned}].signingKey: site "${federation.sites[pinned]?.name}" pins its public key, but its private key is the site's own and tensile run makes every site's key itself; drop the pin for a local run`,
+    );
+    return 1;
+  }
+  const keys = siteKeys(job, out);
   const started = performance.now();
   await using nats = await startNatsServer({ storeDir: join(out, 'nats') });
   const jobUid = randomUUID();
@@ -179,6 +260,9 @@ export async function runFederated(
         modelDir: join(dir, 'model'),
         natsUrl: nats.url,
         federationSite: site.name,
+        ...(keys === undefined
+          ? {}
+          : { federationSigningKey: join(dir, 'signing-key.pem'), federationSiteKeys: keys }),
         ...(options.audit === true ? { federationAudit: true } : {}),
         ...(options.backend === undefined ? {} : { backend: options.backend }),
       });
@@ -201,24 +285,17 @@ export async function runFederated(
   process.once('SIGINT', stop);
   const codes = await Promise.all(spawned.map((w) => w.exited));
   process.removeListener('SIGINT', stop);
-  const summary: FederatedSummary = {
-    job: name,
-    sites: federation.sites.map((s, i) => ({
-      name: s.name,
-      workers: s.replicas,
-      samples: book.samples.get(i) ?? null,
-    })),
-    secure: federation.secureAggregation.enabled,
-    aggregation: federation.aggregation,
-    rounds: book.summary(federation.localSteps, started),
-    exitCodes: codes,
-    wallSeconds: Math.round(performance.now() - started) / 1000,
-  };
+  const summary = summarize(job, book, codes, started);
+  const { rounds, privacy } = summary;
   writeFileSync(join(out, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
   const failed = codes.filter((c) => c !== 0).length;
   io.out(
     `${name}: ${summary.rounds.length} rounds in ${summary.wallSeconds} s; summary in ${join(out, 'summary.json')}`,
   );
+  if (privacy !== undefined)
+    io.out(
+      `${name}: differential privacy ε = ${privacy.epsilon.toFixed(3)} at δ = ${privacy.delta} per site after ${rounds.length} rounds (clip ${privacy.clipNorm}, noise multiplier ${privacy.noiseMultiplier}; RDP accountant)`,
+    );
   if (failed > 0) io.err(`${name}: ${failed} of ${codes.length} workers failed (logs in ${out}/<site>/)`);
   return failed > 0 ? 1 : 0;
 }

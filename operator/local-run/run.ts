@@ -59,6 +59,7 @@ import {
 } from '../commands/args.ts';
 import { LocalAutoscaler } from './autoscaler.ts';
 import { ChosenBatchWriter } from './chosen-batch.ts';
+import { CpuBudgets, inCgroup, parseCpuQuota } from './cpu-quota.ts';
 import { type DutyCycle, startDutyCycle } from './duty-cycle.ts';
 import { runFederated } from './federated-run.ts';
 import { type NatsServer, startNatsServer } from './nats-server.ts';
@@ -137,6 +138,8 @@ export interface RunOptions {
   readonly fakeTopology?: { readonly nodes: number; readonly zones: number };
   /** Pin worker i to CPU i mod the CPUs (taskset), so that each worker's speed is its own. */
   readonly pinCpus?: boolean;
+  /** Each worker in a cgroup of its own with this many cores of CPU time (cpu-quota.ts). */
+  readonly cpuQuota?: number;
 }
 
 export const RUN_COMMAND = {
@@ -171,6 +174,11 @@ again resumes from the newest checkpoint.`,
     'pin-cpus': {
       type: 'boolean',
       help: 'pin worker i to CPU i mod the number of CPUs (taskset), so that on a small\nmachine each worker computes at its own speed (benchmarks of uneven workers)',
+    },
+    'cpu-quota': {
+      type: 'string',
+      value: 'CORES',
+      help: "run each worker in a cgroup of its own with a CPU quota of CORES (e.g. 0.5),\nas a Kubernetes CPU limit; slow:N:F then sets worker-N's quota to F × CORES\n(needs write access to the cgroup hierarchy: root)",
     },
     backend: {
       type: 'string',
@@ -257,8 +265,11 @@ function runOptions(
     throw new UsageError(
       `--fake-topology needs NODES:ZONES, two positive numbers such as 2:2, got ${topology}`,
     );
+  const quota = values['cpu-quota'] === undefined ? undefined : parseCpuQuota(values['cpu-quota']);
+  if (typeof quota === 'string') throw new UsageError(quota);
   return {
     ...(placed === undefined ? {} : { fakeTopology: { nodes: Number(placed[1]), zones: Number(placed[2]) } }),
+    ...(quota === undefined ? {} : { cpuQuota: quota }),
     file,
     workers: Number(workers),
     out: values.out,
@@ -520,6 +531,8 @@ export interface RunIo extends CommandIo {
   readStdin?(): Promise<string>;
 }
 
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
 const fixed = (value: number | null | undefined, digits: number) =>
   value === undefined || value === null ? '?' : value.toFixed(digits);
 
@@ -595,11 +608,25 @@ interface WorkerLines {
   onInvalid(plan: LocalWorkerPlan, problem: string): void;
 }
 
-function startWorker(plan: LocalWorkerPlan, io: RunIo, sink: WorkerLines): RunningWorker {
+/** --cpu-quota: the run's cgroups and the cores each worker gets. */
+interface WorkerBudget {
+  readonly budgets: CpuBudgets;
+  readonly cores: number;
+}
+
+function startWorker(
+  plan: LocalWorkerPlan,
+  io: RunIo,
+  sink: WorkerLines,
+  budget: WorkerBudget | undefined,
+): RunningWorker {
   const logFile = createWriteStream(plan.log, { flags: 'a' });
-  const command = [process.execPath, TENSILE_BIN, 'worker'];
-  // taskset execs the worker in place: the pid, signals and exit are the worker's own.
-  const [file, ...args] = plan.cpu === undefined ? command : ['taskset', '-c', String(plan.cpu), ...command];
+  const node = [process.execPath, TENSILE_BIN, 'worker'];
+  // taskset and the cgroup's shell exec the worker in place: the pid, signals and exit are its own.
+  const pinned = plan.cpu === undefined ? node : ['taskset', '-c', String(plan.cpu), ...node];
+  const command =
+    budget === undefined ? pinned : inCgroup(budget.budgets.assign(plan.id, budget.cores), pinned);
+  const [file, ...args] = command;
   const child = spawn(file as string, args, {
     env: { ...process.env, ...plan.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -694,6 +721,17 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
     `${job.metadata.name}: ${plan.workers.length} worker(s)${options.elastic ? ' (elastic)' : ''}, output in ${plan.out}${resuming ? ' (resuming)' : ''}`,
   );
 
+  let budget: WorkerBudget | undefined;
+  if (options.cpuQuota !== undefined) {
+    try {
+      budget = { budgets: CpuBudgets.create(job.metadata.name), cores: options.cpuQuota };
+    } catch (error) {
+      io.err(`tensile run: --cpu-quota: ${(error as Error).message}`);
+      return 1;
+    }
+  }
+  // The cgroups go when the run does, however it ends.
+  using _budgets = budget?.budgets;
   let nats: NatsServer | undefined;
   if (options.elastic) {
     try {
@@ -756,6 +794,13 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       io.out(`chaos at step ${step}: ${describeChaos(event)} → no running worker-${index}, nothing to do`);
       return undefined;
     }
+    if (budget !== undefined) {
+      budget.budgets.set(worker.plan.id, budget.cores * factor);
+      io.out(
+        `chaos at step ${step}: ${describeChaos(event)} → ${worker.plan.id} at ${factor} of its speed (CPU quota ${round3(budget.cores * factor)})`,
+      );
+      return worker.plan.id;
+    }
     if (factor < 1) {
       const cycle = startDutyCycle(worker.child.pid, factor);
       slowed.set(index, cycle);
@@ -774,7 +819,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       nats?.url,
       jobUid,
     );
-    const started = startWorker(worker, io, sink);
+    const started = startWorker(worker, io, sink, budget);
     running.push(started);
     joining.add(worker.id);
     // One that dies before it joins must not hold the rest of the script.
@@ -950,7 +995,7 @@ export async function runRun(args: readonly string[], io: RunIo, cwd = process.c
       nats?.url,
       jobUid,
     );
-    running.push(startWorker(withNats, io, sink));
+    running.push(startWorker(withNats, io, sink, budget));
   }
   let interruptedBy: NodeJS.Signals | undefined;
   const forward = (signal: NodeJS.Signals) => {

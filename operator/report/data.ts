@@ -627,3 +627,37 @@ function summaryFromLogs(
     })),
   };
 }
+
+const FederatedRoundSchema = z.object({
+  round: z.number(),
+  step: z.number().catch(0),
+  accuracy: z.number().nullable().catch(null),
+  loss: z.number().nullable().catch(null),
+  seconds: z.number().nullable().catch(null),
+  bytes: z.number().nullable().catch(null),
+  sites: z.array(z.number()).catch([]),
+  dropped: z.array(z.number()).catch([]),
+  agreed: z.boolean().nullable().catch(null),
+  epsilon: z.number().nullable().catch(null).default(null),
+});
+
+const FederationSummarySchema = z.object({
+  sites: z.array(
+    z.object({ name: z.string(), workers: z.number().catch(0), samples: z.number().nullable().catch(null) }),
+  ),
+  rounds: z.array(FederatedRoundSchema),
+  secure: z.boolean().catch(false),
+  aggregation: z.string().catch('unknown'),
+  privacy: z
+    .object({ clipNorm: z.number(), noiseMultiplier: z.number(), delta: z.number(), epsilon: z.number() })
+    .nullable()
+    .catch(null)
+    .default(null),
+});
+export type FederationSummary = z.output<typeof FederationSummarySchema>;
+
+/** A federated run's part of summary.json (`tensile run` of spec.federation), or null for any other run. */
+export function federationOf(extra: Readonly<Record<string, unknown>>): FederationSummary | null {
+  const parsed = FederationSummarySchema.safeParse(extra);
+  return parsed.success ? parsed.data : null;
+}

@@ -1,16 +1,19 @@
 /**
- * Uneven workers: three `tensile run` workers (and two pinned one per CPU with `--pin-cpus`, whose
- * capacities are then their own on a 2-core machine), the last slowed to half speed (`--chaos slow:N:0.5`, a
- * SIGSTOP/SIGCONT duty cycle), trained once with `spec.balancing.mode: even` and once with
- * `proportional`, same manifest otherwise, same machine, one after the other in this run.
+ * Uneven workers: three `tensile run` workers, each in a cgroup of its own with a CPU quota of 0.6 of
+ * a core (`--cpu-quota 0.6`: 1.8 cores of 2 at most, so that they do not take cores from each other),
+ * the last one slowed to half speed by the product's own chaos action (`--chaos slow:2:0.5`, which
+ * under `--cpu-quota` sets its quota to 0.3). Trained once with `spec.balancing.mode: even` and once
+ * with `proportional`, same manifest otherwise, same machine, one after the other in this run.
  *
- * The figure is the job's samples/s ÷ the sum of the three workers' capacities, where a worker's
- * capacity is its measured compute throughput (samples per second of forward, backward and batch
- * preparation, waiting excluded: the `workers` figures of the progress events, which every rank reads
- * from the step's all-reduce). The job's samples/s is the global batch over the median step time of
- * the second half of the run (after the split settled; evaluations excluded). Ideal even split with
- * one worker at half speed: 3 × 0.5 / 2.5 = 0.6; ideal proportional: 1. Accuracy is the final
- * evaluation of each run on the whole test set.
+ * The figure is the job's samples/s ÷ the sum of the three workers' capacities. A worker's capacity is
+ * its samples/s training alone, at its CPU quota and at the batch it had in the job (its share), in a
+ * run of its own in this bench: whatever a step costs besides the gradient (batch preparation, the
+ * optimizer's update) counts in the capacity as it does in the job, and the all-reduce, which only
+ * the job has, does not. The job's and each alone run's samples/s are the batch over the median step
+ * time of the run's second half (after the split settled; steps with an evaluation excluded). Ideal
+ * even split with one worker at half speed: 3 × 0.5 / 2.5 = 0.6; ideal proportional: 1, less the
+ * all-reduce. Two global batches show that part: the all-reduce's cost is the same, the compute grows.
+ * Accuracy is the final evaluation of each run on the whole test set.
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,69 +26,60 @@ const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** di
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 const at = (e: { timestamp?: string | undefined }) => Date.parse(String(e.timestamp));
 
-const GLOBAL_BATCH = 2048;
+const WORKERS = 3;
+const SLOWED = WORKERS - 1;
+const CORES = 0.6;
+/** Steps per run, about (the epochs follow from the batch). */
+const STEPS = 48;
+const ALONE_STEPS = 24;
+/** 3 and 12 steps of an epoch at the two global batches. */
+const TRAIN_SAMPLES = 49_152;
+// Every step's progress event (the step times come from their timestamps).
+const EVERY_STEP = { TENSILE_PROGRESS_MS: '0' };
 
-/** Three workers as the issue has them, or two pinned one per CPU (capacities of their own). */
-interface Setup {
-  readonly workers: number;
-  readonly pinned: boolean;
+type Mode = 'even' | 'proportional';
+
+function epochsFor(batch: number, steps: number): number {
+  return Math.max(1, Math.round((steps * batch) / TRAIN_SAMPLES));
 }
-const THREE: Setup = { workers: 3, pinned: false };
-const TWO_PINNED: Setup = { workers: 2, pinned: true };
-const slowedIndex = (setup: Setup) => setup.workers - 1;
-const runArgs = (setup: Setup, speed: number) => [
-  '--workers',
-  String(setup.workers),
-  '--chaos',
-  `slow:${slowedIndex(setup)}:${speed}`,
-  ...(setup.pinned ? ['--pin-cpus'] : []),
-];
 
-function writeJob(dir: string, mode: 'even' | 'proportional', setup: Setup, evict = false): string {
-  const name = `${evict ? 'evict' : mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`;
+function writeJob(
+  dir: string,
+  name: string,
+  options: { replicas: number; batch: number; mode: Mode; epochs: number; evict?: boolean },
+): string {
   return writeJobManifest(join(dir, `${name}.yaml`), `balancing-${name}`, {
-    replicas: setup.workers,
+    replicas: options.replicas,
     minReplicas: 1,
-    maxReplicas: setup.workers,
+    maxReplicas: options.replicas,
     model: { mlp: { hiddenUnits: [256, 128] } },
-    dataset: {
-      format: 'idx',
-      path: fashionMnistDir(),
-      normalize: 'scale',
-      maxTrainSamples: 61_440,
-    },
-    optimizer: { type: 'adam', learningRate: 0.002 },
-    batch: { global: GLOBAL_BATCH, policy: 'fixedGlobalBatch' },
+    dataset: { format: 'idx', path: fashionMnistDir(), normalize: 'scale', maxTrainSamples: TRAIN_SAMPLES },
+    optimizer: { type: 'adam', learningRate: 0.004 },
+    batch: { global: options.batch, policy: 'fixedGlobalBatch' },
     balancing: {
-      mode,
+      mode: options.mode,
       warmupSteps: 5,
       minIntervalSteps: 10,
-      ...(evict ? { evictStragglers: true, stragglerSteps: 20 } : {}),
+      ...(options.evict === true ? { evictStragglers: true, stragglerSteps: 20 } : {}),
     },
-    stopping: { epochs: 4 },
+    stopping: { epochs: options.epochs },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
     rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 3000 },
   });
 }
 
-interface ModeResult {
-  readonly jobSamplesPerSecond: number;
-  readonly capacities: readonly number[];
-  readonly ofCapacity: number;
-  readonly finalSplit: readonly number[];
-  readonly rebalances: number;
-  readonly slowedWorkerWaitSeconds: number;
-  readonly fastWorkersWaitSeconds: readonly number[];
-  readonly accuracy: number | null;
-}
-
 /**
- * The job's samples/s in one generation, seen by one worker: the global batch over the median step
- * time of the generation's second half (the split settled), evaluations excluded; and the last
- * per-worker figures of that generation.
+ * Samples/s of one generation, seen by one worker: the global batch over the median step time of the
+ * generation's second half (the split settled), evaluations excluded; and the last per-worker figures
+ * of that generation.
  */
-function settledThroughput(events: ReturnType<typeof workerEvents>, worker?: string, generation?: number) {
+function settledThroughput(
+  events: ReturnType<typeof workerEvents>,
+  batch: number,
+  worker?: string,
+  generation?: number,
+) {
   const progress = eventsOf(events, 'progress')
     .filter((e) => e.worker === worker && e.generation === generation)
     .sort((a, b) => a.step - b.step);
@@ -98,30 +92,67 @@ function settledThroughput(events: ReturnType<typeof workerEvents>, worker?: str
     if (evaluated.has(a.step) || evaluated.has(b.step)) continue;
     stepTimes.push((at(b) - at(a)) / 1000);
   }
-  return { loads: progress.at(-1)?.workers ?? [], jobSamplesPerSecond: GLOBAL_BATCH / median(stepTimes) };
+  return { loads: progress.at(-1)?.workers ?? [], samplesPerSecond: batch / median(stepTimes) };
 }
 
-async function measure(dir: string, mode: 'even' | 'proportional', setup: Setup): Promise<ModeResult> {
-  const out = join(dir, `out-${mode}-${setup.workers}${setup.pinned ? '-pinned' : ''}`);
-  const summary = await finished(tensileRun(writeJob(dir, mode, setup), out, runArgs(setup, 0.5)));
+/** A worker alone at `batch` samples a step, at the job's quota, slowed as in the job or not. */
+async function alone(dir: string, batch: number, slowed: boolean): Promise<number> {
+  const name = `alone-${batch}${slowed ? '-slowed' : ''}`;
+  const out = join(dir, `out-${name}`);
+  const file = writeJob(dir, name, {
+    replicas: 1,
+    batch,
+    mode: 'even',
+    epochs: epochsFor(batch, ALONE_STEPS),
+  });
+  const args = ['--cpu-quota', String(CORES), ...(slowed ? ['--chaos', 'slow:0:0.5'] : [])];
+  await finished(tensileRun(file, out, args, EVERY_STEP));
+  const events = workerEvents(out);
+  // Alone without chaos is not elastic: its generation is the one its progress names.
+  const last = eventsOf(events, 'progress').at(-1);
+  return settledThroughput(events, batch, last?.worker, last?.generation).samplesPerSecond;
+}
+
+async function measure(dir: string, mode: Mode, batch: number) {
+  const name = `${mode}-${batch}`;
+  const out = join(dir, `out-${name}`);
+  const file = writeJob(dir, name, { replicas: WORKERS, batch, mode, epochs: epochsFor(batch, STEPS) });
+  const args = ['--workers', String(WORKERS), '--cpu-quota', String(CORES), '--chaos', `slow:${SLOWED}:0.5`];
+  const summary = await finished(tensileRun(file, out, args, EVERY_STEP));
   const events = workerEvents(out);
   // The last world of all of them (a late starter can make the first one smaller).
   const world = eventsOf(events, 'generation')
-    .filter((e) => e.rank === 0 && e.worldSize === setup.workers)
+    .filter((e) => e.rank === 0 && e.worldSize === WORKERS)
     .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0))
     .at(-1);
   const writer = world?.worker;
-  const { loads, jobSamplesPerSecond } = settledThroughput(events, writer, world?.generation);
-  const capacities = loads.map((l) => l.samplesPerSecond);
-  const slowed = loads.find((l) => l.worker.endsWith(`-worker-${slowedIndex(setup)}`));
+  const { loads, samplesPerSecond } = settledThroughput(events, batch, writer, world?.generation);
+  const isSlowed = (worker: string) => worker.endsWith(`-worker-${SLOWED}`);
+  const slowed = loads.find((l) => isSlowed(l.worker));
+  const fast = loads.filter((l) => !isSlowed(l.worker));
+  // The two fast workers are alike (same quota): one run alone at their mean share stands for both.
+  const fastShare = Math.round(fast.reduce((a, l) => a + l.batch, 0) / Math.max(1, fast.length));
+  const fastAlone = await alone(dir, fastShare, false);
+  const slowedAlone = await alone(dir, slowed?.batch ?? Math.round(batch / WORKERS), true);
+  const capacity = fast.length * fastAlone + slowedAlone;
   return {
-    jobSamplesPerSecond: round(jobSamplesPerSecond, 1),
-    capacities,
-    ofCapacity: round(jobSamplesPerSecond / capacities.reduce((a, b) => a + b, 0)),
+    jobSamplesPerSecond: round(samplesPerSecond, 1),
+    capacities: {
+      fastAlone: round(fastAlone, 1),
+      slowedAlone: round(slowedAlone, 1),
+      sum: round(capacity, 1),
+    },
+    ofCapacity: round(samplesPerSecond / capacity),
+    // As the job measured them: compute throughput (waiting excluded) at each worker's share.
+    measuredInJob: loads.map((l) => ({
+      worker: l.worker,
+      batch: l.batch,
+      samplesPerSecond: l.samplesPerSecond,
+    })),
     finalSplit: loads.map((l) => l.batch),
     rebalances: eventsOf(events, 'balance').filter((e) => e.worker === writer).length,
     slowedWorkerWaitSeconds: slowed?.waitSeconds ?? 0,
-    fastWorkersWaitSeconds: loads.filter((l) => l !== slowed).map((l) => l.waitSeconds),
+    fastWorkersWaitSeconds: fast.map((l) => l.waitSeconds),
     accuracy: summary.eval?.accuracy ?? null,
   };
 }
@@ -131,67 +162,79 @@ async function measure(dir: string, mode: 'even' | 'proportional', setup: Setup)
  * at full speed. The figure is the job's samples/s in the world with the replacement over the one with
  * the straggler (proportional in both, so the straggler already holds a small share).
  */
-async function measureEviction(dir: string) {
+async function measureEviction(dir: string, batch: number) {
   const out = join(dir, 'out-evict');
-  const summary = await finished(
-    tensileRun(writeJob(dir, 'proportional', THREE, true), out, runArgs(THREE, 0.2)),
-  );
+  const file = writeJob(dir, 'evict', {
+    replicas: WORKERS,
+    batch,
+    mode: 'proportional',
+    epochs: epochsFor(batch, 2 * STEPS),
+    evict: true,
+  });
+  const args = ['--workers', String(WORKERS), '--cpu-quota', String(CORES), '--chaos', `slow:${SLOWED}:0.2`];
+  const summary = await finished(tensileRun(file, out, args, EVERY_STEP));
   const events = workerEvents(out);
   const worlds = eventsOf(events, 'generation')
-    .filter((e) => e.rank === 0 && e.worldSize === 3)
+    .filter((e) => e.rank === 0 && e.worldSize === WORKERS)
     .sort((a, b) => (a.generation ?? 0) - (b.generation ?? 0));
-  const slowed = worlds.filter((w) => w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
-  const replaced = worlds.filter((w) => !w.members?.some((m) => m.endsWith('-worker-2'))).at(-1);
-  const before = settledThroughput(events, slowed?.worker, slowed?.generation);
-  const after = settledThroughput(events, replaced?.worker, replaced?.generation);
+  const slowed = worlds.filter((w) => w.members?.some((m) => m.endsWith(`-worker-${SLOWED}`))).at(-1);
+  const replaced = worlds.filter((w) => !w.members?.some((m) => m.endsWith(`-worker-${SLOWED}`))).at(-1);
+  const before = settledThroughput(events, batch, slowed?.worker, slowed?.generation);
+  const after = settledThroughput(events, batch, replaced?.worker, replaced?.generation);
   const straggler = eventsOf(events, 'straggler').find((e) => e.evict);
   return {
     stragglerReportedAtStep: straggler?.step ?? null,
     replacedInGeneration: replaced?.generation ?? null,
-    withStragglerSamplesPerSecond: round(before.jobSamplesPerSecond, 1),
-    withReplacementSamplesPerSecond: round(after.jobSamplesPerSecond, 1),
-    afterOverBefore: round(after.jobSamplesPerSecond / before.jobSamplesPerSecond),
+    withStragglerSamplesPerSecond: round(before.samplesPerSecond, 1),
+    withReplacementSamplesPerSecond: round(after.samplesPerSecond, 1),
+    afterOverBefore: round(after.samplesPerSecond / before.samplesPerSecond),
     accuracy: summary.eval?.accuracy ?? null,
+  };
+}
+
+async function bothModes(dir: string, batch: number) {
+  const even = await measure(dir, 'even', batch);
+  const proportional = await measure(dir, 'proportional', batch);
+  return {
+    evenOfCapacity: even.ofCapacity,
+    proportionalOfCapacity: proportional.ofCapacity,
+    proportionalOverEven: round(proportional.jobSamplesPerSecond / even.jobSamplesPerSecond),
+    accuracyDifferencePoints:
+      even.accuracy === null || proportional.accuracy === null
+        ? null
+        : round((proportional.accuracy - even.accuracy) * 100, 2),
+    even,
+    proportional,
   };
 }
 
 export default async function bench() {
   const dir = mkdtempSync(join(tmpdir(), 'tensile-bench-balancing-'));
-  const even = await measure(dir, 'even', THREE);
-  const proportional = await measure(dir, 'proportional', THREE);
-  const evenPinned = await measure(dir, 'even', TWO_PINNED);
-  const proportionalPinned = await measure(dir, 'proportional', TWO_PINNED);
-  const eviction = await measureEviction(dir);
+  const large = await bothModes(dir, 16_384);
+  const small = await bothModes(dir, 4096);
+  const eviction = await measureEviction(dir, 4096);
+  const figures = (b: typeof large) => ({
+    evenOfCapacity: b.evenOfCapacity,
+    proportionalOfCapacity: b.proportionalOfCapacity,
+    proportionalOverEven: b.proportionalOverEven,
+    accuracyDifferencePoints: b.accuracyDifferencePoints,
+  });
   return {
     figures: {
-      pinnedEvenOfCapacity: evenPinned.ofCapacity,
-      pinnedProportionalOfCapacity: proportionalPinned.ofCapacity,
-      pinnedProportionalOverEven: round(
-        proportionalPinned.jobSamplesPerSecond / evenPinned.jobSamplesPerSecond,
-      ),
+      batch16384: figures(large),
+      batch4096: figures(small),
       evictionRecoveryAfterOverBefore: eviction.afterOverBefore,
-      evenOfCapacity: even.ofCapacity,
-      proportionalOfCapacity: proportional.ofCapacity,
-      proportionalOverEvenSamplesPerSecond: round(
-        proportional.jobSamplesPerSecond / even.jobSamplesPerSecond,
-      ),
-      accuracyDifferencePoints:
-        even.accuracy === null || proportional.accuracy === null
-          ? null
-          : round((proportional.accuracy - even.accuracy) * 100, 2),
     },
-    even,
-    proportional,
-    evenPinned,
-    proportionalPinned,
+    batch16384: large,
+    batch4096: small,
     eviction,
     setup: {
-      workers: '3, and 2 pinned one per CPU (--pin-cpus)',
-      slowed: 'the last worker at 0.5 (SIGSTOP/SIGCONT duty cycle, 10 ms period); 0.2 for the eviction',
-      globalBatch: GLOBAL_BATCH,
+      workers: `${WORKERS}, each in its own cgroup at ${CORES} of a core (--cpu-quota ${CORES})`,
+      slowed: `worker-${SLOWED} at 0.5 (--chaos slow:${SLOWED}:0.5: its quota ${CORES * 0.5}); 0.2 for the eviction`,
+      capacity: 'each worker alone at its quota and its share of the batch, in this run',
       model: 'mlp 784-256-128-10',
-      trainSamples: 61_440,
-      epochs: 4,
+      trainSamples: TRAIN_SAMPLES,
+      steps: `about ${STEPS} per job, ${ALONE_STEPS} alone`,
     },
   };
 }

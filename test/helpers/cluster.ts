@@ -16,6 +16,7 @@ import {
   type ClusterOptions,
   type KubectlResult,
   launchCluster,
+  type RealNodeInfo,
   runKubectl,
 } from '../../hack/cluster/launcher.ts';
 import { writeKubeconfig } from '../../hack/lib/kubeconfig.ts';
@@ -34,8 +35,8 @@ export interface LocalCluster extends AsyncDisposable {
   readonly agentName: string;
   /** Seconds from launch to everything Ready. */
   readonly startSeconds: number;
-  /** The real node (`realNode: true`): its name and containerd socket. */
-  readonly realNode?: { readonly name: string; readonly containerdSocket: string };
+  /** The real node (`realNode: true`): its name, containerd socket, host veth address, log folder. */
+  readonly realNode?: RealNodeInfo;
   /** Runs kubectl against this cluster as admin. Never throws on a non-zero exit. */
   kubectl(args: readonly string[], input?: string): Promise<KubectlResult>;
   /** Runs kubectl as admin and returns its output; a non-zero exit throws with kubectl's stderr. */

@@ -497,7 +497,7 @@ export const invalidManifests: InvalidCase[] = [
       sites: [{ name: 'a' }, { name: 'b' }],
     }),
     field: 'spec.federation.secureAggregation.threshold',
-    message: /between 2 and the number of sites/,
+    message: /more than half the sites .* and at most their number/,
   },
   {
     name: 'federation without rounds',

@@ -29,7 +29,9 @@ const dir = mkdtempSync(join(tmpdir(), 'tensile-balancing-'));
 test('proportional: the slowed worker gets the smallest batch; B kept, exactly once, in lockstep', async () => {
   const file = writeJobManifest(join(dir, 'job.yaml'), 'balancing', {
     replicas: 3,
-    minReplicas: 1,
+    // All three from the first world: on a loaded machine a world of the first to start could
+    // otherwise train the whole run before the others arrive (seen once).
+    minReplicas: 3,
     maxReplicas: 3,
     model: { mlp: { hiddenUnits: [128] } },
     dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 1000 } },

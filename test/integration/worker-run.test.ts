@@ -87,6 +87,10 @@ for (const backend of ['tensorflow', 'cpu', 'wasm'] as const) {
     assert.is(signal, 'SIGKILL');
     const summary = await finished(tensileRun(file, out, ['--backend', backend]));
     const resumed = eventsOf(workerEvents(out), 'resumed')[0];
+    // On the native backend both runs took the one-function train step (native-step.ts).
+    const paths = eventsOf(workerEvents(out), 'train-step').map((e) => e.path);
+    assert.ok(paths.length >= 2, 'a train-step event per run');
+    for (const path of paths) assert.is(path, backend === 'tensorflow' ? 'function' : 'per-op');
     const from = summary.resumedFrom?.step ?? 0;
     assert.ok(from >= 20 && from < expected.step, `resumed from ${from}`);
     assert.is(resumed?.step, from);

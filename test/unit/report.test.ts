@@ -619,4 +619,50 @@ test('tensile report through the CLI: missing directory exits 1 naming summary.j
   assert.is(ok.stdout.trim(), join(dir, 'report.html'));
 });
 
+test('a federated run: its own section (rounds, sites in the sum, ε per round), not raw facts', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tensile-report-fed-'));
+  const round = (n: number, sites: number[], epsilon: number) => ({
+    round: n,
+    step: n * 15,
+    accuracy: 0.5 + n / 100,
+    loss: 1 - n / 10,
+    seconds: 1.5,
+    bytes: 600_000,
+    sites,
+    dropped: sites.length < 3 ? [2] : [],
+    agreed: true,
+    epsilon,
+  });
+  writeFileSync(
+    join(dir, 'summary.json'),
+    JSON.stringify({
+      job: 'fed',
+      status: 'completed',
+      reason: '2 of 2 rounds',
+      sites: [
+        { name: 'north', workers: 2, samples: 100 },
+        { name: 'south', workers: 1, samples: 50 },
+        { name: 'east', workers: 1, samples: 70 },
+      ],
+      secure: true,
+      aggregation: 'fedavg',
+      privacy: { clipNorm: 1, noiseMultiplier: 1.1, delta: 1e-5, epsilon: 12.345 },
+      rounds: [round(1, [0, 1, 2], 9.876), round(2, [0, 1], 12.345)],
+      exitCodes: [0, 0, 0, 1],
+      wallSeconds: 20,
+    }),
+  );
+  const html = renderReport(collectReport(dir));
+  assert.match(html, '<h2>Federation</h2>');
+  assert.match(html, '<td>north, south</td><td>east</td>');
+  assert.match(html, '<td>9.876</td>');
+  assert.match(html, '12.345');
+  assert.match(html, 'double masking, signed keys');
+  assert.not.match(html, 'privacy.clipNorm', 'the federation is not flattened into the facts');
+  assert.match(html, 'exitCodes');
+  const plain = mkdtempSync(join(tmpdir(), 'tensile-report-plain-'));
+  writeFileSync(join(plain, 'summary.json'), JSON.stringify({ job: 'plain', status: 'completed' }));
+  assert.not.match(renderReport(collectReport(plain)), '<h2>Federation</h2>');
+});
+
 test.run();

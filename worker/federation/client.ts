@@ -7,12 +7,21 @@
  * ring waits on a slow site. No message holds a sample: advertise (sample count, public keys), sealed
  * key shares, masked fixed-point deltas, revealed shares of dropped sites' keys.
  */
+import type { KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, credsAuthenticator, type KV, type NatsConnection } from 'nats';
 import type { FederationSpec } from '../../operator/api/training-job.ts';
 import { secureThreshold } from '../../operator/api/training-job.ts';
 import type { WorkerConfig } from '../config.ts';
-import { type Advertise, RoundFailed, SecureRound, type Shares, type Unmask } from './round.ts';
+import {
+  type Advertise,
+  FederationKeyRejected,
+  RoundFailed,
+  SecureRound,
+  type Shares,
+  type Unmask,
+} from './round.ts';
+import { signingPublicKey, signingPublicOf } from './secure-aggregation.ts';
 
 /** Words per input chunk: 768 KiB, under NATS's default 1 MiB payload. */
 const CHUNK_WORDS = 196_608;
@@ -38,6 +47,59 @@ export interface RoundOutcome {
 export const federationBucket = (namespace: string, job: string): string =>
   `tensile_${namespace}_${job}_federation`.replace(/[^A-Za-z0-9_-]/g, '_');
 
+/** A site leader's signing key and every site's public key, checked once when the client opens. */
+export interface FederationIdentity {
+  readonly signingKey: string | undefined;
+  readonly siteKeys: ReadonlyMap<number, KeyObject>;
+}
+
+/**
+ * The keys secure aggregation signs and verifies by: every site's public key from the spec's pin or
+ * the launcher's list (both, and they must agree), this site's private key from its key file (and it
+ * must be the key the others know). Any gap is an error naming the site, before a round starts.
+ */
+export function federationIdentity(
+  federation: FederationSpec,
+  self: number,
+  signingKeyPem: string | undefined,
+  launcherKeys: Readonly<Record<string, string>> | undefined,
+): FederationIdentity {
+  const siteKeys = new Map<number, KeyObject>();
+  if (!federation.secureAggregation.enabled) return { signingKey: undefined, siteKeys };
+  federation.sites.forEach((site, i) => {
+    const pinned = site.signingKey;
+    const given = launcherKeys?.[site.name];
+    if (pinned !== undefined && given !== undefined && !samePublicKey(pinned, given))
+      throw new FederationKeyRejected(
+        `site "${site.name}": the launcher's signing key is not the one pinned in spec.federation.sites[${i}].signingKey`,
+      );
+    const text = pinned ?? given;
+    const key = text === undefined ? undefined : signingPublicKey(text);
+    if (key === undefined)
+      throw new FederationKeyRejected(
+        `site "${site.name}" has no ${text === undefined ? '' : 'valid '}signing public key: pin it in spec.federation.sites[${i}].signingKey or let the launcher hand it out (TENSILE_FEDERATION_SITE_KEYS)`,
+      );
+    siteKeys.set(i, key);
+  });
+  const own = federation.sites[self];
+  if (signingKeyPem === undefined)
+    throw new FederationKeyRejected(
+      `site "${own?.name}" has no signing key (TENSILE_FEDERATION_SIGNING_KEY): secure aggregation signs every site's keys`,
+    );
+  const ownPublic = siteKeys.get(self)?.export({ format: 'der', type: 'spki' });
+  if (ownPublic === undefined || !samePublicKey(ownPublic.toString('base64'), signingPublicOf(signingKeyPem)))
+    throw new FederationKeyRejected(
+      `site "${own?.name}": its signing key file does not hold the key the other sites know for it`,
+    );
+  return { signingKey: signingKeyPem, siteKeys };
+}
+
+const samePublicKey = (a: string, b: string): boolean => {
+  const ka = signingPublicKey(a)?.export({ format: 'der', type: 'spki' });
+  const kb = signingPublicKey(b)?.export({ format: 'der', type: 'spki' });
+  return ka !== undefined && kb !== undefined && ka.equals(kb);
+};
+
 export class FederationClient implements AsyncDisposable {
   /** The sites of the last completed round: the next one waits for these only. */
   private expected: Set<number> | undefined;
@@ -47,6 +109,7 @@ export class FederationClient implements AsyncDisposable {
     private readonly kv: KV,
     private readonly federation: FederationSpec,
     private readonly self: number,
+    private readonly identity: FederationIdentity,
   ) {}
 
   static async open(
@@ -58,6 +121,14 @@ export class FederationClient implements AsyncDisposable {
     const url = config.natsUrl;
     if (url === undefined)
       throw new Error('federated training needs NATS (TENSILE_NATS_URL) between its sites');
+    const identity = federationIdentity(
+      federation,
+      self,
+      config.federationSigningKey === undefined
+        ? undefined
+        : readFileSync(config.federationSigningKey, 'utf8'),
+      config.federationSiteKeys,
+    );
     const nc = await connect({
       servers: url,
       name: `${config.workerId}-federation`,
@@ -72,7 +143,7 @@ export class FederationClient implements AsyncDisposable {
     for (let attempt = 1; ; attempt++) {
       try {
         const kv = await nc.jetstream().views.kv(bucket, { history: 1 });
-        return new FederationClient(nc, kv, federation, self);
+        return new FederationClient(nc, kv, federation, self, identity);
       } catch (error) {
         // Sites that start together all create the bucket; the losers of the race open it again.
         if (attempt < OPEN_ATTEMPTS && /subjects overlap|already in use/i.test(String(error))) continue;
@@ -123,6 +194,9 @@ export class FederationClient implements AsyncDisposable {
       secure: f.secureAggregation.enabled,
       threshold: secureThreshold(f),
       observer: !leader,
+      siteKeys: this.identity.siteKeys,
+      siteNames: f.sites.map((s) => s.name),
+      ...(leader && this.identity.signingKey !== undefined ? { signingKey: this.identity.signingKey } : {}),
     });
     const timeout = f.roundTimeoutMillis;
     let bytesSent = 0;

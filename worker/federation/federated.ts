@@ -9,12 +9,14 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { gaussianEpsilon } from '../../operator/api/privacy-accountant.ts';
 import type { FederationSpec } from '../../operator/api/training-job.ts';
 import type { FederationMember, WorkerConfig } from '../config.ts';
 import { emit, type WorkerLogger } from '../log.ts';
 import { outerStep, weightedDelta } from '../train/communication/local-sgd.ts';
 import type { Trainer } from '../train/trainer.ts';
 import { FederationClient } from './client.ts';
+import { privatize } from './privacy.ts';
 
 const readAll = (weights: readonly tf.LayerVariable[]): Float32Array => {
   const length = weights.reduce((n, w) => n + w.read().size, 0);
@@ -89,6 +91,9 @@ export class Federated implements AsyncDisposable {
     const live = readAll(weights);
     const delta = new Float32Array(live.length);
     weightedDelta(anchor, live, 1, delta);
+    const privacy = this.federation.differentialPrivacy;
+    // Every rank privatizes (its draws differ), but only the leader's delta leaves the site.
+    if (privacy !== undefined) privatize(delta, privacy);
     let outcome: Awaited<ReturnType<FederationClient['round']>>;
     try {
       outcome = await this.client.round(round, leader, delta, samples, signal);
@@ -124,6 +129,12 @@ export class Federated implements AsyncDisposable {
       bytesSent: outcome.bytesSent,
       seconds: Math.round((performance.now() - started) / 10) / 100,
       checksum,
+      ...(privacy === undefined
+        ? {}
+        : {
+            epsilon: gaussianEpsilon(privacy.noiseMultiplier, round, privacy.delta).epsilon,
+            privacyDelta: privacy.delta,
+          }),
     });
   }
 

@@ -1,25 +1,28 @@
 /**
  * Secure aggregation after Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving
- * Machine Learning"), in its single-masking form: sites agree pairwise secrets over X25519, expand
- * each into a mask in the ring Z_2^32 and add it (the lower-indexed site of a pair) or subtract it
- * (the higher). Every mask appears once with each sign, so the sum of the masked inputs is exactly the
- * sum of the fixed-point inputs while any one masked input is a uniformly random vector to whoever
- * does not hold that site's pairwise secrets.
+ * Machine Learning"), with double masking. Sites agree pairwise secrets over X25519, expand each into
+ * a mask in the ring Z_2^32 and add it (the lower-indexed site of a pair) or subtract it (the higher);
+ * every pairwise mask appears once with each sign, so they cancel in the sum. On top, each site adds a
+ * self-mask expanded from a fresh seed b_u of its own, which nothing else cancels.
  *
- * A site that drops out after the others masked against it leaves its masks in the sum. Each site
- * therefore Shamir-shares its mask key (t of n, over GF(2^521 − 1)) to the others in advance, each
- * share encrypted to its holder (AES-256-GCM under a separate X25519 channel key); the survivors of a
- * round reveal their shares of the dropped sites' keys, and any t of them rebuild those keys and
- * remove the dropped site's pairwise masks. Fewer than t survivors: the round is retried.
+ * Each site Shamir-shares both its mask key s_u and its seed b_u (t of n, over GF(2^521 − 1)) to the
+ * others in advance, each pair of shares encrypted to its holder (AES-256-GCM under a separate X25519
+ * channel key). At unmasking every holder reveals, for each site, exactly one of the two: its share of
+ * b_u when u's input arrived (the self-mask is removed from the sum), its share of s_u when it did not
+ * (u's pairwise masks are removed from the survivors' inputs). A holder never reveals both for one
+ * site, and with t > n/2 two disjoint sets of holders cannot both reach t: so a site that was merely
+ * late (counted as dropped, its input arriving afterwards) keeps its self-mask, and its input stays a
+ * uniformly random vector to everyone. Fewer than t shares of what is needed: the round is retried.
  *
- * Not implemented from the paper: the self-mask b_u (double masking), which protects a site that was
- * merely late, not gone, from having its masks removed while its input is in the sum; and signatures
- * on the advertised keys (an active adversary in the middle). Every function here is pure except for
- * the randomness of new keys and share polynomials.
+ * Against an adversary in the middle (whoever relays the messages, the coordinator included), each
+ * site signs the keys it advertises with its Ed25519 identity key; the others verify the signature
+ * against the public key they were given out of band (the spec or the launcher, not the relay).
+ * Every function here is pure except for the randomness of new keys, seeds and share polynomials.
  */
 import {
   createCipheriv,
   createDecipheriv,
+  createHash,
   createPrivateKey,
   createPublicKey,
   diffieHellman,
@@ -27,6 +30,8 @@ import {
   hkdfSync,
   type KeyObject,
   randomBytes,
+  sign,
+  verify,
 } from 'node:crypto';
 
 /** Fixed-point scale: 2^20 keeps ~1e-6 of precision and ±2048 of range for the summed values. */
@@ -145,6 +150,48 @@ export function removeDroppedMasks(
   }
 }
 
+/** A fresh self-mask seed b_u: 32 random bytes, new every round and attempt. */
+export const newSelfSeed = (): Buffer => randomBytes(32);
+
+/** `into += sign · PRG(b_u)`: the self-mask, added by its site and removed once b_u is rebuilt. */
+export function addSelfMask(into: Uint32Array, seed: Buffer, sign: 1 | -1): void {
+  addMask(into, expandMask(seed, into.length), sign);
+}
+
+/** A public commitment to a seed (SHA-256), advertised so a rebuilt seed can be checked. */
+export const commitSeed = (seed: Buffer): string => createHash('sha256').update(seed).digest('base64');
+
+// ------------------------------------------------------------------------------------ signatures
+
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
+
+/**
+ * An Ed25519 public key from base64 of its raw 32 bytes or of its DER SubjectPublicKeyInfo (44 bytes,
+ * `openssl pkey -pubout -outform DER | base64`); undefined when it is neither.
+ */
+export function signingPublicKey(base64: string): KeyObject | undefined {
+  const raw = Buffer.from(base64, 'base64');
+  const der = raw.length === 32 ? Buffer.concat([SPKI_ED25519, raw]) : raw;
+  if (der.length !== 44 || !der.subarray(0, 12).equals(SPKI_ED25519)) return undefined;
+  try {
+    return createPublicKey({ key: der, format: 'der', type: 'spki' });
+  } catch {
+    return undefined;
+  }
+}
+
+/** The raw public key (base64) of a PKCS8 PEM private key. */
+export function signingPublicOf(privatePem: string): string {
+  const spki = createPublicKey(createPrivateKey(privatePem)).export({ format: 'der', type: 'spki' });
+  return spki.subarray(spki.length - 32).toString('base64');
+}
+
+export const signMessage = (message: string, privatePem: string): string =>
+  sign(null, Buffer.from(message), createPrivateKey(privatePem)).toString('base64');
+
+export const verifyMessage = (message: string, signature: string, publicKey: KeyObject): boolean =>
+  verify(null, Buffer.from(message), publicKey, Buffer.from(signature, 'base64'));
+
 // ------------------------------------------------------------------------------------------ Shamir
 
 export interface Share {
@@ -214,23 +261,36 @@ export function shamirCombine(shares: readonly Share[], threshold: number, lengt
 
 // ------------------------------------------------------------------------ shares on the wire
 
-/** A share encrypted to its holder under the pair's channel key (AES-256-GCM: iv ‖ tag ‖ data). */
-export function sealShare(share: Share, key: Buffer): string {
+/** A holder's two shares of one site's secrets: of its mask key s_u and of its self-mask seed b_u. */
+export interface SharePair {
+  readonly key: Share;
+  readonly seed: Share;
+}
+
+/**
+ * A holder's pair of shares encrypted to it under the pair's channel key (AES-256-GCM: iv ‖ tag ‖
+ * data), with `binding` (round, sender, holder) as additional data: a sealed pair moved to another
+ * round or holder does not open.
+ */
+export function sealShare(pair: SharePair, key: Buffer, binding: string): string {
   const iv = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', key, iv);
-  const data = Buffer.concat([
-    cipher.update(Buffer.from(`${share.x}:${share.y.toString(16)}`)),
-    cipher.final(),
-  ]);
+  cipher.setAAD(Buffer.from(binding));
+  const text = `${pair.key.x}:${pair.key.y.toString(16)}:${pair.seed.y.toString(16)}`;
+  const data = Buffer.concat([cipher.update(Buffer.from(text)), cipher.final()]);
   return Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64');
 }
 
-/** Opens a sealed share; throws when it was not sealed under `key` or was altered. */
-export function openShare(sealed: string, key: Buffer): Share {
+/** Opens a sealed pair; throws when it was not sealed under `key` and `binding`, or was altered. */
+export function openShare(sealed: string, key: Buffer, binding: string): SharePair {
   const raw = Buffer.from(sealed, 'base64');
   const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12));
+  decipher.setAAD(Buffer.from(binding));
   decipher.setAuthTag(raw.subarray(12, 28));
   const text = Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString();
-  const [x, y] = text.split(':');
-  return { x: Number(x), y: BigInt(`0x${y}`) };
+  const [x, keyY, seedY] = text.split(':');
+  return {
+    key: { x: Number(x), y: BigInt(`0x${keyY}`) },
+    seed: { x: Number(x), y: BigInt(`0x${seedY}`) },
+  };
 }

@@ -285,7 +285,10 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     maxPerWorker: spec.batch.maxPerWorker,
     state: fresh,
     audit,
+    onStepFallback: (reason) =>
+      emit(log, 'warn', 'train step', { event: 'train-step', path: 'per-op', reason }),
   });
+  emit(log, 'info', 'train step', { event: 'train-step', ...trainer.stepPath });
   // A leave request (SIGTERM in a pod, or the operator's control message before a node goes away)
   // ends this worker's part; `stop` (from the operator) ends the whole job's training for now.
   const leaving = new AbortController();

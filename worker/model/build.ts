@@ -284,7 +284,7 @@ interface DropoutInternals {
 }
 
 /** A dropout mask (1/(1−rate) where kept, 0 where dropped) from a seeded mulberry32 stream. */
-function dropoutMask(shape: readonly number[], rate: number, seed: number): tf.Tensor {
+export function dropoutMask(shape: readonly number[], rate: number, seed: number): tf.Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
   const values = new Float32Array(size);
   const next = uint32Stream(seed);
@@ -338,4 +338,9 @@ export function seedDropout(
   layers.forEach((layer, i) => {
     (layer as unknown as DropoutInternals).tensileMaskSeed = mixSeed(seed, step, rank, micro, i);
   });
+}
+
+/** The mask seed each dropout layer's next forward pass uses (seedDropout's), in layer order. */
+export function dropoutSeeds(layers: readonly tf.layers.Layer[]): number[] {
+  return layers.map((layer) => (layer as unknown as DropoutInternals).tensileMaskSeed ?? 0);
 }

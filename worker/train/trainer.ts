@@ -38,7 +38,7 @@ import {
   shareIndices,
 } from '../data/sampler.ts';
 import type { SampleStore } from '../data/store.ts';
-import { type BuiltModel, dropoutLayers, seedDropout } from '../model/build.ts';
+import { type BuiltModel, dropoutLayers, dropoutSeeds, seedDropout } from '../model/build.ts';
 import {
   type GradientStatistics,
   gainOf,
@@ -48,6 +48,7 @@ import {
 } from '../rescale/policy.ts';
 import { type CommunicationHook, hookFor, TopkHook } from './communication/hooks.ts';
 import { LocalSgd } from './communication/local-sgd-weights.ts';
+import { NativeStep } from './native-step.ts';
 import { TrainingOptimizer } from './optimizer.ts';
 import type { EvalResult, World } from './policy.ts';
 import { type GradientReducer, LocalReducer } from './reducer.ts';
@@ -159,6 +160,19 @@ export interface TrainerOptions {
   readonly maxPerWorker: number | undefined;
   readonly state: TrainingState;
   readonly audit?: AuditLog;
+  /**
+   * On the native backend, run a micro-batch's forward and backward pass as one TensorFlow function
+   * where the model allows (native-step.ts); default true. False: always tfjs's per-op tape.
+   */
+  readonly stepFunction?: boolean;
+  /** Told when the step function fails on its first run and the per-op tape takes over. */
+  readonly onStepFallback?: (reason: string) => void;
+}
+
+interface MicroBatchResult {
+  readonly value: tf.Scalar;
+  readonly grads: tf.NamedTensorMap;
+  readonly correct: tf.Scalar | undefined;
 }
 
 export class Trainer {
@@ -186,6 +200,10 @@ export class Trainer {
   private localSgd: LocalSgd | undefined;
   /** Shared communication state restored before the world's settings were known. */
   private restoredCommunication: FusedValues | undefined;
+  /** The forward and backward pass as one TensorFlow function (native backend, supported layers). */
+  private native: NativeStep | undefined;
+  private perOpReason: string | undefined;
+  private functionSteps = 0;
 
   constructor(private readonly options: TrainerOptions) {
     this.model = options.model.model;
@@ -202,6 +220,7 @@ export class Trainer {
     this.optimizer = new TrainingOptimizer(
       options.optimizer,
       trainable.map((w, i) => ({ name: w.originalName, variable: this.variables[i] as tf.Variable })),
+      options.stepFunction !== false,
     );
     this.batches = new BatchMaker(
       options.dataset,
@@ -210,6 +229,12 @@ export class Trainer {
     );
     this.dropout = dropoutLayers(this.model);
     this.topology = this.model.toJSON(null, false);
+    const native =
+      options.stepFunction === false
+        ? 'turned off (stepFunction: false)'
+        : NativeStep.for(this.model, this.variables);
+    if (typeof native === 'string') this.perOpReason = native;
+    else this.native = native;
   }
 
   /**
@@ -302,16 +327,8 @@ export class Trainer {
     const lossIndex = this.gradientLength;
     const { x, y } = this.batches.make(this.options.dataset.train, slice);
     seedDropout(this.dropout, this.state.modelSeed, this.state.step, rank, micro);
-    let correct: tf.Scalar | undefined;
-    const { value, grads } = tf.variableGrads(() => {
-      const probabilities = this.model.apply(x, { training: true }) as tf.Tensor2D;
-      const oneHot = tf.oneHot(y, probabilities.shape[1]);
-      const logLikelihood = tf.sum(
-        tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON))),
-      );
-      correct = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'))) as tf.Scalar;
-      return tf.mul(logLikelihood, -1 / samples) as tf.Scalar;
-    }, this.variables);
+    const { value, grads, correct } =
+      this.native === undefined ? this.perOpGradients(x, y, samples) : this.functionGradients(x, y, samples);
     this.variables.forEach((variable, i) => {
       const spec = this.gradientSpecs[i] as TensorSpec;
       const gradient = grads[variable.name];
@@ -331,6 +348,48 @@ export class Trainer {
       ),
     );
     return direct ? grads : undefined;
+  }
+
+  /** The micro-batch's gradients by tfjs's tape: one eager op per forward and backward op. */
+  private perOpGradients(x: tf.Tensor, y: tf.Tensor1D, samples: number): MicroBatchResult {
+    let correct: tf.Scalar | undefined;
+    const { value, grads } = tf.variableGrads(() => {
+      const probabilities = this.model.apply(x, { training: true }) as tf.Tensor2D;
+      const oneHot = tf.oneHot(y, probabilities.shape[1]);
+      const logLikelihood = tf.sum(
+        tf.mul(oneHot, tf.log(tf.clipByValue(probabilities, EPSILON, 1 - EPSILON))),
+      );
+      correct = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(probabilities, 1), y), 'float32'))) as tf.Scalar;
+      return tf.mul(logLikelihood, -1 / samples) as tf.Scalar;
+    }, this.variables);
+    return { value, grads, correct };
+  }
+
+  /** The same as one TensorFlow function call (native-step.ts). */
+  private functionGradients(x: tf.Tensor, y: tf.Tensor1D, samples: number): MicroBatchResult {
+    let out: ReturnType<NativeStep['run']>;
+    try {
+      out = (this.native as NativeStep).run(x, y, 1 / samples, dropoutSeeds(this.dropout));
+    } catch (error) {
+      // A graph TensorFlow accepted but cannot run (a layer config the checks missed, a device
+      // without a kernel): before any step took this path, the per-op tape takes over for good.
+      if (this.functionSteps > 0) throw error;
+      this.native = undefined;
+      this.perOpReason = `the step function failed: ${(error as Error).message.split('\n')[0]}`;
+      this.options.onStepFallback?.(this.perOpReason);
+      return this.perOpGradients(x, y, samples);
+    }
+    this.functionSteps++;
+    const grads: tf.NamedTensorMap = {};
+    this.variables.forEach((variable, i) => {
+      grads[variable.name] = out.gradients[i] as tf.Tensor;
+    });
+    return { value: out.loss, grads, correct: out.correct };
+  }
+
+  /** How this trainer computes gradients: one function call a micro-batch, or op by op (and why). */
+  get stepPath(): { readonly path: 'function' | 'per-op'; readonly reason?: string } {
+    return this.native === undefined ? { path: 'per-op', reason: this.perOpReason } : { path: 'function' };
   }
 
   /**
