@@ -90,4 +90,30 @@ test('a full volume holds the audit back instead of failing the step, and fails 
   assert.ok(records.every((r) => r.indices.length === 32 && r.indices[0] === r.step * 32));
 });
 
+// Chaos seed 2 (20 minutes): a world re-formed while the volume was full; the audit's truncation
+// closed its descriptor, failed to write the rewritten file, and every later fsync failed the worker
+// with EBADF (5 workers, none killed by a fault).
+test('truncating the audit on a full volume keeps it working: the records stay, fsync and appends go on', () => {
+  const file = join(dir, 'worker-1.bin');
+  const audit = new AuditLog(file);
+  const indices = (step: number) => Uint32Array.from({ length: 32 }, (_, i) => step * 32 + i);
+  for (let step = 0; step < 10; step++) audit.record(0, 0, step, indices(step));
+  audit.sync();
+  const fill = join(dir, 'fill-2');
+  fillUp(fill);
+  assert.equal(audit.truncateFrom(5), { kept: 10, dropped: 0 }, 'nothing dropped while full');
+  audit.sync();
+  for (let step = 5; step < 8; step++) audit.record(1, 0, step, indices(step));
+  rmSync(fill);
+  audit.record(1, 0, 8, indices(8));
+  assert.is(audit.behind, 0);
+  // With room again a truncation drops every record from the step on, those the full one kept too.
+  assert.equal(audit.truncateFrom(8), { kept: 11, dropped: 3 });
+  audit.close();
+  assert.equal(
+    readAuditFile(file).map((r) => [r.generation, r.step]),
+    [...Array.from({ length: 8 }, (_, i) => [0, i]), [1, 5], [1, 6], [1, 7]],
+  );
+});
+
 test.run();
