@@ -92,8 +92,10 @@ for (const mode of ['topk', 'powersgd', 'local']) {
   test(`${mode}: a join and a kill mid-run; exactly once and in lockstep across the worlds`, async () => {
     const out = join(dir, `${mode}-chaos`);
     // The join first: a newcomer takes seconds to start, and the kill waits until it is in a world,
-    // so the run goes 2 → 3 → 2 workers (and stays long enough for both).
-    const chaos = 'join:30,kill:300';
+    // so the run goes 2 → 3 → 2 workers. Until the newcomer is in, worker-0 (and so the world) runs
+    // at a tenth of its speed: on the native backend a run of local SGD can otherwise end before a
+    // newcomer has started on a loaded machine (seen in CI); unslow, like the kill, waits for it.
+    const chaos = 'slow:0:0.1,join:30,unslow:0:40,kill:300';
     const summary = await finished(
       tensileRun(
         manifest(`${mode}-chaos`, MODES[mode] ?? {}, CHAOS_EPOCHS),
@@ -109,7 +111,7 @@ for (const mode of ['topk', 'powersgd', 'local']) {
     );
     assert.equal(
       summary.chaos?.map((c) => c.action),
-      ['join', 'kill'],
+      ['slow', 'join', 'unslow', 'kill'],
     );
     // The worlds that formed, from the workers' logs: with local SGD a world that ended before its
     // first averaging committed nothing and is not in the final history (its steps were redone).
