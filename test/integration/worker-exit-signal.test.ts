@@ -40,33 +40,48 @@ function spec() {
 
 const probe = fileURLToPath(new URL('../helpers/sigterm-listener-probe.mjs', import.meta.url));
 
-test('SIGTERM while the worker still loads: it stops before it starts, exit 0', async () => {
-  const env = workerEnvironment({
+/**
+ * A real `tensile worker` of a one-worker job; `onOutput` sees all its output so far after each
+ * chunk (standard output and error together).
+ */
+function startWorker(checkpoints: string, onOutput: (log: string) => void, env: NodeJS.ProcessEnv = {}) {
+  const config = workerEnvironment({
     jobName: 'exiting',
     namespace: 'default',
     spec: spec(),
     replicaIndex: 0,
-    checkpointDir: join(dir, 'early-checkpoints'),
+    checkpointDir: join(dir, checkpoints),
     backend: 'cpu',
   });
   const child = spawn(process.execPath, [bin, 'worker'], {
-    env: { ...process.env, ...env, NODE_OPTIONS: `--import ${probe}` },
+    env: { ...process.env, ...config, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
-  child.stdout.on('data', (chunk: Buffer) => {
+  const append = (chunk: Buffer) => {
     log += chunk.toString();
-  });
+    onOutput(log);
+  };
+  child.stdout.on('data', append);
+  child.stderr.on('data', append);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; log: string }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal, log })),
+  );
+  return { child, exited };
+}
+
+test('SIGTERM while the worker still loads: it stops before it starts, exit 0', async () => {
   let signalled = false;
   // At the first listener (before the fix, the worker command's own, once everything had loaded).
-  child.stderr.on('data', (chunk: Buffer) => {
-    log += chunk.toString();
-    if (!signalled && log.includes('probe: listening for SIGTERM')) signalled = child.kill('SIGTERM');
-  });
-  const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
-    child.on('exit', (c, s) => resolve([c, s])),
+  const worker = startWorker(
+    'early-checkpoints',
+    (log) => {
+      if (!signalled && log.includes('probe: listening for SIGTERM'))
+        signalled = worker.child.kill('SIGTERM');
+    },
+    { NODE_OPTIONS: `--import ${probe}` },
   );
-  const [code, signal] = await exited;
+  const { code, signal, log } = await worker.exited;
   assert.is(signal, null, `killed by ${signal}:\n${log}`);
   assert.is(code, 0, log.slice(-2000));
   assert.match(log, /signal received before the work started; stopping/);
@@ -74,37 +89,19 @@ test('SIGTERM while the worker still loads: it stops before it starts, exit 0', 
 });
 
 test('SIGTERM after `completed`, again and again until the process is gone: exit 0', async () => {
-  const env = workerEnvironment({
-    jobName: 'exiting',
-    namespace: 'default',
-    spec: spec(),
-    replicaIndex: 0,
-    checkpointDir: join(dir, 'checkpoints'),
-    backend: 'cpu',
-  });
-  const child = spawn(process.execPath, [bin, 'worker'], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
   let signals = 0;
   let timer: NodeJS.Timeout | undefined;
-  child.stdout.on('data', (chunk: Buffer) => {
-    log += chunk.toString();
+  const worker = startWorker('checkpoints', (log) => {
     if (timer !== undefined || !log.includes('"event":"completed"')) return;
     // Within the 1 s in which repeated signals are one request (a later one means "exit now").
     const until = performance.now() + 800;
     timer = setInterval(() => {
+      const { child } = worker;
       if (performance.now() > until) return clearInterval(timer);
       if (child.exitCode === null && child.signalCode === null && child.kill('SIGTERM')) signals++;
     }, 10);
   });
-  child.stderr.on('data', (chunk: Buffer) => {
-    log += chunk.toString();
-  });
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
-    child.on('exit', (c, s) => resolve([c, s])),
-  );
+  const { code, signal, log } = await worker.exited;
   clearInterval(timer);
   assert.ok(log.includes('"event":"completed"'), `the worker did not complete:\n${log}`);
   assert.ok(signals > 0, 'no signal was sent before the worker exited');
