@@ -132,7 +132,7 @@ try {
     timeoutSeconds: number('timeout', minutes * 180 + 1200),
     artifactsDir,
     signal: controller.signal,
-    disturbance: chaosDisturbance({ seed, schedule }),
+    disturbance: chaosDisturbance({ seed, schedule, windowSeconds: minutes * 60 }),
     log: (line) => process.stderr.write(`${stamp()} ${line}\n`),
   });
   process.stdout.write(`\n${formatSummary(result)}\n`);
