@@ -297,7 +297,7 @@ class Chaos implements Disturbance {
         component = `worker-${env.get('TENSILE_REPLICA_INDEX') ?? '?'}`;
       }
       const rss = rssBytes(r.pid);
-      if (rss !== undefined) this.memory.push({ at: this.lastSample, component, rssBytes: rss });
+      if (rss !== undefined) this.memory.push({ at: this.lastSample, component, pid: r.pid, rssBytes: rss });
     }
   }
 
@@ -316,7 +316,7 @@ class Chaos implements Disturbance {
     );
     const resumes = judgeResumes(lines);
     clearInterval(this.sampler);
-    const memory = judgeMemory(this.memory, this.seconds());
+    const memory = judgeMemory(this.memory);
     // The last fault may still be settling when the job completes: the job's success is its outcome.
     const last = this.done.at(-1);
     const unconverged = this.done.filter(

@@ -36,35 +36,57 @@ export interface MemorySample {
   readonly at: number;
   /** A long-lived component: `operator-0`, `nats-server`, `kube-apiserver`, a worker pod's name, … */
   readonly component: string;
+  /** The process sampled: a replacement of a component is another process with a start-up of its own. */
+  readonly pid?: number;
   readonly rssBytes: number;
 }
 
 export interface MemoryVerdict {
   readonly component: string;
   readonly samples: number;
-  /** Peak of the middle and of the last third of the run. */
+  /** Peak of the middle and of the last third of the process's sampled life. */
   readonly middlePeak: number;
   readonly lastPeak: number;
   readonly ok: boolean;
 }
 
+/** A process sampled for less than this is not judged: its thirds would be start-up and noise. */
+export const MIN_JUDGED_LIFE_SECONDS = 30;
+
 /**
- * Memory is bounded when the last third of the run peaks no higher than the middle third plus a slack
- * (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. The first third is start-up
- * (loading the runtime and the data) and is not compared. A component needs samples in both thirds.
+ * Memory is bounded when the last third of a process's sampled life peaks no higher than its middle
+ * third plus a slack (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. The first third
+ * is start-up (loading the runtime and the data) and is not compared — each process's own, so that a
+ * worker started late in the run (a replacement) is not judged by its start-up.
  */
-export function judgeMemory(samples: readonly MemorySample[], runSeconds: number): MemoryVerdict[] {
-  const byComponent = new Map<string, MemorySample[]>();
-  for (const s of samples) byComponent.set(s.component, [...(byComponent.get(s.component) ?? []), s]);
+export function judgeMemory(samples: readonly MemorySample[]): MemoryVerdict[] {
+  const byProcess = new Map<string, MemorySample[]>();
+  for (const s of samples) {
+    const key = `${s.component}\u0000${s.pid ?? ''}`;
+    byProcess.set(key, [...(byProcess.get(key) ?? []), s]);
+  }
+  const pidsOf = new Map<string, number>();
+  for (const list of byProcess.values()) {
+    const component = (list[0] as MemorySample).component;
+    pidsOf.set(component, (pidsOf.get(component) ?? 0) + 1);
+  }
   const out: MemoryVerdict[] = [];
-  for (const [component, list] of [...byComponent].sort((a, b) => a[0].localeCompare(b[0]))) {
-    const peak = (from: number, to: number) =>
-      Math.max(0, ...list.filter((s) => s.at >= from && s.at < to).map((s) => s.rssBytes));
-    const middlePeak = peak(runSeconds / 3, (2 * runSeconds) / 3);
-    const lastPeak = peak((2 * runSeconds) / 3, Number.POSITIVE_INFINITY);
+  for (const [, list] of [...byProcess].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const first = list[0] as MemorySample;
+    const from = Math.min(...list.map((s) => s.at));
+    const life = Math.max(...list.map((s) => s.at)) - from;
+    if (life < MIN_JUDGED_LIFE_SECONDS) continue;
+    const peak = (low: number, high: number) =>
+      Math.max(
+        0,
+        ...list.filter((s) => s.at >= from + low * life && s.at < from + high * life).map((s) => s.rssBytes),
+      );
+    const middlePeak = peak(1 / 3, 2 / 3);
+    const lastPeak = peak(2 / 3, Number.POSITIVE_INFINITY);
     if (middlePeak === 0 || lastPeak === 0) continue;
+    const several = (pidsOf.get(first.component) ?? 0) > 1 && first.pid !== undefined;
     out.push({
-      component,
+      component: several ? `${first.component} (pid ${first.pid})` : first.component,
       samples: list.length,
       middlePeak,
       lastPeak,
