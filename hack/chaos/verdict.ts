@@ -44,20 +44,21 @@ export interface MemorySample {
 export interface MemoryVerdict {
   readonly component: string;
   readonly samples: number;
-  /** Peak of the middle and of the last third of the process's sampled life. */
+  /** Peak of the first and of the second half of the process's life past its start-up. */
   readonly middlePeak: number;
   readonly lastPeak: number;
   readonly ok: boolean;
 }
 
-/** A process sampled for less than this is not judged: its thirds would be start-up and noise. */
+/** A process sampled past its start-up for less than this is not judged: too little to tell. */
 export const MIN_JUDGED_LIFE_SECONDS = 30;
 
 /**
- * Memory is bounded when the last third of a process's sampled life peaks no higher than its middle
- * third plus a slack (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. The first third
- * is start-up (loading the runtime and the data) and is not compared — each process's own, so that a
- * worker started late in the run (a replacement) is not judged by its start-up.
+ * Memory is bounded when, past its start-up, a process's second half peaks no higher than its first
+ * half plus a slack (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. Start-up
+ * (loading the runtime and the data) ends at the first sample of at least 0.8 of the process's median,
+ * each process its own, so that a worker started late (a replacement, slowly on a busy machine) is not
+ * judged by its loading.
  */
 export function judgeMemory(samples: readonly MemorySample[]): MemoryVerdict[] {
   const byProcess = new Map<string, MemorySample[]>();
@@ -65,26 +66,25 @@ export function judgeMemory(samples: readonly MemorySample[]): MemoryVerdict[] {
     const key = `${s.component}\u0000${s.pid ?? ''}`;
     byProcess.set(key, [...(byProcess.get(key) ?? []), s]);
   }
-  const pidsOf = new Map<string, number>();
+  const processes = new Map<string, number>();
   for (const list of byProcess.values()) {
     const component = (list[0] as MemorySample).component;
-    pidsOf.set(component, (pidsOf.get(component) ?? 0) + 1);
+    processes.set(component, (processes.get(component) ?? 0) + 1);
   }
   const out: MemoryVerdict[] = [];
-  for (const [, list] of [...byProcess].sort((a, b) => a[0].localeCompare(b[0]))) {
+  for (const [, unsorted] of [...byProcess].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const list = [...unsorted].sort((a, b) => a.at - b.at);
     const first = list[0] as MemorySample;
-    const from = Math.min(...list.map((s) => s.at));
-    const life = Math.max(...list.map((s) => s.at)) - from;
-    if (life < MIN_JUDGED_LIFE_SECONDS) continue;
+    const median = [...list.map((s) => s.rssBytes)].sort((a, b) => a - b)[Math.floor(list.length / 2)] ?? 0;
+    const from = list.find((s) => s.rssBytes >= 0.8 * median)?.at ?? first.at;
+    const span = (list.at(-1) as MemorySample).at - from;
+    if (span < MIN_JUDGED_LIFE_SECONDS) continue;
     const peak = (low: number, high: number) =>
-      Math.max(
-        0,
-        ...list.filter((s) => s.at >= from + low * life && s.at < from + high * life).map((s) => s.rssBytes),
-      );
-    const middlePeak = peak(1 / 3, 2 / 3);
-    const lastPeak = peak(2 / 3, Number.POSITIVE_INFINITY);
+      Math.max(0, ...list.filter((s) => s.at >= low && s.at < high).map((s) => s.rssBytes));
+    const middlePeak = peak(from, from + span / 2);
+    const lastPeak = peak(from + span / 2, Number.POSITIVE_INFINITY);
     if (middlePeak === 0 || lastPeak === 0) continue;
-    const several = (pidsOf.get(first.component) ?? 0) > 1 && first.pid !== undefined;
+    const several = (processes.get(first.component) ?? 0) > 1 && first.pid !== undefined;
     out.push({
       component: several ? `${first.component} (pid ${first.pid})` : first.component,
       samples: list.length,
