@@ -85,6 +85,8 @@ export interface StepResult {
   /** Per rank, in rank order: compute seconds of this step, and seconds waited in the previous all-reduce. */
   readonly computeSeconds: readonly number[];
   readonly waitSeconds: readonly number[];
+  /** Each rank's optimizer update seconds of its step before (0: none yet). */
+  readonly updateSeconds: readonly number[];
   /** Bytes this rank sent for the step (payloads of the collective; 0 for a local step). */
   readonly wireBytes: number;
   /** The gradient noise scale in samples, smoothed over steps (measured with AdaScale or `measureNoise`). */
@@ -193,6 +195,8 @@ export class Trainer {
   private lastReadAhead: { epoch: number; from: number } | undefined;
   /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
   private lastWait = 0;
+  /** Seconds of the last optimizer update here (the fixed part of a step, see the planner). */
+  private lastUpdate = 0;
   /** Per-sample σ² and μ² for the noise scale when AdaScale does not keep them (not elastic state). */
   private noise: GradientStatistics | undefined;
   private communication: CommunicationSpec | undefined;
@@ -457,7 +461,7 @@ export class Trainer {
     // Alone, a rank's statistics are the world's already: nothing to average.
     const statistics = world.size > 1 ? this.statistics : undefined;
     const timesOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
-    const statisticsOffset = timesOffset + 2 * world.size;
+    const statisticsOffset = timesOffset + 3 * world.size;
     const length = statisticsOffset + (statistics?.length ?? 0);
     if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
@@ -491,6 +495,7 @@ export class Trainer {
     statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
     fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
     fused[timesOffset + world.size + world.rank] = this.lastWait;
+    fused[timesOffset + 2 * world.size + world.rank] = this.lastUpdate;
     const weight = indices.length / plan.samples;
     const local =
       this.localSgd !== undefined &&
@@ -528,7 +533,9 @@ export class Trainer {
     const gain = adascale ? this.adascaleGain(world, reduced, plan.samples) : 1;
     const noiseScale = adascale ? this.noiseScaleOf(world, reduced, plan.samples) : undefined;
     const learningRate = world.learningRate * gain;
+    const updateStarted = performance.now();
     this.applyGradients(reduced, kept, learningRate);
+    this.lastUpdate = (performance.now() - updateStarted) / 1000;
     this.state.progress = (this.state.progress ?? this.state.step) + gain;
     this.state.step += 1;
     this.state.epoch = plan.next.epoch;
@@ -548,6 +555,7 @@ export class Trainer {
       gain,
       computeSeconds: Array.from(reduced.subarray(timesOffset, timesOffset + world.size)),
       waitSeconds: Array.from(reduced.subarray(timesOffset + world.size, timesOffset + 2 * world.size)),
+      updateSeconds: Array.from(reduced.subarray(timesOffset + 2 * world.size, statisticsOffset)),
       wireBytes: world.size > 1 ? this.hook.lastWireBytes : 0,
       ...(noiseScale === undefined ? {} : { noiseScale }),
     };
@@ -599,6 +607,7 @@ export class Trainer {
       // balancing planner keeps its estimates (local SGD and proportional balancing do not mix).
       computeSeconds: [],
       waitSeconds: [],
+      updateSeconds: [],
     };
   }
 
