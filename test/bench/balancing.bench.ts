@@ -172,6 +172,10 @@ async function measure(dir: string, mode: Mode, batch: number) {
       .filter((e) => e.worker === writer)
       .map((e) => ({ step: e.step, reason: e.reason, perWorker: e.perWorker })),
     audit,
+    // The last rank to arrive waits only for the ring itself: the smallest wait is the all-reduce's
+    // own time, which the capacities (each worker alone) do not pay. Its share of the step bounds
+    // what any split can reach: 1 − share of the capacity at best.
+    allReduceShareOfStep: round(Math.min(...loads.map((l) => l.waitSeconds)) / (batch / samplesPerSecond)),
     slowedWorkerWaitSeconds: slowed?.waitSeconds ?? 0,
     fastWorkersWaitSeconds: fast.map((l) => l.waitSeconds),
     accuracy: summary.eval?.accuracy ?? null,
