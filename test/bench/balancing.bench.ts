@@ -189,7 +189,8 @@ async function measure(dir: string, mode: Mode, batch: number) {
  */
 async function measureEviction(dir: string, batch: number) {
   const out = join(dir, 'out-evict');
-  const epochs = epochsFor(batch, 2 * STEPS);
+  // Long enough for a replacement to start and join on a loaded machine (seconds) after the report.
+  const epochs = epochsFor(batch, 6 * STEPS);
   const file = writeJob(dir, 'evict', {
     replicas: WORKERS,
     batch,
@@ -209,6 +210,8 @@ async function measureEviction(dir: string, batch: number) {
   const before = settledThroughput(events, batch, slowed?.worker, slowed?.generation);
   const after = settledThroughput(events, batch, replaced?.worker, replaced?.generation);
   const straggler = eventsOf(events, 'straggler').find((e) => e.evict);
+  assert.ok(straggler !== undefined, 'the straggler was reported for eviction');
+  assert.ok(replaced !== undefined, 'a world of three without the straggler formed before the end');
   return {
     stragglerReportedAtStep: straggler?.step ?? null,
     replacedInGeneration: replaced?.generation ?? null,

@@ -294,12 +294,18 @@ test("every rank reads every rank's compute seconds, last wait and last update f
   // Rank 0 reaches the all-reduce first and waits there for rank 1's compute (reported a step later).
   assert.equal(results[0]?.[0]?.waitSeconds, [0, 0]);
   assert.ok((results[1]?.[0]?.waitSeconds[0] ?? 0) > 0);
-  // The optimizer's update follows the all-reduce: the first step carries none, the second both.
+  // The update and bookkeeping follow the all-reduce: the first step of a world carries none, the
+  // second both ranks' time since their last all-reduce ended.
   assert.equal(results[0]?.[0]?.updateSeconds, [0, 0]);
   assert.ok(
     results[1]?.[0]?.updateSeconds.every((s) => s > 0),
     `update ${results[1]?.[0]?.updateSeconds}`,
   );
+  // An evaluation between two steps is not timed as fixed work: that rank reports none.
+  ranks[0]?.untimedGap();
+  const [third] = await Promise.all(ranks.map((t, rank) => t.step(world([12, 20], rank), reducer)));
+  assert.is(third?.updateSeconds[0], 0);
+  assert.ok((third?.updateSeconds[1] ?? 0) > 0);
   for (const t of ranks) t.dispose();
 });
 

@@ -2,7 +2,7 @@
  * Heterogeneity-aware batch sizes (design 7, balancing). A synchronous step lasts as long as its
  * slowest rank takes to reach the all-reduce: with b_i samples at s_i seconds per sample and u_i
  * seconds of work per step that does not grow with the batch (the optimizer's update of the previous
- * step, done by every rank at its own speed), about max_i (u_i + b_i·s_i). Giving each rank the b_i
+ * step and the step's bookkeeping, done by every rank at its own speed), about max_i (u_i + b_i·s_i). Giving each rank the b_i
  * that makes u_i + b_i·s_i the same for all makes every rank arrive together, and the world runs at
  * the sum of the ranks' throughputs instead of N times the slowest one's.
  *
@@ -27,8 +27,9 @@ export interface WorkerEstimate {
   /** Moving average of the seconds this worker waited in the all-reduce per step. */
   readonly waitSeconds: number;
   /**
-   * Moving average of the seconds per step that do not grow with its batch: the optimizer's update,
-   * which every rank does on the whole model at its own speed before its next step's compute.
+   * Moving average of the seconds per step that do not grow with its batch: from the end of an
+   * all-reduce to the next compute, the optimizer's update of the whole model and the step's
+   * bookkeeping, which every rank does at its own speed (evaluations and snapshots not counted).
    */
   readonly updateSeconds: number;
   /** The step since which it has been below the straggler threshold, or null. */

@@ -85,7 +85,10 @@ export interface StepResult {
   /** Per rank, in rank order: compute seconds of this step, and seconds waited in the previous all-reduce. */
   readonly computeSeconds: readonly number[];
   readonly waitSeconds: readonly number[];
-  /** Each rank's optimizer update seconds of its step before (0: none yet). */
+  /**
+   * Each rank's seconds from the end of the previous all-reduce to this step's compute (the update
+   * and the step's bookkeeping; 0: not measured, the first step of a world).
+   */
   readonly updateSeconds: readonly number[];
   /** Bytes this rank sent for the step (payloads of the collective; 0 for a local step). */
   readonly wireBytes: number;
@@ -195,8 +198,12 @@ export class Trainer {
   private lastReadAhead: { epoch: number; from: number } | undefined;
   /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
   private lastWait = 0;
-  /** Seconds of the last optimizer update here (the fixed part of a step, see the planner). */
-  private lastUpdate = 0;
+  /**
+   * When the last all-reduce here ended (undefined: none in this world). From then to the next step's
+   * compute this rank applies the update and does the step's bookkeeping (progress, balancing,
+   * snapshots): the work of a step that does not shrink with its batch, timed for the planner.
+   */
+  private reduceEnded: number | undefined;
   /** Per-sample σ² and μ² for the noise scale when AdaScale does not keep them (not elastic state). */
   private noise: GradientStatistics | undefined;
   private communication: CommunicationSpec | undefined;
@@ -495,7 +502,8 @@ export class Trainer {
     statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
     fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
     fused[timesOffset + world.size + world.rank] = this.lastWait;
-    fused[timesOffset + 2 * world.size + world.rank] = this.lastUpdate;
+    fused[timesOffset + 2 * world.size + world.rank] =
+      this.reduceEnded === undefined ? 0 : (started - this.reduceEnded) / 1000;
     const weight = indices.length / plan.samples;
     const local =
       this.localSgd !== undefined &&
@@ -521,9 +529,11 @@ export class Trainer {
               signal,
             })
           : await reducer.allReduce(fused, signal);
-      this.lastWait = (performance.now() - reduceStarted) / 1000;
+      this.reduceEnded = performance.now();
+      this.lastWait = (this.reduceEnded - reduceStarted) / 1000;
     } catch (error) {
       this.lastWait = 0;
+      this.reduceEnded = undefined;
       if (kept !== undefined) tf.dispose(Object.values(kept));
       // The step is not applied anywhere: neither are the statistics its forward pass moved.
       statistics?.revert();
@@ -533,9 +543,7 @@ export class Trainer {
     const gain = adascale ? this.adascaleGain(world, reduced, plan.samples) : 1;
     const noiseScale = adascale ? this.noiseScaleOf(world, reduced, plan.samples) : undefined;
     const learningRate = world.learningRate * gain;
-    const updateStarted = performance.now();
     this.applyGradients(reduced, kept, learningRate);
-    this.lastUpdate = (performance.now() - updateStarted) / 1000;
     this.state.progress = (this.state.progress ?? this.state.step) + gain;
     this.state.step += 1;
     this.state.epoch = plan.next.epoch;
@@ -575,6 +583,8 @@ export class Trainer {
   ): Promise<StepResult> {
     const local = this.localSgd as LocalSgd;
     const fused = this.fused;
+    // No all-reduce of this step: nothing to time the next step's fixed work from.
+    this.reduceEnded = undefined;
     const lossIndex = this.gradientLength;
     const scale = plan.samples / Math.max(1, localSamples);
     for (let j = 0; j < this.gradientLength; j++) fused[j] = (fused[j] as number) * scale;
@@ -611,12 +621,19 @@ export class Trainer {
     };
   }
 
+  /** The time until the next step is not this step's fixed work (an evaluation, a snapshot). */
+  untimedGap(): void {
+    this.reduceEnded = undefined;
+  }
+
   /**
    * The communication settings of a new world. Local SGD first rolls back to its last averaging
    * (what this rank did since then, its peers never saw), so the world starts from the state every
    * rank agrees on; per-rank compression state (residuals) starts over, shared state is kept.
    */
   beginWorld(communication: CommunicationSpec | undefined, size: number): void {
+    // The time until this world's first step is the rendezvous', not a step's.
+    this.reduceEnded = undefined;
     const before = this.localSgd;
     const rollback = before?.anchor;
     if (rollback !== undefined && rollback.state.step !== this.state.step) this.restoreBase(rollback);
