@@ -160,6 +160,10 @@ async function measure(dir: string, mode: Mode, batch: number) {
       sum: round(capacity, 1),
     },
     ofCapacity: round(samplesPerSecond / capacity),
+    // Against the compute throughputs the job itself measured, at the same time: immune to the load
+    // moving between the job and the runs alone, but the update and bookkeeping are in neither
+    // throughput, so this is lower than the ratio to capacities on a quiet machine.
+    ofComputeInJob: round(samplesPerSecond / loads.reduce((a, l) => a + l.samplesPerSecond, 0)),
     // As the job measured them: compute throughput (waiting excluded) at each worker's share.
     measuredInJob: loads.map((l) => ({
       worker: l.worker,
