@@ -2,9 +2,10 @@
  * Heterogeneity-aware batch sizes (design 7, balancing). A synchronous step lasts as long as its
  * slowest rank takes to reach the all-reduce: with b_i samples at s_i seconds per sample and u_i
  * seconds of work per step that does not grow with the batch (the optimizer's update of the previous
- * step and the step's bookkeeping, done by every rank at its own speed), about max_i (u_i + b_i·s_i). Giving each rank the b_i
- * that makes u_i + b_i·s_i the same for all makes every rank arrive together, and the world runs at
- * the sum of the ranks' throughputs instead of N times the slowest one's.
+ * step and the step's bookkeeping, done by every rank at its own speed), about max_i (u_i + b_i·s_i).
+ * Giving each rank the b_i that makes u_i + b_i·s_i the same for all makes every rank arrive
+ * together, and the world runs at the sum of the ranks' throughputs instead of N times the slowest
+ * one's.
  *
  * Pure: every rank feeds these functions the same inputs (the per-rank times travel in the step's
  * all-reduce, so every rank reads the same reduced values, and the estimates are part of the training
