@@ -8,6 +8,7 @@
  * figures are null with the reason and the install command. The runtime needs tfjs-node
  * (bash hack/install-tensorflow.sh).
  */
+import { loadavg } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../../worker/backend/select.ts';
 import { LocalReducer } from '../../worker/train/reducer.ts';
@@ -42,6 +43,9 @@ export default async function bench(): Promise<object> {
   }
   const selected = await selectBackend('tensorflow');
   tf.enableProdMode();
+  // Other work on a shared machine starves torch's spinning threads far more than ours: the load
+  // average next to the figures says whether a run means anything.
+  const loadBefore = round(loadavg()[0] ?? 0, 1);
   const torch = await runPeer(
     'torch_train.py',
     ['--data', FASHION, '--threads', String(THREADS), '--steps', '60,20', '--rounds', '3'],
@@ -58,6 +62,7 @@ export default async function bench(): Promise<object> {
     measured: {
       torch: String(torch['torch']),
       threads: THREADS,
+      loadAverage1m: { before: loadBefore, after: round(loadavg()[0] ?? 0, 1) },
       backend: `${selected.backend} via ${selected.via}`,
       msPerStep: {
         mlpBatch128: { tensile: round(ours.mlp, 2), torch: torchMs('mlp') },
