@@ -8,7 +8,8 @@
  * TensorFlow's pool, so a median says more about the load than about either loop. Each side runs many
  * short rounds and the figure compares the best round of each (timeit's rule: the fastest round is the
  * one least disturbed); torch runs before and after ours and keeps its better run, so neither side
- * gets the quieter minute. The medians and the load average are reported next to it.
+ * gets the quieter minute. The medians, the CPU time per step of each process and the load average
+ * are reported next to it.
  *
  * torch is a benchmark peer, never a dependency (see torch-peer.bench.ts for its venv); without it the
  * figures are null with the reason and the install command. The runtime needs tfjs-node
@@ -35,6 +36,8 @@ const STEPS = { mlp: 30, cnn: 8 } as const;
 interface Timing {
   readonly median: number;
   readonly best: number;
+  /** CPU time of the whole process (every thread) per step, median over rounds. */
+  readonly cpu: number;
 }
 
 async function oursMsPerStep(spec: object, batch: number, steps: number): Promise<Timing> {
@@ -43,13 +46,17 @@ async function oursMsPerStep(spec: object, batch: number, steps: number): Promis
   const local = new LocalReducer();
   for (let i = 0; i < 5; i++) await t.step(oneWorker(batch), local);
   const times: number[] = [];
+  const cpu: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const started = performance.now();
+    const usage = process.cpuUsage();
     for (let i = 0; i < steps; i++) await t.step(oneWorker(batch), local);
     times.push((performance.now() - started) / steps);
+    const used = process.cpuUsage(usage);
+    cpu.push((used.user + used.system) / 1000 / steps);
   }
   t.dispose();
-  return { median: median(times), best: Math.min(...times) };
+  return { median: median(times), best: Math.min(...times), cpu: median(cpu) };
 }
 
 type Model = 'mlp' | 'cnn';
@@ -70,8 +77,8 @@ async function torchMsPerStep(): Promise<Record<Model, Timing> & { version: stri
     600_000,
   );
   const timing = (model: Model): Timing => {
-    const m = out[model] as { msPerStep: number; bestMsPerStep: number };
-    return { median: Number(m.msPerStep), best: Number(m.bestMsPerStep) };
+    const m = out[model] as { msPerStep: number; bestMsPerStep: number; cpuMsPerStep: number };
+    return { median: Number(m.msPerStep), best: Number(m.bestMsPerStep), cpu: Number(m.cpuMsPerStep) };
   };
   return { mlp: timing('mlp'), cnn: timing('cnn'), version: String(out['torch']) };
 }
@@ -105,9 +112,10 @@ export default async function bench(): Promise<object> {
   const torch = (model: Model): Timing => ({
     median: Math.min(before[model].median, after[model].median),
     best: Math.min(before[model].best, after[model].best),
+    cpu: Math.min(before[model].cpu, after[model].cpu),
   });
   const ratio = (model: Model, of: keyof Timing) => round(torch(model)[of] / ours[model][of], 2);
-  const ms = (t: Timing) => ({ best: round(t.best, 2), median: round(t.median, 2) });
+  const ms = (t: Timing) => ({ best: round(t.best, 2), median: round(t.median, 2), cpu: round(t.cpu, 2) });
   return {
     figures: { mlpVsTorch: ratio('mlp', 'best'), cnnVsTorch: ratio('cnn', 'best') },
     targets: { mlpVsTorch: '>= 0.67 (within 1.5x of torch)', cnnVsTorch: '>= 0.67 (within 1.5x of torch)' },
@@ -120,6 +128,11 @@ export default async function bench(): Promise<object> {
       loadAverage1m: loads,
       backend: `${selected.backend} via ${selected.via}`,
       medianRatios: { mlpVsTorch: ratio('mlp', 'median'), cnnVsTorch: ratio('cnn', 'median') },
+      /**
+       * CPU time per step, torch ÷ ours: with one thread a side (no thread waits for another) what the
+       * load does not change, and the quiet machine's wall-time ratio; with more, spinning counts too.
+       */
+      cpuRatios: { mlpVsTorch: ratio('mlp', 'cpu'), cnnVsTorch: ratio('cnn', 'cpu') },
       msPerStep: {
         mlpBatch128: { tensile: ms(ours.mlp), torch: ms(torch('mlp')), torchRuns: [before.mlp, after.mlp] },
         cnnBatch64: { tensile: ms(ours.cnn), torch: ms(torch('cnn')), torchRuns: [before.cnn, after.cnn] },
