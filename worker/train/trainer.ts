@@ -169,6 +169,16 @@ export interface TrainerOptions {
   readonly onStepFallback?: (reason: string) => void;
 }
 
+/**
+ * The line of a tfjs-node error that says what TensorFlow refused: its errors read
+ * "Invalid TF_Status: <code>\nMessage: <what>"; other errors by their first line.
+ */
+export function tensorflowMessage(error: unknown): string {
+  const lines = (error instanceof Error ? error.message : String(error)).split('\n');
+  const message = lines.find((l) => l.startsWith('Message: '));
+  return message === undefined ? (lines[0] ?? '') : message.slice('Message: '.length);
+}
+
 interface MicroBatchResult {
   readonly value: tf.Scalar;
   readonly grads: tf.NamedTensorMap;
@@ -375,7 +385,7 @@ export class Trainer {
       // without a kernel): before any step took this path, the per-op tape takes over for good.
       if (this.functionSteps > 0) throw error;
       this.native = undefined;
-      this.perOpReason = `the step function failed: ${(error as Error).message.split('\n')[0]}`;
+      this.perOpReason = `the step function failed: ${tensorflowMessage(error)}`;
       this.options.onStepFallback?.(this.perOpReason);
       return this.perOpGradients(x, y, samples);
     }
