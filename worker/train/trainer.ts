@@ -297,6 +297,11 @@ export class Trainer {
     return this.fused.length;
   }
 
+  /** How many of the fused buffer's first values are gradients (then loss, correct count, times…). */
+  get gradientSize(): number {
+    return this.gradientLength;
+  }
+
   private epochOrder(epoch: number): Uint32Array {
     if (this.permutation?.epoch !== epoch) {
       const train = this.options.dataset.train;
