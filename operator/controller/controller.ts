@@ -215,6 +215,8 @@ export class TrainingJobController {
           const [namespace, name] = splitKey(key);
           return this.jobs.get(name, namespace)?.metadata?.uid;
         },
+        // Before the first list, a job missing from the cache may exist (see TrackerBounds).
+        knowsJobs: () => this.jobs.hasSynced,
       },
     );
     this.reconciler = new JobReconciler({
@@ -303,6 +305,8 @@ export class TrainingJobController {
    */
   async startCaches(): Promise<void> {
     this.followWorkers();
+    // What was kept of jobs the cache could not yet vouch for goes once it can.
+    void this.jobs.waitForSync(new AbortController().signal).then(() => this.progress.prune());
     await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start(), this.workloads?.start()]);
   }
 

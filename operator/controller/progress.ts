@@ -56,6 +56,14 @@ export interface TrackerBounds {
    * is no such job: reports of anything else are dropped.
    */
   readonly liveUid?: (key: string) => string | undefined;
+  /**
+   * Whether `liveUid` sees every job yet (the job cache has listed once). Until then a report of a
+   * job it does not know is kept (within `maxEntries`): the job may merely not be listed yet, and
+   * core NATS does not send a report again. A replica started while the API server was away dropped
+   * the workers' final progress and completion (model, accuracy) that way, and the job Succeeded
+   * without them (chaos seed 2, 20 minutes). `prune` drops what turns out to be of no live job.
+   */
+  readonly knowsJobs?: () => boolean;
   /** At most this many (job, incarnation) entries (default MAX_TRACKED_ENTRIES). */
   readonly maxEntries?: number;
 }
@@ -91,6 +99,21 @@ export class ProgressTracker implements AsyncDisposable {
     this.jobs.delete(key);
   }
 
+  /** Drops the entries of jobs and incarnations `liveUid` does not know: once the job cache has listed. */
+  prune(): void {
+    const live = this.bounds.liveUid;
+    if (live === undefined) return;
+    for (const [key, byUid] of this.jobs) {
+      const current = live(key);
+      for (const uid of byUid.keys())
+        if (current === undefined || (uid !== current && uid !== NO_UID)) {
+          byUid.delete(uid);
+          this.entries -= 1;
+        }
+      if (byUid.size === 0) this.jobs.delete(key);
+    }
+  }
+
   /** How many (job, incarnation) entries are held: bounded by the live jobs (`liveUid`) and `maxEntries`. */
   get size(): number {
     return this.entries;
@@ -103,7 +126,7 @@ export class ProgressTracker implements AsyncDisposable {
    */
   private admit(key: string, uid: string, subject: string): boolean {
     const live = this.bounds.liveUid;
-    if (live !== undefined) {
+    if (live !== undefined && this.bounds.knowsJobs?.() !== false) {
       const current = live(key);
       if (current === undefined) {
         this.drops.drop({ channel: 'nats', reason: 'unknown job', source: subject });

@@ -273,8 +273,6 @@ test('a stale completion from a worker that stood by neither rolls the step back
   assert.equal(other.observations('ns/job')?.completed?.model, model);
 });
 
-test.run();
-
 test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothing behind', () => {
   const live = new Map([['ns/job', 'uid-1']]);
   const changed: string[] = [];
@@ -317,6 +315,49 @@ test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothin
   assert.is(t.size, 0);
 });
 
+test('before the job cache has listed, reports are kept, not dropped; the first list prunes those of no live job', () => {
+  // A replica started while the API server was away (chaos seed 2, 20 minutes): the workers' final
+  // progress and their completion came before its first list, and core NATS sends neither again.
+  const live = new Map<string, string>();
+  let listed = false;
+  const t = new ProgressTracker({ changed: () => undefined, rescaled: () => undefined }, silentLogger(), {
+    liveUid: (key) => live.get(key),
+    knowsJobs: () => listed,
+    maxEntries: 3,
+  });
+  const report = (type: 'progress' | 'completed', jobUid: string, step: number) =>
+    encodeMessage({
+      ...(type === 'progress'
+        ? { type, generation: 1, worldSize: 1, samplesPerSecond: 10 }
+        : { type, reason: 'completed 1 epochs', model: { uri: 'pvc://c/model', step, time } }),
+      epoch: 0,
+      loss: 1,
+      jobUid,
+      worker: 'w',
+      step,
+      time,
+    });
+  t.receive('tensile.ns.job.metrics', report('progress', 'uid-1', 4690));
+  t.receive('tensile.ns.job.metrics', report('completed', 'uid-1', 4690));
+  t.receive('tensile.ns.gone.metrics', report('progress', 'uid-9', 7));
+  t.receive('tensile.ns.job.metrics', report('progress', 'uid-0', 3));
+  // Still bounded meanwhile: made-up names stop at the cap.
+  for (let i = 0; i < 100; i++) t.receive(`tensile.ns.job-${i}.metrics`, report('progress', `u${i}`, 1));
+  assert.is(t.size, 3);
+  assert.equal(t.drops.totals(), { 'nats:too many jobs': 100 });
+  live.set('ns/job', 'uid-1');
+  listed = true;
+  t.prune();
+  assert.is(t.size, 1, 'the job that does not exist and the incarnation before this one are gone');
+  assert.is(t.observations('ns/gone', 'uid-9'), undefined);
+  assert.is(t.observations('ns/job', 'uid-0'), undefined);
+  assert.is(t.observations('ns/job', 'uid-1')?.progress?.step, 4690);
+  assert.equal(t.observations('ns/job', 'uid-1')?.completed?.model?.uri, 'pvc://c/model');
+  // Listed: a job it does not know is unknown again.
+  t.receive('tensile.ns.other.metrics', report('progress', 'uid-5', 1));
+  assert.is(t.drops.totals()['nats:unknown job'], 1);
+});
+
 test('without a view of the live jobs, the entries stop at the cap', () => {
   const t = new ProgressTracker({ changed: () => undefined, rescaled: () => undefined }, silentLogger(), {
     maxEntries: 10,
@@ -339,3 +380,5 @@ test('without a view of the live jobs, the entries stop at the cap', () => {
   assert.is(t.drops.totals()['nats:too many jobs'], 90);
   assert.is(t.observations('ns/job-9', 'u9')?.completed?.step, 1, 'the first ten stay');
 });
+
+test.run();
