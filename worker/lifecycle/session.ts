@@ -252,6 +252,7 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     backend: backend.backend,
     via: backend.via,
     addedKernels: backend.addedKernels,
+    skipped: backend.skipped.map(({ backend, via, reason }) => ({ backend, via, reason })),
   });
   const loaded = await loadDataset(spec.dataset, (message, fields) => log.info(message, fields));
   const member = config.federation;

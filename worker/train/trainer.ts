@@ -174,6 +174,16 @@ export interface TrainerOptions {
   readonly onStepFallback?: (reason: string) => void;
 }
 
+/**
+ * The line of a tfjs-node error that says what TensorFlow refused: its errors read
+ * "Invalid TF_Status: <code>\nMessage: <what>"; other errors by their first line.
+ */
+export function tensorflowMessage(error: unknown): string {
+  const lines = (error instanceof Error ? error.message : String(error)).split('\n');
+  const message = lines.find((l) => l.startsWith('Message: '));
+  return message === undefined ? (lines[0] ?? '') : message.slice('Message: '.length);
+}
+
 interface MicroBatchResult {
   readonly value: tf.Scalar;
   readonly grads: tf.NamedTensorMap;
@@ -287,6 +297,11 @@ export class Trainer {
     return this.fused.length;
   }
 
+  /** How many of the fused buffer's first values are gradients (then loss, correct count, times…). */
+  get gradientSize(): number {
+    return this.gradientLength;
+  }
+
   private epochOrder(epoch: number): Uint32Array {
     if (this.permutation?.epoch !== epoch) {
       const train = this.options.dataset.train;
@@ -386,7 +401,7 @@ export class Trainer {
       // without a kernel): before any step took this path, the per-op tape takes over for good.
       if (this.functionSteps > 0) throw error;
       this.native = undefined;
-      this.perOpReason = `the step function failed: ${(error as Error).message.split('\n')[0]}`;
+      this.perOpReason = `the step function failed: ${tensorflowMessage(error)}`;
       this.options.onStepFallback?.(this.perOpReason);
       return this.perOpGradients(x, y, samples);
     }
