@@ -13,7 +13,8 @@
 import { once } from 'node:events';
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
-  CompletionRecordSchema,
+  CompletionMarkerSchema,
+  type CompletionRecord,
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
@@ -94,8 +95,11 @@ export interface Membership extends AsyncDisposable {
   failed(round: number): Promise<void>;
   /** Leaves for good: the others re-form without this worker at once. */
   leave(): Promise<void>;
-  /** Records that training is finished, so that late or standby workers end too. */
-  complete(step: number, reason: string): Promise<void>;
+  /**
+   * Records that training is finished, so that late or standby workers end too, with the final
+   * figures, so that an operator that missed the `completed` message still learns them.
+   */
+  complete(record: CompletionRecord): Promise<void>;
   publish(channel: 'metrics' | 'events', message: unknown): void;
   /** Control messages addressed to this worker (leave, checkpoint, stop). */
   onControl(listener: (message: ControlMessage) => void): void;
@@ -333,7 +337,7 @@ export class ElasticMembership implements Membership {
     if (this.completed !== undefined) return this.completed;
     const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
     if (stored === undefined) return undefined;
-    const decoded = decodeMessage(CompletionRecordSchema, stored.value);
+    const decoded = decodeMessage(CompletionMarkerSchema, stored.value);
     if (!decoded.ok) {
       // A malformed marker is not a completion.
       this.drops.drop({
@@ -563,13 +567,10 @@ export class ElasticMembership implements Membership {
     await this.agent.leave();
   }
 
-  async complete(step: number, reason: string): Promise<void> {
-    this.completed = { step, reason };
+  async complete(record: CompletionRecord): Promise<void> {
+    this.completed = { step: record.step, reason: record.reason };
     await this.store
-      .put(
-        COMPLETED_KEY,
-        new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
-      )
+      .put(COMPLETED_KEY, encodeMessage({ ...record, jobUid: this.config.jobUid }))
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
   }
 
