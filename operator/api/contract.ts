@@ -259,6 +259,9 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/** The rendezvous bucket's key the writer of the last world records the job's completion in. */
+export const COMPLETED_KEY = 'completed';
+
 /** The rendezvous bucket's key the operator (or `tensile run`) writes the chosen global batch to. */
 export const AUTOSCALING_KEY = 'autoscaling';
 

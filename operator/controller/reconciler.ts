@@ -9,6 +9,7 @@ import {
   ANNOTATION_SLOW,
   AUTOSCALING_KEY,
   type AutoscalingRecord,
+  COMPLETED_KEY,
   encodeMessage,
   rendezvousBucket,
 } from '../api/contract.ts';
@@ -36,7 +37,14 @@ import type { OperatorMetrics } from './metrics.ts';
 import type { JobCredentialMinter } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import type { CredentialRevoker } from './nats-revocation.ts';
-import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
+import {
+  type Plan,
+  type PlanConfig,
+  type PlanInput,
+  plan,
+  planInvalidSpec,
+  wantsCompletionRecord,
+} from './plan.ts';
 import { buildWorkerPod, jobNetworkPolicy, type OwnedJob } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -57,6 +65,14 @@ export interface ReconcilerDeps {
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
+  /** Takes a completion record read from the job's bucket as its `completed` message (progress.ts). */
+  readonly completionRecord?: (
+    namespace: string,
+    name: string,
+    uid: string,
+    record: Uint8Array,
+    source: string,
+  ) => void;
   readonly publisher: ControlPublisher;
   /** A goodput job's share of the cluster's workers (goodput-shares.ts); undefined: it decides alone. */
   readonly goodputShare?: (namespace: string, name: string) => number | undefined;
@@ -122,6 +138,8 @@ export class JobReconciler {
   private readonly fenced = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
+  /** Jobs (by uid) whose completion record this replica read (found or not) since it began leading. */
+  private readonly recordsRead = new Set<string>();
   /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
   private readonly known = new Map<string, string>();
 
@@ -155,6 +173,7 @@ export class JobReconciler {
         this.minted.delete(uid);
         this.fenced.delete(uid);
         this.batchWritten.delete(uid);
+        this.recordsRead.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -216,6 +235,7 @@ export class JobReconciler {
       return { kind: 'error', error: errorOf(error) };
     }
     const { job, queue, workload } = admission;
+    await this.readCompletionRecord(job, pods, log);
     const observations = this.deps.observations?.(namespace, name);
     const podRejected = this.rejected.get(uid);
     const share =
@@ -419,6 +439,32 @@ export class JobReconciler {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
       await this.deleteState(namespace, ref.name, ref.uid);
+    }
+  }
+
+  /**
+   * The workers' completion record, when plan.ts `wantsCompletionRecord` asks for it, handed to the
+   * progress tracker (which validates it) before this pass plans. NATS being down holds nothing up:
+   * the job is planned without it, and the next pass tries again.
+   */
+  private async readCompletionRecord(job: OwnedJob, pods: V1Pod[], log: Logger): Promise<void> {
+    const { jobState, completionRecord } = this.deps;
+    if (jobState === undefined || completionRecord === undefined) return;
+    const { namespace, name, uid } = job.metadata;
+    const observations = this.deps.observations?.(namespace, name);
+    const read = this.recordsRead.has(uid);
+    if (!wantsCompletionRecord({ job, pods, nodes: this.deps.nodes(), observations, read })) return;
+    try {
+      const bucket = rendezvousBucket(namespace, name, uid);
+      const record = await jobState.getRecord(bucket, COMPLETED_KEY);
+      this.recordsRead.add(uid);
+      if (record === undefined) return;
+      completionRecord(namespace, name, uid, record, `${bucket}/${COMPLETED_KEY}`);
+      log.info('read the completion record the workers left', { bucket });
+    } catch (error) {
+      log.warn('could not read the completion record; trying again next pass', {
+        error: errorOf(error).message,
+      });
     }
   }
 

@@ -13,6 +13,7 @@
 import { once } from 'node:events';
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
+  COMPLETED_KEY,
   CompletionMarkerSchema,
   type CompletionRecord,
   type ControlMessage,
@@ -138,8 +139,6 @@ export class LocalMembership implements Membership {
   onControl(): void {}
   async [Symbol.asyncDispose](): Promise<void> {}
 }
-
-const COMPLETED_KEY = 'completed';
 
 /** How often a worker in a world looks for a newer one (the rendezvous watch updates it). */
 const WORLD_POLL_MS = 50;
