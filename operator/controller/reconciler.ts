@@ -101,6 +101,9 @@ export interface ReconcilerDeps {
 /** How often a job held or admitted by Kueue looks at its Workload again while no watch is up. */
 const KUEUE_POLL_MS = 1000;
 
+/** How soon a pass that could not read a finished job's completion record (NATS away) tries again. */
+const RECORD_RETRY_MS = 5000;
+
 interface Admission {
   readonly job: OwnedJob;
   readonly queue?: NonNullable<PlanInput['queue']>;
@@ -235,7 +238,7 @@ export class JobReconciler {
       return { kind: 'error', error: errorOf(error) };
     }
     const { job, queue, workload } = admission;
-    await this.readCompletionRecord(job, pods, log);
+    const recordUnread = !(await this.readCompletionRecord(job, pods, log));
     const observations = this.deps.observations?.(namespace, name);
     const podRejected = this.rejected.get(uid);
     const share =
@@ -290,9 +293,11 @@ export class JobReconciler {
       }
     }
     const poll = queue !== undefined && !finished && this.deps.workloadsWatched?.() !== true;
-    const afterMs = poll
+    const polled = poll
       ? Math.min(decision.requeueAfterMs ?? KUEUE_POLL_MS, KUEUE_POLL_MS)
       : decision.requeueAfterMs;
+    // A finished job is not looked at again by itself: the record it still lacks would never come.
+    const afterMs = recordUnread ? Math.min(polled ?? RECORD_RETRY_MS, RECORD_RETRY_MS) : polled;
     return afterMs === undefined ? { kind: 'done' } : { kind: 'requeue', afterMs };
   }
 
@@ -445,27 +450,29 @@ export class JobReconciler {
   /**
    * The workers' completion record, when plan.ts `wantsCompletionRecord` asks for it, handed to the
    * progress tracker (which validates it) before this pass plans. NATS being down holds nothing up:
-   * the job is planned without it, and the next pass tries again.
+   * the job is planned without it, and false asks for a pass that tries again.
    */
-  private async readCompletionRecord(job: OwnedJob, pods: V1Pod[], log: Logger): Promise<void> {
+  private async readCompletionRecord(job: OwnedJob, pods: V1Pod[], log: Logger): Promise<boolean> {
     const { jobState, completionRecord } = this.deps;
-    if (jobState === undefined || completionRecord === undefined) return;
+    if (jobState === undefined || completionRecord === undefined) return true;
     const { namespace, name, uid } = job.metadata;
     const observations = this.deps.observations?.(namespace, name);
     const read = this.recordsRead.has(uid);
-    if (!wantsCompletionRecord({ job, pods, nodes: this.deps.nodes(), observations, read })) return;
+    if (!wantsCompletionRecord({ job, pods, nodes: this.deps.nodes(), observations, read })) return true;
     try {
       const bucket = rendezvousBucket(namespace, name, uid);
       const record = await jobState.getRecord(bucket, COMPLETED_KEY);
       this.recordsRead.add(uid);
-      if (record === undefined) return;
+      if (record === undefined) return true;
       completionRecord(namespace, name, uid, record, `${bucket}/${COMPLETED_KEY}`);
       log.info('read the completion record the workers left', { bucket });
     } catch (error) {
-      log.warn('could not read the completion record; trying again next pass', {
+      log.warn('could not read the completion record; trying again shortly', {
         error: errorOf(error).message,
       });
+      return false;
     }
+    return true;
   }
 
   /**
