@@ -229,6 +229,8 @@ export class TrainingJobController {
           jobKey(namespace, name),
           this.jobs.get(name, namespace)?.metadata?.uid ?? '(unknown)',
         ),
+      completionRecord: (namespace, name, uid, record, source) =>
+        this.progress.receiveCompletionRecord(jobKey(namespace, name), uid, record, source),
       publisher: options.publisher,
       goodputShare: (namespace, name) => this.goodputShares().get(jobKey(namespace, name)),
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
@@ -435,6 +437,7 @@ export class TrainingJobController {
         status: (job as { status?: TrainingJobStatus }).status,
         progress: seen?.progress,
         useful: seen?.useful,
+        completed: seen?.completed,
       };
     });
   }

@@ -10,6 +10,8 @@ import type { NatsConnection, Subscription } from 'nats';
 import type { Logger } from 'winston';
 import {
   type CompletedMessage,
+  CompletionRecordSchema,
+  completionFromRecord,
   decodeMessage,
   JobEventSchema,
   MAX_REPORT_BYTES,
@@ -225,6 +227,39 @@ export class ProgressTracker implements AsyncDisposable {
         this.listener.changed(key, 0);
       }
     }
+  }
+
+  /**
+   * The completion record read from the rendezvous bucket of incarnation `uid`, taken exactly as a
+   * `completed` message (plan.ts `wantsCompletionRecord` says when to read it). A malformed record,
+   * another incarnation's, or one of an earlier worker without the figures is dropped and counted.
+   * Asks for no reconcile: the reconcile that read it plans with it. Returns whether it was taken.
+   */
+  receiveCompletionRecord(key: string, uid: string, data: Uint8Array, source: string): boolean {
+    const decoded = decodeMessage(CompletionRecordSchema, data, MAX_REPORT_BYTES);
+    if (!decoded.ok) {
+      this.drops.drop({ channel: 'nats', reason: decoded.reason, source, detail: decoded.error });
+      return false;
+    }
+    // Buckets are per incarnation, so a record naming no uid is as foreign as one naming another.
+    if (decoded.value.jobUid !== uid) {
+      const detail = decoded.value.jobUid ?? '(none)';
+      this.drops.drop({ channel: 'nats', reason: 'other incarnation', source, detail });
+      return false;
+    }
+    const message = completionFromRecord(decoded.value);
+    if (message === undefined) {
+      this.drops.drop({
+        channel: 'nats',
+        reason: 'no figures',
+        source,
+        detail: 'a record of step and reason only',
+      });
+      return false;
+    }
+    if (!this.admit(key, uid, source)) return false;
+    this.update(key, uid, (o) => ({ ...o, completed: furthestCompletion(o.completed, message) }));
+    return true;
   }
 
   /** Follows every job's reports, or those of `namespace` only (single-namespace mode). */

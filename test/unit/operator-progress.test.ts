@@ -1,6 +1,14 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeMessage, MAX_REPORT_BYTES, type RescaleEvent } from '../../operator/api/contract.ts';
+import {
+  CompletionMarkerSchema,
+  CompletionRecordSchema,
+  completionFromRecord,
+  decodeMessage,
+  encodeMessage,
+  MAX_REPORT_BYTES,
+  type RescaleEvent,
+} from '../../operator/api/contract.ts';
 import { ProgressTracker, subjectKey } from '../../operator/controller/progress.ts';
 import { silentLogger } from '../../worker/log.ts';
 
@@ -271,6 +279,85 @@ test('a stale completion from a worker that stood by neither rolls the step back
   other.receive('tensile.ns.job.metrics', completed(4690, model));
   assert.is(other.observations('ns/job')?.completed?.step, 4690);
   assert.equal(other.observations('ns/job')?.completed?.model, model);
+});
+
+// What the writer of the last world leaves in the bucket (worker/lifecycle/states.ts `finishing`).
+const record = {
+  jobUid: 'uid-a',
+  worker: 'job-worker-0',
+  step: 4690,
+  epoch: 10,
+  loss: 0.33,
+  accuracy: 0.8839,
+  lastCheckpoint: { step: 4690, path: '/c/ckpt-4690', time },
+  model: { uri: 'pvc://job-checkpoints/model', step: 4690, accuracy: 0.8839, time },
+  usefulSeconds: 40.6,
+  reason: 'completed 10 epochs',
+  time,
+};
+
+function liveTracker(uid = 'uid-a') {
+  const changed: string[] = [];
+  const t = new ProgressTracker(
+    { changed: (k) => changed.push(k), rescaled: () => undefined },
+    silentLogger(),
+    { liveUid: (key) => (key === 'ns/job' ? uid : undefined) },
+  );
+  return { t, changed };
+}
+
+test('a completion record is taken exactly as the completed message it stands for', () => {
+  const { t, changed } = liveTracker();
+  assert.ok(t.receiveCompletionRecord('ns/job', 'uid-a', encodeMessage(record), 'bucket/completed'));
+  assert.equal(t.observations('ns/job', 'uid-a')?.completed, { type: 'completed', ...record });
+  // The reconcile that read it plans with it: no other is asked for.
+  assert.equal(changed, []);
+  assert.is(t.drops.total, 0);
+});
+
+test('a record beside the message: the furthest completion stands, with the model of either', () => {
+  const { t } = liveTracker();
+  const { model: _, ...withoutModel } = record;
+  t.receive('tensile.ns.job.metrics', encodeMessage({ type: 'completed', ...withoutModel, step: 4000 }));
+  t.receiveCompletionRecord('ns/job', 'uid-a', encodeMessage(record), 'bucket/completed');
+  assert.is(t.observations('ns/job', 'uid-a')?.completed?.step, 4690);
+  assert.is(t.observations('ns/job', 'uid-a')?.completed?.model?.step, 4690);
+});
+
+test('bad, foreign and figureless records are dropped and counted, never thrown', () => {
+  const cases: [string, Uint8Array, string][] = [
+    ['not JSON', new TextEncoder().encode('{"step": 4'), 'nats:not json'],
+    ['a step that is no count', encodeMessage({ ...record, step: -1 }), 'nats:schema'],
+    ['a model without its uri', encodeMessage({ ...record, model: { step: 1, time } }), 'nats:schema'],
+    ['oversized', new Uint8Array(MAX_REPORT_BYTES + 1), 'nats:oversized'],
+    ['another incarnation’s', encodeMessage({ ...record, jobUid: 'uid-b' }), 'nats:other incarnation'],
+    ['one naming no incarnation', encodeMessage({ ...record, jobUid: undefined }), 'nats:other incarnation'],
+    [
+      'an earlier worker’s (step and reason only)',
+      encodeMessage({ jobUid: 'uid-a', step: 4690, reason: 'done' }),
+      'nats:no figures',
+    ],
+  ];
+  for (const [name, data, reason] of cases) {
+    const { t } = liveTracker();
+    assert.not.ok(t.receiveCompletionRecord('ns/job', 'uid-a', data, 'bucket/completed'), name);
+    assert.is(t.observations('ns/job', 'uid-a'), undefined, name);
+    assert.equal(t.drops.totals(), { [reason]: 1 }, name);
+  }
+});
+
+test('records of earlier workers still decode; workers stop by the marker whatever the figures', () => {
+  const old = encodeMessage({ jobUid: 'uid-a', step: 99, reason: 'done' });
+  const decoded = decodeMessage(CompletionRecordSchema, old);
+  assert.ok(decoded.ok);
+  if (decoded.ok) assert.is(completionFromRecord(decoded.value), undefined);
+  const garbledFigures = encodeMessage({ ...record, loss: 'high' });
+  const marker = decodeMessage(CompletionMarkerSchema, garbledFigures);
+  assert.equal(marker.ok ? marker.value : marker, {
+    jobUid: 'uid-a',
+    step: 4690,
+    reason: 'completed 10 epochs',
+  });
 });
 
 test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothing behind', () => {

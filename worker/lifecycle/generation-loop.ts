@@ -122,11 +122,13 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
     // Lets signals, timers, NATS and the background checkpoint write make progress between steps.
     await yieldToEventLoop();
   }
+  const stepSeconds = Math.round(run.stepSeconds * 1000) / 1000;
+  session.facts.generationEnds.push({ generation: g.number, firstStep, lastStep: state.step, stepSeconds });
   emit(g.log, 'info', 'generation ended', {
     event: 'generation-end',
     firstStep,
     lastStep: state.step,
-    stepSeconds: Math.round(run.stepSeconds * 1000) / 1000,
+    stepSeconds,
     wallSeconds: Math.round((performance.now() - started) / 10) / 100,
     why: reason ?? worldEnded ?? 'stop requested',
   });
