@@ -153,6 +153,8 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     probeMs: z.number().optional(),
     error: z.string().optional(),
   }),
+  /** After the last step, the writer of the last world was lost before it recorded the completion. */
+  event('writer-lost', { writer: z.string(), step: count }),
   /** A world formed and this worker is one of its ranks. */
   event('generation', {
     worldSize: count,

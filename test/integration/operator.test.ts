@@ -275,11 +275,13 @@ test('a disruption taint: the worker is asked to leave over NATS and replaced ea
       leave.type === 'leave' && leave.workers.includes(victim.metadata?.name as string),
       JSON.stringify(leave),
     );
-    const annotated = await core.readNamespacedPod({ namespace: NS, name: victim.metadata?.name as string });
-    assert.match(
-      annotated.metadata?.annotations?.['tensile.dev/leave-requested'] ?? '',
-      'karpenter.sh/disrupted',
-    );
+    // The message goes out before the annotation is written (a lost annotation re-asks; a lost
+    // message would not), so the annotation is waited for.
+    const annotation = await until('the leave-requested annotation', async () => {
+      const pod = await core.readNamespacedPod({ namespace: NS, name: victim.metadata?.name as string });
+      return pod.metadata?.annotations?.['tensile.dev/leave-requested'];
+    });
+    assert.match(annotation, 'karpenter.sh/disrupted');
     await until('a replacement running beside the leaving worker', async () => {
       const list = (await pods('alpha')).filter(running);
       return list.length === 3;

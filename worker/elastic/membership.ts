@@ -11,6 +11,7 @@
  * appeared): the step in flight fails with a CollectiveError and is not applied.
  */
 import { once } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
   CompletionRecordSchema,
@@ -96,6 +97,11 @@ export interface Membership extends AsyncDisposable {
   leave(): Promise<void>;
   /** Records that training is finished, so that late or standby workers end too. */
   complete(step: number, reason: string): Promise<void>;
+  /**
+   * After the last step, a rank that does not write: waits for `writer` to record the completion
+   * (its final checkpoint and model are then written) or to be lost before it did.
+   */
+  awaitCompletion(writer: string, stop: AbortSignal): Promise<'completed' | 'writer-lost' | 'stopped'>;
   publish(channel: 'metrics' | 'events', message: unknown): void;
   /** Control messages addressed to this worker (leave, checkpoint, stop). */
   onControl(listener: (message: ControlMessage) => void): void;
@@ -130,12 +136,17 @@ export class LocalMembership implements Membership {
   async failed(): Promise<void> {}
   async leave(): Promise<void> {}
   async complete(): Promise<void> {}
+  async awaitCompletion(): Promise<'completed'> {
+    return 'completed';
+  }
   publish(): void {}
   onControl(): void {}
   async [Symbol.asyncDispose](): Promise<void> {}
 }
 
 const COMPLETED_KEY = 'completed';
+/** How often a rank that does not write looks for the writer's completion record. */
+const COMPLETION_POLL_MS = 250;
 
 /** How often a worker in a world looks for a newer one (the rendezvous watch updates it). */
 const WORLD_POLL_MS = 50;
@@ -571,6 +582,15 @@ export class ElasticMembership implements Membership {
         new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
       )
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
+  }
+
+  async awaitCompletion(writer: string, stop: AbortSignal): Promise<'completed' | 'writer-lost' | 'stopped'> {
+    for (;;) {
+      if (stop.aborted) return 'stopped';
+      if ((await this.readCompleted()) !== undefined) return 'completed';
+      if (!this.agent.isMemberAlive(writer)) return 'writer-lost';
+      await delay(COMPLETION_POLL_MS, undefined, { signal: stop }).catch(() => undefined);
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

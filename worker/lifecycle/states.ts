@@ -17,6 +17,7 @@ import type { CheckpointRef } from '../checkpoint/store.ts';
 import { CollectiveError } from '../collective/transport.ts';
 import type { JoinedWorld } from '../elastic/membership.ts';
 import { writeModelExport } from '../export/model-export.ts';
+import { failpoint } from '../failpoint.ts';
 import { emit } from '../log.ts';
 import { type WorkerResult, writeWorkerResult } from '../result.ts';
 import { evaluate } from './evaluate.ts';
@@ -126,6 +127,8 @@ export async function leaving(
 /** Training is over: final checkpoint, and the writer records the completion for late and standby workers. */
 export async function finishing(session: Session, started: number): Promise<LifecycleState> {
   const { state, facts, membership, config } = session;
+  if (!isWriter(session) && (await writerLost(session))) return { name: 'joining' };
+  if (isWriter(session)) failpoint('before-final-checkpoint', config.failpoint, config.workerId);
   const finalRef = await finalCheckpoint(session);
   if (isWriter(session)) {
     const reason = state.completed ?? 'completed';
@@ -147,6 +150,30 @@ export async function finishing(session: Session, started: number): Promise<Life
     });
   }
   return { name: 'done', result: await conclude(session, 'completed', finalRef, started) };
+}
+
+/**
+ * A rank that does not write stays until the writer recorded the completion: a writer killed during
+ * the final checkpoint would otherwise leave a job that Succeeded without its last steps or its
+ * model. When the writer is lost first, the survivors (their state is the final one) re-form, and the
+ * new world's writer writes them.
+ */
+async function writerLost(session: Session): Promise<boolean> {
+  const writer = session.facts.lastWorld?.members[0];
+  if (writer === undefined || !session.facts.reachedTheEnd) return false;
+  const outcome = await session.membership.awaitCompletion(writer, session.leaving);
+  if (outcome !== 'writer-lost') return false;
+  emit(
+    session.facts.log,
+    'warn',
+    `the writer ${writer} was lost before it recorded the completion; re-forming`,
+    {
+      event: 'writer-lost',
+      writer,
+      step: session.state.step,
+    },
+  );
+  return true;
 }
 
 /**
