@@ -63,4 +63,14 @@ test('a slot beyond what was reserved is refused, not written past', () => {
   assert.throws(() => a.slot(64, 4), /beyond/);
 });
 
+test('room beyond a 32-bit memory is refused (the ring then sums without slots), and the adder still works', () => {
+  const a = SimdAdder.create() as SimdAdder;
+  assert.is(a.reserve(2 ** 30, 2 ** 32), false);
+  const target = randoms(100, 11);
+  const incoming = randoms(100, 12);
+  const want = expected(target, incoming);
+  a.addInto(target, incoming);
+  assert.equal(bits(target), bits(want));
+});
+
 test.run();

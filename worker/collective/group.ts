@@ -404,7 +404,7 @@ export class RingGroup implements AsyncDisposable {
     base: number,
   ): void {
     const left = this.left as FramedLink;
-    const adder = this.left?.inPlace === true ? this.adder : undefined;
+    let adder = this.left?.inPlace === true ? this.adder : undefined;
     if (adder !== undefined) {
       let slots = 0;
       let longest = 0;
@@ -414,7 +414,7 @@ export class RingGroup implements AsyncDisposable {
             slots += slotSize((seg.end - seg.start) * 4);
             longest = Math.max(longest, seg.end - seg.start);
           }
-      adder.reserve(longest, slots);
+      if (!adder.reserve(longest, slots)) adder = undefined;
     }
     let seq = base;
     let slot = 0;

@@ -105,14 +105,20 @@ export class SimdAdder {
    * Room for segments of up to `segmentElements` floats and `slots` bytes of posted payloads.
    * Detaches the views of earlier slots when the memory grows: call it before posting any.
    */
-  reserve(segmentElements: number, slots: number): void {
+  reserve(segmentElements: number, slots: number): boolean {
     const scratch = Math.max(this.scratchBytes, align(segmentElements * 4));
     const slotBytes = Math.max(this.slotBytes, slots);
     const need = 2 * scratch + slotBytes;
     const have = this.memory.buffer.byteLength;
-    if (need > have) this.memory.grow(Math.ceil((need - have) / PAGE));
+    try {
+      if (need > have) this.memory.grow(Math.ceil((need - have) / PAGE));
+    } catch {
+      // Beyond what a 32-bit memory holds (or the host grants): the caller goes without slots.
+      return false;
+    }
     this.scratchBytes = scratch;
     this.slotBytes = slotBytes;
+    return true;
   }
 
   /** `bytes` of the slot area from `offset` (a multiple of 64 keeps the loads aligned). */
@@ -134,11 +140,10 @@ export class SimdAdder {
     const owned = this.owns(incoming);
     if (main * 4 > this.scratchBytes) {
       // Growing would detach `incoming` itself; rings reserve before they post, so this is a misuse.
-      if (owned) {
+      if (owned || !this.reserve(main, 0)) {
         addIntoJs(target, incoming);
         return;
       }
-      this.reserve(main, 0);
     }
     const heap = this.memory.buffer;
     let src = incoming.byteOffset;
