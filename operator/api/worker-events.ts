@@ -64,6 +64,11 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     backend: z.string(),
     via: z.string().optional(),
     addedKernels: z.array(z.string()).readonly().optional(),
+    /** The earlier backends of the chain that did not load, each with its reason (and fix). */
+    skipped: z
+      .array(z.object({ backend: z.string(), via: z.string(), reason: z.string() }))
+      .readonly()
+      .optional(),
   }),
   event('dataset', {
     trainSamples: count,

@@ -215,6 +215,8 @@ export class TrainingJobController {
           const [namespace, name] = splitKey(key);
           return this.jobs.get(name, namespace)?.metadata?.uid;
         },
+        // Before the first list, a job missing from the cache may exist (see TrackerBounds).
+        knowsJobs: () => this.jobs.hasSynced,
       },
     );
     this.reconciler = new JobReconciler({
@@ -227,6 +229,8 @@ export class TrainingJobController {
           jobKey(namespace, name),
           this.jobs.get(name, namespace)?.metadata?.uid ?? '(unknown)',
         ),
+      completionRecord: (namespace, name, uid, record, source) =>
+        this.progress.receiveCompletionRecord(jobKey(namespace, name), uid, record, source),
       publisher: options.publisher,
       goodputShare: (namespace, name) => this.goodputShares().get(jobKey(namespace, name)),
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
@@ -303,6 +307,8 @@ export class TrainingJobController {
    */
   async startCaches(): Promise<void> {
     this.followWorkers();
+    // What was kept of jobs the cache could not yet vouch for goes once it can.
+    void this.jobs.waitForSync(new AbortController().signal).then(() => this.progress.prune());
     await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start(), this.workloads?.start()]);
   }
 
@@ -431,6 +437,7 @@ export class TrainingJobController {
         status: (job as { status?: TrainingJobStatus }).status,
         progress: seen?.progress,
         useful: seen?.useful,
+        completed: seen?.completed,
       };
     });
   }

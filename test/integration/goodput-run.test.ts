@@ -12,11 +12,17 @@ import { connect } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { AUTOSCALING_KEY, encodeMessage, rendezvousBucket } from '../../operator/api/contract.ts';
-import { RunSummarySchema } from '../../operator/api/run-summary.ts';
 import { eventsOf, type WorkerEvent } from '../../operator/api/worker-events.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
-import { assertLockstep, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
+import {
+  assertEpochsOnce,
+  assertLockstep,
+  interrupted,
+  tensileRun,
+  workerEvents,
+  writeJobManifest,
+} from '../helpers/tensile-run.ts';
 
 const FASHION = fashionMnistDir();
 const dir = mkdtempSync(join(tmpdir(), 'tensile-goodput-'));
@@ -99,32 +105,27 @@ test('a chosen global batch: the world of two re-forms at it, every sample once 
   });
   const out = join(dir, 'batch');
   const run = tensileRun(file, out, ['--workers', '2'], { TENSILE_CHECKSUM_EVERY: '1' });
-  let changedInEpoch = 0;
-  try {
-    const natsUrl = (await run.waitFor(/nats-server at /)).replace(/.*nats-server at /, '').trim();
-    await run.waitFor(/generation \d+: 2 worker\(s\), global batch 128/);
-    const uid = readFileSync(join(out, 'job-uid'), 'utf8').trim();
-    await chooseGlobalBatch(natsUrl, rendezvousBucket('default', 'goodput-batch', uid), uid, 384);
-    const chosenAt = await eventually(
-      'a world at the chosen global batch',
-      () => eventsOf(workerEvents(out), 'generation').find((g) => g.globalBatch === 384),
-      { timeoutMs: 120_000, intervalMs: 200 },
-    );
-    changedInEpoch = epochAtStep(workerEvents(out), chosenAt.firstStep);
-    await eventually(
-      'two epochs trained after the change',
-      () => eventsOf(workerEvents(out), 'progress').some((e) => (e.epoch ?? 0) >= changedInEpoch + 2),
-      { timeoutMs: 120_000, intervalMs: 200 },
-    );
-  } finally {
-    run.child.kill('SIGINT');
-    await run.done;
-  }
-  const summary = RunSummarySchema.parse(JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')));
+  const natsUrl = (await run.waitFor(/nats-server at /)).replace(/.*nats-server at /, '').trim();
+  await run.waitFor(/generation \d+: 2 worker\(s\), global batch 128/);
+  const uid = readFileSync(join(out, 'job-uid'), 'utf8').trim();
+  await chooseGlobalBatch(natsUrl, rendezvousBucket('default', 'goodput-batch', uid), uid, 384);
+  const chosenAt = await eventually(
+    'a world at the chosen global batch',
+    () => eventsOf(workerEvents(out), 'generation').find((g) => g.globalBatch === 384),
+    { timeoutMs: 120_000, intervalMs: 200 },
+  );
+  const changedInEpoch = epochAtStep(workerEvents(out), chosenAt.firstStep);
+  await eventually(
+    'two epochs trained after the change',
+    () => eventsOf(workerEvents(out), 'progress').some((e) => (e.epoch ?? 0) >= changedInEpoch + 2),
+    { timeoutMs: 120_000, intervalMs: 200 },
+  );
+  const summary = await interrupted(run);
   const chosen = summary.generations.filter((g) => g.globalBatch === 384);
   assert.ok(chosen.length > 0, JSON.stringify(summary.generations));
+  // (Ctrl-C reaches the two workers one after the other: the last may re-form alone before it stops.)
   assert.ok(
-    chosen.every((g) => g.worldSize === 2),
+    chosen.some((g) => g.worldSize === 2),
     JSON.stringify(summary.generations),
   );
   // adascale keeps the base rate; the gain does the scaling, step by step.
@@ -137,16 +138,12 @@ test('a chosen global batch: the world of two re-forms at it, every sample once 
     rescales.some((e) => /the operator chose global batch 384 \(revision 100\)/.test(e.reason ?? '')),
     JSON.stringify(rescales.map((e) => e.reason)),
   );
-  // Exactly once across the change of batch (the per-worker batch went 64 → 192 mid-epoch); the
-  // epoch the interrupt cut is partial, but nothing in it came twice.
-  const complete = summary.epochs.slice(0, -1);
+  // Exactly once across the change of batch (the per-worker batch went 64 → 192 mid-epoch).
   assert.ok(
-    complete.some((e) => e.epoch === changedInEpoch),
+    summary.epochs.slice(0, -1).some((e) => e.epoch === changedInEpoch),
     `the epoch of the change (${changedInEpoch}) completed: ${JSON.stringify(summary.epochs)}`,
   );
-  for (const e of complete)
-    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
-  assert.is(summary.epochs.at(-1)?.duplicated, 0);
+  assertEpochsOnce(summary, TRAIN);
   assert.ok(assertLockstep(workerEvents(out)) > 0);
 });
 

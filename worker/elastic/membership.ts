@@ -14,7 +14,9 @@ import { once } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
-  CompletionRecordSchema,
+  COMPLETED_KEY,
+  CompletionMarkerSchema,
+  type CompletionRecord,
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
@@ -95,8 +97,11 @@ export interface Membership extends AsyncDisposable {
   failed(round: number): Promise<void>;
   /** Leaves for good: the others re-form without this worker at once. */
   leave(): Promise<void>;
-  /** Records that training is finished, so that late or standby workers end too. */
-  complete(step: number, reason: string): Promise<void>;
+  /**
+   * Records that training is finished, so that late or standby workers end too, with the final
+   * figures, so that an operator that missed the `completed` message still learns them.
+   */
+  complete(record: CompletionRecord): Promise<void>;
   /**
    * After the last step, a rank that does not write: waits for `writer` to record the completion
    * (its final checkpoint and model are then written) or to be lost before it did.
@@ -144,7 +149,6 @@ export class LocalMembership implements Membership {
   async [Symbol.asyncDispose](): Promise<void> {}
 }
 
-const COMPLETED_KEY = 'completed';
 /** How often a rank that does not write looks for the writer's completion record. */
 const COMPLETION_POLL_MS = 250;
 
@@ -344,7 +348,7 @@ export class ElasticMembership implements Membership {
     if (this.completed !== undefined) return this.completed;
     const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
     if (stored === undefined) return undefined;
-    const decoded = decodeMessage(CompletionRecordSchema, stored.value);
+    const decoded = decodeMessage(CompletionMarkerSchema, stored.value);
     if (!decoded.ok) {
       // A malformed marker is not a completion.
       this.drops.drop({
@@ -574,13 +578,10 @@ export class ElasticMembership implements Membership {
     await this.agent.leave();
   }
 
-  async complete(step: number, reason: string): Promise<void> {
-    this.completed = { step, reason };
+  async complete(record: CompletionRecord): Promise<void> {
+    this.completed = { step: record.step, reason: record.reason };
     await this.store
-      .put(
-        COMPLETED_KEY,
-        new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
-      )
+      .put(COMPLETED_KEY, encodeMessage({ ...record, jobUid: this.config.jobUid }))
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
   }
 

@@ -12,6 +12,8 @@
  * final checkpoint (if this worker is the writer), leaves the rendezvous and reports the result.
  */
 
+import type { CompletionRecord } from '../../operator/api/contract.ts';
+import { goodputReport } from '../../operator/api/goodput.ts';
 import { modelLocation } from '../../operator/api/model-output.ts';
 import type { CheckpointRef } from '../checkpoint/store.ts';
 import { CollectiveError } from '../collective/transport.ts';
@@ -133,9 +135,8 @@ export async function finishing(session: Session, started: number): Promise<Life
   if (isWriter(session)) {
     const reason = state.completed ?? 'completed';
     const model = exportModel(session);
-    await membership.complete(state.step, reason);
-    membership.publish('metrics', {
-      type: 'completed',
+    const now = new Date().toISOString();
+    const figures: CompletionRecord = {
       worker: config.workerId,
       step: state.step,
       epoch: state.epoch,
@@ -143,11 +144,15 @@ export async function finishing(session: Session, started: number): Promise<Life
       ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
       ...(finalRef === undefined
         ? {}
-        : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: new Date().toISOString() } }),
+        : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: now } }),
       ...(model === undefined ? {} : { model }),
+      usefulSeconds: goodputReport(facts.generationEnds, state.generations, 0).usefulSeconds,
       reason,
-      time: new Date().toISOString(),
-    });
+      time: now,
+    };
+    // The record first: it outlives the message (core NATS keeps nothing for a leader elected later).
+    await membership.complete(figures);
+    membership.publish('metrics', { type: 'completed', ...figures });
   }
   return { name: 'done', result: await conclude(session, 'completed', finalRef, started) };
 }
