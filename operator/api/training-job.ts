@@ -1595,6 +1595,34 @@ export const TrainingJobStatusSchema = z.strictObject({
     .describe(
       'The goodput autoscaler: its last decision and what it was taken on (spec.autoscaling.policy goodput).',
     ),
+  federation: z
+    .strictObject({
+      rounds: nonNegativeInt().describe(
+        'Federated rounds every site has completed (of spec.federation.rounds).',
+      ),
+      sites: z
+        .array(
+          z.strictObject({
+            name: z.string().describe('The site (spec.federation.sites[].name).'),
+            replicas: nonNegativeInt().describe('Its worker pods that exist.'),
+            readyReplicas: nonNegativeInt().describe('Its worker pods that are ready.'),
+            worldSize: nonNegativeInt().optional().describe('Its workers training together now.'),
+            step: nonNegativeInt().optional().describe('Steps its world has done.'),
+            round: nonNegativeInt().optional().describe('Rounds it has completed.'),
+            completed: z.boolean().optional().describe('Its workers reported the end of training.'),
+          }),
+        )
+        .max(32)
+        .describe('Per site: its membership and progress.'),
+      epsilon: z
+        .number()
+        .optional()
+        .describe(
+          'differentialPrivacy: the ε each site has spent after `rounds` rounds at spec.federation.differentialPrivacy.delta (RDP accountant).',
+        ),
+    })
+    .optional()
+    .describe('spec.federation: the rounds done, each site’s membership and the ε spent.'),
   lastCheckpoint: z
     .strictObject({
       step: nonNegativeInt().describe('The step it holds.'),

@@ -1,0 +1,184 @@
+/**
+ * A federated TrainingJob in a cluster: each site of spec.federation is a labelled group of worker
+ * pods with its own rendezvous (the site job `<job>-<site>`), NATS identity, signing key and data. Pure:
+ * which pod slot belongs to which site, the names of the per-site objects, and how the sites' reports
+ * add up to the job's status. The planner and the pod builder call these; the reconciler creates the
+ * Secrets and the ConfigMap they name.
+ */
+import type { V1Pod } from '@kubernetes/client-node';
+import { siteJobName } from '../api/federation.ts';
+import { gaussianEpsilon } from '../api/privacy-accountant.ts';
+import type { TrainingJobSpec, TrainingJobStatus } from '../api/training-job.ts';
+import type { JobObservations } from './progress.ts';
+
+/** The label naming a worker pod's site. */
+export const LABEL_FEDERATION_SITE = 'tensile.dev/federation-site';
+
+/** Where the site's private key is in its Secret, and its public half beside it. */
+export const SITE_KEY_FILE = 'signing-key.pem';
+export const SITE_PUBLIC_KEY = 'signing-key.pub';
+/** The ConfigMap key holding every site's public key (site name → base64), as the worker reads them. */
+export const SITE_KEYS_KEY = 'site-keys.json';
+
+/** The Secret with one site's Ed25519 identity key: mounted by that site's pods only. */
+export const siteKeySecretName = (job: string, site: string): string => `${job}-${site}-federation-key`;
+/** The ConfigMap with every site's public key (public: every site's pods read it). */
+export const siteKeysConfigMapName = (job: string): string => `${job}-federation-keys`;
+
+export interface FederationSlot {
+  readonly site: string;
+  /** The site's position in spec.federation.sites. */
+  readonly siteIndex: number;
+  /** The worker's index within its site (its replica index there). */
+  readonly replicaIndex: number;
+}
+
+/** Worker pods of a federated job: every site's replicas (sites keep their size; no autoscaling). */
+export function federatedReplicas(spec: TrainingJobSpec): number {
+  return (spec.federation?.sites ?? []).reduce((n, s) => n + s.replicas, 0);
+}
+
+/**
+ * The site of the job-wide pod index `index`: the sites' replicas laid end to end in spec order, so a
+ * lost pod's replacement (the lowest free index) lands in the site that lost it.
+ */
+export function federationSlot(spec: TrainingJobSpec, index: number): FederationSlot | undefined {
+  let first = 0;
+  for (const [siteIndex, site] of (spec.federation?.sites ?? []).entries()) {
+    if (index >= first && index < first + site.replicas)
+      return { site: site.name, siteIndex, replicaIndex: index - first };
+    first += site.replicas;
+  }
+  return undefined;
+}
+
+/** The `namespace/name` keys the sites' workers report under (their subjects name the site job). */
+export function siteReportKeys(namespace: string, job: string, spec: TrainingJobSpec): string[] {
+  return (spec.federation?.sites ?? []).map((s) => `${namespace}/${siteJobName(job, s.name)}`);
+}
+
+/**
+ * The jobs that own NATS buckets, with the sites: each site job's rendezvous bucket and the job's
+ * federation bucket (`tensile_<ns>_<job>_federation`, whose last part reads as an incarnation) are
+ * the live job's, not orphans for the sweep.
+ */
+export function bucketOwningJobs(
+  jobs: readonly { namespace: string; name: string; uid: string; spec?: TrainingJobSpec | undefined }[],
+): { namespace: string; name: string; uid: string }[] {
+  return jobs.flatMap((j) => {
+    const own = { namespace: j.namespace, name: j.name, uid: j.uid };
+    const sites = j.spec?.federation?.sites;
+    if (sites === undefined) return [own];
+    return [
+      own,
+      { namespace: j.namespace, name: j.name, uid: 'federation' },
+      ...sites.map((s) => ({ namespace: j.namespace, name: siteJobName(j.name, s.name), uid: j.uid })),
+    ];
+  });
+}
+
+export interface SitePods {
+  readonly pods: number;
+  readonly ready: number;
+  /** A pod of the site exited 0 (its workers finished training). */
+  readonly succeeded: boolean;
+}
+
+/** Per site, from the job's pods (by their site label). */
+export function sitePods(
+  spec: TrainingJobSpec,
+  pods: readonly { pod: V1Pod; active: boolean; ready: boolean; succeeded: boolean }[],
+): SitePods[] {
+  return (spec.federation?.sites ?? []).map((s) => {
+    const mine = pods.filter((p) => p.pod.metadata?.labels?.[LABEL_FEDERATION_SITE] === s.name);
+    return {
+      pods: mine.filter((p) => p.active).length,
+      ready: mine.filter((p) => p.active && p.ready).length,
+      succeeded: mine.some((p) => p.succeeded),
+    };
+  });
+}
+
+/**
+ * The sites' reports as one job's: progress of the site furthest behind (its step, its round), every
+ * site's workers and throughput added up, the first site's loss and accuracy (after a round every site
+ * holds the same weights), a re-forming world of any site; completed only once every site completed.
+ */
+export function combineSiteObservations(
+  sites: readonly { readonly name: string; readonly observations: JobObservations | undefined }[],
+): JobObservations {
+  const progress = sites.map((s) => s.observations?.progress);
+  const first = progress[0];
+  const out: { -readonly [K in keyof JobObservations]: JobObservations[K] } = {};
+  if (first !== undefined && progress.every((p) => p !== undefined)) {
+    const all = progress as NonNullable<(typeof progress)[number]>[];
+    const behind = all.reduce((a, b) => (b.step < a.step ? b : a));
+    const workers = all.flatMap((p) => p.workers ?? []);
+    const stragglers = all.flatMap((p) => p.stragglers ?? []);
+    out.progress = {
+      ...first,
+      step: behind.step,
+      epoch: behind.epoch,
+      worldSize: all.reduce((n, p) => n + p.worldSize, 0),
+      samplesPerSecond: all.reduce((n, p) => n + p.samplesPerSecond, 0),
+      ...(workers.length === 0 ? {} : { workers }),
+      stragglers,
+    };
+  }
+  const done = sites.map((s) => s.observations?.completed);
+  const firstDone = done[0];
+  if (firstDone !== undefined && done.every((c) => c !== undefined))
+    out.completed = {
+      ...firstDone,
+      reason: `every site completed (${sites.map((s) => s.name).join(', ')}): ${firstDone.reason}`,
+    };
+  const broken = sites.find((s) => s.observations?.rescaling !== undefined);
+  if (broken?.observations?.rescaling !== undefined)
+    out.rescaling = {
+      ...broken.observations.rescaling,
+      reason: `site ${broken.name}: ${broken.observations.rescaling.reason}`,
+    };
+  const useful = sites[0]?.observations?.useful;
+  if (useful !== undefined) out.useful = useful;
+  return out;
+}
+
+/** status.federation: rounds every site completed, each site's membership and progress, the ε. */
+export function federationStatus(
+  spec: TrainingJobSpec,
+  sites: readonly (JobObservations | undefined)[],
+  pods: readonly SitePods[],
+): NonNullable<TrainingJobStatus['federation']> {
+  const federation = spec.federation;
+  if (federation === undefined) throw new RangeError('federationStatus needs spec.federation');
+  const entries = federation.sites.map((site, i) => {
+    const seen = sites[i];
+    const step = seen?.completed?.step ?? seen?.progress?.step;
+    const finished = seen?.completed !== undefined || pods[i]?.succeeded === true;
+    const round = finished
+      ? federation.rounds
+      : step === undefined
+        ? undefined
+        : Math.min(federation.rounds, Math.floor(step / federation.localSteps));
+    return {
+      name: site.name,
+      replicas: pods[i]?.pods ?? 0,
+      readyReplicas: pods[i]?.ready ?? 0,
+      ...(seen?.progress === undefined ? {} : { worldSize: seen.progress.worldSize }),
+      ...(step === undefined ? {} : { step }),
+      ...(round === undefined ? {} : { round }),
+      ...(finished ? { completed: true } : {}),
+    };
+  });
+  const rounds = Math.min(...entries.map((e) => e.round ?? 0));
+  const dp = federation.differentialPrivacy;
+  return {
+    rounds,
+    sites: entries,
+    ...(dp === undefined || rounds === 0
+      ? {}
+      : { epsilon: roundEpsilon(gaussianEpsilon(dp.noiseMultiplier, rounds, dp.delta).epsilon) }),
+  };
+}
+
+const roundEpsilon = (e: number): number => (Number.isFinite(e) ? Number(e.toPrecision(4)) : e);
