@@ -17,13 +17,14 @@ export const LABEL_FEDERATION_SITE = 'tensile.dev/federation-site';
 /** Where the site's private key is in its Secret, and its public half beside it. */
 export const SITE_KEY_FILE = 'signing-key.pem';
 export const SITE_PUBLIC_KEY = 'signing-key.pub';
-/** The ConfigMap key holding every site's public key (site name → base64), as the worker reads them. */
-export const SITE_KEYS_KEY = 'site-keys.json';
+/** Each site's public key in a worker's environment, by site index (put together for the worker). */
+export const SITE_KEY_ENV_PREFIX = 'TENSILE_FEDERATION_KEY_';
 
-/** The Secret with one site's Ed25519 identity key: mounted by that site's pods only. */
+/**
+ * The Secret with one site's Ed25519 identity key: its private half mounted by that site's pods only,
+ * its public half read by every site's pods (by key). A site that pins its key brings this Secret.
+ */
 export const siteKeySecretName = (job: string, site: string): string => `${job}-${site}-federation-key`;
-/** The ConfigMap with every site's public key (public: every site's pods read it). */
-export const siteKeysConfigMapName = (job: string): string => `${job}-federation-keys`;
 
 export interface FederationSlot {
   readonly site: string;
@@ -63,16 +64,20 @@ export function siteReportKeys(namespace: string, job: string, spec: TrainingJob
  * the live job's, not orphans for the sweep.
  */
 export function bucketOwningJobs(
-  jobs: readonly { namespace: string; name: string; uid: string; spec?: TrainingJobSpec | undefined }[],
+  jobs: readonly (CachedJob & { readonly metadata?: { readonly namespace?: string } })[],
 ): { namespace: string; name: string; uid: string }[] {
   return jobs.flatMap((j) => {
-    const own = { namespace: j.namespace, name: j.name, uid: j.uid };
-    const sites = j.spec?.federation?.sites;
-    if (sites === undefined) return [own];
+    const own = {
+      namespace: j.metadata?.namespace ?? '',
+      name: j.metadata?.name ?? '',
+      uid: j.metadata?.uid ?? '',
+    };
+    const sites = cachedSites(j);
+    if (sites.length === 0) return [own];
     return [
       own,
-      { namespace: j.namespace, name: j.name, uid: 'federation' },
-      ...sites.map((s) => ({ namespace: j.namespace, name: siteJobName(j.name, s.name), uid: j.uid })),
+      { ...own, uid: 'federation' },
+      ...sites.map((site) => ({ ...own, name: siteJobName(own.name, site) })),
     ];
   });
 }
@@ -182,3 +187,32 @@ export function federationStatus(
 }
 
 const roundEpsilon = (e: number): number => (Number.isFinite(e) ? Number(e.toPrecision(4)) : e);
+
+/** What the operator's cache holds of a job, enough to know its sites. */
+export interface CachedJob {
+  readonly metadata?: { readonly name?: string; readonly uid?: string };
+  readonly spec?: unknown;
+}
+
+function cachedSites(job: CachedJob): readonly string[] {
+  const sites = (job.spec as { federation?: { sites?: readonly { name?: unknown }[] } } | undefined)
+    ?.federation?.sites;
+  return Array.isArray(sites) ? sites.flatMap((s) => (typeof s.name === 'string' ? [s.name] : [])) : [];
+}
+
+/**
+ * The federated job whose site job is `name` (its workers report as `<job>-<site>`), among the jobs of
+ * one namespace; undefined when none is.
+ */
+export function siteOwner(
+  name: string,
+  jobs: readonly CachedJob[],
+): { readonly name: string; readonly uid: string } | undefined {
+  for (const job of jobs) {
+    const own = job.metadata?.name;
+    if (own === undefined || !name.startsWith(`${own}-`)) continue;
+    if (cachedSites(job).some((site) => siteJobName(own, site) === name))
+      return { name: own, uid: job.metadata?.uid ?? '' };
+  }
+  return undefined;
+}

@@ -34,10 +34,10 @@ import {
   type FederationSlot,
   federationSlot,
   LABEL_FEDERATION_SITE,
+  SITE_KEY_ENV_PREFIX,
   SITE_KEY_FILE,
-  SITE_KEYS_KEY,
+  SITE_PUBLIC_KEY,
   siteKeySecretName,
-  siteKeysConfigMapName,
 } from './federation-sites.ts';
 import { mergePodTemplate, PodTemplateError } from './pod-template.ts';
 
@@ -308,13 +308,28 @@ function slotOf(job: TrainingJob, index: number): FederationSlot | undefined {
 }
 
 /**
- * A federated worker's own: its site's signing key (a Secret only its site's pods mount) and every
- * site's public key (a ConfigMap), read by the worker as TENSILE_FEDERATION_SIGNING_KEY/_SITE_KEYS.
+ * A federated worker's keys: its site's private signing key (its site's Secret, of which only this
+ * site's pods mount the private half) and every site's public key, each read from that site's Secret
+ * by key (`signing-key.pub` only) or taken from the spec's pin, and put together by the kubelet's
+ * `$(VAR)` expansion into the one JSON the worker reads (TENSILE_FEDERATION_SITE_KEYS). The operator
+ * never has to read a Secret back to hand the public keys out.
  */
 function federationKeyParts(
   job: OwnedJob,
   slot: FederationSlot,
 ): { volume: V1Volume; mount: V1VolumeMount; env: V1EnvVar[] } {
+  const sites = job.spec.federation?.sites ?? [];
+  const each: V1EnvVar[] = sites.map((site, i) =>
+    site.signingKey !== undefined
+      ? { name: `${SITE_KEY_ENV_PREFIX}${i}`, value: site.signingKey }
+      : {
+          name: `${SITE_KEY_ENV_PREFIX}${i}`,
+          valueFrom: {
+            secretKeyRef: { name: siteKeySecretName(job.metadata.name, site.name), key: SITE_PUBLIC_KEY },
+          },
+        },
+  );
+  const keys = Object.fromEntries(sites.map((site, i) => [site.name, `$(${SITE_KEY_ENV_PREFIX}${i})`]));
   return {
     volume: {
       name: FEDERATION_KEY_VOLUME,
@@ -326,13 +341,9 @@ function federationKeyParts(
     },
     mount: { name: FEDERATION_KEY_VOLUME, mountPath: FEDERATION_KEY_MOUNT, readOnly: true },
     env: [
+      ...each,
       { name: WORKER_ENV.federationSigningKey, value: `${FEDERATION_KEY_MOUNT}/${SITE_KEY_FILE}` },
-      {
-        name: WORKER_ENV.federationSiteKeys,
-        valueFrom: {
-          configMapKeyRef: { name: siteKeysConfigMapName(job.metadata.name), key: SITE_KEYS_KEY },
-        },
-      },
+      { name: WORKER_ENV.federationSiteKeys, value: JSON.stringify(keys) },
     ],
   };
 }
