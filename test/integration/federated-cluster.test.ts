@@ -18,9 +18,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
 import { federationBucket } from '../../operator/api/federation.ts';
-import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
+import { jobInboxPrefix, operatorPermissions } from '../../operator/api/nats-permissions.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { createTrust, serverTrustConfig } from '../../operator/controller/nats-credentials.ts';
+import { createTrust, mintUser, serverTrustConfig } from '../../operator/controller/nats-credentials.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
@@ -69,11 +69,18 @@ test.before(async () => {
     await cluster.kubectlOk(['create', 'namespace', OPERATOR_NS]);
     await cluster.kubectlOk(['create', 'namespace', NS]);
     const kubeconfig = await operatorServiceAccount(cluster, OPERATOR_NS);
-    operator = startOperator('op-fed', [
-      ...['--kubeconfig', kubeconfig, '--namespace', OPERATOR_NS, '--no-leader-elect'],
-      ...['--nats', nats.url, '--nats-account-seed', join(dir, 'account.nk')],
-      ...['--failure-backoff', '1', '--worker-image', IMAGE],
-    ]);
+    // The operator's own user, as the chart hands it one (TENSILE_NATS_CREDS); it mints the sites'.
+    const own = await mintUser(trust.account, 'tensile-operator', operatorPermissions());
+    writeFileSync(join(dir, 'operator.creds'), own.creds);
+    operator = startOperator(
+      'op-fed',
+      [
+        ...['--kubeconfig', kubeconfig, '--namespace', OPERATOR_NS, '--no-leader-elect'],
+        ...['--nats', nats.url, '--nats-account-seed', join(dir, 'account.nk')],
+        ...['--failure-backoff', '1', '--worker-image', IMAGE],
+      ],
+      { env: { TENSILE_NATS_CREDS: join(dir, 'operator.creds') } },
+    );
     await operator.waitFor((l) => l['message'] === 'connected to NATS');
   } catch (error) {
     // uvu swallows errors thrown by hooks: fail loudly instead.
