@@ -811,6 +811,12 @@ export const FederationSiteSchema = z.strictObject({
     .describe(
       'Pins the site’s Ed25519 public key: with secure aggregation every site signs the keys it advertises, and a signature under another key is refused. When omitted the launcher (tensile run, the operator) makes the site’s key and hands the public keys out.',
     ),
+  remote: z
+    .boolean()
+    .default(false)
+    .describe(
+      'The site runs elsewhere (another cluster’s TrainingJob of the same name and namespace, joined through the same NATS or a leaf node of it): this job starts no workers for it and waits for it only in the rounds. With secure aggregation its signingKey must be pinned.',
+    ),
 });
 export type FederationSite = z.output<typeof FederationSiteSchema>;
 
@@ -910,6 +916,20 @@ export const FederationSpecSchema = withRules(
       ),
   }),
   [
+    {
+      cel: 'self.sites.exists(s, !s.remote)',
+      message: 'federation.sites: at least one site must run here (remote: false)',
+      field: ['sites'],
+      holds: (f) => f.sites.some((s) => !s.remote),
+    },
+    {
+      cel: '!self.secureAggregation.enabled || self.sites.all(s, !s.remote || has(s.signingKey))',
+      message:
+        'federation.sites[].remote: a remote site’s public key must be pinned (signingKey) with secure aggregation, since its private key is never here',
+      field: ['sites'],
+      holds: (f) =>
+        !f.secureAggregation.enabled || f.sites.every((s) => !s.remote || s.signingKey !== undefined),
+    },
     {
       cel: 'self.sites.all(s, self.sites.exists_one(t, t.name == s.name))',
       message: 'federation.sites: every site needs its own name',

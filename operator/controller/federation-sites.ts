@@ -8,7 +8,7 @@
 import type { V1Pod } from '@kubernetes/client-node';
 import { siteJobName } from '../api/federation.ts';
 import { gaussianEpsilon } from '../api/privacy-accountant.ts';
-import type { TrainingJobSpec, TrainingJobStatus } from '../api/training-job.ts';
+import type { FederationSite, TrainingJobSpec, TrainingJobStatus } from '../api/training-job.ts';
 import type { JobObservations } from './progress.ts';
 
 /** The label naming a worker pod's site. */
@@ -34,9 +34,14 @@ export interface FederationSlot {
   readonly replicaIndex: number;
 }
 
-/** Worker pods of a federated job: every site's replicas (sites keep their size; no autoscaling). */
+/** The sites this job runs (not `remote`), in spec order. */
+export function localSites(spec: TrainingJobSpec): FederationSite[] {
+  return (spec.federation?.sites ?? []).filter((s) => !s.remote);
+}
+
+/** Worker pods of a federated job: its sites' replicas (sites keep their size; no autoscaling). */
 export function federatedReplicas(spec: TrainingJobSpec): number {
-  return (spec.federation?.sites ?? []).reduce((n, s) => n + s.replicas, 0);
+  return localSites(spec).reduce((n, s) => n + s.replicas, 0);
 }
 
 /**
@@ -46,6 +51,7 @@ export function federatedReplicas(spec: TrainingJobSpec): number {
 export function federationSlot(spec: TrainingJobSpec, index: number): FederationSlot | undefined {
   let first = 0;
   for (const [siteIndex, site] of (spec.federation?.sites ?? []).entries()) {
+    if (site.remote) continue;
     if (index >= first && index < first + site.replicas)
       return { site: site.name, siteIndex, replicaIndex: index - first };
     first += site.replicas;
@@ -89,12 +95,12 @@ export interface SitePods {
   readonly succeeded: boolean;
 }
 
-/** Per site, from the job's pods (by their site label). */
+/** Per site this job runs, from the job's pods (by their site label). */
 export function sitePods(
   spec: TrainingJobSpec,
   pods: readonly { pod: V1Pod; active: boolean; ready: boolean; succeeded: boolean }[],
 ): SitePods[] {
-  return (spec.federation?.sites ?? []).map((s) => {
+  return localSites(spec).map((s) => {
     const mine = pods.filter((p) => p.pod.metadata?.labels?.[LABEL_FEDERATION_SITE] === s.name);
     return {
       pods: mine.filter((p) => p.active).length,
@@ -148,7 +154,10 @@ export function combineSiteObservations(
   return out;
 }
 
-/** status.federation: rounds every site completed, each site's membership and progress, the ε. */
+/**
+ * status.federation: rounds every site this job runs completed, each one's membership and progress,
+ * the ε (`sites`, `pods`: in localSites order).
+ */
 export function federationStatus(
   spec: TrainingJobSpec,
   sites: readonly (JobObservations | undefined)[],
@@ -156,7 +165,7 @@ export function federationStatus(
 ): NonNullable<TrainingJobStatus['federation']> {
   const federation = spec.federation;
   if (federation === undefined) throw new RangeError('federationStatus needs spec.federation');
-  const entries = federation.sites.map((site, i) => {
+  const entries = localSites(spec).map((site, i) => {
     const seen = sites[i];
     const step = seen?.completed?.step ?? seen?.progress?.step;
     const finished = seen?.completed !== undefined || pods[i]?.succeeded === true;

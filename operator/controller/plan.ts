@@ -13,6 +13,7 @@ import {
   combineSiteObservations,
   federatedReplicas,
   federationStatus,
+  localSites,
   type SitePods,
   sitePods,
 } from './federation-sites.ts';
@@ -67,7 +68,8 @@ export interface PlanInput {
   /** What the workers reported over NATS (progress, completion, a world re-forming). */
   readonly observations?: JobObservations;
   /**
-   * spec.federation: what each site's workers reported (in spec order; they report as the site job),
+   * spec.federation: what each site's workers reported (the sites this job runs, in spec order; they
+   * report as the site job),
    * which stands in for `observations`.
    */
   readonly siteObservations?: readonly (JobObservations | undefined)[];
@@ -397,7 +399,7 @@ export function plan(input: PlanInput): Plan {
 
   // ---- progress reported by the workers (a federated job's: its sites', added up).
   const federation = spec.federation;
-  const siteNames = federation?.sites.map((s) => s.name) ?? [];
+  const siteNames = localSites(spec).map((s) => s.name);
   const observed =
     federation === undefined
       ? (input.observations ?? {})

@@ -20,6 +20,7 @@ import { validateTrainingJob } from '../api/validate.ts';
 import type { EventRecorder, JobRef } from './events.ts';
 import {
   LABEL_FEDERATION_SITE,
+  localSites,
   SITE_KEY_FILE,
   SITE_PUBLIC_KEY,
   siteKeySecretName,
@@ -262,10 +263,11 @@ export class JobReconciler {
     }
     const { job, queue, workload } = admission;
     const observations = this.deps.observations?.(namespace, name);
-    const siteNames = job.spec.federation?.sites.map((s) => s.name) ?? [];
-    const siteObservations = job.spec.federation?.sites.map((s) =>
-      this.deps.siteObservations?.(namespace, siteJobName(name, s.name), uid),
-    );
+    const siteNames = localSites(job.spec).map((s) => s.name);
+    const siteObservations =
+      job.spec.federation === undefined
+        ? undefined
+        : siteNames.map((site) => this.deps.siteObservations?.(namespace, siteJobName(name, site), uid));
     const podRejected = this.rejected.get(uid);
     const share =
       job.spec.autoscaling.policy === 'goodput' ? this.deps.goodputShare?.(namespace, name) : undefined;
@@ -377,7 +379,7 @@ export class JobReconciler {
     const secrets =
       job.spec.federation === undefined
         ? [await minter.secretFor(job, mint)]
-        : await Promise.all(job.spec.federation.sites.map((s) => minter.siteSecretFor(job, s.name, mint)));
+        : await Promise.all(localSites(job.spec).map((s) => minter.siteSecretFor(job, s.name, mint)));
     for (const secret of secrets) await this.deps.kube.createSecret(job.metadata.namespace, secret);
     this.minted.add(uid);
     log.info('NATS credentials ready', { secrets: secrets.map((s) => s.metadata?.name) });
@@ -394,7 +396,7 @@ export class JobReconciler {
     if (federation === undefined || !federation.secureAggregation.enabled) return;
     if (decision.createPods.length === 0 || this.keyed.has(uid)) return;
     const made: string[] = [];
-    for (const site of federation.sites) {
+    for (const site of localSites(job.spec)) {
       if (site.signingKey !== undefined) continue;
       const secret = siteKeySecret(job, site.name);
       await this.deps.kube.createSecret(job.metadata.namespace, secret);

@@ -12,6 +12,7 @@ import { LABEL_JOB_NAME } from '../../operator/api/contract.ts';
 import { federationBucket } from '../../operator/api/federation.ts';
 import { jobPermissions, sitePermissions } from '../../operator/api/nats-permissions.ts';
 import { gaussianEpsilon } from '../../operator/api/privacy-accountant.ts';
+import { validateTrainingJob } from '../../operator/api/validate.ts';
 import {
   bucketOwningJobs,
   combineSiteObservations,
@@ -23,6 +24,7 @@ import {
 import { type PlanConfig, plan } from '../../operator/controller/plan.ts';
 import { buildWorkerPod, type OwnedJob } from '../../operator/controller/pod-builder.ts';
 import type { JobObservations } from '../../operator/controller/progress.ts';
+import { setPath, validManifest } from '../helpers/job-builder.ts';
 import { node, nodeMap, ownedJob, T0, workerPod } from '../helpers/k8s-builders.ts';
 
 const config: PlanConfig = {
@@ -250,6 +252,45 @@ test('a site’s NATS identity: its own subjects and bucket, not another site’
   assert.ok(a.publish.includes(`$KV.${bucket}.*.*.input.0.*`));
   assert.not.ok(a.publish.some((s) => s.endsWith('.1') || s.includes('input.1')));
   assert.ok(a.subscribe.includes('tensile.ns.job-a.control'));
+});
+
+test('a remote site: no pods, no Secrets of it here, its pinned key handed out, the job done when its own sites are', () => {
+  const pin = Buffer.alloc(32, 9).toString('base64');
+  const job = ownedJob({
+    'spec.federation': {
+      rounds: 2,
+      localSteps: 10,
+      sites: [
+        { name: 'a', replicas: 2 },
+        { name: 'b', remote: true, signingKey: pin },
+      ],
+    },
+  });
+  const p = plan({ job, pods: [], nodes: nodeMap(node('node-0')), claimExists: true, now: T0, config });
+  assert.equal(
+    p.createPods.map((x) => x.metadata?.name),
+    ['job-a-worker-0', 'job-a-worker-1'],
+  );
+  const pod = p.createPods[0] as V1Pod;
+  assert.is(envValue(pod, 'TENSILE_FEDERATION_KEY_1')?.value, pin);
+  assert.equal(
+    p.status.federation?.sites.map((s) => s.name),
+    ['a'],
+  );
+  const done = plan({
+    job,
+    pods: [sitePod(job, 0, 'Succeeded'), sitePod(job, 1, 'Succeeded')],
+    nodes: nodeMap(node('node-0')),
+    claimExists: true,
+    now: T0,
+    config,
+    siteObservations: [{ completed: completed(20) }],
+  });
+  assert.is(done.status.phase, 'Succeeded');
+  const manifest = validManifest('x');
+  setPath(manifest, 'spec.federation', { rounds: 2, sites: [{ name: 'a' }, { name: 'b', remote: true }] });
+  const refused = validateTrainingJob(manifest);
+  assert.not.ok(refused.ok, 'a remote site without a pinned key is refused with secure aggregation');
 });
 
 test('site reports and buckets belong to their federated job', () => {
