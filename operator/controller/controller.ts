@@ -26,7 +26,7 @@ import {
 import { validateTrainingJob } from '../api/validate.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
-import { bucketOwningJobs, siteOwner } from './federation-sites.ts';
+import { bucketOwningJobs, remoteSiteJobs, siteOwner } from './federation-sites.ts';
 import { goodputShares, type ShareJob } from './goodput-shares.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
@@ -423,7 +423,12 @@ export class TrainingJobController {
       const live = bucketOwningJobs(this.jobs.list());
       // In single-namespace mode the jobs of other namespaces are not ours to judge.
       const ns = this.options.watchNamespace;
-      const ours = ns === undefined ? buckets : buckets.filter((b) => bucketOwner(b)?.namespace === ns);
+      const elsewhere = remoteSiteJobs(this.jobs.list());
+      const ours = buckets.filter((b) => {
+        const owner = bucketOwner(b);
+        if (owner !== undefined && elsewhere.has(`${owner.namespace}/${owner.job}`)) return false;
+        return ns === undefined || owner?.namespace === ns;
+      });
       for (const bucket of orphanedBuckets(ours, live)) {
         // A job deleted while we did not look: its bucket is what is left to name its identity by.
         const uid = bucketOwner(bucket)?.uid;

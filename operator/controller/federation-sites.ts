@@ -88,6 +88,24 @@ export function bucketOwningJobs(
   });
 }
 
+/**
+ * `namespace/name` of the site jobs that run elsewhere (sites[].remote): their buckets carry another
+ * place's incarnation and are that place's to clean up, never orphans here.
+ */
+export function remoteSiteJobs(
+  jobs: readonly (CachedJob & { readonly metadata?: { readonly namespace?: string } })[],
+): Set<string> {
+  const out = new Set<string>();
+  for (const job of jobs) {
+    const sites = (job.spec as { federation?: { sites?: readonly { name?: unknown; remote?: unknown }[] } })
+      ?.federation?.sites;
+    for (const site of Array.isArray(sites) ? sites : [])
+      if (site.remote === true && typeof site.name === 'string')
+        out.add(`${job.metadata?.namespace ?? ''}/${siteJobName(job.metadata?.name ?? '', site.name)}`);
+  }
+  return out;
+}
+
 export interface SitePods {
   readonly pods: number;
   readonly ready: number;

@@ -8,7 +8,9 @@
  * audit, TENSILE_FEDERATION_AUDIT, which no pod the operator builds sets), and one site's credentials
  * must not reach the other site's subjects or its keys of the federation bucket.
  */
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,10 +19,17 @@ import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { stringify } from 'yaml';
-import { federationBucket } from '../../operator/api/federation.ts';
-import { jobInboxPrefix, operatorPermissions } from '../../operator/api/nats-permissions.ts';
+import { federationBucket, newSiteSigningKey } from '../../operator/api/federation.ts';
+import { jobInboxPrefix, operatorPermissions, sitePermissions } from '../../operator/api/nats-permissions.ts';
 import type { TrainingJobStatus } from '../../operator/api/training-job.ts';
-import { createTrust, mintUser, serverTrustConfig } from '../../operator/controller/nats-credentials.ts';
+import { validateTrainingJob } from '../../operator/api/validate.ts';
+import { workerEnvironment } from '../../operator/api/worker-env.ts';
+import {
+  createTrust,
+  mintUser,
+  serverTrustConfig,
+  type Trust,
+} from '../../operator/controller/nats-credentials.ts';
 import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-server.ts';
 import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
@@ -39,6 +48,7 @@ const dir = mkdtempSync(join(tmpdir(), 'tensile-federated-cluster-'));
 const audit = join(dir, 'audit');
 
 let cluster: LocalCluster;
+let trust: Trust;
 let nats: NatsServer;
 let operator: OperatorProcess;
 let core: CoreV1Api;
@@ -47,7 +57,7 @@ const connections: NatsConnection[] = [];
 
 test.before(async () => {
   try {
-    const trust = await createTrust();
+    trust = await createTrust();
     writeFileSync(join(dir, 'nats.conf'), serverTrustConfig(trust));
     writeFileSync(join(dir, 'account.nk'), new TextDecoder().decode(trust.account.getSeed()));
     nats = await startNatsServer({ configFile: join(dir, 'nats.conf') });
@@ -130,13 +140,13 @@ function manifest() {
   };
 }
 
-async function status(): Promise<TrainingJobStatus> {
+async function status(name = JOB): Promise<TrainingJobStatus> {
   const job = (await custom.getNamespacedCustomObject({
     group: 'tensile.dev',
     version: 'v1alpha1',
     namespace: NS,
     plural: 'trainingjobs',
-    name: JOB,
+    name,
   })) as { status?: TrainingJobStatus };
   return job.status ?? {};
 }
@@ -272,6 +282,96 @@ test('one site’s NATS credentials cannot read or steer another site, nor write
     refused.some((r) => r.includes(`${JOB}-a.control`) || r.includes('advertise.0')),
     refused.join('; '),
   );
+});
+
+test('sites in two places: a remote site’s worker outside this cluster joins through the same NATS', async () => {
+  const name = 'fed-remote';
+  const keyA = newSiteSigningKey();
+  const keyB = newSiteSigningKey();
+  // Every site pins its key: each place holds its own site's private key only.
+  const sites = (remote: 'a' | 'b') => [
+    { name: 'a', signingKey: keyA.public, remote: remote === 'a' },
+    { name: 'b', signingKey: keyB.public, remote: remote === 'b' },
+  ];
+  const here = manifest();
+  here.metadata.name = name;
+  here.spec.federation = { ...here.spec.federation, sites: sites('b') } as typeof here.spec.federation;
+  // The pinned site brings its own key Secret.
+  await cluster.kubectlOk(
+    ['apply', '-f', '-'],
+    stringify({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: `${name}-a-federation-key`, namespace: NS },
+      stringData: { 'signing-key.pem': keyA.privatePem },
+    }),
+  );
+  await cluster.kubectlOk(['apply', '-f', '-'], stringify(here));
+  // Site b, run elsewhere: the job as its own place sees it (a remote), a user of the same account
+  // limited to site b, its own incarnation (uid) and its own private key.
+  const there = structuredClone(here);
+  there.spec.federation = { ...there.spec.federation, sites: sites('a') } as typeof there.spec.federation;
+  const parsed = validateTrainingJob(there);
+  if (!parsed.ok) throw new Error(parsed.problems.map((p) => p.message).join('; '));
+  const uid = randomUUID();
+  const user = await mintUser(
+    trust.account,
+    `${NS}/${name}-b`,
+    sitePermissions(NS, `${name}-b`, uid, federationBucket(NS, name), 1),
+  );
+  const away = join(dir, 'remote-b');
+  mkdirSync(away, { recursive: true });
+  writeFileSync(join(away, 'nats.creds'), user.creds, { mode: 0o600 });
+  writeFileSync(join(away, 'signing-key.pem'), keyB.privatePem, { mode: 0o600 });
+  const env = workerEnvironment({
+    jobName: name,
+    namespace: NS,
+    jobUid: uid,
+    spec: parsed.job.spec,
+    workerId: `${name}-b-worker-0`,
+    replicaIndex: 0,
+    checkpointDir: join(away, 'checkpoints'),
+    outDir: away,
+    natsUrl: nats.url,
+    natsCreds: join(away, 'nats.creds'),
+    federationSite: 'b',
+    federationSigningKey: join(away, 'signing-key.pem'),
+    federationSiteKeys: { a: keyA.public, b: keyB.public },
+  });
+  const child = spawn(process.execPath, [join(repo, 'operator', 'bin', 'tensile.mjs'), 'worker'], {
+    cwd: repo,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
+  child.stderr.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
+  const exited = new Promise<number | null>((done) => child.on('close', done));
+  const final = await eventually(
+    () => `${name} finishes (${operator.file})`,
+    async () => {
+      const s = await status(name);
+      return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+    },
+    { timeoutMs: 600_000, intervalMs: 1000 },
+  );
+  assert.is(final.phase, 'Succeeded', final.message);
+  assert.is(final.federation?.rounds, ROUNDS);
+  assert.equal(
+    final.federation?.sites.map((s) => s.name),
+    ['a'],
+    'this cluster reports the site it runs',
+  );
+  const pods = await core.listNamespacedPod({ namespace: NS, labelSelector: `tensile.dev/job-name=${name}` });
+  assert.equal(
+    pods.items.map((p) => p.metadata?.name),
+    [`${name}-a-worker-0`, `${name}-a-worker-1`],
+    'no pods for the remote site',
+  );
+  assert.is(await exited, 0, lines.slice(-20).join('\n'));
+  const rounds = lines.filter((l) => l.includes('"event":"federation-round"'));
+  assert.is(rounds.length, ROUNDS, 'the remote site took part in every round');
+  for (const line of rounds) assert.match(line, /"sites":\[0,1\]/);
 });
 
 test.run();

@@ -19,6 +19,7 @@ import {
   federationSlot,
   federationStatus,
   LABEL_FEDERATION_SITE,
+  remoteSiteJobs,
   siteOwner,
 } from '../../operator/controller/federation-sites.ts';
 import { type PlanConfig, plan } from '../../operator/controller/plan.ts';
@@ -303,6 +304,18 @@ test('site reports and buckets belong to their federated job', () => {
   ];
   assert.equal(siteOwner('job-a', jobs), { name: 'job', uid: 'u1' });
   assert.is(siteOwner('job-c', jobs), undefined, 'a plain job named like a site is its own');
+  assert.equal(
+    [
+      ...remoteSiteJobs([
+        {
+          metadata: { name: 'job', namespace: 'ns' },
+          spec: { federation: { sites: [{ name: 'a' }, { name: 'b', remote: true }] } },
+        },
+      ]),
+    ],
+    ['ns/job-b'],
+    'a remote site’s buckets are the other place’s',
+  );
   assert.equal(
     bucketOwningJobs(jobs).map((j) => `${j.name}/${j.uid}`),
     ['job/u1', 'job/federation', 'job-a/u1', 'job-b/u1', 'job-c/u2'],
