@@ -347,6 +347,15 @@ test('sites in two places: a remote site’s worker outside this cluster joins t
   child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
   child.stderr.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
   const exited = new Promise<number | null>((done) => child.on('close', done));
+  // Pods only for the site this cluster runs (looked at while they run: finished pods may go).
+  const names = await eventually('the pods of site a', async () => {
+    const list = await core.listNamespacedPod({
+      namespace: NS,
+      labelSelector: `tensile.dev/job-name=${name}`,
+    });
+    return list.items.length === 2 ? list.items.map((p) => p.metadata?.name).sort() : undefined;
+  });
+  assert.equal(names, [`${name}-a-worker-0`, `${name}-a-worker-1`], 'no pods for the remote site');
   const final = await eventually(
     () => `${name} finishes (${operator.file})`,
     async () => {
@@ -361,12 +370,6 @@ test('sites in two places: a remote site’s worker outside this cluster joins t
     final.federation?.sites.map((s) => s.name),
     ['a'],
     'this cluster reports the site it runs',
-  );
-  const pods = await core.listNamespacedPod({ namespace: NS, labelSelector: `tensile.dev/job-name=${name}` });
-  assert.equal(
-    pods.items.map((p) => p.metadata?.name),
-    [`${name}-a-worker-0`, `${name}-a-worker-1`],
-    'no pods for the remote site',
   );
   assert.is(await exited, 0, lines.slice(-20).join('\n'));
   const rounds = lines.filter((l) => l.includes('"event":"federation-round"'));
