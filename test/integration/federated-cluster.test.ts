@@ -290,7 +290,7 @@ test('sites in two places: a remote site’s worker outside this cluster joins t
   const keyB = newSiteSigningKey();
   // Every site pins its key: each place holds its own site's private key only.
   const sites = (remote: 'a' | 'b') => [
-    { name: 'a', signingKey: keyA.public, remote: remote === 'a' },
+    { name: 'a', replicas: 2, signingKey: keyA.public, remote: remote === 'a' },
     { name: 'b', signingKey: keyB.public, remote: remote === 'b' },
   ];
   const here = manifest();
