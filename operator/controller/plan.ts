@@ -17,6 +17,7 @@ import {
   type SitePods,
   sitePods,
 } from './federation-sites.ts';
+import { QUEUE_LABEL, queueNameOf } from './kueue.ts';
 import {
   buildCheckpointClaim,
   buildWorkerPod,
@@ -163,6 +164,11 @@ function federationProblems(job: OwnedJob): string[] {
   if (spec.autoscaling.policy === 'goodput')
     problems.push(
       'spec.autoscaling.policy: goodput cannot resize a federated job (each site runs spec.federation.sites[].replicas workers); use policy none',
+    );
+  // Kueue's partial admission would cut whole sites off (the slots are the sites'): not yet supported.
+  if (queueNameOf(job) !== undefined)
+    problems.push(
+      `metadata.labels["${QUEUE_LABEL}"]: a federated job cannot run in a Kueue queue yet (its sites need all their workers); drop the label`,
     );
   const group = `${job.metadata.name}-${spec.federation.sites.reduce((a, s) => (s.name.length > a.length ? s.name : a), '')}`;
   if (group.length > 63 - '-nats-credentials'.length)

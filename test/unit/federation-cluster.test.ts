@@ -205,6 +205,15 @@ test('one site finished: the job runs on and keeps that site’s pods; every sit
   assert.match(allDone.status.message ?? '', /every site completed \(a, b\)/);
 });
 
+test('a federated job in a Kueue queue is refused (partial admission would cut sites off)', () => {
+  const job = federated();
+  job.metadata.labels = { 'kueue.x-k8s.io/queue-name': 'q' };
+  const p = plan({ job, pods: [], nodes: nodeMap(node('node-0')), claimExists: true, now: T0, config });
+  assert.is(p.status.phase, 'Failed');
+  assert.match(p.status.message ?? '', /cannot run in a Kueue queue yet/);
+  assert.equal(p.createPods, []);
+});
+
 test('combined progress: the site furthest behind, every site’s workers; ε after the rounds done', () => {
   const combined = combineSiteObservations([
     { name: 'a', observations: { progress: progress(25, 2) } },
