@@ -201,7 +201,7 @@ build_app_image() {
   local name=$1 dockerfile=$2 kind=$3 include=$4 node_path=$5
   local key
   key="$(printf '%s\n' "$(hash_files package.json package-lock.json tsconfig.json operator worker hack/versions.sh \
-    hack/install-tensorflow.sh hack/images.sh hack/images "$dockerfile")" "$node_version" "$mirror" "$include" |
+    hack/install-tensorflow.sh hack/patches hack/images.sh hack/images "$dockerfile")" "$node_version" "$mirror" "$include" |
     sha256sum | cut -c1-12)"
   local ref="tensile.local/tensile-$name:$key" tarball="$out/$name-$key.tar"
   if [[ -f $tarball ]]; then

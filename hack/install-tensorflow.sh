@@ -67,7 +67,17 @@ command -v node >/dev/null || fail "node is not on PATH; install Node.js 20 firs
 
 # The addon is an N-API module: node-pre-gyp puts it under lib/napi-v<best>, the highest N-API
 # version the package declares that this Node supports.
-read -r node_abi napi <<<"$(node -p '`${process.versions.modules} ${process.versions.napi}`')"
+# One node start for all three (a second run must stay under a second, and a node start alone can take
+# most of that on a loaded machine): the ABI, the N-API version and, when the package is there, the
+# best N-API build of it ("none" otherwise).
+read -r node_abi napi installed_napi <<<"$(node -e '
+  const { modules, napi } = process.versions;
+  let best = "none";
+  try {
+    const ok = require(process.argv[1]).binary.napi_versions.filter((v) => v <= Number(napi));
+    best = String(Math.max(...ok));
+  } catch {}
+  console.log(`${modules} ${napi} ${best}`);' "$pkg/package.json")"
 compiler="$(${CXX:-c++} --version 2>/dev/null | head -1 || true)"
 compiler_id="${compiler:+$(printf '%s' "$compiler" | sha256sum | cut -c1-12)}"
 # The project's patches of the addon's sources (hack/patches/tfjs-node-*.patch) are part of the key:
@@ -86,8 +96,8 @@ best_napi() {
 }
 
 # ------------------------------------------------------------------------------------ nothing to do?
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" && -f "$pkg/package.json" ]]; then
-  binding="$pkg/lib/napi-v$(best_napi)/tfjs_binding.node"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" && $installed_napi != none ]]; then
+  binding="$pkg/lib/napi-v$installed_napi/tfjs_binding.node"
   if [[ -f "$binding" ]]; then
     step "ready: $pkg_name $TFJS_NODE_VERSION on libtensorflow $TF_VERSION ($variant)"
     exit 0

@@ -3,6 +3,7 @@
  * the pod builder and `tensile run` write), optionally from a JSON file named by TENSILE_CONFIG_FILE with the
  * same keys (environment variables win). Validated once at start; a bad value exits non-zero naming it.
  */
+
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
@@ -12,6 +13,7 @@ import { BACKENDS, type TrainingJobSpec, TrainingJobSpecSchema } from '../operat
 import { zodProblems } from '../operator/api/validate.ts';
 import { WORKER_ENV } from '../operator/api/worker-env.ts';
 import { WorkerError } from './errors.ts';
+import { FAILPOINTS } from './failpoint.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -59,6 +61,14 @@ export const WorkerConfigSchema = z
     progressMs: z.coerce.number().pipe(z.int().min(0).max(3_600_000)).default(2000),
     /** Every rank logs a checksum of its weights every this many steps (0: never): proof of lockstep. */
     checksumEvery: z.coerce.number().pipe(z.int().min(0)).default(0),
+    /** A failure injected on purpose, for tests (worker/failpoint.ts): `<failpoint>@<worker id>|once:<file>`. */
+    failpoint: z
+      .string()
+      .regex(
+        new RegExp(`^(${FAILPOINTS.join('|')})@.+$`),
+        `expected <failpoint>@<worker id> or <failpoint>@once:<file>, failpoints: ${FAILPOINTS.join(', ')}`,
+      )
+      .optional(),
     /** spec.federation: the site of this worker; the config is then the site's (see withSite). */
     federationSite: z.string().min(1).optional(),
     /** spec.federation with secure aggregation: this site's Ed25519 identity key (a PKCS8 PEM file). */

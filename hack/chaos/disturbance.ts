@@ -1,7 +1,7 @@
 /**
  * The chaos run as a disturbance of the e2e scenario (hack/e2e/scenario.ts): once training is under
- * way it carries out the seeded schedule (schedule.ts) one fault at a time — each no sooner than its
- * offset and only once the job converged from the previous one (the whole world training again) —
+ * way it carries out the seeded schedule (schedule.ts) one fault at a time — each at its offset or at
+ * the same share of the job's steps, whichever comes first (`faultDue`), and only once the job converged from the previous one (the whole world training again) —
  * watches the job's pods for a second pod of one replica index, samples the memory of every long-lived
  * process, and adds its checks to the e2e's verdict.
  */
@@ -28,7 +28,7 @@ import {
   slowWorker,
 } from './faults.ts';
 import { removeLeftovers } from './leftovers.ts';
-import type { Fault } from './schedule.ts';
+import { type Fault, faultDue } from './schedule.ts';
 import {
   duplicateIndices,
   formatExpected,
@@ -43,6 +43,8 @@ import {
 export interface ChaosOptions {
   readonly seed: number;
   readonly schedule: readonly Fault[];
+  /** The length the schedule was drawn for (its `seconds`): a fault's offset is also this share of the job. */
+  readonly windowSeconds: number;
   /** A fault that has not converged after this long fails the run's `converged` check. Default 180. */
   readonly convergeTimeoutSeconds?: number;
   /** Size of the tmpfs under the checkpoint claim. Default 256m. */
@@ -142,7 +144,11 @@ class Chaos implements Disturbance {
       return;
     }
     const next = this.options.schedule[this.done.length];
-    if (next === undefined || since < next.atSeconds || !tick.whole) return;
+    if (next === undefined || !tick.whole) return;
+    if (
+      !faultDue(next, this.options.windowSeconds, { since, step: tick.step, plannedSteps: tick.plannedSteps })
+    )
+      return;
     await this.inject(next, since, tick);
   }
 
@@ -291,7 +297,7 @@ class Chaos implements Disturbance {
         component = `worker-${env.get('TENSILE_REPLICA_INDEX') ?? '?'}`;
       }
       const rss = rssBytes(r.pid);
-      if (rss !== undefined) this.memory.push({ at: this.lastSample, component, rssBytes: rss });
+      if (rss !== undefined) this.memory.push({ at: this.lastSample, component, pid: r.pid, rssBytes: rss });
     }
   }
 
@@ -310,7 +316,7 @@ class Chaos implements Disturbance {
     );
     const resumes = judgeResumes(lines);
     clearInterval(this.sampler);
-    const memory = judgeMemory(this.memory, this.seconds());
+    const memory = judgeMemory(this.memory);
     // The last fault may still be settling when the job completes: the job's success is its outcome.
     const last = this.done.at(-1);
     const unconverged = this.done.filter(

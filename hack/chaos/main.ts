@@ -12,8 +12,7 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseDocument } from 'yaml';
-import { runScenario, ScenarioAborted } from '../e2e/scenario.ts';
-import { formatSummary } from '../e2e/summary.ts';
+import { runScenarioCommand } from '../e2e/command.ts';
 import { REPO_ROOT } from '../node-agent/config.ts';
 import { chaosDisturbance } from './disturbance.ts';
 import { chaosSchedule, FAULT_KINDS, type FaultKind, parseKinds } from './schedule.ts';
@@ -110,40 +109,13 @@ function longerManifest(file: string, epochs: number, dir: string): string {
   return out;
 }
 
-const started = performance.now();
-const stamp = () => `[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s]`;
-const controller = new AbortController();
-let interrupted = false;
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
-  process.on(signal, () => {
-    if (interrupted) return;
-    interrupted = true;
-    process.stderr.write(`\n${stamp()} ${signal}: stopping everything this run started…\n`);
-    controller.abort();
-  });
-
-try {
-  const result = await runScenario({
-    manifestFile,
-    churn: [],
-    operators: 2,
-    noticeSeconds: 10,
-    autoscalerDelaySeconds: 5,
-    timeoutSeconds: number('timeout', minutes * 180 + 1200),
-    artifactsDir,
-    signal: controller.signal,
-    disturbance: chaosDisturbance({ seed, schedule }),
-    log: (line) => process.stderr.write(`${stamp()} ${line}\n`),
-  });
-  process.stdout.write(`\n${formatSummary(result)}\n`);
-  process.exitCode = result.ok ? 0 : 1;
-} catch (error) {
-  if (error instanceof ScenarioAborted || interrupted) {
-    process.stderr.write(`${stamp()} interrupted; everything it started is stopped\n`);
-    process.exitCode = 130;
-  } else {
-    process.stderr.write(`${stamp()} the chaos run could not run: ${(error as Error).stack ?? error}\n`);
-    process.stderr.write(`logs (if any) in ${artifactsDir}\n`);
-    process.exitCode = 2;
-  }
-}
+await runScenarioCommand('the chaos run', {
+  manifestFile,
+  churn: [],
+  operators: 2,
+  noticeSeconds: 10,
+  autoscalerDelaySeconds: 5,
+  timeoutSeconds: number('timeout', minutes * 180 + 1200),
+  artifactsDir,
+  disturbance: chaosDisturbance({ seed, schedule, windowSeconds: minutes * 60 }),
+});

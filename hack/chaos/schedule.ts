@@ -1,9 +1,10 @@
 /**
  * The chaos schedule (issue 24): which fault, when, on which target, for how long — a pure function of
  * a seed and the run's length, so that `hack/chaos.sh --seed S` injects the same faults in the same
- * order at the same offsets on any machine. The driver (hack/chaos/faults.ts) carries each one out no
- * sooner than its offset and never before the job converged from the previous one, so a slow machine
- * shifts faults later but never drops or reorders them.
+ * order on any machine. The driver (hack/chaos/disturbance.ts) carries each one out at its offset or
+ * at the same share of the job's steps, whichever comes first (`faultDue`), and never before the job
+ * converged from the previous one: a slow machine shifts faults later, a fast one earlier, and neither
+ * drops nor reorders them.
  */
 import { uint32Stream } from '../../worker/data/sampler.ts';
 
@@ -94,6 +95,32 @@ export function chaosSchedule(options: ScheduleOptions): Fault[] {
     at += between(gapLow, gapHigh);
   }
   return faults;
+}
+
+/** Where the job is when the driver asks whether the next fault is due. */
+export interface FaultClock {
+  /** Seconds of training so far. */
+  readonly since: number;
+  readonly step: number;
+  readonly plannedSteps: number | undefined;
+}
+
+/**
+ * The share of the job's planned steps by which every fault of the window is due: the rest of the job
+ * is room to converge from the last one and to finish.
+ */
+export const FAULT_STEP_SHARE = 0.8;
+
+/**
+ * A fault is due at its offset in seconds or at the same share of the job's steps, whichever comes
+ * first: on a machine fast enough to train the whole job inside the window, the faults still land
+ * inside the job (in the same order), instead of after its end.
+ */
+export function faultDue(fault: Fault, windowSeconds: number, clock: FaultClock): boolean {
+  if (clock.since >= fault.atSeconds) return true;
+  if (clock.plannedSteps === undefined || !(windowSeconds > 0)) return false;
+  const share = (fault.atSeconds / windowSeconds) * FAULT_STEP_SHARE;
+  return clock.step >= share * clock.plannedSteps;
 }
 
 function shuffle<T>(items: readonly T[], unit: () => number): T[] {

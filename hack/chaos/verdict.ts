@@ -36,35 +36,57 @@ export interface MemorySample {
   readonly at: number;
   /** A long-lived component: `operator-0`, `nats-server`, `kube-apiserver`, a worker pod's name, … */
   readonly component: string;
+  /** The process sampled: a replacement of a component is another process with a start-up of its own. */
+  readonly pid?: number;
   readonly rssBytes: number;
 }
 
 export interface MemoryVerdict {
   readonly component: string;
   readonly samples: number;
-  /** Peak of the middle and of the last third of the run. */
+  /** Peak of the first and of the second half of the process's life past its start-up. */
   readonly middlePeak: number;
   readonly lastPeak: number;
   readonly ok: boolean;
 }
 
+/** A process sampled past its start-up for less than this is not judged: too little to tell. */
+export const MIN_JUDGED_LIFE_SECONDS = 30;
+
 /**
- * Memory is bounded when the last third of the run peaks no higher than the middle third plus a slack
- * (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. The first third is start-up
- * (loading the runtime and the data) and is not compared. A component needs samples in both thirds.
+ * Memory is bounded when, past its start-up, a process's second half peaks no higher than its first
+ * half plus a slack (25 % and 64 MiB): a leak keeps climbing, a warm cache levels off. Start-up
+ * (loading the runtime and the data) ends at the first sample of at least 0.8 of the process's median,
+ * each process its own, so that a worker started late (a replacement, slowly on a busy machine) is not
+ * judged by its loading.
  */
-export function judgeMemory(samples: readonly MemorySample[], runSeconds: number): MemoryVerdict[] {
-  const byComponent = new Map<string, MemorySample[]>();
-  for (const s of samples) byComponent.set(s.component, [...(byComponent.get(s.component) ?? []), s]);
+export function judgeMemory(samples: readonly MemorySample[]): MemoryVerdict[] {
+  const byProcess = new Map<string, MemorySample[]>();
+  for (const s of samples) {
+    const key = `${s.component}\u0000${s.pid ?? ''}`;
+    byProcess.set(key, [...(byProcess.get(key) ?? []), s]);
+  }
+  const processes = new Map<string, number>();
+  for (const list of byProcess.values()) {
+    const component = (list[0] as MemorySample).component;
+    processes.set(component, (processes.get(component) ?? 0) + 1);
+  }
   const out: MemoryVerdict[] = [];
-  for (const [component, list] of [...byComponent].sort((a, b) => a[0].localeCompare(b[0]))) {
-    const peak = (from: number, to: number) =>
-      Math.max(0, ...list.filter((s) => s.at >= from && s.at < to).map((s) => s.rssBytes));
-    const middlePeak = peak(runSeconds / 3, (2 * runSeconds) / 3);
-    const lastPeak = peak((2 * runSeconds) / 3, Number.POSITIVE_INFINITY);
+  for (const [, unsorted] of [...byProcess].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const list = [...unsorted].sort((a, b) => a.at - b.at);
+    const first = list[0] as MemorySample;
+    const median = [...list.map((s) => s.rssBytes)].sort((a, b) => a - b)[Math.floor(list.length / 2)] ?? 0;
+    const from = list.find((s) => s.rssBytes >= 0.8 * median)?.at ?? first.at;
+    const span = (list.at(-1) as MemorySample).at - from;
+    if (span < MIN_JUDGED_LIFE_SECONDS) continue;
+    const peak = (low: number, high: number) =>
+      Math.max(0, ...list.filter((s) => s.at >= low && s.at < high).map((s) => s.rssBytes));
+    const middlePeak = peak(from, from + span / 2);
+    const lastPeak = peak(from + span / 2, Number.POSITIVE_INFINITY);
     if (middlePeak === 0 || lastPeak === 0) continue;
+    const several = (processes.get(first.component) ?? 0) > 1 && first.pid !== undefined;
     out.push({
-      component,
+      component: several ? `${first.component} (pid ${first.pid})` : first.component,
       samples: list.length,
       middlePeak,
       lastPeak,

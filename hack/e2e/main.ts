@@ -13,8 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../node-agent/config.ts';
-import { runScenario, ScenarioAborted } from './scenario.ts';
-import { formatSummary } from './summary.ts';
+import { runScenarioCommand } from './command.ts';
 
 const USAGE = `usage: hack/e2e.sh [options]
 
@@ -77,53 +76,24 @@ const number = (flag: string, value: string | undefined): number | undefined => 
   return n;
 };
 
-const started = performance.now();
-const stamp = () => `[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s]`;
-const controller = new AbortController();
-let interrupted = false;
-const onSignal = (signal: string) => {
-  if (interrupted) return;
-  interrupted = true;
-  process.stderr.write(`\n${stamp()} ${signal}: stopping everything this run started…\n`);
-  controller.abort();
-};
-process.on('SIGINT', () => onSignal('SIGINT'));
-process.on('SIGTERM', () => onSignal('SIGTERM'));
-process.on('SIGHUP', () => onSignal('SIGHUP'));
-
 const artifactsDir =
   values.artifacts ??
   join(process.env['TMPDIR'] ?? tmpdir(), `tensile-e2e-${new Date().toISOString().replace(/[:.]/g, '-')}`);
 
-try {
-  const minAccuracy = number('min-accuracy', values['min-accuracy']);
-  const accuracyTolerance = number('accuracy-tolerance', values['accuracy-tolerance']);
-  const minGoodput = number('min-goodput', values['min-goodput']);
-  const workerCpus = number('worker-cpus', values['worker-cpus']);
-  const result = await runScenario({
-    manifestFile: values.manifest ?? join(REPO_ROOT, 'examples', 'fashion-mnist-mlp.yaml'),
-    ...(minAccuracy === undefined ? {} : { minAccuracy }),
-    ...(accuracyTolerance === undefined ? {} : { accuracyTolerance }),
-    refreshReference: values['refresh-reference'] ?? false,
-    noticeSeconds: number('notice', values.notice) ?? 20,
-    autoscalerDelaySeconds: number('autoscaler-delay', values['autoscaler-delay']) ?? 5,
-    ...(minGoodput === undefined ? {} : { minGoodput }),
-    ...(workerCpus === undefined ? {} : { workerCpus }),
-    realNode: values['real-node'] ?? false,
-    timeoutSeconds: number('timeout', values.timeout) ?? 3600,
-    artifactsDir,
-    signal: controller.signal,
-    log: (line) => process.stderr.write(`${stamp()} ${line}\n`),
-  });
-  process.stdout.write(`\n${formatSummary(result)}\n`);
-  process.exitCode = result.ok ? 0 : 1;
-} catch (error) {
-  if (error instanceof ScenarioAborted || interrupted) {
-    process.stderr.write(`${stamp()} interrupted; everything it started is stopped\n`);
-    process.exitCode = 130;
-  } else {
-    process.stderr.write(`${stamp()} the scenario could not run: ${(error as Error).stack ?? error}\n`);
-    process.stderr.write(`logs (if any) in ${artifactsDir}\n`);
-    process.exitCode = 2;
-  }
-}
+const minAccuracy = number('min-accuracy', values['min-accuracy']);
+const accuracyTolerance = number('accuracy-tolerance', values['accuracy-tolerance']);
+const minGoodput = number('min-goodput', values['min-goodput']);
+const workerCpus = number('worker-cpus', values['worker-cpus']);
+await runScenarioCommand('the scenario', {
+  manifestFile: values.manifest ?? join(REPO_ROOT, 'examples', 'fashion-mnist-mlp.yaml'),
+  ...(minAccuracy === undefined ? {} : { minAccuracy }),
+  ...(accuracyTolerance === undefined ? {} : { accuracyTolerance }),
+  refreshReference: values['refresh-reference'] ?? false,
+  noticeSeconds: number('notice', values.notice) ?? 20,
+  autoscalerDelaySeconds: number('autoscaler-delay', values['autoscaler-delay']) ?? 5,
+  ...(minGoodput === undefined ? {} : { minGoodput }),
+  ...(workerCpus === undefined ? {} : { workerCpus }),
+  realNode: values['real-node'] ?? false,
+  timeoutSeconds: number('timeout', values.timeout) ?? 3600,
+  artifactsDir,
+});

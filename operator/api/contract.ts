@@ -151,6 +151,12 @@ export const CompletedMessageSchema = z.object({
   model: z
     .object({ uri: z.string(), step: nonNegativeInt, accuracy: z.number().optional(), time })
     .optional(),
+  /**
+   * Seconds of the writer's steps the final state kept (operator/api/goodput.ts over its own
+   * generations): a lower bound of the job's useful time for the goodput metric, known to whichever
+   * operator reads it, however many progress reports that operator missed.
+   */
+  usefulSeconds: z.number().min(0).optional(),
   reason: z.string(),
   time,
 });
@@ -253,6 +259,9 @@ export const ControlMessageSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/** The rendezvous bucket's key the writer of the last world records the job's completion in. */
+export const COMPLETED_KEY = 'completed';
+
 /** The rendezvous bucket's key the operator (or `tensile run`) writes the chosen global batch to. */
 export const AUTOSCALING_KEY = 'autoscaling';
 
@@ -273,13 +282,31 @@ export const AutoscalingRecordSchema = z.object({
 });
 export type AutoscalingRecord = z.output<typeof AutoscalingRecordSchema>;
 
-/** What the rendezvous bucket's `completed` key holds: the job's stopping point, for late workers. */
-export const CompletionRecordSchema = z.object({
-  jobUid,
-  step: nonNegativeInt,
-  reason: z.string(),
+/**
+ * What the rendezvous bucket's `completed` key holds: the job's stopping point, for late workers, and
+ * the figures of the `completed` message, for an operator that never received it (core NATS keeps
+ * nothing, and a replica elected after the workers ended must still fill in the final status). Only
+ * step and reason are required: records written by earlier workers hold those alone and still decode.
+ */
+export const CompletionRecordSchema = CompletedMessageSchema.omit({ type: true }).partial({
+  worker: true,
+  epoch: true,
+  loss: true,
+  time: true,
 });
 export type CompletionRecord = z.output<typeof CompletionRecordSchema>;
+
+/** The part of the record a worker stops by: figures it cannot read must not keep it training. */
+export const CompletionMarkerSchema = CompletionRecordSchema.pick({ jobUid: true, step: true, reason: true });
+
+/**
+ * The `completed` message a record stands for, so that it is used exactly as one; undefined for a
+ * record without the figures (an earlier worker's), which tells the operator nothing new.
+ */
+export function completionFromRecord(record: CompletionRecord): CompletedMessage | undefined {
+  const parsed = CompletedMessageSchema.safeParse({ ...record, type: 'completed' });
+  return parsed.success ? parsed.data : undefined;
+}
 
 export type ProgressMessage = z.output<typeof ProgressMessageSchema>;
 export type CompletedMessage = z.output<typeof CompletedMessageSchema>;

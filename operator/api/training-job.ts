@@ -537,7 +537,7 @@ export const BalancingSpecSchema = z.strictObject({
     .lt(1)
     .default(0.9)
     .describe(
-      "Weight of the past in the moving average of each worker's compute time per sample (0: the last step alone).",
+      "Weight of the past in the moving average of each worker's compute time per sample, which follows the median of its newest 5 steps (0: that median alone).",
     ),
   driftThreshold: z
     .number()
@@ -550,7 +550,9 @@ export const BalancingSpecSchema = z.strictObject({
   minIntervalSteps: positiveInt()
     .max(1_000_000)
     .default(50)
-    .describe('proportional: at least this many steps between two re-plans within a generation.'),
+    .describe(
+      'proportional: at least this many steps between two re-plans within a generation, doubled after each of them (up to 16×; a new generation starts over).',
+    ),
   warmupSteps: positiveInt()
     .max(1_000_000)
     .default(10)

@@ -29,6 +29,7 @@ export const WORKER_ENV = {
   logLevel: 'TENSILE_LOG_LEVEL',
   progressMs: 'TENSILE_PROGRESS_MS',
   checksumEvery: 'TENSILE_CHECKSUM_EVERY',
+  failpoint: 'TENSILE_FAILPOINT',
   configFile: 'TENSILE_CONFIG_FILE',
   federationSite: 'TENSILE_FEDERATION_SITE',
   federationAudit: 'TENSILE_FEDERATION_AUDIT',

@@ -64,6 +64,11 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     backend: z.string(),
     via: z.string().optional(),
     addedKernels: z.array(z.string()).readonly().optional(),
+    /** The earlier backends of the chain that did not load, each with its reason (and fix). */
+    skipped: z
+      .array(z.object({ backend: z.string(), via: z.string(), reason: z.string() }))
+      .readonly()
+      .optional(),
   }),
   event('dataset', {
     trainSamples: count,
@@ -153,6 +158,8 @@ export const WorkerEventSchema = z.discriminatedUnion('event', [
     probeMs: z.number().optional(),
     error: z.string().optional(),
   }),
+  /** After the last step, the writer of the last world was lost before it recorded the completion. */
+  event('writer-lost', { writer: z.string(), step: count }),
   /** A world formed and this worker is one of its ranks. */
   event('generation', {
     worldSize: count,

@@ -217,6 +217,8 @@ export class TrainingJobController {
           const [namespace, name] = splitKey(key);
           return this.jobs.get(name, namespace)?.metadata?.uid ?? this.siteOwnerOf(namespace, name)?.uid;
         },
+        // Before the first list, a job missing from the cache may exist (see TrackerBounds).
+        knowsJobs: () => this.jobs.hasSynced,
       },
     );
     this.reconciler = new JobReconciler({
@@ -231,6 +233,8 @@ export class TrainingJobController {
         ),
       siteObservations: (namespace, siteJob, uid) =>
         this.progress.observations(jobKey(namespace, siteJob), uid),
+      completionRecord: (namespace, name, uid, record, source) =>
+        this.progress.receiveCompletionRecord(jobKey(namespace, name), uid, record, source),
       publisher: options.publisher,
       goodputShare: (namespace, name) => this.goodputShares().get(jobKey(namespace, name)),
       ...(options.jobState === undefined ? {} : { jobState: options.jobState }),
@@ -323,6 +327,8 @@ export class TrainingJobController {
    */
   async startCaches(): Promise<void> {
     this.followWorkers();
+    // What was kept of jobs the cache could not yet vouch for goes once it can.
+    void this.jobs.waitForSync(new AbortController().signal).then(() => this.progress.prune());
     await Promise.all([this.nodes.start(), this.pods.start(), this.jobs.start(), this.workloads?.start()]);
   }
 
@@ -452,6 +458,7 @@ export class TrainingJobController {
         status: (job as { status?: TrainingJobStatus }).status,
         progress: seen?.progress,
         useful: seen?.useful,
+        completed: seen?.completed,
       };
     });
   }

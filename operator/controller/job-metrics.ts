@@ -2,7 +2,7 @@
  * The training metrics of each job, as the operator knows them: its status and the newest progress its
  * workers reported. Pure, so that what a scrape shows is a table test away from the inputs.
  */
-import type { ProgressMessage } from '../api/contract.ts';
+import type { CompletedMessage, ProgressMessage } from '../api/contract.ts';
 import type { TrainingJobStatus } from '../api/training-job.ts';
 
 /**
@@ -34,6 +34,8 @@ export interface JobMetricInput {
   readonly status: TrainingJobStatus | undefined;
   readonly progress?: ProgressMessage | undefined;
   readonly useful?: UsefulTime | undefined;
+  /** The workers' completion (message or record): its useful seconds outlast this operator's view. */
+  readonly completed?: Pick<CompletedMessage, 'usefulSeconds'> | undefined;
 }
 
 /** Gauge and counter names (without the `tensile_trainingjob_` prefix) to values; absent: not known. */
@@ -81,8 +83,11 @@ export function jobMetricValues(input: JobMetricInput, nowMs: number): JobMetric
   }
   const start = s?.startTime === undefined ? undefined : Date.parse(s.startTime);
   const end = s?.completionTime === undefined ? nowMs : Date.parse(s.completionTime);
-  if (start !== undefined && input.useful !== undefined && end > start)
-    set('goodput_ratio', Math.min(1, input.useful.seconds / ((end - start) / 1000)));
+  // Both undercount: this operator misses the reports of times it did not follow, the writer the
+  // generations it was not in. The larger is the nearer; neither known, there is no estimate.
+  const usefulSeconds = maxDefined(input.useful?.seconds, input.completed?.usefulSeconds);
+  if (start !== undefined && usefulSeconds !== undefined && end > start)
+    set('goodput_ratio', Math.min(1, usefulSeconds / ((end - start) / 1000)));
   const a = s?.autoscaling;
   if (a !== undefined && !ended(s)) {
     set('autoscaling_replicas_workers', a.replicas);
@@ -95,6 +100,10 @@ export function jobMetricValues(input: JobMetricInput, nowMs: number): JobMetric
   }
   if (a !== undefined) set('autoscaling_changes_total', a.changes ?? 0);
   return out;
+}
+
+function maxDefined(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined ? b : b === undefined ? a : Math.max(a, b);
 }
 
 type CheckpointRef = { step: number; path: string; time: string };
@@ -114,7 +123,7 @@ export const JOB_METRICS: Record<keyof JobMetricValues, { help: string; counter?
   world_size_workers: { help: 'Workers in the current world' },
   rendezvous_generation: { help: 'Rendezvous round (generation) of the current world' },
   goodput_ratio: {
-    help: 'Time in steps that advanced the job past its furthest step, over the time since it started (estimated from progress reports since this operator started)',
+    help: 'Time in steps that advanced the job past its furthest step, over the time since it started (estimated from progress reports since this operator started, or from the workers’ completion)',
   },
   preemptions_total: { help: 'Workers lost to preemption (never counted as failures)', counter: true },
   restarts_total: { help: 'Workers that failed and were replaced', counter: true },

@@ -23,6 +23,8 @@ export interface JobStateStore {
   deleteBucket(name: string): Promise<void>;
   /** Writes one key of a bucket (creating the bucket as the workers do, if they have not yet). */
   putRecord(bucket: string, key: string, value: Uint8Array): Promise<void>;
+  /** The value of one key; undefined when the key or the bucket does not exist (neither is created). */
+  getRecord(bucket: string, key: string): Promise<Uint8Array | undefined>;
 }
 
 export class JobStateUnavailableError extends Error {
@@ -31,6 +33,10 @@ export class JobStateUnavailableError extends Error {
 
 /** JetStream's "stream not found". */
 const STREAM_NOT_FOUND = 10059;
+
+function apiErrorCode(error: unknown): number | undefined {
+  return (error as Partial<NatsError> & { api_error?: { err_code?: number } }).api_error?.err_code;
+}
 
 export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposable {
   private connection: NatsConnection | undefined;
@@ -123,8 +129,7 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
       await jsm.streams.delete(`KV_${name}`);
       this.log.info('deleted rendezvous bucket', { bucket: name });
     } catch (error) {
-      const apiError = (error as Partial<NatsError> & { api_error?: { err_code?: number } }).api_error;
-      if (apiError?.err_code === STREAM_NOT_FOUND) return;
+      if (apiErrorCode(error) === STREAM_NOT_FOUND) return;
       throw new JobStateUnavailableError(`deleting KV bucket ${name}: ${(error as Error).message}`, {
         cause: error,
       });
@@ -142,6 +147,26 @@ export class NatsLink implements ControlPublisher, JobStateStore, AsyncDisposabl
     } catch (error) {
       throw new JobStateUnavailableError(
         `writing ${key} of KV bucket ${bucket}: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+  }
+
+  async getRecord(bucket: string, key: string): Promise<Uint8Array | undefined> {
+    const connection = this.connection;
+    if (connection === undefined || connection.isClosed())
+      throw new JobStateUnavailableError(`no NATS connection (${this.url ?? 'no URL configured'})`);
+    try {
+      // Bound, not created: a bucket deleted with its job must not come back because we looked.
+      const kv = await connection.jetstream().views.kv(bucket, { bindOnly: true });
+      const entry = await kv.get(key);
+      return entry === null || entry.operation !== 'PUT' ? undefined : entry.value;
+    } catch (error) {
+      if (apiErrorCode(error) === STREAM_NOT_FOUND) return undefined;
+      throw new JobStateUnavailableError(
+        `reading ${key} of KV bucket ${bucket}: ${(error as Error).message}`,
         {
           cause: error,
         },

@@ -276,6 +276,30 @@ export function planInvalidSpec(input: {
   };
 }
 
+/**
+ * Whether to read the job's completion record (the `completed` key of its rendezvous bucket) before
+ * planning, and plan with it as a `completed` message. Core NATS keeps nothing: a replica that began
+ * leading after the workers published their completion never saw it, and would finish the job from
+ * its pods with the last progress it knew. So: when the workers are done (a pod completed, or the
+ * status says Succeeded) and no completion arrived, once per leadership term (a new leader is a new
+ * process, so `read` starts empty: it fills in a status an earlier leader left without the figures).
+ */
+export function wantsCompletionRecord(input: {
+  readonly job: Pick<OwnedJob, 'status'>;
+  readonly pods: readonly V1Pod[];
+  readonly nodes: ReadonlyMap<string, V1Node>;
+  readonly observations?: JobObservations | undefined;
+  /** This replica read the record (found or not) since it began leading. */
+  readonly read: boolean;
+}): boolean {
+  if (input.read || input.observations?.completed !== undefined) return false;
+  if (input.job.status?.phase === 'Succeeded') return true;
+  return input.pods.some((pod) => {
+    const state = podState(pod, input.nodes);
+    return state.kind === 'ended' && state.outcome === 'completed';
+  });
+}
+
 export function plan(input: PlanInput): Plan {
   const { job, now, config } = input;
   const nowMs = now.getTime();

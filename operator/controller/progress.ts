@@ -10,6 +10,8 @@ import type { NatsConnection, Subscription } from 'nats';
 import type { Logger } from 'winston';
 import {
   type CompletedMessage,
+  CompletionRecordSchema,
+  completionFromRecord,
   decodeMessage,
   JobEventSchema,
   MAX_REPORT_BYTES,
@@ -56,6 +58,14 @@ export interface TrackerBounds {
    * is no such job: reports of anything else are dropped.
    */
   readonly liveUid?: (key: string) => string | undefined;
+  /**
+   * Whether `liveUid` sees every job yet (the job cache has listed once). Until then a report of a
+   * job it does not know is kept (within `maxEntries`): the job may merely not be listed yet, and
+   * core NATS does not send a report again. A replica started while the API server was away dropped
+   * the workers' final progress and completion (model, accuracy) that way, and the job Succeeded
+   * without them (chaos seed 2, 20 minutes). `prune` drops what turns out to be of no live job.
+   */
+  readonly knowsJobs?: () => boolean;
   /** At most this many (job, incarnation) entries (default MAX_TRACKED_ENTRIES). */
   readonly maxEntries?: number;
 }
@@ -91,6 +101,21 @@ export class ProgressTracker implements AsyncDisposable {
     this.jobs.delete(key);
   }
 
+  /** Drops the entries of jobs and incarnations `liveUid` does not know: once the job cache has listed. */
+  prune(): void {
+    const live = this.bounds.liveUid;
+    if (live === undefined) return;
+    for (const [key, byUid] of this.jobs) {
+      const current = live(key);
+      for (const uid of byUid.keys())
+        if (current === undefined || (uid !== current && uid !== NO_UID)) {
+          byUid.delete(uid);
+          this.entries -= 1;
+        }
+      if (byUid.size === 0) this.jobs.delete(key);
+    }
+  }
+
   /** How many (job, incarnation) entries are held: bounded by the live jobs (`liveUid`) and `maxEntries`. */
   get size(): number {
     return this.entries;
@@ -103,7 +128,7 @@ export class ProgressTracker implements AsyncDisposable {
    */
   private admit(key: string, uid: string, subject: string): boolean {
     const live = this.bounds.liveUid;
-    if (live !== undefined) {
+    if (live !== undefined && this.bounds.knowsJobs?.() !== false) {
       const current = live(key);
       if (current === undefined) {
         this.drops.drop({ channel: 'nats', reason: 'unknown job', source: subject });
@@ -202,6 +227,39 @@ export class ProgressTracker implements AsyncDisposable {
         this.listener.changed(key, 0);
       }
     }
+  }
+
+  /**
+   * The completion record read from the rendezvous bucket of incarnation `uid`, taken exactly as a
+   * `completed` message (plan.ts `wantsCompletionRecord` says when to read it). A malformed record,
+   * another incarnation's, or one of an earlier worker without the figures is dropped and counted.
+   * Asks for no reconcile: the reconcile that read it plans with it. Returns whether it was taken.
+   */
+  receiveCompletionRecord(key: string, uid: string, data: Uint8Array, source: string): boolean {
+    const decoded = decodeMessage(CompletionRecordSchema, data, MAX_REPORT_BYTES);
+    if (!decoded.ok) {
+      this.drops.drop({ channel: 'nats', reason: decoded.reason, source, detail: decoded.error });
+      return false;
+    }
+    // Buckets are per incarnation, so a record naming no uid is as foreign as one naming another.
+    if (decoded.value.jobUid !== uid) {
+      const detail = decoded.value.jobUid ?? '(none)';
+      this.drops.drop({ channel: 'nats', reason: 'other incarnation', source, detail });
+      return false;
+    }
+    const message = completionFromRecord(decoded.value);
+    if (message === undefined) {
+      this.drops.drop({
+        channel: 'nats',
+        reason: 'no figures',
+        source,
+        detail: 'a record of step and reason only',
+      });
+      return false;
+    }
+    if (!this.admit(key, uid, source)) return false;
+    this.update(key, uid, (o) => ({ ...o, completed: furthestCompletion(o.completed, message) }));
+    return true;
   }
 
   /** Follows every job's reports, or those of `namespace` only (single-namespace mode). */

@@ -9,6 +9,7 @@ import {
   ANNOTATION_SLOW,
   AUTOSCALING_KEY,
   type AutoscalingRecord,
+  COMPLETED_KEY,
   encodeMessage,
   LABEL_JOB_NAME,
   rendezvousBucket,
@@ -45,7 +46,14 @@ import type { OperatorMetrics } from './metrics.ts';
 import { type JobCredentialMinter, siteIdentity } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import type { CredentialRevoker } from './nats-revocation.ts';
-import { type Plan, type PlanConfig, type PlanInput, plan, planInvalidSpec } from './plan.ts';
+import {
+  type Plan,
+  type PlanConfig,
+  type PlanInput,
+  plan,
+  planInvalidSpec,
+  wantsCompletionRecord,
+} from './plan.ts';
 import { buildWorkerPod, jobNetworkPolicy, type OwnedJob, ownerReference } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
@@ -72,6 +80,14 @@ export interface ReconcilerDeps {
     siteJob: string,
     uid: string,
   ) => JobObservations | undefined;
+  /** Takes a completion record read from the job's bucket as its `completed` message (progress.ts). */
+  readonly completionRecord?: (
+    namespace: string,
+    name: string,
+    uid: string,
+    record: Uint8Array,
+    source: string,
+  ) => void;
   readonly publisher: ControlPublisher;
   /** A goodput job's share of the cluster's workers (goodput-shares.ts); undefined: it decides alone. */
   readonly goodputShare?: (namespace: string, name: string) => number | undefined;
@@ -99,6 +115,9 @@ export interface ReconcilerDeps {
 
 /** How often a job held or admitted by Kueue looks at its Workload again while no watch is up. */
 const KUEUE_POLL_MS = 1000;
+
+/** How soon a pass that could not read a finished job's completion record (NATS away) tries again. */
+const RECORD_RETRY_MS = 5000;
 
 interface Admission {
   readonly job: OwnedJob;
@@ -167,6 +186,8 @@ export class JobReconciler {
   private readonly fenced = new Set<string>();
   /** Why the API server refused a job's worker pod, by job uid, until the job is gone. */
   private readonly rejected = new Map<string, string>();
+  /** Jobs (by uid) whose completion record this replica read (found or not) since it began leading. */
+  private readonly recordsRead = new Set<string>();
   /** The uid each job had when last reconciled, by namespace/name: whose state to delete once it is gone. */
   private readonly known = new Map<string, string>();
 
@@ -201,6 +222,7 @@ export class JobReconciler {
         this.keyed.delete(uid);
         this.fenced.delete(uid);
         this.batchWritten.delete(uid);
+        this.recordsRead.delete(uid);
       }
       return { kind: 'done' };
     }
@@ -262,6 +284,7 @@ export class JobReconciler {
       return { kind: 'error', error: errorOf(error) };
     }
     const { job, queue, workload } = admission;
+    const recordUnread = !(await this.readCompletionRecord(job, pods, log));
     const observations = this.deps.observations?.(namespace, name);
     const siteNames = localSites(job.spec).map((s) => s.name);
     const siteObservations =
@@ -322,9 +345,11 @@ export class JobReconciler {
       }
     }
     const poll = queue !== undefined && !finished && this.deps.workloadsWatched?.() !== true;
-    const afterMs = poll
+    const polled = poll
       ? Math.min(decision.requeueAfterMs ?? KUEUE_POLL_MS, KUEUE_POLL_MS)
       : decision.requeueAfterMs;
+    // A finished job is not looked at again by itself: the record it still lacks would never come.
+    const afterMs = recordUnread ? Math.min(polled ?? RECORD_RETRY_MS, RECORD_RETRY_MS) : polled;
     return afterMs === undefined ? { kind: 'done' } : { kind: 'requeue', afterMs };
   }
 
@@ -507,6 +532,37 @@ export class JobReconciler {
       log.info('deleted finished job after ttlSecondsAfterFinished');
       await this.deleteState(namespace, ref.name, ref.uid, sites);
     }
+  }
+
+  /**
+   * The workers' completion record, when plan.ts `wantsCompletionRecord` asks for it, handed to the
+   * progress tracker (which validates it) before this pass plans. NATS being down holds nothing up:
+   * the job is planned without it, and false asks for a pass that tries again.
+   */
+  private async readCompletionRecord(job: OwnedJob, pods: V1Pod[], log: Logger): Promise<boolean> {
+    const { jobState, completionRecord } = this.deps;
+    // A federated job's sites keep no record in a bucket of the job's own (theirs are the site jobs'):
+    // its completion is every site's pods or reports.
+    if (jobState === undefined || completionRecord === undefined || job.spec.federation !== undefined)
+      return true;
+    const { namespace, name, uid } = job.metadata;
+    const observations = this.deps.observations?.(namespace, name);
+    const read = this.recordsRead.has(uid);
+    if (!wantsCompletionRecord({ job, pods, nodes: this.deps.nodes(), observations, read })) return true;
+    try {
+      const bucket = rendezvousBucket(namespace, name, uid);
+      const record = await jobState.getRecord(bucket, COMPLETED_KEY);
+      this.recordsRead.add(uid);
+      if (record === undefined) return true;
+      completionRecord(namespace, name, uid, record, `${bucket}/${COMPLETED_KEY}`);
+      log.info('read the completion record the workers left', { bucket });
+    } catch (error) {
+      log.warn('could not read the completion record; trying again shortly', {
+        error: errorOf(error).message,
+      });
+      return false;
+    }
+    return true;
   }
 
   /**

@@ -550,7 +550,10 @@ function describeWorkerLine(line: WorkerLine): string | undefined {
   const e = line.event;
   switch (e.event) {
     case 'backend':
-      return `backend ${e.backend} (${e.via})`;
+      return `backend ${e.backend} (${e.via})${(e.skipped ?? [])
+        .filter((s) => s.backend !== e.backend)
+        .map((s) => `; ${s.via} skipped: ${s.reason}`)
+        .join('')}`;
     case 'dataset':
       return `dataset: ${e.trainSamples} training, ${e.evalSamples} evaluation samples of [${String(e.sampleShape)}], ${e.classes} classes (${e.residentMiB} MiB in memory)`;
     case 'model':

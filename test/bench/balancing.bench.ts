@@ -13,11 +13,15 @@
  * time of the run's second half (after the split settled; steps with an evaluation excluded). Ideal
  * even split with one worker at half speed: 3 × 0.5 / 2.5 = 0.6; ideal proportional: 1, less the
  * all-reduce. Two global batches show that part: the all-reduce's cost is the same, the compute grows.
- * Accuracy is the final evaluation of each run on the whole test set.
+ * Accuracy is the final evaluation of each run on the whole test set. Every run's data audit must be
+ * clean (each epoch saw every sample once, none twice): a run whose split skipped or repeated data
+ * fails the bench instead of giving a figure. The ratios are printed to stderr as each pair is done.
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as assert from 'uvu/assert';
+import type { RunSummary } from '../../operator/api/run-summary.ts';
 import { eventsOf } from '../../operator/api/worker-events.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import { finished, tensileRun, workerEvents, writeJobManifest } from '../helpers/tensile-run.ts';
@@ -69,6 +73,21 @@ function writeJob(
   });
 }
 
+/** The run's data audit: `epochs` epochs, each of which saw every sample once and nothing twice. */
+function assertAuditClean(summary: RunSummary, epochs: number, what: string) {
+  assert.is(summary.status, 'completed', `${what}: ${summary.reason}`);
+  assert.is(summary.epochs.length, epochs, `${what}: epochs audited`);
+  for (const e of summary.epochs)
+    assert.equal(
+      [e.seen, e.duplicated, e.missing, e.complete],
+      [TRAIN_SAMPLES, 0, 0, true],
+      `${what}: the audit of epoch ${e.epoch}`,
+    );
+  return { epochs: summary.epochs.length, clean: true };
+}
+
+const say = (text: string) => process.stderr.write(`[balancing] ${text}\n`);
+
 /**
  * Samples/s of one generation, seen by one worker: the global batch over the median step time of the
  * generation's second half (the split settled), evaluations excluded; and the last per-worker figures
@@ -99,14 +118,10 @@ function settledThroughput(
 async function alone(dir: string, batch: number, slowed: boolean): Promise<number> {
   const name = `alone-${batch}${slowed ? '-slowed' : ''}`;
   const out = join(dir, `out-${name}`);
-  const file = writeJob(dir, name, {
-    replicas: 1,
-    batch,
-    mode: 'even',
-    epochs: epochsFor(batch, ALONE_STEPS),
-  });
+  const epochs = epochsFor(batch, ALONE_STEPS);
+  const file = writeJob(dir, name, { replicas: 1, batch, mode: 'even', epochs });
   const args = ['--cpu-quota', String(CORES), ...(slowed ? ['--chaos', 'slow:0:0.5'] : [])];
-  await finished(tensileRun(file, out, args, EVERY_STEP));
+  assertAuditClean(await finished(tensileRun(file, out, args, EVERY_STEP)), epochs, name);
   const events = workerEvents(out);
   // Alone without chaos is not elastic: its generation is the one its progress names.
   const last = eventsOf(events, 'progress').at(-1);
@@ -116,9 +131,11 @@ async function alone(dir: string, batch: number, slowed: boolean): Promise<numbe
 async function measure(dir: string, mode: Mode, batch: number) {
   const name = `${mode}-${batch}`;
   const out = join(dir, `out-${name}`);
-  const file = writeJob(dir, name, { replicas: WORKERS, batch, mode, epochs: epochsFor(batch, STEPS) });
+  const epochs = epochsFor(batch, STEPS);
+  const file = writeJob(dir, name, { replicas: WORKERS, batch, mode, epochs });
   const args = ['--workers', String(WORKERS), '--cpu-quota', String(CORES), '--chaos', `slow:${SLOWED}:0.5`];
   const summary = await finished(tensileRun(file, out, args, EVERY_STEP));
+  const audit = assertAuditClean(summary, epochs, name);
   const events = workerEvents(out);
   // The last world of all of them (a late starter can make the first one smaller).
   const world = eventsOf(events, 'generation')
@@ -143,6 +160,10 @@ async function measure(dir: string, mode: Mode, batch: number) {
       sum: round(capacity, 1),
     },
     ofCapacity: round(samplesPerSecond / capacity),
+    // Against the compute throughputs the job itself measured, at the same time: immune to the load
+    // moving between the job and the runs alone, but the update and bookkeeping are in neither
+    // throughput, so this is lower than the ratio to capacities on a quiet machine.
+    ofComputeInJob: round(samplesPerSecond / loads.reduce((a, l) => a + l.samplesPerSecond, 0)),
     // As the job measured them: compute throughput (waiting excluded) at each worker's share.
     measuredInJob: loads.map((l) => ({
       worker: l.worker,
@@ -150,7 +171,15 @@ async function measure(dir: string, mode: Mode, batch: number) {
       samplesPerSecond: l.samplesPerSecond,
     })),
     finalSplit: loads.map((l) => l.batch),
-    rebalances: eventsOf(events, 'balance').filter((e) => e.worker === writer).length,
+    // Every change of the split, as rank 0 recorded it.
+    plans: eventsOf(events, 'balance')
+      .filter((e) => e.worker === writer)
+      .map((e) => ({ step: e.step, reason: e.reason, perWorker: e.perWorker })),
+    audit,
+    // The last rank to arrive waits only for the ring itself: the smallest wait is the all-reduce's
+    // own time, which the capacities (each worker alone) do not pay. Its share of the step bounds
+    // what any split can reach: 1 − share of the capacity at best.
+    allReduceShareOfStep: round(Math.min(...loads.map((l) => l.waitSeconds)) / (batch / samplesPerSecond)),
     slowedWorkerWaitSeconds: slowed?.waitSeconds ?? 0,
     fastWorkersWaitSeconds: fast.map((l) => l.waitSeconds),
     accuracy: summary.eval?.accuracy ?? null,
@@ -164,15 +193,18 @@ async function measure(dir: string, mode: Mode, batch: number) {
  */
 async function measureEviction(dir: string, batch: number) {
   const out = join(dir, 'out-evict');
+  // Long enough for a replacement to start and join on a loaded machine (seconds) after the report.
+  const epochs = epochsFor(batch, 6 * STEPS);
   const file = writeJob(dir, 'evict', {
     replicas: WORKERS,
     batch,
     mode: 'proportional',
-    epochs: epochsFor(batch, 2 * STEPS),
+    epochs,
     evict: true,
   });
   const args = ['--workers', String(WORKERS), '--cpu-quota', String(CORES), '--chaos', `slow:${SLOWED}:0.2`];
   const summary = await finished(tensileRun(file, out, args, EVERY_STEP));
+  const audit = assertAuditClean(summary, epochs, 'evict');
   const events = workerEvents(out);
   const worlds = eventsOf(events, 'generation')
     .filter((e) => e.rank === 0 && e.worldSize === WORKERS)
@@ -182,19 +214,28 @@ async function measureEviction(dir: string, batch: number) {
   const before = settledThroughput(events, batch, slowed?.worker, slowed?.generation);
   const after = settledThroughput(events, batch, replaced?.worker, replaced?.generation);
   const straggler = eventsOf(events, 'straggler').find((e) => e.evict);
+  assert.ok(straggler !== undefined, 'the straggler was reported for eviction');
+  assert.ok(replaced !== undefined, 'a world of three without the straggler formed before the end');
   return {
     stragglerReportedAtStep: straggler?.step ?? null,
     replacedInGeneration: replaced?.generation ?? null,
     withStragglerSamplesPerSecond: round(before.samplesPerSecond, 1),
     withReplacementSamplesPerSecond: round(after.samplesPerSecond, 1),
     afterOverBefore: round(after.samplesPerSecond / before.samplesPerSecond),
+    audit,
     accuracy: summary.eval?.accuracy ?? null,
   };
 }
 
 async function bothModes(dir: string, batch: number) {
   const even = await measure(dir, 'even', batch);
+  say(`B=${batch} even: ${even.ofCapacity} of capacity (${even.jobSamplesPerSecond} samples/s), audit clean`);
   const proportional = await measure(dir, 'proportional', batch);
+  say(
+    `B=${batch} proportional: ${proportional.ofCapacity} of capacity (${proportional.jobSamplesPerSecond} samples/s, ` +
+      `${proportional.plans.length} plans), audit clean; proportional ÷ even ` +
+      `${round(proportional.jobSamplesPerSecond / even.jobSamplesPerSecond)}`,
+  );
   return {
     evenOfCapacity: even.ofCapacity,
     proportionalOfCapacity: proportional.ofCapacity,
@@ -213,6 +254,11 @@ export default async function bench() {
   const large = await bothModes(dir, 16_384);
   const small = await bothModes(dir, 4096);
   const eviction = await measureEviction(dir, 4096);
+  say(`eviction: after ÷ before ${eviction.afterOverBefore}, audit clean`);
+  say(
+    `ratios of this run — even / proportional of capacity: B=16384 ${large.evenOfCapacity} / ${large.proportionalOfCapacity}, ` +
+      `B=4096 ${small.evenOfCapacity} / ${small.proportionalOfCapacity} (targets ≈ 0.67 / ≥ 0.9)`,
+  );
   const figures = (b: typeof large) => ({
     evenOfCapacity: b.evenOfCapacity,
     proportionalOfCapacity: b.proportionalOfCapacity,

@@ -44,7 +44,9 @@ function manifest(policy: 'none' | 'goodput'): Record<string, unknown> {
             maxGlobalBatch: 512,
           }
         : { policy },
-    stopping: { epochs: 6 },
+    // Long enough on the native backend (0.25 s an epoch on one worker here, 2026-12-01) for a grow,
+    // a measured world of two and, 15 s on, the decision that follows it.
+    stopping: { epochs: 200 },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
     rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 1000 },

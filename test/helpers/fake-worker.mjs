@@ -4,6 +4,9 @@
 //   run              stay up until SIGTERM, then exit 0 (like a worker that leaves gracefully)
 //   fail:CODE:MS     exit with CODE after MS milliseconds
 //   complete:MS      exit 0 after MS milliseconds (training finished)
+//   complete-when:PATH  exit 0 once PATH exists (training finished when the test says so)
+import { existsSync } from 'node:fs';
+
 const [mode = 'run', a = '0', b = '0'] = (process.argv[2] ?? 'run').split(':');
 process.on('SIGTERM', () => process.exit(0));
 console.log(
@@ -15,4 +18,8 @@ console.log(
 );
 if (mode === 'fail') setTimeout(() => process.exit(Number(a)), Number(b));
 else if (mode === 'complete') setTimeout(() => process.exit(0), Number(a));
+else if (mode === 'complete-when')
+  setInterval(() => {
+    if (existsSync(a)) process.exit(0);
+  }, 100);
 else setInterval(() => {}, 1 << 30);

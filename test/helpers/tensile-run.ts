@@ -164,6 +164,37 @@ export async function finished(run: RunningTensile, deadlineMs = DEFAULT_DEADLIN
 }
 
 /**
+ * Ctrl-C for a run that trains until told otherwise (so that what a test does mid-run happens mid-run
+ * on any machine): SIGINT, the end awaited, exit 130, and the summary it wrote on the way out.
+ */
+export async function interrupted(
+  run: RunningTensile,
+  deadlineMs = DEFAULT_DEADLINE_MS,
+): Promise<RunSummary> {
+  run.child.kill('SIGINT');
+  const { code } = await withDeadline(
+    run.done,
+    `tensile run ${run.out}: waiting for its end after SIGINT`,
+    deadlineMs,
+    () => killGroup(run.child),
+    () => lastLogLines(run.out, run.lines),
+  );
+  assert.is(code, 130, run.lines.slice(-30).join('\n'));
+  const summary = RunSummarySchema.parse(JSON.parse(readFileSync(join(run.out, 'summary.json'), 'utf8')));
+  // Each worker gets SIGTERM: it stops, or leaves a moment before the others do.
+  assert.ok(summary.status === 'stopped' || summary.status === 'left', summary.status);
+  return summary;
+}
+
+/** An interrupted run's epochs: all but the cut last one complete, and nothing trained twice in any. */
+export function assertEpochsOnce(summary: RunSummary, samples: number): void {
+  const complete = summary.epochs.slice(0, -1);
+  for (const e of complete)
+    assert.equal([e.seen, e.duplicated, e.missing], [samples, 0, 0], `epoch ${e.epoch}`);
+  assert.is(summary.epochs.at(-1)?.duplicated, 0, 'the last (cut) epoch');
+}
+
+/**
  * The events of the workers of a run (all of them, or worker-<index>), decoded by the protocol's one
  * decoder (operator/api/worker-events.ts); a JSON line that is not an event of it fails the test.
  * Lines that are not JSON objects are the workers' standard error, which shares the log file.

@@ -26,9 +26,11 @@ import { workerEnvironment } from '../../operator/api/worker-env.ts';
 import { eventsOf, type WorkerEventOf } from '../../operator/api/worker-events.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import {
+  assertEpochsOnce,
   assertLockstep,
   DEFAULT_DEADLINE_MS,
   finished,
+  interrupted,
   lastLogLines,
   tensileRun,
   withDeadline,
@@ -213,7 +215,8 @@ test('a worker of another model refuses to join with a clear error; the others g
     dataset: { format: 'idx', path: FASHION, maxTrainSamples: TRAIN, eval: { maxSamples: 500 } },
     optimizer: { type: 'adam', learningRate: 0.002 },
     batch: { global: 64, policy: 'linear' },
-    stopping: { epochs: 10 },
+    // It trains until interrupted: the stranger, which takes seconds to load, must find it running.
+    stopping: { epochs: 1000 },
     checkpoint: { intervalSteps: 100 },
     rendezvous: { heartbeatMillis: 500, timeoutMillis: 3000, lastCallMillis: 1000 },
   };
@@ -245,10 +248,12 @@ test('a worker of another model refuses to join with a clear error; the others g
     text,
     /refusing to join generation \d+: spec\.model of this worker \(spec revision 3\) differ/,
   );
-  const summary = await finished(run);
-  assert.is(summary.status, 'completed');
-  for (const e of summary.epochs)
-    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  // The two went on after the refusal, in the same world, to epochs past it.
+  const refusedAtEpoch = eventsOf(workerEvents(out, 0), 'progress').at(-1)?.epoch ?? 0;
+  await run.waitFor(new RegExp(`epoch ${refusedAtEpoch + 2}\\b`));
+  const summary = await interrupted(run);
+  assertEpochsOnce(summary, TRAIN);
+  assert.ok(summary.epochs.length >= refusedAtEpoch + 2, JSON.stringify(summary.epochs));
   for (const g of summary.generations) assert.is(g.specRevision, undefined, 'the world kept its spec');
 });
 

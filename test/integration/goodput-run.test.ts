@@ -12,12 +12,13 @@ import { connect } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { AUTOSCALING_KEY, encodeMessage, rendezvousBucket } from '../../operator/api/contract.ts';
-import { eventsOf } from '../../operator/api/worker-events.ts';
+import { eventsOf, type WorkerEvent } from '../../operator/api/worker-events.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
 import {
+  assertEpochsOnce,
   assertLockstep,
-  finished,
+  interrupted,
   tensileRun,
   workerEvents,
   writeJobManifest,
@@ -96,7 +97,8 @@ test('a chosen global batch: the world of two re-forms at it, every sample once 
       minGlobalBatch: 64,
       maxGlobalBatch: 512,
     },
-    stopping: { epochs: 12 },
+    // It trains until interrupted: how many epochs pass before the choice lands is the machine's speed.
+    stopping: { epochs: 1000 },
     evaluation: { intervalSteps: 100_000 },
     checkpoint: { intervalSteps: 100_000 },
     rendezvous: { heartbeatMillis: 500, timeoutMillis: 5000, lastCallMillis: 1000 },
@@ -106,24 +108,24 @@ test('a chosen global batch: the world of two re-forms at it, every sample once 
   const natsUrl = (await run.waitFor(/nats-server at /)).replace(/.*nats-server at /, '').trim();
   await run.waitFor(/generation \d+: 2 worker\(s\), global batch 128/);
   const uid = readFileSync(join(out, 'job-uid'), 'utf8').trim();
-  const nc = await connect({ servers: natsUrl });
-  try {
-    const kv = await nc
-      .jetstream()
-      .views.kv(rendezvousBucket('default', 'goodput-batch', uid), { history: 1 });
-    await kv.put(
-      AUTOSCALING_KEY,
-      encodeMessage({ jobUid: uid, globalBatch: 384, revision: 100, replicas: 2 }),
-    );
-  } finally {
-    await nc.close();
-  }
-  const summary = await finished(run);
-  assert.is(summary.status, 'completed');
+  await chooseGlobalBatch(natsUrl, rendezvousBucket('default', 'goodput-batch', uid), uid, 384);
+  const chosenAt = await eventually(
+    'a world at the chosen global batch',
+    () => eventsOf(workerEvents(out), 'generation').find((g) => g.globalBatch === 384),
+    { timeoutMs: 120_000, intervalMs: 200 },
+  );
+  const changedInEpoch = epochAtStep(workerEvents(out), chosenAt.firstStep);
+  await eventually(
+    'two epochs trained after the change',
+    () => eventsOf(workerEvents(out), 'progress').some((e) => (e.epoch ?? 0) >= changedInEpoch + 2),
+    { timeoutMs: 120_000, intervalMs: 200 },
+  );
+  const summary = await interrupted(run);
   const chosen = summary.generations.filter((g) => g.globalBatch === 384);
   assert.ok(chosen.length > 0, JSON.stringify(summary.generations));
+  // (Ctrl-C reaches the two workers one after the other: the last may re-form alone before it stops.)
   assert.ok(
-    chosen.every((g) => g.worldSize === 2),
+    chosen.some((g) => g.worldSize === 2),
     JSON.stringify(summary.generations),
   );
   // adascale keeps the base rate; the gain does the scaling, step by step.
@@ -137,10 +139,37 @@ test('a chosen global batch: the world of two re-forms at it, every sample once 
     JSON.stringify(rescales.map((e) => e.reason)),
   );
   // Exactly once across the change of batch (the per-worker batch went 64 → 192 mid-epoch).
-  assert.is(summary.epochs.length, 12);
-  for (const e of summary.epochs)
-    assert.equal([e.seen, e.duplicated, e.missing], [TRAIN, 0, 0], `epoch ${e.epoch}`);
+  assert.ok(
+    summary.epochs.slice(0, -1).some((e) => e.epoch === changedInEpoch),
+    `the epoch of the change (${changedInEpoch}) completed: ${JSON.stringify(summary.epochs)}`,
+  );
+  assertEpochsOnce(summary, TRAIN);
   assert.ok(assertLockstep(workerEvents(out)) > 0);
 });
+
+/** What the operator does for a goodput job: its choice, written to the rendezvous bucket. */
+async function chooseGlobalBatch(
+  servers: string,
+  bucket: string,
+  uid: string,
+  globalBatch: number,
+): Promise<void> {
+  const nc = await connect({ servers });
+  try {
+    const kv = await nc.jetstream().views.kv(bucket, { history: 1 });
+    await kv.put(AUTOSCALING_KEY, encodeMessage({ jobUid: uid, globalBatch, revision: 100, replicas: 2 }));
+  } finally {
+    await nc.close();
+  }
+}
+
+/** The epoch a step trained in, from the progress lines around it. */
+function epochAtStep(events: readonly WorkerEvent[], step: number): number {
+  let latest = { step: -1, epoch: 0 };
+  for (const e of eventsOf(events, 'progress'))
+    if (e.epoch !== undefined && e.step <= step && e.step > latest.step)
+      latest = { step: e.step, epoch: e.epoch };
+  return latest.epoch;
+}
 
 test.run();

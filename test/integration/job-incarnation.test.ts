@@ -12,7 +12,15 @@ import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeMessage, jobSubjects, rendezvousBucket } from '../../operator/api/contract.ts';
+import {
+  COMPLETED_KEY,
+  CompletionRecordSchema,
+  completionFromRecord,
+  decodeMessage,
+  encodeMessage,
+  jobSubjects,
+  rendezvousBucket,
+} from '../../operator/api/contract.ts';
 import type { TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { validateTrainingJob } from '../../operator/api/validate.ts';
 import { workerEnvironment } from '../../operator/api/worker-env.ts';
@@ -151,6 +159,18 @@ test('a job created again under the same name trains from step 0, not done at on
   assert.is(first.code, 0);
   assert.is(first.result.status, 'completed');
   assert.is(first.result.step, STEPS);
+  // Its completion record holds the figures of its `completed` message, for an operator that missed it.
+  const kv = await nc.jetstream().views.kv(rendezvousBucket(NS, JOB, UID_A), { bindOnly: true });
+  const stored = await kv.get(COMPLETED_KEY);
+  const decoded = decodeMessage(CompletionRecordSchema, stored?.value ?? new Uint8Array());
+  const completion = decoded.ok ? completionFromRecord(decoded.value) : undefined;
+  assert.ok(completion !== undefined, decoded.ok ? 'no figures in the record' : decoded.error);
+  assert.equal(
+    [completion?.jobUid, completion?.step, completion?.epoch, completion?.reason],
+    [UID_A, STEPS, first.result.epoch, first.result.reason],
+  );
+  assert.is(completion?.accuracy, first.result.eval?.accuracy);
+  assert.ok((completion?.usefulSeconds ?? 0) > 0, `useful seconds ${completion?.usefulSeconds}`);
 
   // Recreated with two workers: the first to start waits in the rendezvous for the second, and must
   // not take the first incarnation's completion for its own meanwhile.

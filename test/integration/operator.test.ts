@@ -6,6 +6,10 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, connect as connectTcp, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, type V1Pod } from '@kubernetes/client-node';
 import { connect, type NatsConnection, type Subscription } from 'nats';
@@ -275,11 +279,13 @@ test('a disruption taint: the worker is asked to leave over NATS and replaced ea
       leave.type === 'leave' && leave.workers.includes(victim.metadata?.name as string),
       JSON.stringify(leave),
     );
-    const annotated = await core.readNamespacedPod({ namespace: NS, name: victim.metadata?.name as string });
-    assert.match(
-      annotated.metadata?.annotations?.['tensile.dev/leave-requested'] ?? '',
-      'karpenter.sh/disrupted',
-    );
+    // The message goes out before the annotation is written (a lost annotation re-asks; a lost
+    // message would not), so the annotation is waited for.
+    const annotation = await until('the leave-requested annotation', async () => {
+      const pod = await core.readNamespacedPod({ namespace: NS, name: victim.metadata?.name as string });
+      return pod.metadata?.annotations?.['tensile.dev/leave-requested'];
+    });
+    assert.match(annotation, 'karpenter.sh/disrupted');
     await until('a replacement running beside the leaving worker', async () => {
       const list = (await pods('alpha')).filter(running);
       return list.length === 3;
@@ -768,6 +774,74 @@ test('a completion reported while no replica leads reaches the status: a standby
   assert.is(st.step, 700);
   assert.is(st.accuracy, 0.87);
   operators.push(startOperator('op-e', operatorArgs()));
+});
+
+test('a replica started while the API server is away keeps the reports that come before its first list', async () => {
+  // Chaos seed 2 (20 minutes): the leader exited when it could not renew its lease, its fresh process
+  // followed the reports before it could list a job, dropped the final ones as of an unknown job, and
+  // wrote Succeeded without the step, accuracy and model. Here the fresh replica reaches the API
+  // server through a port that refuses until the completion has come.
+  await apply(job('mu', { 'spec.replicas': 1 }));
+  await until('mu Running', async () => ((await status('mu')).phase === 'Running' ? true : undefined));
+  const uid = await uidOf('mu');
+  for (const op of operators.filter(alive)) await op.kill('SIGKILL');
+  const server = new URL(/server: (\S+)/.exec(readFileSync(operatorKubeconfig, 'utf8'))?.[1] ?? '');
+  const closed = createServer();
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const port = (closed.address() as AddressInfo).port;
+  await new Promise((resolve) => closed.close(resolve));
+  const kubeconfig = join(tmpdir(), `tensile-operator-away-${process.pid}.kubeconfig`);
+  writeFileSync(
+    kubeconfig,
+    readFileSync(operatorKubeconfig, 'utf8').replace(server.origin, `https://127.0.0.1:${port}`),
+  );
+  const args = operatorArgs();
+  args[args.indexOf('--kubeconfig') + 1] = kubeconfig;
+  const fresh = startOperator('op-f', args);
+  await fresh.waitFor((l) => l['message'] === 'following worker reports', 30_000);
+  const time = new Date().toISOString();
+  nc.publish(
+    jobSubjects(NS, 'mu').metrics,
+    encodeMessage({
+      type: 'completed',
+      jobUid: uid,
+      worker: 'mu-worker-0',
+      step: 900,
+      epoch: 3,
+      loss: 0.29,
+      accuracy: 0.88,
+      model: { uri: 'pvc://mu-checkpoints/model', step: 900, accuracy: 0.88, time },
+      reason: 'completed 3 epochs',
+      time,
+    }),
+  );
+  await nc.flush();
+  // The API server is back: a forwarder on that port to the real one.
+  const forwarder = createServer((client) => {
+    const upstream = connectTcp(Number(server.port), server.hostname);
+    client.pipe(upstream).pipe(client);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', drop);
+    upstream.on('error', drop);
+  });
+  await new Promise<void>((resolve) => forwarder.listen(port, '127.0.0.1', resolve));
+  try {
+    await fresh.waitFor((l) => l['message'] === 'became leader', 60_000);
+    const st = await until('mu Succeeded', async () => {
+      const s = await status('mu');
+      return s.phase === 'Succeeded' ? s : undefined;
+    });
+    assert.is(st.step, 900);
+    assert.is(st.accuracy, 0.88);
+    assert.is(st.model?.uri, 'pvc://mu-checkpoints/model');
+  } finally {
+    await fresh[Symbol.asyncDispose]();
+    forwarder.close();
+    for (const id of ['op-g', 'op-h']) operators.push(startOperator(id, operatorArgs()));
+  }
 });
 
 test.run();

@@ -9,7 +9,7 @@
  * checkpoint of another job (another model seed), which only the rank that restores (rank 0 of the
  * first world) reads; the other rank then waits for the state that rank was to send.
  */
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
@@ -115,6 +115,43 @@ test('a worker fails terminally and too few are left: the run ends, naming it an
     stopped.some((e) => e.worker !== failedWorker),
     `the other worker stopped: ${JSON.stringify(stopped)}`,
   );
+});
+
+test('the writer killed before its final checkpoint: the survivors re-form, and one writes it and the model', async () => {
+  const out = join(dir, 'writer');
+  const marker = join(dir, 'writer-failpoint-fired');
+  // 7 steps between checkpoints, 20 in all: the last periodic checkpoint (step 14) is not the end.
+  const spec = { ...job(4, 3), minReplicas: 1, stopping: { epochs: 2 }, checkpoint: { intervalSteps: 7 } };
+  const run = tensileRun(
+    writeJobManifest(join(dir, 'writer.yaml'), 'writer', spec),
+    out,
+    ['--workers', '3'],
+    {
+      TENSILE_FAILPOINT: `before-final-checkpoint@once:${marker}`,
+    },
+  );
+  const summary = await finished(run);
+  assert.ok(existsSync(marker), 'the failpoint fired: a writer was killed before its final checkpoint');
+  assert.is(summary.status, 'completed');
+  assert.is(summary.step, 20);
+  assert.is(summary.checkpoint?.step, 20, `the final checkpoint: ${JSON.stringify(summary.checkpoint)}`);
+  const model = JSON.parse(readFileSync(join(out, 'model', 'tensile.json'), 'utf8')) as { step?: number };
+  assert.is(model.step, 20, 'the model exported at the last step');
+  const events = workerEvents(out);
+  const lost = eventsOf(events, 'writer-lost');
+  assert.ok(lost.length >= 1, 'a survivor saw the writer lost');
+  assert.ok(
+    lost.every((e) => e.step === 20),
+    JSON.stringify(lost),
+  );
+  // The survivors held the final state: nothing was redone from the step-14 checkpoint.
+  assert.equal(
+    eventsOf(events, 'resumed').filter((e) => e.step < 20),
+    [],
+    'no worker went back to an older checkpoint',
+  );
+  for (const e of summary.epochs)
+    assert.equal([e.seen, e.duplicated, e.missing], [600, 0, 0], `epoch ${e.epoch}`);
 });
 
 test.run();

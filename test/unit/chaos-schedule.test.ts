@@ -1,7 +1,15 @@
 /** hack/chaos/schedule.ts: the seeded fault schedule of `hack/chaos.sh`. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chaosSchedule, FAULT_KINDS, parseKinds, pickTarget } from '../../hack/chaos/schedule.ts';
+import {
+  chaosSchedule,
+  FAULT_KINDS,
+  FAULT_STEP_SHARE,
+  type Fault,
+  faultDue,
+  parseKinds,
+  pickTarget,
+} from '../../hack/chaos/schedule.ts';
 
 test('the same seed gives the same schedule; another seed another one', () => {
   const a = chaosSchedule({ seed: 7, seconds: 600 });
@@ -73,6 +81,25 @@ test('a target picks the same candidate whatever order the candidates come in', 
 test('kinds parse from a list and an unknown one is named with the known ones', () => {
   assert.equal(parseKinds('kill-worker, slow-worker'), ['kill-worker', 'slow-worker']);
   assert.throws(() => parseKinds('kill-worker,explode'), /unknown fault kind "explode"; known: kill-worker/);
+});
+
+test('a fault is due at its offset or at the same share of the job, whichever comes first', () => {
+  const fault: Fault = { index: 3, atSeconds: 60, kind: 'kill-worker', target: 0, seconds: 0 };
+  const atShare = 0.5 * FAULT_STEP_SHARE * 1000; // 60 s of a 120 s window, of a 1000-step job
+  const rows: [string, { since: number; step: number; plannedSteps: number | undefined }, boolean][] = [
+    ['before both', { since: 59.9, step: atShare - 1, plannedSteps: 1000 }, false],
+    ['the offset passed (a slow machine)', { since: 60, step: 10, plannedSteps: 1000 }, true],
+    ['the share passed (a fast machine)', { since: 5, step: atShare, plannedSteps: 1000 }, true],
+    ['no planned steps known yet: the offset alone', { since: 5, step: 999, plannedSteps: undefined }, false],
+  ];
+  for (const [name, clock, due] of rows) assert.is(faultDue(fault, 120, clock), due, name);
+  assert.is(faultDue(fault, 0, { since: 5, step: 999, plannedSteps: 1000 }), false, 'no window: the offset');
+});
+
+test('on a fast machine every fault of the window is due before the job ends', () => {
+  const faults = chaosSchedule({ seed: 24, seconds: 150, gapSeconds: [8, 16] });
+  const last = faults.at(-1) as Fault;
+  assert.ok(faultDue(last, 150, { since: 1, step: 0.8 * 4690, plannedSteps: 4690 }));
 });
 
 test.run();

@@ -7,6 +7,7 @@ import {
   judgeAccounting,
   judgeMemory,
   judgeResumes,
+  MIN_JUDGED_LIFE_SECONDS,
   type SeenPod,
 } from '../../hack/chaos/verdict.ts';
 import type { WorkerEvent } from '../../operator/api/worker-events.ts';
@@ -41,7 +42,7 @@ const series = (component: string, mib: (at: number) => number, seconds = 90) =>
 test('memory that levels off is bounded; memory that keeps climbing is not', () => {
   const flat = series('nats-server', (at) => (at < 30 ? 20 + at : 50));
   const leak = series('operator-0', (at) => 100 + 10 * at);
-  const verdicts = judgeMemory([...flat, ...leak], 90);
+  const verdicts = judgeMemory([...flat, ...leak]);
   assert.equal(
     verdicts.map((v) => [v.component, v.ok]),
     [
@@ -49,21 +50,25 @@ test('memory that levels off is bounded; memory that keeps climbing is not', () 
       ['operator-0', false],
     ],
   );
-  // A start-up peak in the first third is not compared; a component without late samples is left out.
-  assert.is(
-    judgeMemory(
-      series('w', (at) => (at < 30 ? 900 : 100)),
-      90,
-    )[0]?.ok,
-    true,
-  );
+  // A start-up peak in the first third is not compared; a process sampled too briefly is left out.
+  assert.is(judgeMemory(series('w', (at) => (at < 30 ? 900 : 100)))[0]?.ok, true);
+  assert.equal(judgeMemory(series('short', () => 10, MIN_JUDGED_LIFE_SECONDS - 5)), []);
+});
+
+test('a replacement process is judged over its own life, not by its start-up late in the run', () => {
+  const late = (pid: number, mib: (age: number) => number) =>
+    series('worker-3', mib, 90).map((s) => ({ ...s, pid, at: s.at + 60 }));
+  const original = series('worker-3', () => 600, 60).map((s) => ({ ...s, pid: 1 }));
+  const startingUp = late(2, (age) => (age < 20 ? 129 + 25 * age : 644));
   assert.equal(
-    judgeMemory(
-      series('short', () => 10, 40),
-      90,
-    ),
-    [],
+    judgeMemory([...original, ...startingUp]).map((v) => [v.component, v.ok]),
+    [
+      ['worker-3 (pid 1)', true],
+      ['worker-3 (pid 2)', true],
+    ],
   );
+  const leaking = late(3, (age) => 129 + 10 * age);
+  assert.is(judgeMemory(leaking)[0]?.ok, false, 'a replacement that keeps climbing still fails');
 });
 
 const ev = (e: Record<string, unknown>) => e as unknown as WorkerEvent;

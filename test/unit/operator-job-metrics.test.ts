@@ -145,6 +145,27 @@ test('values: fresh progress while running, status once ended, goodput over the 
   });
 });
 
+test('goodput of an ended job: the larger of the operator’s useful time and the completion’s', () => {
+  const status = { phase: 'Succeeded' as const, startTime: at(0), completionTime: at(100) };
+  const goodput = (input: { useful?: UsefulTime | undefined; usefulSeconds?: number }) =>
+    jobMetricValues(
+      {
+        namespace: 'ns',
+        name: 'j',
+        status,
+        ...(input.useful === undefined ? {} : { useful: input.useful }),
+        ...(input.usefulSeconds === undefined ? {} : { completed: { usefulSeconds: input.usefulSeconds } }),
+      },
+      T0 + 500_000,
+    ).goodput_ratio;
+  // A leader that saw no report: the workers' figure alone (the chaos run's undefined goodput).
+  assert.is(goodput({ usefulSeconds: 70 }), 0.7);
+  // One that saw part of the reports: the fuller of the two lower bounds.
+  assert.is(goodput({ useful: replay([report(10, 0), report(40, 100)]), usefulSeconds: 70 }), 0.7);
+  assert.is(goodput({ useful: replay([report(10, 0), report(90, 200)]), usefulSeconds: 20 }), 0.8);
+  assert.is(goodput({}), undefined);
+});
+
 test('the registry shows each job labelled namespace and trainingjob, and forgets a deleted one', async () => {
   const metrics = new OperatorMetrics(() => T0 + 60_000);
   let jobs = [

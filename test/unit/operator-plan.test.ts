@@ -9,6 +9,7 @@ import {
   planInvalidSpec,
   roundAccuracy,
   roundLoss,
+  wantsCompletionRecord,
 } from '../../operator/controller/plan.ts';
 import type { OwnedJob } from '../../operator/controller/pod-builder.ts';
 import type { JobObservations } from '../../operator/controller/progress.ts';
@@ -938,6 +939,132 @@ test('status figures are rounded as kubectl get tj shows them', () => {
     },
   });
   assert.equal([p.status.loss, p.status.accuracy], [0.3413, 0.8912]);
+});
+
+// The workers' completion, as a `completed` message or the record that stands for it.
+const completion = {
+  type: 'completed' as const,
+  worker: 'job-worker-0',
+  step: 4690,
+  epoch: 10,
+  loss: 0.33,
+  accuracy: 0.8839,
+  lastCheckpoint: { step: 4690, path: '/c/ckpt-4690', time: '2026-11-21T12:00:00Z' },
+  model: { uri: 'pvc://job-checkpoints/model', step: 4690, accuracy: 0.8839, time: '2026-11-21T12:00:00Z' },
+  reason: 'completed 10 epochs',
+  time: '2026-11-21T12:00:00Z',
+};
+const stale = { step: 1876, epoch: 4, loss: 0.3418, accuracy: 0.8698 };
+const finishedWithoutFigures: TrainingJobStatus = {
+  ...running(),
+  ...stale,
+  phase: 'Succeeded',
+  completionTime: '2026-11-21T11:59:00Z',
+};
+
+const recordCases: [string, Parameters<typeof wantsCompletionRecord>[0], boolean][] = [
+  [
+    'running workers: not done, nothing to read',
+    { job: ownedJob({}, running()), pods: [workerPod(0), workerPod(1)], nodes: defaultNodes(), read: false },
+    false,
+  ],
+  [
+    'a pod completed, no completion message: read',
+    {
+      job: ownedJob({}, running()),
+      pods: [workerPod(0, { phase: 'Succeeded' }), workerPod(1)],
+      nodes: defaultNodes(),
+      read: false,
+    },
+    true,
+  ],
+  [
+    'a pod completed and the message came: nothing to read',
+    {
+      job: ownedJob({}, running()),
+      pods: [workerPod(0, { phase: 'Succeeded' })],
+      nodes: defaultNodes(),
+      observations: { completed: completion },
+      read: false,
+    },
+    false,
+  ],
+  [
+    'a pod completed, read already this term: not again',
+    {
+      job: ownedJob({}, running()),
+      pods: [workerPod(0, { phase: 'Succeeded' })],
+      nodes: defaultNodes(),
+      read: true,
+    },
+    false,
+  ],
+  [
+    'Succeeded by an earlier leader, its pods gone: read once on leading',
+    { job: ownedJob({}, finishedWithoutFigures), pods: [], nodes: defaultNodes(), read: false },
+    true,
+  ],
+  [
+    'a failed pod is no completion',
+    {
+      job: ownedJob({}, running()),
+      pods: [workerPod(0, { phase: 'Failed' })],
+      nodes: defaultNodes(),
+      read: false,
+    },
+    false,
+  ],
+  [
+    'Failed: no completion to read',
+    { job: ownedJob({}, { ...running(), phase: 'Failed' }), pods: [], nodes: defaultNodes(), read: false },
+    false,
+  ],
+];
+for (const [name, input, expected] of recordCases)
+  test(`completion record: ${name}`, () => assert.is(wantsCompletionRecord(input), expected));
+
+test('a leader that missed the completion: the record finishes the job with its final figures', () => {
+  const p = plan({
+    job: ownedJob({ 'spec.replicas': 2 }, { ...running(), ...stale }),
+    pods: [workerPod(0, { phase: 'Succeeded' }), workerPod(1, { phase: 'Succeeded' })],
+    nodes: defaultNodes(),
+    claimExists: true,
+    now: at(0),
+    config,
+    // What progress.ts made of the record: the completion, beside progress of an older step.
+    observations: { completed: completion },
+  });
+  assert.is(p.status.phase, 'Succeeded');
+  assert.equal(
+    [p.status.step, p.status.epoch, p.status.loss, p.status.accuracy, p.status.lastCheckpoint?.step],
+    [4690, 10, 0.33, 0.8839, 4690],
+  );
+  assert.equal(p.status.model, {
+    uri: 'pvc://job-checkpoints/model',
+    step: 4690,
+    time: completion.time,
+    accuracy: 0.8839,
+  });
+  assert.match(condition(p, 'Succeeded')?.message ?? '', 'step 4690, epoch 10');
+});
+
+test('a job an earlier leader finished without the figures gets them, and stays finished as it was', () => {
+  const p = plan({
+    job: ownedJob({ 'spec.replicas': 2 }, finishedWithoutFigures),
+    pods: [],
+    nodes: defaultNodes(),
+    claimExists: true,
+    now: at(60),
+    config,
+    observations: { completed: completion },
+  });
+  assert.is(p.status.phase, 'Succeeded');
+  assert.is(p.status.completionTime, '2026-11-21T11:59:00Z');
+  assert.equal(
+    [p.status.step, p.status.accuracy, p.status.model?.uri],
+    [4690, 0.8839, 'pvc://job-checkpoints/model'],
+  );
+  assert.equal(p.events, []);
 });
 
 test('plan is deterministic: the same input gives the same decision', () => {

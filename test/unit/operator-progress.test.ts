@@ -1,6 +1,14 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeMessage, MAX_REPORT_BYTES, type RescaleEvent } from '../../operator/api/contract.ts';
+import {
+  CompletionMarkerSchema,
+  CompletionRecordSchema,
+  completionFromRecord,
+  decodeMessage,
+  encodeMessage,
+  MAX_REPORT_BYTES,
+  type RescaleEvent,
+} from '../../operator/api/contract.ts';
 import { ProgressTracker, subjectKey } from '../../operator/controller/progress.ts';
 import { silentLogger } from '../../worker/log.ts';
 
@@ -273,7 +281,84 @@ test('a stale completion from a worker that stood by neither rolls the step back
   assert.equal(other.observations('ns/job')?.completed?.model, model);
 });
 
-test.run();
+// What the writer of the last world leaves in the bucket (worker/lifecycle/states.ts `finishing`).
+const record = {
+  jobUid: 'uid-a',
+  worker: 'job-worker-0',
+  step: 4690,
+  epoch: 10,
+  loss: 0.33,
+  accuracy: 0.8839,
+  lastCheckpoint: { step: 4690, path: '/c/ckpt-4690', time },
+  model: { uri: 'pvc://job-checkpoints/model', step: 4690, accuracy: 0.8839, time },
+  usefulSeconds: 40.6,
+  reason: 'completed 10 epochs',
+  time,
+};
+
+function liveTracker(uid = 'uid-a') {
+  const changed: string[] = [];
+  const t = new ProgressTracker(
+    { changed: (k) => changed.push(k), rescaled: () => undefined },
+    silentLogger(),
+    { liveUid: (key) => (key === 'ns/job' ? uid : undefined) },
+  );
+  return { t, changed };
+}
+
+test('a completion record is taken exactly as the completed message it stands for', () => {
+  const { t, changed } = liveTracker();
+  assert.ok(t.receiveCompletionRecord('ns/job', 'uid-a', encodeMessage(record), 'bucket/completed'));
+  assert.equal(t.observations('ns/job', 'uid-a')?.completed, { type: 'completed', ...record });
+  // The reconcile that read it plans with it: no other is asked for.
+  assert.equal(changed, []);
+  assert.is(t.drops.total, 0);
+});
+
+test('a record beside the message: the furthest completion stands, with the model of either', () => {
+  const { t } = liveTracker();
+  const { model: _, ...withoutModel } = record;
+  t.receive('tensile.ns.job.metrics', encodeMessage({ type: 'completed', ...withoutModel, step: 4000 }));
+  t.receiveCompletionRecord('ns/job', 'uid-a', encodeMessage(record), 'bucket/completed');
+  assert.is(t.observations('ns/job', 'uid-a')?.completed?.step, 4690);
+  assert.is(t.observations('ns/job', 'uid-a')?.completed?.model?.step, 4690);
+});
+
+test('bad, foreign and figureless records are dropped and counted, never thrown', () => {
+  const cases: [string, Uint8Array, string][] = [
+    ['not JSON', new TextEncoder().encode('{"step": 4'), 'nats:not json'],
+    ['a step that is no count', encodeMessage({ ...record, step: -1 }), 'nats:schema'],
+    ['a model without its uri', encodeMessage({ ...record, model: { step: 1, time } }), 'nats:schema'],
+    ['oversized', new Uint8Array(MAX_REPORT_BYTES + 1), 'nats:oversized'],
+    ['another incarnation’s', encodeMessage({ ...record, jobUid: 'uid-b' }), 'nats:other incarnation'],
+    ['one naming no incarnation', encodeMessage({ ...record, jobUid: undefined }), 'nats:other incarnation'],
+    [
+      'an earlier worker’s (step and reason only)',
+      encodeMessage({ jobUid: 'uid-a', step: 4690, reason: 'done' }),
+      'nats:no figures',
+    ],
+  ];
+  for (const [name, data, reason] of cases) {
+    const { t } = liveTracker();
+    assert.not.ok(t.receiveCompletionRecord('ns/job', 'uid-a', data, 'bucket/completed'), name);
+    assert.is(t.observations('ns/job', 'uid-a'), undefined, name);
+    assert.equal(t.drops.totals(), { [reason]: 1 }, name);
+  }
+});
+
+test('records of earlier workers still decode; workers stop by the marker whatever the figures', () => {
+  const old = encodeMessage({ jobUid: 'uid-a', step: 99, reason: 'done' });
+  const decoded = decodeMessage(CompletionRecordSchema, old);
+  assert.ok(decoded.ok);
+  if (decoded.ok) assert.is(completionFromRecord(decoded.value), undefined);
+  const garbledFigures = encodeMessage({ ...record, loss: 'high' });
+  const marker = decodeMessage(CompletionMarkerSchema, garbledFigures);
+  assert.equal(marker.ok ? marker.value : marker, {
+    jobUid: 'uid-a',
+    step: 4690,
+    reason: 'completed 10 epochs',
+  });
+});
 
 test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothing behind', () => {
   const live = new Map([['ns/job', 'uid-1']]);
@@ -317,6 +402,49 @@ test('only jobs that exist are tracked: 1,000 made-up jobs and uids leave nothin
   assert.is(t.size, 0);
 });
 
+test('before the job cache has listed, reports are kept, not dropped; the first list prunes those of no live job', () => {
+  // A replica started while the API server was away (chaos seed 2, 20 minutes): the workers' final
+  // progress and their completion came before its first list, and core NATS sends neither again.
+  const live = new Map<string, string>();
+  let listed = false;
+  const t = new ProgressTracker({ changed: () => undefined, rescaled: () => undefined }, silentLogger(), {
+    liveUid: (key) => live.get(key),
+    knowsJobs: () => listed,
+    maxEntries: 3,
+  });
+  const report = (type: 'progress' | 'completed', jobUid: string, step: number) =>
+    encodeMessage({
+      ...(type === 'progress'
+        ? { type, generation: 1, worldSize: 1, samplesPerSecond: 10 }
+        : { type, reason: 'completed 1 epochs', model: { uri: 'pvc://c/model', step, time } }),
+      epoch: 0,
+      loss: 1,
+      jobUid,
+      worker: 'w',
+      step,
+      time,
+    });
+  t.receive('tensile.ns.job.metrics', report('progress', 'uid-1', 4690));
+  t.receive('tensile.ns.job.metrics', report('completed', 'uid-1', 4690));
+  t.receive('tensile.ns.gone.metrics', report('progress', 'uid-9', 7));
+  t.receive('tensile.ns.job.metrics', report('progress', 'uid-0', 3));
+  // Still bounded meanwhile: made-up names stop at the cap.
+  for (let i = 0; i < 100; i++) t.receive(`tensile.ns.job-${i}.metrics`, report('progress', `u${i}`, 1));
+  assert.is(t.size, 3);
+  assert.equal(t.drops.totals(), { 'nats:too many jobs': 100 });
+  live.set('ns/job', 'uid-1');
+  listed = true;
+  t.prune();
+  assert.is(t.size, 1, 'the job that does not exist and the incarnation before this one are gone');
+  assert.is(t.observations('ns/gone', 'uid-9'), undefined);
+  assert.is(t.observations('ns/job', 'uid-0'), undefined);
+  assert.is(t.observations('ns/job', 'uid-1')?.progress?.step, 4690);
+  assert.equal(t.observations('ns/job', 'uid-1')?.completed?.model?.uri, 'pvc://c/model');
+  // Listed: a job it does not know is unknown again.
+  t.receive('tensile.ns.other.metrics', report('progress', 'uid-5', 1));
+  assert.is(t.drops.totals()['nats:unknown job'], 1);
+});
+
 test('without a view of the live jobs, the entries stop at the cap', () => {
   const t = new ProgressTracker({ changed: () => undefined, rescaled: () => undefined }, silentLogger(), {
     maxEntries: 10,
@@ -339,3 +467,5 @@ test('without a view of the live jobs, the entries stop at the cap', () => {
   assert.is(t.drops.totals()['nats:too many jobs'], 90);
   assert.is(t.observations('ns/job-9', 'u9')?.completed?.step, 1, 'the first ten stay');
 });
+
+test.run();

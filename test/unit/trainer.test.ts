@@ -274,7 +274,7 @@ test('two ranks with b = [12, 20], summed by a reducer, train like one rank with
   for (const t of [single, ...ranks]) t.dispose();
 });
 
-test("every rank reads every rank's compute seconds and last wait from the step's all-reduce", async () => {
+test("every rank reads every rank's compute seconds, last wait and last update from the step's all-reduce", async () => {
   const plain = { model: { mlp: { hiddenUnits: [16] } } };
   const ranks = [await trainer(plain), await trainer(plain)];
   const reducer = new InProcessReducer(2);
@@ -284,6 +284,7 @@ test("every rank reads every rank's compute seconds and last wait from the step'
   for (const [r0, r1] of results) {
     assert.equal(r0?.computeSeconds, r1?.computeSeconds, 'the same times on both ranks');
     assert.equal(r0?.waitSeconds, r1?.waitSeconds);
+    assert.equal(r0?.updateSeconds, r1?.updateSeconds);
     assert.is(r0?.computeSeconds.length, 2);
     assert.ok(
       r0?.computeSeconds.every((s) => s > 0),
@@ -293,6 +294,18 @@ test("every rank reads every rank's compute seconds and last wait from the step'
   // Rank 0 reaches the all-reduce first and waits there for rank 1's compute (reported a step later).
   assert.equal(results[0]?.[0]?.waitSeconds, [0, 0]);
   assert.ok((results[1]?.[0]?.waitSeconds[0] ?? 0) > 0);
+  // The update and bookkeeping follow the all-reduce: the first step of a world carries none, the
+  // second both ranks' time since their last all-reduce ended.
+  assert.equal(results[0]?.[0]?.updateSeconds, [0, 0]);
+  assert.ok(
+    results[1]?.[0]?.updateSeconds.every((s) => s > 0),
+    `update ${results[1]?.[0]?.updateSeconds}`,
+  );
+  // An evaluation between two steps is not timed as fixed work: that rank reports none.
+  ranks[0]?.untimedGap();
+  const [third] = await Promise.all(ranks.map((t, rank) => t.step(world([12, 20], rank), reducer)));
+  assert.is(third?.updateSeconds[0], 0);
+  assert.ok((third?.updateSeconds[1] ?? 0) > 0);
   for (const t of ranks) t.dispose();
 });
 

@@ -162,7 +162,14 @@ export class FunctionGraph {
   private readonly outputs: { name: string; dtype: FunctionDType; ref: string }[] = [];
   private readonly nodes: NodeDef[] = [];
 
-  constructor(readonly name: string) {}
+  /**
+   * The function's own attributes (FunctionDef.attr), e.g. `_XlaMustCompile` to have TensorFlow
+   * compile the whole body with XLA instead of running it node by node.
+   */
+  constructor(
+    readonly name: string,
+    private readonly attrs: Readonly<Record<string, Attr>> = {},
+  ) {}
 
   /** A function argument; the value is its reference in the body. */
   input(name: string, dtype: FunctionDType = 'float32'): string {
@@ -216,6 +223,7 @@ export class FunctionGraph {
         entry.string(1, out.name);
         entry.string(2, out.ref);
       });
+    attrMap(w, 5, this.attrs);
     return w.finish();
   }
 }

@@ -1,13 +1,16 @@
 /**
  * Heterogeneity-aware batch sizes (design 7, balancing). A synchronous step lasts as long as its
- * slowest rank's compute: with b_i samples at s_i seconds per sample, about max_i b_i·s_i. Giving
- * each rank b_i ∝ 1/s_i makes every rank finish together and the world runs at the sum of the ranks'
- * throughputs instead of N times the slowest one's.
+ * slowest rank takes to reach the all-reduce: with b_i samples at s_i seconds per sample and u_i
+ * seconds of work per step that does not grow with the batch (the optimizer's update of the previous
+ * step and the step's bookkeeping, done by every rank at its own speed), about max_i (u_i + b_i·s_i).
+ * Giving each rank the b_i that makes u_i + b_i·s_i the same for all makes every rank arrive
+ * together, and the world runs at the sum of the ranks' throughputs instead of N times the slowest
+ * one's.
  *
- * Pure: every rank feeds these functions the same inputs (the per-rank compute times travel in the
- * step's all-reduce, so every rank reads the same reduced values, and the estimates are part of the
- * training state that is broadcast and checkpointed), hence every rank takes the same decision at the
- * same step, without any message of its own. The global batch B never changes here, so the rescale
+ * Pure: every rank feeds these functions the same inputs (the per-rank times travel in the step's
+ * all-reduce, so every rank reads the same reduced values, and the estimates are part of the training
+ * state that is broadcast and checkpointed), hence every rank takes the same decision at the same
+ * step, without any message of its own. The global batch B never changes here, so the rescale
  * policy's learning rate and the sampler's exactly-once cursor are untouched; only how B is cut.
  */
 import { z } from 'zod';
@@ -20,8 +23,16 @@ export interface WorkerEstimate {
   readonly secondsPerSample: number;
   /** Steps measured. */
   readonly steps: number;
+  /** The newest compute seconds per sample (at most RECENT), whose median feeds the average. */
+  readonly recent: readonly number[];
   /** Moving average of the seconds this worker waited in the all-reduce per step. */
   readonly waitSeconds: number;
+  /**
+   * Moving average of the seconds per step that do not grow with its batch: from the end of an
+   * all-reduce to the next compute, the optimizer's update of the whole model and the step's
+   * bookkeeping, which every rank does at its own speed (evaluations and snapshots not counted).
+   */
+  readonly updateSeconds: number;
   /** The step since which it has been below the straggler threshold, or null. */
   readonly slowSince: number | null;
 }
@@ -30,7 +41,11 @@ export const WorkerEstimateSchema = z.object({
   worker: z.string(),
   secondsPerSample: z.number().min(0),
   steps: z.int().min(0),
+  // Absent in the state of earlier versions.
+  recent: z.array(z.number().min(0)).readonly().default([]),
   waitSeconds: z.number().min(0),
+  // Absent in the state of earlier versions: their estimates had no fixed part.
+  updateSeconds: z.number().min(0).default(0),
   slowSince: z.int().min(0).nullable(),
 });
 
@@ -81,13 +96,60 @@ export interface StepTimes {
   readonly perWorker: readonly number[];
   readonly computeSeconds: readonly number[];
   readonly waitSeconds: readonly number[];
+  /** Each rank's update seconds of the step before (0: not measured); absent: none measured. */
+  readonly updateSeconds?: readonly number[];
 }
 
 /**
- * The estimates after a step: each member's moving averages fold in this step's figures; estimates of
- * workers gone from the world are dropped. During the first `warmupSteps` of a worker the latest
- * figure replaces the estimate instead (no bias towards 0, and the slow first steps of a process,
- * compiling kernels and warming caches, leave no trace).
+ * The compute time per sample that feeds the average is the median of the newest RECENT steps: a
+ * stall of one step (a page-fault storm, a collection, a neighbour's burst, a CFS period that ran
+ * out) is not in it at all, as long as fewer than half of the window stalled.
+ */
+export const RECENT = 5;
+
+/**
+ * And a figure further than this factor from the estimate moves it as if it were at this factor, so
+ * that even a run of stalls moves it by at most (1 − smoothing) of the factor per step, while a
+ * lasting change is still followed within a few time constants (a halving of speed at once, a
+ * slow-down to 0.2 in about 17 steps at smoothing 0.9).
+ */
+export const OUTLIER_FACTOR = 2;
+
+/** `sample` pulled into [estimate / OUTLIER_FACTOR, estimate · OUTLIER_FACTOR]. */
+export function winsorize(estimate: number, sample: number): number {
+  if (!(estimate > 0)) return sample;
+  return Math.min(estimate * OUTLIER_FACTOR, Math.max(estimate / OUTLIER_FACTOR, sample));
+}
+
+/**
+ * One figure's next estimate after `counted` earlier samples of it (the first step of a worker is
+ * not counted: it compiles kernels and warms caches). Within the warm-up the plain mean of the
+ * samples so far, so that the first plan rests on every warm-up step rather than on the last one;
+ * then a moving average of winsorized samples, so that one odd step cannot move a plan.
+ */
+export function smoothed(
+  estimate: number,
+  sample: number,
+  counted: number,
+  smoothing: number,
+  warmupSteps: number,
+): number {
+  if (counted <= 0) return sample;
+  if (counted < warmupSteps) return estimate + (sample - estimate) / (counted + 1);
+  return smoothing * estimate + (1 - smoothing) * winsorize(estimate, sample);
+}
+
+/** The newest RECENT values after `sample`, and their median (the mean of the middle two). */
+export function slide(recent: readonly number[], sample: number): { recent: number[]; median: number } {
+  const next = [...recent, sample].slice(-RECENT);
+  return { recent: next, median: median(next) };
+}
+
+/**
+ * The estimates after a step: each member's averages fold in this step's figures (see `smoothed`;
+ * compute through the median of the newest steps, see RECENT); estimates of workers gone from the
+ * world are dropped. A worker's first measured step only starts its estimate and is replaced by the
+ * second.
  */
 export function observe(
   estimates: readonly WorkerEstimate[],
@@ -101,29 +163,65 @@ export function observe(
     const batch = times.perWorker[rank] ?? 0;
     const compute = times.computeSeconds[rank] ?? 0;
     const wait = times.waitSeconds[rank] ?? 0;
-    if (batch <= 0 || !(compute > 0))
-      return before ?? { worker, secondsPerSample: 0, steps: 0, waitSeconds: 0, slowSince: null };
+    const update = times.updateSeconds?.[rank] ?? 0;
+    if (batch <= 0 || !(compute > 0)) return before ?? unmeasured(worker);
     const current = compute / batch;
     if (before === undefined || before.steps === 0)
-      return { worker, secondsPerSample: current, steps: 1, waitSeconds: wait, slowSince: null };
-    if (before.steps < warmupSteps)
-      return { ...before, secondsPerSample: current, steps: before.steps + 1, waitSeconds: wait };
+      return {
+        ...unmeasured(worker),
+        secondsPerSample: current,
+        steps: 1,
+        waitSeconds: wait,
+        updateSeconds: update,
+      };
+    // Samples counted so far: the first step is not one of them (nor in the window).
+    const counted = before.steps - 1;
+    const next = (old: number, sample: number) => smoothed(old, sample, counted, smoothing, warmupSteps);
+    const window = slide(counted === 0 ? [] : before.recent, current);
     return {
-      worker,
-      secondsPerSample: smoothing * before.secondsPerSample + (1 - smoothing) * current,
+      ...before,
+      // Within the warm-up the median of the window itself: a mean of the first, short windows'
+      // medians would keep a stall of the second step.
+      secondsPerSample: counted < warmupSteps ? window.median : next(before.secondsPerSample, window.median),
       steps: before.steps + 1,
-      waitSeconds: smoothing * before.waitSeconds + (1 - smoothing) * wait,
-      slowSince: before.slowSince,
+      recent: window.recent,
+      waitSeconds: next(before.waitSeconds, wait),
+      // An update not measured (the first step of a world) keeps the estimate.
+      updateSeconds:
+        update <= 0
+          ? before.updateSeconds
+          : before.updateSeconds > 0
+            ? next(before.updateSeconds, update)
+            : update,
     };
   });
 }
 
+function unmeasured(worker: string): WorkerEstimate {
+  return {
+    worker,
+    secondsPerSample: 0,
+    steps: 0,
+    recent: [],
+    waitSeconds: 0,
+    updateSeconds: 0,
+    slowSince: null,
+  };
+}
+
 /**
  * Splits `total` among ranks in proportion to `weights` (largest remainder, ties to the lower rank).
- * A rank whose share would fall below `floor` gets `floor` and the rest is split among the others,
- * as long as the total allows every rank that much.
+ * With `offsets` (seconds of fixed work per rank, `weights` being samples per second) each rank gets
+ * weight_i · (T − offset_i), T the common finishing time that uses up `total`: a rank with more fixed
+ * work gets that much less. A rank whose share would fall below `floor` gets `floor` and the rest is
+ * split among the others, as long as the total allows every rank that much.
  */
-export function proportionalSplit(total: number, weights: readonly number[], floor = 1): number[] {
+export function proportionalSplit(
+  total: number,
+  weights: readonly number[],
+  floor = 1,
+  offsets: readonly number[] = [],
+): number[] {
   const n = weights.length;
   if (n === 0) throw new RangeError('cannot split among 0 workers');
   const min = Math.max(0, Math.min(floor, Math.floor(total / n)));
@@ -131,12 +229,8 @@ export function proportionalSplit(total: number, weights: readonly number[], flo
   let shares: number[] = [];
   // Each pass pins at least one more rank to the floor, or ends: at most n passes.
   for (let pass = 0; pass <= n; pass++) {
-    const free = weights.map((w, i) => (pinned.has(i) ? 0 : Math.max(0, w)));
-    const sum = free.reduce((a, b) => a + b, 0);
-    const rest = total - min * pinned.size;
-    const open = n - pinned.size;
-    shares = weights.map((_, i) =>
-      pinned.has(i) ? min : sum > 0 ? ((free[i] as number) * rest) / sum : rest / Math.max(1, open),
+    shares = freeShares(total - min * pinned.size, weights, offsets, pinned).map((s, i) =>
+      pinned.has(i) ? min : s,
     );
     const below = shares.findIndex((s, i) => !pinned.has(i) && s < min);
     if (below < 0) break;
@@ -144,7 +238,29 @@ export function proportionalSplit(total: number, weights: readonly number[], flo
       if (!pinned.has(i) && s < min) pinned.add(i);
     });
   }
-  const split = shares.map((s) => Math.floor(s));
+  return largestRemainder(total, shares);
+}
+
+/** The real-valued shares of `rest` among the ranks not pinned (see proportionalSplit). */
+function freeShares(
+  rest: number,
+  weights: readonly number[],
+  offsets: readonly number[],
+  pinned: ReadonlySet<number>,
+): number[] {
+  const free = weights.map((w, i) => (pinned.has(i) ? 0 : Math.max(0, w)));
+  const sum = free.reduce((a, b) => a + b, 0);
+  const open = weights.length - pinned.size;
+  if (!(sum > 0)) return weights.map((_, i) => (pinned.has(i) ? 0 : rest / Math.max(1, open)));
+  const offset = (i: number) => Math.max(0, offsets[i] ?? 0);
+  // Σ w_i (T − u_i) = rest over the free ranks.
+  const finish = (rest + free.reduce((a, w, i) => a + w * offset(i), 0)) / sum;
+  return free.map((w, i) => (pinned.has(i) ? 0 : w * (finish - offset(i))));
+}
+
+/** Integer shares summing to `total`: floors, then the largest remainders (ties to the lower rank). */
+function largestRemainder(total: number, shares: readonly number[]): number[] {
+  const split = shares.map((s) => Math.max(0, Math.floor(s)));
   let left = total - split.reduce((a, b) => a + b, 0);
   const order = shares.map((s, i) => ({ i, r: s - Math.floor(s) })).sort((a, b) => b.r - a.r || a.i - b.i);
   for (const { i } of order) {
@@ -155,28 +271,50 @@ export function proportionalSplit(total: number, weights: readonly number[], flo
   return split;
 }
 
-/** The step time a split predicts: the slowest rank's compute. */
+/** The step time a split predicts: the last rank to reach the all-reduce, max u_i + b_i·s_i. */
 export function predictedStepSeconds(
   perWorker: readonly number[],
   secondsPerSample: readonly number[],
+  updateSeconds: readonly number[] = [],
 ): number {
-  return perWorker.reduce((worst, b, i) => Math.max(worst, b * (secondsPerSample[i] ?? 0)), 0);
+  return perWorker.reduce(
+    (worst, b, i) => Math.max(worst, (updateSeconds[i] ?? 0) + b * (secondsPerSample[i] ?? 0)),
+    0,
+  );
 }
 
-/** Seconds per sample of each member, or undefined when one of them is not measured enough yet. */
+/**
+ * Seconds per sample and update seconds of each member, or undefined when one of them is not
+ * measured enough yet.
+ */
 export function measured(
   estimates: readonly WorkerEstimate[],
   members: readonly string[],
   warmupSteps: number,
-): number[] | undefined {
+): { seconds: number[]; updates: number[] } | undefined {
   const byWorker = new Map(estimates.map((e) => [e.worker, e]));
   const seconds: number[] = [];
+  const updates: number[] = [];
   for (const member of members) {
     const e = byWorker.get(member);
     if (e === undefined || e.steps < warmupSteps || !(e.secondsPerSample > 0)) return undefined;
     seconds.push(e.secondsPerSample);
+    updates.push(e.updateSeconds);
   }
-  return seconds;
+  return { seconds, updates };
+}
+
+/** Re-plans within a generation at most every minIntervalSteps · 2^k after k of them (k ≤ this). */
+export const MAX_BACKOFF_DOUBLINGS = 4;
+
+/**
+ * Steps that must pass after the last plan before the next one within a generation: the interval
+ * doubles with each drift re-plan of the generation, so estimates that keep wandering (noise, a
+ * neighbour that comes and goes) cost at most a handful of re-plans, and a new generation, whose
+ * boundary re-plans for free anyway, starts over.
+ */
+export function replanInterval(minIntervalSteps: number, driftPlans: number): number {
+  return minIntervalSteps * 2 ** Math.min(MAX_BACKOFF_DOUBLINGS, Math.max(0, driftPlans));
 }
 
 export interface PlanInput {
@@ -187,6 +325,8 @@ export interface PlanInput {
   readonly estimates: readonly WorkerEstimate[];
   readonly step: number;
   readonly lastPlanStep: number;
+  /** Drift re-plans already made in this generation (absent: none). */
+  readonly driftPlans?: number;
   /** A generation boundary: a new split costs nothing there, so no hysteresis applies. */
   readonly boundary: boolean;
 }
@@ -194,8 +334,8 @@ export interface PlanInput {
 /**
  * The split the next step should use, or undefined to keep the current one. Even mode and a world of
  * one never change it; proportional waits for every member to be measured, re-plans within a
- * generation at most every `minIntervalSteps` and only when the gain beats `driftThreshold` (so noise
- * does not churn the split), and at a generation boundary whenever the split differs.
+ * generation only after `replanInterval` steps and only when the gain beats `driftThreshold` (so
+ * noise does not churn the split), and at a generation boundary whenever the split differs.
  */
 export function planBalance(
   input: PlanInput,
@@ -203,22 +343,29 @@ export function planBalance(
   const { spec, current, members } = input;
   if (spec.mode !== 'proportional' || members.length < 2 || current.length !== members.length)
     return undefined;
-  if (!input.boundary && input.step - input.lastPlanStep < spec.minIntervalSteps) return undefined;
-  const seconds = measured(input.estimates, members, spec.warmupSteps);
-  if (seconds === undefined) return undefined;
+  const interval = replanInterval(spec.minIntervalSteps, input.driftPlans ?? 0);
+  if (!input.boundary && input.step - input.lastPlanStep < interval) return undefined;
+  const times = measured(input.estimates, members, spec.warmupSteps);
+  if (times === undefined) return undefined;
   const total = current.reduce((a, b) => a + b, 0);
   const floor = Math.max(1, Math.floor((spec.minShare * total) / members.length));
   const target = proportionalSplit(
     total,
-    seconds.map((s) => 1 / s),
+    times.seconds.map((s) => 1 / s),
     floor,
+    times.updates,
   );
   if (target.every((b, i) => b === current[i])) return undefined;
-  const predictedBefore = predictedStepSeconds(current, seconds);
-  const predicted = predictedStepSeconds(target, seconds);
+  const predictedBefore = predictedStepSeconds(current, times.seconds, times.updates);
+  const predicted = predictedStepSeconds(target, times.seconds, times.updates);
   const gain = predictedBefore > 0 ? 1 - predicted / predictedBefore : 0;
   if (!input.boundary && gain < spec.driftThreshold) return undefined;
   return { perWorker: target, predictedBefore, predicted };
+}
+
+/** Drift re-plans of `generation` among the recorded plans. */
+export function driftPlansIn(plans: readonly BalancePlan[], generation: number): number {
+  return plans.filter((p) => p.generation === generation && p.reason === 'drift').length;
 }
 
 /** The median of positive values (the mean of the middle two for an even count); 0 for none. */

@@ -11,9 +11,12 @@
  * appeared): the step in flight fails with a CollectiveError and is not applied.
  */
 import { once } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import {
-  CompletionRecordSchema,
+  COMPLETED_KEY,
+  CompletionMarkerSchema,
+  type CompletionRecord,
   type ControlMessage,
   ControlMessageSchema,
   decodeMessage,
@@ -94,8 +97,16 @@ export interface Membership extends AsyncDisposable {
   failed(round: number): Promise<void>;
   /** Leaves for good: the others re-form without this worker at once. */
   leave(): Promise<void>;
-  /** Records that training is finished, so that late or standby workers end too. */
-  complete(step: number, reason: string): Promise<void>;
+  /**
+   * Records that training is finished, so that late or standby workers end too, with the final
+   * figures, so that an operator that missed the `completed` message still learns them.
+   */
+  complete(record: CompletionRecord): Promise<void>;
+  /**
+   * After the last step, a rank that does not write: waits for `writer` to record the completion
+   * (its final checkpoint and model are then written) or to be lost before it did.
+   */
+  awaitCompletion(writer: string, stop: AbortSignal): Promise<'completed' | 'writer-lost' | 'stopped'>;
   publish(channel: 'metrics' | 'events', message: unknown): void;
   /** Control messages addressed to this worker (leave, checkpoint, stop). */
   onControl(listener: (message: ControlMessage) => void): void;
@@ -130,12 +141,16 @@ export class LocalMembership implements Membership {
   async failed(): Promise<void> {}
   async leave(): Promise<void> {}
   async complete(): Promise<void> {}
+  async awaitCompletion(): Promise<'completed'> {
+    return 'completed';
+  }
   publish(): void {}
   onControl(): void {}
   async [Symbol.asyncDispose](): Promise<void> {}
 }
 
-const COMPLETED_KEY = 'completed';
+/** How often a rank that does not write looks for the writer's completion record. */
+const COMPLETION_POLL_MS = 250;
 
 /** How often a worker in a world looks for a newer one (the rendezvous watch updates it). */
 const WORLD_POLL_MS = 50;
@@ -333,7 +348,7 @@ export class ElasticMembership implements Membership {
     if (this.completed !== undefined) return this.completed;
     const stored = await this.store.get(COMPLETED_KEY).catch(() => undefined);
     if (stored === undefined) return undefined;
-    const decoded = decodeMessage(CompletionRecordSchema, stored.value);
+    const decoded = decodeMessage(CompletionMarkerSchema, stored.value);
     if (!decoded.ok) {
       // A malformed marker is not a completion.
       this.drops.drop({
@@ -563,14 +578,20 @@ export class ElasticMembership implements Membership {
     await this.agent.leave();
   }
 
-  async complete(step: number, reason: string): Promise<void> {
-    this.completed = { step, reason };
+  async complete(record: CompletionRecord): Promise<void> {
+    this.completed = { step: record.step, reason: record.reason };
     await this.store
-      .put(
-        COMPLETED_KEY,
-        new TextEncoder().encode(JSON.stringify({ step, reason, jobUid: this.config.jobUid })),
-      )
+      .put(COMPLETED_KEY, encodeMessage({ ...record, jobUid: this.config.jobUid }))
       .catch((error) => this.log.warn('could not record the completion', { error: errorMessage(error) }));
+  }
+
+  async awaitCompletion(writer: string, stop: AbortSignal): Promise<'completed' | 'writer-lost' | 'stopped'> {
+    for (;;) {
+      if (stop.aborted) return 'stopped';
+      if ((await this.readCompleted()) !== undefined) return 'completed';
+      if (!this.agent.isMemberAlive(writer)) return 'writer-lost';
+      await delay(COMPLETION_POLL_MS, undefined, { signal: stop }).catch(() => undefined);
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

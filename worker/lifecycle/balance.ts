@@ -8,6 +8,7 @@
 import type { BalancingSpec } from '../../operator/api/training-job.ts';
 import {
   type BalanceState,
+  driftPlansIn,
   EMPTY_BALANCE,
   median,
   observe,
@@ -87,6 +88,7 @@ export function balanceAfterStep(
       perWorker: split.used,
       computeSeconds: result.computeSeconds,
       waitSeconds: result.waitSeconds,
+      updateSeconds: result.updateSeconds,
     },
     context.spec.smoothing,
     context.spec.warmupSteps,
@@ -100,6 +102,7 @@ export function balanceAfterStep(
     estimates: marked.estimates,
     step,
     lastPlanStep: state.lastPlanStep,
+    driftPlans: driftPlansIn(state.plans, context.generation),
     boundary: false,
   });
   if (plan === undefined) return { perWorker: undefined, stragglers: marked.persistent };

@@ -122,11 +122,13 @@ export async function runGeneration(session: Session, g: Generation): Promise<Ge
     // Lets signals, timers, NATS and the background checkpoint write make progress between steps.
     await yieldToEventLoop();
   }
+  const stepSeconds = Math.round(run.stepSeconds * 1000) / 1000;
+  session.facts.generationEnds.push({ generation: g.number, firstStep, lastStep: state.step, stepSeconds });
   emit(g.log, 'info', 'generation ended', {
     event: 'generation-end',
     firstStep,
     lastStep: state.step,
-    stepSeconds: Math.round(run.stepSeconds * 1000) / 1000,
+    stepSeconds,
     wallSeconds: Math.round((performance.now() - started) / 10) / 100,
     why: reason ?? worldEnded ?? 'stop requested',
   });
@@ -186,7 +188,8 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
   run.rank.stepSeconds += took;
   // A round ends with the same step on every rank of the site: all of them take part, then evaluate.
   // Its time is not the step's: throughput and balancing see the training alone.
-  if (session.federated?.due(state.step))
+  if (session.federated?.due(state.step)) {
+    trainer.untimedGap();
     await session.federated.endRound(
       state.step,
       g.writer,
@@ -195,6 +198,7 @@ async function trainStep(session: Session, g: Generation, run: Run): Promise<Ste
       trainer,
       g.log,
     );
+  }
   measure(run.measured, took, result);
   rebalance(session, g, run, world.perWorker, result);
   return result;
@@ -292,6 +296,8 @@ async function afterStep(
   const stopping = g.settings.stopping;
   const ending = stopReason(stopping, state, null) !== undefined;
   if (evaluationDue(g.settings.evaluation.intervalSteps, state.step, result.endedEpoch, ending)) {
+    // An evaluation is not a step's fixed work: the balancing planner must not count it as such.
+    session.trainer.untimedGap();
     try {
       await evaluate(session, g.active);
     } catch (error) {
@@ -408,6 +414,7 @@ function snapshotIfDue(session: Session, g: Generation, ending: boolean): void {
   });
   if (!due) return;
   facts.checkpointRequested = false;
+  session.trainer.untimedGap();
   const { snapshot, blockingMs } = session.takeSnapshot();
   checkpoints.start(snapshot);
   facts.lastCheckpointTime = Date.now();

@@ -2,9 +2,11 @@
  * What a worker holds for its whole life (backend, data, model, trainer, checkpoints, membership) and
  * the few facts its states share: opened once by `openSession`, released by its async dispose.
  */
+
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import type { GenerationEnd } from '../../operator/api/goodput.ts';
 import { JOB_RECORD } from '../../operator/api/model-output.ts';
 import type { FederationSpec, TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { type SelectedBackend, selectBackend } from '../backend/select.ts';
@@ -61,6 +63,8 @@ export interface SessionFacts {
    * that learns of the completion holds an older state, which must not become the exported model.
    */
   reachedTheEnd: boolean;
+  /** This worker's generations as `generation-end` reports them: its share of the job's useful time. */
+  readonly generationEnds: GenerationEnd[];
 }
 
 export class Session implements AsyncDisposable {
@@ -102,6 +106,7 @@ export class Session implements AsyncDisposable {
       lastThroughput: undefined,
       lastCheckpointTime: Date.now(),
       reachedTheEnd: false,
+      generationEnds: [],
     };
     const facts = this.facts;
     this.holder = {
@@ -252,6 +257,7 @@ export async function openSession(options: SessionOptions): Promise<Session> {
     backend: backend.backend,
     via: backend.via,
     addedKernels: backend.addedKernels,
+    skipped: backend.skipped.map(({ backend, via, reason }) => ({ backend, via, reason })),
   });
   const loaded = await loadDataset(spec.dataset, (message, fields) => log.info(message, fields));
   const member = config.federation;

@@ -12,11 +12,14 @@
  * final checkpoint (if this worker is the writer), leaves the rendezvous and reports the result.
  */
 
+import type { CompletionRecord } from '../../operator/api/contract.ts';
+import { goodputReport } from '../../operator/api/goodput.ts';
 import { modelLocation } from '../../operator/api/model-output.ts';
 import type { CheckpointRef } from '../checkpoint/store.ts';
 import { CollectiveError } from '../collective/transport.ts';
 import type { JoinedWorld } from '../elastic/membership.ts';
 import { writeModelExport } from '../export/model-export.ts';
+import { failpoint } from '../failpoint.ts';
 import { emit } from '../log.ts';
 import { type WorkerResult, writeWorkerResult } from '../result.ts';
 import { evaluate } from './evaluate.ts';
@@ -126,13 +129,14 @@ export async function leaving(
 /** Training is over: final checkpoint, and the writer records the completion for late and standby workers. */
 export async function finishing(session: Session, started: number): Promise<LifecycleState> {
   const { state, facts, membership, config } = session;
+  if (!isWriter(session) && (await writerLost(session))) return { name: 'joining' };
+  if (isWriter(session)) failpoint('before-final-checkpoint', config.failpoint, config.workerId);
   const finalRef = await finalCheckpoint(session);
   if (isWriter(session)) {
     const reason = state.completed ?? 'completed';
     const model = exportModel(session);
-    await membership.complete(state.step, reason);
-    membership.publish('metrics', {
-      type: 'completed',
+    const now = new Date().toISOString();
+    const figures: CompletionRecord = {
       worker: config.workerId,
       step: state.step,
       epoch: state.epoch,
@@ -140,13 +144,41 @@ export async function finishing(session: Session, started: number): Promise<Life
       ...(state.lastEval === null ? {} : { accuracy: state.lastEval.accuracy }),
       ...(finalRef === undefined
         ? {}
-        : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: new Date().toISOString() } }),
+        : { lastCheckpoint: { step: finalRef.step, path: finalRef.path, time: now } }),
       ...(model === undefined ? {} : { model }),
+      usefulSeconds: goodputReport(facts.generationEnds, state.generations, 0).usefulSeconds,
       reason,
-      time: new Date().toISOString(),
-    });
+      time: now,
+    };
+    // The record first: it outlives the message (core NATS keeps nothing for a leader elected later).
+    await membership.complete(figures);
+    membership.publish('metrics', { type: 'completed', ...figures });
   }
   return { name: 'done', result: await conclude(session, 'completed', finalRef, started) };
+}
+
+/**
+ * A rank that does not write stays until the writer recorded the completion: a writer killed during
+ * the final checkpoint would otherwise leave a job that Succeeded without its last steps or its
+ * model. When the writer is lost first, the survivors (their state is the final one) re-form, and the
+ * new world's writer writes them.
+ */
+async function writerLost(session: Session): Promise<boolean> {
+  const writer = session.facts.lastWorld?.members[0];
+  if (writer === undefined || !session.facts.reachedTheEnd) return false;
+  const outcome = await session.membership.awaitCompletion(writer, session.leaving);
+  if (outcome !== 'writer-lost') return false;
+  emit(
+    session.facts.log,
+    'warn',
+    `the writer ${writer} was lost before it recorded the completion; re-forming`,
+    {
+      event: 'writer-lost',
+      writer,
+      step: session.state.step,
+    },
+  );
+  return true;
 }
 
 /**

@@ -21,6 +21,7 @@ import { rendezvousRange, type SpecOffer } from './agreement.ts';
 import {
   type Decision,
   decide,
+  isAlive,
   type MemberRecord,
   MemberRecordSchema,
   type ObservedMember,
@@ -421,6 +422,17 @@ export class RendezvousAgent implements AsyncDisposable {
     await this.options.store.put(memberKey(this.options.id), encode(this.record)).catch(() => undefined);
     this.schedule();
     return true;
+  }
+
+  /**
+   * Whether `id` still heartbeats, as the rendezvous would judge it. While this worker is cut off from
+   * the store it cannot tell, and says alive: a worker that cannot see the others must not act alone.
+   */
+  isMemberAlive(id: string): boolean {
+    const now = this.now();
+    if (this.cutOff(now)) return true;
+    const member = this.members.get(id);
+    return member !== undefined && isAlive(member, now, this.options.config.timeoutMs);
   }
 
   /** Updates the committed step carried by the next heartbeat. */

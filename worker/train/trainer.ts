@@ -85,6 +85,11 @@ export interface StepResult {
   /** Per rank, in rank order: compute seconds of this step, and seconds waited in the previous all-reduce. */
   readonly computeSeconds: readonly number[];
   readonly waitSeconds: readonly number[];
+  /**
+   * Each rank's seconds from the end of the previous all-reduce to this step's compute (the update
+   * and the step's bookkeeping; 0: not measured, the first step of a world).
+   */
+  readonly updateSeconds: readonly number[];
   /** Bytes this rank sent for the step (payloads of the collective; 0 for a local step). */
   readonly wireBytes: number;
   /** The gradient noise scale in samples, smoothed over steps (measured with AdaScale or `measureNoise`). */
@@ -169,6 +174,16 @@ export interface TrainerOptions {
   readonly onStepFallback?: (reason: string) => void;
 }
 
+/**
+ * The line of a tfjs-node error that says what TensorFlow refused: its errors read
+ * "Invalid TF_Status: <code>\nMessage: <what>"; other errors by their first line.
+ */
+export function tensorflowMessage(error: unknown): string {
+  const lines = (error instanceof Error ? error.message : String(error)).split('\n');
+  const message = lines.find((l) => l.startsWith('Message: '));
+  return message === undefined ? (lines[0] ?? '') : message.slice('Message: '.length);
+}
+
 interface MicroBatchResult {
   readonly value: tf.Scalar;
   readonly grads: tf.NamedTensorMap;
@@ -193,6 +208,12 @@ export class Trainer {
   private lastReadAhead: { epoch: number; from: number } | undefined;
   /** Seconds this rank waited in the last all-reduce (its peers' compute and the transfer). */
   private lastWait = 0;
+  /**
+   * When the last all-reduce here ended (undefined: none in this world). From then to the next step's
+   * compute this rank applies the update and does the step's bookkeeping (progress, balancing,
+   * snapshots): the work of a step that does not shrink with its batch, timed for the planner.
+   */
+  private reduceEnded: number | undefined;
   /** Per-sample σ² and μ² for the noise scale when AdaScale does not keep them (not elastic state). */
   private noise: GradientStatistics | undefined;
   private communication: CommunicationSpec | undefined;
@@ -274,6 +295,11 @@ export class Trainer {
   /** Elements of the fused buffer each step all-reduces. */
   get fusedLength(): number {
     return this.fused.length;
+  }
+
+  /** How many of the fused buffer's first values are gradients (then loss, correct count, times…). */
+  get gradientSize(): number {
+    return this.gradientLength;
   }
 
   private epochOrder(epoch: number): Uint32Array {
@@ -375,7 +401,7 @@ export class Trainer {
       // without a kernel): before any step took this path, the per-op tape takes over for good.
       if (this.functionSteps > 0) throw error;
       this.native = undefined;
-      this.perOpReason = `the step function failed: ${(error as Error).message.split('\n')[0]}`;
+      this.perOpReason = `the step function failed: ${tensorflowMessage(error)}`;
       this.options.onStepFallback?.(this.perOpReason);
       return this.perOpGradients(x, y, samples);
     }
@@ -457,7 +483,7 @@ export class Trainer {
     // Alone, a rank's statistics are the world's already: nothing to average.
     const statistics = world.size > 1 ? this.statistics : undefined;
     const timesOffset = this.gradientLength + 2 + (adascale ? world.size : 0);
-    const statisticsOffset = timesOffset + 2 * world.size;
+    const statisticsOffset = timesOffset + 3 * world.size;
     const length = statisticsOffset + (statistics?.length ?? 0);
     if (this.fused.length !== length) this.fused = new Float32Array(length);
     const fused = this.fused;
@@ -491,6 +517,8 @@ export class Trainer {
     statistics?.writeChanges(fused, statisticsOffset, indices.length / plan.samples);
     fused[timesOffset + world.rank] = (performance.now() - started) / 1000;
     fused[timesOffset + world.size + world.rank] = this.lastWait;
+    fused[timesOffset + 2 * world.size + world.rank] =
+      this.reduceEnded === undefined ? 0 : (started - this.reduceEnded) / 1000;
     const weight = indices.length / plan.samples;
     const local =
       this.localSgd !== undefined &&
@@ -516,9 +544,11 @@ export class Trainer {
               signal,
             })
           : await reducer.allReduce(fused, signal);
-      this.lastWait = (performance.now() - reduceStarted) / 1000;
+      this.reduceEnded = performance.now();
+      this.lastWait = (this.reduceEnded - reduceStarted) / 1000;
     } catch (error) {
       this.lastWait = 0;
+      this.reduceEnded = undefined;
       if (kept !== undefined) tf.dispose(Object.values(kept));
       // The step is not applied anywhere: neither are the statistics its forward pass moved.
       statistics?.revert();
@@ -548,6 +578,7 @@ export class Trainer {
       gain,
       computeSeconds: Array.from(reduced.subarray(timesOffset, timesOffset + world.size)),
       waitSeconds: Array.from(reduced.subarray(timesOffset + world.size, timesOffset + 2 * world.size)),
+      updateSeconds: Array.from(reduced.subarray(timesOffset + 2 * world.size, statisticsOffset)),
       wireBytes: world.size > 1 ? this.hook.lastWireBytes : 0,
       ...(noiseScale === undefined ? {} : { noiseScale }),
     };
@@ -567,6 +598,8 @@ export class Trainer {
   ): Promise<StepResult> {
     const local = this.localSgd as LocalSgd;
     const fused = this.fused;
+    // No all-reduce of this step: nothing to time the next step's fixed work from.
+    this.reduceEnded = undefined;
     const lossIndex = this.gradientLength;
     const scale = plan.samples / Math.max(1, localSamples);
     for (let j = 0; j < this.gradientLength; j++) fused[j] = (fused[j] as number) * scale;
@@ -599,7 +632,13 @@ export class Trainer {
       // balancing planner keeps its estimates (local SGD and proportional balancing do not mix).
       computeSeconds: [],
       waitSeconds: [],
+      updateSeconds: [],
     };
+  }
+
+  /** The time until the next step is not this step's fixed work (an evaluation, a snapshot). */
+  untimedGap(): void {
+    this.reduceEnded = undefined;
   }
 
   /**
@@ -608,6 +647,8 @@ export class Trainer {
    * rank agrees on; per-rank compression state (residuals) starts over, shared state is kept.
    */
   beginWorld(communication: CommunicationSpec | undefined, size: number): void {
+    // The time until this world's first step is the rendezvous', not a step's.
+    this.reduceEnded = undefined;
     const before = this.localSgd;
     const rollback = before?.anchor;
     if (rollback !== undefined && rollback.state.step !== this.state.step) this.restoreBase(rollback);
