@@ -53,9 +53,9 @@ const READ_BUFFER = 1024 * 1024;
 
 /** Child: one rank of a ring; measures `rounds` all-reduces of `elements` floats and reports the times. */
 async function rankMain(): Promise<void> {
-  const [rank, , elements, rounds, inPlace = 1, segment = 0] = process.argv
+  const [rank, , elements, rounds, inPlace = 1, segment = 0, jsReducer = 0] = process.argv
     .slice(3)
-    .map(Number) as number[] as [number, number, number, number, number?, number?];
+    .map(Number) as number[] as [number, number, number, number, number?, number?, number?];
   const server = await CollectiveServer.listen('bench', HOST);
   process.send?.({ address: server.address });
   const members = await new Promise<{ address: string }[]>((resolve) =>
@@ -69,35 +69,55 @@ async function rankMain(): Promise<void> {
     server,
     token: 'bench-link-token-0123',
     receiveInPlace: inPlace === 1,
+    reducer: jsReducer === 1 ? 'js' : 'simd',
     // A fixed segment size: the ring before it cut each chunk into several.
     ...(segment > 0 ? { segmentElements: segment, segmentsPerChunk: 1 } : {}),
   });
   const buffer = new Float32Array(elements).fill(rank + 1);
   const times: number[] = [];
+  const cpu: number[] = [];
   for (let i = 0; i < rounds + WARMUP; i++) {
     await group.barrier();
     const t = performance.now();
+    const c = process.cpuUsage();
     await group.allReduce(buffer);
     if (i >= WARMUP) times.push(performance.now() - t);
+    if (i >= WARMUP) cpu.push(cpuMs(process.cpuUsage(c)));
     buffer.fill(rank + 1);
   }
   // No rank leaves while another still finishes its last timed all-reduce (its trailing sends would
   // fail on the closed link); the barrier's own tail may, and does not count.
   await group.barrier().catch(() => undefined);
-  process.send?.({ times });
+  process.send?.({ times, cpu });
   await group[Symbol.asyncDispose]();
   await server[Symbol.asyncDispose]();
   process.exit(0);
 }
+
+const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 
 /** Median over rounds of the slowest rank's all-reduce time, in ms. */
 export async function ring(
   size: number,
   elements: number,
   rounds: number,
-  options: { receiveInPlace?: boolean; segmentElements?: number } = {},
+  options: { receiveInPlace?: boolean; segmentElements?: number; reducer?: 'simd' | 'js' } = {},
 ): Promise<number> {
+  return (await ringCost(size, elements, rounds, options)).ms;
+}
+
+/**
+ * The ring's time (as `ring`) and its CPU: the median over rounds of the CPU milliseconds all ranks
+ * together spent in the round, a figure a loaded machine disturbs far less than the time.
+ */
+export async function ringCost(
+  size: number,
+  elements: number,
+  rounds: number,
+  options: { receiveInPlace?: boolean; segmentElements?: number; reducer?: 'simd' | 'js' } = {},
+): Promise<{ ms: number; cpuMs: number }> {
   const inPlace = options.receiveInPlace === false ? '0' : '1';
+  const reducer = options.reducer === 'js' ? '1' : '0';
   const segment = String(options.segmentElements ?? 0);
   const children: ChildProcess[] = Array.from({ length: size }, (_, rank) =>
     rankChild(rank, [
@@ -108,6 +128,7 @@ export async function ring(
       String(rounds),
       inPlace,
       segment,
+      reducer,
     ]),
   );
   const addresses = await Promise.all(
@@ -115,14 +136,15 @@ export async function ring(
       (c) => new Promise<string>((r) => c.once('message', (m) => r((m as { address: string }).address))),
     ),
   );
-  const times = children.map(
-    (c) => new Promise<number[]>((r) => c.once('message', (m) => r((m as { times: number[] }).times))),
-  );
+  type Report = { times: number[]; cpu: number[] };
+  const reports = children.map((c) => new Promise<Report>((r) => c.once('message', (m) => r(m as Report))));
   for (const c of children) c.send(addresses.map((address) => ({ address })));
-  const all = await Promise.all(times);
-  // A step waits for the slowest rank.
-  const per = (all[0] as number[]).map((_, i) => Math.max(...all.map((t) => t[i] as number)));
-  return median(per);
+  const all = await Promise.all(reports);
+  const first = all[0] as Report;
+  // A step waits for the slowest rank; the machine pays for every rank's CPU.
+  const per = first.times.map((_, i) => Math.max(...all.map((r) => r.times[i] as number)));
+  const cpu = first.cpu.map((_, i) => all.reduce((sum, r) => sum + (r.cpu[i] as number), 0));
+  return { ms: median(per), cpuMs: median(cpu) };
 }
 
 /** A client socket that counts what it reads into one reused buffer. */
@@ -214,6 +236,7 @@ async function rawRankMain(): Promise<void> {
   process.on('message', async (m) => {
     if (m !== 'go') return;
     const t = performance.now();
+    const c = process.cpuUsage();
     const all = new Promise<void>((r) => {
       onReceived = r;
       if (received >= bytes) r();
@@ -221,13 +244,22 @@ async function rawRankMain(): Promise<void> {
     await Promise.all([new Promise<void>((r) => to.write(payload, () => r())), all]);
     received -= bytes;
     onReceived = undefined;
-    process.send?.({ ms: performance.now() - t });
+    process.send?.({ ms: performance.now() - t, cpuMs: cpuMs(process.cpuUsage(c)) });
   });
   process.send?.({ ready: true });
 }
 
 /** Median over rounds of the slowest rank's time to move a ring all-reduce's bytes with raw TCP. */
 export async function rawRing(size: number, bytesPerRank: number, rounds: number): Promise<number> {
+  return (await rawRingCost(size, bytesPerRank, rounds)).ms;
+}
+
+/** The raw ring's time (as `rawRing`) and its CPU (as `ringCost`). */
+export async function rawRingCost(
+  size: number,
+  bytesPerRank: number,
+  rounds: number,
+): Promise<{ ms: number; cpuMs: number }> {
   const children: ChildProcess[] = Array.from({ length: size }, (_, rank) =>
     rankChild(rank, ['--raw-rank', String(rank), String(size), String(Math.round(bytesPerRank))]),
   );
@@ -243,14 +275,17 @@ export async function rawRing(size: number, bytesPerRank: number, rounds: number
   for (const c of children) c.send(ports);
   await Promise.all(ready);
   const per: number[] = [];
+  const cpu: number[] = [];
   for (let i = 0; i < rounds + 2; i++) {
     const done = children.map(next);
     for (const c of children) c.send('go');
-    const ms = (await Promise.all(done)).map((m) => Number(m['ms']));
-    if (i >= 2) per.push(Math.max(...ms));
+    const reports = await Promise.all(done);
+    if (i < 2) continue;
+    per.push(Math.max(...reports.map((m) => Number(m['ms']))));
+    cpu.push(reports.reduce((sum, m) => sum + Number(m['cpuMs']), 0));
   }
   for (const c of children) c.kill();
-  return median(per);
+  return { ms: median(per), cpuMs: median(cpu) };
 }
 
 /** Bytes each rank sends in a ring all-reduce of `elements` floats: 2(n−1)/n · S, the bound's numerator. */

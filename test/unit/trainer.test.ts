@@ -22,7 +22,12 @@ import { InMemoryStore } from '../../worker/data/store.ts';
 import { buildModel } from '../../worker/model/build.ts';
 import type { World } from '../../worker/train/policy.ts';
 import { type GradientReducer, LocalReducer } from '../../worker/train/reducer.ts';
-import { initialTrainingState, type TrainingState } from '../../worker/train/snapshot.ts';
+import {
+  decodeSnapshot,
+  encodeSnapshot,
+  initialTrainingState,
+  type TrainingState,
+} from '../../worker/train/snapshot.ts';
 import { type StepResult, Trainer } from '../../worker/train/trainer.ts';
 import { testBackend } from '../helpers/backend.ts';
 import { InProcessReducer, InProcessWorld } from '../helpers/in-process-reducer.ts';
@@ -453,12 +458,10 @@ test('the audit records every trained index with its step and epoch', async () =
 });
 
 /** Two ranks in one process, with the world's communication settings. */
-async function pair(communication: object) {
+async function pair(communication: object, optimizer?: object) {
   const spec = CommunicationSpecSchema.parse(communication);
-  const ranks = [
-    await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
-    await trainer({ model: { mlp: { hiddenUnits: [16], dropout: 0 } } }),
-  ];
+  const options = { model: { mlp: { hiddenUnits: [16], dropout: 0 } }, ...(optimizer ? { optimizer } : {}) };
+  const ranks = [await trainer(options), await trainer(options)];
   for (const t of ranks) t.beginWorld(spec, 2);
   const reducers = new InProcessWorld(2);
   const step = (averageNow = false) =>
@@ -583,6 +586,80 @@ test('PowerSGD: Q travels in the snapshot; residuals start over in a new world',
   newcomer.beginWorld(spec, 2);
   assert.equal([...(newcomer.snapshot().communication?.buffer ?? [])], [...snapshot.communication.buffer]);
   for (const t of [...ranks, newcomer]) t.dispose();
+});
+
+/** Two fresh ranks resumed from `a`'s checkpoint, as a restarted job's world: the files round-trip. */
+async function resumedPair(
+  from: Trainer,
+  spec: ReturnType<typeof CommunicationSpecSchema.parse>,
+  optimizer?: object,
+) {
+  const checkpoint = decodeSnapshot(encodeSnapshot(from.snapshot()));
+  const options = { model: { mlp: { hiddenUnits: [16], dropout: 0 } }, ...(optimizer ? { optimizer } : {}) };
+  const ranks = [await trainer(options), await trainer(options)];
+  for (const t of ranks) {
+    t.restore(checkpoint);
+    t.beginWorld(spec, 2);
+  }
+  const reducers = new InProcessWorld(2);
+  const step = () => Promise.all(ranks.map((t, r) => t.step(world([16, 16], r), reducers.forRank(r))));
+  return { ranks, step };
+}
+
+// Plain SGD: under local SGD each rank's Adam moments are its own between averagings, and a
+// checkpoint holds one rank's (see README, "Gradient compression and local SGD").
+for (const communication of [
+  {
+    compression: 'powersgd',
+    powersgd: { rank: 2, startAfterSteps: 0, minCompressionRate: 1, errorFeedback: false },
+  },
+  { localSteps: 4, outerOptimizer: { learningRate: 0.7, momentum: 0.9 } },
+]) {
+  test(`${JSON.stringify(communication)}: a resume from a checkpoint continues bit for bit (shared state in the files)`, async () => {
+    const sgd = { type: 'sgd', learningRate: 0.05 };
+    const { ranks, step, spec } = await pair(communication, sgd);
+    for (let i = 0; i < 8; i++) await step();
+    const [a, b] = ranks as [Trainer, Trainer];
+    const shared = [...(a.snapshot().communication?.buffer ?? [])];
+    assert.ok(
+      shared.some((v) => v !== 0),
+      'Q / the outer momentum is in the checkpoint',
+    );
+    const resumed = await resumedPair(a, spec, sgd);
+    for (let i = 0; i < 8; i++) {
+      await step();
+      await resumed.step();
+    }
+    const [c, d] = resumed.ranks as [Trainer, Trainer];
+    assert.is(c.weightsChecksum(), a.weightsChecksum(), 'resumed rank 0 = the run that went on');
+    assert.is(d.weightsChecksum(), b.weightsChecksum(), 'resumed rank 1 = the run that went on');
+    assert.equal(
+      [...(c.snapshot().communication?.buffer ?? [])],
+      [...(a.snapshot().communication?.buffer ?? [])],
+    );
+    for (const t of [...ranks, ...resumed.ranks]) t.dispose();
+  });
+}
+
+test('top-k: residuals are not in a checkpoint; a resume restarts them from zero on every rank, in step', async () => {
+  const { ranks, step, spec } = await pair({ compression: 'topk', topk: { ratio: 0.05 } });
+  for (let i = 0; i < 3; i++) await step();
+  const [a] = ranks as [Trainer, Trainer];
+  assert.ok(
+    (a.communicationResidual ?? []).some((v) => v !== 0),
+    'the running rank owes a residual',
+  );
+  const resumed = await resumedPair(a, spec);
+  const [c, d] = resumed.ranks as [Trainer, Trainer];
+  assert.is(c.communicationResidual, undefined, 'the defined reset: zero residual after a resume');
+  assert.is(d.communicationResidual, undefined);
+  await resumed.step();
+  assert.is(c.weightsChecksum(), d.weightsChecksum(), 'the resumed world stays identical');
+  assert.ok(
+    (c.communicationResidual ?? []).some((v) => v !== 0),
+    'and builds a new residual',
+  );
+  for (const t of [...ranks, ...resumed.ranks]) t.dispose();
 });
 
 test.run();

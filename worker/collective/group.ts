@@ -8,6 +8,7 @@ import { DropCounter } from '../../operator/api/drops.ts';
 import { encodeHalf, fromBf16Bits, fromHalfBits, roundToBf16, roundToHalf, toBf16Bits } from './fp16.ts';
 import { type HierarchyOp, hierarchyPays, hierarchySchedule, nodeGroups } from './hierarchy.ts';
 import { chunkRanges, type Range, type RingStep, ringSchedule, segmentRanges } from './ring.ts';
+import { addIntoJs as addInto, SimdAdder, slotSize } from './simd-add.ts';
 import {
   CollectiveAbortedError,
   type CollectiveServer,
@@ -57,6 +58,8 @@ export interface RingOptions {
    * one (default false: the flat ring).
    */
   readonly hierarchical?: boolean;
+  /** How received segments are summed in: WebAssembly SIMD (default) or the JavaScript loop (bench). */
+  readonly reducer?: 'simd' | 'js';
 }
 
 export interface AllReduceOptions {
@@ -75,7 +78,14 @@ function encode16(source: Float32Array, start: number, end: number, wire: Wire):
   return new Uint8Array(out.buffer);
 }
 
-const DEFAULT_SEGMENT = 128 * 1024;
+/**
+ * Elements per segment: each frame costs about 0.1 ms of CPU here (wake-ups, promises, a writev), so
+ * on 2 cores fewer frames win. 4M floats, 2 / 3 ranks, CPU ms per all-reduce (all ranks; a raw ring of
+ * the same bytes 12 / 26): 47 / 73 at 32K, 28 / 50 at 128K, 23 / 44 at 512K, 18 / 40 at 2M (one
+ * frame per chunk, no pipelining left); times were within the noise of a machine at load 7–20
+ * (2026-12-01). 512K keeps 4 segments per chunk of 4M floats at 2 ranks for the pipeline.
+ */
+const DEFAULT_SEGMENT = 512 * 1024;
 /**
  * How many segments a chunk is cut into at least (down to MIN_SEGMENT elements). More would let a
  * rank forward while it still receives, but 4 per chunk measured slower at 3 ranks on 2 cores
@@ -85,15 +95,6 @@ const DEFAULT_SEGMENT = 128 * 1024;
 const SEGMENTS_PER_CHUNK = 1;
 const MIN_SEGMENT = 16 * 1024;
 
-/**
- * target += incoming, element-wise. A function of its own: inside the long async allReduce the same
- * loop ran about half as fast (measured; it is optimised there only by on-stack replacement).
- */
-function addInto(target: Float32Array, incoming: Float32Array): void {
-  const n = target.length;
-  for (let i = 0; i < n; i++) target[i] = (target[i] as number) + (incoming[i] as number);
-}
-
 export class RingGroup implements AsyncDisposable {
   private seq = 0;
   private closed = false;
@@ -101,6 +102,8 @@ export class RingGroup implements AsyncDisposable {
   private broken: PeerLostError | undefined;
   /** The right neighbour closed the link this rank sends on: what the next collective fails with. */
   private rightLost: PeerLostError | undefined;
+  /** The reduction in WebAssembly SIMD, its memory this ring's own (undefined: the JavaScript loop). */
+  private adder: SimdAdder | undefined;
 
   private constructor(
     readonly generation: number,
@@ -185,6 +188,7 @@ export class RingGroup implements AsyncDisposable {
       options.segmentsPerChunk,
       options.hierarchical === true && hierarchyPays(nodeGroups(members)) ? nodeGroups(members) : undefined,
     );
+    if (options.reducer !== 'js') group.adder = SimdAdder.create();
     group.watch(right, rightRank, 'right', options.onPeerLost);
     group.watch(left, leftRank, 'left', options.onPeerLost);
     return group;
@@ -271,7 +275,7 @@ export class RingGroup implements AsyncDisposable {
     try {
       const first = steps[0];
       if (first === undefined) return buffer;
-      if (!fp16) this.postGather(buffer, steps, segments, base);
+      if (!fp16) this.postReceives(buffer, steps, segments, base);
       const sends: Promise<void>[] = [];
       let seq = base;
       for (const seg of segments[first.sendChunk] ?? [])
@@ -304,7 +308,7 @@ export class RingGroup implements AsyncDisposable {
               new Uint8Array(incoming.buffer).set(payload);
             }
             const posted = FramedLink.isPosted(payload, buffer.subarray(seg.start, seg.end));
-            if (step.mode === 'reduce') addInto(buffer.subarray(seg.start, seg.end), incoming);
+            if (step.mode === 'reduce') this.reduce(buffer.subarray(seg.start, seg.end), incoming);
             else if (!posted) buffer.set(incoming, seg.start);
             if (!posted) (this.left as FramedLink).release(payload);
           }
@@ -382,33 +386,55 @@ export class RingGroup implements AsyncDisposable {
     }
     const incoming = new Float32Array(count);
     new Uint8Array(incoming.buffer).set(payload);
-    if (op.mode === 'add') addInto(buffer.subarray(range.start, range.end), incoming);
+    if (op.mode === 'add') this.reduce(buffer.subarray(range.start, range.end), incoming);
     else buffer.set(incoming, range.start);
   }
 
   /**
-   * Posts the regions of `buffer` the all-gather fills, by the seq of the frame that carries each:
-   * the kernel then writes the final values where they belong, with no copy in JavaScript. Safe for
-   * the reason `encode` may send without a copy: a region's final value cannot arrive before this
-   * rank's own send of that region has left.
+   * Posts where the kernel writes each frame's body, by the frame's seq. The all-gather's go straight
+   * into `buffer`, where the final values belong, with no copy in JavaScript: safe for the reason
+   * `encode` may send without a copy (a region's final value cannot arrive before this rank's own
+   * send of that region has left). The reduce-scatter's go into slots of the SIMD adder's memory,
+   * where its loop reads them.
    */
-  private postGather(
+  private postReceives(
     buffer: Float32Array,
     steps: readonly RingStep[],
     segments: readonly Range[][],
     base: number,
   ): void {
+    const left = this.left as FramedLink;
+    let adder = this.left?.inPlace === true ? this.adder : undefined;
+    if (adder !== undefined) {
+      let slots = 0;
+      let longest = 0;
+      for (const step of steps)
+        if (step.mode === 'reduce')
+          for (const seg of segments[step.receiveChunk] ?? []) {
+            slots += slotSize((seg.end - seg.start) * 4);
+            longest = Math.max(longest, seg.end - seg.start);
+          }
+      if (!adder.reserve(longest, slots)) adder = undefined;
+    }
     let seq = base;
+    let slot = 0;
     for (const step of steps) {
       for (const seg of segments[step.receiveChunk] ?? []) {
+        const bytes = (seg.end - seg.start) * 4;
         if (step.mode === 'copy')
-          (this.left as FramedLink).post(
-            seq,
-            new Uint8Array(buffer.buffer, buffer.byteOffset + seg.start * 4, (seg.end - seg.start) * 4),
-          );
+          left.post(seq, new Uint8Array(buffer.buffer, buffer.byteOffset + seg.start * 4, bytes));
+        else if (adder !== undefined) {
+          left.post(seq, adder.slot(slot, bytes));
+          slot += slotSize(bytes);
+        }
         seq++;
       }
     }
+  }
+
+  private reduce(target: Float32Array, incoming: Float32Array): void {
+    if (this.adder === undefined) addInto(target, incoming);
+    else this.adder.addInto(target, incoming);
   }
 
   /** Sends `root`'s bytes to every rank (pipelined along the ring); returns them on every rank. */

@@ -170,7 +170,8 @@ export class FramedLink {
   private direct: Uint8Array | undefined;
   /** Memory the receiver posted for the payload of a DATA frame, by seq. */
   private readonly posted = new Map<number, Uint8Array>();
-  private readonly inPlace: boolean;
+  /** Whether reads go straight into payloads and posted memory (see `post`). */
+  readonly inPlace: boolean;
 
   /**
    * `reader` is how a socket connected with `onread` hands its reads over; without it the link reads
