@@ -307,10 +307,17 @@ export class TrainingJobController {
 
   /** The federated job (by the jobs in the cache) whose site job `name` is, if it is one. */
   private siteOwnerOf(namespace: string, name: string): { name: string; uid: string } | undefined {
-    return siteOwner(
-      name,
-      this.jobs.list().filter((j) => j.metadata?.namespace === namespace),
-    );
+    // Before the first list the cache knows no job: nothing to look through (and nothing may throw
+    // into the tracker's receive loop).
+    if (!this.jobs.hasSynced) return undefined;
+    try {
+      return siteOwner(
+        name,
+        this.jobs.list().filter((j) => j.metadata?.namespace === namespace),
+      );
+    } catch {
+      return undefined;
+    }
   }
 
   /** The key of the job a report under `key` concerns: a site job's is its federated job's. */
