@@ -68,6 +68,10 @@ export function siteSpec(spec: TrainingJobSpec, site: string): TrainingJobSpec {
   };
 }
 
+/** The bucket of a federated job's rounds: one per job, shared by its sites. */
+export const federationBucket = (namespace: string, job: string): string =>
+  `tensile_${namespace}_${job}_federation`.replace(/[^A-Za-z0-9_-]/g, '_');
+
 /** The subject of one phase of one attempt at a round: `tensile.<ns>.<job>.federation.<round>.<attempt>.<phase>`. */
 export function federationSubject(
   namespace: string,

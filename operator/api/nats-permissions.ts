@@ -20,29 +20,55 @@ export function jobInboxPrefix(namespace: string, job: string): string {
   return `_INBOX.tensile.${namespace}.${job}`;
 }
 
+/** The JetStream calls of a key-value bucket a worker opens, reads, watches and writes. */
+function bucketApi(bucket: string): string[] {
+  const stream = `KV_${bucket}`;
+  return [
+    `$JS.API.STREAM.INFO.${stream}`,
+    `$JS.API.STREAM.CREATE.${stream}`,
+    `$JS.API.STREAM.MSG.GET.${stream}`,
+    `$JS.API.DIRECT.GET.${stream}`,
+    `$JS.API.DIRECT.GET.${stream}.>`,
+    `$JS.API.CONSUMER.CREATE.${stream}`,
+    `$JS.API.CONSUMER.CREATE.${stream}.>`,
+    `$JS.API.CONSUMER.DELETE.${stream}.>`,
+    `$JS.API.CONSUMER.INFO.${stream}.>`,
+    `$JS.FC.${stream}.>`,
+    `$JS.ACK.${stream}.>`,
+  ];
+}
+
 export function jobPermissions(namespace: string, job: string, uid: string): SubjectPermissions {
   const subjects = jobSubjects(namespace, job);
   const bucket = rendezvousBucket(namespace, job, uid);
-  const stream = `KV_${bucket}`;
+  return {
+    publish: [subjects.metrics, subjects.events, `$KV.${bucket}.>`, '$JS.API.INFO', ...bucketApi(bucket)],
+    subscribe: [subjects.control, `${jobInboxPrefix(namespace, job)}.>`],
+  };
+}
+
+/**
+ * A site of a federated job (`siteJob` = `<job>-<site>`): its own job's subjects and rendezvous, so no
+ * site reads or steers another's; and the job's federation bucket, which every site reads (the masked
+ * inputs are the protocol's), but where it writes only the keys of its own index
+ * (`r<round>.a<attempt>.<phase>.<index>`, its input chunks `….input.<index>.<chunk>`).
+ */
+export function sitePermissions(
+  namespace: string,
+  siteJob: string,
+  uid: string,
+  federationBucket: string,
+  siteIndex: number,
+): SubjectPermissions {
+  const own = jobPermissions(namespace, siteJob, uid);
   return {
     publish: [
-      subjects.metrics,
-      subjects.events,
-      `$KV.${bucket}.>`,
-      '$JS.API.INFO',
-      `$JS.API.STREAM.INFO.${stream}`,
-      `$JS.API.STREAM.CREATE.${stream}`,
-      `$JS.API.STREAM.MSG.GET.${stream}`,
-      `$JS.API.DIRECT.GET.${stream}`,
-      `$JS.API.DIRECT.GET.${stream}.>`,
-      `$JS.API.CONSUMER.CREATE.${stream}`,
-      `$JS.API.CONSUMER.CREATE.${stream}.>`,
-      `$JS.API.CONSUMER.DELETE.${stream}.>`,
-      `$JS.API.CONSUMER.INFO.${stream}.>`,
-      `$JS.FC.${stream}.>`,
-      `$JS.ACK.${stream}.>`,
+      ...own.publish,
+      `$KV.${federationBucket}.*.*.*.${siteIndex}`,
+      `$KV.${federationBucket}.*.*.input.${siteIndex}.*`,
+      ...bucketApi(federationBucket),
     ],
-    subscribe: [subjects.control, `${jobInboxPrefix(namespace, job)}.>`],
+    subscribe: own.subscribe,
   };
 }
 

@@ -813,6 +813,12 @@ export const FederationSiteSchema = z.strictObject({
     .describe(
       'Pins the site’s Ed25519 public key: with secure aggregation every site signs the keys it advertises, and a signature under another key is refused. When omitted the launcher (tensile run, the operator) makes the site’s key and hands the public keys out.',
     ),
+  remote: z
+    .boolean()
+    .default(false)
+    .describe(
+      'The site runs elsewhere (another cluster’s TrainingJob of the same name and namespace, joined through the same NATS or a leaf node of it): this job starts no workers for it and waits for it only in the rounds. With secure aggregation its signingKey must be pinned.',
+    ),
 });
 export type FederationSite = z.output<typeof FederationSiteSchema>;
 
@@ -912,6 +918,20 @@ export const FederationSpecSchema = withRules(
       ),
   }),
   [
+    {
+      cel: 'self.sites.exists(s, !s.remote)',
+      message: 'federation.sites: at least one site must run here (remote: false)',
+      field: ['sites'],
+      holds: (f) => f.sites.some((s) => !s.remote),
+    },
+    {
+      cel: '!self.secureAggregation.enabled || self.sites.all(s, !s.remote || has(s.signingKey))',
+      message:
+        'federation.sites[].remote: a remote site’s public key must be pinned (signingKey) with secure aggregation, since its private key is never here',
+      field: ['sites'],
+      holds: (f) =>
+        !f.secureAggregation.enabled || f.sites.every((s) => !s.remote || s.signingKey !== undefined),
+    },
     {
       cel: 'self.sites.all(s, self.sites.exists_one(t, t.name == s.name))',
       message: 'federation.sites: every site needs its own name',
@@ -1597,6 +1617,34 @@ export const TrainingJobStatusSchema = z.strictObject({
     .describe(
       'The goodput autoscaler: its last decision and what it was taken on (spec.autoscaling.policy goodput).',
     ),
+  federation: z
+    .strictObject({
+      rounds: nonNegativeInt().describe(
+        'Federated rounds every site has completed (of spec.federation.rounds).',
+      ),
+      sites: z
+        .array(
+          z.strictObject({
+            name: z.string().describe('The site (spec.federation.sites[].name).'),
+            replicas: nonNegativeInt().describe('Its worker pods that exist.'),
+            readyReplicas: nonNegativeInt().describe('Its worker pods that are ready.'),
+            worldSize: nonNegativeInt().optional().describe('Its workers training together now.'),
+            step: nonNegativeInt().optional().describe('Steps its world has done.'),
+            round: nonNegativeInt().optional().describe('Rounds it has completed.'),
+            completed: z.boolean().optional().describe('Its workers reported the end of training.'),
+          }),
+        )
+        .max(32)
+        .describe('Per site: its membership and progress.'),
+      epsilon: z
+        .number()
+        .optional()
+        .describe(
+          'differentialPrivacy: the ε each site has spent after `rounds` rounds at spec.federation.differentialPrivacy.delta (RDP accountant).',
+        ),
+    })
+    .optional()
+    .describe('spec.federation: the rounds done, each site’s membership and the ε spent.'),
   lastCheckpoint: z
     .strictObject({
       step: nonNegativeInt().describe('The step it holds.'),

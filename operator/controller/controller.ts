@@ -26,6 +26,7 @@ import {
 import { validateTrainingJob } from '../api/validate.ts';
 import { Index, ResilientInformer } from './cache.ts';
 import type { EventRecorder } from './events.ts';
+import { bucketOwningJobs, remoteSiteJobs, siteOwner } from './federation-sites.ts';
 import { goodputShares, type ShareJob } from './goodput-shares.ts';
 import type { JobMetricInput } from './job-metrics.ts';
 import type { KubeClient } from './kube.ts';
@@ -190,7 +191,8 @@ export class TrainingJobController {
 
     this.progress = new ProgressTracker(
       {
-        changed: (key, delayMs) => this.queue.addAfter(key, delayMs),
+        // A site's report is its federated job's news.
+        changed: (key, delayMs) => this.queue.addAfter(this.ownerKey(key), delayMs),
         rescaled: (key, event) => {
           if (!this.leading) return;
           const [namespace, name] = splitKey(key);
@@ -213,7 +215,7 @@ export class TrainingJobController {
         // Only jobs that exist are tracked: reports naming anything else are dropped and counted.
         liveUid: (key) => {
           const [namespace, name] = splitKey(key);
-          return this.jobs.get(name, namespace)?.metadata?.uid;
+          return this.jobs.get(name, namespace)?.metadata?.uid ?? this.siteOwnerOf(namespace, name)?.uid;
         },
         // Before the first list, a job missing from the cache may exist (see TrackerBounds).
         knowsJobs: () => this.jobs.hasSynced,
@@ -229,6 +231,8 @@ export class TrainingJobController {
           jobKey(namespace, name),
           this.jobs.get(name, namespace)?.metadata?.uid ?? '(unknown)',
         ),
+      siteObservations: (namespace, siteJob, uid) =>
+        this.progress.observations(jobKey(namespace, siteJob), uid),
       completionRecord: (namespace, name, uid, record, source) =>
         this.progress.receiveCompletionRecord(jobKey(namespace, name), uid, record, source),
       publisher: options.publisher,
@@ -299,6 +303,29 @@ export class TrainingJobController {
           this.queue.add(jobKey(workload.metadata?.namespace ?? '', owner.name));
     });
     return informer;
+  }
+
+  /** The federated job (by the jobs in the cache) whose site job `name` is, if it is one. */
+  private siteOwnerOf(namespace: string, name: string): { name: string; uid: string } | undefined {
+    // Before the first list the cache knows no job: nothing to look through (and nothing may throw
+    // into the tracker's receive loop).
+    if (!this.jobs.hasSynced) return undefined;
+    try {
+      return siteOwner(
+        name,
+        this.jobs.list().filter((j) => j.metadata?.namespace === namespace),
+      );
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The key of the job a report under `key` concerns: a site job's is its federated job's. */
+  private ownerKey(key: string): string {
+    const [namespace, name] = splitKey(key);
+    if (this.jobs.get(name, namespace) !== undefined) return key;
+    const owner = this.siteOwnerOf(namespace, name);
+    return owner === undefined ? key : jobKey(namespace, owner.name);
   }
 
   /**
@@ -406,14 +433,15 @@ export class TrainingJobController {
     const { log } = this.options;
     try {
       const buckets = await store.buckets();
-      const live = this.jobs.list().map((j) => ({
-        namespace: j.metadata?.namespace ?? '',
-        name: j.metadata?.name ?? '',
-        uid: j.metadata?.uid ?? '',
-      }));
+      const live = bucketOwningJobs(this.jobs.list());
       // In single-namespace mode the jobs of other namespaces are not ours to judge.
       const ns = this.options.watchNamespace;
-      const ours = ns === undefined ? buckets : buckets.filter((b) => bucketOwner(b)?.namespace === ns);
+      const elsewhere = remoteSiteJobs(this.jobs.list());
+      const ours = buckets.filter((b) => {
+        const owner = bucketOwner(b);
+        if (owner !== undefined && elsewhere.has(`${owner.namespace}/${owner.job}`)) return false;
+        return ns === undefined || owner?.namespace === ns;
+      });
       for (const bucket of orphanedBuckets(ours, live)) {
         // A job deleted while we did not look: its bucket is what is left to name its identity by.
         const uid = bucketOwner(bucket)?.uid;

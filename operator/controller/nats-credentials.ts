@@ -22,7 +22,8 @@ import {
 import { Prefix } from '@nats-io/nkeys';
 import { Codec } from '@nats-io/nkeys/lib/codec.js';
 import { LABEL_JOB_NAME } from '../api/contract.ts';
-import { jobPermissions, type SubjectPermissions } from '../api/nats-permissions.ts';
+import { federationBucket, siteJobName, siteOf } from '../api/federation.ts';
+import { jobPermissions, type SubjectPermissions, sitePermissions } from '../api/nats-permissions.ts';
 import {
   CREDENTIALS_KEY,
   jobCredentialsSecretName,
@@ -140,6 +141,9 @@ export function jobUserKey(account: KeyPair, uid: string): KeyPair {
   return fromSeed(Codec.encodeSeed(Prefix.User, new Uint8Array(raw)));
 }
 
+/** What a site's user key is derived from (and revoked by, as a job's is by its uid). */
+export const siteIdentity = (uid: string, site: string): string => `${uid}.${site}`;
+
 /** PEM texts the operator hands each job for TLS to NATS (see TLS_KEYS). */
 export interface TlsMaterial {
   readonly ca: string;
@@ -184,13 +188,38 @@ export class JobCredentialMinter {
             jobUserKey(this.account, uid),
           )
         : undefined;
+    return this.secret(job, jobCredentialsSecretName(name), user);
+  }
+
+  /**
+   * A federated job's site: a user of its own (key from `siteIdentity`, revoked with it), limited to
+   * the site job's subjects and its own keys of the federation bucket, in the site's own Secret.
+   */
+  async siteSecretFor(job: OwnedJob, site: string, mint = true): Promise<V1Secret> {
+    const { name, namespace, uid } = job.metadata;
+    const { index } = siteOf(job.spec, site);
+    const group = siteJobName(name, site);
+    const user =
+      mint && this.account !== undefined
+        ? await mintUser(
+            this.account,
+            `${namespace}/${group}`,
+            sitePermissions(namespace, group, uid, federationBucket(namespace, name), index),
+            jobUserKey(this.account, siteIdentity(uid, site)),
+          )
+        : undefined;
+    return this.secret(job, jobCredentialsSecretName(group), user);
+  }
+
+  private secret(job: OwnedJob, secretName: string, user: MintedUser | undefined): V1Secret {
+    const { name, namespace } = job.metadata;
     const tls = this.tls;
     return {
       apiVersion: 'v1',
       kind: 'Secret',
       type: 'Opaque',
       metadata: {
-        name: jobCredentialsSecretName(name),
+        name: secretName,
         namespace,
         labels: { [LABEL_JOB_NAME]: name },
         ...(user === undefined ? {} : { annotations: { 'tensile.dev/nats-user': user.publicKey } }),

@@ -10,6 +10,15 @@ import { ANNOTATION_SLOW, type ControlMessage } from '../api/contract.ts';
 import { type Condition, desiredReplicas, type TrainingJobStatus } from '../api/training-job.ts';
 import { clearCondition, findCondition, isTrue, setCondition } from './conditions.ts';
 import {
+  combineSiteObservations,
+  federatedReplicas,
+  federationStatus,
+  localSites,
+  type SitePods,
+  sitePods,
+} from './federation-sites.ts';
+import { QUEUE_LABEL, queueNameOf } from './kueue.ts';
+import {
   buildCheckpointClaim,
   buildWorkerPod,
   GPU_RESOURCE,
@@ -59,6 +68,12 @@ export interface PlanInput {
   readonly config: PlanConfig;
   /** What the workers reported over NATS (progress, completion, a world re-forming). */
   readonly observations?: JobObservations;
+  /**
+   * spec.federation: what each site's workers reported (the sites this job runs, in spec order; they
+   * report as the site job),
+   * which stands in for `observations`.
+   */
+  readonly siteObservations?: readonly (JobObservations | undefined)[];
   /**
    * Why the API server refused a worker pod built from this spec (422), seen by an earlier pass:
    * retrying cannot help, so the job fails, written like every other status.
@@ -132,17 +147,34 @@ export function specProblems(job: OwnedJob, config: WorkerPodDefaults): string[]
     );
   }
   problems.push(...workerPodProblems(job, config));
-  // The workers would each need a site (TENSILE_FEDERATION_SITE) and the operator assigns none yet:
-  // failing here says so once, instead of pods that fail their configuration until the backoff limit.
-  if (job.spec.federation !== undefined)
-    problems.push(
-      'spec.federation: the operator does not run federated jobs yet (no site worker groups); run them with `tensile run` (local mode)',
-    );
+  problems.push(...federationProblems(job));
   if (job.spec.worker.image === undefined && config.workerImage === '') {
     problems.push(
       'spec.worker.image: not set, and the operator has no default worker image (--worker-image)',
     );
   }
+  return problems;
+}
+
+/** A federated job runs its sites at their own sizes: what would resize them is refused. */
+function federationProblems(job: OwnedJob): string[] {
+  const spec = job.spec;
+  if (spec.federation === undefined) return [];
+  const problems: string[] = [];
+  if (spec.autoscaling.policy === 'goodput')
+    problems.push(
+      'spec.autoscaling.policy: goodput cannot resize a federated job (each site runs spec.federation.sites[].replicas workers); use policy none',
+    );
+  // Kueue's partial admission would cut whole sites off (the slots are the sites'): not yet supported.
+  if (queueNameOf(job) !== undefined)
+    problems.push(
+      `metadata.labels["${QUEUE_LABEL}"]: a federated job cannot run in a Kueue queue yet (its sites need all their workers); drop the label`,
+    );
+  const group = `${job.metadata.name}-${spec.federation.sites.reduce((a, s) => (s.name.length > a.length ? s.name : a), '')}`;
+  if (group.length > 63 - '-nats-credentials'.length)
+    problems.push(
+      `spec.federation.sites: the site job ${group} is too long a name for its Secrets; shorten the job or site names`,
+    );
   return problems;
 }
 
@@ -376,7 +408,8 @@ export function plan(input: PlanInput): Plan {
       : undefined;
   if (scaling?.event !== undefined) events.push({ type: 'Normal', ...scaling.event });
   if (scaling?.retryAtMs !== undefined) wakeAt.push(scaling.retryAtMs);
-  const wanted = scaling?.replicas ?? desiredReplicas(spec);
+  const wanted =
+    scaling?.replicas ?? (spec.federation === undefined ? desiredReplicas(spec) : federatedReplicas(spec));
   // Kueue's partial admission may grant fewer workers than asked for (never fewer than minReplicas).
   const desired = input.queue?.admitted === true ? Math.min(wanted, input.queue.count) : wanted;
   let phase = previous.phase;
@@ -394,8 +427,29 @@ export function plan(input: PlanInput): Plan {
     if (outcome === 'Failed') publish.push({ type: 'stop', reason: text });
   };
 
-  // ---- progress reported by the workers.
-  const observed = input.observations ?? {};
+  // ---- progress reported by the workers (a federated job's: its sites', added up).
+  const federation = spec.federation;
+  const siteNames = localSites(spec).map((s) => s.name);
+  const observed =
+    federation === undefined
+      ? (input.observations ?? {})
+      : combineSiteObservations(
+          siteNames.map((name, i) => ({ name, observations: input.siteObservations?.[i] })),
+        );
+  const bySite: SitePods[] =
+    federation === undefined
+      ? []
+      : sitePods(
+          spec,
+          pods.map((p) => ({
+            pod: p.pod,
+            active: p.state.kind === 'active',
+            ready: p.state.kind === 'active' && p.state.ready,
+            succeeded: p.state.kind === 'ended' && p.state.outcome === 'completed',
+          })),
+        );
+  // A federated job is done when every site is: one site's end is not the others'.
+  if (federation !== undefined && !bySite.every((s) => s.succeeded)) completedBy = undefined;
   const report = observed.completed ?? observed.progress;
   const progress: Partial<TrainingJobStatus> = {};
   if (report !== undefined) {
@@ -564,6 +618,8 @@ export function plan(input: PlanInput): Plan {
     let blockedUntil: number | undefined;
     for (const p of pods) {
       if (p.state.kind !== 'ended') continue;
+      // A site that finished while others still train keeps its pods: its slots stay filled.
+      if (federation !== undefined && p.state.outcome === 'completed') continue;
       if (p.state.outcome === 'failed') {
         // The failed pod stays until its backoff expires: its finish time is the backoff's clock.
         const until = (finishedAt(p.pod) ?? nowMs) + failureBackoffMs(failureStreak, config);
@@ -584,14 +640,18 @@ export function plan(input: PlanInput): Plan {
         const claim = buildCheckpointClaim(job);
         if (claim !== undefined && !input.claimExists) createClaim = claim;
         const taken = new Set(pods.map((p) => p.index));
-        const indices = lowestFreeIndices(taken, desired - active.length);
+        // A federated job's pod slots are its sites' (federationSlot): a slot still held by an ended
+        // pod is filled once that pod is gone (its deletion brings the next pass).
+        const indices = lowestFreeIndices(taken, desired - active.length).filter(
+          (i) => spec.federation === undefined || i < desired,
+        );
         for (const index of indices) createPods.push(buildWorkerPod(job, index, config));
         const why =
           leaving.length > 0 || releasePods.length > 0 ? 'replacing lost workers' : `scaling to ${desired}`;
         events.push({
           type: 'Normal',
           reason: 'WorkersCreated',
-          message: `creating ${indices.map((i) => `${job.metadata.name}-worker-${i}`).join(', ')} (${why})`,
+          message: `creating ${createPods.map((p) => p.metadata?.name ?? '?').join(', ')} (${why})`,
         });
       }
     } else if (active.length > desired) {
@@ -659,7 +719,8 @@ export function plan(input: PlanInput): Plan {
     conditions = stragglerCondition(conditions, progress.stragglers, events, now);
     // ---- phase and the Running condition.
     const ready = active.filter((p) => p.state.kind === 'active' && p.state.ready).length;
-    const running = ready >= spec.minReplicas;
+    // Federated: every site needs a ready worker (a site without one holds every round up).
+    const running = federation === undefined ? ready >= spec.minReplicas : bySite.every((s) => s.ready > 0);
     if (startTime === undefined && (createPods.length > 0 || active.length > 0)) startTime = rfc3339(now);
     phase = running ? 'Running' : 'Pending';
     message = `${ready}/${desired} workers ready`;
@@ -684,6 +745,9 @@ export function plan(input: PlanInput): Plan {
     ...previous,
     ...progress,
     ...(scaling === undefined ? {} : { autoscaling: scaling.status }),
+    ...(federation === undefined
+      ? {}
+      : { federation: federationStatus(spec, input.siteObservations ?? [], bySite) }),
     phase,
     conditions,
     observedGeneration: (job.metadata as { generation?: number }).generation,

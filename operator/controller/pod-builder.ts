@@ -19,6 +19,7 @@ import {
   LABEL_ROLE,
   ROLE_WORKER,
 } from '../api/contract.ts';
+import { siteJobName, siteSpec } from '../api/federation.ts';
 import { checkpointClaimName as claimOf, modelLocation } from '../api/model-output.ts';
 import {
   API_GROUP_VERSION,
@@ -28,7 +29,16 @@ import {
   type WorkerSpec,
 } from '../api/training-job.ts';
 import { GPU_RESOURCE, type WorkerDefaultsInput, WorkerDefaultsSchema } from '../api/worker-defaults.ts';
-import { workerEnvVars } from '../api/worker-env.ts';
+import { WORKER_ENV, workerEnvVars } from '../api/worker-env.ts';
+import {
+  type FederationSlot,
+  federationSlot,
+  LABEL_FEDERATION_SITE,
+  SITE_KEY_ENV_PREFIX,
+  SITE_KEY_FILE,
+  SITE_PUBLIC_KEY,
+  siteKeySecretName,
+} from './federation-sites.ts';
 import { mergePodTemplate, PodTemplateError } from './pod-template.ts';
 
 /** Cluster-wide defaults for worker pods (Helm value `workers`); a job's own setting always wins. */
@@ -155,6 +165,8 @@ const MODEL_MOUNT = '/etc/tensile/model';
 const NATS_CREDS_MOUNT = '/etc/tensile/nats';
 const NATS_TLS_VOLUME = 'nats-tls';
 const NATS_TLS_MOUNT = '/etc/tensile/nats-tls';
+const FEDERATION_KEY_VOLUME = 'federation-key';
+const FEDERATION_KEY_MOUNT = '/etc/tensile/federation';
 
 export function workerPodName(job: string, index: number): string {
   return `${job}-worker-${index}`;
@@ -286,26 +298,87 @@ export function workerPodProblems(job: OwnedJob, defaults: WorkerPodDefaults): s
     .problems;
 }
 
+/** The slot of pod `index` of a federated job (undefined for any other job); out of range throws. */
+function slotOf(job: TrainingJob, index: number): FederationSlot | undefined {
+  if (job.spec.federation === undefined) return undefined;
+  const slot = federationSlot(job.spec, index);
+  if (slot === undefined)
+    throw new RangeError(`pod index ${index} is beyond the sites of ${job.metadata.name}`);
+  return slot;
+}
+
+/**
+ * A federated worker's keys: its site's private signing key (its site's Secret, of which only this
+ * site's pods mount the private half) and every site's public key, each read from that site's Secret
+ * by key (`signing-key.pub` only) or taken from the spec's pin, and put together by the kubelet's
+ * `$(VAR)` expansion into the one JSON the worker reads (TENSILE_FEDERATION_SITE_KEYS). The operator
+ * never has to read a Secret back to hand the public keys out.
+ */
+function federationKeyParts(
+  job: OwnedJob,
+  slot: FederationSlot,
+): { volume: V1Volume; mount: V1VolumeMount; env: V1EnvVar[] } {
+  const sites = job.spec.federation?.sites ?? [];
+  const each: V1EnvVar[] = sites.map((site, i) =>
+    site.signingKey !== undefined
+      ? { name: `${SITE_KEY_ENV_PREFIX}${i}`, value: site.signingKey }
+      : {
+          name: `${SITE_KEY_ENV_PREFIX}${i}`,
+          valueFrom: {
+            secretKeyRef: { name: siteKeySecretName(job.metadata.name, site.name), key: SITE_PUBLIC_KEY },
+          },
+        },
+  );
+  const keys = Object.fromEntries(sites.map((site, i) => [site.name, `$(${SITE_KEY_ENV_PREFIX}${i})`]));
+  return {
+    volume: {
+      name: FEDERATION_KEY_VOLUME,
+      secret: {
+        secretName: siteKeySecretName(job.metadata.name, slot.site),
+        items: [{ key: SITE_KEY_FILE, path: SITE_KEY_FILE }],
+        defaultMode: 0o440,
+      },
+    },
+    mount: { name: FEDERATION_KEY_VOLUME, mountPath: FEDERATION_KEY_MOUNT, readOnly: true },
+    env: [
+      ...each,
+      { name: WORKER_ENV.federationSigningKey, value: `${FEDERATION_KEY_MOUNT}/${SITE_KEY_FILE}` },
+      { name: WORKER_ENV.federationSiteKeys, value: JSON.stringify(keys) },
+    ],
+  };
+}
+
 function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults): V1Pod {
   const job = withWorkerDefaults(ownJob, defaults.template);
   const { spec } = job;
-  const name = workerPodName(job.metadata.name, index);
+  const slot = slotOf(job, index);
+  // A site's pods are the site job's: named, credentialed and checkpointed as `<job>-<site>`.
+  const group = slot === undefined ? job.metadata.name : siteJobName(job.metadata.name, slot.site);
+  const name = workerPodName(group, slot?.replicaIndex ?? index);
+  const dataset = slot === undefined ? spec.dataset : siteSpec(spec, slot.site).dataset;
   const volumes: V1Volume[] = [
     { name: CHECKPOINT_VOLUME, persistentVolumeClaim: { claimName: checkpointClaimName(job) } },
   ];
-  const mounts: V1VolumeMount[] = [{ name: CHECKPOINT_VOLUME, mountPath: spec.checkpoint.path }];
+  const mounts: V1VolumeMount[] = [
+    {
+      name: CHECKPOINT_VOLUME,
+      mountPath: spec.checkpoint.path,
+      // Each site sees its own folder of the claim: its checkpoints (its model) are not another's.
+      ...(slot === undefined ? {} : { subPath: `federation/${slot.site}` }),
+    },
+  ];
   // The model's claim is the user's, never the job's: no owner reference, so the model outlives the job.
   const output = spec.output;
   if (output?.claimName !== undefined) {
     volumes.push({ name: OUTPUT_VOLUME, persistentVolumeClaim: { claimName: output.claimName } });
     mounts.push({ name: OUTPUT_VOLUME, mountPath: output.mountPath });
   }
-  if (spec.dataset.volume !== undefined) {
+  if (dataset.volume !== undefined) {
     volumes.push({
       name: DATASET_VOLUME,
-      persistentVolumeClaim: { claimName: spec.dataset.volume.claimName, readOnly: true },
+      persistentVolumeClaim: { claimName: dataset.volume.claimName, readOnly: true },
     });
-    mounts.push({ name: DATASET_VOLUME, mountPath: spec.dataset.volume.mountPath, readOnly: true });
+    mounts.push({ name: DATASET_VOLUME, mountPath: dataset.volume.mountPath, readOnly: true });
   }
   if (spec.worker.sharedMemory !== undefined) {
     volumes.push({
@@ -325,7 +398,7 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
   const creds =
     spec.nats?.credentialsSecret ??
     (defaults.perJobCredentials === true
-      ? { name: jobCredentialsSecretName(job.metadata.name), key: CREDENTIALS_KEY }
+      ? { name: jobCredentialsSecretName(group), key: CREDENTIALS_KEY }
       : undefined);
   if (creds !== undefined) {
     volumes.push({
@@ -340,11 +413,19 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     volumes.push({
       name: NATS_TLS_VOLUME,
       secret: {
-        secretName: jobCredentialsSecretName(job.metadata.name),
+        secretName: jobCredentialsSecretName(group),
         items: keys.map((key) => ({ key, path: key })),
       },
     });
     mounts.push({ name: NATS_TLS_VOLUME, mountPath: NATS_TLS_MOUNT, readOnly: true });
+  }
+  const keyParts =
+    slot !== undefined && spec.federation?.secureAggregation.enabled === true
+      ? federationKeyParts(job, slot)
+      : undefined;
+  if (keyParts !== undefined) {
+    volumes.push(keyParts.volume);
+    mounts.push(keyParts.mount);
   }
   const env: V1EnvVar[] = workerEnvVars({
     jobName: job.metadata.name,
@@ -353,7 +434,7 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     spec: workerSpecOf(spec),
     specRevision: specRevisionOf(job),
     workerId: { fieldRef: 'metadata.name' },
-    replicaIndex: index,
+    replicaIndex: slot?.replicaIndex ?? index,
     podIp: { fieldRef: 'status.podIP' },
     nodeName: { fieldRef: 'spec.nodeName' },
     zone: { fieldRef: "metadata.labels['topology.kubernetes.io/zone']" },
@@ -367,7 +448,9 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
     ...(tls?.clientCert === true
       ? { natsTlsCert: `${NATS_TLS_MOUNT}/${TLS_KEYS.cert}`, natsTlsKey: `${NATS_TLS_MOUNT}/${TLS_KEYS.key}` }
       : {}),
+    ...(slot === undefined ? {} : { federationSite: slot.site }),
   }).map((v) => ({ ...v }));
+  env.push(...(keyParts?.env ?? []));
   for (const extra of spec.worker.env) {
     env.push(
       extra.valueFrom !== undefined
@@ -391,6 +474,7 @@ function tensilePod(ownJob: OwnedJob, index: number, defaults: WorkerPodDefaults
         [LABEL_JOB_NAME]: job.metadata.name,
         [LABEL_ROLE]: ROLE_WORKER,
         [LABEL_REPLICA_INDEX]: String(index),
+        ...(slot === undefined ? {} : { [LABEL_FEDERATION_SITE]: slot.site }),
       },
       ...(spec.worker.annotations === undefined ? {} : { annotations: { ...spec.worker.annotations } }),
       ownerReferences: [ownerReference(job)],

@@ -3,7 +3,7 @@
  * write the status (optimistically locked), then carry out the decision. Idempotent: running it twice
  * on the same state does the same thing once.
  */
-import type { KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
+import type { KubernetesObject, V1Node, V1Pod, V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'winston';
 import {
   ANNOTATION_SLOW,
@@ -11,12 +11,21 @@ import {
   type AutoscalingRecord,
   COMPLETED_KEY,
   encodeMessage,
+  LABEL_JOB_NAME,
   rendezvousBucket,
 } from '../api/contract.ts';
+import { federationBucket, newSiteSigningKey, siteJobName } from '../api/federation.ts';
 import { isConflict, KubeApiError } from '../api/kube-errors.ts';
 import type { TrainingJob, TrainingJobStatus } from '../api/training-job.ts';
 import { validateTrainingJob } from '../api/validate.ts';
 import type { EventRecorder, JobRef } from './events.ts';
+import {
+  LABEL_FEDERATION_SITE,
+  localSites,
+  SITE_KEY_FILE,
+  SITE_PUBLIC_KEY,
+  siteKeySecretName,
+} from './federation-sites.ts';
 import type { KubeClient } from './kube.ts';
 import {
   assignedFlavors,
@@ -34,7 +43,7 @@ import {
 import type { KueueClient } from './kueue-client.ts';
 import { planWorkloads, type WorkloadAction } from './kueue-slices.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import type { JobCredentialMinter } from './nats-credentials.ts';
+import { type JobCredentialMinter, siteIdentity } from './nats-credentials.ts';
 import type { ControlPublisher, JobStateStore } from './nats-link.ts';
 import type { CredentialRevoker } from './nats-revocation.ts';
 import {
@@ -45,7 +54,7 @@ import {
   planInvalidSpec,
   wantsCompletionRecord,
 } from './plan.ts';
-import { buildWorkerPod, jobNetworkPolicy, type OwnedJob } from './pod-builder.ts';
+import { buildWorkerPod, jobNetworkPolicy, type OwnedJob, ownerReference } from './pod-builder.ts';
 import { hasAccountingFinalizer } from './pods.ts';
 import type { JobObservations } from './progress.ts';
 
@@ -65,6 +74,12 @@ export interface ReconcilerDeps {
   readonly podsOf: (namespace: string, name: string) => V1Pod[];
   readonly nodes: () => ReadonlyMap<string, V1Node>;
   readonly observations?: (namespace: string, name: string) => JobObservations | undefined;
+  /** spec.federation: what the workers of site job `siteJob` (`<job>-<site>`) of incarnation `uid` reported. */
+  readonly siteObservations?: (
+    namespace: string,
+    siteJob: string,
+    uid: string,
+  ) => JobObservations | undefined;
   /** Takes a completion record read from the job's bucket as its `completed` message (progress.ts). */
   readonly completionRecord?: (
     namespace: string,
@@ -130,11 +145,41 @@ function errorOf(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
+/** A new Ed25519 identity key for `site`, as the Secret its pods mount (the job owns it). */
+function siteKeySecret(job: OwnedJob, site: string): V1Secret {
+  const key = newSiteSigningKey();
+  return {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    type: 'Opaque',
+    metadata: {
+      name: siteKeySecretName(job.metadata.name, site),
+      namespace: job.metadata.namespace,
+      labels: { [LABEL_JOB_NAME]: job.metadata.name, [LABEL_FEDERATION_SITE]: site },
+      ownerReferences: [ownerReference(job)],
+    },
+    stringData: { [SITE_KEY_FILE]: key.privatePem, [SITE_PUBLIC_KEY]: key.public },
+  };
+}
+
+/** The NATS identities of a job incarnation: its own and, federated, each site's. */
+function identities(uid: string, sites: readonly string[]): string[] {
+  return [uid, ...sites.map((s) => siteIdentity(uid, s))];
+}
+
+/** The sites a (deleted) job's pods name: all that is left to know a federated job's sites by. */
+function sitesOfPods(pods: readonly V1Pod[]): string[] {
+  const sites = pods.map((p) => p.metadata?.labels?.[LABEL_FEDERATION_SITE]);
+  return [...new Set(sites.filter((s): s is string => s !== undefined))].sort();
+}
+
 export class JobReconciler {
   /** Claims known to exist, by job uid, so a scale-up does not try to create the claim every time. */
   private readonly claims = new Set<string>();
   /** Jobs (by uid) whose NATS credentials Secret exists. */
   private readonly minted = new Set<string>();
+  /** Federated jobs (by uid) whose site key Secrets exist. */
+  private readonly keyed = new Set<string>();
   /** The revision of the chosen global batch written to each job's bucket, by job uid. */
   private readonly batchWritten = new Map<string, number>();
   /** Jobs (by uid) whose NetworkPolicy exists. */
@@ -165,7 +210,7 @@ export class JobReconciler {
       const seen = this.known.get(key);
       if (seen !== undefined) uids.add(seen);
       try {
-        for (const uid of uids) await this.deleteState(namespace, name, uid);
+        for (const uid of uids) await this.deleteState(namespace, name, uid, sitesOfPods(left));
       } catch (error) {
         return { kind: 'error', error: errorOf(error) };
       }
@@ -174,6 +219,7 @@ export class JobReconciler {
         this.rejected.delete(uid);
         this.claims.delete(uid);
         this.minted.delete(uid);
+        this.keyed.delete(uid);
         this.fenced.delete(uid);
         this.batchWritten.delete(uid);
         this.recordsRead.delete(uid);
@@ -206,7 +252,7 @@ export class JobReconciler {
         pods.filter(hasAccountingFinalizer).map((p) => this.deps.kube.releasePod(namespace, p)),
       );
       try {
-        await this.deleteState(namespace, name, uid);
+        await this.deleteState(namespace, name, uid, sitesOfPods(pods));
       } catch (error) {
         return { kind: 'error', error: errorOf(error) };
       }
@@ -240,6 +286,11 @@ export class JobReconciler {
     const { job, queue, workload } = admission;
     const recordUnread = !(await this.readCompletionRecord(job, pods, log));
     const observations = this.deps.observations?.(namespace, name);
+    const siteNames = localSites(job.spec).map((s) => s.name);
+    const siteObservations =
+      job.spec.federation === undefined
+        ? undefined
+        : siteNames.map((site) => this.deps.siteObservations?.(namespace, siteJobName(name, site), uid));
     const podRejected = this.rejected.get(uid);
     const share =
       job.spec.autoscaling.policy === 'goodput' ? this.deps.goodputShare?.(namespace, name) : undefined;
@@ -253,6 +304,7 @@ export class JobReconciler {
       now: this.now(),
       config: this.deps.config,
       ...(observations === undefined ? {} : { observations }),
+      ...(siteObservations === undefined ? {} : { siteObservations }),
       ...(podRejected === undefined ? {} : { podRejected }),
     });
 
@@ -270,7 +322,7 @@ export class JobReconciler {
     if (podRejected !== undefined && decision.status.phase === 'Failed') this.rejected.delete(uid);
     this.countMetrics(rawStatus, decision.status);
     try {
-      await this.execute(ref, decision, log, creating);
+      await this.execute(ref, decision, log, creating, siteNames);
     } catch (error) {
       return { kind: 'error', error: errorOf(error) };
     }
@@ -280,7 +332,7 @@ export class JobReconciler {
     // A finished job's workers have reported their end: nothing of theirs needs NATS any more.
     if (finished && job.spec.nats?.credentialsSecret === undefined && this.deps.revoker !== undefined) {
       try {
-        await this.deps.revoker.revoke([uid]);
+        await this.deps.revoker.revoke(identities(uid, siteNames));
       } catch (error) {
         return { kind: 'error', error: errorOf(error) };
       }
@@ -348,10 +400,35 @@ export class JobReconciler {
     const mint = minter.mints && job.spec.nats?.credentialsSecret === undefined;
     const tls = minter.carriesTls && job.spec.nats?.url === undefined;
     if (!mint && !tls) return;
-    const secret = await minter.secretFor(job, mint);
-    await this.deps.kube.createSecret(job.metadata.namespace, secret);
+    // A federated job's sites each get an identity of their own: no site reads another's subjects.
+    const secrets =
+      job.spec.federation === undefined
+        ? [await minter.secretFor(job, mint)]
+        : await Promise.all(localSites(job.spec).map((s) => minter.siteSecretFor(job, s.name, mint)));
+    for (const secret of secrets) await this.deps.kube.createSecret(job.metadata.namespace, secret);
     this.minted.add(uid);
-    log.info('NATS credentials ready', { secret: secret.metadata?.name });
+    log.info('NATS credentials ready', { secrets: secrets.map((s) => s.metadata?.name) });
+  }
+
+  /**
+   * Secure aggregation: each site's Ed25519 identity key, made here once per incarnation, in a Secret
+   * of the site's own (owned by the job) before its first pods. A Secret that exists is kept: it holds
+   * the pair its public half came from. A site that pins its key brings its own Secret.
+   */
+  private async ensureFederationKeys(job: OwnedJob, decision: Plan, log: Logger): Promise<void> {
+    const federation = job.spec.federation;
+    const uid = job.metadata.uid;
+    if (federation === undefined || !federation.secureAggregation.enabled) return;
+    if (decision.createPods.length === 0 || this.keyed.has(uid)) return;
+    const made: string[] = [];
+    for (const site of localSites(job.spec)) {
+      if (site.signingKey !== undefined) continue;
+      const secret = siteKeySecret(job, site.name);
+      await this.deps.kube.createSecret(job.metadata.namespace, secret);
+      made.push(secret.metadata?.name ?? '');
+    }
+    this.keyed.add(uid);
+    log.info('federation site keys ready', { secrets: made });
   }
 
   /** The job's own NetworkPolicy (only its workers reach its workers), before its first pods. */
@@ -375,6 +452,7 @@ export class JobReconciler {
       this.claims.add(ref.uid);
     }
     await this.ensureCredentials(job, decision, log);
+    await this.ensureFederationKeys(job, decision, log);
     await this.ensureNetworkPolicy(job, decision);
     let count = 0;
     const created = await Promise.allSettled(
@@ -406,11 +484,20 @@ export class JobReconciler {
   }
 
   /** Everything that must follow the status write: counting is durable before a worker is let go. */
-  private async execute(ref: JobRef, decision: Plan, log: Logger, creating: Promise<number>): Promise<void> {
+  private async execute(
+    ref: JobRef,
+    decision: Plan,
+    log: Logger,
+    creating: Promise<number>,
+    sites: readonly string[],
+  ): Promise<void> {
     const { kube, publisher, metrics } = this.deps;
     const { namespace } = ref;
     const byName = new Map(this.deps.podsOf(namespace, ref.name).map((p) => [p.metadata?.name ?? '', p]));
-    for (const message of decision.publish) publisher.publish(namespace, ref.name, ref.uid, message);
+    // A federated job's workers listen on their site job's control subject.
+    const groups = sites.length === 0 ? [ref.name] : sites.map((s) => siteJobName(ref.name, s));
+    for (const message of decision.publish)
+      for (const group of groups) publisher.publish(namespace, group, ref.uid, message);
     await this.publishChosenBatch(ref, decision, log);
     await Promise.all(
       decision.releasePods.map(async (name) => {
@@ -443,7 +530,7 @@ export class JobReconciler {
     if (decision.deleteJob) {
       await kube.deleteJob(namespace, ref.name);
       log.info('deleted finished job after ttlSecondsAfterFinished');
-      await this.deleteState(namespace, ref.name, ref.uid);
+      await this.deleteState(namespace, ref.name, ref.uid, sites);
     }
   }
 
@@ -454,7 +541,10 @@ export class JobReconciler {
    */
   private async readCompletionRecord(job: OwnedJob, pods: V1Pod[], log: Logger): Promise<boolean> {
     const { jobState, completionRecord } = this.deps;
-    if (jobState === undefined || completionRecord === undefined) return true;
+    // A federated job's sites keep no record in a bucket of the job's own (theirs are the site jobs'):
+    // its completion is every site's pods or reports.
+    if (jobState === undefined || completionRecord === undefined || job.spec.federation !== undefined)
+      return true;
     const { namespace, name, uid } = job.metadata;
     const observations = this.deps.observations?.(namespace, name);
     const read = this.recordsRead.has(uid);
@@ -627,11 +717,20 @@ export class JobReconciler {
    * Ends one incarnation of a job on NATS: its identity is revoked (a worker still connected with it
    * is cut off) and its rendezvous bucket deleted (none there is fine).
    */
-  private async deleteState(namespace: string, name: string, uid: string): Promise<void> {
+  /** A job's NATS identities and buckets; a federated job's (`sites`): each site's, and its rounds'. */
+  private async deleteState(
+    namespace: string,
+    name: string,
+    uid: string,
+    sites: readonly string[] = [],
+  ): Promise<void> {
     if (uid === '') return;
-    await this.deps.revoker?.revoke([uid]);
+    await this.deps.revoker?.revoke(identities(uid, sites));
     const store = this.deps.jobState;
     if (store === undefined) return;
     await store.deleteBucket(rendezvousBucket(namespace, name, uid));
+    for (const site of sites)
+      await store.deleteBucket(rendezvousBucket(namespace, siteJobName(name, site), uid));
+    if (sites.length > 0) await store.deleteBucket(federationBucket(namespace, name));
   }
 }

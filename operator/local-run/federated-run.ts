@@ -234,6 +234,13 @@ export async function runFederated(
     );
     return 1;
   }
+  const remote = federation.sites.findIndex((s) => s.remote);
+  if (remote >= 0) {
+    io.err(
+      `tensile run: spec.federation.sites[${remote}].remote: tensile run runs every site itself; drop remote for a local run`,
+    );
+    return 1;
+  }
   const keys = siteKeys(job, out);
   const started = performance.now();
   await using nats = await startNatsServer({ storeDir: join(out, 'nats') });

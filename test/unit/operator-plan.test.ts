@@ -560,14 +560,19 @@ const cases: Case[] = [
     },
   },
   {
-    name: 'InvalidSpec: a federated job is refused by the operator (local mode only), no pod created',
+    name: 'InvalidSpec: goodput autoscaling cannot resize a federated job’s sites, no pod created',
     job: ownedJob({
       'spec.federation': { rounds: 2, sites: [{ name: 'a' }, { name: 'b' }] },
+      'spec.autoscaling': { policy: 'goodput' },
+      'spec.maxReplicas': 4,
     }),
     expect: (p) => {
       assert.is(p.status.phase, 'Failed');
       assert.is(condition(p, 'Failed')?.reason, 'InvalidSpec');
-      assert.match(condition(p, 'Failed')?.message ?? '', 'tensile run');
+      assert.match(
+        condition(p, 'Failed')?.message ?? '',
+        'spec.autoscaling.policy: goodput cannot resize a federated job',
+      );
       assert.equal(p.createPods, []);
     },
   },

@@ -9,7 +9,10 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type KV, type NatsConnection } from 'nats';
+import { connect, type KV, type NatsConnection } from 'nats';
+import { federationBucket } from '../../operator/api/federation.ts';
+import { natsSecurityOptions } from '../../operator/api/nats-connection.ts';
+import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import type { FederationSpec } from '../../operator/api/training-job.ts';
 import { secureThreshold } from '../../operator/api/training-job.ts';
 import type { WorkerConfig } from '../config.ts';
@@ -43,9 +46,7 @@ export interface RoundOutcome {
   readonly bytesSent: number;
 }
 
-/** The bucket of a federated job: one per job, shared by its sites. */
-export const federationBucket = (namespace: string, job: string): string =>
-  `tensile_${namespace}_${job}_federation`.replace(/[^A-Za-z0-9_-]/g, '_');
+export { federationBucket } from '../../operator/api/federation.ts';
 
 /** A site leader's signing key and every site's public key, checked once when the client opens. */
 export interface FederationIdentity {
@@ -135,9 +136,14 @@ export class FederationClient implements AsyncDisposable {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       waitOnFirstConnect: true,
-      ...(config.natsCreds === undefined
-        ? {}
-        : { authenticator: credsAuthenticator(readFileSync(config.natsCreds)) }),
+      // Replies on the site job's own prefix, as membership's: what a per-site identity may subscribe to.
+      inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
+      ...natsSecurityOptions({
+        ...(config.natsCreds === undefined ? {} : { credsFile: config.natsCreds }),
+        ...(config.natsTlsCa === undefined ? {} : { tlsCaFile: config.natsTlsCa }),
+        ...(config.natsTlsCert === undefined ? {} : { tlsCertFile: config.natsTlsCert }),
+        ...(config.natsTlsKey === undefined ? {} : { tlsKeyFile: config.natsTlsKey }),
+      }),
     });
     const bucket = federationBucket(config.namespace, job);
     for (let attempt = 1; ; attempt++) {
