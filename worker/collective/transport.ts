@@ -448,14 +448,38 @@ export type ProbeResult = 'refused' | 'open' | 'unknown';
  * what it accepted). No answer within `timeoutMs` (a host gone silent) proves nothing: the heartbeat
  * timeout decides.
  */
-export function probe(address: string, timeoutMs: number, holdMs = timeoutMs / 5): Promise<ProbeResult> {
+export async function probe(
+  address: string,
+  timeoutMs: number,
+  holdMs = timeoutMs / 5,
+): Promise<ProbeResult> {
   const match = /^\[?([^\]]+)\]?:(\d+)$/.exec(address);
-  if (match === null) return Promise.resolve('unknown');
+  if (match === null) return 'unknown';
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const left = deadline - performance.now();
+    const result = await probeOnce(match[1] as string, Number(match[2]), left, Math.min(holdMs, left));
+    // A connection that failed at once, neither refused nor accepted (reset mid-handshake by a
+    // listener being torn down): ask again until the kernel answers plainly or the time is up.
+    if (result !== 'failed') return result;
+    if (deadline - performance.now() < PROBE_RETRY_MS) return 'unknown';
+    await new Promise((resolve) => setTimeout(resolve, PROBE_RETRY_MS));
+  }
+}
+
+const PROBE_RETRY_MS = 20;
+
+function probeOnce(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  holdMs: number,
+): Promise<ProbeResult | 'failed'> {
   return new Promise((resolve) => {
-    const socket = createConnection({ host: match[1] as string, port: Number(match[2]) });
+    const socket = createConnection({ host, port });
     let connected = false;
     const timers: NodeJS.Timeout[] = [];
-    const done = (result: ProbeResult) => {
+    const done = (result: ProbeResult | 'failed') => {
       for (const t of timers) clearTimeout(t);
       socket.removeAllListeners();
       socket.on('error', () => undefined);
@@ -468,7 +492,7 @@ export function probe(address: string, timeoutMs: number, holdMs = timeoutMs / 5
       timers.push(setTimeout(() => done('open'), holdMs));
     });
     socket.on('data', () => undefined);
-    socket.once('close', () => done(connected ? 'refused' : 'unknown'));
+    socket.once('close', () => done(connected ? 'refused' : 'failed'));
     socket.once('error', (error: NodeJS.ErrnoException) => {
       if (error.code === 'ECONNREFUSED' || (connected && error.code === 'ECONNRESET')) done('refused');
     });
