@@ -348,9 +348,11 @@ export class TrainingJobController {
    */
   private followWorkers(): Promise<NatsConnection | undefined> {
     this.following ??= (this.options.nats?.() ?? Promise.resolve(undefined)).then(
-      (connection) => {
+      async (connection) => {
         if (connection !== undefined) {
           this.progress.subscribe(connection, this.options.watchNamespace);
+          // Once the server has the subscriptions: a report published after this line reaches us.
+          await connection.flush().catch(() => undefined);
           this.options.log.info('following worker reports');
         }
         return connection;
