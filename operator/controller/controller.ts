@@ -348,12 +348,15 @@ export class TrainingJobController {
    */
   private followWorkers(): Promise<NatsConnection | undefined> {
     this.following ??= (this.options.nats?.() ?? Promise.resolve(undefined)).then(
-      async (connection) => {
+      (connection) => {
         if (connection !== undefined) {
           this.progress.subscribe(connection, this.options.watchNamespace);
-          // Once the server has the subscriptions: a report published after this line reaches us.
-          await connection.flush().catch(() => undefined);
-          this.options.log.info('following worker reports');
+          // Said once the server has the subscriptions: a report published after the line reaches
+          // us. Nothing waits for it (a NATS server that is down delays only the line).
+          void connection.flush().then(
+            () => this.options.log.info('following worker reports'),
+            () => this.options.log.info('following worker reports (once NATS answers)'),
+          );
         }
         return connection;
       },
