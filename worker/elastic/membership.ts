@@ -25,14 +25,13 @@ import {
   rendezvousBucket,
 } from '../../operator/api/contract.ts';
 import { DropCounter } from '../../operator/api/drops.ts';
-import { natsSecurityOptions } from '../../operator/api/nats-connection.ts';
-import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import { elasticRange, type TrainingJobSpec } from '../../operator/api/training-job.ts';
 import { RingGroup } from '../collective/group.ts';
 import { CollectiveError, CollectiveServer, type PeerLostError, probe } from '../collective/transport.ts';
 import { type WorkerConfig, WorkerConfigError } from '../config.ts';
 import { SpecMismatchError } from '../errors.ts';
 import { emit, errorMessage, type WorkerLogger } from '../log.ts';
+import { workerNatsOptions } from '../nats-options.ts';
 import { RendezvousAgent } from '../rendezvous/agent.ts';
 import {
   type Agreement,
@@ -199,21 +198,7 @@ export class ElasticMembership implements Membership {
   static async open(config: WorkerConfig, log: WorkerLogger): Promise<ElasticMembership> {
     const url = config.natsUrl;
     if (url === undefined) throw new Error('the elastic runtime needs TENSILE_NATS_URL');
-    const nc = await connect({
-      servers: url,
-      name: config.workerId,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 250,
-      waitOnFirstConnect: true,
-      // Replies come back on the job's own prefix: what a per-job identity may subscribe to.
-      inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
-      ...natsSecurityOptions({
-        ...(config.natsCreds === undefined ? {} : { credsFile: config.natsCreds }),
-        ...(config.natsTlsCa === undefined ? {} : { tlsCaFile: config.natsTlsCa }),
-        ...(config.natsTlsCert === undefined ? {} : { tlsCertFile: config.natsTlsCert }),
-        ...(config.natsTlsKey === undefined ? {} : { tlsKeyFile: config.natsTlsKey }),
-      }),
-    });
+    const nc = await connect(workerNatsOptions(config, url, config.workerId));
     void (async () => {
       for await (const status of nc.status()) {
         if (status.type === 'disconnect' || status.type === 'reconnect')

@@ -11,11 +11,10 @@ import type { KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, type KV, type NatsConnection } from 'nats';
 import { federationBucket } from '../../operator/api/federation.ts';
-import { natsSecurityOptions } from '../../operator/api/nats-connection.ts';
-import { jobInboxPrefix } from '../../operator/api/nats-permissions.ts';
 import type { FederationSpec } from '../../operator/api/training-job.ts';
 import { secureThreshold } from '../../operator/api/training-job.ts';
 import type { WorkerConfig } from '../config.ts';
+import { workerNatsOptions } from '../nats-options.ts';
 import {
   type Advertise,
   FederationKeyRejected,
@@ -130,21 +129,7 @@ export class FederationClient implements AsyncDisposable {
         : readFileSync(config.federationSigningKey, 'utf8'),
       config.federationSiteKeys,
     );
-    const nc = await connect({
-      servers: url,
-      name: `${config.workerId}-federation`,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 250,
-      waitOnFirstConnect: true,
-      // Replies on the site job's own prefix, as membership's: what a per-site identity may subscribe to.
-      inboxPrefix: jobInboxPrefix(config.namespace, config.jobName),
-      ...natsSecurityOptions({
-        ...(config.natsCreds === undefined ? {} : { credsFile: config.natsCreds }),
-        ...(config.natsTlsCa === undefined ? {} : { tlsCaFile: config.natsTlsCa }),
-        ...(config.natsTlsCert === undefined ? {} : { tlsCertFile: config.natsTlsCert }),
-        ...(config.natsTlsKey === undefined ? {} : { tlsKeyFile: config.natsTlsKey }),
-      }),
-    });
+    const nc = await connect(workerNatsOptions(config, url, `${config.workerId}-federation`));
     const bucket = federationBucket(config.namespace, job);
     for (let attempt = 1; ; attempt++) {
       try {
