@@ -12,12 +12,14 @@
  * final checkpoint (if this worker is the writer), leaves the rendezvous and reports the result.
  */
 
+import { setTimeout as delay } from 'node:timers/promises';
 import type { CompletionRecord } from '../../operator/api/contract.ts';
 import { goodputReport } from '../../operator/api/goodput.ts';
 import { modelLocation } from '../../operator/api/model-output.ts';
 import type { CheckpointRef } from '../checkpoint/store.ts';
 import { CollectiveError } from '../collective/transport.ts';
 import type { JoinedWorld } from '../elastic/membership.ts';
+import { CheckpointError } from '../errors.ts';
 import { writeModelExport } from '../export/model-export.ts';
 import { failpoint } from '../failpoint.ts';
 import { emit } from '../log.ts';
@@ -235,11 +237,50 @@ function isWriter(session: Session): boolean {
 async function finalCheckpoint(session: Session): Promise<CheckpointRef | undefined> {
   const { checkpoints, state, facts } = session;
   await checkpoints.idle();
+  await auditWritten(session);
   const last = checkpoints.last;
   if (!isWriter(session) || !facts.trained || state.step === 0 || last?.step === state.step) return last;
-  const { snapshot, blockingMs } = session.takeSnapshot();
-  emit(facts.log, 'debug', 'final snapshot', { event: 'snapshot', step: state.step, blockingMs });
-  return checkpoints.writeNow(snapshot);
+  for (;;) {
+    const { snapshot, blockingMs } = session.takeSnapshot();
+    emit(facts.log, 'debug', 'final snapshot', { event: 'snapshot', step: state.step, blockingMs });
+    try {
+      return await checkpoints.writeNow(snapshot);
+    } catch (error) {
+      // The final state is only in memory: a full volume is waited out, not a reason to lose it.
+      if (!(error instanceof CheckpointError) || session.leaving.aborted) throw error;
+      emit(facts.log, 'error', 'final checkpoint failed; trying again', {
+        event: 'checkpoint-failed',
+        step: state.step,
+        error: error.message,
+      });
+      await pause(FINAL_RETRY_MS, session.leaving);
+      await auditWritten(session);
+    }
+  }
+}
+
+const FINAL_RETRY_MS = 1000;
+
+const pause = (ms: number, signal: AbortSignal) => delay(ms, undefined, { signal }).catch(() => undefined);
+
+/**
+ * Before the end, the audit records a full volume held back are written (a worker that exits with
+ * them loses them: its steps would read as never trained). Waits for room, until asked to stop.
+ */
+async function auditWritten(session: Session): Promise<void> {
+  let said = false;
+  for (;;) {
+    session.audit.flush();
+    if (session.audit.behind === 0 || session.leaving.aborted) return;
+    if (!said)
+      emit(session.facts.log, 'warn', 'waiting for room on the volume for the audit log', {
+        event: 'checkpoint-failed',
+        step: session.state.step,
+        error: `the audit log is ${session.audit.behind} bytes behind (its volume is full)`,
+      });
+    said = true;
+    await pause(FINAL_RETRY_MS, session.leaving);
+  }
 }
 
 const REASONS = {
