@@ -10,7 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +34,7 @@ import { type NatsServer, startNatsServer } from '../../operator/local-run/nats-
 import { type LocalCluster, operatorServiceAccount, startCluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import { readAuditedRound, worstMeanError } from '../helpers/federation-audit.ts';
 import { type OperatorProcess, startOperator } from '../helpers/operator-process.ts';
 
 const NS = 'fed';
@@ -151,32 +152,10 @@ async function status(name = JOB): Promise<TrainingJobStatus> {
   return job.status ?? {};
 }
 
-const floats = (file: string): Float32Array => {
-  const bytes = readFileSync(file);
-  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-};
-
 /** The worst distance of any rank's applied mean from the plain sample-weighted mean of `round`. */
-function worstMeanError(round: number): { worst: number; means: number } {
-  const files = readdirSync(join(audit, 'federation'));
-  const read = (f: string) => readFileSync(join(audit, 'federation', f), 'utf8');
-  const samples = SITES.map(
-    (s) => (JSON.parse(read(`r${round}-samples-${s}.json`)) as { samples: number }).samples,
-  );
-  const deltas = SITES.map((s) => floats(join(audit, 'federation', `r${round}-delta-${s}.bin`)));
-  const total = samples.reduce((a, b) => a + b, 0);
-  const means = files
-    .filter((f) => f.startsWith(`r${round}-mean-`))
-    .map((f) => floats(join(audit, 'federation', f)));
-  let worst = 0;
-  for (let i = 0; i < (deltas[0] as Float32Array).length; i++) {
-    let expected = 0;
-    deltas.forEach((d, k) => {
-      expected += (d[i] as number) * ((samples[k] as number) / total);
-    });
-    for (const mean of means) worst = Math.max(worst, Math.abs((mean[i] as number) - expected));
-  }
-  return { worst, means: means.length };
+function roundMeanError(round: number): { worst: number; means: number } {
+  const audited = readAuditedRound(join(audit, 'federation'), round, SITES);
+  return { worst: worstMeanError(audited), means: audited.means.length };
 }
 
 /** A NATS client with a site's own credentials (its Secret, read here as admin), and what it was refused. */
@@ -252,7 +231,7 @@ test('a federated job runs its sites as labelled pod groups, every round to Succ
     ],
   );
   for (let round = 1; round <= ROUNDS; round++) {
-    const { worst, means } = worstMeanError(round);
+    const { worst, means } = roundMeanError(round);
     assert.ok(means >= 2, `round ${round}: ${means} ranks wrote the mean they applied`);
     // Fixed point at 2^-20 per site, divided by the summed weight: a few 1e-6 at most.
     assert.ok(worst < 1e-5, `round ${round}: the secure mean is ${worst} from the plain one`);

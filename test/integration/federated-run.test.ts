@@ -15,6 +15,7 @@ import * as assert from 'uvu/assert';
 import { gaussianEpsilon } from '../../operator/api/privacy-accountant.ts';
 import type { FederatedSummary } from '../../operator/local-run/federated-run.ts';
 import { fashionMnistDir } from '../helpers/fashion-mnist.ts';
+import { readAuditedRound, worstMeanError } from '../helpers/federation-audit.ts';
 import { tensileRun, writeJobManifest } from '../helpers/tensile-run.ts';
 
 const FASHION = fashionMnistDir();
@@ -49,11 +50,6 @@ function manifest(name: string, federation: Record<string, unknown>): string {
 const readSummary = (out: string): FederatedSummary =>
   JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as FederatedSummary;
 
-const floats = (file: string): Float32Array => {
-  const bytes = readFileSync(file);
-  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-};
-
 /** The ranks that logged a federation-round event for `round`, over every site's worker logs. */
 function ranksInRound(out: string, round: number): number {
   let n = 0;
@@ -79,27 +75,14 @@ test('secure FedAvg over 3 sites: rounds complete, the aggregate is the plain we
   const files = readdirSync(audit);
   for (let round = 1; round <= ROUNDS; round++) {
     const sites = ['a', 'b', 'c'];
-    const samples = sites.map(
-      (s) =>
-        (JSON.parse(readFileSync(join(audit, `r${round}-samples-${s}.json`), 'utf8')) as { samples: number })
-          .samples,
-    );
-    const deltas = sites.map((s) => floats(join(audit, `r${round}-delta-${s}.bin`)));
-    const total = samples.reduce((a, b) => a + b, 0);
-    const means = files.filter((f) => f.startsWith(`r${round}-mean-`)).map((f) => floats(join(audit, f)));
+    const audited = readAuditedRound(audit, round, sites);
+    const { means } = audited;
     // Every rank that applied the round wrote its mean (a rank of site a that joined its site's world
     // late, on a loaded machine, starts at a later round).
     assert.is(means.length, ranksInRound(out, round), 'every rank of every site wrote the mean it applied');
     for (const s of sites)
       assert.ok(files.includes(`r${round}-delta-${s}.bin`), `site ${s} in round ${round}`);
-    let worst = 0;
-    for (let i = 0; i < (deltas[0] as Float32Array).length; i++) {
-      let expected = 0;
-      deltas.forEach((d, k) => {
-        expected += (d[i] as number) * ((samples[k] as number) / total);
-      });
-      for (const mean of means) worst = Math.max(worst, Math.abs((mean[i] as number) - expected));
-    }
+    const worst = worstMeanError(audited);
     // Fixed point at 2^-20 per site, divided by the summed weight: a few 1e-6 at most.
     assert.ok(worst < 1e-5, `round ${round}: the secure mean is ${worst} from the plain one`);
   }
