@@ -75,7 +75,7 @@ export function judgeMemory(samples: readonly MemorySample[]): MemoryVerdict[] {
   for (const [, unsorted] of [...byProcess].sort((a, b) => a[0].localeCompare(b[0]))) {
     const list = [...unsorted].sort((a, b) => a.at - b.at);
     const first = list[0] as MemorySample;
-    const median = [...list.map((s) => s.rssBytes)].sort((a, b) => a - b)[Math.floor(list.length / 2)] ?? 0;
+    const median = list.map((s) => s.rssBytes).sort((a, b) => a - b)[Math.floor(list.length / 2)] ?? 0;
     const from = list.find((s) => s.rssBytes >= 0.8 * median)?.at ?? first.at;
     const span = (list.at(-1) as MemorySample).at - from;
     if (span < MIN_JUDGED_LIFE_SECONDS) continue;
